@@ -1,0 +1,1 @@
+//! CNI<->agent protocol types.

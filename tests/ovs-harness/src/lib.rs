@@ -1,0 +1,1 @@
+//! OVS test harness.
