@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Switchyard's lab and tests need. Idempotent and
+# non-interactive; does nothing when everything is already there.
+set -euo pipefail
+
+packages=(
+    openvswitch-switch          # ovsdb-server, ovs-vswitchd, ovs-vsctl, ovs-ofctl, ovs-appctl
+    iproute2                    # ip netns, veth
+    ethtool                     # checksum offload checks
+    iputils-ping                # ping in e2e tests
+    curl                        # HTTP probes in e2e tests
+    conntrack                   # conntrack inspection
+    iptables                    # kube-proxy iptables baseline in benchmarks
+    containernetworking-plugins # reference plugins: chaining tests and the bridge/host-local baseline
+    python3                     # tiny echo servers in datapath tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
