@@ -1,0 +1,651 @@
+//! IPv4 address pools.
+//!
+//! One [`Pool`] per address range (the node's pod CIDR for overlay segments, a
+//! segment's subnet for vlan segments). Addresses are handed out per
+//! attachment (container id + interface name): asking again for the same
+//! attachment returns the same address, so a retried CNI ADD is idempotent.
+//! Allocation walks round-robin from the last address handed out, so a freed
+//! address is not reused at once. [`Pool`] is a plain struct; share it behind
+//! [`SharedPool`] (a mutex) or the caller's own lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
+
+use ipnet::Ipv4Net;
+
+/// Identity of one pod interface: container id + interface name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttachmentKey {
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME.
+    pub ifname: String,
+}
+
+impl AttachmentKey {
+    /// Builds a key.
+    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Self {
+        AttachmentKey {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+}
+
+impl fmt::Display for AttachmentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// Why an IPAM operation failed. Nothing changed in the pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    /// Every usable address is taken.
+    #[error("address pool {pool} is exhausted ({capacity} addresses in use)")]
+    Exhausted {
+        /// The pool.
+        pool: Ipv4Net,
+        /// Its usable size.
+        capacity: u32,
+    },
+    /// Requested address outside the pool.
+    #[error("address {ip} is outside pool {pool}")]
+    OutsidePool {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The pool.
+        pool: Ipv4Net,
+    },
+    /// Requested address is network, broadcast or gateway.
+    #[error("address {ip} is reserved in pool {pool} ({what})")]
+    Reserved {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The pool.
+        pool: Ipv4Net,
+        /// Which reservation.
+        what: &'static str,
+    },
+    /// Requested address already allocated to someone else.
+    #[error("address {ip} is already in use by {owner}")]
+    InUse {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Its holder.
+        owner: AttachmentKey,
+    },
+    /// The attachment already holds another address.
+    #[error("{key} already holds {held}, not {requested}")]
+    KeyHoldsOtherAddress {
+        /// The attachment.
+        key: AttachmentKey,
+        /// What it has.
+        held: Ipv4Addr,
+        /// What was asked.
+        requested: Ipv4Addr,
+    },
+    /// Restore saw one address twice.
+    #[error("restore: address {ip} is claimed by both {first} and {second}")]
+    DuplicateAddress {
+        /// The address.
+        ip: Ipv4Addr,
+        /// First claimant.
+        first: AttachmentKey,
+        /// Second claimant.
+        second: AttachmentKey,
+    },
+    /// Restore saw one attachment twice with different addresses.
+    #[error("restore: {key} is recorded with two addresses, {first} and {second}")]
+    DuplicateKey {
+        /// The attachment.
+        key: AttachmentKey,
+        /// First address.
+        first: Ipv4Addr,
+        /// Second address.
+        second: Ipv4Addr,
+    },
+    /// The gateway given for a pool is not in it.
+    #[error("gateway {gateway} is outside pool {pool}")]
+    GatewayOutsidePool {
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The pool.
+        pool: Ipv4Net,
+    },
+}
+
+/// An IPv4 pool over one prefix.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    network: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    /// First and last usable address (as u32), inclusive.
+    first: u32,
+    last: u32,
+    by_key: HashMap<AttachmentKey, Ipv4Addr>,
+    by_ip: BTreeMap<Ipv4Addr, AttachmentKey>,
+    /// Last address handed out; the next search starts after it.
+    cursor: u32,
+}
+
+impl Pool {
+    /// A pool over `network` (host bits are ignored). The network and
+    /// broadcast addresses are skipped for prefixes up to /30; /31 and /32
+    /// use every address. `gateway`, if given, is never handed out.
+    pub fn new(network: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Pool, IpamError> {
+        let network = network.trunc();
+        if let Some(gw) = gateway
+            && !network.contains(&gw)
+        {
+            return Err(IpamError::GatewayOutsidePool {
+                gateway: gw,
+                pool: network,
+            });
+        }
+        Ok(Pool::build(network, gateway))
+    }
+
+    /// An overlay node pool: the node's pod CIDR with the gateway (the node's
+    /// `br-int` gateway port) at the first host address.
+    pub fn for_node_cidr(cidr: Ipv4Net) -> Pool {
+        let cidr = cidr.trunc();
+        // The first host address comes from the prefix itself, so it is inside.
+        Pool::build(cidr, cidr.hosts().next())
+    }
+
+    fn build(network: Ipv4Net, gateway: Option<Ipv4Addr>) -> Pool {
+        let (first, last) = if network.prefix_len() >= 31 {
+            (u32::from(network.network()), u32::from(network.broadcast()))
+        } else {
+            (
+                u32::from(network.network()) + 1,
+                u32::from(network.broadcast()) - 1,
+            )
+        };
+        Pool {
+            network,
+            gateway,
+            first,
+            last,
+            by_key: HashMap::new(),
+            by_ip: BTreeMap::new(),
+            cursor: last,
+        }
+    }
+
+    /// The prefix.
+    pub fn network(&self) -> Ipv4Net {
+        self.network
+    }
+
+    /// The reserved gateway, if any.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.gateway
+    }
+
+    /// Number of addresses that can be handed out.
+    pub fn capacity(&self) -> u32 {
+        let span = self.last - self.first + 1;
+        match self.gateway {
+            Some(gw) if (self.first..=self.last).contains(&u32::from(gw)) => span - 1,
+            _ => span,
+        }
+    }
+
+    /// Number of addresses in use.
+    pub fn in_use(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    /// The address held by `key`.
+    pub fn lookup(&self, key: &AttachmentKey) -> Option<Ipv4Addr> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The holder of `ip`.
+    pub fn owner(&self, ip: Ipv4Addr) -> Option<&AttachmentKey> {
+        self.by_ip.get(&ip)
+    }
+
+    /// All allocations, ordered by address.
+    pub fn allocations(&self) -> impl Iterator<Item = (Ipv4Addr, &AttachmentKey)> {
+        self.by_ip.iter().map(|(ip, key)| (*ip, key))
+    }
+
+    fn check_usable(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        if !self.network.contains(&ip) {
+            return Err(IpamError::OutsidePool {
+                ip,
+                pool: self.network,
+            });
+        }
+        let what = if Some(ip) == self.gateway {
+            Some("gateway")
+        } else if u32::from(ip) < self.first {
+            Some("network address")
+        } else if u32::from(ip) > self.last {
+            Some("broadcast address")
+        } else {
+            None
+        };
+        match what {
+            Some(what) => Err(IpamError::Reserved {
+                ip,
+                pool: self.network,
+                what,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Next free address for `key`; the same key gets its existing address.
+    pub fn allocate(&mut self, key: &AttachmentKey) -> Result<Ipv4Addr, IpamError> {
+        if let Some(ip) = self.lookup(key) {
+            return Ok(ip);
+        }
+        let span = u64::from(self.last - self.first) + 1;
+        for step in 1..=span {
+            let offset = (u64::from(self.cursor - self.first) + step) % span;
+            let candidate = self.first + offset as u32;
+            let ip = Ipv4Addr::from(candidate);
+            if Some(ip) == self.gateway || self.by_ip.contains_key(&ip) {
+                continue;
+            }
+            self.insert(key.clone(), ip);
+            self.cursor = candidate;
+            return Ok(ip);
+        }
+        Err(IpamError::Exhausted {
+            pool: self.network,
+            capacity: self.capacity(),
+        })
+    }
+
+    /// Allocates exactly `ip` for `key` (a static request). Idempotent for
+    /// the same key and address. Does not move the round-robin cursor.
+    pub fn allocate_specific(
+        &mut self,
+        key: &AttachmentKey,
+        ip: Ipv4Addr,
+    ) -> Result<Ipv4Addr, IpamError> {
+        if let Some(held) = self.lookup(key) {
+            if held == ip {
+                return Ok(ip);
+            }
+            return Err(IpamError::KeyHoldsOtherAddress {
+                key: key.clone(),
+                held,
+                requested: ip,
+            });
+        }
+        self.check_usable(ip)?;
+        if let Some(owner) = self.by_ip.get(&ip) {
+            return Err(IpamError::InUse {
+                ip,
+                owner: owner.clone(),
+            });
+        }
+        self.insert(key.clone(), ip);
+        Ok(ip)
+    }
+
+    /// Frees the address of `key`; returns it, or `None` if it held none
+    /// (releasing twice is fine, as CNI DEL must be).
+    pub fn release(&mut self, key: &AttachmentKey) -> Option<Ipv4Addr> {
+        let ip = self.by_key.remove(key)?;
+        self.by_ip.remove(&ip);
+        Some(ip)
+    }
+
+    /// Rebuilds allocations after a restart (from OVSDB port external_ids).
+    /// All or nothing: on any error (address outside or reserved, an address
+    /// claimed twice, a key with two addresses, a clash with an existing
+    /// allocation) the pool is unchanged. The same (key, address) pair
+    /// repeated is accepted. The cursor moves to the highest restored
+    /// address, so new allocations continue after the restored ones.
+    pub fn restore<I>(&mut self, entries: I) -> Result<usize, IpamError>
+    where
+        I: IntoIterator<Item = (AttachmentKey, Ipv4Addr)>,
+    {
+        let mut staged_ip: BTreeMap<Ipv4Addr, AttachmentKey> = BTreeMap::new();
+        let mut staged_key: HashMap<AttachmentKey, Ipv4Addr> = HashMap::new();
+        for (key, ip) in entries {
+            self.check_usable(ip)?;
+            let existing_owner = self.by_ip.get(&ip).or_else(|| staged_ip.get(&ip));
+            if let Some(owner) = existing_owner {
+                if *owner == key {
+                    continue;
+                }
+                return Err(IpamError::DuplicateAddress {
+                    ip,
+                    first: owner.clone(),
+                    second: key,
+                });
+            }
+            if let Some(first) = self.by_key.get(&key).or_else(|| staged_key.get(&key)) {
+                return Err(IpamError::DuplicateKey {
+                    key,
+                    first: *first,
+                    second: ip,
+                });
+            }
+            staged_ip.insert(ip, key.clone());
+            staged_key.insert(key, ip);
+        }
+        let count = staged_ip.len();
+        if let Some(highest) = staged_ip.keys().next_back() {
+            let highest = u32::from(*highest);
+            if self.by_ip.is_empty() || highest > self.cursor {
+                self.cursor = highest;
+            }
+        }
+        for (ip, key) in staged_ip {
+            self.insert(key, ip);
+        }
+        Ok(count)
+    }
+
+    fn insert(&mut self, key: AttachmentKey, ip: Ipv4Addr) {
+        self.by_key.insert(key.clone(), ip);
+        self.by_ip.insert(ip, key);
+    }
+}
+
+/// A [`Pool`] behind a mutex, for use from several tasks.
+#[derive(Debug)]
+pub struct SharedPool(Mutex<Pool>);
+
+impl SharedPool {
+    /// Wraps a pool.
+    pub fn new(pool: Pool) -> Self {
+        SharedPool(Mutex::new(pool))
+    }
+
+    /// Locks the pool. A panic while holding the lock cannot leave the pool
+    /// half-updated (every method changes it in one step), so a poisoned
+    /// lock is recovered.
+    pub fn lock(&self) -> MutexGuard<'_, Pool> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn key(n: u32) -> AttachmentKey {
+        AttachmentKey::new(format!("c{n}"), "eth0")
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn node_pool_skips_network_gateway_broadcast() {
+        let mut pool = Pool::for_node_cidr("10.244.1.0/29".parse().unwrap());
+        assert_eq!(pool.gateway(), Some(ip("10.244.1.1")));
+        assert_eq!(pool.capacity(), 5);
+        let got: Vec<Ipv4Addr> = (0..5).map(|n| pool.allocate(&key(n)).unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4",
+                "10.244.1.5",
+                "10.244.1.6"
+            ]
+            .map(ip)
+            .to_vec()
+        );
+        let err = pool.allocate(&key(99)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "address pool 10.244.1.0/29 is exhausted (5 addresses in use)"
+        );
+        assert_eq!(pool.in_use(), 5);
+    }
+
+    #[test]
+    fn same_attachment_gets_same_address() {
+        let mut pool = Pool::for_node_cidr("10.0.0.0/24".parse().unwrap());
+        let a = pool.allocate(&key(1)).unwrap();
+        assert_eq!(pool.allocate(&key(1)).unwrap(), a);
+        let other_if = AttachmentKey::new("c1", "net1");
+        assert_ne!(pool.allocate(&other_if).unwrap(), a);
+        assert_eq!(pool.in_use(), 2);
+    }
+
+    #[test]
+    fn round_robin_does_not_reuse_a_freed_address_at_once() {
+        let mut pool = Pool::for_node_cidr("10.0.0.0/29".parse().unwrap());
+        let a = pool.allocate(&key(1)).unwrap();
+        assert_eq!(pool.release(&key(1)), Some(a));
+        assert_eq!(pool.release(&key(1)), None);
+        let b = pool.allocate(&key(2)).unwrap();
+        assert_ne!(a, b);
+        // Wraps around once the end is reached, and reuses freed addresses then.
+        for n in 3..=5 {
+            pool.allocate(&key(n)).unwrap();
+        }
+        assert_eq!(pool.allocate(&key(6)).unwrap(), a);
+    }
+
+    #[test]
+    fn specific_allocation_rules() {
+        let mut pool = Pool::for_node_cidr("10.0.0.0/24".parse().unwrap());
+        assert_eq!(
+            pool.allocate_specific(&key(1), ip("10.0.0.50")).unwrap(),
+            ip("10.0.0.50")
+        );
+        assert_eq!(
+            pool.allocate_specific(&key(1), ip("10.0.0.50")).unwrap(),
+            ip("10.0.0.50")
+        );
+        assert_eq!(
+            pool.allocate_specific(&key(2), ip("10.0.0.50"))
+                .unwrap_err()
+                .to_string(),
+            "address 10.0.0.50 is already in use by c1/eth0"
+        );
+        assert!(matches!(
+            pool.allocate_specific(&key(1), ip("10.0.0.51")),
+            Err(IpamError::KeyHoldsOtherAddress { .. })
+        ));
+        assert_eq!(
+            pool.allocate_specific(&key(3), ip("10.0.1.5"))
+                .unwrap_err()
+                .to_string(),
+            "address 10.0.1.5 is outside pool 10.0.0.0/24"
+        );
+        for (addr, what) in [
+            ("10.0.0.0", "network address"),
+            ("10.0.0.1", "gateway"),
+            ("10.0.0.255", "broadcast address"),
+        ] {
+            let err = pool.allocate_specific(&key(3), ip(addr)).unwrap_err();
+            assert_eq!(
+                err,
+                IpamError::Reserved {
+                    ip: ip(addr),
+                    pool: pool.network(),
+                    what
+                }
+            );
+        }
+        // Dynamic allocation never hands out the static one.
+        for n in 10..300 {
+            match pool.allocate(&key(n)) {
+                Ok(got) => assert_ne!(got, ip("10.0.0.50")),
+                Err(IpamError::Exhausted { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(pool.in_use() as u32, pool.capacity());
+    }
+
+    #[test]
+    fn vlan_pool_with_fabric_gateway() {
+        let mut pool = Pool::new("10.20.0.0/30".parse().unwrap(), Some(ip("10.20.0.2"))).unwrap();
+        assert_eq!(pool.capacity(), 1);
+        assert_eq!(pool.allocate(&key(1)).unwrap(), ip("10.20.0.1"));
+        assert!(pool.allocate(&key(2)).is_err());
+        assert!(matches!(
+            Pool::new("10.20.0.0/24".parse().unwrap(), Some(ip("10.21.0.1"))),
+            Err(IpamError::GatewayOutsidePool { .. })
+        ));
+        let mut tiny = Pool::new("10.9.9.9/32".parse().unwrap(), None).unwrap();
+        assert_eq!(tiny.allocate(&key(1)).unwrap(), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn restore_rebuilds_and_refuses_duplicates_atomically() {
+        let mut pool = Pool::for_node_cidr("10.0.0.0/24".parse().unwrap());
+        let n = pool
+            .restore([
+                (key(1), ip("10.0.0.7")),
+                (key(2), ip("10.0.0.9")),
+                (key(1), ip("10.0.0.7")),
+            ])
+            .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(pool.lookup(&key(2)), Some(ip("10.0.0.9")));
+        assert_eq!(pool.allocate(&key(2)).unwrap(), ip("10.0.0.9"));
+        // New allocations continue after the highest restored address.
+        assert_eq!(pool.allocate(&key(3)).unwrap(), ip("10.0.0.10"));
+
+        let before: Vec<_> = pool.allocations().map(|(i, k)| (i, k.clone())).collect();
+        let err = pool
+            .restore([(key(4), ip("10.0.0.20")), (key(5), ip("10.0.0.20"))])
+            .unwrap_err();
+        assert!(matches!(err, IpamError::DuplicateAddress { .. }), "{err}");
+        let err = pool
+            .restore([(key(4), ip("10.0.0.20")), (key(4), ip("10.0.0.21"))])
+            .unwrap_err();
+        assert!(matches!(err, IpamError::DuplicateKey { .. }), "{err}");
+        let err = pool.restore([(key(6), ip("10.0.0.7"))]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "restore: address 10.0.0.7 is claimed by both c1/eth0 and c6/eth0"
+        );
+        let err = pool
+            .restore([(key(6), ip("10.0.0.30")), (key(7), ip("10.0.0.1"))])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IpamError::Reserved {
+                    what: "gateway",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let after: Vec<_> = pool.allocations().map(|(i, k)| (i, k.clone())).collect();
+        assert_eq!(before, after, "a refused restore changed the pool");
+    }
+
+    /// Many random operations against a model; no address is ever held twice,
+    /// reserved addresses are never handed out, and the pool agrees with the
+    /// model after every step.
+    #[test]
+    fn random_operations_never_duplicate() {
+        for seed in 1..=20u64 {
+            let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let net: Ipv4Net = "10.1.0.0/27".parse().unwrap();
+            let mut pool = Pool::for_node_cidr(net);
+            let mut model: HashMap<AttachmentKey, Ipv4Addr> = HashMap::new();
+            for _ in 0..2000 {
+                let k = key(rng.below(40) as u32);
+                match rng.below(4) {
+                    0 | 1 => match pool.allocate(&k) {
+                        Ok(got) => {
+                            if let Some(prev) = model.get(&k) {
+                                assert_eq!(*prev, got);
+                            }
+                            model.insert(k, got);
+                        }
+                        Err(IpamError::Exhausted { .. }) => {
+                            assert!(!model.contains_key(&k));
+                            assert_eq!(model.len() as u32, pool.capacity());
+                        }
+                        Err(e) => panic!("unexpected {e}"),
+                    },
+                    2 => {
+                        assert_eq!(pool.release(&k), model.remove(&k));
+                    }
+                    _ => {
+                        let want = Ipv4Addr::from(u32::from(net.network()) + rng.below(32) as u32);
+                        match pool.allocate_specific(&k, want) {
+                            Ok(got) => {
+                                assert_eq!(got, want);
+                                model.insert(k, got);
+                            }
+                            Err(IpamError::InUse { owner, .. }) => assert_ne!(owner, k),
+                            Err(IpamError::Reserved { .. }) => {}
+                            Err(IpamError::KeyHoldsOtherAddress { held, .. }) => {
+                                assert_eq!(model.get(&k), Some(&held))
+                            }
+                            Err(e) => panic!("unexpected {e}"),
+                        }
+                    }
+                }
+                let held: HashSet<Ipv4Addr> = model.values().copied().collect();
+                assert_eq!(held.len(), model.len(), "duplicate address in model");
+                assert_eq!(pool.in_use(), model.len());
+                for (k, addr) in &model {
+                    assert_eq!(pool.lookup(k), Some(*addr));
+                    assert_ne!(*addr, net.network());
+                    assert_ne!(*addr, net.broadcast());
+                    assert_ne!(Some(*addr), pool.gateway());
+                }
+            }
+            // Restoring the model into a fresh pool reproduces it.
+            let mut fresh = Pool::for_node_cidr(net);
+            fresh
+                .restore(model.iter().map(|(k, a)| (k.clone(), *a)))
+                .unwrap();
+            assert_eq!(fresh.in_use(), model.len());
+        }
+    }
+
+    #[test]
+    fn shared_pool_is_usable_from_threads() {
+        let shared = std::sync::Arc::new(SharedPool::new(Pool::for_node_cidr(
+            "10.2.0.0/24".parse().unwrap(),
+        )));
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|n| shared.lock().allocate(&key(t * 100 + n)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<Ipv4Addr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let unique: HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), 200);
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+}

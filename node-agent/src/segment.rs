@@ -1,0 +1,423 @@
+//! Which segment and VLAN a pod gets, and its static IP/MAC requests.
+//!
+//! Order for segment and VLAN, each key on its own: the pod's annotation,
+//! else its namespace's annotation, else the agent's default (the default
+//! segment; the segment's configured VLAN). Static IP and MAC come from pod
+//! annotations only: a namespace-wide static address would collide.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use crate::config::{AgentConfig, MAX_VLAN, SegmentConfig, SegmentKind};
+use crate::mac::MacAddr;
+
+/// Annotation naming the segment.
+pub const ANNOTATION_SEGMENT: &str = "switchyard.io/segment";
+/// Annotation giving the VLAN tag.
+pub const ANNOTATION_VLAN: &str = "switchyard.io/vlan";
+/// Annotation requesting a static IPv4 address (pods only).
+pub const ANNOTATION_IP: &str = "switchyard.io/ip";
+/// Annotation requesting a static MAC address (pods only).
+pub const ANNOTATION_MAC: &str = "switchyard.io/mac";
+
+/// Where a decided value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A pod annotation.
+    Pod,
+    /// A namespace annotation.
+    Namespace,
+    /// The agent's configuration.
+    Default,
+}
+
+/// The network a pod is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Segment name.
+    pub segment: String,
+    /// Segment kind.
+    pub kind: SegmentKind,
+    /// VLAN tag of the pod's OVS port; 0 = untagged.
+    pub vlan: u16,
+    /// Where the segment came from.
+    pub segment_source: Source,
+    /// Where the VLAN came from.
+    pub vlan_source: Source,
+    /// Requested static IPv4 address.
+    pub static_ip: Option<Ipv4Addr>,
+    /// Requested static MAC address.
+    pub static_mac: Option<MacAddr>,
+}
+
+/// Why a pod's placement could not be decided. Each message names the
+/// annotation and the object that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    /// The segment named is not configured.
+    #[error(
+        "{source_desc} annotation {ANNOTATION_SEGMENT}={name:?} names an unknown segment; configured segments: {known:?}"
+    )]
+    UnknownSegment {
+        /// Where the name came from ("pod" / "namespace").
+        source_desc: &'static str,
+        /// The name.
+        name: String,
+        /// The configured names.
+        known: Vec<String>,
+    },
+    /// VLAN annotation not a number.
+    #[error(
+        "{source_desc} annotation {ANNOTATION_VLAN}={value:?} is not a VLAN number; use 1..=4094"
+    )]
+    VlanNotANumber {
+        /// Where it came from.
+        source_desc: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// VLAN outside 0..=4094.
+    #[error("{source_desc} annotation {ANNOTATION_VLAN}={vlan} is out of range; use 1..=4094")]
+    VlanOutOfRange {
+        /// Where it came from.
+        source_desc: &'static str,
+        /// The value.
+        vlan: u32,
+    },
+    /// VLAN 0 on a segment that must be tagged.
+    #[error(
+        "{source_desc} annotation {ANNOTATION_VLAN}=0 (untagged) is not allowed on segment {segment:?}; use 1..=4094"
+    )]
+    UntaggedNotAllowed {
+        /// Where it came from.
+        source_desc: &'static str,
+        /// The segment.
+        segment: String,
+    },
+    /// VLAN contradicts a vlan segment's fixed VLAN.
+    #[error(
+        "{source_desc} annotation {ANNOTATION_VLAN}={vlan} conflicts with segment {segment:?}, which is VLAN {segment_vlan}; remove the annotation or choose another segment"
+    )]
+    VlanConflict {
+        /// Where it came from.
+        source_desc: &'static str,
+        /// Requested VLAN.
+        vlan: u16,
+        /// The segment.
+        segment: String,
+        /// The segment's VLAN.
+        segment_vlan: u16,
+    },
+    /// IP annotation unparsable.
+    #[error(
+        "pod annotation {ANNOTATION_IP}={value:?} is not an IPv4 address (write it like 10.1.2.3, without a prefix)"
+    )]
+    InvalidIp {
+        /// The value.
+        value: String,
+    },
+    /// MAC annotation unparsable or not unicast.
+    #[error("pod annotation {ANNOTATION_MAC}={value:?} is not a usable MAC address: {reason}")]
+    InvalidMac {
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// Empty segment annotation.
+    #[error("{source_desc} annotation {ANNOTATION_SEGMENT} is empty; remove it or name a segment")]
+    EmptySegment {
+        /// Where it came from.
+        source_desc: &'static str,
+    },
+}
+
+fn describe(source: Source) -> &'static str {
+    match source {
+        Source::Pod => "pod",
+        Source::Namespace => "namespace",
+        Source::Default => "default",
+    }
+}
+
+/// Decides the placement from the two annotation maps and the configured
+/// segments. Pure: no I/O.
+pub fn decide(
+    pod_annotations: &BTreeMap<String, String>,
+    namespace_annotations: &BTreeMap<String, String>,
+    segments: &[SegmentConfig],
+    default_segment: &str,
+) -> Result<Placement, SegmentError> {
+    let pick = |key: &str| {
+        pod_annotations
+            .get(key)
+            .map(|v| (v.trim(), Source::Pod))
+            .or_else(|| {
+                namespace_annotations
+                    .get(key)
+                    .map(|v| (v.trim(), Source::Namespace))
+            })
+    };
+
+    let (segment_name, segment_source) = match pick(ANNOTATION_SEGMENT) {
+        Some(("", source)) => {
+            return Err(SegmentError::EmptySegment {
+                source_desc: describe(source),
+            });
+        }
+        Some((name, source)) => (name, source),
+        None => (default_segment, Source::Default),
+    };
+    let segment = segments
+        .iter()
+        .find(|s| s.name == segment_name)
+        .ok_or_else(|| SegmentError::UnknownSegment {
+            source_desc: describe(segment_source),
+            name: segment_name.to_string(),
+            known: segments.iter().map(|s| s.name.clone()).collect(),
+        })?;
+
+    let (vlan, vlan_source) = match pick(ANNOTATION_VLAN) {
+        None => (segment.vlan, Source::Default),
+        Some((value, source)) => {
+            let source_desc = describe(source);
+            let number: u32 = value.parse().map_err(|_| SegmentError::VlanNotANumber {
+                source_desc,
+                value: value.to_string(),
+            })?;
+            if number > u32::from(MAX_VLAN) {
+                return Err(SegmentError::VlanOutOfRange {
+                    source_desc,
+                    vlan: number,
+                });
+            }
+            let vlan = number as u16;
+            if vlan == 0 && !segment.allows_untagged() {
+                return Err(SegmentError::UntaggedNotAllowed {
+                    source_desc,
+                    segment: segment.name.clone(),
+                });
+            }
+            if segment.kind == SegmentKind::Vlan && vlan != segment.vlan {
+                return Err(SegmentError::VlanConflict {
+                    source_desc,
+                    vlan,
+                    segment: segment.name.clone(),
+                    segment_vlan: segment.vlan,
+                });
+            }
+            (vlan, source)
+        }
+    };
+
+    let static_ip = match pod_annotations.get(ANNOTATION_IP).map(|v| v.trim()) {
+        None => None,
+        Some(value) => Some(
+            value
+                .parse::<Ipv4Addr>()
+                .map_err(|_| SegmentError::InvalidIp {
+                    value: value.to_string(),
+                })?,
+        ),
+    };
+    let static_mac = match pod_annotations.get(ANNOTATION_MAC).map(|v| v.trim()) {
+        None => None,
+        Some(value) => {
+            let mac: MacAddr =
+                value
+                    .parse()
+                    .map_err(|e: crate::mac::MacParseError| SegmentError::InvalidMac {
+                        value: value.to_string(),
+                        reason: e.reason.to_string(),
+                    })?;
+            if !mac.is_unicast() || mac.is_zero() {
+                return Err(SegmentError::InvalidMac {
+                    value: value.to_string(),
+                    reason: "it must be a non-zero unicast address (first octet even)".to_string(),
+                });
+            }
+            Some(mac)
+        }
+    };
+
+    Ok(Placement {
+        segment: segment.name.clone(),
+        kind: segment.kind,
+        vlan,
+        segment_source,
+        vlan_source,
+        static_ip,
+        static_mac,
+    })
+}
+
+/// [`decide`] with the segments and default from the agent configuration.
+pub fn decide_for(
+    config: &AgentConfig,
+    pod_annotations: &BTreeMap<String, String>,
+    namespace_annotations: &BTreeMap<String, String>,
+) -> Result<Placement, SegmentError> {
+    decide(
+        pod_annotations,
+        namespace_annotations,
+        &config.segments,
+        &config.default_segment,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments() -> Vec<SegmentConfig> {
+        let mut tagged_overlay = SegmentConfig::overlay("green");
+        tagged_overlay.vlan = 30;
+        vec![
+            SegmentConfig::overlay("default"),
+            tagged_overlay,
+            SegmentConfig {
+                name: "blue".into(),
+                kind: SegmentKind::Vlan,
+                vlan: 100,
+                subnet: Some("10.20.0.0/24".parse().unwrap()),
+                gateway: Some("10.20.0.1".parse().unwrap()),
+                uplink: Some("eth1".into()),
+                allow_untagged: false,
+            },
+        ]
+    }
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn run(pod: &[(&str, &str)], ns: &[(&str, &str)]) -> Result<Placement, SegmentError> {
+        decide(&ann(pod), &ann(ns), &segments(), "default")
+    }
+
+    #[test]
+    fn default_when_nothing_annotated() {
+        let p = run(&[], &[]).unwrap();
+        assert_eq!(
+            (p.segment.as_str(), p.vlan, p.kind),
+            ("default", 0, SegmentKind::Overlay)
+        );
+        assert_eq!(
+            (p.segment_source, p.vlan_source),
+            (Source::Default, Source::Default)
+        );
+        assert_eq!((p.static_ip, p.static_mac), (None, None));
+    }
+
+    #[test]
+    fn pod_annotation_beats_namespace_which_beats_default() {
+        let p = run(&[], &[(ANNOTATION_SEGMENT, "blue")]).unwrap();
+        assert_eq!(
+            (p.segment.as_str(), p.vlan, p.segment_source),
+            ("blue", 100, Source::Namespace)
+        );
+        let p = run(
+            &[(ANNOTATION_SEGMENT, "green")],
+            &[(ANNOTATION_SEGMENT, "blue")],
+        )
+        .unwrap();
+        assert_eq!(
+            (p.segment.as_str(), p.vlan, p.segment_source),
+            ("green", 30, Source::Pod)
+        );
+        let p = run(&[(ANNOTATION_VLAN, "42")], &[(ANNOTATION_VLAN, "43")]).unwrap();
+        assert_eq!((p.vlan, p.vlan_source), (42, Source::Pod));
+        let p = run(&[], &[(ANNOTATION_VLAN, "43")]).unwrap();
+        assert_eq!((p.vlan, p.vlan_source), (43, Source::Namespace));
+    }
+
+    #[test]
+    fn vlan_rules() {
+        let e = run(&[(ANNOTATION_VLAN, "4095")], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod annotation switchyard.io/vlan=4095 is out of range; use 1..=4094"
+        );
+        let e = run(&[], &[(ANNOTATION_VLAN, "ten")]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SegmentError::VlanNotANumber {
+                    source_desc: "namespace",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(run(&[(ANNOTATION_VLAN, "-1")], &[]).is_err());
+        // Untagged allowed on the overlay, not on a vlan segment.
+        assert_eq!(run(&[(ANNOTATION_VLAN, "0")], &[]).unwrap().vlan, 0);
+        let e = run(&[(ANNOTATION_SEGMENT, "blue"), (ANNOTATION_VLAN, "0")], &[]).unwrap_err();
+        assert!(matches!(e, SegmentError::UntaggedNotAllowed { .. }), "{e}");
+        // A vlan segment's VLAN is fixed.
+        let e = run(
+            &[(ANNOTATION_SEGMENT, "blue"), (ANNOTATION_VLAN, "101")],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("conflicts with segment \"blue\", which is VLAN 100"),
+            "{e}"
+        );
+        assert_eq!(
+            run(
+                &[(ANNOTATION_SEGMENT, "blue"), (ANNOTATION_VLAN, "100")],
+                &[]
+            )
+            .unwrap()
+            .vlan,
+            100
+        );
+        assert_eq!(run(&[(ANNOTATION_VLAN, "4094")], &[]).unwrap().vlan, 4094);
+        assert_eq!(run(&[(ANNOTATION_VLAN, " 7 ")], &[]).unwrap().vlan, 7);
+    }
+
+    #[test]
+    fn unknown_or_empty_segment_is_actionable() {
+        let e = run(&[(ANNOTATION_SEGMENT, "purple")], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod annotation switchyard.io/segment=\"purple\" names an unknown segment; configured segments: [\"default\", \"green\", \"blue\"]"
+        );
+        let e = run(&[], &[(ANNOTATION_SEGMENT, "")]).unwrap_err();
+        assert!(matches!(
+            e,
+            SegmentError::EmptySegment {
+                source_desc: "namespace"
+            }
+        ));
+    }
+
+    #[test]
+    fn static_ip_and_mac_from_pod_only() {
+        let p = run(
+            &[
+                (ANNOTATION_IP, "10.20.0.9"),
+                (ANNOTATION_MAC, "0a:58:00:00:00:09"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.static_ip, Some(Ipv4Addr::new(10, 20, 0, 9)));
+        assert_eq!(p.static_mac.unwrap().to_string(), "0a:58:00:00:00:09");
+        let p = run(&[], &[(ANNOTATION_IP, "10.20.0.9")]).unwrap();
+        assert_eq!(p.static_ip, None);
+        assert!(matches!(
+            run(&[(ANNOTATION_IP, "10.20.0.9/24")], &[]),
+            Err(SegmentError::InvalidIp { .. })
+        ));
+        let e = run(&[(ANNOTATION_MAC, "01:00:5e:00:00:01")], &[]).unwrap_err();
+        assert!(e.to_string().contains("unicast"), "{e}");
+        let e = run(&[(ANNOTATION_MAC, "0a:58")], &[]).unwrap_err();
+        assert!(e.to_string().contains("six hex octets"), "{e}");
+    }
+}
