@@ -1,0 +1,379 @@
+//! The minimal change set between two desired states, with stable OpenFlow
+//! group ids per Service port.
+//!
+//! A Service port whose VIP, port, protocol, affinity, traffic policy or
+//! no-endpoints action changes needs new flows (`frontend_changed`); one whose
+//! endpoint addresses change needs only a group modify (`endpoints_changed`).
+//! Differences that touch neither (an endpoint's node name or condition flags
+//! with the same buckets) are not changes for the switch.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crate::service_model::{DesiredState, Protocol, ServicePortName, ServicePortState};
+
+/// An OpenFlow group id.
+pub type GroupId = u32;
+
+/// Largest group id OpenFlow allows (`OFPG_MAX`).
+pub const MAX_GROUP_ID: GroupId = 0xffff_ff00;
+
+/// All group ids in the allocator's range are taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no free group id left in {first}..={last}")]
+pub struct GroupIdsExhausted {
+    pub first: GroupId,
+    pub last: GroupId,
+}
+
+/// Hands out one group id per Service port and keeps it while the port
+/// exists. A retired id (its port was removed) is reused only after
+/// [`release`](Self::release): the caller releases it once the group is
+/// really deleted from the switch, so a new port never shares a live group.
+/// Deterministic: the lowest released id is reused first, else the next new one.
+#[derive(Debug, Clone)]
+pub struct GroupIdAllocator {
+    first: GroupId,
+    last: GroupId,
+    /// Next never-used id (u64 so that `last == u32::MAX` cannot wrap).
+    next: u64,
+    by_name: HashMap<ServicePortName, GroupId>,
+    released: BTreeSet<GroupId>,
+    retired: BTreeSet<GroupId>,
+}
+
+impl Default for GroupIdAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GroupIdAllocator {
+    /// Ids from 1 to [`MAX_GROUP_ID`].
+    pub fn new() -> Self {
+        Self::with_range(1, MAX_GROUP_ID)
+    }
+
+    /// Ids from `first` to `last` inclusive (e.g. a proxy-owned id space).
+    pub fn with_range(first: GroupId, last: GroupId) -> Self {
+        assert!(first <= last, "empty group id range {first}..={last}");
+        Self {
+            first,
+            last,
+            next: u64::from(first),
+            by_name: HashMap::new(),
+            released: BTreeSet::new(),
+            retired: BTreeSet::new(),
+        }
+    }
+
+    /// The id of a port, if it has one.
+    pub fn get(&self, name: &ServicePortName) -> Option<GroupId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The id of a port, allocating one if it has none yet.
+    pub fn allocate(&mut self, name: &ServicePortName) -> Result<GroupId, GroupIdsExhausted> {
+        if let Some(id) = self.by_name.get(name) {
+            return Ok(*id);
+        }
+        let id = if let Some(id) = self.released.pop_first() {
+            id
+        } else if let Ok(id) = GroupId::try_from(self.next)
+            && id <= self.last
+        {
+            self.next += 1;
+            id
+        } else {
+            return Err(GroupIdsExhausted {
+                first: self.first,
+                last: self.last,
+            });
+        };
+        self.by_name.insert(name.clone(), id);
+        Ok(id)
+    }
+
+    /// Takes the id away from a removed port. It stays unusable until released.
+    pub fn retire(&mut self, name: &ServicePortName) -> Option<GroupId> {
+        let id = self.by_name.remove(name)?;
+        self.retired.insert(id);
+        Some(id)
+    }
+
+    /// The group `id` is gone from the switch: the id may be handed out again.
+    /// Ids that are not retired are left alone.
+    pub fn release(&mut self, id: GroupId) {
+        if self.retired.remove(&id) {
+            self.released.insert(id);
+        }
+    }
+
+    /// Releases every retired id.
+    pub fn release_all_retired(&mut self) {
+        self.released.append(&mut self.retired);
+    }
+
+    /// Ids retired and not yet released, ascending.
+    pub fn retired(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.retired.iter().copied()
+    }
+
+    /// How many more ids can be allocated right now.
+    pub fn available(&self) -> u64 {
+        let fresh = (u64::from(self.last) + 1).saturating_sub(self.next);
+        fresh + self.released.len() as u64
+    }
+
+    /// Number of ports holding an id.
+    pub fn in_use(&self) -> usize {
+        self.by_name.len()
+    }
+}
+
+/// A Service port that is new.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddedPort {
+    pub name: ServicePortName,
+    pub group_id: GroupId,
+    pub state: Arc<ServicePortState>,
+}
+
+/// A Service port that is gone; `state` is what was installed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemovedPort {
+    pub name: ServicePortName,
+    /// Retired in the allocator: release it once the group is deleted.
+    pub group_id: GroupId,
+    pub state: Arc<ServicePortState>,
+}
+
+/// A Service port whose flows or group must change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedPort {
+    pub name: ServicePortName,
+    pub group_id: GroupId,
+    pub old: Arc<ServicePortState>,
+    pub new: Arc<ServicePortState>,
+    /// VIP, port, protocol, affinity, policy or no-endpoints action changed: rewrite the flows.
+    pub frontend_changed: bool,
+    /// The endpoint addresses changed: modify the group's buckets.
+    pub endpoints_changed: bool,
+}
+
+impl ChangedPort {
+    /// Only the group needs a modify; the frontend flows stay.
+    pub fn group_only(&self) -> bool {
+        self.endpoints_changed && !self.frontend_changed
+    }
+}
+
+/// A UDP endpoint that no longer serves a frontend: conntrack entries from
+/// `cluster_ip:port` DNATed to `endpoint_ip:endpoint_port` must be flushed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StaleUdpEndpoint {
+    pub name: ServicePortName,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub endpoint_ip: Ipv4Addr,
+    pub endpoint_port: u16,
+}
+
+/// A UDP frontend that had no endpoints and now has some: conntrack entries
+/// to `cluster_ip:port` created while it had none must be flushed (as kube-proxy does).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StaleUdpFrontend {
+    pub name: ServicePortName,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// What must change on the switch to go from one desired state to the next.
+/// Every list is ordered by Service port name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeSet {
+    pub added: Vec<AddedPort>,
+    pub removed: Vec<RemovedPort>,
+    pub changed: Vec<ChangedPort>,
+    pub stale_udp_endpoints: Vec<StaleUdpEndpoint>,
+    pub stale_udp_frontends: Vec<StaleUdpFrontend>,
+}
+
+impl ChangeSet {
+    /// Nothing to do on the switch.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.stale_udp_endpoints.is_empty()
+            && self.stale_udp_frontends.is_empty()
+    }
+}
+
+/// Computes the change set from `old` to `new`, allocating group ids for
+/// added ports and retiring those of removed ports in `groups`.
+/// `groups` must be the allocator that saw every earlier diff (or be empty
+/// with `old` empty). On error nothing in `groups` has changed.
+pub fn diff(
+    old: &DesiredState,
+    new: &DesiredState,
+    groups: &mut GroupIdAllocator,
+) -> Result<ChangeSet, GroupIdsExhausted> {
+    use std::cmp::Ordering;
+
+    let mut changes = ChangeSet::default();
+    let mut old_iter = old.iter().peekable();
+    let mut new_iter = new.iter().peekable();
+    loop {
+        let order = match (old_iter.peek(), new_iter.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((old_name, _)), Some((new_name, _))) => old_name.cmp(new_name),
+        };
+        match order {
+            Ordering::Less => {
+                let Some((name, state)) = old_iter.next() else {
+                    break;
+                };
+                removed(name, state, &mut changes);
+            }
+            Ordering::Greater => {
+                let Some((name, state)) = new_iter.next() else {
+                    break;
+                };
+                added(name, state, &mut changes);
+            }
+            Ordering::Equal => {
+                let (Some((name, old_state)), Some((_, new_state))) =
+                    (old_iter.next(), new_iter.next())
+                else {
+                    break;
+                };
+                if !Arc::ptr_eq(old_state, new_state) {
+                    changed(name, old_state, new_state, &mut changes);
+                }
+            }
+        }
+    }
+    assign_group_ids(&mut changes, groups)?;
+    Ok(changes)
+}
+
+/// Retires the ids of removed ports and allocates ids for added ports (and
+/// for changed ports the allocator does not know), all or nothing.
+fn assign_group_ids(
+    changes: &mut ChangeSet,
+    groups: &mut GroupIdAllocator,
+) -> Result<(), GroupIdsExhausted> {
+    let needed = changes.added.len()
+        + changes
+            .changed
+            .iter()
+            .filter(|port| groups.get(&port.name).is_none())
+            .count();
+    if (needed as u64) > groups.available() {
+        return Err(GroupIdsExhausted {
+            first: groups.first,
+            last: groups.last,
+        });
+    }
+    for port in &mut changes.removed {
+        // A port the allocator never saw keeps 0: it has no group to delete.
+        port.group_id = groups.retire(&port.name).unwrap_or(0);
+    }
+    for port in &mut changes.changed {
+        port.group_id = groups.allocate(&port.name)?;
+    }
+    for port in &mut changes.added {
+        port.group_id = groups.allocate(&port.name)?;
+    }
+    Ok(())
+}
+
+fn added(name: &ServicePortName, state: &Arc<ServicePortState>, changes: &mut ChangeSet) {
+    if state.protocol == Protocol::Udp && !state.endpoints.is_empty() {
+        changes
+            .stale_udp_frontends
+            .push(stale_frontend(name, state));
+    }
+    changes.added.push(AddedPort {
+        name: name.clone(),
+        group_id: 0,
+        state: Arc::clone(state),
+    });
+}
+
+fn removed(name: &ServicePortName, state: &Arc<ServicePortState>, changes: &mut ChangeSet) {
+    if state.protocol == Protocol::Udp {
+        stale_endpoints(name, state, None, changes);
+    }
+    changes.removed.push(RemovedPort {
+        name: name.clone(),
+        group_id: 0,
+        state: Arc::clone(state),
+    });
+}
+
+fn changed(
+    name: &ServicePortName,
+    old: &Arc<ServicePortState>,
+    new: &Arc<ServicePortState>,
+    changes: &mut ChangeSet,
+) {
+    let frontend_changed = !old.same_frontend(new);
+    let endpoints_changed = !old.same_buckets(new);
+    if !frontend_changed && !endpoints_changed {
+        return;
+    }
+    if old.protocol == Protocol::Udp {
+        let same_address = old.cluster_ip == new.cluster_ip && old.port == new.port;
+        stale_endpoints(name, old, same_address.then_some(new.as_ref()), changes);
+    }
+    if new.protocol == Protocol::Udp && old.endpoints.is_empty() && !new.endpoints.is_empty() {
+        changes.stale_udp_frontends.push(stale_frontend(name, new));
+    }
+    changes.changed.push(ChangedPort {
+        name: name.clone(),
+        group_id: 0,
+        old: Arc::clone(old),
+        new: Arc::clone(new),
+        frontend_changed,
+        endpoints_changed,
+    });
+}
+
+/// Lists the endpoints of `old` that `still` (same frontend address) no
+/// longer has; all of them when `still` is `None`.
+fn stale_endpoints(
+    name: &ServicePortName,
+    old: &ServicePortState,
+    still: Option<&ServicePortState>,
+    changes: &mut ChangeSet,
+) {
+    for endpoint in &old.endpoints {
+        let kept = still.is_some_and(|new| {
+            new.endpoints
+                .binary_search_by(|e| (e.ip, e.port).cmp(&(endpoint.ip, endpoint.port)))
+                .is_ok()
+        });
+        if !kept {
+            changes.stale_udp_endpoints.push(StaleUdpEndpoint {
+                name: name.clone(),
+                cluster_ip: old.cluster_ip,
+                port: old.port,
+                endpoint_ip: endpoint.ip,
+                endpoint_port: endpoint.port,
+            });
+        }
+    }
+}
+
+fn stale_frontend(name: &ServicePortName, state: &ServicePortState) -> StaleUdpFrontend {
+    StaleUdpFrontend {
+        name: name.clone(),
+        cluster_ip: state.cluster_ip,
+        port: state.port,
+    }
+}

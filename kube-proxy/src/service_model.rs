@@ -1,0 +1,616 @@
+//! The desired service state: what the switch must implement for every
+//! Service port, computed from `Service` and `EndpointSlice` objects the way
+//! kube-proxy computes it. Pure: no I/O, no clock, deterministic output.
+//!
+//! Rules (kube-proxy's `pkg/proxy` is the reference):
+//! - EndpointSlices belong to the Service named by their
+//!   `kubernetes.io/service-name` label in the same namespace; slices for a
+//!   Service that does not exist (or is ignored) contribute nothing.
+//! - A Service port matches a slice port by port name and protocol; the slice
+//!   port carries the resolved target port number, so named target ports need
+//!   no pod lookup.
+//! - Endpoint conditions default as the API documents: `ready` unset means
+//!   true, `serving` unset means true, `terminating` unset means false.
+//! - Usable endpoints: the ready ones; if there are none, the serving and
+//!   terminating ones. With `internalTrafficPolicy: Local` only this node's
+//!   endpoints count (ready first, then serving+terminating).
+//! - The same endpoint (IP and port) listed in several slices is merged.
+//! - Headless (`clusterIP: None`), IP-less and `ExternalName` Services are
+//!   ignored. Services without a selector use their hand-made slices.
+//! - IPv4 only: the IPv4 entry of `spec.clusterIPs` is used; IPv6 and FQDN
+//!   slices are skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
+use tracing::{debug, warn};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Session affinity timeout when `ClientIP` affinity is set without one (3 hours).
+pub const DEFAULT_CLIENT_IP_TIMEOUT_SECS: u32 = 10_800;
+
+/// Transport protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the API spelling; an unset protocol is TCP, as the API defaults it.
+    pub fn from_api(value: Option<&str>) -> Result<Self, UnknownProtocol> {
+        match value {
+            None | Some("TCP") => Ok(Self::Tcp),
+            Some("UDP") => Ok(Self::Udp),
+            Some("SCTP") => Ok(Self::Sctp),
+            Some(other) => Err(UnknownProtocol(other.to_owned())),
+        }
+    }
+
+    /// The API spelling: `TCP`, `UDP` or `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol string the API does not define.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
+pub struct UnknownProtocol(pub String);
+
+/// A Service by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The Service an object is, by its metadata.
+    pub fn of_service(service: &Service) -> Self {
+        Self::new(
+            service.metadata.namespace.clone().unwrap_or_default(),
+            service.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// The Service a slice belongs to, from its `kubernetes.io/service-name`
+    /// label; `None` when the label is missing or empty.
+    pub fn of_slice(slice: &EndpointSlice) -> Option<Self> {
+        let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        if name.is_empty() {
+            return None;
+        }
+        Some(Self::new(
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        ))
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One port of one Service: the unit that gets a frontend and a group.
+/// Ordered by namespace, name, port name, protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name; empty for a single unnamed port.
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl ServicePortName {
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        port: impl Into<String>,
+        protocol: Protocol,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+            protocol,
+        }
+    }
+
+    pub fn service(&self) -> ServiceKey {
+        ServiceKey::new(self.namespace.clone(), self.name.clone())
+    }
+
+    fn is_of(&self, service: &ServiceKey) -> bool {
+        self.namespace == service.namespace && self.name == service.name
+    }
+}
+
+impl fmt::Display for ServicePortName {
+    /// `namespace/name:port/PROTOCOL`, like kube-proxy's logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}:{}/{}",
+            self.namespace, self.name, self.port, self.protocol
+        )
+    }
+}
+
+/// One backend of a Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    /// The target port, as resolved in the EndpointSlice.
+    pub port: u16,
+    pub node_name: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// Runs on this node (`node_name` equals the proxy's node name).
+    pub is_local: bool,
+}
+
+impl Endpoint {
+    /// Usable as a fallback when nothing is ready.
+    fn serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
+
+    /// How good a duplicate is; the better copy wins a merge.
+    fn merge_rank(&self) -> (bool, bool, bool) {
+        (self.is_local, self.ready, self.serving)
+    }
+}
+
+/// What the switch does with traffic to a frontend that has no endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NoEndpointsAction {
+    /// Nothing usable anywhere in the cluster: reject (TCP RST / ICMP unreachable).
+    Reject,
+    /// `internalTrafficPolicy: Local` and this node has no usable endpoint
+    /// while other nodes do: drop silently (kube-proxy does the same).
+    Drop,
+}
+
+/// What the switch must implement for one Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortState {
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// `ClientIP` session affinity timeout in seconds; `None` without affinity.
+    pub session_affinity: Option<u32>,
+    pub internal_traffic_policy_local: bool,
+    /// The usable endpoints (see module docs), sorted by IP then port.
+    pub endpoints: Vec<Endpoint>,
+    /// Some node (any node, this one included) has a usable endpoint, ignoring
+    /// the traffic policy. Decides between reject and drop when `endpoints` is empty.
+    pub cluster_has_endpoints: bool,
+}
+
+impl ServicePortState {
+    /// `None` when there are endpoints to balance over.
+    pub fn no_endpoints_action(&self) -> Option<NoEndpointsAction> {
+        if !self.endpoints.is_empty() {
+            None
+        } else if self.cluster_has_endpoints {
+            Some(NoEndpointsAction::Drop)
+        } else {
+            Some(NoEndpointsAction::Reject)
+        }
+    }
+
+    /// Everything the frontend flows depend on is equal: VIP, port,
+    /// protocol, affinity, policy, and the no-endpoints action.
+    pub fn same_frontend(&self, other: &Self) -> bool {
+        self.cluster_ip == other.cluster_ip
+            && self.port == other.port
+            && self.protocol == other.protocol
+            && self.session_affinity == other.session_affinity
+            && self.internal_traffic_policy_local == other.internal_traffic_policy_local
+            && self.no_endpoints_action() == other.no_endpoints_action()
+    }
+
+    /// The group's buckets are equal: same endpoint addresses and ports in
+    /// the same order (condition flags do not change buckets).
+    pub fn same_buckets(&self, other: &Self) -> bool {
+        self.endpoints.len() == other.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&other.endpoints)
+                .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+    }
+}
+
+/// The desired state of every Service port, keyed and ordered by name.
+/// States are shared (`Arc`) so unchanged entries cost nothing to carry
+/// from one generation to the next.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredState {
+    ports: BTreeMap<ServicePortName, Arc<ServicePortState>>,
+}
+
+impl DesiredState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, name: &ServicePortName) -> Option<&Arc<ServicePortState>> {
+        self.ports.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ServicePortName, &Arc<ServicePortState>)> {
+        self.ports.iter()
+    }
+
+    /// Number of Service ports.
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    /// The ports of one Service.
+    pub fn service_ports<'a>(
+        &'a self,
+        service: &'a ServiceKey,
+    ) -> impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortState>)> + 'a {
+        let start = ServicePortName::new(
+            service.namespace.clone(),
+            service.name.clone(),
+            "",
+            Protocol::Tcp,
+        );
+        self.ports
+            .range(start..)
+            .take_while(move |(name, _)| name.is_of(service))
+    }
+
+    /// Replaces all ports of one Service with `ports` (empty removes the
+    /// Service). Entries whose state is unchanged keep their old `Arc`.
+    pub fn replace_service(
+        &mut self,
+        service: &ServiceKey,
+        ports: Vec<(ServicePortName, ServicePortState)>,
+    ) {
+        let mut old: HashMap<ServicePortName, Arc<ServicePortState>> = HashMap::new();
+        let names: Vec<ServicePortName> = self
+            .service_ports(service)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            if let Some(state) = self.ports.remove(&name) {
+                old.insert(name, state);
+            }
+        }
+        for (name, state) in ports {
+            debug_assert!(name.is_of(service), "{name} is not a port of {service}");
+            let state = match old.remove(&name) {
+                Some(previous) if *previous == state => previous,
+                _ => Arc::new(state),
+            };
+            self.ports.insert(name, state);
+        }
+    }
+
+    pub(crate) fn insert(&mut self, name: ServicePortName, state: ServicePortState) {
+        self.ports.insert(name, Arc::new(state));
+    }
+}
+
+/// Builds the desired state from all Services and EndpointSlices.
+/// `node_name` is this node (decides `is_local`; empty means no endpoint is local).
+pub fn build_desired_state<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+) -> DesiredState {
+    let slices_by_service = group_slices(slices);
+    let mut state = DesiredState::new();
+    for service in services {
+        let key = ServiceKey::of_service(service);
+        let slices = slices_by_service
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (name, port_state) in service_port_states(service, slices, node_name) {
+            state.insert(name, port_state);
+        }
+    }
+    state
+}
+
+/// Groups slices by the Service they belong to, each group ordered by slice
+/// name (so merging is deterministic). Slices without the service-name label
+/// are skipped.
+pub fn group_slices<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> HashMap<ServiceKey, Vec<&'a EndpointSlice>> {
+    let mut grouped: HashMap<ServiceKey, Vec<&'a EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        match ServiceKey::of_slice(slice) {
+            Some(key) => grouped.entry(key).or_default().push(slice),
+            None => debug!(
+                slice = slice.metadata.name.as_deref().unwrap_or(""),
+                "EndpointSlice without {SERVICE_NAME_LABEL} label ignored"
+            ),
+        }
+    }
+    for group in grouped.values_mut() {
+        group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    grouped
+}
+
+/// The desired state of each port of one Service, given the slices that
+/// belong to it. Empty for ignored Services (headless, ExternalName, no IPv4
+/// cluster IP).
+pub fn service_port_states(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    node_name: &str,
+) -> Vec<(ServicePortName, ServicePortState)> {
+    let key = ServiceKey::of_service(service);
+    let Some(frontend) = ServiceFrontend::of(&key, service) else {
+        return Vec::new();
+    };
+    let spec_ports = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_deref())
+        .unwrap_or_default();
+
+    let mut out: Vec<(ServicePortName, ServicePortState)> = Vec::with_capacity(spec_ports.len());
+    for spec_port in spec_ports {
+        let protocol = match Protocol::from_api(spec_port.protocol.as_deref()) {
+            Ok(protocol) => protocol,
+            Err(err) => {
+                warn!(service = %key, %err, "Service port ignored");
+                continue;
+            }
+        };
+        let Ok(port) = u16::try_from(spec_port.port) else {
+            warn!(service = %key, port = spec_port.port, "Service port out of range ignored");
+            continue;
+        };
+        if port == 0 {
+            warn!(service = %key, "Service port 0 ignored");
+            continue;
+        }
+        let name = ServicePortName::new(
+            key.namespace.clone(),
+            key.name.clone(),
+            spec_port.name.clone().unwrap_or_default(),
+            protocol,
+        );
+        if out.iter().any(|(existing, _)| *existing == name) {
+            warn!(service_port = %name, "duplicate Service port ignored");
+            continue;
+        }
+        let all = collect_endpoints(&name, slices, node_name);
+        let (endpoints, cluster_has_endpoints) =
+            choose_endpoints(all, frontend.internal_traffic_policy_local);
+        out.push((
+            name,
+            ServicePortState {
+                cluster_ip: frontend.cluster_ip,
+                port,
+                protocol,
+                session_affinity: frontend.session_affinity,
+                internal_traffic_policy_local: frontend.internal_traffic_policy_local,
+                endpoints,
+                cluster_has_endpoints,
+            },
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The per-Service part of every port's frontend.
+struct ServiceFrontend {
+    cluster_ip: Ipv4Addr,
+    session_affinity: Option<u32>,
+    internal_traffic_policy_local: bool,
+}
+
+impl ServiceFrontend {
+    fn of(key: &ServiceKey, service: &Service) -> Option<Self> {
+        let Some(spec) = service.spec.as_ref() else {
+            debug!(service = %key, "Service without spec ignored");
+            return None;
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            debug!(service = %key, "ExternalName Service ignored");
+            return None;
+        }
+        let primary = spec.cluster_ip.as_deref().unwrap_or("");
+        if primary.is_empty() || primary == "None" {
+            debug!(service = %key, cluster_ip = primary, "headless or IP-less Service ignored");
+            return None;
+        }
+        // clusterIPs (dual stack) lists clusterIP first; fall back to clusterIP alone.
+        let candidates: Vec<&str> = match spec.cluster_ips.as_deref() {
+            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            _ => vec![primary],
+        };
+        let mut cluster_ip = None;
+        for candidate in candidates {
+            if let Ok(ip) = candidate.parse::<Ipv4Addr>() {
+                cluster_ip = Some(ip);
+                break;
+            }
+            if candidate.parse::<std::net::Ipv6Addr>().is_err() {
+                warn!(service = %key, cluster_ip = candidate, "unparsable cluster IP skipped");
+            }
+        }
+        let Some(cluster_ip) = cluster_ip else {
+            debug!(service = %key, "Service without an IPv4 cluster IP ignored");
+            return None;
+        };
+
+        let session_affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|config| config.client_ip.as_ref())
+                .and_then(|client_ip| client_ip.timeout_seconds);
+            match timeout {
+                Some(secs) if secs > 0 => {
+                    u32::try_from(secs).unwrap_or(DEFAULT_CLIENT_IP_TIMEOUT_SECS)
+                }
+                Some(secs) => {
+                    warn!(service = %key, secs, "invalid ClientIP timeout, using the default");
+                    DEFAULT_CLIENT_IP_TIMEOUT_SECS
+                }
+                None => DEFAULT_CLIENT_IP_TIMEOUT_SECS,
+            }
+        });
+
+        Some(Self {
+            cluster_ip,
+            session_affinity,
+            internal_traffic_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        })
+    }
+}
+
+/// All endpoints the slices list for one Service port, duplicates merged
+/// (the local, then ready, then serving copy wins; ties keep the first slice
+/// by name), sorted by IP then port.
+fn collect_endpoints(
+    name: &ServicePortName,
+    slices: &[&EndpointSlice],
+    node_name: &str,
+) -> Vec<Endpoint> {
+    let mut merged: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            debug!(
+                service_port = %name,
+                slice = slice.metadata.name.as_deref().unwrap_or(""),
+                address_type = slice.address_type,
+                "non-IPv4 EndpointSlice skipped"
+            );
+            continue;
+        }
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        for slice_port in ports {
+            if slice_port.name.as_deref().unwrap_or("") != name.port {
+                continue;
+            }
+            match Protocol::from_api(slice_port.protocol.as_deref()) {
+                Ok(protocol) if protocol == name.protocol => {}
+                _ => continue,
+            }
+            let Some(port) = slice_port
+                .port
+                .and_then(|port| u16::try_from(port).ok())
+                .filter(|port| *port != 0)
+            else {
+                warn!(
+                    service_port = %name,
+                    slice = slice.metadata.name.as_deref().unwrap_or(""),
+                    port = ?slice_port.port,
+                    "EndpointSlice port without a valid number ignored"
+                );
+                continue;
+            };
+            for slice_endpoint in &slice.endpoints {
+                let Some(endpoint) = endpoint_of(name, slice_endpoint, port, node_name) else {
+                    continue;
+                };
+                match merged.get(&(endpoint.ip, endpoint.port)) {
+                    Some(existing) if existing.merge_rank() >= endpoint.merge_rank() => {}
+                    _ => {
+                        merged.insert((endpoint.ip, endpoint.port), endpoint);
+                    }
+                }
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+fn endpoint_of(
+    name: &ServicePortName,
+    slice_endpoint: &SliceEndpoint,
+    port: u16,
+    node_name: &str,
+) -> Option<Endpoint> {
+    let Some(address) = slice_endpoint.addresses.first() else {
+        debug!(service_port = %name, "endpoint without addresses ignored");
+        return None;
+    };
+    let Ok(ip) = address.parse::<Ipv4Addr>() else {
+        warn!(service_port = %name, address, "endpoint address is not IPv4, ignored");
+        return None;
+    };
+    let conditions = slice_endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    let node = slice_endpoint.node_name.clone();
+    let is_local = !node_name.is_empty() && node.as_deref() == Some(node_name);
+    Some(Endpoint {
+        ip,
+        port,
+        node_name: node,
+        ready,
+        serving,
+        terminating,
+        is_local,
+    })
+}
+
+/// kube-proxy's endpoint choice (CategorizeEndpoints without topology hints).
+/// Returns the usable endpoints for the port's traffic policy, and whether
+/// the cluster has any usable endpoint at all.
+fn choose_endpoints(all: Vec<Endpoint>, policy_local: bool) -> (Vec<Endpoint>, bool) {
+    let cluster_has_endpoints = all.iter().any(|e| e.ready || e.serving_terminating());
+    let candidates = |e: &Endpoint| !policy_local || e.is_local;
+    let any_ready = all.iter().any(|e| candidates(e) && e.ready);
+    let chosen = all
+        .into_iter()
+        .filter(|e| {
+            candidates(e)
+                && if any_ready {
+                    e.ready
+                } else {
+                    e.serving_terminating()
+                }
+        })
+        .collect();
+    (chosen, cluster_has_endpoints)
+}
