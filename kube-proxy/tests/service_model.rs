@@ -171,6 +171,19 @@ fn endpoint_choice_table() {
             when_empty: Some(NoEndpointsAction::Reject),
         },
         Case {
+            what: "serving but not terminating is no fallback",
+            local_policy: false,
+            endpoints: vec![
+                endpoint("10.0.0.5")
+                    .node("node-a")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(false),
+            ],
+            chosen: vec![],
+            when_empty: Some(NoEndpointsAction::Reject),
+        },
+        Case {
             what: "no slices' endpoints at all: reject",
             local_policy: false,
             endpoints: vec![],
