@@ -5,4 +5,5 @@
 pub mod config;
 pub mod ipam;
 pub mod mac;
+pub mod netns;
 pub mod segment;

@@ -1,0 +1,77 @@
+//! An rtnetlink connection bound to one network namespace.
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
+
+use super::path::{Netns, NetnsError};
+use super::thread::run_in_netns;
+
+/// An rtnetlink handle whose socket lives in a given namespace, usable from
+/// any task of the caller's runtime. Dropping it closes the connection.
+#[derive(Debug)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    connection: tokio::task::JoinHandle<()>,
+    netns: String,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace: for the agent, the
+    /// node's own namespace. Must be called inside a tokio runtime.
+    pub fn current() -> Result<Netlink, NetnsError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NetnsError::Io {
+                path: "/proc/thread-self/ns/net".into(),
+                op: "opening netlink socket",
+                source,
+            })?;
+        Ok(Netlink {
+            handle,
+            connection: tokio::spawn(connection),
+            netns: "node".to_string(),
+        })
+    }
+
+    /// A connection inside `netns`: the socket is created on a dedicated
+    /// thread that entered the namespace (a netlink socket belongs to the
+    /// namespace it was created in), then driven by the caller's runtime.
+    pub async fn open_in(netns: &Netns) -> Result<Netlink, NetnsError> {
+        let label = netns.to_string();
+        let socket = run_in_netns(netns, || Socket::new(NETLINK_ROUTE))
+            .await?
+            .map_err(|source| NetnsError::Io {
+                path: label.clone().into(),
+                op: "opening netlink socket",
+                source,
+            })?;
+        // SAFETY: the descriptor comes from `into_raw_fd` of a netlink socket
+        // we own, so TokioSocket takes sole ownership of an open socket; we
+        // are inside a tokio runtime (async fn), which TokioSocket needs to
+        // register the descriptor.
+        #[allow(unsafe_code)]
+        let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+        let (connection, handle, _) = rtnetlink::from_socket(socket);
+        Ok(Netlink {
+            handle,
+            connection: tokio::spawn(connection),
+            netns: label,
+        })
+    }
+
+    /// The rtnetlink handle.
+    pub fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
+    /// Describes the namespace for error messages ("node" or the path).
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
