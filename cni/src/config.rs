@@ -142,7 +142,7 @@ fn field<T: DeserializeOwned>(obj: &Map<String, Value>, key: &str) -> Result<Opt
 /// Errors: 6 if stdin is not a JSON object; 1 if `cniVersion` is missing or
 /// not supported; 7 for a missing or malformed `name`/`type`, a wrong-typed
 /// known key, an out-of-range `mtu`/`timeoutSeconds`, or a `prevResult` that is
-/// not a valid result.
+/// not a valid result; 2 for an `ipam` section (the agent does IPAM).
 pub fn parse_config(stdin: &[u8]) -> Result<NetworkConfig, CniError> {
     let value: Value = serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(
@@ -182,6 +182,13 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetworkConfig, CniError> {
         }
     };
 
+    if let Some(ipam) = obj.get("ipam") {
+        return Err(CniError::new(
+            ErrorCode::UnsupportedField,
+            format!("unsupported field \"ipam\": {ipam}"),
+            "switchyard-agent allocates addresses itself (segment pools); remove the ipam section from the network configuration",
+        ));
+    }
     let name: String = field(&obj, "name")?
         .ok_or_else(|| invalid("missing network name", "the configuration needs \"name\""))?;
     crate::env::validate_network_name(&name)?;

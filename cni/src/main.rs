@@ -65,7 +65,8 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
         return Ok(Outcome::Print(version_output(cni_version)));
     }
 
-    let env = CniEnv::from_lookup(command, env_var)?;
+    // Stdin first, so that even environment errors are printed in the
+    // caller's cniVersion.
     let mut stdin = Vec::new();
     std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
         CniError::new(
@@ -79,6 +80,7 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
     {
         *cni_version = v;
     }
+    let env = CniEnv::from_lookup(command, env_var)?;
     let config = parse_config(&stdin)?;
     init_logging(&config);
     check_verb_for_version(command, &config)?;
