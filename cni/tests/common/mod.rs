@@ -195,7 +195,30 @@ pub fn exec_plugin_with_stdin(
     stdin: Option<StdinSource>,
     limit: Duration,
 ) -> Run {
-    let mut cmd = Command::new(program);
+    exec_command(Command::new(program), env, stdin, limit)
+}
+
+/// Runs `program` inside the network namespace `netns` (`ip netns exec`), the
+/// way a runtime on a node whose root netns is `netns` would.
+pub fn exec_plugin_in_netns(
+    netns: &str,
+    program: &Path,
+    env: &[(&str, String)],
+    stdin: &[u8],
+    limit: Duration,
+) -> Run {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]).arg(program);
+    exec_command(cmd, env, Some(StdinSource::Bytes(stdin.to_vec())), limit)
+}
+
+fn exec_command(
+    mut cmd: Command,
+    env: &[(&str, String)],
+    stdin: Option<StdinSource>,
+    limit: Duration,
+) -> Run {
+    let program = PathBuf::from(cmd.get_program());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::piped())
@@ -294,4 +317,73 @@ pub fn skip_privileged(test: &str) -> bool {
         return true;
     }
     false
+}
+
+/// Whether this process runs as root (uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a helper command that must succeed (setup and inspection).
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace created for one test, deleted on drop (even on panic).
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `ip netns add` with a name unique to this process and call.
+    pub fn new(role: &str) -> Netns {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("sy-cni-{role}-{}-{n}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        Netns { name }
+    }
+
+    /// The path runtimes pass as CNI_NETNS.
+    pub fn path(&self) -> String {
+        for dir in ["/var/run/netns", "/run/netns"] {
+            let p = format!("{dir}/{}", self.name);
+            if Path::new(&p).exists() {
+                return p;
+            }
+        }
+        panic!("netns {} has no path", self.name);
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
