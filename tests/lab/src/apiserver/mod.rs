@@ -1,0 +1,201 @@
+//! The in-memory Kubernetes API server.
+
+pub mod error;
+pub mod http;
+pub mod openapi;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod store;
+pub mod table;
+pub mod time;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use error::ApiError;
+pub use store::{Store, StoreOptions};
+
+/// Options of [`ApiServer::start`].
+#[derive(Debug, Clone)]
+pub struct ApiServerOptions {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Events kept for resuming watches; older resourceVersions get `410 Gone`.
+    pub history_limit: usize,
+    /// Interval of BOOKMARK events on watches that allow them.
+    pub bookmark_interval: Duration,
+    /// Service ClusterIP range (ClusterIP and NodePort allocation); `None` disables it.
+    pub service_cidr: Option<Ipv4Net>,
+    /// Cluster pod CIDR split into per-node ranges by the node IPAM controller; `None` disables it.
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Prefix length of each node's pod CIDR.
+    pub node_cidr_prefix: u8,
+    /// Run the EndpointSlice controller.
+    pub endpointslice_controller: bool,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        ApiServerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            history_limit: 10_000,
+            bookmark_interval: Duration::from_secs(15),
+            service_cidr: Some(
+                Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16).expect("valid prefix"),
+            ),
+            cluster_cidr: Some(
+                Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).expect("valid prefix"),
+            ),
+            node_cidr_prefix: 24,
+            endpointslice_controller: true,
+        }
+    }
+}
+
+impl ApiServerOptions {
+    /// Options with every controller off (plain storage).
+    pub fn without_controllers() -> Self {
+        ApiServerOptions {
+            service_cidr: None,
+            cluster_cidr: None,
+            endpointslice_controller: false,
+            ..Self::default()
+        }
+    }
+}
+
+/// Error starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Could not bind the listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Invalid options.
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+/// Entry point: `ApiServer::start(opts)`.
+#[derive(Debug)]
+pub struct ApiServer;
+
+/// A running server. Dropping it shuts it down (without waiting).
+#[derive(Debug)]
+pub struct ApiServerHandle {
+    addr: SocketAddr,
+    store: Arc<Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds, starts serving and starts the configured controllers. Must be called inside a
+    /// tokio runtime.
+    pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, StartError> {
+        if let Some(c) = opts.cluster_cidr
+            && opts.node_cidr_prefix < c.prefix_len()
+        {
+            return Err(StartError::Options(format!(
+                "node CIDR prefix /{} is shorter than the cluster CIDR {c}",
+                opts.node_cidr_prefix
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+        let store = Store::new(StoreOptions {
+            history_limit: opts.history_limit,
+            service_cidr: opts.service_cidr,
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = http::HttpState {
+            store: store.clone(),
+            bookmark_interval: opts.bookmark_interval,
+            shutdown: shutdown_rx.clone(),
+        };
+        let app = axum::Router::new().fallback(http::handle).with_state(state);
+        let mut graceful = shutdown_rx.clone();
+        let server = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = graceful.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+        let mut tasks = vec![server];
+        tasks.extend(crate::controllers::start(&store, &opts, shutdown_rx));
+        tracing::info!(%addr, "lab API server listening");
+        Ok(ApiServerHandle {
+            addr,
+            store,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+}
+
+impl ApiServerHandle {
+    /// Base URL, e.g. `http://127.0.0.1:34567`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The store, for in-process inspection and direct writes.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Writes a kubeconfig (context `switchyard-lab`, no auth) pointing at this server.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        crate::kubeconfig::write(path, &self.url())
+    }
+
+    /// Stops serving, ends watches and controllers, and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("an API server task did not stop within 5s");
+            }
+        }
+    }
+}
+
+impl Drop for ApiServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! In-process stand-ins for kube-controller-manager: node IPAM (a pod CIDR per Node) and the
+//! EndpointSlice controller. (ClusterIP/NodePort allocation happens in the API server's
+//! Service admission, as in a real cluster.)
+//!
+//! Each controller subscribes to the store's change feed, reconciles everything once at start,
+//! and again after each batch of relevant changes. Writes that change nothing are no-ops in the
+//! store, so the controllers do not feed back on themselves.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::apiserver::selector::LabelSelector;
+use crate::apiserver::store::{DeleteOptions, StoredEvent};
+use crate::apiserver::{ApiServerOptions, Store};
+
+/// `endpointslice.kubernetes.io/managed-by` value of slices this controller owns.
+pub const ENDPOINTSLICE_MANAGER: &str = "endpointslice-controller.k8s.io";
+
+/// Starts the controllers enabled in `opts`.
+pub fn start(
+    store: &Arc<Store>,
+    opts: &ApiServerOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(cluster_cidr) = opts.cluster_cidr {
+        let prefix = opts.node_cidr_prefix;
+        tasks.push(spawn_controller(
+            store,
+            shutdown.clone(),
+            &[("", "nodes")],
+            move |s| reconcile_node_cidrs(s, cluster_cidr, prefix),
+        ));
+    }
+    if opts.endpointslice_controller {
+        tasks.push(spawn_controller(
+            store,
+            shutdown,
+            &[
+                ("", "pods"),
+                ("", "services"),
+                ("discovery.k8s.io", "endpointslices"),
+            ],
+            reconcile_endpointslices,
+        ));
+    }
+    tasks
+}
+
+fn spawn_controller(
+    store: &Arc<Store>,
+    mut shutdown: watch::Receiver<bool>,
+    interests: &'static [(&'static str, &'static str)],
+    reconcile: impl Fn(&Store) + Send + 'static,
+) -> JoinHandle<()> {
+    let store = Arc::clone(store);
+    let mut events = store.subscribe();
+    tokio::spawn(async move {
+        let relevant = |e: &StoredEvent| {
+            interests
+                .iter()
+                .any(|(g, r)| e.key.group == *g && e.key.resource == *r)
+        };
+        reconcile(&store);
+        loop {
+            let dirty = tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => return,
+                r = events.recv() => match r {
+                    Ok(e) => relevant(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            // Coalesce whatever else is already queued into the same pass.
+            let mut dirty = dirty;
+            loop {
+                match events.try_recv() {
+                    Ok(e) => dirty |= relevant(&e),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => dirty = true,
+                    Err(_) => break,
+                }
+            }
+            if dirty {
+                reconcile(&store);
+            }
+        }
+    })
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Gives every Node without `spec.podCIDR` the lowest free `/prefix` of the cluster CIDR.
+pub fn reconcile_node_cidrs(store: &Store, cluster_cidr: Ipv4Net, prefix: u8) {
+    let Some(rt) = store.resource_type("", "v1", "nodes") else {
+        return;
+    };
+    let nodes = store.objects_of("", "nodes");
+    let mut used: HashSet<String> = nodes
+        .iter()
+        .map(|n| str_at(n, "/spec/podCIDR").to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    let Ok(mut subnets) = cluster_cidr.subnets(prefix) else {
+        return;
+    };
+    for node in nodes
+        .iter()
+        .filter(|n| str_at(n, "/spec/podCIDR").is_empty())
+    {
+        let name = str_at(node, "/metadata/name");
+        let Some(cidr) = subnets
+            .by_ref()
+            .map(|s| s.to_string())
+            .find(|s| !used.contains(s))
+        else {
+            tracing::warn!(node = name, %cluster_cidr, "no free pod CIDR left");
+            return;
+        };
+        let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+        match store.patch(
+            &rt,
+            "",
+            name,
+            "application/merge-patch+json",
+            patch.to_string().as_bytes(),
+            false,
+        ) {
+            Ok(_) => {
+                tracing::info!(node = name, pod_cidr = %cidr, "assigned pod CIDR");
+                used.insert(cidr);
+            }
+            Err(e) => tracing::warn!(node = name, error = %e, "assigning pod CIDR failed"),
+        }
+    }
+}
+
+fn pod_ready_condition(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
+        .is_some_and(|c| c.get("status") == Some(&json!("True")))
+}
+
+/// The port a service port targets on one pod, or `None` when a named port is not declared
+/// by any of the pod's containers.
+fn resolve_target_port(service_port: &Value, pod: &Value) -> Option<i64> {
+    let protocol = service_port
+        .get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("TCP");
+    match service_port.get("targetPort") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(name)) => {
+            if let Ok(n) = name.parse::<i64>() {
+                return Some(n);
+            }
+            pod.pointer("/spec/containers")
+                .and_then(Value::as_array)?
+                .iter()
+                .flat_map(|c| {
+                    c.get("ports")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .find(|p| {
+                    p.get("name").and_then(Value::as_str) == Some(name.as_str())
+                        && p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == protocol
+                })
+                .and_then(|p| p.get("containerPort").and_then(Value::as_i64))
+        }
+        _ => service_port.get("port").and_then(Value::as_i64),
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{:05x}", h & 0xfffff)
+}
+
+/// Desired EndpointSlices of one Service, keyed by name.
+pub fn desired_endpointslices(service: &Value, pods: &[Value]) -> BTreeMap<String, Value> {
+    let svc_name = str_at(service, "/metadata/name");
+    let ns = str_at(service, "/metadata/namespace");
+    let selector = service
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .map(LabelSelector::from_map)
+        .unwrap_or_default();
+    let service_ports = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    // Pods grouped by their resolved port list (one slice per distinct port list).
+    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut matching: Vec<&Value> = pods
+        .iter()
+        .filter(|p| str_at(p, "/metadata/namespace") == ns && selector.matches(p))
+        .filter(|p| !str_at(p, "/status/podIP").is_empty())
+        .filter(|p| !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed"))
+        .collect();
+    matching.sort_by_key(|p| str_at(p, "/metadata/name").to_string());
+    for pod in matching {
+        let ports: Vec<Value> = service_ports
+            .iter()
+            .filter_map(|sp| {
+                let port = resolve_target_port(sp, pod)?;
+                let mut p = json!({
+                    "name": sp.get("name").and_then(Value::as_str).unwrap_or(""),
+                    "port": port,
+                    "protocol": sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+                });
+                if let Some(ap) = sp.get("appProtocol") {
+                    p["appProtocol"] = ap.clone();
+                }
+                Some(p)
+            })
+            .collect();
+        let ready_condition = pod_ready_condition(pod);
+        let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+        let mut endpoint = json!({
+            "addresses": [str_at(pod, "/status/podIP")],
+            "conditions": {
+                "ready": ready_condition && !terminating,
+                "serving": ready_condition,
+                "terminating": terminating,
+            },
+            "targetRef": {
+                "kind": "Pod",
+                "namespace": ns,
+                "name": str_at(pod, "/metadata/name"),
+                "uid": str_at(pod, "/metadata/uid"),
+            },
+        });
+        let node = str_at(pod, "/spec/nodeName");
+        if !node.is_empty() {
+            endpoint["nodeName"] = json!(node);
+        }
+        let key = serde_json::to_string(&ports).unwrap_or_default();
+        groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(endpoint);
+    }
+    if groups.is_empty() {
+        groups.insert(String::new(), (Vec::new(), Vec::new()));
+    }
+    groups
+        .into_iter()
+        .map(|(key, (ports, endpoints))| {
+            let name = format!("{svc_name}-{}", short_hash(&key));
+            let slice = json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": {
+                        "kubernetes.io/service-name": svc_name,
+                        "endpointslice.kubernetes.io/managed-by": ENDPOINTSLICE_MANAGER,
+                    },
+                    "ownerReferences": [{
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "name": svc_name,
+                        "uid": str_at(service, "/metadata/uid"),
+                        "controller": true,
+                        "blockOwnerDeletion": true,
+                    }],
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": ports,
+            });
+            (name, slice)
+        })
+        .collect()
+}
+
+/// Makes the managed EndpointSlices of every Service match its pods.
+pub fn reconcile_endpointslices(store: &Store) {
+    let Some(rt) = store.resource_type("discovery.k8s.io", "v1", "endpointslices") else {
+        return;
+    };
+    let services = store.objects_of("", "services");
+    let pods = store.objects_of("", "pods");
+    let existing: Vec<Value> = store
+        .objects_of("discovery.k8s.io", "endpointslices")
+        .into_iter()
+        .filter(|s| {
+            str_at(
+                s,
+                "/metadata/labels/endpointslice.kubernetes.io~1managed-by",
+            ) == ENDPOINTSLICE_MANAGER
+        })
+        .collect();
+    let mut wanted: HashSet<(String, String)> = HashSet::new();
+    for svc in &services {
+        if svc
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.is_empty())
+            || str_at(svc, "/spec/type") == "ExternalName"
+        {
+            continue;
+        }
+        let ns = str_at(svc, "/metadata/namespace");
+        for (name, slice) in desired_endpointslices(svc, &pods) {
+            wanted.insert((ns.to_string(), name.clone()));
+            let current = existing.iter().find(|s| {
+                str_at(s, "/metadata/namespace") == ns && str_at(s, "/metadata/name") == name
+            });
+            let result = match current {
+                None => store.create(&rt, Some(ns), slice).map(|_| ()),
+                Some(cur) => {
+                    let same = ["endpoints", "ports", "addressType"]
+                        .iter()
+                        .all(|f| cur.get(*f) == slice.get(*f))
+                        && cur.pointer("/metadata/labels") == slice.pointer("/metadata/labels")
+                        && cur.pointer("/metadata/ownerReferences")
+                            == slice.pointer("/metadata/ownerReferences");
+                    if same {
+                        Ok(())
+                    } else {
+                        let mut update = slice;
+                        update["metadata"]["resourceVersion"] = cur
+                            .pointer("/metadata/resourceVersion")
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        store.update(&rt, ns, &name, update, false).map(|_| ())
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(service = str_at(svc, "/metadata/name"), namespace = ns, error = %e, "EndpointSlice write failed; retrying on next change");
+            }
+        }
+    }
+    for slice in &existing {
+        let key = (
+            str_at(slice, "/metadata/namespace").to_string(),
+            str_at(slice, "/metadata/name").to_string(),
+        );
+        if !wanted.contains(&key)
+            && let Err(e) = store.delete_unscheduled(&rt, &key.0, &key.1, &DeleteOptions::default())
+        {
+            tracing::debug!(slice = key.1, error = %e, "EndpointSlice delete failed");
+        }
+    }
+}
