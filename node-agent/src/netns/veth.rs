@@ -321,6 +321,22 @@ pub async fn create_pod_interface(
             "MAC {pod_mac} is not a unicast address"
         )));
     }
+    let not_unicast = |ip: Ipv4Addr| {
+        ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()
+    };
+    if not_unicast(spec.address.addr()) {
+        return Err(InterfaceError::InvalidSpec(format!(
+            "pod address {} is not a unicast address",
+            spec.address
+        )));
+    }
+    if let Some(gateway) = spec.gateway
+        && not_unicast(gateway)
+    {
+        return Err(InterfaceError::InvalidSpec(format!(
+            "gateway {gateway} is not a unicast address"
+        )));
+    }
     if spec.gateway == Some(spec.address.addr()) {
         return Err(InterfaceError::InvalidSpec(format!(
             "gateway {} equals the pod address",
