@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::service_model::{DesiredState, Protocol, ServicePortName, ServicePortState};
+use crate::service_model::{DesiredState, Protocol, ServiceKey, ServicePortName, ServicePortState};
 
 /// An OpenFlow group id.
 pub type GroupId = u32;
@@ -220,11 +220,45 @@ pub fn diff(
     new: &DesiredState,
     groups: &mut GroupIdAllocator,
 ) -> Result<ChangeSet, GroupIdsExhausted> {
+    let mut changes = ChangeSet::default();
+    diff_ports(old.iter(), new.iter(), &mut changes);
+    assign_group_ids(&mut changes, groups)?;
+    Ok(changes)
+}
+
+/// Like [`diff`], but looks only at the ports of `services`: the caller
+/// knows that no other Service differs between `old` and `new` (as after
+/// [`DesiredState::replace_service`] on exactly those). Cost is independent
+/// of the number of unchanged Services.
+pub fn diff_services<'a>(
+    old: &DesiredState,
+    new: &DesiredState,
+    services: impl IntoIterator<Item = &'a ServiceKey>,
+    groups: &mut GroupIdAllocator,
+) -> Result<ChangeSet, GroupIdsExhausted> {
+    let services: BTreeSet<&ServiceKey> = services.into_iter().collect();
+    let mut changes = ChangeSet::default();
+    for service in services {
+        diff_ports(
+            old.service_ports(service),
+            new.service_ports(service),
+            &mut changes,
+        );
+    }
+    assign_group_ids(&mut changes, groups)?;
+    Ok(changes)
+}
+
+/// Merge-joins two name-ordered port sequences into `changes` (group ids unset).
+fn diff_ports<'a>(
+    old: impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortState>)>,
+    new: impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortState>)>,
+    changes: &mut ChangeSet,
+) {
     use std::cmp::Ordering;
 
-    let mut changes = ChangeSet::default();
-    let mut old_iter = old.iter().peekable();
-    let mut new_iter = new.iter().peekable();
+    let mut old_iter = old.peekable();
+    let mut new_iter = new.peekable();
     loop {
         let order = match (old_iter.peek(), new_iter.peek()) {
             (None, None) => break,
@@ -237,13 +271,13 @@ pub fn diff(
                 let Some((name, state)) = old_iter.next() else {
                     break;
                 };
-                removed(name, state, &mut changes);
+                removed(name, state, changes);
             }
             Ordering::Greater => {
                 let Some((name, state)) = new_iter.next() else {
                     break;
                 };
-                added(name, state, &mut changes);
+                added(name, state, changes);
             }
             Ordering::Equal => {
                 let (Some((name, old_state)), Some((_, new_state))) =
@@ -252,13 +286,11 @@ pub fn diff(
                     break;
                 };
                 if !Arc::ptr_eq(old_state, new_state) {
-                    changed(name, old_state, new_state, &mut changes);
+                    changed(name, old_state, new_state, changes);
                 }
             }
         }
     }
-    assign_group_ids(&mut changes, groups)?;
-    Ok(changes)
 }
 
 /// Retires the ids of removed ports and allocates ids for added ports (and

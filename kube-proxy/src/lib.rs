@@ -2,18 +2,25 @@
 //! state of the switch's service tables (and the changes to it) out.
 //!
 //! Data flow: [`service_model`] turns API objects into a [`DesiredState`];
-//! [`diff`] turns two desired states into a [`ChangeSet`] with stable group ids.
+//! [`diff`] turns two desired states into a [`ChangeSet`] with stable group ids;
+//! [`watch`] feeds watch events into a [`cluster_cache::ClusterCache`] and,
+//! per debounced burst, lets a [`recompute::Recomputer`] emit an [`Update`].
 
+pub mod cluster_cache;
 pub mod diff;
 pub mod fixtures;
+pub mod recompute;
 pub mod service_model;
 pub mod synthetic;
+pub mod watch;
 
 pub use diff::{
     AddedPort, ChangeSet, ChangedPort, GroupId, GroupIdAllocator, GroupIdsExhausted, RemovedPort,
-    StaleUdpEndpoint, StaleUdpFrontend, diff,
+    StaleUdpEndpoint, StaleUdpFrontend, diff, diff_services,
 };
+pub use recompute::{Recomputer, SharedGroupIds, Update};
 pub use service_model::{
     DesiredState, Endpoint, NoEndpointsAction, Protocol, ServiceKey, ServicePortName,
     ServicePortState, build_desired_state,
 };
+pub use watch::{WatchConfig, WatchError, watch};

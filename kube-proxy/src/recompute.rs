@@ -1,0 +1,91 @@
+//! Turns the dirty Services of a [`ClusterCache`] into the next desired
+//! state and the change set from the previous one.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::cluster_cache::ClusterCache;
+use crate::diff::{ChangeSet, GroupIdAllocator, GroupIdsExhausted, diff_services};
+use crate::service_model::DesiredState;
+
+/// One step for the switch: the new desired state and what changed to reach it.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// 1 for the first update, then +1 per update.
+    pub generation: u64,
+    pub state: Arc<DesiredState>,
+    /// Never empty.
+    pub changes: ChangeSet,
+}
+
+/// Group ids shared between the recompute (allocates, retires) and the
+/// switch writer (releases ids once their groups are deleted).
+pub type SharedGroupIds = Arc<Mutex<GroupIdAllocator>>;
+
+/// Holds the current desired state and produces [`Update`]s.
+#[derive(Debug)]
+pub struct Recomputer {
+    node_name: String,
+    current: Arc<DesiredState>,
+    generation: u64,
+    groups: SharedGroupIds,
+}
+
+impl Recomputer {
+    /// Starts from an empty desired state; `node_name` decides which endpoints are local.
+    pub fn new(node_name: impl Into<String>, groups: SharedGroupIds) -> Self {
+        Self {
+            node_name: node_name.into(),
+            current: Arc::new(DesiredState::new()),
+            generation: 0,
+            groups,
+        }
+    }
+
+    /// The desired state as of the last recompute.
+    pub fn current(&self) -> &Arc<DesiredState> {
+        &self.current
+    }
+
+    /// The generation of the last update (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Recomputes the dirty Services. Returns an update when the switch has
+    /// something to do. On error the dirty Services stay dirty and the
+    /// current state is kept.
+    pub fn recompute(
+        &mut self,
+        cache: &mut ClusterCache,
+    ) -> Result<Option<Update>, GroupIdsExhausted> {
+        let dirty = cache.take_dirty();
+        if dirty.is_empty() {
+            return Ok(None);
+        }
+        let mut next = DesiredState::clone(&self.current);
+        for service in &dirty {
+            next.replace_service(service, cache.service_port_states(service, &self.node_name));
+        }
+        let result = {
+            let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+            diff_services(&self.current, &next, &dirty, &mut groups)
+        };
+        let changes = match result {
+            Ok(changes) => changes,
+            Err(err) => {
+                cache.mark_dirty(dirty);
+                return Err(err);
+            }
+        };
+        self.current = Arc::new(next);
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        self.generation += 1;
+        Ok(Some(Update {
+            generation: self.generation,
+            state: Arc::clone(&self.current),
+            changes,
+        }))
+    }
+}

@@ -1,0 +1,226 @@
+//! Watches Services and EndpointSlices in all namespaces and sends an
+//! [`Update`] per debounced burst of changes.
+//!
+//! Nothing is sent until both initial lists are complete (a Service seen
+//! before its slices must not be installed as "no endpoints, reject").
+//! Events arriving within `debounce` of the first change of a burst are
+//! coalesced into one recompute of just the Services they touch.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::cluster_cache::ClusterCache;
+use crate::recompute::{Recomputer, SharedGroupIds, Update};
+
+/// Most queued events taken in between two looks at the debounce timer.
+const MAX_DRAIN: usize = 4096;
+
+/// Default debounce window.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// This node's name (as in `EndpointSlice` `nodeName`).
+    pub node_name: String,
+    /// How long to collect events after the first change of a burst.
+    pub debounce: Duration,
+}
+
+impl WatchConfig {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            debounce: DEFAULT_DEBOUNCE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("the {0} watch stream ended")]
+    StreamEnded(&'static str),
+    #[error(transparent)]
+    GroupIds(#[from] crate::diff::GroupIdsExhausted),
+}
+
+/// Watches the API server behind `client` and sends updates on `updates`
+/// until the receiver is dropped (then returns `Ok`).
+pub async fn watch(
+    client: kube::Client,
+    config: WatchConfig,
+    groups: SharedGroupIds,
+    updates: mpsc::Sender<Update>,
+) -> Result<(), WatchError> {
+    let services = watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let slices = watcher::watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    run(services, slices, config, groups, updates).await
+}
+
+/// Collects one watch stream's events into the cache.
+struct Feed<K> {
+    kind: &'static str,
+    apply: fn(&mut ClusterCache, Arc<K>),
+    delete: fn(&mut ClusterCache, &K),
+    replace: fn(&mut ClusterCache, Vec<Arc<K>>),
+    /// Objects of a relist in progress (between `Init` and `InitDone`).
+    relist: Option<Vec<Arc<K>>>,
+    /// An initial list has completed.
+    synced: bool,
+}
+
+impl Feed<Service> {
+    fn services() -> Self {
+        Self {
+            kind: "Service",
+            apply: ClusterCache::apply_service,
+            delete: ClusterCache::delete_service,
+            replace: ClusterCache::replace_services,
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+impl Feed<EndpointSlice> {
+    fn slices() -> Self {
+        Self {
+            kind: "EndpointSlice",
+            apply: ClusterCache::apply_slice,
+            delete: ClusterCache::delete_slice,
+            replace: ClusterCache::replace_slices,
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K> Feed<K> {
+    /// Applies one stream item; returns `Err` when the stream has ended.
+    fn handle(
+        &mut self,
+        item: Option<Result<Event<K>, watcher::Error>>,
+        cache: &mut ClusterCache,
+    ) -> Result<(), WatchError> {
+        match item {
+            None => return Err(WatchError::StreamEnded(self.kind)),
+            // The watcher retries by itself (with backoff); keep going.
+            Some(Err(err)) => warn!(kind = self.kind, %err, "watch error, retrying"),
+            Some(Ok(Event::Apply(object))) => (self.apply)(cache, Arc::new(object)),
+            Some(Ok(Event::Delete(object))) => (self.delete)(cache, &object),
+            Some(Ok(Event::Init)) => {
+                debug!(kind = self.kind, "list started");
+                self.relist = Some(Vec::new());
+            }
+            Some(Ok(Event::InitApply(object))) => {
+                self.relist
+                    .get_or_insert_with(Vec::new)
+                    .push(Arc::new(object));
+            }
+            Some(Ok(Event::InitDone)) => {
+                let objects = self.relist.take().unwrap_or_default();
+                info!(kind = self.kind, count = objects.len(), "list complete");
+                (self.replace)(cache, objects);
+                self.synced = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The watch loop over any two event streams (the real watchers, or test
+/// streams). Returns `Ok` when the `updates` receiver is dropped.
+pub async fn run<S, E>(
+    services: S,
+    slices: E,
+    config: WatchConfig,
+    groups: SharedGroupIds,
+    updates: mpsc::Sender<Update>,
+) -> Result<(), WatchError>
+where
+    S: Stream<Item = Result<Event<Service>, watcher::Error>>,
+    E: Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
+{
+    let mut services = pin!(services);
+    let mut slices = pin!(slices);
+    let mut service_feed = Feed::services();
+    let mut slice_feed = Feed::slices();
+    let mut cache = ClusterCache::new();
+    let mut recomputer = Recomputer::new(config.node_name.clone(), groups);
+    // When the current burst's window closes.
+    let mut deadline: Option<Instant> = None;
+
+    loop {
+        let synced = service_feed.synced && slice_feed.synced;
+        let window = deadline.filter(|_| synced);
+        tokio::select! {
+            item = services.next() => service_feed.handle(item, &mut cache)?,
+            item = slices.next() => slice_feed.handle(item, &mut cache)?,
+            () = sleep_until_some(window), if window.is_some() => {
+                deadline = None;
+                let started = std::time::Instant::now();
+                if let Some(update) = recomputer.recompute(&mut cache)? {
+                    debug!(
+                        generation = update.generation,
+                        ports = update.state.len(),
+                        added = update.changes.added.len(),
+                        removed = update.changes.removed.len(),
+                        changed = update.changes.changed.len(),
+                        took = ?started.elapsed(),
+                        "desired state updated"
+                    );
+                    if updates.send(update).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            () = updates.closed() => return Ok(()),
+        }
+        // Take in whatever else is already queued, so a burst that arrived
+        // together lands in one update however slow this loop runs. Bounded,
+        // so a flood cannot starve the recompute.
+        let mut drained = 0;
+        while drained < MAX_DRAIN {
+            let mut progressed = false;
+            if let Some(item) = services.next().now_or_never() {
+                service_feed.handle(item, &mut cache)?;
+                progressed = true;
+            }
+            if let Some(item) = slices.next().now_or_never() {
+                slice_feed.handle(item, &mut cache)?;
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+            drained += 1;
+        }
+        if deadline.is_none() && cache.is_dirty() {
+            deadline = Some(Instant::now() + config.debounce);
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
+}
