@@ -611,13 +611,9 @@ impl Store {
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "pods") => {
                 if old.is_none() {
-                    let phase = obj
-                        .pointer("/status/phase")
-                        .cloned()
-                        .unwrap_or(json!("Pending"));
-                    let mut status = obj.get("status").cloned().unwrap_or(json!({}));
-                    status["phase"] = phase;
-                    obj["status"] = status;
+                    // As in a real cluster, a created pod's status is the server's: Pending.
+                    // Runtimes report phase, IPs and conditions through /status.
+                    obj["status"] = json!({"phase": "Pending"});
                 }
                 for list in ["containers", "initContainers"] {
                     if let Some(cs) = obj

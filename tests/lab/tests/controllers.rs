@@ -1,0 +1,347 @@
+//! The in-process controllers, observed through a kube-rs client as the agent and proxy will.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use switchyard_lab::apiserver::ApiServerOptions;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn node(name: &str, pod_cidr: Option<&str>) -> Node {
+    let mut v = json!({"metadata": {"name": name}});
+    if let Some(c) = pod_cidr {
+        v["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_distinct_pod_cidrs_from_the_cluster_cidr() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let nodes: Api<Node> = Api::all(common::client(&server));
+    nodes
+        .create(
+            &PostParams::default(),
+            &node("preset", Some("10.244.0.0/24")),
+        )
+        .await
+        .unwrap();
+    nodes
+        .create(&PostParams::default(), &node("n1", None))
+        .await
+        .unwrap();
+    nodes
+        .create(&PostParams::default(), &node("n2", None))
+        .await
+        .unwrap();
+    let mut cidrs = Vec::new();
+    for name in ["preset", "n1", "n2"] {
+        let cidr = common::eventually(&format!("podCIDR of {name}"), DEADLINE, || {
+            let nodes = nodes.clone();
+            async move { nodes.get(name).await.ok()?.spec?.pod_cidr }
+        })
+        .await;
+        let spec = nodes.get(name).await.unwrap().spec.unwrap();
+        assert_eq!(spec.pod_cidrs, Some(vec![cidr.clone()]));
+        cidrs.push(cidr);
+    }
+    assert_eq!(cidrs, ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]);
+    server.shutdown().await;
+}
+
+fn service(name: &str, cluster_ip: Option<&str>, target_port: serde_json::Value) -> Service {
+    let mut v = json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "web", "port": 80, "targetPort": target_port}]},
+    });
+    if let Some(ip) = cluster_ip {
+        v["spec"]["clusterIP"] = json!(ip);
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_cluster_ips_from_the_service_cidr() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let svcs: Api<Service> = Api::namespaced(common::client(&server), "default");
+    let pp = PostParams::default();
+    let a = svcs
+        .create(&pp, &service("a", None, json!(8080)))
+        .await
+        .unwrap();
+    let a_ip = a.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+    let a_ip: std::net::Ipv4Addr = a_ip.parse().unwrap();
+    assert_eq!(a_ip.octets()[..2], [10, 96]);
+    assert_eq!(
+        a.spec.as_ref().unwrap().cluster_ips,
+        Some(vec![a_ip.to_string()])
+    );
+    assert_eq!(
+        a.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .protocol
+            .as_deref(),
+        Some("TCP")
+    );
+
+    let b = svcs
+        .create(&pp, &service("b", Some("10.96.7.7"), json!(8080)))
+        .await
+        .unwrap();
+    assert_eq!(b.spec.unwrap().cluster_ip.as_deref(), Some("10.96.7.7"));
+    match svcs
+        .create(&pp, &service("c", Some("10.96.7.7"), json!(8080)))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(
+                s.message.contains("provided IP is already allocated"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 422 for a taken clusterIP, got {other:?}"),
+    }
+    match svcs
+        .create(&pp, &service("d", Some("192.168.1.1"), json!(8080)))
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 422),
+        other => panic!("expected 422 for an out-of-range clusterIP, got {other:?}"),
+    }
+    let headless = svcs
+        .create(&pp, &service("h", Some("None"), json!(8080)))
+        .await
+        .unwrap();
+    assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    // Updates keep the allocated IP.
+    let relabelled = svcs
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(relabelled.spec.unwrap().cluster_ip, Some(a_ip.to_string()));
+    let np: Service = serde_json::from_value(json!({
+        "metadata": {"name": "np"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    let np = svcs.create(&pp, &np).await.unwrap();
+    let node_port = np.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    assert!((30000..=32767).contains(&node_port));
+    server.shutdown().await;
+}
+
+async fn slices_of(api: &Api<EndpointSlice>, svc: &str) -> Vec<EndpointSlice> {
+    api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await
+        .unwrap()
+        .items
+}
+
+/// (pod name, ready, serving, terminating, port) of every endpoint of the service.
+async fn endpoints(api: &Api<EndpointSlice>, svc: &str) -> Vec<(String, bool, bool, bool, i32)> {
+    let mut out = Vec::new();
+    for slice in slices_of(api, svc).await {
+        let port = slice
+            .ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|p| p.port)
+            .unwrap_or(0);
+        for e in slice.endpoints {
+            let c = e.conditions.unwrap_or_default();
+            out.push((
+                e.target_ref.and_then(|r| r.name).unwrap_or_default(),
+                c.ready.unwrap_or(false),
+                c.serving.unwrap_or(false),
+                c.terminating.unwrap_or(false),
+                port,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn make_pod(pods: &Api<Pod>, name: &str, ip: &str, port_name: &str, port: i32) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x", "ports": [{"name": port_name, "containerPort": port}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "False"}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+async fn set_ready(pods: &Api<Pod>, name: &str, ready: bool) {
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpointslices_follow_pods_readiness_termination_and_named_ports() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let client = common::client(&server);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+
+    svcs.create(&PostParams::default(), &service("web", None, json!("http")))
+        .await
+        .unwrap();
+    // A service without pods still gets an (empty) slice.
+    common::eventually("empty slice", DEADLINE, || {
+        let s = slices.clone();
+        async move { (slices_of(&s, "web").await.len() == 1).then_some(()) }
+    })
+    .await;
+    let empty = slices_of(&slices, "web").await.remove(0);
+    assert_eq!(empty.address_type, "IPv4");
+    let labels = empty.metadata.labels.clone().unwrap();
+    assert_eq!(
+        labels["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    assert_eq!(empty.metadata.owner_references.unwrap()[0].kind, "Service");
+
+    make_pod(&pods, "web-1", "10.244.1.10", "http", 8080).await;
+    make_pod(&pods, "web-2", "10.244.1.11", "http", 9090).await;
+    // A pod without the named port gets no endpoint port; it lands in its own slice with no ports.
+    make_pod(&pods, "web-3", "10.244.1.12", "other", 7070).await;
+
+    let want = vec![
+        ("web-1".to_string(), false, false, false, 8080),
+        ("web-2".to_string(), false, false, false, 9090),
+        ("web-3".to_string(), false, false, false, 0),
+    ];
+    common::eventually(
+        "not-ready endpoints with resolved named ports",
+        DEADLINE,
+        || {
+            let s = slices.clone();
+            let want = want.clone();
+            async move { (endpoints(&s, "web").await == want).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        slices_of(&slices, "web").await.len(),
+        3,
+        "one slice per distinct port set"
+    );
+
+    set_ready(&pods, "web-1", true).await;
+    common::eventually("web-1 ready", DEADLINE, || {
+        let s = slices.clone();
+        async move {
+            endpoints(&s, "web")
+                .await
+                .contains(&("web-1".to_string(), true, true, false, 8080))
+                .then_some(())
+        }
+    })
+    .await;
+    let slice = slices_of(&slices, "web")
+        .await
+        .into_iter()
+        .find(|s| {
+            s.ports
+                .as_ref()
+                .is_some_and(|p| p.first().and_then(|p| p.port) == Some(8080))
+        })
+        .unwrap();
+    let ep = &slice.endpoints[0];
+    assert_eq!(ep.addresses, ["10.244.1.10"]);
+    assert_eq!(ep.node_name.as_deref(), Some("node-1"));
+    assert_eq!(slice.ports.unwrap()[0].name.as_deref(), Some("web"));
+
+    // Graceful delete: terminating, not ready, still serving; gone after the grace period.
+    let dp = DeleteParams {
+        grace_period_seconds: Some(2),
+        ..DeleteParams::default()
+    };
+    pods.delete("web-1", &dp).await.unwrap();
+    assert!(
+        pods.get("web-1")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    common::eventually("web-1 terminating", DEADLINE, || {
+        let s = slices.clone();
+        async move {
+            endpoints(&s, "web")
+                .await
+                .contains(&("web-1".to_string(), false, true, true, 8080))
+                .then_some(())
+        }
+    })
+    .await;
+    common::eventually("web-1 removed after its grace period", DEADLINE, || {
+        let (s, p) = (slices.clone(), pods.clone());
+        async move {
+            let gone = p.get_opt("web-1").await.unwrap().is_none();
+            let eps = endpoints(&s, "web").await;
+            (gone && !eps.iter().any(|e| e.0 == "web-1")).then_some(())
+        }
+    })
+    .await;
+
+    // Ready flips back off.
+    set_ready(&pods, "web-2", true).await;
+    common::eventually("web-2 ready", DEADLINE, || {
+        let s = slices.clone();
+        async move {
+            endpoints(&s, "web")
+                .await
+                .contains(&("web-2".to_string(), true, true, false, 9090))
+                .then_some(())
+        }
+    })
+    .await;
+    set_ready(&pods, "web-2", false).await;
+    common::eventually("web-2 not ready again", DEADLINE, || {
+        let s = slices.clone();
+        async move {
+            endpoints(&s, "web")
+                .await
+                .contains(&("web-2".to_string(), false, false, false, 9090))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Deleting the service removes its slices.
+    svcs.delete("web", &DeleteParams::default()).await.unwrap();
+    common::eventually("slices gone with their service", DEADLINE, || {
+        let s = slices.clone();
+        async move { slices_of(&s, "web").await.is_empty().then_some(()) }
+    })
+    .await;
+    server.shutdown().await;
+}
