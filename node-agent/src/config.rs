@@ -241,6 +241,11 @@ pub struct Flags {
     /// Address of the metrics and health HTTP endpoint [default: 127.0.0.1:9465].
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen_address: Option<SocketAddr>,
+    /// Directory a CNI_NETNS path may resolve into, repeatable; /proc/<pid>/ns/net is always accepted.
+    /// Given on the command line, the list replaces the file's list
+    /// [default: /var/run/netns, /run/netns, /var/run/docker/netns, /run/docker/netns].
+    #[arg(long = "netns-prefix", value_name = "DIR")]
+    pub netns_prefixes: Vec<PathBuf>,
 }
 
 /// The YAML config file: the same keys as the flags, all optional.
@@ -271,6 +276,8 @@ pub struct FileConfig {
     pub tunnel_type: Option<TunnelType>,
     /// See [`Flags::listen_address`].
     pub listen_address: Option<SocketAddr>,
+    /// See [`Flags::netns_prefixes`].
+    pub netns_prefixes: Option<Vec<PathBuf>>,
 }
 
 impl FileConfig {
@@ -328,6 +335,8 @@ pub struct AgentConfig {
     pub tunnel_type: TunnelType,
     /// Metrics/health listen address.
     pub listen_address: SocketAddr,
+    /// Directories CNI_NETNS paths may resolve into.
+    pub netns_prefixes: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -363,6 +372,16 @@ impl AgentConfig {
         } else {
             file.segments
                 .unwrap_or_else(|| vec![SegmentConfig::overlay(DEFAULT_SEGMENT)])
+        };
+        let netns_prefixes = if !flags.netns_prefixes.is_empty() {
+            flags.netns_prefixes.clone()
+        } else {
+            file.netns_prefixes.unwrap_or_else(|| {
+                crate::netns::DEFAULT_ALLOWED_PREFIXES
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect()
+            })
         };
         let config = AgentConfig {
             node_name,
@@ -410,6 +429,7 @@ impl AgentConfig {
                         .parse()
                         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9465)))
                 }),
+            netns_prefixes,
         };
         config.validate()?;
         Ok(config)
@@ -430,6 +450,16 @@ impl AgentConfig {
         }
         if !MTU_RANGE.contains(&self.mtu) {
             return Err(ConfigError::MtuOutOfRange(self.mtu));
+        }
+        for prefix in &self.netns_prefixes {
+            let usable = prefix.is_absolute()
+                && prefix.components().count() >= 3
+                && !prefix
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if !usable {
+                return Err(ConfigError::InvalidNetnsPrefix(prefix.clone()));
+            }
         }
         if self.segments.is_empty() {
             return Err(ConfigError::NoSegments);
@@ -464,6 +494,14 @@ impl AgentConfig {
     /// The segment called `name`.
     pub fn segment(&self, name: &str) -> Option<&SegmentConfig> {
         self.segments.iter().find(|s| s.name == name)
+    }
+
+    /// Which CNI_NETNS paths to accept.
+    pub fn netns_policy(&self) -> crate::netns::NetnsPolicy {
+        crate::netns::NetnsPolicy {
+            allowed_prefixes: self.netns_prefixes.clone(),
+            ..crate::netns::NetnsPolicy::default()
+        }
     }
 
     /// `<ovs_rundir>/<bridge>.mgmt`, the bridge's OpenFlow management socket.
@@ -607,6 +645,11 @@ pub enum ConfigError {
         /// The value.
         name: String,
     },
+    /// A netns prefix too broad or not absolute.
+    #[error(
+        "invalid netns-prefix {0:?}: use an absolute directory at least two levels deep, without '..' (e.g. /run/netns)"
+    )]
+    InvalidNetnsPrefix(PathBuf),
     /// Empty segment list.
     #[error(
         "no segments configured: remove the empty segments list to get the default overlay segment"
@@ -774,6 +817,10 @@ mod tests {
         assert_eq!(cfg.mtu, 1450);
         assert_eq!(cfg.tunnel_type, TunnelType::Geneve);
         assert_eq!(cfg.listen_address.to_string(), "127.0.0.1:9465");
+        assert_eq!(
+            cfg.netns_policy().allowed_prefixes,
+            crate::netns::NetnsPolicy::default().allowed_prefixes
+        );
     }
 
     #[test]
@@ -790,6 +837,7 @@ default-segment: blue
 mtu: 1400
 tunnel-type: vxlan
 listen-address: 0.0.0.0:9999
+netns-prefixes: [/run/user/1000/netns]
 segments:
   - name: default
     kind: overlay
@@ -812,6 +860,10 @@ segments:
         assert_eq!(cfg.datapath_type, DatapathType::Netdev);
         assert_eq!(cfg.tunnel_type, TunnelType::Vxlan);
         assert_eq!(cfg.segment("blue").unwrap().vlan, 100);
+        assert_eq!(
+            cfg.netns_prefixes,
+            vec![PathBuf::from("/run/user/1000/netns")]
+        );
 
         let flags = parse(&[
             "--node-name",
@@ -1025,6 +1077,10 @@ segments:
             FileConfig::default(),
         );
         assert!(err.contains("invalid bridge name"), "{err}");
+        for prefix in ["/", "/run", "run/netns", "/run/netns/../.."] {
+            let err = merge_err(&parse(&["--netns-prefix", prefix]), FileConfig::default());
+            assert!(err.contains("invalid netns-prefix"), "{prefix}: {err}");
+        }
         let err = merge_err(
             &parse(&["--ovsdb-endpoint", "/var/run/db.sock"]),
             FileConfig::default(),
@@ -1049,6 +1105,7 @@ segments:
             "--mtu",
             "--tunnel-type",
             "--listen-address",
+            "--netns-prefix",
         ] {
             assert!(help.contains(key), "--help lacks {key}");
         }

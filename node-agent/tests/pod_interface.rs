@@ -367,16 +367,29 @@ fn netns_path_validation_rejects_bad_paths() {
     std::fs::remove_dir(&dir).unwrap();
     assert!(matches!(err, Err(NetnsError::NotNetns { .. })));
 
-    // /proc/<pid>/ns/net of a process is accepted; with allow_proc off it is not.
-    let proc_path = format!("/proc/{}/ns/net", std::process::id());
-    Netns::open(&proc_path, &policy).unwrap();
+    // /proc/<pid>/ns/net of a process in a pod namespace is accepted; with
+    // allow_proc off it is not; the agent's own namespace never is.
+    let sleeper = common::ChildGuard(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sleep", "30"])
+            .spawn()
+            .unwrap(),
+    );
+    let proc_path = format!("/proc/{}/ns/net", sleeper.0.id());
+    // `ip netns exec` enters the namespace right after it starts; poll for it.
+    let entered = poll_until(Duration::from_secs(5), || {
+        Netns::open(&proc_path, &policy).is_ok_and(|n| n.same_namespace(&opened))
+    });
     let strict = NetnsPolicy {
         allow_proc: false,
         ..NetnsPolicy::default()
     };
-    assert!(matches!(
-        Netns::open(&proc_path, &strict),
-        Err(NetnsError::NotAllowed { .. })
-    ));
+    let strict_result = Netns::open(&proc_path, &strict);
+    drop(sleeper);
+    assert!(entered, "{proc_path} never became the pod namespace");
+    assert!(matches!(strict_result, Err(NetnsError::NotAllowed { .. })));
+    let own = format!("/proc/{}/ns/net", std::process::id());
+    let err = Netns::open(&own, &policy).unwrap_err();
+    assert!(matches!(err, NetnsError::OwnNamespace(_)), "{err}");
     assert!(Netns::open("/proc/self/ns/net", &policy).is_err());
 }

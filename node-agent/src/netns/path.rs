@@ -33,6 +33,10 @@ pub struct NetnsPolicy {
     /// Accept `/proc/<pid>/ns/net` and `/proc/<pid>/task/<tid>/ns/net`
     /// (never `/proc/self/...`, which is the agent itself).
     pub allow_proc: bool,
+    /// Refuse the agent's own network namespace (a pod must never be wired
+    /// into the node's namespace). Off only where the caller opens the node
+    /// namespace itself on purpose.
+    pub reject_own_namespace: bool,
 }
 
 impl Default for NetnsPolicy {
@@ -40,6 +44,7 @@ impl Default for NetnsPolicy {
         NetnsPolicy {
             allowed_prefixes: DEFAULT_ALLOWED_PREFIXES.iter().map(PathBuf::from).collect(),
             allow_proc: true,
+            reject_own_namespace: true,
         }
     }
 }
@@ -105,6 +110,9 @@ pub enum NetnsError {
         /// The error.
         source: std::io::Error,
     },
+    /// The path names the agent's own network namespace.
+    #[error("netns path {0:?} is the agent's own network namespace, not a pod's")]
+    OwnNamespace(PathBuf),
     /// The work inside the namespace panicked.
     #[error("the work inside netns {netns} panicked")]
     Panicked {
@@ -189,6 +197,13 @@ impl Netns {
             op: "fstat",
             source,
         })?;
+        if policy.reject_own_namespace
+            && let Ok(own) = std::fs::metadata("/proc/self/ns/net")
+            && own.ino() == meta.ino()
+            && own.dev() == meta.dev()
+        {
+            return Err(NetnsError::OwnNamespace(path.to_path_buf()));
+        }
         Ok(Netns {
             path: path.to_path_buf(),
             inode: meta.ino(),
@@ -326,8 +341,14 @@ mod tests {
         // namespace, which the caller must not use as a pod's; this only
         // exercises the nsfs and NS_GET_NSTYPE checks).
         let path = format!("/proc/{}/ns/net", std::process::id());
-        let ns = Netns::open(&path, &NetnsPolicy::default()).unwrap();
+        let permissive = NetnsPolicy {
+            reject_own_namespace: false,
+            ..NetnsPolicy::default()
+        };
+        let ns = Netns::open(&path, &permissive).unwrap();
         assert!(ns.inode() > 0);
+        let e = Netns::open(&path, &NetnsPolicy::default()).unwrap_err();
+        assert!(matches!(e, NetnsError::OwnNamespace(_)), "{e}");
         let mnt = File::open("/proc/self/ns/mnt").unwrap();
         let e = check_is_network_namespace(Path::new("/proc/self/ns/mnt"), &mnt).unwrap_err();
         assert!(e.to_string().contains("mount namespace"), "{e}");
