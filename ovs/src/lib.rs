@@ -1,1 +1,8 @@
 //! Open vSwitch clients.
+//!
+//! - [`ovsdb`]: our own async OVSDB (RFC 7047) client on `tokio-util` (the
+//!   published `ovsdb` crate, 0.0.6, implements only `select` and its codec
+//!   mishandles escaped quotes and several messages per read), with a
+//!   monitor-fed cache and typed helpers for bridges and ports.
+
+pub mod ovsdb;

@@ -1,0 +1,891 @@
+//! Typed helpers for the `Open_vSwitch` database, as the node agent needs
+//! them: bridges, ports with their interface, VLAN settings and external ids,
+//! ofports, and `Open_vSwitch.other_config`. Each helper is one transaction
+//! (plus a read where the target's uuid must be looked up first) and guards
+//! its assumptions with `wait` operations, so a concurrent change makes it
+//! fail cleanly instead of half-applying.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::client::Client;
+use super::error::{Error, Result};
+use super::ops::{Condition, Mutation, Mutator, Operation, OvsdbErrorKind, WaitUntil};
+use super::types::{Atom, NamedUuid, Row, Uuid, Value};
+
+/// The database name.
+pub const DB: &str = "Open_vSwitch";
+
+/// The `Open_vSwitch` root row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OpenVswitchRow {
+    /// Row uuid.
+    pub uuid: Uuid,
+    /// Bridges referenced.
+    pub bridges: Vec<Uuid>,
+    /// `other_config`.
+    pub other_config: BTreeMap<String, String>,
+    /// `external_ids`.
+    pub external_ids: BTreeMap<String, String>,
+    /// `next_cfg`.
+    pub next_cfg: i64,
+    /// `cur_cfg` (what vswitchd has applied).
+    pub cur_cfg: i64,
+}
+
+/// A `Bridge` row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BridgeRow {
+    /// Row uuid.
+    pub uuid: Uuid,
+    /// Name.
+    pub name: String,
+    /// `datapath_type` (`netdev` for the userspace datapath).
+    pub datapath_type: String,
+    /// Ports.
+    pub ports: Vec<Uuid>,
+    /// `external_ids`.
+    pub external_ids: BTreeMap<String, String>,
+    /// `other_config`.
+    pub other_config: BTreeMap<String, String>,
+    /// `fail_mode`, if set.
+    pub fail_mode: Option<String>,
+    /// `protocols`.
+    pub protocols: Vec<String>,
+    /// `datapath_id` as reported by vswitchd.
+    pub datapath_id: Option<String>,
+}
+
+/// A `Port` row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PortRow {
+    /// Row uuid.
+    pub uuid: Uuid,
+    /// Name.
+    pub name: String,
+    /// Interfaces.
+    pub interfaces: Vec<Uuid>,
+    /// Access VLAN.
+    pub tag: Option<u16>,
+    /// Trunk VLANs.
+    pub trunks: Vec<u16>,
+    /// `external_ids`.
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// An `Interface` row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InterfaceRow {
+    /// Row uuid.
+    pub uuid: Uuid,
+    /// Name.
+    pub name: String,
+    /// `type` (empty for a system device such as a veth).
+    pub interface_type: String,
+    /// OpenFlow port number once vswitchd has attached it; -1 on failure.
+    pub ofport: Option<i64>,
+    /// `options`.
+    pub options: BTreeMap<String, String>,
+    /// `external_ids`.
+    pub external_ids: BTreeMap<String, String>,
+    /// `error`, if vswitchd reported one.
+    pub error: Option<String>,
+    /// `mac_in_use`.
+    pub mac_in_use: Option<String>,
+}
+
+fn get<'a>(row: &'a Row, column: &str) -> Option<&'a Value> {
+    row.get(column)
+}
+
+fn string(row: &Row, column: &str) -> String {
+    get(row, column)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn opt_string(row: &Row, column: &str) -> Option<String> {
+    get(row, column).and_then(Value::as_str).map(str::to_string)
+}
+
+fn map(row: &Row, column: &str) -> BTreeMap<String, String> {
+    get(row, column)
+        .map(Value::to_string_map)
+        .unwrap_or_default()
+}
+
+fn uuids(row: &Row, column: &str) -> Vec<Uuid> {
+    get(row, column).map(Value::uuids).unwrap_or_default()
+}
+
+fn vlans(values: Vec<i64>) -> Vec<u16> {
+    values
+        .into_iter()
+        .filter_map(|v| u16::try_from(v).ok())
+        .collect()
+}
+
+fn row_uuid(row: &Row) -> Uuid {
+    get(row, "_uuid")
+        .and_then(Value::as_uuid)
+        .unwrap_or_default()
+}
+
+impl OpenVswitchRow {
+    /// Reads a row (columns that are absent get defaults).
+    pub fn from_row(uuid: Uuid, row: &Row) -> Self {
+        OpenVswitchRow {
+            uuid,
+            bridges: uuids(row, "bridges"),
+            other_config: map(row, "other_config"),
+            external_ids: map(row, "external_ids"),
+            next_cfg: get(row, "next_cfg")
+                .and_then(Value::as_integer)
+                .unwrap_or(0),
+            cur_cfg: get(row, "cur_cfg").and_then(Value::as_integer).unwrap_or(0),
+        }
+    }
+}
+
+impl BridgeRow {
+    /// Reads a row (columns that are absent get defaults).
+    pub fn from_row(uuid: Uuid, row: &Row) -> Self {
+        BridgeRow {
+            uuid,
+            name: string(row, "name"),
+            datapath_type: string(row, "datapath_type"),
+            ports: uuids(row, "ports"),
+            external_ids: map(row, "external_ids"),
+            other_config: map(row, "other_config"),
+            fail_mode: opt_string(row, "fail_mode"),
+            protocols: get(row, "protocols")
+                .map(|v| {
+                    v.as_set()
+                        .iter()
+                        .filter_map(|a| a.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            datapath_id: opt_string(row, "datapath_id"),
+        }
+    }
+}
+
+impl PortRow {
+    /// Reads a row (columns that are absent get defaults).
+    pub fn from_row(uuid: Uuid, row: &Row) -> Self {
+        PortRow {
+            uuid,
+            name: string(row, "name"),
+            interfaces: uuids(row, "interfaces"),
+            tag: get(row, "tag")
+                .and_then(Value::as_integer)
+                .and_then(|t| u16::try_from(t).ok()),
+            trunks: vlans(get(row, "trunks").map(Value::integers).unwrap_or_default()),
+            external_ids: map(row, "external_ids"),
+        }
+    }
+}
+
+impl InterfaceRow {
+    /// Reads a row (columns that are absent get defaults).
+    pub fn from_row(uuid: Uuid, row: &Row) -> Self {
+        InterfaceRow {
+            uuid,
+            name: string(row, "name"),
+            interface_type: string(row, "type"),
+            ofport: get(row, "ofport").and_then(Value::as_integer),
+            options: map(row, "options"),
+            external_ids: map(row, "external_ids"),
+            error: opt_string(row, "error"),
+            mac_in_use: opt_string(row, "mac_in_use"),
+        }
+    }
+}
+
+/// What [`Client::ensure_bridge`] makes sure of.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BridgeSpec {
+    /// Bridge name.
+    pub name: String,
+    /// `datapath_type`, e.g. `netdev`; left alone when `None`.
+    pub datapath_type: Option<String>,
+    /// Keys set in `external_ids` (other keys are kept).
+    pub external_ids: BTreeMap<String, String>,
+    /// Keys set in `other_config`, e.g. `datapath-id`, `hwaddr` (other keys are kept).
+    pub other_config: BTreeMap<String, String>,
+    /// `fail_mode` (`secure` or `standalone`); left alone when `None`.
+    pub fail_mode: Option<String>,
+    /// OpenFlow versions, e.g. `OpenFlow13`, `OpenFlow15`; left alone when empty.
+    pub protocols: Vec<String>,
+}
+
+impl BridgeSpec {
+    /// A bridge on the userspace datapath (`datapath_type=netdev`).
+    pub fn netdev(name: &str) -> Self {
+        BridgeSpec {
+            name: name.to_string(),
+            datapath_type: Some("netdev".into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// A port with one interface, for [`Client::add_port`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortSpec {
+    /// Port and interface name (e.g. the host end of a veth).
+    pub name: String,
+    /// Interface `type`: `None` for a system device (veth), or `internal`,
+    /// `dummy`, `patch`, `geneve`, ...
+    pub interface_type: Option<String>,
+    /// Access VLAN (0-4095).
+    pub tag: Option<u16>,
+    /// Trunk VLANs (0-4095).
+    pub trunks: Vec<u16>,
+    /// Interface `options` (e.g. `peer`, `remote_ip`).
+    pub options: BTreeMap<String, String>,
+    /// `Port.external_ids`.
+    pub port_external_ids: BTreeMap<String, String>,
+    /// `Interface.external_ids`.
+    pub interface_external_ids: BTreeMap<String, String>,
+    /// `Interface.ofport_request`.
+    pub ofport_request: Option<u16>,
+}
+
+impl PortSpec {
+    /// A port for a system device (veth) named `name`.
+    pub fn new(name: &str) -> Self {
+        PortSpec {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the interface type.
+    pub fn with_type(mut self, interface_type: &str) -> Self {
+        self.interface_type = Some(interface_type.to_string());
+        self
+    }
+
+    /// Sets the access VLAN.
+    pub fn with_tag(mut self, tag: u16) -> Self {
+        self.tag = Some(tag);
+        self
+    }
+
+    /// Sets the trunk VLANs.
+    pub fn with_trunks(mut self, trunks: &[u16]) -> Self {
+        self.trunks = trunks.to_vec();
+        self
+    }
+
+    /// Adds an interface option.
+    pub fn with_option(mut self, key: &str, value: &str) -> Self {
+        self.options.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds an external id to both the Port and the Interface.
+    pub fn with_external_id(mut self, key: &str, value: &str) -> Self {
+        self.port_external_ids.insert(key.into(), value.into());
+        self.interface_external_ids.insert(key.into(), value.into());
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.name.is_empty() {
+            return Err(Error::InvalidArgument("port name is empty".into()));
+        }
+        if let Some(tag) = self.tag
+            && tag > 4095
+        {
+            return Err(Error::InvalidArgument(format!(
+                "port {}: VLAN tag {tag} is out of range 0-4095",
+                self.name
+            )));
+        }
+        if let Some(bad) = self.trunks.iter().find(|t| **t > 4095) {
+            return Err(Error::InvalidArgument(format!(
+                "port {}: trunk VLAN {bad} is out of range 0-4095",
+                self.name
+            )));
+        }
+        if let Some(0) = self.ofport_request {
+            return Err(Error::InvalidArgument(format!(
+                "port {}: ofport_request must be 1-65279",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Uuids of an added port and its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddedPort {
+    /// The `Port` row.
+    pub port: Uuid,
+    /// The `Interface` row.
+    pub interface: Uuid,
+}
+
+fn wait_rows(
+    table: &str,
+    conditions: Vec<Condition>,
+    until: WaitUntil,
+    rows: Vec<Row>,
+) -> Operation {
+    Operation::Wait {
+        table: table.to_string(),
+        conditions,
+        columns: vec!["name".to_string()],
+        until,
+        rows,
+        timeout_ms: Some(0),
+    }
+}
+
+fn name_row(name: &str) -> Row {
+    Row::from([("name".to_string(), Value::from(name))])
+}
+
+fn merge_map(column: &str, entries: &BTreeMap<String, String>) -> Vec<Mutation> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        Mutation::new(
+            column,
+            Mutator::Delete,
+            Value::set(entries.keys().map(String::as_str)),
+        ),
+        Mutation::new(column, Mutator::Insert, Value::string_map(entries)),
+    ]
+}
+
+/// What a guard `wait` in a transaction protects.
+enum Guard {
+    BridgeExists(String),
+    PortAbsent(String),
+}
+
+impl Client {
+    async fn select_root(&self) -> Result<Option<OpenVswitchRow>> {
+        let results = self
+            .transact(DB, &[Operation::select("Open_vSwitch", vec![])])
+            .await?;
+        Ok(results[0]
+            .rows
+            .as_ref()
+            .and_then(|rows| rows.first())
+            .map(|row| OpenVswitchRow::from_row(row_uuid(row), row)))
+    }
+
+    /// Reads the `Open_vSwitch` root row (one round trip).
+    pub async fn open_vswitch(&self) -> Result<OpenVswitchRow> {
+        self.select_root().await?.ok_or(Error::NoRootRow)
+    }
+
+    /// Reads a bridge by name.
+    pub async fn bridge(&self, name: &str) -> Result<Option<BridgeRow>> {
+        let results = self
+            .transact(
+                DB,
+                &[Operation::select(
+                    "Bridge",
+                    vec![Condition::eq("name", name)],
+                )],
+            )
+            .await?;
+        Ok(first_row(&results[0]).map(|row| BridgeRow::from_row(row_uuid(row), row)))
+    }
+
+    /// Creates the bridge if missing (with its internal port, referenced from
+    /// the `Open_vSwitch` root row, which is created if absent), or updates
+    /// the given settings of an existing one. Returns the bridge uuid.
+    pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<Uuid> {
+        if spec.name.is_empty() {
+            return Err(Error::InvalidArgument("bridge name is empty".into()));
+        }
+        // A concurrent creator makes the guards fail; look again then.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.ensure_bridge_once(spec).await {
+                Err(Error::Transaction(err))
+                    if err.kind == OvsdbErrorKind::TimedOut && attempts < 3 =>
+                {
+                    tracing::debug!(bridge = %spec.name, "bridge changed concurrently; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn ensure_bridge_once(&self, spec: &BridgeSpec) -> Result<Uuid> {
+        let read = self
+            .transact(
+                DB,
+                &[
+                    Operation::select_columns(
+                        "Bridge",
+                        vec![Condition::eq("name", spec.name.as_str())],
+                        &["_uuid"],
+                    ),
+                    Operation::select_columns("Open_vSwitch", vec![], &["_uuid", "bridges"]),
+                ],
+            )
+            .await?;
+        let existing = first_row(&read[0]).map(row_uuid);
+        let root = first_row(&read[1]).map(|row| OpenVswitchRow::from_row(row_uuid(row), row));
+
+        let mut settings = Row::new();
+        if let Some(dp) = &spec.datapath_type {
+            settings.insert("datapath_type".into(), Value::from(dp.as_str()));
+        }
+        if let Some(mode) = &spec.fail_mode {
+            settings.insert("fail_mode".into(), Value::from(mode.as_str()));
+        }
+        if !spec.protocols.is_empty() {
+            settings.insert(
+                "protocols".into(),
+                Value::set(spec.protocols.iter().map(String::as_str)),
+            );
+        }
+        let mut ops = Vec::new();
+        let bridge_ref: Atom = match existing {
+            Some(uuid) => {
+                let this = vec![Condition::eq("_uuid", Value::uuid(uuid))];
+                if !settings.is_empty() {
+                    ops.push(Operation::update("Bridge", this.clone(), settings));
+                }
+                let mut mutations = merge_map("external_ids", &spec.external_ids);
+                mutations.extend(merge_map("other_config", &spec.other_config));
+                if !mutations.is_empty() {
+                    ops.push(Operation::mutate("Bridge", this, mutations));
+                }
+                Atom::Uuid(uuid)
+            }
+            None => {
+                ops.push(wait_rows(
+                    "Bridge",
+                    vec![Condition::eq("name", spec.name.as_str())],
+                    WaitUntil::Equal,
+                    vec![],
+                ));
+                let mut iface = name_row(&spec.name);
+                iface.insert("type".into(), Value::from("internal"));
+                ops.push(Operation::insert("Interface", iface, Some("iface")));
+                let mut port = name_row(&spec.name);
+                port.insert("interfaces".into(), Value::named_uuid("iface"));
+                ops.push(Operation::insert("Port", port, Some("port")));
+                let mut bridge = name_row(&spec.name);
+                bridge.extend(settings);
+                bridge.insert("ports".into(), Value::named_uuid("port"));
+                bridge.insert("external_ids".into(), Value::string_map(&spec.external_ids));
+                bridge.insert("other_config".into(), Value::string_map(&spec.other_config));
+                ops.push(Operation::insert("Bridge", bridge, Some("bridge")));
+                Atom::NamedUuid(NamedUuid::new("bridge"))
+            }
+        };
+        let bridge_index = ops.len().checked_sub(1);
+        match &root {
+            Some(root) if existing.is_some_and(|u| root.bridges.contains(&u)) => {}
+            Some(root) => ops.push(Operation::mutate(
+                "Open_vSwitch",
+                vec![Condition::eq("_uuid", Value::uuid(root.uuid))],
+                vec![Mutation::new(
+                    "bridges",
+                    Mutator::Insert,
+                    Value::Set(vec![bridge_ref]),
+                )],
+            )),
+            None => {
+                ops.push(Operation::Wait {
+                    table: "Open_vSwitch".into(),
+                    conditions: vec![],
+                    columns: vec!["_uuid".into()],
+                    until: WaitUntil::Equal,
+                    rows: vec![],
+                    timeout_ms: Some(0),
+                });
+                ops.push(Operation::insert(
+                    "Open_vSwitch",
+                    Row::from([("bridges".to_string(), Value::Set(vec![bridge_ref]))]),
+                    None,
+                ));
+            }
+        }
+        if ops.is_empty() {
+            return existing.ok_or_else(|| Error::BridgeNotFound(spec.name.clone()));
+        }
+        let results = self.transact(DB, &ops).await?;
+        if let Some(uuid) = existing {
+            // The update/mutate must still have found the row.
+            if let Some(count) = results.first().and_then(|r| r.count)
+                && count == 0
+            {
+                return Err(Error::BridgeNotFound(spec.name.clone()));
+            }
+            return Ok(uuid);
+        }
+        bridge_index
+            .and_then(|i| results[i].uuid)
+            .ok_or_else(|| Error::MalformedReply {
+                method: "transact".into(),
+                reason: "insert of Bridge returned no uuid".into(),
+            })
+    }
+
+    /// Deletes a bridge (and its ports) by name.
+    pub async fn delete_bridge(&self, name: &str) -> Result<()> {
+        let Some(bridge) = self.bridge(name).await? else {
+            return Err(Error::BridgeNotFound(name.to_string()));
+        };
+        let results = self
+            .transact(
+                DB,
+                &[Operation::mutate(
+                    "Open_vSwitch",
+                    vec![],
+                    vec![Mutation::new(
+                        "bridges",
+                        Mutator::Delete,
+                        Value::set([bridge.uuid]),
+                    )],
+                )],
+            )
+            .await?;
+        if results[0].count.unwrap_or(0) == 0 {
+            return Err(Error::NoRootRow);
+        }
+        Ok(())
+    }
+
+    /// Adds a port with one interface to `bridge` in one transaction.
+    /// Fails with [`Error::BridgeNotFound`] or [`Error::PortExists`] without
+    /// changing anything.
+    pub async fn add_port(&self, bridge: &str, port: &PortSpec) -> Result<AddedPort> {
+        let added = self.add_ports(bridge, std::slice::from_ref(port)).await?;
+        Ok(added[0])
+    }
+
+    /// Adds many ports to `bridge` in one transaction (all or nothing).
+    pub async fn add_ports(&self, bridge: &str, ports: &[PortSpec]) -> Result<Vec<AddedPort>> {
+        let mut names = BTreeSet::new();
+        for port in ports {
+            port.validate()?;
+            if !names.insert(port.name.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "port {} given twice",
+                    port.name
+                )));
+            }
+        }
+        if ports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ops = Vec::with_capacity(ports.len() * 3 + 2);
+        let mut guards = Vec::new();
+        guards.push((ops.len(), Guard::BridgeExists(bridge.to_string())));
+        ops.push(wait_rows(
+            "Bridge",
+            vec![Condition::eq("name", bridge)],
+            WaitUntil::Equal,
+            vec![name_row(bridge)],
+        ));
+        let mut inserted = Vec::with_capacity(ports.len());
+        let mut port_refs = Vec::with_capacity(ports.len());
+        for (i, port) in ports.iter().enumerate() {
+            guards.push((ops.len(), Guard::PortAbsent(port.name.clone())));
+            ops.push(wait_rows(
+                "Port",
+                vec![Condition::eq("name", port.name.as_str())],
+                WaitUntil::Equal,
+                vec![],
+            ));
+            let iface_name = format!("iface{i}");
+            let port_name = format!("port{i}");
+            let mut iface = name_row(&port.name);
+            if let Some(t) = &port.interface_type {
+                iface.insert("type".into(), Value::from(t.as_str()));
+            }
+            if !port.options.is_empty() {
+                iface.insert("options".into(), Value::string_map(&port.options));
+            }
+            if !port.interface_external_ids.is_empty() {
+                iface.insert(
+                    "external_ids".into(),
+                    Value::string_map(&port.interface_external_ids),
+                );
+            }
+            if let Some(ofport) = port.ofport_request {
+                iface.insert("ofport_request".into(), Value::from(i64::from(ofport)));
+            }
+            let iface_index = ops.len();
+            ops.push(Operation::insert("Interface", iface, Some(&iface_name)));
+            let mut row = name_row(&port.name);
+            row.insert("interfaces".into(), Value::named_uuid(&iface_name));
+            if let Some(tag) = port.tag {
+                row.insert("tag".into(), Value::from(i64::from(tag)));
+            }
+            if !port.trunks.is_empty() {
+                row.insert(
+                    "trunks".into(),
+                    Value::set(port.trunks.iter().map(|t| i64::from(*t))),
+                );
+            }
+            if !port.port_external_ids.is_empty() {
+                row.insert(
+                    "external_ids".into(),
+                    Value::string_map(&port.port_external_ids),
+                );
+            }
+            let port_index = ops.len();
+            ops.push(Operation::insert("Port", row, Some(&port_name)));
+            inserted.push((port_index, iface_index));
+            port_refs.push(Atom::NamedUuid(NamedUuid::new(port_name)));
+        }
+        ops.push(Operation::mutate(
+            "Bridge",
+            vec![Condition::eq("name", bridge)],
+            vec![Mutation::new(
+                "ports",
+                Mutator::Insert,
+                Value::Set(port_refs),
+            )],
+        ));
+        let results = match self.transact(DB, &ops).await {
+            Err(Error::Transaction(err)) if err.kind == OvsdbErrorKind::TimedOut => {
+                return Err(match guards.into_iter().find(|(i, _)| *i == err.op_index) {
+                    Some((_, Guard::BridgeExists(name))) => Error::BridgeNotFound(name),
+                    Some((_, Guard::PortAbsent(name))) => Error::PortExists(name),
+                    None => Error::Transaction(err),
+                });
+            }
+            other => other?,
+        };
+        inserted
+            .into_iter()
+            .map(|(p, i)| match (results[p].uuid, results[i].uuid) {
+                (Some(port), Some(interface)) => Ok(AddedPort { port, interface }),
+                _ => Err(Error::MalformedReply {
+                    method: "transact".into(),
+                    reason: "insert returned no uuid".into(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Removes a port (and its interfaces) by name from whichever bridge holds it.
+    pub async fn remove_port(&self, name: &str) -> Result<()> {
+        self.remove_ports(&[name]).await
+    }
+
+    /// Removes many ports by name in one transaction (all or nothing).
+    pub async fn remove_ports(&self, names: &[&str]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let lookup: Vec<Operation> = if names.len() == 1 {
+            vec![Operation::select_columns(
+                "Port",
+                vec![Condition::eq("name", names[0])],
+                &["_uuid", "name"],
+            )]
+        } else {
+            vec![Operation::select_columns(
+                "Port",
+                vec![],
+                &["_uuid", "name"],
+            )]
+        };
+        let results = self.transact(DB, &lookup).await?;
+        let by_name: BTreeMap<String, Uuid> = results[0]
+            .rows
+            .iter()
+            .flatten()
+            .map(|row| (string(row, "name"), row_uuid(row)))
+            .collect();
+        let mut ops = Vec::with_capacity(names.len());
+        for name in names {
+            let uuid = by_name
+                .get(*name)
+                .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
+            ops.push(Operation::mutate(
+                "Bridge",
+                vec![Condition::includes("ports", Value::set([*uuid]))],
+                vec![Mutation::new("ports", Mutator::Delete, Value::set([*uuid]))],
+            ));
+        }
+        let results = self.transact(DB, &ops).await?;
+        if let Some(i) = results.iter().position(|r| r.count.unwrap_or(0) == 0) {
+            // Removed concurrently between the lookup and the mutation.
+            return Err(Error::PortNotFound(names[i].to_string()));
+        }
+        Ok(())
+    }
+
+    /// Reads a port by name.
+    pub async fn port(&self, name: &str) -> Result<Option<PortRow>> {
+        let results = self
+            .transact(
+                DB,
+                &[Operation::select("Port", vec![Condition::eq("name", name)])],
+            )
+            .await?;
+        Ok(first_row(&results[0]).map(|row| PortRow::from_row(row_uuid(row), row)))
+    }
+
+    /// Reads an interface by name.
+    pub async fn interface(&self, name: &str) -> Result<Option<InterfaceRow>> {
+        let results = self
+            .transact(
+                DB,
+                &[Operation::select(
+                    "Interface",
+                    vec![Condition::eq("name", name)],
+                )],
+            )
+            .await?;
+        Ok(first_row(&results[0]).map(|row| InterfaceRow::from_row(row_uuid(row), row)))
+    }
+
+    /// Ports whose `external_ids` has `key=value`.
+    pub async fn find_ports_by_external_id(&self, key: &str, value: &str) -> Result<Vec<PortRow>> {
+        let results = self
+            .transact(
+                DB,
+                &[Operation::select(
+                    "Port",
+                    vec![Condition::includes(
+                        "external_ids",
+                        Value::string_map([(key, value)]),
+                    )],
+                )],
+            )
+            .await?;
+        Ok(results[0]
+            .rows
+            .iter()
+            .flatten()
+            .map(|row| PortRow::from_row(row_uuid(row), row))
+            .collect())
+    }
+
+    /// Interfaces whose `external_ids` has `key=value`.
+    pub async fn find_interfaces_by_external_id(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<InterfaceRow>> {
+        let results = self
+            .transact(
+                DB,
+                &[Operation::select(
+                    "Interface",
+                    vec![Condition::includes(
+                        "external_ids",
+                        Value::string_map([(key, value)]),
+                    )],
+                )],
+            )
+            .await?;
+        Ok(results[0]
+            .rows
+            .iter()
+            .flatten()
+            .map(|row| InterfaceRow::from_row(row_uuid(row), row))
+            .collect())
+    }
+
+    /// Waits (on the server, one round trip) until vswitchd has given the
+    /// interface an ofport, and returns it. Fails with
+    /// [`Error::InterfaceFailed`] if vswitchd could not attach it (ofport -1),
+    /// [`Error::InterfaceNotFound`] if it does not exist, [`Error::Timeout`]
+    /// after `timeout`.
+    pub async fn interface_ofport(&self, name: &str, timeout: Duration) -> Result<u16> {
+        let this = vec![Condition::eq("name", name)];
+        let ops = [
+            Operation::Wait {
+                table: "Interface".into(),
+                conditions: this.clone(),
+                columns: vec!["ofport".into()],
+                until: WaitUntil::NotEqual,
+                rows: vec![Row::from([("ofport".to_string(), Value::empty_set())])],
+                timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            },
+            Operation::select_columns("Interface", this, &["ofport", "error"]),
+        ];
+        let results = match self.transact(DB, &ops).await {
+            Err(Error::Transaction(err)) if err.kind == OvsdbErrorKind::TimedOut => {
+                return Err(Error::Timeout {
+                    timeout,
+                    what: format!("an ofport on interface {name}"),
+                });
+            }
+            other => other?,
+        };
+        let row =
+            first_row(&results[1]).ok_or_else(|| Error::InterfaceNotFound(name.to_string()))?;
+        match get(row, "ofport").and_then(Value::as_integer) {
+            Some(ofport) if ofport > 0 => {
+                u16::try_from(ofport).map_err(|_| Error::MalformedReply {
+                    method: "transact".into(),
+                    reason: format!("ofport {ofport} out of range"),
+                })
+            }
+            _ => Err(Error::InterfaceFailed {
+                name: name.to_string(),
+                error: opt_string(row, "error").unwrap_or_else(|| "ofport -1".into()),
+            }),
+        }
+    }
+
+    /// Sets `Open_vSwitch.other_config:key=value` (e.g. `flow-restore-wait=true`).
+    pub async fn set_other_config(&self, key: &str, value: &str) -> Result<()> {
+        let entries = BTreeMap::from([(key.to_string(), value.to_string())]);
+        let results = self
+            .transact(
+                DB,
+                &[Operation::mutate(
+                    "Open_vSwitch",
+                    vec![],
+                    merge_map("other_config", &entries),
+                )],
+            )
+            .await?;
+        if results[0].count.unwrap_or(0) == 0 {
+            return Err(Error::NoRootRow);
+        }
+        Ok(())
+    }
+
+    /// Removes `Open_vSwitch.other_config:key`.
+    pub async fn remove_other_config(&self, key: &str) -> Result<()> {
+        let results = self
+            .transact(
+                DB,
+                &[Operation::mutate(
+                    "Open_vSwitch",
+                    vec![],
+                    vec![Mutation::new(
+                        "other_config",
+                        Mutator::Delete,
+                        Value::set([key]),
+                    )],
+                )],
+            )
+            .await?;
+        if results[0].count.unwrap_or(0) == 0 {
+            return Err(Error::NoRootRow);
+        }
+        Ok(())
+    }
+}
+
+fn first_row(result: &super::ops::OperationResult) -> Option<&Row> {
+    result.rows.as_ref().and_then(|rows| rows.first())
+}
