@@ -131,6 +131,17 @@ impl ApiError {
         )
     }
 
+    /// 415 for a create/update body in a media type the lab does not decode.
+    pub fn unsupported_body(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the lab API server decodes request bodies as application/json or YAML only, not {content_type:?}; send JSON (e.g. kubectl create -f FILE)"
+            ),
+        )
+    }
+
     /// 406 NotAcceptable.
     pub fn not_acceptable(accept: &str) -> Self {
         Self::new(

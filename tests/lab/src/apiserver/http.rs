@@ -304,6 +304,17 @@ async fn resource_request(
         return Err(ApiError::no_route(&format!("{}/status", rt.plural)));
     }
     let status = t.subresource.is_some();
+    if matches!(*method, Method::POST | Method::PUT) {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if ct.contains("protobuf") || ct.contains("cbor") {
+            // Bodies are decoded as JSON (or YAML) only; clients that default to protobuf
+            // (kubectl's imperative generators) get a clear 415.
+            return Err(ApiError::unsupported_body(ct));
+        }
+    }
     match (&t.name, method.clone()) {
         (None, Method::GET) => {
             if t.watch_path || is_true(query, "watch") {

@@ -1,0 +1,473 @@
+//! The real `kubectl` (v1.32, installed on the machine) against the lab API server through a
+//! generated kubeconfig.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use switchyard_lab::apiserver::{ApiServerHandle, ApiServerOptions};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// kubectl with its own kubeconfig and HOME (so its discovery cache is private to the test).
+struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn new(server: &ApiServerHandle) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        Kubectl { dir, kubeconfig }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = self.command(args);
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("kubectl runs (is kubectl 1.32 installed?)");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).await.unwrap();
+        }
+        tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .expect("kubectl finishes")
+            .unwrap()
+    }
+
+    /// Runs kubectl, asserts success, returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        self.ok_stdin(args, None).await
+    }
+
+    async fn ok_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.output(args, stdin).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Runs kubectl, asserts failure, returns stderr.
+    async fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.output(args, stdin).await;
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    fn file(&self, name: &str, content: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().to_string()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&full).await).expect("kubectl -o json prints JSON")
+    }
+}
+
+const DEMO: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {app: web}
+spec:
+  containers:
+  - name: web
+    image: nginx:1
+    ports:
+    - {name: http, containerPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_nodes_lists_nodes_with_pod_cidrs() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    let stderr = k.output(&["get", "nodes"], None).await;
+    assert_eq!(
+        String::from_utf8_lossy(&stderr.stderr).trim(),
+        "No resources found"
+    );
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        Some("{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{\"name\":\"node-a\"}}"),
+    )
+    .await;
+    let wide = common::eventually(
+        "node-a with a pod CIDR in kubectl get nodes -o wide",
+        DEADLINE,
+        || async {
+            let out = k.ok(&["get", "nodes", "-o", "wide"]).await;
+            out.contains("10.244.0.0/24").then_some(out)
+        },
+    )
+    .await;
+    let lines: Vec<Vec<&str>> = wide
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "STATUS", "AGE", "POD-CIDR"]);
+    assert_eq!(lines[1][0], "node-a");
+    assert_eq!(lines[1][3], "10.244.0.0/24");
+    assert_eq!(k.ok(&["get", "no", "-o", "name"]).await, "node/node-a\n");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_apply_label_annotate_select_delete() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    let demo = k.file("demo.yaml", DEMO);
+
+    assert_eq!(
+        k.ok(&["create", "-f", &demo]).await,
+        "namespace/demo created\npod/web-1 created\nservice/web created\n"
+    );
+    let again = k.fails(&["create", "-f", &demo], None).await;
+    assert!(
+        again.contains("Error from server (AlreadyExists): error when creating"),
+        "{again}"
+    );
+    assert!(again.contains("pods \"web-1\" already exists"), "{again}");
+
+    // Client-side apply (default validation): adopts the created objects, then patches.
+    let applied = k.ok(&["apply", "-f", &demo]).await;
+    assert_eq!(
+        applied,
+        "namespace/demo configured\npod/web-1 configured\nservice/web configured\n"
+    );
+    let demo2 = k.file("demo2.yaml", &DEMO.replace("nginx:1", "nginx:2"));
+    assert_eq!(
+        k.ok(&["apply", "-f", &demo2]).await,
+        "namespace/demo unchanged\npod/web-1 configured\nservice/web unchanged\n"
+    );
+    let pod = k.json(&["get", "pod", "web-1", "-n", "demo"]).await;
+    assert_eq!(pod["spec"]["containers"][0]["image"], "nginx:2");
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    assert!(
+        pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+
+    // Server-side apply.
+    let demo3 = k.file("demo3.yaml", &DEMO.replace("nginx:1", "nginx:3"));
+    assert_eq!(
+        k.ok(&["apply", "--server-side", "-f", &demo3]).await,
+        "namespace/demo serverside-applied\npod/web-1 serverside-applied\nservice/web serverside-applied\n"
+    );
+    let pod = k.json(&["get", "pod", "web-1", "-n", "demo"]).await;
+    assert_eq!(pod["spec"]["containers"][0]["image"], "nginx:3");
+
+    // label / annotate go through PATCH.
+    assert_eq!(
+        k.ok(&["label", "pod", "web-1", "-n", "demo", "tier=front"])
+            .await,
+        "pod/web-1 labeled\n"
+    );
+    assert_eq!(
+        k.ok(&["annotate", "pod", "web-1", "-n", "demo", "note=hello"])
+            .await,
+        "pod/web-1 annotated\n"
+    );
+    let second = "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"db-1\",\"namespace\":\"demo\",\"labels\":{\"app\":\"db\"}},\"spec\":{\"containers\":[{\"name\":\"db\",\"image\":\"pg\"}]}}";
+    k.ok_stdin(&["create", "-f", "-"], Some(second)).await;
+
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let selected = k
+        .json(&["get", "pods", "-n", "demo", "-l", "tier in (front),app=web"])
+        .await;
+    assert_eq!(names(&selected), ["web-1"]);
+    assert_eq!(
+        selected["items"][0]["metadata"]["annotations"]["note"],
+        "hello"
+    );
+    assert_eq!(
+        names(
+            &k.json(&["get", "pods", "-n", "demo", "-l", "app!=web"])
+                .await
+        ),
+        ["db-1"]
+    );
+    assert_eq!(
+        names(&k.json(&["get", "pods", "-A", "-l", "!tier"]).await),
+        ["db-1"]
+    );
+    assert_eq!(
+        names(
+            &k.json(&[
+                "get",
+                "pods",
+                "-A",
+                "--field-selector",
+                "metadata.name=web-1"
+            ])
+            .await
+        ),
+        ["web-1"]
+    );
+    let svc = k.json(&["get", "svc", "web", "-n", "demo"]).await;
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.96."),
+        "{svc}"
+    );
+
+    let table = k.ok(&["get", "pods", "-n", "demo"]).await;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("web-1") && table.contains("Pending"),
+        "{table}"
+    );
+
+    assert_eq!(
+        k.ok(&["delete", "pod", "db-1", "-n", "demo"]).await,
+        "pod \"db-1\" deleted\n"
+    );
+    let gone = k.fails(&["get", "pod", "db-1", "-n", "demo"], None).await;
+    assert_eq!(
+        gone.trim(),
+        "Error from server (NotFound): pods \"db-1\" not found"
+    );
+
+    // Delete everything; the namespace goes Terminating first, so its objects delete fine.
+    let deleted = k.ok(&["delete", "-f", &demo]).await;
+    assert_eq!(
+        deleted,
+        "namespace \"demo\" deleted\npod \"web-1\" deleted\nservice \"web\" deleted\n"
+    );
+    common::eventually("namespace demo gone", DEADLINE, || async {
+        let out = k.output(&["get", "pod", "web-1", "-n", "demo"], None).await;
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        (err == "Error from server (NotFound): namespaces \"demo\" not found").then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_prints_new_objects() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    let cm = |name: &str| {
+        format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"{name}\"}}}}"
+        )
+    };
+    k.ok_stdin(&["create", "-f", "-"], Some(&cm("early"))).await;
+    let mut child = k
+        .command(&["get", "configmaps", "--watch", "-o", "name"])
+        .spawn()
+        .unwrap();
+    let pid = child.id().expect("watch process has a pid");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line == "configmap/early" {
+                k.ok_stdin(&["create", "-f", "-"], Some(&cm("late"))).await;
+            }
+            if line == "configmap/late" {
+                return;
+            }
+        }
+        panic!("kubectl --watch ended early: {seen:?}");
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("kubectl --watch printed the new configmap");
+    assert_eq!(seen, ["configmap/early", "configmap/late"]);
+    // Stop the watch by its pid and reap it.
+    child.start_kill().unwrap();
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "kubectl (pid {pid}) was killed");
+    server.shutdown().await;
+}
+
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: segments.switchyard.io
+spec:
+  group: switchyard.io
+  scope: Cluster
+  names: {plural: segments, singular: segment, kind: Segment, shortNames: [seg]}
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    subresources: {status: {}}
+";
+
+const SEGMENT: &str = "apiVersion: switchyard.io/v1alpha1
+kind: Segment
+metadata: {name: blue}
+spec: {vlan: 100}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_crd_then_custom_resource() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    let crd = k.file("crd.yaml", CRD);
+    let seg = k.file("seg.yaml", SEGMENT);
+    assert_eq!(
+        k.ok(&["apply", "-f", &crd]).await,
+        "customresourcedefinition.apiextensions.k8s.io/segments.switchyard.io created\n"
+    );
+    let crd_obj = k.json(&["get", "crd", "segments.switchyard.io"]).await;
+    let conditions = crd_obj["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    );
+
+    assert_eq!(
+        k.ok(&["apply", "-f", &seg]).await,
+        "segment.switchyard.io/blue created\n"
+    );
+    let seg2 = k.file("seg2.yaml", &SEGMENT.replace("100", "200"));
+    assert_eq!(
+        k.ok(&["apply", "-f", &seg2]).await,
+        "segment.switchyard.io/blue configured\n"
+    );
+    assert_eq!(
+        k.ok(&["get", "seg", "blue", "-o", "jsonpath={.spec.vlan}"])
+            .await,
+        "200"
+    );
+    let listed = k.ok(&["get", "segments"]).await;
+    assert!(
+        listed.starts_with("NAME") && listed.contains("blue"),
+        "{listed}"
+    );
+    assert_eq!(
+        k.ok(&["label", "segment", "blue", "color=blue"]).await,
+        "segment.switchyard.io/blue labeled\n"
+    );
+    assert_eq!(
+        k.ok(&["get", "seg", "-l", "color=blue", "-o", "name"])
+            .await,
+        "segment.switchyard.io/blue\n"
+    );
+
+    // Deleting the CRD removes its objects and stops serving the resource.
+    k.ok(&["delete", "-f", &crd]).await;
+    let err = k.fails(&["get", "segments.switchyard.io"], None).await;
+    assert!(
+        err.contains("the server doesn't have a resource type"),
+        "{err}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_lab_apiserver_binary_serves_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kc");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-lab"))
+        .args(["apiserver", "--port", "0", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(DEADLINE, stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let config = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(config.contains(&format!("server: {url}")), "{config}");
+    let out = tokio::process::Command::new("kubectl")
+        .args(["get", "namespaces", "-o", "name"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "namespace/default\nnamespace/kube-node-lease\nnamespace/kube-public\nnamespace/kube-system\n"
+    );
+    // SIGTERM by pid: the server shuts down cleanly.
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "apiserver exits 0 on SIGTERM: {exit}");
+}
