@@ -51,6 +51,8 @@ pub mod client;
 pub mod config;
 pub mod env;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocol;
 pub mod result;
 pub mod server;
