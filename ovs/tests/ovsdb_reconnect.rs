@@ -1,0 +1,195 @@
+//! Server restarts mid-session against a real ovsdb-server/ovs-vswitchd: the
+//! in-flight transaction errors, requests while down are refused, the client
+//! reconnects, re-establishes its monitor and locks, and the cache is rebuilt
+//! from the server (including a change made while the client was away).
+//! Needs root and OVS.
+
+use std::process::Command;
+use std::time::Duration;
+
+use switchyard_ovs::ovsdb::{
+    BridgeSpec, Client, ClientConfig, Condition, ConnectionEvent, Error, LockEvent, Operation,
+    PortSpec, Row, Value, VswitchCache, WaitUntil,
+};
+use switchyard_ovs_harness::{OvsInstance, require_privileges};
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_session() {
+    if !require_privileges("server_restart_mid_session") {
+        return;
+    }
+    let mut ovs = OvsInstance::builder().vswitchd(true).start().unwrap();
+    let mut config = ClientConfig::new(ovs.db_endpoint().parse().unwrap());
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    let client = Client::connect_with(config).await.unwrap();
+    assert_eq!(client.generation(), Some(1));
+    let mut events = client.connection_events();
+    let mut locks = client.lock_events();
+
+    client
+        .ensure_bridge(&BridgeSpec::netdev("br-int"))
+        .await
+        .unwrap();
+    let cache = VswitchCache::start(&client).await.unwrap();
+    client
+        .add_port(
+            "br-int",
+            &PortSpec::new("sy-before").with_type("internal").with_tag(7),
+        )
+        .await
+        .unwrap();
+    cache.wait_for_ofport("sy-before", STEP).await.unwrap();
+    assert!(client.lock("agent").await.unwrap());
+
+    // A transaction the server holds (a wait that is not satisfied).
+    let blocked = Operation::Wait {
+        table: "Port".into(),
+        conditions: vec![Condition::eq("name", "sy-never")],
+        columns: vec!["name".into()],
+        until: WaitUntil::NotEqual,
+        rows: vec![],
+        timeout_ms: Some(60_000),
+    };
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.transact("Open_vSwitch", &[blocked]).await })
+    };
+    // Replies come in order: once this echo returns, the server has the transaction.
+    client.echo().await.unwrap();
+    assert!(!in_flight.is_finished());
+
+    // Crash the server.
+    tokio::task::block_in_place(|| ovs.kill_ovsdb());
+    match timeout(STEP, in_flight).await.unwrap().unwrap() {
+        Err(Error::Disconnected { method, .. }) => assert_eq!(method, "transact"),
+        other => panic!("in-flight transaction must fail, got {other:?}"),
+    }
+    match timeout(STEP, events.recv()).await.unwrap().unwrap() {
+        ConnectionEvent::Disconnected { generation, .. } => assert_eq!(generation, 1),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert_eq!(
+        timeout(STEP, locks.recv()).await.unwrap().unwrap(),
+        LockEvent::Lost("agent".into())
+    );
+    assert!(!client.is_connected());
+    assert!(matches!(client.list_dbs().await, Err(Error::NotConnected)));
+
+    // While the client is away, change the database file directly.
+    let offline_change = serde_json::json!([
+        "Open_vSwitch",
+        {"op": "mutate", "table": "Port", "where": [["name", "==", "sy-before"]],
+         "mutations": [["external_ids", "insert", ["map", [["changed", "offline"]]]]]}
+    ]);
+    let out = Command::new("ovsdb-tool")
+        .arg("transact")
+        .arg(ovs.db_file())
+        .arg(offline_change.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    tokio::task::block_in_place(|| ovs.start_ovsdb()).unwrap();
+    assert_eq!(
+        timeout(STEP, events.recv()).await.unwrap().unwrap(),
+        ConnectionEvent::Connected { generation: 2 }
+    );
+    assert_eq!(client.generation(), Some(2));
+    assert_eq!(
+        timeout(STEP, locks.recv()).await.unwrap().unwrap(),
+        LockEvent::Locked("agent".into())
+    );
+
+    // The cache was rebuilt from the server, offline change included.
+    let port = cache
+        .wait_for("rebuilt cache", STEP, |s| {
+            (s.generation == 2).then(|| s.port("sy-before")).flatten()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        port.external_ids.get("changed").map(String::as_str),
+        Some("offline")
+    );
+    assert_eq!(port.tag, Some(7));
+    assert!(cache.snapshot().bridge("br-int").is_some());
+
+    // And it keeps following: a port added after the reconnect gets an ofport
+    // (vswitchd reconnected on its own).
+    client
+        .add_port("br-int", &PortSpec::new("sy-after").with_type("internal"))
+        .await
+        .unwrap();
+    let ofport = cache.wait_for_ofport("sy-after", STEP).await.unwrap();
+    assert_eq!(
+        ovs.vsctl(&["get", "Interface", "sy-after", "ofport"])
+            .unwrap()
+            .trim(),
+        ofport.to_string()
+    );
+    client
+        .transact(
+            "Open_vSwitch",
+            &[Operation::Assert {
+                lock: "agent".into(),
+            }],
+        )
+        .await
+        .unwrap();
+
+    // A graceful restart works the same way.
+    tokio::task::block_in_place(|| ovs.restart_ovsdb()).unwrap();
+    client.wait_connected(STEP).await.unwrap();
+    cache
+        .wait_for("second rebuild", STEP, |s| {
+            (s.generation == 3 && s.port("sy-after").is_some()).then_some(())
+        })
+        .await
+        .unwrap();
+    let mut row = Row::new();
+    row.insert("tag".into(), Value::from(8));
+    let results = client
+        .transact(
+            "Open_vSwitch",
+            &[Operation::update(
+                "Port",
+                vec![Condition::eq("name", "sy-after")],
+                row,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(results[0].count, Some(1));
+    cache
+        .wait_for("tag update after reconnect", STEP, |s| {
+            (s.port("sy-after")?.tag == Some(8)).then_some(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reconnect_the_client_stays_down() {
+    if !require_privileges("without_reconnect_the_client_stays_down") {
+        return;
+    }
+    let mut ovs = OvsInstance::builder().start().unwrap();
+    let mut config = ClientConfig::new(ovs.db_endpoint().parse().unwrap());
+    config.reconnect = false;
+    let client = Client::connect_with(config).await.unwrap();
+    let mut events = client.connection_events();
+    tokio::task::block_in_place(|| ovs.restart_ovsdb()).unwrap();
+    assert!(matches!(
+        timeout(STEP, events.recv()).await.unwrap().unwrap(),
+        ConnectionEvent::Disconnected { .. }
+    ));
+    assert!(matches!(client.list_dbs().await, Err(Error::Closed)));
+}
