@@ -3,7 +3,8 @@
 //! # In-memory Kubernetes API server
 //!
 //! [`apiserver::ApiServer`] serves enough of the Kubernetes API over plain HTTP on loopback
-//! for kube-rs clients and the real `kubectl` to work unchanged through the kubeconfig from
+//! for kube-rs clients (kube 5 watchers/reflectors, k8s-openapi 0.29) and the real `kubectl`
+//! (1.32) to work unchanged through the kubeconfig from
 //! [`apiserver::ApiServerHandle::write_kubeconfig`].
 //!
 //! ```no_run
@@ -11,13 +12,71 @@
 //! use switchyard_lab::apiserver::{ApiServer, ApiServerOptions};
 //! let server = ApiServer::start(ApiServerOptions::default()).await?;
 //! server.write_kubeconfig(std::path::Path::new("/tmp/lab.kubeconfig"))?;
-//! println!("{}", server.url());
+//! let url = server.url(); // http://127.0.0.1:<port>
+//! # let _ = url;
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
-//! The binary runs the same server in the foreground:
-//! `switchyard-lab apiserver --port 6443 --kubeconfig /tmp/lab.kubeconfig`.
+//! The binary runs the same server in the foreground until SIGINT/SIGTERM, printing its URL
+//! on stdout: `switchyard-lab apiserver --port 6443 --kubeconfig /tmp/lab.kubeconfig`
+//! (`--port 0` picks a free port; `--no-controllers`, `--service-cidr`, `--cluster-cidr`).
+//!
+//! ## What is served
+//!
+//! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>`, `/apis/<g>/<v>`.
+//!   Aggregated discovery is not implemented: kubectl asks for it with an `Accept` list that
+//!   ends in plain `application/json`, and gets the legacy documents, which it uses.
+//! - Storage for namespaces, nodes, pods, services, endpoints, configmaps, secrets,
+//!   serviceaccounts, events (core and events.k8s.io), endpointslices, leases, daemonsets,
+//!   deployments, networkpolicies and customresourcedefinitions; creating a CRD serves its
+//!   resource (every served version, shared storage) until the CRD is deleted.
+//! - create (generateName, uid, creationTimestamp, generation, namespace defaulting and
+//!   existence, 409 AlreadyExists), get, list (label and field selectors, `limit`/`continue`),
+//!   update (409 Conflict on a stale resourceVersion), patch (merge, JSON, strategic merge with
+//!   the core merge keys, server-side apply as create-or-merge), delete (pods honour a grace
+//!   period, finalizers keep objects terminating, owner references cascade, namespaces go
+//!   Terminating then take their objects with them), deletecollection, `/status`.
+//! - Watches from a resourceVersion with a bounded history (`410 Expired` as an ERROR event,
+//!   like the real server), selectors (objects leaving a selector are DELETED), bookmarks,
+//!   `sendInitialEvents` streaming lists, `timeoutSeconds`; `Table` output for kubectl.
+//! - Errors are `metav1.Status` objects.
+//!
+//! ## How `kubectl apply` is supported
+//!
+//! Both flavours work with kubectl's defaults:
+//!
+//! - Client-side `kubectl apply -f` (and `kubectl create -f`): kubectl 1.32 validates with
+//!   `--validate=strict`, which first asks `/openapi/v3` whether the server supports the
+//!   `fieldValidation` parameter. The lab serves, per group/version, an OpenAPI v3 document
+//!   with one PATCH operation per kind declaring that parameter (no schemas), so kubectl leaves
+//!   validation to the server and skips client-side schema validation. `/openapi/v2` is 404, so
+//!   kubectl computes apply patches from its compiled-in types: strategic merge patches for
+//!   built-in kinds (which the server applies with the core merge keys), JSON merge patches
+//!   for custom resources. The server accepts `fieldValidation` but does not check unknown
+//!   fields (it has no schemas).
+//! - `kubectl apply --server-side`: `application/apply-patch+yaml` creates the object when it
+//!   does not exist and otherwise merges the applied configuration into it (strategically for
+//!   built-in kinds). Field ownership (`managedFields`) is not tracked, so fields removed from
+//!   an applied configuration are not pruned and there are no apply conflicts.
+//!
+//! As with a real cluster, a CRD and its custom resources cannot be applied from one file on
+//! the first run (kubectl resolves every object before creating any): apply the CRD first.
+//!
+//! ## Limits
+//!
+//! - Request bodies are JSON (or YAML); protobuf bodies get 415. kubectl's imperative
+//!   generators (`kubectl create configmap|namespace|secret ...`) send protobuf; use
+//!   `kubectl create -f` with a manifest instead. Responses are always JSON.
+//! - `dryRun` is refused with 400 (nothing changes). No authentication or authorization.
+//!
+//! ## Controllers
+//!
+//! With [`apiserver::ApiServerOptions::default`]: nodes get `spec.podCIDR`/`podCIDRs` from
+//! 10.244.0.0/16 in /24s; Services get a ClusterIP from 10.96.0.0/16 at admission (a
+//! requested IP is honoured when free and in range, `None` stays headless) and NodePorts from
+//! 30000-32767; the EndpointSlice controller keeps one slice per Service and distinct port set
+//! (see [`controllers`]). Pods report readiness through `/status` (the lab runtime's job).
 
 pub mod apiserver;
 pub mod controllers;

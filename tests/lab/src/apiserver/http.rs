@@ -304,6 +304,11 @@ async fn resource_request(
         return Err(ApiError::no_route(&format!("{}/status", rt.plural)));
     }
     let status = t.subresource.is_some();
+    if *method != Method::GET && query.get("dryRun").is_some_and(|d| !d.is_empty()) {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the lab API server (nothing was changed)",
+        ));
+    }
     if matches!(*method, Method::POST | Method::PUT) {
         let ct = headers
             .get(header::CONTENT_TYPE)

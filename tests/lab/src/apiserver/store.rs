@@ -255,6 +255,11 @@ impl Store {
         self.tx.subscribe()
     }
 
+    /// Number of live subscribers to the change feed (watches and controllers).
+    pub fn subscriber_count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Drops history so that watches from resourceVersions at or below the current one get
     /// `410 Gone` (what etcd compaction does; used by tests).
     pub fn compact(&self) {
