@@ -27,7 +27,7 @@
 //!     async fn gc(&self, req: CniRequest) -> Result<(), CniError> { Ok(()) }
 //! }
 //! # async fn run() -> std::io::Result<()> {
-//! let listener = tokio::net::UnixListener::bind(switchyard_cni::DEFAULT_AGENT_SOCKET)?;
+//! let listener = switchyard_cni::bind_agent_socket(switchyard_cni::DEFAULT_AGENT_SOCKET.as_ref())?;
 //! serve(listener, Arc::new(Agent)).await
 //! # }
 //! ```
@@ -69,5 +69,5 @@ pub use protocol::{
     CniClientCodec, CniReply, CniRequest, CniServerCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, Verb,
 };
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
-pub use server::{CniHandler, serve, serve_until};
+pub use server::{CniHandler, bind_agent_socket, serve, serve_until};
 pub use version::{SUPPORTED_VERSIONS, SpecVersion};

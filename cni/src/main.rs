@@ -117,7 +117,16 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
                 e.to_string(),
             )
         })?;
-    let outcome = runtime.block_on(call_agent(&socket, &request, timeout))?;
+    let outcome = runtime
+        .block_on(call_agent(&socket, &request, timeout))
+        .map_err(|e| match (verb, e.kind()) {
+            // For STATUS an unreachable or silent agent means "cannot serve ADD".
+            (Verb::Status, Some(ErrorCode::TryAgainLater)) => CniError {
+                code: ErrorCode::PluginNotAvailable.code(),
+                ..e
+            },
+            _ => e,
+        })?;
 
     match (verb, outcome) {
         (Verb::Add, Some(result)) => {

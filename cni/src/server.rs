@@ -2,6 +2,7 @@
 //! socket, the framing and one task per connection.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
@@ -31,6 +32,53 @@ pub trait CniHandler: Send + Sync + 'static {
     fn status(&self, req: CniRequest) -> impl Future<Output = Result<(), CniError>> + Send;
     /// GC: release everything not in `config.valid_attachments` (always `Some` for GC).
     fn gc(&self, req: CniRequest) -> impl Future<Output = Result<(), CniError>> + Send;
+}
+
+/// Binds the agent's socket at `path` (call inside a tokio runtime): creates the
+/// parent directory, replaces a stale socket left by a previous agent (one
+/// nobody answers on), refuses if another agent is serving or if `path` is not
+/// a socket, and makes the socket accessible to root only (mode 0600; the
+/// runtime executes the plugin as root).
+pub fn bind_agent_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::AddrInUse,
+                        format!(
+                            "{} is served by another process (another switchyard-agent?)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "removing stale CNI socket");
+                    std::fs::remove_file(path)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not touching it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Serves CNI requests on `listener` until accepting fails; one task per connection.
@@ -126,5 +174,33 @@ async fn dispatch<H: CniHandler>(handler: Arc<H>, req: CniRequest) -> CniReply {
             tracing::warn!(?verb, %container, code = e.code, msg = %e.msg, "CNI request failed");
             CniReply::failure(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_replaces_only_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/switchyard/cni.sock");
+        let live = bind_agent_socket(&path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            bind_agent_socket(&path).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
+        drop(live);
+        // The socket file stays behind, nobody answers: stale, replaced.
+        assert!(path.exists());
+        let _again = bind_agent_socket(&path).unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(bind_agent_socket(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     }
 }

@@ -613,17 +613,51 @@ fn cases() -> Vec<Case> {
         |_, r| expect_error(r, ErrorCode::InvalidNetworkConfig, "1.0.0"),
     ));
     cases.push(case(
-        "minimal configuration reaches the default socket",
+        "minimal configuration (plus agentSocket) gets the defaults",
         |a| {
-            // Only the three required keys: the default socket is not ours, so
-            // either nothing listens (11) or a real agent answers; never a config error.
-            run(&add_env(a), &json!({"cniVersion": "1.0.0", "name": "switchyard", "type": "switchyard", "timeoutSeconds": 2}))
+            // The default socket is the real agent's: never sent to from tests.
+            run(&add_env(a), &json!({"cniVersion": "1.0.0", "name": "switchyard", "type": "switchyard", "agentSocket": a.socket}))
+        },
+        |a, r| {
+            assert_eq!(r.status, Some(0), "{r:?}");
+            let cfg = &a.seen()[0].config;
+            assert_eq!(cfg.timeout_seconds, 90);
+            assert_eq!(cfg.mtu, None);
+            assert_eq!(cfg.prev_result, None);
+        },
+    ));
+    cases.push(case(
+        "STATUS with the agent down is 50",
+        |a| {
+            run(
+                &env_for(a, "STATUS"),
+                &with(
+                    conf(a, "1.1.0"),
+                    json!({"agentSocket": a.dir.path().join("nobody.sock")}),
+                ),
+            )
         },
         |_, r| {
-            if r.status != Some(0) {
-                assert!([11, 106].contains(&r.error_code()), "{r:?}");
-            }
+            expect_error(r, ErrorCode::PluginNotAvailable, "1.1.0");
+            assert!(
+                r.json()["details"]
+                    .as_str()
+                    .unwrap()
+                    .contains("nobody.sock"),
+                "{r:?}"
+            );
         },
+    ));
+    cases.push(case(
+        "STATUS with the agent hanging is 50 after timeoutSeconds",
+        |a| {
+            a.reply("STATUS", Reply::Hang);
+            run(
+                &env_for(a, "STATUS"),
+                &with(conf(a, "1.1.0"), json!({"timeoutSeconds": 1})),
+            )
+        },
+        |_, r| expect_error(r, ErrorCode::PluginNotAvailable, "1.1.0"),
     ));
     cases.push(case(
         "unknown keys are ignored; runtimeConfig annotations and mtu forwarded",
@@ -834,4 +868,29 @@ fn agent_closing_without_reply_is_11() {
         &with(conf(&agent, "1.1.0"), json!({"agentSocket": socket})),
     );
     expect_error(&r, ErrorCode::TryAgainLater, "1.1.0");
+}
+
+#[test]
+fn agent_answers_a_newer_protocol_with_106() {
+    use std::io::{Read, Write};
+    let agent = Agent::start(CniResult::default());
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    let body = br#"{"protocolVersion":2,"verb":"ADD","somethingElse":true}"#;
+    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["protocolVersion"], json!(1));
+    assert_eq!(reply["error"]["code"], json!(106));
+    assert!(
+        reply["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("peer speaks 2"),
+        "{reply}"
+    );
+    assert!(agent.seen().is_empty());
 }
