@@ -1,5 +1,6 @@
 //! `switchyard` as the first plugin of a conflist, chained with Debian's
-//! reference plugins (`/usr/lib/cni/tuning`, `/usr/lib/cni/portmap`), executed
+//! reference plugins (`/usr/lib/cni/tuning`, `/usr/lib/cni/portmap`,
+//! `/usr/lib/cni/bandwidth`), executed
 //! the way libcni executes a network list: each plugin gets the list's name and
 //! cniVersion, its capability arguments as runtimeConfig, and the previous
 //! plugin's result as prevResult; CHECK and DEL get the final ADD result, DEL
@@ -168,10 +169,12 @@ fn mtu(pod: &Netns) -> String {
 fn chain(version: &str) {
     let node = Netns::new("node");
     let pod = Netns::new("pod");
-    // No dummy module here: a veth pair with both ends in the pod stands in.
-    pod.exec(&[
-        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    // What the agent would have built: a veth pair, vethsy0 on the node, eth0
+    // in the pod (bandwidth finds the host end through the veth peer index).
+    node.exec(&[
+        "ip", "link", "add", "vethsy0", "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
     ]);
+    node.exec(&["ip", "link", "set", "vethsy0", "up"]);
     pod.exec(&["ip", "addr", "add", "10.244.1.5/24", "dev", "eth0"]);
     pod.exec(&["ip", "link", "set", "eth0", "up"]);
     // IPv4 only: Debian's portmap 1.1.1 CHECK looks for IPv4 rules in
@@ -192,6 +195,7 @@ fn chain(version: &str) {
         ifname: "eth0",
         capability_args: json!({
             "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+            "bandwidth": {"ingressRate": 8000000, "ingressBurst": 800000, "egressRate": 4000000, "egressBurst": 400000},
             "io.kubernetes.cri.pod-annotations": {"switchyard.io/segment": "overlay"}
         }),
     };
@@ -202,7 +206,8 @@ fn chain(version: &str) {
             {"type": "switchyard", "agentSocket": agent.socket, "timeoutSeconds": 10,
              "capabilities": {"io.kubernetes.cri.pod-annotations": true}},
             {"type": "tuning", "mtu": 1400, "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}},
-            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}}
         ]
     });
     assert_eq!(mtu(&pod), "1500");
@@ -227,6 +232,12 @@ fn chain(version: &str) {
     // portmap installed its DNAT rule in the node netns for the pod's address.
     let nat = node.exec(&["iptables", "-t", "nat", "-S"]);
     assert!(nat.contains("18080") && nat.contains("10.244.1.5"), "{nat}");
+    // bandwidth shaped the host end named in switchyard's result, and made an
+    // ifb device for egress.
+    let qdisc = node.exec(&["tc", "qdisc", "show", "dev", "vethsy0"]);
+    assert!(qdisc.contains("tbf"), "{qdisc}");
+    let links = node.exec(&["ip", "-o", "link", "show", "type", "ifb"]);
+    assert!(!links.trim().is_empty(), "no ifb device: {links}");
     let seen = agent.seen();
     assert_eq!(
         seen[0]
@@ -246,28 +257,33 @@ fn chain(version: &str) {
     assert_eq!(mtu(&pod), "1500", "tuning restores the MTU on DEL");
     let nat = node.exec(&["iptables", "-t", "nat", "-S"]);
     assert!(!nat.contains("18080"), "{nat}");
+    let links = node.exec(&["ip", "-o", "link", "show", "type", "ifb"]);
+    assert!(
+        links.trim().is_empty(),
+        "bandwidth left its ifb device: {links}"
+    );
     let verbs: Vec<_> = agent.seen().iter().map(|r| r.verb).collect();
     let expected_checks = usize::from(version != "0.3.1");
     assert_eq!(verbs.len(), 1 + expected_checks + 2, "{verbs:?}");
 }
 
 #[test]
-fn chained_with_tuning_and_portmap_0_3_1() {
-    if require_root("chained_with_tuning_and_portmap_0_3_1") {
+fn chained_with_tuning_portmap_bandwidth_0_3_1() {
+    if require_root("chained_with_tuning_portmap_bandwidth_0_3_1") {
         chain("0.3.1");
     }
 }
 
 #[test]
-fn chained_with_tuning_and_portmap_0_4_0() {
-    if require_root("chained_with_tuning_and_portmap_0_4_0") {
+fn chained_with_tuning_portmap_bandwidth_0_4_0() {
+    if require_root("chained_with_tuning_portmap_bandwidth_0_4_0") {
         chain("0.4.0");
     }
 }
 
 #[test]
-fn chained_with_tuning_and_portmap_1_0_0() {
-    if require_root("chained_with_tuning_and_portmap_1_0_0") {
+fn chained_with_tuning_portmap_bandwidth_1_0_0() {
+    if require_root("chained_with_tuning_portmap_bandwidth_1_0_0") {
         chain("1.0.0");
     }
 }
