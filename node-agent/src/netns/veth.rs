@@ -9,7 +9,9 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage, State,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteScope};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
@@ -489,6 +491,12 @@ async fn configure(
             })?;
     }
     if spec.gratuitous_arp {
+        // Until the kernel's link watcher has seen the carrier, the device
+        // transmits through a no-op qdisc that drops everything: wait for
+        // operational state UP first, or the announcement is lost.
+        if !wait_oper_up(pod, pod_index, OPER_UP_TIMEOUT).await {
+            tracing::warn!(ifname = %ifname, netns = %pod_label, "pod interface not operationally up; sending gratuitous ARP anyway");
+        }
         let ip = spec.address.addr();
         run_in_netns(pod_netns, move || {
             arp::send_gratuitous_arp(pod_index, pod_mac, ip)
@@ -515,6 +523,36 @@ async fn configure(
         gateway: spec.gateway,
         mtu: spec.mtu,
     })
+}
+
+/// How long an ADD waits for the pod end to become operationally up.
+const OPER_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Polls the link's operational state until it is UP or `timeout` passes.
+async fn wait_oper_up(netlink: &Netlink, index: u32, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let link = netlink
+            .handle()
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await;
+        if let Ok(Some(link)) = link
+            && link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 async fn delete_link(netlink: &Netlink, name: &str, step: Step) -> Result<bool, InterfaceError> {
