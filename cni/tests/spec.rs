@@ -266,6 +266,28 @@ fn cases() -> Vec<Case> {
     }
 
     cases.push(case(
+        "DEL without prevResult and with a netns that is gone succeeds",
+        |a| {
+            run(
+                &replace(
+                    env_for(a, "DEL"),
+                    "CNI_NETNS",
+                    "/var/run/netns/switchyard-gone",
+                ),
+                &conf(a, "1.0.0"),
+            )
+        },
+        |a, r| {
+            expect_silent_success(r);
+            let seen = a.seen();
+            assert_eq!(seen[0].config.prev_result, None);
+            assert_eq!(
+                seen[0].env.netns.as_deref(),
+                Some(std::path::Path::new("/var/run/netns/switchyard-gone"))
+            );
+        },
+    ));
+    cases.push(case(
         "VERSION without stdin answers 1.1.0",
         |_| {
             exec_plugin(
