@@ -65,9 +65,10 @@
 //!
 //! ## Limits
 //!
-//! - Request bodies are JSON (or YAML); protobuf bodies get 415. kubectl's imperative
-//!   generators (`kubectl create configmap|namespace|secret ...`) send protobuf; use
-//!   `kubectl create -f` with a manifest instead. Responses are always JSON.
+//! - Request bodies are JSON or YAML. Protobuf bodies are decoded only for the kinds
+//!   kubectl's imperative generators send that way (`kubectl create namespace|configmap|
+//!   secret|serviceaccount|service ...`); any other protobuf body gets 415 and changes nothing
+//!   (use `kubectl create -f` with a manifest). Responses are always JSON.
 //! - `dryRun` is refused with 400 (nothing changes). No authentication or authorization.
 //!
 //! ## Controllers

@@ -427,6 +427,74 @@ async fn kubectl_apply_crd_then_custom_resource() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_imperative_create_commands_send_protobuf_that_the_server_decodes() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    assert_eq!(
+        k.ok(&["create", "namespace", "ns1"]).await,
+        "namespace/ns1 created\n"
+    );
+    assert_eq!(
+        k.ok(&[
+            "create",
+            "configmap",
+            "cm1",
+            "-n",
+            "ns1",
+            "--from-literal=a=b",
+            "--from-literal=c=d"
+        ])
+        .await,
+        "configmap/cm1 created\n"
+    );
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "-n",
+        "ns1",
+        "--from-literal=k=v",
+    ])
+    .await;
+    k.ok(&["create", "serviceaccount", "sa1", "-n", "ns1"])
+        .await;
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "svc1",
+        "-n",
+        "ns1",
+        "--tcp=80:http",
+    ])
+    .await;
+    let cm = k.json(&["get", "cm", "cm1", "-n", "ns1"]).await;
+    assert_eq!(cm["data"], serde_json::json!({"a": "b", "c": "d"}));
+    assert_eq!(
+        k.json(&["get", "secret", "s1", "-n", "ns1"]).await["data"],
+        serde_json::json!({"k": "dg=="})
+    );
+    let svc = k.json(&["get", "svc", "svc1", "-n", "ns1"]).await;
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["selector"], serde_json::json!({"app": "svc1"}));
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.96.")
+    );
+    // A kind the lab cannot decode from protobuf gets a clear error and creates nothing.
+    let err = k
+        .fails(&["create", "deployment", "d1", "--image=x"], None)
+        .await;
+    assert!(err.contains("not apps/v1 Deployment; send JSON"), "{err}");
+    assert_eq!(k.ok(&["get", "deployments", "-A", "-o", "name"]).await, "");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchyard_lab_apiserver_binary_serves_kubectl() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kc");

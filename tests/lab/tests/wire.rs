@@ -212,7 +212,10 @@ async fn errors_are_status_objects_byte_for_byte() {
     .await;
     assert_eq!(bad_patch.code, 415);
     let dry = http(addr, "DELETE", &format!("{path}/l1?dryRun=All"), &[], "").await;
-    assert_eq!((dry.code, dry.json()["reason"].clone()), (400, json!("BadRequest")));
+    assert_eq!(
+        (dry.code, dry.json()["reason"].clone()),
+        (400, json!("BadRequest"))
+    );
     // Nothing of the rejected requests changed the lease.
     let now = http(addr, "GET", &format!("{path}/l1"), &[], "")
         .await

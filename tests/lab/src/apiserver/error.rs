@@ -131,14 +131,12 @@ impl ApiError {
         )
     }
 
-    /// 415 for a create/update body in a media type the lab does not decode.
-    pub fn unsupported_body(content_type: &str) -> Self {
+    /// 415 for a create/update body in a media type (or kind) the lab does not decode.
+    pub fn unsupported_body(content_type: &str, why: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!(
-                "the lab API server decodes request bodies as application/json or YAML only, not {content_type:?}; send JSON (e.g. kubectl create -f FILE)"
-            ),
+            format!("the lab API server cannot decode this {content_type:?} body: {why}"),
         )
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::error::ApiError;
 use super::openapi;
+use super::protobuf;
 use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
@@ -309,17 +310,25 @@ async fn resource_request(
             "dryRun is not supported by the lab API server (nothing was changed)",
         ));
     }
-    if matches!(*method, Method::POST | Method::PUT) {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if ct.contains("protobuf") || ct.contains("cbor") {
-            // Bodies are decoded as JSON (or YAML) only; clients that default to protobuf
-            // (kubectl's imperative generators) get a clear 415.
-            return Err(ApiError::unsupported_body(ct));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let parse_body = |body: &[u8]| -> Result<Value, ApiError> {
+        if content_type.contains("protobuf") {
+            // kubectl's imperative generators send protobuf for a few core kinds.
+            return protobuf::decode(body)
+                .map_err(|e| ApiError::unsupported_body(&content_type, &e.0));
         }
-    }
+        if content_type.contains("cbor") {
+            return Err(ApiError::unsupported_body(
+                &content_type,
+                "CBOR is not supported",
+            ));
+        }
+        parse_body(body)
+    };
     match (&t.name, method.clone()) {
         (None, Method::GET) => {
             if t.watch_path || is_true(query, "watch") {

@@ -4,6 +4,7 @@ pub mod error;
 pub mod http;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod store;
