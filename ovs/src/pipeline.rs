@@ -1,0 +1,273 @@
+//! Switchyard's `br-int` pipeline: the one place where the node agent and the
+//! service proxy agree on table numbers, registers, conntrack zones, ct_mark
+//! bits and cookie spaces.
+//!
+//! ```text
+//!  packet in
+//!     |
+//!  [0] CLASSIFIER        port kind -> reg0[0..3]; pod ports: segment VLAN -> reg5
+//!  [10] SPOOF_GUARD      a pod port may only send from its own MAC and IPv4
+//!  [20] CONNTRACK        ct(zone=POD_ZONE, nat, table=CONNTRACK_STATE)
+//!  [21] CONNTRACK_STATE  +inv drops; established traffic skips load balancing
+//!  [30] SESSION_AFFINITY (proxy) learned ClientIP flows load reg3/reg4
+//!  [31] SERVICE_LB       (proxy) VIP:port of a new connection -> select group
+//!  [32] ENDPOINT_DNAT    (proxy) reg3/reg4 -> ct(commit, nat(dst=ep))
+//!  [40] L3_FORWARDING    local pod / remote node (tunnel) / gateway
+//!  [50] L2_FORWARDING    destination MAC -> reg1 (output port), same segment only
+//!  [60] CONNTRACK_COMMIT commit every new connection in POD_ZONE
+//!  [70] OUTPUT           output:reg1
+//! ```
+//!
+//! Ownership is by cookie space, not by table: every flow carries a cookie
+//! from [`Cookie`], and each process adds, replaces and deletes only flows in
+//! its own space (deletes use [`Cookie::owner_mask`] or
+//! [`Cookie::generation_mask`]). The agent installs the low-priority
+//! pass-through flows of every table, including the proxy's tables, so pods
+//! keep working when the proxy is not (yet) running; the proxy's flows sit at
+//! higher priorities in its tables.
+
+/// Flow table numbers.
+pub mod table {
+    /// Classifies by input port.
+    pub const CLASSIFIER: u8 = 0;
+    /// Source MAC/IP validation for pod ports.
+    pub const SPOOF_GUARD: u8 = 10;
+    /// Sends IP through conntrack (with un-NAT of replies).
+    pub const CONNTRACK: u8 = 20;
+    /// Acts on the conntrack state.
+    pub const CONNTRACK_STATE: u8 = 21;
+    /// Proxy: session affinity (learned flows).
+    pub const SESSION_AFFINITY: u8 = 30;
+    /// Proxy: service frontends (VIP, protocol, port) to groups.
+    pub const SERVICE_LB: u8 = 31;
+    /// Proxy: DNAT to the endpoint chosen in reg3/reg4.
+    pub const ENDPOINT_DNAT: u8 = 32;
+    /// Routing decision.
+    pub const L3_FORWARDING: u8 = 40;
+    /// Destination MAC to output port.
+    pub const L2_FORWARDING: u8 = 50;
+    /// Commits new connections.
+    pub const CONNTRACK_COMMIT: u8 = 60;
+    /// Outputs to the port in reg1.
+    pub const OUTPUT: u8 = 70;
+
+    /// Tables the proxy programs.
+    pub const PROXY_TABLES: [u8; 3] = [SESSION_AFFINITY, SERVICE_LB, ENDPOINT_DNAT];
+}
+
+/// Register assignments (`NXM_NX_REGn`).
+pub mod reg {
+    /// reg0: packet marks. Bits 0..=3 hold the [`super::PortKind`] the
+    /// packet came in on.
+    pub const MARKS: u8 = 0;
+    /// Bit range of the port kind in [`MARKS`].
+    pub const PORT_KIND_BITS: (u8, u8) = (0, 3);
+    /// reg1: output port chosen by L2 forwarding.
+    pub const OUTPUT_PORT: u8 = 1;
+    /// reg3: IPv4 address of the endpoint selected by a service group.
+    pub const ENDPOINT_IP: u8 = 3;
+    /// reg4: bits 0..=15 endpoint port, bits 16..=17 [`super::ServiceState`].
+    pub const ENDPOINT_PORT_AND_STATE: u8 = 4;
+    /// Bit range of the endpoint port in [`ENDPOINT_PORT_AND_STATE`].
+    pub const ENDPOINT_PORT_BITS: (u8, u8) = (0, 15);
+    /// Bit range of the service state in [`ENDPOINT_PORT_AND_STATE`].
+    pub const SERVICE_STATE_BITS: (u8, u8) = (16, 17);
+    /// reg5: VLAN of the segment of the source pod port (0..=4095).
+    pub const SEGMENT_VLAN: u8 = 5;
+}
+
+/// Kind of the port a packet came in on, stored in reg0[0..=3].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum PortKind {
+    /// The overlay tunnel port.
+    Tunnel = 1,
+    /// The node's gateway (internal) port.
+    Gateway = 2,
+    /// A pod's access port.
+    Pod = 3,
+    /// The VLAN trunk uplink.
+    Uplink = 4,
+}
+
+/// Service selection state, stored in reg4[16..=17].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ServiceState {
+    /// Not a service packet (or not yet classified).
+    None = 0,
+    /// A frontend matched; an endpoint still has to be chosen.
+    NeedsEndpoint = 1,
+    /// reg3/reg4 hold the chosen endpoint.
+    EndpointSelected = 2,
+}
+
+/// Conntrack zones.
+pub mod zone {
+    /// Zone of all pod traffic (service DNAT and plain pod-to-pod alike).
+    pub const POD: u16 = 0xfff0;
+    /// Zone of egress SNAT to the node address.
+    pub const SNAT: u16 = 0xfff1;
+}
+
+/// `ct_mark` bits.
+pub mod ct_mark {
+    /// The connection was DNATed to a service endpoint by the proxy.
+    pub const SERVICE: u32 = 0x1;
+    /// The connection is a hairpin (a pod reaching itself through a service).
+    pub const HAIRPIN: u32 = 0x2;
+}
+
+/// Well-known OpenFlow port numbers requested through `ofport_request`.
+pub mod ofport {
+    /// The overlay tunnel port (`sy-tun0`).
+    pub const TUNNEL: u32 = 1;
+    /// The gateway port (`sy-gw0`).
+    pub const GATEWAY: u32 = 2;
+    /// The VLAN trunk uplink.
+    pub const UPLINK: u32 = 3;
+}
+
+/// Source address used to SNAT hairpin connections, so the reply from a pod
+/// to itself comes back through OVS.
+pub const HAIRPIN_SNAT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 252);
+
+/// Who owns a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Owner {
+    /// `switchyard-agent`.
+    Agent = 1,
+    /// `switchyard-proxy`.
+    Proxy = 2,
+}
+
+/// A Switchyard flow cookie:
+///
+/// ```text
+/// 63            48 47     40 39        32 31                  0
+/// +---------------+---------+------------+---------------------+
+/// | 0x5359 ("SY") |  owner  | generation |      object id      |
+/// +---------------+---------+------------+---------------------+
+/// ```
+///
+/// The generation lets a process replace its flows without a gap: install
+/// generation N+1, then delete generation N with [`Cookie::generation_mask`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cookie {
+    /// Owner of the flow.
+    pub owner: Owner,
+    /// Generation (round of full installation).
+    pub generation: u8,
+    /// Owner-defined object id (e.g. an ofport or a service group id).
+    pub object: u32,
+}
+
+impl Cookie {
+    /// The fixed tag in the top 16 bits of every Switchyard cookie.
+    pub const MAGIC: u64 = 0x5359;
+
+    /// A cookie value.
+    pub fn new(owner: Owner, generation: u8, object: u32) -> Self {
+        Self {
+            owner,
+            generation,
+            object,
+        }
+    }
+
+    /// The 64-bit cookie.
+    pub fn value(self) -> u64 {
+        (Self::MAGIC << 48)
+            | ((self.owner as u64) << 40)
+            | ((self.generation as u64) << 32)
+            | self.object as u64
+    }
+
+    /// Decodes a cookie; `None` when it is not a Switchyard cookie.
+    pub fn from_value(value: u64) -> Option<Self> {
+        if value >> 48 != Self::MAGIC {
+            return None;
+        }
+        let owner = match (value >> 40) as u8 {
+            1 => Owner::Agent,
+            2 => Owner::Proxy,
+            _ => return None,
+        };
+        Some(Self {
+            owner,
+            generation: (value >> 32) as u8,
+            object: value as u32,
+        })
+    }
+
+    /// `(cookie, mask)` matching every flow of `owner`.
+    pub fn owner_mask(owner: Owner) -> (u64, u64) {
+        ((Self::MAGIC << 48) | ((owner as u64) << 40), 0xffff_ff00_0000_0000)
+    }
+
+    /// `(cookie, mask)` matching every flow of `owner` in `generation`.
+    pub fn generation_mask(owner: Owner, generation: u8) -> (u64, u64) {
+        (
+            Cookie::new(owner, generation, 0).value(),
+            0xffff_ffff_0000_0000,
+        )
+    }
+
+    /// `(cookie, mask)` matching the flows of one object of `owner`, in any
+    /// generation.
+    pub fn object_mask(owner: Owner, object: u32) -> (u64, u64) {
+        (
+            Cookie::new(owner, 0, object).value(),
+            0xffff_ff00_ffff_ffff,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_layout_is_stable() {
+        let c = Cookie::new(Owner::Proxy, 7, 0x0102_0304);
+        assert_eq!(c.value(), 0x5359_0207_0102_0304);
+        assert_eq!(Cookie::from_value(c.value()), Some(c));
+        assert_eq!(Cookie::from_value(0x1234_0207_0102_0304), None);
+        assert_eq!(Cookie::from_value(0x5359_0907_0102_0304), None);
+    }
+
+    #[test]
+    fn masks_select_only_their_space() {
+        let agent = Cookie::new(Owner::Agent, 3, 42).value();
+        let proxy = Cookie::new(Owner::Proxy, 3, 42).value();
+        let (v, m) = Cookie::owner_mask(Owner::Agent);
+        assert_eq!(agent & m, v);
+        assert_ne!(proxy & m, v);
+        let (v, m) = Cookie::generation_mask(Owner::Agent, 3);
+        assert_eq!(agent & m, v);
+        assert_ne!(Cookie::new(Owner::Agent, 4, 42).value() & m, v);
+        let (v, m) = Cookie::object_mask(Owner::Agent, 42);
+        assert_eq!(Cookie::new(Owner::Agent, 9, 42).value() & m, v);
+        assert_ne!(Cookie::new(Owner::Agent, 9, 43).value() & m, v);
+    }
+
+    #[test]
+    fn tables_are_ordered_along_the_pipeline() {
+        let order = [
+            table::CLASSIFIER,
+            table::SPOOF_GUARD,
+            table::CONNTRACK,
+            table::CONNTRACK_STATE,
+            table::SESSION_AFFINITY,
+            table::SERVICE_LB,
+            table::ENDPOINT_DNAT,
+            table::L3_FORWARDING,
+            table::L2_FORWARDING,
+            table::CONNTRACK_COMMIT,
+            table::OUTPUT,
+        ];
+        // goto_table may only go forward.
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
+    }
+}
