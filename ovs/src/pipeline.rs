@@ -7,6 +7,8 @@
 //!     |
 //!  [0] CLASSIFIER        port kind -> reg0[0..3]; pod ports: segment VLAN -> reg5
 //!  [10] SPOOF_GUARD      a pod port may only send from its own MAC and IPv4
+//!  [15] ARP_RESPONDER    OVS answers ARP: pods learn the gateway MAC for every
+//!                        address, the gateway learns each pod's own MAC
 //!  [20] CONNTRACK        ct(zone=POD_ZONE, nat, table=CONNTRACK_STATE)
 //!  [21] CONNTRACK_STATE  +inv drops; established traffic skips load balancing
 //!  [30] SESSION_AFFINITY (proxy) learned ClientIP flows load reg3/reg4
@@ -15,7 +17,7 @@
 //!  [40] L3_FORWARDING    local pod / remote node (tunnel) / gateway
 //!  [50] L2_FORWARDING    destination MAC -> reg1 (output port), same segment only
 //!  [60] CONNTRACK_COMMIT commit every new connection in POD_ZONE
-//!  [70] OUTPUT           output:reg1
+//!  [70] OUTPUT           one flow per port: reg1=N -> output:N
 //! ```
 //!
 //! Ownership is by cookie space, not by table: every flow carries a cookie
@@ -32,6 +34,8 @@ pub mod table {
     pub const CLASSIFIER: u8 = 0;
     /// Source MAC/IP validation for pod ports.
     pub const SPOOF_GUARD: u8 = 10;
+    /// Answers ARP requests from pods and from the gateway.
+    pub const ARP_RESPONDER: u8 = 15;
     /// Sends IP through conntrack (with un-NAT of replies).
     pub const CONNTRACK: u8 = 20;
     /// Acts on the conntrack state.
@@ -257,6 +261,7 @@ mod tests {
         let order = [
             table::CLASSIFIER,
             table::SPOOF_GUARD,
+            table::ARP_RESPONDER,
             table::CONNTRACK,
             table::CONNTRACK_STATE,
             table::SESSION_AFFINITY,
