@@ -13,6 +13,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The kubectl to test with: `$KUBECTL`, else `kubectl` from PATH.
+fn kubectl_binary() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
+}
+
 /// kubectl with its own kubeconfig and HOME (so its discovery cache is private to the test).
 struct Kubectl {
     dir: tempfile::TempDir,
@@ -28,7 +33,7 @@ impl Kubectl {
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("kubectl");
+        let mut cmd = tokio::process::Command::new(kubectl_binary());
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.dir.path())
@@ -515,7 +520,7 @@ async fn switchyard_lab_apiserver_binary_serves_kubectl() {
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let config = std::fs::read_to_string(&kubeconfig).unwrap();
     assert!(config.contains(&format!("server: {url}")), "{config}");
-    let out = tokio::process::Command::new("kubectl")
+    let out = tokio::process::Command::new(kubectl_binary())
         .args(["get", "namespaces", "-o", "name"])
         .env("KUBECONFIG", &kubeconfig)
         .env("HOME", dir.path())

@@ -23,6 +23,9 @@ use tokio::task::JoinHandle;
 pub use error::ApiError;
 pub use store::{Store, StoreOptions};
 
+/// Largest request body accepted (CRDs with big schemas fit comfortably).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
 /// Options of [`ApiServer::start`].
 #[derive(Debug, Clone)]
 pub struct ApiServerOptions {
@@ -133,7 +136,10 @@ impl ApiServer {
             bookmark_interval: opts.bookmark_interval,
             shutdown: shutdown_rx.clone(),
         };
-        let app = axum::Router::new().fallback(http::handle).with_state(state);
+        let app = axum::Router::new()
+            .fallback(http::handle)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(state);
         let mut graceful = shutdown_rx.clone();
         let server = tokio::spawn(async move {
             let result = axum::serve(listener, app)
