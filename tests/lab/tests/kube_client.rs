@@ -159,6 +159,36 @@ async fn reflector_store_follows_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_with_field_selector_sees_only_its_object() {
+    let server = common::start(ApiServerOptions::without_controllers()).await;
+    let api: Api<ConfigMap> = Api::namespaced(common::client(&server), "default");
+    let mut stream = watcher(
+        api.clone(),
+        watcher::Config::default().fields("metadata.name=mine"),
+    )
+    .boxed();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        watcher::Event::Init
+    ));
+    assert!(matches!(
+        next_event(&mut stream).await,
+        watcher::Event::InitDone
+    ));
+    api.create(&PostParams::default(), &config_map("other", json!({}), "1"))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &config_map("mine", json!({}), "2"))
+        .await
+        .unwrap();
+    match next_event(&mut stream).await {
+        watcher::Event::Apply(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("mine")),
+        other => panic!("expected Apply(mine), got {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_compacted_resource_version_is_410_and_watcher_relists() {
     let server = common::start(ApiServerOptions {
         history_limit: 5,

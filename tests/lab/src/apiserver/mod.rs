@@ -108,6 +108,12 @@ impl ApiServer {
     /// Binds, starts serving and starts the configured controllers. Must be called inside a
     /// tokio runtime.
     pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, StartError> {
+        if opts.node_cidr_prefix > 32 {
+            return Err(StartError::Options(format!(
+                "node CIDR prefix /{} is not an IPv4 prefix",
+                opts.node_cidr_prefix
+            )));
+        }
         if let Some(c) = opts.cluster_cidr
             && opts.node_cidr_prefix < c.prefix_len()
         {

@@ -352,6 +352,34 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic() {
+        // Deterministic xorshift stream; mutations of a valid body and pure noise.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let mut body = if round % 2 == 0 {
+                KUBECTL_SECRET.to_vec()
+            } else {
+                MAGIC.to_vec()
+            };
+            let extra = (next() % 24) as usize;
+            for _ in 0..extra {
+                body.push(next() as u8);
+            }
+            if body.len() > 4 {
+                let i = 4 + (next() as usize) % (body.len() - 4);
+                body[i] = next() as u8;
+            }
+            let _ = decode(&body);
+        }
+    }
+
+    #[test]
     fn rejects_garbage_and_unknown_kinds() {
         assert!(decode(b"{}").is_err());
         assert!(decode(b"k8s\0\x0a\xff").is_err());

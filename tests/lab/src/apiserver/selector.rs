@@ -251,6 +251,25 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_selectors_never_panic() {
+        let alphabet: Vec<char> = "ab=!,() in notin.-/_ \u{e9}".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 16) as usize;
+            let s: String = (0..len)
+                .map(|i| alphabet[((x >> (i * 3)) as usize) % alphabet.len()])
+                .collect();
+            if let Ok(sel) = LabelSelector::parse(&s) {
+                let _ = sel.matches(&obj(json!({"a": "b"})));
+            }
+            let _ = FieldSelector::parse(&s);
+        }
+    }
+
+    #[test]
     fn field_selector_paths() {
         let o = obj(json!({}));
         let m = |s: &str| FieldSelector::parse(s).unwrap().matches(&o);
