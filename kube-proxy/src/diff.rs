@@ -27,19 +27,48 @@ pub struct GroupIdsExhausted {
     pub last: GroupId,
 }
 
+/// A group id cannot be adopted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupIdTaken {
+    #[error("group id {id} is outside {first}..={last}")]
+    OutOfRange {
+        id: GroupId,
+        first: GroupId,
+        last: GroupId,
+    },
+    #[error("group id {id} is held by {holder}")]
+    HeldBy {
+        id: GroupId,
+        holder: ServicePortName,
+    },
+    #[error("group id {id} is retired and not yet released")]
+    Retired { id: GroupId },
+    #[error("{name} already has group id {held}")]
+    PortHasId {
+        name: ServicePortName,
+        held: GroupId,
+    },
+}
+
 /// Hands out one group id per Service port and keeps it while the port
 /// exists. A retired id (its port was removed) is reused only after
 /// [`release`](Self::release): the caller releases it once the group is
 /// really deleted from the switch, so a new port never shares a live group.
-/// Deterministic: the lowest released id is reused first, else the next new one.
+/// Deterministic: the lowest released id is reused first, else the lowest
+/// never-used one.
 #[derive(Debug, Clone)]
 pub struct GroupIdAllocator {
     first: GroupId,
     last: GroupId,
-    /// Next never-used id (u64 so that `last == u32::MAX` cannot wrap).
+    /// Every id below this was handed out, adopted or skipped at some point
+    /// (u64 so that `last == u32::MAX` cannot wrap).
     next: u64,
     by_name: HashMap<ServicePortName, GroupId>,
+    /// Ids held by a port or retired: not available.
+    held: BTreeSet<GroupId>,
+    /// Released ids, available again.
     released: BTreeSet<GroupId>,
+    /// Ids of removed ports whose groups may still exist on the switch.
     retired: BTreeSet<GroupId>,
 }
 
@@ -63,6 +92,7 @@ impl GroupIdAllocator {
             last,
             next: u64::from(first),
             by_name: HashMap::new(),
+            held: BTreeSet::new(),
             released: BTreeSet::new(),
             retired: BTreeSet::new(),
         }
@@ -78,21 +108,69 @@ impl GroupIdAllocator {
         if let Some(id) = self.by_name.get(name) {
             return Ok(*id);
         }
-        let id = if let Some(id) = self.released.pop_first() {
-            id
-        } else if let Ok(id) = GroupId::try_from(self.next)
-            && id <= self.last
-        {
+        let id = match self.released.pop_first() {
+            Some(id) => id,
+            None => self.next_fresh().ok_or(GroupIdsExhausted {
+                first: self.first,
+                last: self.last,
+            })?,
+        };
+        self.held.insert(id);
+        self.by_name.insert(name.clone(), id);
+        Ok(id)
+    }
+
+    /// The lowest never-used id that is not held (adopted ids are skipped).
+    fn next_fresh(&mut self) -> Option<GroupId> {
+        loop {
+            let id = GroupId::try_from(self.next)
+                .ok()
+                .filter(|id| *id <= self.last)?;
             self.next += 1;
-            id
-        } else {
-            return Err(GroupIdsExhausted {
+            if !self.held.contains(&id) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// Records that `name` already owns group `id` (found on the switch
+    /// after a restart). Idempotent; fails, changing nothing, if the id is
+    /// outside the range, held by another port or retired, or if the port
+    /// has another id.
+    pub fn adopt(&mut self, name: &ServicePortName, id: GroupId) -> Result<(), GroupIdTaken> {
+        if id < self.first || id > self.last {
+            return Err(GroupIdTaken::OutOfRange {
+                id,
                 first: self.first,
                 last: self.last,
             });
-        };
+        }
+        match self.by_name.get(name) {
+            Some(held) if *held == id => return Ok(()),
+            Some(held) => {
+                return Err(GroupIdTaken::PortHasId {
+                    name: name.clone(),
+                    held: *held,
+                });
+            }
+            None => {}
+        }
+        if self.retired.contains(&id) {
+            return Err(GroupIdTaken::Retired { id });
+        }
+        if self.held.contains(&id) {
+            let holder = self
+                .by_name
+                .iter()
+                .find_map(|(holder, held)| (*held == id).then(|| holder.clone()));
+            if let Some(holder) = holder {
+                return Err(GroupIdTaken::HeldBy { id, holder });
+            }
+        }
+        self.released.remove(&id);
+        self.held.insert(id);
         self.by_name.insert(name.clone(), id);
-        Ok(id)
+        Ok(())
     }
 
     /// Takes the id away from a removed port. It stays unusable until released.
@@ -106,13 +184,17 @@ impl GroupIdAllocator {
     /// Ids that are not retired are left alone.
     pub fn release(&mut self, id: GroupId) {
         if self.retired.remove(&id) {
+            self.held.remove(&id);
             self.released.insert(id);
         }
     }
 
     /// Releases every retired id.
     pub fn release_all_retired(&mut self) {
-        self.released.append(&mut self.retired);
+        for id in std::mem::take(&mut self.retired) {
+            self.held.remove(&id);
+            self.released.insert(id);
+        }
     }
 
     /// Ids retired and not yet released, ascending.
@@ -122,8 +204,11 @@ impl GroupIdAllocator {
 
     /// How many more ids can be allocated right now.
     pub fn available(&self) -> u64 {
-        let fresh = (u64::from(self.last) + 1).saturating_sub(self.next);
-        fresh + self.released.len() as u64
+        let fresh_range = (u64::from(self.last) + 1).saturating_sub(self.next);
+        let held_ahead = GroupId::try_from(self.next)
+            .map(|next| self.held.range(next..).count() as u64)
+            .unwrap_or(0);
+        fresh_range.saturating_sub(held_ahead) + self.released.len() as u64
     }
 
     /// Number of ports holding an id.

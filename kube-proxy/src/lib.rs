@@ -15,8 +15,8 @@ pub mod synthetic;
 pub mod watch;
 
 pub use diff::{
-    AddedPort, ChangeSet, ChangedPort, GroupId, GroupIdAllocator, GroupIdsExhausted, RemovedPort,
-    StaleUdpEndpoint, StaleUdpFrontend, diff, diff_services,
+    AddedPort, ChangeSet, ChangedPort, GroupId, GroupIdAllocator, GroupIdTaken, GroupIdsExhausted,
+    RemovedPort, StaleUdpEndpoint, StaleUdpFrontend, diff, diff_services,
 };
 pub use recompute::{Recomputer, SharedGroupIds, Update};
 pub use service_model::{

@@ -407,3 +407,103 @@ fn replace_service_keeps_unchanged_entries_shared() {
     assert!(new.get(&port("web", Protocol::Tcp)).is_none());
     assert_eq!(new.len(), 1);
 }
+
+#[test]
+fn adopted_ids_are_kept_and_skipped_by_new_allocations() {
+    let mut groups = GroupIdAllocator::with_range(1, 6);
+    let a = port("a", Protocol::Tcp);
+    let b = port("b", Protocol::Tcp);
+    groups.adopt(&a, 5).expect("adopt a");
+    groups.adopt(&b, 2).expect("adopt b");
+    groups.adopt(&a, 5).expect("adopting again is a no-op");
+    assert_eq!(groups.available(), 4);
+
+    // Conflicts change nothing.
+    assert_eq!(
+        groups.adopt(&port("c", Protocol::Tcp), 5),
+        Err(switchyard_proxy::GroupIdTaken::HeldBy {
+            id: 5,
+            holder: a.clone()
+        })
+    );
+    assert_eq!(
+        groups.adopt(&a, 3),
+        Err(switchyard_proxy::GroupIdTaken::PortHasId {
+            name: a.clone(),
+            held: 5
+        })
+    );
+    assert!(matches!(
+        groups.adopt(&port("c", Protocol::Tcp), 7),
+        Err(switchyard_proxy::GroupIdTaken::OutOfRange { id: 7, .. })
+    ));
+    assert_eq!(groups.in_use(), 2);
+
+    let fresh: Vec<u32> = ["c", "d", "e", "f"]
+        .iter()
+        .map(|name| {
+            groups
+                .allocate(&port(name, Protocol::Tcp))
+                .expect("allocate")
+        })
+        .collect();
+    assert_eq!(fresh, [1, 3, 4, 6]);
+    assert_eq!(groups.available(), 0);
+    assert!(groups.allocate(&port("g", Protocol::Tcp)).is_err());
+
+    // A retired adopted id is not adoptable until released.
+    groups.retire(&b);
+    assert_eq!(
+        groups.adopt(&port("g", Protocol::Tcp), 2),
+        Err(switchyard_proxy::GroupIdTaken::Retired { id: 2 })
+    );
+    groups.release(2);
+    assert_eq!(groups.allocate(&port("g", Protocol::Tcp)), Ok(2));
+}
+
+#[test]
+fn diff_services_matches_a_full_diff() {
+    let (services, slices) = switchyard_proxy::synthetic::cluster("default", 50, 3);
+    let old = build_desired_state(&services, &slices, NODE);
+    // Change every 7th Service's endpoints, delete every 11th, add two.
+    let mut new_services = services.clone();
+    let mut new_slices = slices.clone();
+    for (index, slice) in new_slices.iter_mut().enumerate() {
+        if index % 7 == 0 {
+            slice.endpoints.pop();
+        }
+    }
+    let mut touched: Vec<ServiceKey> = Vec::new();
+    for index in (0..50).step_by(7) {
+        touched.push(ServiceKey::new("default", format!("svc-{index}")));
+    }
+    new_services.retain(|s| {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let index: usize = name.trim_start_matches("svc-").parse().unwrap_or(0);
+        !index.is_multiple_of(11)
+    });
+    for index in (0..50).step_by(11) {
+        touched.push(ServiceKey::new("default", format!("svc-{index}")));
+    }
+    for extra in ["new-a", "new-b"] {
+        new_services.push(
+            service("default", extra)
+                .cluster_ip("10.97.0.1")
+                .tcp("http", 80)
+                .build(),
+        );
+        touched.push(ServiceKey::new("default", extra));
+    }
+    let new = build_desired_state(&new_services, &new_slices, NODE);
+
+    let mut full_groups = installed(&old);
+    let mut scoped_groups = full_groups.clone();
+    let full = diff(&old, &new, &mut full_groups).expect("full diff");
+    let scoped = switchyard_proxy::diff_services(&old, &new, &touched, &mut scoped_groups)
+        .expect("scoped diff");
+    assert_eq!(scoped, full);
+    assert_eq!(full.removed.len(), 5);
+    assert_eq!(full.added.len(), 2);
+    // svc-0, 7, ..., 49 changed, but svc-0 is also deleted.
+    assert_eq!(full.changed.len(), 7);
+}
