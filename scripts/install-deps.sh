@@ -20,6 +20,10 @@ for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# kubectl drives the lab's API server in tests. The machine image ships it; on
+# a bare Debian, the distribution's (older) kubernetes-client provides it.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-deps: missing packages (${missing[*]}); run as root" >&2
