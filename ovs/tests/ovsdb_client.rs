@@ -471,3 +471,62 @@ async fn tcp_endpoint() {
         .unwrap();
     assert_eq!(ovs.vsctl(&["list-br"]).unwrap(), "br-tcp\n");
 }
+
+fn server_monitors(ovs: &OvsInstance) -> usize {
+    let out = ovs.appctl_ovsdb(&["memory/show"]).unwrap();
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("monitors:"))
+        .map(|n| n.parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_monitor_and_cache_are_cancelled_on_the_server() {
+    if !require_privileges("dropped_monitor_and_cache_are_cancelled_on_the_server") {
+        return;
+    }
+    let ovs = OvsInstance::builder().start().unwrap();
+    let client = Client::connect(&ovs.db_endpoint()).await.unwrap();
+    assert_eq!(server_monitors(&ovs), 0);
+    let requests = BTreeMap::from([("Bridge".to_string(), MonitorRequest::all())]);
+    let monitor = client.monitor_cond(DB, &requests).await.unwrap();
+    let cache = switchyard_ovs::ovsdb::VswitchCache::start(&client)
+        .await
+        .unwrap();
+    assert_eq!(server_monitors(&ovs), 2);
+    drop(monitor);
+    drop(cache);
+    // The next update to each finds no subscriber; the client cancels them.
+    ovs.vsctl(&["add-br", "br0"]).unwrap();
+    let deadline = std::time::Instant::now() + STEP;
+    while server_monitors(&ovs) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitors not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(client.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_all_clones() {
+    if !require_privileges("close_ends_all_clones") {
+        return;
+    }
+    let ovs = OvsInstance::builder().start().unwrap();
+    let client = Client::connect(&ovs.db_endpoint()).await.unwrap();
+    let other = client.clone();
+    let requests = BTreeMap::from([("Bridge".to_string(), MonitorRequest::all())]);
+    let mut monitor = client.monitor(DB, &requests).await.unwrap();
+    assert!(monitor.events.recv().await.unwrap().reset);
+    client.close();
+    assert!(
+        timeout(STEP, monitor.events.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(other.list_dbs().await, Err(Error::Closed)));
+    assert!(!other.is_connected());
+}

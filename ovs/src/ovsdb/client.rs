@@ -746,7 +746,13 @@ impl Worker {
                 };
                 return Self::send(conn, reply).await;
             }
-            return self.handle_notification(method, &params);
+            if let Some(abandoned) = self.handle_notification(method, &params)? {
+                // Its subscriber is gone: tell the server to stop sending.
+                let (id, message) = self.request_json("monitor_cancel", json!([abandoned]));
+                pending.insert(id, Pending::Ignore);
+                return Self::send(conn, message).await;
+            }
+            return Ok(());
         }
         let Some(id) = object.get("id") else {
             return Err(format!(
@@ -841,11 +847,13 @@ impl Worker {
         Ok(())
     }
 
+    /// Dispatches a notification. Returns the id of a monitor whose
+    /// subscriber has gone away (to be cancelled).
     fn handle_notification(
         &mut self,
         method: &str,
         params: &Json,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<Option<String>, String> {
         match method {
             "update" | "update2" => {
                 let (Some(mon_id), Some(updates)) = (params.get(0), params.get(1)) else {
@@ -854,7 +862,7 @@ impl Worker {
                 let mon_id = mon_id.as_str().unwrap_or_default();
                 let Some(spec) = self.monitors.get(mon_id) else {
                     tracing::debug!(monitor = %mon_id, "update for an unknown monitor; ignored");
-                    return Ok(());
+                    return Ok(None);
                 };
                 if spec.version.notification() != method {
                     return Err(format!(
@@ -874,11 +882,10 @@ impl Worker {
                     })
                     .is_err()
                 {
-                    // Nobody listens any more: forget it (the server keeps
-                    // sending until the next reconnect; harmless).
                     self.monitors.remove(mon_id);
+                    return Ok(Some(mon_id.to_string()));
                 }
-                Ok(())
+                Ok(None)
             }
             "locked" | "stolen" => {
                 let Some(name) = params.get(0).and_then(Json::as_str) else {
@@ -891,11 +898,11 @@ impl Worker {
                     LockEvent::Stolen(name.to_string())
                 };
                 let _ = self.shared.locks.send(event);
-                Ok(())
+                Ok(None)
             }
             other => {
                 tracing::debug!(method = other, "unknown OVSDB notification; ignored");
-                Ok(())
+                Ok(None)
             }
         }
     }
