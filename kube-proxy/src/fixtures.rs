@@ -139,6 +139,16 @@ impl ServiceBuilder {
         self
     }
 
+    /// Adds a label to the Service.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.service
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     /// Removes the selector: endpoints come from hand-made slices.
     pub fn no_selector(mut self) -> Self {
         self.spec().selector = None;

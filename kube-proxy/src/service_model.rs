@@ -16,7 +16,8 @@
 //!   endpoints count (ready first, then serving+terminating).
 //! - The same endpoint (IP and port) listed in several slices is merged.
 //! - Headless (`clusterIP: None`), IP-less and `ExternalName` Services are
-//!   ignored. Services without a selector use their hand-made slices.
+//!   ignored, and so are Services labelled `service.kubernetes.io/service-proxy-name`
+//!   (they belong to another proxy). Services without a selector use their hand-made slices.
 //! - IPv4 only: the IPv4 entry of `spec.clusterIPs` is used; IPv6 and FQDN
 //!   slices are skipped.
 
@@ -31,6 +32,13 @@ use tracing::{debug, warn};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Services with this label belong to another service proxy (kube-proxy
+/// ignores them too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Label the EndpointSlice controller puts on the slices of headless Services.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 /// Session affinity timeout when `ClientIP` affinity is set without one (3 hours).
 pub const DEFAULT_CLIENT_IP_TIMEOUT_SECS: u32 = 10_800;
@@ -451,6 +459,15 @@ impl ServiceFrontend {
             debug!(service = %key, "Service without spec ignored");
             return None;
         };
+        if service
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| labels.contains_key(SERVICE_PROXY_NAME_LABEL))
+        {
+            debug!(service = %key, "Service for another proxy ({SERVICE_PROXY_NAME_LABEL}) ignored");
+            return None;
+        }
         if spec.type_.as_deref() == Some("ExternalName") {
             debug!(service = %key, "ExternalName Service ignored");
             return None;

@@ -13,15 +13,16 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster_cache::ClusterCache;
 use crate::recompute::{Recomputer, SharedGroupIds, Update};
+use crate::service_model::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 
 /// Most queued events taken in between two looks at the debounce timer.
 const MAX_DRAIN: usize = 4096;
@@ -62,16 +63,13 @@ pub async fn watch(
     groups: SharedGroupIds,
     updates: mpsc::Sender<Update>,
 ) -> Result<(), WatchError> {
-    let services = watcher::watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff();
-    let slices = watcher::watcher(
-        Api::<EndpointSlice>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff();
+    // Filter server-side what the model would ignore anyway, as kube-proxy does.
+    let service_filter = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
+    let slice_filter = watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}"));
+    let services =
+        watcher::watcher(Api::<Service>::all(client.clone()), service_filter).default_backoff();
+    let slices =
+        watcher::watcher(Api::<EndpointSlice>::all(client), slice_filter).default_backoff();
     run(services, slices, config, groups, updates).await
 }
 
@@ -113,7 +111,16 @@ impl Feed<EndpointSlice> {
     }
 }
 
-impl<K> Feed<K> {
+/// Drops what the model never reads but can be large (managedFields,
+/// annotations such as last-applied-configuration) before caching.
+fn slim<K: Resource>(mut object: K) -> K {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    object
+}
+
+impl<K: Resource> Feed<K> {
     /// Applies one stream item; returns `Err` when the stream has ended.
     fn handle(
         &mut self,
@@ -124,7 +131,7 @@ impl<K> Feed<K> {
             None => return Err(WatchError::StreamEnded(self.kind)),
             // The watcher retries by itself (with backoff); keep going.
             Some(Err(err)) => warn!(kind = self.kind, %err, "watch error, retrying"),
-            Some(Ok(Event::Apply(object))) => (self.apply)(cache, Arc::new(object)),
+            Some(Ok(Event::Apply(object))) => (self.apply)(cache, Arc::new(slim(object))),
             Some(Ok(Event::Delete(object))) => (self.delete)(cache, &object),
             Some(Ok(Event::Init)) => {
                 debug!(kind = self.kind, "list started");

@@ -320,3 +320,36 @@ async fn deleting_a_udp_service_lists_its_endpoints_as_stale() {
     assert_eq!(stale, [format!("{vip}:53->10.244.2.20:5353")]);
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_of_another_proxy_are_ignored() {
+    let mut lab = start().await;
+    create_service(
+        &lab.services(),
+        json!({
+            "metadata": {"name": "theirs", "labels": {"service.kubernetes.io/service-proxy-name": "other"}},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }),
+    )
+    .await;
+    // Created after it on the same watch: once this one is in, the other
+    // would have been too.
+    create_service(
+        &lab.services(),
+        json!({
+            "metadata": {"name": "ours"},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }),
+    )
+    .await;
+    let ours = port("ours", "http", Protocol::Tcp);
+    let updates = lab.wait_for("ours", |u| u.state.get(&ours).is_some()).await;
+    let last = updates.last().expect("an update");
+    assert!(
+        last.state
+            .get(&port("theirs", "http", Protocol::Tcp))
+            .is_none()
+    );
+    assert_eq!(last.state.len(), 1);
+    lab.stop().await;
+}

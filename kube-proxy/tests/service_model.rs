@@ -439,6 +439,14 @@ fn ignored_services_table() {
             service("default", "n").tcp("http", 80).build(),
         ),
         (
+            "belongs to another proxy",
+            service("default", "other-proxy")
+                .cluster_ip("10.96.0.99")
+                .label("service.kubernetes.io/service-proxy-name", "foo")
+                .tcp("http", 80)
+                .build(),
+        ),
+        (
             "IPv6 only",
             service("default", "v6")
                 .cluster_ip("fd00::10")
