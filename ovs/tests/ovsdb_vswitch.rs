@@ -346,3 +346,78 @@ async fn open_vswitch_other_config() {
         BTreeMap::from([("other".into(), "y".into())])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vlan_mode_mtu_external_ids_and_applied_config() {
+    if !require_privileges("vlan_mode_mtu_external_ids_and_applied_config") {
+        return;
+    }
+    let ovs = OvsInstance::builder().vswitchd(true).start().unwrap();
+    let client = Client::connect(&ovs.db_endpoint()).await.unwrap();
+    let cache = VswitchCache::start(&client).await.unwrap();
+    client
+        .ensure_bridge(&BridgeSpec::netdev("br0"))
+        .await
+        .unwrap();
+    let veth = VethPair::new("sym", ovs.netns()).unwrap();
+    let mut spec = PortSpec::new(veth.name())
+        .with_tag(30)
+        .with_trunks(&[30, 40])
+        .with_external_id("k", "v");
+    spec.vlan_mode = Some("native-untagged".into());
+    spec.mtu_request = Some(1400);
+    client.add_port("br0", &spec).await.unwrap();
+
+    // Wait like ovs-vsctl does: vswitchd has applied everything up to here.
+    let cfg = client.increment_next_cfg().await.unwrap();
+    cache.wait_cur_cfg(cfg, TIMEOUT).await.unwrap();
+    assert_eq!(
+        vsctl(&ovs, &["get", "Open_vSwitch", ".", "cur_cfg"]),
+        cfg.to_string()
+    );
+    assert_ne!(
+        vsctl(&ovs, &["get", "Interface", veth.name(), "ofport"]),
+        "[]"
+    );
+    assert_eq!(
+        vsctl(&ovs, &["get", "Port", veth.name(), "vlan_mode"]),
+        "native-untagged"
+    );
+    assert_eq!(
+        vsctl(&ovs, &["get", "Interface", veth.name(), "mtu_request"]),
+        "1400"
+    );
+
+    client
+        .set_external_ids(
+            "Interface",
+            veth.name(),
+            &BTreeMap::from([("attached-mac".into(), "02:00:00:00:00:01".into())]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        vsctl(&ovs, &["get", "Interface", veth.name(), "external_ids"]),
+        r#"{attached-mac="02:00:00:00:00:01", k=v}"#
+    );
+    assert_eq!(
+        vsctl(&ovs, &["get", "Port", veth.name(), "external_ids"]),
+        "{k=v}"
+    );
+    assert!(matches!(
+        client
+            .set_external_ids(
+                "Port",
+                "sy-absent",
+                &BTreeMap::from([("a".into(), "b".into())])
+            )
+            .await,
+        Err(Error::PortNotFound(_))
+    ));
+    assert!(matches!(
+        client
+            .set_external_ids("Open_vSwitch", "x", &BTreeMap::new())
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+}

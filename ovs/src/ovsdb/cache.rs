@@ -302,6 +302,20 @@ impl VswitchCache {
     }
 }
 
+impl VswitchCache {
+    /// Waits until ovs-vswitchd reports `cur_cfg >= next_cfg` (the value
+    /// returned by [`Client::increment_next_cfg`]), i.e. it has applied
+    /// everything committed before that increment.
+    pub async fn wait_cur_cfg(&self, next_cfg: i64, timeout: Duration) -> Result<()> {
+        self.wait_for(
+            &format!("ovs-vswitchd to apply configuration {next_cfg}"),
+            timeout,
+            |s| (s.root()?.cur_cfg >= next_cfg).then_some(()),
+        )
+        .await
+    }
+}
+
 impl Drop for VswitchCache {
     fn drop(&mut self) {
         self.task.abort();

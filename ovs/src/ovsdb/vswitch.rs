@@ -252,6 +252,10 @@ pub struct PortSpec {
     pub interface_external_ids: BTreeMap<String, String>,
     /// `Interface.ofport_request`.
     pub ofport_request: Option<u16>,
+    /// `Interface.mtu_request`.
+    pub mtu_request: Option<u32>,
+    /// `Port.vlan_mode` (`access`, `trunk`, `native-tagged`, `native-untagged`).
+    pub vlan_mode: Option<String>,
 }
 
 impl PortSpec {
@@ -624,12 +628,18 @@ impl Client {
             if let Some(ofport) = port.ofport_request {
                 iface.insert("ofport_request".into(), Value::from(i64::from(ofport)));
             }
+            if let Some(mtu) = port.mtu_request {
+                iface.insert("mtu_request".into(), Value::from(i64::from(mtu)));
+            }
             let iface_index = ops.len();
             ops.push(Operation::insert("Interface", iface, Some(&iface_name)));
             let mut row = name_row(&port.name);
             row.insert("interfaces".into(), Value::named_uuid(&iface_name));
             if let Some(tag) = port.tag {
                 row.insert("tag".into(), Value::from(i64::from(tag)));
+            }
+            if let Some(mode) = &port.vlan_mode {
+                row.insert("vlan_mode".into(), Value::from(mode.as_str()));
             }
             if !port.trunks.is_empty() {
                 row.insert(
@@ -861,6 +871,72 @@ impl Client {
             return Err(Error::NoRootRow);
         }
         Ok(())
+    }
+
+    /// Sets keys of `external_ids` of the named row of `table` (`Port`,
+    /// `Interface` or `Bridge`); other keys are kept.
+    pub async fn set_external_ids(
+        &self,
+        table: &str,
+        name: &str,
+        entries: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if !matches!(table, "Port" | "Interface" | "Bridge") {
+            return Err(Error::InvalidArgument(format!(
+                "set_external_ids on table {table:?}"
+            )));
+        }
+        let mutations = merge_map("external_ids", entries);
+        if mutations.is_empty() {
+            return Ok(());
+        }
+        let results = self
+            .transact(
+                DB,
+                &[Operation::mutate(
+                    table,
+                    vec![Condition::eq("name", name)],
+                    mutations,
+                )],
+            )
+            .await?;
+        if results[0].count.unwrap_or(0) == 0 {
+            return Err(match table {
+                "Port" => Error::PortNotFound(name.to_string()),
+                "Interface" => Error::InterfaceNotFound(name.to_string()),
+                _ => Error::BridgeNotFound(name.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Increments `Open_vSwitch.next_cfg` and returns the new value; once
+    /// `cur_cfg` reaches it, ovs-vswitchd has applied every change committed
+    /// before (what `ovs-vsctl` waits for). See [`super::VswitchCache::wait_cur_cfg`].
+    pub async fn increment_next_cfg(&self) -> Result<i64> {
+        let results = self
+            .transact(
+                DB,
+                &[
+                    Operation::mutate(
+                        "Open_vSwitch",
+                        vec![],
+                        vec![Mutation::new("next_cfg", Mutator::Add, 1)],
+                    ),
+                    Operation::select_columns("Open_vSwitch", vec![], &["next_cfg"]),
+                ],
+            )
+            .await?;
+        if results[0].count.unwrap_or(0) == 0 {
+            return Err(Error::NoRootRow);
+        }
+        first_row(&results[1])
+            .and_then(|row| get(row, "next_cfg"))
+            .and_then(Value::as_integer)
+            .ok_or_else(|| Error::MalformedReply {
+                method: "transact".into(),
+                reason: "select of next_cfg returned no value".into(),
+            })
     }
 
     /// Removes `Open_vSwitch.other_config:key`.
