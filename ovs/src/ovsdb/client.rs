@@ -189,6 +189,8 @@ enum Pending {
     User {
         method: String,
         reply: oneshot::Sender<Result<Json>>,
+        /// Lock requested by `lock`/`steal`: forgotten again if refused.
+        lock: Option<String>,
     },
     MonitorStart {
         spec: MonitorSpec,
@@ -566,7 +568,7 @@ impl Worker {
         };
         for (_, p) in pending.drain() {
             match p {
-                Pending::User { method, reply } => {
+                Pending::User { method, reply, .. } => {
                     let _ = reply.send(Err(Error::Disconnected {
                         method,
                         reason: reason.clone(),
@@ -686,9 +688,11 @@ impl Worker {
                 reply,
             } => {
                 let name = params.get(0).and_then(Json::as_str).map(str::to_string);
+                let mut lock = None;
                 match (method.as_str(), name) {
                     ("lock" | "steal", Some(name)) => {
-                        self.locks.insert(name);
+                        self.locks.insert(name.clone());
+                        lock = Some(name);
                     }
                     ("unlock", Some(name)) => {
                         self.locks.remove(&name);
@@ -696,7 +700,15 @@ impl Worker {
                     _ => {}
                 }
                 let (id, message) = self.request_json(&method, params);
-                (id, message, Pending::User { method, reply })
+                (
+                    id,
+                    message,
+                    Pending::User {
+                        method,
+                        reply,
+                        lock,
+                    },
+                )
             }
             Command::Monitor { spec, reply } => {
                 let (id, message) = self.request_json(spec.version.method(), spec.params());
@@ -711,6 +723,7 @@ impl Worker {
                     Pending::User {
                         method: "monitor_cancel".into(),
                         reply,
+                        lock: None,
                     },
                 )
             }
@@ -773,7 +786,14 @@ impl Worker {
             )),
         };
         match entry {
-            Pending::User { method, reply } => {
+            Pending::User {
+                method,
+                reply,
+                lock,
+            } => {
+                if let (Some(lock), Err(_)) = (&lock, &result) {
+                    self.locks.remove(lock);
+                }
                 let outcome = result.map_err(|(error, details)| {
                     if error == "malformed" {
                         Error::MalformedReply {
