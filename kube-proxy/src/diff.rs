@@ -5,7 +5,8 @@
 //! no-endpoints action changes needs new flows (`frontend_changed`); one whose
 //! endpoint addresses change needs only a group modify (`endpoints_changed`).
 //! Differences that touch neither (an endpoint's node name or condition flags
-//! with the same buckets) are not changes for the switch.
+//! with the same buckets) are not changes for the switch, except that UDP
+//! endpoints leaving the serving set are listed for conntrack flushing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -254,7 +255,9 @@ impl ChangedPort {
     }
 }
 
-/// A UDP endpoint that no longer serves a frontend: conntrack entries from
+/// A UDP endpoint that no longer serves a frontend (left the port's
+/// [`ServicePortState::serving`] set, or the frontend address or the port
+/// itself went away): conntrack entries from
 /// `cluster_ip:port` DNATed to `endpoint_ip:endpoint_port` must be flushed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StaleUdpEndpoint {
@@ -265,7 +268,7 @@ pub struct StaleUdpEndpoint {
     pub endpoint_port: u16,
 }
 
-/// A UDP frontend that had no endpoints and now has some: conntrack entries
+/// A UDP frontend that had no serving endpoints and now has some: conntrack entries
 /// to `cluster_ip:port` created while it had none must be flushed (as kube-proxy does).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StaleUdpFrontend {
@@ -410,7 +413,7 @@ fn assign_group_ids(
 }
 
 fn added(name: &ServicePortName, state: &Arc<ServicePortState>, changes: &mut ChangeSet) {
-    if state.protocol == Protocol::Udp && !state.endpoints.is_empty() {
+    if state.protocol == Protocol::Udp && !state.serving.is_empty() {
         changes
             .stale_udp_frontends
             .push(stale_frontend(name, state));
@@ -439,17 +442,17 @@ fn changed(
     new: &Arc<ServicePortState>,
     changes: &mut ChangeSet,
 ) {
+    if old.protocol == Protocol::Udp {
+        let same_address = old.cluster_ip == new.cluster_ip && old.port == new.port;
+        stale_endpoints(name, old, same_address.then_some(new.as_ref()), changes);
+        if new.protocol == Protocol::Udp && old.serving.is_empty() && !new.serving.is_empty() {
+            changes.stale_udp_frontends.push(stale_frontend(name, new));
+        }
+    }
     let frontend_changed = !old.same_frontend(new);
     let endpoints_changed = !old.same_buckets(new);
     if !frontend_changed && !endpoints_changed {
         return;
-    }
-    if old.protocol == Protocol::Udp {
-        let same_address = old.cluster_ip == new.cluster_ip && old.port == new.port;
-        stale_endpoints(name, old, same_address.then_some(new.as_ref()), changes);
-    }
-    if new.protocol == Protocol::Udp && old.endpoints.is_empty() && !new.endpoints.is_empty() {
-        changes.stale_udp_frontends.push(stale_frontend(name, new));
     }
     changes.changed.push(ChangedPort {
         name: name.clone(),
@@ -461,18 +464,18 @@ fn changed(
     });
 }
 
-/// Lists the endpoints of `old` that `still` (same frontend address) no
-/// longer has; all of them when `still` is `None`.
+/// Lists the serving endpoints of `old` that `still` (same frontend
+/// address) no longer serves; all of them when `still` is `None`.
 fn stale_endpoints(
     name: &ServicePortName,
     old: &ServicePortState,
     still: Option<&ServicePortState>,
     changes: &mut ChangeSet,
 ) {
-    for endpoint in &old.endpoints {
+    for &(endpoint_ip, endpoint_port) in &old.serving {
         let kept = still.is_some_and(|new| {
-            new.endpoints
-                .binary_search_by(|e| (e.ip, e.port).cmp(&(endpoint.ip, endpoint.port)))
+            new.serving
+                .binary_search(&(endpoint_ip, endpoint_port))
                 .is_ok()
         });
         if !kept {
@@ -480,8 +483,8 @@ fn stale_endpoints(
                 name: name.clone(),
                 cluster_ip: old.cluster_ip,
                 port: old.port,
-                endpoint_ip: endpoint.ip,
-                endpoint_port: endpoint.port,
+                endpoint_ip,
+                endpoint_port,
             });
         }
     }

@@ -219,6 +219,13 @@ pub struct ServicePortState {
     pub internal_traffic_policy_local: bool,
     /// The usable endpoints (see module docs), sorted by IP then port.
     pub endpoints: Vec<Endpoint>,
+    /// Endpoints (IP, target port) that may still have connections from this
+    /// node: the chosen ones plus every other serving one the traffic policy
+    /// allows (e.g. a terminating pod draining while others are ready).
+    /// Sorted. A UDP endpoint that leaves this set has its conntrack entries
+    /// flushed; one that only leaves `endpoints` keeps its flows (kube-proxy
+    /// does the same).
+    pub serving: Vec<(Ipv4Addr, u16)>,
     /// Some node (any node, this one included) has a usable endpoint, ignoring
     /// the traffic policy. Decides between reject and drop when `endpoints` is empty.
     pub cluster_has_endpoints: bool,
@@ -427,8 +434,11 @@ pub fn service_port_states(
             continue;
         }
         let all = collect_endpoints(&name, slices, node_name);
-        let (endpoints, cluster_has_endpoints) =
-            choose_endpoints(all, frontend.internal_traffic_policy_local);
+        let ChosenEndpoints {
+            chosen: endpoints,
+            serving,
+            cluster_has_endpoints,
+        } = choose_endpoints(all, frontend.internal_traffic_policy_local);
         out.push((
             name,
             ServicePortState {
@@ -438,6 +448,7 @@ pub fn service_port_states(
                 session_affinity: frontend.session_affinity,
                 internal_traffic_policy_local: frontend.internal_traffic_policy_local,
                 endpoints,
+                serving,
                 cluster_has_endpoints,
             },
         ));
@@ -614,20 +625,38 @@ fn endpoint_of(
 /// kube-proxy's endpoint choice (CategorizeEndpoints without topology hints).
 /// Returns the usable endpoints for the port's traffic policy, and whether
 /// the cluster has any usable endpoint at all.
-fn choose_endpoints(all: Vec<Endpoint>, policy_local: bool) -> (Vec<Endpoint>, bool) {
+/// Also returns the port's serving set (see [`ServicePortState::serving`]).
+fn choose_endpoints(all: Vec<Endpoint>, policy_local: bool) -> ChosenEndpoints {
     let cluster_has_endpoints = all.iter().any(|e| e.ready || e.serving_terminating());
-    let candidates = |e: &Endpoint| !policy_local || e.is_local;
-    let any_ready = all.iter().any(|e| candidates(e) && e.ready);
-    let chosen = all
-        .into_iter()
-        .filter(|e| {
-            candidates(e)
-                && if any_ready {
-                    e.ready
-                } else {
-                    e.serving_terminating()
-                }
-        })
-        .collect();
-    (chosen, cluster_has_endpoints)
+    let candidate = |e: &Endpoint| !policy_local || e.is_local;
+    let any_ready = all.iter().any(|e| candidate(e) && e.ready);
+    let mut chosen = Vec::new();
+    let mut serving = Vec::new();
+    for e in all {
+        if !candidate(&e) {
+            continue;
+        }
+        let usable = if any_ready {
+            e.ready
+        } else {
+            e.serving_terminating()
+        };
+        if usable || e.serving {
+            serving.push((e.ip, e.port));
+        }
+        if usable {
+            chosen.push(e);
+        }
+    }
+    ChosenEndpoints {
+        chosen,
+        serving,
+        cluster_has_endpoints,
+    }
+}
+
+struct ChosenEndpoints {
+    chosen: Vec<Endpoint>,
+    serving: Vec<(Ipv4Addr, u16)>,
+    cluster_has_endpoints: bool,
 }

@@ -507,3 +507,68 @@ fn diff_services_matches_a_full_diff() {
     // svc-0, 7, ..., 49 changed, but svc-0 is also deleted.
     assert_eq!(full.changed.len(), 7);
 }
+
+/// A UDP Service whose slice lists `endpoints` built by the caller.
+fn udp_state(endpoints: Vec<switchyard_proxy::fixtures::EndpointBuilder>) -> DesiredState {
+    let svc_obj = service("default", "dns")
+        .cluster_ip("10.96.0.10")
+        .udp("p", 53)
+        .build();
+    let mut eps = slice("default", "dns-1", "dns").udp("p", 5353);
+    for e in endpoints {
+        eps = eps.endpoint(e);
+    }
+    build_desired_state([&svc_obj], [&eps.build()], NODE)
+}
+
+#[test]
+fn udp_draining_endpoint_is_flushed_only_when_it_stops_serving() {
+    let ready = |ip: &str| endpoint(ip).ready(true);
+    let draining = |ip: &str| endpoint(ip).serving_terminating();
+    let stopped = |ip: &str| endpoint(ip).ready(false).serving(false).terminating(true);
+
+    let s1 = udp_state(vec![ready("10.1.0.1"), ready("10.1.0.2")]);
+    let mut groups = installed(&s1);
+
+    // 10.1.0.2 starts terminating but still serves: it leaves the group,
+    // its established flows are kept.
+    let s2 = udp_state(vec![ready("10.1.0.1"), draining("10.1.0.2")]);
+    let changes = diff(&s1, &s2, &mut groups).expect("diff");
+    assert!(changes.changed[0].group_only());
+    assert!(stale_udp(&changes).is_empty(), "{changes:?}");
+
+    // It stops serving: nothing changes in the group, but its conntrack
+    // entries go.
+    let s3 = udp_state(vec![ready("10.1.0.1"), stopped("10.1.0.2")]);
+    let changes = diff(&s2, &s3, &mut groups).expect("diff");
+    assert!(changes.changed.is_empty());
+    assert_eq!(stale_udp(&changes), ["10.96.0.10:53->10.1.0.2:5353"]);
+    assert!(!changes.is_empty(), "the flush alone is worth an update");
+
+    // Deleted while draining: flushed as well.
+    let s4 = udp_state(vec![ready("10.1.0.1")]);
+    let changes = diff(&s2, &s4, &mut groups).expect("diff");
+    assert_eq!(stale_udp(&changes), ["10.96.0.10:53->10.1.0.2:5353"]);
+}
+
+#[test]
+fn local_policy_serving_set_holds_only_this_nodes_endpoints() {
+    let svc_obj = service("default", "dns")
+        .cluster_ip("10.96.0.10")
+        .udp("p", 53)
+        .internal_local()
+        .build();
+    let eps = slice("default", "dns-1", "dns")
+        .udp("p", 5353)
+        .endpoint(endpoint("10.1.0.1").node(NODE))
+        .endpoint(endpoint("10.1.0.2").node("node-b"))
+        .build();
+    let state = build_desired_state([&svc_obj], [&eps], NODE);
+    let dns = state.get(&port("dns", Protocol::Udp)).expect("dns");
+    let serving: Vec<String> = dns
+        .serving
+        .iter()
+        .map(|(ip, p)| format!("{ip}:{p}"))
+        .collect();
+    assert_eq!(serving, ["10.1.0.1:5353"]);
+}

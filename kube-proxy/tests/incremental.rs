@@ -229,8 +229,23 @@ fn run_sequence(seed: u64, steps: usize) {
             _ => {}
         }
         if step % 3 == 0 || step + 1 == steps {
+            let before = Arc::clone(recomputer.current());
             if let Some(update) = recomputer.recompute(&mut cache).expect("recompute") {
                 switch.apply(&update, &groups);
+                for stale in &update.changes.stale_udp_endpoints {
+                    let endpoint = (stale.endpoint_ip, stale.endpoint_port);
+                    let old = before.get(&stale.name).expect("stale port existed");
+                    assert!(old.serving.contains(&endpoint), "seed {seed} step {step}");
+                    let still_served = update.state.get(&stale.name).is_some_and(|new| {
+                        new.cluster_ip == old.cluster_ip
+                            && new.port == old.port
+                            && new.serving.contains(&endpoint)
+                    });
+                    assert!(
+                        !still_served,
+                        "seed {seed} step {step}: {stale:?} still served"
+                    );
+                }
             }
             let full = build_desired_state(services.values(), slices.values(), NODE);
             assert_eq!(
