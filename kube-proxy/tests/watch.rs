@@ -225,3 +225,18 @@ async fn dropping_the_receiver_stops_the_loop() {
         .expect("no panic");
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[tokio::test]
+async fn watch_errors_do_not_stop_the_loop() {
+    let mut h = start();
+    h.services
+        .unbounded_send(Err(watcher::Error::NoResourceVersion))
+        .expect("loop alive");
+    h.list_services(vec![web_service()]);
+    h.slices
+        .unbounded_send(Err(watcher::Error::NoResourceVersion))
+        .expect("loop alive");
+    h.list_slices(vec![web_slice(3)]);
+    assert_eq!(web_endpoint_count(&h.next_update().await), Some(3));
+    assert!(h.finish().await.is_empty());
+}
