@@ -2,8 +2,8 @@
 //! state of the switch's service tables (and the changes to it) out.
 //!
 //! Data flow: [`service_model`] turns API objects into a [`DesiredState`];
-//! [`diff`] turns two desired states into a [`ChangeSet`] with stable group ids;
-//! [`watch`] feeds watch events into a [`cluster_cache::ClusterCache`] and,
+//! [`diff`](mod@diff) turns two desired states into a [`ChangeSet`] with stable group ids;
+//! [`watch`](mod@watch) feeds watch events into a [`cluster_cache::ClusterCache`] and,
 //! per debounced burst, lets a [`recompute::Recomputer`] emit an [`Update`].
 
 pub mod cluster_cache;
