@@ -130,18 +130,18 @@ impl fmt::Display for ServiceKey {
 /// Ordered by namespace, name, port name, protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// The Service port's name; empty for a single unnamed port.
-    pub port: String,
+    pub port: Arc<str>,
     pub protocol: Protocol,
 }
 
 impl ServicePortName {
     pub fn new(
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-        port: impl Into<String>,
+        namespace: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        port: impl Into<Arc<str>>,
         protocol: Protocol,
     ) -> Self {
         Self {
@@ -153,11 +153,11 @@ impl ServicePortName {
     }
 
     pub fn service(&self) -> ServiceKey {
-        ServiceKey::new(self.namespace.clone(), self.name.clone())
+        ServiceKey::new(&*self.namespace, &*self.name)
     }
 
     fn is_of(&self, service: &ServiceKey) -> bool {
-        self.namespace == service.namespace && self.name == service.name
+        *self.namespace == *service.namespace && *self.name == *service.name
     }
 }
 
@@ -302,8 +302,8 @@ impl DesiredState {
         service: &'a ServiceKey,
     ) -> impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortState>)> + 'a {
         let start = ServicePortName::new(
-            service.namespace.clone(),
-            service.name.clone(),
+            service.namespace.as_str(),
+            service.name.as_str(),
             "",
             Protocol::Tcp,
         );
@@ -406,6 +406,8 @@ pub fn service_port_states(
         .and_then(|spec| spec.ports.as_deref())
         .unwrap_or_default();
 
+    let namespace: Arc<str> = key.namespace.as_str().into();
+    let service_name: Arc<str> = key.name.as_str().into();
     let mut out: Vec<(ServicePortName, ServicePortState)> = Vec::with_capacity(spec_ports.len());
     for spec_port in spec_ports {
         let protocol = match Protocol::from_api(spec_port.protocol.as_deref()) {
@@ -424,9 +426,9 @@ pub fn service_port_states(
             continue;
         }
         let name = ServicePortName::new(
-            key.namespace.clone(),
-            key.name.clone(),
-            spec_port.name.clone().unwrap_or_default(),
+            namespace.clone(),
+            service_name.clone(),
+            spec_port.name.as_deref().unwrap_or(""),
             protocol,
         );
         if out.iter().any(|(existing, _)| *existing == name) {
@@ -555,7 +557,7 @@ fn collect_endpoints(
         }
         let ports = slice.ports.as_deref().unwrap_or_default();
         for slice_port in ports {
-            if slice_port.name.as_deref().unwrap_or("") != name.port {
+            if slice_port.name.as_deref().unwrap_or("") != &*name.port {
                 continue;
             }
             match Protocol::from_api(slice_port.protocol.as_deref()) {
