@@ -1,5 +1,10 @@
 //! The Switchyard lab.
 //!
+//! - [`apiserver`]: an in-memory Kubernetes API server (below).
+//! - [`cluster`]: the multi-node lab (`switchyard-lab up/down/status/demo`): node namespaces
+//!   with their own Open vSwitch, agent and proxy, an underlay, and a runtime driver that runs
+//!   pods through the real CNI plugin.
+//!
 //! # In-memory Kubernetes API server
 //!
 //! [`apiserver::ApiServer`] serves enough of the Kubernetes API over plain HTTP on loopback
@@ -80,5 +85,6 @@
 //! (see [`controllers`]). Pods report readiness through `/status` (the lab runtime's job).
 
 pub mod apiserver;
+pub mod cluster;
 pub mod controllers;
 pub mod kubeconfig;

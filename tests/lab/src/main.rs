@@ -2,16 +2,64 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use switchyard_lab::apiserver::{ApiServer, ApiServerOptions};
+use switchyard_lab::cluster::state::{DEFAULT_STATE_DIR, StateDir};
+use switchyard_lab::cluster::{demo, echo, runtime, status, up};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-lab", about = "The Switchyard lab")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// State directory: records every process, namespace and interface of the lab.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Prefix of namespace and interface names (1-10 characters).
+    #[arg(long, default_value = up::DEFAULT_NAME)]
+    name: String,
+    /// Underlay subnet between the host and the nodes (the API server listens on its last address).
+    #[arg(long, default_value = up::DEFAULT_UNDERLAY)]
+    underlay_cidr: ipnet::Ipv4Net,
+    /// Do not start switchyard-agent on the nodes.
+    #[arg(long)]
+    no_agent: bool,
+    /// Do not start switchyard-proxy on the nodes.
+    #[arg(long)]
+    no_proxy: bool,
+    /// Directory with switchyard, switchyard-agent, switchyard-proxy [default: next to this binary, then PATH].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+impl UpArgs {
+    fn options(&self) -> up::UpOptions {
+        up::UpOptions {
+            nodes: self.nodes,
+            state: StateDir::new(&self.state.state_dir),
+            name: self.name.clone(),
+            underlay: self.underlay_cidr,
+            agent: !self.no_agent,
+            proxy: !self.no_proxy,
+            bin_dir: self.bin_dir.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,17 +85,67 @@ enum Command {
         #[arg(long)]
         no_controllers: bool,
     },
+    /// Bring up a lab of N node namespaces (root). Returns when it is up; it runs in the background.
+    Up(UpArgs),
+    /// Remove everything a lab made (processes by pid, namespaces, interfaces), also after a crash.
+    Down(StateArgs),
+    /// Show nodes, daemons, pods with their IPs, OVS ports and VLANs.
+    Status(StateArgs),
+    /// Bring up 3 nodes, create pods and a Service with kubectl, show traffic between them.
+    Demo {
+        #[command(flatten)]
+        up: UpArgs,
+        /// Remove the lab at the end.
+        #[arg(long)]
+        teardown: bool,
+    },
+    /// The runtime driver (started by `up`): runs pods through the CNI plugin.
+    #[command(hide = true)]
+    Runtime(StateArgs),
+    /// A pod process: answers HTTP and UDP with its name.
+    EchoServer {
+        /// Name to answer with.
+        #[arg(long, env = "POD_NAME")]
+        name: String,
+        /// HTTP port (0: none).
+        #[arg(long, default_value_t = 8080)]
+        http: u16,
+        /// UDP port (0: none).
+        #[arg(long, default_value_t = 5353)]
+        udp: u16,
+        /// File to create once the ports are bound.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn run_apiserver(opts: ApiServerOptions, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
+    let server = ApiServer::start(opts).await?;
+    if let Some(path) = &kubeconfig {
+        server
+            .write_kubeconfig(path)
+            .with_context(|| format!("writing kubeconfig {}", path.display()))?;
+    }
+    println!("{}", server.url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Apiserver {
             port,
             kubeconfig,
@@ -66,21 +164,81 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             opts.listen = SocketAddr::new(address, port);
-            let server = ApiServer::start(opts).await?;
-            if let Some(path) = &kubeconfig {
-                server
-                    .write_kubeconfig(path)
-                    .with_context(|| format!("writing kubeconfig {}", path.display()))?;
+            tokio_runtime()?.block_on(run_apiserver(opts, kubeconfig))
+        }
+        Command::Up(args) => {
+            let opts = args.options();
+            let report = up::up(&opts)?;
+            println!(
+                "Lab {:?} is up ({} nodes).",
+                report.info.name,
+                report.info.nodes.len()
+            );
+            demo::print_up_report(&opts.state, &report);
+            println!(
+                "\nkubectl --kubeconfig {} get nodes -o wide\nswitchyard-lab status --state-dir {}\nswitchyard-lab down --state-dir {}",
+                opts.state.kubeconfig().display(),
+                opts.state.root().display(),
+                opts.state.root().display()
+            );
+            Ok(())
+        }
+        Command::Down(args) => {
+            let state = StateDir::new(&args.state_dir);
+            if !state.root().exists() {
+                println!(
+                    "No lab state in {}: nothing to remove.",
+                    state.root().display()
+                );
+                return Ok(());
             }
-            println!("{}", server.url());
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => r?,
-                _ = term.recv() => {}
-            }
-            server.shutdown().await;
+            let r = up::down(&state)?;
+            println!(
+                "Lab removed: stopped {} processes, deleted {} namespaces and {} host interfaces.",
+                r.processes, r.namespaces, r.links
+            );
+            Ok(())
+        }
+        Command::Status(args) => {
+            print!("{}", status::status(&StateDir::new(&args.state_dir))?);
+            Ok(())
+        }
+        Command::Demo { up, teardown } => demo::demo(&demo::DemoOptions {
+            up: up.options(),
+            teardown,
+        })
+        .map_err(Into::into),
+        Command::Runtime(args) => tokio_runtime()?
+            .block_on(runtime::run(StateDir::new(&args.state_dir)))
+            .map_err(Into::into),
+        Command::EchoServer {
+            name,
+            http,
+            udp,
+            ready_file,
+        } => tokio_runtime()?
+            .block_on(echo::run(echo::EchoOptions {
+                name,
+                http_port: http,
+                udp_port: udp,
+                ready_file,
+            }))
+            .context("echo server"),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-lab: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
 }

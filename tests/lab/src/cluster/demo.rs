@@ -1,0 +1,403 @@
+//! `switchyard-lab demo`: a 3-node lab, three `web` pods behind a ClusterIP Service and a
+//! client pod, then traffic checks that say plainly what works and what is not available yet.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use super::LabError;
+use super::state::StateDir;
+use super::sys;
+use super::up::{self, UpOptions, UpReport};
+
+/// Options of [`demo`].
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Lab options (nodes, names, state dir).
+    pub up: UpOptions,
+    /// Remove the lab at the end.
+    pub teardown: bool,
+}
+
+/// How long pods get to become Running.
+const POD_DEADLINE: Duration = Duration::from_secs(60);
+
+fn say(text: &str) {
+    println!("{text}");
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n== {n}. {text}");
+}
+
+fn kubectl(state: &StateDir) -> Command {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut cmd = Command::new(program);
+    cmd.arg("--kubeconfig").arg(state.kubeconfig());
+    cmd
+}
+
+/// The manifest the demo applies.
+pub fn manifest(nodes: usize) -> String {
+    let mut out = String::new();
+    for i in 1..=3 {
+        let node = (i - 1) % nodes + 1;
+        out.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-{i}\n  labels:\n    app: web\nspec:\n  nodeName: node{node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n    ports:\n    - containerPort: 8080\n---\n"
+        ));
+    }
+    out.push_str(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  labels:\n    app: client\nspec:\n  nodeName: node1\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n",
+    );
+    out
+}
+
+fn pod_ips(state: &StateDir) -> BTreeMap<String, (String, String, String)> {
+    let out = sys::run(kubectl(state).args([
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase} {.status.podIP}{\"\\n\"}{end}",
+    ]))
+    .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                (
+                    f.get(1).unwrap_or(&"").to_string(),
+                    f.get(2).unwrap_or(&"").to_string(),
+                    f.get(3).unwrap_or(&"").to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn curl_in(netns: &str, url: &str) -> (String, Result<String, String>) {
+    let mut cmd = sys::netns_exec(netns, "curl");
+    cmd.args(["-s", "--max-time", "2", url]);
+    let line = sys::command_line(&cmd);
+    let r = sys::run(&mut cmd)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| e.to_string());
+    (line, r)
+}
+
+/// Runs the demo; returns an error only for failures of the lab itself.
+pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
+    let state = &opts.up.state;
+    say("Switchyard lab demo: a Kubernetes-like cluster of network namespaces on this machine.");
+    say("Each node is a network namespace with its own Open vSwitch (userspace datapath),");
+    say("switchyard-agent (wires pods to OVS) and switchyard-proxy (Services), all talking to an");
+    say("in-memory Kubernetes API server. A small runtime driver plays kubelet + containerd:");
+    say("it creates a namespace per pod and calls the real `switchyard` CNI plugin like libcni.");
+
+    step(1, &format!("Bringing up {} nodes", opts.up.nodes));
+    let report = up::up(&opts.up)?;
+    print_up_report(state, &report);
+
+    step(
+        2,
+        "Creating 3 `web` pods (label app=web, one per node), a `client` pod on node1, and a ClusterIP Service `web` (port 80 -> 8080)",
+    );
+    let dir = state.root().join("demo");
+    fs::create_dir_all(&dir).map_err(|e| LabError::io("creating the demo directory", e))?;
+    let manifest_path = dir.join("web.yaml");
+    fs::write(&manifest_path, manifest(opts.up.nodes))
+        .map_err(|e| LabError::io("writing the manifest", e))?;
+    let mut apply = kubectl(state);
+    apply.arg("apply").arg("-f").arg(&manifest_path);
+    say(&format!("$ {}", sys::command_line(&apply)));
+    print!("{}", sys::run(&mut apply)?);
+
+    let agents_up: Vec<String> = report
+        .agents
+        .iter()
+        .filter(|(_, a)| a.is_ok())
+        .map(|(n, _)| n.clone())
+        .collect();
+    say(&format!(
+        "Waiting up to {POD_DEADLINE:?} for the pods on nodes with a running agent ({}) to be Running...",
+        if agents_up.is_empty() {
+            "none".to_string()
+        } else {
+            agents_up.join(", ")
+        }
+    ));
+    let pods = sys::poll_until(
+        if agents_up.is_empty() {
+            Duration::from_secs(3)
+        } else {
+            POD_DEADLINE
+        },
+        || {
+            let pods = pod_ips(state);
+            let done = pods
+                .values()
+                .all(|(node, phase, _)| !agents_up.contains(node) || phase == "Running")
+                && pods.len() >= 4;
+            done.then_some(pods)
+        },
+    )
+    .unwrap_or_else(|| pod_ips(state));
+    let mut get = kubectl(state);
+    get.args(["get", "pods", "-o", "wide"]);
+    say(&format!("$ {}", sys::command_line(&get)));
+    print!("{}", sys::run(&mut get).unwrap_or_else(|e| e.to_string()));
+    let running = |name: &str| {
+        pods.get(name)
+            .filter(|(_, phase, ip)| phase == "Running" && !ip.is_empty())
+            .map(|(node, _, ip)| (node.clone(), ip.clone()))
+    };
+    if pods.values().any(|(_, phase, _)| phase != "Running") {
+        say(
+            "Pods that are not Running: their Ready condition says why (`kubectl describe pod NAME`).",
+        );
+    }
+
+    step(
+        3,
+        "Traffic checks (curl from inside network namespaces; each web pod answers with its name)",
+    );
+    let info = state.load_info()?;
+    let client_ns = info.pod_netns("default", "client");
+    let mut results: Vec<(String, bool)> = Vec::new();
+    let check = |title: &str,
+                 netns: &str,
+                 target: Option<(String, String)>,
+                 expect: &str,
+                 missing: &str|
+     -> bool {
+        say(&format!("\n-- {title}"));
+        let Some((_, ip)) = target else {
+            say(&format!("   NOT AVAILABLE YET: {missing}"));
+            return false;
+        };
+        let (line, r) = curl_in(netns, &format!("http://{ip}:8080/"));
+        say(&format!("   $ {line}"));
+        match r {
+            Ok(body) if body == expect => {
+                say(&format!("   OK: answered {body:?}"));
+                true
+            }
+            Ok(body) => {
+                say(&format!(
+                    "   FAILED: answered {body:?}, expected {expect:?}"
+                ));
+                false
+            }
+            Err(e) => {
+                say(&format!("   FAILED: {e}"));
+                false
+            }
+        }
+    };
+    let client = running("client");
+    let no_pod = |p: &str| format!("pod {p} is not Running (no agent on its node?)");
+    let web1 = running("web-1").filter(|_| client.is_some());
+    results.push((
+        "same-node pod-to-pod (client -> web-1 on node1)".into(),
+        check(
+            "same node, pod to pod: client (node1) -> web-1 (node1)",
+            &client_ns,
+            web1,
+            "web-1",
+            &no_pod(if client.is_none() { "client" } else { "web-1" }),
+        ),
+    ));
+    results.push((
+        "node-to-pod (node1 -> web-1)".into(),
+        check(
+            "node to pod: the node1 namespace itself -> web-1",
+            &info.nodes[0].netns,
+            running("web-1"),
+            "web-1",
+            &no_pod("web-1"),
+        ),
+    ));
+    let cross = ["web-2", "web-3"]
+        .into_iter()
+        .find_map(|w| running(w).filter(|(n, _)| n != "node1").map(|t| (w, t)));
+    let cross_ok = match (&client, cross) {
+        (Some(_), Some((w, t))) => {
+            let ok = check(
+                &format!("other node, pod to pod: client (node1) -> {w} ({})", t.0),
+                &client_ns,
+                Some(t),
+                w,
+                "",
+            );
+            if !ok {
+                say(
+                    "   NOT AVAILABLE YET: traffic between nodes needs the agent's overlay (Geneve tunnels between nodes).",
+                );
+            }
+            ok
+        }
+        _ => {
+            say("\n-- other node, pod to pod");
+            say("   NOT AVAILABLE YET: needs the client and a web pod on another node Running.");
+            false
+        }
+    };
+    results.push(("cross-node pod-to-pod".into(), cross_ok));
+
+    say(
+        "\n-- ClusterIP Service: client -> web (port 80), 12 requests, counting which backend answered",
+    );
+    let vip = sys::run(kubectl(state).args([
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]))
+    .unwrap_or_default();
+    let proxies_up = report.proxies.iter().any(|(_, p)| p.is_ok());
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failures = 0;
+    if client.is_some() && !vip.is_empty() {
+        let url = format!("http://{vip}:80/");
+        say(&format!("   $ {}   (x12)", curl_in(&client_ns, &url).0));
+        for _ in 0..12 {
+            match curl_in(&client_ns, &url).1 {
+                Ok(body) if !body.is_empty() => *counts.entry(body).or_default() += 1,
+                _ => failures += 1,
+            }
+        }
+        for (backend, n) in &counts {
+            say(&format!("   {backend}: {n}"));
+        }
+        if failures > 0 {
+            say(&format!("   no answer: {failures}"));
+        }
+    }
+    let vip_ok = !counts.is_empty() && failures == 0;
+    if !vip_ok {
+        say(&format!(
+            "   NOT AVAILABLE YET: ClusterIP {vip} needs switchyard-proxy installing its OVS groups and NAT flows ({}).",
+            if proxies_up {
+                "the proxy runs but does not program OVS yet"
+            } else {
+                "the proxy is not running"
+            }
+        ));
+    }
+    results.push(("ClusterIP load-balancing".into(), vip_ok));
+
+    step(4, "Summary");
+    for (what, ok) in &results {
+        say(&format!(
+            "   {:<48} {}",
+            what,
+            if *ok { "works" } else { "not available yet" }
+        ));
+    }
+    step(5, "Look around");
+    let n1 = &info.nodes[0];
+    say(&format!(
+        "   export KUBECONFIG={}",
+        state.kubeconfig().display()
+    ));
+    say("   kubectl get nodes,pods,services,endpointslices -o wide");
+    say(&format!(
+        "   switchyard-lab status --state-dir {}",
+        state.root().display()
+    ));
+    say(
+        "   ip netns list                                   # nodes, underlay, one namespace per pod",
+    );
+    say(&format!(
+        "   ip netns exec {} ip addr                 # a node: eth0 on the underlay, OVS ports",
+        n1.netns
+    ));
+    say(&format!(
+        "   ip netns exec {client_ns} ip addr   # a pod: eth0 from the CNI plugin"
+    ));
+    say(&format!(
+        "   OVS_RUNDIR={d} ovs-ofctl -O OpenFlow15 dump-flows br-int",
+        d = state.ovs_dir(&n1.name).display()
+    ));
+    say(&format!(
+        "   ovs-vsctl --db=unix:{} show",
+        state.ovsdb_socket(&n1.name).display()
+    ));
+    say(&format!(
+        "   logs: {}/apiserver.log, runtime.log, nodes/<node>/{{agent,proxy,cni}}.log, nodes/<node>/ovs/*.log",
+        state.root().display()
+    ));
+    if opts.teardown {
+        step(6, "Removing the lab (--teardown)");
+        let r = up::down(state)?;
+        say(&format!(
+            "   stopped {} processes, deleted {} namespaces and {} host interfaces",
+            r.processes, r.namespaces, r.links
+        ));
+    } else {
+        say(&format!(
+            "\nThe lab stays up. Remove it with: switchyard-lab down --state-dir {}",
+            state.root().display()
+        ));
+    }
+    Ok(())
+}
+
+/// Prints what `up` brought up, for people.
+pub fn print_up_report(state: &StateDir, report: &UpReport) {
+    let info = &report.info;
+    say(&format!(
+        "   API server: {} (kubeconfig {})",
+        info.api_url.as_deref().unwrap_or("-"),
+        state.kubeconfig().display()
+    ));
+    say(&format!(
+        "   underlay {} in namespace {} (bridge br0); host end {} = {}",
+        info.underlay,
+        info.underlay_netns(),
+        info.host_link(),
+        info.host_address
+    ));
+    for n in &info.nodes {
+        let agent = report
+            .agents
+            .iter()
+            .find(|(name, _)| *name == n.name)
+            .map(|(_, a)| a.clone());
+        let proxy = report
+            .proxies
+            .iter()
+            .find(|(name, _)| *name == n.name)
+            .map(|(_, a)| a.clone());
+        let show = |r: Option<Result<u32, String>>| match r {
+            Some(Ok(pid)) => format!("running (pid {pid})"),
+            Some(Err(why)) => format!("NOT RUNNING: {why}"),
+            None => "-".into(),
+        };
+        say(&format!(
+            "   {}: namespace {}, eth0 {}, ovs-vswitchd + ovsdb-server in {}",
+            n.name,
+            n.netns,
+            n.address,
+            state.ovs_dir(&n.name).display()
+        ));
+        say(&format!("      switchyard-agent: {}", show(agent)));
+        say(&format!("      switchyard-proxy: {}", show(proxy)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn manifest_spreads_web_pods_over_nodes() {
+        let m = super::manifest(3);
+        assert!(m.contains("name: web-1\n  labels:\n    app: web\nspec:\n  nodeName: node1"));
+        assert!(m.contains("name: web-3\n  labels:\n    app: web\nspec:\n  nodeName: node3"));
+        assert!(m.contains("kind: Service"));
+        let one = super::manifest(1);
+        assert!(!one.contains("node2"));
+    }
+}

@@ -1,0 +1,157 @@
+//! The lab's pod process: a tiny HTTP and UDP server answering with the pod name, so a client
+//! can tell which backend answered.
+//!
+//! HTTP: any request gets `200 OK`, body `<name>\n`, then the connection closes.
+//! UDP: any datagram gets `<name>\n` back.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest request head read.
+const MAX_REQUEST: usize = 16 * 1024;
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct EchoOptions {
+    /// Name to answer with.
+    pub name: String,
+    /// HTTP port (0 = none).
+    pub http_port: u16,
+    /// UDP port (0 = none).
+    pub udp_port: u16,
+    /// File created once both sockets are bound.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The HTTP response for a name.
+pub fn http_response(name: &str) -> String {
+    let body = format!("{name}\n");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serves until the process is stopped.
+pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
+    let any = Ipv4Addr::UNSPECIFIED;
+    let http = if opts.http_port != 0 {
+        Some(tokio::net::TcpListener::bind(SocketAddr::from((any, opts.http_port))).await?)
+    } else {
+        None
+    };
+    let udp = if opts.udp_port != 0 {
+        Some(tokio::net::UdpSocket::bind(SocketAddr::from((any, opts.udp_port))).await?)
+    } else {
+        None
+    };
+    if let Some(f) = &opts.ready_file {
+        std::fs::write(f, b"ready\n")?;
+    }
+    tracing::info!(name = %opts.name, http = opts.http_port, udp = opts.udp_port, "echo server ready");
+    let response = http_response(&opts.name);
+    let http_task = async {
+        let Some(listener) = http else {
+            return std::future::pending::<std::io::Result<()>>().await;
+        };
+        loop {
+            let (mut conn, _) = listener.accept().await?;
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_REQUEST];
+                let mut len = 0;
+                // Read the request head (bounded in size and time), then answer.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while len < buf.len() {
+                        match conn.read(&mut buf[len..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => len += n,
+                        }
+                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    };
+    let name = format!("{}\n", opts.name);
+    let udp_task = async {
+        let Some(sock) = udp else {
+            return std::future::pending::<std::io::Result<()>>().await;
+        };
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (_, peer) = sock.recv_from(&mut buf).await?;
+            let _ = sock.send_to(name.as_bytes(), peer).await;
+        }
+    };
+    tokio::select! {
+        r = http_task => r,
+        r = udp_task => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_response_is_exact() {
+        assert_eq!(
+            http_response("web-1"),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nweb-1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_http_and_udp_on_loopback() {
+        // Ports 0 would disable a protocol; pick free ones by binding first.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http_port = tcp.local_addr().unwrap().port();
+        drop(tcp);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_port = udp.local_addr().unwrap().port();
+        drop(udp);
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let server = tokio::spawn(run(EchoOptions {
+            name: "pod-a".into(),
+            http_port,
+            udp_port,
+            ready_file: Some(ready.clone()),
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "echo server not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+            .await
+            .unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        assert!(out.ends_with("\r\n\r\npod-a\n"), "{out:?}");
+        let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        u.send_to(b"hi", ("127.0.0.1", udp_port)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), u.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"pod-a\n");
+        server.abort();
+    }
+}

@@ -1,0 +1,292 @@
+//! What runs on a node: its Open vSwitch daemons, `switchyard-agent`, `switchyard-proxy`, and
+//! the CNI configuration the runtime driver uses for its pods.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::LabError;
+use super::state::{LabInfo, NodeInfo, StateDir};
+use super::sys;
+
+/// The installed OVSDB schema.
+pub const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+/// How long the agent gets to create its CNI socket.
+pub const AGENT_START_DEADLINE: Duration = Duration::from_secs(20);
+/// Network name in the conflist.
+pub const NETWORK_NAME: &str = "switchyard";
+/// CNI version of the conflist (GC and STATUS need 1.1.0).
+pub const CNI_VERSION: &str = "1.1.0";
+
+/// An OVS tool with `OVS_RUNDIR`/`OVS_DBDIR`/`OVS_LOGDIR` pointing at the node's OVS directory.
+pub fn ovs_command(state: &StateDir, node: &str, program: &str) -> Command {
+    let dir = state.ovs_dir(node);
+    let mut cmd = Command::new(program);
+    cmd.env("OVS_RUNDIR", &dir)
+        .env("OVS_DBDIR", &dir)
+        .env("OVS_LOGDIR", &dir);
+    cmd
+}
+
+/// `ovs-vsctl` against the node's database.
+pub fn vsctl(state: &StateDir, node: &str, args: &[&str]) -> Result<String, LabError> {
+    let db = format!("unix:{}", state.ovsdb_socket(node).display());
+    sys::run(
+        ovs_command(state, node, "ovs-vsctl")
+            .arg(format!("--db={db}"))
+            .arg("--timeout=10")
+            .args(args),
+    )
+}
+
+/// Starts the node's `ovsdb-server` and `ovs-vswitchd` inside its namespace, each detached with
+/// its pid file, log and control socket in the node's OVS directory; records both pids.
+pub fn start_ovs(state: &StateDir, node: &NodeInfo) -> Result<(), LabError> {
+    let dir = state.ovs_dir(&node.name);
+    fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let db = dir.join("conf.db");
+    sys::run(
+        Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(&db)
+            .arg(VSWITCH_SCHEMA),
+    )?;
+    let daemon = |program: &str, args: Vec<String>| -> Result<u32, LabError> {
+        let mut cmd = ovs_command(state, &node.name, "ip");
+        cmd.args(["netns", "exec", &node.netns, program])
+            .args(args)
+            .args(["--pidfile", "--detach", "--no-chdir", "--log-file"]);
+        // With --detach the parent returns once the daemon is ready; the daemon closes its
+        // standard streams, so nothing here waits on a pipe it keeps open.
+        let out = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| LabError::io(format!("starting {program}"), e))?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: sys::command_line(&cmd),
+                status: out.status.to_string(),
+                stderr: format!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    sys::tail(&dir.join(format!("{program}.log")), 10)
+                ),
+            });
+        }
+        let pidfile = dir.join(format!("{program}.pid"));
+        let pid = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| LabError::Other(format!("{} has no pid", pidfile.display())))?;
+        state.record_pid(pid, &format!("{program} {}", node.name))?;
+        Ok(pid)
+    };
+    daemon(
+        "ovsdb-server",
+        vec![
+            db.display().to_string(),
+            format!(
+                "--remote=punix:{}",
+                state.ovsdb_socket(&node.name).display()
+            ),
+        ],
+    )?;
+    vsctl(state, &node.name, &["--no-wait", "init"])?;
+    daemon(
+        "ovs-vswitchd",
+        vec![format!("unix:{}", state.ovsdb_socket(&node.name).display())],
+    )?;
+    Ok(())
+}
+
+/// The agent's YAML configuration for a node: the one place that maps the lab onto
+/// `switchyard-agent`'s settings (keys of `node-agent/src/config.rs`).
+pub fn agent_config_yaml(state: &StateDir, node: &NodeInfo) -> String {
+    let ovs_dir = state.ovs_dir(&node.name);
+    format!(
+        "# switchyard-agent configuration written by switchyard-lab\n\
+         node-name: {name}\n\
+         kubeconfig: {kubeconfig}\n\
+         ovsdb-endpoint: unix:{db}\n\
+         ovs-rundir: {rundir}\n\
+         bridge: br-int\n\
+         datapath-type: netdev\n\
+         cni-socket: {sock}\n\
+         mtu: 1450\n\
+         listen-address: 127.0.0.1:9465\n",
+        name = node.name,
+        kubeconfig = state.kubeconfig().display(),
+        db = state.ovsdb_socket(&node.name).display(),
+        rundir = ovs_dir.display(),
+        sock = state.cni_socket(&node.name).display(),
+    )
+}
+
+/// Argument vector of `switchyard-agent` (after the program) given its config file.
+pub fn agent_args(config: &Path) -> Vec<String> {
+    vec!["--config".into(), config.display().to_string()]
+}
+
+/// Argument vector of `switchyard-proxy` (after the program) for a node.
+pub fn proxy_args(node: &NodeInfo) -> Vec<String> {
+    vec!["--node-name".into(), node.name.clone()]
+}
+
+/// Outcome of starting a node component.
+#[derive(Debug)]
+pub enum Started {
+    /// Running, with this pid.
+    Running(u32),
+    /// It exited during start; the message says how and where its log is.
+    Exited(String),
+}
+
+fn spawn_in_node(
+    state: &StateDir,
+    node: &NodeInfo,
+    program: &Path,
+    args: &[String],
+    what: &str,
+) -> Result<(Child, std::path::PathBuf), LabError> {
+    let log = state.node_dir(&node.name).join(format!("{what}.log"));
+    let mut cmd = sys::netns_exec(&node.netns, program);
+    cmd.args(args)
+        .env("NODE_NAME", &node.name)
+        .env("KUBECONFIG", state.kubeconfig())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    let child = sys::spawn_background(&mut cmd, &log)?;
+    state.record_pid(child.id(), &format!("{what} {}", node.name))?;
+    Ok((child, log))
+}
+
+/// Starts `switchyard-agent` in the node namespace and waits until its CNI socket exists (or it
+/// exits, which is reported, not an error: the lab stays useful without it).
+pub fn start_agent(state: &StateDir, node: &NodeInfo, program: &Path) -> Result<Started, LabError> {
+    let config = state.node_dir(&node.name).join("agent.yaml");
+    fs::write(&config, agent_config_yaml(state, node))
+        .map_err(|e| LabError::io(format!("writing {}", config.display()), e))?;
+    let (mut child, log) = spawn_in_node(state, node, program, &agent_args(&config), "agent")?;
+    let socket = state.cni_socket(&node.name);
+    let outcome = sys::poll_until(AGENT_START_DEADLINE, || {
+        if socket.exists() {
+            return Some(Started::Running(child.id()));
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => Some(Started::Exited(format!(
+                "switchyard-agent exited during start ({status}); log {}:\n{}",
+                log.display(),
+                sys::tail(&log, 5)
+            ))),
+            _ => None,
+        }
+    });
+    Ok(outcome.unwrap_or_else(|| {
+        Started::Exited(format!(
+            "switchyard-agent (pid {}) did not create its CNI socket {} within {:?}; log {}",
+            child.id(),
+            socket.display(),
+            AGENT_START_DEADLINE,
+            log.display()
+        ))
+    }))
+}
+
+/// Starts `switchyard-proxy` in the node namespace.
+pub fn start_proxy(
+    state: &StateDir,
+    node: &NodeInfo,
+    program: &Path,
+) -> Result<(Child, std::path::PathBuf), LabError> {
+    spawn_in_node(state, node, program, &proxy_args(node), "proxy")
+}
+
+/// The node's conflist: the `switchyard` plugin with the node's agent socket, asking for pod
+/// annotations as containerd passes them.
+pub fn conflist(state: &StateDir, node: &str) -> serde_json::Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": NETWORK_NAME,
+        "plugins": [{
+            "type": "switchyard",
+            "agentSocket": state.cni_socket(node).display().to_string(),
+            "logFile": state.node_dir(node).join("cni.log").display().to_string(),
+            "logLevel": "info",
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true}
+        }]
+    })
+}
+
+/// Writes the node's conflist and the shared plugin directory (a link to the `switchyard` binary).
+pub fn write_cni_config(state: &StateDir, lab: &LabInfo, node: &NodeInfo) -> Result<(), LabError> {
+    let dir = state.cni_conf_dir(&node.name);
+    fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let text = serde_json::to_string_pretty(&conflist(state, &node.name))
+        .map_err(|e| LabError::Other(e.to_string()))?;
+    fs::write(state.conflist(&node.name), text + "\n")
+        .map_err(|e| LabError::io("writing the conflist", e))?;
+    let bin = state.cni_bin_dir();
+    fs::create_dir_all(&bin).map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
+    let link = bin.join("switchyard");
+    if let Some(cni) = &lab.binaries.cni
+        && !link.exists()
+    {
+        std::os::unix::fs::symlink(cni, &link)
+            .map_err(|e| LabError::io(format!("linking {}", link.display()), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_config_is_exact() {
+        let state = StateDir::new("/run/sl");
+        let node = NodeInfo {
+            name: "node1".into(),
+            netns: "sy-node1".into(),
+            address: "192.168.100.1".parse().unwrap(),
+        };
+        assert_eq!(
+            agent_config_yaml(&state, &node),
+            "# switchyard-agent configuration written by switchyard-lab\n\
+             node-name: node1\n\
+             kubeconfig: /run/sl/kubeconfig\n\
+             ovsdb-endpoint: unix:/run/sl/nodes/node1/ovs/db.sock\n\
+             ovs-rundir: /run/sl/nodes/node1/ovs\n\
+             bridge: br-int\n\
+             datapath-type: netdev\n\
+             cni-socket: /run/sl/nodes/node1/cni.sock\n\
+             mtu: 1450\n\
+             listen-address: 127.0.0.1:9465\n"
+        );
+        assert_eq!(
+            agent_args(Path::new("/run/sl/nodes/node1/agent.yaml")),
+            ["--config", "/run/sl/nodes/node1/agent.yaml"]
+        );
+    }
+
+    #[test]
+    fn conflist_names_the_node_socket() {
+        let state = StateDir::new("/run/sl");
+        let c = conflist(&state, "node2");
+        assert_eq!(
+            c["plugins"][0]["agentSocket"],
+            "/run/sl/nodes/node2/cni.sock"
+        );
+        assert_eq!(c["cniVersion"], "1.1.0");
+        assert_eq!(
+            c["plugins"][0]["capabilities"]["io.kubernetes.cri.pod-annotations"],
+            true
+        );
+    }
+}
