@@ -5,4 +5,5 @@
 //!   mishandles escaped quotes and several messages per read), with a
 //!   monitor-fed cache and typed helpers for bridges and ports.
 
+pub mod openflow;
 pub mod ovsdb;
