@@ -666,7 +666,7 @@ fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_offset(2)
         .length_field_length(2)
-        .length_adjustment(-4)
+        .length_adjustment(0)
         .num_skip(0)
         .max_frame_length(65535)
         .new_codec()
