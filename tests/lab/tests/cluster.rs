@@ -1,0 +1,362 @@
+//! The multi-node lab on real network namespaces and Open vSwitch (needs root; fails with the
+//! reason when it cannot run, unless SWITCHYARD_SKIP_PRIVILEGED=1).
+//!
+//! Each test brings up its own lab with unique names (`t<pid><n>`), a free underlay /24 of
+//! 10.251.0.0/16 and a temporary state directory, and removes it on drop.
+
+mod lab_support;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lab_support::*;
+use switchyard_cni::{CniError, CniHandler, CniRequest, CniResult, Verb};
+
+#[test]
+fn up_and_down_with_two_nodes_leave_nothing_behind() {
+    if !privileged("up_and_down_with_two_nodes_leave_nothing_behind") {
+        return;
+    }
+    let lab = Lab::up(2, &["--no-agent", "--no-proxy"]);
+    let info = lab.info();
+    let mut ns = lab.namespaces();
+    ns.sort();
+    assert_eq!(
+        ns,
+        [
+            format!("{}-node1", lab.name),
+            format!("{}-node2", lab.name),
+            format!("{}-underlay", lab.name)
+        ]
+    );
+    assert!(host_link_exists(&info.host_link()));
+
+    // Nodes are registered with their InternalIP and get a podCIDR from the lab controller.
+    let nodes = lab.kubectl_ok(&[
+        "get",
+        "nodes",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}"#,
+    ]);
+    let lines: Vec<&str> = nodes.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("node1 10.244.0.0/24 {}", info.nodes[0].address),
+            format!("node2 10.244.1.0/24 {}", info.nodes[1].address)
+        ]
+    );
+
+    for n in &info.nodes {
+        // The API server is reachable from inside the node namespace (what the agent needs).
+        let url = format!("{}/version", info.api_url.as_deref().unwrap());
+        let out = in_netns(&n.netns, &["curl", "-sf", "--max-time", "5", &url]);
+        assert!(out.status.success(), "node {} cannot reach {url}", n.name);
+        // Its own OVS answers, with the userspace datapath available.
+        let db = format!("--db=unix:{}", lab.state.ovsdb_socket(&n.name).display());
+        let out = Command::new("ovs-vsctl")
+            .args([db.as_str(), "get", "Open_vSwitch", ".", "datapath_types"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("netdev"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let arp = in_netns(&n.netns, &["sysctl", "-n", "net.ipv4.conf.all.arp_ignore"]);
+        assert_eq!(String::from_utf8_lossy(&arp.stdout).trim(), "1");
+        // Nodes reach each other over the underlay.
+        let other = info.nodes.iter().find(|o| o.name != n.name).unwrap();
+        let ping = in_netns(
+            &n.netns,
+            &["ping", "-c1", "-W2", &other.address.to_string()],
+        );
+        assert!(
+            ping.status.success(),
+            "{} cannot ping {}",
+            n.name,
+            other.name
+        );
+    }
+
+    let pids = lab.recorded_pids();
+    let whats: Vec<&str> = pids.iter().map(|(_, w)| w.as_str()).collect();
+    for expected in [
+        "apiserver",
+        "runtime",
+        "ovsdb-server node1",
+        "ovs-vswitchd node1",
+        "ovsdb-server node2",
+        "ovs-vswitchd node2",
+    ] {
+        assert!(
+            whats.contains(&expected),
+            "{expected} not recorded: {whats:?}"
+        );
+    }
+    assert!(pids.iter().all(|(p, _)| alive(*p)), "{pids:?}");
+
+    check("switchyard-lab down", lab.down());
+    assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
+    assert!(!host_link_exists(&info.host_link()));
+    for (pid, what) in &pids {
+        assert!(!alive(*pid), "{what} (pid {pid}) still runs");
+    }
+    assert!(!lab.state.root().exists());
+    // A second down is a no-op.
+    check("second down", lab.down());
+}
+
+/// Processes whose command line mentions `needle` (the state directory).
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && alive(pid) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+#[test]
+fn down_after_up_was_killed_removes_everything() {
+    if !privileged("down_after_up_was_killed_removes_everything") {
+        return;
+    }
+    let lab = Lab::prepare();
+    let mut up = lab
+        .up_command(2, &["--no-agent", "--no-proxy"])
+        .spawn()
+        .unwrap();
+    // Kill `up` half-way: once node1's OVS runs (node2 is not made yet or being made).
+    eventually(
+        "up to start node1's ovs-vswitchd",
+        Duration::from_secs(60),
+        || {
+            lab.recorded_pids()
+                .iter()
+                .any(|(_, w)| w == "ovs-vswitchd node1")
+                .then_some(())
+        },
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    up.wait().unwrap();
+    let pids = lab.recorded_pids();
+    assert!(!lab.namespaces().is_empty());
+    let state = lab.state.root().display().to_string();
+    assert!(
+        !processes_mentioning(&state).is_empty(),
+        "the killed up left nothing to clean?"
+    );
+
+    check("switchyard-lab down", lab.down());
+    assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
+    assert!(!host_link_exists(&format!("{}-host", lab.name)));
+    for (pid, what) in &pids {
+        assert!(!alive(*pid), "{what} (pid {pid}) still runs");
+    }
+    assert_eq!(processes_mentioning(&state), vec![]);
+}
+
+/// A stand-in agent: answers ADD with a fixed address and records every request.
+#[derive(Debug, Default)]
+struct StubAgent {
+    requests: Mutex<Vec<CniRequest>>,
+}
+
+const STUB_IP: &str = "10.244.0.77";
+
+impl CniHandler for StubAgent {
+    async fn add(&self, req: CniRequest) -> Result<CniResult, CniError> {
+        let netns = req.env.netns.clone().unwrap_or_default();
+        self.requests.lock().unwrap().push(req);
+        Ok(CniResult::from_value(&serde_json::json!({
+            "interfaces": [{"name": "eth0", "mac": "0a:58:0a:f4:00:4d", "sandbox": netns.display().to_string()}],
+            "ips": [{"interface": 0, "address": format!("{STUB_IP}/24"), "gateway": "10.244.0.1"}]
+        }))
+        .expect("valid result"))
+    }
+    async fn del(&self, req: CniRequest) -> Result<(), CniError> {
+        self.requests.lock().unwrap().push(req);
+        Ok(())
+    }
+    async fn check(&self, req: CniRequest) -> Result<(), CniError> {
+        self.requests.lock().unwrap().push(req);
+        Ok(())
+    }
+    async fn status(&self, _req: CniRequest) -> Result<(), CniError> {
+        Ok(())
+    }
+    async fn gc(&self, req: CniRequest) -> Result<(), CniError> {
+        self.requests.lock().unwrap().push(req);
+        Ok(())
+    }
+}
+
+impl StubAgent {
+    fn verbs(&self) -> Vec<Verb> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.verb)
+            .collect()
+    }
+}
+
+/// Runtime driver with a STUB agent (`switchyard_cni::serve` in the test), not the real
+/// switchyard-agent: the real `switchyard` CNI binary is executed as libcni does, the pod gets
+/// a namespace, a process and a Running/Ready status with the IP; deletion calls DEL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_lifecycle_through_the_cni_plugin_with_a_stub_agent() {
+    if !privileged("pod_lifecycle_through_the_cni_plugin_with_a_stub_agent") {
+        return;
+    }
+    sibling_binary("switchyard", "switchyard-cni");
+    let lab = tokio::task::spawn_blocking(|| Lab::up(1, &["--no-agent", "--no-proxy"]))
+        .await
+        .unwrap();
+    let lab = Arc::new(lab);
+    let stub = Arc::new(StubAgent::default());
+    let listener =
+        switchyard_cni::bind_agent_socket(&lab.state.cni_socket("node1")).expect("bind stub");
+    let server = tokio::spawn(switchyard_cni::serve(listener, Arc::clone(&stub)));
+
+    let l = Arc::clone(&lab);
+    let (ip, pod) = tokio::task::spawn_blocking(move || {
+        // No nodeName: the lab's scheduler assigns it.
+        l.apply(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels:\n    app: web\n  annotations:\n    switchyard.io/segment: blue\nspec:\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+        );
+        let ip = wait_running(&l, "web", Duration::from_secs(60));
+        (ip, pod_json(&l, "web").unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(ip, STUB_IP);
+    assert_eq!(pod["spec"]["nodeName"], "node1");
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
+    let info = lab.info();
+    assert_eq!(pod["status"]["hostIP"], info.nodes[0].address.to_string());
+
+    // The plugin was called as libcni calls it.
+    let add = stub.requests.lock().unwrap()[0].clone();
+    assert_eq!(add.verb, Verb::Add);
+    let netns = info.pod_netns("default", "web");
+    assert_eq!(
+        add.env.netns.as_deref(),
+        Some(std::path::Path::new(&format!("/run/netns/{netns}")))
+    );
+    assert_eq!(add.env.ifname.as_deref(), Some("eth0"));
+    let cid = add.env.container_id.clone().unwrap();
+    assert_eq!(cid.len(), 64);
+    assert!(add.env.args.ignore_unknown);
+    assert_eq!(add.env.args.k8s_pod_namespace.as_deref(), Some("default"));
+    assert_eq!(add.env.args.k8s_pod_name.as_deref(), Some("web"));
+    assert_eq!(
+        add.env.args.k8s_pod_infra_container_id.as_deref(),
+        Some(cid.as_str())
+    );
+    assert_eq!(
+        add.env.args.k8s_pod_uid.as_deref(),
+        pod["metadata"]["uid"].as_str()
+    );
+    let stdin: serde_json::Value = serde_json::from_str(&add.stdin).unwrap();
+    assert_eq!(stdin["name"], "switchyard");
+    assert_eq!(stdin["cniVersion"], "1.1.0");
+    assert_eq!(
+        stdin["runtimeConfig"]["io.kubernetes.cri.pod-annotations"]["switchyard.io/segment"],
+        "blue"
+    );
+    assert!(stdin.get("prevResult").is_none());
+    let cache = lab
+        .state
+        .cni_cache_dir("node1")
+        .join(format!("results/switchyard-{cid}-eth0"));
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(cached["kind"], "cniCacheV1");
+    assert_eq!(
+        cached["result"]["ips"][0]["address"],
+        format!("{STUB_IP}/24")
+    );
+
+    // The pod's process runs in its namespace and answers with the pod name.
+    let out = in_netns(
+        &netns,
+        &["curl", "-s", "--max-time", "5", "http://127.0.0.1:8080/"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web\n");
+    let pod_pid = lab
+        .recorded_pids()
+        .into_iter()
+        .find(|(_, w)| w == "pod default/web")
+        .map(|(p, _)| p)
+        .expect("pod process recorded");
+    assert!(alive(pod_pid));
+
+    // The status feeds the EndpointSlice controller.
+    let l = Arc::clone(&lab);
+    tokio::task::spawn_blocking(move || {
+        eventually(
+            "the web EndpointSlice to list the pod",
+            Duration::from_secs(20),
+            || {
+                let out = l.kubectl(&[
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=web",
+                    "-o",
+                    "jsonpath={.items[*].endpoints[*].addresses[*]}",
+                ]);
+                (String::from_utf8_lossy(&out.stdout).trim() == STUB_IP).then_some(())
+            },
+        );
+        l.kubectl_ok(&["delete", "pod", "web", "--wait=false"]);
+        eventually("pod web to be gone", Duration::from_secs(30), || {
+            (!l.kubectl(&["get", "pod", "web"]).status.success()).then_some(())
+        });
+    })
+    .await
+    .unwrap();
+    let l = Arc::clone(&lab);
+    let ns2 = netns.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually(
+            "the pod namespace to be removed",
+            Duration::from_secs(20),
+            || (!l.namespaces().contains(&ns2)).then_some(()),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!alive(pod_pid), "pod process still runs");
+    assert!(!cache.exists(), "cache entry not removed after DEL");
+    let del = stub
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.verb == Verb::Del)
+        .cloned()
+        .unwrap_or_else(|| panic!("no DEL; verbs {:?}", stub.verbs()));
+    assert_eq!(del.env.container_id.as_deref(), Some(cid.as_str()));
+    let prev = del.config.prev_result.expect("DEL carries prevResult");
+    assert_eq!(prev.ips[0].address.to_string(), format!("{STUB_IP}/24"));
+    let adds = stub.verbs().iter().filter(|v| **v == Verb::Add).count();
+    assert_eq!(adds, 1, "verbs {:?}", stub.verbs());
+    server.abort();
+}
