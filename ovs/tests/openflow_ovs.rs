@@ -274,6 +274,29 @@ async fn rejected_bundle_changes_nothing_and_names_the_message() {
     );
     assert_eq!(dump_flows(&ovs, "br0"), before);
 
+    // A message OVS rejects already when it is added (ct without an IP
+    // match): the bundle is discarded, not committed without it.
+    let inconsistent = Flow::new(1, 13).action(Action::Ct(Ct::default()));
+    let err = c
+        .bundle_flow_mods(vec![
+            FlowMod::add(good.clone()),
+            FlowMod::add(Flow::new(1, 12)),
+            FlowMod::add(inconsistent.clone()),
+        ])
+        .await
+        .unwrap_err();
+    match &err {
+        Error::BundleRejected {
+            index, desc, error, ..
+        } => {
+            assert_eq!(*index, 2, "{err}");
+            assert_eq!(desc, &format!("add {inconsistent}"));
+            assert_eq!(error.name(), "OFPBAC_MATCH_INCONSISTENT", "{err}");
+        }
+        other => panic!("expected BundleRejected, got {other}"),
+    }
+    assert_eq!(dump_flows(&ovs, "br0"), before);
+
     // The same failure outside a bundle names the flow_mod too.
     let err = c.flow_mod(FlowMod::add(bad.clone())).await.unwrap_err();
     assert!(

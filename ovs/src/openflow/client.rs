@@ -206,6 +206,8 @@ struct TxnState {
     replies: Vec<Message>,
     errors: Vec<(u32, OfpError)>,
     done: Option<oneshot::Sender<Outcome>>,
+    /// Told the errors so far when the checkpoint barrier is answered.
+    checkpoint: Option<oneshot::Sender<Vec<(u32, OfpError)>>>,
 }
 
 #[derive(Debug)]
@@ -213,6 +215,7 @@ struct Txn {
     start: u32,
     count: u32,
     final_xid: u32,
+    checkpoint_xid: Option<u32>,
     state: Mutex<TxnState>,
 }
 
@@ -374,37 +377,82 @@ impl Client {
         last: Option<Message>,
         what: &str,
     ) -> Result<Reply, Error> {
+        self.transact_checked(msgs, false, last, what).await
+    }
+
+    /// Like `transact`; with `checkpoint`, a barrier follows `msgs` and
+    /// `last` is only sent when no message before it was rejected (else the
+    /// reply carries those errors and `last` was not sent).
+    async fn transact_checked(
+        &self,
+        msgs: &[TxMessage],
+        checkpoint: bool,
+        last: Option<Message>,
+        what: &str,
+    ) -> Result<Reply, Error> {
         let conn = self.conn()?;
-        let count = u32::try_from(msgs.len() + usize::from(last.is_some())).unwrap_or(u32::MAX);
+        let n = msgs.len() + usize::from(checkpoint) + usize::from(last.is_some());
+        let count = u32::try_from(n).unwrap_or(u32::MAX);
         let start = alloc_xids(&self.inner.next_xid, count);
         let final_xid = start + count - 1;
+        let checkpoint_xid = checkpoint.then(|| start + u32::try_from(msgs.len()).unwrap_or(0));
         let mut buf = BytesMut::with_capacity(msgs.len() * 128 + 64);
         for (i, m) in msgs.iter().enumerate() {
             m.msg
                 .encode(start + u32::try_from(i).unwrap_or(0), &mut buf);
         }
-        if let Some(l) = &last {
-            l.encode(final_xid, &mut buf);
-        }
         let (tx, rx) = oneshot::channel();
+        let (ctx, crx) = oneshot::channel();
         let txn = Arc::new(Txn {
             start,
             count,
             final_xid,
+            checkpoint_xid,
             state: Mutex::new(TxnState {
                 replies: Vec::new(),
                 errors: Vec::new(),
                 done: Some(tx),
+                checkpoint: Some(ctx),
             }),
         });
         lock(&conn.pending).insert(start, txn);
+        let _cleanup = RemoveOnDrop(&conn, start);
+        let after = self.inner.cfg.request_timeout;
+        if let Some(cx) = checkpoint_xid {
+            Message::BarrierRequest.encode(cx, &mut buf);
+            if conn.tx.send(buf.split().freeze()).is_err() {
+                return Err(Error::NotConnected);
+            }
+            let errors = match tokio::time::timeout(after, crx).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!("barrier before {what}"),
+                        after,
+                    });
+                }
+                Ok(Err(_)) => {
+                    return Err(Error::Disconnected {
+                        what: what.to_string(),
+                    });
+                }
+                Ok(Ok(errors)) => errors,
+            };
+            if !errors.is_empty() {
+                return Ok(Reply {
+                    start,
+                    replies: Vec::new(),
+                    errors,
+                    final_error: None,
+                });
+            }
+        }
+        if let Some(l) = &last {
+            l.encode(final_xid, &mut buf);
+        }
         if conn.tx.send(buf.freeze()).is_err() {
-            conn.remove(start);
             return Err(Error::NotConnected);
         }
-        let after = self.inner.cfg.request_timeout;
         let res = tokio::time::timeout(after, rx).await;
-        conn.remove(start);
         match res {
             Err(_) => Err(Error::Timeout {
                 what: what.to_string(),
@@ -533,9 +581,28 @@ impl Client {
             ctrl: BundleCtrlType::CommitRequest,
             flags,
         };
+        // OVS rejects some messages already when they are added and would
+        // then commit the rest: a barrier after the adds tells us, and the
+        // bundle is discarded instead of committed.
         let r = self
-            .transact(&all, Some(commit), &format!("commit of bundle {bundle_id}"))
+            .transact_checked(
+                &all,
+                true,
+                Some(commit),
+                &format!("commit of bundle {bundle_id}"),
+            )
             .await?;
+        let committed = !r.replies.is_empty() || r.final_error.is_some();
+        if !r.errors.is_empty() && !committed {
+            let discard = Message::BundleControl {
+                bundle_id,
+                ctrl: BundleCtrlType::DiscardRequest,
+                flags,
+            };
+            if let Err(e) = self.transact(&[], Some(discard), "bundle discard").await {
+                warn!(bundle_id, error = %e, "discarding a rejected bundle failed");
+            }
+        }
         if let Some((xid, error)) = r.errors.first() {
             let i = usize::try_from(xid.wrapping_sub(r.start)).unwrap_or(0);
             let m = &all[i.min(all.len() - 1)];
@@ -634,6 +701,15 @@ impl Client {
             }
         }
         Ok(v)
+    }
+}
+
+/// Unregisters a transaction however its wait ends (including cancellation).
+struct RemoveOnDrop<'a>(&'a Conn, u32);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
     }
 }
 
@@ -811,6 +887,12 @@ fn handle_frame(conn: &Conn, pin_tx: &broadcast::Sender<PacketIn>, frame: &[u8])
                     }
                 }
                 Message::Error(e) => st.errors.push((xid, e)),
+                Message::BarrierReply if Some(xid) == t.checkpoint_xid => {
+                    let errors = st.errors.clone();
+                    if let Some(tx) = st.checkpoint.take() {
+                        let _ = tx.send(errors);
+                    }
+                }
                 m if is_final => {
                     let more = matches!(m, Message::MultipartReply { more: true, .. });
                     st.replies.push(m);
