@@ -1,27 +1,52 @@
-//! switchyard-agent entry point. For now it parses and validates the
-//! configuration (so `--help` and config errors work); the daemon (CNI
-//! server, OVS wiring, reconciliation) is assembled on top of the library.
+//! switchyard-agent entry point: flags + YAML config, then the daemon until
+//! SIGTERM/SIGINT. Run it in the node's network namespace (the one
+//! ovs-vswitchd runs in).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use switchyard_agent::Agent;
 use switchyard_agent::config::{AgentConfig, Flags};
+use tokio::signal::unix::{SignalKind, signal};
 
-fn run() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let config = AgentConfig::from_flags(&flags, std::env::var("NODE_NAME").ok())
         .context("invalid configuration")?;
     tracing::info!(node = %config.node_name, bridge = %config.bridge, segments = config.segments.len(), "configuration loaded");
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut handle = tokio::select! {
+        started = Agent::start(config) => started.context("start-up failed")?,
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        () = handle.wait() => tracing::error!("a serving task ended; shutting down"),
+    }
+    handle.shutdown().await;
     Ok(())
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
-    match run() {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("switchyard-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("switchyard-agent: {err:#}");

@@ -27,6 +27,30 @@
 //! pass-through flows of every table, including the proxy's tables, so pods
 //! keep working when the proxy is not (yet) running; the proxy's flows sit at
 //! higher priorities in its tables.
+//!
+//! The proxy also adds a few flows outside its tables, all in its cookie
+//! space and above the agent's priorities (200 and 300), for hairpin traffic
+//! (a pod reaching itself through a Service, SNATed to [`HAIRPIN_SNAT_IP`] in
+//! [`zone::HAIRPIN`]):
+//! - [CONNTRACK]: `ip,nw_dst=HAIRPIN_SNAT_IP` (a hairpin reply) sets
+//!   [`reg::HAIRPIN_BIT`] and un-SNATs in [`zone::HAIRPIN`], then comes back
+//!   to CONNTRACK for the pod zone;
+//! - [L3_FORWARDING]: per local endpoint address A, `nw_src=A,nw_dst=A` of a
+//!   tracked, non-reply service connection in [`zone::POD`] sets
+//!   [`reg::HAIRPIN_BIT`] and SNATs in [`zone::HAIRPIN`] (ct_mark
+//!   SERVICE|HAIRPIN there, so CONNTRACK_COMMIT leaves it alone), then comes
+//!   back to L3_FORWARDING;
+//! - [OUTPUT]: `reg4[18]=1` outputs to `in_port` (OpenFlow never outputs to
+//!   the ingress port otherwise).
+//!
+//! The agent relies on nothing of this; it must only keep skipping the
+//! commit of connections whose ct_mark has [`ct_mark::SERVICE`], keep
+//! CONNTRACK_STATE's default going to SESSION_AFFINITY, and leave reg3/reg4
+//! alone.
+//!
+//! [CONNTRACK]: table::CONNTRACK
+//! [L3_FORWARDING]: table::L3_FORWARDING
+//! [OUTPUT]: table::OUTPUT
 
 /// Flow table numbers.
 pub mod table {
@@ -68,6 +92,10 @@ pub mod reg {
     pub const PORT_KIND_BITS: (u8, u8) = (0, 3);
     /// reg1: output port chosen by L2 forwarding.
     pub const OUTPUT_PORT: u8 = 1;
+    /// reg2: scratch space within the actions of one flow (the ARP
+    /// responder swaps `arp_spa`/`arp_tpa` through it); never read in a
+    /// later table, so any flow may overwrite it.
+    pub const SCRATCH: u8 = 2;
     /// reg3: IPv4 address of the endpoint selected by a service group.
     pub const ENDPOINT_IP: u8 = 3;
     /// reg4: bits 0..=15 endpoint port, bits 16..=17 [`super::ServiceState`].
@@ -76,6 +104,9 @@ pub mod reg {
     pub const ENDPOINT_PORT_BITS: (u8, u8) = (0, 15);
     /// Bit range of the service state in [`ENDPOINT_PORT_AND_STATE`].
     pub const SERVICE_STATE_BITS: (u8, u8) = (16, 17);
+    /// Bit of [`ENDPOINT_PORT_AND_STATE`] set by the proxy on hairpin
+    /// packets (both directions): OUTPUT sends them back out of `in_port`.
+    pub const HAIRPIN_BIT: u8 = 18;
     /// reg5: VLAN of the segment of the source pod port (0..=4095).
     pub const SEGMENT_VLAN: u8 = 5;
 }
@@ -112,6 +143,8 @@ pub mod zone {
     pub const POD: u16 = 0xfff0;
     /// Zone of egress SNAT to the node address.
     pub const SNAT: u16 = 0xfff1;
+    /// Zone of the proxy's hairpin SNAT to [`super::HAIRPIN_SNAT_IP`].
+    pub const HAIRPIN: u16 = 0xfff2;
 }
 
 /// `ct_mark` bits.
@@ -130,6 +163,18 @@ pub mod ofport {
     pub const GATEWAY: u32 = 2;
     /// The VLAN trunk uplink.
     pub const UPLINK: u32 = 3;
+    /// Pod ports ask for ofports from here up (`ofport_request`), so the
+    /// well-known numbers below stay free even when those ports are created
+    /// after the first pods.
+    pub const FIRST_POD: u32 = 16;
+}
+
+/// OpenFlow group ids. Groups carry no cookie, so ownership is by range.
+pub mod group {
+    /// First group id of the proxy (one `select` group per Service port).
+    pub const PROXY_FIRST: u32 = 1;
+    /// Last group id of the proxy; ids above it are free for the agent.
+    pub const PROXY_LAST: u32 = 0x7fff_ffff;
 }
 
 /// Source address used to SNAT hairpin connections, so the reply from a pod
@@ -207,7 +252,10 @@ impl Cookie {
 
     /// `(cookie, mask)` matching every flow of `owner`.
     pub fn owner_mask(owner: Owner) -> (u64, u64) {
-        ((Self::MAGIC << 48) | ((owner as u64) << 40), 0xffff_ff00_0000_0000)
+        (
+            (Self::MAGIC << 48) | ((owner as u64) << 40),
+            0xffff_ff00_0000_0000,
+        )
     }
 
     /// `(cookie, mask)` matching every flow of `owner` in `generation`.
@@ -221,10 +269,7 @@ impl Cookie {
     /// `(cookie, mask)` matching the flows of one object of `owner`, in any
     /// generation.
     pub fn object_mask(owner: Owner, object: u32) -> (u64, u64) {
-        (
-            Cookie::new(owner, 0, object).value(),
-            0xffff_ff00_ffff_ffff,
-        )
+        (Cookie::new(owner, 0, object).value(), 0xffff_ff00_ffff_ffff)
     }
 }
 

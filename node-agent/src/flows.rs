@@ -1,0 +1,391 @@
+//! The agent's OpenFlow flows on `br-int`, as pure functions of the gateway
+//! and the attached pods (the table layout is `switchyard_ovs::pipeline`).
+//!
+//! Pods learn only the gateway's MAC (OVS answers every ARP request from a
+//! pod with it) and OVS routes at L3. A packet from a pod reaches a local pod
+//! only when reg5 (the VLAN of the source pod's segment) equals the
+//! destination pod's VLAN; the gateway (the node) reaches every pod.
+//!
+//! Cookies: base flows `Cookie::new(Agent, generation, 0)`, a pod's flows
+//! `Cookie::new(Agent, generation, ofport)`, so a pod's flows are deleted with
+//! `Cookie::object_mask(Agent, ofport)` and a whole old generation with
+//! `Cookie::generation_mask(Agent, generation)`.
+
+use std::net::Ipv4Addr;
+
+use switchyard_ovs::openflow::{
+    Action, Ct, CtZone, Field, Flow, MatchField, Nat, SubField, ct_state, port,
+};
+use switchyard_ovs::pipeline::{Cookie, Owner, PortKind, ct_mark, reg, table, zone};
+
+use crate::mac::MacAddr;
+
+/// Ethertype of IPv4.
+pub const ETH_TYPE_IP: u16 = 0x0800;
+/// Ethertype of ARP.
+pub const ETH_TYPE_ARP: u16 = 0x0806;
+/// ARP request opcode.
+const ARP_REQUEST: u16 = 1;
+/// ARP reply opcode.
+const ARP_REPLY: u128 = 2;
+
+/// Priorities of the agent's flows.
+pub mod priority {
+    /// Table-miss flows (drop or pass-through).
+    pub const DEFAULT: u16 = 0;
+    /// Generic flows of a table (e.g. "any ARP request from a pod").
+    pub const NORMAL: u16 = 100;
+    /// Flows for one port or address.
+    pub const SPECIFIC: u16 = 200;
+    /// Exceptions to [`SPECIFIC`] flows (e.g. a pod's gratuitous ARP).
+    pub const EXCEPTION: u16 = 210;
+}
+
+/// The node's gateway port on the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gateway {
+    /// OpenFlow port number (`pipeline::ofport::GATEWAY`).
+    pub ofport: u32,
+    /// MAC of the gateway device in the node namespace.
+    pub mac: MacAddr,
+    /// Gateway address (first address of the node's pod CIDR).
+    pub ip: Ipv4Addr,
+}
+
+/// One attached pod as the flows see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodPort {
+    /// OpenFlow port number of the pod's host veth.
+    pub ofport: u32,
+    /// Pod interface MAC.
+    pub mac: MacAddr,
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// VLAN of the pod's segment (0 = untagged).
+    pub vlan: u16,
+}
+
+fn mac(m: MacAddr) -> u128 {
+    m.0.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+}
+
+fn cookie(generation: u8, object: u32) -> u64 {
+    Cookie::new(Owner::Agent, generation, object).value()
+}
+
+fn port_kind_bits() -> SubField {
+    SubField::bits(
+        Field::Reg(reg::MARKS),
+        u16::from(reg::PORT_KIND_BITS.0),
+        u16::from(reg::PORT_KIND_BITS.1),
+    )
+}
+
+fn set_port_kind(kind: PortKind) -> Action {
+    Action::load(port_kind_bits(), kind as u128)
+}
+
+fn match_port_kind(kind: PortKind) -> MatchField {
+    let (lo, hi) = reg::PORT_KIND_BITS;
+    let mask = ((1u32 << (hi - lo + 1)) - 1) << lo;
+    MatchField::reg_masked(reg::MARKS, (kind as u32) << lo, mask)
+}
+
+fn whole(field: Field) -> SubField {
+    SubField::whole(field)
+}
+
+fn mv(src: Field, dst: Field) -> Action {
+    Action::Move {
+        src: whole(src),
+        dst: whole(dst),
+    }
+}
+
+/// Turns the ARP request in the packet into the reply "`tpa` is at
+/// `answer_mac`" and sends it back out of the port it came in on.
+fn arp_reply_actions(answer_mac: MacAddr) -> Vec<Action> {
+    vec![
+        mv(Field::EthSrc, Field::EthDst),
+        Action::set_field(Field::EthSrc, mac(answer_mac)),
+        Action::set_field(Field::ArpOp, ARP_REPLY),
+        mv(Field::ArpSha, Field::ArpTha),
+        Action::set_field(Field::ArpSha, mac(answer_mac)),
+        mv(Field::ArpTpa, Field::Reg(reg::SCRATCH)),
+        mv(Field::ArpSpa, Field::ArpTpa),
+        mv(Field::Reg(reg::SCRATCH), Field::ArpSpa),
+        Action::Output(port::IN_PORT),
+    ]
+}
+
+fn with_actions(mut flow: Flow, actions: Vec<Action>) -> Flow {
+    flow.actions = actions;
+    flow
+}
+
+/// Flows that do not depend on any pod: the gateway's classification,
+/// ARP answering for pods, conntrack, pass-through of the proxy's tables,
+/// routing to the gateway, output to the gateway and every table's miss.
+// One push per flow, with its comment, reads top-down along the pipeline.
+#[allow(clippy::vec_init_then_push)]
+pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
+    let c = cookie(generation, 0);
+    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let mut flows = Vec::new();
+
+    // CLASSIFIER: the gateway port.
+    flows.push(
+        f(table::CLASSIFIER, priority::SPECIFIC)
+            .matching(MatchField::in_port(gw.ofport))
+            .matching(MatchField::eth_type(ETH_TYPE_ARP))
+            .action(set_port_kind(PortKind::Gateway))
+            .action(Action::GotoTable(table::ARP_RESPONDER)),
+    );
+    flows.push(
+        f(table::CLASSIFIER, priority::SPECIFIC)
+            .matching(MatchField::in_port(gw.ofport))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .action(set_port_kind(PortKind::Gateway))
+            .action(Action::GotoTable(table::CONNTRACK)),
+    );
+
+    // ARP_RESPONDER: any ARP request from a pod is answered with the
+    // gateway's MAC (exceptions per pod sit at EXCEPTION priority).
+    flows.push(with_actions(
+        f(table::ARP_RESPONDER, priority::NORMAL)
+            .matching(MatchField::eth_type(ETH_TYPE_ARP))
+            .matching(match_port_kind(PortKind::Pod))
+            .matching(MatchField::arp_op(ARP_REQUEST)),
+        arp_reply_actions(gw.mac),
+    ));
+
+    // CONNTRACK: every IPv4 packet through the pod zone, replies un-NATed.
+    flows.push(
+        f(table::CONNTRACK, priority::NORMAL)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .action(Action::Ct(Ct {
+                zone: CtZone::Immediate(zone::POD),
+                table: Some(table::CONNTRACK_STATE),
+                nat: Some(Nat::existing()),
+                ..Ct::default()
+            })),
+    );
+
+    // CONNTRACK_STATE.
+    flows.push(
+        f(table::CONNTRACK_STATE, priority::SPECIFIC)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ct_state(
+                ct_state::INV | ct_state::TRK,
+                ct_state::INV | ct_state::TRK,
+            )),
+    );
+    flows.push(
+        f(table::CONNTRACK_STATE, priority::NORMAL)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ct_state(
+                ct_state::TRK,
+                ct_state::NEW | ct_state::TRK,
+            ))
+            .action(Action::GotoTable(table::L3_FORWARDING)),
+    );
+    flows.push(
+        f(table::CONNTRACK_STATE, priority::DEFAULT)
+            .action(Action::GotoTable(table::SESSION_AFFINITY)),
+    );
+
+    // The proxy's tables: pass-through at priority 0.
+    for (from, to) in [
+        (table::SESSION_AFFINITY, table::SERVICE_LB),
+        (table::SERVICE_LB, table::ENDPOINT_DNAT),
+        (table::ENDPOINT_DNAT, table::L3_FORWARDING),
+    ] {
+        flows.push(f(from, priority::DEFAULT).action(Action::GotoTable(to)));
+    }
+
+    // L3_FORWARDING: anything not for a local pod goes to the node.
+    flows.push(
+        f(table::L3_FORWARDING, priority::DEFAULT)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .action(Action::set_field(Field::EthDst, mac(gw.mac)))
+            .action(Action::GotoTable(table::L2_FORWARDING)),
+    );
+
+    // L2_FORWARDING: the gateway's MAC.
+    flows.push(
+        f(table::L2_FORWARDING, priority::SPECIFIC)
+            .matching(MatchField::eth_dst(gw.mac.0))
+            .action(Action::load(
+                whole(Field::Reg(reg::OUTPUT_PORT)),
+                u128::from(gw.ofport),
+            ))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+    );
+
+    // CONNTRACK_COMMIT: commit every new connection that the proxy did not
+    // commit itself (service connections carry ct_mark SERVICE).
+    flows.push(
+        f(table::CONNTRACK_COMMIT, priority::NORMAL)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ct_state(
+                ct_state::NEW | ct_state::TRK,
+                ct_state::NEW | ct_state::TRK,
+            ))
+            .matching(MatchField::ct_mark(0, ct_mark::SERVICE))
+            .action(Action::Ct(Ct {
+                commit: true,
+                zone: CtZone::Immediate(zone::POD),
+                ..Ct::default()
+            }))
+            .action(Action::GotoTable(table::OUTPUT)),
+    );
+    flows.push(
+        f(table::CONNTRACK_COMMIT, priority::DEFAULT).action(Action::GotoTable(table::OUTPUT)),
+    );
+
+    // OUTPUT: the gateway.
+    flows.push(
+        f(table::OUTPUT, priority::SPECIFIC)
+            .matching(MatchField::reg(reg::OUTPUT_PORT, gw.ofport))
+            .action(Action::Output(gw.ofport)),
+    );
+
+    // Table misses that drop (an empty action list drops).
+    for t in [
+        table::CLASSIFIER,
+        table::SPOOF_GUARD,
+        table::ARP_RESPONDER,
+        table::L2_FORWARDING,
+        table::OUTPUT,
+    ] {
+        flows.push(f(t, priority::DEFAULT));
+    }
+    flows
+}
+
+/// The flows of one pod; all carry the pod's ofport as cookie object.
+pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
+    let c = cookie(generation, pod.ofport);
+    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    vec![
+        // CLASSIFIER: mark as pod, remember the segment VLAN.
+        f(table::CLASSIFIER, priority::SPECIFIC)
+            .matching(MatchField::in_port(pod.ofport))
+            .action(set_port_kind(PortKind::Pod))
+            .action(Action::load(
+                whole(Field::Reg(reg::SEGMENT_VLAN)),
+                u128::from(pod.vlan),
+            ))
+            .action(Action::GotoTable(table::SPOOF_GUARD)),
+        // SPOOF_GUARD: only the pod's own MAC and address.
+        f(table::SPOOF_GUARD, priority::SPECIFIC)
+            .matching(MatchField::in_port(pod.ofport))
+            .matching(MatchField::eth_src(pod.mac.0))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_src(pod.ip, 32))
+            .action(Action::GotoTable(table::CONNTRACK)),
+        f(table::SPOOF_GUARD, priority::SPECIFIC)
+            .matching(MatchField::in_port(pod.ofport))
+            .matching(MatchField::eth_src(pod.mac.0))
+            .matching(MatchField::eth_type(ETH_TYPE_ARP))
+            .matching(MatchField::arp_sha(pod.mac.0))
+            .matching(MatchField::arp_spa(pod.ip))
+            .action(Action::GotoTable(table::ARP_RESPONDER)),
+        // ARP_RESPONDER: the pod asking for its own address (gratuitous ARP,
+        // duplicate address detection) gets no answer.
+        f(table::ARP_RESPONDER, priority::EXCEPTION)
+            .matching(MatchField::in_port(pod.ofport))
+            .matching(MatchField::eth_type(ETH_TYPE_ARP))
+            .matching(MatchField::arp_tpa(pod.ip)),
+        // ARP_RESPONDER: the node asking for the pod gets the pod's MAC.
+        with_actions(
+            f(table::ARP_RESPONDER, priority::SPECIFIC)
+                .matching(MatchField::eth_type(ETH_TYPE_ARP))
+                .matching(match_port_kind(PortKind::Gateway))
+                .matching(MatchField::arp_op(ARP_REQUEST))
+                .matching(MatchField::arp_tpa(pod.ip)),
+            arp_reply_actions(pod.mac),
+        ),
+        // L3_FORWARDING: routed to the pod.
+        f(table::L3_FORWARDING, priority::SPECIFIC)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(pod.ip, 32))
+            .action(Action::set_field(Field::EthSrc, mac(gw.mac)))
+            .action(Action::set_field(Field::EthDst, mac(pod.mac)))
+            .action(Action::GotoTable(table::L2_FORWARDING)),
+        // L2_FORWARDING: from a pod of the same VLAN, or from the gateway.
+        f(table::L2_FORWARDING, priority::SPECIFIC)
+            .matching(MatchField::eth_dst(pod.mac.0))
+            .matching(match_port_kind(PortKind::Pod))
+            .matching(MatchField::reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
+            .action(Action::load(
+                whole(Field::Reg(reg::OUTPUT_PORT)),
+                u128::from(pod.ofport),
+            ))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        f(table::L2_FORWARDING, priority::SPECIFIC)
+            .matching(MatchField::eth_dst(pod.mac.0))
+            .matching(match_port_kind(PortKind::Gateway))
+            .action(Action::load(
+                whole(Field::Reg(reg::OUTPUT_PORT)),
+                u128::from(pod.ofport),
+            ))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        // OUTPUT.
+        f(table::OUTPUT, priority::SPECIFIC)
+            .matching(MatchField::reg(reg::OUTPUT_PORT, pod.ofport))
+            .action(Action::Output(pod.ofport)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw() -> Gateway {
+        Gateway {
+            ofport: 2,
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            ip: "10.244.0.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn pod_flows_golden() {
+        let pod = PodPort {
+            ofport: 7,
+            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
+            ip: "10.244.0.5".parse().unwrap(),
+            vlan: 100,
+        };
+        let text: Vec<String> = pod_flows(3, &gw(), &pod)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for line in &text {
+            assert!(line.contains("cookie=0x5359010300000007"), "{line}");
+        }
+        assert_eq!(text.len(), 9);
+        assert!(text[0].starts_with("table=0,"), "{}", text[0]);
+        assert!(text[0].contains("in_port=7"), "{}", text[0]);
+        assert!(text[6].contains("reg5=0x64"), "{}", text[6]);
+    }
+
+    #[test]
+    fn base_flows_have_object_zero_and_cover_every_table() {
+        let flows = base_flows(1, &gw());
+        for flow in &flows {
+            let c = Cookie::from_value(flow.cookie).unwrap();
+            assert_eq!((c.owner, c.generation, c.object), (Owner::Agent, 1, 0));
+        }
+        for t in [0, 10, 15, 20, 21, 30, 31, 32, 40, 50, 60, 70] {
+            assert!(
+                flows
+                    .iter()
+                    .any(|f| f.table == t && f.priority == priority::DEFAULT)
+                    || t == table::CONNTRACK,
+                "table {t} has no miss flow"
+            );
+        }
+    }
+}

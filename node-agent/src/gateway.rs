@@ -1,0 +1,202 @@
+//! The node's gateway: the bridge, its internal port `sy-gw0` (fixed ofport
+//! `pipeline::ofport::GATEWAY`) holding the first address of the node's pod
+//! CIDR in the agent's own (the node's) network namespace, with the pod
+//! CIDR routed on it as a connected route.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::link::LinkAttribute;
+use rtnetlink::LinkUnspec;
+use switchyard_ovs::ovsdb::{self, BridgeSpec, PortSpec};
+use switchyard_ovs::pipeline;
+
+use crate::config::AgentConfig;
+use crate::flows::Gateway;
+use crate::mac::MacAddr;
+use crate::netns::Netlink;
+
+/// Name of the gateway port and of its device in the node namespace.
+pub const GATEWAY_PORT: &str = "sy-gw0";
+/// How long to wait for vswitchd to give a port its ofport.
+pub const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the bridge or gateway could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// An OVSDB operation failed.
+    #[error("{what}: {source}")]
+    Ovsdb {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: ovsdb::Error,
+    },
+    /// vswitchd gave the gateway another ofport than requested.
+    #[error(
+        "gateway port {GATEWAY_PORT} has ofport {got}, expected {expected}; remove the port (ovs-vsctl del-port {GATEWAY_PORT}) and restart the agent"
+    )]
+    WrongOfport {
+        /// What it has.
+        got: u16,
+        /// What the pipeline needs.
+        expected: u32,
+    },
+    /// A netlink operation in the node namespace failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: rtnetlink::Error,
+    },
+    /// The gateway device did not appear in the node namespace.
+    #[error(
+        "device {GATEWAY_PORT} did not appear in the agent's network namespace; the agent must run in the same network namespace as ovs-vswitchd"
+    )]
+    DeviceMissing,
+}
+
+fn ovsdb_err(what: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> GatewayError {
+    let what = what.into();
+    move |source| GatewayError::Ovsdb { what, source }
+}
+
+/// Creates or updates the bridge: datapath type from the config, fail mode
+/// secure (no NORMAL flooding while the agent's flows are absent), OpenFlow
+/// 1.0 (for `ovs-ofctl`'s default), 1.3 and 1.5 (the agent's and proxy's).
+pub async fn ensure_bridge(
+    ovsdb: &ovsdb::Client,
+    config: &AgentConfig,
+) -> Result<(), GatewayError> {
+    let spec = BridgeSpec {
+        name: config.bridge.clone(),
+        datapath_type: Some(config.datapath_type.as_ovsdb_str().to_string()),
+        fail_mode: Some("secure".to_string()),
+        protocols: vec![
+            "OpenFlow10".to_string(),
+            "OpenFlow13".to_string(),
+            "OpenFlow15".to_string(),
+        ],
+        ..BridgeSpec::default()
+    };
+    ovsdb
+        .ensure_bridge(&spec)
+        .await
+        .map_err(ovsdb_err(format!("ensuring bridge {}", config.bridge)))?;
+    Ok(())
+}
+
+/// Ensures the gateway port and its address; returns the gateway as the
+/// flows need it.
+pub async fn ensure_gateway(
+    ovsdb: &ovsdb::Client,
+    netlink: &Netlink,
+    config: &AgentConfig,
+    pod_cidr: Ipv4Net,
+) -> Result<Gateway, GatewayError> {
+    let gateway_ip = pod_cidr
+        .hosts()
+        .next()
+        .unwrap_or_else(|| pod_cidr.network());
+    let existing = ovsdb
+        .port(GATEWAY_PORT)
+        .await
+        .map_err(ovsdb_err("reading the gateway port"))?;
+    if existing.is_none() {
+        let mut spec = PortSpec::new(GATEWAY_PORT)
+            .with_type("internal")
+            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-gateway");
+        spec.ofport_request = u16::try_from(pipeline::ofport::GATEWAY).ok();
+        match ovsdb.add_port(&config.bridge, &spec).await {
+            Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
+            Err(e) => return Err(ovsdb_err("adding the gateway port")(e)),
+        }
+    }
+    let ofport = ovsdb
+        .interface_ofport(GATEWAY_PORT, OFPORT_TIMEOUT)
+        .await
+        .map_err(ovsdb_err("waiting for the gateway port's ofport"))?;
+    if u32::from(ofport) != pipeline::ofport::GATEWAY {
+        return Err(GatewayError::WrongOfport {
+            got: ofport,
+            expected: pipeline::ofport::GATEWAY,
+        });
+    }
+    let mac = configure_device(netlink, config.mtu, gateway_ip, pod_cidr.prefix_len()).await?;
+    // The node kernel must not answer ARP for its other addresses on the
+    // gateway (lab notes: arp_ignore=1); best effort.
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{GATEWAY_PORT}/arp_ignore");
+    if let Err(e) = std::fs::write(&sysctl, "1") {
+        tracing::warn!(path = %sysctl, error = %e, "cannot set arp_ignore on the gateway");
+    }
+    tracing::info!(%gateway_ip, %pod_cidr, %mac, "gateway ready");
+    Ok(Gateway {
+        ofport: pipeline::ofport::GATEWAY,
+        mac,
+        ip: gateway_ip,
+    })
+}
+
+/// Brings `sy-gw0` up with the address and MTU; returns its MAC.
+async fn configure_device(
+    netlink: &Netlink,
+    mtu: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<MacAddr, GatewayError> {
+    let nl = |what: &str| {
+        let what = format!("{what} {GATEWAY_PORT}");
+        move |source| GatewayError::Netlink { what, source }
+    };
+    // The tap appears shortly after the ofport; poll with a deadline.
+    let deadline = tokio::time::Instant::now() + OFPORT_TIMEOUT;
+    let link = loop {
+        let found = netlink
+            .handle()
+            .link()
+            .get()
+            .match_name(GATEWAY_PORT.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match found {
+            Ok(Some(link)) => break link,
+            Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return Err(GatewayError::DeviceMissing),
+        }
+    };
+    let index = link.header.index;
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) => MacAddr::try_from(b.as_slice()).ok(),
+            _ => None,
+        })
+        .ok_or(GatewayError::DeviceMissing)?;
+    netlink
+        .handle()
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(nl("setting up"))?;
+    match netlink
+        .handle()
+        .address()
+        .add(index, IpAddr::V4(ip), prefix)
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        Err(rtnetlink::Error::NetlinkError(msg))
+            if msg.to_io().raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(nl(&format!("adding {ip}/{prefix} to"))(e)),
+    }
+    Ok(mac)
+}

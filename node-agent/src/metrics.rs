@@ -1,0 +1,170 @@
+//! Prometheus metrics and the HTTP endpoint serving them with `/healthz` and
+//! `/readyz` (axum).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of request metrics: `result="success"` or the CNI error code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `error_<code>`.
+    pub result: String,
+}
+
+impl ResultLabel {
+    /// From a request's outcome.
+    pub fn of<T>(outcome: &Result<T, switchyard_cni::CniError>) -> ResultLabel {
+        ResultLabel {
+            result: match outcome {
+                Ok(_) => "success".to_string(),
+                Err(e) => format!("error_{}", e.code),
+            },
+        }
+    }
+}
+
+type HistogramFamily = Family<ResultLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// CNI ADD requests by result.
+    pub adds: Family<ResultLabel, Counter>,
+    /// CNI ADD latency in seconds by result.
+    pub add_seconds: HistogramFamily,
+    /// CNI DEL requests by result.
+    pub dels: Family<ResultLabel, Counter>,
+    /// CNI DEL latency in seconds by result.
+    pub del_seconds: HistogramFamily,
+    /// Pods attached now.
+    pub pods_attached: Gauge,
+    /// Reconciliation runs.
+    pub reconcile_runs: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `switchyard_agent` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard_agent");
+        let adds = Family::<ResultLabel, Counter>::default();
+        let dels = Family::<ResultLabel, Counter>::default();
+        let add_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let del_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let pods_attached = Gauge::default();
+        let reconcile_runs = Counter::default();
+        registry.register("cni_add", "CNI ADD requests by result", adds.clone());
+        registry.register(
+            "cni_add_duration_seconds",
+            "CNI ADD latency by result",
+            add_seconds.clone(),
+        );
+        registry.register("cni_del", "CNI DEL requests by result", dels.clone());
+        registry.register(
+            "cni_del_duration_seconds",
+            "CNI DEL latency by result",
+            del_seconds.clone(),
+        );
+        registry.register(
+            "pods_attached",
+            "Pod interfaces attached to the bridge",
+            pods_attached.clone(),
+        );
+        registry.register(
+            "reconcile_runs",
+            "Full reconciliations with OVSDB (start and OVS reconnects)",
+            reconcile_runs.clone(),
+        );
+        Metrics {
+            registry,
+            adds,
+            add_seconds,
+            dels,
+            del_seconds,
+            pods_attached,
+            reconcile_runs,
+        }
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// What the HTTP handlers read.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether the agent serves CNI requests.
+    pub ready: Arc<AtomicBool>,
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `addr` and returns the bound address and the server future.
+pub async fn bind(
+    addr: SocketAddr,
+    state: HttpState,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}

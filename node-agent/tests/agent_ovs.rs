@@ -1,0 +1,339 @@
+//! switchyard-agent on real OVS (userspace datapath) in a node network
+//! namespace, driven through the real `switchyard` CNI binary. See
+//! `support/mod.rs` for the lab. Needs root and openvswitch-switch.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use switchyard_agent::Agent;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn start_agent(lab: &NodeLab, segments: Option<&str>) -> switchyard_agent::AgentHandle {
+    tokio::time::timeout(START_TIMEOUT, Agent::start(lab.agent_config(segments)))
+        .await
+        .expect("agent start timed out")
+        .expect("agent start")
+}
+
+#[test]
+fn add_gives_working_pods() {
+    node_test("add_gives_working_pods", |lab| async move {
+        let agent = start_agent(&lab, None).await;
+        let cidr = agent.pod_cidr().to_string();
+        let gw = gateway_of(&cidr).to_string();
+        // The gateway holds the first address of the pod CIDR in the node.
+        let addrs = cmd_ok(&["ip", "-4", "-o", "addr", "show", "dev", "sy-gw0"]).await;
+        assert!(addrs.contains(&format!("{gw}/24")), "{addrs}");
+
+        lab.create_pod("default", "a", &[]).await;
+        lab.create_pod("default", "b", &[]).await;
+        let a = PodNs::new("default", "a");
+        let b = PodNs::new("default", "b");
+        let add_a = cni_add(&lab, &a).await;
+        assert!(add_a.success, "ADD a: {} {}", add_a.stdout, add_a.stderr);
+        let add_b = cni_add(&lab, &b).await;
+        assert!(add_b.success, "ADD b: {} {}", add_b.stdout, add_b.stderr);
+        let (ip_a, ip_b) = (add_a.ip(), add_b.ip());
+        assert_ne!(ip_a, ip_b);
+
+        // The CNI result: host veth, pod interface in its sandbox, address
+        // with gateway, default route, DNS from the conflist.
+        let j = add_a.json();
+        assert_eq!(j["interfaces"][1]["name"], "eth0");
+        assert_eq!(j["interfaces"][1]["sandbox"], a.netns_path());
+        assert_eq!(j["ips"][0]["gateway"], gw.as_str());
+        assert_eq!(j["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(j["dns"]["nameservers"][0], "10.96.0.10");
+        let host_if = j["interfaces"][0]["name"].as_str().unwrap().to_string();
+
+        // Pod to pod, pod to gateway, node to pods.
+        assert!(a.ping(&ip_b).await, "a cannot ping b");
+        assert!(b.ping(&ip_a).await, "b cannot ping a");
+        assert!(a.ping(&gw).await, "a cannot ping the gateway");
+        let node_ping = cmd(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &ip_a]).await;
+        assert!(node_ping.status.success(), "node cannot ping a");
+        let node_ping = cmd(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &ip_b]).await;
+        assert!(node_ping.status.success(), "node cannot ping b");
+        // TCP works too (checksum offload off on the pod end).
+        let tx = a.exec(&["ethtool", "-k", "eth0"]).await;
+        assert!(
+            String::from_utf8_lossy(&tx.stdout).contains("tx-checksumming: off"),
+            "tx checksum offload still on"
+        );
+
+        // The OVS port: no tag for the untagged default segment, the
+        // external_ids.
+        let ids = lab.vsctl(&["get", "Port", &host_if, "external_ids"]);
+        for want in [
+            "\"switchyard.io/pod-namespace\"=default",
+            "\"switchyard.io/pod-name\"=a",
+            &format!("\"switchyard.io/container-id\"={}", a.container_id),
+            "\"switchyard.io/ifname\"=eth0",
+            &format!("\"switchyard.io/ip\"=\"{ip_a}/24\""),
+            "\"switchyard.io/segment\"=default",
+            "\"switchyard.io/vlan\"=\"0\"",
+        ] {
+            assert!(ids.contains(want), "{want} not in {ids}");
+        }
+        assert!(ids.contains(&a.netns_path()), "{ids}");
+        let ofport = lab.vsctl(&["get", "Interface", &host_if, "ofport"]);
+        let flows = lab.dump_flows();
+        assert!(
+            flows.contains(&format!("in_port={}", ofport.trim())),
+            "no classifier flow for ofport {ofport}: {flows}"
+        );
+        assert!(flows.contains(&format!("nw_dst={ip_a}")), "{flows}");
+        assert_eq!(lab.pod_flow_count(), 18, "{flows}");
+
+        // A retried ADD returns the same result and creates nothing new.
+        let again = cni_add(&lab, &a).await;
+        assert!(again.success, "{}", again.stdout);
+        assert_eq!(again.ip(), ip_a);
+        assert_eq!(lab.pod_ports().len(), 2);
+
+        // Metrics.
+        let metrics = http_get(agent.metrics_addr(), "/metrics").await;
+        assert!(
+            metrics.contains("switchyard_agent_cni_add_total{result=\"success\"} 3"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("switchyard_agent_pods_attached 2"),
+            "{metrics}"
+        );
+        assert!(
+            http_get(agent.metrics_addr(), "/readyz")
+                .await
+                .contains("ready")
+        );
+
+        agent.shutdown().await;
+    });
+}
+
+#[test]
+fn vlans_isolate_pods() {
+    node_test("vlans_isolate_pods", |lab| async move {
+        let agent = start_agent(&lab, None).await;
+        lab.create_namespace("blue", &[("switchyard.io/vlan", "100")])
+            .await;
+        lab.create_pod("blue", "b1", &[]).await;
+        lab.create_pod("blue", "b2", &[]).await;
+        lab.create_pod("default", "r1", &[("switchyard.io/vlan", "200")])
+            .await;
+        let b1 = PodNs::new("blue", "b1");
+        let b2 = PodNs::new("blue", "b2");
+        let r1 = PodNs::new("default", "r1");
+        let mut ips = Vec::new();
+        for pod in [&b1, &b2, &r1] {
+            let out = cni_add(&lab, pod).await;
+            assert!(out.success, "ADD {}: {}", pod.name, out.stdout);
+            let host_if = out.json()["interfaces"][0]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            ips.push((out.ip(), host_if));
+        }
+        // Tags follow the namespace annotation and the pod annotation.
+        assert_eq!(lab.vsctl(&["get", "Port", &ips[0].1, "tag"]).trim(), "100");
+        assert_eq!(lab.vsctl(&["get", "Port", &ips[1].1, "tag"]).trim(), "100");
+        assert_eq!(lab.vsctl(&["get", "Port", &ips[2].1, "tag"]).trim(), "200");
+        // Same VLAN talks, different VLANs do not; the node reaches all.
+        assert!(b1.ping(&ips[1].0).await, "same-VLAN pods cannot talk");
+        assert!(!b1.ping(&ips[2].0).await, "VLAN 100 reached VLAN 200");
+        assert!(!r1.ping(&ips[0].0).await, "VLAN 200 reached VLAN 100");
+        for (ip, _) in &ips {
+            let out = cmd(&["ping", "-c", "1", "-W", "1", ip]).await;
+            assert!(out.status.success(), "node cannot reach {ip}");
+        }
+        agent.shutdown().await;
+    });
+}
+
+/// Nothing of any attachment exists: no port, no veth, no pod flows.
+async fn assert_nothing_left(lab: &NodeLab) {
+    assert_eq!(lab.pod_ports(), Vec::<String>::new(), "ports left");
+    assert_eq!(lab.host_veths().await, Vec::<String>::new(), "veths left");
+    assert_eq!(
+        lab.pod_flow_count(),
+        0,
+        "pod flows left: {}",
+        lab.dump_flows()
+    );
+}
+
+#[test]
+fn bad_requests_fail_cleanly() {
+    node_test("bad_requests_fail_cleanly", |lab| async move {
+        let agent = start_agent(&lab, None).await;
+        let cidr = agent.pod_cidr();
+
+        // VLAN out of range on the pod.
+        lab.create_pod("default", "badvlan", &[("switchyard.io/vlan", "4095")])
+            .await;
+        let p = PodNs::new("default", "badvlan");
+        let out = cni_add(&lab, &p).await;
+        assert!(!out.success);
+        assert_eq!(out.code(), 100, "{}", out.stdout);
+        assert!(out.stdout.contains("4095"), "{}", out.stdout);
+
+        // Unknown segment in the namespace annotation.
+        lab.create_namespace("odd", &[("switchyard.io/segment", "nope")])
+            .await;
+        lab.create_pod("odd", "p", &[]).await;
+        let p = PodNs::new("odd", "p");
+        let out = cni_add(&lab, &p).await;
+        assert_eq!(out.code(), 100, "{}", out.stdout);
+
+        // Static IP outside the pool.
+        lab.create_pod("default", "badip", &[("switchyard.io/ip", "192.0.2.9")])
+            .await;
+        let p = PodNs::new("default", "badip");
+        let out = cni_add(&lab, &p).await;
+        assert_eq!(out.code(), 100, "{}", out.stdout);
+
+        // A real network namespace, but bind-mounted outside the
+        // directories a runtime uses: the agent refuses it.
+        lab.create_pod("default", "badns", &[]).await;
+        let p = PodNs::new("default", "badns");
+        let outside = lab.dir.path().join("netns-elsewhere");
+        std::fs::write(&outside, b"").unwrap();
+        let _mount = BindMount::new(&p.netns_path(), &outside.display().to_string());
+        let out = run_cni(
+            "ADD",
+            &p.container_id,
+            Some(&outside.display().to_string()),
+            "eth0",
+            &p.cni_args(),
+            &lab.conflist(),
+        )
+        .await;
+        assert!(!out.success);
+        assert_eq!(out.code(), 103, "{}", out.stdout);
+
+        // CNI_IFNAME already taken inside the pod: fails after the address
+        // was allocated; everything is rolled back.
+        lab.create_pod("default", "taken", &[]).await;
+        let p = PodNs::new("default", "taken");
+        let made = p
+            .exec(&[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+            ])
+            .await;
+        assert!(made.status.success(), "{made:?}");
+        let out = cni_add(&lab, &p).await;
+        assert_eq!(out.code(), 103, "{}", out.stdout);
+
+        assert_nothing_left(&lab).await;
+        assert_eq!(agent.allocations(), vec![], "addresses still allocated");
+        // A good pod still works afterwards.
+        lab.create_pod("default", "good", &[]).await;
+        let good = PodNs::new("default", "good");
+        let out = cni_add(&lab, &good).await;
+        assert!(out.success, "{}", out.stdout);
+        assert!(cidr.contains(&out.ip().parse::<std::net::Ipv4Addr>().unwrap()));
+        agent.shutdown().await;
+    });
+}
+
+#[test]
+fn del_check_gc() {
+    node_test("del_check_gc", |lab| async move {
+        let agent = start_agent(&lab, None).await;
+        lab.create_pod("default", "a", &[]).await;
+        lab.create_pod("default", "b", &[]).await;
+        let a = PodNs::new("default", "a");
+        let b = PodNs::new("default", "b");
+        let add_a = cni_add(&lab, &a).await;
+        assert!(add_a.success, "{}", add_a.stdout);
+        let add_b = cni_add(&lab, &b).await;
+        assert!(add_b.success, "{}", add_b.stdout);
+
+        // CHECK passes, then detects a deleted address.
+        let mut conf = lab.conflist();
+        conf["prevResult"] = add_a.json();
+        let check = run_cni(
+            "CHECK",
+            &a.container_id,
+            Some(&a.netns_path()),
+            "eth0",
+            &a.cni_args(),
+            &conf,
+        )
+        .await;
+        assert!(check.success, "{}", check.stdout);
+        let addr = format!("{}/24", add_a.ip());
+        a.exec(&["ip", "addr", "del", &addr, "dev", "eth0"]).await;
+        let check = run_cni(
+            "CHECK",
+            &a.container_id,
+            Some(&a.netns_path()),
+            "eth0",
+            &a.cni_args(),
+            &conf,
+        )
+        .await;
+        assert_eq!(check.code(), 105, "{}", check.stdout);
+        assert!(check.stdout.contains(&addr), "{}", check.stdout);
+
+        // DEL twice succeeds, also without the netns.
+        assert!(cni_del(&lab, &a).await.success);
+        assert!(cni_del(&lab, &a).await.success);
+        let gone = run_cni(
+            "DEL",
+            &a.container_id,
+            None,
+            "eth0",
+            &a.cni_args(),
+            &lab.conflist(),
+        )
+        .await;
+        assert!(gone.success, "{}", gone.stdout);
+        assert_eq!(lab.pod_ports().len(), 1);
+
+        // GC with an empty valid list removes b.
+        let mut conf = lab.conflist();
+        conf["cni.dev/valid-attachments"] = serde_json::json!([]);
+        let gc = run_cni("GC", "", None, "", "", &conf).await;
+        assert!(gc.success, "{} {}", gc.stdout, gc.stderr);
+        assert_nothing_left(&lab).await;
+
+        // STATUS is fine.
+        let status = run_cni("STATUS", "", None, "", "", &lab.conflist()).await;
+        assert!(status.success, "{}", status.stdout);
+        agent.shutdown().await;
+        // After shutdown STATUS says 50.
+        let status = run_cni("STATUS", "", None, "", "", &lab.conflist()).await;
+        assert_eq!(status.code(), 50, "{}", status.stdout);
+    });
+}
+
+/// `mount --bind`, unmounted on drop.
+struct BindMount(String);
+
+impl BindMount {
+    fn new(from: &str, to: &str) -> BindMount {
+        sh_ok(&["mount", "--bind", from, to]);
+        BindMount(to.to_string())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
