@@ -81,9 +81,21 @@ fn curl_in(netns: &str, url: &str) -> (String, Result<String, String>) {
     let mut cmd = sys::netns_exec(netns, "curl");
     cmd.args(["-s", "--max-time", "2", url]);
     let line = sys::command_line(&cmd);
-    let r = sys::run(&mut cmd)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| e.to_string());
+    let r = match cmd.stdin(std::process::Stdio::null()).output() {
+        Ok(out) if out.status.success() => {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        }
+        Ok(out) => Err(match out.status.code() {
+            Some(7) => "no connection (curl exit 7: refused or unreachable)".to_string(),
+            Some(28) => "no answer within 2 s (curl exit 28: timeout)".to_string(),
+            _ => format!(
+                "curl failed ({}) {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }),
+        Err(e) => Err(format!("cannot run curl: {e}")),
+    };
     (line, r)
 }
 

@@ -167,36 +167,58 @@ fn spawn_in_node(
     Ok((child, log))
 }
 
-/// Starts `switchyard-agent` in the node namespace and waits until its CNI socket exists (or it
-/// exits, which is reported, not an error: the lab stays useful without it).
-pub fn start_agent(state: &StateDir, node: &NodeInfo, program: &Path) -> Result<Started, LabError> {
+/// Starts `switchyard-agent` in the node namespace (see [`wait_agents`]).
+pub fn start_agent(
+    state: &StateDir,
+    node: &NodeInfo,
+    program: &Path,
+) -> Result<(Child, std::path::PathBuf), LabError> {
     let config = state.node_dir(&node.name).join("agent.yaml");
     fs::write(&config, agent_config_yaml(state, node))
         .map_err(|e| LabError::io(format!("writing {}", config.display()), e))?;
-    let (mut child, log) = spawn_in_node(state, node, program, &agent_args(&config), "agent")?;
-    let socket = state.cni_socket(&node.name);
-    let outcome = sys::poll_until(AGENT_START_DEADLINE, || {
-        if socket.exists() {
-            return Some(Started::Running(child.id()));
+    spawn_in_node(state, node, program, &agent_args(&config), "agent")
+}
+
+/// Waits until each started agent has created its CNI socket, or exited (reported, not an
+/// error: the lab stays useful without agents), or [`AGENT_START_DEADLINE`] passed.
+pub fn wait_agents(
+    state: &StateDir,
+    agents: &mut [(String, Child, std::path::PathBuf)],
+) -> Vec<(String, Started)> {
+    let mut outcome: Vec<Option<Started>> = agents.iter().map(|_| None).collect();
+    sys::poll_until(AGENT_START_DEADLINE, || {
+        for (i, (node, child, log)) in agents.iter_mut().enumerate() {
+            if outcome[i].is_some() {
+                continue;
+            }
+            if state.cni_socket(node).exists() {
+                outcome[i] = Some(Started::Running(child.id()));
+            } else if let Ok(Some(status)) = child.try_wait() {
+                outcome[i] = Some(Started::Exited(format!(
+                    "switchyard-agent exited during start ({status}); log {}:\n{}",
+                    log.display(),
+                    sys::tail(log, 5)
+                )));
+            }
         }
-        match child.try_wait() {
-            Ok(Some(status)) => Some(Started::Exited(format!(
-                "switchyard-agent exited during start ({status}); log {}:\n{}",
-                log.display(),
-                sys::tail(&log, 5)
-            ))),
-            _ => None,
-        }
+        outcome.iter().all(Option::is_some).then_some(())
     });
-    Ok(outcome.unwrap_or_else(|| {
-        Started::Exited(format!(
-            "switchyard-agent (pid {}) did not create its CNI socket {} within {:?}; log {}",
-            child.id(),
-            socket.display(),
-            AGENT_START_DEADLINE,
-            log.display()
-        ))
-    }))
+    agents
+        .iter()
+        .zip(outcome)
+        .map(|((node, child, log), o)| {
+            let o = o.unwrap_or_else(|| {
+                Started::Exited(format!(
+                    "switchyard-agent (pid {}) runs but did not create its CNI socket {} within {:?}; see its log {}",
+                    child.id(),
+                    state.cni_socket(node).display(),
+                    AGENT_START_DEADLINE,
+                    log.display()
+                ))
+            });
+            (node.clone(), o)
+        })
+        .collect()
 }
 
 /// Starts `switchyard-proxy` in the node namespace.

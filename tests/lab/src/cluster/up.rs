@@ -305,20 +305,33 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
 
     block_on(register_nodes(&url, &info.nodes))??;
 
-    let mut agents = Vec::new();
-    let mut proxies = Vec::new();
+    let mut agents: Vec<(String, Result<u32, String>)> = Vec::new();
+    let mut started = Vec::new();
     for n in &info.nodes {
-        let agent = match (&info.binaries.agent, opts.agent) {
-            (_, false) => Err("not started (--no-agent)".to_string()),
-            (None, true) => Err(
-                "switchyard-agent binary not found (cargo build -p switchyard-agent)".to_string(),
-            ),
-            (Some(bin), true) => match node::start_agent(state, n, bin)? {
+        match (&info.binaries.agent, opts.agent) {
+            (_, false) => agents.push((n.name.clone(), Err("not started (--no-agent)".into()))),
+            (None, true) => agents.push((
+                n.name.clone(),
+                Err("switchyard-agent binary not found (cargo build -p switchyard-agent)".into()),
+            )),
+            (Some(bin), true) => {
+                let (child, log) = node::start_agent(state, n, bin)?;
+                started.push((n.name.clone(), child, log));
+            }
+        }
+    }
+    for (name, outcome) in node::wait_agents(state, &mut started) {
+        agents.push((
+            name,
+            match outcome {
                 Started::Running(pid) => Ok(pid),
                 Started::Exited(why) => Err(why),
             },
-        };
-        agents.push((n.name.clone(), agent));
+        ));
+    }
+    agents.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut proxies = Vec::new();
+    for n in &info.nodes {
         let proxy = match (&info.binaries.proxy, opts.proxy) {
             (_, false) => Err("not started (--no-proxy)".to_string()),
             (None, true) => Err(
@@ -499,7 +512,7 @@ pub fn down(state: &StateDir) -> Result<DownReport, LabError> {
     pids.sort_by_key(|(_, _, what)| what != "runtime");
     for (pid, start, what) in &pids {
         if sys::stop_pid(*pid, *start) {
-            tracing::info!(pid, what = %what, "stopped");
+            tracing::debug!(pid, what = %what, "stopped");
             report.processes += 1;
         }
     }
