@@ -307,6 +307,24 @@ async fn pod_lifecycle_through_the_cni_plugin_with_a_stub_agent() {
         .expect("pod process recorded");
     assert!(alive(pod_pid));
 
+    // `status` shows the pod with its node and IP.
+    let status = check(
+        "switchyard-lab status",
+        Command::new(LAB)
+            .args(["status", "--state-dir"])
+            .arg(lab.state.root())
+            .output()
+            .unwrap(),
+    );
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("default ") && l.contains(" web "))
+        .unwrap_or_else(|| panic!("no pod row in:\n{status}"));
+    assert!(
+        row.contains("node1") && row.contains("Running") && row.contains(STUB_IP),
+        "{row}"
+    );
+
     // The status feeds the EndpointSlice controller.
     let l = Arc::clone(&lab);
     tokio::task::spawn_blocking(move || {
