@@ -1,0 +1,298 @@
+//! The `switchyard-agent` binary killed and restarted under traffic, and
+//! requests at scale (100 concurrent ADDs, ADD/DEL cycles), on real OVS
+//! through the real `switchyard` binary. Needs root and openvswitch-switch.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+/// The agent binary running in the node namespace; killed on drop.
+struct AgentProcess {
+    child: std::process::Child,
+}
+
+impl AgentProcess {
+    async fn start(lab: &NodeLab, log_name: &str) -> AgentProcess {
+        let log = std::fs::File::create(lab.dir.path().join(log_name)).unwrap();
+        // The test thread is inside the node namespace, so the child is too.
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-agent"))
+            .args(lab.agent_args())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchyard-agent");
+        let socket = lab.socket();
+        eventually("the agent's CNI socket", Duration::from_secs(30), || {
+            let socket = socket.clone();
+            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
+        })
+        .await;
+        AgentProcess { child }
+    }
+
+    fn kill9(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's flows without counters and cookies (which carry the
+/// generation), sorted.
+fn normalized_flows(lab: &NodeLab) -> Vec<String> {
+    let mut flows: Vec<String> = lab
+        .dump_flows()
+        .lines()
+        .filter(|l| l.contains("cookie=0x5359"))
+        .map(|l| {
+            l.split(", ")
+                .filter(|part| {
+                    !(part.trim_start().starts_with("cookie=")
+                        || part.starts_with("duration=")
+                        || part.starts_with("n_packets=")
+                        || part.starts_with("n_bytes=")
+                        || part.starts_with("idle_age=")
+                        || part.starts_with("hard_age="))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    flows.sort();
+    flows
+}
+
+fn ping_counts(output: &str) -> (u32, u32) {
+    // "160 packets transmitted, 160 received, 0% packet loss, ..."
+    let line = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {output}"));
+    let nums: Vec<u32> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn restart_under_traffic_loses_no_ping() {
+    node_test("restart_under_traffic_loses_no_ping", |lab| async move {
+        let mut agent = AgentProcess::start(&lab, "agent-1.log").await;
+        lab.create_pod("default", "a", &[]).await;
+        lab.create_pod("default", "b", &[]).await;
+        let a = PodNs::new("default", "a");
+        let b = PodNs::new("default", "b");
+        let add_a = cni_add(&lab, &a).await;
+        assert!(add_a.success, "{}", add_a.stdout);
+        let add_b = cni_add(&lab, &b).await;
+        assert!(add_b.success, "{}", add_b.stdout);
+        let ip_b = add_b.ip();
+        assert!(a.ping(&ip_b).await);
+        let flows_before = normalized_flows(&lab);
+        let ports_before = lab.pod_ports();
+
+        // 160 pings at 50 ms (8 s), with the agent killed and restarted in
+        // the middle.
+        let ping = tokio::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                a.netns.name(),
+                "ping",
+                "-i",
+                "0.05",
+                "-c",
+                "160",
+                "-W",
+                "1",
+                &ip_b,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        agent.kill9();
+        drop(agent);
+        let restarted = AgentProcess::start(&lab, "agent-2.log").await;
+        let out = ping.wait_with_output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (sent, received) = ping_counts(&text);
+        assert_eq!(sent, 160);
+        assert_eq!(received, 160, "pings lost across the restart: {text}");
+
+        // Same ports, same flows (new cookie generation), traffic still flows.
+        assert_eq!(lab.pod_ports(), ports_before, "ports changed");
+        let flows_after = normalized_flows(&lab);
+        assert_eq!(flows_after, flows_before, "flows differ after restart");
+        let generations: BTreeSet<String> = lab
+            .dump_flows()
+            .lines()
+            .filter_map(|l| {
+                l.split("cookie=0x535901")
+                    .nth(1)
+                    .map(|c| c[..2].to_string())
+            })
+            .collect();
+        assert_eq!(generations.len(), 1, "old generation left: {generations:?}");
+        assert!(a.ping(&ip_b).await);
+        // The restarted agent knows the pods: DEL and a new ADD work.
+        assert!(cni_del(&lab, &a).await.success);
+        assert_eq!(lab.pod_ports().len(), 1);
+        drop(restarted);
+    });
+}
+
+#[test]
+fn restart_removes_ports_of_vanished_pods() {
+    node_test("restart_removes_ports_of_vanished_pods", |lab| async move {
+        let mut agent = AgentProcess::start(&lab, "agent-1.log").await;
+        lab.create_pod("default", "keep", &[]).await;
+        lab.create_pod("default", "gone", &[]).await;
+        lab.create_pod("default", "deleted", &[]).await;
+        let keep = PodNs::new("default", "keep");
+        let gone = PodNs::new("default", "gone");
+        let deleted = PodNs::new("default", "deleted");
+        let mut results = Vec::new();
+        for p in [&keep, &gone, &deleted] {
+            let out = cni_add(&lab, p).await;
+            assert!(out.success, "{}", out.stdout);
+            results.push(out.json());
+        }
+        assert_eq!(lab.pod_ports().len(), 3);
+        agent.kill9();
+        // While the agent is down: one pod's netns disappears, another pod
+        // is deleted from the API server.
+        drop(gone);
+        lab.delete_pod("default", "deleted").await;
+        let _agent = AgentProcess::start(&lab, "agent-2.log").await;
+        assert_eq!(lab.pod_ports().len(), 1, "stale ports kept");
+        assert_eq!(lab.host_veths().await.len(), 1, "stale veths kept");
+        assert_eq!(lab.pod_flow_count(), 9, "{}", lab.dump_flows());
+        let check = {
+            let mut conf = lab.conflist();
+            conf["prevResult"] = results[0].clone();
+            run_cni(
+                "CHECK",
+                &keep.container_id,
+                Some(&keep.netns_path()),
+                "eth0",
+                &keep.cni_args(),
+                &conf,
+            )
+            .await
+        };
+        assert!(check.success, "{}", check.stdout);
+    });
+}
+
+#[test]
+fn hundred_concurrent_adds_get_unique_addresses() {
+    node_test(
+        "hundred_concurrent_adds_get_unique_addresses",
+        |lab| async move {
+            let _agent = AgentProcess::start(&lab, "agent.log").await;
+            let mut pods = Vec::new();
+            for i in 0..100 {
+                let name = format!("p{i}");
+                lab.create_pod("default", &name, &[]).await;
+                pods.push(PodNs::new("default", &name));
+            }
+            let conf = lab.conflist();
+            let adds = futures::future::join_all(pods.iter().map(|p| {
+                let conf = conf.clone();
+                async move {
+                    run_cni(
+                        "ADD",
+                        &p.container_id,
+                        Some(&p.netns_path()),
+                        "eth0",
+                        &p.cni_args(),
+                        &conf,
+                    )
+                    .await
+                }
+            }))
+            .await;
+            let mut ips = BTreeSet::new();
+            for (p, out) in pods.iter().zip(&adds) {
+                assert!(out.success, "ADD {}: {} {}", p.name, out.stdout, out.stderr);
+                assert!(
+                    ips.insert(out.ip()),
+                    "address {} handed out twice",
+                    out.ip()
+                );
+            }
+            assert_eq!(lab.pod_ports().len(), 100);
+            assert_eq!(lab.pod_flow_count(), 900);
+            // Two of them talk.
+            assert!(pods[0].ping(&adds[99].ip()).await);
+            let dels = futures::future::join_all(pods.iter().map(|p| {
+                let conf = conf.clone();
+                async move {
+                    run_cni(
+                        "DEL",
+                        &p.container_id,
+                        Some(&p.netns_path()),
+                        "eth0",
+                        &p.cni_args(),
+                        &conf,
+                    )
+                    .await
+                }
+            }))
+            .await;
+            for out in &dels {
+                assert!(out.success, "{}", out.stdout);
+            }
+            assert_eq!(lab.pod_ports(), Vec::<String>::new());
+            assert_eq!(lab.host_veths().await, Vec::<String>::new());
+            assert_eq!(lab.pod_flow_count(), 0);
+        },
+    );
+}
+
+/// ADD/DEL cycles on one pod namespace with a new container id each time.
+/// 500 cycles take about a minute on 2 cores (two process spawns of the
+/// CNI binary per cycle); `SWITCHYARD_AGENT_CYCLES` overrides the count.
+#[test]
+fn add_del_cycles_leave_nothing_behind() {
+    node_test("add_del_cycles_leave_nothing_behind", |lab| async move {
+        let cycles: usize = std::env::var("SWITCHYARD_AGENT_CYCLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        let _agent = AgentProcess::start(&lab, "agent.log").await;
+        lab.create_pod("default", "cycler", &[]).await;
+        let mut pod = PodNs::new("default", "cycler");
+        let base = pod.container_id.clone();
+        for i in 0..cycles {
+            pod.container_id = format!("{base}x{i}");
+            let add = cni_add(&lab, &pod).await;
+            assert!(add.success, "cycle {i} ADD: {}", add.stdout);
+            let del = cni_del(&lab, &pod).await;
+            assert!(del.success, "cycle {i} DEL: {}", del.stdout);
+        }
+        assert_eq!(lab.pod_ports(), Vec::<String>::new());
+        assert_eq!(lab.host_veths().await, Vec::<String>::new());
+        assert_eq!(lab.pod_flow_count(), 0);
+        let links = pod.exec(&["ip", "-o", "link"]).await;
+        assert_eq!(
+            String::from_utf8_lossy(&links.stdout).lines().count(),
+            1,
+            "pod netns still has interfaces besides lo"
+        );
+    });
+}
