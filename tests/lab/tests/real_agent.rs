@@ -133,5 +133,10 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
     eventually("pod a's OVS port to go", Duration::from_secs(30), || {
         (port_count() == 1).then_some(())
     });
-    assert!(!lab.namespaces().contains(&a_ns));
+    // The runtime removes the pod namespace right after DEL returns.
+    eventually("pod a's namespace to go", Duration::from_secs(30), || {
+        (!lab.namespaces().contains(&a_ns)).then_some(())
+    });
+    // b is untouched.
+    reach(&info.nodes[0].netns, &b_ip, "b");
 }
