@@ -4,13 +4,24 @@
 //! Data flow: [`service_model`] turns API objects into a [`DesiredState`];
 //! [`diff`](mod@diff) turns two desired states into a [`ChangeSet`] with stable group ids;
 //! [`watch`](mod@watch) feeds watch events into a [`cluster_cache::ClusterCache`] and,
-//! per debounced burst, lets a [`recompute::Recomputer`] emit an [`Update`].
+//! per debounced burst, lets a [`recompute::Recomputer`] emit an [`Update`];
+//! [`flows`] renders a port's flows and group, [`program`] turns a change set
+//! (or a whole state) into flow and group mods, and [`switch`] sends them to
+//! `br-int` in atomic bundles, answers rejects ([`reject`]) and flushes
+//! stale UDP conntrack entries ([`conntrack`]); [`metrics`] serves
+//! `/metrics` and `/healthz`.
 
 pub mod cluster_cache;
+pub mod conntrack;
 pub mod diff;
 pub mod fixtures;
+pub mod flows;
+pub mod metrics;
+pub mod program;
 pub mod recompute;
+pub mod reject;
 pub mod service_model;
+pub mod switch;
 pub mod synthetic;
 pub mod watch;
 

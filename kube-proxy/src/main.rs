@@ -1,61 +1,140 @@
-//! switchyard-proxy entry point. For now it watches Services and
-//! EndpointSlices and logs each desired-state update; the OpenFlow writer
-//! that installs them is assembled on top of the library.
+//! switchyard-proxy: watches Services and EndpointSlices and programs the
+//! service tables of `br-int` over OpenFlow (see the library docs).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use switchyard_ovs::openflow::{Client, ClientConfig};
+use switchyard_ovs::pipeline::group as group_ids;
+use switchyard_proxy::conntrack::ConntrackFlusher;
+use switchyard_proxy::metrics::{self, HttpState, Metrics};
+use switchyard_proxy::switch::{self, SwitchWriter};
 use switchyard_proxy::{GroupIdAllocator, WatchConfig, watch};
 
-/// Switchyard service proxy.
+/// Switchyard service proxy: ClusterIP load balancing in OVS.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {
     /// This node's name, as EndpointSlices name it.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// kubeconfig file; default: in-cluster config or $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// OVS run directory holding `<bridge>.mgmt`.
+    #[arg(long, env = "OVS_RUNDIR", default_value = "/var/run/openvswitch")]
+    ovs_rundir: PathBuf,
+    /// The integration bridge.
+    #[arg(long, default_value = "br-int")]
+    bridge: String,
+    /// Address serving /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_address: SocketAddr,
+    /// Full resync period in seconds (0 = never; start and reconnects still resync).
+    #[arg(long, default_value_t = 300)]
+    resync_period: u64,
     /// Debounce window for bursts of API changes, in milliseconds.
     #[arg(long, default_value_t = 50)]
     debounce_ms: u64,
+    /// Most ICMP rejects sent per second for Services without endpoints.
+    #[arg(long, default_value_t = 1000)]
+    reject_rate: u32,
+}
+
+async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
+    let config = match &flags.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no usable Kubernetes client configuration")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn connect_switch(flags: &Flags) -> Client {
+    let config = ClientConfig::for_bridge(&flags.ovs_rundir, &flags.bridge);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match Client::connect(config.clone()).await {
+            Ok(client) => return client,
+            Err(err) => {
+                tracing::warn!(%err, "cannot reach the bridge yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
+    let client = kube_client(&flags).await?;
+    let metrics = Arc::new(Metrics::new());
+    let resync = (flags.resync_period > 0).then(|| Duration::from_secs(flags.resync_period));
+    let state = HttpState {
+        metrics: Arc::clone(&metrics),
+        // A healthy proxy syncs at least every resync period.
+        max_sync_age: resync.map_or(Duration::MAX, |period| period * 2 + Duration::from_secs(60)),
+    };
+    let (bound, server) = metrics::bind(flags.metrics_address, state)
         .await
-        .context("no usable Kubernetes client configuration")?;
+        .with_context(|| format!("binding {}", flags.metrics_address))?;
+    tracing::info!(%bound, "serving /metrics and /healthz");
+    let server = tokio::spawn(server);
+
+    let switch = connect_switch(&flags).await;
+    let groups = Arc::new(Mutex::new(GroupIdAllocator::with_range(
+        group_ids::PROXY_FIRST,
+        group_ids::PROXY_LAST,
+    )));
+    let flusher = ConntrackFlusher::new(flags.ovs_rundir.join(format!("{}.mgmt", flags.bridge)));
+    let writer = SwitchWriter::start(
+        switch.clone(),
+        Arc::clone(&groups),
+        Some(flusher),
+        Arc::clone(&metrics),
+    )
+    .await
+    .context("reading the bridge")?;
+    let rejects = tokio::spawn(switch::answer_rejects(
+        switch.clone(),
+        Arc::clone(&metrics),
+        flags.reject_rate,
+    ));
+
     let config = WatchConfig {
-        node_name: flags.node_name,
+        node_name: flags.node_name.clone(),
         debounce: Duration::from_millis(flags.debounce_ms),
     };
-    let groups = Arc::new(Mutex::new(GroupIdAllocator::new()));
-    let (tx, mut updates) = tokio::sync::mpsc::channel(8);
-    let watcher = tokio::spawn(watch(client, config, Arc::clone(&groups), tx));
-    while let Some(update) = updates.recv().await {
-        tracing::info!(
-            generation = update.generation,
-            service_ports = update.state.len(),
-            added = update.changes.added.len(),
-            removed = update.changes.removed.len(),
-            changed = update.changes.changed.len(),
-            stale_udp_endpoints = update.changes.stale_udp_endpoints.len(),
-            "desired state update"
-        );
-        // Nothing installs groups yet, so removed ones are gone at once.
-        groups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .release_all_retired();
+    let (tx, updates) = tokio::sync::mpsc::channel(64);
+    let watcher = tokio::spawn(watch(client, config, groups, tx));
+    let writing = tokio::spawn(switch::run(writer, updates, resync, Duration::from_secs(1)));
+    tokio::select! {
+        result = watcher => result.context("watch task panicked")?.context("watch failed")?,
+        result = writing => result.context("switch writer panicked")?,
+        result = server => result.context("metrics server panicked")?.context("metrics server failed")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
-    watcher.await.context("watch task panicked")??;
+    rejects.abort();
     Ok(())
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let flags = Flags::parse();

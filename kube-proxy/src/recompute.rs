@@ -15,6 +15,9 @@ pub struct Update {
     pub state: Arc<DesiredState>,
     /// Never empty.
     pub changes: ChangeSet,
+    /// When the first API event of the burst behind this update was seen
+    /// (the start of the sync latency the switch writer reports).
+    pub first_event: std::time::Instant,
 }
 
 /// Group ids shared between the recompute (allocates, retires) and the
@@ -86,6 +89,7 @@ impl Recomputer {
             generation: self.generation,
             state: Arc::clone(&self.current),
             changes,
+            first_event: std::time::Instant::now(),
         }))
     }
 }

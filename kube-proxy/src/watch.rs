@@ -174,6 +174,8 @@ where
     let mut recomputer = Recomputer::new(config.node_name.clone(), groups);
     // When the current burst's window closes.
     let mut deadline: Option<Instant> = None;
+    // When the first event of the current burst was seen.
+    let mut burst_started = std::time::Instant::now();
 
     loop {
         let synced = service_feed.synced && slice_feed.synced;
@@ -184,7 +186,8 @@ where
             () = sleep_until_some(window), if window.is_some() => {
                 deadline = None;
                 let started = std::time::Instant::now();
-                if let Some(update) = recomputer.recompute(&mut cache)? {
+                if let Some(mut update) = recomputer.recompute(&mut cache)? {
+                    update.first_event = burst_started;
                     debug!(
                         generation = update.generation,
                         ports = update.state.len(),
@@ -221,6 +224,7 @@ where
             drained += 1;
         }
         if deadline.is_none() && cache.is_dirty() {
+            burst_started = std::time::Instant::now();
             deadline = Some(Instant::now() + config.debounce);
         }
     }

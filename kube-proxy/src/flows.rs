@@ -1,0 +1,422 @@
+//! The proxy's OpenFlow flows and groups as pure functions of the desired
+//! state (tables, registers and zones are `switchyard_ovs::pipeline`'s).
+//!
+//! Per Service port with group id `G` (cookie object `G`):
+//!
+//! ```text
+//! T31 SERVICE_LB  prio 200  proto,nw_dst=VIP,tp_dst=PORT,reg4[16..17]=0
+//!     endpoints, no affinity: load:1->reg4[16..17], group:G
+//!     endpoints, ClientIP:    load:1->reg4[16..17], resubmit(,30), resubmit(,31)
+//!                  prio 200   ... reg4[16..17]=1 -> group:G
+//!     none (Reject):          controller(userdata=SYRJ) -> ICMP port unreachable
+//!     none (Drop):            drop
+//! group G  select, hash over the 5-tuple, one bucket per endpoint:
+//!     [affinity: load reg3=EP, reg4[0..17]=EP_PORT|Selected, learn(T30 ...)]
+//!     ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
+//! T32 ENDPOINT_DNAT (affinity only) prio 200
+//!     proto,nw_dst=VIP,tp_dst=PORT,reg3=EP,reg4=EP_PORT|Selected/0x3ffff
+//!     -> ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
+//! ```
+//!
+//! The buckets DNAT directly (as OVN's load balancers do) instead of going
+//! through per-endpoint flows in ENDPOINT_DNAT: one flow per frontend instead
+//! of one per endpoint. ENDPOINT_DNAT is used only for session affinity,
+//! where a learned flow in SESSION_AFFINITY has chosen the endpoint into
+//! reg3/reg4 and NAT cannot take its address from a register.
+//!
+//! Session affinity: SESSION_AFFINITY is entered by the agent's `goto_table`
+//! with state 0, where nothing of the proxy matches. An affinity frontend
+//! sets state NeedsEndpoint and resubmits to SESSION_AFFINITY: a learned flow
+//! (`nw_src=client,nw_dst=VIP,tp_dst=PORT,reg4[16..17]=1`, idle timeout =
+//! the Service's `timeoutSeconds`) loads the endpoint and state Selected, or
+//! the proxy's priority-1 flow for state NeedsEndpoint ends the resubmit
+//! without loading anything (so the agent's pass-through is never taken from
+//! inside it). The second resubmit to SERVICE_LB then either balances through
+//! the group (state NeedsEndpoint; the bucket learns) or goes to
+//! ENDPOINT_DNAT (state Selected). Learned flows carry the cookie generation
+//! [`LEARNED_GENERATION`], which full resyncs never delete.
+//!
+//! Generic flows (cookie object 0): the two session-affinity helpers above,
+//! and the hairpin flows described in `switchyard_ovs::pipeline`'s module
+//! docs (one per local endpoint address in L3_FORWARDING).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use switchyard_ovs::openflow::{
+    Action, Bucket, Ct, CtZone, Field, Flow, Group, GroupType, Learn, LearnSpec, MatchField, Nat,
+    PacketInReason, SelectionMethod, SubField, ct_state, port,
+};
+use switchyard_ovs::pipeline::{
+    Cookie, HAIRPIN_SNAT_IP, Owner, ServiceState, ct_mark, reg, table, zone,
+};
+
+use crate::diff::GroupId;
+use crate::service_model::{
+    Endpoint, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
+};
+
+/// Ethertype of IPv4.
+pub const ETH_TYPE_IP: u16 = 0x0800;
+
+/// Cookie generation of learned session-affinity flows; never used for a
+/// round of installation, so generation cleanups leave them alone.
+pub const LEARNED_GENERATION: u8 = 0xff;
+
+/// Cookie object of the generic flows (group ids start at 1).
+pub const GENERIC_OBJECT: u32 = 0;
+
+/// Userdata of the controller action of rejecting frontends.
+pub const REJECT_USERDATA: &[u8] = b"SYRJ";
+
+/// Longest idle timeout OpenFlow can express; longer affinity timeouts
+/// (the API allows up to a day) are capped to it.
+pub const MAX_AFFINITY_TIMEOUT: u16 = u16::MAX;
+
+/// Priorities of the proxy's flows.
+pub mod priority {
+    /// Frontends, learned affinity flows and endpoint DNAT.
+    pub const SERVICE: u16 = 200;
+    /// SERVICE_LB: state Selected goes to ENDPOINT_DNAT.
+    pub const SELECTED: u16 = 100;
+    /// SESSION_AFFINITY: state NeedsEndpoint without a learned flow.
+    pub const AFFINITY_MISS: u16 = 1;
+    /// Hairpin flows outside the proxy's tables (above the agent's).
+    pub const HAIRPIN: u16 = 300;
+}
+
+/// The proxy's cookie for `generation` and `object`.
+pub fn cookie(generation: u8, object: u32) -> u64 {
+    Cookie::new(Owner::Proxy, generation, object).value()
+}
+
+fn state_bits() -> SubField {
+    SubField::bits(
+        Field::Reg(reg::ENDPOINT_PORT_AND_STATE),
+        u16::from(reg::SERVICE_STATE_BITS.0),
+        u16::from(reg::SERVICE_STATE_BITS.1),
+    )
+}
+
+fn port_and_state_bits() -> SubField {
+    SubField::bits(
+        Field::Reg(reg::ENDPOINT_PORT_AND_STATE),
+        u16::from(reg::ENDPOINT_PORT_BITS.0),
+        u16::from(reg::SERVICE_STATE_BITS.1),
+    )
+}
+
+fn hairpin_bit() -> SubField {
+    let bit = u16::from(reg::HAIRPIN_BIT);
+    SubField::bits(Field::Reg(reg::ENDPOINT_PORT_AND_STATE), bit, bit)
+}
+
+fn match_state(state: ServiceState) -> MatchField {
+    let (lo, hi) = reg::SERVICE_STATE_BITS;
+    let mask = ((1u32 << (hi - lo + 1)) - 1) << lo;
+    MatchField::reg_masked(reg::ENDPOINT_PORT_AND_STATE, (state as u32) << lo, mask)
+}
+
+fn port_and_state_value(port: u16, state: ServiceState) -> u32 {
+    u32::from(port) | ((state as u32) << reg::SERVICE_STATE_BITS.0)
+}
+
+/// IP protocol number.
+pub fn ip_proto(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn dst_port_field(protocol: Protocol) -> Field {
+    match protocol {
+        Protocol::Tcp => Field::TcpDst,
+        Protocol::Udp => Field::UdpDst,
+        Protocol::Sctp => Field::SctpDst,
+    }
+}
+
+fn src_port_field(protocol: Protocol) -> Field {
+    match protocol {
+        Protocol::Tcp => Field::TcpSrc,
+        Protocol::Udp => Field::UdpSrc,
+        Protocol::Sctp => Field::SctpSrc,
+    }
+}
+
+/// `proto,nw_dst=VIP,tp_dst=PORT`.
+fn frontend_match(state: &ServicePortState) -> Vec<MatchField> {
+    vec![
+        MatchField::eth_type(ETH_TYPE_IP),
+        MatchField::ip_proto(ip_proto(state.protocol)),
+        MatchField::ipv4_dst(state.cluster_ip, 32),
+        MatchField::exact(dst_port_field(state.protocol), u128::from(state.port)),
+    ]
+}
+
+fn with_matches(mut flow: Flow, matches: Vec<MatchField>) -> Flow {
+    flow.matches.extend(matches);
+    flow
+}
+
+/// `ct(commit,zone=POD,nat(dst=EP:PORT),exec(ct_mark=SERVICE),table=L3_FORWARDING)`.
+pub fn dnat_action(endpoint_ip: Ipv4Addr, endpoint_port: u16) -> Action {
+    Action::Ct(Ct {
+        commit: true,
+        zone: CtZone::Immediate(zone::POD),
+        table: Some(table::L3_FORWARDING),
+        nat: Some(Nat::dst(IpAddr::V4(endpoint_ip), Some(endpoint_port))),
+        exec: vec![Action::load(
+            SubField::whole(Field::CtMark),
+            u128::from(ct_mark::SERVICE),
+        )],
+        ..Ct::default()
+    })
+}
+
+/// The flows of one Service port (frontends and, with affinity, endpoint DNAT).
+pub fn port_flows(
+    generation: u8,
+    group_id: GroupId,
+    name: &ServicePortName,
+    state: &ServicePortState,
+) -> Vec<Flow> {
+    let c = cookie(generation, group_id);
+    let note = Action::note(name.to_string().as_bytes());
+    let frontend = || {
+        with_matches(
+            Flow::new(table::SERVICE_LB, priority::SERVICE).cookie(c),
+            frontend_match(state),
+        )
+    };
+    let mut flows = Vec::new();
+    match state.no_endpoints_action() {
+        Some(NoEndpointsAction::Reject) => flows.push(
+            frontend()
+                .matching(match_state(ServiceState::None))
+                .action(note)
+                .action(Action::controller(
+                    PacketInReason::Action,
+                    REJECT_USERDATA.to_vec(),
+                )),
+        ),
+        Some(NoEndpointsAction::Drop) => flows.push(
+            frontend()
+                .matching(match_state(ServiceState::None))
+                .action(note),
+        ),
+        None if state.session_affinity.is_some() => {
+            flows.push(
+                frontend()
+                    .matching(match_state(ServiceState::None))
+                    .action(note)
+                    .action(Action::load(
+                        state_bits(),
+                        ServiceState::NeedsEndpoint as u128,
+                    ))
+                    .action(Action::resubmit_table(table::SESSION_AFFINITY))
+                    .action(Action::resubmit_table(table::SERVICE_LB)),
+            );
+            flows.push(
+                frontend()
+                    .matching(match_state(ServiceState::NeedsEndpoint))
+                    .action(Action::Group(group_id)),
+            );
+            for endpoint in &state.endpoints {
+                flows.push(
+                    with_matches(
+                        Flow::new(table::ENDPOINT_DNAT, priority::SERVICE).cookie(c),
+                        frontend_match(state),
+                    )
+                    .matching(MatchField::reg(reg::ENDPOINT_IP, u32::from(endpoint.ip)))
+                    .matching(MatchField::reg_masked(
+                        reg::ENDPOINT_PORT_AND_STATE,
+                        port_and_state_value(endpoint.port, ServiceState::EndpointSelected),
+                        0x3_ffff,
+                    ))
+                    .action(dnat_action(endpoint.ip, endpoint.port)),
+                );
+            }
+        }
+        None => flows.push(
+            frontend()
+                .matching(match_state(ServiceState::None))
+                .action(note)
+                .action(Action::load(
+                    state_bits(),
+                    ServiceState::NeedsEndpoint as u128,
+                ))
+                .action(Action::Group(group_id)),
+        ),
+    }
+    flows
+}
+
+/// The DNAT flow of one endpoint of an affinity Service port, as
+/// [`port_flows`] renders it (for strict deletes).
+pub fn affinity_dnat_flow(
+    generation: u8,
+    group_id: GroupId,
+    state: &ServicePortState,
+    endpoint: &Endpoint,
+) -> Option<Flow> {
+    state.session_affinity?;
+    Some(
+        with_matches(
+            Flow::new(table::ENDPOINT_DNAT, priority::SERVICE).cookie(cookie(generation, group_id)),
+            frontend_match(state),
+        )
+        .matching(MatchField::reg(reg::ENDPOINT_IP, u32::from(endpoint.ip)))
+        .matching(MatchField::reg_masked(
+            reg::ENDPOINT_PORT_AND_STATE,
+            port_and_state_value(endpoint.port, ServiceState::EndpointSelected),
+            0x3_ffff,
+        ))
+        .action(dnat_action(endpoint.ip, endpoint.port)),
+    )
+}
+
+/// The `learn` that records a client's endpoint choice in SESSION_AFFINITY.
+fn affinity_learn(group_id: GroupId, state: &ServicePortState, timeout: u32) -> Action {
+    let timeout = u16::try_from(timeout).unwrap_or(MAX_AFFINITY_TIMEOUT);
+    Action::Learn(Learn {
+        table: table::SESSION_AFFINITY,
+        idle_timeout: timeout,
+        priority: priority::SERVICE,
+        cookie: cookie(LEARNED_GENERATION, group_id),
+        specs: vec![
+            LearnSpec::match_value(Field::EthType, u128::from(ETH_TYPE_IP)),
+            LearnSpec::match_value(Field::IpProto, u128::from(ip_proto(state.protocol))),
+            LearnSpec::copy_match(Field::Ipv4Src),
+            LearnSpec::copy_match(Field::Ipv4Dst),
+            LearnSpec::copy_match(dst_port_field(state.protocol)),
+            LearnSpec::MatchValue {
+                dst: state_bits(),
+                value: ServiceState::NeedsEndpoint as u128,
+            },
+            LearnSpec::load_field(Field::Reg(reg::ENDPOINT_IP), Field::Reg(reg::ENDPOINT_IP)),
+            LearnSpec::LoadField {
+                src: port_and_state_bits(),
+                dst: port_and_state_bits(),
+            },
+        ],
+        ..Learn::default()
+    })
+}
+
+/// The select group of one Service port: one equal-weight bucket per
+/// endpoint (none when there are no endpoints: the frontend does not use it).
+pub fn port_group(group_id: GroupId, state: &ServicePortState) -> Group {
+    let buckets = state
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            let mut actions = Vec::new();
+            if let Some(timeout) = state.session_affinity {
+                actions.push(Action::load(
+                    SubField::whole(Field::Reg(reg::ENDPOINT_IP)),
+                    u128::from(u32::from(endpoint.ip)),
+                ));
+                actions.push(Action::load(
+                    port_and_state_bits(),
+                    u128::from(port_and_state_value(
+                        endpoint.port,
+                        ServiceState::EndpointSelected,
+                    )),
+                ));
+                actions.push(affinity_learn(group_id, state, timeout));
+            }
+            actions.push(dnat_action(endpoint.ip, endpoint.port));
+            Bucket::new(u32::try_from(index).unwrap_or(u32::MAX), actions).weight(100)
+        })
+        .collect();
+    Group {
+        group_id,
+        group_type: GroupType::Select,
+        selection: Some(SelectionMethod::hash(&[
+            Field::IpProto,
+            Field::Ipv4Src,
+            Field::Ipv4Dst,
+            src_port_field(state.protocol),
+            dst_port_field(state.protocol),
+        ])),
+        buckets,
+    }
+}
+
+/// Flows that do not depend on any Service: the session-affinity helpers and
+/// the hairpin flows that are not per address.
+pub fn generic_flows(generation: u8) -> Vec<Flow> {
+    let c = cookie(generation, GENERIC_OBJECT);
+    vec![
+        // Inside the affinity resubmit: no learned flow, load nothing.
+        Flow::new(table::SESSION_AFFINITY, priority::AFFINITY_MISS)
+            .cookie(c)
+            .matching(match_state(ServiceState::NeedsEndpoint)),
+        // A learned flow chose the endpoint: DNAT to it.
+        Flow::new(table::SERVICE_LB, priority::SELECTED)
+            .cookie(c)
+            .matching(match_state(ServiceState::EndpointSelected))
+            .action(Action::GotoTable(table::ENDPOINT_DNAT)),
+        // A reply to a hairpin connection: un-SNAT, then the pod zone.
+        Flow::new(table::CONNTRACK, priority::HAIRPIN)
+            .cookie(c)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(HAIRPIN_SNAT_IP, 32))
+            .action(Action::load(hairpin_bit(), 1))
+            .action(Action::Ct(Ct {
+                zone: CtZone::Immediate(zone::HAIRPIN),
+                table: Some(table::CONNTRACK),
+                nat: Some(Nat::existing()),
+                ..Ct::default()
+            })),
+        // Hairpin packets leave through the port they came in on.
+        Flow::new(table::OUTPUT, priority::HAIRPIN)
+            .cookie(c)
+            .matching(MatchField::reg_masked(
+                reg::ENDPOINT_PORT_AND_STATE,
+                1 << reg::HAIRPIN_BIT,
+                1 << reg::HAIRPIN_BIT,
+            ))
+            .action(Action::Output(port::IN_PORT)),
+    ]
+}
+
+/// The hairpin flow for one local endpoint address: a service connection
+/// from `ip` DNATed to `ip` is SNATed to [`HAIRPIN_SNAT_IP`].
+pub fn hairpin_flow(generation: u8, ip: Ipv4Addr) -> Flow {
+    Flow::new(table::L3_FORWARDING, priority::HAIRPIN)
+        .cookie(cookie(generation, GENERIC_OBJECT))
+        .matching(MatchField::eth_type(ETH_TYPE_IP))
+        .matching(MatchField::ipv4_src(ip, 32))
+        .matching(MatchField::ipv4_dst(ip, 32))
+        .matching(MatchField::ct_state(
+            ct_state::TRK,
+            ct_state::TRK | ct_state::RPL,
+        ))
+        .matching(MatchField::ct_zone(zone::POD))
+        .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
+        .action(Action::load(hairpin_bit(), 1))
+        .action(Action::Ct(Ct {
+            commit: true,
+            zone: CtZone::Immediate(zone::HAIRPIN),
+            table: Some(table::L3_FORWARDING),
+            nat: Some(Nat::src(IpAddr::V4(HAIRPIN_SNAT_IP), None)),
+            exec: vec![Action::load(
+                SubField::whole(Field::CtMark),
+                u128::from(ct_mark::SERVICE | ct_mark::HAIRPIN),
+            )],
+            ..Ct::default()
+        }))
+}
+
+/// Addresses of the local endpoints of a port (hairpin candidates).
+pub fn local_endpoint_ips(state: &ServicePortState) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    state
+        .endpoints
+        .iter()
+        .filter(|endpoint| endpoint.is_local)
+        .map(|endpoint| endpoint.ip)
+}

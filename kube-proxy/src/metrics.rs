@@ -1,0 +1,219 @@
+//! Prometheus metrics and the HTTP endpoint serving them with `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `kind="incremental"` or `kind="full"`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncKind {
+    pub kind: &'static str,
+}
+
+impl SyncKind {
+    pub const INCREMENTAL: Self = Self {
+        kind: "incremental",
+    };
+    pub const FULL: Self = Self { kind: "full" };
+}
+
+type HistogramFamily = Family<SyncKind, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. about 16 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+/// The proxy's metrics and health.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Event seen (or sync started) -> flows installed, by sync kind.
+    pub sync_seconds: HistogramFamily,
+    /// Syncs by kind.
+    pub syncs: Family<SyncKind, Counter>,
+    /// Bundles the switch rejected or that failed in flight.
+    pub bundle_failures: Counter,
+    /// Service ports programmed on the switch.
+    pub service_ports: Gauge,
+    /// Endpoints programmed (summed over Service ports).
+    pub endpoints: Gauge,
+    /// Rejects sent for Services without endpoints.
+    pub rejects: Counter,
+    /// Conntrack flush failures.
+    pub conntrack_flush_failures: Counter,
+    health: Health,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// The last sync attempt succeeded.
+    last_ok: AtomicBool,
+    /// Milliseconds since `start` of the last successful sync, plus one (0 = never).
+    last_success_ms: AtomicU64,
+    start: Mutex<Option<Instant>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `switchyard_proxy` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard_proxy");
+        let sync_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let syncs = Family::<SyncKind, Counter>::default();
+        let bundle_failures = Counter::default();
+        let service_ports = Gauge::default();
+        let endpoints = Gauge::default();
+        let rejects = Counter::default();
+        let conntrack_flush_failures = Counter::default();
+        registry.register(
+            "sync_duration_seconds",
+            "From the first API event of a burst (incremental) or the start of a full sync to its flows and groups being installed",
+            sync_seconds.clone(),
+        );
+        registry.register("syncs", "Syncs applied to the switch", syncs.clone());
+        registry.register(
+            "bundle_failures",
+            "OpenFlow bundles that were not committed",
+            bundle_failures.clone(),
+        );
+        registry.register(
+            "service_ports_programmed",
+            "Service ports with flows on the switch",
+            service_ports.clone(),
+        );
+        registry.register(
+            "endpoints_programmed",
+            "Endpoints in the switch's groups, summed over Service ports",
+            endpoints.clone(),
+        );
+        registry.register(
+            "rejects",
+            "ICMP port unreachable replies sent for Services without endpoints",
+            rejects.clone(),
+        );
+        registry.register(
+            "conntrack_flush_failures",
+            "Stale UDP conntrack flushes that failed",
+            conntrack_flush_failures.clone(),
+        );
+        let health = Health::default();
+        *health.start.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        Self {
+            registry,
+            sync_seconds,
+            syncs,
+            bundle_failures,
+            service_ports,
+            endpoints,
+            rejects,
+            conntrack_flush_failures,
+            health,
+        }
+    }
+
+    /// Records a sync attempt's outcome for `/healthz`.
+    pub fn record_sync(&self, ok: bool) {
+        self.health.last_ok.store(ok, Ordering::Release);
+        if ok {
+            let start = self
+                .health
+                .start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unwrap_or_else(Instant::now);
+            let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.health.last_success_ms.store(ms + 1, Ordering::Release);
+        }
+    }
+
+    /// Healthy: a sync has succeeded, the last attempt succeeded, and the
+    /// last success is younger than `max_age`.
+    pub fn healthy(&self, max_age: Duration) -> bool {
+        let last = self.health.last_success_ms.load(Ordering::Acquire);
+        if last == 0 || !self.health.last_ok.load(Ordering::Acquire) {
+            return false;
+        }
+        let start = self
+            .health
+            .start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(Instant::now);
+        let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now_ms.saturating_sub(last - 1) <= u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// What the HTTP handlers read.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    /// `/healthz` fails when the last successful sync is older than this.
+    pub max_sync_age: Duration,
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.metrics.healthy(state.max_sync_age) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no recent successful sync\n",
+        )
+    }
+}
+
+/// Binds `addr` and returns the bound address and the server future.
+pub async fn bind(
+    addr: SocketAddr,
+    state: HttpState,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}

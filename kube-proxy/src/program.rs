@@ -1,0 +1,251 @@
+//! Flow and group mods for the switch: a full installation of a desired
+//! state (one generation replacing another) and the incremental mods of a
+//! [`ChangeSet`]. Pure: the caller sends the messages in one atomic bundle.
+//!
+//! Order inside a batch: group adds/modifies, flow deletes, flow adds, group
+//! deletes. A bundle with the `ATOMIC` flag makes packets see either the old
+//! or the new set, so replacing a frontend (delete then add) leaves no gap.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+
+use switchyard_ovs::openflow::{FlowMod, GroupMod, MatchField, TxMessage};
+use switchyard_ovs::pipeline::{Cookie, Owner, table};
+
+use crate::diff::{ChangeSet, ChangedPort, GroupId, GroupIdAllocator};
+use crate::flows::{
+    LEARNED_GENERATION, affinity_dnat_flow, cookie, generic_flows, hairpin_flow,
+    local_endpoint_ips, port_flows, port_group,
+};
+use crate::service_model::{DesiredState, ServicePortState};
+
+/// How many Service ports use each local endpoint address (one hairpin flow
+/// per address with a count above zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HairpinRefs(BTreeMap<Ipv4Addr, u32>);
+
+impl HairpinRefs {
+    /// Counts the local endpoints of every port of `state`.
+    pub fn of_state(state: &DesiredState) -> Self {
+        let mut refs = Self::default();
+        for (_, port) in state.iter() {
+            refs.add(port);
+        }
+        refs
+    }
+
+    fn add(&mut self, port: &ServicePortState) -> Vec<Ipv4Addr> {
+        let mut first = Vec::new();
+        for ip in unique_local_ips(port) {
+            let count = self.0.entry(ip).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                first.push(ip);
+            }
+        }
+        first
+    }
+
+    fn remove(&mut self, port: &ServicePortState) -> Vec<Ipv4Addr> {
+        let mut last = Vec::new();
+        for ip in unique_local_ips(port) {
+            if let Some(count) = self.0.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    self.0.remove(&ip);
+                    last.push(ip);
+                }
+            }
+        }
+        last
+    }
+
+    /// Addresses with a hairpin flow, ascending.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.0.keys().copied()
+    }
+}
+
+fn unique_local_ips(port: &ServicePortState) -> BTreeSet<Ipv4Addr> {
+    local_endpoint_ips(port).collect()
+}
+
+/// What is on the switch before a full installation.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchInventory {
+    /// Cookie generations of proxy flows present (learned ones excluded).
+    pub generations: BTreeSet<u8>,
+    /// Group ids in the proxy's range present.
+    pub groups: HashSet<GroupId>,
+}
+
+/// A full installation of `state` as `generation`: every group (modify when
+/// it exists, else add), every flow (an add replaces an identical flow of
+/// the old generation in place), then deletion of the other generations'
+/// flows and of groups no port uses. Ports without a group id in `ids` are
+/// skipped (the allocator gives every port of a state it produced one).
+pub fn full_sync(
+    generation: u8,
+    state: &DesiredState,
+    ids: &GroupIdAllocator,
+    inventory: &SwitchInventory,
+) -> (Vec<TxMessage>, HairpinRefs) {
+    let mut group_mods = Vec::with_capacity(state.len());
+    let mut flow_adds = Vec::with_capacity(state.len() * 2);
+    let mut used = HashSet::with_capacity(state.len());
+    for flow in generic_flows(generation) {
+        flow_adds.push(FlowMod::add(flow).into());
+    }
+    for (name, port) in state.iter() {
+        let Some(group_id) = ids.get(name) else {
+            tracing::warn!(service_port = %name, "no group id: not installed");
+            continue;
+        };
+        used.insert(group_id);
+        let group = port_group(group_id, port);
+        group_mods.push(TxMessage::from(if inventory.groups.contains(&group_id) {
+            GroupMod::modify(group)
+        } else {
+            GroupMod::add(group)
+        }));
+        for flow in port_flows(generation, group_id, name, port) {
+            flow_adds.push(FlowMod::add(flow).into());
+        }
+    }
+    let hairpin = HairpinRefs::of_state(state);
+    for ip in hairpin.addresses() {
+        flow_adds.push(FlowMod::add(hairpin_flow(generation, ip)).into());
+    }
+    let mut msgs = group_mods;
+    msgs.append(&mut flow_adds);
+    for old in &inventory.generations {
+        if *old != generation && *old != LEARNED_GENERATION {
+            let (value, mask) = Cookie::generation_mask(Owner::Proxy, *old);
+            msgs.push(FlowMod::delete_cookie(value, mask).into());
+        }
+    }
+    let mut stale: Vec<GroupId> = inventory
+        .groups
+        .iter()
+        .copied()
+        .filter(|id| !used.contains(id))
+        .collect();
+    stale.sort_unstable();
+    for id in stale {
+        // Learned flows of a vanished port go with it.
+        let (value, mask) = Cookie::object_mask(Owner::Proxy, id);
+        msgs.push(FlowMod::delete_cookie(value, mask).into());
+        msgs.push(GroupMod::delete(id).into());
+    }
+    (msgs, hairpin)
+}
+
+/// The mods that take the switch through `changes`, with new flows in
+/// `generation`; updates `hairpin`.
+pub fn incremental(
+    generation: u8,
+    changes: &ChangeSet,
+    hairpin: &mut HairpinRefs,
+) -> Vec<TxMessage> {
+    let mut group_mods: Vec<TxMessage> = Vec::new();
+    let mut flow_deletes: Vec<TxMessage> = Vec::new();
+    let mut flow_adds: Vec<TxMessage> = Vec::new();
+    let mut group_deletes: Vec<TxMessage> = Vec::new();
+    let mut hairpin_gone: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut hairpin_new: BTreeSet<Ipv4Addr> = BTreeSet::new();
+
+    for port in &changes.removed {
+        hairpin_gone.extend(hairpin.remove(&port.state));
+        if port.group_id == 0 {
+            continue;
+        }
+        let (value, mask) = Cookie::object_mask(Owner::Proxy, port.group_id);
+        flow_deletes.push(FlowMod::delete_cookie(value, mask).into());
+        group_deletes.push(GroupMod::delete(port.group_id).into());
+    }
+    for port in &changes.changed {
+        hairpin_gone.extend(hairpin.remove(&port.old));
+        hairpin_new.extend(hairpin.add(&port.new));
+        changed_port(
+            generation,
+            port,
+            &mut group_mods,
+            &mut flow_deletes,
+            &mut flow_adds,
+        );
+    }
+    for port in &changes.added {
+        hairpin_new.extend(hairpin.add(&port.state));
+        group_mods.push(GroupMod::add(port_group(port.group_id, &port.state)).into());
+        for flow in port_flows(generation, port.group_id, &port.name, &port.state) {
+            flow_adds.push(FlowMod::add(flow).into());
+        }
+    }
+    // An address that went away and came back in the same batch keeps its flow.
+    for ip in hairpin_gone.difference(&hairpin_new) {
+        flow_deletes.push(FlowMod::delete_strict(hairpin_flow(generation, *ip)).into());
+    }
+    for ip in hairpin_new.difference(&hairpin_gone) {
+        flow_adds.push(FlowMod::add(hairpin_flow(generation, *ip)).into());
+    }
+
+    let mut msgs = group_mods;
+    msgs.append(&mut flow_deletes);
+    msgs.append(&mut flow_adds);
+    msgs.append(&mut group_deletes);
+    msgs
+}
+
+fn changed_port(
+    generation: u8,
+    port: &ChangedPort,
+    group_mods: &mut Vec<TxMessage>,
+    flow_deletes: &mut Vec<TxMessage>,
+    flow_adds: &mut Vec<TxMessage>,
+) {
+    let group_id = port.group_id;
+    if port.frontend_changed {
+        // Rewrite everything of the port (learned affinity flows included).
+        let (value, mask) = Cookie::object_mask(Owner::Proxy, group_id);
+        flow_deletes.push(FlowMod::delete_cookie(value, mask).into());
+        group_mods.push(GroupMod::modify(port_group(group_id, &port.new)).into());
+        for flow in port_flows(generation, group_id, &port.name, &port.new) {
+            flow_adds.push(FlowMod::add(flow).into());
+        }
+        return;
+    }
+    if !port.endpoints_changed {
+        return;
+    }
+    group_mods.push(GroupMod::modify(port_group(group_id, &port.new)).into());
+    if port.new.session_affinity.is_none() {
+        return;
+    }
+    // Affinity: per-endpoint DNAT flows follow the endpoints; clients
+    // pinned to an endpoint that left are forgotten.
+    let key = |e: &crate::service_model::Endpoint| (e.ip, e.port);
+    let old: BTreeSet<_> = port.old.endpoints.iter().map(key).collect();
+    let new: BTreeSet<_> = port.new.endpoints.iter().map(key).collect();
+    let mut any_removed = false;
+    for endpoint in &port.old.endpoints {
+        if !new.contains(&key(endpoint)) {
+            any_removed = true;
+            if let Some(flow) = affinity_dnat_flow(generation, group_id, &port.old, endpoint) {
+                flow_deletes.push(FlowMod::delete_strict(flow).into());
+            }
+        }
+    }
+    if any_removed {
+        let mut delete = FlowMod::delete(table::SESSION_AFFINITY, Vec::<MatchField>::new());
+        delete.flow.cookie = cookie(LEARNED_GENERATION, group_id);
+        delete.cookie_mask = u64::MAX;
+        flow_deletes.push(delete.into());
+    }
+    for endpoint in &port.new.endpoints {
+        if !old.contains(&key(endpoint))
+            && let Some(flow) = affinity_dnat_flow(generation, group_id, &port.new, endpoint)
+        {
+            flow_adds.push(FlowMod::add(flow).into());
+        }
+    }
+}

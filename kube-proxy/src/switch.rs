@@ -1,0 +1,520 @@
+//! The switch writer: applies [`Update`]s to `br-int` over OpenFlow.
+//!
+//! - At start, [`SwitchWriter::start`] reads the proxy's frontend flows and
+//!   groups already on the bridge and adopts their group ids (each frontend
+//!   carries its Service port's name in a `note`), so a restarted proxy keeps
+//!   the same groups, and leaves every flow in place until the new state is
+//!   installed.
+//! - The first update, every OpenFlow reconnect and every resync period
+//!   install the whole desired state as a new cookie generation in one
+//!   atomic bundle that also deletes the previous generations' leftovers and
+//!   unused groups: no forwarding gap.
+//! - Other updates send only their change set's mods, in one atomic bundle;
+//!   if that fails, the next step is a full sync.
+//! - After a successful bundle: retired group ids are released, stale UDP
+//!   conntrack entries flushed.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use switchyard_ovs::openflow::{
+    self, Action, Client, Field, FlowStatsRequest, PacketOut, SubField, TxMessage, bundle_flags,
+    port,
+};
+use switchyard_ovs::pipeline::{Cookie, Owner, PortKind, group as group_ids, reg, table};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::conntrack::ConntrackFlusher;
+use crate::diff::GroupId;
+use crate::flows::{LEARNED_GENERATION, REJECT_USERDATA};
+use crate::metrics::{Metrics, SyncKind};
+use crate::program::{self, HairpinRefs, SwitchInventory};
+use crate::recompute::{SharedGroupIds, Update};
+use crate::reject;
+use crate::service_model::{DesiredState, Protocol, ServicePortName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error(transparent)]
+    OpenFlow(#[from] openflow::Error),
+}
+
+/// What was found on the bridge at start.
+#[derive(Debug, Clone, Default)]
+pub struct Adopted {
+    /// Service ports whose group ids were adopted.
+    pub ports: Vec<(ServicePortName, GroupId)>,
+    pub inventory: SwitchInventory,
+}
+
+/// Writes desired states to one bridge.
+#[derive(Debug)]
+pub struct SwitchWriter {
+    client: Client,
+    groups: SharedGroupIds,
+    flusher: Option<ConntrackFlusher>,
+    metrics: Arc<Metrics>,
+    /// Generation of the flows installed by the last full sync.
+    generation: u8,
+    /// Generations that may have flows on the switch.
+    generations: BTreeSet<u8>,
+    /// The desired state of the latest update.
+    latest: Option<Arc<DesiredState>>,
+    /// The switch holds `latest` (no full sync pending).
+    in_sync: bool,
+    hairpin: HairpinRefs,
+}
+
+/// Parses `namespace/name:port/PROTOCOL` (the `Display` of [`ServicePortName`]).
+pub fn parse_port_name(text: &str) -> Option<ServicePortName> {
+    let (namespace, rest) = text.split_once('/')?;
+    let (name_port, protocol) = rest.rsplit_once('/')?;
+    let (name, port) = name_port.split_once(':')?;
+    let protocol = Protocol::from_api(Some(protocol)).ok()?;
+    if namespace.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some(ServicePortName::new(namespace, name, port, protocol))
+}
+
+fn note_text(actions: &[Action]) -> Option<String> {
+    actions.iter().find_map(|action| match action {
+        Action::Note(bytes) => {
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            String::from_utf8(bytes[..end].to_vec()).ok()
+        }
+        _ => None,
+    })
+}
+
+fn next_generation(generation: u8) -> u8 {
+    match generation.wrapping_add(1) {
+        0 | LEARNED_GENERATION => 1,
+        next => next,
+    }
+}
+
+/// Reads the proxy's frontends and groups on the bridge.
+pub async fn read_switch(client: &Client) -> Result<Adopted, SwitchError> {
+    let (value, mask) = Cookie::owner_mask(Owner::Proxy);
+    let mut request = FlowStatsRequest::cookie(value, mask);
+    request.table = table::SERVICE_LB;
+    let flows = client.dump_flows(request).await?;
+    let mut adopted = Adopted::default();
+    let mut seen = HashSet::new();
+    for stats in &flows {
+        let Some(cookie) = Cookie::from_value(stats.flow.cookie) else {
+            continue;
+        };
+        if cookie.generation != LEARNED_GENERATION {
+            adopted.inventory.generations.insert(cookie.generation);
+        }
+        if cookie.object == 0 {
+            continue;
+        }
+        if let Some(name) = note_text(&stats.flow.actions).and_then(|t| parse_port_name(&t))
+            && seen.insert(name.clone())
+        {
+            adopted.ports.push((name, cookie.object));
+        }
+    }
+    for group in client.dump_groups(openflow::ALL_GROUPS).await? {
+        if (group_ids::PROXY_FIRST..=group_ids::PROXY_LAST).contains(&group.group_id) {
+            adopted.inventory.groups.insert(group.group_id);
+        }
+    }
+    Ok(adopted)
+}
+
+impl SwitchWriter {
+    /// Reads the bridge and adopts the group ids found into `groups` (which
+    /// must be fresh: nothing allocated yet). Ids that cannot be adopted are
+    /// logged and their groups will be deleted by the first full sync.
+    pub async fn start(
+        client: Client,
+        groups: SharedGroupIds,
+        flusher: Option<ConntrackFlusher>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SwitchError> {
+        let adopted = read_switch(&client).await?;
+        {
+            let mut ids = groups.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, id) in &adopted.ports {
+                if let Err(err) = ids.adopt(name, *id) {
+                    warn!(service_port = %name, group_id = id, %err, "group id not adopted");
+                }
+            }
+        }
+        let generation = adopted
+            .inventory
+            .generations
+            .iter()
+            .next_back()
+            .copied()
+            .unwrap_or(0);
+        info!(
+            adopted = adopted.ports.len(),
+            groups = adopted.inventory.groups.len(),
+            generations = ?adopted.inventory.generations,
+            "read the bridge"
+        );
+        Ok(Self {
+            client,
+            groups,
+            flusher,
+            metrics,
+            generation,
+            generations: adopted.inventory.generations,
+            latest: None,
+            in_sync: false,
+            hairpin: HairpinRefs::default(),
+        })
+    }
+
+    /// The OpenFlow client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the switch holds the latest desired state.
+    pub fn in_sync(&self) -> bool {
+        self.in_sync
+    }
+
+    /// The generation of the installed flows.
+    pub fn generation(&self) -> u8 {
+        self.generation
+    }
+
+    /// Applies one update: its change set, or a full sync when the switch is
+    /// not known to hold the previous state.
+    pub async fn apply(&mut self, update: &Update) -> Result<(), SwitchError> {
+        self.latest = Some(Arc::clone(&update.state));
+        if !self.in_sync {
+            return self.full_sync_from(update.first_event).await;
+        }
+        let msgs = program::incremental(self.generation, &update.changes, &mut self.hairpin);
+        let count = msgs.len();
+        match self.bundle(msgs).await {
+            Ok(()) => {
+                let elapsed = update.first_event.elapsed();
+                self.metrics
+                    .sync_seconds
+                    .get_or_create(&SyncKind::INCREMENTAL)
+                    .observe(elapsed.as_secs_f64());
+                self.metrics
+                    .syncs
+                    .get_or_create(&SyncKind::INCREMENTAL)
+                    .inc();
+                self.metrics.record_sync(true);
+                self.set_gauges();
+                debug!(
+                    generation = update.generation,
+                    mods = count,
+                    took = ?elapsed,
+                    "change set installed"
+                );
+                {
+                    let mut ids = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+                    for removed in &update.changes.removed {
+                        ids.release(removed.group_id);
+                    }
+                }
+                self.flush_conntrack(update).await;
+                Ok(())
+            }
+            Err(err) => {
+                warn!(%err, "change set not installed; a full sync follows");
+                self.in_sync = false;
+                self.metrics.record_sync(false);
+                // The stale entries of this update would be lost otherwise.
+                self.flush_conntrack(update).await;
+                self.full_sync_from(Instant::now()).await
+            }
+        }
+    }
+
+    /// Marks the switch as unknown (e.g. after a reconnect): the next
+    /// [`Self::full_sync`] or update reinstalls everything.
+    pub fn invalidate(&mut self) {
+        self.in_sync = false;
+    }
+
+    /// Installs the latest desired state as a new generation (nothing to do
+    /// before the first update).
+    pub async fn full_sync(&mut self) -> Result<(), SwitchError> {
+        self.full_sync_from(Instant::now()).await
+    }
+
+    async fn full_sync_from(&mut self, started: Instant) -> Result<(), SwitchError> {
+        let Some(state) = self.latest.clone() else {
+            return Ok(());
+        };
+        let mut inventory = SwitchInventory {
+            generations: self.generations.clone(),
+            groups: HashSet::new(),
+        };
+        let groups = match self.client.dump_groups(openflow::ALL_GROUPS).await {
+            Ok(groups) => groups,
+            Err(err) => {
+                self.metrics.record_sync(false);
+                return Err(err.into());
+            }
+        };
+        inventory.groups = groups
+            .iter()
+            .map(|g| g.group_id)
+            .filter(|id| (group_ids::PROXY_FIRST..=group_ids::PROXY_LAST).contains(id))
+            .collect();
+        let generation = next_generation(self.generation);
+        let (msgs, hairpin) = {
+            let ids = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+            program::full_sync(generation, &state, &ids, &inventory)
+        };
+        let count = msgs.len();
+        if let Err(err) = self.bundle(msgs).await {
+            self.in_sync = false;
+            self.metrics.record_sync(false);
+            return Err(err);
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release_all_retired();
+        self.generation = generation;
+        self.generations = BTreeSet::from([generation]);
+        self.hairpin = hairpin;
+        self.in_sync = true;
+        let elapsed = started.elapsed();
+        self.metrics
+            .sync_seconds
+            .get_or_create(&SyncKind::FULL)
+            .observe(elapsed.as_secs_f64());
+        self.metrics.syncs.get_or_create(&SyncKind::FULL).inc();
+        self.metrics.record_sync(true);
+        self.set_gauges();
+        info!(
+            generation,
+            service_ports = state.len(),
+            mods = count,
+            took = ?elapsed,
+            "full sync installed"
+        );
+        Ok(())
+    }
+
+    async fn bundle(&self, msgs: Vec<TxMessage>) -> Result<(), SwitchError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .bundle(msgs, bundle_flags::ATOMIC | bundle_flags::ORDERED)
+            .await
+            .map_err(|err| {
+                self.metrics.bundle_failures.inc();
+                err.into()
+            })
+    }
+
+    fn set_gauges(&self) {
+        if let Some(state) = &self.latest {
+            let endpoints: usize = state.iter().map(|(_, s)| s.endpoints.len()).sum();
+            self.metrics
+                .service_ports
+                .set(i64::try_from(state.len()).unwrap_or(i64::MAX));
+            self.metrics
+                .endpoints
+                .set(i64::try_from(endpoints).unwrap_or(i64::MAX));
+        }
+    }
+
+    async fn flush_conntrack(&self, update: &Update) {
+        let changes = &update.changes;
+        if changes.stale_udp_endpoints.is_empty() && changes.stale_udp_frontends.is_empty() {
+            return;
+        }
+        let Some(flusher) = &self.flusher else {
+            return;
+        };
+        if let Err(err) = flusher
+            .flush(&changes.stale_udp_endpoints, &changes.stale_udp_frontends)
+            .await
+        {
+            warn!(%err, "stale UDP conntrack entries not flushed");
+            self.metrics.conntrack_flush_failures.inc();
+        }
+    }
+}
+
+/// Runs the writer: applies updates as they come, full-syncs on OpenFlow
+/// reconnects and every `resync` (if set), retries failed syncs every
+/// `retry`. Returns when `updates` closes.
+pub async fn run(
+    mut writer: SwitchWriter,
+    mut updates: mpsc::Receiver<Update>,
+    resync: Option<Duration>,
+    retry: Duration,
+) {
+    let mut connection = writer.client.connection_events();
+    let mut seen_generation = connection.borrow_and_update().generation;
+    let mut resync_timer = resync.map(|period| {
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    let mut retry_timer = tokio::time::interval(retry);
+    retry_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            update = updates.recv() => {
+                let Some(update) = update else { return };
+                if let Err(err) = writer.apply(&update).await {
+                    warn!(%err, generation = update.generation, "update not installed; retrying");
+                }
+            }
+            changed = connection.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let event = *connection.borrow_and_update();
+                if event.connected && event.generation != seen_generation {
+                    seen_generation = event.generation;
+                    info!(connection = event.generation, "OpenFlow reconnected: full sync");
+                    writer.invalidate();
+                    if let Err(err) = writer.full_sync().await {
+                        warn!(%err, "full sync after reconnect failed; retrying");
+                    }
+                } else if !event.connected {
+                    writer.invalidate();
+                }
+            }
+            _ = tick(&mut resync_timer) => {
+                debug!("periodic full sync");
+                if let Err(err) = writer.full_sync().await {
+                    warn!(%err, "periodic full sync failed; retrying");
+                }
+            }
+            _ = retry_timer.tick(), if !writer.in_sync() && writer.latest.is_some() => {
+                if let Err(err) = writer.full_sync().await {
+                    debug!(%err, "full sync retry failed");
+                }
+            }
+        }
+    }
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers packet-ins of rejecting frontends with ICMP port unreachable,
+/// at most `per_second` a second (the rest are dropped). Runs until the
+/// client is dropped.
+pub async fn answer_rejects(client: Client, metrics: Arc<Metrics>, per_second: u32) {
+    let mut packet_ins = client.packet_ins();
+    let mut window = Instant::now();
+    let mut sent_in_window = 0u32;
+    loop {
+        let packet_in = match packet_ins.recv().await {
+            Ok(packet_in) => packet_in,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                debug!(missed, "reject packet-ins dropped (lagging)");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if packet_in.userdata != REJECT_USERDATA
+            || Cookie::from_value(packet_in.cookie).map(|c| c.owner) != Some(Owner::Proxy)
+        {
+            continue;
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            window = Instant::now();
+            sent_in_window = 0;
+        }
+        if sent_in_window >= per_second {
+            continue;
+        }
+        let in_port = packet_in
+            .metadata
+            .iter()
+            .find(|m| m.field == Field::InPort)
+            .and_then(|m| u32::try_from(m.value).ok());
+        let reply = match reject::icmp_port_unreachable(&packet_in.data) {
+            Ok(reply) => reply,
+            Err(err) => {
+                debug!(%err, "packet not rejected");
+                continue;
+            }
+        };
+        sent_in_window += 1;
+        let packet_out = PacketOut {
+            in_port: port::CONTROLLER,
+            actions: reject_actions(in_port),
+            data: reply,
+        };
+        match client.packet_out(packet_out).await {
+            Ok(()) => {
+                metrics.rejects.inc();
+                if let Some((src, dst)) = reject::addresses(&packet_in.data) {
+                    debug!(%src, %dst, ?in_port, "rejected: no endpoints");
+                }
+            }
+            Err(err) => warn!(%err, "reject not sent"),
+        }
+    }
+}
+
+/// Where a reject goes: straight out of the client's port when the
+/// packet-in names it; otherwise routed by the pipeline like a packet from
+/// the node (port kind Gateway, into L3_FORWARDING past conntrack), which
+/// reaches local pods, the node and remote clients alike.
+pub fn reject_actions(in_port: Option<u32>) -> Vec<Action> {
+    match in_port {
+        Some(in_port) => vec![Action::Output(in_port)],
+        None => {
+            let (lo, hi) = reg::PORT_KIND_BITS;
+            vec![
+                Action::load(
+                    SubField::bits(Field::Reg(reg::MARKS), u16::from(lo), u16::from(hi)),
+                    PortKind::Gateway as u128,
+                ),
+                Action::resubmit_table(table::L3_FORWARDING),
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_round_trip_through_notes() {
+        for name in [
+            ServicePortName::new("default", "web", "http", Protocol::Tcp),
+            ServicePortName::new("kube-system", "dns", "", Protocol::Udp),
+            ServicePortName::new("a", "b", "sctp-1", Protocol::Sctp),
+        ] {
+            assert_eq!(parse_port_name(&name.to_string()), Some(name));
+        }
+        assert_eq!(parse_port_name("no-slash"), None);
+        assert_eq!(parse_port_name("ns/name:p/ICMP"), None);
+        assert_eq!(parse_port_name("/name:p/TCP"), None);
+    }
+
+    #[test]
+    fn generations_skip_zero_and_the_learned_one() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(0xfd), 0xfe);
+        assert_eq!(next_generation(0xfe), 1);
+    }
+}
