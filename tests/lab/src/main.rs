@@ -46,6 +46,12 @@ struct UpArgs {
     /// Directory with switchyard, switchyard-agent, switchyard-proxy [default: next to this binary, then PATH].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Add a `fabric` namespace (VLAN-aware router, trunked to every node's trunk0) and an `internet` namespace.
+    #[arg(long)]
+    fabric: bool,
+    /// VLANs of the fabric (comma-separated); each becomes a `vlan` segment of the agents.
+    #[arg(long, value_delimiter = ',', default_value = "100,200")]
+    vlans: Vec<u16>,
 }
 
 impl UpArgs {
@@ -58,6 +64,7 @@ impl UpArgs {
             agent: !self.no_agent,
             proxy: !self.no_proxy,
             bin_dir: self.bin_dir.clone(),
+            fabric_vlans: self.fabric.then(|| self.vlans.clone()),
         }
     }
 }

@@ -378,3 +378,111 @@ async fn pod_lifecycle_through_the_cni_plugin_with_a_stub_agent() {
     assert_eq!(adds, 1, "verbs {:?}", stub.verbs());
     server.abort();
 }
+
+/// `up --fabric`: the fabric routes between VLANs trunked to the nodes and to the internet
+/// namespace. The node side of the trunk is played by a test bridge in each node's own OVS
+/// (the agent, which will attach `trunk0` itself, is not started).
+#[test]
+fn fabric_routes_vlans_trunked_to_nodes_and_the_internet() {
+    if !privileged("fabric_routes_vlans_trunked_to_nodes_and_the_internet") {
+        return;
+    }
+    let lab = Lab::up(
+        2,
+        &["--no-agent", "--no-proxy", "--fabric", "--vlans", "100,200"],
+    );
+    let info = lab.info();
+    let fabric = info.fabric.clone().expect("lab.json records the fabric");
+    let mut ns = lab.namespaces();
+    ns.sort();
+    assert!(
+        ns.contains(&fabric.netns) && ns.contains(&fabric.internet_netns),
+        "{ns:?}"
+    );
+    // The internet namespace reaches both VLAN gateways through the fabric.
+    for gw in ["10.100.0.1", "10.101.0.1"] {
+        let out = in_netns(&fabric.internet_netns, &["ping", "-c1", "-W2", gw]);
+        assert!(out.status.success(), "internet -> {gw}");
+    }
+    // A host on VLAN 100 behind node1's trunk and one on VLAN 200 behind node2's trunk.
+    let hosts = [("node1", 100, "10.100.0.50"), ("node2", 200, "10.101.0.50")];
+    for (node, vlan, addr) in hosts {
+        let db = format!("--db=unix:{}", lab.state.ovsdb_socket(node).display());
+        let port = format!("v{vlan}");
+        let vsctl = |args: &[&str]| {
+            check(
+                "ovs-vsctl",
+                Command::new("ovs-vsctl")
+                    .arg(&db)
+                    .args(args)
+                    .output()
+                    .unwrap(),
+            )
+        };
+        vsctl(&[
+            "add-br",
+            "br-test",
+            "--",
+            "set",
+            "bridge",
+            "br-test",
+            "datapath_type=netdev",
+        ]);
+        vsctl(&["add-port", "br-test", "trunk0"]);
+        vsctl(&[
+            "add-port",
+            "br-test",
+            &port,
+            &format!("tag={vlan}"),
+            "--",
+            "set",
+            "interface",
+            &port,
+            "type=internal",
+        ]);
+        let netns = &info.node(node).unwrap().netns;
+        eventually("the test port's tap", Duration::from_secs(10), || {
+            in_netns(netns, &["ip", "link", "show", &port])
+                .status
+                .success()
+                .then_some(())
+        });
+        let gw = if vlan == 100 {
+            "10.100.0.1"
+        } else {
+            "10.101.0.1"
+        };
+        for args in [
+            vec!["ip", "addr", "add", &format!("{addr}/24"), "dev", &port],
+            vec!["ip", "link", "set", &port, "up"],
+            vec!["ip", "route", "add", "203.0.113.0/24", "via", gw],
+            vec!["ip", "route", "add", "10.0.0.0/8", "via", gw],
+        ] {
+            assert!(in_netns(netns, &args).status.success(), "{args:?}");
+        }
+    }
+    let ping = |node: &str, to: &str| {
+        let netns = info.node(node).unwrap().netns.clone();
+        eventually(&format!("{node} -> {to}"), Duration::from_secs(10), || {
+            in_netns(&netns, &["ping", "-c1", "-W1", to])
+                .status
+                .success()
+                .then_some(())
+        });
+    };
+    ping("node1", "10.100.0.1");
+    ping("node2", "10.101.0.1");
+    ping("node1", "10.101.0.50"); // VLAN 100 -> fabric router -> VLAN 200
+    ping("node2", "203.0.113.1"); // VLAN 200 -> internet
+
+    let fabric_pids: Vec<u32> = lab
+        .recorded_pids()
+        .into_iter()
+        .filter(|(_, w)| w.ends_with(" fabric"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(fabric_pids.len(), 2, "fabric ovsdb-server + ovs-vswitchd");
+    check("down", lab.down());
+    assert!(lab.namespaces().is_empty());
+    assert!(fabric_pids.iter().all(|p| !alive(*p)));
+}

@@ -20,6 +20,7 @@
 pub mod cni_exec;
 pub mod demo;
 pub mod echo;
+pub mod fabric;
 pub mod node;
 pub mod runtime;
 pub mod state;

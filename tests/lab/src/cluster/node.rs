@@ -106,8 +106,15 @@ pub fn start_ovs(state: &StateDir, node: &NodeInfo) -> Result<(), LabError> {
 
 /// The agent's YAML configuration for a node: the one place that maps the lab onto
 /// `switchyard-agent`'s settings (keys of `node-agent/src/config.rs`).
-pub fn agent_config_yaml(state: &StateDir, node: &NodeInfo) -> String {
+pub fn agent_config_yaml(
+    state: &StateDir,
+    node: &NodeInfo,
+    fabric: Option<&super::fabric::FabricInfo>,
+) -> String {
     let ovs_dir = state.ovs_dir(&node.name);
+    let segments = fabric
+        .map(super::fabric::agent_segments_yaml)
+        .unwrap_or_default();
     format!(
         "# switchyard-agent configuration written by switchyard-lab\n\
          node-name: {name}\n\
@@ -118,7 +125,7 @@ pub fn agent_config_yaml(state: &StateDir, node: &NodeInfo) -> String {
          datapath-type: netdev\n\
          cni-socket: {sock}\n\
          mtu: 1450\n\
-         listen-address: 127.0.0.1:9465\n",
+         listen-address: 127.0.0.1:9465\n{segments}",
         name = node.name,
         kubeconfig = state.kubeconfig().display(),
         db = state.ovsdb_socket(&node.name).display(),
@@ -172,9 +179,10 @@ pub fn start_agent(
     state: &StateDir,
     node: &NodeInfo,
     program: &Path,
+    fabric: Option<&super::fabric::FabricInfo>,
 ) -> Result<(Child, std::path::PathBuf), LabError> {
     let config = state.node_dir(&node.name).join("agent.yaml");
-    fs::write(&config, agent_config_yaml(state, node))
+    fs::write(&config, agent_config_yaml(state, node, fabric))
         .map_err(|e| LabError::io(format!("writing {}", config.display()), e))?;
     spawn_in_node(state, node, program, &agent_args(&config), "agent")
 }
@@ -279,7 +287,7 @@ mod tests {
             address: "192.168.100.1".parse().unwrap(),
         };
         assert_eq!(
-            agent_config_yaml(&state, &node),
+            agent_config_yaml(&state, &node, None),
             "# switchyard-agent configuration written by switchyard-lab\n\
              node-name: node1\n\
              kubeconfig: /run/sl/kubeconfig\n\

@@ -66,6 +66,9 @@ pub struct LabInfo {
     pub nodes: Vec<NodeInfo>,
     /// Binaries.
     pub binaries: Binaries,
+    /// The fabric and internet namespaces (`up --fabric`).
+    #[serde(default)]
+    pub fabric: Option<super::fabric::FabricInfo>,
 }
 
 impl LabInfo {

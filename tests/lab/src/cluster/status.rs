@@ -110,6 +110,21 @@ pub fn status(state: &StateDir) -> Result<String, LabError> {
         daemon_state(&journal, "runtime"),
     );
     let _ = writeln!(out, "kubeconfig: {}", state.kubeconfig().display());
+    if let Some(f) = &info.fabric {
+        let vlans: Vec<String> = f
+            .vlans
+            .iter()
+            .map(|v| format!("VLAN {} {} gw {}", v.vlan, v.subnet, v.gateway))
+            .collect();
+        let _ = writeln!(
+            out,
+            "fabric: namespace {} ({}), internet: namespace {} ({})",
+            f.netns,
+            vlans.join(", "),
+            f.internet_netns,
+            super::fabric::INTERNET_HOST
+        );
+    }
     let (nodes, pods) = block_on(async {
         let c = client(&url)?;
         let nodes = Api::<Node>::all(c.clone())

@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::LabError;
+use super::fabric;
 use super::node::{self, Started};
 use super::state::{Binaries, Entry, LabInfo, NodeInfo, StateDir};
 use super::sys;
@@ -43,6 +44,8 @@ pub struct UpOptions {
     /// Where to look for `switchyard`, `switchyard-agent`, `switchyard-proxy` (default: the
     /// directory of the running `switchyard-lab`, then `PATH`).
     pub bin_dir: Option<PathBuf>,
+    /// VLANs of a `fabric` namespace (with an `internet` namespace behind it); `None`: no fabric.
+    pub fabric_vlans: Option<Vec<u16>>,
 }
 
 /// What [`up`] brought up, and what it could not.
@@ -212,6 +215,10 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             })
             .collect(),
         binaries,
+        fabric: match &opts.fabric_vlans {
+            Some(vlans) => Some(fabric::plan(&opts.name, vlans)?),
+            None => None,
+        },
     };
     state.save_info(&info)?;
 
@@ -254,6 +261,10 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
     let url = start_apiserver(state, &info)?;
     info.api_url = Some(url.clone());
     state.save_info(&info)?;
+
+    if let Some(f) = &info.fabric {
+        fabric::create(state, f)?;
+    }
 
     // Node namespaces.
     for node in &info.nodes {
@@ -299,6 +310,9 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             ],
         )?;
         sys::ip_in(&node.netns, &["link", "set", "eth0", "up"])?;
+        if let Some(f) = &info.fabric {
+            fabric::attach_node(state, f, node)?;
+        }
         node::start_ovs(state, node)?;
         node::write_cni_config(state, &info, node)?;
     }
@@ -315,7 +329,7 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
                 Err("switchyard-agent binary not found (cargo build -p switchyard-agent)".into()),
             )),
             (Some(bin), true) => {
-                let (child, log) = node::start_agent(state, n, bin)?;
+                let (child, log) = node::start_agent(state, n, bin, info.fabric.as_ref())?;
                 started.push((n.name.clone(), child, log));
             }
         }

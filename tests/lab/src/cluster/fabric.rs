@@ -1,0 +1,262 @@
+//! The optional `fabric` and `internet` namespaces (`up --fabric`).
+//!
+//! ```text
+//!  <lab>-node1: trunk0 ---- node1 ]                     [ vlan100 10.100.0.1/24 (internal, tag 100)
+//!  <lab>-node2: trunk0 ---- node2 ]  br-fabric (OVS,    [ vlan200 10.101.0.1/24 (internal, tag 200)
+//!                    (veth, trunks)  netdev, NORMAL)     ip_forward=1, default via 198.51.100.2
+//!                                   <lab>-fabric: internet 198.51.100.1/24 ---- eth0 198.51.100.2/24
+//!                                                                  <lab>-internet, lo 203.0.113.1/32
+//! ```
+//!
+//! The fabric is the VLAN-aware router of `vlan` segments: an OVS bridge (own `ovsdb-server` and
+//! `ovs-vswitchd`, userspace datapath) with one trunk port per node (the peer of the node's
+//! `trunk0`) and one internal port per VLAN holding the segment's gateway address; the kernel
+//! of the fabric namespace routes between the VLANs and to the `internet` namespace. The agents
+//! get one `vlan` segment per VLAN with `uplink: trunk0` in their configuration.
+//!
+//! TODO: the agent does not attach uplinks to `br-int` yet, so pods of `vlan` segments cannot
+//! leave their node until it does; overlay pods have no egress to `internet` (needs SNAT on
+//! the node).
+
+use std::fs;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::LabError;
+use super::node;
+use super::state::{Entry, LabInfo, NodeInfo, StateDir};
+use super::sys;
+
+/// Name of the fabric's pseudo-node (its OVS directory under `<state>/nodes/`).
+pub const FABRIC_NODE: &str = "fabric";
+/// The node end of a node's trunk.
+pub const NODE_TRUNK: &str = "trunk0";
+/// Fabric end of the internet link.
+pub const FABRIC_INTERNET_ADDR: &str = "198.51.100.1/24";
+/// Internet end of the internet link.
+pub const INTERNET_ADDR: &str = "198.51.100.2/24";
+/// An "internet host" address on the internet namespace's loopback.
+pub const INTERNET_HOST: &str = "203.0.113.1";
+
+/// One VLAN of the fabric.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VlanInfo {
+    /// Segment name in the agent configuration (`vlan<N>`).
+    pub segment: String,
+    /// 802.1Q tag.
+    pub vlan: u16,
+    /// Subnet of the segment.
+    pub subnet: Ipv4Net,
+    /// Gateway (on the fabric).
+    pub gateway: Ipv4Addr,
+}
+
+/// The fabric of a lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricInfo {
+    /// Fabric namespace.
+    pub netns: String,
+    /// Internet namespace.
+    pub internet_netns: String,
+    /// VLANs.
+    pub vlans: Vec<VlanInfo>,
+}
+
+/// The plan for VLAN tags: VLAN i (0-based) gets `10.(100+i).0.0/24`, gateway `.1`.
+pub fn plan(lab_name: &str, vlans: &[u16]) -> Result<FabricInfo, LabError> {
+    if vlans.is_empty() || vlans.len() > 50 {
+        return Err(LabError::Other("give 1..=50 VLANs to the fabric".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, &vlan) in vlans.iter().enumerate() {
+        if !(1..=4094).contains(&vlan) || !seen.insert(vlan) {
+            return Err(LabError::Other(format!(
+                "VLAN {vlan} is out of 1..=4094 or given twice"
+            )));
+        }
+        let second = 100 + u8::try_from(i).unwrap_or(0);
+        out.push(VlanInfo {
+            segment: format!("vlan{vlan}"),
+            vlan,
+            subnet: Ipv4Net::new(Ipv4Addr::new(10, second, 0, 0), 24)
+                .map_err(|e| LabError::Other(e.to_string()))?,
+            gateway: Ipv4Addr::new(10, second, 0, 1),
+        });
+    }
+    Ok(FabricInfo {
+        netns: format!("{lab_name}-fabric"),
+        internet_netns: format!("{lab_name}-internet"),
+        vlans: out,
+    })
+}
+
+/// The agent's `segments:` YAML for a fabric (the default overlay segment plus one `vlan`
+/// segment per VLAN trunked on `trunk0`).
+pub fn agent_segments_yaml(fabric: &FabricInfo) -> String {
+    let mut s = String::from("segments:\n- name: default\n  kind: overlay\n");
+    for v in &fabric.vlans {
+        s.push_str(&format!(
+            "- name: {}\n  kind: vlan\n  vlan: {}\n  subnet: {}\n  gateway: {}\n  uplink: {NODE_TRUNK}\n",
+            v.segment, v.vlan, v.subnet, v.gateway
+        ));
+    }
+    s
+}
+
+fn vsctl(state: &StateDir, args: &[&str]) -> Result<String, LabError> {
+    node::vsctl(state, FABRIC_NODE, args)
+}
+
+/// Creates the fabric and internet namespaces, the fabric's OVS, its VLAN gateways and the
+/// internet link (before the nodes exist).
+pub fn create(state: &StateDir, fabric: &FabricInfo) -> Result<(), LabError> {
+    let ns = &fabric.netns;
+    state.record(&Entry::Netns(ns.clone()))?;
+    sys::ip(&["netns", "add", ns])?;
+    sys::ip_in(ns, &["link", "set", "lo", "up"])?;
+    sys::sysctl_in(ns, "net.ipv4.ip_forward=1")?;
+    fs::create_dir_all(state.node_dir(FABRIC_NODE))
+        .map_err(|e| LabError::io("creating the fabric directory", e))?;
+    let pseudo = NodeInfo {
+        name: FABRIC_NODE.into(),
+        netns: ns.clone(),
+        address: Ipv4Addr::UNSPECIFIED,
+    };
+    node::start_ovs(state, &pseudo)?;
+    vsctl(
+        state,
+        &[
+            "add-br",
+            "br-fabric",
+            "--",
+            "set",
+            "bridge",
+            "br-fabric",
+            "datapath_type=netdev",
+            "fail_mode=standalone",
+        ],
+    )?;
+    for v in &fabric.vlans {
+        let port = format!("vlan{}", v.vlan);
+        let tag = format!("tag={}", v.vlan);
+        vsctl(
+            state,
+            &[
+                "add-port",
+                "br-fabric",
+                &port,
+                &tag,
+                "--",
+                "set",
+                "interface",
+                &port,
+                "type=internal",
+            ],
+        )?;
+        let gw = format!("{}/{}", v.gateway, v.subnet.prefix_len());
+        // The internal port's tap appears in the fabric namespace once vswitchd made it.
+        sys::poll_until(std::time::Duration::from_secs(10), || {
+            sys::ip_in(ns, &["link", "show", &port]).ok()
+        })
+        .ok_or_else(|| LabError::Other(format!("fabric port {port} did not appear")))?;
+        sys::ip_in(ns, &["addr", "add", &gw, "dev", &port])?;
+        sys::ip_in(ns, &["link", "set", &port, "up"])?;
+    }
+    let inet = &fabric.internet_netns;
+    state.record(&Entry::Netns(inet.clone()))?;
+    sys::ip(&["netns", "add", inet])?;
+    sys::ip_in(inet, &["link", "set", "lo", "up"])?;
+    sys::ip_in(
+        ns,
+        &[
+            "link", "add", "internet", "type", "veth", "peer", "name", "eth0", "netns", inet,
+        ],
+    )?;
+    sys::ip_in(
+        ns,
+        &["addr", "add", FABRIC_INTERNET_ADDR, "dev", "internet"],
+    )?;
+    sys::ip_in(ns, &["link", "set", "internet", "up"])?;
+    sys::ip_in(inet, &["addr", "add", INTERNET_ADDR, "dev", "eth0"])?;
+    sys::ip_in(inet, &["link", "set", "eth0", "up"])?;
+    sys::ip_in(
+        inet,
+        &["addr", "add", &format!("{INTERNET_HOST}/32"), "dev", "lo"],
+    )?;
+    let fabric_side = FABRIC_INTERNET_ADDR.split('/').next().unwrap_or_default();
+    let internet_side = INTERNET_ADDR.split('/').next().unwrap_or_default();
+    for v in &fabric.vlans {
+        sys::ip_in(
+            inet,
+            &["route", "add", &v.subnet.to_string(), "via", fabric_side],
+        )?;
+    }
+    sys::ip_in(ns, &["route", "add", "default", "via", internet_side])?;
+    Ok(())
+}
+
+/// Connects a node to the fabric: `trunk0` in the node, a trunk port of `br-fabric` in the fabric.
+pub fn attach_node(state: &StateDir, fabric: &FabricInfo, node: &NodeInfo) -> Result<(), LabError> {
+    sys::ip_in(
+        &fabric.netns,
+        &[
+            "link",
+            "add",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_TRUNK,
+            "netns",
+            &node.netns,
+        ],
+    )?;
+    sys::ip_in(&fabric.netns, &["link", "set", &node.name, "up"])?;
+    sys::ip_in(&node.netns, &["link", "set", NODE_TRUNK, "up"])?;
+    let trunks = format!(
+        "trunks={}",
+        fabric
+            .vlans
+            .iter()
+            .map(|v| v.vlan.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    vsctl(state, &["add-port", "br-fabric", &node.name, &trunks]).map(drop)
+}
+
+/// The fabric of a lab, if it has one.
+pub fn of(info: &LabInfo) -> Option<&FabricInfo> {
+    info.fabric.as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vlans_get_subnets_in_order() {
+        let f = plan("sy", &[100, 200]).unwrap();
+        assert_eq!(f.netns, "sy-fabric");
+        assert_eq!(f.internet_netns, "sy-internet");
+        assert_eq!(f.vlans[0].subnet.to_string(), "10.100.0.0/24");
+        assert_eq!(f.vlans[1].gateway.to_string(), "10.101.0.1");
+        assert!(plan("sy", &[100, 100]).is_err());
+        assert!(plan("sy", &[0]).is_err());
+        assert!(plan("sy", &[4095]).is_err());
+        assert!(plan("sy", &[]).is_err());
+    }
+
+    #[test]
+    fn agent_segments_are_exact() {
+        let f = plan("sy", &[100]).unwrap();
+        assert_eq!(
+            agent_segments_yaml(&f),
+            "segments:\n- name: default\n  kind: overlay\n- name: vlan100\n  kind: vlan\n  vlan: 100\n  subnet: 10.100.0.0/24\n  gateway: 10.100.0.1\n  uplink: trunk0\n"
+        );
+    }
+}
