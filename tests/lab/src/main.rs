@@ -109,6 +109,22 @@ enum Command {
     /// The runtime driver (started by `up`): runs pods through the CNI plugin.
     #[command(hide = true)]
     Runtime(StateArgs),
+    /// Client of echo servers: sends COUNT requests, prints each answer (the backend's name)
+    /// on its own line, or `-` for no answer; exits 1 if any request got no answer.
+    EchoClient {
+        /// Address:port to send HTTP GETs to.
+        #[arg(long, conflicts_with = "udp", required_unless_present = "udp")]
+        http: Option<SocketAddr>,
+        /// Address:port to send UDP datagrams to.
+        #[arg(long)]
+        udp: Option<SocketAddr>,
+        /// Number of requests.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Seconds to wait for each answer.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
         /// Name to answer with.
@@ -218,6 +234,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runtime(args) => tokio_runtime()?
             .block_on(runtime::run(StateDir::new(&args.state_dir)))
             .map_err(Into::into),
+        Command::EchoClient {
+            http,
+            udp,
+            count,
+            timeout,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout);
+            let failures = tokio_runtime()?.block_on(async {
+                let mut failures = 0;
+                for _ in 0..count {
+                    let r = match (http, udp) {
+                        (Some(t), _) => echo::http_request(t, timeout).await,
+                        (None, Some(t)) => echo::udp_request(t, timeout).await,
+                        (None, None) => Err(std::io::Error::other("give --http or --udp")),
+                    };
+                    match r {
+                        Ok(name) => println!("{name}"),
+                        Err(e) => {
+                            failures += 1;
+                            println!("-");
+                            tracing::debug!(error = %e, "no answer");
+                        }
+                    }
+                }
+                failures
+            });
+            if failures > 0 {
+                anyhow::bail!("{failures} of {count} requests got no answer");
+            }
+            Ok(())
+        }
         Command::EchoServer {
             name,
             http,

@@ -108,6 +108,25 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
     reach(&a_ns, &b_ip, "b");
     reach(&b_ns, &a_ip, "a");
     reach(&info.nodes[0].netns, &a_ip, "a");
+    // UDP too, with the lab's echo client.
+    let udp = in_netns(
+        &a_ns,
+        &[
+            LAB,
+            "echo-client",
+            "--udp",
+            &format!("{b_ip}:5353"),
+            "--count",
+            "3",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&udp.stdout),
+        "b\nb\nb\n",
+        "{}{}",
+        String::from_utf8_lossy(&udp.stderr),
+        diagnostics(&lab, "node1")
+    );
     reach(&info.nodes[0].netns, &b_ip, "b");
     // Pod addresses come from the node's podCIDR.
     assert!(a_ip.starts_with("10.244.0."), "{a_ip}");

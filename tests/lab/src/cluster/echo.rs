@@ -98,6 +98,38 @@ pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
     }
 }
 
+/// Sends one UDP datagram to `target` and returns the answer (the server's name), waiting at
+/// most `timeout`.
+pub async fn udp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let sock = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+    sock.send_to(b"hello\n", target).await?;
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(timeout, sock.recv_from(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no UDP answer"))??;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// Sends one HTTP GET to `target` and returns the body (the server's name).
+pub async fn http_request(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    tokio::time::timeout(timeout, async {
+        let mut c = tokio::net::TcpStream::connect(target).await?;
+        c.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = Vec::new();
+        c.take(MAX_REQUEST as u64).read_to_end(&mut out).await?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.trim().to_string())
+            .unwrap_or_default())
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HTTP answer"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +184,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"pod-a\n");
+        let five = Duration::from_secs(5);
+        let http = SocketAddr::from(([127, 0, 0, 1], http_port));
+        let udp = SocketAddr::from(([127, 0, 0, 1], udp_port));
+        assert_eq!(http_request(http, five).await.unwrap(), "pod-a");
+        assert_eq!(udp_request(udp, five).await.unwrap(), "pod-a");
         server.abort();
     }
 }

@@ -125,14 +125,24 @@ pub fn status(state: &StateDir) -> Result<String, LabError> {
             super::fabric::INTERNET_HOST
         );
     }
-    let (nodes, pods) = block_on(async {
+    let listed = block_on(async {
         let c = client(&url)?;
         let nodes = Api::<Node>::all(c.clone())
             .list(&ListParams::default())
             .await?;
         let pods = Api::<Pod>::all(c).list(&ListParams::default()).await?;
         Ok::<_, LabError>((nodes.items, pods.items))
-    })??;
+    })?;
+    let (nodes, pods) = match listed {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "API server unreachable ({e}): showing what lab.json knows"
+            );
+            (Vec::new(), Vec::new())
+        }
+    };
     let cidr: BTreeMap<String, String> = nodes
         .iter()
         .map(|n| {
