@@ -405,6 +405,12 @@ async fn flow_stats_count_packets_and_packet_ins_arrive() {
     assert_eq!(pin.userdata, vec![1, 2, 3, 4]);
     assert_eq!(pin.cookie, 0xabc);
     assert_eq!(pin.data, pkt);
+    assert_eq!(pin.reason, PacketInReason::Action);
+    assert!(
+        pin.metadata.contains(&MatchField::in_port(port::LOCAL)),
+        "{:?}",
+        pin.metadata
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stats = c
@@ -466,4 +472,60 @@ async fn reconnects_after_vswitchd_restart() {
         .await
         .unwrap();
     assert_eq!(dump_flows(&ovs, "br0").len(), 1);
+}
+
+#[tokio::test]
+async fn group_modify_insert_remove_buckets_and_delete() {
+    let Some(ovs) = start("group_modify_insert_remove_buckets_and_delete", &["br0"]) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    let out = |p: u32| vec![Action::Output(p)];
+    c.group_mod(GroupMod::add(Group::select(
+        5,
+        vec![(10, out(1)), (20, out(2))],
+    )))
+    .await
+    .unwrap();
+    c.group_mod(GroupMod::insert_buckets(
+        5,
+        GroupType::Select,
+        vec![Bucket::new(7, out(7)).weight(70)],
+        BUCKET_LAST,
+    ))
+    .await
+    .unwrap();
+    c.group_mod(GroupMod::remove_bucket(5, GroupType::Select, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        dump_groups(&ovs, "br0"),
+        vec![
+            "group_id=5,type=select,bucket=bucket_id:1,weight:20,actions=output:2,\
+             bucket=bucket_id:7,weight:70,actions=output:7"
+                .to_string()
+        ]
+    );
+    let read = c.dump_groups(5).await.unwrap();
+    assert_eq!(read[0].buckets.len(), 2);
+    assert_eq!(read[0].buckets[1].bucket_id, 7);
+    c.group_mod(GroupMod::modify(Group::new(
+        5,
+        GroupType::Indirect,
+        vec![out(3)],
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        dump_groups(&ovs, "br0"),
+        vec!["group_id=5,type=indirect,bucket=bucket_id:0,actions=output:3".to_string()]
+    );
+    // Adding it again is refused with a named error.
+    let err = c
+        .group_mod(GroupMod::add(Group::new(5, GroupType::All, vec![out(1)])))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("OFPGMFC_GROUP_EXISTS"), "{err}");
+    c.group_mod(GroupMod::delete(ALL_GROUPS)).await.unwrap();
+    assert!(dump_groups(&ovs, "br0").is_empty());
 }

@@ -359,16 +359,19 @@ impl Action {
     }
     /// `load:VALUE->FIELD[start..end]` as a masked set-field.
     pub fn load(dst: SubField, value: u128) -> Self {
-        let mask = if dst.n_bits >= 128 {
+        let width = if dst.n_bits >= 128 {
             u128::MAX
         } else {
-            ((1u128 << dst.n_bits) - 1) << dst.ofs
+            (1u128 << dst.n_bits) - 1
         };
+        // Bits beyond 128 do not exist: shifting them out leaves nothing.
+        let shift = |v: u128| v.checked_shl(u32::from(dst.ofs)).unwrap_or(0);
+        let mask = shift(width);
         let all = field_all_ones(dst.field);
         if mask == all {
             Self::SetField(MatchField::exact(dst.field, value & all))
         } else {
-            Self::SetField(MatchField::masked(dst.field, value << dst.ofs, mask))
+            Self::SetField(MatchField::masked(dst.field, shift(value & width), mask))
         }
     }
     /// Sets the VLAN id of a tagged packet (`set_field:0x1000|vid->vlan_vid`).

@@ -1050,9 +1050,15 @@ pub(crate) fn decode_match(r: &mut Reader<'_>) -> DResult<Vec<MatchField>> {
     let mut body = r.sub(len - 4, "match")?;
     let padded = super::wire::round8(len);
     r.skip(padded - len)?;
+    decode_oxms(&mut body)
+}
+
+/// Decodes OXM/NXM TLVs until the end of `body` (no `ofp_match` header),
+/// splitting OVS's 64-bit `xreg`s back into 32-bit registers.
+pub(crate) fn decode_oxms(body: &mut Reader<'_>) -> DResult<Vec<MatchField>> {
     let mut out = Vec::new();
     while !body.is_empty() {
-        let m = MatchField::decode(&mut body)?;
+        let m = MatchField::decode(body)?;
         match m.field {
             Field::Xreg(x) => {
                 // Split back into the two 32-bit registers it covers.

@@ -646,8 +646,11 @@ impl Message {
                         bitmap = e.u32()?;
                     }
                 }
-                if bitmap == 0 && version < 32 {
-                    bitmap = (1u32 << (version + 1)) - 1;
+                if bitmap == 0 {
+                    // No bitmap: the peer supports every version up to its own.
+                    bitmap = 1u32
+                        .checked_shl(u32::from(version) + 1)
+                        .map_or(u32::MAX, |b| b - 1);
                 }
                 Message::Hello(bitmap)
             }
@@ -845,8 +848,9 @@ fn decode_packet_in2(r: &mut Reader<'_>) -> DResult<PacketIn> {
             }
             5 => pi.reason = PacketInReason::from_u8(p.u8()?),
             6 => {
-                // Metadata: an ofp_match with OXM fields.
-                pi.metadata = decode_match(&mut p).unwrap_or_default();
+                // Metadata: raw OXM fields (in_port, registers, ...).
+                // A field this decoder cannot hold must not cost the packet.
+                pi.metadata = super::field::decode_oxms(&mut p).unwrap_or_default();
             }
             7 => pi.userdata = p.buf.to_vec(),
             _ => {}
