@@ -1,0 +1,122 @@
+#!/bin/bash
+# switchyard-ovs: runs ovsdb-server and ovs-vswitchd in the DaemonSet's `ovs`
+# container (the bundled-OVS variant).
+#
+#   switchyard-ovs run      start both daemons and stay until SIGTERM/SIGINT
+#   switchyard-ovs health   exit 0 when both daemons answer (the probes)
+#
+# Restarts keep the datapath forwarding. On SIGTERM the flows and groups of
+# the bridge are saved to $SWITCHYARD_STATE_DIR/saved-flows, then ovs-vswitchd
+# exits without removing the datapath. On start, when saved flows exist,
+# ovs-vswitchd starts with other_config:flow-restore-wait=true (it neither
+# flushes nor revalidates the kernel's datapath flows), the saved flows and
+# groups are put back in one bundle, and flow-restore-wait is removed. The
+# agent and the proxy then reconcile their flows by cookie as usual.
+#
+# The database lives in /etc/openvswitch (a hostPath), the sockets and pid
+# files in /var/run/openvswitch (a hostPath shared with the agent and proxy).
+set -euo pipefail
+
+bridge=${SWITCHYARD_BRIDGE:-br-int}
+state_dir=${SWITCHYARD_STATE_DIR:-/var/lib/switchyard}
+run_dir=${OVS_RUNDIR:-/var/run/openvswitch}
+ovs_ctl=${OVS_CTL:-/usr/share/openvswitch/scripts/ovs-ctl}
+saved="$state_dir/saved-flows"
+ofp=OpenFlow15
+
+log() {
+    echo "switchyard-ovs: $*" >&2
+}
+
+health() {
+    ovs-appctl -t ovsdb-server version >/dev/null &&
+        ovs-appctl -t ovs-vswitchd version >/dev/null
+}
+
+bridge_exists() {
+    ovs-vsctl --no-wait --timeout=5 br-exists "$bridge"
+}
+
+save_flows() {
+    if ! bridge_exists; then
+        return 0
+    fi
+    mkdir -p "$saved"
+    # Headers removed so the files are what add-groups/replace-flows read.
+    if ovs-ofctl -O "$ofp" dump-groups "$bridge" |
+        sed -e '/^OFPST_GROUP_DESC/d' -e '/^NXST_GROUP_DESC/d' >"$saved/$bridge.groups.tmp" &&
+        ovs-ofctl -O "$ofp" dump-flows --no-names --no-stats "$bridge" |
+        sed -e '/^OFPST_FLOW/d' -e '/^NXST_FLOW/d' >"$saved/$bridge.flows.tmp"; then
+        mv -f "$saved/$bridge.groups.tmp" "$saved/$bridge.groups"
+        mv -f "$saved/$bridge.flows.tmp" "$saved/$bridge.flows"
+        log "saved $(wc -l <"$saved/$bridge.flows") flows of $bridge"
+    else
+        log "could not save the flows of $bridge; the agent and proxy will reinstall them"
+        rm -f "$saved/$bridge".*
+    fi
+}
+
+restore_flows() {
+    local waited=0
+    while [ ! -S "$run_dir/$bridge.mgmt" ] && [ "$waited" -lt 60 ]; do
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    if ovs-ofctl -O "$ofp" add-groups "$bridge" "$saved/$bridge.groups" &&
+        ovs-ofctl -O "$ofp" --bundle replace-flows "$bridge" "$saved/$bridge.flows"; then
+        log "restored $(wc -l <"$saved/$bridge.flows") flows of $bridge"
+    else
+        log "restoring the flows of $bridge failed; the agent and proxy will reinstall them"
+    fi
+    # Always: ovs-vswitchd forwards nothing new while the flag is set.
+    ovs-vsctl --no-wait remove Open_vSwitch . other_config flow-restore-wait
+    rm -f "$saved/$bridge".*
+}
+
+stop() {
+    log "stopping"
+    save_flows || true
+    # `exit` without --cleanup keeps the datapath and its flows.
+    ovs-appctl -t ovs-vswitchd exit || true
+    ovs-appctl -t ovsdb-server exit || true
+    exit 0
+}
+
+run() {
+    mkdir -p "$run_dir" "$state_dir"
+    if ovs-vsctl --no-wait --timeout=2 show >/dev/null 2>&1; then
+        log "an ovsdb-server already answers on $run_dir/db.sock: this node runs Open vSwitch itself;"
+        log "stop it, or install deploy/switchyard-host-ovs.yaml instead"
+        exit 1
+    fi
+    # Pid files of a previous container name processes of another pid namespace.
+    rm -f "$run_dir"/*.pid "$run_dir"/*.ctl
+
+    "$ovs_ctl" --no-ovs-vswitchd --system-id=random start
+    local restore=no
+    if [ -s "$saved/$bridge.flows" ] && bridge_exists; then
+        restore=yes
+        ovs-vsctl --no-wait set Open_vSwitch . other_config:flow-restore-wait=true
+    fi
+    "$ovs_ctl" --no-ovsdb-server start
+    if [ "$restore" = yes ]; then
+        restore_flows
+    fi
+    trap stop TERM INT
+    log "running"
+    while health; do
+        sleep 5 &
+        wait $! || true
+    done
+    log "a daemon exited"
+    exit 1
+}
+
+case "${1:-}" in
+run) run ;;
+health) health ;;
+*)
+    echo "usage: switchyard-ovs run|health" >&2
+    exit 2
+    ;;
+esac
