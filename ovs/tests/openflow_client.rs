@@ -140,3 +140,27 @@ async fn answers_echo_fails_in_flight_requests_and_reconnects() {
     let _ = done_tx.send(());
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn drops_a_switch_that_stops_answering_echo_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("br.mgmt");
+    let l = UnixListener::bind(&path).unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut s = accept_and_setup(&l, 1 << 6).await;
+        // Hung switch: reads the probe, never answers.
+        let (_, m) = read_msg(&mut s).await.unwrap();
+        assert!(matches!(m, Message::EchoRequest(_)));
+        let _s2 = accept_and_setup(&l, 1 << 6).await;
+        let _ = done_rx.await;
+        drop(s);
+    });
+    let mut cfg = ClientConfig::new(&path);
+    cfg.probe_interval = Some(Duration::from_millis(200));
+    let c = Client::connect(cfg).await.unwrap();
+    let generation = c.wait_connected(2, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(generation, 2);
+    let _ = done_tx.send(());
+    server.await.unwrap();
+}

@@ -213,6 +213,12 @@ async fn installs_flows_and_groups_as_ovs_ofctl_would() {
     .unwrap();
     let stats = c.dump_flows(FlowStatsRequest::all()).await.unwrap();
     assert_eq!(stats.len(), flows.len());
+    // Decoded flows equal the installed values (up to match field order).
+    let mut got: Vec<Flow> = stats.iter().map(|s| s.flow.clone().canonical()).collect();
+    let mut want: Vec<Flow> = flows.iter().cloned().map(Flow::canonical).collect();
+    got.sort_by_key(|f| f.to_string());
+    want.sort_by_key(|f| f.to_string());
+    assert_eq!(got, want);
     for s in &stats {
         assert_eq!(s.packet_count, 0);
         ovs.ofctl(&["-O", "OpenFlow15", "add-flow", "br2", &s.flow.to_string()])

@@ -108,36 +108,58 @@ pub enum Error {
     Protocol(String),
 }
 
-/// One message of a batch, with a description used in error reports.
+/// One message of a batch, with an optional description for error reports.
 #[derive(Debug, Clone)]
 pub struct TxMessage {
     /// The message.
     pub msg: Message,
-    /// Human description (defaults to the ofctl text of the flow/group).
-    pub desc: String,
+    /// Caller's description; `None` = the message's own ofctl-style text,
+    /// computed only if the message is rejected.
+    pub desc: Option<String>,
 }
 
 impl TxMessage {
-    /// Wraps a message with a description.
+    /// Wraps a message with a description (e.g. "service default/web:80").
     pub fn new(msg: Message, desc: impl Into<String>) -> Self {
         Self {
             msg,
-            desc: desc.into(),
+            desc: Some(desc.into()),
         }
+    }
+
+    /// The description used in errors.
+    pub fn describe(&self) -> String {
+        match &self.desc {
+            Some(d) => d.clone(),
+            None => describe_message(&self.msg),
+        }
+    }
+}
+
+fn describe_message(m: &Message) -> String {
+    match m {
+        Message::FlowMod(fm) => fm.to_string(),
+        Message::GroupMod(gm) => gm.to_string(),
+        Message::BundleAdd { inner, .. } => describe_message(inner),
+        m => m.kind().to_string(),
     }
 }
 
 impl From<FlowMod> for TxMessage {
     fn from(fm: FlowMod) -> Self {
-        let desc = fm.to_string();
-        Self::new(Message::FlowMod(fm), desc)
+        Self {
+            msg: Message::FlowMod(fm),
+            desc: None,
+        }
     }
 }
 
 impl From<GroupMod> for TxMessage {
     fn from(gm: GroupMod) -> Self {
-        let desc = gm.to_string();
-        Self::new(Message::GroupMod(gm), desc)
+        Self {
+            msg: Message::GroupMod(gm),
+            desc: None,
+        }
     }
 }
 
@@ -163,6 +185,10 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Capacity of the packet-in broadcast channel.
     pub packet_in_capacity: usize,
+    /// After this long without any message from the switch the client sends
+    /// an echo request; after twice this long it drops the connection and
+    /// reconnects (`None` = never probe).
+    pub probe_interval: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -174,6 +200,7 @@ impl ClientConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             packet_in_capacity: 1024,
+            probe_interval: Some(Duration::from_secs(15)),
         }
     }
     /// `<rundir>/<bridge>.mgmt`.
@@ -491,7 +518,7 @@ impl Client {
             return Err(Error::Rejected {
                 xid: *xid,
                 kind: m.msg.kind(),
-                desc: m.desc.clone(),
+                desc: m.describe(),
                 error: error.clone(),
                 others: errors.len() - 1,
             });
@@ -610,7 +637,7 @@ impl Client {
                 bundle_id,
                 index: i.saturating_sub(1),
                 kind: inner_kind(&m.msg),
-                desc: m.desc.clone(),
+                desc: m.describe(),
                 error: error.clone(),
                 commit_error: r.final_error.map(Box::new),
             });
@@ -920,9 +947,31 @@ async fn supervise(inner: std::sync::Weak<Inner>, mut frames: Frames) {
             let Some(i) = inner.upgrade() else { return };
             let conn = lock(&i.conn).clone();
             let pin_tx = i.packet_in_tx.clone();
+            let probe = i.cfg.probe_interval;
             drop(i);
             let Some(conn) = conn else { return };
-            while let Some(Ok(frame)) = frames.next().await {
+            let mut idle = 0u32;
+            loop {
+                let next = match probe {
+                    Some(p) => match tokio::time::timeout(p, frames.next()).await {
+                        Ok(n) => n,
+                        Err(_) if idle == 0 => {
+                            idle = 1;
+                            let probe = Message::EchoRequest(b"probe".to_vec()).to_bytes(0);
+                            let _ = conn.tx.send(Bytes::from(probe));
+                            continue;
+                        }
+                        Err(_) => {
+                            warn!(
+                                "ovs-vswitchd did not answer an echo request; dropping the connection"
+                            );
+                            break;
+                        }
+                    },
+                    None => frames.next().await,
+                };
+                let Some(Ok(frame)) = next else { break };
+                idle = 0;
                 handle_frame(&conn, &pin_tx, &frame);
             }
             let Some(i) = inner.upgrade() else { return };

@@ -88,6 +88,13 @@ impl Flow {
         self.hard_timeout = hard;
         self
     }
+    /// The same flow with its match fields in a fixed order (by [`super::Field`]),
+    /// so a flow read back from the switch (which reorders fields) compares
+    /// equal to the one that was installed.
+    pub fn canonical(mut self) -> Self {
+        self.matches.sort_by_key(|m| m.field);
+        self
+    }
     /// The match part ovs-ofctl style (`priority=..,` included, no table/cookie).
     pub fn match_string(&self) -> String {
         let m = fmt_match(&self.matches);

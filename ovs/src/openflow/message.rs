@@ -226,8 +226,38 @@ fn error_name(t: u16, c: u16, exp: Option<u32>) -> String {
         "SCHED_PAST",
     ];
     if let Some(e) = exp {
-        let vendor = if e == NX_VENDOR_ID { "NX" } else { "EXP" };
-        return format!("{vendor}_ERROR_{c}");
+        // Nicira errors OVS sends as OpenFlow 1.2+ experimenter errors.
+        let nx = match c {
+            2 => "NXBRC_NXM_INVALID",
+            3 => "NXBRC_NXM_BAD_TYPE",
+            4 => "NXBRC_MUST_BE_ZERO",
+            5 => "NXBRC_BAD_REASON",
+            9 => "NXBRC_FM_BAD_EVENT",
+            10 => "NXBRC_UNENCODABLE_ERROR",
+            11 => "NXBAC_MUST_BE_ZERO",
+            12 => "NXFMFC_HARDWARE",
+            13 => "NXFMFC_BAD_TABLE_ID",
+            15 => "NXBAC_BAD_CONJUNCTION",
+            16 => "NXTTMFC_BAD_COMMAND",
+            17 => "NXTTMFC_BAD_OPT_LEN",
+            18 => "NXTTMFC_BAD_FIELD_IDX",
+            19 => "NXTTMFC_TABLE_FULL",
+            20 => "NXTTMFC_ALREADY_MAPPED",
+            21 => "NXTTMFC_DUP_ENTRY",
+            34 => "NXR_NOT_SUPPORTED",
+            35 => "NXR_STALE",
+            36 => "NXST_NOT_CONFIGURED",
+            37 => "NXFMFC_INVALID_TLV_FIELD",
+            38 => "NXTTMFC_INVALID_TLV_DEL",
+            42 => "NXBAC_CT_DATAPATH_SUPPORT",
+            43 => "NXBMC_CT_DATAPATH_SUPPORT",
+            _ => "",
+        };
+        return if e == NX_VENDOR_ID && !nx.is_empty() {
+            nx.to_string()
+        } else {
+            format!("EXPERIMENTER_{e:#x}_ERROR_{c}")
+        };
     }
     let (prefix, names): (&str, &[&str]) = match t {
         0 => ("OFPHFC", HFC),
