@@ -27,10 +27,7 @@ fn generated_manifests_are_up_to_date_with_their_sources() {
                 .lines()
                 .zip(actual.lines())
                 .position(|(a, b)| a != b)
-                .map_or_else(
-                    || expected.lines().count().min(actual.lines().count()),
-                    |i| i,
-                );
+                .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
             panic!(
                 "deploy/{} differs from its sources from line {}: run `cargo run -p switchyard-deploy -- generate`",
                 variant.file_name(),

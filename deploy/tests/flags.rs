@@ -1,0 +1,202 @@
+//! The DaemonSet starts the binaries with flags and a config file their own
+//! parsers accept, and the probes, mounts and sockets agree with that
+//! configuration. The agent's flags and config file go through
+//! `switchyard_agent::config`; the proxy's flags are private to its binary,
+//! so its argv is given to the real `switchyard-proxy` with `--help`
+//! appended: clap parses and type-checks every argument before it acts on
+//! `--help`, so exit status 0 means the arguments are valid (and a misspelled
+//! flag or a bad value exits 2, as the negative case below shows).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use common::{argv, container, manifest, mounted_at, object, pod_spec, workspace_binary};
+use serde_json::Value;
+use switchyard_agent::config::{AgentConfig, FileConfig, Flags};
+use switchyard_deploy::{AGENT_CONFIG_KEY, CONFIG_MAP, CONFLIST_KEY, Variant};
+
+fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == name)
+}
+
+fn probe_addr(probe: &Value) -> SocketAddr {
+    let get = &probe["httpGet"];
+    format!("{}:{}", get["host"].as_str().unwrap(), get["port"])
+        .parse()
+        .unwrap()
+}
+
+/// The agent's full configuration as the DaemonSet gives it.
+fn agent_config(docs: &[Value]) -> AgentConfig {
+    let agent = container(docs, "agent");
+    let flags = Flags::try_parse_from(argv(agent)).expect("agent flags parse");
+    // --config names the ConfigMap's agent.yaml through the config volume.
+    let config_path = flags.config.clone().expect("the agent is given --config");
+    let (volume, key) =
+        mounted_at(agent, config_path.to_str().unwrap()).expect("--config path is inside a mount");
+    let cm_name = pod_spec(docs)["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .expect("--config is on a ConfigMap volume");
+    assert_eq!(cm_name, CONFIG_MAP);
+    assert_eq!(key, AGENT_CONFIG_KEY);
+    let text = object(docs, "ConfigMap", CONFIG_MAP)["data"][key.as_str()]
+        .as_str()
+        .expect("ConfigMap has the agent config key");
+    let file = FileConfig::from_yaml(text, &config_path).expect("agent config file parses");
+    // The node name comes from $NODE_NAME = spec.nodeName.
+    assert_eq!(
+        env_value(agent, "NODE_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let flags = Flags {
+        config: None,
+        ..flags
+    };
+    AgentConfig::merge(&flags, file, Some("node-1".into())).expect("agent config validates")
+}
+
+#[test]
+fn agent_accepts_the_daemonset_flags_and_config_file() {
+    for variant in Variant::ALL {
+        let docs = manifest(variant);
+        let config = agent_config(&docs);
+        let agent = container(&docs, "agent");
+
+        // Probes reach the agent's listen address.
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                probe_addr(&agent[probe]),
+                config.listen_address,
+                "agent {probe}"
+            );
+        }
+        assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
+
+        // The CNI socket is on the host path the conflist names.
+        let socket = config.cni_socket.to_str().unwrap();
+        let (volume, _) = mounted_at(agent, socket).expect("CNI socket dir is mounted");
+        assert_eq!(host_path(&docs, volume), Path::new("/var/run/switchyard"));
+        let conflist: Value = serde_json::from_str(
+            object(&docs, "ConfigMap", CONFIG_MAP)["data"][CONFLIST_KEY]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conflist["plugins"][0]["agentSocket"], socket);
+
+        // OVSDB and the bridge's OpenFlow socket are on the shared OVS run dir.
+        let db = config
+            .ovsdb_endpoint
+            .strip_prefix("unix:")
+            .expect("unix OVSDB endpoint");
+        let (db_volume, _) = mounted_at(agent, db).expect("OVSDB socket is mounted");
+        let (mgmt_volume, _) = mounted_at(agent, config.bridge_mgmt_socket().to_str().unwrap())
+            .expect("bridge mgmt socket is mounted");
+        assert_eq!(db_volume, "ovs-run");
+        assert_eq!(mgmt_volume, "ovs-run");
+
+        // Pod network namespaces created by the runtime are visible.
+        let netns = mounted_at(agent, "/var/run/netns/cni-1234").expect("netns dir mounted");
+        assert_eq!(host_path(&docs, netns.0), Path::new("/var/run/netns"));
+        assert!(
+            config
+                .netns_prefixes
+                .iter()
+                .any(|p| p == Path::new("/var/run/netns")),
+            "{:?}",
+            config.netns_prefixes
+        );
+    }
+}
+
+fn host_path(docs: &[Value], volume: &str) -> PathBuf {
+    let v = pod_spec(docs)["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == volume)
+        .unwrap();
+    PathBuf::from(v["hostPath"]["path"].as_str().expect("a hostPath volume"))
+}
+
+/// Runs `switchyard-proxy ARGS --help`; Ok(help) when clap accepted ARGS.
+fn proxy_accepts(args: &[String]) -> Result<String, String> {
+    let bin = workspace_binary("switchyard-proxy", "switchyard-proxy");
+    let out = Command::new(bin)
+        .args(args)
+        .arg("--help")
+        .env_remove("NODE_NAME")
+        .env_remove("KUBECONFIG")
+        .env_remove("OVS_RUNDIR")
+        .output()
+        .expect("running switchyard-proxy");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("exit {:?}: {stderr}", out.status.code()))
+    }
+}
+
+#[test]
+fn proxy_accepts_the_daemonset_flags() {
+    for variant in Variant::ALL {
+        let docs = manifest(variant);
+        let proxy = container(&docs, "proxy");
+        let args = argv(proxy);
+        assert!(args[0].ends_with("/switchyard-proxy"));
+        let help = proxy_accepts(&args[1..]).unwrap_or_else(|e| panic!("{e}"));
+        // --node-name is required; the DaemonSet gives it through $NODE_NAME.
+        assert!(help.contains("[env: NODE_NAME"), "{help}");
+        assert_eq!(
+            env_value(proxy, "NODE_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
+        let metrics: SocketAddr = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--metrics-address="))
+            .expect("--metrics-address given")
+            .parse()
+            .unwrap();
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(probe_addr(&proxy[probe]), metrics, "proxy {probe}");
+            assert_eq!(proxy[probe]["httpGet"]["path"], "/healthz");
+        }
+        // Same OVS run dir and bridge as the agent.
+        let config = agent_config(&docs);
+        assert!(args.contains(&format!("--ovs-rundir={}", config.ovs_rundir.display())));
+        assert!(args.contains(&format!("--bridge={}", config.bridge)));
+        let (volume, _) = mounted_at(proxy, &format!("{}/x.mgmt", config.ovs_rundir.display()))
+            .expect("proxy mounts the OVS run dir");
+        assert_eq!(volume, "ovs-run");
+        // The two metrics endpoints do not collide.
+        assert_ne!(metrics.port(), config.listen_address.port());
+    }
+}
+
+#[test]
+fn proxy_flag_check_rejects_bad_flags() {
+    let err = proxy_accepts(&["--metrics-adress=127.0.0.1:1".to_string()]).unwrap_err();
+    assert!(err.contains("--metrics-adress"), "{err}");
+    let err = proxy_accepts(&["--metrics-address=nowhere".to_string()]).unwrap_err();
+    assert!(err.contains("nowhere"), "{err}");
+    let err = proxy_accepts(&["--resync-period=-1".to_string()]).unwrap_err();
+    assert!(err.contains("resync-period"), "{err}");
+}
+
+#[test]
+fn agent_flag_check_rejects_bad_config() {
+    let bad = FileConfig::from_yaml("mtu: 1450\nbridg: br-int\n", Path::new("agent.yaml"));
+    assert!(bad.unwrap_err().to_string().contains("bridg"));
+    assert!(Flags::try_parse_from(["switchyard-agent", "--confg=/x"]).is_err());
+}
