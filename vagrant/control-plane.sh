@@ -1,0 +1,55 @@
+#!/bin/bash
+# The control plane: kubeadm init without kube-proxy (switchyard-proxy serves
+# ClusterIPs), the API server address for host-network clients, then
+# Switchyard itself. Leaves the join command and an admin kubeconfig in the
+# shared folder for the workers and the smoke test.
+set -euo pipefail
+# shellcheck source=vagrant/lib.sh
+source /vagrant/vagrant/lib.sh
+require_env NODE_IP SHARED_DIR OVS_MODE SEGMENTS
+
+pod_cidr=10.244.0.0/16
+service_cidr=10.96.0.0/12
+export KUBECONFIG=/etc/kubernetes/admin.conf
+
+if [ ! -f /etc/kubernetes/admin.conf ]; then
+    log "kubeadm init (kube-proxy addon skipped)"
+    # --pod-network-cidr makes the controller-manager give every Node a
+    # spec.podCIDR, which the agent's overlay segment uses.
+    kubeadm init \
+        --apiserver-advertise-address="$NODE_IP" \
+        --pod-network-cidr="$pod_cidr" \
+        --service-cidr="$service_cidr" \
+        --skip-phases=addon/kube-proxy
+fi
+
+mkdir -p /home/vagrant/.kube "$SHARED_DIR"
+install -o vagrant -g vagrant -m 0600 /etc/kubernetes/admin.conf /home/vagrant/.kube/config
+install -m 0600 /etc/kubernetes/admin.conf "$SHARED_DIR/admin.conf"
+kubeadm token create --print-join-command >"$SHARED_DIR/join.sh"
+
+log "installing Switchyard ($OVS_MODE OVS, $SEGMENTS segments)"
+manifest=/vagrant/deploy/switchyard.yaml
+if [ "$OVS_MODE" = host ]; then
+    manifest=/vagrant/deploy/switchyard-host-ovs.yaml
+fi
+kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: switchyard-system
+YAML
+# Host-network pods (the agent and proxy) cannot use the kubernetes Service
+# before a service proxy runs: give them the API server's own address.
+kubectl -n switchyard-system create configmap switchyard-api-server \
+    --from-literal=host="$NODE_IP" --from-literal=port=6443 \
+    --dry-run=client -o yaml | kubectl apply -f -
+kubectl apply -f "$manifest"
+if [ "$SEGMENTS" = vlan ]; then
+    # Segment "blue": VLAN 100 on the trunk NIC eth2; the router VM is its gateway.
+    kubectl -n switchyard-system get configmap switchyard-config -o json |
+        python3 /vagrant/vagrant/add-vlan-segment.py blue 100 10.20.0.0/24 10.20.0.1 eth2 |
+        kubectl apply -f -
+    kubectl -n switchyard-system rollout restart daemonset/switchyard-node
+fi
+log "control plane up; workers join with $SHARED_DIR/join.sh"

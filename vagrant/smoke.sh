@@ -1,0 +1,37 @@
+#!/bin/bash
+# Smoke test, run on the last node provisioned: every node Ready, the
+# Switchyard DaemonSet rolled out, a server pod and a client pod on every node,
+# and the server Service's ClusterIP answering from every client pod.
+set -euo pipefail
+# shellcheck source=vagrant/lib.sh
+source /vagrant/vagrant/lib.sh
+require_env SHARED_DIR
+
+export KUBECONFIG="$SHARED_DIR/admin.conf"
+ns=switchyard-smoke
+
+log "waiting for nodes and the Switchyard DaemonSet"
+kubectl wait --for=condition=Ready nodes --all --timeout=600s
+kubectl -n switchyard-system rollout status daemonset/switchyard-node --timeout=600s
+
+kubectl apply -f /vagrant/vagrant/smoke.yaml
+kubectl -n "$ns" rollout status daemonset/echo --timeout=300s
+kubectl -n "$ns" rollout status daemonset/client --timeout=300s
+
+nodes=$(kubectl get nodes -o name | wc -l)
+clients=$(kubectl -n "$ns" get pods -l app=client -o name | wc -l)
+[ "$clients" -eq "$nodes" ] || die "$clients client pods for $nodes nodes"
+vip=$(kubectl -n "$ns" get service echo -o jsonpath='{.spec.clusterIP}')
+
+failed=0
+for pod in $(kubectl -n "$ns" get pods -l app=client -o jsonpath='{.items[*].metadata.name}'); do
+    node=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.nodeName}')
+    if answer=$(retry 10 3 kubectl -n "$ns" exec "$pod" -- wget -qO- -T 5 "http://$vip/hostname"); then
+        log "client on $node -> $vip: answered by $answer"
+    else
+        log "client on $node -> $vip: NO ANSWER"
+        failed=$((failed + 1))
+    fi
+done
+[ "$failed" -eq 0 ] || die "$failed of $clients clients could not reach the ClusterIP $vip (docs/troubleshooting.md)"
+log "smoke test passed: $clients nodes, ClusterIP $vip reachable from all"
