@@ -126,6 +126,8 @@ fn main() {
 
     let mut ours: Vec<Duration> = Vec::new();
     let mut ofctl: Vec<Duration> = Vec::new();
+    let mut dump_ours: Vec<Duration> = Vec::new();
+    let mut dump_ofctl: Vec<Duration> = Vec::new();
     for round in 0..rounds {
         // Client: groups in one bundle, flows in another.
         clear(&ovs);
@@ -156,10 +158,19 @@ fn main() {
             .unwrap();
         let d = t.elapsed();
         ours.push(d);
+        // Reading everything back: client flow stats vs ovs-ofctl dump-flows.
+        let t = Instant::now();
+        let read = runtime
+            .block_on(client.dump_flows(FlowStatsRequest::all()))
+            .unwrap();
+        dump_ours.push(t.elapsed());
+        assert_eq!(read.len(), n_flows);
+        let t = Instant::now();
         assert_eq!(
             count_lines(&ovs, &["-O", "OpenFlow15", "dump-flows", "br-bench"]),
             n_flows
         );
+        dump_ofctl.push(t.elapsed());
 
         // Baseline: ovs-ofctl --bundle from files.
         clear(&ovs);
@@ -204,5 +215,21 @@ fn main() {
     println!(
         "  ratio ovs-ofctl / client: {:.2}x",
         m_ofctl.as_secs_f64() / m_ours.as_secs_f64()
+    );
+    dump_ours.sort();
+    dump_ofctl.sort();
+    let (d_ours, d_ofctl) = (dump_ours[rounds / 2], dump_ofctl[rounds / 2]);
+    println!("reading the {n_flows} flows back, median:");
+    println!(
+        "  client dump_flows (decoded values): {:.3} s",
+        d_ours.as_secs_f64()
+    );
+    println!(
+        "  ovs-ofctl dump-flows (text):        {:.3} s",
+        d_ofctl.as_secs_f64()
+    );
+    println!(
+        "  ratio ovs-ofctl / client: {:.2}x",
+        d_ofctl.as_secs_f64() / d_ours.as_secs_f64()
     );
 }

@@ -633,6 +633,16 @@ impl Client {
         if let Some((xid, error)) = r.errors.first() {
             let i = usize::try_from(xid.wrapping_sub(r.start)).unwrap_or(0);
             let m = &all[i.min(all.len() - 1)];
+            if i == 0 {
+                // The open itself failed.
+                return Err(Error::Rejected {
+                    xid: *xid,
+                    kind: "BUNDLE_CONTROL",
+                    desc: m.describe(),
+                    error: error.clone(),
+                    others: r.errors.len() - 1,
+                });
+            }
             return Err(Error::BundleRejected {
                 bundle_id,
                 index: i.saturating_sub(1),

@@ -6,6 +6,45 @@
 //! packet-in, with the Nicira extensions OVS uses (conntrack, NAT, learn,
 //! resubmit, registers, conjunction, controller2). Every value has a
 //! `Display` in ovs-ofctl syntax.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchyard_ovs::openflow::Error> {
+//! use std::net::Ipv4Addr;
+//! use switchyard_ovs::openflow::*;
+//!
+//! let client = Client::connect(ClientConfig::new("/var/run/openvswitch/br-int.mgmt")).await?;
+//! let group = Group::select(7, vec![
+//!     (100, vec![Action::Ct(Ct {
+//!         commit: true,
+//!         zone: CtZone::Immediate(1),
+//!         table: Some(3),
+//!         nat: Some(Nat::dst(Ipv4Addr::new(10, 1, 0, 2).into(), Some(8080))),
+//!         ..Ct::default()
+//!     })]),
+//! ])
+//! .selection(SelectionMethod::hash(&[Field::Ipv4Src, Field::Ipv4Dst]));
+//! let flow = Flow::new(2, 100)
+//!     .cookie(0x5e)
+//!     .matching(MatchField::eth_type(0x0800))
+//!     .matching(MatchField::ip_proto(6))
+//!     .matching(MatchField::ipv4_dst(Ipv4Addr::new(10, 96, 0, 1), 32))
+//!     .matching(MatchField::tcp_dst(80))
+//!     .action(Action::Group(7));
+//! // "table=2,cookie=0x5e,priority=100,tcp,nw_dst=10.96.0.1,tcp_dst=80 actions=group:7"
+//! println!("{flow}");
+//! // All or nothing; on failure the error names the rejected message.
+//! client
+//!     .bundle(
+//!         vec![GroupMod::add(group).into(), FlowMod::add(flow).into()],
+//!         bundle_flags::ATOMIC | bundle_flags::ORDERED,
+//!     )
+//!     .await?;
+//! // After ovs-vswitchd restarts, the generation goes up: replay.
+//! let mut events = client.connection_events();
+//! events.changed().await.ok();
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod action;
 pub mod client;
