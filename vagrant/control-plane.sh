@@ -6,19 +6,17 @@
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
-require_env NODE_IP SHARED_DIR OVS_MODE SEGMENTS
+require_env NODE_IP NODE_INDEX SHARED_DIR OVS_MODE SEGMENTS
 
-pod_cidr=10.244.0.0/16
 service_cidr=10.96.0.0/12
 export KUBECONFIG=/etc/kubernetes/admin.conf
 
 if [ ! -f /etc/kubernetes/admin.conf ]; then
     log "kubeadm init (kube-proxy addon skipped)"
-    # --pod-network-cidr makes the controller-manager give every Node a
-    # spec.podCIDR, which the agent's overlay segment uses.
+    # No --pod-network-cidr: the nodes' pod CIDRs are fixed per node (the
+    # routes between nodes need them up front; see node.sh).
     kubeadm init \
         --apiserver-advertise-address="$NODE_IP" \
-        --pod-network-cidr="$pod_cidr" \
         --service-cidr="$service_cidr" \
         --skip-phases=addon/kube-proxy
 fi
@@ -27,6 +25,7 @@ mkdir -p /home/vagrant/.kube "$SHARED_DIR"
 install -o vagrant -g vagrant -m 0600 /etc/kubernetes/admin.conf /home/vagrant/.kube/config
 install -m 0600 /etc/kubernetes/admin.conf "$SHARED_DIR/admin.conf"
 kubeadm token create --print-join-command >"$SHARED_DIR/join.sh"
+set_pod_cidr "$(hostname)" "$NODE_INDEX"
 
 log "installing Switchyard ($OVS_MODE OVS, $SEGMENTS segments)"
 manifest=/vagrant/deploy/switchyard.yaml

@@ -1,11 +1,18 @@
 #!/bin/bash
 # Every node: kernel settings, containerd, kubeadm/kubelet/kubectl from
 # pkgs.k8s.io, Open vSwitch (daemons for SWITCHYARD_OVS=host, tools only
-# otherwise: the DaemonSet then runs its own), kubelet on the node network.
+# otherwise: the DaemonSet then runs its own), kubelet on the node network,
+# and routes to the other nodes' pod CIDRs.
+#
+# Pod CIDRs: node i gets 10.244.i.0/24 (control-plane.sh and worker.sh set
+# it on the Node object). Switchyard's Geneve/VXLAN overlay between nodes is
+# not built yet; until it is, the lab routes pod CIDRs over the node network
+# (all VMs share one L2 network), so pods on different nodes reach each other
+# through the nodes' own routing.
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
-require_env NODE_IP K8S_VERSION OVS_MODE
+require_env NODE_IP NODE_INDEX NODE_COUNT NET_PREFIX K8S_VERSION OVS_MODE
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -56,4 +63,11 @@ apt-mark hold kubelet kubeadm kubectl >/dev/null
 # advertise the node-network address instead.
 echo "KUBELET_EXTRA_ARGS=--node-ip=${NODE_IP}" >/etc/default/kubelet
 systemctl enable --now kubelet
+
+log "routes to the other nodes' pod CIDRs"
+for ((j = 0; j < NODE_COUNT; j++)); do
+    if [ "$j" -ne "$NODE_INDEX" ]; then
+        ip route replace "10.244.$j.0/24" via "$NET_PREFIX.$((10 + j))"
+    fi
+done
 log "node ready for kubeadm"
