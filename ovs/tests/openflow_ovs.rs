@@ -368,6 +368,31 @@ async fn delete_by_cookie_mask_removes_exactly_that_set() {
         .await
         .unwrap();
     assert_eq!(dump_flows(&ovs, "br0").len(), 1);
+
+    // out_group / out_port filters of a delete.
+    c.group_mod(GroupMod::add(Group::new(7, GroupType::All, vec![vec![]])))
+        .await
+        .unwrap();
+    c.bundle_flow_mods(vec![
+        FlowMod::add(Flow::new(3, 1).action(Action::Group(7))),
+        FlowMod::add(Flow::new(3, 2).action(Action::Output(1))),
+        FlowMod::add(Flow::new(3, 3).action(Action::Output(2))),
+    ])
+    .await
+    .unwrap();
+    let mut by_group = FlowMod::delete(ALL_TABLES, vec![]);
+    by_group.out_group = 7;
+    c.flow_mod(by_group).await.unwrap();
+    let mut by_port = FlowMod::delete(3, vec![]);
+    by_port.out_port = 2;
+    c.flow_mod(by_port).await.unwrap();
+    let left = dump_flows(&ovs, "br0");
+    assert_eq!(left.len(), 2, "{left:#?}");
+    assert!(
+        left.iter()
+            .any(|l| l.contains("priority=2 actions=output:1")),
+        "{left:#?}"
+    );
 }
 
 /// Packet-out through the pipeline: counters, packet-in with userdata.

@@ -262,8 +262,9 @@ impl LearnSpec {
     }
 }
 
-/// The Nicira `learn` action.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+/// The Nicira `learn` action. `Learn::default()` has priority 0x8000, like
+/// ovs-ofctl when no priority is given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Learn {
     /// Table of the learned flow.
     pub table: u8,
@@ -285,6 +286,23 @@ pub struct Learn {
     pub delete_learned: bool,
     /// Match and action specifications.
     pub specs: Vec<LearnSpec>,
+}
+
+impl Default for Learn {
+    fn default() -> Self {
+        Self {
+            table: 0,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            fin_idle_timeout: 0,
+            fin_hard_timeout: 0,
+            priority: 0x8000,
+            cookie: 0,
+            send_flow_rem: false,
+            delete_learned: false,
+            specs: Vec::new(),
+        }
+    }
 }
 
 /// One action.

@@ -646,12 +646,19 @@ impl MatchField {
             mask: None,
         }
     }
-    /// Masked match (`value/mask`).
+    /// Masked match (`value/mask`); an all-ones mask gives an exact match,
+    /// as OVS would store it.
     pub fn masked(field: Field, value: u128, mask: u128) -> Self {
+        let bits = field.len() * 8;
+        let all = if bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
         Self {
             field,
             value: value & mask,
-            mask: Some(mask),
+            mask: (mask & all != all).then_some(mask),
         }
     }
     /// `in_port=N`.
