@@ -198,8 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.info.nodes.len()
             );
             demo::print_up_report(&opts.state, &report);
+            let exe = report.info.binaries.lab.display();
             println!(
-                "\nkubectl --kubeconfig {} get nodes -o wide\nswitchyard-lab status --state-dir {}\nswitchyard-lab down --state-dir {}",
+                "\nkubectl --kubeconfig {} get nodes -o wide\n{exe} status --state-dir {}\n{exe} down --state-dir {}",
                 opts.state.kubeconfig().display(),
                 opts.state.root().display(),
                 opts.state.root().display()

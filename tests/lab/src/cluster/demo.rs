@@ -310,6 +310,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         ));
     }
     step(5, "Look around");
+    let lab_bin = info.binaries.lab.display().to_string();
     let n1 = &info.nodes[0];
     say(&format!(
         "   export KUBECONFIG={}",
@@ -317,7 +318,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
     ));
     say("   kubectl get nodes,pods,services,endpointslices -o wide");
     say(&format!(
-        "   switchyard-lab status --state-dir {}",
+        "   {lab_bin} status --state-dir {}",
         state.root().display()
     ));
     say(
@@ -351,7 +352,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         ));
     } else {
         say(&format!(
-            "\nThe lab stays up. Remove it with: switchyard-lab down --state-dir {}",
+            "\nThe lab stays up. Remove it with: {lab_bin} down --state-dir {}",
             state.root().display()
         ));
     }
