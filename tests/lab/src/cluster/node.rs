@@ -139,7 +139,9 @@ pub fn agent_args(config: &Path) -> Vec<String> {
     vec!["--config".into(), config.display().to_string()]
 }
 
-/// Argument vector of `switchyard-proxy` (after the program) for a node.
+/// Argument vector of `switchyard-proxy` (after the program) for a node. Its environment
+/// carries `NODE_NAME`, `KUBECONFIG` and `OVS_RUNDIR` (the node's OVS directory, where
+/// `br-int.mgmt` is), which the proxy reads as defaults of its flags.
 pub fn proxy_args(node: &NodeInfo) -> Vec<String> {
     vec!["--node-name".into(), node.name.clone()]
 }
@@ -165,6 +167,7 @@ fn spawn_in_node(
     cmd.args(args)
         .env("NODE_NAME", &node.name)
         .env("KUBECONFIG", state.kubeconfig())
+        .env("OVS_RUNDIR", state.ovs_dir(&node.name))
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
