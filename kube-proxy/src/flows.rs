@@ -11,11 +11,11 @@
 //!     none (Reject):          controller(userdata=SYRJ) -> ICMP port unreachable
 //!     none (Drop):            drop
 //! group G  select, hash over the 5-tuple, one bucket per endpoint:
-//!     [affinity: load reg3=EP, reg4[0..17]=EP_PORT|Selected, learn(T30 ...)]
-//!     ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
+//!     no affinity: ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
+//!     affinity:    load reg3=EP, reg4[0..17]=EP_PORT|Selected, resubmit(,32)
 //! T32 ENDPOINT_DNAT (affinity only) prio 200
 //!     proto,nw_dst=VIP,tp_dst=PORT,reg3=EP,reg4=EP_PORT|Selected/0x3ffff
-//!     -> ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
+//!     -> learn(T30 ...), ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
 //! ```
 //!
 //! The buckets DNAT directly (as OVN's load balancers do) instead of going
@@ -32,8 +32,9 @@
 //! the proxy's priority-1 flow for state NeedsEndpoint ends the resubmit
 //! without loading anything (so the agent's pass-through is never taken from
 //! inside it). The second resubmit to SERVICE_LB then either balances through
-//! the group (state NeedsEndpoint; the bucket learns) or goes to
-//! ENDPOINT_DNAT (state Selected). Learned flows carry the cookie generation
+//! the group (state NeedsEndpoint; the bucket loads its endpoint and state
+//! Selected) or goes straight on (state Selected); either way the endpoint's
+//! ENDPOINT_DNAT flow learns and DNATs. Learned flows carry the cookie generation
 //! [`LEARNED_GENERATION`], which full resyncs never delete.
 //!
 //! Generic flows (cookie object 0): the two session-affinity helpers above,
@@ -223,21 +224,11 @@ pub fn port_flows(
                     .matching(match_state(ServiceState::NeedsEndpoint))
                     .action(Action::Group(group_id)),
             );
-            for endpoint in &state.endpoints {
-                flows.push(
-                    with_matches(
-                        Flow::new(table::ENDPOINT_DNAT, priority::SERVICE).cookie(c),
-                        frontend_match(state),
-                    )
-                    .matching(MatchField::reg(reg::ENDPOINT_IP, u32::from(endpoint.ip)))
-                    .matching(MatchField::reg_masked(
-                        reg::ENDPOINT_PORT_AND_STATE,
-                        port_and_state_value(endpoint.port, ServiceState::EndpointSelected),
-                        0x3_ffff,
-                    ))
-                    .action(dnat_action(endpoint.ip, endpoint.port)),
-                );
-            }
+            flows.extend(
+                state.endpoints.iter().filter_map(|endpoint| {
+                    affinity_dnat_flow(generation, group_id, state, endpoint)
+                }),
+            );
         }
         None => flows.push(
             frontend()
@@ -253,15 +244,21 @@ pub fn port_flows(
     flows
 }
 
-/// The DNAT flow of one endpoint of an affinity Service port, as
-/// [`port_flows`] renders it (for strict deletes).
+/// The ENDPOINT_DNAT flow of one endpoint of an affinity Service port:
+/// (re)learns the client's choice, then DNATs. `None` without affinity.
+///
+/// The `learn` sits here and not in the group's bucket because OVS does not
+/// execute `learn` inside group buckets (it is silently skipped; seen with
+/// `ofproto/trace` on OVS 3.1). Passing here on every new connection, also
+/// when a learned flow chose the endpoint, refreshes the affinity the way
+/// kube-proxy's `recent --set` does.
 pub fn affinity_dnat_flow(
     generation: u8,
     group_id: GroupId,
     state: &ServicePortState,
     endpoint: &Endpoint,
 ) -> Option<Flow> {
-    state.session_affinity?;
+    let timeout = state.session_affinity?;
     Some(
         with_matches(
             Flow::new(table::ENDPOINT_DNAT, priority::SERVICE).cookie(cookie(generation, group_id)),
@@ -273,6 +270,7 @@ pub fn affinity_dnat_flow(
             port_and_state_value(endpoint.port, ServiceState::EndpointSelected),
             0x3_ffff,
         ))
+        .action(affinity_learn(group_id, state, timeout))
         .action(dnat_action(endpoint.ip, endpoint.port)),
     )
 }
@@ -313,22 +311,24 @@ pub fn port_group(group_id: GroupId, state: &ServicePortState) -> Group {
         .iter()
         .enumerate()
         .map(|(index, endpoint)| {
-            let mut actions = Vec::new();
-            if let Some(timeout) = state.session_affinity {
-                actions.push(Action::load(
-                    SubField::whole(Field::Reg(reg::ENDPOINT_IP)),
-                    u128::from(u32::from(endpoint.ip)),
-                ));
-                actions.push(Action::load(
-                    port_and_state_bits(),
-                    u128::from(port_and_state_value(
-                        endpoint.port,
-                        ServiceState::EndpointSelected,
-                    )),
-                ));
-                actions.push(affinity_learn(group_id, state, timeout));
-            }
-            actions.push(dnat_action(endpoint.ip, endpoint.port));
+            let actions = if state.session_affinity.is_some() {
+                vec![
+                    Action::load(
+                        SubField::whole(Field::Reg(reg::ENDPOINT_IP)),
+                        u128::from(u32::from(endpoint.ip)),
+                    ),
+                    Action::load(
+                        port_and_state_bits(),
+                        u128::from(port_and_state_value(
+                            endpoint.port,
+                            ServiceState::EndpointSelected,
+                        )),
+                    ),
+                    Action::resubmit_table(table::ENDPOINT_DNAT),
+                ]
+            } else {
+                vec![dnat_action(endpoint.ip, endpoint.port)]
+            };
             Bucket::new(u32::try_from(index).unwrap_or(u32::MAX), actions).weight(100)
         })
         .collect();

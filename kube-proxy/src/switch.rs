@@ -193,7 +193,9 @@ impl SwitchWriter {
     pub async fn apply(&mut self, update: &Update) -> Result<(), SwitchError> {
         self.latest = Some(Arc::clone(&update.state));
         if !self.in_sync {
-            return self.full_sync_from(update.first_event).await;
+            self.full_sync_from(update.first_event).await?;
+            self.flush_conntrack(update).await;
+            return Ok(());
         }
         let msgs = program::incremental(self.generation, &update.changes, &mut self.hairpin);
         let count = msgs.len();
@@ -229,9 +231,10 @@ impl SwitchWriter {
                 warn!(%err, "change set not installed; a full sync follows");
                 self.in_sync = false;
                 self.metrics.record_sync(false);
+                let result = self.full_sync_from(Instant::now()).await;
                 // The stale entries of this update would be lost otherwise.
                 self.flush_conntrack(update).await;
-                self.full_sync_from(Instant::now()).await
+                result
             }
         }
     }

@@ -160,3 +160,418 @@ async fn service_without_endpoints_rejects_at_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_endpoints_are_a_fallback_only() {
+    if !require_privileges("terminating_endpoints_are_a_fallback_only") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 80));
+    for (name, host) in [("web-1", 11), ("web-2", 12)] {
+        let pod = node.add_pod(name, host).await;
+        pod.serve_tcp(8080);
+        let ip = pod.ip;
+        lab.create_pod_with_finalizers(
+            name,
+            json!({"app": "web"}),
+            common::NODE,
+            ip,
+            http_ports(),
+            &["switchyard.test/hold"],
+        )
+        .await;
+    }
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("both backends", &debug, || async {
+        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+    })
+    .await;
+
+    // web-1 terminates (still serving): new connections go to web-2 only.
+    lab.delete_pod("web-1").await;
+    eventually("only web-2 while web-1 drains", &debug, || async {
+        (backends_seen(&node, "client", vip, 12).await == set(&["web-2"])).then_some(())
+    })
+    .await;
+
+    // web-2 terminates too: nothing is ready, so both serving-terminating
+    // endpoints are used rather than rejecting.
+    lab.delete_pod("web-2").await;
+    eventually("fallback to both terminating", &debug, || async {
+        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_traffic_policy_local_uses_local_endpoints_or_drops() {
+    if !require_privileges("internal_traffic_policy_local_uses_local_endpoints_or_drops") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "local"},
+            "spec": {"selector": {"app": "local"}, "internalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 80));
+    // Only a remote endpoint (another node): dropped silently, not rejected.
+    lab.create_pod(
+        "remote",
+        json!({"app": "local"}),
+        "node-2",
+        "10.244.1.5".parse().expect("ip"),
+        http_ports(),
+    )
+    .await;
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("the proxy to sync", &debug, || async {
+        proxy
+            .get("/healthz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+            .then_some(())
+    })
+    .await;
+    eventually("a drop (curl times out)", &debug, || async {
+        // 28: operation timed out (a reject would be 7).
+        matches!(node.pod("client").curl(vip).await, Err((28, _))).then_some(())
+    })
+    .await;
+    // A local endpoint appears: every connection goes to it.
+    let pod = node.add_pod("local-1", 11).await;
+    pod.serve_tcp(8080);
+    let ip = pod.ip;
+    lab.create_pod(
+        "local-1",
+        json!({"app": "local"}),
+        common::NODE,
+        ip,
+        http_ports(),
+    )
+    .await;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("the local endpoint", &debug, || async {
+        (node.pod("client").curl(vip).await.ok().as_deref() == Some("local-1")).then_some(())
+    })
+    .await;
+    for _ in 0..8 {
+        assert_eq!(
+            node.pod("client").curl(vip).await.ok().as_deref(),
+            Some("local-1"),
+            "{}",
+            debug()
+        );
+    }
+}
+
+/// Learned affinity flows of the proxy in SESSION_AFFINITY.
+fn learned_flows(node: &Node) -> usize {
+    node.ovs
+        .ofctl(&["-O", "OpenFlow15", "dump-flows", common::BRIDGE, "table=30"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("priority=200"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_affinity_sticks_and_expires() {
+    if !require_privileges("session_affinity_sticks_and_expires") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "sticky"},
+            "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 2}},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 80));
+    for (name, host) in [("web-1", 11), ("web-2", 12), ("web-3", 13)] {
+        add_backend(&mut node, &lab, name, host).await;
+    }
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let first = eventually("a first answer", &debug, || async {
+        node.pod("client").curl(vip).await.ok()
+    })
+    .await;
+    // Many new connections (new source ports) all stick to the first backend.
+    for _ in 0..12 {
+        assert_eq!(
+            node.pod("client").curl(vip).await.ok().as_deref(),
+            Some(first.as_str()),
+            "{}",
+            debug()
+        );
+    }
+    assert_eq!(learned_flows(&node), 1, "{}", debug());
+    // After 2 s without new connections the affinity expires and a new
+    // choice is made: eventually another backend answers.
+    eventually("another backend after expiry", &debug, || async {
+        if learned_flows(&node) != 0 {
+            return None;
+        }
+        let answer = node.pod("client").curl(vip).await.ok()?;
+        (answer != first).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hairpin_a_pod_reaches_itself_through_its_service() {
+    if !require_privileges("hairpin_a_pod_reaches_itself_through_its_service") {
+        return;
+    }
+    let (node, lab, proxy, vip) = web_setup(&[("web-1", 11)]).await;
+    let _ = &lab;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("web-1 reaching itself", &debug, || async {
+        (node.pod("web-1").curl(vip).await.ok().as_deref() == Some("web-1")).then_some(())
+    })
+    .await;
+    // A long-lived hairpin connection carries many exchanges (established path).
+    let mut conn = node.pod("web-1").connect(vip).await.expect("connect");
+    for _ in 0..5 {
+        assert_eq!(conn.ask().await.expect("answer"), "web-1", "{}", debug());
+    }
+    // Other clients still work alongside.
+    assert_eq!(
+        node.pod("client").curl(vip).await.ok().as_deref(),
+        Some("web-1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_port_service_with_named_ports_per_pod() {
+    if !require_privileges("multi_port_service_with_named_ports_per_pod") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "multi"},
+            "spec": {"selector": {"app": "multi"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"},
+                               {"name": "admin", "port": 81, "targetPort": 9090}]},
+        }))
+        .await;
+    // The named port "http" resolves to a different number on each pod.
+    for (name, host, http) in [("multi-1", 11, 8080), ("multi-2", 12, 8081)] {
+        let pod = node.add_pod(name, host).await;
+        pod.serve_tcp(http);
+        pod.serve_tcp(9090);
+        let ip = pod.ip;
+        lab.create_pod(
+            name,
+            json!({"app": "multi"}),
+            common::NODE,
+            ip,
+            json!([{"name": "http", "containerPort": http}, {"name": "admin", "containerPort": 9090}]),
+        )
+        .await;
+    }
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    for port in [80, 81] {
+        let addr = SocketAddr::from((vip, port));
+        eventually(&format!("both pods on port {port}"), &debug, || async {
+            (backends_seen(&node, "client", addr, 12).await == set(&["multi-1", "multi-2"]))
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_service_follows_a_replaced_backend() {
+    if !require_privileges("udp_service_follows_a_replaced_backend") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "dns"},
+            "spec": {"selector": {"app": "dns"},
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 53));
+    let udp_ports = json!([{"name": "dns", "containerPort": 5353, "protocol": "UDP"}]);
+    let pod = node.add_pod("dns-1", 11).await;
+    pod.serve_udp(5353);
+    let ip = pod.ip;
+    lab.create_pod(
+        "dns-1",
+        json!({"app": "dns"}),
+        common::NODE,
+        ip,
+        udp_ports.clone(),
+    )
+    .await;
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    // One client socket (one source port, so one conntrack entry) throughout.
+    let socket = node.pod("client").udp_socket();
+    eventually("dns-1 answering", &debug, || async {
+        (common::udp_ask(&socket, vip).await.as_deref() == Some("dns-1")).then_some(())
+    })
+    .await;
+
+    // The backend is replaced by a pod with another address, rolling-update
+    // style: the new one is ready before the old one goes, so the Service
+    // always has an endpoint and only the old endpoint's entries are stale.
+    let pod = node.add_pod("dns-2", 12).await;
+    pod.serve_udp(5353);
+    let ip = pod.ip;
+    lab.create_pod("dns-2", json!({"app": "dns"}), common::NODE, ip, udp_ports)
+        .await;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("dns-2 in the group", &debug, || async {
+        node.dump_groups()
+            .contains("10.244.0.12:5353")
+            .then_some(())
+    })
+    .await;
+    // The established entry keeps the socket on dns-1.
+    assert_eq!(
+        common::udp_ask(&socket, vip).await.as_deref(),
+        Some("dns-1"),
+        "{}",
+        debug()
+    );
+    lab.delete_pod("dns-1").await;
+    node.remove_pod("dns-1").await;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    // Asking all along keeps a stale entry alive unless the proxy flushes it.
+    eventually("dns-2 answering the same socket", &debug, || async {
+        (common::udp_ask(&socket, vip).await.as_deref() == Some("dns-2")).then_some(())
+    })
+    .await;
+}
+
+fn group_ids(node: &Node) -> Vec<String> {
+    node.dump_groups()
+        .lines()
+        .filter_map(|line| {
+            line.split(',')
+                .find_map(|part| part.trim().strip_prefix("group_id=").map(str::to_owned))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_restart_keeps_connections_and_service() {
+    if !require_privileges("proxy_restart_keeps_connections_and_service") {
+        return;
+    }
+    let (node, lab, mut proxy, vip) = web_setup(&[("web-1", 11), ("web-2", 12)]).await;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("both backends", &debug, || async {
+        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+    })
+    .await;
+    let mut conn = node.pod("client").connect(vip).await.expect("connect");
+    let backend = conn.ask().await.expect("answer");
+    let groups_before = group_ids(&node);
+
+    // Proxy down: flows stay, the connection and new connections work.
+    proxy.kill();
+    assert_eq!(conn.ask().await.expect("answer while down"), backend);
+    assert!(node.pod("client").curl(vip).await.is_ok());
+
+    // Proxy back: it adopts the groups and replaces its flows without a gap.
+    let proxy = ProxyProcess::start(&lab, &node, "second", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("the new proxy to sync", &debug, || async {
+        proxy
+            .get("/healthz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+            .then_some(())
+    })
+    .await;
+    assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
+    assert_eq!(group_ids(&node), groups_before, "{}", debug());
+    for _ in 0..5 {
+        assert_eq!(conn.ask().await.expect("answer after restart"), backend);
+    }
+    assert_eq!(
+        backends_seen(&node, "client", vip, 12).await,
+        set(&["web-1", "web-2"]),
+        "{}",
+        debug()
+    );
+    // Only the new generation's flows remain (one frontend).
+    let frontends = node
+        .dump_flows()
+        .lines()
+        .filter(|line| line.contains("table=31") && line.contains("nw_dst="))
+        .count();
+    assert_eq!(frontends, 1, "{}", debug());
+}
+
+/// How long service takes to come back after ovs-vswitchd restarts: the
+/// proxy reconnects (client backoff at most 2 s) and reinstalls everything.
+const VSWITCHD_RESTART_BOUND: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vswitchd_restart_restores_service_within_bound() {
+    if !require_privileges("vswitchd_restart_restores_service_within_bound") {
+        return;
+    }
+    let (mut node, lab, proxy, vip) = web_setup(&[("web-1", 11), ("web-2", 12)]).await;
+    let _ = &lab;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("both backends", &debug, || async {
+        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+    })
+    .await;
+
+    node.ovs.kill_vswitchd();
+    node.ovs.start_vswitchd().expect("vswitchd restarts");
+    let restarted = Instant::now();
+    // The agent's part: it reinstalls its flows on reconnect.
+    node.install_agent_flows().await;
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("service back", &debug, || async {
+        (backends_seen(&node, "client", vip, 8).await == set(&["web-1", "web-2"])).then_some(())
+    })
+    .await;
+    let took = restarted.elapsed();
+    assert!(
+        took < VSWITCHD_RESTART_BOUND,
+        "service came back after {took:?}\n{}",
+        debug()
+    );
+    assert!(
+        proxy.log_text().contains("OpenFlow reconnected"),
+        "{}",
+        debug()
+    );
+}

@@ -515,8 +515,23 @@ impl Lab {
         ip: Ipv4Addr,
         ports: serde_json::Value,
     ) {
+        self.create_pod_with_finalizers(name, labels, node, ip, ports, &[])
+            .await;
+    }
+
+    /// Like [`Self::create_pod`], with finalizers (a deleted pod then stays,
+    /// terminating, until they are removed).
+    pub async fn create_pod_with_finalizers(
+        &self,
+        name: &str,
+        labels: serde_json::Value,
+        node: &str,
+        ip: Ipv4Addr,
+        ports: serde_json::Value,
+        finalizers: &[&str],
+    ) {
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
+            "metadata": {"name": name, "labels": labels, "finalizers": finalizers},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "ports": ports}]},
         }))
         .expect("pod manifest");
