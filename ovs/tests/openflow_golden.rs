@@ -431,6 +431,10 @@ const OFCTL_FLOWS: &[&str] = &[
     "table=6,priority=2,sctp,sctp_dst=9 actions=meter:2,controller(reason=no_match,userdata=01.02.03)",
     "table=6,priority=3,icmp,icmp_type=8,icmp_code=0 actions=CONTROLLER:65535,controller(max_len=128)",
     "table=7,priority=0 actions=drop",
+    "table=8,priority=1,icmp6,icmp_type=135,icmp_code=0,nd_target=fd00::1,nd_sll=00:00:00:00:00:01 actions=drop",
+    "table=8,priority=2,icmp6,icmp_type=136,nd_target=fd00::2,nd_tll=00:00:00:00:00:02 actions=drop",
+    "table=8,priority=3,ip,ip_dscp=46,nw_ecn=1,nw_ttl=64 actions=drop",
+    "table=8,priority=4,ipv6,ipv6_label=0x12345 actions=dec_ttl",
 ];
 
 fn flow_mod_of(bytes: &[u8]) -> FlowMod {

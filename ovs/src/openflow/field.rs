@@ -83,6 +83,20 @@ pub enum Field {
     Icmpv6Type,
     /// ICMPv6 code.
     Icmpv6Code,
+    /// DSCP (6 bits, `ip_dscp`).
+    IpDscp,
+    /// ECN (2 bits, `nw_ecn`).
+    IpEcn,
+    /// IP TTL / hop limit (`nw_ttl`).
+    IpTtl,
+    /// IPv6 flow label.
+    Ipv6Label,
+    /// IPv6 neighbour discovery target.
+    NdTarget,
+    /// IPv6 ND source link-layer address.
+    NdSll,
+    /// IPv6 ND target link-layer address.
+    NdTll,
     /// Tunnel id / VNI (`tun_id`).
     TunId,
     /// TCP flags.
@@ -343,6 +357,27 @@ impl Field {
                 1,
                 Dec,
             ),
+            Field::IpDscp => oxm_only("ip_dscp", "OXM_OF_IP_DSCP", 8, 1, Dec),
+            Field::IpEcn => both("nw_ecn", "NXM_NX_IP_ECN", (NXM_NX, 28, 1), 9, 1, Dec),
+            Field::IpTtl => nx("nw_ttl", "NXM_NX_IP_TTL", NXM_NX, 29, 1, Dec),
+            Field::Ipv6Label => both(
+                "ipv6_label",
+                "NXM_NX_IPV6_LABEL",
+                (NXM_NX, 27, 4),
+                28,
+                4,
+                Hex,
+            ),
+            Field::NdTarget => both(
+                "nd_target",
+                "NXM_NX_ND_TARGET",
+                (NXM_NX, 23, 16),
+                31,
+                16,
+                Ipv6,
+            ),
+            Field::NdSll => both("nd_sll", "NXM_NX_ND_SLL", (NXM_NX, 24, 6), 32, 6, Mac),
+            Field::NdTll => both("nd_tll", "NXM_NX_ND_TLL", (NXM_NX, 25, 6), 33, 6, Mac),
             Field::TunId => both("tun_id", "NXM_NX_TUN_ID", (NXM_NX, 16, 8), 38, 8, Hex),
             Field::TcpFlags => both("tcp_flags", "NXM_NX_TCP_FLAGS", (NXM_NX, 34, 2), 42, 2, Hex),
             Field::Metadata => oxm_only("metadata", "OXM_OF_METADATA", 2, 8, Hex),
@@ -424,6 +459,13 @@ impl Field {
             Field::Ipv6Dst,
             Field::Icmpv6Type,
             Field::Icmpv6Code,
+            Field::IpDscp,
+            Field::IpEcn,
+            Field::IpTtl,
+            Field::Ipv6Label,
+            Field::NdTarget,
+            Field::NdSll,
+            Field::NdTll,
             Field::TunId,
             Field::TcpFlags,
             Field::Metadata,
