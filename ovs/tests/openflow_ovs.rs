@@ -560,3 +560,37 @@ async fn group_modify_insert_remove_buckets_and_delete() {
     c.group_mod(GroupMod::delete(ALL_GROUPS)).await.unwrap();
     assert!(dump_groups(&ovs, "br0").is_empty());
 }
+
+/// Bundles and single flow_mods from concurrent tasks on one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bundles_and_flow_mods_on_one_client() {
+    let Some(ovs) = start("concurrent_bundles_and_flow_mods_on_one_client", &["br0"]) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    let mut tasks = Vec::new();
+    for t in 0..3u8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let fms = (0..5000u16)
+                .map(|i| FlowMod::add(Flow::new(t, i).cookie(u64::from(t))))
+                .collect();
+            c.bundle_flow_mods(fms).await
+        }));
+    }
+    for t in 10..13u8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50u16 {
+                c.flow_mod(FlowMod::add(Flow::new(t, i).cookie(u64::from(t))))
+                    .await?;
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let n = c.dump_flows(FlowStatsRequest::all()).await.unwrap().len();
+    assert_eq!(n, 3 * 5000 + 3 * 50);
+}
