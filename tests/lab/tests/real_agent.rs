@@ -159,3 +159,34 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
     // b is untouched.
     reach(&info.nodes[0].netns, &b_ip, "b");
 }
+
+/// `switchyard-lab demo --teardown` (what `./demo.sh` runs) with the real agent and proxy:
+/// 3 nodes, pods Running on each, same-node pod-to-pod and node-to-pod work, every step is
+/// reported, and nothing is left afterwards.
+#[test]
+fn demo_runs_and_tears_down() {
+    if !privileged("demo_runs_and_tears_down") {
+        return;
+    }
+    sibling_binary("switchyard", "switchyard-cni");
+    sibling_binary("switchyard-agent", "switchyard-agent");
+    let lab = Lab::prepare();
+    let out = lab.command("demo", 3, &["--teardown"]).output().unwrap();
+    let stdout = check("switchyard-lab demo", out);
+    for line in [
+        "same-node pod-to-pod (client -> web-1 on node1)  works",
+        "node-to-pod (node1 -> web-1)                     works",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    for step in [
+        "cross-node pod-to-pod",
+        "ClusterIP load-balancing",
+        "Removing the lab",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    assert_eq!(stdout.matches(" Running ").count(), 4, "{stdout}");
+    assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
+    assert!(!lab.state.root().exists());
+}

@@ -104,11 +104,16 @@ impl Lab {
 
     /// The `up` command for this lab (nodes, plus extra flags).
     pub fn up_command(&self, nodes: usize, extra: &[&str]) -> Command {
+        self.command("up", nodes, extra)
+    }
+
+    /// `switchyard-lab SUBCOMMAND` with this lab's names, state dir and a free underlay.
+    pub fn command(&self, subcommand: &str, nodes: usize, extra: &[&str]) -> Command {
         let seed = std::process::id()
             .wrapping_mul(7)
             .wrapping_add(unique() * 13);
         let mut cmd = Command::new(LAB);
-        cmd.arg("up")
+        cmd.arg(subcommand)
             .arg("--nodes")
             .arg(nodes.to_string())
             .arg("--state-dir")
