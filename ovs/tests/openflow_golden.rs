@@ -617,3 +617,33 @@ fn fuzz_seeds_and_regressions_decode_without_panic() {
     }
     assert!(n >= 15, "seeds missing from {dir}");
 }
+
+#[test]
+fn decodes_tlv_map_produced_by_ovs_ofctl() {
+    let captured = ofctl_capture(&[
+        "add-tlv-map",
+        "SOCK",
+        "{class=0xffff,type=0,len=4}->tun_metadata0,{class=0x0102,type=0x80,len=8}->tun_metadata1",
+    ]);
+    assert_eq!(captured.len(), 1, "{captured:02x?}");
+    let (_, xid, m) = Message::decode(&captured[0]).unwrap();
+    let expect = Message::TlvTableMod {
+        command: TlvTableCommand::Add,
+        maps: vec![
+            TlvMap {
+                option_class: 0xffff,
+                option_type: 0,
+                option_len: 4,
+                index: 0,
+            },
+            TlvMap {
+                option_class: 0x0102,
+                option_type: 0x80,
+                option_len: 8,
+                index: 1,
+            },
+        ],
+    };
+    assert_eq!(m, expect);
+    assert_eq!(hex(&expect.to_bytes(xid)), hex(&captured[0]));
+}

@@ -594,3 +594,48 @@ async fn concurrent_bundles_and_flow_mods_on_one_client() {
     let n = c.dump_flows(FlowStatsRequest::all()).await.unwrap().len();
     assert_eq!(n, 3 * 5000 + 3 * 50);
 }
+
+#[tokio::test]
+async fn geneve_tun_metadata_fields() {
+    let Some(ovs) = start("geneve_tun_metadata_fields", &["br0", "br1"]) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    c.add_tlv_maps(vec![
+        TlvMap {
+            option_class: 0xffff,
+            option_type: 0,
+            option_len: 4,
+            index: 0,
+        },
+        TlvMap {
+            option_class: 0xffff,
+            option_type: 1,
+            option_len: 8,
+            index: 1,
+        },
+    ])
+    .await
+    .unwrap();
+    let flow = Flow::new(0, 10)
+        .matching(MatchField::tun_metadata(0, 4, 0x1234))
+        .action(Action::set_field(
+            Field::TunMetadata { index: 1, len: 8 },
+            0xdead_beef_0000_0001,
+        ))
+        .action(Action::Output(port::NORMAL));
+    c.flow_mod(FlowMod::add(flow.clone())).await.unwrap();
+    ovs.ofctl(&[
+        "add-tlv-map",
+        "br1",
+        "{class=0xffff,type=0,len=4}->tun_metadata0,{class=0xffff,type=1,len=8}->tun_metadata1",
+    ])
+    .unwrap();
+    ovs.ofctl(&["-O", "OpenFlow15", "add-flow", "br1", &flow.to_string()])
+        .unwrap();
+    let ours = dump_flows(&ovs, "br0");
+    assert_eq!(ours, dump_flows(&ovs, "br1"));
+    assert!(ours[0].contains("tun_metadata0=0x1234"), "{ours:?}");
+    let read = c.dump_flows(FlowStatsRequest::all()).await.unwrap();
+    assert_eq!(read[0].flow, flow);
+}

@@ -27,7 +27,7 @@ use super::flow::{Flow, FlowMod, FlowStats, FlowStatsRequest};
 use super::group::{Group, GroupMod, GroupStats};
 use super::message::{
     BundleCtrlType, Message, MultipartReply, MultipartRequest, OFP15_VERSION, OfpError, PacketIn,
-    PacketOut, bundle_flags,
+    PacketOut, TlvMap, TlvTableCommand, bundle_flags,
 };
 use super::wire::DecodeError;
 
@@ -546,6 +546,20 @@ impl Client {
     /// One group_mod, confirmed by a barrier.
     pub async fn group_mod(&self, gm: GroupMod) -> Result<(), Error> {
         self.send(vec![gm.into()]).await
+    }
+
+    /// Maps Geneve options to `tun_metadata` fields (NXT_TLV_TABLE_MOD add),
+    /// like `ovs-ofctl add-tlv-map`.
+    pub async fn add_tlv_maps(&self, maps: Vec<TlvMap>) -> Result<(), Error> {
+        let desc = format!("add TLV maps {maps:?}");
+        self.send(vec![TxMessage::new(
+            Message::TlvTableMod {
+                command: TlvTableCommand::Add,
+                maps,
+            },
+            desc,
+        )])
+        .await
     }
 
     /// Sends a packet-out, confirmed by a barrier.

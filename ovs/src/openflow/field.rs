@@ -139,6 +139,14 @@ pub enum Field {
     ConjId,
     /// Datapath hash.
     DpHash,
+    /// Geneve option `tun_metadata<index>` (0..=63) of `len` bytes (at most
+    /// 16 here), as mapped on the switch with [`super::Message::TlvTableMod`].
+    TunMetadata {
+        /// Index 0..=63.
+        index: u8,
+        /// Option length in bytes as mapped (multiple of 4).
+        len: u8,
+    },
     /// Any other field, kept as its raw header.
     Other {
         /// OXM/NXM class.
@@ -275,6 +283,138 @@ const REG_NXM_NAMES: [&str; 16] = [
     "NXM_NX_REG13",
     "NXM_NX_REG14",
     "NXM_NX_REG15",
+];
+const TUN_METADATA_NAMES: [&str; 64] = [
+    "tun_metadata0",
+    "tun_metadata1",
+    "tun_metadata2",
+    "tun_metadata3",
+    "tun_metadata4",
+    "tun_metadata5",
+    "tun_metadata6",
+    "tun_metadata7",
+    "tun_metadata8",
+    "tun_metadata9",
+    "tun_metadata10",
+    "tun_metadata11",
+    "tun_metadata12",
+    "tun_metadata13",
+    "tun_metadata14",
+    "tun_metadata15",
+    "tun_metadata16",
+    "tun_metadata17",
+    "tun_metadata18",
+    "tun_metadata19",
+    "tun_metadata20",
+    "tun_metadata21",
+    "tun_metadata22",
+    "tun_metadata23",
+    "tun_metadata24",
+    "tun_metadata25",
+    "tun_metadata26",
+    "tun_metadata27",
+    "tun_metadata28",
+    "tun_metadata29",
+    "tun_metadata30",
+    "tun_metadata31",
+    "tun_metadata32",
+    "tun_metadata33",
+    "tun_metadata34",
+    "tun_metadata35",
+    "tun_metadata36",
+    "tun_metadata37",
+    "tun_metadata38",
+    "tun_metadata39",
+    "tun_metadata40",
+    "tun_metadata41",
+    "tun_metadata42",
+    "tun_metadata43",
+    "tun_metadata44",
+    "tun_metadata45",
+    "tun_metadata46",
+    "tun_metadata47",
+    "tun_metadata48",
+    "tun_metadata49",
+    "tun_metadata50",
+    "tun_metadata51",
+    "tun_metadata52",
+    "tun_metadata53",
+    "tun_metadata54",
+    "tun_metadata55",
+    "tun_metadata56",
+    "tun_metadata57",
+    "tun_metadata58",
+    "tun_metadata59",
+    "tun_metadata60",
+    "tun_metadata61",
+    "tun_metadata62",
+    "tun_metadata63",
+];
+const TUN_METADATA_NXM_NAMES: [&str; 64] = [
+    "NXM_NX_TUN_METADATA0",
+    "NXM_NX_TUN_METADATA1",
+    "NXM_NX_TUN_METADATA2",
+    "NXM_NX_TUN_METADATA3",
+    "NXM_NX_TUN_METADATA4",
+    "NXM_NX_TUN_METADATA5",
+    "NXM_NX_TUN_METADATA6",
+    "NXM_NX_TUN_METADATA7",
+    "NXM_NX_TUN_METADATA8",
+    "NXM_NX_TUN_METADATA9",
+    "NXM_NX_TUN_METADATA10",
+    "NXM_NX_TUN_METADATA11",
+    "NXM_NX_TUN_METADATA12",
+    "NXM_NX_TUN_METADATA13",
+    "NXM_NX_TUN_METADATA14",
+    "NXM_NX_TUN_METADATA15",
+    "NXM_NX_TUN_METADATA16",
+    "NXM_NX_TUN_METADATA17",
+    "NXM_NX_TUN_METADATA18",
+    "NXM_NX_TUN_METADATA19",
+    "NXM_NX_TUN_METADATA20",
+    "NXM_NX_TUN_METADATA21",
+    "NXM_NX_TUN_METADATA22",
+    "NXM_NX_TUN_METADATA23",
+    "NXM_NX_TUN_METADATA24",
+    "NXM_NX_TUN_METADATA25",
+    "NXM_NX_TUN_METADATA26",
+    "NXM_NX_TUN_METADATA27",
+    "NXM_NX_TUN_METADATA28",
+    "NXM_NX_TUN_METADATA29",
+    "NXM_NX_TUN_METADATA30",
+    "NXM_NX_TUN_METADATA31",
+    "NXM_NX_TUN_METADATA32",
+    "NXM_NX_TUN_METADATA33",
+    "NXM_NX_TUN_METADATA34",
+    "NXM_NX_TUN_METADATA35",
+    "NXM_NX_TUN_METADATA36",
+    "NXM_NX_TUN_METADATA37",
+    "NXM_NX_TUN_METADATA38",
+    "NXM_NX_TUN_METADATA39",
+    "NXM_NX_TUN_METADATA40",
+    "NXM_NX_TUN_METADATA41",
+    "NXM_NX_TUN_METADATA42",
+    "NXM_NX_TUN_METADATA43",
+    "NXM_NX_TUN_METADATA44",
+    "NXM_NX_TUN_METADATA45",
+    "NXM_NX_TUN_METADATA46",
+    "NXM_NX_TUN_METADATA47",
+    "NXM_NX_TUN_METADATA48",
+    "NXM_NX_TUN_METADATA49",
+    "NXM_NX_TUN_METADATA50",
+    "NXM_NX_TUN_METADATA51",
+    "NXM_NX_TUN_METADATA52",
+    "NXM_NX_TUN_METADATA53",
+    "NXM_NX_TUN_METADATA54",
+    "NXM_NX_TUN_METADATA55",
+    "NXM_NX_TUN_METADATA56",
+    "NXM_NX_TUN_METADATA57",
+    "NXM_NX_TUN_METADATA58",
+    "NXM_NX_TUN_METADATA59",
+    "NXM_NX_TUN_METADATA60",
+    "NXM_NX_TUN_METADATA61",
+    "NXM_NX_TUN_METADATA62",
+    "NXM_NX_TUN_METADATA63",
 ];
 const XREG_NAMES: [&str; 8] = [
     "xreg0", "xreg1", "xreg2", "xreg3", "xreg4", "xreg5", "xreg6", "xreg7",
@@ -420,6 +560,17 @@ impl Field {
             Field::PktMark => nx("pkt_mark", "NXM_NX_PKT_MARK", NXM_NX, 33, 4, Hex),
             Field::ConjId => nx("conj_id", "NXM_NX_CONJ_ID", NXM_NX, 37, 4, Dec),
             Field::DpHash => nx("dp_hash", "NXM_NX_DP_HASH", NXM_NX, 35, 4, Hex),
+            Field::TunMetadata { index, len } => {
+                let i = usize::from(index.min(63));
+                nx(
+                    TUN_METADATA_NAMES[i],
+                    TUN_METADATA_NXM_NAMES[i],
+                    NXM_NX,
+                    40 + index.min(63),
+                    len.min(16),
+                    Hex,
+                )
+            }
             Field::Other { .. } => Info {
                 name: "unknown",
                 nxm_name: "unknown",
@@ -590,12 +741,19 @@ impl Field {
                 len,
             });
         }
-        let f = lookup(class, field, exp).unwrap_or(Field::Other {
-            class,
-            field,
-            experimenter: exp,
-            len: u8::try_from(value_len).unwrap_or(0),
-        });
+        let tun_metadata =
+            (class == NXM_NX && (40..=103).contains(&field)).then(|| Field::TunMetadata {
+                index: field - 40,
+                len: u8::try_from(value_len).unwrap_or(0),
+            });
+        let f = tun_metadata
+            .or_else(|| lookup(class, field, exp))
+            .unwrap_or(Field::Other {
+                class,
+                field,
+                experimenter: exp,
+                len: u8::try_from(value_len).unwrap_or(0),
+            });
         if value_len > 16 {
             return Err(DecodeError::Unsupported {
                 what: "match field",
@@ -859,6 +1017,10 @@ impl MatchField {
     /// `pkt_mark=value/mask`.
     pub fn pkt_mark(value: u32, mask: u32) -> Self {
         Self::maybe_masked(Field::PktMark, u128::from(value), u128::from(mask), 32)
+    }
+    /// `tun_metadata<index>=value` for an option of `len` bytes (<= 16).
+    pub fn tun_metadata(index: u8, len: u8, value: u128) -> Self {
+        Self::exact(Field::TunMetadata { index, len }, value)
     }
     /// `conj_id=id`.
     pub fn conj_id(id: u32) -> Self {

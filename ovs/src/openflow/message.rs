@@ -39,6 +39,7 @@ const OFPMP_GROUP_DESC: u16 = 7;
 const NX_VENDOR_ID: u32 = 0x0000_2320;
 const NXT_SET_PACKET_IN_FORMAT: u32 = 16;
 const NXT_PACKET_IN2: u32 = 30;
+const NXT_TLV_TABLE_MOD: u32 = 24;
 
 /// An OpenFlow error message (`OFPT_ERROR`), with type/code names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -338,6 +339,30 @@ pub mod bundle_flags {
     pub const ORDERED: u16 = 2;
 }
 
+/// One Geneve option <-> `tun_metadata<index>` mapping (`nx_tlv_map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TlvMap {
+    /// Option class.
+    pub option_class: u16,
+    /// Option type.
+    pub option_type: u8,
+    /// Option length in bytes (multiple of 4, at most 124).
+    pub option_len: u8,
+    /// `tun_metadata` index 0..=63.
+    pub index: u16,
+}
+
+/// NXT_TLV_TABLE_MOD command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlvTableCommand {
+    /// Add mappings.
+    Add,
+    /// Delete mappings.
+    Delete,
+    /// Remove every mapping.
+    Clear,
+}
+
 /// A packet-in, from NXT_PACKET_IN2 or OFPT_PACKET_IN.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PacketIn {
@@ -450,6 +475,13 @@ pub enum Message {
     },
     /// NXT_SET_PACKET_IN_FORMAT (2 = NXT_PACKET_IN2).
     SetPacketInFormat(u32),
+    /// NXT_TLV_TABLE_MOD: map Geneve options to `tun_metadata` fields.
+    TlvTableMod {
+        /// Add, delete or clear.
+        command: TlvTableCommand,
+        /// The mappings.
+        maps: Vec<TlvMap>,
+    },
     /// Anything else.
     Other {
         /// Message type.
@@ -479,6 +511,7 @@ impl Message {
             Message::BundleAdd { .. } => "BUNDLE_ADD_MESSAGE",
             Message::SetAsync { .. } => "SET_ASYNC",
             Message::SetPacketInFormat(_) => "NXT_SET_PACKET_IN_FORMAT",
+            Message::TlvTableMod { .. } => "NXT_TLV_TABLE_MOD",
             Message::Other { .. } => "OTHER",
         }
     }
@@ -500,7 +533,7 @@ impl Message {
             Message::BundleControl { .. } => OFPT_BUNDLE_CONTROL,
             Message::BundleAdd { .. } => OFPT_BUNDLE_ADD_MESSAGE,
             Message::SetAsync { .. } => OFPT_SET_ASYNC,
-            Message::SetPacketInFormat(_) => OFPT_EXPERIMENTER,
+            Message::SetPacketInFormat(_) | Message::TlvTableMod { .. } => OFPT_EXPERIMENTER,
             Message::Other { msg_type, .. } => *msg_type,
         }
     }
@@ -622,6 +655,23 @@ impl Message {
                 out.put_u32(NX_VENDOR_ID);
                 out.put_u32(NXT_SET_PACKET_IN_FORMAT);
                 out.put_u32(*fmt);
+            }
+            Message::TlvTableMod { command, maps } => {
+                out.put_u32(NX_VENDOR_ID);
+                out.put_u32(NXT_TLV_TABLE_MOD);
+                out.put_u16(match command {
+                    TlvTableCommand::Add => 0,
+                    TlvTableCommand::Delete => 1,
+                    TlvTableCommand::Clear => 2,
+                });
+                out.put_bytes(0, 6);
+                for m in maps {
+                    out.put_u16(m.option_class);
+                    out.put_u8(m.option_type);
+                    out.put_u8(m.option_len);
+                    out.put_u16(m.index);
+                    out.put_u16(0);
+                }
             }
             Message::Other { body, .. } => out.put_slice(body),
         }
@@ -833,6 +883,35 @@ impl Message {
                     (NX_VENDOR_ID, NXT_PACKET_IN2) => Message::PacketIn(decode_packet_in2(&mut b)?),
                     (NX_VENDOR_ID, NXT_SET_PACKET_IN_FORMAT) => {
                         Message::SetPacketInFormat(b.u32()?)
+                    }
+                    (NX_VENDOR_ID, NXT_TLV_TABLE_MOD) => {
+                        let command = match b.u16()? {
+                            0 => TlvTableCommand::Add,
+                            1 => TlvTableCommand::Delete,
+                            2 => TlvTableCommand::Clear,
+                            c => {
+                                return Err(DecodeError::Unsupported {
+                                    what: "TLV table command",
+                                    detail: c.to_string(),
+                                });
+                            }
+                        };
+                        b.skip(6)?;
+                        let mut maps = Vec::new();
+                        while !b.is_empty() {
+                            let option_class = b.u16()?;
+                            let option_type = b.u8()?;
+                            let option_len = b.u8()?;
+                            let index = b.u16()?;
+                            b.skip(2)?;
+                            maps.push(TlvMap {
+                                option_class,
+                                option_type,
+                                option_len,
+                                index,
+                            });
+                        }
+                        Message::TlvTableMod { command, maps }
                     }
                     _ => other(&Reader::new(&buf[8..len], "experimenter")),
                 }

@@ -66,6 +66,6 @@ pub use group::{
 };
 pub use message::{
     BundleCtrlType, Message, MultipartReply, MultipartRequest, OFP15_VERSION, OfpError, PacketIn,
-    PacketOut, bundle_flags,
+    PacketOut, TlvMap, TlvTableCommand, bundle_flags,
 };
 pub use wire::DecodeError;
