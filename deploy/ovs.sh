@@ -13,14 +13,21 @@
 # groups are put back in one bundle, and flow-restore-wait is removed. The
 # agent and the proxy then reconcile their flows by cookie as usual.
 #
-# The database lives in /etc/openvswitch (a hostPath), the sockets and pid
-# files in /var/run/openvswitch (a hostPath shared with the agent and proxy).
+# The database lives in $OVS_DBDIR (/etc/openvswitch, a hostPath), the
+# sockets and pid files in $OVS_RUNDIR (/var/run/openvswitch, a hostPath
+# shared with the agent and proxy), the logs in $OVS_LOGDIR. The OVS tools
+# find the daemons through the same variables, so the script also runs
+# against a private instance (deploy/tests/ovs_script.rs does).
 set -euo pipefail
 
 bridge=${SWITCHYARD_BRIDGE:-br-int}
 state_dir=${SWITCHYARD_STATE_DIR:-/var/lib/switchyard}
-run_dir=${OVS_RUNDIR:-/var/run/openvswitch}
-ovs_ctl=${OVS_CTL:-/usr/share/openvswitch/scripts/ovs-ctl}
+export OVS_RUNDIR=${OVS_RUNDIR:-/var/run/openvswitch}
+export OVS_DBDIR=${OVS_DBDIR:-/etc/openvswitch}
+export OVS_LOGDIR=${OVS_LOGDIR:-/var/log/openvswitch}
+schema=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
+run_dir=$OVS_RUNDIR
+db="$OVS_DBDIR/conf.db"
 saved="$state_dir/saved-flows"
 ofp=OpenFlow15
 
@@ -73,17 +80,53 @@ restore_flows() {
     rm -f "$saved/$bridge".*
 }
 
+start_ovsdb() {
+    if [ ! -e "$db" ]; then
+        ovsdb-tool create "$db" "$schema"
+    elif [ "$(ovsdb-tool needs-conversion "$db" "$schema")" = yes ]; then
+        log "upgrading the database schema"
+        ovsdb-tool convert "$db" "$schema"
+    fi
+    ovsdb-server "$db" \
+        --remote="punix:$run_dir/db.sock" \
+        --remote=db:Open_vSwitch,Open_vSwitch,manager_options \
+        --pidfile="$run_dir/ovsdb-server.pid" \
+        --log-file="$OVS_LOGDIR/ovsdb-server.log" --detach
+    ovs-vsctl --no-wait init
+}
+
+start_vswitchd() {
+    # The kernel datapath needs the module; the userspace one does not.
+    if [ ! -d /sys/module/openvswitch ] && ! modprobe openvswitch 2>/dev/null; then
+        log "cannot load the openvswitch kernel module: only datapath-type netdev will work"
+    fi
+    ovs-vswitchd "unix:$run_dir/db.sock" \
+        --pidfile="$run_dir/ovs-vswitchd.pid" \
+        --log-file="$OVS_LOGDIR/ovs-vswitchd.log" --detach
+}
+
 stop() {
     log "stopping"
     save_flows || true
+    local pids daemon pid waited
+    pids=$(cat "$run_dir/ovs-vswitchd.pid" "$run_dir/ovsdb-server.pid" 2>/dev/null || true)
     # `exit` without --cleanup keeps the datapath and its flows.
-    ovs-appctl -t ovs-vswitchd exit || true
-    ovs-appctl -t ovsdb-server exit || true
+    for daemon in ovs-vswitchd ovsdb-server; do
+        ovs-appctl -t "$daemon" exit || true
+    done
+    for pid in $pids; do
+        waited=0
+        while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 100 ]; do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+    done
+    log "stopped"
     exit 0
 }
 
 run() {
-    mkdir -p "$run_dir" "$state_dir"
+    mkdir -p "$run_dir" "$state_dir" "$OVS_DBDIR" "$OVS_LOGDIR"
     if ovs-vsctl --no-wait --timeout=2 show >/dev/null 2>&1; then
         log "an ovsdb-server already answers on $run_dir/db.sock: this node runs Open vSwitch itself;"
         log "stop it, or install deploy/switchyard-host-ovs.yaml instead"
@@ -92,13 +135,13 @@ run() {
     # Pid files of a previous container name processes of another pid namespace.
     rm -f "$run_dir"/*.pid "$run_dir"/*.ctl
 
-    "$ovs_ctl" --no-ovs-vswitchd --system-id=random start
+    start_ovsdb
     local restore=no
     if [ -s "$saved/$bridge.flows" ] && bridge_exists; then
         restore=yes
         ovs-vsctl --no-wait set Open_vSwitch . other_config:flow-restore-wait=true
     fi
-    "$ovs_ctl" --no-ovsdb-server start
+    start_vswitchd
     if [ "$restore" = yes ]; then
         restore_flows
     fi
