@@ -138,7 +138,11 @@ fn golden_flow_mod_service() {
 fn golden_delete_by_cookie() {
     let mut d = FlowMod::delete_cookie(0x100, 0xff00);
     d.out_port = 4;
-    assert_eq!(d.to_string(), "delete cookie=0x100/0xff00,out_port=4,");
+    assert_eq!(d.to_string(), "delete cookie=0x100/0xff00,out_port=4");
+    assert_eq!(
+        FlowMod::delete_strict(Flow::new(3, 7).matching(MatchField::ip_proto(6))).to_string(),
+        "delete_strict table=3,priority=7,nw_proto=6"
+    );
     check(
         "delete by cookie",
         Message::FlowMod(d),

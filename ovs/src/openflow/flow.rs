@@ -315,23 +315,35 @@ impl fmt::Display for FlowMod {
                 write!(f, "{} {}", self.command.verb(), self.flow)
             }
             _ => {
-                write!(f, "{} ", self.command.verb())?;
+                // `ovs-ofctl del-flows` argument syntax.
+                let mut parts = Vec::new();
                 if self.flow.table != ALL_TABLES {
-                    write!(f, "table={},", self.flow.table)?;
+                    parts.push(format!("table={}", self.flow.table));
                 }
                 if self.cookie_mask != 0 {
-                    write!(f, "cookie={:#x}/{:#x},", self.flow.cookie, self.cookie_mask)?;
+                    parts.push(format!(
+                        "cookie={:#x}/{:#x}",
+                        self.flow.cookie, self.cookie_mask
+                    ));
                 }
                 if self.out_port != ANY {
-                    write!(f, "out_port={},", self.out_port)?;
+                    parts.push(format!("out_port={}", self.out_port));
                 }
                 if self.out_group != ANY {
-                    write!(f, "out_group={},", self.out_group)?;
+                    parts.push(format!("out_group={}", self.out_group));
                 }
                 if self.command == FlowModCommand::DeleteStrict {
-                    write!(f, "priority={},", self.flow.priority)?;
+                    parts.push(format!("priority={}", self.flow.priority));
                 }
-                write!(f, "{}", fmt_match(&self.flow.matches))
+                let m = fmt_match(&self.flow.matches);
+                if !m.is_empty() {
+                    parts.push(m);
+                }
+                write!(f, "{}", self.command.verb())?;
+                if !parts.is_empty() {
+                    write!(f, " {}", parts.join(","))?;
+                }
+                Ok(())
             }
         }
     }
