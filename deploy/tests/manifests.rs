@@ -246,43 +246,171 @@ fn conflist_is_a_valid_network_configuration_list() {
         plugins[0]["type"], "switchyard",
         "switchyard is the first plugin"
     );
-    // The version must be one the plugin supports.
-    let version = conflist["cniVersion"].as_str().unwrap();
-    assert!(
-        switchyard_cni_versions().contains(&version.to_string()),
-        "cniVersion {version}"
-    );
-    // The CNI binary's own config parser accepts the plugin entry.
+    // The plugin entry, as libcni hands it to the plugin (cniVersion and
+    // name copied from the list), passes the plugin's own config parser.
     let mut net = plugins[0].clone();
     net["cniVersion"] = conflist["cniVersion"].clone();
     net["name"] = conflist["name"].clone();
-    let out = run_plugin_version(&net);
-    assert!(out.contains("supportedVersions"), "{out}");
+    let parsed = switchyard_cni::parse_config(net.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("the conflist's switchyard entry is refused: {e:?}"));
+    assert_eq!(parsed.plugin_type, "switchyard");
+    assert_eq!(
+        parsed.capabilities.get("io.kubernetes.cri.pod-annotations"),
+        Some(&true)
+    );
+    assert!(parsed.log_file.is_some());
+    // And the parser does refuse what it should (so this check can fail).
+    let mut bad = net.clone();
+    bad["timeoutSeconds"] = Value::String("soon".into());
+    assert!(switchyard_cni::parse_config(bad.to_string().as_bytes()).is_err());
 }
 
-fn switchyard_cni_versions() -> Vec<String> {
-    ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
-        .map(String::from)
-        .to_vec()
+fn dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
-/// Runs `switchyard` with CNI_COMMAND=VERSION on `net` (as libcni does).
-fn run_plugin_version(net: &Value) -> String {
-    use std::io::Write;
-    let bin = common::workspace_binary("switchyard", "switchyard-cni");
-    let mut child = std::process::Command::new(bin)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(net.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "switchyard VERSION failed");
-    String::from_utf8(out.stdout).unwrap()
+fn one_of(value: &Value, allowed: &[&str], what: &str) {
+    if value.is_null() {
+        return;
+    }
+    let v = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: not a string"));
+    assert!(
+        allowed.contains(&v),
+        "{what}: {v:?} is not one of {allowed:?}"
+    );
+}
+
+/// A Kubernetes quantity as the API server parses it (the subset used here).
+fn quantity_ok(q: &str) -> bool {
+    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &q[digits.len()..];
+    digits.parse::<f64>().is_ok_and(|n| n >= 0.0)
+        && ["", "m", "k", "M", "G", "Ki", "Mi", "Gi"].contains(&suffix)
+}
+
+/// The API server's validation rules that a typed round trip cannot see
+/// (enumerations, name formats, one handler per probe, quantities, unique
+/// names), as `kubectl apply` against a real cluster would report them.
+#[test]
+fn api_server_validation_rules_hold() {
+    for variant in Variant::ALL {
+        let docs = manifest(variant);
+        for doc in &docs {
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            assert!(
+                name.split('.').all(dns1123_label) && name.len() <= 253,
+                "metadata.name {name:?}"
+            );
+        }
+        let ds = common::object(&docs, "DaemonSet", "switchyard-node");
+        one_of(
+            &ds["spec"]["updateStrategy"]["type"],
+            &["RollingUpdate", "OnDelete"],
+            "updateStrategy",
+        );
+        let pod = pod_spec(&docs);
+        one_of(
+            &pod["dnsPolicy"],
+            &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
+            "dnsPolicy",
+        );
+        for t in pod["tolerations"].as_array().unwrap() {
+            one_of(&t["operator"], &["Exists", "Equal"], "toleration operator");
+        }
+        let mut volume_names = BTreeSet::new();
+        for v in pod["volumes"].as_array().unwrap() {
+            let n = v["name"].as_str().unwrap();
+            assert!(dns1123_label(n), "volume {n}");
+            assert!(volume_names.insert(n), "volume {n} twice");
+            one_of(
+                &v["hostPath"]["type"],
+                &[
+                    "",
+                    "DirectoryOrCreate",
+                    "Directory",
+                    "FileOrCreate",
+                    "File",
+                    "Socket",
+                    "CharDevice",
+                    "BlockDevice",
+                ],
+                "hostPath.type",
+            );
+        }
+        let mut container_names = BTreeSet::new();
+        for c in pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_array().unwrap())
+        {
+            let n = c["name"].as_str().unwrap();
+            assert!(dns1123_label(n), "container {n}");
+            assert!(container_names.insert(n), "container {n} twice");
+            one_of(
+                &c["imagePullPolicy"],
+                &["Always", "IfNotPresent", "Never"],
+                "imagePullPolicy",
+            );
+            let mut paths = BTreeSet::new();
+            for m in c["volumeMounts"].as_array().unwrap() {
+                assert!(
+                    paths.insert(m["mountPath"].as_str().unwrap()),
+                    "{n}: mountPath twice"
+                );
+                one_of(
+                    &m["mountPropagation"],
+                    &["None", "HostToContainer", "Bidirectional"],
+                    "mountPropagation",
+                );
+            }
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                if let Some(p) = c[probe].as_object() {
+                    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"]
+                        .iter()
+                        .filter(|h| p.contains_key(**h))
+                        .count();
+                    assert_eq!(handlers, 1, "{n} {probe}: exactly one handler");
+                }
+            }
+            for (kind, values) in c["resources"].as_object().unwrap() {
+                for (res, q) in values.as_object().unwrap() {
+                    let q = q.as_str().unwrap();
+                    assert!(quantity_ok(q), "{n} {kind}.{res}: {q:?}");
+                }
+            }
+            for e in c["env"].as_array().into_iter().flatten() {
+                assert!(
+                    e["name"]
+                        .as_str()
+                        .unwrap()
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_'),
+                    "env name"
+                );
+                one_of(
+                    &e["valueFrom"]["fieldRef"]["fieldPath"],
+                    &[
+                        "metadata.name",
+                        "metadata.namespace",
+                        "metadata.uid",
+                        "spec.nodeName",
+                        "spec.serviceAccountName",
+                        "status.hostIP",
+                        "status.podIP",
+                    ],
+                    "env fieldRef",
+                );
+            }
+        }
+    }
+    assert!(quantity_ok("100m") && quantity_ok("64Mi") && !quantity_ok("64MB"));
+    assert!(dns1123_label("agent") && !dns1123_label("Agent") && !dns1123_label("-a"));
 }
