@@ -7,6 +7,23 @@
 //! resubmit, registers, conjunction, controller2). Every value has a
 //! `Display` in ovs-ofctl syntax.
 //!
+//! Notes on what OVS (3.1) does on the wire, all covered by tests:
+//! - Version: HELLO offers 1.3 and 1.5; the client requires 1.5 (a bridge's
+//!   default `protocols` allows it on the management socket) and says so
+//!   clearly otherwise ([`Error::Version`]).
+//! - Registers: in OpenFlow 1.5 matches OVS writes `reg0..15` as 64-bit
+//!   `xreg` pairs (class 0x8001); the client does the same and decodes them
+//!   back into [`Field::Reg`] matches. `load` is a masked set-field.
+//! - Bundles: OVS rejects some messages already when they are added (e.g.
+//!   `ct` without an IP match) and would then commit the others; the client
+//!   puts a barrier after the adds and discards the bundle instead, so an
+//!   atomic bundle is all-or-nothing in both cases. Errors found at commit
+//!   time name the failing message by its xid; [`Error::BundleRejected`]
+//!   turns that into the index in the caller's batch.
+//! - The management socket is a "service" connection: OVS sends it no
+//!   asynchronous messages until asked, so the client sets the packet-in
+//!   format (NXT_PACKET_IN2, for `userdata`) and the async config.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchyard_ovs::openflow::Error> {
 //! use std::net::Ipv4Addr;
