@@ -11,7 +11,7 @@ import sys
 name, vlan, subnet, gateway, uplink = sys.argv[1:6]
 cm = json.load(sys.stdin)
 text = cm["data"]["agent.yaml"]
-if f"- name: {name}\n" not in text:
+if not any(line.strip() == f"- name: {name}" for line in text.splitlines()):
     if "\nsegments:\n" not in text:
         sys.exit("agent.yaml has no segments: list")
     text = text.replace(

@@ -200,3 +200,43 @@ fn agent_flag_check_rejects_bad_config() {
     assert!(bad.unwrap_err().to_string().contains("bridg"));
     assert!(Flags::try_parse_from(["switchyard-agent", "--confg=/x"]).is_err());
 }
+
+/// The Vagrant lab's `SWITCHYARD_SEGMENTS=vlan` edit of the ConfigMap
+/// (vagrant/add-vlan-segment.py) yields a config the agent accepts, with the
+/// segment the router VM serves.
+#[test]
+fn vagrant_vlan_segment_edit_gives_a_valid_agent_config() {
+    use std::io::Write;
+    let docs = manifest(Variant::BundledOvs);
+    let cm = object(&docs, "ConfigMap", CONFIG_MAP);
+    let mut child = Command::new("python3")
+        .arg(common::repo_root().join("vagrant/add-vlan-segment.py"))
+        .args(["blue", "100", "10.20.0.0/24", "10.20.0.1", "eth2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cm.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let edited: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = edited["data"][AGENT_CONFIG_KEY].as_str().unwrap();
+    let file = FileConfig::from_yaml(text, Path::new("agent.yaml")).unwrap();
+    let config = AgentConfig::merge(&Flags::default(), file, Some("sy-worker1".into())).unwrap();
+    let blue = config.segment("blue").expect("segment blue");
+    assert_eq!(blue.vlan, 100);
+    assert_eq!(blue.gateway, Some("10.20.0.1".parse().unwrap()));
+    assert_eq!(blue.uplink.as_deref(), Some("eth2"));
+    assert_eq!(config.default_segment, "default");
+    // The router VM serves the same gateway on the same VLAN.
+    let router = std::fs::read_to_string(common::repo_root().join("vagrant/router.sh")).unwrap();
+    assert!(
+        router.contains("\"100 10.20.0.1/24\""),
+        "router.sh VLAN list"
+    );
+}
