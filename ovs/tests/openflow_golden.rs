@@ -651,3 +651,34 @@ fn decodes_tlv_map_produced_by_ovs_ofctl() {
     assert_eq!(m, expect);
     assert_eq!(hex(&expect.to_bytes(xid)), hex(&captured[0]));
 }
+
+#[test]
+fn decodes_meter_mods_produced_by_ovs_ofctl() {
+    for (text, expect) in [
+        (
+            "meter=1,pktps,band=type=drop,rate=100",
+            MeterMod::add_pktps(1, 100),
+        ),
+        (
+            "meter=2,kbps,burst,stats,band=type=drop,rate=1000,burst_size=50",
+            MeterMod {
+                command: MeterModCommand::Add,
+                meter_id: 2,
+                pktps: false,
+                burst: true,
+                stats: true,
+                drop_bands: vec![(1000, 50)],
+            },
+        ),
+    ] {
+        let captured = ofctl_capture(&["add-meter", "SOCK", text]);
+        assert_eq!(captured.len(), 1, "{captured:02x?}");
+        let (_, xid, m) = Message::decode(&captured[0]).unwrap();
+        assert_eq!(m, Message::MeterMod(expect.clone()), "{text}");
+        assert_eq!(
+            hex(&Message::MeterMod(expect.clone()).to_bytes(xid)),
+            hex(&captured[0])
+        );
+        assert_eq!(expect.to_string(), format!("add {text}"));
+    }
+}

@@ -639,3 +639,38 @@ async fn geneve_tun_metadata_fields() {
     let read = c.dump_flows(FlowStatsRequest::all()).await.unwrap();
     assert_eq!(read[0].flow, flow);
 }
+
+#[tokio::test]
+async fn meters_and_the_meter_action() {
+    let Some(ovs) = start("meters_and_the_meter_action", &["br0"]) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    c.meter_mod(MeterMod::add_pktps(1, 100)).await.unwrap();
+    c.flow_mod(FlowMod::add(
+        Flow::new(0, 1)
+            .action(Action::Meter(1))
+            .action(Action::controller(PacketInReason::Action, vec![9])),
+    ))
+    .await
+    .unwrap();
+    let meters = ovs
+        .ofctl(&["-O", "OpenFlow15", "dump-meters", "br0"])
+        .unwrap();
+    assert!(
+        meters.contains("meter=1 pktps bands=") && meters.contains("type=drop rate=100"),
+        "{meters}"
+    );
+    assert!(
+        dump_flows(&ovs, "br0")[0].contains("actions=meter:1,controller(userdata=09)"),
+        "{:?}",
+        dump_flows(&ovs, "br0")
+    );
+    let err = c.meter_mod(MeterMod::add_pktps(1, 5)).await.unwrap_err();
+    assert!(err.to_string().contains("add meter=1,pktps"), "{err}");
+    c.meter_mod(MeterMod::delete(1)).await.unwrap();
+    let meters = ovs
+        .ofctl(&["-O", "OpenFlow15", "dump-meters", "br0"])
+        .unwrap();
+    assert!(!meters.contains("meter=1"), "{meters}");
+}

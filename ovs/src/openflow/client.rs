@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 use super::flow::{Flow, FlowMod, FlowStats, FlowStatsRequest};
 use super::group::{Group, GroupMod, GroupStats};
 use super::message::{
-    BundleCtrlType, Message, MultipartReply, MultipartRequest, OFP15_VERSION, OfpError, PacketIn,
-    PacketOut, TlvMap, TlvTableCommand, bundle_flags,
+    BundleCtrlType, Message, MeterMod, MultipartReply, MultipartRequest, OFP15_VERSION, OfpError,
+    PacketIn, PacketOut, TlvMap, TlvTableCommand, bundle_flags,
 };
 use super::wire::DecodeError;
 
@@ -546,6 +546,13 @@ impl Client {
     /// One group_mod, confirmed by a barrier.
     pub async fn group_mod(&self, gm: GroupMod) -> Result<(), Error> {
         self.send(vec![gm.into()]).await
+    }
+
+    /// One meter_mod, confirmed by a barrier.
+    pub async fn meter_mod(&self, mm: MeterMod) -> Result<(), Error> {
+        let desc = mm.to_string();
+        self.send(vec![TxMessage::new(Message::MeterMod(mm), desc)])
+            .await
     }
 
     /// Maps Geneve options to `tun_metadata` fields (NXT_TLV_TABLE_MOD add),

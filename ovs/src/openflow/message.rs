@@ -29,6 +29,7 @@ pub(crate) const OFPT_MULTIPART_REPLY: u8 = 19;
 pub(crate) const OFPT_BARRIER_REQUEST: u8 = 20;
 pub(crate) const OFPT_BARRIER_REPLY: u8 = 21;
 pub(crate) const OFPT_SET_ASYNC: u8 = 28;
+pub(crate) const OFPT_METER_MOD: u8 = 29;
 pub(crate) const OFPT_BUNDLE_CONTROL: u8 = 33;
 pub(crate) const OFPT_BUNDLE_ADD_MESSAGE: u8 = 34;
 
@@ -339,6 +340,85 @@ pub mod bundle_flags {
     pub const ORDERED: u16 = 2;
 }
 
+/// Meter-mod command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MeterModCommand {
+    /// Add a meter.
+    Add,
+    /// Replace a meter.
+    Modify,
+    /// Delete a meter.
+    Delete,
+}
+
+/// An OFPT_METER_MOD with drop bands (rate limiting, e.g. of packet-ins).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MeterMod {
+    /// Command.
+    pub command: MeterModCommand,
+    /// Meter id (1..).
+    pub meter_id: u32,
+    /// Rates in packets per second (else kbit/s).
+    pub pktps: bool,
+    /// Bands use `burst_size`.
+    pub burst: bool,
+    /// Collect statistics.
+    pub stats: bool,
+    /// Drop bands: (rate, burst_size).
+    pub drop_bands: Vec<(u32, u32)>,
+}
+
+impl MeterMod {
+    /// `meter=ID,pktps,band=type=drop,rate=RATE` (add).
+    pub fn add_pktps(meter_id: u32, rate: u32) -> Self {
+        Self {
+            command: MeterModCommand::Add,
+            meter_id,
+            pktps: true,
+            burst: false,
+            stats: false,
+            drop_bands: vec![(rate, 0)],
+        }
+    }
+    /// Delete meter `meter_id`.
+    pub fn delete(meter_id: u32) -> Self {
+        Self {
+            command: MeterModCommand::Delete,
+            meter_id,
+            pktps: false,
+            burst: false,
+            stats: false,
+            drop_bands: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for MeterMod {
+    /// `ovs-ofctl add-meter` syntax (after the verb).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.command {
+            MeterModCommand::Add => "add",
+            MeterModCommand::Modify => "modify",
+            MeterModCommand::Delete => "delete",
+        };
+        write!(f, "{verb} meter={}", self.meter_id)?;
+        write!(f, ",{}", if self.pktps { "pktps" } else { "kbps" })?;
+        if self.burst {
+            write!(f, ",burst")?;
+        }
+        if self.stats {
+            write!(f, ",stats")?;
+        }
+        for (rate, burst) in &self.drop_bands {
+            write!(f, ",band=type=drop,rate={rate}")?;
+            if self.burst {
+                write!(f, ",burst_size={burst}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One Geneve option <-> `tun_metadata<index>` mapping (`nx_tlv_map`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TlvMap {
@@ -475,6 +555,8 @@ pub enum Message {
     },
     /// NXT_SET_PACKET_IN_FORMAT (2 = NXT_PACKET_IN2).
     SetPacketInFormat(u32),
+    /// Meter mod.
+    MeterMod(MeterMod),
     /// NXT_TLV_TABLE_MOD: map Geneve options to `tun_metadata` fields.
     TlvTableMod {
         /// Add, delete or clear.
@@ -512,6 +594,7 @@ impl Message {
             Message::SetAsync { .. } => "SET_ASYNC",
             Message::SetPacketInFormat(_) => "NXT_SET_PACKET_IN_FORMAT",
             Message::TlvTableMod { .. } => "NXT_TLV_TABLE_MOD",
+            Message::MeterMod(_) => "METER_MOD",
             Message::Other { .. } => "OTHER",
         }
     }
@@ -534,6 +617,7 @@ impl Message {
             Message::BundleAdd { .. } => OFPT_BUNDLE_ADD_MESSAGE,
             Message::SetAsync { .. } => OFPT_SET_ASYNC,
             Message::SetPacketInFormat(_) | Message::TlvTableMod { .. } => OFPT_EXPERIMENTER,
+            Message::MeterMod(_) => OFPT_METER_MOD,
             Message::Other { msg_type, .. } => *msg_type,
         }
     }
@@ -673,6 +757,29 @@ impl Message {
                     out.put_u16(0);
                 }
             }
+            Message::MeterMod(mm) => {
+                out.put_u16(match mm.command {
+                    MeterModCommand::Add => 0,
+                    MeterModCommand::Modify => 1,
+                    MeterModCommand::Delete => 2,
+                });
+                let mut flags = if mm.pktps { 2 } else { 1 };
+                if mm.burst {
+                    flags |= 4;
+                }
+                if mm.stats {
+                    flags |= 8;
+                }
+                out.put_u16(flags);
+                out.put_u32(mm.meter_id);
+                for (rate, burst) in &mm.drop_bands {
+                    out.put_u16(1); // OFPMBT_DROP
+                    out.put_u16(16);
+                    out.put_u32(*rate);
+                    out.put_u32(*burst);
+                    out.put_u32(0);
+                }
+            }
             Message::Other { body, .. } => out.put_slice(body),
         }
         patch_len(out, start + 2, start);
@@ -790,6 +897,48 @@ impl Message {
                 })
             }
             OFPT_BARRIER_REQUEST => Message::BarrierRequest,
+            OFPT_METER_MOD => {
+                let command = match b.u16()? {
+                    0 => MeterModCommand::Add,
+                    1 => MeterModCommand::Modify,
+                    2 => MeterModCommand::Delete,
+                    c => {
+                        return Err(DecodeError::Unsupported {
+                            what: "meter_mod command",
+                            detail: c.to_string(),
+                        });
+                    }
+                };
+                let flags = b.u16()?;
+                let meter_id = b.u32()?;
+                let mut drop_bands = Vec::new();
+                while !b.is_empty() {
+                    let ty = b.u16()?;
+                    let len = usize::from(b.u16()?);
+                    if len < 16 {
+                        return Err(DecodeError::BadLength {
+                            what: "meter band",
+                            len,
+                        });
+                    }
+                    let mut band = b.sub(len - 4, "meter band")?;
+                    if ty != 1 {
+                        return Err(DecodeError::Unsupported {
+                            what: "meter band type",
+                            detail: ty.to_string(),
+                        });
+                    }
+                    drop_bands.push((band.u32()?, band.u32()?));
+                }
+                Message::MeterMod(MeterMod {
+                    command,
+                    meter_id,
+                    pktps: flags & 2 != 0,
+                    burst: flags & 4 != 0,
+                    stats: flags & 8 != 0,
+                    drop_bands,
+                })
+            }
             OFPT_MULTIPART_REQUEST => {
                 let mty = b.u16()?;
                 b.skip(6)?;
