@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use common::{manifest, manifest_text, objects, pod_spec};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -413,4 +414,69 @@ fn api_server_validation_rules_hold() {
     }
     assert!(quantity_ok("100m") && quantity_ok("64Mi") && !quantity_ok("64MB"));
     assert!(dns1123_label("agent") && !dns1123_label("Agent") && !dns1123_label("-a"));
+}
+
+/// `kubectl kustomize` (offline: no API server involved) reads every
+/// document of the manifest with kubectl's own YAML decoding and gives back
+/// the same objects, field for field; an image override reaches every
+/// container (what `kubectl apply -k` with an overlay does).
+#[test]
+fn kubectl_reads_the_manifest_as_written() {
+    let dir = tempfile::Builder::new()
+        .prefix("sy-kustomize-")
+        .tempdir()
+        .unwrap();
+    // deploy/ itself (its kustomization.yaml), by a path relative to the
+    // temporary directory: kustomize refuses absolute ones.
+    let up = dir.path().components().count() - 1;
+    let deploy = std::iter::repeat_n(Path::new(".."), up)
+        .collect::<std::path::PathBuf>()
+        .join(
+            common::repo_root()
+                .join("deploy")
+                .strip_prefix("/")
+                .unwrap(),
+        );
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources:\n  - {}\nimages:\n  - name: switchyard\n    newName: registry.example.com/switchyard\n    newTag: \"9.9\"\n",
+            deploy.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(dir.path())
+        .output()
+        .expect("kubectl (scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = common::documents(&String::from_utf8(out.stdout).unwrap());
+    let mut expected = manifest(Variant::BundledOvs);
+    assert_eq!(rendered.len(), expected.len());
+    for doc in &mut expected {
+        if doc["kind"] == "DaemonSet" {
+            let spec = &mut doc["spec"]["template"]["spec"];
+            for list in ["containers", "initContainers"] {
+                for c in spec[list].as_array_mut().unwrap() {
+                    c["image"] = Value::String("registry.example.com/switchyard:9.9".into());
+                }
+            }
+        }
+    }
+    for doc in &expected {
+        let name = &doc["metadata"]["name"];
+        let same = rendered
+            .iter()
+            .find(|r| r["kind"] == doc["kind"] && &r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("kubectl lost {} {name}", doc["kind"]));
+        let mut lost = Vec::new();
+        lost_fields(doc, same, "", &mut lost);
+        lost_fields(same, doc, "", &mut lost);
+        assert!(lost.is_empty(), "{} {name}: {lost:?}", doc["kind"]);
+    }
 }
