@@ -46,6 +46,9 @@ struct UpArgs {
     /// Directory with switchyard, switchyard-agent, switchyard-proxy [default: next to this binary, then PATH].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Where node underlay addresses live: `ovs` (on the tap of an OVS bridge br-ul holding eth0, fixed MAC, as userspace tunnels need) or `veth` (on eth0).
+    #[arg(long, value_enum, default_value = "ovs")]
+    underlay_mode: switchyard_lab::cluster::state::UnderlayMode,
     /// Add a `fabric` namespace (VLAN-aware router, trunked to every node's trunk0) and an `internet` namespace.
     #[arg(long)]
     fabric: bool,
@@ -65,6 +68,7 @@ impl UpArgs {
             proxy: !self.no_proxy,
             bin_dir: self.bin_dir.clone(),
             fabric_vlans: self.fabric.then(|| self.vlans.clone()),
+            underlay_mode: self.underlay_mode,
         }
     }
 }

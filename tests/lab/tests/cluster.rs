@@ -64,6 +64,26 @@ fn up_and_down_with_two_nodes_leave_nothing_behind() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The underlay address sits on br-ul (an OVS netdev bridge holding eth0), and OVS's
+        // tunnel neighbour cache knows the other node's fixed MAC.
+        let addr = in_netns(&n.netns, &["ip", "-br", "-4", "addr", "show", "br-ul"]);
+        assert!(
+            String::from_utf8_lossy(&addr.stdout).contains(&format!("{}/24", n.address)),
+            "{}",
+            String::from_utf8_lossy(&addr.stdout)
+        );
+        let other = info.nodes.iter().find(|o| o.name != n.name).unwrap();
+        let neigh = Command::new("ovs-appctl")
+            .env("OVS_RUNDIR", lab.state.ovs_dir(&n.name))
+            .args(["tnl/neigh/show"])
+            .output()
+            .unwrap();
+        let mac = switchyard_lab::cluster::state::underlay_mac(other.address);
+        assert!(
+            String::from_utf8_lossy(&neigh.stdout).contains(&mac),
+            "{}",
+            String::from_utf8_lossy(&neigh.stdout)
+        );
         let arp = in_netns(&n.netns, &["sysctl", "-n", "net.ipv4.conf.all.arp_ignore"]);
         assert_eq!(String::from_utf8_lossy(&arp.stdout).trim(), "1");
         // Nodes reach each other over the underlay.

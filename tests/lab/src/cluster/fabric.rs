@@ -106,8 +106,17 @@ pub fn agent_segments_yaml(fabric: &FabricInfo) -> String {
     s
 }
 
-fn vsctl(state: &StateDir, args: &[&str]) -> Result<String, LabError> {
-    node::vsctl(state, FABRIC_NODE, args)
+fn vsctl(state: &StateDir, fabric: &FabricInfo, args: &[&str]) -> Result<String, LabError> {
+    node::vsctl(state, &pseudo_node(fabric), args)
+}
+
+/// The fabric as a node of its own (its OVS directory is `<state>/nodes/fabric/ovs`).
+fn pseudo_node(fabric: &FabricInfo) -> NodeInfo {
+    NodeInfo {
+        name: FABRIC_NODE.into(),
+        netns: fabric.netns.clone(),
+        address: Ipv4Addr::UNSPECIFIED,
+    }
 }
 
 /// Creates the fabric and internet namespaces, the fabric's OVS, its VLAN gateways and the
@@ -120,14 +129,10 @@ pub fn create(state: &StateDir, fabric: &FabricInfo) -> Result<(), LabError> {
     sys::sysctl_in(ns, "net.ipv4.ip_forward=1")?;
     fs::create_dir_all(state.node_dir(FABRIC_NODE))
         .map_err(|e| LabError::io("creating the fabric directory", e))?;
-    let pseudo = NodeInfo {
-        name: FABRIC_NODE.into(),
-        netns: ns.clone(),
-        address: Ipv4Addr::UNSPECIFIED,
-    };
-    node::start_ovs(state, &pseudo)?;
+    node::start_ovs(state, &pseudo_node(fabric))?;
     vsctl(
         state,
+        fabric,
         &[
             "add-br",
             "br-fabric",
@@ -144,6 +149,7 @@ pub fn create(state: &StateDir, fabric: &FabricInfo) -> Result<(), LabError> {
         let tag = format!("tag={}", v.vlan);
         vsctl(
             state,
+            fabric,
             &[
                 "add-port",
                 "br-fabric",
@@ -226,7 +232,12 @@ pub fn attach_node(state: &StateDir, fabric: &FabricInfo, node: &NodeInfo) -> Re
             .collect::<Vec<_>>()
             .join(",")
     );
-    vsctl(state, &["add-port", "br-fabric", &node.name, &trunks]).map(drop)
+    vsctl(
+        state,
+        fabric,
+        &["add-port", "br-fabric", &node.name, &trunks],
+    )
+    .map(drop)
 }
 
 /// The fabric of a lab, if it has one.

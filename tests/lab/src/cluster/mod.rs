@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   host netns                      <lab>-underlay netns              <lab>-node1 netns
-//!   API server on <lab>-host  ----  host ] br0 [ node1  ------------  eth0 192.168.100.1
+//!   API server on <lab>-host  ----  host ] br0 [ node1  ----  eth0 in OVS br-ul, 192.168.100.1
 //!   192.168.100.254  (veth)               (Linux bridge)   (veth)     ovsdb-server, ovs-vswitchd,
 //!   runtime driver                                     [ node2 ---    switchyard-agent, -proxy
 //!                                                                     pod netns <lab>-pod-NS-NAME

@@ -31,11 +31,20 @@ pub fn ovs_command(state: &StateDir, node: &str, program: &str) -> Command {
     cmd
 }
 
+/// An OVS tool run inside the node's namespace (so that `down`, which stops every process in
+/// the lab's namespaces, also ends one left waiting by a killed `up`), with the node's OVS
+/// environment.
+pub fn ovs_command_in(state: &StateDir, node: &NodeInfo, program: &str) -> Command {
+    let mut cmd = ovs_command(state, &node.name, "ip");
+    cmd.args(["netns", "exec", &node.netns, program]);
+    cmd
+}
+
 /// `ovs-vsctl` against the node's database.
-pub fn vsctl(state: &StateDir, node: &str, args: &[&str]) -> Result<String, LabError> {
-    let db = format!("unix:{}", state.ovsdb_socket(node).display());
+pub fn vsctl(state: &StateDir, node: &NodeInfo, args: &[&str]) -> Result<String, LabError> {
+    let db = format!("unix:{}", state.ovsdb_socket(&node.name).display());
     sys::run(
-        ovs_command(state, node, "ovs-vsctl")
+        ovs_command_in(state, node, "ovs-vsctl")
             .arg(format!("--db={db}"))
             .arg("--timeout=10")
             .args(args),
@@ -96,11 +105,91 @@ pub fn start_ovs(state: &StateDir, node: &NodeInfo) -> Result<(), LabError> {
             ),
         ],
     )?;
-    vsctl(state, &node.name, &["--no-wait", "init"])?;
+    vsctl(state, node, &["--no-wait", "init"])?;
     daemon(
         "ovs-vswitchd",
         vec![format!("unix:{}", state.ovsdb_socket(&node.name).display())],
     )?;
+    Ok(())
+}
+
+/// Puts the node's underlay address on the tap of a netdev bridge `br-ul` whose port is `eth0`
+/// (fixed MAC [`super::state::underlay_mac`]), as the lab notes' recipe does for userspace
+/// tunnels.
+pub fn create_underlay_bridge(
+    state: &StateDir,
+    node: &NodeInfo,
+    prefix_len: u8,
+) -> Result<(), LabError> {
+    let hwaddr = format!(
+        "other_config:hwaddr=\"{}\"",
+        super::state::underlay_mac(node.address)
+    );
+    vsctl(
+        state,
+        node,
+        &[
+            "add-br",
+            "br-ul",
+            "--",
+            "set",
+            "bridge",
+            "br-ul",
+            "datapath_type=netdev",
+            &hwaddr,
+            "--",
+            "add-port",
+            "br-ul",
+            "eth0",
+        ],
+    )?;
+    sys::poll_until(Duration::from_secs(10), || {
+        sys::ip_in(&node.netns, &["link", "show", "br-ul"]).ok()
+    })
+    .ok_or_else(|| LabError::Other(format!("br-ul did not appear in {}", node.netns)))?;
+    let addr = format!("{}/{prefix_len}", node.address);
+    sys::ip_in(&node.netns, &["addr", "add", &addr, "dev", "br-ul"])?;
+    sys::ip_in(
+        &node.netns,
+        &["link", "set", "br-ul", "mtu", super::up::UNDERLAY_MTU, "up"],
+    )?;
+    tx_checksum_off(Some(&node.netns), "br-ul")
+}
+
+/// `ethtool -K IF tx off` (in `netns`, or the caller's namespace): packets that cross the
+/// userspace datapath must carry full checksums (lab notes).
+pub fn tx_checksum_off(netns: Option<&str>, interface: &str) -> Result<(), LabError> {
+    let mut cmd = match netns {
+        Some(ns) => sys::netns_exec(ns, "ethtool"),
+        None => Command::new("ethtool"),
+    };
+    sys::run(cmd.args(["-K", interface, "tx", "off"])).map(drop)
+}
+
+/// Tells a node's `ovs-vswitchd` the MAC of each underlay peer (`tnl/neigh/set`), so tunnel
+/// packets never wait for (or lose) neighbour resolution; refreshed by the runtime driver.
+pub fn set_tunnel_neighbours(
+    state: &StateDir,
+    node: &NodeInfo,
+    peers: &[(std::net::Ipv4Addr, String)],
+) -> Result<(), LabError> {
+    for (ip, mac) in peers {
+        if *ip == node.address {
+            continue;
+        }
+        sys::run(
+            ovs_command_in(state, node, "ovs-appctl")
+                .args([
+                    "--timeout=5",
+                    "-t",
+                    "ovs-vswitchd",
+                    "tnl/neigh/set",
+                    "br-ul",
+                ])
+                .arg(ip.to_string())
+                .arg(mac),
+        )?;
+    }
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::LabError;
 use super::cni_exec::{CniConfig, RuntimeConf};
-use super::state::{Entry, LabInfo, StateDir};
+use super::state::{Entry, LabInfo, StateDir, UnderlayMode};
 use super::sys;
 use super::up::{chrono_like_now, client};
 
@@ -205,6 +205,7 @@ impl Driver {
         if self.last_gc.elapsed() >= GC_INTERVAL {
             self.last_gc = Instant::now();
             self.gc().await;
+            self.refresh_tunnel_neighbours();
         }
     }
 
@@ -485,6 +486,20 @@ impl Driver {
             .await
         {
             tracing::debug!(error = %e, "could not report the failure");
+        }
+    }
+
+    /// Keeps the fixed underlay neighbours in every node's OVS tunnel neighbour cache (entries
+    /// age out after a few minutes; the lab notes saw re-resolution stall for 15 s or more).
+    fn refresh_tunnel_neighbours(&self) {
+        if self.info.underlay_mode != UnderlayMode::Ovs {
+            return;
+        }
+        let peers = super::up::underlay_peers(&self.info);
+        for n in &self.info.nodes {
+            if let Err(e) = super::node::set_tunnel_neighbours(&self.state, n, &peers) {
+                tracing::warn!(node = %n.name, error = %e, "could not refresh tunnel neighbours");
+            }
         }
     }
 

@@ -27,6 +27,34 @@ use super::LabError;
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/run/switchyard-lab";
 
+/// Where a node's underlay address lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderlayMode {
+    /// On the tap of an OVS bridge `br-ul` (netdev) whose port is `eth0`, with a fixed MAC:
+    /// where OVS's userspace tunnels need their endpoint (lab notes).
+    #[default]
+    Ovs,
+    /// Directly on `eth0`.
+    Veth,
+}
+
+impl UnderlayMode {
+    /// The node interface holding the underlay address.
+    pub fn interface(self) -> &'static str {
+        match self {
+            UnderlayMode::Ovs => "br-ul",
+            UnderlayMode::Veth => "eth0",
+        }
+    }
+}
+
+/// The fixed MAC of an underlay address: `02:00:` and the address bytes.
+pub fn underlay_mac(addr: Ipv4Addr) -> String {
+    let o = addr.octets();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
 /// One node of the lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -34,7 +62,7 @@ pub struct NodeInfo {
     pub name: String,
     /// Network namespace (`<lab>-node1`).
     pub netns: String,
-    /// Underlay address (Node InternalIP), on `eth0` in the node namespace.
+    /// Underlay address (Node InternalIP), on `br-ul` (or `eth0`) in the node namespace.
     pub address: Ipv4Addr,
 }
 
@@ -66,6 +94,9 @@ pub struct LabInfo {
     pub nodes: Vec<NodeInfo>,
     /// Binaries.
     pub binaries: Binaries,
+    /// Where node underlay addresses live.
+    #[serde(default)]
+    pub underlay_mode: UnderlayMode,
     /// The fabric and internet namespaces (`up --fabric`).
     #[serde(default)]
     pub fabric: Option<super::fabric::FabricInfo>,

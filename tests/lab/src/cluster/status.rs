@@ -55,7 +55,7 @@ pub fn parse_ports(json: &str) -> Vec<PortInfo> {
 }
 
 /// The OVS ports of a node (empty when its OVSDB does not answer).
-pub fn node_ports(state: &StateDir, node: &str) -> Vec<PortInfo> {
+pub fn node_ports(state: &StateDir, node: &super::state::NodeInfo) -> Vec<PortInfo> {
     node::vsctl(
         state,
         node,
@@ -173,7 +173,7 @@ pub fn status(state: &StateDir) -> Result<String, LabError> {
             daemon_state(&journal, &format!("agent {}", n.name)),
             daemon_state(&journal, &format!("proxy {}", n.name)),
         );
-        for p in node_ports(state, &n.name) {
+        for p in node_ports(state, n) {
             let ns = p.external_ids.get("switchyard.io/pod-namespace").cloned();
             let name = p.external_ids.get("switchyard.io/pod-name").cloned();
             if let (Some(ns), Some(name)) = (ns, name) {

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::LabError;
 use super::fabric;
 use super::node::{self, Started};
-use super::state::{Binaries, Entry, LabInfo, NodeInfo, StateDir};
+use super::state::{Binaries, Entry, LabInfo, NodeInfo, StateDir, UnderlayMode};
 use super::sys;
 
 /// Underlay MTU: room for Geneve's 50 bytes over 1500-byte pod packets (lab notes).
@@ -46,6 +46,8 @@ pub struct UpOptions {
     pub bin_dir: Option<PathBuf>,
     /// VLANs of a `fabric` namespace (with an `internet` namespace behind it); `None`: no fabric.
     pub fabric_vlans: Option<Vec<u16>>,
+    /// Where node underlay addresses live.
+    pub underlay_mode: UnderlayMode,
 }
 
 /// What [`up`] brought up, and what it could not.
@@ -139,6 +141,37 @@ pub fn find_binaries(bin_dir: Option<&Path>) -> Result<Binaries, LabError> {
     })
 }
 
+/// Underlay addresses and MACs of the nodes and the host end.
+pub fn underlay_peers(info: &LabInfo) -> Vec<(Ipv4Addr, String)> {
+    let mut peers: Vec<(Ipv4Addr, String)> = info
+        .nodes
+        .iter()
+        .map(|n| {
+            let mac = match info.underlay_mode {
+                UnderlayMode::Ovs => super::state::underlay_mac(n.address),
+                UnderlayMode::Veth => String::new(),
+            };
+            (n.address, mac)
+        })
+        .collect();
+    if let Ok(mac) = fs::read_to_string(format!("/sys/class/net/{}/address", info.host_link())) {
+        peers.push((info.host_address, mac.trim().to_string()));
+    }
+    if info.underlay_mode == UnderlayMode::Veth {
+        // eth0 keeps its random MAC: read it from each node.
+        for (ip, mac) in peers.iter_mut() {
+            if let Some(n) = info.nodes.iter().find(|n| n.address == *ip)
+                && let Ok(out) = sys::ip_in(&n.netns, &["-br", "link", "show", "eth0"])
+                && let Some(m) = out.split_whitespace().nth(2)
+            {
+                *mac = m.to_string();
+            }
+        }
+    }
+    peers.retain(|(_, m)| !m.is_empty());
+    peers
+}
+
 /// A kube client for the lab API server (inside a tokio runtime).
 pub fn client(url: &str) -> Result<kube::Client, LabError> {
     let uri = url
@@ -215,6 +248,7 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             })
             .collect(),
         binaries,
+        underlay_mode: opts.underlay_mode,
         fabric: match &opts.fabric_vlans {
             Some(vlans) => Some(fabric::plan(&opts.name, vlans)?),
             None => None,
@@ -256,6 +290,8 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
         &host_link,
     ])?;
     sys::ip(&["link", "set", &host_link, "up"])?;
+    node::tx_checksum_off(None, &host_link)?;
+    node::tx_checksum_off(Some(&underlay), "host")?;
 
     // API server on the host end of the underlay.
     let url = start_apiserver(state, &info)?;
@@ -299,22 +335,58 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             &underlay,
             &["link", "set", &node.name, "master", "br0", "up"],
         )?;
-        sys::ip_in(
-            &node.netns,
-            &[
-                "addr",
-                "add",
-                &format!("{}/{prefix}", node.address),
-                "dev",
-                "eth0",
-            ],
-        )?;
         sys::ip_in(&node.netns, &["link", "set", "eth0", "up"])?;
+        node::tx_checksum_off(Some(&underlay), &node.name)?;
+        node::tx_checksum_off(Some(&node.netns), "eth0")?;
         if let Some(f) = &info.fabric {
             fabric::attach_node(state, f, node)?;
         }
         node::start_ovs(state, node)?;
+        match info.underlay_mode {
+            UnderlayMode::Veth => {
+                sys::ip_in(
+                    &node.netns,
+                    &[
+                        "addr",
+                        "add",
+                        &format!("{}/{prefix}", node.address),
+                        "dev",
+                        "eth0",
+                    ],
+                )?;
+            }
+            UnderlayMode::Ovs => {
+                node::create_underlay_bridge(state, node, opts.underlay.prefix_len())?;
+            }
+        }
         node::write_cni_config(state, &info, node)?;
+    }
+    // Fixed neighbours on the underlay: permanent kernel entries in every node, and OVS's
+    // tunnel neighbour cache (refreshed by the runtime driver).
+    let peers = underlay_peers(&info);
+    for node in &info.nodes {
+        let dev = info.underlay_mode.interface();
+        for (ip, mac) in &peers {
+            if *ip != node.address {
+                sys::ip_in(
+                    &node.netns,
+                    &[
+                        "neigh",
+                        "replace",
+                        &ip.to_string(),
+                        "lladdr",
+                        mac,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+            }
+        }
+        if info.underlay_mode == UnderlayMode::Ovs {
+            node::set_tunnel_neighbours(state, node, &peers)?;
+        }
     }
 
     block_on(register_nodes(&url, &info.nodes))??;
