@@ -506,3 +506,99 @@ fn fabric_routes_vlans_trunked_to_nodes_and_the_internet() {
     assert!(lab.namespaces().is_empty());
     assert!(fabric_pids.iter().all(|p| !alive(*p)));
 }
+
+/// The underlay is ready for userspace tunnels: a Geneve port on a test bridge in each node
+/// (no agent) carries ping and TCP between the nodes from the first packet, over `br-ul`.
+#[test]
+fn geneve_between_nodes_over_the_underlay() {
+    if !privileged("geneve_between_nodes_over_the_underlay") {
+        return;
+    }
+    let lab = Lab::up(2, &["--no-agent", "--no-proxy"]);
+    let info = lab.info();
+    for (i, n) in info.nodes.iter().enumerate() {
+        let other = &info.nodes[1 - i];
+        let db = format!("--db=unix:{}", lab.state.ovsdb_socket(&n.name).display());
+        let remote = format!("options:remote_ip={}", other.address);
+        check(
+            "ovs-vsctl",
+            in_netns(
+                &n.netns,
+                &[
+                    "ovs-vsctl",
+                    &db,
+                    "add-br",
+                    "br-t",
+                    "--",
+                    "set",
+                    "bridge",
+                    "br-t",
+                    "datapath_type=netdev",
+                    "--",
+                    "add-port",
+                    "br-t",
+                    "gnv",
+                    "--",
+                    "set",
+                    "interface",
+                    "gnv",
+                    "type=geneve",
+                    &remote,
+                    "--",
+                    "add-port",
+                    "br-t",
+                    "t0",
+                    "--",
+                    "set",
+                    "interface",
+                    "t0",
+                    "type=internal",
+                ],
+            ),
+        );
+        eventually("the t0 tap", Duration::from_secs(10), || {
+            in_netns(&n.netns, &["ip", "link", "show", "t0"])
+                .status
+                .success()
+                .then_some(())
+        });
+        let addr = format!("10.99.0.{}/24", i + 1);
+        for args in [
+            vec!["ip", "addr", "add", addr.as_str(), "dev", "t0"],
+            vec!["ip", "link", "set", "t0", "mtu", "1400", "up"],
+            vec!["ethtool", "-K", "t0", "tx", "off"],
+        ] {
+            check(&args.join(" "), in_netns(&n.netns, &args));
+        }
+    }
+    // One ping, no retries: the first packet must not be lost to neighbour resolution.
+    check(
+        "ping over geneve",
+        in_netns(&info.nodes[0].netns, &["ping", "-c1", "-W2", "10.99.0.2"]),
+    );
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &info.nodes[1].netns,
+            LAB,
+            "echo-server",
+            "--name",
+            "node2-t0",
+        ])
+        .args(["--http", "8081", "--udp", "0"])
+        .spawn()
+        .unwrap();
+    let answer = eventually("HTTP over geneve", Duration::from_secs(10), || {
+        let out = in_netns(
+            &info.nodes[0].netns,
+            &[LAB, "echo-client", "--http", "10.99.0.2:8081"],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(answer, "node2-t0\n");
+}
