@@ -2,11 +2,11 @@
 # The control plane: kubeadm init without kube-proxy (switchyard-proxy serves
 # ClusterIPs), the API server address for host-network clients, then
 # Switchyard itself. Leaves the join command and an admin kubeconfig in the
-# shared folder for the workers and the smoke test.
+# share directory for the workers and the smoke test (see image.sh).
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
-require_env NODE_IP NODE_INDEX SHARED_DIR OVS_MODE SEGMENTS
+require_env NODE_IP NODE_INDEX SHARE_DIR OVS_MODE SEGMENTS
 
 service_cidr=10.96.0.0/12
 export KUBECONFIG=/etc/kubernetes/admin.conf
@@ -21,10 +21,10 @@ if [ ! -f /etc/kubernetes/admin.conf ]; then
         --skip-phases=addon/kube-proxy
 fi
 
-mkdir -p /home/vagrant/.kube "$SHARED_DIR"
+mkdir -p /home/vagrant/.kube "$SHARE_DIR"
 install -o vagrant -g vagrant -m 0600 /etc/kubernetes/admin.conf /home/vagrant/.kube/config
-install -m 0600 /etc/kubernetes/admin.conf "$SHARED_DIR/admin.conf"
-kubeadm token create --print-join-command >"$SHARED_DIR/join.sh"
+install -m 0644 /etc/kubernetes/admin.conf "$SHARE_DIR/admin.conf"
+kubeadm token create --print-join-command >"$SHARE_DIR/join.sh"
 set_pod_cidr "$(hostname)" "$NODE_INDEX"
 
 log "installing Switchyard ($OVS_MODE OVS, $SEGMENTS segments)"
@@ -51,4 +51,4 @@ if [ "$SEGMENTS" = vlan ]; then
         kubectl apply -f -
     kubectl -n switchyard-system rollout restart daemonset/switchyard-node
 fi
-log "control plane up; workers join with $SHARED_DIR/join.sh"
+log "control plane up; workers join with $SHARE_DIR/join.sh"

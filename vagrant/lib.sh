@@ -42,3 +42,11 @@ set_pod_cidr() {
     fi
     log "Node $node: pod CIDR $(kubectl get node "$node" -o jsonpath='{.spec.podCIDR}')"
 }
+
+# fetch_shared NAME DEST: a file the control plane shares (see image.sh).
+fetch_shared() {
+    local name=$1 dest=$2
+    require_env CP_IP SHARE_PORT
+    retry 120 5 curl -fsS -o "$dest" "http://$CP_IP:$SHARE_PORT/$name" ||
+        die "cannot fetch $name from sy-cp (http://$CP_IP:$SHARE_PORT/): provision sy-cp first"
+}

@@ -41,7 +41,7 @@ if [ "$OVS_MODE" = host ]; then
 fi
 apt-get install -y -qq --no-install-recommends \
     containerd curl gpg ca-certificates apt-transport-https conntrack ethtool \
-    iproute2 "${ovs_packages[@]}" >/dev/null
+    iproute2 python3 "${ovs_packages[@]}" >/dev/null
 
 log "containerd (systemd cgroups)"
 mkdir -p /etc/containerd

@@ -5,9 +5,13 @@
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
-require_env SHARED_DIR
 
-export KUBECONFIG="$SHARED_DIR/admin.conf"
+if [ -f /etc/kubernetes/admin.conf ]; then
+    export KUBECONFIG=/etc/kubernetes/admin.conf
+else
+    fetch_shared admin.conf /var/tmp/switchyard-admin.conf
+    export KUBECONFIG=/var/tmp/switchyard-admin.conf
+fi
 ns=switchyard-smoke
 
 log "waiting for nodes and the Switchyard DaemonSet"

@@ -4,14 +4,15 @@
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
-require_env SHARED_DIR NODE_INDEX
+require_env NODE_INDEX
 
 if [ -f /etc/kubernetes/kubelet.conf ]; then
     log "already joined"
 else
-    [ -f "$SHARED_DIR/join.sh" ] || die "$SHARED_DIR/join.sh is missing: provision sy-cp first"
+    fetch_shared join.sh /var/tmp/switchyard-join.sh
     log "joining"
-    bash "$SHARED_DIR/join.sh"
+    bash /var/tmp/switchyard-join.sh
 fi
-export KUBECONFIG="$SHARED_DIR/admin.conf"
+fetch_shared admin.conf /var/tmp/switchyard-admin.conf
+export KUBECONFIG=/var/tmp/switchyard-admin.conf
 set_pod_cidr "$(hostname)" "$NODE_INDEX"
