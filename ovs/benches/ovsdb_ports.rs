@@ -29,7 +29,10 @@ fn spec(i: usize) -> PortSpec {
 }
 
 fn port_count(ovs: &OvsInstance) -> usize {
-    ovs.vsctl(&["list-ports", "br-bench"]).unwrap().lines().count()
+    ovs.vsctl(&["list-ports", "br-bench"])
+        .unwrap()
+        .lines()
+        .count()
 }
 
 #[derive(Default, Clone, Copy)]
@@ -84,7 +87,10 @@ fn main() {
                 client.remove_port(name).await.unwrap();
             }
         });
-        single.push(Times { add, del: t.elapsed() });
+        single.push(Times {
+            add,
+            del: t.elapsed(),
+        });
         assert_eq!(port_count(&ovs), 0);
 
         // Client, one batched transaction.
@@ -96,7 +102,10 @@ fn main() {
         assert_eq!(port_count(&ovs), n);
         let t = Instant::now();
         runtime.block_on(client.remove_ports(&name_refs)).unwrap();
-        batched.push(Times { add, del: t.elapsed() });
+        batched.push(Times {
+            add,
+            del: t.elapsed(),
+        });
         assert_eq!(port_count(&ovs), 0);
 
         // Baseline: one ovs-vsctl call per port (same columns).
@@ -105,8 +114,21 @@ fn main() {
             let tag = format!("tag={}", 100 + i % 10);
             let pod = format!("external_ids:k8s-pod=\"bench/pod-{i}\"");
             ovs.vsctl(&[
-                "add-port", "br-bench", name, &tag, "--", "set", "Interface", name, "type=dummy", &pod,
-                "--", "set", "Port", name, &pod,
+                "add-port",
+                "br-bench",
+                name,
+                &tag,
+                "--",
+                "set",
+                "Interface",
+                name,
+                "type=dummy",
+                &pod,
+                "--",
+                "set",
+                "Port",
+                name,
+                &pod,
             ])
             .unwrap();
         }
@@ -116,7 +138,10 @@ fn main() {
         for name in &names {
             ovs.vsctl(&["del-port", "br-bench", name]).unwrap();
         }
-        vsctl.push(Times { add, del: t.elapsed() });
+        vsctl.push(Times {
+            add,
+            del: t.elapsed(),
+        });
         assert_eq!(port_count(&ovs), 0);
         eprintln!("round {} of {rounds} done", round + 1);
     }
