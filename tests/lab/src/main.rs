@@ -213,9 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Down(args) => {
             let state = StateDir::new(&args.state_dir);
-            if !state.root().exists() {
+            if !up::has_lab(&state) {
                 println!(
-                    "No lab state in {}: nothing to remove.",
+                    "No lab state (journal, lab.json) in {}: nothing to remove.",
                     state.root().display()
                 );
                 return Ok(());

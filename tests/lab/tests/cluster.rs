@@ -117,13 +117,20 @@ fn up_and_down_with_two_nodes_leave_nothing_behind() {
     }
     assert!(pids.iter().all(|(p, _)| alive(*p)), "{pids:?}");
 
+    // A file the lab did not write survives `down` (a state dir given by mistake keeps it).
+    let foreign = lab.state.root().join("keep.txt");
+    std::fs::write(&foreign, "mine").unwrap();
     check("switchyard-lab down", lab.down());
     assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
     assert!(!host_link_exists(&info.host_link()));
     for (pid, what) in &pids {
         assert!(!alive(*pid), "{what} (pid {pid}) still runs");
     }
-    assert!(!lab.state.root().exists());
+    let left: Vec<String> = std::fs::read_dir(lab.state.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["keep.txt"]);
     // A second down is a no-op.
     check("second down", lab.down());
 }

@@ -570,6 +570,47 @@ pub fn chrono_like_now() -> String {
     crate::apiserver::time::format_rfc3339(crate::apiserver::time::now_unix())
 }
 
+/// Files and directories the lab writes in its state directory.
+const STATE_ENTRIES: &[&str] = &[
+    "journal",
+    "lab.json",
+    "lab.json.tmp",
+    "kubeconfig",
+    "apiserver.log",
+    "runtime.log",
+    "runtime.ready",
+    "nodes",
+    "pods",
+    "cni-bin",
+    "demo",
+];
+
+/// Removes what the lab wrote in its state directory, then the directory if that left it
+/// empty (a directory given by mistake keeps everything else).
+fn remove_state(state: &StateDir) -> Result<(), LabError> {
+    for entry in STATE_ENTRIES {
+        let p = state.root().join(entry);
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else if p.exists() {
+            fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        r.map_err(|e| LabError::io(format!("removing {}", p.display()), e))?;
+    }
+    if fs::read_dir(state.root()).is_ok_and(|mut d| d.next().is_none()) {
+        fs::remove_dir(state.root())
+            .map_err(|e| LabError::io(format!("removing {}", state.root().display()), e))?;
+    }
+    Ok(())
+}
+
+/// Whether `state` holds a lab (its journal or `lab.json`).
+pub fn has_lab(state: &StateDir) -> bool {
+    state.journal_path().exists() || state.info_path().exists()
+}
+
 /// What [`down`] removed.
 #[derive(Debug, Clone, Default)]
 pub struct DownReport {
@@ -650,9 +691,6 @@ pub fn down(state: &StateDir) -> Result<DownReport, LabError> {
             state.root().display()
         )));
     }
-    if state.root().exists() {
-        fs::remove_dir_all(state.root())
-            .map_err(|e| LabError::io(format!("removing {}", state.root().display()), e))?;
-    }
+    remove_state(state)?;
     Ok(report)
 }

@@ -156,7 +156,7 @@ impl Lab {
 
     /// kubectl apply of a manifest text.
     pub fn apply(&self, manifest: &str) {
-        let path = self.state.root().join(format!("m{}.yaml", unique()));
+        let path = self._dir.path().join(format!("m{}.yaml", unique()));
         std::fs::write(&path, manifest).unwrap();
         self.kubectl_ok(&["apply", "-f", path.to_str().unwrap()]);
     }
@@ -198,7 +198,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if self.state.root().exists() {
+        if switchyard_lab::cluster::up::has_lab(&self.state) {
             let out = self.down();
             if !out.status.success() {
                 eprintln!(
