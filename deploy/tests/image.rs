@@ -75,6 +75,11 @@ fn containerfile_builds_and_ships_the_three_binaries() {
     assert!(text.contains("+crt-static") && text.contains("--bin switchyard "));
     // The release build of the workspace, reproducible from the lock file.
     assert!(text.matches("cargo build --release --locked").count() >= 2);
+    // The context (the repository) is sent without the build outputs.
+    let ignore =
+        std::fs::read_to_string(repo_root().join("deploy/Containerfile.dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target"), "{ignore}");
+    assert!(text.contains("--ignorefile deploy/Containerfile.dockerignore"));
 }
 
 #[test]
