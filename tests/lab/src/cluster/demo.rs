@@ -325,7 +325,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         "   ip netns list                                   # nodes, underlay, one namespace per pod",
     );
     say(&format!(
-        "   ip netns exec {} ip addr                 # a node: eth0 on the underlay, OVS ports",
+        "   ip netns exec {} ip addr                 # a node: br-ul (underlay address), OVS taps",
         n1.netns
     ));
     say(&format!(
@@ -391,7 +391,7 @@ pub fn print_up_report(state: &StateDir, report: &UpReport) {
             None => "-".into(),
         };
         say(&format!(
-            "   {}: namespace {}, eth0 {}, ovs-vswitchd + ovsdb-server in {}",
+            "   {}: namespace {}, underlay address {}, ovs-vswitchd + ovsdb-server in {}",
             n.name,
             n.netns,
             n.address,
