@@ -146,3 +146,65 @@ fn image_provides_every_command_the_daemonset_runs() {
     assert!(script.contains("SWITCHYARD_CNI_BIN:-/usr/local/bin/switchyard}"));
     assert!(shipped.contains("/usr/local/bin/switchyard"));
 }
+
+/// Every program the three binaries execute comes with a package the
+/// runtime stage installs (so a new `Command::new("...")` in their code
+/// cannot ship without its tool).
+#[test]
+fn image_has_every_program_the_binaries_run() {
+    let package_of = |program: &str| -> Option<&'static str> {
+        Some(match program {
+            "ovs-ofctl" | "ovs-vsctl" | "ovs-appctl" | "ovs-dpctl" => "openvswitch-common",
+            "ip" | "tc" => "iproute2",
+            "ethtool" => "ethtool",
+            "conntrack" => "conntrack",
+            "modprobe" => "kmod",
+            _ => return None,
+        })
+    };
+    let text = containerfile();
+    let runtime = text.split("FROM ").last().unwrap();
+    let mut seen = BTreeSet::new();
+    for dir in ["cni/src", "node-agent/src", "kube-proxy/src", "ovs/src"] {
+        for file in rust_files(&repo_root().join(dir)) {
+            let src = std::fs::read_to_string(&file).unwrap();
+            let src = &src[..src.find("#[cfg(test)]").unwrap_or(src.len())];
+            for (i, _) in src.match_indices("Command::new(") {
+                let arg = &src[i + "Command::new(".len()..];
+                let Some(literal) = arg.strip_prefix('"') else {
+                    panic!(
+                        "{}: Command::new with a non-literal program; extend this check",
+                        file.display()
+                    );
+                };
+                let program = &literal[..literal.find('"').unwrap()];
+                let package = package_of(program).unwrap_or_else(|| {
+                    panic!(
+                        "{}: runs {program}: which package provides it?",
+                        file.display()
+                    )
+                });
+                assert!(
+                    runtime.split_whitespace().any(|w| w == package),
+                    "{program} needs package {package} in the image"
+                );
+                seen.insert(program.to_string());
+            }
+        }
+    }
+    // The proxy flushes conntrack entries with ovs-ofctl.
+    assert!(seen.contains("ovs-ofctl"), "{seen:?}");
+}
+
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
