@@ -306,3 +306,27 @@ fn pipeline_page_matches_the_shared_pipeline_definition() {
     );
     assert!(page.contains(&format!("ofport {}", pipeline::ofport::FIRST_POD)));
 }
+
+#[test]
+fn troubleshooting_covers_every_cni_error_code() {
+    let page = page("troubleshooting.md");
+    let start = page.find("<!-- cni-codes").expect("marker");
+    let end = page.find("<!-- end cni-codes").expect("end marker");
+    let mut documented = BTreeSet::new();
+    for line in page[start..end].lines().filter(|l| l.starts_with("| ")) {
+        let first = line.trim_matches('|').split('|').next().unwrap();
+        for code in first.split(',') {
+            if let Ok(code) = code.trim().parse::<u32>() {
+                documented.insert(code);
+            }
+        }
+    }
+    let actual: BTreeSet<u32> = switchyard_cni::ErrorCode::ALL
+        .iter()
+        .map(|c| *c as u32)
+        .collect();
+    assert_eq!(
+        documented, actual,
+        "troubleshooting.md codes (left) vs ErrorCode (right)"
+    );
+}
