@@ -619,19 +619,31 @@ impl Shared {
                 .await
                 .map_err(|e| ovs_err("deleting the pod's flows", e))?;
         }
-        match self.ovsdb.remove_port(&host_ifname).await {
+        // The port and the veth go concurrently: both wait on other parties
+        // (vswitchd's reconfiguration, the kernel's RCU grace periods).
+        let t0 = Instant::now();
+        let ((port, port_took), (veth, veth_took)) = tokio::join!(
+            async {
+                let r = self.ovsdb.remove_port(&host_ifname).await;
+                (r, t0.elapsed())
+            },
+            async {
+                let r = delete_veth_on_own_socket(&key.container_id, &key.ifname).await;
+                (r, t0.elapsed())
+            }
+        );
+        tracing::debug!(?port_took, ?veth_took, "port and veth removed");
+        match port {
             Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
             Err(e) => return Err(ovs_err("removing the OVS port", e)),
         }
-        netns::delete_pod_interface(&self.host, &key.container_id, &key.ifname)
-            .await
-            .map_err(|e| {
-                cni_err(
-                    ErrorCode::InterfaceFailure,
-                    "deleting the pod's veth failed",
-                    e,
-                )
-            })?;
+        veth.map_err(|e| {
+            cni_err(
+                ErrorCode::InterfaceFailure,
+                "deleting the pod's veth failed",
+                e,
+            )
+        })?;
         for pool in lock(&self.pools).values_mut() {
             pool.release(key);
         }
@@ -728,6 +740,13 @@ impl Shared {
                 "the agent is still starting (bridge, flows, reconciliation); retry",
             ));
         }
+        if !self.ovsdb.is_connected() || !self.openflow.state().connected {
+            return Err(cni_err(
+                ErrorCode::TryAgainLater,
+                "Open vSwitch is not reachable right now",
+                "the agent is reconnecting to ovsdb-server or ovs-vswitchd; retry",
+            ));
+        }
         let (container_id, ifname) = req.attachment().ok_or_else(|| {
             cni_err(
                 ErrorCode::InvalidEnvironmentVariables,
@@ -753,42 +772,48 @@ impl Shared {
                 "ADD needs CNI_NETNS",
             )
         })?;
+        let t0 = Instant::now();
         let pod_netns = Netns::open(&netns_path, &self.policy)
             .map_err(|e| cni_err(ErrorCode::InterfaceFailure, "unusable network namespace", e))?;
 
         // Segment and VLAN.
-        let pod_annotations = if req.config.runtime_config.pod_annotations.is_empty() {
-            match self.api.pod(&pod_namespace, &pod_name).await {
-                Ok(Some(p)) => p.annotations,
-                Ok(None) => {
-                    return Err(cni_err(
-                        ErrorCode::ApiServerFailure,
-                        format!("pod {pod_namespace}/{pod_name} not found"),
-                        "the API server has no such pod (deleted while its sandbox was created?)",
-                    ));
-                }
-                Err(e) => {
-                    return Err(cni_err(
-                        ErrorCode::ApiServerFailure,
-                        "cannot read the pod from the API server",
-                        e,
-                    ));
-                }
+        // The pod (unless the runtime passed its annotations) and its
+        // namespace, read concurrently.
+        let from_runtime = !req.config.runtime_config.pod_annotations.is_empty();
+        let pod_read = async {
+            if from_runtime {
+                Ok(None)
+            } else {
+                self.api.pod(&pod_namespace, &pod_name).await.map(Some)
             }
-        } else {
-            req.config.runtime_config.pod_annotations.clone()
         };
-        let namespace_annotations = self
-            .api
-            .namespace_annotations(&pod_namespace)
-            .await
-            .map_err(|e| {
-                cni_err(
+        let (pod, namespace) =
+            tokio::join!(pod_read, self.api.namespace_annotations(&pod_namespace));
+        let pod_annotations = match pod {
+            Ok(None) => req.config.runtime_config.pod_annotations.clone(),
+            Ok(Some(Some(p))) => p.annotations,
+            Ok(Some(None)) => {
+                return Err(cni_err(
                     ErrorCode::ApiServerFailure,
-                    "cannot read the pod's namespace from the API server",
+                    format!("pod {pod_namespace}/{pod_name} not found"),
+                    "the API server has no such pod (deleted while its sandbox was created?)",
+                ));
+            }
+            Err(e) => {
+                return Err(cni_err(
+                    ErrorCode::ApiServerFailure,
+                    "cannot read the pod from the API server",
                     e,
-                )
-            })?;
+                ));
+            }
+        };
+        let namespace_annotations = namespace.map_err(|e| {
+            cni_err(
+                ErrorCode::ApiServerFailure,
+                "cannot read the pod's namespace from the API server",
+                e,
+            )
+        })?;
         let placement = segment::decide(
             &pod_annotations,
             &namespace_annotations,
@@ -802,7 +827,7 @@ impl Shared {
                 e,
             )
         })?;
-        tracing::debug!(segment = %placement.segment, vlan = placement.vlan, "placement");
+        tracing::debug!(segment = %placement.segment, vlan = placement.vlan, elapsed = ?t0.elapsed(), "placement");
 
         // Address.
         let pool_name = self.pool_name(&placement.segment);
@@ -853,7 +878,28 @@ impl Shared {
             )
             .await;
         match outcome {
-            Ok(result) => Ok(result),
+            Ok((result, built)) => {
+                // Best effort and off the ADD's critical path: nothing on
+                // br-int needs it (OVS answers every ARP and L3 forwarding
+                // rewrites MACs by destination address; the pod's own
+                // gratuitous ARP is dropped by the ARP responder), so it
+                // only informs listeners outside the pipeline.
+                tokio::spawn(
+                    async move {
+                        let (index, mac, ip) =
+                            (built.pod_ifindex, built.pod_mac, built.address.addr());
+                        let sent = netns::run_in_netns(&pod_netns, move || {
+                            netns::arp::send_gratuitous_arp(index, mac, ip)
+                        })
+                        .await;
+                        if let Ok(Err(e)) | Err(e) = sent.map_err(std::io::Error::other) {
+                            tracing::debug!(error = %e, "gratuitous ARP not sent");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                Ok(result)
+            }
             Err(e) => {
                 self.roll_back(undo).await;
                 Err(e)
@@ -872,7 +918,7 @@ impl Shared {
         gateway_ip: Option<Ipv4Addr>,
         (pod_namespace, pod_name): (String, String),
         undo: &mut Undo,
-    ) -> Result<CniResult, CniError> {
+    ) -> Result<(CniResult, netns::PodInterface), CniError> {
         let mtu = req.config.mtu.unwrap_or(self.config.mtu);
         let spec = PodInterfaceSpec {
             container_id: key.container_id.clone(),
@@ -882,9 +928,10 @@ impl Shared {
             mtu,
             mac: placement.static_mac,
             disable_tx_checksum: self.config.datapath_type == DatapathType::Netdev,
-            gratuitous_arp: true,
+            gratuitous_arp: false,
         };
         undo.host_ifname = Some(netns::host_ifname(&key.container_id, &key.ifname));
+        let t0 = Instant::now();
         let built = netns::create_pod_interface(&self.host, pod_netns, &spec)
             .await
             .map_err(|e| {
@@ -894,6 +941,8 @@ impl Shared {
                     e,
                 )
             })?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "veth created");
+        let t0 = Instant::now();
         let mut a = Attachment {
             key: key.clone(),
             pod_namespace,
@@ -933,6 +982,8 @@ impl Shared {
             }
             Err(e) => return Err(ovs_err("adding the OVS port", e)),
         }
+        tracing::debug!(elapsed = ?t0.elapsed(), "port added");
+        let t0 = Instant::now();
         let ofport = self
             .ovsdb
             .interface_ofport(&a.host_ifname, OFPORT_TIMEOUT)
@@ -949,6 +1000,8 @@ impl Shared {
             undo.requested_ofport = Some(a.ofport);
         }
 
+        tracing::debug!(elapsed = ?t0.elapsed(), "ofport assigned");
+        let t0 = Instant::now();
         let gate = self.flow_gate.read().await;
         let generation = gate.unwrap_or(1);
         let mods = flows::pod_flows(generation, &self.gateway(), &a.pod_port())
@@ -959,11 +1012,13 @@ impl Shared {
             .bundle_flow_mods(mods)
             .await
             .map_err(|e| ovs_err("installing the pod's flows", e))?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "flows installed");
         lock(&self.attachments).insert(key.clone(), a.clone());
         drop(gate);
         self.update_gauge();
         tracing::info!(ip = %a.address, mac = %a.mac, vlan = a.vlan, segment = %a.segment, port = %a.host_ifname, ofport = a.ofport, "pod attached");
-        Ok(self.result_for(&a, Some(built.host_mac), req))
+        let result = self.result_for(&a, Some(built.host_mac), req);
+        Ok((result, built))
     }
 
     /// The lowest free ofport at or above `FIRST_POD`, reserved.
@@ -1200,6 +1255,41 @@ impl Shared {
                 problems.join("; "),
             ))
         }
+    }
+}
+
+/// Deletes a pod's veth through a netlink socket of its own, on a blocking
+/// thread. The kernel handles a link deletion synchronously inside the
+/// sending call and waits for RCU grace periods (10-20 ms here); on the
+/// agent's shared socket every deletion would queue behind the others and
+/// stall a runtime worker meanwhile, so parallel DELs would serialise.
+/// (The thread stays in the agent's own namespace: no setns.)
+async fn delete_veth_on_own_socket(
+    container_id: &str,
+    ifname: &str,
+) -> Result<bool, netns::InterfaceError> {
+    let (container_id, ifname) = (container_id.to_string(), ifname.to_string());
+    let io_err = |source: std::io::Error| netns::InterfaceError::Io {
+        step: netns::Step::DeleteHostEnd,
+        ifname: netns::host_ifname(&container_id, &ifname),
+        netns: "node".to_string(),
+        source,
+    };
+    let (c, i) = (container_id.clone(), ifname.clone());
+    let joined = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok::<_, std::io::Error>(runtime.block_on(async {
+            let netlink = Netlink::current()?;
+            netns::delete_pod_interface(&netlink, &c, &i).await
+        }))
+    })
+    .await;
+    match joined {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(io_err(e)),
+        Err(e) => Err(io_err(std::io::Error::other(e))),
     }
 }
 

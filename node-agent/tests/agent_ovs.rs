@@ -57,12 +57,41 @@ fn add_gives_working_pods() {
         assert!(node_ping.status.success(), "node cannot ping a");
         let node_ping = cmd(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &ip_b]).await;
         assert!(node_ping.status.success(), "node cannot ping b");
-        // TCP works too (checksum offload off on the pod end).
+        // TCP works too (checksum offload off on the pod end, every
+        // connection committed in the pod zone): HTTP from a to b.
         let tx = a.exec(&["ethtool", "-k", "eth0"]).await;
         assert!(
             String::from_utf8_lossy(&tx.stdout).contains("tx-checksumming: off"),
             "tx checksum offload still on"
         );
+        let _server = tokio::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                b.netns.name(),
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+            ])
+            .current_dir(lab.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 http.server in pod b");
+        let url = format!("http://{ip_b}:8080/");
+        eventually("HTTP from pod a to pod b", Duration::from_secs(20), || {
+            let url = url.clone();
+            let a = &a;
+            async move {
+                a.exec(&["curl", "-sf", "--max-time", "2", "-o", "/dev/null", &url])
+                    .await
+                    .status
+                    .success()
+            }
+        })
+        .await;
 
         // The OVS port: no tag for the untagged default segment, the
         // external_ids.
@@ -149,6 +178,64 @@ fn vlans_isolate_pods() {
             let out = cmd(&["ping", "-c", "1", "-W", "1", ip]).await;
             assert!(out.status.success(), "node cannot reach {ip}");
         }
+        agent.shutdown().await;
+    });
+}
+
+#[test]
+fn vswitchd_restart_is_repaired() {
+    node_test("vswitchd_restart_is_repaired", |mut lab| async move {
+        let agent = start_agent(&lab, None).await;
+        lab.create_pod("default", "a", &[]).await;
+        lab.create_pod("default", "b", &[]).await;
+        let a = PodNs::new("default", "a");
+        let b = PodNs::new("default", "b");
+        let add_a = cni_add(&lab, &a).await;
+        assert!(add_a.success, "{}", add_a.stdout);
+        let add_b = cni_add(&lab, &b).await;
+        assert!(add_b.success, "{}", add_b.stdout);
+        let (ip_a, ip_b) = (add_a.ip(), add_b.ip());
+        assert!(a.ping(&ip_b).await);
+
+        // ovs-vswitchd restarts: every flow is gone and the gateway tap is
+        // recreated without its address. The agent notices the OpenFlow
+        // reconnect and repairs both.
+        lab.ovs.kill_vswitchd();
+        lab.ovs.start_vswitchd().expect("restart vswitchd");
+        eventually(
+            "pod to pod after the restart",
+            Duration::from_secs(30),
+            || {
+                let (a, ip_b) = (&a, ip_b.clone());
+                async move { a.ping(&ip_b).await }
+            },
+        )
+        .await;
+        eventually(
+            "node to pod after the restart",
+            Duration::from_secs(30),
+            || {
+                let ip_a = ip_a.clone();
+                async move {
+                    cmd(&["ping", "-c", "1", "-W", "1", &ip_a])
+                        .await
+                        .status
+                        .success()
+                }
+            },
+        )
+        .await;
+        assert_eq!(lab.pod_flow_count(), 18, "{}", lab.dump_flows());
+        let metrics = http_get(agent.metrics_addr(), "/metrics").await;
+        let runs: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_agent_reconcile_runs_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no reconcile counter: {metrics}"));
+        assert!(
+            runs >= 2,
+            "reconciliation after the restart not counted: {runs}"
+        );
         agent.shutdown().await;
     });
 }

@@ -17,13 +17,22 @@ struct AgentProcess {
 
 impl AgentProcess {
     async fn start(lab: &NodeLab, log_name: &str) -> AgentProcess {
-        let log = std::fs::File::create(lab.dir.path().join(log_name)).unwrap();
+        // The agent's log goes to a file in the lab directory, or to the
+        // test's stderr with SWITCHYARD_AGENT_LOG_STDERR=1 (RUST_LOG applies).
+        let stderr = if std::env::var_os("SWITCHYARD_AGENT_LOG_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::from(std::fs::File::create(lab.dir.path().join(log_name)).unwrap())
+        };
         // The test thread is inside the node namespace, so the child is too.
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-agent"))
             .args(lab.agent_args())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .expect("spawn switchyard-agent");
         let socket = lab.socket();

@@ -1,0 +1,256 @@
+//! CNI ADD and DEL latency of Switchyard against Debian's reference
+//! `bridge` + `host-local` plugins, side by side in one run.
+//!
+//! `cargo bench -p switchyard-agent --bench cni_latency` (as root, with
+//! openvswitch-switch and containernetworking-plugins installed).
+//! `SY_BENCH_PODS` overrides the 200 pods.
+//!
+//! Switchyard: the agent in-process (release build) in a node network
+//! namespace running a private ovsdb-server + ovs-vswitchd (userspace
+//! datapath), the lab API server, and the REAL `switchyard` binary
+//! (release, built by this bench) executed as libcni does. Reference:
+//! `/usr/lib/cni/bridge` with `host-local` IPAM in a scratch namespace of its
+//! own. Both plug the same 200 pod namespaces, one after the other: first
+//! sequentially (ADD every pod, then DEL every pod), then 8-way parallel.
+//! Latency is process start to exit of the plugin, as a runtime sees it.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+use switchyard_agent::Agent;
+
+const PARALLEL: usize = 8;
+
+/// One plugin invocation as libcni does it; returns the elapsed time.
+fn invoke(
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    args: &str,
+    conf: &Value,
+) -> Duration {
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(conf).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{} {command} {container_id}: {} {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    bin: PathBuf,
+    conf: Value,
+    /// Network namespace the plugin process runs in (None = the caller's).
+    run_in: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+struct PodRef {
+    container_id: String,
+    netns: String,
+    args: String,
+}
+
+fn enter(netns: &Option<PathBuf>) {
+    if let Some(path) = netns {
+        let f = std::fs::File::open(path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+}
+
+/// Runs `command` for every pod with `workers` threads; returns latencies.
+fn run_all(
+    target: &Target,
+    command: &str,
+    pods: &[PodRef],
+    round: &str,
+    workers: usize,
+) -> Vec<Duration> {
+    let queue = Arc::new(Mutex::new(pods.to_vec()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let queue = queue.clone();
+            let results = results.clone();
+            let target = target.clone();
+            let command = command.to_string();
+            let round = round.to_string();
+            std::thread::spawn(move || {
+                enter(&target.run_in);
+                loop {
+                    let Some(pod) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let id = format!("{}{round}", pod.container_id);
+                    let t = invoke(
+                        &target.bin,
+                        &command,
+                        &id,
+                        &pod.netns,
+                        &pod.args,
+                        &target.conf,
+                    );
+                    results.lock().unwrap().push(t);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut v = std::mem::take(&mut *results.lock().unwrap());
+    v.sort();
+    v
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn build_release_cni() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "switchyard-cni",
+            "--bin",
+            "switchyard",
+        ])
+        .current_dir(workspace)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the release switchyard binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("release").join("switchyard")
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let pods_n: usize = std::env::var("SY_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let cni = build_release_cni();
+    node_test("cni_latency", move |lab| async move {
+        let agent = Agent::start(lab.agent_config(None)).await.expect("agent");
+        let mut pods = Vec::new();
+        for i in 0..pods_n {
+            let name = format!("bench{i}");
+            lab.create_pod("default", &name, &[]).await;
+            pods.push(PodNs::new("default", &name));
+        }
+        let refs: Vec<PodRef> = pods
+            .iter()
+            .map(|p| PodRef {
+                container_id: p.container_id.clone(),
+                netns: p.netns_path(),
+                args: p.cni_args(),
+            })
+            .collect();
+        let scratch = switchyard_ovs_harness::Netns::new("syref").unwrap();
+        let ipam_dir = lab.dir.path().join("host-local");
+        let targets = [
+            Target {
+                name: "switchyard (agent + OVS netdev)",
+                bin: cni.clone(),
+                conf: lab.conflist(),
+                run_in: None,
+            },
+            Target {
+                name: "reference bridge + host-local",
+                bin: PathBuf::from("/usr/lib/cni/bridge"),
+                conf: json!({
+                    "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+                    "bridge": "cni-ref0", "isGateway": true, "ipMasq": false,
+                    "ipam": {"type": "host-local", "subnet": "10.99.0.0/16",
+                             "dataDir": ipam_dir.display().to_string()}
+                }),
+                run_in: Some(scratch.path()),
+            },
+        ];
+        let runs = tokio::task::spawn_blocking(move || {
+            let mut rows = Vec::new();
+            for (mode, workers) in [("sequential", 1usize), ("8-way parallel", PARALLEL)] {
+                for t in &targets {
+                    let round = if workers == 1 { "s" } else { "p" };
+                    let add = run_all(t, "ADD", &refs, round, workers);
+                    let del = run_all(t, "DEL", &refs, round, workers);
+                    rows.push((mode, t.name, add, del));
+                }
+            }
+            drop(scratch);
+            rows
+        })
+        .await
+        .unwrap();
+        println!("\nCNI latency, {pods_n} pods (ms), process start to exit:");
+        println!("| mode | plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
+        println!("|---|---|---|---|---|---|");
+        for (mode, name, add, del) in &runs {
+            println!(
+                "| {mode} | {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                pct(add, 0.5),
+                pct(add, 0.99),
+                pct(del, 0.5),
+                pct(del, 0.99)
+            );
+        }
+        for pair in runs.chunks(2) {
+            let (mode, _, sa, sd) = &pair[0];
+            let (_, _, ra, rd) = &pair[1];
+            println!(
+                "{mode}: switchyard/reference ADD p50 {:.2}x, p99 {:.2}x; DEL p50 {:.2}x, p99 {:.2}x (below 1 = switchyard faster)",
+                pct(sa, 0.5) / pct(ra, 0.5),
+                pct(sa, 0.99) / pct(ra, 0.99),
+                pct(sd, 0.5) / pct(rd, 0.5),
+                pct(sd, 0.99) / pct(rd, 0.99),
+            );
+        }
+        agent.shutdown().await;
+    });
+}
