@@ -3,7 +3,8 @@
 # container (the bundled-OVS variant).
 #
 #   switchyard-ovs run      start both daemons and stay until SIGTERM/SIGINT
-#   switchyard-ovs health   exit 0 when both daemons answer (the probes)
+#   switchyard-ovs health   exit 0 when both daemons answer (liveness)
+#   switchyard-ovs ready    health, and no flow restore pending (startup probe)
 #
 # Restarts keep the datapath forwarding. On SIGTERM the flows and groups of
 # the bridge are saved to $SWITCHYARD_STATE_DIR/saved-flows, then ovs-vswitchd
@@ -38,6 +39,11 @@ log() {
 health() {
     ovs-appctl -t ovsdb-server version >/dev/null &&
         ovs-appctl -t ovs-vswitchd version >/dev/null
+}
+
+ready() {
+    health && ! ovs-vsctl --no-wait --timeout=5 get Open_vSwitch . \
+        other_config:flow-restore-wait >/dev/null 2>&1
 }
 
 bridge_exists() {
@@ -141,6 +147,10 @@ run() {
         restore=yes
         ovs-vsctl --no-wait set Open_vSwitch . other_config:flow-restore-wait=true
     fi
+    if [ "$restore" = no ]; then
+        # A flag left by an interrupted restore would stop forwarding for good.
+        ovs-vsctl --no-wait remove Open_vSwitch . other_config flow-restore-wait
+    fi
     start_vswitchd
     if [ "$restore" = yes ]; then
         restore_flows
@@ -158,8 +168,9 @@ run() {
 case "${1:-}" in
 run) run ;;
 health) health ;;
+ready) ready ;;
 *)
-    echo "usage: switchyard-ovs run|health" >&2
+    echo "usage: switchyard-ovs run|health|ready" >&2
     exit 2
     ;;
 esac

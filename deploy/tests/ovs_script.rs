@@ -79,6 +79,14 @@ impl ScriptOvs {
             .is_ok_and(|s| s.success())
     }
 
+    fn ready(&self) -> bool {
+        let mut cmd = self.with_env(Command::new(self.script()));
+        cmd.arg("ready")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// SIGTERM to the script (`ip netns exec` execs in place); its exit status.
     fn stop(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");
@@ -244,10 +252,11 @@ fn ovs_container_restart_keeps_flows_and_groups() {
     assert!(ovs.path("state/saved-flows/br-int.groups").is_file());
 
     ovs.start();
-    // The restore ends by clearing flow-restore-wait and the saved files.
-    ovs.poll("flow-restore-wait cleared", || {
-        !ovs.other_config().contains("flow-restore-wait") && !saved.exists()
-    });
+    // The restore ends by clearing flow-restore-wait and the saved files;
+    // only then is the container ready (its startup probe).
+    ovs.poll("ready", || ovs.ready());
+    assert!(!ovs.other_config().contains("flow-restore-wait"));
+    assert!(!saved.exists());
     assert!(
         ovs.log().contains("restored 4 flows of br-int"),
         "{}",
@@ -255,10 +264,25 @@ fn ovs_container_restart_keeps_flows_and_groups() {
     );
     assert_eq!(ovs.snapshot(), before, "flows and groups after the restart");
 
-    // A restart without saved flows (the container was killed) starts clean.
+    // Not ready while a restore is pending.
+    ovs.tool(
+        "ovs-vsctl",
+        &[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:flow-restore-wait=true",
+        ],
+    );
+    assert!(ovs.health() && !ovs.ready());
+
+    // A restart without saved flows (the container was killed) starts clean,
+    // and clears a flow-restore-wait left behind.
     assert_eq!(ovs.stop(), 0);
     std::fs::remove_dir_all(ovs.path("state/saved-flows")).unwrap();
     ovs.start();
+    ovs.poll("ready", || ovs.ready());
     assert!(!ovs.other_config().contains("flow-restore-wait"));
     assert_eq!(
         ovs.snapshot().0.len(),
