@@ -13,6 +13,8 @@ packages=(
     iptables                    # kube-proxy iptables baseline in benchmarks
     containernetworking-plugins # reference plugins: chaining tests and the bridge/host-local baseline
     python3                     # tiny echo servers in datapath tests
+    shellcheck                  # lints every shell script (deploy tests)
+    vagrant                     # `vagrant validate` of the Vagrant lab (deploy tests)
 )
 
 missing=()
