@@ -484,6 +484,23 @@ impl Shared {
                 },
             }
         }
+        // Attachments known in memory whose port is gone from OVSDB (removed
+        // behind the agent's back while it was disconnected): forget them.
+        // Checked port by port now, so an ADD that finished meanwhile stays.
+        let live_keys: BTreeSet<AttachmentKey> = live.iter().map(|a| a.key.clone()).collect();
+        let unseen: Vec<Attachment> = lock(&self.attachments)
+            .values()
+            .filter(|a| !live_keys.contains(&a.key))
+            .cloned()
+            .collect();
+        for a in unseen {
+            if let Ok(None) = self.ovsdb.port(&a.host_ifname).await {
+                tracing::info!(port = %a.host_ifname, container = %a.key.container_id, "port vanished from OVSDB; forgetting the attachment");
+                if let Err(e) = self.teardown(&a.key, Some(&a)).await {
+                    tracing::warn!(port = %a.host_ifname, error = %e.details, "cleaning up a vanished attachment failed");
+                }
+            }
+        }
         {
             let mut pools = lock(&self.pools);
             for a in &live {
@@ -862,7 +879,7 @@ impl Shared {
             key: key.clone(),
             host_ifname: None,
             port: None,
-            ofport: None,
+            flow_objects: Vec::new(),
             requested_ofport: None,
         };
         let outcome = self
@@ -969,50 +986,79 @@ impl Shared {
             port = port.with_external_id(&k, &v);
         }
         undo.port = Some(a.host_ifname.clone());
-        match self.ovsdb.add_port(&self.config.bridge, &port).await {
-            Ok(_) => {}
-            Err(ovsdb::Error::PortExists(_)) => {
-                // Left over from an earlier attempt that died half-way.
-                tracing::info!(port = %a.host_ifname, "replacing a leftover OVS port");
-                self.remove_port_quietly(&a.host_ifname).await;
-                self.ovsdb
-                    .add_port(&self.config.bridge, &port)
-                    .await
-                    .map_err(|e| ovs_err("adding the OVS port", e))?;
-            }
-            Err(e) => return Err(ovs_err("adding the OVS port", e)),
-        }
-        tracing::debug!(elapsed = ?t0.elapsed(), "port added");
-        let t0 = Instant::now();
-        let ofport = self
-            .ovsdb
-            .interface_ofport(&a.host_ifname, OFPORT_TIMEOUT)
-            .await
-            .map_err(|e| ovs_err("waiting for the port's ofport", e))?;
-        a.ofport = u32::from(ofport);
-        undo.ofport = Some(a.ofport);
-        if requested != Some(a.ofport) {
-            let mut ofports = lock(&self.ofports);
-            if let Some(r) = requested {
-                ofports.remove(&r);
-            }
-            ofports.insert(a.ofport);
-            undo.requested_ofport = Some(a.ofport);
-        }
-
-        tracing::debug!(elapsed = ?t0.elapsed(), "ofport assigned");
-        let t0 = Instant::now();
+        // The flows only need the ofport, which is the requested one unless
+        // vswitchd could not honour the request: install them while the
+        // port is added and vswitchd attaches it (checked below).
         let gate = self.flow_gate.read().await;
         let generation = gate.unwrap_or(1);
-        let mods = flows::pod_flows(generation, &self.gateway(), &a.pod_port())
-            .into_iter()
-            .map(FlowMod::add)
-            .collect();
-        self.openflow
-            .bundle_flow_mods(mods)
-            .await
-            .map_err(|e| ovs_err("installing the pod's flows", e))?;
-        tracing::debug!(elapsed = ?t0.elapsed(), "flows installed");
+        let gateway = self.gateway();
+        let pod_template = a.pod_port();
+        let install = |ofport: u32| {
+            let pod = flows::PodPort {
+                ofport,
+                ..pod_template
+            };
+            let mods = flows::pod_flows(generation, &gateway, &pod)
+                .into_iter()
+                .map(FlowMod::add)
+                .collect();
+            self.openflow.bundle_flow_mods(mods)
+        };
+        if let Some(r) = requested {
+            undo.flow_objects.push(r);
+        }
+        let flows_early = async {
+            match requested {
+                Some(r) => install(r).await.map(|()| true),
+                None => Ok(false),
+            }
+        };
+        let attach = async {
+            match self.ovsdb.add_port(&self.config.bridge, &port).await {
+                Ok(_) => {}
+                Err(ovsdb::Error::PortExists(_)) => {
+                    // Left over from an earlier attempt that died half-way.
+                    tracing::info!(port = %a.host_ifname, "replacing a leftover OVS port");
+                    self.remove_port_quietly(&a.host_ifname).await;
+                    self.ovsdb
+                        .add_port(&self.config.bridge, &port)
+                        .await
+                        .map_err(|e| ovs_err("adding the OVS port", e))?;
+                }
+                Err(e) => return Err(ovs_err("adding the OVS port", e)),
+            }
+            tracing::debug!(elapsed = ?t0.elapsed(), "port added");
+            self.ovsdb
+                .interface_ofport(&a.host_ifname, OFPORT_TIMEOUT)
+                .await
+                .map_err(|e| ovs_err("waiting for the port's ofport", e))
+        };
+        let (installed, ofport) = tokio::join!(flows_early, attach);
+        let installed = installed.map_err(|e| ovs_err("installing the pod's flows", e))?;
+        a.ofport = u32::from(ofport?);
+        tracing::debug!(elapsed = ?t0.elapsed(), "ofport assigned, flows installed");
+        if requested != Some(a.ofport) {
+            tracing::info!(requested = ?requested, got = a.ofport, "vswitchd gave another ofport than requested");
+            {
+                let mut ofports = lock(&self.ofports);
+                if let Some(r) = requested {
+                    ofports.remove(&r);
+                }
+                ofports.insert(a.ofport);
+            }
+            undo.requested_ofport = Some(a.ofport);
+            undo.flow_objects.push(a.ofport);
+            if installed && let Some(r) = requested {
+                let (c, m) = Cookie::object_mask(Owner::Agent, r);
+                self.openflow
+                    .flow_mod(FlowMod::delete_cookie(c, m))
+                    .await
+                    .map_err(|e| ovs_err("deleting flows of the requested ofport", e))?;
+            }
+            install(a.ofport)
+                .await
+                .map_err(|e| ovs_err("installing the pod's flows", e))?;
+        }
         lock(&self.attachments).insert(key.clone(), a.clone());
         drop(gate);
         self.update_gauge();
@@ -1042,8 +1088,8 @@ impl Shared {
         if let Some(p) = undo.requested_ofport {
             lock(&self.ofports).remove(&p);
         }
-        if let Some(ofport) = undo.ofport {
-            let (c, m) = Cookie::object_mask(Owner::Agent, ofport);
+        for ofport in &undo.flow_objects {
+            let (c, m) = Cookie::object_mask(Owner::Agent, *ofport);
             if let Err(e) = self.openflow.flow_mod(FlowMod::delete_cookie(c, m)).await {
                 tracing::warn!(error = %e, "rollback: deleting flows failed");
             }
@@ -1300,7 +1346,8 @@ struct Undo {
     key: AttachmentKey,
     host_ifname: Option<String>,
     port: Option<String>,
-    ofport: Option<u32>,
+    /// Ofports whose flows may have been installed.
+    flow_objects: Vec<u32>,
     requested_ofport: Option<u32>,
 }
 

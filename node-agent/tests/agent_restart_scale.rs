@@ -17,6 +17,17 @@ struct AgentProcess {
 
 impl AgentProcess {
     async fn start(lab: &NodeLab, log_name: &str) -> AgentProcess {
+        let agent = AgentProcess::spawn(lab, log_name, &lab.agent_args());
+        let socket = lab.socket();
+        eventually("the agent's CNI socket", Duration::from_secs(30), || {
+            let socket = socket.clone();
+            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
+        })
+        .await;
+        agent
+    }
+
+    fn spawn(lab: &NodeLab, log_name: &str, args: &[String]) -> AgentProcess {
         // The agent's log goes to a file in the lab directory, or to the
         // test's stderr with SWITCHYARD_AGENT_LOG_STDERR=1 (RUST_LOG applies).
         let stderr = if std::env::var_os("SWITCHYARD_AGENT_LOG_STDERR").is_some() {
@@ -26,7 +37,7 @@ impl AgentProcess {
         };
         // The test thread is inside the node namespace, so the child is too.
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-agent"))
-            .args(lab.agent_args())
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -35,12 +46,6 @@ impl AgentProcess {
             .stderr(stderr)
             .spawn()
             .expect("spawn switchyard-agent");
-        let socket = lab.socket();
-        eventually("the agent's CNI socket", Duration::from_secs(30), || {
-            let socket = socket.clone();
-            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
-        })
-        .await;
         AgentProcess { child }
     }
 
@@ -94,6 +99,47 @@ fn ping_counts(output: &str) -> (u32, u32) {
         .filter_map(|p| p.split_whitespace().next()?.parse().ok())
         .collect();
     (nums[0], nums[1])
+}
+
+#[test]
+fn not_ready_until_ovs_is_there() {
+    node_test("not_ready_until_ovs_is_there", |lab| async move {
+        // OVSDB unreachable: the agent keeps waiting and opens no socket.
+        let mut args = lab.agent_args();
+        let i = args.iter().position(|a| a == "--ovsdb-endpoint").unwrap();
+        args[i + 1] = format!("unix:{}", lab.dir.path().join("no-db.sock").display());
+        let waiting = AgentProcess::spawn(&lab, "agent-waiting.log", &args);
+        lab.create_pod("default", "early", &[]).await;
+        let early = PodNs::new("default", "early");
+        // Wait until it got as far as it can: waiting for OVSDB.
+        if std::env::var_os("SWITCHYARD_AGENT_LOG_STDERR").is_none() {
+            let log = lab.dir.path().join("agent-waiting.log");
+            eventually(
+                "the agent waiting for OVSDB",
+                Duration::from_secs(30),
+                || {
+                    let log = log.clone();
+                    async move {
+                        std::fs::read_to_string(&log)
+                            .is_ok_and(|t| t.contains("cannot reach OVSDB yet"))
+                    }
+                },
+            )
+            .await;
+        }
+        let status = run_cni("STATUS", "", None, "", "", &lab.conflist()).await;
+        assert_eq!(status.code(), 50, "{}", status.stdout);
+        let add = cni_add(&lab, &early).await;
+        assert_eq!(add.code(), 11, "{}", add.stdout);
+        assert_eq!(lab.vsctl(&["list-br"]).trim(), "", "bridge created early");
+        drop(waiting);
+        // With OVS reachable, the same requests succeed.
+        let _agent = AgentProcess::start(&lab, "agent.log").await;
+        let status = run_cni("STATUS", "", None, "", "", &lab.conflist()).await;
+        assert!(status.success, "{}", status.stdout);
+        let add = cni_add(&lab, &early).await;
+        assert!(add.success, "{}", add.stdout);
+    });
 }
 
 #[test]
