@@ -7,3 +7,4 @@
 
 pub mod openflow;
 pub mod ovsdb;
+pub mod pipeline;
