@@ -1,0 +1,473 @@
+//! The proxy's switch programming at 1k / 10k / 30k Services x 10 endpoints
+//! on one node, side by side with kube-proxy's iptables mode:
+//!
+//! - proxy full sync: Service and EndpointSlice objects (from
+//!   `synthetic::cluster`, fed to the model directly, no API server) ->
+//!   desired state -> change set -> flow and group mods -> one atomic bundle
+//!   committed by a private `ovs-vswitchd` (userspace datapath);
+//! - proxy single endpoint change: one Service's slice gets one endpoint
+//!   replaced -> recompute that Service -> diff -> mods -> bundle commit;
+//! - iptables full load: the nat table kube-proxy generates for the same
+//!   Services (KUBE-SERVICES, KUBE-SVC-* with `statistic --mode random`
+//!   probabilities, KUBE-SEP-* with DNAT, KUBE-MARK-MASQ) loaded with
+//!   `iptables-restore --noflush` into a scratch network namespace;
+//! - iptables single change: what kube-proxy (MinimizeIPTablesRestore)
+//!   writes for one changed Service: the whole KUBE-SERVICES chain, the
+//!   changed KUBE-SVC chain, the new KUBE-SEP chain and `-X` of the old one,
+//!   with `iptables-restore --noflush`.
+//!
+//! Peak RSS is the bench process's (`VmHWM`, model + messages, cumulative
+//! over the sizes run so far); vswitchd's RSS after the full sync is shown
+//! for information.
+//!
+//! The baseline uses `iptables-legacy-restore` (`SY_BENCH_IPTABLES=nft` for
+//! `iptables-nft-restore`, which needs minutes beyond a few thousand
+//! Services on this machine).
+//!
+//! Needs root and Open vSwitch. `cargo bench -p switchyard-proxy --bench datapath`
+//! (`SY_BENCH_SIZES=1000,10000` picks sizes, `SY_BENCH_CHANGES` the number
+//! of single changes timed, default 200 for OVS and at most 30 for iptables).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_ovs::openflow::{Client, bundle_flags};
+use switchyard_ovs_harness::{Netns, OvsInstance, require_privileges};
+use switchyard_proxy::fixtures::endpoint;
+use switchyard_proxy::program::{self, HairpinRefs, SwitchInventory};
+use switchyard_proxy::service_model::service_port_states;
+use switchyard_proxy::{
+    DesiredState, GroupIdAllocator, ServiceKey, build_desired_state, diff, diff_services,
+};
+
+const NODE: &str = "node-0";
+const NAMESPACE: &str = "bench";
+const ENDPOINTS: u32 = 10;
+const BRIDGE: &str = "br-int";
+
+fn percentile(times: &mut [Duration], p: f64) -> Duration {
+    times.sort();
+    let index = ((times.len() as f64 - 1.0) * p).round() as usize;
+    times[index]
+}
+
+fn peak_rss_mb(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = if pid == "self" { "VmHWM:" } else { "VmRSS:" };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// kube-proxy's chain name suffix: first 16 base32 characters of the
+/// SHA-256 of the port name (and endpoint); any stable 16-character hash
+/// gives the same rule-set sizes.
+fn chain_hash(text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    let mut value = hasher.finish();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(16);
+    for _ in 0..16 {
+        out.push(alphabet[(value % 32) as usize] as char);
+        value /= 32;
+        if value == 0 {
+            value = 0x9e37_79b9_7f4a_7c15;
+        }
+    }
+    out
+}
+
+struct IptService {
+    name: String,
+    vip: String,
+    endpoints: Vec<String>,
+}
+
+fn ipt_services(state: &DesiredState) -> Vec<IptService> {
+    state
+        .iter()
+        .map(|(name, port)| IptService {
+            name: name.to_string(),
+            vip: port.cluster_ip.to_string(),
+            endpoints: port
+                .endpoints
+                .iter()
+                .map(|e| format!("{}:{}", e.ip, e.port))
+                .collect(),
+        })
+        .collect()
+}
+
+fn svc_chain(service: &IptService) -> String {
+    format!("KUBE-SVC-{}", chain_hash(&service.name))
+}
+
+fn sep_chain(service: &IptService, endpoint: &str) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        chain_hash(&format!("{}{endpoint}", service.name))
+    )
+}
+
+fn kube_services_rules(out: &mut String, services: &[IptService]) {
+    for service in services {
+        let _ = writeln!(
+            out,
+            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport 80 -j {}",
+            service.name,
+            service.vip,
+            svc_chain(service)
+        );
+    }
+    out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+}
+
+fn service_chain_rules(out: &mut String, service: &IptService) {
+    let svc = svc_chain(service);
+    let _ = writeln!(
+        out,
+        "-A {svc} -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport 80 ! -s 10.128.0.0/9 -j KUBE-MARK-MASQ",
+        service.name, service.vip
+    );
+    let n = service.endpoints.len();
+    for (i, ep) in service.endpoints.iter().enumerate() {
+        let sep = sep_chain(service, ep);
+        if i + 1 < n {
+            let probability = 1.0 / (n - i) as f64;
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{} -> {ep}\" -m statistic --mode random --probability {probability:.10} -j {sep}",
+                service.name
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{} -> {ep}\" -j {sep}",
+                service.name
+            );
+        }
+    }
+}
+
+fn endpoint_chain_rules(out: &mut String, service: &IptService, ep: &str) {
+    let sep = sep_chain(service, ep);
+    let ip = ep.split(':').next().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "-A {sep} -m comment --comment {} -s {ip}/32 -j KUBE-MARK-MASQ",
+        service.name
+    );
+    let _ = writeln!(
+        out,
+        "-A {sep} -m comment --comment {} -m tcp -p tcp -j DNAT --to-destination {ep}",
+        service.name
+    );
+}
+
+/// The full nat table as kube-proxy writes it.
+fn iptables_full(services: &[IptService]) -> String {
+    let mut out = String::with_capacity(services.len() * 2048);
+    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    for service in services {
+        let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
+        for ep in &service.endpoints {
+            let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, ep));
+        }
+    }
+    out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
+    out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
+    out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n");
+    out.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
+    kube_services_rules(&mut out, services);
+    for service in services {
+        service_chain_rules(&mut out, service);
+        for ep in &service.endpoints {
+            endpoint_chain_rules(&mut out, service, ep);
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// What kube-proxy writes when one Service's endpoint `old` became `new`:
+/// the top-level chain in full, the Service's chain, the new endpoint's
+/// chain, and the deletion of the old one (unchanged endpoint chains are
+/// not rewritten).
+fn iptables_change(services: &[IptService], changed: usize, old: &str, new: &str) -> String {
+    let service = &services[changed];
+    let mut out = String::with_capacity(services.len() * 200);
+    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
+    let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
+    let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, new));
+    let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, old));
+    kube_services_rules(&mut out, services);
+    service_chain_rules(&mut out, service);
+    endpoint_chain_rules(&mut out, service, new);
+    let _ = writeln!(out, "-X {}", sep_chain(service, old));
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// `iptables-legacy-restore` unless `SY_BENCH_IPTABLES=nft`.
+fn restore_binary() -> &'static str {
+    match std::env::var("SY_BENCH_IPTABLES").as_deref() {
+        Ok("nft") => "iptables-nft-restore",
+        _ => "iptables-legacy-restore",
+    }
+}
+
+/// Time of one `iptables-restore --noflush`; `Err` with its message when
+/// it refuses the input.
+fn iptables_restore(netns: &Netns, input: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.name(),
+            restore_binary(),
+            "-w",
+            "--noflush",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write rules");
+    let out = child.wait_with_output().expect("iptables-restore exits");
+    if out.status.success() {
+        Ok(started.elapsed())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// One Service's slice with endpoint `index` replaced by a fresh address.
+fn replace_endpoint(slice: &EndpointSlice, index: usize, fresh: u32) -> EndpointSlice {
+    let mut slice = slice.clone();
+    let ip = std::net::Ipv4Addr::from((11 << 24) + fresh);
+    slice.endpoints[index] = endpoint(&ip.to_string()).node("node-3").build();
+    slice
+}
+
+fn find_service<'a>(services: &'a [Service], key: &ServiceKey) -> &'a Service {
+    services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(key.name.as_str()))
+        .expect("service")
+}
+
+struct Row {
+    count: u32,
+    flows_groups: String,
+    model: Duration,
+    install: Duration,
+    full: Duration,
+    ipt_full: Result<Duration, String>,
+    change_p50: Duration,
+    change_p99: Duration,
+    ipt_p50: Option<Duration>,
+    ipt_p99: Option<Duration>,
+    rss: f64,
+    vswitchd_rss: f64,
+}
+
+async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row {
+    let (services, mut slices) = switchyard_proxy::synthetic::cluster(NAMESPACE, count, ENDPOINTS);
+    let ovs = OvsInstance::builder()
+        .vswitchd(true)
+        .start()
+        .expect("OVS starts");
+    ovs.vsctl(&[
+        "add-br",
+        BRIDGE,
+        "--",
+        "set",
+        "bridge",
+        BRIDGE,
+        "datapath_type=netdev",
+        "protocols=OpenFlow15",
+        "fail_mode=secure",
+    ])
+    .expect("bridge");
+    let client = Client::connect_bridge(ovs.rundir(), BRIDGE)
+        .await
+        .expect("OpenFlow client");
+
+    // Full sync: objects -> model -> change set -> mods -> committed bundle.
+    let started = Instant::now();
+    let state = build_desired_state(&services, &slices, NODE);
+    let mut groups = GroupIdAllocator::new();
+    let initial = diff(&DesiredState::new(), &state, &mut groups).expect("ids");
+    let (msgs, _) = program::full_sync(1, &state, &groups, &SwitchInventory::default());
+    let model = started.elapsed();
+    let n_msgs = msgs.len();
+    client
+        .bundle(msgs, bundle_flags::ATOMIC | bundle_flags::ORDERED)
+        .await
+        .expect("full sync bundle");
+    let full = started.elapsed();
+    let install = full - model;
+    drop(initial);
+    let flows = ovs
+        .ofctl(&["-O", "OpenFlow15", "dump-aggregate", BRIDGE])
+        .unwrap_or_default();
+    let flow_count = flows
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("flow_count="))
+        .unwrap_or("?")
+        .to_owned();
+    let flows_groups = format!("{flow_count} flows, {n_msgs} mods");
+
+    // Single endpoint changes on distinct Services, one bundle each.
+    let mut state = Arc::new(state);
+    let mut hairpin = HairpinRefs::of_state(&state);
+    let mut times = Vec::with_capacity(change_rounds);
+    for round in 0..change_rounds {
+        let index = (round * 7919) % slices.len();
+        let key = ServiceKey::new(NAMESPACE, format!("svc-{index}"));
+        slices[index] = replace_endpoint(&slices[index], round % ENDPOINTS as usize, round as u32);
+        let started = Instant::now();
+        let mut next = DesiredState::clone(&state);
+        let slice_refs = [&slices[index]];
+        next.replace_service(
+            &key,
+            service_port_states(find_service(&services, &key), &slice_refs, NODE),
+        );
+        let changes = diff_services(&state, &next, [&key], &mut groups).expect("ids");
+        assert_eq!(changes.changed.len(), 1);
+        let msgs = program::incremental(1, &changes, &mut hairpin);
+        client
+            .bundle(msgs, bundle_flags::ATOMIC | bundle_flags::ORDERED)
+            .await
+            .expect("change bundle");
+        times.push(started.elapsed());
+        state = Arc::new(next);
+    }
+    let change_p50 = percentile(&mut times, 0.5);
+    let change_p99 = percentile(&mut times, 0.99);
+    eprintln!(
+        "{count} services: proxy full sync {:.0} ms (model {:.0} + install {:.0}), change p50 {:.2} ms p99 {:.2} ms; now iptables",
+        ms(full),
+        ms(model),
+        ms(install),
+        ms(change_p50),
+        ms(change_p99)
+    );
+    let vswitchd_rss = ovs
+        .vswitchd_pid()
+        .map_or(0.0, |pid| peak_rss_mb(&pid.to_string()));
+    let rss = peak_rss_mb("self");
+    drop(client);
+    drop(ovs);
+
+    // iptables baseline in a scratch namespace.
+    let netns = Netns::new("sy-ipt").expect("scratch netns");
+    let ipt = ipt_services(&state);
+    let full_rules = iptables_full(&ipt);
+    let ipt_full = iptables_restore(&netns, &full_rules);
+    if let Err(err) = &ipt_full {
+        eprintln!("{count} services: iptables full load refused: {err}");
+    }
+    let mut ipt_times = Vec::with_capacity(ipt_changes);
+    let mut ipt = ipt;
+    for round in 0..ipt_changes {
+        if ipt_full.is_err() {
+            break;
+        }
+        let index = (round * 104_729) % ipt.len();
+        let slot = round % ENDPOINTS as usize;
+        let old = ipt[index].endpoints[slot].clone();
+        let new = format!("12.0.{}.{}:8080", round / 250, round % 250 + 1);
+        ipt[index].endpoints[slot] = new.clone();
+        let input = iptables_change(&ipt, index, &old, &new);
+        ipt_times.push(iptables_restore(&netns, &input).expect("iptables change"));
+    }
+    let ipt_p50 = (!ipt_times.is_empty()).then(|| percentile(&mut ipt_times, 0.5));
+    let ipt_p99 = (!ipt_times.is_empty()).then(|| percentile(&mut ipt_times, 0.99));
+
+    Row {
+        count,
+        flows_groups,
+        model,
+        install,
+        full,
+        ipt_full,
+        change_p50,
+        change_p99,
+        ipt_p50,
+        ipt_p99,
+        rss,
+        vswitchd_rss,
+    }
+}
+
+fn main() {
+    if !require_privileges("datapath bench") {
+        return;
+    }
+    let sizes: Vec<u32> = std::env::var("SY_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,30000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let changes: usize = std::env::var("SY_BENCH_CHANGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let ipt_changes = changes.min(30);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    println!("baseline: {}", restore_binary());
+    println!(
+        "| services | OVS content | proxy full sync (model + install) | iptables-restore full | full ratio | proxy change p50 / p99 | iptables change p50 / p99 | p99 ratio | bench peak RSS | vswitchd RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for count in sizes {
+        let row = runtime.block_on(bench_size(count, changes, ipt_changes));
+        let (ipt_full, full_ratio) = match &row.ipt_full {
+            Ok(t) => (
+                format!("{:.0} ms", ms(*t)),
+                format!("{:.1}x", t.as_secs_f64() / row.full.as_secs_f64()),
+            ),
+            Err(_) => ("refused".to_owned(), "-".to_owned()),
+        };
+        let (ipt_change, change_ratio) = match (row.ipt_p50, row.ipt_p99) {
+            (Some(p50), Some(p99)) => (
+                format!("{:.1} / {:.1} ms", ms(p50), ms(p99)),
+                format!("{:.0}x", p99.as_secs_f64() / row.change_p99.as_secs_f64()),
+            ),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        println!(
+            "| {} | {} | {:.0} ms ({:.0} + {:.0}) | {ipt_full} | {full_ratio} | {:.2} / {:.2} ms | {ipt_change} | {change_ratio} | {:.0} MB | {:.0} MB |",
+            row.count,
+            row.flows_groups,
+            ms(row.full),
+            ms(row.model),
+            ms(row.install),
+            ms(row.change_p50),
+            ms(row.change_p99),
+            row.rss,
+            row.vswitchd_rss,
+        );
+    }
+}
