@@ -682,3 +682,63 @@ fn decodes_meter_mods_produced_by_ovs_ofctl() {
         assert_eq!(expect.to_string(), format!("add {text}"));
     }
 }
+
+#[test]
+fn ct_flush_is_byte_identical_to_ovs_ofctl() {
+    let v4 = |s: &str| Some(IpAddr::V4(s.parse::<Ipv4Addr>().unwrap()));
+    let cases = [
+        (
+            vec![
+                "ct-flush",
+                "SOCK",
+                "zone=65520",
+                "ct_nw_dst=10.96.0.1,ct_nw_proto=17,ct_tp_dst=53",
+                "ct_nw_src=10.244.0.11,ct_nw_proto=17,ct_tp_src=5353",
+            ],
+            Message::CtFlush {
+                zone: Some(65520),
+                ip_proto: 17,
+                orig: CtTuple {
+                    dst: v4("10.96.0.1"),
+                    dst_port: Some(53),
+                    ..CtTuple::default()
+                },
+                reply: CtTuple {
+                    src: v4("10.244.0.11"),
+                    src_port: Some(5353),
+                    ..CtTuple::default()
+                },
+            },
+        ),
+        (
+            vec![
+                "ct-flush",
+                "SOCK",
+                "zone=7",
+                "ct_nw_src=1.2.3.4,ct_nw_dst=5.6.7.8,ct_nw_proto=6,ct_tp_src=1,ct_tp_dst=2",
+            ],
+            Message::CtFlush {
+                zone: Some(7),
+                ip_proto: 6,
+                orig: CtTuple {
+                    src: v4("1.2.3.4"),
+                    dst: v4("5.6.7.8"),
+                    src_port: Some(1),
+                    dst_port: Some(2),
+                },
+                reply: CtTuple::default(),
+            },
+        ),
+    ];
+    for (args, msg) in cases {
+        let captured = ofctl_capture(&args);
+        assert_eq!(captured.len(), 1, "{captured:02x?}");
+        let xid = u32::from_be_bytes([
+            captured[0][4],
+            captured[0][5],
+            captured[0][6],
+            captured[0][7],
+        ]);
+        assert_eq!(hex(&msg.to_bytes(xid)), hex(&captured[0]), "{args:?}");
+    }
+}

@@ -575,6 +575,27 @@ impl Client {
             .await
     }
 
+    /// Flushes conntrack entries (NXT_CT_FLUSH, OVS 3.1+; see
+    /// [`Message::CtFlush`]), confirmed by a barrier.
+    pub async fn ct_flush(
+        &self,
+        zone: Option<u16>,
+        ip_proto: u8,
+        orig: super::message::CtTuple,
+        reply: super::message::CtTuple,
+    ) -> Result<(), Error> {
+        self.send(vec![TxMessage::new(
+            Message::CtFlush {
+                zone,
+                ip_proto,
+                orig,
+                reply,
+            },
+            "ct flush",
+        )])
+        .await
+    }
+
     /// Barrier round trip.
     pub async fn barrier(&self) -> Result<(), Error> {
         self.send(Vec::new()).await

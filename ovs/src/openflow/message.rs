@@ -41,6 +41,7 @@ const NX_VENDOR_ID: u32 = 0x0000_2320;
 const NXT_SET_PACKET_IN_FORMAT: u32 = 16;
 const NXT_PACKET_IN2: u32 = 30;
 const NXT_TLV_TABLE_MOD: u32 = 24;
+const NXT_CT_FLUSH: u32 = 32;
 
 /// An OpenFlow error message (`OFPT_ERROR`), with type/code names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -432,6 +433,51 @@ pub struct TlvMap {
     pub index: u16,
 }
 
+/// One direction of a conntrack tuple for [`Message::CtFlush`]; fields left
+/// `None` match any value (OVS 3.1 flushes by partial tuples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CtTuple {
+    /// Source address.
+    pub src: Option<std::net::IpAddr>,
+    /// Destination address.
+    pub dst: Option<std::net::IpAddr>,
+    /// Source port.
+    pub src_port: Option<u16>,
+    /// Destination port.
+    pub dst_port: Option<u16>,
+}
+
+impl CtTuple {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Nested NXT_CT_TUPLE_* properties, in OVS's order and layout
+    /// (addresses as IPv4-mapped 128-bit values, ports in 8-byte properties).
+    fn encode(&self, out: &mut BytesMut) {
+        for (ty, addr) in [(0u16, self.src), (1, self.dst)] {
+            if let Some(addr) = addr {
+                let v6 = match addr {
+                    std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    std::net::IpAddr::V6(v6) => v6,
+                };
+                out.put_u16(ty);
+                out.put_u16(20);
+                out.put_slice(&v6.octets());
+                out.put_bytes(0, 4);
+            }
+        }
+        for (ty, port) in [(2u16, self.src_port), (3, self.dst_port)] {
+            if let Some(port) = port {
+                out.put_u16(ty);
+                out.put_u16(8);
+                out.put_u16(port);
+                out.put_u16(0);
+            }
+        }
+    }
+}
+
 /// NXT_TLV_TABLE_MOD command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlvTableCommand {
@@ -564,6 +610,19 @@ pub enum Message {
         /// The mappings.
         maps: Vec<TlvMap>,
     },
+    /// NXT_CT_FLUSH (OVS 3.1+): flush the conntrack entries of `zone`
+    /// (zone 0 when `None`) whose original and reply tuples match `orig` and
+    /// `reply` (both empty: every entry of the zone); `ip_proto` 0 = any.
+    CtFlush {
+        /// Conntrack zone.
+        zone: Option<u16>,
+        /// IP protocol (0 = any).
+        ip_proto: u8,
+        /// Original-direction tuple.
+        orig: CtTuple,
+        /// Reply-direction tuple.
+        reply: CtTuple,
+    },
     /// Anything else.
     Other {
         /// Message type.
@@ -594,6 +653,7 @@ impl Message {
             Message::SetAsync { .. } => "SET_ASYNC",
             Message::SetPacketInFormat(_) => "NXT_SET_PACKET_IN_FORMAT",
             Message::TlvTableMod { .. } => "NXT_TLV_TABLE_MOD",
+            Message::CtFlush { .. } => "NXT_CT_FLUSH",
             Message::MeterMod(_) => "METER_MOD",
             Message::Other { .. } => "OTHER",
         }
@@ -616,7 +676,9 @@ impl Message {
             Message::BundleControl { .. } => OFPT_BUNDLE_CONTROL,
             Message::BundleAdd { .. } => OFPT_BUNDLE_ADD_MESSAGE,
             Message::SetAsync { .. } => OFPT_SET_ASYNC,
-            Message::SetPacketInFormat(_) | Message::TlvTableMod { .. } => OFPT_EXPERIMENTER,
+            Message::SetPacketInFormat(_)
+            | Message::TlvTableMod { .. }
+            | Message::CtFlush { .. } => OFPT_EXPERIMENTER,
             Message::MeterMod(_) => OFPT_METER_MOD,
             Message::Other { msg_type, .. } => *msg_type,
         }
@@ -739,6 +801,34 @@ impl Message {
                 out.put_u32(NX_VENDOR_ID);
                 out.put_u32(NXT_SET_PACKET_IN_FORMAT);
                 out.put_u32(*fmt);
+            }
+            Message::CtFlush {
+                zone,
+                ip_proto,
+                orig,
+                reply,
+            } => {
+                out.put_u32(NX_VENDOR_ID);
+                out.put_u32(NXT_CT_FLUSH);
+                out.put_u8(*ip_proto);
+                out.put_bytes(0, 7);
+                for (ty, tuple) in [(0u16, orig), (1, reply)] {
+                    if !tuple.is_empty() {
+                        let at = out.len();
+                        out.put_u16(ty);
+                        out.put_u16(0);
+                        // Nested properties start 8-byte aligned.
+                        out.put_bytes(0, 4);
+                        tuple.encode(out);
+                        super::wire::patch_len(out, at + 2, at);
+                    }
+                }
+                if let Some(zone) = zone {
+                    out.put_u16(2);
+                    out.put_u16(8);
+                    out.put_u16(*zone);
+                    out.put_u16(0);
+                }
             }
             Message::TlvTableMod { command, maps } => {
                 out.put_u32(NX_VENDOR_ID);

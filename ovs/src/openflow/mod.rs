@@ -82,7 +82,7 @@ pub use group::{
     GroupStats, GroupType, SelectionMethod,
 };
 pub use message::{
-    BundleCtrlType, Message, MeterMod, MeterModCommand, MultipartReply, MultipartRequest,
+    BundleCtrlType, CtTuple, Message, MeterMod, MeterModCommand, MultipartReply, MultipartRequest,
     OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand, bundle_flags,
 };
 pub use wire::DecodeError;
