@@ -1,85 +1,54 @@
-//! Flushing stale UDP conntrack entries of the pod zone.
-//!
-//! Uses `ovs-ofctl ct-flush` against the bridge's management socket (OVS
-//! 3.1's NXT_CT_FLUSH with partial tuples): entries whose original tuple
-//! goes to `VIP:port` and whose reply tuple comes from `endpoint:port`, or,
-//! for a frontend that had no endpoints, every entry to `VIP:port`.
+//! Flushing stale UDP conntrack entries of the pod zone with NXT_CT_FLUSH
+//! (OVS 3.1+, partial tuples) over the OpenFlow connection: entries whose
+//! original tuple goes to `VIP:port` and whose reply tuple comes from
+//! `endpoint:port`, or, for a frontend that had no endpoints, every entry to
+//! `VIP:port` (what `ovs-ofctl ct-flush` does; the messages are
+//! byte-identical to its, see `ovs/tests/openflow_golden.rs`).
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::net::IpAddr;
 
+use switchyard_ovs::openflow::{Client, CtTuple, Error};
 use switchyard_ovs::pipeline::zone;
-use tokio::process::Command;
 
 use crate::diff::{StaleUdpEndpoint, StaleUdpFrontend};
 
-#[derive(Debug, thiserror::Error)]
-pub enum FlushError {
-    #[error("cannot run ovs-ofctl: {0}")]
-    Spawn(#[from] std::io::Error),
-    #[error("`ovs-ofctl {args}` failed: {stderr}")]
-    Failed { args: String, stderr: String },
+/// IP protocol number of UDP.
+const IPPROTO_UDP: u8 = 17;
+
+/// `(orig, reply)` tuples matching the entries of a stale endpoint.
+pub fn endpoint_tuples(stale: &StaleUdpEndpoint) -> (CtTuple, CtTuple) {
+    (
+        CtTuple {
+            dst: Some(IpAddr::V4(stale.cluster_ip)),
+            dst_port: Some(stale.port),
+            ..CtTuple::default()
+        },
+        CtTuple {
+            src: Some(IpAddr::V4(stale.endpoint_ip)),
+            src_port: Some(stale.endpoint_port),
+            ..CtTuple::default()
+        },
+    )
 }
 
-/// Flushes conntrack entries through one bridge's management socket.
+/// The original tuple matching every entry to a frontend.
+pub fn frontend_tuple(stale: &StaleUdpFrontend) -> CtTuple {
+    CtTuple {
+        dst: Some(IpAddr::V4(stale.cluster_ip)),
+        dst_port: Some(stale.port),
+        ..CtTuple::default()
+    }
+}
+
+/// Flushes conntrack entries of the pod zone through one bridge.
 #[derive(Debug, Clone)]
 pub struct ConntrackFlusher {
-    mgmt_socket: PathBuf,
+    client: Client,
 }
 
 impl ConntrackFlusher {
-    pub fn new(mgmt_socket: impl Into<PathBuf>) -> Self {
-        Self {
-            mgmt_socket: mgmt_socket.into(),
-        }
-    }
-
-    /// The `ct-flush` arguments for a stale endpoint: original tuple to the
-    /// frontend, reply tuple from the endpoint.
-    pub fn endpoint_args(&self, stale: &StaleUdpEndpoint) -> Vec<String> {
-        vec![
-            "ct-flush".into(),
-            format!("unix:{}", self.mgmt_socket.display()),
-            format!("zone={}", zone::POD),
-            format!(
-                "ct_nw_dst={},ct_nw_proto=17,ct_tp_dst={}",
-                stale.cluster_ip, stale.port
-            ),
-            format!(
-                "ct_nw_src={},ct_nw_proto=17,ct_tp_src={}",
-                stale.endpoint_ip, stale.endpoint_port
-            ),
-        ]
-    }
-
-    /// The `ct-flush` arguments for a frontend that gained endpoints.
-    pub fn frontend_args(&self, stale: &StaleUdpFrontend) -> Vec<String> {
-        vec![
-            "ct-flush".into(),
-            format!("unix:{}", self.mgmt_socket.display()),
-            format!("zone={}", zone::POD),
-            format!(
-                "ct_nw_dst={},ct_nw_proto=17,ct_tp_dst={}",
-                stale.cluster_ip, stale.port
-            ),
-        ]
-    }
-
-    async fn run(&self, args: Vec<String>) -> Result<(), FlushError> {
-        let output = Command::new("ovs-ofctl")
-            .args(["-O", "OpenFlow15"])
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .await?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(FlushError::Failed {
-                args: args.join(" "),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            })
-        }
+    pub fn new(client: Client) -> Self {
+        Self { client }
     }
 
     /// Flushes the entries of stale endpoints and frontends.
@@ -87,12 +56,22 @@ impl ConntrackFlusher {
         &self,
         endpoints: &[StaleUdpEndpoint],
         frontends: &[StaleUdpFrontend],
-    ) -> Result<(), FlushError> {
+    ) -> Result<(), Error> {
         for stale in endpoints {
-            self.run(self.endpoint_args(stale)).await?;
+            let (orig, reply) = endpoint_tuples(stale);
+            self.client
+                .ct_flush(Some(zone::POD), IPPROTO_UDP, orig, reply)
+                .await?;
         }
         for stale in frontends {
-            self.run(self.frontend_args(stale)).await?;
+            self.client
+                .ct_flush(
+                    Some(zone::POD),
+                    IPPROTO_UDP,
+                    frontend_tuple(stale),
+                    CtTuple::default(),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -97,7 +97,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         group_ids::PROXY_FIRST,
         group_ids::PROXY_LAST,
     )));
-    let flusher = ConntrackFlusher::new(flags.ovs_rundir.join(format!("{}.mgmt", flags.bridge)));
+    let flusher = ConntrackFlusher::new(switch.clone());
     let writer = SwitchWriter::start(
         switch.clone(),
         Arc::clone(&groups),
