@@ -10,7 +10,8 @@
 //! datapath), the lab API server, and the REAL `switchyard` binary
 //! (release, built by this bench) executed as libcni does. Reference:
 //! `/usr/lib/cni/bridge` with `host-local` IPAM in a scratch namespace of its
-//! own. Both plug the same 200 pod namespaces, one after the other: first
+//! own. Both plug the same 200 pod namespaces (as eth0 and net1), taking
+//! turns on chunks of 20 pods so load changes hit both alike: first
 //! sequentially (ADD every pod, then DEL every pod), then 8-way parallel.
 //! Latency is process start to exit of the plugin, as a runtime sees it.
 
@@ -35,6 +36,7 @@ fn invoke(
     command: &str,
     container_id: &str,
     netns: &str,
+    ifname: &str,
     args: &str,
     conf: &Value,
 ) -> Duration {
@@ -44,7 +46,7 @@ fn invoke(
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", ifname)
         .env("CNI_ARGS", args)
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())
@@ -77,6 +79,8 @@ struct Target {
     conf: Value,
     /// Network namespace the plugin process runs in (None = the caller's).
     run_in: Option<PathBuf>,
+    /// CNI_IFNAME (the two plugins plug the same pods side by side).
+    ifname: &'static str,
 }
 
 #[derive(Clone)]
@@ -122,6 +126,7 @@ fn run_all(
                         &command,
                         &id,
                         &pod.netns,
+                        target.ifname,
                         &pod.args,
                         &target.conf,
                     );
@@ -200,6 +205,7 @@ fn main() {
                 bin: cni.clone(),
                 conf: lab.conflist(),
                 run_in: None,
+                ifname: "eth0",
             },
             Target {
                 name: "reference bridge + host-local",
@@ -211,15 +217,32 @@ fn main() {
                              "dataDir": ipam_dir.display().to_string()}
                 }),
                 run_in: Some(scratch.path()),
+                ifname: "net1",
             },
         ];
         let runs = tokio::task::spawn_blocking(move || {
+            // The two plugins take turns on chunks of pods, so changes in
+            // the machine's load hit both alike.
+            let chunk = 20;
             let mut rows = Vec::new();
             for (mode, workers) in [("sequential", 1usize), ("8-way parallel", PARALLEL)] {
-                for t in &targets {
-                    let round = if workers == 1 { "s" } else { "p" };
-                    let add = run_all(t, "ADD", &refs, round, workers);
-                    let del = run_all(t, "DEL", &refs, round, workers);
+                let round = if workers == 1 { "s" } else { "p" };
+                let mut adds = [Vec::new(), Vec::new()];
+                let mut dels = [Vec::new(), Vec::new()];
+                for part in refs.chunks(chunk) {
+                    for (i, t) in targets.iter().enumerate() {
+                        adds[i].extend(run_all(t, "ADD", part, round, workers));
+                    }
+                }
+                for part in refs.chunks(chunk) {
+                    for (i, t) in targets.iter().enumerate() {
+                        dels[i].extend(run_all(t, "DEL", part, round, workers));
+                    }
+                }
+                for (i, t) in targets.iter().enumerate() {
+                    let (mut add, mut del) = (adds[i].clone(), dels[i].clone());
+                    add.sort();
+                    del.sort();
                     rows.push((mode, t.name, add, del));
                 }
             }

@@ -626,20 +626,22 @@ impl Shared {
             Some(a) => Some(a.clone()),
             None => self.recorded(key, &host_ifname).await?,
         };
-        let gate = self.flow_gate.read().await;
-        if let Some(a) = &recorded
-            && a.ofport > 0
-        {
-            let (c, m) = Cookie::object_mask(Owner::Agent, a.ofport);
-            self.openflow
-                .flow_mod(FlowMod::delete_cookie(c, m))
-                .await
-                .map_err(|e| ovs_err("deleting the pod's flows", e))?;
-        }
-        // The port and the veth go concurrently: both wait on other parties
-        // (vswitchd's reconfiguration, the kernel's RCU grace periods).
+        // Flows, port and veth go concurrently: each waits on another party
+        // (vswitchd's main loop and reconfiguration, the kernel's RCU grace
+        // periods). The ofport stays reserved until all three are done.
         let t0 = Instant::now();
-        let ((port, port_took), (veth, veth_took)) = tokio::join!(
+        let gate = self.flow_gate.read().await;
+        let flow_object = recorded.as_ref().map(|a| a.ofport).filter(|p| *p > 0);
+        let (flows_done, (port, port_took), (veth, veth_took)) = tokio::join!(
+            async {
+                match flow_object {
+                    Some(ofport) => {
+                        let (c, m) = Cookie::object_mask(Owner::Agent, ofport);
+                        self.openflow.flow_mod(FlowMod::delete_cookie(c, m)).await
+                    }
+                    None => Ok(()),
+                }
+            },
             async {
                 let r = self.ovsdb.remove_port(&host_ifname).await;
                 (r, t0.elapsed())
@@ -649,7 +651,8 @@ impl Shared {
                 (r, t0.elapsed())
             }
         );
-        tracing::debug!(?port_took, ?veth_took, "port and veth removed");
+        tracing::debug!(?port_took, ?veth_took, flows_took = ?t0.elapsed(), "flows, port and veth removed");
+        flows_done.map_err(|e| ovs_err("deleting the pod's flows", e))?;
         match port {
             Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
             Err(e) => return Err(ovs_err("removing the OVS port", e)),
@@ -1410,6 +1413,7 @@ impl CniHandler for CniServer {
     async fn del(&self, req: CniRequest) -> Result<(), CniError> {
         let started = Instant::now();
         let out = self.0.del(&req).instrument(request_span(&req)).await;
+        tracing::debug!(elapsed = ?started.elapsed(), "DEL handled");
         let label = ResultLabel::of(&out);
         self.0.metrics.dels.get_or_create(&label).inc();
         self.0

@@ -65,7 +65,7 @@ pub struct PodPort {
     pub vlan: u16,
 }
 
-fn mac(m: MacAddr) -> u128 {
+pub(crate) fn mac(m: MacAddr) -> u128 {
     m.0.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
 }
 
@@ -81,11 +81,11 @@ fn port_kind_bits() -> SubField {
     )
 }
 
-fn set_port_kind(kind: PortKind) -> Action {
+pub(crate) fn set_port_kind(kind: PortKind) -> Action {
     Action::load(port_kind_bits(), kind as u128)
 }
 
-fn match_port_kind(kind: PortKind) -> MatchField {
+pub(crate) fn match_port_kind(kind: PortKind) -> MatchField {
     let (lo, hi) = reg::PORT_KIND_BITS;
     let mask = ((1u32 << (hi - lo + 1)) - 1) << lo;
     MatchField::reg_masked(reg::MARKS, (kind as u32) << lo, mask)
@@ -104,7 +104,7 @@ fn mv(src: Field, dst: Field) -> Action {
 
 /// Turns the ARP request in the packet into the reply "`tpa` is at
 /// `answer_mac`" and sends it back out of the port it came in on.
-fn arp_reply_actions(answer_mac: MacAddr) -> Vec<Action> {
+pub(crate) fn arp_reply_actions(answer_mac: MacAddr) -> Vec<Action> {
     vec![
         mv(Field::EthSrc, Field::EthDst),
         Action::set_field(Field::EthSrc, mac(answer_mac)),
@@ -331,6 +331,18 @@ pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
                 u128::from(pod.ofport),
             ))
             .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        // L2_FORWARDING: from a remote node's pod of the same VLAN (the
+        // tunnel key carried the source VLAN into reg5; the remote node's
+        // own traffic arrives marked Gateway, see `overlay`).
+        f(table::L2_FORWARDING, priority::SPECIFIC)
+            .matching(MatchField::eth_dst(pod.mac.0))
+            .matching(match_port_kind(PortKind::Tunnel))
+            .matching(MatchField::reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
+            .action(Action::load(
+                whole(Field::Reg(reg::OUTPUT_PORT)),
+                u128::from(pod.ofport),
+            ))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
         // OUTPUT.
         f(table::OUTPUT, priority::SPECIFIC)
             .matching(MatchField::reg(reg::OUTPUT_PORT, pod.ofport))
@@ -365,7 +377,7 @@ mod tests {
         for line in &text {
             assert!(line.contains("cookie=0x5359010300000007"), "{line}");
         }
-        assert_eq!(text.len(), 9);
+        assert_eq!(text.len(), 10);
         assert!(text[0].starts_with("table=0,"), "{}", text[0]);
         assert!(text[0].contains("in_port=7"), "{}", text[0]);
         assert!(text[6].contains("reg5=0x64"), "{}", text[6]);

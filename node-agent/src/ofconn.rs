@@ -2,7 +2,8 @@
 //!
 //! It uses the message types and their encoders/decoders from
 //! `switchyard_ovs::openflow` and does only the connection work itself:
-//! framing, HELLO, one transaction at a time, echo replies, reconnect with
+//! framing, HELLO, pipelined transactions matched to replies by xid, echo
+//! replies, reconnect with
 //! a published generation. It exists because the shared
 //! `switchyard_ovs::openflow::Client` (still being finished) cut every frame
 //! 4 bytes short when this was written (its `LengthDelimitedCodec` uses
@@ -23,7 +24,7 @@ use switchyard_ovs::openflow::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, watch};
 
 /// Time limit of one transaction.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,10 +64,22 @@ pub enum OfError {
     Protocol(String),
 }
 
+/// A transaction waiting for its replies: xids `start..start+count`, done
+/// when `final_xid` is answered (the last part of a multipart reply).
 #[derive(Debug)]
+struct Pending {
+    count: u32,
+    final_xid: u32,
+    replies: Vec<(u32, Message)>,
+    done: Option<tokio::sync::oneshot::Sender<Vec<(u32, Message)>>>,
+}
+
+type PendingMap = Arc<std::sync::Mutex<std::collections::BTreeMap<u32, Pending>>>;
+
+#[derive(Debug, Clone)]
 struct Conn {
     writer: Arc<Mutex<OwnedWriteHalf>>,
-    replies: mpsc::UnboundedReceiver<(u32, Message)>,
+    pending: PendingMap,
 }
 
 #[derive(Debug)]
@@ -122,18 +135,16 @@ async fn handshake(path: &Path) -> Result<(OwnedReadHalf, OwnedWriteHalf), OfErr
     }
 }
 
-/// Reads frames until the connection ends; answers echo requests, forwards
-/// everything else.
-async fn reader(
-    mut rd: OwnedReadHalf,
-    writer: Arc<Mutex<OwnedWriteHalf>>,
-    tx: mpsc::UnboundedSender<(u32, Message)>,
-) {
+/// Reads frames until the connection ends; answers echo requests, hands
+/// every other message to the transaction its xid belongs to.
+async fn reader(mut rd: OwnedReadHalf, writer: Arc<Mutex<OwnedWriteHalf>>, pending: PendingMap) {
     loop {
         let frame = match read_frame(&mut rd).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(error = %e, "OpenFlow connection ended");
+                // Dropping the senders fails every waiting transaction.
+                pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 return;
             }
         };
@@ -145,8 +156,29 @@ async fn reader(
                 }
             }
             Ok((_, xid, msg)) => {
-                if tx.send((xid, msg)).is_err() {
-                    return;
+                let mut map = pending.lock().unwrap_or_else(|p| p.into_inner());
+                let owner = map
+                    .range(..=xid)
+                    .next_back()
+                    .filter(|(start, p)| xid.wrapping_sub(**start) < p.count)
+                    .map(|(start, _)| *start);
+                let Some(start) = owner else {
+                    continue; // a late reply to a timed-out transaction
+                };
+                let done = {
+                    let Some(p) = map.get_mut(&start) else {
+                        continue;
+                    };
+                    let last = xid == p.final_xid
+                        && !matches!(msg, Message::MultipartReply { more: true, .. });
+                    p.replies.push((xid, msg));
+                    last
+                };
+                if done
+                    && let Some(mut p) = map.remove(&start)
+                    && let Some(tx) = p.done.take()
+                {
+                    let _ = tx.send(std::mem::take(&mut p.replies));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "undecodable OpenFlow message ignored"),
@@ -191,15 +223,21 @@ impl OfConn {
     }
 
     /// Sends `msgs` (with descriptions) followed by `last`; collects every
-    /// reply whose xid is in the batch until `last` is answered.
+    /// reply whose xid is in the batch until `last` is answered. Several
+    /// transactions may be in flight at once.
     async fn transact(
         &self,
         msgs: Vec<(Message, String)>,
         last: Message,
         what: &str,
     ) -> Result<Vec<Message>, OfError> {
-        let mut guard = self.inner.conn.lock().await;
-        let conn = guard.as_mut().ok_or(OfError::NotConnected)?;
+        let conn = self
+            .inner
+            .conn
+            .lock()
+            .await
+            .clone()
+            .ok_or(OfError::NotConnected)?;
         let n = u32::try_from(msgs.len() + 1).unwrap_or(u32::MAX);
         let start = self.xids(n);
         let final_xid = start.wrapping_add(n - 1);
@@ -208,46 +246,50 @@ impl OfConn {
             buf.extend(m.to_bytes(start.wrapping_add(u32::try_from(i).unwrap_or(0))));
         }
         buf.extend(last.to_bytes(final_xid));
-        conn.writer.lock().await.write_all(&buf).await?;
-        let mut replies = Vec::new();
-        let mut first_error: Option<OfError> = None;
-        let collect = async {
-            loop {
-                let Some((xid, msg)) = conn.replies.recv().await else {
-                    return Err(OfError::NotConnected);
-                };
-                let offset = xid.wrapping_sub(start);
-                if offset >= n {
-                    continue; // a late reply to an earlier, timed-out request
-                }
-                if let Message::Error(error) = &msg
-                    && first_error.is_none()
-                {
-                    let desc = msgs
-                        .get(offset as usize)
-                        .map_or_else(|| what.to_string(), |(_, d)| d.clone());
-                    first_error = Some(OfError::Rejected {
-                        desc,
-                        error: error.clone(),
-                    });
-                }
-                let done =
-                    xid == final_xid && !matches!(msg, Message::MultipartReply { more: true, .. });
-                replies.push(msg);
-                if done {
-                    return Ok(());
-                }
-            }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        conn.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                start,
+                Pending {
+                    count: n,
+                    final_xid,
+                    replies: Vec::new(),
+                    done: Some(tx),
+                },
+            );
+        let forget = || {
+            conn.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&start);
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, collect).await {
-            Err(_) => return Err(OfError::Timeout(what.to_string())),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(())) => {}
+        if let Err(e) = conn.writer.lock().await.write_all(&buf).await {
+            forget();
+            return Err(e.into());
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(replies),
+        let replies = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => {
+                forget();
+                return Err(OfError::Timeout(what.to_string()));
+            }
+            Ok(Err(_)) => return Err(OfError::NotConnected),
+            Ok(Ok(replies)) => replies,
+        };
+        for (xid, msg) in &replies {
+            if let Message::Error(error) = msg {
+                let offset = xid.wrapping_sub(start) as usize;
+                let desc = msgs
+                    .get(offset)
+                    .map_or_else(|| what.to_string(), |(_, d)| d.clone());
+                return Err(OfError::Rejected {
+                    desc,
+                    error: error.clone(),
+                });
+            }
         }
+        Ok(replies.into_iter().map(|(_, m)| m).collect())
     }
 
     /// Applies flow mods atomically and in order in one bundle.
@@ -335,17 +377,14 @@ async fn install(
     wr: OwnedWriteHalf,
 ) -> tokio::sync::oneshot::Receiver<()> {
     let writer = Arc::new(Mutex::new(wr));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let pending: PendingMap = Arc::default();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-    let w = writer.clone();
+    let (w, p) = (writer.clone(), pending.clone());
     tokio::spawn(async move {
-        reader(rd, w, tx).await;
+        reader(rd, w, p).await;
         let _ = ended_tx.send(());
     });
-    *inner.conn.lock().await = Some(Conn {
-        writer,
-        replies: rx,
-    });
+    *inner.conn.lock().await = Some(Conn { writer, pending });
     inner.state.send_modify(|s| {
         s.generation += 1;
         s.connected = true;
