@@ -83,6 +83,11 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
     })
     .await;
 
+    // An established connection, kept across every change below while its
+    // backend exists.
+    let mut conn = node.pod("client").connect(vip).await.expect("connect");
+    let pinned = conn.ask().await.expect("answer");
+
     // Scale up: a fourth backend joins.
     add_backend(&mut node, &lab, "web-4", 14).await;
     let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
@@ -109,6 +114,13 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
             .then_some(())
     })
     .await;
+
+    assert_eq!(
+        conn.ask().await.expect("pinned answer"),
+        pinned,
+        "{}",
+        debug()
+    );
 
     // Scale down: web-2 and web-3 deleted.
     lab.delete_pod("web-2").await;
@@ -564,6 +576,7 @@ async fn vswitchd_restart_restores_service_within_bound() {
     })
     .await;
     let took = restarted.elapsed();
+    eprintln!("service back {took:?} after ovs-vswitchd restarted");
     assert!(
         took < VSWITCHD_RESTART_BOUND,
         "service came back after {took:?}\n{}",
@@ -574,4 +587,84 @@ async fn vswitchd_restart_restores_service_within_bound() {
         "{}",
         debug()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_resync_replaces_generations_without_a_gap() {
+    if !require_privileges("periodic_resync_replaces_generations_without_a_gap") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 80));
+    for (name, host) in [("web-1", 11), ("web-2", 12)] {
+        add_backend(&mut node, &lab, name, host).await;
+    }
+    let proxy = ProxyProcess::start(&lab, &node, "main", &["--resync-period", "1"]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("service up", &debug, || async {
+        node.pod("client").curl(vip).await.ok()
+    })
+    .await;
+    // Every request succeeds while full syncs replace the flows, until the
+    // fourth generation is installed.
+    let mut requests = 0;
+    while !proxy
+        .log_text()
+        .contains("full sync installed generation=4")
+    {
+        assert!(
+            node.pod("client").curl(vip).await.is_ok(),
+            "request {requests} failed during resyncs\n{}",
+            debug()
+        );
+        requests += 1;
+        assert!(requests < 400, "no fourth generation\n{}", debug());
+    }
+    // Only one generation of the proxy's flows is left (learned flows aside).
+    let generations: BTreeSet<String> = node
+        .dump_flows()
+        .lines()
+        .filter_map(|line| {
+            let cookie = line.trim().strip_prefix("cookie=0x53590")?;
+            // owner 2 = proxy, then two hex digits of generation.
+            let rest = cookie.strip_prefix('2')?;
+            Some(rest[..2].to_owned())
+        })
+        .collect();
+    // (Each full sync is one atomic bundle, so a dump sees exactly one.)
+    assert_eq!(generations.len(), 1, "{generations:?}\n{}", debug());
+    assert!(
+        generations.iter().all(|g| g.as_str() >= "04"),
+        "{generations:?}\n{}",
+        debug()
+    );
+}
+
+#[test]
+fn help_describes_the_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-proxy"))
+        .arg("--help")
+        .output()
+        .expect("switchyard-proxy runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--node-name",
+        "--kubeconfig",
+        "--ovs-rundir",
+        "--bridge",
+        "--metrics-address",
+        "--resync-period",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
 }

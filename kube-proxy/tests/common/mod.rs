@@ -276,7 +276,7 @@ impl Node {
             ovs,
             gateway,
             pods: BTreeMap::new(),
-            next_ofport: 10,
+            next_ofport: ofport::FIRST_POD,
         };
         node.install_agent_flows().await;
         node
