@@ -171,6 +171,23 @@ async fn service_without_endpoints_rejects_at_once() {
             debug()
         );
     }
+    // The proxy answered (ICMP port unreachable), straight out of the
+    // client's port (the packet-in carried in_port).
+    let (_, metrics) = proxy.get("/metrics").await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_proxy_rejects_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let client_port = node.pod("client").ofport;
+    assert!(
+        proxy
+            .log_text()
+            .contains(&format!("in_port=Some({client_port})")),
+        "{}",
+        debug()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,7 +593,17 @@ async fn vswitchd_restart_restores_service_within_bound() {
     })
     .await;
     let took = restarted.elapsed();
-    eprintln!("service back {took:?} after ovs-vswitchd restarted");
+    eprintln!(
+        "service back {took:?} after ovs-vswitchd restarted\n{}",
+        proxy
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("OpenFlow")
+                || l.contains("full sync")
+                || l.contains("connection"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(
         took < VSWITCHD_RESTART_BOUND,
         "service came back after {took:?}\n{}",
