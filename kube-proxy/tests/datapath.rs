@@ -695,3 +695,54 @@ fn help_describes_the_flags() {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_service_without_endpoints_refuses_at_once() {
+    if !require_privileges("udp_service_without_endpoints_refuses_at_once") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "dns"},
+            "spec": {"selector": {"app": "dns"},
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 53));
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    eventually("the proxy to sync", &debug, || async {
+        proxy
+            .get("/healthz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+            .then_some(())
+    })
+    .await;
+    // A connected UDP socket sees the ICMP port unreachable as ECONNREFUSED.
+    let socket = common::in_netns(node.pod("client").ns(), move || {
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+        socket.connect(vip)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    })
+    .expect("udp socket");
+    let socket = tokio::net::UdpSocket::from_std(socket).expect("tokio socket");
+    let started = Instant::now();
+    socket.send(b"who").await.expect("send");
+    let mut buf = [0u8; 64];
+    let result = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await;
+    match result {
+        Ok(Err(err)) => assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{err}\n{}",
+            debug()
+        ),
+        other => panic!("expected connection refused, got {other:?}\n{}", debug()),
+    }
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
