@@ -158,6 +158,7 @@ fn image_has_every_program_the_binaries_run() {
             "ip" | "tc" => "iproute2",
             "ethtool" => "ethtool",
             "conntrack" => "conntrack",
+            "iptables" | "iptables-restore" => "iptables",
             "modprobe" => "kmod",
             _ => return None,
         })

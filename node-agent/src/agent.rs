@@ -65,6 +65,9 @@ pub enum StartError {
     /// Netlink in the node namespace failed.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// The overlay tunnel could not be set up.
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
     /// A segment's pool is unusable.
     #[error("segment {segment}: {source}")]
     Pool {
@@ -104,6 +107,8 @@ struct Shared {
     host: Netlink,
     pod_cidr: Ipv4Net,
     gateway: RwLock<Gateway>,
+    /// Remote nodes of the overlay (flows share the cookie generation).
+    overlay: Arc<crate::overlay::Overlay>,
     pools: Mutex<BTreeMap<String, Pool>>,
     attachments: Mutex<BTreeMap<AttachmentKey, Attachment>>,
     /// ofports requested for pods (recorded or being added).
@@ -282,6 +287,8 @@ impl Agent {
         let openflow = connect_openflow(&config).await;
         let host = Netlink::current()?;
         let gw = gateway::ensure_gateway(&ovsdb, &host, &config, pod_cidr).await?;
+        crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
+        let overlay = crate::overlay::Overlay::new(&config.node_name, openflow.clone());
 
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
@@ -306,6 +313,7 @@ impl Agent {
             host,
             pod_cidr,
             gateway: RwLock::new(gw),
+            overlay,
             pools: Mutex::new(pools),
             attachments: Mutex::new(BTreeMap::new()),
             ofports: Mutex::new(BTreeSet::new()),
@@ -344,6 +352,16 @@ impl Agent {
         }));
         tasks.push(tokio::spawn(watch_reconnects(
             shared.clone(),
+            shutdown.subscribe(),
+        )));
+        tasks.push(tokio::spawn(
+            shared
+                .overlay
+                .clone()
+                .run(shared.api.client(), shutdown.subscribe()),
+        ));
+        tasks.push(tokio::spawn(crate::egress::keep_masquerade(
+            shared.pod_cidr,
             shutdown.subscribe(),
         )));
 
@@ -441,6 +459,13 @@ impl Shared {
                 .await
                 .map_err(|e| e.to_string())?;
             *self.gateway.write().unwrap_or_else(|p| p.into_inner()) = gw;
+            crate::overlay::ensure_tunnel_port(
+                &self.ovsdb,
+                &self.config.bridge,
+                self.config.tunnel_type,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         }
         let ports = self
             .ovsdb
@@ -564,6 +589,7 @@ impl Shared {
     /// identical flows are replaced in place, so traffic is not disturbed.
     async fn resync_flows(&self) -> Result<(), String> {
         let mut gate = self.flow_gate.write().await;
+        let overlay = self.overlay.lock_for_resync().await;
         let (owner_cookie, owner_mask) = Cookie::owner_mask(Owner::Agent);
         let present: BTreeSet<u8> = self
             .openflow
@@ -593,6 +619,7 @@ impl Shared {
                     .map(FlowMod::add),
             );
         }
+        mods.extend(overlay.flows(next).into_iter().map(FlowMod::add));
         for old in present.iter().filter(|g| **g != next) {
             let (c, m) = Cookie::generation_mask(Owner::Agent, *old);
             mods.push(FlowMod::delete_cookie(c, m));
@@ -604,6 +631,7 @@ impl Shared {
             .map_err(|e| format!("installing flows: {e}"))?;
         tracing::info!(generation = next, flow_mods = count, pods = pods.len(), old_generations = ?present, "flows installed");
         *gate = Some(next);
+        overlay.installed(next);
         Ok(())
     }
 

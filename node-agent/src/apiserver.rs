@@ -91,6 +91,11 @@ impl ApiClient {
         Ok(ApiClient { client })
     }
 
+    /// The underlying kube-rs client (for watchers).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// The node's `spec.podCIDR` (first IPv4 entry of `podCIDRs` as a
     /// fallback); `None` while it is not assigned.
     pub async fn node_pod_cidr(&self, node: &str) -> Result<Option<Ipv4Net>, ApiError> {

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod attachment;
 pub mod config;
+pub mod egress;
 pub mod flows;
 pub mod gateway;
 pub mod ipam;
@@ -16,6 +17,7 @@ pub mod mac;
 pub mod metrics;
 pub mod netns;
 pub mod ofconn;
+pub mod overlay;
 pub mod segment;
 
 pub use agent::{Agent, AgentHandle, StartError};

@@ -204,6 +204,25 @@ pub mod ofport {
     pub const FIRST_POD: u32 = 16;
 }
 
+/// Cookie object ids of the agent's flows that belong to no pod (pod flows
+/// use the pod's ofport, below 0xff00; the base flows use 0).
+pub mod cookie_object {
+    /// The overlay tunnel's own flows (classification of `sy-tun0`, its
+    /// output flow).
+    pub const TUNNEL: u32 = 0x0001_0000;
+    /// The flows of one remote node (its pod CIDR to its tunnel endpoint)
+    /// use `REMOTE_NODE_FIRST + n`, n < 0x1_0000, one object per node.
+    pub const REMOTE_NODE_FIRST: u32 = 0x0002_0000;
+    /// The VLAN uplink's flows (`vlan` segments).
+    pub const UPLINK: u32 = 0x0003_0000;
+}
+
+/// The overlay tunnel key (Geneve VNI / VXLAN VNI, `tun_id`): bits 0..=11
+/// carry the source pod's segment VLAN (reg5 on the sending node), checked
+/// on the receiving node like reg5; [`TUNNEL_KEY_FROM_GATEWAY`] marks
+/// packets the sending node's gateway (the node itself) sent.
+pub const TUNNEL_KEY_FROM_GATEWAY: u64 = 0x1000;
+
 /// OpenFlow group ids. Groups carry no cookie, so ownership is by range.
 pub mod group {
     /// First group id of the proxy (one `select` group per Service port).

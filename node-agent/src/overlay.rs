@@ -1,0 +1,656 @@
+//! Overlay segments across nodes: the tunnel port `sy-tun0`, one set of
+//! flows per remote node (its pod CIDR encapsulated to its InternalIP), and
+//! the node's routes to remote pod CIDRs through the gateway.
+//!
+//! Data flow: a kube-rs watcher on Node objects -> the desired set of remote
+//! nodes -> [`Overlay::apply`], which changes only the flows (cookie object
+//! [`cookie_object::REMOTE_NODE_FIRST`]` + n`, one per node) and routes of
+//! nodes that were added, changed or removed.
+//!
+//! Flows (tables in `switchyard_ovs::pipeline`):
+//! - CLASSIFIER: IPv4 from `sy-tun0` is marked [`PortKind::Tunnel`] and the
+//!   low 12 bits of the tunnel key (the source pod's segment VLAN) go to
+//!   reg5, so L2_FORWARDING checks them like a local pod's reg5; a key with
+//!   [`TUNNEL_KEY_FROM_GATEWAY`] (the remote node itself sent it) is marked
+//!   [`PortKind::Gateway`] instead: a node reaches every pod, locally or not.
+//! - L3_FORWARDING, per remote node: `nw_dst=<its pod CIDR>` sets `tun_dst`
+//!   to its InternalIP and the key from reg5 (or the gateway flag for
+//!   packets from the local gateway) and outputs to the tunnel through
+//!   reg1/CONNTRACK_COMMIT/OUTPUT like every other destination.
+//! - ARP_RESPONDER, per remote node: the node's ARP request for the fixed
+//!   next hop of that node's pod CIDR (its first address, the remote
+//!   gateway) is answered with [`NEXT_HOP_MAC`]; the node routes the remote
+//!   pod CIDR `via <that address> dev sy-gw0 onlink`. Replies to the node
+//!   come back through the tunnel to the node's gateway address and reach
+//!   the gateway port through L3_FORWARDING's miss flow.
+//!
+//! Pod traffic between nodes never touches the node kernel, so it is never
+//! SNATed (see `egress`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher;
+use switchyard_ovs::openflow::{Action, Field, Flow, FlowMod, MatchField, SubField};
+use switchyard_ovs::ovsdb::{self, PortSpec};
+use switchyard_ovs::pipeline::{
+    Cookie, Owner, PortKind, TUNNEL_KEY_FROM_GATEWAY, cookie_object, ofport, reg, table,
+};
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::config::TunnelType;
+use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, priority};
+use crate::gateway::{GATEWAY_PORT, OFPORT_TIMEOUT};
+use crate::mac::MacAddr;
+use crate::netns::Netlink;
+use crate::ofconn::{OfConn, OfError};
+
+/// Name of the flow-based tunnel port on the bridge.
+pub const TUNNEL_PORT: &str = "sy-tun0";
+/// MAC the node's next hop for remote pod CIDRs resolves to (answered by
+/// OVS; L3_FORWARDING rewrites both MACs, so it never leaves the node).
+pub const NEXT_HOP_MAC: MacAddr = MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+/// Bytes Geneve (without options) or VXLAN add to an inner Ethernet frame
+/// over IPv4: outer IPv4 20 + UDP 8 + tunnel header 8 + inner Ethernet 14.
+pub const ENCAP_OVERHEAD: u32 = 50;
+/// How often routes are re-applied even without a change (a restarted
+/// vswitchd recreates the gateway device without them).
+const ROUTE_REFRESH: Duration = Duration::from_secs(10);
+/// Route protocol number marking the agent's routes (`ip route` shows
+/// `proto 0x53`); only routes with it are ever deleted.
+const ROUTE_PROTOCOL: u8 = 0x53;
+
+/// Why the overlay could not be set up or updated.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// OVSDB failed.
+    #[error("{what}: {source}")]
+    Ovsdb {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: ovsdb::Error,
+    },
+    /// vswitchd gave the tunnel another ofport.
+    #[error(
+        "tunnel port {TUNNEL_PORT} has ofport {got}, expected {expected}; remove it (ovs-vsctl del-port {TUNNEL_PORT}) and restart the agent"
+    )]
+    WrongOfport {
+        /// What it has.
+        got: u16,
+        /// What the pipeline needs.
+        expected: u32,
+    },
+    /// Installing flows failed.
+    #[error("installing overlay flows: {0}")]
+    Flows(#[from] OfError),
+    /// A route could not be changed.
+    #[error("{what}: {source}")]
+    Route {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: rtnetlink::Error,
+    },
+}
+
+/// Another node as the overlay needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// Its InternalIP (tunnel endpoint).
+    pub ip: Ipv4Addr,
+}
+
+impl RemoteNode {
+    /// The fixed next hop the node routes this pod CIDR through: its first
+    /// address (the remote node's gateway address).
+    pub fn next_hop(&self) -> Ipv4Addr {
+        self.pod_cidr
+            .hosts()
+            .next()
+            .unwrap_or_else(|| self.pod_cidr.network())
+    }
+}
+
+/// A Node object's pod CIDR and InternalIP, when it has both.
+pub fn remote_node(node: &Node) -> Option<RemoteNode> {
+    let spec = node.spec.as_ref()?;
+    let pod_cidr = spec
+        .pod_cidr
+        .iter()
+        .chain(spec.pod_cidrs.iter().flatten())
+        .find_map(|c| c.parse::<Ipv4Net>().ok())?
+        .trunc();
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+    Some(RemoteNode { pod_cidr, ip })
+}
+
+fn cookie(generation: u8, object: u32) -> u64 {
+    Cookie::new(Owner::Agent, generation, object).value()
+}
+
+fn load_reg(n: u8, value: u32) -> Action {
+    Action::load(SubField::whole(Field::Reg(n)), u128::from(value))
+}
+
+/// The tunnel's own flows: classification of packets from `sy-tun0` and
+/// output to it.
+pub fn tunnel_flows(generation: u8) -> Vec<Flow> {
+    let c = cookie(generation, cookie_object::TUNNEL);
+    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let key_low12 = SubField::bits(Field::TunId, 0, 11);
+    vec![
+        f(table::CLASSIFIER, priority::SPECIFIC)
+            .matching(MatchField::in_port(ofport::TUNNEL))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .action(flows::set_port_kind(PortKind::Tunnel))
+            .action(Action::Move {
+                src: key_low12,
+                dst: SubField::bits(Field::Reg(reg::SEGMENT_VLAN), 0, 11),
+            })
+            .action(Action::GotoTable(table::CONNTRACK)),
+        f(table::CLASSIFIER, priority::EXCEPTION)
+            .matching(MatchField::in_port(ofport::TUNNEL))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::masked(
+                Field::TunId,
+                u128::from(TUNNEL_KEY_FROM_GATEWAY),
+                u128::from(TUNNEL_KEY_FROM_GATEWAY),
+            ))
+            .action(flows::set_port_kind(PortKind::Gateway))
+            .action(Action::GotoTable(table::CONNTRACK)),
+        f(table::OUTPUT, priority::SPECIFIC)
+            .matching(MatchField::reg(reg::OUTPUT_PORT, ofport::TUNNEL))
+            .action(Action::Output(ofport::TUNNEL)),
+    ]
+}
+
+/// The flows of one remote node under cookie object `object`.
+pub fn node_flows(generation: u8, object: u32, node: &RemoteNode) -> Vec<Flow> {
+    let c = cookie(generation, object);
+    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let to_tunnel = |flow: Flow| {
+        flow.matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(
+                node.pod_cidr.network(),
+                node.pod_cidr.prefix_len(),
+            ))
+            .action(Action::set_field(
+                Field::TunDst,
+                u128::from(u32::from(node.ip)),
+            ))
+    };
+    vec![
+        // From a pod: the key carries its segment VLAN.
+        to_tunnel(f(table::L3_FORWARDING, priority::NORMAL))
+            .action(Action::Move {
+                src: SubField::whole(Field::Reg(reg::SEGMENT_VLAN)),
+                dst: SubField::bits(Field::TunId, 0, 31),
+            })
+            .action(load_reg(reg::OUTPUT_PORT, ofport::TUNNEL))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        // From this node (its gateway): the key says so.
+        to_tunnel(f(table::L3_FORWARDING, priority::NORMAL + 1))
+            .matching(flows::match_port_kind(PortKind::Gateway))
+            .action(Action::set_field(
+                Field::TunId,
+                u128::from(TUNNEL_KEY_FROM_GATEWAY),
+            ))
+            .action(load_reg(reg::OUTPUT_PORT, ofport::TUNNEL))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        Flow {
+            actions: flows::arp_reply_actions(NEXT_HOP_MAC),
+            ..f(table::ARP_RESPONDER, priority::SPECIFIC)
+                .matching(MatchField::eth_type(ETH_TYPE_ARP))
+                .matching(flows::match_port_kind(PortKind::Gateway))
+                .matching(MatchField::arp_op(1))
+                .matching(MatchField::arp_tpa(node.next_hop()))
+        },
+    ]
+}
+
+/// Creates `sy-tun0` (flow-based `remote_ip` and key, `ofport_request`
+/// [`ofport::TUNNEL`]) or replaces it when its type differs.
+pub async fn ensure_tunnel_port(
+    ovsdb: &ovsdb::Client,
+    bridge: &str,
+    tunnel: TunnelType,
+) -> Result<(), OverlayError> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| OverlayError::Ovsdb { what, source }
+    };
+    let kind = match tunnel {
+        TunnelType::Geneve => "geneve",
+        TunnelType::Vxlan => "vxlan",
+    };
+    let existing = ovsdb
+        .interface(TUNNEL_PORT)
+        .await
+        .map_err(err("reading the tunnel port"))?;
+    let wanted = existing.as_ref().is_some_and(|i| {
+        i.interface_type == kind
+            && i.options.get("remote_ip").map(String::as_str) == Some("flow")
+            && i.options.get("key").map(String::as_str) == Some("flow")
+    });
+    if !wanted {
+        if existing.is_some() {
+            tracing::info!(port = TUNNEL_PORT, kind, "replacing the tunnel port");
+            match ovsdb.remove_port(TUNNEL_PORT).await {
+                Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
+                Err(e) => return Err(err("removing the old tunnel port")(e)),
+            }
+        }
+        let mut spec = PortSpec::new(TUNNEL_PORT)
+            .with_type(kind)
+            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-tunnel");
+        spec.options.insert("remote_ip".into(), "flow".into());
+        spec.options.insert("key".into(), "flow".into());
+        spec.ofport_request = u16::try_from(ofport::TUNNEL).ok();
+        match ovsdb.add_port(bridge, &spec).await {
+            Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
+            Err(e) => return Err(err("adding the tunnel port")(e)),
+        }
+    }
+    let got = ovsdb
+        .interface_ofport(TUNNEL_PORT, OFPORT_TIMEOUT)
+        .await
+        .map_err(err("waiting for the tunnel port's ofport"))?;
+    if u32::from(got) != ofport::TUNNEL {
+        return Err(OverlayError::WrongOfport {
+            got,
+            expected: ofport::TUNNEL,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Cookie generation of the agent's flows (set by the full resync).
+    generation: Option<u8>,
+    /// Remote nodes with their cookie object, as installed.
+    nodes: BTreeMap<String, (RemoteNode, u32)>,
+}
+
+/// The overlay's remote nodes, flows and routes.
+#[derive(Debug)]
+pub struct Overlay {
+    local_node: String,
+    openflow: OfConn,
+    state: Mutex<State>,
+    routes_changed: Notify,
+}
+
+/// Held by the agent's full flow resync: the overlay changes nothing while
+/// it exists, and learns the new generation from it.
+#[derive(Debug)]
+pub struct ResyncGuard<'a> {
+    state: tokio::sync::MutexGuard<'a, State>,
+    overlay: &'a Overlay,
+}
+
+impl ResyncGuard<'_> {
+    /// Every overlay flow under `generation`.
+    pub fn flows(&self, generation: u8) -> Vec<Flow> {
+        let mut out = tunnel_flows(generation);
+        for (node, object) in self.state.nodes.values() {
+            out.extend(node_flows(generation, *object, node));
+        }
+        out
+    }
+
+    /// The resync committed `generation`.
+    pub fn installed(mut self, generation: u8) {
+        self.state.generation = Some(generation);
+        // The gateway may have been recreated: re-apply routes.
+        self.overlay.routes_changed.notify_one();
+    }
+}
+
+impl Overlay {
+    /// An overlay for the node `local_node` (never a remote node of itself).
+    pub fn new(local_node: &str, openflow: OfConn) -> Arc<Overlay> {
+        Arc::new(Overlay {
+            local_node: local_node.to_string(),
+            openflow,
+            state: Mutex::new(State::default()),
+            routes_changed: Notify::new(),
+        })
+    }
+
+    /// Locks the overlay for a full flow resync.
+    pub async fn lock_for_resync(&self) -> ResyncGuard<'_> {
+        ResyncGuard {
+            state: self.state.lock().await,
+            overlay: self,
+        }
+    }
+
+    /// The remote nodes as installed now.
+    pub async fn nodes(&self) -> BTreeMap<String, RemoteNode> {
+        self.state
+            .lock()
+            .await
+            .nodes
+            .iter()
+            .map(|(k, (n, _))| (k.clone(), *n))
+            .collect()
+    }
+
+    /// Makes the installed remote nodes equal `desired`, changing only the
+    /// flows of nodes that were added, changed or removed (one bundle).
+    pub async fn apply(&self, mut desired: BTreeMap<String, RemoteNode>) -> Result<(), OfError> {
+        desired.remove(&self.local_node);
+        let mut state = self.state.lock().await;
+        let generation = state.generation;
+        let mut mods = Vec::new();
+        let mut removed = Vec::new();
+        for (name, (node, object)) in &state.nodes {
+            if desired.get(name) != Some(node) {
+                let (c, m) = Cookie::object_mask(Owner::Agent, *object);
+                mods.push(FlowMod::delete_cookie(c, m));
+                removed.push(name.clone());
+            }
+        }
+        let mut changes = Vec::new();
+        for name in &removed {
+            if let Some((node, object)) = state.nodes.remove(name) {
+                changes.push((name.clone(), node, object));
+            }
+        }
+        let used: BTreeSet<u32> = state.nodes.values().map(|(_, o)| *o).collect();
+        let mut next_free = (cookie_object::REMOTE_NODE_FIRST..).filter(|o| !used.contains(o));
+        let mut added = Vec::new();
+        for (name, node) in &desired {
+            if state.nodes.contains_key(name) {
+                continue;
+            }
+            let object = changes
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, o)| *o)
+                .or_else(|| next_free.next())
+                .unwrap_or(cookie_object::REMOTE_NODE_FIRST);
+            if let Some(g) = generation {
+                mods.extend(node_flows(g, object, node).into_iter().map(FlowMod::add));
+            }
+            added.push((name.clone(), *node, object));
+        }
+        if changes.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        if generation.is_some() && !mods.is_empty() {
+            self.openflow.bundle_flow_mods(mods).await?;
+        }
+        for (name, node, object) in added {
+            tracing::info!(node = %name, pod_cidr = %node.pod_cidr, ip = %node.ip, "remote node installed");
+            state.nodes.insert(name, (node, object));
+        }
+        for (name, old, _) in &changes {
+            if !state.nodes.contains_key(name) {
+                tracing::info!(node = %name, pod_cidr = %old.pod_cidr, "remote node removed");
+            }
+        }
+        drop(state);
+        self.routes_changed.notify_one();
+        Ok(())
+    }
+
+    /// Watches Node objects until `stop`, applying every change; keeps the
+    /// node's routes to remote pod CIDRs in line meanwhile.
+    pub async fn run(self: Arc<Self>, client: kube::Client, mut stop: watch::Receiver<bool>) {
+        let routes = tokio::spawn(self.clone().keep_routes());
+        let config = watcher::Config::default();
+        let mut events = watcher(kube::Api::<Node>::all(client), config).boxed();
+        let mut known: BTreeMap<String, RemoteNode> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, RemoteNode>> = None;
+        loop {
+            let event = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                ev = events.try_next() => ev,
+            };
+            let changed = match event {
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching Nodes failed; retrying");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    false
+                }
+                Ok(Some(watcher::Event::Init)) => {
+                    listing = Some(BTreeMap::new());
+                    false
+                }
+                Ok(Some(watcher::Event::InitApply(node))) => {
+                    if let (Some(l), Some(name), Some(r)) = (
+                        listing.as_mut(),
+                        node.metadata.name.clone(),
+                        remote_node(&node),
+                    ) {
+                        l.insert(name, r);
+                    }
+                    false
+                }
+                Ok(Some(watcher::Event::InitDone)) => {
+                    known = listing.take().unwrap_or_default();
+                    true
+                }
+                Ok(Some(watcher::Event::Apply(node))) => {
+                    let Some(name) = node.metadata.name.clone() else {
+                        continue;
+                    };
+                    match remote_node(&node) {
+                        Some(r) => known.insert(name, r) != Some(r),
+                        None => known.remove(&name).is_some(),
+                    }
+                }
+                Ok(Some(watcher::Event::Delete(node))) => node
+                    .metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| known.remove(n).is_some()),
+            };
+            if changed {
+                // Retry until it works; a full resync would also pick the
+                // nodes up, but only after a reconnect.
+                let mut attempt = 0u32;
+                while let Err(e) = self.apply(known.clone()).await {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "updating overlay flows failed; retrying");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+        routes.abort();
+    }
+
+    /// Re-applies the routes whenever nodes change, after a resync, and
+    /// every [`ROUTE_REFRESH`].
+    async fn keep_routes(self: Arc<Self>) {
+        let netlink = match Netlink::current() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open netlink for overlay routes");
+                return;
+            }
+        };
+        let mut installed: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+        loop {
+            let wanted: BTreeMap<Ipv4Net, Ipv4Addr> = self
+                .nodes()
+                .await
+                .values()
+                .map(|n| (n.pod_cidr, n.next_hop()))
+                .collect();
+            match sync_routes(&netlink, &wanted, &installed).await {
+                Ok(()) => installed = wanted,
+                Err(e) => tracing::warn!(error = %e, "overlay routes not in place yet"),
+            }
+            tokio::select! {
+                () = self.routes_changed.notified() => {}
+                () = tokio::time::sleep(ROUTE_REFRESH) => {}
+            }
+        }
+    }
+}
+
+/// Routes each wanted CIDR `via <next hop> dev sy-gw0 onlink` (replace, so
+/// re-applying is harmless) and deletes routes of CIDRs no longer wanted.
+async fn sync_routes(
+    netlink: &Netlink,
+    wanted: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    installed: &BTreeMap<Ipv4Net, Ipv4Addr>,
+) -> Result<(), OverlayError> {
+    let link = netlink
+        .handle()
+        .link()
+        .get()
+        .match_name(GATEWAY_PORT.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|source| OverlayError::Route {
+            what: format!("looking up {GATEWAY_PORT}"),
+            source,
+        })?;
+    let Some(link) = link else {
+        return Ok(());
+    };
+    let index = link.header.index;
+    let message = |cidr: &Ipv4Net, via: Ipv4Addr| {
+        rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network(), cidr.prefix_len())
+            .gateway(via)
+            .output_interface(index)
+            .protocol(netlink_packet_route::route::RouteProtocol::Other(
+                ROUTE_PROTOCOL,
+            ))
+            .onlink()
+            .build()
+    };
+    for (cidr, via) in installed {
+        if wanted.get(cidr) != Some(via) {
+            match netlink
+                .handle()
+                .route()
+                .del(message(cidr, *via))
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(m))
+                    if m.to_io().raw_os_error() == Some(libc::ESRCH) => {}
+                Err(source) => {
+                    return Err(OverlayError::Route {
+                        what: format!("deleting the route to {cidr}"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    for (cidr, via) in wanted {
+        netlink
+            .handle()
+            .route()
+            .add(message(cidr, *via))
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| OverlayError::Route {
+                what: format!("routing {cidr} via {via} dev {GATEWAY_PORT}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> RemoteNode {
+        RemoteNode {
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            ip: "192.168.100.2".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn node_flows_golden() {
+        let text: Vec<String> = node_flows(3, cookie_object::REMOTE_NODE_FIRST + 1, &node())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        for line in &text {
+            assert!(line.contains("cookie=0x5359010300020001"), "{line}");
+        }
+        assert!(text[0].contains("nw_dst=10.244.1.0/24"), "{}", text[0]);
+        assert!(
+            text[0].contains("set_field:192.168.100.2->tun_dst"),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[0].contains("move:NXM_NX_REG5[]->NXM_NX_TUN_ID[0..31]"),
+            "{}",
+            text[0]
+        );
+        assert!(text[1].contains("set_field:0x1000->tun_id"), "{}", text[1]);
+        assert!(text[2].contains("arp_tpa=10.244.1.1"), "{}", text[2]);
+    }
+
+    #[test]
+    fn tunnel_flows_classify_the_key() {
+        let text: Vec<String> = tunnel_flows(1).iter().map(ToString::to_string).collect();
+        assert!(text[0].contains("in_port=1"), "{}", text[0]);
+        assert!(
+            text[0].contains("move:NXM_NX_TUN_ID[0..11]->NXM_NX_REG5[0..11]"),
+            "{}",
+            text[0]
+        );
+        assert!(text[1].contains("tun_id=0x1000/0x1000"), "{}", text[1]);
+        assert!(text[2].contains("output:1"), "{}", text[2]);
+    }
+
+    #[test]
+    fn remote_node_needs_cidr_and_internal_ip() {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2"},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n2"},
+                {"type": "InternalIP", "address": "192.168.100.2"}
+            ]}
+        }))
+        .unwrap();
+        assert_eq!(remote_node(&n), Some(node()));
+        let no_ip: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.1.0/24"}
+        }))
+        .unwrap();
+        assert_eq!(remote_node(&no_ip), None);
+        assert_eq!(node().next_hop(), "10.244.1.1".parse::<Ipv4Addr>().unwrap());
+    }
+}
