@@ -746,3 +746,47 @@ async fn udp_service_without_endpoints_refuses_at_once() {
     }
     assert!(started.elapsed() < Duration::from_millis(500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_affinity_moves_when_its_endpoint_goes_away() {
+    if !require_privileges("session_affinity_moves_when_its_endpoint_goes_away") {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "sticky"},
+            "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }))
+        .await;
+    let vip = SocketAddr::from((vip, 80));
+    for (name, host) in [("web-1", 11), ("web-2", 12)] {
+        add_backend(&mut node, &lab, name, host).await;
+    }
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let pinned = eventually("a first answer", &debug, || async {
+        node.pod("client").curl(vip).await.ok()
+    })
+    .await;
+    let other = if pinned == "web-1" { "web-2" } else { "web-1" };
+    // The pinned backend goes away: the client is not left pinned to it for
+    // the 600 s timeout; its next connections go to the other backend.
+    lab.delete_pod(&pinned).await;
+    eventually("the other backend", &debug, || async {
+        (node.pod("client").curl(vip).await.ok().as_deref() == Some(other)).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            node.pod("client").curl(vip).await.ok().as_deref(),
+            Some(other),
+            "{}",
+            debug()
+        );
+    }
+}
