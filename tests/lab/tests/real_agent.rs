@@ -176,6 +176,7 @@ fn demo_runs_and_tears_down() {
     for line in [
         "same-node pod-to-pod (client -> web-1 on node1)  works",
         "node-to-pod (node1 -> web-1)                     works",
+        "cross-node pod-to-pod                            works",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -245,7 +245,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
             );
             if !ok {
                 say(
-                    "   NOT AVAILABLE YET: traffic between nodes needs the agent's overlay (Geneve tunnels between nodes).",
+                    "   traffic between nodes goes through the agents' overlay (sy-tun0, Geneve): see `ovs-ofctl dump-flows br-int` table 40 and the agent logs.",
                 );
             }
             ok

@@ -3,12 +3,25 @@
 //!
 //! HTTP: any request gets `200 OK`, body `<name>\n`, then the connection closes.
 //! UDP: any datagram gets `<name>\n` back.
+//! The name [`ANSWER_PEER`] answers with the client's address instead (which source address
+//! a server sees: the lab's internet host checks egress SNAT with it).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The name that makes the server answer with the client's IP address.
+pub const ANSWER_PEER: &str = "@peer";
+
+fn answer(name: &str, peer: SocketAddr) -> String {
+    if name == ANSWER_PEER {
+        peer.ip().to_string()
+    } else {
+        name.to_string()
+    }
+}
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 16 * 1024;
@@ -52,14 +65,13 @@ pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
         std::fs::write(f, b"ready\n")?;
     }
     tracing::info!(name = %opts.name, http = opts.http_port, udp = opts.udp_port, "echo server ready");
-    let response = http_response(&opts.name);
     let http_task = async {
         let Some(listener) = http else {
             return std::future::pending::<std::io::Result<()>>().await;
         };
         loop {
-            let (mut conn, _) = listener.accept().await?;
-            let response = response.clone();
+            let (mut conn, peer) = listener.accept().await?;
+            let response = http_response(&answer(&opts.name, peer));
             tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_REQUEST];
                 let mut len = 0;
@@ -81,7 +93,6 @@ pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
             });
         }
     };
-    let name = format!("{}\n", opts.name);
     let udp_task = async {
         let Some(sock) = udp else {
             return std::future::pending::<std::io::Result<()>>().await;
@@ -89,6 +100,7 @@ pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
         let mut buf = vec![0u8; 65536];
         loop {
             let (_, peer) = sock.recv_from(&mut buf).await?;
+            let name = format!("{}\n", answer(&opts.name, peer));
             let _ = sock.send_to(name.as_bytes(), peer).await;
         }
     };

@@ -14,9 +14,10 @@
 //! of the fabric namespace routes between the VLANs and to the `internet` namespace. The agents
 //! get one `vlan` segment per VLAN with `uplink: trunk0` in their configuration.
 //!
-//! TODO: the agent does not attach uplinks to `br-int` yet, so pods of `vlan` segments cannot
-//! leave their node until it does; overlay pods have no egress to `internet` (needs SNAT on
-//! the node).
+//! The fabric also sits on the underlay (`underlay` in the fabric, address
+//! [`underlay_address`]) and is every node's default route, so overlay pods reach the internet
+//! through their node (SNATed to the node address by the agent) and the internet routes the
+//! underlay back through the fabric.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -236,6 +237,69 @@ pub fn attach_node(state: &StateDir, fabric: &FabricInfo, node: &NodeInfo) -> Re
         state,
         fabric,
         &["add-port", "br-fabric", &node.name, &trunks],
+    )
+    .map(drop)
+}
+
+/// Name of the fabric's interface on the underlay.
+pub const FABRIC_UNDERLAY_LINK: &str = "underlay";
+
+/// The fabric's address on the underlay: the one before the host's (the last).
+pub fn underlay_address(underlay: Ipv4Net) -> Option<Ipv4Addr> {
+    let hosts: Vec<Ipv4Addr> = underlay.hosts().collect();
+    hosts.len().checked_sub(2).map(|i| hosts[i])
+}
+
+/// Puts the fabric on the underlay bridge (`br0` in `underlay_netns`) with `address`, and
+/// routes the underlay from the internet through the fabric.
+pub fn attach_underlay(
+    fabric: &FabricInfo,
+    underlay_netns: &str,
+    underlay: Ipv4Net,
+    address: Ipv4Addr,
+) -> Result<(), LabError> {
+    let ns = &fabric.netns;
+    let mtu = super::up::UNDERLAY_MTU;
+    sys::ip_in(
+        ns,
+        &[
+            "link",
+            "add",
+            FABRIC_UNDERLAY_LINK,
+            "mtu",
+            mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fabric",
+            "mtu",
+            mtu,
+            "netns",
+            underlay_netns,
+        ],
+    )?;
+    sys::ip_in(
+        underlay_netns,
+        &["link", "set", "fabric", "master", "br0", "up"],
+    )?;
+    sys::ip_in(
+        ns,
+        &[
+            "addr",
+            "add",
+            &format!("{address}/{}", underlay.prefix_len()),
+            "dev",
+            FABRIC_UNDERLAY_LINK,
+        ],
+    )?;
+    sys::ip_in(ns, &["link", "set", FABRIC_UNDERLAY_LINK, "up"])?;
+    node::tx_checksum_off(Some(ns), FABRIC_UNDERLAY_LINK)?;
+    node::tx_checksum_off(Some(underlay_netns), "fabric")?;
+    let fabric_side = FABRIC_INTERNET_ADDR.split('/').next().unwrap_or_default();
+    sys::ip_in(
+        &fabric.internet_netns,
+        &["route", "add", &underlay.to_string(), "via", fabric_side],
     )
     .map(drop)
 }

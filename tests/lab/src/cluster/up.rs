@@ -298,9 +298,22 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
     info.api_url = Some(url.clone());
     state.save_info(&info)?;
 
-    if let Some(f) = &info.fabric {
-        fabric::create(state, f)?;
-    }
+    let fabric_underlay = match &info.fabric {
+        Some(f) => {
+            fabric::create(state, f)?;
+            let address = fabric::underlay_address(opts.underlay)
+                .filter(|a| !info.nodes.iter().any(|n| n.address == *a))
+                .ok_or_else(|| {
+                    LabError::Other(format!(
+                        "the underlay {} has no address left for the fabric; use a larger one",
+                        opts.underlay
+                    ))
+                })?;
+            fabric::attach_underlay(f, &underlay, opts.underlay, address)?;
+            Some(address)
+        }
+        None => None,
+    };
 
     // Node namespaces.
     for node in &info.nodes {
@@ -358,6 +371,13 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             UnderlayMode::Ovs => {
                 node::create_underlay_bridge(state, node, opts.underlay.prefix_len())?;
             }
+        }
+        if let Some(via) = fabric_underlay {
+            // Everything outside the lab goes to the fabric (egress of overlay pods).
+            sys::ip_in(
+                &node.netns,
+                &["route", "add", "default", "via", &via.to_string()],
+            )?;
         }
         node::write_cni_config(state, &info, node)?;
     }

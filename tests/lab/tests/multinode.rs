@@ -1,0 +1,467 @@
+//! Pods across nodes with the REAL `switchyard-agent` (issue 7): overlay pod-to-pod on one and
+//! across nodes, node-to-pod, egress SNAT to the node address (seen by the fabric's internet
+//! host), MTU with DF across nodes, a Node removed and re-added, an agent restart during a
+//! cross-node transfer, and `vlan` segments through the fabric. Needs root and the agent and CNI
+//! binaries built (`cargo build -p switchyard-agent -p switchyard-cni`). On failure the message
+//! carries each node's `ovs-ofctl dump-flows` and the agent log.
+
+mod lab_support;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_support::*;
+
+fn run_text(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_else(|e| e.to_string())
+}
+
+fn flows(lab: &Lab, node: &str) -> String {
+    run_text(
+        Command::new("ovs-ofctl")
+            .env("OVS_RUNDIR", lab.state.ovs_dir(node))
+            .args(["-O", "OpenFlow15", "dump-flows", "br-int"]),
+    )
+}
+
+fn diagnostics(lab: &Lab) -> String {
+    let mut out = String::new();
+    for n in &lab.info().nodes {
+        let log = std::fs::read_to_string(lab.state.node_dir(&n.name).join("agent.log"))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        out.push_str(&format!(
+            "\n--- {} flows\n{}\n--- {} routes\n{}\n--- {} agent log (last 30 lines)\n{}\n",
+            n.name,
+            flows(lab, &n.name),
+            n.name,
+            run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"])),
+            n.name,
+            tail.join("\n")
+        ));
+    }
+    out
+}
+
+fn curl(netns: &str, target: &str) -> Result<String, String> {
+    let out = in_netns(
+        netns,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{target}/"),
+        ],
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("curl {}", out.status))
+    }
+}
+
+/// Polls until `from` gets `expect` from `target` (ip:port), with a deadline.
+fn reach(lab: &Lab, from: &str, target: &str, expect: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = curl(from, target);
+        if r.as_deref() == Ok(expect) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{from} -> {target}: {r:?}, expected {expect:?}{}",
+            diagnostics(lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts `from` cannot reach `target` (3 attempts, each bounded by curl's timeout).
+fn unreachable(lab: &Lab, from: &str, target: &str) {
+    for _ in 0..3 {
+        let r = curl(from, target);
+        assert!(
+            r.is_err(),
+            "{from} -> {target} answered {r:?}, expected no answer{}",
+            diagnostics(lab)
+        );
+    }
+}
+
+fn pod_manifest(name: &str, node: &str, annotations: &[(&str, &str)]) -> String {
+    let mut a = String::new();
+    if !annotations.is_empty() {
+        a.push_str("  annotations:\n");
+        for (k, v) in annotations {
+            a.push_str(&format!("    {k}: \"{v}\"\n"));
+        }
+    }
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{a}spec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n"
+    )
+}
+
+/// A process started by the test, killed (by pid) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `switchyard-lab echo-server --name @peer` in `netns` on HTTP `port`: answers with the
+/// client's address as the server sees it.
+fn peer_server(netns: &str, port: u16) -> Proc {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            LAB,
+            "echo-server",
+            "--name",
+            "@peer",
+        ])
+        .args(["--http", &port.to_string(), "--udp", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn setup(nodes: usize) -> Option<Lab> {
+    sibling_binary("switchyard", "switchyard-cni");
+    sibling_binary("switchyard-agent", "switchyard-agent");
+    let lab = Lab::up(nodes, &["--no-proxy", "--fabric", "--vlans", "100,200"]);
+    for n in &lab.info().nodes {
+        assert!(
+            lab.state.cni_socket(&n.name).exists(),
+            "the agent on {} did not start{}",
+            n.name,
+            diagnostics(&lab)
+        );
+    }
+    Some(lab)
+}
+
+/// Three nodes: overlay pods reach each other on one node and across nodes, every node reaches
+/// every pod, pod-to-pod is not SNATed, pod-to-internet is SNATed to the node address, and a
+/// DF ping of the full pod MTU crosses nodes while one byte more fails at once.
+#[test]
+fn overlay_across_three_nodes_node_to_pod_egress_and_mtu() {
+    if !privileged("overlay_across_three_nodes_node_to_pod_egress_and_mtu") {
+        return;
+    }
+    let Some(lab) = setup(3) else { return };
+    let mut manifest = String::new();
+    for (pod, node) in [
+        ("a1", "node1"),
+        ("b1", "node1"),
+        ("a2", "node2"),
+        ("a3", "node3"),
+    ] {
+        manifest.push_str(&pod_manifest(pod, node, &[]));
+    }
+    lab.apply(&manifest);
+    let ips: Vec<(&str, String)> = ["a1", "b1", "a2", "a3"]
+        .into_iter()
+        .map(|p| (p, wait_running(&lab, p, Duration::from_secs(60))))
+        .collect();
+    let info = lab.info();
+    // Pod to pod, every pair (same node a1<->b1, across nodes the rest).
+    for (from, _) in &ips {
+        let ns = info.pod_netns("default", from);
+        for (to, ip) in &ips {
+            if from != to {
+                reach(&lab, &ns, &format!("{ip}:8080"), to);
+            }
+        }
+    }
+    // Node to pod, every node to every pod (through sy-gw0 and the overlay).
+    for n in &info.nodes {
+        for (to, ip) in &ips {
+            reach(&lab, &n.netns, &format!("{ip}:8080"), to);
+        }
+    }
+    let ip_of = |p: &str| ips.iter().find(|(n, _)| *n == p).unwrap().1.clone();
+    // Pod to pod across nodes keeps the source address.
+    let _peer = peer_server(&info.pod_netns("default", "a2"), 9090);
+    reach(
+        &lab,
+        &info.pod_netns("default", "a1"),
+        &format!("{}:9090", ip_of("a2")),
+        &ip_of("a1"),
+    );
+    // Pod to the internet: the internet host sees the node's address.
+    let fabric = info.fabric.clone().expect("lab has a fabric");
+    let _inet = peer_server(&fabric.internet_netns, 8080);
+    for (pod, node) in [("a1", 0usize), ("a3", 2)] {
+        reach(
+            &lab,
+            &info.pod_netns("default", pod),
+            "203.0.113.1:8080",
+            &info.nodes[node].address.to_string(),
+        );
+    }
+    // MTU: the pod MTU (1450 for a 1500-byte underlay minus Geneve's 50) crosses with DF.
+    let a1 = info.pod_netns("default", "a1");
+    let ping = |size: &str| {
+        in_netns(
+            &a1,
+            &[
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                size,
+                &ip_of("a3"),
+            ],
+        )
+    };
+    let ok = ping("1422");
+    assert!(
+        ok.status.success(),
+        "DF ping of 1450 bytes across nodes: {}{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr),
+        diagnostics(&lab)
+    );
+    let too_big = ping("1423");
+    assert!(!too_big.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&too_big.stdout),
+        String::from_utf8_lossy(&too_big.stderr)
+    );
+    assert!(
+        text.contains("message too long") || text.contains("mtu = 1450"),
+        "one byte over the MTU must fail locally, not vanish: {text}"
+    );
+}
+
+/// Deleting a Node removes only its flows and route on the other nodes (the other remote
+/// node's flow keeps its packet counter); re-creating it restores them.
+#[test]
+fn overlay_node_removed_and_readded() {
+    if !privileged("overlay_node_removed_and_readded") {
+        return;
+    }
+    let Some(lab) = setup(3) else { return };
+    let mut manifest = String::new();
+    for (pod, node) in [("a1", "node1"), ("a2", "node2"), ("a3", "node3")] {
+        manifest.push_str(&pod_manifest(pod, node, &[]));
+    }
+    lab.apply(&manifest);
+    let a2 = wait_running(&lab, "a2", Duration::from_secs(60));
+    let a3 = wait_running(&lab, "a3", Duration::from_secs(60));
+    wait_running(&lab, "a1", Duration::from_secs(60));
+    let info = lab.info();
+    let a1_ns = info.pod_netns("default", "a1");
+    reach(&lab, &a1_ns, &format!("{a2}:8080"), "a2");
+    reach(&lab, &a1_ns, &format!("{a3}:8080"), "a3");
+    let cidr_of = |node: &str| {
+        lab.kubectl_ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"])
+            .trim()
+            .to_string()
+    };
+    let (cidr2, cidr3) = (cidr_of("node2"), cidr_of("node3"));
+    // The packet counter of node2's tunnel flow on node1.
+    let node2_flow = || {
+        flows(&lab, "node1")
+            .lines()
+            .find(|l| l.contains(&format!("nw_dst={cidr2}")) && l.contains("priority=100"))
+            .map(str::to_string)
+    };
+    let packets = |line: &str| -> u64 {
+        line.split("n_packets=")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = packets(&node2_flow().expect("node2's flow on node1"));
+    assert!(before > 0);
+
+    let saved = lab.kubectl_ok(&["get", "node", "node3", "-o", "json"]);
+    lab.kubectl_ok(&["delete", "node", "node3"]);
+    eventually(
+        "node3's flows and route to go from node1",
+        Duration::from_secs(15),
+        || {
+            let gone = !flows(&lab, "node1").contains(&format!("nw_dst={cidr3}"));
+            let route = run_text(Command::new("ip").args([
+                "netns",
+                "exec",
+                &info.nodes[0].netns,
+                "ip",
+                "route",
+            ]));
+            (gone && !route.contains(&cidr3)).then_some(())
+        },
+    );
+    unreachable(&lab, &a1_ns, &format!("{a3}:8080"));
+    let after = node2_flow().expect("node2's flow survives node3's removal");
+    assert!(
+        packets(&after) >= before,
+        "node2's flow was replaced (counter {before} -> {}): {after}",
+        packets(&after)
+    );
+    reach(&lab, &a1_ns, &format!("{a2}:8080"), "a2");
+
+    // Re-create node3 as it was (same pod CIDR and address).
+    let mut node: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    for k in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+    ] {
+        node["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    let file = lab.state.root().join("node3.json");
+    std::fs::write(&file, node.to_string()).unwrap();
+    lab.kubectl_ok(&["create", "-f", &file.display().to_string()]);
+    reach(&lab, &a1_ns, &format!("{a3}:8080"), "a3");
+    reach(&lab, &info.nodes[0].netns, &format!("{a3}:8080"), "a3");
+}
+
+/// Runs `f` on a fresh thread inside the network namespace `netns` (setns affects only that
+/// thread).
+fn in_netns_thread<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+/// A TCP echo stream between pods on node1 and node2 keeps flowing, without a gap longer than
+/// a few seconds, while node1's agent is killed and started again.
+#[test]
+fn agent_restart_during_cross_node_transfer_keeps_the_connection() {
+    if !privileged("agent_restart_during_cross_node_transfer_keeps_the_connection") {
+        return;
+    }
+    let Some(lab) = setup(2) else { return };
+    let mut manifest = String::new();
+    for (pod, node) in [("a1", "node1"), ("a2", "node2")] {
+        manifest.push_str(&pod_manifest(pod, node, &[]));
+    }
+    lab.apply(&manifest);
+    let a2 = wait_running(&lab, "a2", Duration::from_secs(60));
+    wait_running(&lab, "a1", Duration::from_secs(60));
+    let info = lab.info();
+    reach(
+        &lab,
+        &info.pod_netns("default", "a1"),
+        &format!("{a2}:8080"),
+        "a2",
+    );
+    // Echo server in a2 on port 7000 (one connection).
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let _server = in_netns_thread(&info.pod_netns("default", "a2"), move || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:7000").unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_client = stop.clone();
+    let target = format!("{a2}:7000");
+    let client = in_netns_thread(&info.pod_netns("default", "a1"), move || {
+        let mut conn = std::net::TcpStream::connect(&target).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let chunk = [0x5au8; 1024];
+        let mut echoed = 0u64;
+        let mut buf = [0u8; 1024];
+        while !stop_client.load(std::sync::atomic::Ordering::Relaxed) {
+            conn.write_all(&chunk)
+                .map_err(|e| format!("write after {echoed}: {e}"))?;
+            conn.read_exact(&mut buf)
+                .map_err(|e| format!("read after {echoed} bytes: {e}"))?;
+            echoed += 1024;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok::<u64, String>(echoed)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Kill node1's agent and start it again (the lab journal records the new one for `down`).
+    let agent_pid = lab
+        .recorded_pids()
+        .into_iter()
+        .find(|(_, what)| what == "agent node1")
+        .map(|(pid, _)| pid)
+        .expect("node1's agent pid");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent_pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    eventually("node1's agent to exit", Duration::from_secs(10), || {
+        (!alive(agent_pid)).then_some(())
+    });
+    std::fs::remove_file(lab.state.cni_socket("node1")).ok();
+    let program = sibling_binary("switchyard-agent", "switchyard-agent");
+    let node1 = info.nodes[0].clone();
+    let (_child, _log) = switchyard_lab::cluster::node::start_agent(
+        &lab.state,
+        &node1,
+        &program,
+        info.fabric.as_ref(),
+    )
+    .unwrap();
+    eventually(
+        "node1's agent to serve again",
+        Duration::from_secs(30),
+        || lab.state.cni_socket("node1").exists().then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let echoed = client.join().unwrap();
+    assert!(
+        matches!(echoed, Ok(n) if n > 0),
+        "the transfer broke: {echoed:?}{}",
+        diagnostics(&lab)
+    );
+    // New connections work too.
+    reach(
+        &lab,
+        &info.pod_netns("default", "a1"),
+        &format!("{a2}:8080"),
+        "a2",
+    );
+}
