@@ -115,7 +115,7 @@ fn add_gives_working_pods() {
             "no classifier flow for ofport {ofport}: {flows}"
         );
         assert!(flows.contains(&format!("nw_dst={ip_a}")), "{flows}");
-        assert_eq!(lab.pod_flow_count(), 18, "{flows}");
+        assert_eq!(lab.pod_flow_count(), 2 * flows_per_pod(), "{flows}");
 
         // A retried ADD returns the same result and creates nothing new.
         let again = cni_add(&lab, &a).await;
@@ -225,7 +225,12 @@ fn vswitchd_restart_is_repaired() {
             },
         )
         .await;
-        assert_eq!(lab.pod_flow_count(), 18, "{}", lab.dump_flows());
+        assert_eq!(
+            lab.pod_flow_count(),
+            2 * flows_per_pod(),
+            "{}",
+            lab.dump_flows()
+        );
         let metrics = http_get(agent.metrics_addr(), "/metrics").await;
         let runs: u64 = metrics
             .lines()

@@ -235,7 +235,12 @@ fn restart_removes_ports_of_vanished_pods() {
         let _agent = AgentProcess::start(&lab, "agent-2.log").await;
         assert_eq!(lab.pod_ports().len(), 1, "stale ports kept");
         assert_eq!(lab.host_veths().await.len(), 1, "stale veths kept");
-        assert_eq!(lab.pod_flow_count(), 9, "{}", lab.dump_flows());
+        assert_eq!(
+            lab.pod_flow_count(),
+            flows_per_pod(),
+            "{}",
+            lab.dump_flows()
+        );
         let check = {
             let mut conf = lab.conflist();
             conf["prevResult"] = results[0].clone();
@@ -291,7 +296,7 @@ fn hundred_concurrent_adds_get_unique_addresses() {
                 );
             }
             assert_eq!(lab.pod_ports().len(), 100);
-            assert_eq!(lab.pod_flow_count(), 900);
+            assert_eq!(lab.pod_flow_count(), 100 * flows_per_pod());
             // Two of them talk.
             assert!(pods[0].ping(&adds[99].ip()).await);
             let dels = futures::future::join_all(pods.iter().map(|p| {

@@ -268,12 +268,13 @@ impl NodeLab {
             .expect("dump-flows")
     }
 
-    /// Names of the bridge's ports other than the gateway.
+    /// Names of the bridge's pod ports (host veths: `sy` + 11 hex digits;
+    /// not `sy-gw0`, `sy-tun0`).
     pub fn pod_ports(&self) -> Vec<String> {
         self.vsctl(&["list-ports", BRIDGE])
             .lines()
             .map(str::trim)
-            .filter(|p| !p.is_empty() && *p != "sy-gw0")
+            .filter(|p| is_pod_port_name(p))
             .map(String::from)
             .collect()
     }
@@ -284,11 +285,12 @@ impl NodeLab {
         out.lines()
             .filter_map(|l| l.split(':').nth(1))
             .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
-            .filter(|n| n.starts_with("sy") && n.len() == 13)
+            .filter(|n| is_pod_port_name(n))
             .collect()
     }
 
-    /// Agent flows that belong to a pod (cookie object != 0).
+    /// Agent flows that belong to a pod (cookie object = the pod's ofport,
+    /// 1..0xff00; base flows use 0, the overlay's flows 0x10000 and up).
     pub fn pod_flow_count(&self) -> usize {
         self.dump_flows()
             .lines()
@@ -296,9 +298,33 @@ impl NodeLab {
                 let c = l.split("cookie=").nth(1)?.split(',').next()?;
                 u64::from_str_radix(c.trim_start_matches("0x"), 16).ok()
             })
-            .filter(|c| c >> 40 == 0x0053_5901 && (c & 0xffff_ffff) != 0)
+            .filter(|c| c >> 40 == 0x0053_5901 && (1..0xff00).contains(&(c & 0xffff_ffff)))
             .count()
     }
+}
+
+/// How many flows the agent installs per pod (from the library, so the
+/// tests follow changes to the flow design).
+pub fn flows_per_pod() -> usize {
+    use switchyard_agent::flows::{Gateway, PodPort, pod_flows};
+    let mac = "02:00:00:00:00:01".parse().unwrap();
+    let gw = Gateway {
+        ofport: 2,
+        mac,
+        ip: "10.0.0.1".parse().unwrap(),
+    };
+    let pod = PodPort {
+        ofport: 16,
+        mac,
+        ip: "10.0.0.2".parse().unwrap(),
+        vlan: 0,
+    };
+    pod_flows(0, &gw, &pod).len()
+}
+
+/// Whether `name` is a pod's host veth (`sy` + 11 hex digits).
+pub fn is_pod_port_name(name: &str) -> bool {
+    name.len() == 13 && name.starts_with("sy") && name[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// A pod: its own network namespace plus CNI identity.
