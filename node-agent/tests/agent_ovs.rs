@@ -23,6 +23,11 @@ fn add_gives_working_pods() {
     node_test("add_gives_working_pods", |lab| async move {
         let agent = start_agent(&lab, None).await;
         let cidr = agent.pod_cidr().to_string();
+        // The CNI socket: 0600 in a 0700 directory.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&lab.socket()), 0o600);
+        assert_eq!(mode(lab.socket().parent().unwrap()), 0o700);
         let gw = gateway_of(&cidr).to_string();
         // The gateway holds the first address of the pod CIDR in the node.
         let addrs = cmd_ok(&["ip", "-4", "-o", "addr", "show", "dev", "sy-gw0"]).await;
@@ -120,7 +125,11 @@ fn add_gives_working_pods() {
         // A retried ADD returns the same result and creates nothing new.
         let again = cni_add(&lab, &a).await;
         assert!(again.success, "{}", again.stdout);
-        assert_eq!(again.ip(), ip_a);
+        assert_eq!(
+            again.json(),
+            add_a.json(),
+            "a retried ADD changed the result"
+        );
         assert_eq!(lab.pod_ports().len(), 2);
 
         // Metrics.
