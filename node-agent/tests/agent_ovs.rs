@@ -153,6 +153,32 @@ fn add_gives_working_pods() {
 }
 
 #[test]
+fn concurrent_adds_of_one_container_are_serialised() {
+    node_test(
+        "concurrent_adds_of_one_container_are_serialised",
+        |lab| async move {
+            let agent = start_agent(&lab, None).await;
+            lab.create_pod("default", "same", &[]).await;
+            let pod = PodNs::new("default", "same");
+            let outs = futures::future::join_all((0..5).map(|_| cni_add(&lab, &pod))).await;
+            let first = outs[0].json();
+            for out in &outs {
+                assert!(out.success, "{}", out.stdout);
+                assert_eq!(
+                    out.json(),
+                    first,
+                    "concurrent ADDs of one attachment differ"
+                );
+            }
+            assert_eq!(lab.pod_ports().len(), 1);
+            assert_eq!(lab.pod_flow_count(), flows_per_pod());
+            assert_eq!(agent.allocations().len(), 1);
+            agent.shutdown().await;
+        },
+    );
+}
+
+#[test]
 fn vlans_isolate_pods() {
     node_test("vlans_isolate_pods", |lab| async move {
         let agent = start_agent(&lab, None).await;
