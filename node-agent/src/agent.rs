@@ -109,6 +109,8 @@ struct Shared {
     gateway: RwLock<Gateway>,
     /// Remote nodes of the overlay (flows share the cookie generation).
     overlay: Arc<crate::overlay::Overlay>,
+    /// Cluster-wide address pools of `vlan` segments (API server).
+    cluster_pools: crate::vlan_pool::ClusterPools,
     pools: Mutex<BTreeMap<String, Pool>>,
     attachments: Mutex<BTreeMap<AttachmentKey, Attachment>>,
     /// ofports requested for pods (recorded or being added).
@@ -289,6 +291,7 @@ impl Agent {
         let gw = gateway::ensure_gateway(&ovsdb, &host, &config, pod_cidr).await?;
         crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
         let overlay = crate::overlay::Overlay::new(&config.node_name, openflow.clone());
+        let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
 
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
@@ -314,6 +317,7 @@ impl Agent {
             pod_cidr,
             gateway: RwLock::new(gw),
             overlay,
+            cluster_pools,
             pools: Mutex::new(pools),
             attachments: Mutex::new(BTreeMap::new()),
             ofports: Mutex::new(BTreeSet::new()),
@@ -699,6 +703,13 @@ impl Shared {
             lock(&self.ofports).remove(&a.ofport);
         }
         drop(gate);
+        crate::vlan_pool::release_for_pod(
+            &self.cluster_pools,
+            &self.config,
+            recorded.as_ref().map(|a| a.segment.as_str()),
+            key,
+        )
+        .await;
         self.update_gauge();
         Ok(())
     }
@@ -877,7 +888,17 @@ impl Shared {
         })?;
         tracing::debug!(segment = %placement.segment, vlan = placement.vlan, elapsed = ?t0.elapsed(), "placement");
 
-        // Address.
+        // Address. `vlan` segments allocate cluster-wide first (API server,
+        // optimistic concurrency); the local pool then records it.
+        let static_ip = crate::vlan_pool::allocate_for_pod(
+            &self.cluster_pools,
+            &self.config,
+            &placement.segment,
+            &key,
+            placement.static_ip,
+        )
+        .await?
+        .or(placement.static_ip);
         let pool_name = self.pool_name(&placement.segment);
         let (address, gateway_ip) = {
             let mut pools = lock(&self.pools);
@@ -888,7 +909,7 @@ impl Shared {
                     "configure subnet and gateway for the segment",
                 )
             })?;
-            let ip = match placement.static_ip {
+            let ip = match static_ip {
                 Some(ip) => pool.allocate_specific(&key, ip),
                 None => pool.allocate(&key),
             }
@@ -1138,6 +1159,7 @@ impl Shared {
         for pool in lock(&self.pools).values_mut() {
             pool.release(&undo.key);
         }
+        crate::vlan_pool::release_for_pod(&self.cluster_pools, &self.config, None, &undo.key).await;
         tracing::info!("rolled back");
     }
 
@@ -1308,6 +1330,7 @@ impl Shared {
             self.teardown(key, None).instrument(span).await?;
             removed += 1;
         }
+        crate::vlan_pool::gc(&self.cluster_pools, &self.config, &valid).await;
         tracing::info!(removed, valid = valid.len(), "garbage collected");
         Ok(())
     }

@@ -19,5 +19,6 @@ pub mod netns;
 pub mod ofconn;
 pub mod overlay;
 pub mod segment;
+pub mod vlan_pool;
 
 pub use agent::{Agent, AgentHandle, StartError};

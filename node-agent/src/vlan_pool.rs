@@ -1,0 +1,440 @@
+//! Cluster-wide address allocation for `vlan` segments, without a central
+//! allocator: one ConfigMap per segment (`switchyard-ipam-<segment>` in
+//! [`IPAM_NAMESPACE`]) whose `data` maps each allocated address to its
+//! holder (`<node>/<container id>/<ifname>`). Every change is a read, a
+//! local decision (the same [`Pool`] rules as node-local pools: network,
+//! broadcast and gateway reserved, static requests checked) and a `replace`
+//! carrying the read `resourceVersion`; the API server refuses it with 409
+//! Conflict when another node wrote in between, and the change is retried
+//! on the fresh object. Two nodes allocating at the same moment therefore
+//! never get the same address. A missing ConfigMap is created (409
+//! AlreadyExists when another node won the race: retried the same way).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+
+use crate::ipam::{AttachmentKey, IpamError, Pool};
+
+/// Namespace of the allocation ConfigMaps (the one the DaemonSet runs in).
+pub const IPAM_NAMESPACE: &str = "switchyard-system";
+/// Prefix of the allocation ConfigMaps' names.
+pub const CONFIGMAP_PREFIX: &str = "switchyard-ipam-";
+/// Attempts of one change before giving up on conflicts.
+const MAX_ATTEMPTS: u32 = 64;
+/// Time limit of one API request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a cluster-wide allocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterIpamError {
+    /// The pool refused (exhausted, address outside or in use).
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// An API request failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// No answer in time.
+    #[error("{0}: no answer from the API server within {REQUEST_TIMEOUT:?}")]
+    Timeout(String),
+    /// Other writers kept winning.
+    #[error(
+        "ConfigMap {namespace}/{name} kept changing under this node ({MAX_ATTEMPTS} conflicting writes); retry"
+    )]
+    Contended {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// The holder recorded for an address: `<node>/<container id>/<ifname>`.
+pub fn holder(node: &str, key: &AttachmentKey) -> String {
+    format!("{node}/{}/{}", key.container_id, key.ifname)
+}
+
+/// Parses a holder back into node and key; `None` if malformed.
+pub fn parse_holder(value: &str) -> Option<(String, AttachmentKey)> {
+    let mut parts = value.splitn(3, '/');
+    let (node, container, ifname) = (parts.next()?, parts.next()?, parts.next()?);
+    if node.is_empty() || container.is_empty() || ifname.is_empty() {
+        return None;
+    }
+    Some((node.to_string(), AttachmentKey::new(container, ifname)))
+}
+
+/// The segment's pool with every recorded allocation restored (malformed
+/// or foreign entries keep their address reserved under a placeholder key).
+fn pool_from(
+    subnet: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    data: &BTreeMap<String, String>,
+) -> Result<Pool, IpamError> {
+    let mut pool = Pool::new(subnet, gateway)?;
+    for (ip, value) in data {
+        let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+            continue;
+        };
+        let key = parse_holder(value)
+            .map(|(_, k)| k)
+            .unwrap_or_else(|| AttachmentKey::new(format!("unparsable:{value}"), ip.to_string()));
+        // Addresses outside the subnet (a changed configuration) are ignored.
+        let _ = pool.restore([(key, ip)]);
+    }
+    Ok(pool)
+}
+
+/// The cluster-wide pools of `vlan` segments, seen from one node.
+#[derive(Clone)]
+pub struct ClusterPools {
+    client: kube::Client,
+    namespace: String,
+    node: String,
+}
+
+impl std::fmt::Debug for ClusterPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPools")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bounded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterIpamError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(ClusterIpamError::Api {
+            what: what.to_string(),
+            source,
+        }),
+        Err(_) => Err(ClusterIpamError::Timeout(what.to_string())),
+    }
+}
+
+fn is_conflict(e: &ClusterIpamError) -> bool {
+    matches!(e, ClusterIpamError::Api { source: kube::Error::Api(s), .. } if s.code == 409)
+}
+
+impl ClusterPools {
+    /// Pools in [`IPAM_NAMESPACE`] for node `node`.
+    pub fn new(client: kube::Client, node: &str) -> ClusterPools {
+        Self::in_namespace(client, IPAM_NAMESPACE, node)
+    }
+
+    /// Pools in another namespace (tests).
+    pub fn in_namespace(client: kube::Client, namespace: &str, node: &str) -> ClusterPools {
+        ClusterPools {
+            client,
+            namespace: namespace.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    fn name(segment: &str) -> String {
+        format!("{CONFIGMAP_PREFIX}{segment}")
+    }
+
+    /// Applies `change` to the segment's allocation map until the write
+    /// wins (409 Conflict/AlreadyExists: read again and retry). `change`
+    /// returns `false` (and the result) when nothing needs writing.
+    async fn update<T>(
+        &self,
+        segment: &str,
+        mut change: impl FnMut(&mut BTreeMap<String, String>) -> Result<(bool, T), ClusterIpamError>,
+    ) -> Result<T, ClusterIpamError> {
+        let name = Self::name(segment);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                // Spread the retries of nodes that collided.
+                let jitter = u64::from(attempt.min(10)) * 3 + u64::from(std::process::id() % 7);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            let current = bounded(&format!("reading ConfigMap {name}"), api.get_opt(&name)).await?;
+            let (mut data, existing) = match current {
+                Some(cm) => (cm.data.clone().unwrap_or_default(), Some(cm)),
+                None => (BTreeMap::new(), None),
+            };
+            let (write, result) = change(&mut data)?;
+            if !write {
+                return Ok(result);
+            }
+            let outcome = match existing {
+                Some(mut cm) => {
+                    cm.data = Some(data);
+                    bounded(
+                        &format!("updating ConfigMap {name}"),
+                        api.replace(&name, &PostParams::default(), &cm),
+                    )
+                    .await
+                    .map(drop)
+                }
+                None => {
+                    let cm = ConfigMap {
+                        metadata: ObjectMeta {
+                            name: Some(name.clone()),
+                            labels: Some(BTreeMap::from([(
+                                "app.kubernetes.io/name".to_string(),
+                                "switchyard".to_string(),
+                            )])),
+                            ..ObjectMeta::default()
+                        },
+                        data: Some(data),
+                        ..ConfigMap::default()
+                    };
+                    bounded(
+                        &format!("creating ConfigMap {name}"),
+                        api.create(&PostParams::default(), &cm),
+                    )
+                    .await
+                    .map(drop)
+                }
+            };
+            match outcome {
+                Ok(()) => return Ok(result),
+                Err(e) if is_conflict(&e) => {
+                    tracing::debug!(configmap = %name, attempt, "allocation write lost a race; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClusterIpamError::Contended {
+            namespace: self.namespace.clone(),
+            name,
+        })
+    }
+
+    /// Allocates an address of `segment` for `key` (the one it already
+    /// holds, if any), `requested` if given (an error if taken or outside
+    /// the subnet).
+    pub async fn allocate(
+        &self,
+        segment: &str,
+        subnet: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        key: &AttachmentKey,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ClusterIpamError> {
+        let value = holder(&self.node, key);
+        self.update(segment, |data| {
+            let mut pool = pool_from(subnet, gateway, data)?;
+            if let Some(held) = pool.lookup(key) {
+                if requested.is_none_or(|r| r == held) {
+                    return Ok((false, held));
+                }
+                pool.release(key);
+                data.retain(|_, v| *v != value);
+            }
+            let ip = match requested {
+                Some(ip) => pool.allocate_specific(key, ip)?,
+                None => pool.allocate(key)?,
+            };
+            data.insert(ip.to_string(), value.clone());
+            Ok((true, ip))
+        })
+        .await
+    }
+
+    /// Releases whatever `key` holds in `segment`; returns the address.
+    pub async fn release(
+        &self,
+        segment: &str,
+        key: &AttachmentKey,
+    ) -> Result<Option<Ipv4Addr>, ClusterIpamError> {
+        let value = holder(&self.node, key);
+        self.update(segment, |data| {
+            let held: Vec<String> = data
+                .iter()
+                .filter(|(_, v)| **v == value)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let ip = held.first().and_then(|s| s.parse().ok());
+            if held.is_empty() {
+                return Ok((false, None));
+            }
+            for k in held {
+                data.remove(&k);
+            }
+            Ok((true, ip))
+        })
+        .await
+    }
+
+    /// Releases every address this node holds in `segment` whose key
+    /// `keep` rejects (garbage collection); returns how many.
+    pub async fn release_unless(
+        &self,
+        segment: &str,
+        keep: impl Fn(&AttachmentKey) -> bool,
+    ) -> Result<usize, ClusterIpamError> {
+        let node = self.node.clone();
+        self.update(segment, |data| {
+            let before = data.len();
+            data.retain(|_, v| match parse_holder(v) {
+                Some((n, k)) => n != node || keep(&k),
+                None => true,
+            });
+            let removed = before - data.len();
+            Ok((removed > 0, removed))
+        })
+        .await
+    }
+
+    /// Every allocation of `segment` with its holder's node and key.
+    pub async fn allocations(
+        &self,
+        segment: &str,
+    ) -> Result<Vec<(Ipv4Addr, String, AttachmentKey)>, ClusterIpamError> {
+        let name = Self::name(segment);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let cm = bounded(&format!("reading ConfigMap {name}"), api.get_opt(&name)).await?;
+        Ok(cm
+            .and_then(|c| c.data)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(ip, v)| {
+                let (n, k) = parse_holder(v)?;
+                Some((ip.parse().ok()?, n, k))
+            })
+            .collect())
+    }
+}
+
+/// The agent's side: a pod ADD in a `vlan` segment gets its address here
+/// (then recorded in the node's local pool like a static request);
+/// `Ok(None)` for other segments.
+pub async fn allocate_for_pod(
+    pools: &ClusterPools,
+    config: &crate::config::AgentConfig,
+    segment: &str,
+    key: &AttachmentKey,
+    requested: Option<Ipv4Addr>,
+) -> Result<Option<Ipv4Addr>, switchyard_cni::CniError> {
+    use switchyard_cni::{CniError, ErrorCode};
+    let Some(seg) = config
+        .segment(segment)
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+    else {
+        return Ok(None);
+    };
+    let Some(subnet) = seg.subnet else {
+        return Ok(None);
+    };
+    match pools
+        .allocate(&seg.name, subnet, seg.gateway, key, requested)
+        .await
+    {
+        Ok(ip) => Ok(Some(ip)),
+        Err(ClusterIpamError::Ipam(e @ IpamError::Exhausted { .. })) => Err(CniError::new(
+            ErrorCode::IpPoolExhausted,
+            "IP pool exhausted",
+            format!("segment {}: {e}", seg.name),
+        )),
+        Err(ClusterIpamError::Ipam(e)) => Err(CniError::new(
+            ErrorCode::InvalidPodNetworkRequest,
+            "requested address unusable",
+            format!("segment {}: {e}", seg.name),
+        )),
+        Err(e) => Err(CniError::new(
+            ErrorCode::ApiServerFailure,
+            "cluster-wide address allocation failed",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Releases `key`'s cluster-wide address in `segment` (every `vlan`
+/// segment when unknown). Failures are logged, not returned: DEL must
+/// succeed without the API server, and GC reclaims what is left.
+pub async fn release_for_pod(
+    pools: &ClusterPools,
+    config: &crate::config::AgentConfig,
+    segment: Option<&str>,
+    key: &AttachmentKey,
+) {
+    let vlan_segments = config
+        .segments
+        .iter()
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+        .filter(|s| segment.is_none_or(|name| name == s.name));
+    for seg in vlan_segments {
+        match pools.release(&seg.name, key).await {
+            Ok(Some(ip)) => {
+                tracing::debug!(segment = %seg.name, %ip, "cluster-wide address released")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "cannot release the cluster-wide address now; GC will")
+            }
+        }
+    }
+}
+
+/// GC: releases this node's cluster-wide addresses whose attachment is not
+/// in `valid`, in every `vlan` segment.
+pub async fn gc(
+    pools: &ClusterPools,
+    config: &crate::config::AgentConfig,
+    valid: &std::collections::BTreeSet<AttachmentKey>,
+) {
+    for seg in config
+        .segments
+        .iter()
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+    {
+        match pools.release_unless(&seg.name, |k| valid.contains(k)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(segment = %seg.name, released = n, "garbage-collected cluster-wide addresses")
+            }
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "cluster-wide address GC failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_round_trips() {
+        let k = AttachmentKey::new("abc123", "eth0");
+        assert_eq!(holder("node2", &k), "node2/abc123/eth0");
+        assert_eq!(parse_holder("node2/abc123/eth0"), Some(("node2".into(), k)));
+        assert_eq!(parse_holder("node2/abc123"), None);
+        assert_eq!(parse_holder("//eth0"), None);
+    }
+
+    #[test]
+    fn pool_from_reserves_recorded_addresses_even_malformed_ones() {
+        let data = BTreeMap::from([
+            ("10.100.0.2".to_string(), "node1/c1/eth0".to_string()),
+            ("10.100.0.3".to_string(), "garbage".to_string()),
+            ("10.200.0.9".to_string(), "node1/c9/eth0".to_string()),
+        ]);
+        let mut pool = pool_from(
+            "10.100.0.0/24".parse().unwrap(),
+            Some("10.100.0.1".parse().unwrap()),
+            &data,
+        )
+        .unwrap();
+        let ip = pool.allocate(&AttachmentKey::new("c2", "eth0")).unwrap();
+        assert_eq!(ip, "10.100.0.4".parse::<Ipv4Addr>().unwrap());
+    }
+}
