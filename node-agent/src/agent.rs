@@ -68,6 +68,9 @@ pub enum StartError {
     /// The overlay tunnel could not be set up.
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
+    /// A `vlan` segment's uplink could not be attached.
+    #[error(transparent)]
+    Uplink(#[from] crate::uplink::UplinkError),
     /// A segment's pool is unusable.
     #[error("segment {segment}: {source}")]
     Pool {
@@ -111,6 +114,8 @@ struct Shared {
     overlay: Arc<crate::overlay::Overlay>,
     /// Cluster-wide address pools of `vlan` segments (API server).
     cluster_pools: crate::vlan_pool::ClusterPools,
+    /// Uplink trunks of `vlan` segments.
+    uplinks: RwLock<Vec<crate::uplink::Uplink>>,
     pools: Mutex<BTreeMap<String, Pool>>,
     attachments: Mutex<BTreeMap<AttachmentKey, Attachment>>,
     /// ofports requested for pods (recorded or being added).
@@ -292,6 +297,7 @@ impl Agent {
         crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
         let overlay = crate::overlay::Overlay::new(&config.node_name, openflow.clone());
         let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
+        let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config).await?;
 
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
@@ -318,6 +324,7 @@ impl Agent {
             gateway: RwLock::new(gw),
             overlay,
             cluster_pools,
+            uplinks: RwLock::new(uplinks),
             pools: Mutex::new(pools),
             attachments: Mutex::new(BTreeMap::new()),
             ofports: Mutex::new(BTreeSet::new()),
@@ -470,6 +477,10 @@ impl Shared {
             )
             .await
             .map_err(|e| e.to_string())?;
+            let uplinks = crate::uplink::ensure_uplinks(&self.ovsdb, &self.config)
+                .await
+                .map_err(|e| e.to_string())?;
+            *self.uplinks.write().unwrap_or_else(|p| p.into_inner()) = uplinks;
         }
         let ports = self
             .ovsdb
@@ -648,10 +659,25 @@ impl Shared {
             mods.extend(
                 flows::pod_flows(next, &gw, &a.pod_port())
                     .into_iter()
+                    .chain(crate::uplink::pod_flows(
+                        next,
+                        &a.pod_port(),
+                        self.config.segment(&a.segment),
+                    ))
                     .map(FlowMod::add),
             );
         }
         mods.extend(overlay.flows(next).into_iter().map(FlowMod::add));
+        let uplinks = self
+            .uplinks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        mods.extend(
+            crate::uplink::uplink_flows(next, &uplinks)
+                .into_iter()
+                .map(FlowMod::add),
+        );
         for old in present.iter().filter(|g| **g != next) {
             let (c, m) = Cookie::generation_mask(Owner::Agent, *old);
             mods.push(FlowMod::delete_cookie(c, m));
@@ -1080,6 +1106,11 @@ impl Shared {
             };
             let mods = flows::pod_flows(generation, &gateway, &pod)
                 .into_iter()
+                .chain(crate::uplink::pod_flows(
+                    generation,
+                    &pod,
+                    self.config.segment(&placement.segment),
+                ))
                 .map(FlowMod::add)
                 .collect();
             self.openflow.bundle_flow_mods(mods)

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod ofconn;
 pub mod overlay;
 pub mod segment;
+pub mod uplink;
 pub mod vlan_pool;
 
 pub use agent::{Agent, AgentHandle, StartError};

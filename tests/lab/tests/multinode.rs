@@ -465,3 +465,222 @@ fn agent_restart_during_cross_node_transfer_keeps_the_connection() {
         "a2",
     );
 }
+
+fn pod_ip(lab: &Lab, name: &str) -> String {
+    wait_running(lab, name, Duration::from_secs(60))
+}
+
+fn mac_of(netns: &str) -> String {
+    let out = in_netns(netns, &["cat", "/sys/class/net/eth0/address"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `vlan` segments through the fabric, three nodes: a namespace selects `vlan100`; addresses
+/// are unique across nodes although pods start at once on all of them (and recorded in the
+/// segment's ConfigMap); pods of the segment reach each other on one node and across nodes;
+/// the fabric routes between `vlan100` and `vlan200` and to the internet (no SNAT: the fabric
+/// is the gateway); the node reaches them through the fabric; frames addressed straight to
+/// the MAC of a pod of another segment on the same node (VLAN or overlay) go nowhere.
+#[test]
+fn vlan_segments_across_nodes_through_the_fabric() {
+    if !privileged("vlan_segments_across_nodes_through_the_fabric") {
+        return;
+    }
+    let Some(lab) = setup(3) else { return };
+    let mut manifest = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: blue\n  annotations:\n    switchyard.io/segment: vlan100\n---\n",
+    );
+    let blue: Vec<(String, &str)> = (0..9)
+        .map(|i| (format!("b{i}"), ["node1", "node2", "node3"][i % 3]))
+        .collect();
+    for (pod, node) in &blue {
+        manifest.push_str(&pod_manifest(pod, node, &[]).replacen(
+            "metadata:\n",
+            "metadata:\n  namespace: blue\n",
+            1,
+        ));
+    }
+    manifest.push_str(&pod_manifest(
+        "r1",
+        "node1",
+        &[("switchyard.io/segment", "vlan200")],
+    ));
+    manifest.push_str(&pod_manifest(
+        "r2",
+        "node2",
+        &[("switchyard.io/segment", "vlan200")],
+    ));
+    manifest.push_str(&pod_manifest("o1", "node1", &[]));
+    lab.apply(&manifest);
+    let info = lab.info();
+    let blue_ip = |pod: &str| {
+        eventually(
+            &format!("blue/{pod} Running"),
+            Duration::from_secs(60),
+            || {
+                let out = lab.kubectl(&["-n", "blue", "get", "pod", pod, "-o", "json"]);
+                let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                (p["status"]["phase"] == "Running")
+                    .then(|| p["status"]["podIP"].as_str().map(str::to_string))
+                    .flatten()
+            },
+        )
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let ips: Vec<String> = blue.iter().map(|(p, _)| blue_ip(p)).collect();
+    for ip in &ips {
+        assert!(ip.starts_with("10.100.0."), "{ip}");
+        assert!(seen.insert(ip.clone()), "{ip} given twice: {ips:?}");
+    }
+    let cm = lab.kubectl_ok(&[
+        "-n",
+        "switchyard-system",
+        "get",
+        "configmap",
+        "switchyard-ipam-vlan100",
+        "-o",
+        "json",
+    ]);
+    let cm: serde_json::Value = serde_json::from_str(&cm).unwrap();
+    for ip in &ips {
+        assert!(cm["data"][ip].is_string(), "{ip} not recorded: {cm}");
+    }
+    let (r1, r2, o1) = (pod_ip(&lab, "r1"), pod_ip(&lab, "r2"), pod_ip(&lab, "o1"));
+    assert!(
+        r1.starts_with("10.101.0.") && r2.starts_with("10.101.0."),
+        "{r1} {r2}"
+    );
+    let ns_of = |pod: &str| info.pod_netns("blue", pod);
+    // b0, b3 on node1; b1 on node2; b2 on node3.
+    reach(&lab, &ns_of("b0"), &format!("{}:8080", ips[3]), "b3");
+    reach(&lab, &ns_of("b0"), &format!("{}:8080", ips[1]), "b1");
+    reach(&lab, &ns_of("b2"), &format!("{}:8080", ips[0]), "b0");
+    reach(&lab, &ns_of("b1"), &format!("{}:8080", ips[2]), "b2");
+    // Routed by the fabric between the VLANs, both ways, same node and across.
+    reach(&lab, &ns_of("b0"), &format!("{r1}:8080"), "r1");
+    reach(&lab, &ns_of("b0"), &format!("{r2}:8080"), "r2");
+    reach(
+        &lab,
+        &info.pod_netns("default", "r2"),
+        &format!("{}:8080", ips[2]),
+        "b2",
+    );
+    // The node reaches them (through its default route, the fabric).
+    reach(
+        &lab,
+        &info.nodes[0].netns,
+        &format!("{}:8080", ips[1]),
+        "b1",
+    );
+    // The internet sees the pod's own address: the fabric is the segment's gateway.
+    let fabric = info.fabric.clone().expect("lab has a fabric");
+    let _inet = peer_server(&fabric.internet_netns, 8080);
+    reach(&lab, &ns_of("b0"), "203.0.113.1:8080", &ips[0]);
+    // No L2 leak: b0 (VLAN 100) sends straight to the MACs of r1 (VLAN 200) and o1 (overlay),
+    // both on node1, as if they were on its link.
+    for (victim_ip, victim_ns) in [
+        (r1.clone(), info.pod_netns("default", "r1")),
+        (o1.clone(), info.pod_netns("default", "o1")),
+    ] {
+        let mac = mac_of(&victim_ns);
+        let b0 = ns_of("b0");
+        let add = in_netns(
+            &b0,
+            &[
+                "ip",
+                "route",
+                "add",
+                &format!("{victim_ip}/32"),
+                "dev",
+                "eth0",
+            ],
+        );
+        assert!(add.status.success(), "{add:?}");
+        let neigh = in_netns(
+            &b0,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &victim_ip,
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        );
+        assert!(neigh.status.success(), "{neigh:?}");
+        unreachable(&lab, &b0, &format!("{victim_ip}:8080"));
+    }
+}
+
+/// A static address request (`switchyard.io/ip`) is honoured when free; the same request from
+/// a pod on another node fails with a clear error until the first pod is deleted (its address
+/// released by DEL), then succeeds.
+#[test]
+fn vlan_static_address_is_unique_across_nodes_and_released_on_delete() {
+    if !privileged("vlan_static_address_is_unique_across_nodes_and_released_on_delete") {
+        return;
+    }
+    let Some(lab) = setup(2) else { return };
+    let want = "10.100.0.77";
+    lab.apply(&pod_manifest(
+        "s1",
+        "node1",
+        &[
+            ("switchyard.io/segment", "vlan100"),
+            ("switchyard.io/ip", want),
+        ],
+    ));
+    assert_eq!(pod_ip(&lab, "s1"), want);
+    lab.apply(&pod_manifest(
+        "s2",
+        "node2",
+        &[
+            ("switchyard.io/segment", "vlan100"),
+            ("switchyard.io/ip", want),
+        ],
+    ));
+    let message = eventually("s2's ADD error", Duration::from_secs(60), || {
+        let p = pod_json(&lab, "s2")?;
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["message"].as_str())
+            .filter(|m| m.contains(want))
+            .map(str::to_string)
+    });
+    assert!(
+        message.contains("in use") || message.contains("allocated") || message.contains("taken"),
+        "{message}"
+    );
+    let bad = pod_manifest(
+        "s3",
+        "node2",
+        &[
+            ("switchyard.io/segment", "vlan100"),
+            ("switchyard.io/ip", "10.7.0.5"),
+        ],
+    );
+    lab.apply(&bad);
+    eventually("s3's ADD error", Duration::from_secs(60), || {
+        let p = pod_json(&lab, "s3")?;
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["message"].as_str())
+            .filter(|m| m.contains("10.7.0.5"))
+            .map(drop)
+    });
+    lab.kubectl_ok(&["delete", "pod", "s1", "--wait=false"]);
+    assert_eq!(
+        wait_running(&lab, "s2", Duration::from_secs(120)),
+        want,
+        "{}",
+        diagnostics(&lab)
+    );
+}

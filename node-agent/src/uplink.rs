@@ -1,0 +1,332 @@
+//! `vlan` segments (the NSX model): the uplink trunk port on `br-int` and the
+//! flows that make each such segment one L2 network across the nodes and
+//! the external fabric, whose router is the segment's gateway.
+//!
+//! Choice: explicit flows, not the NORMAL action. `OVS NORMAL` would honour
+//! the access tags of pod ports and the uplink's `trunks`, but it also
+//! treats every untagged port (overlay pods, `sy-gw0`, `sy-tun0`) as a trunk
+//! of all VLANs and floods the segment's broadcasts there, and it would
+//! bypass conntrack and the spoof guard. An OpenFlow `output` ignores the
+//! port's `tag`/`trunks` entirely (tags only mean something to NORMAL), so
+//! the flows tag and untag themselves: `push_vlan` + `set_field vlan_vid`
+//! on the way out of the uplink, `pop_vlan` on the way in.
+//!
+//! Flows (priorities relative to `flows::priority`):
+//! - CLASSIFIER (200), per uplink and VLAN V: `in_port=uplink,vlan_vid=V`
+//!   pops the tag, marks [`PortKind::Uplink`] and loads V into reg5; IPv4
+//!   continues to CONNTRACK (replies must be tracked like everything else),
+//!   ARP to ARP_RESPONDER. Other VLANs and untagged frames drop.
+//! - ARP_RESPONDER (200), per pod of a `vlan` segment: a request for the
+//!   pod's address from a pod or the uplink of the same VLAN is answered
+//!   with the pod's own MAC (tagged again toward the uplink): pods of one
+//!   node never see each other's broadcasts otherwise. (101), per VLAN:
+//!   every other ARP of the segment goes to L2_FORWARDING, not to the
+//!   overlay's "everything is the node gateway" answer.
+//! - L3_FORWARDING (250), per VLAN: the segment's IPv4 is switched, not
+//!   routed: straight to L2_FORWARDING, MACs untouched.
+//! - L2_FORWARDING: a local pod's MAC from the uplink with its VLAN (200,
+//!   per pod); anything else from a pod of the segment goes to the uplink
+//!   (100, per VLAN), where the fabric switches or routes it.
+//! - OUTPUT (200), per uplink and VLAN: `reg1=uplink,reg5=V` pushes tag V.
+//!
+//! Pods of different segments on one node never meet: every L2 decision
+//! matches reg5, and only the fabric routes between VLANs.
+
+use std::collections::BTreeMap;
+
+use switchyard_ovs::openflow::{Action, Field, Flow, MatchField, SubField, port};
+use switchyard_ovs::ovsdb::{self, PortSpec};
+use switchyard_ovs::pipeline::{Cookie, Owner, PortKind, cookie_object, ofport, reg, table};
+
+use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
+use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, priority};
+use crate::gateway::OFPORT_TIMEOUT;
+
+/// Priority of the per-VLAN ARP hand-over to L2 (above the overlay's
+/// generic ARP answer).
+const ARP_TO_L2: u16 = priority::NORMAL + 1;
+/// Priority of the per-VLAN L3 bypass (above per-pod routing at 200).
+const SWITCHED: u16 = 250;
+
+/// Why an uplink could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// OVSDB failed.
+    #[error("uplink {uplink}: {what}: {source}")]
+    Ovsdb {
+        /// The uplink.
+        uplink: String,
+        /// What was done.
+        what: &'static str,
+        /// The error.
+        source: ovsdb::Error,
+    },
+}
+
+/// An uplink trunk port on the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    /// Interface name (a NIC of the node).
+    pub name: String,
+    /// Its OpenFlow port.
+    pub ofport: u32,
+    /// VLANs of the `vlan` segments trunked on it, sorted.
+    pub vlans: Vec<u16>,
+}
+
+/// The uplinks the configuration asks for, with their VLANs.
+pub fn planned(config: &AgentConfig) -> BTreeMap<String, Vec<u16>> {
+    let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for seg in config
+        .segments
+        .iter()
+        .filter(|s| s.kind == SegmentKind::Vlan && s.vlan != 0)
+    {
+        if let Some(u) = &seg.uplink {
+            let vlans = out.entry(u.clone()).or_default();
+            if !vlans.contains(&seg.vlan) {
+                vlans.push(seg.vlan);
+                vlans.sort_unstable();
+            }
+        }
+    }
+    out
+}
+
+/// Attaches every configured uplink to the bridge as a trunk of exactly
+/// its segments' VLANs (the first asks for [`ofport::UPLINK`]); a port
+/// whose trunks differ is re-created.
+pub async fn ensure_uplinks(
+    ovsdb: &ovsdb::Client,
+    config: &AgentConfig,
+) -> Result<Vec<Uplink>, UplinkError> {
+    let mut out = Vec::new();
+    for (i, (name, vlans)) in planned(config).into_iter().enumerate() {
+        let err = |what: &'static str| {
+            let uplink = name.clone();
+            move |source| UplinkError::Ovsdb {
+                uplink,
+                what,
+                source,
+            }
+        };
+        let existing = ovsdb.port(&name).await.map_err(err("reading the port"))?;
+        let mut have: Vec<u16> = existing
+            .as_ref()
+            .map(|p| p.trunks.clone())
+            .unwrap_or_default();
+        have.sort_unstable();
+        if existing.is_some() && have != vlans {
+            tracing::info!(uplink = %name, ?have, want = ?vlans, "re-creating the uplink with the configured trunks");
+            match ovsdb.remove_port(&name).await {
+                Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
+                Err(e) => return Err(err("removing the old port")(e)),
+            }
+        }
+        if existing.is_none() || have != vlans {
+            let mut spec = PortSpec::new(&name)
+                .with_trunks(&vlans)
+                .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-uplink");
+            spec.vlan_mode = Some("trunk".to_string());
+            if i == 0 {
+                spec.ofport_request = u16::try_from(ofport::UPLINK).ok();
+            }
+            match ovsdb.add_port(&config.bridge, &spec).await {
+                Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
+                Err(e) => return Err(err("adding the trunk port")(e)),
+            }
+        }
+        let got = ovsdb
+            .interface_ofport(&name, OFPORT_TIMEOUT)
+            .await
+            .map_err(err(
+                "waiting for its ofport (does the interface exist on the node?)",
+            ))?;
+        tracing::info!(uplink = %name, ofport = got, ?vlans, "uplink attached");
+        out.push(Uplink {
+            name,
+            ofport: u32::from(got),
+            vlans,
+        });
+    }
+    Ok(out)
+}
+
+fn cookie(generation: u8, object: u32) -> u64 {
+    Cookie::new(Owner::Agent, generation, object).value()
+}
+
+fn load_reg(n: u8, value: u32) -> Action {
+    Action::load(SubField::whole(Field::Reg(n)), u128::from(value))
+}
+
+/// The flows of every uplink and its VLANs (cookie object
+/// [`cookie_object::UPLINK`]).
+pub fn uplink_flows(generation: u8, uplinks: &[Uplink]) -> Vec<Flow> {
+    let c = cookie(generation, cookie_object::UPLINK);
+    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let mut out = Vec::new();
+    for u in uplinks {
+        for &vlan in &u.vlans {
+            let v = u32::from(vlan);
+            for (eth_type, next) in [
+                (ETH_TYPE_IP, table::CONNTRACK),
+                (ETH_TYPE_ARP, table::ARP_RESPONDER),
+            ] {
+                out.push(
+                    f(table::CLASSIFIER, priority::SPECIFIC)
+                        .matching(MatchField::in_port(u.ofport))
+                        .matching(MatchField::vlan_vid(vlan))
+                        .matching(MatchField::eth_type(eth_type))
+                        .action(Action::PopVlan)
+                        .action(flows::set_port_kind(PortKind::Uplink))
+                        .action(load_reg(reg::SEGMENT_VLAN, v))
+                        .action(Action::GotoTable(next)),
+                );
+            }
+            for kind in [PortKind::Pod, PortKind::Uplink] {
+                out.push(
+                    f(table::ARP_RESPONDER, ARP_TO_L2)
+                        .matching(MatchField::eth_type(ETH_TYPE_ARP))
+                        .matching(flows::match_port_kind(kind))
+                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                        .action(Action::GotoTable(table::L2_FORWARDING)),
+                );
+                out.push(
+                    f(table::L3_FORWARDING, SWITCHED)
+                        .matching(MatchField::eth_type(ETH_TYPE_IP))
+                        .matching(flows::match_port_kind(kind))
+                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                        .action(Action::GotoTable(table::L2_FORWARDING)),
+                );
+            }
+            out.push(
+                f(table::L2_FORWARDING, priority::NORMAL)
+                    .matching(flows::match_port_kind(PortKind::Pod))
+                    .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                    .action(load_reg(reg::OUTPUT_PORT, u.ofport))
+                    .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            );
+            out.push(
+                f(table::OUTPUT, priority::SPECIFIC)
+                    .matching(MatchField::reg(reg::OUTPUT_PORT, u.ofport))
+                    .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                    .action(Action::push_vlan())
+                    .action(Action::set_vlan_vid(vlan))
+                    .action(Action::Output(u.ofport)),
+            );
+        }
+    }
+    out
+}
+
+/// The extra flows of a pod of a `vlan` segment (cookie object: its
+/// ofport, like its other flows); none for other segments.
+pub fn pod_flows(generation: u8, pod: &PodPort, segment: Option<&SegmentConfig>) -> Vec<Flow> {
+    if segment.is_none_or(|s| s.kind != SegmentKind::Vlan) || pod.vlan == 0 {
+        return Vec::new();
+    }
+    let c = cookie(generation, pod.ofport);
+    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let v = u32::from(pod.vlan);
+    let ask = |kind: PortKind| {
+        f(table::ARP_RESPONDER, priority::SPECIFIC)
+            .matching(MatchField::eth_type(ETH_TYPE_ARP))
+            .matching(flows::match_port_kind(kind))
+            .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+            .matching(MatchField::arp_op(1))
+            .matching(MatchField::arp_tpa(pod.ip))
+    };
+    let mut from_uplink = flows::arp_reply_actions(pod.mac);
+    // Tag the answer again before it leaves through the uplink.
+    let out = from_uplink.pop();
+    from_uplink.push(Action::push_vlan());
+    from_uplink.push(Action::set_vlan_vid(pod.vlan));
+    from_uplink.extend(out);
+    debug_assert!(matches!(
+        from_uplink.last(),
+        Some(Action::Output(p)) if *p == port::IN_PORT
+    ));
+    vec![
+        Flow {
+            actions: flows::arp_reply_actions(pod.mac),
+            ..ask(PortKind::Pod)
+        },
+        Flow {
+            actions: from_uplink,
+            ..ask(PortKind::Uplink)
+        },
+        f(table::L2_FORWARDING, priority::SPECIFIC)
+            .matching(MatchField::eth_dst(pod.mac.0))
+            .matching(flows::match_port_kind(PortKind::Uplink))
+            .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uplink() -> Uplink {
+        Uplink {
+            name: "trunk0".into(),
+            ofport: 3,
+            vlans: vec![100, 200],
+        }
+    }
+
+    #[test]
+    fn uplink_flows_golden() {
+        let text: Vec<String> = uplink_flows(2, &[uplink()])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 2 * 8, "{text:#?}");
+        for line in &text {
+            assert!(line.contains("cookie=0x5359010200030000"), "{line}");
+        }
+        let first = &text[0];
+        assert!(first.contains("in_port=3"), "{first}");
+        assert!(
+            first.contains("dl_vlan=100") || first.contains("vlan_vid=0x1064"),
+            "{first}"
+        );
+        assert!(first.contains("pop_vlan"), "{first}");
+        assert!(first.contains("goto_table:20"), "{first}");
+        let out = text.iter().find(|l| l.contains("table=70")).unwrap();
+        assert!(out.contains("reg5=0x64"), "{out}");
+        assert!(out.contains("push_vlan:0x8100"), "{out}");
+        assert!(out.contains("output:3"), "{out}");
+    }
+
+    #[test]
+    fn pod_flows_only_for_vlan_segments() {
+        let pod = PodPort {
+            ofport: 17,
+            mac: "0a:58:0a:64:00:05".parse().unwrap(),
+            ip: "10.100.0.5".parse().unwrap(),
+            vlan: 100,
+        };
+        let overlay = SegmentConfig::overlay("default");
+        assert!(pod_flows(1, &pod, Some(&overlay)).is_empty());
+        assert!(pod_flows(1, &pod, None).is_empty());
+        let seg = SegmentConfig {
+            kind: SegmentKind::Vlan,
+            vlan: 100,
+            subnet: Some("10.100.0.0/24".parse().unwrap()),
+            gateway: Some("10.100.0.1".parse().unwrap()),
+            uplink: Some("trunk0".into()),
+            ..SegmentConfig::overlay("vlan100")
+        };
+        let text: Vec<String> = pod_flows(1, &pod, Some(&seg))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 3);
+        assert!(text[1].contains("push_vlan"), "{}", text[1]);
+        assert!(text[1].ends_with("IN_PORT"), "{}", text[1]);
+        assert!(text[2].contains("dl_dst=0a:58:0a:64:00:05"), "{}", text[2]);
+    }
+}
