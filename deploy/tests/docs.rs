@@ -176,7 +176,7 @@ fn configuration_reference_matches_the_proxy() {
 fn help_parser_sees_defaults_and_catches_missing_rows() {
     let help = Flags::command().render_long_help().to_string();
     let flags = help_flags(&help);
-    assert_eq!(flags["mtu"].as_deref(), Some("1450"));
+    assert_eq!(flags["tunnel-type"].as_deref(), Some("geneve"));
     assert_eq!(flags["config"], None);
     let page = "<!-- t -->\n| `--mtu BYTES` | `mtu` | `1500` | x |\n<!-- end t -->\n";
     let result = std::panic::catch_unwind(|| check_table(page, "t", &help, "agent"));

@@ -260,7 +260,7 @@ impl Agent {
     /// CNI socket serves requests. Waits (with log lines) for the API
     /// server, the Node's pod CIDR, OVSDB and the bridge's OpenFlow socket;
     /// fails on errors that waiting cannot fix.
-    pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
+    pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, StartError> {
         let metrics = Arc::new(Metrics::new());
         let ready = Arc::new(AtomicBool::new(false));
         let (shutdown, _) = watch::channel(false);
@@ -293,6 +293,17 @@ impl Agent {
         gateway::ensure_bridge(&ovsdb, &config).await?;
         let openflow = connect_openflow(&config).await;
         let host = Netlink::current()?;
+        if !config.mtu_configured {
+            // Pods (and sy-gw0) leave room for the encapsulation.
+            match crate::overlay::pod_mtu_from_underlay(api.client(), &config.node_name, &host)
+                .await
+            {
+                Some(mtu) if crate::config::MTU_RANGE.contains(&mtu) => config.mtu = mtu,
+                other => {
+                    tracing::warn!(derived = ?other, default = config.mtu, "cannot derive the pod MTU from the underlay; using the default")
+                }
+            }
+        }
         let gw = gateway::ensure_gateway(&ovsdb, &host, &config, pod_cidr).await?;
         crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
         let overlay = crate::overlay::Overlay::new(&config.node_name, openflow.clone());

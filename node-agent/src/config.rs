@@ -232,7 +232,7 @@ pub struct Flags {
     /// Given on the command line, the list replaces the file's list [default: one untagged overlay segment "default"].
     #[arg(long = "segment", value_name = "SPEC")]
     pub segments: Vec<SegmentConfig>,
-    /// Pod interface MTU [default: 1450].
+    /// Pod interface MTU [default: the MTU of the interface holding the node's InternalIP minus 50 (Geneve/VXLAN), else 1450].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
     /// Encapsulation between nodes for overlay segments [default: geneve].
@@ -331,6 +331,9 @@ pub struct AgentConfig {
     pub segments: Vec<SegmentConfig>,
     /// Pod MTU.
     pub mtu: u32,
+    /// Whether `mtu` was configured; if not, the agent derives it from the
+    /// underlay's MTU at start ([`DEFAULT_MTU`] until then).
+    pub mtu_configured: bool,
     /// Overlay encapsulation.
     pub tunnel_type: TunnelType,
     /// Metrics/health listen address.
@@ -420,6 +423,7 @@ impl AgentConfig {
                 .unwrap_or_else(|| DEFAULT_SEGMENT.to_string()),
             segments,
             mtu: flags.mtu.or(file.mtu).unwrap_or(DEFAULT_MTU),
+            mtu_configured: flags.mtu.or(file.mtu).is_some(),
             tunnel_type: flags.tunnel_type.or(file.tunnel_type).unwrap_or_default(),
             listen_address: flags
                 .listen_address

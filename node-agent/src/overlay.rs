@@ -35,6 +35,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use kube::runtime::watcher;
 use switchyard_ovs::openflow::{Action, Field, Flow, FlowMod, MatchField, SubField};
 use switchyard_ovs::ovsdb::{self, PortSpec};
@@ -416,7 +417,7 @@ impl Overlay {
     pub async fn run(self: Arc<Self>, client: kube::Client, mut stop: watch::Receiver<bool>) {
         let routes = tokio::spawn(self.clone().keep_routes());
         let config = watcher::Config::default();
-        let mut events = watcher(kube::Api::<Node>::all(client), config).boxed();
+        let mut events = watcher(Api::<Node>::all(client), config).boxed();
         let mut known: BTreeMap<String, RemoteNode> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, RemoteNode>> = None;
         loop {
@@ -512,6 +513,56 @@ impl Overlay {
             }
         }
     }
+}
+
+/// The pod MTU the underlay allows: the MTU of the interface holding this
+/// node's InternalIP (the tunnel endpoint) minus [`ENCAP_OVERHEAD`]; `None`
+/// when the Node has no InternalIP or no local interface holds it.
+pub async fn pod_mtu_from_underlay(
+    client: kube::Client,
+    node_name: &str,
+    netlink: &Netlink,
+) -> Option<u32> {
+    let nodes: Api<Node> = Api::all(client);
+    let node = tokio::time::timeout(Duration::from_secs(10), nodes.get(node_name))
+        .await
+        .ok()?
+        .ok()?;
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+    let mut addresses = netlink.handle().address().get().execute();
+    let mut index = None;
+    while let Ok(Some(msg)) = addresses.try_next().await {
+        let holds = msg.attributes.iter().any(|a| {
+            matches!(a, netlink_packet_route::address::AddressAttribute::Local(std::net::IpAddr::V4(v))
+                | netlink_packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == ip)
+        });
+        if holds {
+            index = Some(msg.header.index);
+            break;
+        }
+    }
+    let link = netlink
+        .handle()
+        .link()
+        .get()
+        .match_index(index?)
+        .execute()
+        .try_next()
+        .await
+        .ok()??;
+    let mtu = link.attributes.iter().find_map(|a| match a {
+        netlink_packet_route::link::LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })?;
+    tracing::info!(%ip, underlay_mtu = mtu, pod_mtu = mtu.saturating_sub(ENCAP_OVERHEAD), "pod MTU from the underlay");
+    Some(mtu.saturating_sub(ENCAP_OVERHEAD))
 }
 
 /// Routes each wanted CIDR `via <next hop> dev sy-gw0 onlink` (replace, so

@@ -218,9 +218,18 @@ fn overlay_across_three_nodes_node_to_pod_egress_and_mtu() {
             &info.nodes[node].address.to_string(),
         );
     }
-    // MTU: the pod MTU (1450 for a 1500-byte underlay minus Geneve's 50) crosses with DF.
+    // MTU: the agent derived the pod MTU from the underlay (the lab's eth0/br-ul: 1600 bytes)
+    // minus Geneve's 50; a DF ping of exactly that size crosses nodes, one byte more fails in
+    // the pod at once (never fragmented, never silently lost).
     let a1 = info.pod_netns("default", "a1");
-    let ping = |size: &str| {
+    let mtu: u32 =
+        String::from_utf8_lossy(&in_netns(&a1, &["cat", "/sys/class/net/eth0/mtu"]).stdout)
+            .trim()
+            .parse()
+            .unwrap();
+    let underlay: u32 = switchyard_lab::cluster::up::UNDERLAY_MTU.parse().unwrap();
+    assert_eq!(mtu, underlay - 50, "pod MTU");
+    let ping = |payload: u32| {
         in_netns(
             &a1,
             &[
@@ -232,20 +241,20 @@ fn overlay_across_three_nodes_node_to_pod_egress_and_mtu() {
                 "-M",
                 "do",
                 "-s",
-                size,
+                &payload.to_string(),
                 &ip_of("a3"),
             ],
         )
     };
-    let ok = ping("1422");
+    let ok = ping(mtu - 28);
     assert!(
         ok.status.success(),
-        "DF ping of 1450 bytes across nodes: {}{}{}",
+        "DF ping of {mtu} bytes across nodes: {}{}{}",
         String::from_utf8_lossy(&ok.stdout),
         String::from_utf8_lossy(&ok.stderr),
         diagnostics(&lab)
     );
-    let too_big = ping("1423");
+    let too_big = ping(mtu - 27);
     assert!(!too_big.status.success());
     let text = format!(
         "{}{}",
@@ -253,7 +262,7 @@ fn overlay_across_three_nodes_node_to_pod_egress_and_mtu() {
         String::from_utf8_lossy(&too_big.stderr)
     );
     assert!(
-        text.contains("message too long") || text.contains("mtu = 1450"),
+        text.contains("message too long") || text.contains(&format!("mtu = {mtu}")),
         "one byte over the MTU must fail locally, not vanish: {text}"
     );
 }

@@ -213,7 +213,6 @@ pub fn agent_config_yaml(
          bridge: br-int\n\
          datapath-type: netdev\n\
          cni-socket: {sock}\n\
-         mtu: 1450\n\
          listen-address: 127.0.0.1:9465\n{segments}",
         name = node.name,
         kubeconfig = state.kubeconfig().display(),
@@ -388,8 +387,7 @@ mod tests {
              bridge: br-int\n\
              datapath-type: netdev\n\
              cni-socket: /run/sl/nodes/node1/cni.sock\n\
-             mtu: 1450\n\
-             listen-address: 127.0.0.1:9465\n"
+                 listen-address: 127.0.0.1:9465\n"
         );
         assert_eq!(
             agent_args(Path::new("/run/sl/nodes/node1/agent.yaml")),
