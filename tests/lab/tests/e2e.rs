@@ -1,0 +1,1121 @@
+//! End-to-end suite (issue 5) on the multi-node lab with every real part: `switchyard-lab up`
+//! (netns nodes, one `ovsdb-server`/`ovs-vswitchd` each, userspace datapath), the real
+//! `switchyard-agent` and `switchyard-proxy` on each node, the real `switchyard` CNI binary run
+//! by the lab's runtime driver as libcni runs it, and `kubectl` against the lab API server.
+//!
+//! Two labs, each owned by one test and removed on drop (also when a step panics):
+//!
+//! - `e2e_pods_services_vlan_and_bad_inputs` (2 nodes, fabric with VLAN 100): independent
+//!   steps, each run to the end even when an earlier one failed, the test failing with the list
+//!   of failed steps: pod-to-pod and node-to-pod (HTTP and DNS-like UDP) on one node and across
+//!   nodes in the overlay and in a `vlan` segment; ClusterIP Services (spread over backends,
+//!   UDP, no endpoints rejects fast, scale down/up followed, sessionAffinity ClientIP, hairpin);
+//!   bad inputs (VLAN 5000, unknown segment, malformed network configurations given to the CNI
+//!   binary) leave the lab healthy.
+//! - `e2e_restarts_with_a_continuous_probe_then_node_removal` (3 nodes): a client pod probes a
+//!   pod on its node, a pod on another node and a ClusterIP every 50 ms (UDP: new flows, and
+//!   established flows on one connected socket) while the agent, the proxy and `ovs-vswitchd`
+//!   of its node are restarted one after the other; the measured loss is printed and bounded.
+//!   Then a node is removed (Node object deleted, its namespace and daemons gone): the others
+//!   drop its route and flows and keep working.
+//!
+//! Needs root, OVS, curl and kubectl, and the binaries built (`cargo test --workspace` builds
+//! them); fails with the reason otherwise, unless SWITCHYARD_SKIP_PRIVILEGED=1. On failure each
+//! step prints, per node, `ovs-ofctl -O OpenFlow15 dump-flows br-int`, `ovs-vsctl show`, the
+//! routes and the agent and proxy logs.
+
+mod lab_support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lab_support::*;
+use switchyard_lab::cluster::{node, state::NodeInfo, status, sys};
+
+const POD_DEADLINE: Duration = Duration::from_secs(60);
+const REACH_DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Diagnostics
+
+fn run_text(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_else(|e| e.to_string())
+}
+
+fn flows(lab: &Lab, node: &NodeInfo) -> String {
+    run_text(node::ovs_command_in(&lab.state, node, "ovs-ofctl").args([
+        "-O",
+        "OpenFlow15",
+        "dump-flows",
+        "br-int",
+    ]))
+}
+
+fn vsctl_show(lab: &Lab, node: &NodeInfo) -> String {
+    node::vsctl(&lab.state, node, &["show"]).unwrap_or_else(|e| e.to_string())
+}
+
+/// Per node: flows of br-int, `ovs-vsctl show`, routes, the agent and proxy logs (tails).
+fn diagnostics(lab: &Lab) -> String {
+    let mut out = String::new();
+    let Ok(info) = lab.state.load_info() else {
+        return "(lab state unreadable)".into();
+    };
+    for n in &info.nodes {
+        if !sys::netns_exists(&n.netns) {
+            out.push_str(&format!("\n=== {} (removed)\n", n.name));
+            continue;
+        }
+        let dir = lab.state.node_dir(&n.name);
+        out.push_str(&format!(
+            "\n=== {name}: ovs-ofctl -O OpenFlow15 dump-flows br-int\n{}\n=== {name}: ovs-vsctl show\n{}\n=== {name}: ip route\n{}\n=== {name}: agent log (last 60 lines)\n{}\n=== {name}: proxy log (last 30 lines)\n{}\n",
+            flows(lab, n),
+            vsctl_show(lab, n),
+            run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"])),
+            sys::tail(&dir.join("agent.log"), 60),
+            sys::tail(&dir.join("proxy.log"), 30),
+            name = n.name,
+        ));
+    }
+    out.push_str(&format!(
+        "\n=== runtime log (last 30 lines)\n{}\n",
+        sys::tail(&lab.state.root().join("runtime.log"), 30)
+    ));
+    out
+}
+
+/// Prints the lab's diagnostics if the scope is left by a panic.
+struct DiagnosticsOnPanic<'a>(&'a Lab, &'a str);
+
+impl Drop for DiagnosticsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n##### step `{}` failed; lab diagnostics:{}",
+                self.1,
+                diagnostics(self.0)
+            );
+        }
+    }
+}
+
+/// A named step of a test on a shared lab.
+type Step<'a> = (&'a str, fn(&Lab));
+
+/// Runs every step (each with diagnostics on failure), then fails listing the failed ones.
+fn run_steps(lab: &Lab, steps: &[Step<'_>]) {
+    let mut failed = Vec::new();
+    for (name, step) in steps {
+        let started = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let _diag = DiagnosticsOnPanic(lab, name);
+            step(lab);
+        }));
+        eprintln!(
+            "step {name}: {} in {:.1?}",
+            if r.is_ok() { "ok" } else { "FAILED" },
+            started.elapsed()
+        );
+        if r.is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "failed steps: {failed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods and traffic
+
+fn pod_manifest(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> String {
+    let mut meta = format!("  name: {name}\n  namespace: {namespace}\n");
+    for (title, pairs) in [("labels", labels), ("annotations", annotations)] {
+        if !pairs.is_empty() {
+            meta.push_str(&format!("  {title}:\n"));
+            for (k, v) in pairs {
+                meta.push_str(&format!("    {k}: \"{v}\"\n"));
+            }
+        }
+    }
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n{meta}spec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n    ports:\n    - containerPort: 8080\n---\n"
+    )
+}
+
+fn service_manifest(namespace: &str, name: &str, app: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  selector:\n    app: {app}\n{extra_spec}  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n  - name: dns\n    protocol: UDP\n    port: 53\n    targetPort: 5353\n---\n"
+    )
+}
+
+fn namespace_manifest(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n---\n")
+}
+
+/// Waits until the pod is Running and Ready; returns its IP.
+fn running(lab: &Lab, namespace: &str, pod: &str) -> String {
+    eventually(
+        &format!("pod {namespace}/{pod} Running and Ready"),
+        POD_DEADLINE,
+        || {
+            let out = lab.kubectl(&["-n", namespace, "get", "pod", pod, "-o", "json"]);
+            let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let ready = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (p["status"]["phase"] == "Running" && ready)
+                .then(|| p["status"]["podIP"].as_str().map(str::to_string))
+                .flatten()
+        },
+    )
+}
+
+fn cluster_ip(lab: &Lab, namespace: &str, service: &str) -> String {
+    eventually(
+        &format!("ClusterIP of {namespace}/{service}"),
+        Duration::from_secs(10),
+        || {
+            let ip = lab
+                .kubectl_ok(&[
+                    "-n",
+                    namespace,
+                    "get",
+                    "service",
+                    service,
+                    "-o",
+                    "jsonpath={.spec.clusterIP}",
+                ])
+                .trim()
+                .to_string();
+            (!ip.is_empty() && ip != "None").then_some(ip)
+        },
+    )
+}
+
+/// `switchyard-lab echo-client` from `netns`: the answer of each request (`-` for none).
+fn echo_client(netns: &str, proto: &str, target: &str, count: u32) -> Vec<String> {
+    let out = in_netns(
+        netns,
+        &[
+            LAB,
+            "echo-client",
+            &format!("--{proto}"),
+            target,
+            "--count",
+            &count.to_string(),
+            "--timeout",
+            "2",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls until every one of `count` requests from `netns` to `target` is answered, each answer
+/// in `expect`; returns the answers.
+fn reach_all(netns: &str, proto: &str, target: &str, count: u32, expect: &[&str]) -> Vec<String> {
+    let end = Instant::now() + REACH_DEADLINE;
+    loop {
+        let answers = echo_client(netns, proto, target, count);
+        let ok =
+            answers.len() == count as usize && answers.iter().all(|a| expect.contains(&a.as_str()));
+        if ok {
+            return answers;
+        }
+        assert!(
+            Instant::now() < end,
+            "{netns} -> {proto} {target}: answers {answers:?}, expected each in {expect:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `from` reaches `target_ip` over HTTP (8080) and UDP (5353), answered by `expect`.
+fn reach_pod(from: &str, target_ip: &str, expect: &str) {
+    reach_all(from, "http", &format!("{target_ip}:8080"), 1, &[expect]);
+    reach_all(from, "udp", &format!("{target_ip}:5353"), 3, &[expect]);
+}
+
+fn distinct(answers: &[String]) -> std::collections::BTreeSet<&str> {
+    answers.iter().map(String::as_str).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lab 1: pods, Services, VLAN segment, bad inputs
+
+fn lab_up(nodes: usize, extra: &[&str]) -> Lab {
+    sibling_binary("switchyard", "switchyard-cni");
+    sibling_binary("switchyard-agent", "switchyard-agent");
+    sibling_binary("switchyard-proxy", "switchyard-proxy");
+    let started = Instant::now();
+    let lab = Lab::up(nodes, extra);
+    eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
+    for n in &lab.info().nodes {
+        assert!(
+            lab.state.cni_socket(&n.name).exists(),
+            "the agent on {} did not start{}",
+            n.name,
+            diagnostics(&lab)
+        );
+    }
+    lab
+}
+
+/// Overlay pods: pod-to-pod on one node and across nodes, node-to-pod from both nodes, HTTP
+/// and DNS-like UDP.
+fn step_overlay_pod_to_pod_and_node_to_pod(lab: &Lab) {
+    let ns = "e2e-pods";
+    let mut m = namespace_manifest(ns);
+    for (pod, node) in [("a1", "node1"), ("b1", "node1"), ("a2", "node2")] {
+        m.push_str(&pod_manifest(ns, pod, node, &[], &[]));
+    }
+    lab.apply(&m);
+    let ips: Vec<(&str, String)> = ["a1", "b1", "a2"]
+        .into_iter()
+        .map(|p| (p, running(lab, ns, p)))
+        .collect();
+    let info = lab.info();
+    for (from, _) in &ips {
+        for (to, ip) in &ips {
+            if from != to {
+                reach_pod(&info.pod_netns(ns, from), ip, to);
+            }
+        }
+    }
+    for n in &info.nodes {
+        for (to, ip) in &ips {
+            reach_pod(&n.netns, ip, to);
+        }
+    }
+}
+
+/// `vlan100` segment pods (through the fabric): same node, across nodes, node-to-pod.
+fn step_vlan_segment_pod_to_pod_and_node_to_pod(lab: &Lab) {
+    let ns = "e2e-vlan";
+    let mut m = namespace_manifest(ns);
+    let seg = [("switchyard.io/segment", "vlan100")];
+    for (pod, node) in [("v1", "node1"), ("w1", "node1"), ("v2", "node2")] {
+        m.push_str(&pod_manifest(ns, pod, node, &[], &seg));
+    }
+    lab.apply(&m);
+    let ips: Vec<(&str, String)> = ["v1", "w1", "v2"]
+        .into_iter()
+        .map(|p| (p, running(lab, ns, p)))
+        .collect();
+    let fabric = lab.info().fabric.expect("lab has a fabric");
+    let subnet = fabric.vlans[0].subnet;
+    for (pod, ip) in &ips {
+        let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+        assert!(subnet.contains(&addr), "{pod} got {ip}, not in {subnet}");
+    }
+    let info = lab.info();
+    for (from, _) in &ips {
+        for (to, ip) in &ips {
+            if from != to {
+                reach_pod(&info.pod_netns(ns, from), ip, to);
+            }
+        }
+    }
+    for n in &info.nodes {
+        for (to, ip) in &ips {
+            reach_pod(&n.netns, ip, to);
+        }
+    }
+}
+
+/// ClusterIP: backends on both nodes get the requests (TCP and UDP); scaling down and up is
+/// followed; a Service without endpoints refuses at once; sessionAffinity ClientIP sticks;
+/// a backend reaches its own Service (hairpin).
+fn step_cluster_ip_services(lab: &Lab) {
+    let ns = "e2e-svc";
+    let mut m = namespace_manifest(ns);
+    for (pod, node) in [("web-1", "node1"), ("web-2", "node2"), ("web-3", "node1")] {
+        m.push_str(&pod_manifest(ns, pod, node, &[("app", "web")], &[]));
+    }
+    m.push_str(&pod_manifest(
+        ns,
+        "client",
+        "node1",
+        &[("app", "client")],
+        &[],
+    ));
+    m.push_str(&service_manifest(ns, "web", "web", ""));
+    m.push_str(&service_manifest(ns, "empty", "nothing", ""));
+    m.push_str(&service_manifest(
+        ns,
+        "sticky",
+        "web",
+        "  sessionAffinity: ClientIP\n",
+    ));
+    lab.apply(&m);
+    for p in ["web-1", "web-2", "web-3", "client"] {
+        running(lab, ns, p);
+    }
+    let info = lab.info();
+    let client = info.pod_netns(ns, "client");
+    let vip = cluster_ip(lab, ns, "web");
+    let all = ["web-1", "web-2", "web-3"];
+    // Spread: 30 new connections reach all three backends (each misses with p = (2/3)^30).
+    let spread = |proto: &str, port: u16, expect: &[&str]| {
+        eventually(
+            &format!("{proto} to {vip}:{port} spread over {expect:?}"),
+            REACH_DEADLINE,
+            || {
+                let answers = reach_all(&client, proto, &format!("{vip}:{port}"), 30, expect);
+                (distinct(&answers).len() == expect.len()).then_some(answers)
+            },
+        )
+    };
+    let answers = spread("http", 80, &all);
+    eprintln!("ClusterIP HTTP spread: {answers:?}");
+    spread("udp", 53, &all);
+
+    // No endpoints: refused at once (curl exit 7), not a timeout.
+    let empty = cluster_ip(lab, ns, "empty");
+    let started = Instant::now();
+    let out = in_netns(
+        &client,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{empty}:80/"),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "a Service without endpoints must refuse (curl exit 7), got {:?}",
+        out.status
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "refusal took {took:?}, expected at once"
+    );
+
+    // Scale down: web-3 deleted, the Service follows.
+    lab.kubectl_ok(&["-n", ns, "delete", "pod", "web-3", "--wait=false"]);
+    spread("http", 80, &["web-1", "web-2"]);
+    // Scale up: web-4 on node2 joins.
+    lab.apply(&pod_manifest(ns, "web-4", "node2", &[("app", "web")], &[]));
+    running(lab, ns, "web-4");
+    spread("http", 80, &["web-1", "web-2", "web-4"]);
+    spread("udp", 53, &["web-1", "web-2", "web-4"]);
+
+    // Session affinity: every request of one client goes to one backend.
+    let sticky = cluster_ip(lab, ns, "sticky");
+    let answers = reach_all(
+        &client,
+        "http",
+        &format!("{sticky}:80"),
+        15,
+        &["web-1", "web-2", "web-4"],
+    );
+    assert_eq!(
+        distinct(&answers).len(),
+        1,
+        "sessionAffinity ClientIP spread one client over backends: {answers:?}"
+    );
+
+    // Hairpin: a backend reaches its own Service (some requests land on itself).
+    let web1 = info.pod_netns(ns, "web-1");
+    let answers = eventually(
+        "web-1 reaches itself through its Service",
+        REACH_DEADLINE,
+        || {
+            let a = reach_all(
+                &web1,
+                "http",
+                &format!("{vip}:80"),
+                20,
+                &["web-1", "web-2", "web-4"],
+            );
+            a.iter().any(|x| x == "web-1").then_some(a)
+        },
+    );
+    eprintln!("hairpin answers: {answers:?}");
+}
+
+/// Pod names of the OVS ports of a node (from the agent's external_ids).
+fn port_pods(lab: &Lab, node: &NodeInfo) -> Vec<String> {
+    status::node_ports(&lab.state, node)
+        .into_iter()
+        .filter_map(|p| p.external_ids.get("switchyard.io/pod-name").cloned())
+        .collect()
+}
+
+/// Runs the real CNI binary against node1's agent with `stdin` as the network configuration;
+/// returns (exit code, stdout JSON).
+fn cni_exec(lab: &Lab, node: &NodeInfo, stdin: &str) -> (Option<i32>, serde_json::Value) {
+    use std::io::Write;
+    let plugin = sibling_binary("switchyard", "switchyard-cni");
+    let mut child = Command::new(&plugin)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "e2ebadinput0123456789")
+        .env("CNI_NETNS", format!("/run/netns/{}", node.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .env(
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=e2e-bad;K8S_POD_NAME=raw;K8S_POD_INFRA_CONTAINER_ID=e2ebadinput0123456789",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = lab;
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "CNI stdout is not JSON ({e}): {:?} / stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), json)
+}
+
+/// Bad inputs leave the lab healthy: a VLAN out of range and an unknown segment keep the pod
+/// not Ready with the CNI error in its condition and no OVS port; malformed network
+/// configurations given to the CNI binary get the CNI error codes of the spec and change
+/// nothing; afterwards a normal pod works.
+fn step_bad_inputs_leave_the_lab_healthy(lab: &Lab) {
+    let ns = "e2e-bad";
+    let info = lab.info();
+    let node1 = info.nodes[0].clone();
+    let ports_before = port_pods(lab, &node1);
+    let mut m = namespace_manifest(ns);
+    m.push_str(&pod_manifest(
+        ns,
+        "vlan5000",
+        "node1",
+        &[],
+        &[("switchyard.io/vlan", "5000")],
+    ));
+    m.push_str(&pod_manifest(
+        ns,
+        "nosegment",
+        "node1",
+        &[],
+        &[("switchyard.io/segment", "no-such-segment")],
+    ));
+    lab.apply(&m);
+    for (pod, needle) in [("vlan5000", "5000"), ("nosegment", "no-such-segment")] {
+        let message = eventually(
+            &format!("{pod}'s CNI error in its Ready condition"),
+            POD_DEADLINE,
+            || {
+                let out = lab.kubectl(&["-n", ns, "get", "pod", pod, "-o", "json"]);
+                let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let cond = p["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?
+                    .clone();
+                assert_ne!(cond["status"], "True", "{pod} became Ready: {p}");
+                cond["message"]
+                    .as_str()
+                    .filter(|m| m.contains(needle))
+                    .map(str::to_string)
+            },
+        );
+        eprintln!("{pod}: {message}");
+    }
+    let describe = lab.kubectl_ok(&["-n", ns, "describe", "pod", "vlan5000"]);
+    assert!(describe.contains("5000"), "{describe}");
+
+    // The real plugin, node1's agent socket, malformed configurations.
+    let conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.state.conflist("node1")).unwrap())
+            .unwrap();
+    let mut good = conflist["plugins"][0].clone();
+    good["name"] = conflist["name"].clone();
+    good["cniVersion"] = conflist["cniVersion"].clone();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = good.clone();
+        c[key] = value;
+        c.to_string()
+    };
+    for (what, stdin, code) in [
+        ("truncated JSON", "{\"cniVersion\":".to_string(), 6),
+        ("not an object", "[]".to_string(), 6),
+        (
+            "unsupported cniVersion",
+            with("cniVersion", "9.9.9".into()),
+            1,
+        ),
+        ("mtu of the wrong type", with("mtu", "big".into()), 7),
+        (
+            "an ipam section",
+            with("ipam", serde_json::json!({"type": "host-local"})),
+            2,
+        ),
+    ] {
+        let (status, json) = cni_exec(lab, &node1, &stdin);
+        assert_ne!(status, Some(0), "{what}: the plugin succeeded: {json}");
+        assert_eq!(json["code"], code, "{what}: {json}");
+        assert!(
+            json["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: no msg: {json}"
+        );
+    }
+    assert_eq!(
+        port_pods(lab, &node1),
+        ports_before,
+        "bad inputs left OVS ports behind"
+    );
+
+    // The lab is still healthy: a normal pod on the same node works and is reachable.
+    lab.apply(&pod_manifest(ns, "good", "node1", &[], &[]));
+    let ip = running(lab, ns, "good");
+    reach_pod(&node1.netns, &ip, "good");
+    let now = port_pods(lab, &node1);
+    assert!(now.contains(&"good".to_string()), "{now:?}");
+    assert!(
+        !now.iter()
+            .any(|p| p == "vlan5000" || p == "nosegment" || p == "raw"),
+        "a failed ADD left a port: {now:?}"
+    );
+}
+
+/// Pod-to-pod and node-to-pod (overlay and VLAN segment on one node and across nodes),
+/// ClusterIP Services, and bad inputs, on one 2-node lab with a fabric.
+#[test]
+fn e2e_pods_services_vlan_and_bad_inputs() {
+    if !privileged("e2e_pods_services_vlan_and_bad_inputs") {
+        return;
+    }
+    let started = Instant::now();
+    let lab = lab_up(2, &["--fabric", "--vlans", "100"]);
+    run_steps(
+        &lab,
+        &[
+            (
+                "overlay_pod_to_pod_and_node_to_pod",
+                step_overlay_pod_to_pod_and_node_to_pod,
+            ),
+            (
+                "vlan_segment_pod_to_pod_and_node_to_pod",
+                step_vlan_segment_pod_to_pod_and_node_to_pod,
+            ),
+            ("cluster_ip_services", step_cluster_ip_services),
+            (
+                "bad_inputs_leave_the_lab_healthy",
+                step_bad_inputs_leave_the_lab_healthy,
+            ),
+        ],
+    );
+    eprintln!(
+        "e2e_pods_services_vlan_and_bad_inputs: {:.1?}",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lab 2: restarts under a continuous probe, then node removal
+
+/// Period of the probe.
+const PROBE_PERIOD: Duration = Duration::from_millis(50);
+/// How long one probe request waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// One thing the probe sends to: a fresh socket per request (a new flow each time) or one
+/// connected socket for the whole run (an established flow).
+#[derive(Debug, Clone)]
+struct ProbeTarget {
+    label: &'static str,
+    address: SocketAddr,
+    established: bool,
+}
+
+/// What the probe measured for one target.
+#[derive(Debug, Clone, Default)]
+struct ProbeResult {
+    label: &'static str,
+    sent: u32,
+    lost: u32,
+    /// Offsets (from the start of the probe) of the first and the last lost request.
+    first_loss: Option<Duration>,
+    last_loss: Option<Duration>,
+}
+
+impl ProbeResult {
+    /// From the first to the last lost request (plus a period), zero without loss.
+    fn outage(&self) -> Duration {
+        match (self.first_loss, self.last_loss) {
+            (Some(a), Some(b)) => b - a + PROBE_PERIOD,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} lost of {} (outage {:.2?})",
+            self.label,
+            self.lost,
+            self.sent,
+            self.outage()
+        )
+    }
+}
+
+/// A UDP request/answer loop every [`PROBE_PERIOD`] on a dedicated thread inside a pod's
+/// network namespace; stopped (and joined) by [`Probe::finish`] or on drop.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<ProbeResult>>>,
+    started: Instant,
+}
+
+fn udp_ask(socket: &UdpSocket) -> bool {
+    if socket.send(b"probe").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    socket.recv(&mut buf).is_ok()
+}
+
+impl Probe {
+    fn start(netns: &str, targets: Vec<ProbeTarget>) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = stop.clone();
+        let path = format!("/run/netns/{netns}");
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || {
+            // setns on this dedicated thread only.
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let open = |t: &ProbeTarget| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.connect(t.address).unwrap();
+                s.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+                s
+            };
+            let established: Vec<Option<UdpSocket>> = targets
+                .iter()
+                .map(|t| t.established.then(|| open(t)))
+                .collect();
+            let mut results: Vec<ProbeResult> = targets
+                .iter()
+                .map(|t| ProbeResult {
+                    label: t.label,
+                    ..ProbeResult::default()
+                })
+                .collect();
+            let mut next = Instant::now();
+            while !stop_thread.load(Ordering::Relaxed) {
+                for (i, t) in targets.iter().enumerate() {
+                    let ok = match &established[i] {
+                        Some(s) => {
+                            // Drop a late answer to an earlier request first.
+                            s.set_nonblocking(true).unwrap();
+                            let mut buf = [0u8; 512];
+                            while s.recv(&mut buf).is_ok() {}
+                            s.set_nonblocking(false).unwrap();
+                            udp_ask(s)
+                        }
+                        None => udp_ask(&open(t)),
+                    };
+                    let r = &mut results[i];
+                    r.sent += 1;
+                    if !ok {
+                        r.lost += 1;
+                        let at = started.elapsed();
+                        r.first_loss.get_or_insert(at);
+                        r.last_loss = Some(at);
+                    }
+                }
+                next += PROBE_PERIOD;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+            results
+        });
+        Probe {
+            stop,
+            handle: Some(handle),
+            started,
+        }
+    }
+
+    fn finish(mut self) -> Vec<ProbeResult> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .unwrap()
+            .join()
+            .expect("probe thread panicked")
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The newest recorded pid of `what` (e.g. "agent node1") that is alive.
+fn live_pid(lab: &Lab, what: &str) -> u32 {
+    lab.recorded_pids()
+        .into_iter()
+        .rev()
+        .find(|(pid, w)| w == what && alive(*pid))
+        .map(|(pid, _)| pid)
+        .unwrap_or_else(|| panic!("no live process recorded as {what:?}"))
+}
+
+fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    eventually(
+        &format!("pid {pid} to exit"),
+        Duration::from_secs(10),
+        || (!alive(pid)).then_some(()),
+    );
+}
+
+/// SIGKILLs the node's agent and starts it again as the lab does (recorded in the journal);
+/// returns once it serves CNI again.
+fn restart_agent(lab: &Lab, node: &NodeInfo) -> std::process::Child {
+    kill9(live_pid(lab, &format!("agent {}", node.name)));
+    std::fs::remove_file(lab.state.cni_socket(&node.name)).ok();
+    let info = lab.info();
+    let program = sibling_binary("switchyard-agent", "switchyard-agent");
+    let (child, _log) =
+        node::start_agent(&lab.state, node, &program, info.fabric.as_ref()).unwrap();
+    eventually(
+        &format!("{}'s agent to serve again", node.name),
+        Duration::from_secs(30),
+        || lab.state.cni_socket(&node.name).exists().then_some(()),
+    );
+    child
+}
+
+fn count_in_log(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+/// SIGKILLs the node's proxy and starts it again as the lab does; returns once the new one
+/// has installed its full sync.
+fn restart_proxy(lab: &Lab, node: &NodeInfo) -> std::process::Child {
+    let log = lab.state.node_dir(&node.name).join("proxy.log");
+    kill9(live_pid(lab, &format!("proxy {}", node.name)));
+    let before = count_in_log(&log, "full sync installed");
+    let program = sibling_binary("switchyard-proxy", "switchyard-proxy");
+    let (child, _log) = node::start_proxy(&lab.state, node, &program).unwrap();
+    eventually(
+        &format!("{}'s new proxy to install its full sync", node.name),
+        Duration::from_secs(30),
+        || (count_in_log(&log, "full sync installed") > before).then_some(()),
+    );
+    child
+}
+
+/// SIGKILLs the node's `ovs-vswitchd` and starts it again as `up` does; the userspace
+/// datapath's taps go with it, so the underlay address of `br-ul` and the node's fixed
+/// neighbours are put back (the lab's part; pod ports, flows and the gateway are the
+/// agent's and the proxy's to repair).
+fn restart_vswitchd(lab: &Lab, node: &NodeInfo) {
+    let dir = lab.state.ovs_dir(&node.name);
+    let pid: u32 = std::fs::read_to_string(dir.join("ovs-vswitchd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill9(pid);
+    let db = format!("unix:{}", lab.state.ovsdb_socket(&node.name).display());
+    check(
+        "ovs-vswitchd start",
+        node::ovs_command_in(&lab.state, node, "ovs-vswitchd")
+            .arg(&db)
+            .args(["--pidfile", "--detach", "--no-chdir", "--log-file"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap(),
+    );
+    let pid: u32 = std::fs::read_to_string(dir.join("ovs-vswitchd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    lab.state
+        .record_pid(pid, &format!("ovs-vswitchd {}", node.name))
+        .unwrap();
+    let info = lab.info();
+    eventually("br-ul back", Duration::from_secs(10), || {
+        sys::ip_in(&node.netns, &["link", "show", "br-ul"]).ok()
+    });
+    let addr = format!("{}/{}", node.address, info.underlay.prefix_len());
+    sys::ip_in(&node.netns, &["addr", "replace", &addr, "dev", "br-ul"]).unwrap();
+    sys::ip_in(
+        &node.netns,
+        &[
+            "link",
+            "set",
+            "br-ul",
+            "mtu",
+            switchyard_lab::cluster::up::UNDERLAY_MTU,
+            "up",
+        ],
+    )
+    .unwrap();
+    node::tx_checksum_off(Some(&node.netns), "br-ul").unwrap();
+    let peers = switchyard_lab::cluster::up::underlay_peers(&info);
+    for (ip, mac) in &peers {
+        if *ip != node.address {
+            sys::ip_in(
+                &node.netns,
+                &[
+                    "neigh",
+                    "replace",
+                    &ip.to_string(),
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "br-ul",
+                    "nud",
+                    "permanent",
+                ],
+            )
+            .unwrap();
+        }
+    }
+    node::set_tunnel_neighbours(&lab.state, node, &peers).unwrap();
+}
+
+/// Probes while `disrupt` runs, then for `settle` more; prints and returns the results.
+fn probe_through(
+    what: &str,
+    netns: &str,
+    targets: &[ProbeTarget],
+    settle: Duration,
+    disrupt: impl FnOnce(),
+) -> Vec<ProbeResult> {
+    let probe = Probe::start(netns, targets.to_vec());
+    std::thread::sleep(Duration::from_millis(500)); // baseline before the disruption
+    let t0 = probe.started.elapsed();
+    disrupt();
+    let t1 = probe.started.elapsed();
+    std::thread::sleep(settle); // measurement window after the daemon is back
+    let results = probe.finish();
+    eprintln!(
+        "probe during {what} (disruption from {t0:.2?} to {t1:.2?}, period {PROBE_PERIOD:?}, timeout {PROBE_TIMEOUT:?}):"
+    );
+    for r in &results {
+        eprintln!("  {r}");
+    }
+    results
+}
+
+/// Three nodes; a client on node1 probes a pod on node1, a pod on node2 and a ClusterIP with
+/// backends on both; node1's agent, proxy and ovs-vswitchd are restarted in turn under the
+/// probe; then node3 is removed.
+#[test]
+fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
+    if !privileged("e2e_restarts_with_a_continuous_probe_then_node_removal") {
+        return;
+    }
+    let started = Instant::now();
+    let lab = lab_up(3, &[]);
+    let ns = "e2e-restart";
+    let mut m = namespace_manifest(ns);
+    for (pod, node, app) in [
+        ("client", "node1", "client"),
+        ("s1", "node1", "probe"),
+        ("s2", "node2", "probe"),
+        ("s3", "node3", "other"),
+    ] {
+        m.push_str(&pod_manifest(ns, pod, node, &[("app", app)], &[]));
+    }
+    m.push_str(&service_manifest(ns, "probe", "probe", ""));
+    lab.apply(&m);
+    let mut ip = std::collections::BTreeMap::new();
+    for p in ["client", "s1", "s2", "s3"] {
+        ip.insert(p, running(&lab, ns, p));
+    }
+    let info = lab.info();
+    let client = info.pod_netns(ns, "client");
+    let vip = cluster_ip(&lab, ns, "probe");
+    let sock = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+    let targets = vec![
+        ProbeTarget {
+            label: "pod same node (new flows)",
+            address: sock(&ip["s1"], 5353),
+            established: false,
+        },
+        ProbeTarget {
+            label: "pod other node (new flows)",
+            address: sock(&ip["s2"], 5353),
+            established: false,
+        },
+        ProbeTarget {
+            label: "pod other node (established)",
+            address: sock(&ip["s2"], 5353),
+            established: true,
+        },
+        ProbeTarget {
+            label: "ClusterIP (new flows)",
+            address: sock(&vip, 53),
+            established: false,
+        },
+        ProbeTarget {
+            label: "ClusterIP (established)",
+            address: sock(&vip, 53),
+            established: true,
+        },
+    ];
+    let node1 = info.nodes[0].clone();
+    let _diag = DiagnosticsOnPanic(&lab, "restarts and node removal");
+    reach_all(&client, "udp", &format!("{}:5353", ip["s1"]), 3, &["s1"]);
+    reach_all(&client, "udp", &format!("{}:5353", ip["s2"]), 3, &["s2"]);
+    reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
+    reach_all(&client, "http", &format!("{}:8080", ip["s3"]), 1, &["s3"]);
+
+    // Agent restart: no loss at all (the datapath does not depend on the agent process).
+    let mut children = Vec::new();
+    let r = probe_through(
+        "SIGKILL + restart of node1's agent",
+        &client,
+        &targets,
+        Duration::from_secs(2),
+        || children.push(restart_agent(&lab, &node1)),
+    );
+    for t in &r {
+        assert_eq!(t.lost, 0, "agent restart lost requests: {t}");
+    }
+    // A pod created after the restart works.
+    lab.apply(&pod_manifest(ns, "late", "node1", &[], &[]));
+    let late = running(&lab, ns, "late");
+    reach_all(&client, "udp", &format!("{late}:5353"), 3, &["late"]);
+
+    // Proxy restart: no loss (the new proxy adopts the flows and groups on the switch).
+    let r = probe_through(
+        "SIGKILL + restart of node1's proxy",
+        &client,
+        &targets,
+        Duration::from_secs(2),
+        || children.push(restart_proxy(&lab, &node1)),
+    );
+    for t in &r {
+        assert_eq!(t.lost, 0, "proxy restart lost requests: {t}");
+    }
+
+    // ovs-vswitchd restart: every flow goes with it; service must come back within the bound.
+    const OVS_RECOVERY_BOUND: Duration = Duration::from_secs(10);
+    let r = probe_through(
+        "SIGKILL + restart of node1's ovs-vswitchd",
+        &client,
+        &targets,
+        Duration::from_secs(3),
+        || {
+            restart_vswitchd(&lab, &node1);
+            // Back when every target answers again (bounded), measured by the probe.
+            let end = Instant::now() + OVS_RECOVERY_BOUND;
+            for t in &targets {
+                while Instant::now() < end {
+                    let answer = echo_client(&client, "udp", &t.address.to_string(), 1);
+                    if answer.first().is_some_and(|a| a != "-") {
+                        break;
+                    }
+                }
+            }
+        },
+    );
+    for t in &r {
+        assert!(
+            t.outage() <= OVS_RECOVERY_BOUND,
+            "ovs-vswitchd restart: {t}, bound {OVS_RECOVERY_BOUND:?}"
+        );
+    }
+    // The last seconds of the window were clean: recovered, not flapping.
+    reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
+    reach_all(&client, "http", &format!("{}:8080", ip["s2"]), 1, &["s2"]);
+
+    // Node removal: node3's Node object goes, then its namespace with its daemons.
+    let node3 = info.nodes[2].clone();
+    let cidr3 = lab
+        .kubectl_ok(&["get", "node", "node3", "-o", "jsonpath={.spec.podCIDR}"])
+        .trim()
+        .to_string();
+    assert!(!cidr3.is_empty());
+    lab.kubectl_ok(&["delete", "node", "node3"]);
+    for pid in sys::netns_pids(&node3.netns) {
+        sys::stop_pid(pid, sys::start_time(pid));
+    }
+    sys::ip(&["netns", "del", &node3.netns]).unwrap();
+    for n in &info.nodes[..2] {
+        eventually(
+            &format!("{}: node3's flows and route gone", n.name),
+            Duration::from_secs(15),
+            || {
+                let route =
+                    run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"]));
+                (!flows(&lab, n).contains(&format!("nw_dst={cidr3}")) && !route.contains(&cidr3))
+                    .then_some(())
+            },
+        );
+    }
+    // The rest keeps working: pods across node1/node2, node to pod, the Service.
+    reach_all(&client, "udp", &format!("{}:5353", ip["s2"]), 3, &["s2"]);
+    reach_all(
+        &info.nodes[1].netns,
+        "http",
+        &format!("{}:8080", ip["client"]),
+        1,
+        &["client"],
+    );
+    reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
+    drop(_diag);
+    drop(children);
+    eprintln!(
+        "e2e_restarts_with_a_continuous_probe_then_node_removal: {:.1?}",
+        started.elapsed()
+    );
+}
