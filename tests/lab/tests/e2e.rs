@@ -458,6 +458,119 @@ fn step_cluster_ip_services(lab: &Lab) {
     eprintln!("hairpin answers: {answers:?}");
 }
 
+/// internalTrafficPolicy Local keeps each client on its node's backends; a UDP flow pinned to
+/// a backend moves to another one when that backend goes away (its conntrack entry is flushed
+/// rather than black-holing the flow).
+fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
+    let ns = "e2e-svc2";
+    let mut m = namespace_manifest(ns);
+    for (pod, node, app) in [
+        ("c1", "node1", "client"),
+        ("c2", "node2", "client"),
+        ("loc-1", "node1", "loc"),
+        ("loc-2", "node2", "loc"),
+        ("pin-1", "node1", "pin"),
+        ("pin-2", "node2", "pin"),
+    ] {
+        m.push_str(&pod_manifest(ns, pod, node, &[("app", app)], &[]));
+    }
+    m.push_str(&service_manifest(
+        ns,
+        "local",
+        "loc",
+        "  internalTrafficPolicy: Local\n",
+    ));
+    m.push_str(&service_manifest(ns, "pinned", "pin", ""));
+    lab.apply(&m);
+    for p in ["c1", "c2", "loc-1", "loc-2", "pin-1", "pin-2"] {
+        running(lab, ns, p);
+    }
+    let info = lab.info();
+    let local = cluster_ip(lab, ns, "local");
+    for (client, backend) in [("c1", "loc-1"), ("c2", "loc-2")] {
+        reach_all(
+            &info.pod_netns(ns, client),
+            "http",
+            &format!("{local}:80"),
+            15,
+            &[backend],
+        );
+    }
+
+    // One connected UDP socket (one conntrack entry) to the Service.
+    let pinned: SocketAddr = format!("{}:53", cluster_ip(lab, ns, "pinned"))
+        .parse()
+        .unwrap();
+    reach_all(
+        &info.pod_netns(ns, "c1"),
+        "udp",
+        &pinned.to_string(),
+        10,
+        &["pin-1", "pin-2"],
+    );
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel::<Option<String>>();
+    let path = format!("/run/netns/{}", info.pod_netns(ns, "c1"));
+    let asker = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(pinned).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        while stop_rx.try_recv().is_err() {
+            let mut buf = [0u8; 512];
+            let a = (s.send(b"q").is_ok())
+                .then(|| s.recv(&mut buf).ok())
+                .flatten()
+                .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string());
+            if answer_tx.send(a).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let first = eventually(
+        "a first answer on the pinned socket",
+        REACH_DEADLINE,
+        || {
+            answer_rx
+                .recv_timeout(Duration::from_secs(1))
+                .ok()
+                .flatten()
+        },
+    );
+    // One flow, one backend: the next answers on the socket come from the same one.
+    let before: Vec<Option<String>> = (0..5)
+        .map(|_| {
+            answer_rx
+                .recv_timeout(Duration::from_secs(2))
+                .ok()
+                .flatten()
+        })
+        .collect();
+    assert!(
+        before.iter().all(|a| a.as_deref() == Some(first.as_str())),
+        "one UDP flow answered by several backends: {first} then {before:?}"
+    );
+    let other = if first == "pin-1" { "pin-2" } else { "pin-1" };
+    lab.kubectl_ok(&["-n", ns, "delete", "pod", &first, "--wait=false"]);
+    let mut seen = Vec::new();
+    let moved = eventually(
+        &format!("the flow pinned to {first} to move to {other}"),
+        REACH_DEADLINE,
+        || {
+            let a = answer_rx.recv_timeout(Duration::from_secs(1)).ok()?;
+            seen.push(a.clone().unwrap_or_else(|| "-".into()));
+            (a.as_deref() == Some(other)).then_some(seen.len())
+        },
+    );
+    drop(stop_tx);
+    drop(answer_rx);
+    asker.join().unwrap();
+    eprintln!("pinned UDP flow moved from {first} to {other} after {moved} answers");
+}
+
 /// Pod names of the OVS ports of a node (from the agent's external_ids).
 fn port_pods(lab: &Lab, node: &NodeInfo) -> Vec<String> {
     status::node_ports(&lab.state, node)
@@ -629,6 +742,10 @@ fn e2e_pods_services_vlan_and_bad_inputs() {
                 step_vlan_segment_pod_to_pod_and_node_to_pod,
             ),
             ("cluster_ip_services", step_cluster_ip_services),
+            (
+                "service_local_policy_and_udp_endpoint_removal",
+                step_service_local_policy_and_udp_endpoint_removal,
+            ),
             (
                 "bad_inputs_leave_the_lab_healthy",
                 step_bad_inputs_leave_the_lab_healthy,
