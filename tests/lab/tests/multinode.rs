@@ -693,3 +693,92 @@ fn vlan_static_address_is_unique_across_nodes_and_released_on_delete() {
         diagnostics(&lab)
     );
 }
+
+/// `tunnel-type: vxlan`: the agents (started by the test with `--tunnel-type vxlan`) make
+/// `sy-tun0` a VXLAN port and pods reach each other across nodes through it, full MTU included.
+#[test]
+fn overlay_with_vxlan_tunnels() {
+    if !privileged("overlay_with_vxlan_tunnels") {
+        return;
+    }
+    sibling_binary("switchyard", "switchyard-cni");
+    let program = sibling_binary("switchyard-agent", "switchyard-agent");
+    let lab = Lab::up(2, &["--no-proxy", "--no-agent"]);
+    let info = lab.info();
+    let mut agents = Vec::new();
+    for node in &info.nodes {
+        let config = lab.state.node_dir(&node.name).join("agent.yaml");
+        std::fs::write(
+            &config,
+            switchyard_lab::cluster::node::agent_config_yaml(&lab.state, node, None),
+        )
+        .unwrap();
+        let log = std::fs::File::create(lab.state.node_dir(&node.name).join("agent.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(&program)
+            .args(switchyard_lab::cluster::node::agent_args(&config))
+            .args(["--tunnel-type", "vxlan"])
+            .env("NODE_NAME", &node.name)
+            .env("KUBECONFIG", lab.state.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        agents.push(Proc(child));
+    }
+    for node in &info.nodes {
+        eventually(
+            &format!("the agent on {} to serve", node.name),
+            Duration::from_secs(30),
+            || lab.state.cni_socket(&node.name).exists().then_some(()),
+        );
+        let iface = run_text(
+            Command::new("ovs-vsctl")
+                .arg(format!(
+                    "--db=unix:{}",
+                    lab.state.ovsdb_socket(&node.name).display()
+                ))
+                .args(["get", "Interface", "sy-tun0", "type"]),
+        );
+        assert_eq!(iface.trim(), "vxlan", "{}", node.name);
+    }
+    let mut manifest = String::new();
+    for (pod, node) in [("a1", "node1"), ("a2", "node2")] {
+        manifest.push_str(&pod_manifest(pod, node, &[]));
+    }
+    lab.apply(&manifest);
+    let a1 = pod_ip(&lab, "a1");
+    let a2 = pod_ip(&lab, "a2");
+    reach(
+        &lab,
+        &info.pod_netns("default", "a1"),
+        &format!("{a2}:8080"),
+        "a2",
+    );
+    reach(
+        &lab,
+        &info.pod_netns("default", "a2"),
+        &format!("{a1}:8080"),
+        "a1",
+    );
+    reach(&lab, &info.nodes[0].netns, &format!("{a2}:8080"), "a2");
+    let ns = info.pod_netns("default", "a1");
+    let mtu: u32 =
+        String::from_utf8_lossy(&in_netns(&ns, &["cat", "/sys/class/net/eth0/mtu"]).stdout)
+            .trim()
+            .parse()
+            .unwrap();
+    let size = (mtu - 28).to_string();
+    let ping = in_netns(
+        &ns,
+        &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", &size, &a2],
+    );
+    assert!(
+        ping.status.success(),
+        "DF ping of {mtu} bytes over VXLAN: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        diagnostics(&lab)
+    );
+    drop(agents);
+}
