@@ -59,6 +59,26 @@
 //!   pipeline never uses).
 //! - CONNTRACK_COMMIT commits `+new+trk` without [`ct_mark::SERVICE`].
 //!
+//! Between nodes (`node-agent/src/overlay.rs`, `uplink.rs`; verified in the
+//! multi-node lab, `tests/lab/tests/multinode.rs`):
+//! - CLASSIFIER: IPv4 from [`ofport::TUNNEL`] loads [`PortKind::Tunnel`] and
+//!   `tun_id[0..11]` into reg5 (210: a key with [`TUNNEL_KEY_FROM_GATEWAY`]
+//!   loads [`PortKind::Gateway`]); from an uplink, `vlan_vid=V` pops the tag
+//!   and loads [`PortKind::Uplink`] and V into reg5 (IPv4 to CONNTRACK, ARP
+//!   to ARP_RESPONDER).
+//! - L3_FORWARDING, per remote node ([`cookie_object::REMOTE_NODE_FIRST`]
+//!   `+ n`): `nw_dst=<its pod CIDR>` sets `tun_dst`, moves reg5 into the key
+//!   (101 for the gateway: the key is [`TUNNEL_KEY_FROM_GATEWAY`]) and loads
+//!   reg1 = [`ofport::TUNNEL`]; ARP_RESPONDER answers the node's request for
+//!   that CIDR's first address (the node's next hop) with a fixed MAC.
+//!   Per `vlan` segment VLAN V (250): reg5=V from a pod or the uplink is
+//!   switched (straight to L2_FORWARDING), not routed.
+//! - L2_FORWARDING: a pod's MAC with reg0=Tunnel or Uplink and reg5 = its
+//!   VLAN loads reg1 (200, per pod); per `vlan` segment, anything else from
+//!   its pods goes to the uplink (100).
+//! - OUTPUT: reg1=TUNNEL outputs to the tunnel; reg1=uplink with reg5=V
+//!   pushes tag V first.
+//!
 //! Pod ports request ofports from [`ofport::FIRST_POD`] up: vswitchd hands
 //! out the lowest free number otherwise, and the first pod got ofport 1 (the
 //! tunnel's) on a node without a tunnel port yet.
