@@ -1400,7 +1400,14 @@ impl Shared {
             self.teardown(key, None).instrument(span).await?;
             removed += 1;
         }
-        crate::vlan_pool::gc(&self.cluster_pools, &self.config, &valid).await;
+        // Cluster-wide addresses: keep the valid attachments and whatever the
+        // local pools still hold (an ADD running concurrently has recorded
+        // its address there right after allocating it cluster-wide).
+        let mut keep = valid.clone();
+        for pool in lock(&self.pools).values() {
+            keep.extend(pool.allocations().map(|(_, k)| k.clone()));
+        }
+        crate::vlan_pool::gc(&self.cluster_pools, &self.config, &keep).await;
         tracing::info!(removed, valid = valid.len(), "garbage collected");
         Ok(())
     }

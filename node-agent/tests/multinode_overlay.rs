@@ -210,3 +210,114 @@ fn remote_nodes_added_readdressed_and_removed_change_only_their_flows() {
         },
     );
 }
+
+/// A `vlan` segment on an in-process agent: its uplink becomes a trunk of exactly the
+/// segment's VLAN with the uplink flows; a pod's address is recorded in the segment's
+/// ConfigMap under this node, released by DEL, and an allocation whose attachment the runtime
+/// no longer lists is released by GC.
+#[test]
+fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
+    node_test(
+        "vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc",
+        |lab| async move {
+            // The uplink NIC: one end of a veth pair inside the node namespace.
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.node_netns, "ip", "link", "add", "up0"])
+                .args(["type", "veth", "peer", "name", "up0peer"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            for dev in ["up0", "up0peer"] {
+                let out = std::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &lab.node_netns,
+                        "ip",
+                        "link",
+                        "set",
+                        dev,
+                        "up",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+            }
+            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
+            )
+            .unwrap();
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(lab.kube.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+                .unwrap();
+            let segments = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: up0\n";
+            let agent = tokio::time::timeout(
+                Duration::from_secs(30),
+                Agent::start(lab.agent_config(Some(segments))),
+            )
+            .await
+            .expect("agent start timed out")
+            .expect("agent start");
+            assert_eq!(lab.vsctl(&["get", "Port", "up0", "trunks"]).trim(), "[100]");
+            assert_eq!(
+                lab.vsctl(&["get", "Interface", "up0", "ofport"]).trim(),
+                "3"
+            );
+            let flows = lab.dump_flows();
+            assert!(
+                flows.lines().any(|l| l.contains("in_port=3")
+                    && l.contains("dl_vlan=100")
+                    && l.contains("pop_vlan")),
+                "{flows}"
+            );
+            assert!(flows.contains("push_vlan:0x8100"), "{flows}");
+
+            lab.create_pod("default", "v1", &[("switchyard.io/segment", "blue")])
+                .await;
+            lab.create_pod("default", "v2", &[("switchyard.io/segment", "blue")])
+                .await;
+            let v1 = PodNs::new("default", "v1");
+            let v2 = PodNs::new("default", "v2");
+            let a1 = cni_add(&lab, &v1).await;
+            assert!(a1.success, "{}", a1.stdout);
+            let a2 = cni_add(&lab, &v2).await;
+            assert!(a2.success, "{}", a2.stdout);
+            assert!(a1.ip().starts_with("10.20.0.") && a1.ip() != a2.ip());
+            let pools = switchyard_agent::vlan_pool::ClusterPools::new(lab.kube.clone(), "x");
+            let recorded = |all: &[(
+                std::net::Ipv4Addr,
+                String,
+                switchyard_agent::ipam::AttachmentKey,
+            )]| {
+                all.iter()
+                    .map(|(ip, node, k)| (ip.to_string(), node.clone(), k.container_id.clone()))
+                    .collect::<Vec<_>>()
+            };
+            let all = recorded(&pools.allocations("blue").await.unwrap());
+            assert_eq!(all.len(), 2, "{all:?}");
+            assert!(
+                all.iter().any(|(ip, node, c)| *ip == a1.ip()
+                    && node == NODE_NAME
+                    && *c == v1.container_id),
+                "{all:?}"
+            );
+            // Same-segment pods on this node talk (ARP answered by OVS with the pod's MAC).
+            assert!(v1.ping(&a2.ip()).await, "v1 cannot reach v2");
+
+            // DEL releases v1's address.
+            assert!(cni_del(&lab, &v1).await.success);
+            let all = recorded(&pools.allocations("blue").await.unwrap());
+            assert_eq!(all.len(), 1, "{all:?}");
+            assert_eq!(all[0].0, a2.ip());
+            // GC with an empty valid list releases v2's.
+            let mut conf = lab.conflist();
+            conf["cniVersion"] = serde_json::json!("1.1.0");
+            conf["cni.dev/valid-attachments"] = serde_json::json!([]);
+            let gc = run_cni("GC", "", None, "", "", &conf).await;
+            assert!(gc.success, "{} {}", gc.stdout, gc.stderr);
+            assert!(pools.allocations("blue").await.unwrap().is_empty());
+            agent.shutdown().await;
+        },
+    );
+}
