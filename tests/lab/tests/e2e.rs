@@ -361,6 +361,8 @@ fn step_cluster_ip_services(lab: &Lab) {
     ));
     m.push_str(&service_manifest(ns, "web", "web", ""));
     m.push_str(&service_manifest(ns, "empty", "nothing", ""));
+    m.push_str(&pod_manifest(ns, "far", "node2", &[("app", "far")], &[]));
+    m.push_str(&service_manifest(ns, "remote", "far", ""));
     m.push_str(&service_manifest(
         ns,
         "sticky",
@@ -368,7 +370,7 @@ fn step_cluster_ip_services(lab: &Lab) {
         "  sessionAffinity: ClientIP\n",
     ));
     lab.apply(&m);
-    for p in ["web-1", "web-2", "web-3", "client"] {
+    for p in ["web-1", "web-2", "web-3", "client", "far"] {
         running(lab, ns, p);
     }
     let info = lab.info();
@@ -389,6 +391,11 @@ fn step_cluster_ip_services(lab: &Lab) {
     let answers = spread("http", 80, &all);
     eprintln!("ClusterIP HTTP spread: {answers:?}");
     spread("udp", 53, &all);
+
+    // The only backend on the other node.
+    let remote = cluster_ip(lab, ns, "remote");
+    reach_all(&client, "http", &format!("{remote}:80"), 5, &["far"]);
+    reach_all(&client, "udp", &format!("{remote}:53"), 5, &["far"]);
 
     // No endpoints: refused at once (curl exit 7), not a timeout.
     let empty = cluster_ip(lab, ns, "empty");
@@ -569,6 +576,60 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
     drop(answer_rx);
     asker.join().unwrap();
     eprintln!("pinned UDP flow moved from {first} to {other} after {moved} answers");
+}
+
+/// ClusterIP from where kube-proxy also serves it: from a node (host network) and from a pod
+/// of a `vlan` segment, to backends on the same and on the other node.
+fn step_cluster_ip_from_nodes_and_vlan_segment_pods(lab: &Lab) {
+    let ns = "e2e-svc3";
+    let mut m = namespace_manifest(ns);
+    m.push_str(&pod_manifest(ns, "near", "node1", &[("app", "both")], &[]));
+    m.push_str(&pod_manifest(ns, "far", "node2", &[("app", "both")], &[]));
+    m.push_str(&pod_manifest(
+        ns,
+        "vclient",
+        "node1",
+        &[],
+        &[("switchyard.io/segment", "vlan100")],
+    ));
+    m.push_str(&service_manifest(ns, "both", "both", ""));
+    lab.apply(&m);
+    for p in ["near", "far", "vclient"] {
+        running(lab, ns, p);
+    }
+    let info = lab.info();
+    let vip = cluster_ip(lab, ns, "both");
+    let mut clients: Vec<String> = info.nodes.iter().map(|n| n.netns.clone()).collect();
+    clients.push(info.pod_netns(ns, "vclient"));
+    for from in &clients {
+        for proto_port in [("http", 80), ("udp", 53)] {
+            let answers = reach_all(
+                from,
+                proto_port.0,
+                &format!("{vip}:{}", proto_port.1),
+                20,
+                &["near", "far"],
+            );
+            assert_eq!(distinct(&answers).len(), 2, "{from}: {answers:?}");
+        }
+    }
+}
+
+/// ClusterIP from the nodes themselves and from `vlan`-segment pods (kube-proxy serves both).
+#[test]
+#[ignore = "needs a service-CIDR route from the node into br-int and ClusterIP handling for vlan-segment ports (not implemented by agent/proxy yet)"]
+fn e2e_cluster_ip_from_nodes_and_vlan_segment_pods() {
+    if !privileged("e2e_cluster_ip_from_nodes_and_vlan_segment_pods") {
+        return;
+    }
+    let lab = lab_up(2, &["--fabric", "--vlans", "100"]);
+    run_steps(
+        &lab,
+        &[(
+            "cluster_ip_from_nodes_and_vlan_segment_pods",
+            step_cluster_ip_from_nodes_and_vlan_segment_pods,
+        )],
+    );
 }
 
 /// Pod names of the OVS ports of a node (from the agent's external_ids).
