@@ -22,6 +22,7 @@ pub mod demo;
 pub mod echo;
 pub mod fabric;
 pub mod node;
+pub mod ops;
 pub mod runtime;
 pub mod state;
 pub mod status;
