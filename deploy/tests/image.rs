@@ -193,8 +193,9 @@ fn image_has_every_program_the_binaries_run() {
             }
         }
     }
-    // The proxy flushes conntrack entries with ovs-ofctl.
-    assert!(seen.contains("ovs-ofctl"), "{seen:?}");
+    // The agent masquerades egress with iptables-restore: the scan must find
+    // at least that, or it is not looking at the binaries' sources.
+    assert!(seen.contains("iptables-restore"), "{seen:?}");
 }
 
 fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
