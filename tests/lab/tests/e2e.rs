@@ -961,6 +961,185 @@ impl Drop for Probe {
     }
 }
 
+/// TCP echo servers on `port` in pod namespaces (a thread each, setns on that thread; one
+/// more thread per connection), until dropped.
+struct TcpEchoServers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl TcpEchoServers {
+    fn start(namespaces: &[String], port: u16) -> TcpEchoServers {
+        use std::io::{Read, Write};
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for netns in namespaces {
+            let path = format!("/run/netns/{netns}");
+            let stop = stop.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            threads.push(std::thread::spawn(move || {
+                let file = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let listener = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+                listener.set_nonblocking(true).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut conns = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            let stop = stop.clone();
+                            // Threads inherit this thread's network namespace.
+                            conns.push(std::thread::spawn(move || {
+                                conn.set_nonblocking(false).unwrap();
+                                conn.set_read_timeout(Some(Duration::from_millis(100)))
+                                    .unwrap();
+                                let mut buf = [0u8; 4096];
+                                while !stop.load(Ordering::Relaxed) {
+                                    match conn.read(&mut buf) {
+                                        Ok(0) => return,
+                                        Ok(n) => {
+                                            if conn.write_all(&buf[..n]).is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Err(e)
+                                            if matches!(
+                                                e.kind(),
+                                                std::io::ErrorKind::WouldBlock
+                                                    | std::io::ErrorKind::TimedOut
+                                            ) => {}
+                                        Err(_) => return,
+                                    }
+                                }
+                            }));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+            }));
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("TCP echo server listening");
+        }
+        TcpEchoServers { stop, threads }
+    }
+}
+
+impl Drop for TcpEchoServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Progress of one established TCP connection echoing 64 bytes every [`PROBE_PERIOD`].
+#[derive(Default)]
+struct StreamState {
+    echoed: std::sync::atomic::AtomicU64,
+    /// Longest wait for an echo since the last [`TcpStreamProbe::take_gap`], in ms.
+    longest_gap_ms: std::sync::atomic::AtomicU64,
+    error: std::sync::Mutex<Option<String>>,
+}
+
+/// One long-lived TCP connection from a pod namespace, until dropped.
+struct TcpStreamProbe {
+    label: &'static str,
+    stop: Arc<AtomicBool>,
+    state: Arc<StreamState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpStreamProbe {
+    fn start(label: &'static str, netns: &str, target: SocketAddr) -> TcpStreamProbe {
+        use std::io::{Read, Write};
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(StreamState::default());
+        let path = format!("/run/netns/{netns}");
+        let (stop_t, state_t) = (stop.clone(), state.clone());
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let fail = |e: String| *state_t.error.lock().unwrap() = Some(e);
+            let mut conn =
+                match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)) {
+                    Ok(c) => c,
+                    Err(e) => return fail(format!("connect: {e}")),
+                };
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let out = [0x5au8; 64];
+            let mut back = [0u8; 64];
+            while !stop_t.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if let Err(e) = conn
+                    .write_all(&out)
+                    .and_then(|()| conn.read_exact(&mut back))
+                {
+                    let n = state_t.echoed.load(Ordering::Relaxed);
+                    return fail(format!("after {n} bytes: {e}"));
+                }
+                let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+                state_t.longest_gap_ms.fetch_max(ms, Ordering::Relaxed);
+                state_t.echoed.fetch_add(64, Ordering::Relaxed);
+                std::thread::sleep(PROBE_PERIOD);
+            }
+        });
+        TcpStreamProbe {
+            label,
+            stop,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    fn echoed(&self) -> u64 {
+        self.state.echoed.load(Ordering::Relaxed)
+    }
+
+    fn error(&self) -> Option<String> {
+        self.state.error.lock().unwrap().clone()
+    }
+
+    /// The longest wait for an echo since the last call.
+    fn take_gap(&self) -> Duration {
+        Duration::from_millis(self.state.longest_gap_ms.swap(0, Ordering::Relaxed))
+    }
+
+    /// Asserts the connection is alive and echoes more than `since` bytes now; returns the
+    /// count.
+    fn assert_flowing(&self, what: &str, since: u64) -> u64 {
+        let now = eventually(
+            &format!("{}: echoes after {what}", self.label),
+            Duration::from_secs(5),
+            || {
+                assert_eq!(self.error(), None, "{}: broken by {what}", self.label);
+                let n = self.echoed();
+                (n > since).then_some(n)
+            },
+        );
+        eprintln!(
+            "  TCP {}: alive after {what}, {now} bytes echoed, longest wait {:.0?}",
+            self.label,
+            self.take_gap()
+        );
+        now
+    }
+}
+
+impl Drop for TcpStreamProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Probes while `disrupt` runs, then for `settle` more; prints and returns the results.
 fn probe_through(
     what: &str,
@@ -1005,7 +1184,10 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     ] {
         m.push_str(&pod_manifest(ns, pod, node, &[("app", app)], &[]));
     }
-    m.push_str(&service_manifest(ns, "probe", "probe", ""));
+    m.push_str(&service_manifest(ns, "probe", "probe", "").replace(
+        "  ports:\n",
+        "  ports:\n  - name: tcp-echo\n    protocol: TCP\n    port: 7000\n    targetPort: 7000\n",
+    ));
     lab.apply(&m);
     let mut ip = std::collections::BTreeMap::new();
     for p in ["client", "s1", "s2", "s3"] {
@@ -1048,6 +1230,19 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
     reach_all(&client, "http", &format!("{}:8080", ip["s3"]), 1, &["s3"]);
 
+    // Established TCP connections through all restarts: pod to pod across nodes, and through
+    // the ClusterIP (to s1 or s2).
+    let _servers =
+        TcpEchoServers::start(&[info.pod_netns(ns, "s1"), info.pod_netns(ns, "s2")], 7000);
+    let streams = [
+        TcpStreamProbe::start("pod other node", &client, sock(&ip["s2"], 7000)),
+        TcpStreamProbe::start("ClusterIP", &client, sock(&vip, 7000)),
+    ];
+    let mut echoed: Vec<u64> = streams
+        .iter()
+        .map(|s| s.assert_flowing("the start", 0))
+        .collect();
+
     // Agent restart: no loss at all (the datapath does not depend on the agent process).
     let r = probe_through(
         "SIGKILL + restart of node1's agent",
@@ -1058,6 +1253,9 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     );
     for t in &r {
         assert_eq!(t.lost, 0, "agent restart lost requests: {t}");
+    }
+    for (s, n) in streams.iter().zip(echoed.iter_mut()) {
+        *n = s.assert_flowing("the agent restart", *n);
     }
     // A pod created after the restart works.
     lab.apply(&pod_manifest(ns, "late", "node1", &[], &[]));
@@ -1074,6 +1272,9 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     );
     for t in &r {
         assert_eq!(t.lost, 0, "proxy restart lost requests: {t}");
+    }
+    for (s, n) in streams.iter().zip(echoed.iter_mut()) {
+        *n = s.assert_flowing("the proxy restart", *n);
     }
 
     // ovs-vswitchd restart: every flow goes with it; service must come back within the bound.
@@ -1103,6 +1304,31 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
             "ovs-vswitchd restart: {t}, bound {OVS_RECOVERY_BOUND:?}"
         );
     }
+    // Established TCP across the vswitchd restart (the userspace datapath's conntrack table
+    // goes with the process; the connections must carry on after a pause within the bound).
+    for (s, n) in streams.iter().zip(&echoed) {
+        let survived = eventually(
+            "the TCP stream to echo or fail",
+            Duration::from_secs(15),
+            || {
+                if let Some(e) = s.error() {
+                    return Some(Err(e));
+                }
+                (s.echoed() > *n).then_some(Ok(s.echoed()))
+            },
+        );
+        let gap = s.take_gap();
+        eprintln!(
+            "  TCP {} across the ovs-vswitchd restart: {survived:?}, longest wait {gap:.0?}",
+            s.label
+        );
+        assert!(
+            survived.is_ok() && gap <= OVS_RECOVERY_BOUND,
+            "TCP {} across the ovs-vswitchd restart: {survived:?}, longest wait {gap:?}",
+            s.label
+        );
+    }
+    drop(streams);
     // The last seconds of the window were clean: recovered, not flapping.
     reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
     reach_all(&client, "http", &format!("{}:8080", ip["s2"]), 1, &["s2"]);
