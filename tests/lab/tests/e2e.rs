@@ -668,7 +668,7 @@ fn port_pods(lab: &Lab, node: &NodeInfo) -> Vec<String> {
 
 /// Runs the real CNI binary against node1's agent with `stdin` as the network configuration;
 /// returns (exit code, stdout JSON).
-fn cni_exec(lab: &Lab, node: &NodeInfo, stdin: &str) -> (Option<i32>, serde_json::Value) {
+fn cni_exec(node: &NodeInfo, stdin: &str) -> (Option<i32>, serde_json::Value) {
     use std::io::Write;
     let plugin = sibling_binary("switchyard", "switchyard-cni");
     let mut child = Command::new(&plugin)
@@ -694,7 +694,6 @@ fn cni_exec(lab: &Lab, node: &NodeInfo, stdin: &str) -> (Option<i32>, serde_json
         .write_all(stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let _ = lab;
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "CNI stdout is not JSON ({e}): {:?} / stderr {:?}",
@@ -781,7 +780,7 @@ fn step_bad_inputs_leave_the_lab_healthy(lab: &Lab) {
             2,
         ),
     ] {
-        let (status, json) = cni_exec(lab, &node1, &stdin);
+        let (status, json) = cni_exec(&node1, &stdin);
         assert_ne!(status, Some(0), "{what}: the plugin succeeded: {json}");
         assert_eq!(json["code"], code, "{what}: {json}");
         assert!(
@@ -1199,6 +1198,7 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     }
     let started = Instant::now();
     let lab = lab_up(3, &[]);
+    let diag = DiagnosticsOnPanic(&lab, "restarts and node removal");
     let ns = "e2e-restart";
     let mut m = namespace_manifest(ns);
     for (pod, node, app) in [
@@ -1249,7 +1249,6 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
             established: true,
         },
     ];
-    let _diag = DiagnosticsOnPanic(&lab, "restarts and node removal");
     reach_all(&client, "udp", &format!("{}:5353", ip["s1"]), 3, &["s1"]);
     reach_all(&client, "udp", &format!("{}:5353", ip["s2"]), 3, &["s2"]);
     reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
@@ -1393,7 +1392,7 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
         &["client"],
     );
     reach_all(&client, "udp", &format!("{vip}:53"), 10, &["s1", "s2"]);
-    drop(_diag);
+    drop(diag);
     eprintln!(
         "e2e_restarts_with_a_continuous_probe_then_node_removal: {:.1?}",
         started.elapsed()
