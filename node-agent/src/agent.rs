@@ -306,7 +306,8 @@ impl Agent {
         }
         let gw = gateway::ensure_gateway(&ovsdb, &host, &config, pod_cidr).await?;
         crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
-        let overlay = crate::overlay::Overlay::new(&config.node_name, openflow.clone());
+        let overlay =
+            crate::overlay::Overlay::new(&config.node_name, config.service_cidr, openflow.clone());
         let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
         let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config).await?;
 

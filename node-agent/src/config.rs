@@ -33,6 +33,12 @@ pub const DEFAULT_MTU: u32 = 1450;
 /// the node unless asked; 9465 collides with no usual node component
 /// (node-exporter 9100, kubelet 10250, Antrea agent 10350).
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9465";
+/// Default Service ClusterIP range: Kubernetes' default
+/// (`kube-apiserver --service-cluster-ip-range`, kubeadm's `serviceSubnet`).
+pub const DEFAULT_SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12) {
+    Ok(net) => net,
+    Err(_) => panic!("valid prefix"),
+};
 /// Smallest and largest MTU the agent accepts.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9216;
 /// Largest 802.1Q VLAN id.
@@ -235,6 +241,10 @@ pub struct Flags {
     /// Pod interface MTU [default: the MTU of the interface holding the node's InternalIP minus 50 (Geneve/VXLAN), else 1450].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
+    /// Service ClusterIP range the node routes to the service proxy through sy-gw0; must equal the
+    /// API server's --service-cluster-ip-range [default: 10.96.0.0/12].
+    #[arg(long, value_name = "CIDR")]
+    pub service_cidr: Option<Ipv4Net>,
     /// Encapsulation between nodes for overlay segments [default: geneve].
     #[arg(long, value_enum)]
     pub tunnel_type: Option<TunnelType>,
@@ -272,6 +282,8 @@ pub struct FileConfig {
     pub segments: Option<Vec<SegmentConfig>>,
     /// See [`Flags::mtu`].
     pub mtu: Option<u32>,
+    /// See [`Flags::service_cidr`].
+    pub service_cidr: Option<Ipv4Net>,
     /// See [`Flags::tunnel_type`].
     pub tunnel_type: Option<TunnelType>,
     /// See [`Flags::listen_address`].
@@ -334,6 +346,8 @@ pub struct AgentConfig {
     /// Whether `mtu` was configured; if not, the agent derives it from the
     /// underlay's MTU at start ([`DEFAULT_MTU`] until then).
     pub mtu_configured: bool,
+    /// Service ClusterIP range, routed from the node through the gateway.
+    pub service_cidr: Ipv4Net,
     /// Overlay encapsulation.
     pub tunnel_type: TunnelType,
     /// Metrics/health listen address.
@@ -424,6 +438,10 @@ impl AgentConfig {
             segments,
             mtu: flags.mtu.or(file.mtu).unwrap_or(DEFAULT_MTU),
             mtu_configured: flags.mtu.or(file.mtu).is_some(),
+            service_cidr: flags
+                .service_cidr
+                .or(file.service_cidr)
+                .unwrap_or(DEFAULT_SERVICE_CIDR),
             tunnel_type: flags.tunnel_type.or(file.tunnel_type).unwrap_or_default(),
             listen_address: flags
                 .listen_address
@@ -465,8 +483,21 @@ impl AgentConfig {
                 return Err(ConfigError::InvalidNetnsPrefix(prefix.clone()));
             }
         }
+        if self.service_cidr.trunc() != self.service_cidr {
+            return Err(ConfigError::ServiceCidrHostBits(self.service_cidr));
+        }
         if self.segments.is_empty() {
             return Err(ConfigError::NoSegments);
+        }
+        for seg in &self.segments {
+            let Some(subnet) = seg.subnet else { continue };
+            if subnet.contains(&self.service_cidr) || self.service_cidr.contains(&subnet) {
+                return Err(ConfigError::ServiceCidrOverlapsSegment {
+                    service_cidr: self.service_cidr,
+                    segment: seg.name.clone(),
+                    subnet,
+                });
+            }
         }
         let mut names = BTreeSet::new();
         let mut tags: Vec<(u16, &str)> = Vec::new();
@@ -638,6 +669,21 @@ pub enum ConfigError {
     /// Bad OVSDB endpoint.
     #[error("invalid ovsdb-endpoint {0:?}: expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")]
     InvalidOvsdbEndpoint(String),
+    /// The service CIDR has host bits set.
+    #[error("service-cidr {0} has host bits set: use {net}", net = .0.trunc())]
+    ServiceCidrHostBits(Ipv4Net),
+    /// The service CIDR overlaps a segment's subnet.
+    #[error(
+        "service-cidr {service_cidr} overlaps the subnet {subnet} of segment {segment:?}: the node routes the service CIDR to the service proxy, so pick ranges that do not overlap"
+    )]
+    ServiceCidrOverlapsSegment {
+        /// The service CIDR.
+        service_cidr: Ipv4Net,
+        /// The segment.
+        segment: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+    },
     /// MTU outside the accepted range.
     #[error("mtu {0} is out of range: use {min}..={max}", min = MTU_RANGE.start(), max = MTU_RANGE.end())]
     MtuOutOfRange(u32),
@@ -818,6 +864,7 @@ mod tests {
         );
         assert_eq!(cfg.default_segment, "default");
         assert_eq!(cfg.segments, vec![SegmentConfig::overlay("default")]);
+        assert_eq!(cfg.service_cidr.to_string(), "10.96.0.0/12");
         assert_eq!(cfg.mtu, 1450);
         assert_eq!(cfg.tunnel_type, TunnelType::Geneve);
         assert_eq!(cfg.listen_address.to_string(), "127.0.0.1:9465");
@@ -1074,6 +1121,34 @@ segments:
         );
         assert!(merge_err(&f, with(vec![])).contains("no segments configured"));
 
+        let err = merge_err(
+            &parse(&["--service-cidr", "10.96.0.1/16"]),
+            FileConfig::default(),
+        );
+        assert!(
+            err.contains("service-cidr 10.96.0.1/16 has host bits set: use 10.96.0.0/16"),
+            "{err}"
+        );
+        let err = merge_err(
+            &parse(&["--service-cidr", "10.16.0.0/12"]),
+            with(vec![
+                SegmentConfig::overlay("default"),
+                vlan_seg("blue", 100),
+            ]),
+        );
+        assert!(
+            err.contains(
+                "service-cidr 10.16.0.0/12 overlaps the subnet 10.20.0.0/24 of segment \"blue\""
+            ),
+            "{err}"
+        );
+        let cfg = AgentConfig::merge(
+            &parse(&["--service-cidr", "10.96.0.0/16"]),
+            FileConfig::from_yaml("service-cidr: 10.100.0.0/16\n", Path::new("f")).unwrap(),
+            Some("n1".into()),
+        )
+        .unwrap();
+        assert_eq!(cfg.service_cidr.to_string(), "10.96.0.0/16");
         let err = merge_err(&parse(&["--mtu", "100"]), FileConfig::default());
         assert!(err.contains("mtu 100 is out of range"), "{err}");
         let err = merge_err(
@@ -1108,6 +1183,7 @@ segments:
             "--segment",
             "--mtu",
             "--tunnel-type",
+            "--service-cidr",
             "--listen-address",
             "--netns-prefix",
         ] {

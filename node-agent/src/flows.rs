@@ -159,6 +159,16 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
         arp_reply_actions(gw.mac),
     ));
 
+    // ARP_RESPONDER: the node's next hop for the Service CIDR.
+    flows.push(with_actions(
+        f(table::ARP_RESPONDER, priority::SPECIFIC)
+            .matching(MatchField::eth_type(ETH_TYPE_ARP))
+            .matching(match_port_kind(PortKind::Gateway))
+            .matching(MatchField::arp_op(ARP_REQUEST))
+            .matching(MatchField::arp_tpa(crate::overlay::SERVICE_NEXT_HOP)),
+        arp_reply_actions(crate::overlay::NEXT_HOP_MAC),
+    ));
+
     // CONNTRACK: every IPv4 packet through the pod zone, replies un-NATed.
     flows.push(
         f(table::CONNTRACK, priority::NORMAL)

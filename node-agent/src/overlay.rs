@@ -24,6 +24,12 @@
 //!   come back through the tunnel to the node's gateway address and reach
 //!   the gateway port through L3_FORWARDING's miss flow.
 //!
+//! - The Service CIDR: the node routes it `via` [`SERVICE_NEXT_HOP`] `dev
+//!   sy-gw0 onlink` the same way (ARP answered by a base flow), so the
+//!   node's connections to ClusterIPs enter `br-int` from the gateway port
+//!   and meet the service proxy's flows; replies are un-DNATed in the pod
+//!   zone and go back to the gateway address through L3_FORWARDING's miss.
+//!
 //! Pod traffic between nodes never touches the node kernel, so it is never
 //! SNATed (see `egress`).
 
@@ -56,6 +62,11 @@ pub const TUNNEL_PORT: &str = "sy-tun0";
 /// MAC the node's next hop for remote pod CIDRs resolves to (answered by
 /// OVS; L3_FORWARDING rewrites both MACs, so it never leaves the node).
 pub const NEXT_HOP_MAC: MacAddr = MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+/// The fixed next hop the node routes the Service CIDR through
+/// (`via 169.254.169.253 dev sy-gw0 onlink`); OVS answers the node's ARP
+/// request for it with [`NEXT_HOP_MAC`] (a base flow). Link-local, so it is
+/// never a pod, Service or node address.
+pub const SERVICE_NEXT_HOP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 253);
 /// Bytes Geneve (without options) or VXLAN add to an inner Ethernet frame
 /// over IPv4: outer IPv4 20 + UDP 8 + tunnel header 8 + inner Ethernet 14.
 pub const ENCAP_OVERHEAD: u32 = 50;
@@ -292,6 +303,7 @@ struct State {
 #[derive(Debug)]
 pub struct Overlay {
     local_node: String,
+    service_cidr: Ipv4Net,
     openflow: OfConn,
     state: Mutex<State>,
     routes_changed: Notify,
@@ -324,10 +336,12 @@ impl ResyncGuard<'_> {
 }
 
 impl Overlay {
-    /// An overlay for the node `local_node` (never a remote node of itself).
-    pub fn new(local_node: &str, openflow: OfConn) -> Arc<Overlay> {
+    /// An overlay for the node `local_node` (never a remote node of itself),
+    /// which also routes `service_cidr` from the node to the bridge.
+    pub fn new(local_node: &str, service_cidr: Ipv4Net, openflow: OfConn) -> Arc<Overlay> {
         Arc::new(Overlay {
             local_node: local_node.to_string(),
+            service_cidr,
             openflow,
             state: Mutex::new(State::default()),
             routes_changed: Notify::new(),
@@ -485,8 +499,8 @@ impl Overlay {
         routes.abort();
     }
 
-    /// Re-applies the routes whenever nodes change, after a resync, and
-    /// every [`ROUTE_REFRESH`].
+    /// Re-applies the routes (remote pod CIDRs and the Service CIDR)
+    /// whenever nodes change, after a resync, and every [`ROUTE_REFRESH`].
     async fn keep_routes(self: Arc<Self>) {
         let netlink = match Netlink::current() {
             Ok(n) => n,
@@ -502,6 +516,7 @@ impl Overlay {
                 .await
                 .values()
                 .map(|n| (n.pod_cidr, n.next_hop()))
+                .chain([(self.service_cidr, SERVICE_NEXT_HOP)])
                 .collect();
             match sync_routes(&netlink, &wanted, &installed).await {
                 Ok(()) => installed = wanted,

@@ -71,6 +71,12 @@
 //!   (101 for the gateway: the key is [`TUNNEL_KEY_FROM_GATEWAY`]) and loads
 //!   reg1 = [`ofport::TUNNEL`]; ARP_RESPONDER answers the node's request for
 //!   that CIDR's first address (the node's next hop) with a fixed MAC.
+//! - ARP_RESPONDER (base flow): the node routes the Service CIDR (agent
+//!   `service-cidr`) `via 169.254.169.253 dev sy-gw0 onlink`; its ARP request
+//!   for that next hop gets the same fixed MAC, so the node's connections to
+//!   ClusterIPs enter from the gateway port ([`PortKind::Gateway`]) and meet
+//!   the proxy's tables; replies are un-DNATed in [`zone::POD`] and reach the
+//!   gateway through L3_FORWARDING's miss.
 //!   Per `vlan` segment VLAN V (250): reg5=V from a pod or the uplink is
 //!   switched (straight to L2_FORWARDING), not routed.
 //! - L2_FORWARDING: a pod's MAC with reg0=Tunnel or Uplink and reg5 = its

@@ -213,7 +213,8 @@ pub fn agent_config_yaml(
          bridge: br-int\n\
          datapath-type: netdev\n\
          cni-socket: {sock}\n\
-         listen-address: 127.0.0.1:9465\n{segments}",
+         listen-address: 127.0.0.1:9465\n\
+         service-cidr: 10.96.0.0/16\n{segments}",
         name = node.name,
         kubeconfig = state.kubeconfig().display(),
         db = state.ovsdb_socket(&node.name).display(),
@@ -387,7 +388,8 @@ mod tests {
              bridge: br-int\n\
              datapath-type: netdev\n\
              cni-socket: /run/sl/nodes/node1/cni.sock\n\
-                 listen-address: 127.0.0.1:9465\n"
+             listen-address: 127.0.0.1:9465\n\
+             service-cidr: 10.96.0.0/16\n"
         );
         assert_eq!(
             agent_args(Path::new("/run/sl/nodes/node1/agent.yaml")),
