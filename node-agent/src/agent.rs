@@ -20,7 +20,7 @@ use netlink_packet_route::link::LinkAttribute;
 use switchyard_cni::{
     CniError, CniHandler, CniRequest, CniResult, ErrorCode, Interface, IpConfig, Route,
 };
-use switchyard_ovs::openflow::{FlowMod, FlowStatsRequest};
+use switchyard_ovs::openflow::{self, FlowMod, FlowStatsRequest};
 use switchyard_ovs::ovsdb::{self, PortSpec};
 use switchyard_ovs::pipeline::{self, Cookie, Owner};
 use tokio::sync::watch;
@@ -37,7 +37,6 @@ use crate::keylock::KeyLocks;
 use crate::mac::MacAddr;
 use crate::metrics::{self, HttpState, Metrics, ResultLabel};
 use crate::netns::{self, Netlink, Netns, NetnsError, NetnsPolicy, PodInterfaceSpec};
-use crate::ofconn::OfConn;
 use crate::segment;
 
 /// Name of the pool of overlay segments (the node's pod CIDR).
@@ -105,7 +104,7 @@ fn ovs_err(what: &str, e: impl std::fmt::Display) -> CniError {
 struct Shared {
     config: AgentConfig,
     ovsdb: ovsdb::Client,
-    openflow: OfConn,
+    openflow: openflow::Client,
     api: ApiClient,
     host: Netlink,
     pod_cidr: Ipv4Net,
@@ -210,10 +209,25 @@ async fn connect_ovsdb(endpoint: &str) -> ovsdb::Client {
     }
 }
 
-async fn connect_openflow(config: &AgentConfig) -> OfConn {
+/// Settings of the OpenFlow connection: a short reconnect backoff, so the
+/// flows are back soon after ovs-vswitchd restarts (the agent replays them on
+/// every new connection generation, see `watch_reconnects`).
+fn openflow_config(config: &AgentConfig) -> openflow::ClientConfig {
+    openflow::ClientConfig {
+        request_timeout: Duration::from_secs(30),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(250),
+        ..openflow::ClientConfig::for_bridge(&config.ovs_rundir, &config.bridge)
+    }
+}
+
+/// Connects to the bridge's OpenFlow socket, retrying until ovs-vswitchd is
+/// there (the client needs its first attempt to succeed; it reconnects by
+/// itself afterwards).
+async fn connect_openflow(config: &AgentConfig) -> openflow::Client {
     let mut attempt = 0u32;
     loop {
-        match OfConn::connect_bridge(&config.ovs_rundir, &config.bridge).await {
+        match openflow::Client::connect(openflow_config(config)).await {
             Ok(c) => return c,
             Err(e) => {
                 attempt += 1;

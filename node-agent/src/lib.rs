@@ -16,7 +16,6 @@ pub mod keylock;
 pub mod mac;
 pub mod metrics;
 pub mod netns;
-pub mod ofconn;
 pub mod overlay;
 pub mod segment;
 pub mod uplink;

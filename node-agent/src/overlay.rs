@@ -43,7 +43,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::watcher;
-use switchyard_ovs::openflow::{Action, Field, Flow, FlowMod, MatchField, SubField};
+use switchyard_ovs::openflow::{self, Action, Field, Flow, FlowMod, MatchField, SubField};
 use switchyard_ovs::ovsdb::{self, PortSpec};
 use switchyard_ovs::pipeline::{
     Cookie, Owner, PortKind, TUNNEL_KEY_FROM_GATEWAY, cookie_object, ofport, reg, table,
@@ -55,7 +55,6 @@ use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, priority};
 use crate::gateway::{GATEWAY_PORT, OFPORT_TIMEOUT};
 use crate::mac::MacAddr;
 use crate::netns::Netlink;
-use crate::ofconn::{OfConn, OfError};
 
 /// Name of the flow-based tunnel port on the bridge.
 pub const TUNNEL_PORT: &str = "sy-tun0";
@@ -100,7 +99,7 @@ pub enum OverlayError {
     },
     /// Installing flows failed.
     #[error("installing overlay flows: {0}")]
-    Flows(#[from] OfError),
+    Flows(#[from] openflow::Error),
     /// A route could not be changed.
     #[error("{what}: {source}")]
     Route {
@@ -304,7 +303,7 @@ struct State {
 pub struct Overlay {
     local_node: String,
     service_cidr: Ipv4Net,
-    openflow: OfConn,
+    openflow: openflow::Client,
     state: Mutex<State>,
     routes_changed: Notify,
 }
@@ -338,7 +337,11 @@ impl ResyncGuard<'_> {
 impl Overlay {
     /// An overlay for the node `local_node` (never a remote node of itself),
     /// which also routes `service_cidr` from the node to the bridge.
-    pub fn new(local_node: &str, service_cidr: Ipv4Net, openflow: OfConn) -> Arc<Overlay> {
+    pub fn new(
+        local_node: &str,
+        service_cidr: Ipv4Net,
+        openflow: openflow::Client,
+    ) -> Arc<Overlay> {
         Arc::new(Overlay {
             local_node: local_node.to_string(),
             service_cidr,
@@ -369,7 +372,10 @@ impl Overlay {
 
     /// Makes the installed remote nodes equal `desired`, changing only the
     /// flows of nodes that were added, changed or removed (one bundle).
-    pub async fn apply(&self, mut desired: BTreeMap<String, RemoteNode>) -> Result<(), OfError> {
+    pub async fn apply(
+        &self,
+        mut desired: BTreeMap<String, RemoteNode>,
+    ) -> Result<(), openflow::Error> {
         desired.remove(&self.local_node);
         let mut state = self.state.lock().await;
         let generation = state.generation;
