@@ -700,7 +700,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         mods.extend(
-            crate::uplink::uplink_flows(next, &uplinks)
+            crate::uplink::uplink_flows(next, &uplinks, self.gateway().ip)
                 .into_iter()
                 .map(FlowMod::add),
         );

@@ -169,6 +169,49 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
         arp_reply_actions(crate::overlay::NEXT_HOP_MAC),
     ));
 
+    // CONNTRACK: packets to the gateway address first go through the
+    // gateway SNAT zone (replies of vlan-segment pods' Service connections
+    // get their pod address back there, see `uplink`), once.
+    let unsnat_bit = 1u32 << reg::GATEWAY_UNSNAT_BIT;
+    flows.push(
+        f(table::CONNTRACK, priority::SPECIFIC)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(gw.ip, 32))
+            .matching(MatchField::reg_masked(reg::MARKS, 0, unsnat_bit))
+            .action(Action::load(
+                SubField::bits(
+                    Field::Reg(reg::MARKS),
+                    u16::from(reg::GATEWAY_UNSNAT_BIT),
+                    u16::from(reg::GATEWAY_UNSNAT_BIT),
+                ),
+                1,
+            ))
+            .action(Action::Ct(Ct {
+                zone: CtZone::Immediate(zone::GATEWAY_SNAT),
+                table: Some(table::CONNTRACK),
+                nat: Some(Nat::existing()),
+                ..Ct::default()
+            })),
+    );
+    // Such a reply continues as the gateway's traffic (it reaches the pod
+    // of any segment) through the pod zone.
+    flows.push(
+        f(table::CONNTRACK, priority::EXCEPTION)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::reg_masked(reg::MARKS, unsnat_bit, unsnat_bit))
+            .matching(MatchField::ct_state(
+                ct_state::TRK | ct_state::EST | ct_state::RPL,
+                ct_state::TRK | ct_state::EST | ct_state::RPL,
+            ))
+            .action(set_port_kind(PortKind::Gateway))
+            .action(Action::Ct(Ct {
+                zone: CtZone::Immediate(zone::POD),
+                table: Some(table::CONNTRACK_STATE),
+                nat: Some(Nat::existing()),
+                ..Ct::default()
+            })),
+    );
+
     // CONNTRACK: every IPv4 packet through the pod zone, replies un-NATed.
     flows.push(
         f(table::CONNTRACK, priority::NORMAL)
@@ -391,6 +434,26 @@ mod tests {
         assert!(text[0].starts_with("table=0,"), "{}", text[0]);
         assert!(text[0].contains("in_port=7"), "{}", text[0]);
         assert!(text[6].contains("reg5=0x64"), "{}", text[6]);
+    }
+
+    #[test]
+    fn gateway_unsnat_and_service_next_hop_flows_golden() {
+        let text: Vec<String> = base_flows(1, &gw())
+            .iter()
+            .map(ToString::to_string)
+            .filter(|l| {
+                l.starts_with("table=20,") && !l.contains("priority=100")
+                    || l.contains("169.254.169.253")
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "table=15,cookie=0x5359010100000000,priority=200,arp,reg0=0x2/0xf,arp_op=1,arp_tpa=169.254.169.253 actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:aa:bb:cc:dd:ee:ff->dl_src,set_field:2->arp_op,move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],set_field:aa:bb:cc:dd:ee:ff->arp_sha,move:NXM_OF_ARP_TPA[]->NXM_NX_REG2[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],move:NXM_NX_REG2[]->NXM_OF_ARP_SPA[],IN_PORT",
+                "table=20,cookie=0x5359010100000000,priority=200,ip,nw_dst=10.244.0.1,reg0=0x0/0x10 actions=set_field:0x10/0x10->reg0,ct(table=20,zone=65523,nat)",
+                "table=20,cookie=0x5359010100000000,priority=210,ip,reg0=0x10/0x10,ct_state=+est+rpl+trk actions=set_field:0x2/0xf->reg0,ct(table=21,zone=65520,nat)",
+            ]
+        );
     }
 
     #[test]

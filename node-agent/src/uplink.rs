@@ -23,7 +23,14 @@
 //!   every other ARP of the segment goes to L2_FORWARDING, not to the
 //!   overlay's "everything is the node gateway" answer.
 //! - L3_FORWARDING (250), per VLAN: the segment's IPv4 is switched, not
-//!   routed: straight to L2_FORWARDING, MACs untouched.
+//!   routed: straight to L2_FORWARDING, MACs untouched. (260) A Service
+//!   connection of a pod of the segment (the proxy DNATed it: `ct_mark`
+//!   SERVICE, not a reply) is instead marked [`PortKind::Gateway`], SNATed
+//!   to the node's gateway address in [`zone::GATEWAY_SNAT`] and routed
+//!   again like the node's own traffic (any local pod, or the tunnel with the
+//!   gateway key); the replies, addressed to the gateway address, are
+//!   un-SNATed in CONNTRACK (base flows in `flows`) and delivered as the
+//!   gateway's traffic.
 //! - L2_FORWARDING: a local pod's MAC from the uplink with its VLAN (200,
 //!   per pod); anything else from a pod of the segment goes to the uplink
 //!   (100, per VLAN), where the fabric switches or routes it.
@@ -33,10 +40,15 @@
 //! matches reg5, and only the fabric routes between VLANs.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 
-use switchyard_ovs::openflow::{Action, Field, Flow, MatchField, SubField, port};
+use switchyard_ovs::openflow::{
+    Action, Ct, CtZone, Field, Flow, MatchField, Nat, SubField, ct_state, port,
+};
 use switchyard_ovs::ovsdb::{self, PortSpec};
-use switchyard_ovs::pipeline::{Cookie, Owner, PortKind, cookie_object, ofport, reg, table};
+use switchyard_ovs::pipeline::{
+    Cookie, Owner, PortKind, cookie_object, ct_mark, ofport, reg, table, zone,
+};
 
 use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
 use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, priority};
@@ -47,6 +59,8 @@ use crate::gateway::OFPORT_TIMEOUT;
 const ARP_TO_L2: u16 = priority::NORMAL + 1;
 /// Priority of the per-VLAN L3 bypass (above per-pod routing at 200).
 const SWITCHED: u16 = 250;
+/// Priority of the per-VLAN routing of Service connections (above the bypass).
+const SERVICE_FROM_SEGMENT: u16 = 260;
 
 /// Why an uplink could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +176,7 @@ fn load_reg(n: u8, value: u32) -> Action {
 
 /// The flows of every uplink and its VLANs (cookie object
 /// [`cookie_object::UPLINK`]).
-pub fn uplink_flows(generation: u8, uplinks: &[Uplink]) -> Vec<Flow> {
+pub fn uplink_flows(generation: u8, uplinks: &[Uplink], gateway_ip: Ipv4Addr) -> Vec<Flow> {
     let c = cookie(generation, cookie_object::UPLINK);
     let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
     let mut out = Vec::new();
@@ -198,6 +212,50 @@ pub fn uplink_flows(generation: u8, uplinks: &[Uplink]) -> Vec<Flow> {
                         .matching(flows::match_port_kind(kind))
                         .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
                         .action(Action::GotoTable(table::L2_FORWARDING)),
+                );
+            }
+            // A Service connection of a pod of the segment (the proxy has
+            // DNATed it, ct_mark SERVICE): routed as the node's own traffic,
+            // SNATed to the gateway address so the endpoint's replies come
+            // back here (un-SNAT in CONNTRACK, see `flows`).
+            for (state, ct) in [
+                (
+                    ct_state::NEW,
+                    Ct {
+                        commit: true,
+                        zone: CtZone::Immediate(zone::GATEWAY_SNAT),
+                        table: Some(table::L3_FORWARDING),
+                        nat: Some(Nat::src(IpAddr::V4(gateway_ip), None)),
+                        exec: vec![Action::set_field(
+                            Field::CtMark,
+                            u128::from(ct_mark::SERVICE),
+                        )],
+                        ..Ct::default()
+                    },
+                ),
+                (
+                    0,
+                    Ct {
+                        zone: CtZone::Immediate(zone::GATEWAY_SNAT),
+                        table: Some(table::L3_FORWARDING),
+                        nat: Some(Nat::existing()),
+                        ..Ct::default()
+                    },
+                ),
+            ] {
+                out.push(
+                    f(table::L3_FORWARDING, SERVICE_FROM_SEGMENT)
+                        .matching(MatchField::eth_type(ETH_TYPE_IP))
+                        .matching(flows::match_port_kind(PortKind::Pod))
+                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                        .matching(MatchField::ct_state(
+                            state | ct_state::TRK,
+                            ct_state::NEW | ct_state::TRK | ct_state::RPL,
+                        ))
+                        .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
+                        .action(flows::set_port_kind(PortKind::Gateway))
+                        .action(load_reg(reg::SEGMENT_VLAN, 0))
+                        .action(Action::Ct(ct)),
                 );
             }
             out.push(
@@ -279,11 +337,11 @@ mod tests {
 
     #[test]
     fn uplink_flows_golden() {
-        let text: Vec<String> = uplink_flows(2, &[uplink()])
+        let text: Vec<String> = uplink_flows(2, &[uplink()], "10.244.0.1".parse().unwrap())
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(text.len(), 2 * 8, "{text:#?}");
+        assert_eq!(text.len(), 2 * 10, "{text:#?}");
         for line in &text {
             assert!(line.contains("cookie=0x5359010200030000"), "{line}");
         }
@@ -299,6 +357,17 @@ mod tests {
         assert!(out.contains("reg5=0x64"), "{out}");
         assert!(out.contains("push_vlan:0x8100"), "{out}");
         assert!(out.contains("output:3"), "{out}");
+        let services: Vec<&String> = text
+            .iter()
+            .filter(|l| l.contains("priority=260") && l.contains("reg5=0x64"))
+            .collect();
+        assert_eq!(
+            services,
+            [
+                "table=40,cookie=0x5359010200030000,priority=260,ip,reg0=0x3/0xf,reg5=0x64,ct_state=+new-rpl+trk,ct_mark=0x1/0x1 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,ct(commit,table=40,zone=65523,nat(src=10.244.0.1),exec(set_field:0x1->ct_mark))",
+                "table=40,cookie=0x5359010200030000,priority=260,ip,reg0=0x3/0xf,reg5=0x64,ct_state=-new-rpl+trk,ct_mark=0x1/0x1 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,ct(table=40,zone=65523,nat)",
+            ]
+        );
     }
 
     #[test]

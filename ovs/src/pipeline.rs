@@ -78,7 +78,14 @@
 //!   the proxy's tables; replies are un-DNATed in [`zone::POD`] and reach the
 //!   gateway through L3_FORWARDING's miss.
 //!   Per `vlan` segment VLAN V (250): reg5=V from a pod or the uplink is
-//!   switched (straight to L2_FORWARDING), not routed.
+//!   switched (straight to L2_FORWARDING), not routed; (260) a pod's
+//!   Service connection there (`ct_mark` [`ct_mark::SERVICE`], not a reply)
+//!   is marked [`PortKind::Gateway`], SNATed to the node's gateway address in
+//!   [`zone::GATEWAY_SNAT`] and routed again from L3_FORWARDING.
+//! - CONNTRACK: a packet to the node's gateway address goes once
+//!   ([`reg::GATEWAY_UNSNAT_BIT`]) through [`zone::GATEWAY_SNAT`] first; an
+//!   established reply there (200/210) is un-SNATed to the `vlan` pod's
+//!   address and continues as [`PortKind::Gateway`] in [`zone::POD`].
 //! - L2_FORWARDING: a pod's MAC with reg0=Tunnel or Uplink and reg5 = its
 //!   VLAN loads reg1 (200, per pod); per `vlan` segment, anything else from
 //!   its pods goes to the uplink (100).
@@ -151,6 +158,9 @@ pub mod reg {
     pub const MARKS: u8 = 0;
     /// Bit range of the port kind in [`MARKS`].
     pub const PORT_KIND_BITS: (u8, u8) = (0, 3);
+    /// Bit of [`MARKS`] set once a packet to the gateway address went
+    /// through [`super::zone::GATEWAY_SNAT`] (un-SNAT of replies).
+    pub const GATEWAY_UNSNAT_BIT: u8 = 4;
     /// reg1: output port chosen by L2 forwarding.
     pub const OUTPUT_PORT: u8 = 1;
     /// reg2: scratch space within the actions of one flow (the ARP
@@ -206,6 +216,9 @@ pub mod zone {
     pub const SNAT: u16 = 0xfff1;
     /// Zone of the proxy's hairpin SNAT to [`super::HAIRPIN_SNAT_IP`].
     pub const HAIRPIN: u16 = 0xfff2;
+    /// Zone where the agent SNATs `vlan`-segment pods' Service connections
+    /// to the node's gateway address (so replies come back through OVS).
+    pub const GATEWAY_SNAT: u16 = 0xfff3;
 }
 
 /// `ct_mark` bits.
