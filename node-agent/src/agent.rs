@@ -359,6 +359,8 @@ impl Agent {
             ready: ready.clone(),
             metrics,
         });
+        // Remote nodes first: the first resync then carries their flows.
+        shared.overlay.seed(shared.api.client()).await;
         shared
             .reconcile(false)
             .await

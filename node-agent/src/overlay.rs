@@ -351,6 +351,29 @@ impl Overlay {
         })
     }
 
+    /// Learns the remote nodes from one Node list before the agent's first
+    /// full flow resync, so that a restarted agent installs its new flow
+    /// generation with the overlay flows already in it. Without this, the
+    /// resync deletes the previous generation (and with it every path to the
+    /// other nodes) until the Node watch catches up a few milliseconds later.
+    /// A failed list is logged and left to the watch.
+    pub async fn seed(&self, client: kube::Client) {
+        let nodes = match Api::<Node>::all(client).list(&Default::default()).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing Nodes before the first resync failed; the watch will add them");
+                return;
+            }
+        };
+        let desired: BTreeMap<String, RemoteNode> = nodes
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.clone()?, remote_node(n)?)))
+            .collect();
+        if let Err(e) = self.apply(desired).await {
+            tracing::warn!(error = %e, "recording remote nodes failed; the watch will add them");
+        }
+    }
+
     /// Locks the overlay for a full flow resync.
     pub async fn lock_for_resync(&self) -> ResyncGuard<'_> {
         ResyncGuard {

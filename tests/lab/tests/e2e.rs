@@ -629,7 +629,6 @@ fn step_cluster_ip_from_vlan_segment_pods(lab: &Lab) {
 
 /// ClusterIP from the nodes themselves (kube-proxy serves host-network clients).
 #[test]
-#[ignore = "needs the node's service-CIDR route into br-int (agent work in progress)"]
 fn e2e_cluster_ip_from_nodes() {
     if !privileged("e2e_cluster_ip_from_nodes") {
         return;
@@ -643,7 +642,6 @@ fn e2e_cluster_ip_from_nodes() {
 
 /// ClusterIP from `vlan`-segment pods.
 #[test]
-#[ignore = "needs ClusterIP handling for vlan-segment ports (their gateway is the fabric)"]
 fn e2e_cluster_ip_from_vlan_segment_pods() {
     if !privileged("e2e_cluster_ip_from_vlan_segment_pods") {
         return;
