@@ -211,27 +211,6 @@ fn cluster_ip(lab: &Lab, namespace: &str, service: &str) -> String {
     )
 }
 
-/// `switchyard-lab echo-client` from `netns`: the answer of each request (`-` for none).
-fn echo_client(netns: &str, proto: &str, target: &str, count: u32) -> Vec<String> {
-    let out = in_netns(
-        netns,
-        &[
-            LAB,
-            "echo-client",
-            &format!("--{proto}"),
-            target,
-            "--count",
-            &count.to_string(),
-            "--timeout",
-            "2",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Polls until every one of `count` requests from `netns` to `target` is answered, each answer
 /// in `expect`; returns the answers.
 fn reach_all(netns: &str, proto: &str, target: &str, count: u32, expect: &[&str]) -> Vec<String> {

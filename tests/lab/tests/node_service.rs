@@ -26,27 +26,6 @@ fn vlan_pod_manifest(namespace: &str, name: &str, node: &str, segment: &str) -> 
     )
 }
 
-/// `switchyard-lab echo-client` from `netns`: the answer of each request (`-` for none).
-fn echo_client(netns: &str, proto: &str, target: &str, count: u32) -> Vec<String> {
-    let out = in_netns(
-        netns,
-        &[
-            LAB,
-            "echo-client",
-            &format!("--{proto}"),
-            target,
-            "--count",
-            &count.to_string(),
-            "--timeout",
-            "2",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Creates pods `near` (node1) and `far` (node2) behind Service `both` (plus `extra`
 /// manifests) in `ns`, waits for them; returns the ClusterIP.
 fn backends_and_service(lab: &Lab, ns: &str, extra: &str) -> String {

@@ -267,3 +267,24 @@ pub fn in_netns(netns: &str, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// `switchyard-lab echo-client` from `netns`: the answer of each request (`-` for none).
+pub fn echo_client(netns: &str, proto: &str, target: &str, count: u32) -> Vec<String> {
+    let out = in_netns(
+        netns,
+        &[
+            LAB,
+            "echo-client",
+            &format!("--{proto}"),
+            target,
+            "--count",
+            &count.to_string(),
+            "--timeout",
+            "2",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
