@@ -1,11 +1,9 @@
 //! The DaemonSet starts the binaries with flags and a config file their own
 //! parsers accept, and the probes, mounts and sockets agree with that
 //! configuration. The agent's flags and config file go through
-//! `switchyard_agent::config`; the proxy's flags are private to its binary,
-//! so its argv is given to the real `switchyard-proxy` with `--help`
-//! appended: clap parses and type-checks every argument before it acts on
-//! `--help`, so exit status 0 means the arguments are valid (and a misspelled
-//! flag or a bad value exits 2, as the negative case below shows).
+//! `switchyard_agent::config`, the proxy's flags through
+//! `switchyard_proxy::config::Flags` (the parser the `switchyard-proxy`
+//! binary runs).
 
 mod common;
 
@@ -13,11 +11,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::Parser;
-use common::{argv, container, manifest, mounted_at, object, pod_spec, workspace_binary};
+use clap::{CommandFactory, Parser};
+use common::{argv, container, manifest, mounted_at, object, pod_spec};
 use serde_json::Value;
 use switchyard_agent::config::{AgentConfig, FileConfig, Flags};
 use switchyard_deploy::{AGENT_CONFIG_KEY, CONFIG_MAP, CONFLIST_KEY, Variant};
+use switchyard_proxy::config::Flags as ProxyFlags;
 
 fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
     c["env"].as_array()?.iter().find(|e| e["name"] == name)
@@ -128,70 +127,80 @@ fn host_path(docs: &[Value], volume: &str) -> PathBuf {
     PathBuf::from(v["hostPath"]["path"].as_str().expect("a hostPath volume"))
 }
 
-/// Runs `switchyard-proxy ARGS --help`; Ok(help) when clap accepted ARGS.
-fn proxy_accepts(args: &[String]) -> Result<String, String> {
-    let bin = workspace_binary("switchyard-proxy", "switchyard-proxy");
-    let out = Command::new(bin)
-        .args(args)
-        .arg("--help")
-        .env_remove("NODE_NAME")
-        .env_remove("KUBECONFIG")
-        .env_remove("OVS_RUNDIR")
-        .output()
-        .expect("running switchyard-proxy");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!("exit {:?}: {stderr}", out.status.code()))
-    }
+/// The node name the tests stand in for `$NODE_NAME` (= `spec.nodeName`).
+const NODE: &str = "node-1";
+
+/// The proxy's flags from `args` (argv without the program name), with
+/// `--node-name` standing in for `$NODE_NAME`, which the DaemonSet sets.
+fn proxy_flags(args: &[String]) -> Result<ProxyFlags, clap::Error> {
+    ProxyFlags::try_parse_from(
+        std::iter::once("switchyard-proxy".to_string())
+            .chain(args.iter().cloned())
+            .chain([format!("--node-name={NODE}")]),
+    )
 }
 
 #[test]
 fn proxy_accepts_the_daemonset_flags() {
+    // --node-name is required and read from $NODE_NAME when not given.
+    let node_name = ProxyFlags::command()
+        .get_arguments()
+        .find(|a| a.get_id() == "node_name")
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned());
+    assert_eq!(node_name.as_deref(), Some("NODE_NAME"));
     for variant in Variant::ALL {
         let docs = manifest(variant);
         let proxy = container(&docs, "proxy");
         let args = argv(proxy);
         assert!(args[0].ends_with("/switchyard-proxy"));
-        let help = proxy_accepts(&args[1..]).unwrap_or_else(|e| panic!("{e}"));
-        // --node-name is required; the DaemonSet gives it through $NODE_NAME.
-        assert!(help.contains("[env: NODE_NAME"), "{help}");
+        // The DaemonSet gives the node name through $NODE_NAME only.
+        assert!(
+            !args.iter().any(|a| a.starts_with("--node-name")),
+            "{args:?}"
+        );
         assert_eq!(
             env_value(proxy, "NODE_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
             "spec.nodeName"
         );
-        let metrics: SocketAddr = args
-            .iter()
-            .find_map(|a| a.strip_prefix("--metrics-address="))
-            .expect("--metrics-address given")
-            .parse()
-            .unwrap();
+        let flags = proxy_flags(&args[1..]).unwrap_or_else(|e| panic!("{variant:?}: {e}"));
+        assert_eq!(flags.node_name, NODE);
         for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-            assert_eq!(probe_addr(&proxy[probe]), metrics, "proxy {probe}");
+            assert_eq!(
+                probe_addr(&proxy[probe]),
+                flags.metrics_address,
+                "proxy {probe}"
+            );
             assert_eq!(proxy[probe]["httpGet"]["path"], "/healthz");
         }
         // Same OVS run dir and bridge as the agent.
         let config = agent_config(&docs);
-        assert!(args.contains(&format!("--ovs-rundir={}", config.ovs_rundir.display())));
-        assert!(args.contains(&format!("--bridge={}", config.bridge)));
-        let (volume, _) = mounted_at(proxy, &format!("{}/x.mgmt", config.ovs_rundir.display()))
+        assert_eq!(flags.ovs_rundir, config.ovs_rundir);
+        assert_eq!(flags.bridge, config.bridge);
+        let (volume, _) = mounted_at(proxy, &format!("{}/x.mgmt", flags.ovs_rundir.display()))
             .expect("proxy mounts the OVS run dir");
         assert_eq!(volume, "ovs-run");
         // The two metrics endpoints do not collide.
-        assert_ne!(metrics.port(), config.listen_address.port());
+        assert_ne!(flags.metrics_address.port(), config.listen_address.port());
     }
 }
 
 #[test]
 fn proxy_flag_check_rejects_bad_flags() {
-    let err = proxy_accepts(&["--metrics-adress=127.0.0.1:1".to_string()]).unwrap_err();
-    assert!(err.contains("--metrics-adress"), "{err}");
-    let err = proxy_accepts(&["--metrics-address=nowhere".to_string()]).unwrap_err();
-    assert!(err.contains("nowhere"), "{err}");
-    let err = proxy_accepts(&["--resync-period=-1".to_string()]).unwrap_err();
-    assert!(err.contains("resync-period"), "{err}");
+    let err = proxy_flags(&["--metrics-adress=127.0.0.1:1".to_string()]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    assert!(err.to_string().contains("--metrics-adress"), "{err}");
+    let err = proxy_flags(&["--metrics-address=nowhere".to_string()]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    assert!(err.to_string().contains("nowhere"), "{err}");
+    let err = proxy_flags(&["--resync-period=-1".to_string()]).unwrap_err();
+    assert!(err.to_string().contains("resync-period"), "{err}");
+    // And the check itself passes good flags.
+    let flags = proxy_flags(&["--metrics-address=127.0.0.1:1".to_string()]).unwrap();
+    assert_eq!(
+        flags.metrics_address,
+        "127.0.0.1:1".parse::<SocketAddr>().unwrap()
+    );
 }
 
 #[test]

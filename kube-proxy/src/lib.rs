@@ -9,9 +9,10 @@
 //! (or a whole state) into flow and group mods, and [`switch`] sends them to
 //! `br-int` in atomic bundles, answers rejects ([`reject`]) and flushes
 //! stale UDP conntrack entries ([`conntrack`]); [`metrics`] serves
-//! `/metrics` and `/healthz`.
+//! `/metrics` and `/healthz`; [`config`] is the binary's command line.
 
 pub mod cluster_cache;
+pub mod config;
 pub mod conntrack;
 pub mod diff;
 pub mod fixtures;

@@ -1,8 +1,6 @@
 //! switchyard-proxy: watches Services and EndpointSlices and programs the
 //! service tables of `br-int` over OpenFlow (see the library docs).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,40 +9,11 @@ use anyhow::Context;
 use clap::Parser;
 use switchyard_ovs::openflow::{Client, ClientConfig};
 use switchyard_ovs::pipeline::group as group_ids;
+use switchyard_proxy::config::Flags;
 use switchyard_proxy::conntrack::ConntrackFlusher;
 use switchyard_proxy::metrics::{self, HttpState, Metrics};
 use switchyard_proxy::switch::{self, SwitchWriter};
 use switchyard_proxy::{GroupIdAllocator, WatchConfig, watch};
-
-/// Switchyard service proxy: ClusterIP load balancing in OVS.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Flags {
-    /// This node's name, as EndpointSlices name it.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
-    /// kubeconfig file; default: in-cluster config or $KUBECONFIG / ~/.kube/config.
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-    /// OVS run directory holding `<bridge>.mgmt`.
-    #[arg(long, env = "OVS_RUNDIR", default_value = "/var/run/openvswitch")]
-    ovs_rundir: PathBuf,
-    /// The integration bridge.
-    #[arg(long, default_value = "br-int")]
-    bridge: String,
-    /// Address serving /metrics and /healthz.
-    #[arg(long, default_value = "127.0.0.1:10249")]
-    metrics_address: SocketAddr,
-    /// Full resync period in seconds (0 = never; start and reconnects still resync).
-    #[arg(long, default_value_t = 300)]
-    resync_period: u64,
-    /// Debounce window for bursts of API changes, in milliseconds.
-    #[arg(long, default_value_t = 50)]
-    debounce_ms: u64,
-    /// Most ICMP rejects sent per second for Services without endpoints.
-    #[arg(long, default_value_t = 1000)]
-    reject_rate: u32,
-}
 
 async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
     let config = match &flags.kubeconfig {

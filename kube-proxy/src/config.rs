@@ -1,0 +1,57 @@
+//! The proxy's command line: [`Flags`], parsed by the `switchyard-proxy`
+//! binary, and public so that other crates (the deployment checks) can parse
+//! the DaemonSet's arguments with the same parser.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[cfg(test)]
+use clap::CommandFactory;
+use clap::Parser;
+
+/// Switchyard service proxy: ClusterIP load balancing in OVS.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Flags {
+    /// This node's name, as EndpointSlices name it.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// kubeconfig file; default: in-cluster config or $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// OVS run directory holding `<bridge>.mgmt`.
+    #[arg(long, env = "OVS_RUNDIR", default_value = "/var/run/openvswitch")]
+    pub ovs_rundir: PathBuf,
+    /// The integration bridge.
+    #[arg(long, default_value = "br-int")]
+    pub bridge: String,
+    /// Address serving /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_address: SocketAddr,
+    /// Full resync period in seconds (0 = never; start and reconnects still resync).
+    #[arg(long, default_value_t = 300)]
+    pub resync_period: u64,
+    /// Debounce window for bursts of API changes, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub debounce_ms: u64,
+    /// Most ICMP rejects sent per second for Services without endpoints.
+    #[arg(long, default_value_t = 1000)]
+    pub reject_rate: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_required_node_name() {
+        let flags = Flags::try_parse_from(["switchyard-proxy", "--node-name=n1"]).unwrap();
+        assert_eq!(flags.node_name, "n1");
+        assert_eq!(flags.bridge, "br-int");
+        assert_eq!(flags.metrics_address, "127.0.0.1:10249".parse().unwrap());
+        assert_eq!(flags.resync_period, 300);
+        assert_eq!(flags.debounce_ms, 50);
+        assert_eq!(flags.reject_rate, 1000);
+        Flags::command().debug_assert();
+    }
+}
