@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::adds_in_flight::AddsInFlight;
 use crate::apiserver::{ApiClient, ApiError};
 use crate::attachment::{self, Attachment};
 use crate::config::{AgentConfig, DatapathType, SegmentKind};
@@ -120,6 +121,8 @@ struct Shared {
     /// ofports requested for pods (recorded or being added).
     ofports: Mutex<BTreeSet<u32>>,
     locks: KeyLocks,
+    /// ADDs a GC's valid list cannot account for (see [`AddsInFlight`]).
+    adds: AddsInFlight,
     /// Current cookie generation; written only by a full flow resync, read
     /// (held) by requests while they install or delete a pod's flows.
     flow_gate: tokio::sync::RwLock<Option<u8>>,
@@ -355,6 +358,7 @@ impl Agent {
             attachments: Mutex::new(BTreeMap::new()),
             ofports: Mutex::new(BTreeSet::new()),
             locks: KeyLocks::default(),
+            adds: AddsInFlight::default(),
             flow_gate: tokio::sync::RwLock::new(None),
             ready: ready.clone(),
             metrics,
@@ -898,6 +902,9 @@ impl Shared {
         let key = AttachmentKey::new(container_id, ifname);
         let (pod_namespace, pod_name) = pod_identity(req)?;
         let _guard = self.locks.lock(&key).await;
+        // Declared after the guard so it is dropped first: a GC waiting for
+        // this lock sees the ADD's end (and the local record) once it has it.
+        let _in_flight = self.adds.begin_add(&key);
 
         let existing = lock(&self.attachments).get(&key).cloned();
         if let Some(a) = existing {
@@ -1383,7 +1390,13 @@ impl Shared {
         }
     }
 
+    /// CNI GC: tears down every attachment the runtime's valid list omits
+    /// and releases this node's cluster-wide `vlan` addresses held for them,
+    /// except for attachments whose ADD is in flight or returned after the
+    /// GC started (the list cannot name those; see [`AddsInFlight`]).
     async fn gc(&self, req: &CniRequest) -> Result<(), CniError> {
+        // First, before anything is listed.
+        let view = self.adds.begin_gc();
         let valid: BTreeSet<AttachmentKey> = req
             .config
             .valid_attachments
@@ -1410,22 +1423,39 @@ impl Shared {
             candidates.extend(pool.allocations().map(|(_, k)| k.clone()));
         }
         let mut removed = 0usize;
+        let mut skipped = 0usize;
         for key in candidates.difference(&valid) {
+            // Checked before waiting for the lock (an ADD in flight holds it)
+            // and again after (one may have run meanwhile).
+            if view.protects(key) {
+                skipped += 1;
+                continue;
+            }
             let _guard = self.locks.lock(key).await;
+            if view.protects(key) {
+                tracing::debug!(container = %key.container_id, ifname = %key.ifname, "ADD in flight or newer than the GC; kept");
+                skipped += 1;
+                continue;
+            }
             let span =
                 tracing::info_span!("gc", container = %key.container_id, ifname = %key.ifname);
             self.teardown(key, None).instrument(span).await?;
             removed += 1;
         }
-        // Cluster-wide addresses: keep the valid attachments and whatever the
-        // local pools still hold (an ADD running concurrently has recorded
-        // its address there right after allocating it cluster-wide).
-        let mut keep = valid.clone();
-        for pool in lock(&self.pools).values() {
-            keep.extend(pool.allocations().map(|(_, k)| k.clone()));
-        }
-        crate::vlan_pool::gc(&self.cluster_pools, &self.config, &keep).await;
-        tracing::info!(removed, valid = valid.len(), "garbage collected");
+        // Cluster-wide addresses: decided per entry while the ConfigMap is
+        // rewritten, from live state. An entry there was written by an ADD
+        // that is either still in flight (protected) or, having ended, has
+        // recorded it in a local pool (kept): the view is asked first, so an
+        // ADD ending in between is seen by the pool check.
+        let keep = |k: &AttachmentKey| {
+            valid.contains(k)
+                || view.protects(k)
+                || lock(&self.pools)
+                    .values()
+                    .any(|pool| pool.allocations().any(|(_, held)| held == k))
+        };
+        crate::vlan_pool::gc(&self.cluster_pools, &self.config, keep).await;
+        tracing::info!(removed, skipped, valid = valid.len(), "garbage collected");
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //!
 //! [`agent::Agent::start`] assembles the daemon (`switchyard-agent`).
 
+pub mod adds_in_flight;
 pub mod agent;
 pub mod apiserver;
 pub mod attachment;

@@ -75,6 +75,34 @@ pub enum UplinkError {
         /// The error.
         source: ovsdb::Error,
     },
+    /// More uplinks than the reserved ofport range holds.
+    #[error(
+        "{count} uplinks configured: at most {} fit the reserved ofports {}..={}",
+        ofport::LAST_UPLINK - ofport::UPLINK + 1,
+        ofport::UPLINK,
+        ofport::LAST_UPLINK
+    )]
+    TooMany {
+        /// How many uplinks the configuration names.
+        count: usize,
+    },
+}
+
+// The uplink range sits between the well-known ports and the pods'.
+const _: () = assert!(
+    ofport::UPLINK > ofport::TUNNEL
+        && ofport::UPLINK > ofport::GATEWAY
+        && ofport::UPLINK <= ofport::LAST_UPLINK
+        && ofport::LAST_UPLINK < ofport::FIRST_POD
+);
+
+/// The ofport the `index`-th uplink (in name order) asks for: distinct
+/// numbers from [`ofport::UPLINK`] to [`ofport::LAST_UPLINK`], so no uplink
+/// takes a number the tunnel, the gateway or a pod asks for; `None` past
+/// the range.
+pub fn requested_ofport(index: usize) -> Option<u32> {
+    let n = ofport::UPLINK.checked_add(u32::try_from(index).ok()?)?;
+    (n <= ofport::LAST_UPLINK).then_some(n)
 }
 
 /// An uplink trunk port on the bridge.
@@ -108,14 +136,23 @@ pub fn planned(config: &AgentConfig) -> BTreeMap<String, Vec<u16>> {
 }
 
 /// Attaches every configured uplink to the bridge as a trunk of exactly
-/// its segments' VLANs (the first asks for [`ofport::UPLINK`]); a port
-/// whose trunks differ is re-created.
+/// its segments' VLANs, each asking for its own ofport from the reserved
+/// range ([`requested_ofport`]); a port whose trunks differ is re-created.
+/// The returned ofports are the ones OVSDB reports (a port kept from an
+/// older configuration may hold another number), and the flows use those.
+/// More uplinks than the range holds is an error that changes nothing.
 pub async fn ensure_uplinks(
     ovsdb: &ovsdb::Client,
     config: &AgentConfig,
 ) -> Result<Vec<Uplink>, UplinkError> {
+    let planned = planned(config);
+    if requested_ofport(planned.len().saturating_sub(1)).is_none() {
+        return Err(UplinkError::TooMany {
+            count: planned.len(),
+        });
+    }
     let mut out = Vec::new();
-    for (i, (name, vlans)) in planned(config).into_iter().enumerate() {
+    for (i, (name, vlans)) in planned.into_iter().enumerate() {
         let err = |what: &'static str| {
             let uplink = name.clone();
             move |source| UplinkError::Ovsdb {
@@ -142,9 +179,7 @@ pub async fn ensure_uplinks(
                 .with_trunks(&vlans)
                 .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-uplink");
             spec.vlan_mode = Some("trunk".to_string());
-            if i == 0 {
-                spec.ofport_request = u16::try_from(ofport::UPLINK).ok();
-            }
+            spec.ofport_request = requested_ofport(i).and_then(|n| u16::try_from(n).ok());
             match ovsdb.add_port(&config.bridge, &spec).await {
                 Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
                 Err(e) => return Err(err("adding the trunk port")(e)),
@@ -368,6 +403,52 @@ mod tests {
                 "table=40,cookie=0x5359010200030000,priority=260,ip,reg0=0x3/0xf,reg5=0x64,ct_state=-new-rpl+trk,ct_mark=0x1/0x1 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,ct(table=40,zone=65523,nat)",
             ]
         );
+    }
+
+    #[test]
+    fn each_uplink_asks_for_its_own_reserved_ofport() {
+        assert_eq!(requested_ofport(0), Some(ofport::UPLINK));
+        assert_eq!(requested_ofport(1), Some(ofport::UPLINK + 1));
+        assert_eq!(requested_ofport(12), Some(ofport::LAST_UPLINK));
+        assert_eq!(requested_ofport(13), None);
+    }
+
+    #[test]
+    fn each_uplinks_flows_use_its_own_ofport() {
+        let second = Uplink {
+            name: "trunk1".into(),
+            ofport: 4,
+            vlans: vec![300],
+        };
+        let text: Vec<String> = uplink_flows(2, &[uplink(), second], "10.244.0.1".parse().unwrap())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 3 * 10, "{text:#?}");
+        let vlan300: Vec<&String> = text
+            .iter()
+            .filter(|l| {
+                l.contains("dl_vlan=300")
+                    || l.contains("vlan_vid=0x112c")
+                    || l.contains("reg5=0x12c")
+            })
+            .collect();
+        let classify: Vec<&&String> = vlan300.iter().filter(|l| l.contains("table=0,")).collect();
+        assert_eq!(classify.len(), 2, "{vlan300:#?}");
+        for l in classify {
+            assert!(l.contains("in_port=4"), "{l}");
+        }
+        let out: Vec<&&String> = vlan300.iter().filter(|l| l.contains("table=70")).collect();
+        assert!(!out.is_empty(), "{vlan300:#?}");
+        for l in out {
+            assert!(l.contains("output:4"), "{l}");
+        }
+        for l in text
+            .iter()
+            .filter(|l| l.contains("reg5=0x64") || l.contains("dl_vlan=100"))
+        {
+            assert!(!l.contains("in_port=4") && !l.contains("output:4"), "{l}");
+        }
     }
 
     #[test]

@@ -384,19 +384,22 @@ pub async fn release_for_pod(
     }
 }
 
-/// GC: releases this node's cluster-wide addresses whose attachment is not
-/// in `valid`, in every `vlan` segment.
+/// GC: releases this node's cluster-wide addresses whose attachment `keep`
+/// rejects, in every `vlan` segment. `keep` is asked per entry while the
+/// ConfigMap is rewritten (again on a conflict), so it can consult live
+/// state: the agent keeps ADDs in flight there (see
+/// [`crate::adds_in_flight`]).
 pub async fn gc(
     pools: &ClusterPools,
     config: &crate::config::AgentConfig,
-    valid: &std::collections::BTreeSet<AttachmentKey>,
+    keep: impl Fn(&AttachmentKey) -> bool,
 ) {
     for seg in config
         .segments
         .iter()
         .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
     {
-        match pools.release_unless(&seg.name, |k| valid.contains(k)).await {
+        match pools.release_unless(&seg.name, &keep).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(segment = %seg.name, released = n, "garbage-collected cluster-wide addresses")

@@ -321,3 +321,292 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
         },
     );
 }
+
+/// Creates a veth pair `name`/`{name}p` in the node namespace, both ends up (an uplink NIC).
+fn node_veth(lab: &NodeLab, name: &str) {
+    let peer = format!("{name}p");
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.node_netns, "ip"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    ip(&["link", "set", name, "up"]);
+    ip(&["link", "set", &peer, "up"]);
+}
+
+/// Two `vlan` segments on two uplinks: each uplink gets its own reserved ofport (3 and 4) and
+/// its flows use it. Then GCs run while ADDs are in flight, each with the valid list a runtime
+/// would send (the ADDs that had returned when the GC was issued): every ADDed pod keeps its
+/// port and its address in the segment's ConfigMap, and no two pods share an address.
+#[test]
+fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
+    node_test(
+        "two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses",
+        |lab| async move {
+            node_veth(&lab, "upa");
+            node_veth(&lab, "upb");
+            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
+            )
+            .unwrap();
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(lab.kube.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+                .unwrap();
+            let segments = "segments:\n- name: default\n  kind: overlay\n\
+                - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upa\n\
+                - name: green\n  kind: vlan\n  vlan: 200\n  subnet: 10.21.0.0/24\n  gateway: 10.21.0.1\n  uplink: upb\n";
+            let agent = tokio::time::timeout(
+                Duration::from_secs(30),
+                Agent::start(lab.agent_config(Some(segments))),
+            )
+            .await
+            .expect("agent start timed out")
+            .expect("agent start");
+            assert_eq!(
+                lab.vsctl(&["get", "Interface", "upa", "ofport"]).trim(),
+                "3"
+            );
+            assert_eq!(
+                lab.vsctl(&["get", "Interface", "upb", "ofport"]).trim(),
+                "4"
+            );
+            assert_eq!(lab.vsctl(&["get", "Port", "upb", "trunks"]).trim(), "[200]");
+            let flows = lab.dump_flows();
+            for (port, vlan) in [(3, 100), (4, 200)] {
+                assert!(
+                    flows
+                        .lines()
+                        .any(|l| l.contains(&format!("in_port={port},"))
+                            && l.contains(&format!("dl_vlan={vlan}"))
+                            && l.contains("pop_vlan")),
+                    "no classification of VLAN {vlan} on ofport {port}: {flows}"
+                );
+                assert!(
+                    flows.lines().any(|l| l.contains(&format!("reg5={vlan:#x}"))
+                        && l.contains("push_vlan:0x8100")
+                        && l.contains(&format!("output:{port}"))),
+                    "no output of VLAN {vlan} to ofport {port}: {flows}"
+                );
+            }
+
+            const PODS: usize = 16;
+            let mut pods = Vec::new();
+            for i in 0..PODS {
+                let segment = if i % 2 == 0 { "blue" } else { "green" };
+                let name = format!("g{i}");
+                lab.create_pod("default", &name, &[("switchyard.io/segment", segment)])
+                    .await;
+                pods.push((segment, PodNs::new("default", &name)));
+            }
+            // Container ids whose ADD has returned (what the runtime's GC list is made from).
+            let returned = std::sync::Mutex::new(Vec::<String>::new());
+            let adds_done = std::sync::atomic::AtomicBool::new(false);
+            let adds = async {
+                let results = futures::future::join_all(pods.iter().map(|(_, pod)| async {
+                    let out = cni_add(&lab, pod).await;
+                    returned.lock().unwrap().push(pod.container_id.clone());
+                    out
+                }))
+                .await;
+                adds_done.store(true, std::sync::atomic::Ordering::SeqCst);
+                results
+            };
+            let gcs = async {
+                let mut runs = 0usize;
+                // Bounded: the ADDs end (or the test times out) well before.
+                while !adds_done.load(std::sync::atomic::Ordering::SeqCst) && runs < 1000 {
+                    let valid: Vec<serde_json::Value> = returned
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|c| serde_json::json!({"containerID": c, "ifname": "eth0"}))
+                        .collect();
+                    let mut conf = lab.conflist();
+                    conf["cni.dev/valid-attachments"] = serde_json::json!(valid);
+                    let gc = run_cni("GC", "", None, "", "", &conf).await;
+                    assert!(gc.success, "{} {}", gc.stdout, gc.stderr);
+                    runs += 1;
+                }
+                runs
+            };
+            let (results, runs) = tokio::join!(adds, gcs);
+            assert!(runs > 0, "no GC ran during the ADDs");
+            // A GC may rightly remove a pod whose ADD ended before the GC reached the agent
+            // (the runtime's list was older); what it must never do is release the address
+            // of a pod that stays: the node's pods and this node's ConfigMap entries agree,
+            // and each surviving pod holds the address its ADD returned, unshared.
+            let pools = switchyard_agent::vlan_pool::ClusterPools::new(lab.kube.clone(), "x");
+            let mut cluster = std::collections::BTreeSet::new();
+            for seg in ["blue", "green"] {
+                for (ip, node, key) in pools.allocations(seg).await.unwrap() {
+                    assert_eq!(node, NODE_NAME);
+                    assert!(cluster.insert((ip, key.container_id)), "{ip} held twice");
+                }
+            }
+            let local: std::collections::BTreeSet<_> = agent
+                .allocations()
+                .into_iter()
+                .filter(|(ip, _)| ip.octets()[..2] == [10, 20] || ip.octets()[..2] == [10, 21])
+                .map(|(ip, key)| (ip, key.container_id))
+                .collect();
+            assert_eq!(
+                local, cluster,
+                "({runs} GCs ran) the node's vlan pods and the ConfigMap disagree"
+            );
+            let mut survivors = 0;
+            for ((_, pod), add) in pods.iter().zip(&results) {
+                assert!(
+                    add.success,
+                    "{}: {} {}",
+                    pod.container_id, add.stdout, add.stderr
+                );
+                if let Some((ip, _)) = local.iter().find(|(_, c)| *c == pod.container_id) {
+                    assert_eq!(ip.to_string(), add.ip(), "{}", pod.container_id);
+                    survivors += 1;
+                }
+            }
+            assert_eq!(lab.pod_ports().len(), survivors, "{runs} GCs ran");
+            tracing::info!(runs, survivors, "GCs during ADDs");
+            // A GC naming them all removes nothing; one naming none removes everything.
+            let mut conf = lab.conflist();
+            conf["cni.dev/valid-attachments"] = serde_json::json!(
+                pods.iter()
+                    .map(|(_, p)| serde_json::json!({"containerID": p.container_id, "ifname": "eth0"}))
+                    .collect::<Vec<_>>()
+            );
+            assert!(run_cni("GC", "", None, "", "", &conf).await.success);
+            assert_eq!(lab.pod_ports().len(), survivors);
+            conf["cni.dev/valid-attachments"] = serde_json::json!([]);
+            assert!(run_cni("GC", "", None, "", "", &conf).await.success);
+            assert!(lab.pod_ports().is_empty());
+            for seg in ["blue", "green"] {
+                assert!(pools.allocations(seg).await.unwrap().is_empty());
+            }
+            agent.shutdown().await;
+        },
+    );
+}
+
+/// Sends SIGCONT to a stopped process when dropped (also on panic).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let out = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .output();
+    }
+}
+
+/// A GC issued while an ADD is in flight (held after its cluster-wide allocation: ovs-vswitchd
+/// is stopped, so the ADD waits for its port's ofport) with a valid list that cannot name it
+/// (the ADD has not returned) neither releases its address in the ConfigMap nor tears the pod
+/// down once the ADD finishes; a later GC with the same list does.
+#[test]
+fn gc_while_an_add_is_in_flight_keeps_its_address() {
+    node_test(
+        "gc_while_an_add_is_in_flight_keeps_its_address",
+        |lab| async move {
+            node_veth(&lab, "upc");
+            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
+        )
+        .unwrap();
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(lab.kube.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+                .unwrap();
+            let segments = "segments:\n- name: default\n  kind: overlay\n\
+            - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upc\n";
+            let agent = tokio::time::timeout(
+                Duration::from_secs(30),
+                Agent::start(lab.agent_config(Some(segments))),
+            )
+            .await
+            .expect("agent start timed out")
+            .expect("agent start");
+            lab.create_pod("default", "inflight", &[("switchyard.io/segment", "blue")])
+                .await;
+            let pod = PodNs::new("default", "inflight");
+            let pools = switchyard_agent::vlan_pool::ClusterPools::new(lab.kube.clone(), "x");
+            let mut gc_conf = lab.conflist();
+            gc_conf["cni.dev/valid-attachments"] = serde_json::json!([]);
+
+            let stopped = Stopped::new(lab.ovs.vswitchd_pid().expect("vswitchd pid"));
+            let add = cni_add(&lab, &pod);
+            let gc_during_add = async {
+                // Wait (bounded) until the ADD has allocated cluster-wide.
+                let deadline = tokio::time::Instant::now() + DEADLINE;
+                loop {
+                    let all = pools.allocations("blue").await.unwrap();
+                    if all
+                        .iter()
+                        .any(|(_, _, k)| k.container_id == pod.container_id)
+                    {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the ADD never allocated"
+                    );
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // The GC must not wait for the ADD; if it does, let the ADD finish after a bound.
+                let gc = run_cni("GC", "", None, "", "", &gc_conf);
+                let gc = match tokio::time::timeout(Duration::from_secs(5), gc).await {
+                    Ok(gc) => {
+                        drop(stopped);
+                        gc
+                    }
+                    Err(_) => panic!("the GC waited for the in-flight ADD"),
+                };
+                assert!(gc.success, "{} {}", gc.stdout, gc.stderr);
+            };
+            let (added, ()) = tokio::join!(add, gc_during_add);
+            assert!(added.success, "{} {}", added.stdout, added.stderr);
+            let held: Vec<_> = pools
+                .allocations("blue")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(ip, node, k)| (ip.to_string(), node, k.container_id))
+                .collect();
+            assert_eq!(
+                held,
+                [(added.ip(), NODE_NAME.to_string(), pod.container_id.clone())],
+                "the GC released the in-flight ADD's address"
+            );
+            assert_eq!(lab.pod_ports().len(), 1, "the GC tore the pod down");
+            assert!(
+                agent
+                    .allocations()
+                    .iter()
+                    .any(|(ip, k)| ip.to_string() == added.ip()
+                        && k.container_id == pod.container_id)
+            );
+            // Now the ADD has returned: the same list removes it.
+            let gc = run_cni("GC", "", None, "", "", &gc_conf).await;
+            assert!(gc.success, "{} {}", gc.stdout, gc.stderr);
+            assert!(pools.allocations("blue").await.unwrap().is_empty());
+            assert!(lab.pod_ports().is_empty());
+            agent.shutdown().await;
+        },
+    );
+}

@@ -235,8 +235,13 @@ pub mod ofport {
     pub const TUNNEL: u32 = 1;
     /// The gateway port (`sy-gw0`).
     pub const GATEWAY: u32 = 2;
-    /// The VLAN trunk uplink.
+    /// The first VLAN trunk uplink. Uplinks ask for `UPLINK + i` (`i` their
+    /// index in name order) up to [`LAST_UPLINK`], the range reserved for
+    /// them below [`FIRST_POD`]; their flows use the ofport read back from
+    /// OVSDB either way.
     pub const UPLINK: u32 = 3;
+    /// The last ofport reserved for uplinks (13 uplinks at most).
+    pub const LAST_UPLINK: u32 = FIRST_POD - 1;
     /// Pod ports ask for ofports from here up (`ofport_request`), so the
     /// well-known numbers below stay free even when those ports are created
     /// after the first pods.
