@@ -742,3 +742,71 @@ fn ct_flush_is_byte_identical_to_ovs_ofctl() {
         assert_eq!(hex(&msg.to_bytes(xid)), hex(&captured[0]), "{args:?}");
     }
 }
+
+/// Encodes `msg` in its OpenFlow 1.3 form with xid 7; checks the golden
+/// bytes and that ovs-ofctl prints them as OF1.3 with `expect`.
+fn check13(name: &str, msg: &Message, golden: &str, expect: &str) {
+    assert!(msg.encodable_as(OFP13_VERSION), "{name}");
+    let mut b = bytes::BytesMut::new();
+    msg.encode_as(OFP13_VERSION, 7, &mut b).unwrap();
+    let printed = ofp_print(&b);
+    assert!(
+        printed.contains(expect),
+        "{name}: ovs-ofctl ofp-print of our bytes\n{}\nprinted\n{printed}\nexpected to contain\n{expect}",
+        hex(&b)
+    );
+    assert!(!printed.contains("decode error"), "{name}: {printed}");
+    assert_eq!(
+        hex(&b),
+        hex(&unhex(golden)),
+        "{name}: bytes differ from golden"
+    );
+}
+
+/// The OpenFlow 1.3 forms (a bridge whose `protocols` allow no 1.5): the
+/// service flow with registers matched as `NXM_NX_REGn` (no xreg class in
+/// 1.3), `move` as `NXAST_REG_MOVE` and the masked `set_field` as
+/// `NXAST_REG_LOAD`; SET_ASYNC as the fixed 1.3 `ofp_async_config`.
+#[test]
+fn golden_of13_forms() {
+    check13(
+        "flow_mod service (OF1.3)",
+        &Message::FlowMod(FlowMod::add(service_flow())),
+        "040e011800000007000000000000123400000000000000000300000000000064ffffffffffffffff
+         ffffffff0000000000010051800000040000000580000a0208008000140106800017080a000000ff
+         ffff00800018040a60000180001c0200500001070800000005000000ff0001d30800000021000000
+         210001d60400000001000000000000000004008800000000ffff00400000232000230001000000000
+         005ff0000000000ffff00180000232000240000000200110a0100021f900000001900100001d60400
+         00000700000000ffff0018000023200007000f000100040000000000000022ffff00180000232000
+         060020000000000001020400010404ffff001000002320002cfff8040000000001000809000000",
+        "OFPT_FLOW_MOD (OF1.3) (xid=0x7): ADD table:3 priority=100,ct_state=+new+trk,ct_mark=0x1,\
+         tcp,reg3=0x5/0xff,in_port=5,nw_src=10.0.0.0/24,nw_dst=10.96.0.1,tp_dst=80 cookie:0x1234 \
+         actions=ct(commit,zone=5,nat(dst=10.1.0.2:8080),exec(set_field:0x7->ct_mark)),\
+         load:0x22->NXM_NX_REG0[0..15],move:NXM_NX_REG1[]->NXM_NX_REG2[],resubmit(,4,ct),goto_table:9",
+    );
+    check13(
+        "set_async (OF1.3)",
+        &Message::SetAsync {
+            packet_in_mask: 0x3f,
+        },
+        "041c002000000007 0000003f 0000003f 00000000 00000000 00000000 00000000",
+        "OFPT_SET_ASYNC (OF1.3) (xid=0x7)",
+    );
+    // 1.5-only messages have no 1.3 form and append nothing.
+    let mut b = bytes::BytesMut::new();
+    for msg in [
+        Message::GroupMod(GroupMod::add(service_group())),
+        Message::BundleControl {
+            bundle_id: 1,
+            ctrl: BundleCtrlType::OpenRequest,
+            flags: 0,
+        },
+        Message::MultipartRequest(MultipartRequest::Flow(FlowStatsRequest::all())),
+        Message::FlowMod(FlowMod::add(Flow::new(0, 1).action(Action::Meter(1)))),
+    ] {
+        assert!(!msg.encodable_as(OFP13_VERSION), "{msg:?}");
+        assert!(msg.encode_as(OFP13_VERSION, 7, &mut b).is_none());
+        assert!(msg.encodable_as(OFP15_VERSION));
+    }
+    assert!(b.is_empty());
+}

@@ -674,3 +674,121 @@ async fn meters_and_the_meter_action() {
         .unwrap();
     assert!(!meters.contains("meter=1"), "{meters}");
 }
+
+/// `ovs-ofctl -O OpenFlow13 dump-flows --no-stats BR`, sorted.
+fn dump_flows13(ovs: &OvsInstance, br: &str) -> Vec<String> {
+    let out = ovs
+        .ofctl(&["-O", "OpenFlow13", "--no-stats", "dump-flows", br])
+        .unwrap();
+    let mut v: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// A bridge whose `protocols` allow only OpenFlow 1.3: the client connects
+/// with 1.3, its flow mods install exactly what ovs-ofctl installs from the
+/// same text, and the 1.5-only messages fail with a typed error before
+/// anything is sent.
+#[tokio::test]
+async fn openflow13_only_bridge_takes_flow_mods_and_refuses_the_rest() {
+    let Some(ovs) = start(
+        "openflow13_only_bridge_takes_flow_mods_and_refuses_the_rest",
+        &["br0", "br1"],
+    ) else {
+        return;
+    };
+    for br in ["br0", "br1"] {
+        ovs.vsctl(&["set", "bridge", br, "protocols=OpenFlow13"])
+            .unwrap();
+    }
+    let c = client(&ovs, "br0").await;
+    assert_eq!(c.version(), Some(OFP13_VERSION));
+    c.echo().await.unwrap();
+
+    // Everything but the group-using flows (there are no groups on 1.3).
+    let flows: Vec<Flow> = sample_flows()
+        .into_iter()
+        .filter(|f| !f.actions.iter().any(|a| matches!(a, Action::Group(_))))
+        .collect();
+    assert!(flows.len() >= 3, "{flows:?}");
+    for f in &flows {
+        c.flow_mod(FlowMod::add(f.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        ovs.ofctl(&["-O", "OpenFlow13", "add-flow", "br1", &f.to_string()])
+            .unwrap();
+    }
+    let installed = dump_flows13(&ovs, "br0");
+    assert_eq!(installed.len(), flows.len(), "{installed:#?}");
+    assert_eq!(installed, dump_flows13(&ovs, "br1"));
+
+    // The switch's own rejections still come back as such.
+    let bad = Flow::new(0, 7)
+        .matching(MatchField::eth_type(0x0800))
+        .action(Action::Group(99));
+    match c.flow_mod(FlowMod::add(bad)).await {
+        Err(Error::Rejected { kind, error, .. }) => {
+            assert_eq!(kind, "FLOW_MOD");
+            assert_eq!(error.name(), "OFPBAC_BAD_OUT_GROUP", "{error}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    // 1.5-only messages: typed error, nothing sent.
+    let unsupported = |r: Result<(), Error>, want: &str| match r {
+        Err(Error::UnsupportedOn13 { kind }) => assert_eq!(kind, want),
+        other => panic!("expected UnsupportedOn13 {want}, got {other:?}"),
+    };
+    unsupported(
+        c.group_mod(GroupMod::add(service_group(7))).await,
+        "GROUP_MOD",
+    );
+    unsupported(
+        c.bundle(
+            vec![FlowMod::add(Flow::new(3, 1)).into()],
+            bundle_flags::ATOMIC,
+        )
+        .await,
+        "BUNDLE_CONTROL",
+    );
+    match c.dump_flows(FlowStatsRequest::all()).await {
+        Err(Error::UnsupportedOn13 { kind }) => assert_eq!(kind, "MULTIPART_REQUEST"),
+        other => panic!("expected UnsupportedOn13, got {other:?}"),
+    }
+    let groups = ovs
+        .ofctl(&["-O", "OpenFlow13", "dump-groups", "br0"])
+        .unwrap();
+    assert!(!groups.contains("group_id"), "{groups}");
+    assert_eq!(dump_flows13(&ovs, "br0"), installed);
+    // The connection is still usable afterwards, Nicira messages included.
+    c.barrier().await.unwrap();
+    c.ct_flush(Some(7), 0, CtTuple::default(), CtTuple::default())
+        .await
+        .unwrap();
+    assert_eq!(c.version(), Some(OFP13_VERSION));
+}
+
+/// A bridge allowing neither 1.5 nor 1.3 is refused with the versions named.
+#[tokio::test]
+async fn openflow10_only_bridge_is_refused_with_a_version_error() {
+    let Some(ovs) = start(
+        "openflow10_only_bridge_is_refused_with_a_version_error",
+        &["br0"],
+    ) else {
+        return;
+    };
+    ovs.vsctl(&["set", "bridge", "br0", "protocols=OpenFlow10"])
+        .unwrap();
+    match Client::connect(ClientConfig::new(ovs.mgmt_socket("br0"))).await {
+        Err(Error::Version { offered }) => {
+            assert_eq!(offered & ((1 << OFP15_VERSION) | (1 << OFP13_VERSION)), 0);
+            assert_ne!(offered & (1 << 1), 0, "{offered:#x}");
+        }
+        other => panic!("expected a version error, got {other:?}"),
+    }
+}

@@ -458,12 +458,38 @@ fn put_prop(out: &mut BytesMut, ty: u16, value: &[u8]) {
 
 /// Encodes a list of actions (without instructions).
 pub(crate) fn encode_actions(actions: &[Action], out: &mut BytesMut) {
+    encode_actions_for(actions, false, out);
+}
+
+/// Encodes a list of actions in their OpenFlow 1.5 form, or with `of13` in
+/// their OpenFlow 1.3 form (`move` as `NXAST_REG_MOVE`, not copy-field).
+fn encode_actions_for(actions: &[Action], of13: bool, out: &mut BytesMut) {
     for a in actions {
-        encode_action(a, out);
+        encode_action(a, of13, out);
     }
 }
 
-fn encode_action(a: &Action, out: &mut BytesMut) {
+/// Whether `actions` have an OpenFlow 1.3 form here: all but `meter` (an
+/// instruction, not an action, in 1.3) and masked `set_field`s whose mask
+/// is not one run of at most 64 bits (1.3 has no masked set-field; they go
+/// as `NXAST_REG_LOAD`).
+pub(crate) fn actions_encodable_as_13(actions: &[Action]) -> bool {
+    actions.iter().all(|a| match a {
+        Action::Meter(_) => false,
+        Action::SetField(mf) => mf.mask.is_none_or(|m| reg_load_bits(m).is_some()),
+        Action::Ct(ct) => actions_encodable_as_13(&ct.exec),
+        _ => true,
+    })
+}
+
+/// (ofs, n_bits) of a mask that is one run of 1 to 64 bits.
+fn reg_load_bits(mask: u128) -> Option<(u32, u32)> {
+    let ofs = mask.trailing_zeros();
+    let n_bits = mask.count_ones();
+    (mask != 0 && n_bits <= 64 && (mask >> ofs).trailing_ones() == n_bits).then_some((ofs, n_bits))
+}
+
+fn encode_action(a: &Action, of13: bool, out: &mut BytesMut) {
     match a {
         Action::Output(p) => {
             out.put_u16(OFPAT_OUTPUT);
@@ -517,11 +543,33 @@ fn encode_action(a: &Action, out: &mut BytesMut) {
             out.put_bytes(0, 3);
             finish(out, s);
         }
+        Action::SetField(mf)
+            if of13 && let Some((ofs, n_bits)) = mf.mask.and_then(reg_load_bits) =>
+        {
+            // NXAST_REG_LOAD: ofs_nbits, dst, value (callers checked
+            // actions_encodable_as_13, so the mask is one run).
+            let s = put_nx_header(out, NXAST_REG_LOAD);
+            out.put_u16(u16::try_from((ofs << 6) | (n_bits - 1)).unwrap_or(u16::MAX));
+            mf.field.put_nxm_header(out);
+            out.put_u64(
+                u64::try_from((mf.value & mf.mask.unwrap_or(0)) >> ofs).unwrap_or(u64::MAX),
+            );
+            finish(out, s);
+        }
         Action::SetField(mf) => {
             let s = out.len();
             out.put_u16(OFPAT_SET_FIELD);
             out.put_u16(0);
             mf.encode(out);
+            finish(out, s);
+        }
+        Action::Move { src, dst } if of13 => {
+            let s = put_nx_header(out, NXAST_REG_MOVE);
+            out.put_u16(dst.n_bits);
+            out.put_u16(src.ofs);
+            out.put_u16(dst.ofs);
+            src.field.put_nxm_header(out);
+            dst.field.put_nxm_header(out);
             finish(out, s);
         }
         Action::Move { src, dst } => {
@@ -588,7 +636,7 @@ fn encode_action(a: &Action, out: &mut BytesMut) {
             if let Some(nat) = &ct.nat {
                 encode_nat(nat, out);
             }
-            encode_actions(&ct.exec, out);
+            encode_actions_for(&ct.exec, of13, out);
             finish(out, s);
         }
         Action::CtClear => {
@@ -1312,8 +1360,9 @@ const OFPIT_GOTO_TABLE: u16 = 1;
 const OFPIT_APPLY_ACTIONS: u16 = 4;
 
 /// Encodes the instructions for `actions`: apply-actions with every action
-/// but `goto_table`, then goto-table.
-pub(crate) fn encode_instructions(actions: &[Action], out: &mut BytesMut) {
+/// but `goto_table`, then goto-table; in the OpenFlow 1.5 form, or 1.3 with
+/// `of13`.
+pub(crate) fn encode_instructions_for(actions: &[Action], of13: bool, out: &mut BytesMut) {
     let apply: Vec<&Action> = actions
         .iter()
         .filter(|a| !matches!(a, Action::GotoTable(_)))
@@ -1324,7 +1373,7 @@ pub(crate) fn encode_instructions(actions: &[Action], out: &mut BytesMut) {
         out.put_u16(0);
         out.put_u32(0);
         for a in apply {
-            encode_action(a, out);
+            encode_action(a, of13, out);
         }
         patch_len(out, s + 2, s);
     }

@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 use super::flow::{Flow, FlowMod, FlowStats, FlowStatsRequest};
 use super::group::{Group, GroupMod, GroupStats};
 use super::message::{
-    BundleCtrlType, Message, MeterMod, MultipartReply, MultipartRequest, OFP15_VERSION, OfpError,
-    PacketIn, PacketOut, TlvMap, TlvTableCommand, bundle_flags,
+    BundleCtrlType, Message, MeterMod, MultipartReply, MultipartRequest, OFP13_VERSION,
+    OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand, bundle_flags,
 };
 use super::wire::DecodeError;
 
@@ -45,13 +45,23 @@ pub enum Error {
     /// I/O error on an established connection.
     #[error("OpenFlow connection I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The switch does not speak OpenFlow 1.5.
+    /// The switch speaks neither OpenFlow 1.5 nor 1.3.
     #[error(
-        "switch offers OpenFlow versions bitmap {offered:#x}, OpenFlow 1.5 required (set the bridge's protocols to include OpenFlow15)"
+        "switch offers OpenFlow versions bitmap {offered:#x}, OpenFlow 1.5 or 1.3 required (set the bridge's protocols to include OpenFlow15)"
     )]
     Version {
         /// Version bitmap from the switch's HELLO.
         offered: u32,
+    },
+    /// The connection speaks OpenFlow 1.3 (the bridge's `protocols` allow
+    /// no 1.5) and this message has no 1.3 form in this client; nothing was
+    /// sent. See [`Message::encodable_as`].
+    #[error(
+        "{kind} is not supported on an OpenFlow 1.3 connection (group mods, packet-out, meters, flow/group stats and bundles need OpenFlow 1.5: set the bridge's protocols to include OpenFlow15)"
+    )]
+    UnsupportedOn13 {
+        /// The message type.
+        kind: &'static str,
     },
     /// No connection right now (ovs-vswitchd down, reconnecting).
     #[error("not connected to ovs-vswitchd")]
@@ -262,6 +272,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 struct Conn {
     tx: mpsc::UnboundedSender<Bytes>,
+    /// Negotiated OpenFlow version ([`OFP15_VERSION`] or [`OFP13_VERSION`]).
+    version: u8,
     pending: Mutex<BTreeMap<u32, Arc<Txn>>>,
 }
 
@@ -365,6 +377,12 @@ impl Client {
         *self.inner.state_tx.borrow()
     }
 
+    /// The OpenFlow version of the current connection ([`OFP15_VERSION`] or
+    /// [`OFP13_VERSION`]), `None` while disconnected.
+    pub fn version(&self) -> Option<u8> {
+        lock(&self.inner.conn).as_ref().map(|c| c.version)
+    }
+
     /// Subscribes to packet-ins (NXT_PACKET_IN2: with userdata and metadata).
     pub fn packet_ins(&self) -> broadcast::Receiver<PacketIn> {
         self.inner.packet_in_tx.subscribe()
@@ -418,6 +436,15 @@ impl Client {
         what: &str,
     ) -> Result<Reply, Error> {
         let conn = self.conn()?;
+        // Refuse the whole batch before sending any of it.
+        if let Some(m) = msgs
+            .iter()
+            .map(|m| &m.msg)
+            .chain(last.as_ref())
+            .find(|m| !m.encodable_as(conn.version))
+        {
+            return Err(Error::UnsupportedOn13 { kind: m.kind() });
+        }
         let n = msgs.len() + usize::from(checkpoint) + usize::from(last.is_some());
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         let start = alloc_xids(&self.inner.next_xid, count);
@@ -425,8 +452,11 @@ impl Client {
         let checkpoint_xid = checkpoint.then(|| start + u32::try_from(msgs.len()).unwrap_or(0));
         let mut buf = BytesMut::with_capacity(msgs.len() * 128 + 64);
         for (i, m) in msgs.iter().enumerate() {
-            m.msg
-                .encode(start + u32::try_from(i).unwrap_or(0), &mut buf);
+            m.msg.encode_as(
+                conn.version,
+                start + u32::try_from(i).unwrap_or(0),
+                &mut buf,
+            );
         }
         let (tx, rx) = oneshot::channel();
         let (ctx, crx) = oneshot::channel();
@@ -446,7 +476,7 @@ impl Client {
         let _cleanup = RemoveOnDrop(&conn, start);
         let after = self.inner.cfg.request_timeout;
         if let Some(cx) = checkpoint_xid {
-            Message::BarrierRequest.encode(cx, &mut buf);
+            Message::BarrierRequest.encode_as(conn.version, cx, &mut buf);
             if conn.tx.send(buf.split().freeze()).is_err() {
                 return Err(Error::NotConnected);
             }
@@ -474,7 +504,7 @@ impl Client {
             }
         }
         if let Some(l) = &last {
-            l.encode(final_xid, &mut buf);
+            l.encode_as(conn.version, final_xid, &mut buf);
         }
         if conn.tx.send(buf.freeze()).is_err() {
             return Err(Error::NotConnected);
@@ -827,7 +857,7 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Connects, negotiates OpenFlow 1.5, spawns the writer, installs the
+/// Connects, negotiates OpenFlow 1.5 (or 1.3), spawns the writer, installs the
 /// connection and configures packet-ins. Returns the reader to run.
 async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
     let path = inner.cfg.path.clone();
@@ -839,7 +869,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
         })?;
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, codec());
-    let hello = Message::Hello((1 << OFP15_VERSION) | (1 << 4)).to_bytes(0);
+    let hello = Message::Hello((1 << OFP15_VERSION) | (1 << OFP13_VERSION)).to_bytes(0);
     wr.write_all(&hello).await?;
     let deadline = inner.cfg.request_timeout.min(Duration::from_secs(10));
     let frame = tokio::time::timeout(deadline, frames.next())
@@ -850,8 +880,16 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
         })?
         .ok_or_else(|| Error::Protocol("connection closed before HELLO".into()))??;
     let (_, _, msg) = Message::decode(&frame)?;
-    match msg {
-        Message::Hello(bitmap) if bitmap & (1 << OFP15_VERSION) != 0 => {}
+    // The highest version both sides speak.
+    let version = match msg {
+        Message::Hello(bitmap) if bitmap & (1 << OFP15_VERSION) != 0 => OFP15_VERSION,
+        Message::Hello(bitmap) if bitmap & (1 << OFP13_VERSION) != 0 => {
+            warn!(
+                path = %path.display(),
+                "the bridge allows OpenFlow 1.3 but not 1.5: group mods, packet-out, meters, flow/group stats and bundles are unavailable"
+            );
+            OFP13_VERSION
+        }
         Message::Hello(bitmap) => return Err(Error::Version { offered: bitmap }),
         other => {
             return Err(Error::Protocol(format!(
@@ -859,7 +897,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
                 other.kind()
             )));
         }
-    }
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
@@ -871,6 +909,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
     });
     let conn = Arc::new(Conn {
         tx,
+        version,
         pending: Mutex::new(BTreeMap::new()),
     });
     *lock(&inner.conn) = Some(conn.clone());
@@ -919,8 +958,15 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
         s.generation += 1;
         s.connected = true;
     });
-    info!(path = %inner.cfg.path.display(), generation = inner.state_tx.borrow().generation, "OpenFlow 1.5 connection up");
+    info!(path = %inner.cfg.path.display(), generation = inner.state_tx.borrow().generation, version = if version == OFP15_VERSION { "1.5" } else { "1.3" }, "OpenFlow connection up");
     Ok(frames)
+}
+
+/// An echo request or reply in the connection's version.
+fn echo_bytes(msg: Message, version: u8, xid: u32) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    msg.encode_as(version, xid, &mut b);
+    b.to_vec()
 }
 
 fn handle_frame(conn: &Conn, pin_tx: &broadcast::Sender<PacketIn>, frame: &[u8]) {
@@ -940,9 +986,11 @@ fn handle_frame(conn: &Conn, pin_tx: &broadcast::Sender<PacketIn>, frame: &[u8])
     };
     match msg {
         Message::EchoRequest(d) => {
-            let _ = conn
-                .tx
-                .send(Bytes::from(Message::EchoReply(d).to_bytes(xid)));
+            let _ = conn.tx.send(Bytes::from(echo_bytes(
+                Message::EchoReply(d),
+                conn.version,
+                xid,
+            )));
         }
         Message::PacketIn(pi) => {
             let _ = pin_tx.send(pi);
@@ -1009,7 +1057,11 @@ async fn supervise(inner: std::sync::Weak<Inner>, mut frames: Frames) {
                         Ok(n) => n,
                         Err(_) if idle == 0 => {
                             idle = 1;
-                            let probe = Message::EchoRequest(b"probe".to_vec()).to_bytes(0);
+                            let probe = echo_bytes(
+                                Message::EchoRequest(b"probe".to_vec()),
+                                conn.version,
+                                0,
+                            );
                             let _ = conn.tx.send(Bytes::from(probe));
                             continue;
                         }

@@ -1208,8 +1208,16 @@ impl fmt::Display for MatchField {
     }
 }
 
-/// Encodes a whole `ofp_match` (type OXM) including its padding.
+/// Encodes a whole `ofp_match` (type OXM) including its padding, in its
+/// OpenFlow 1.5 form.
 pub(crate) fn encode_match(fields: &[MatchField], out: &mut BytesMut) {
+    encode_match_for(fields, true, out);
+}
+
+/// Encodes a whole `ofp_match`; registers as 64-bit `xreg`s when `xregs`
+/// (OpenFlow 1.5, as OVS does), else as 32-bit `NXM_NX_REGn` (OpenFlow 1.3,
+/// which has no packet-register OXM class).
+pub(crate) fn encode_match_for(fields: &[MatchField], xregs: bool, out: &mut BytesMut) {
     let start = out.len();
     out.put_u16(1); // OFPMT_OXM
     out.put_u16(0);
@@ -1218,7 +1226,7 @@ pub(crate) fn encode_match(fields: &[MatchField], out: &mut BytesMut) {
         match f.field {
             // OVS writes 32-bit registers as 64-bit xregs in OpenFlow 1.5;
             // do the same (a register pair becomes one xreg).
-            Field::Reg(n) if n < 16 => {
+            Field::Reg(n) if xregs && n < 16 => {
                 if done[usize::from(n)] {
                     continue;
                 }

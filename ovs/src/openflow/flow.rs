@@ -4,8 +4,8 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
-use super::action::{Action, decode_instructions, encode_instructions, fmt_actions};
-use super::field::{MatchField, decode_match, encode_match, fmt_match};
+use super::action::{Action, decode_instructions, encode_instructions_for, fmt_actions};
+use super::field::{MatchField, decode_match, encode_match, encode_match_for, fmt_match};
 use super::wire::{DResult, DecodeError, Reader};
 
 /// `table_id` meaning "all tables" in deletes and statistics requests.
@@ -251,6 +251,13 @@ impl FlowMod {
     }
 
     pub(crate) fn encode_body(&self, out: &mut BytesMut) {
+        self.encode_body_for(out, true);
+    }
+
+    /// The body in its OpenFlow 1.5 (`xregs`) or 1.3 form: the layouts are
+    /// the same (1.3 has padding where 1.5 has `importance`) except for how
+    /// the match writes registers.
+    pub(crate) fn encode_body_for(&self, out: &mut BytesMut, xregs: bool) {
         let f = &self.flow;
         out.put_u64(f.cookie);
         out.put_u64(self.cookie_mask);
@@ -264,12 +271,12 @@ impl FlowMod {
         out.put_u32(self.out_group);
         out.put_u16(f.flags);
         out.put_u16(f.importance);
-        encode_match(&f.matches, out);
+        encode_match_for(&f.matches, xregs, out);
         if !matches!(
             self.command,
             FlowModCommand::Delete | FlowModCommand::DeleteStrict
         ) {
-            encode_instructions(&f.actions, out);
+            encode_instructions_for(&f.actions, !xregs, out);
         }
     }
 

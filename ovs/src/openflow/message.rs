@@ -875,6 +875,82 @@ impl Message {
         patch_len(out, start + 2, start);
     }
 
+    /// Whether this message has an encoding for OpenFlow `version` here:
+    /// every message for 1.5; for 1.3 only those whose 1.3 form this client
+    /// writes (HELLO, ERROR, ECHO, BARRIER, FLOW_MOD with importance 0,
+    /// SET_ASYNC and the Nicira experimenter messages). Group mods, packet-out,
+    /// meter mods, multipart (flow/group stats) and bundles are 1.5 only.
+    pub fn encodable_as(&self, version: u8) -> bool {
+        match version {
+            OFP15_VERSION => true,
+            OFP13_VERSION => match self {
+                Message::Hello(_)
+                | Message::Error(_)
+                | Message::EchoRequest(_)
+                | Message::EchoReply(_)
+                | Message::BarrierRequest
+                | Message::BarrierReply
+                | Message::SetAsync { .. }
+                | Message::SetPacketInFormat(_)
+                | Message::TlvTableMod { .. }
+                | Message::CtFlush { .. }
+                | Message::Other { .. } => true,
+                // OF1.3 has padding where OF1.5 has `importance`.
+                Message::FlowMod(fm) => {
+                    fm.flow.importance == 0
+                        && super::action::actions_encodable_as_13(&fm.flow.actions)
+                }
+                Message::GroupMod(_)
+                | Message::PacketOut(_)
+                | Message::PacketIn(_)
+                | Message::MultipartRequest(_)
+                | Message::MultipartReply { .. }
+                | Message::BundleControl { .. }
+                | Message::BundleAdd { .. }
+                | Message::MeterMod(_) => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Appends the OpenFlow `version` encoding of this message; `None` (and
+    /// nothing appended) when [`Message::encodable_as`] says it has none.
+    /// The 1.3 forms differ from 1.5 only in the header's version, except
+    /// SET_ASYNC (OF1.3 `ofp_async_config`: fixed masks, not properties).
+    pub fn encode_as(&self, version: u8, xid: u32, out: &mut BytesMut) -> Option<()> {
+        if !self.encodable_as(version) {
+            return None;
+        }
+        let start = out.len();
+        match (version, self) {
+            (OFP13_VERSION, Message::SetAsync { packet_in_mask }) => {
+                out.put_u8(OFP13_VERSION);
+                out.put_u8(OFPT_SET_ASYNC);
+                out.put_u16(0);
+                out.put_u32(xid);
+                // packet_in_mask[master, slave], port_status_mask[2],
+                // flow_removed_mask[2].
+                for mask in [*packet_in_mask, *packet_in_mask, 0, 0, 0, 0] {
+                    out.put_u32(mask);
+                }
+                patch_len(out, start + 2, start);
+            }
+            (OFP13_VERSION, Message::FlowMod(fm)) => {
+                out.put_u8(OFP13_VERSION);
+                out.put_u8(OFPT_FLOW_MOD);
+                out.put_u16(0);
+                out.put_u32(xid);
+                fm.encode_body_for(out, false);
+                patch_len(out, start + 2, start);
+            }
+            _ => {
+                self.encode(xid, out);
+                out[start] = version;
+            }
+        }
+        Some(())
+    }
+
     /// Encodes into a fresh buffer.
     pub fn to_bytes(&self, xid: u32) -> Vec<u8> {
         let mut b = BytesMut::new();
@@ -905,6 +981,9 @@ impl Message {
             && ty != OFPT_ECHO_REQUEST
             && ty != OFPT_ECHO_REPLY
             && version != OFP15_VERSION
+            // Same form in OpenFlow 1.3 (a 1.3 connection's replies).
+            && !(version == OFP13_VERSION
+                && (ty == OFPT_BARRIER_REPLY || ty == OFPT_BARRIER_REQUEST))
         {
             return Ok((version, xid, other(&b)));
         }

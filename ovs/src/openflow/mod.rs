@@ -1,4 +1,5 @@
-//! Native OpenFlow 1.5 client for Open vSwitch.
+//! Native OpenFlow 1.5 client for Open vSwitch (with an OpenFlow 1.3
+//! fallback for flow mods, see below).
 //!
 //! Programs a bridge through its management socket (`<rundir>/<bridge>.mgmt`)
 //! without spawning `ovs-ofctl`: flows ([`Flow`], [`FlowMod`]), groups
@@ -8,9 +9,26 @@
 //! `Display` in ovs-ofctl syntax.
 //!
 //! Notes on what OVS (3.1) does on the wire, all covered by tests:
-//! - Version: HELLO offers 1.3 and 1.5; the client requires 1.5 (a bridge's
-//!   default `protocols` allows it on the management socket) and says so
-//!   clearly otherwise ([`Error::Version`]).
+//! - Version: HELLO offers 1.3 and 1.5 and the connection uses the highest
+//!   both sides allow ([`Client::version`]); a bridge's default `protocols`
+//!   allow 1.5 on the management socket. Neither 1.5 nor 1.3:
+//!   [`Error::Version`].
+//! - OpenFlow 1.3 (a bridge whose `protocols` allow 1.3 but not 1.5) is a
+//!   fallback for flow programming only. What works on 1.3: flow mods
+//!   ([`Client::flow_mod`], [`Client::add_flows`], [`Client::send`] of flow
+//!   mods) with every match and action here except the `meter` action and
+//!   masked `set_field`s whose mask is not one run of at most 64 bits;
+//!   registers are matched as `NXM_NX_REGn`, `move` goes as
+//!   `NXAST_REG_MOVE`, masked `set_field` as `NXAST_REG_LOAD`; and barrier,
+//!   echo, conntrack flush ([`Client::ct_flush`]), TLV maps and the
+//!   connection setup (packet-in format, async config in its 1.3 form).
+//!   What does not: group mods, bundles (1.3 would need the ONF extension
+//!   2300 messages), flow/group statistics and dumps, packet-out, meter mods
+//!   and flow `importance`; these fail with [`Error::UnsupportedOn13`]
+//!   before anything of the request is sent, and
+//!   [`Message::encodable_as`] tells in advance. Packet-ins on a 1.3
+//!   connection are not decoded (untested). The 1.3 forms are covered by
+//!   golden tests and by a real bridge with `protocols=OpenFlow13`.
 //! - Registers: in OpenFlow 1.5 matches OVS writes `reg0..15` as 64-bit
 //!   `xreg` pairs (class 0x8001); the client does the same and decodes them
 //!   back into [`Field::Reg`] matches. `load` is a masked set-field.
@@ -83,6 +101,7 @@ pub use group::{
 };
 pub use message::{
     BundleCtrlType, CtTuple, Message, MeterMod, MeterModCommand, MultipartReply, MultipartRequest,
-    OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand, bundle_flags,
+    OFP13_VERSION, OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand,
+    bundle_flags,
 };
 pub use wire::DecodeError;
