@@ -199,24 +199,7 @@ fn start_vswitchd(state: &StateDir, info: &LabInfo, node: &NodeInfo) -> Result<(
     )?;
     node::tx_checksum_off(Some(&node.netns), "br-ul")?;
     let peers = up::underlay_peers(info);
-    for (ip, mac) in &peers {
-        if *ip != node.address {
-            sys::ip_in(
-                &node.netns,
-                &[
-                    "neigh",
-                    "replace",
-                    &ip.to_string(),
-                    "lladdr",
-                    mac,
-                    "dev",
-                    "br-ul",
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-        }
-    }
+    up::set_underlay_neighbours(node, "br-ul", &peers)?;
     if info.fabric.is_some()
         && let Some(via) = fabric::underlay_address(info.underlay)
     {

@@ -141,6 +141,32 @@ pub fn find_binaries(bin_dir: Option<&Path>) -> Result<Binaries, LabError> {
     })
 }
 
+/// Permanent kernel neighbour entries in `node` for every other node's underlay address on
+/// `dev` (the lab's fixed underlay MACs), so no ARP is needed on the underlay.
+pub fn set_underlay_neighbours(
+    node: &NodeInfo,
+    dev: &str,
+    peers: &[(Ipv4Addr, String)],
+) -> Result<(), LabError> {
+    for (ip, mac) in peers.iter().filter(|(ip, _)| *ip != node.address) {
+        sys::ip_in(
+            &node.netns,
+            &[
+                "neigh",
+                "replace",
+                &ip.to_string(),
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Underlay addresses and MACs of the nodes and the host end.
 pub fn underlay_peers(info: &LabInfo) -> Vec<(Ipv4Addr, String)> {
     let mut peers: Vec<(Ipv4Addr, String)> = info
@@ -385,25 +411,7 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
     // tunnel neighbour cache (refreshed by the runtime driver).
     let peers = underlay_peers(&info);
     for node in &info.nodes {
-        let dev = info.underlay_mode.interface();
-        for (ip, mac) in &peers {
-            if *ip != node.address {
-                sys::ip_in(
-                    &node.netns,
-                    &[
-                        "neigh",
-                        "replace",
-                        &ip.to_string(),
-                        "lladdr",
-                        mac,
-                        "dev",
-                        dev,
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
-            }
-        }
+        set_underlay_neighbours(node, info.underlay_mode.interface(), &peers)?;
         if info.underlay_mode == UnderlayMode::Ovs {
             node::set_tunnel_neighbours(state, node, &peers)?;
         }
