@@ -19,7 +19,7 @@ pub struct Flags {
     /// kubeconfig file; default: in-cluster config or $KUBECONFIG / ~/.kube/config.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// OVS run directory holding `<bridge>.mgmt`.
+    /// OVS run directory holding `<bridge>.mgmt` and ovs-vswitchd's control socket.
     #[arg(long, env = "OVS_RUNDIR", default_value = "/var/run/openvswitch")]
     pub ovs_rundir: PathBuf,
     /// The integration bridge.

@@ -66,7 +66,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         group_ids::PROXY_FIRST,
         group_ids::PROXY_LAST,
     )));
-    let flusher = ConntrackFlusher::new(switch.clone());
+    let flusher = ConntrackFlusher::new(
+        switch.clone(),
+        Some(flags.ovs_rundir.clone()),
+        Arc::clone(&metrics),
+    );
     let writer = SwitchWriter::start(
         switch.clone(),
         Arc::clone(&groups),

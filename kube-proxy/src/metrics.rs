@@ -30,6 +30,26 @@ impl SyncKind {
     pub const FULL: Self = Self { kind: "full" };
 }
 
+/// Label of [`Metrics::conntrack_flushes`]: which flush of a set of stale
+/// UDP entries (see [`crate::conntrack`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FlushPass {
+    pub pass: &'static str,
+}
+
+impl FlushPass {
+    /// Right after the bundle.
+    pub const FIRST: Self = Self { pass: "first" };
+    /// Repeated once `revalidator/wait` returned.
+    pub const AFTER_REVALIDATION: Self = Self {
+        pass: "after_revalidation",
+    };
+    /// Repeated after a fixed delay (the unixctl socket could not be used).
+    pub const AFTER_DELAY: Self = Self {
+        pass: "after_delay",
+    };
+}
+
 type HistogramFamily = Family<SyncKind, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -55,6 +75,8 @@ pub struct Metrics {
     pub rejects: Counter,
     /// Conntrack flush failures.
     pub conntrack_flush_failures: Counter,
+    /// Conntrack flushes of stale UDP entries that succeeded, by pass.
+    pub conntrack_flushes: Family<FlushPass, Counter>,
     health: Health,
 }
 
@@ -84,6 +106,7 @@ impl Metrics {
         let endpoints = Gauge::default();
         let rejects = Counter::default();
         let conntrack_flush_failures = Counter::default();
+        let conntrack_flushes = Family::<FlushPass, Counter>::default();
         registry.register(
             "sync_duration_seconds",
             "From the first API event of a burst (incremental) or the start of a full sync to its flows and groups being installed",
@@ -115,6 +138,11 @@ impl Metrics {
             "Stale UDP conntrack flushes that failed",
             conntrack_flush_failures.clone(),
         );
+        registry.register(
+            "conntrack_flushes",
+            "Stale UDP conntrack flushes, right after the bundle (first) and repeated once the datapath's cached flows were revalidated (after_revalidation) or after a fixed delay (after_delay)",
+            conntrack_flushes.clone(),
+        );
         let health = Health::default();
         *health.start.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         Self {
@@ -126,6 +154,7 @@ impl Metrics {
             endpoints,
             rejects,
             conntrack_flush_failures,
+            conntrack_flushes,
             health,
         }
     }

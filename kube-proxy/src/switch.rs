@@ -12,7 +12,8 @@
 //! - Other updates send only their change set's mods, in one atomic bundle;
 //!   if that fails, the next step is a full sync.
 //! - After a successful bundle: retired group ids are released, stale UDP
-//!   conntrack entries flushed.
+//!   conntrack entries flushed, and flushed again once the datapath's cached
+//!   flows are revalidated (see [`crate::conntrack`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, PoisonError};
@@ -342,7 +343,7 @@ impl SwitchWriter {
             return;
         };
         if let Err(err) = flusher
-            .flush(&changes.stale_udp_endpoints, &changes.stale_udp_frontends)
+            .flush_and_repeat(&changes.stale_udp_endpoints, &changes.stale_udp_frontends)
             .await
         {
             warn!(%err, "stale UDP conntrack entries not flushed");

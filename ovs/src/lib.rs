@@ -4,7 +4,10 @@
 //!   published `ovsdb` crate, 0.0.6, implements only `select` and its codec
 //!   mishandles escaped quotes and several messages per read), with a
 //!   monitor-fed cache and typed helpers for bridges and ports.
+//! - [`openflow`]: a native OpenFlow 1.5 (and 1.3) client.
+//! - [`unixctl`]: the `ovs-appctl` control socket (e.g. `revalidator/wait`).
 
 pub mod openflow;
 pub mod ovsdb;
 pub mod pipeline;
+pub mod unixctl;

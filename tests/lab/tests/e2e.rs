@@ -39,6 +39,14 @@ use switchyard_lab::cluster::{node, state::NodeInfo, status, sys};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const REACH_DEADLINE: Duration = Duration::from_secs(20);
+/// The proxy's metrics endpoint (its default address) inside a node namespace.
+const PROXY_METRICS: &str = "http://127.0.0.1:10249/metrics";
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Diagnostics
@@ -542,20 +550,49 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
     );
     let other = if first == "pin-1" { "pin-2" } else { "pin-1" };
     lab.kubectl_ok(&["-n", ns, "delete", "pod", &first, "--wait=false"]);
+    // What the socket saw after the delete ("-" for no answer), for the failure message.
     let mut seen = Vec::new();
-    let moved = eventually(
-        &format!("the flow pinned to {first} to move to {other}"),
-        REACH_DEADLINE,
-        || {
-            let a = answer_rx.recv_timeout(Duration::from_secs(1)).ok()?;
+    let end = Instant::now() + REACH_DEADLINE;
+    let moved = loop {
+        if let Ok(a) = answer_rx.recv_timeout(Duration::from_secs(1)) {
             seen.push(a.clone().unwrap_or_else(|| "-".into()));
-            (a.as_deref() == Some(other)).then_some(seen.len())
-        },
-    );
+            if a.as_deref() == Some(other) {
+                break seen.len();
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {REACH_DEADLINE:?} waiting for the UDP flow pinned to {first} to \
+             move to {other}; answers since the delete: {seen:?}"
+        );
+    };
     drop(stop_tx);
     drop(answer_rx);
     asker.join().unwrap();
     eprintln!("pinned UDP flow moved from {first} to {other} after {moved} answers");
+    // Each proxy flushed the removed endpoint's entries twice: right away, and again once its
+    // vswitchd's revalidators no longer held a cached flow that could re-create them.
+    for node in &info.nodes {
+        eventually(
+            &format!(
+                "{}'s proxy to repeat the flush after revalidation",
+                node.name
+            ),
+            REACH_DEADLINE,
+            || {
+                let out = in_netns(
+                    &node.netns,
+                    &["curl", "-sf", "--max-time", "5", PROXY_METRICS],
+                );
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                metric_value(
+                    &text,
+                    r#"switchyard_proxy_conntrack_flushes_total{pass="after_revalidation"}"#,
+                )
+                .filter(|&v| v >= 1.0)
+            },
+        );
+    }
 }
 
 /// A Service `both` with one backend on node1 and one on node2, in namespace `ns`; plus the
