@@ -28,16 +28,16 @@
 //! (`SY_BENCH_SIZES=1000,10000` picks sizes, `SY_BENCH_CHANGES` the number
 //! of single changes timed, default 200 for OVS and at most 30 for iptables).
 
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+#[path = "support/iptables.rs"]
+mod iptables;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_ovs::openflow::{Client, bundle_flags};
-use switchyard_ovs_harness::{Netns, OvsInstance, require_privileges};
+use switchyard_ovs_harness::{OvsInstance, require_privileges};
 use switchyard_proxy::fixtures::endpoint;
 use switchyard_proxy::program::{self, HairpinRefs, SwitchInventory};
 use switchyard_proxy::service_model::service_port_states;
@@ -70,197 +70,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// kube-proxy's chain name suffix: first 16 base32 characters of the
-/// SHA-256 of the port name (and endpoint); any stable 16-character hash
-/// gives the same rule-set sizes.
-fn chain_hash(text: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    let mut value = hasher.finish();
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::with_capacity(16);
-    for _ in 0..16 {
-        out.push(alphabet[(value % 32) as usize] as char);
-        value /= 32;
-        if value == 0 {
-            value = 0x9e37_79b9_7f4a_7c15;
-        }
-    }
-    out
-}
-
-struct IptService {
-    name: String,
-    vip: String,
-    endpoints: Vec<String>,
-}
-
-fn ipt_services(state: &DesiredState) -> Vec<IptService> {
-    state
-        .iter()
-        .map(|(name, port)| IptService {
-            name: name.to_string(),
-            vip: port.cluster_ip.to_string(),
-            endpoints: port
-                .endpoints
-                .iter()
-                .map(|e| format!("{}:{}", e.ip, e.port))
-                .collect(),
-        })
-        .collect()
-}
-
-fn svc_chain(service: &IptService) -> String {
-    format!("KUBE-SVC-{}", chain_hash(&service.name))
-}
-
-fn sep_chain(service: &IptService, endpoint: &str) -> String {
-    format!(
-        "KUBE-SEP-{}",
-        chain_hash(&format!("{}{endpoint}", service.name))
-    )
-}
-
-fn kube_services_rules(out: &mut String, services: &[IptService]) {
-    for service in services {
-        let _ = writeln!(
-            out,
-            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport 80 -j {}",
-            service.name,
-            service.vip,
-            svc_chain(service)
-        );
-    }
-    out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
-}
-
-fn service_chain_rules(out: &mut String, service: &IptService) {
-    let svc = svc_chain(service);
-    let _ = writeln!(
-        out,
-        "-A {svc} -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport 80 ! -s 10.128.0.0/9 -j KUBE-MARK-MASQ",
-        service.name, service.vip
-    );
-    let n = service.endpoints.len();
-    for (i, ep) in service.endpoints.iter().enumerate() {
-        let sep = sep_chain(service, ep);
-        if i + 1 < n {
-            let probability = 1.0 / (n - i) as f64;
-            let _ = writeln!(
-                out,
-                "-A {svc} -m comment --comment \"{} -> {ep}\" -m statistic --mode random --probability {probability:.10} -j {sep}",
-                service.name
-            );
-        } else {
-            let _ = writeln!(
-                out,
-                "-A {svc} -m comment --comment \"{} -> {ep}\" -j {sep}",
-                service.name
-            );
-        }
-    }
-}
-
-fn endpoint_chain_rules(out: &mut String, service: &IptService, ep: &str) {
-    let sep = sep_chain(service, ep);
-    let ip = ep.split(':').next().unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "-A {sep} -m comment --comment {} -s {ip}/32 -j KUBE-MARK-MASQ",
-        service.name
-    );
-    let _ = writeln!(
-        out,
-        "-A {sep} -m comment --comment {} -m tcp -p tcp -j DNAT --to-destination {ep}",
-        service.name
-    );
-}
-
-/// The full nat table as kube-proxy writes it.
-fn iptables_full(services: &[IptService]) -> String {
-    let mut out = String::with_capacity(services.len() * 2048);
-    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
-    for service in services {
-        let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
-        for ep in &service.endpoints {
-            let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, ep));
-        }
-    }
-    out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
-    out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
-    out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n");
-    out.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
-    kube_services_rules(&mut out, services);
-    for service in services {
-        service_chain_rules(&mut out, service);
-        for ep in &service.endpoints {
-            endpoint_chain_rules(&mut out, service, ep);
-        }
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// What kube-proxy writes when one Service's endpoint `old` became `new`:
-/// the top-level chain in full, the Service's chain, the new endpoint's
-/// chain, and the deletion of the old one (unchanged endpoint chains are
-/// not rewritten).
-fn iptables_change(services: &[IptService], changed: usize, old: &str, new: &str) -> String {
-    let service = &services[changed];
-    let mut out = String::with_capacity(services.len() * 200);
-    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
-    let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
-    let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, new));
-    let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, old));
-    kube_services_rules(&mut out, services);
-    service_chain_rules(&mut out, service);
-    endpoint_chain_rules(&mut out, service, new);
-    let _ = writeln!(out, "-X {}", sep_chain(service, old));
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// `iptables-legacy-restore` unless `SY_BENCH_IPTABLES=nft`.
-fn restore_binary() -> &'static str {
-    match std::env::var("SY_BENCH_IPTABLES").as_deref() {
-        Ok("nft") => "iptables-nft-restore",
-        _ => "iptables-legacy-restore",
-    }
-}
-
-/// Time of one `iptables-restore --noflush`; `Err` with its message when
-/// it refuses the input.
-fn iptables_restore(netns: &Netns, input: &str) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns.name(),
-            restore_binary(),
-            "-w",
-            "--noflush",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iptables-restore runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write rules");
-    let out = child.wait_with_output().expect("iptables-restore exits");
-    if out.status.success() {
-        Ok(started.elapsed())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
 /// One Service's slice with endpoint `index` replaced by a fresh address.
 fn replace_endpoint(slice: &EndpointSlice, index: usize, fresh: u32) -> EndpointSlice {
     let mut slice = slice.clone();
@@ -285,8 +94,7 @@ struct Row {
     ipt_full: Result<Duration, String>,
     change_p50: Duration,
     change_p99: Duration,
-    ipt_p50: Option<Duration>,
-    ipt_p99: Option<Duration>,
+    ipt_change: Option<(Duration, Duration)>,
     rss: f64,
     vswitchd_rss: f64,
 }
@@ -381,29 +189,7 @@ async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row
     drop(ovs);
 
     // iptables baseline in a scratch namespace.
-    let netns = Netns::new("sy-ipt").expect("scratch netns");
-    let ipt = ipt_services(&state);
-    let full_rules = iptables_full(&ipt);
-    let ipt_full = iptables_restore(&netns, &full_rules);
-    if let Err(err) = &ipt_full {
-        eprintln!("{count} services: iptables full load refused: {err}");
-    }
-    let mut ipt_times = Vec::with_capacity(ipt_changes);
-    let mut ipt = ipt;
-    for round in 0..ipt_changes {
-        if ipt_full.is_err() {
-            break;
-        }
-        let index = (round * 104_729) % ipt.len();
-        let slot = round % ENDPOINTS as usize;
-        let old = ipt[index].endpoints[slot].clone();
-        let new = format!("12.0.{}.{}:8080", round / 250, round % 250 + 1);
-        ipt[index].endpoints[slot] = new.clone();
-        let input = iptables_change(&ipt, index, &old, &new);
-        ipt_times.push(iptables_restore(&netns, &input).expect("iptables change"));
-    }
-    let ipt_p50 = (!ipt_times.is_empty()).then(|| percentile(&mut ipt_times, 0.5));
-    let ipt_p99 = (!ipt_times.is_empty()).then(|| percentile(&mut ipt_times, 0.99));
+    let baseline = iptables::run(&state, ipt_changes);
 
     Row {
         count,
@@ -411,11 +197,10 @@ async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row
         model,
         install,
         full,
-        ipt_full,
+        ipt_full: baseline.full,
         change_p50,
         change_p99,
-        ipt_p50,
-        ipt_p99,
+        ipt_change: baseline.change,
         rss,
         vswitchd_rss,
     }
@@ -436,7 +221,7 @@ fn main() {
         .unwrap_or(200);
     let ipt_changes = changes.min(30);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    println!("baseline: {}", restore_binary());
+    println!("baseline: {}", iptables::restore_binary());
     println!(
         "| services | OVS content | proxy full sync (model + install) | iptables-restore full | full ratio | proxy change p50 / p99 | iptables change p50 / p99 | p99 ratio | bench peak RSS | vswitchd RSS |"
     );
@@ -450,8 +235,8 @@ fn main() {
             ),
             Err(_) => ("refused".to_owned(), "-".to_owned()),
         };
-        let (ipt_change, change_ratio) = match (row.ipt_p50, row.ipt_p99) {
-            (Some(p50), Some(p99)) => (
+        let (ipt_change, change_ratio) = match row.ipt_change {
+            Some((p50, p99)) => (
                 format!("{:.1} / {:.1} ms", ms(p50), ms(p99)),
                 format!("{:.0}x", p99.as_secs_f64() / row.change_p99.as_secs_f64()),
             ),

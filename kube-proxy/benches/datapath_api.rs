@@ -1,0 +1,451 @@
+//! The service proxy through its real path, at 1k / 10k (/ 30k) Services x
+//! 10 endpoints on one node, side by side with kube-proxy's iptables mode
+//! (issue 8):
+//!
+//! - setup (not timed): the lab's in-memory API server in-process (no
+//!   controllers), N Services and N EndpointSlices from `synthetic::cluster`
+//!   created through its HTTP API, 16 requests in flight;
+//! - proxy full sync: the release `switchyard-proxy` binary started with a
+//!   kubeconfig for the lab server and a private `ovs-vswitchd` (userspace
+//!   datapath); timed from the process start (objects already in the API)
+//!   until its `switchyard_proxy_service_ports_programmed` metric equals N
+//!   (the gauge is set once the full-sync bundle is committed), polled every
+//!   2 ms; the flow and group counts are then checked over OpenFlow;
+//! - proxy single endpoint change: one Service's EndpointSlice gets one
+//!   endpoint replaced with a PUT; timed from before the PUT until the
+//!   Service's select group on the bridge has the new endpoint and not the
+//!   old one (group desc over OpenFlow, polled every 1 ms), on different
+//!   Services; this includes the proxy's debounce window, so each size runs
+//!   with every debounce in `SY_BENCH_DEBOUNCE_MS` (default `50,0`: the
+//!   default and none), each with a fresh `ovs-vswitchd` and proxy;
+//! - proxy peak RSS: `VmHWM` of the proxy process after the changes;
+//! - iptables baseline: the same code as the `datapath` bench
+//!   (`support/iptables.rs`): kube-proxy's nat table for the same Services
+//!   with `iptables-restore --noflush` into a scratch namespace, and what it
+//!   writes for one changed endpoint.
+//!
+//! Needs root and Open vSwitch.
+//! `cargo bench -p switchyard-proxy --bench datapath_api`
+//! (`SY_BENCH_SIZES=1000,10000` picks sizes, `SY_BENCH_CHANGES` the number
+//! of single changes timed per run, default 50, at most 30 for iptables;
+//! `SY_BENCH_IPTABLES=nft` as in `datapath`).
+
+#[path = "support/iptables.rs"]
+mod iptables;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::PostParams;
+use switchyard_lab::apiserver::{ApiServer, ApiServerOptions};
+use switchyard_ovs::openflow::{self, Action, Client, Group};
+use switchyard_ovs_harness::{OvsInstance, require_privileges};
+use switchyard_proxy::build_desired_state;
+use switchyard_proxy::fixtures::endpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NODE: &str = "node-0";
+const NAMESPACE: &str = "default";
+const ENDPOINTS: u32 = 10;
+const BRIDGE: &str = "br-int";
+/// Create requests in flight during setup.
+const PARALLEL_CREATES: usize = 16;
+/// Longest wait for a sync or a change before the bench gives up.
+const DEADLINE: Duration = Duration::from_secs(600);
+const FULL_SYNC_POLL: Duration = Duration::from_millis(2);
+const CHANGE_POLL: Duration = Duration::from_millis(1);
+const PROGRAMMED: &str = "switchyard_proxy_service_ports_programmed";
+
+fn percentile(times: &mut [Duration], p: f64) -> Duration {
+    times.sort();
+    let index = ((times.len() as f64 - 1.0) * p).round() as usize;
+    times[index]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn free_local_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// The release `switchyard-proxy` binary, killed (by pid) on drop.
+struct Proxy {
+    child: Child,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(kubeconfig: &Path, ovs: &OvsInstance, debounce_ms: u64, log: PathBuf) -> Proxy {
+        let metrics = free_local_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard-proxy"))
+            .arg("--node-name")
+            .arg(NODE)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--ovs-rundir")
+            .arg(ovs.rundir())
+            .arg("--bridge")
+            .arg(BRIDGE)
+            .arg("--metrics-address")
+            .arg(metrics.to_string())
+            .arg("--debounce-ms")
+            .arg(debounce_ms.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("proxy log file"))
+            .spawn()
+            .expect("switchyard-proxy starts");
+        Proxy {
+            child,
+            metrics,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics with the proxy's log if it exited.
+    fn check_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "switchyard-proxy exited ({status}):\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// One value of the proxy's /metrics (None while it is not serving).
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let mut stream = tokio::net::TcpStream::connect(self.metrics).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        text.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The endpoint addresses a select group DNATs to.
+fn group_endpoints(group: &Group) -> Vec<Ipv4Addr> {
+    group
+        .buckets
+        .iter()
+        .flat_map(|bucket| &bucket.actions)
+        .filter_map(|action| match action {
+            Action::Ct(ct) => match ct.nat.as_ref()?.addrs? {
+                (IpAddr::V4(ip), _) => Some(ip),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn endpoint_ip(slice: &EndpointSlice, slot: usize) -> Ipv4Addr {
+    slice.endpoints[slot].addresses[0]
+        .parse()
+        .expect("IPv4 endpoint")
+}
+
+/// A private ovs-vswitchd with an empty `br-int` (userspace datapath).
+fn start_ovs() -> OvsInstance {
+    let ovs = OvsInstance::builder()
+        .vswitchd(true)
+        .start()
+        .expect("OVS starts");
+    ovs.vsctl(&[
+        "add-br",
+        BRIDGE,
+        "--",
+        "set",
+        "bridge",
+        BRIDGE,
+        "datapath_type=netdev",
+        "protocols=OpenFlow15",
+        "fail_mode=secure",
+    ])
+    .expect("bridge");
+    ovs
+}
+
+struct Run {
+    debounce_ms: u64,
+    full: Duration,
+    flows: String,
+    change_p50: Duration,
+    change_p99: Duration,
+    rss: f64,
+}
+
+/// The API objects as stored (with their resourceVersions).
+struct Cluster {
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    /// Source of fresh endpoint addresses (11.0.0.0/8).
+    fresh: u32,
+}
+
+/// Creates the objects through the API; returns them as stored.
+async fn create_all<K>(api: &Api<K>, objects: Vec<K>) -> Vec<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::Serialize
+        + k8s_openapi::serde::de::DeserializeOwned,
+{
+    futures::stream::iter(objects)
+        .map(|object| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &object).await }
+        })
+        .buffered(PARALLEL_CREATES)
+        .try_collect()
+        .await
+        .expect("create objects")
+}
+
+/// One proxy run: full sync from the API, then `changes` endpoint changes.
+async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir: &Path) -> Run {
+    let count = cluster.slices.len();
+    let ovs = start_ovs();
+    let log = dir.join(format!("proxy-{count}-{debounce_ms}.log"));
+
+    // Full sync: process start -> every Service port programmed.
+    let started = Instant::now();
+    let mut proxy = Proxy::start(&cluster.kubeconfig, &ovs, debounce_ms, log);
+    loop {
+        if proxy.metric(PROGRAMMED).await == Some(count as f64) {
+            break;
+        }
+        proxy.check_alive();
+        assert!(
+            started.elapsed() < DEADLINE,
+            "full sync of {count} timed out"
+        );
+        tokio::time::sleep(FULL_SYNC_POLL).await;
+    }
+    let full = started.elapsed();
+
+    let client = Client::connect_bridge(ovs.rundir(), BRIDGE)
+        .await
+        .expect("OpenFlow client");
+    let groups = client
+        .dump_groups(openflow::ALL_GROUPS)
+        .await
+        .expect("dump groups");
+    assert_eq!(groups.len(), count, "one select group per Service");
+    let mut group_of: HashMap<Ipv4Addr, u32> = HashMap::new();
+    for group in &groups {
+        for ip in group_endpoints(group) {
+            group_of.insert(ip, group.group_id);
+        }
+    }
+    let aggregate = ovs
+        .ofctl(&["-O", "OpenFlow15", "dump-aggregate", BRIDGE])
+        .unwrap_or_default();
+    let flow_count = aggregate
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("flow_count="))
+        .unwrap_or("?");
+    let flows = format!("{flow_count} flows, {} groups", groups.len());
+
+    // Single endpoint changes on distinct Services.
+    let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let mut times = Vec::with_capacity(changes);
+    for round in 0..changes {
+        let index = (round * 7919) % count;
+        let slot = round % ENDPOINTS as usize;
+        let old_ip = endpoint_ip(&cluster.slices[index], slot);
+        let group_id = group_of[&old_ip];
+        cluster.fresh += 1;
+        let new_ip = Ipv4Addr::from((11 << 24) + cluster.fresh);
+        let mut next = cluster.slices[index].clone();
+        next.endpoints[slot] = endpoint(&new_ip.to_string()).node("node-3").build();
+        let name = next.metadata.name.clone().expect("slice name");
+
+        let started = Instant::now();
+        let stored = api
+            .replace(&name, &PostParams::default(), &next)
+            .await
+            .expect("replace slice");
+        loop {
+            let installed = client.dump_groups(group_id).await.expect("group desc");
+            let ips = installed.first().map(group_endpoints).unwrap_or_default();
+            if ips.contains(&new_ip) && !ips.contains(&old_ip) {
+                break;
+            }
+            proxy.check_alive();
+            assert!(
+                started.elapsed() < DEADLINE,
+                "change of {name} timed out: group {group_id} has {ips:?}"
+            );
+            tokio::time::sleep(CHANGE_POLL).await;
+        }
+        times.push(started.elapsed());
+        cluster.slices[index] = stored;
+        group_of.insert(new_ip, group_id);
+    }
+    let change_p50 = percentile(&mut times, 0.5);
+    let change_p99 = percentile(&mut times, 0.99);
+    let rss = peak_rss_mb(proxy.pid());
+    eprintln!(
+        "{count} services, debounce {debounce_ms} ms: full sync {:.0} ms ({flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
+        ms(full),
+        ms(change_p50),
+        ms(change_p99),
+    );
+    drop(client);
+    drop(proxy);
+    drop(ovs);
+    Run {
+        debounce_ms,
+        full,
+        flows,
+        change_p50,
+        change_p99,
+        rss,
+    }
+}
+
+async fn bench_size(
+    count: u32,
+    debounces: &[u64],
+    changes: usize,
+    ipt_changes: usize,
+) -> (Vec<Run>, iptables::Baseline) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ApiServer::start(ApiServerOptions::without_controllers())
+        .await
+        .expect("lab API server starts");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let client = kube::Client::try_from(kube::Config::new(
+        server.url().parse().expect("server URL parses"),
+    ))
+    .expect("kube client");
+
+    let setup = Instant::now();
+    let (services, slices) = switchyard_proxy::synthetic::cluster(NAMESPACE, count, ENDPOINTS);
+    let services = create_all(&Api::namespaced(client.clone(), NAMESPACE), services).await;
+    let slices = create_all(&Api::namespaced(client.clone(), NAMESPACE), slices).await;
+    eprintln!(
+        "{count} services: created {} objects through the API in {:.1} s (setup)",
+        services.len() + slices.len(),
+        setup.elapsed().as_secs_f64()
+    );
+    let mut cluster = Cluster {
+        client,
+        kubeconfig,
+        services,
+        slices,
+        fresh: 0,
+    };
+    let mut runs = Vec::new();
+    for &debounce_ms in debounces {
+        runs.push(run_proxy(&mut cluster, debounce_ms, changes, dir.path()).await);
+    }
+
+    // iptables baseline for the same (current) objects.
+    let state = build_desired_state(&cluster.services, &cluster.slices, NODE);
+    let baseline = iptables::run(&state, ipt_changes);
+    server.shutdown().await;
+    (runs, baseline)
+}
+
+fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+fn main() {
+    if !require_privileges("datapath_api bench") {
+        return;
+    }
+    let sizes: Vec<u32> = env_list("SY_BENCH_SIZES", "1000,10000");
+    let debounces: Vec<u64> = env_list("SY_BENCH_DEBOUNCE_MS", "50,0");
+    let changes: usize = std::env::var("SY_BENCH_CHANGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let ipt_changes = changes.min(30);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    println!("baseline: {}", iptables::restore_binary());
+    println!(
+        "| services | debounce | OVS content | proxy full sync (API -> flows) | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for count in sizes {
+        let (runs, baseline) =
+            runtime.block_on(bench_size(count, &debounces, changes, ipt_changes));
+        for run in runs {
+            let (ipt_full, full_ratio) = match &baseline.full {
+                Ok(t) => (
+                    format!("{:.0} ms", ms(*t)),
+                    format!("{:.1}x", t.as_secs_f64() / run.full.as_secs_f64()),
+                ),
+                Err(_) => ("refused".to_owned(), "-".to_owned()),
+            };
+            let (ipt_change, change_ratio) = match baseline.change {
+                Some((p50, p99)) => (
+                    format!("{:.1} / {:.1} ms", ms(p50), ms(p99)),
+                    format!("{:.1}x", p99.as_secs_f64() / run.change_p99.as_secs_f64()),
+                ),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
+            println!(
+                "| {count} | {} ms | {} | {:.0} ms | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
+                run.debounce_ms,
+                run.flows,
+                ms(run.full),
+                ms(run.change_p50),
+                ms(run.change_p99),
+                run.rss,
+            );
+        }
+    }
+}
