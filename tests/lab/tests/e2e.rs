@@ -861,10 +861,25 @@ fn e2e_pods_services_vlan_and_bad_inputs() {
 // ---------------------------------------------------------------------------------------------
 // Lab 2: restarts under a continuous probe, then node removal
 
-/// Period of the probe.
+/// Period of the probe: one request per target every period, whether or not the earlier ones
+/// were answered yet.
 const PROBE_PERIOD: Duration = Duration::from_millis(50);
-/// How long one probe request waits for its answer.
+/// An answer arriving later than this after its request is counted as late (and reported
+/// with its delay), not lost.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// A request still without an answer this long after it was sent is lost: the network
+/// dropped it (a slow round trip on a loaded machine is late, not lost).
+const PROBE_LOST_AFTER: Duration = Duration::from_secs(3);
+/// How often a probe thread looks for answers on its non-blocking sockets (the resolution of
+/// the measured delays).
+const PROBE_TICK: Duration = Duration::from_millis(5);
+/// Answered requests per target that prove the baseline before a disruption starts.
+const PROBE_BASELINE_ANSWERS: usize = 10;
+/// Answered requests per target, all sent after the disruption ended, that prove the service
+/// is back before the probe finishes.
+const PROBE_AFTER_ANSWERS: usize = 20;
+/// Deadline of each of those two waits.
+const PROBE_WAIT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One thing the probe sends to: a fresh socket per request (a new flow each time) or one
 /// connected socket for the whole run (an established flow).
@@ -875,118 +890,251 @@ struct ProbeTarget {
     established: bool,
 }
 
+/// One request of the probe; times since the probe started.
+#[derive(Debug, Clone, Copy)]
+struct ProbeRequest {
+    sent: Duration,
+    answered: Option<Duration>,
+}
+
+/// The requests sent to one target so far, shared by its probe thread and the test.
+type ProbeLog = Arc<std::sync::Mutex<Vec<ProbeRequest>>>;
+
 /// What the probe measured for one target.
 #[derive(Debug, Clone, Default)]
 struct ProbeResult {
     label: &'static str,
     sent: u32,
+    /// Requests without an answer within [`PROBE_LOST_AFTER`].
     lost: u32,
-    /// The longest time between two answered requests (about one period without loss): how
-    /// long the target was unreachable.
+    /// Delays of the answers that came later than [`PROBE_TIMEOUT`], in request order.
+    late: Vec<Duration>,
+    /// The longest time without an answer arriving, from the probe's start to its end (about
+    /// one period without loss): how long the target was unreachable.
     longest_gap: Duration,
+}
+
+impl ProbeResult {
+    /// The result of the requests of one target; `ended` is when the probe stopped sending.
+    fn from_requests(label: &'static str, requests: &[ProbeRequest], ended: Duration) -> Self {
+        let mut answers: Vec<Duration> = requests.iter().filter_map(|r| r.answered).collect();
+        answers.sort();
+        let mut longest_gap = Duration::ZERO;
+        let mut last = Duration::ZERO;
+        for at in answers.into_iter().chain([ended]) {
+            longest_gap = longest_gap.max(at.saturating_sub(last));
+            last = last.max(at);
+        }
+        ProbeResult {
+            label,
+            sent: u32::try_from(requests.len()).unwrap_or(u32::MAX),
+            lost: u32::try_from(requests.iter().filter(|r| r.answered.is_none()).count())
+                .unwrap_or(u32::MAX),
+            late: requests
+                .iter()
+                .filter_map(|r| r.answered.map(|a| a - r.sent))
+                .filter(|delay| *delay > PROBE_TIMEOUT)
+                .collect(),
+            longest_gap,
+        }
+    }
 }
 
 impl std::fmt::Display for ProbeResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} lost of {}, longest gap between answers {:.0?}",
-            self.label, self.lost, self.sent, self.longest_gap
-        )
+            "{}: {} lost of {}, {} late",
+            self.label,
+            self.lost,
+            self.sent,
+            self.late.len()
+        )?;
+        if !self.late.is_empty() {
+            let shown: Vec<String> = self
+                .late
+                .iter()
+                .take(10)
+                .map(|d| format!("{d:.0?}"))
+                .collect();
+            let more = if self.late.len() > 10 { ", ..." } else { "" };
+            write!(f, " (after {}{more})", shown.join(", "))?;
+        }
+        write!(f, ", longest gap between answers {:.0?}", self.longest_gap)
     }
 }
 
-/// A UDP request/answer loop every [`PROBE_PERIOD`] per target, each on its own thread inside
-/// a pod's network namespace; stopped (and joined) by [`Probe::finish`] or on drop.
+/// A UDP request every [`PROBE_PERIOD`] per target, each target on its own thread inside a
+/// pod's network namespace, answers collected as they come; stopped (and joined, once every
+/// request is answered or lost) by [`Probe::finish`] or on drop.
+///
+/// The lab's echo server answers each datagram with its pod name only, so answers are matched
+/// to requests by socket: on new flows each request has a socket (a source port) of its own;
+/// on the established flow the answers come back in order and each goes to the oldest request
+/// still waiting (after a loss, a later request's answer may be booked on the lost one: the
+/// counts are exact, that delay is not).
 struct Probe {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<ProbeResult>>,
     started: Instant,
+    logs: Vec<(&'static str, ProbeLog)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn udp_ask(socket: &UdpSocket) -> bool {
-    if socket.send(b"probe").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 512];
-    socket.recv(&mut buf).is_ok()
-}
-
-fn probe_target(stop: &AtomicBool, target: &ProbeTarget) -> ProbeResult {
+fn probe_target(stop: &AtomicBool, target: &ProbeTarget, started: Instant, log: &ProbeLog) {
     let open = || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.connect(target.address).unwrap();
-        s.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        s.set_nonblocking(true).unwrap();
         s
     };
     let established = target.established.then(open);
-    let mut r = ProbeResult {
-        label: target.label,
-        ..ProbeResult::default()
-    };
-    let mut last_answer = Instant::now();
-    let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let ok = match &established {
-            Some(s) => {
-                // Drop a late answer to an earlier request first.
-                s.set_nonblocking(true).unwrap();
-                let mut buf = [0u8; 512];
-                while s.recv(&mut buf).is_ok() {}
-                s.set_nonblocking(false).unwrap();
-                udp_ask(s)
-            }
-            None => udp_ask(&open()),
-        };
-        r.sent += 1;
-        if ok {
-            let now = Instant::now();
-            r.longest_gap = r.longest_gap.max(now - last_answer);
-            last_answer = now;
-        } else {
-            r.lost += 1;
+    // Requests not answered yet, oldest first: index in the log, and on new flows the
+    // request's own socket.
+    let mut waiting: std::collections::VecDeque<(usize, Option<UdpSocket>)> =
+        std::collections::VecDeque::new();
+    let mut next_send = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && waiting.is_empty() {
+            return;
         }
-        next += PROBE_PERIOD;
         let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
+        let mut requests = log.lock().unwrap();
+        if !stopping && now >= next_send {
+            let own = established.is_none().then(open);
+            let socket = own.as_ref().or(established.as_ref()).unwrap();
+            // A send error is a request that gets no answer.
+            let _ = socket.send(b"probe");
+            requests.push(ProbeRequest {
+                sent: now - started,
+                answered: None,
+            });
+            waiting.push_back((requests.len() - 1, own));
+            next_send = (next_send + PROBE_PERIOD).max(now);
         }
+        let at = Instant::now() - started;
+        match &established {
+            Some(socket) => {
+                while socket.recv(&mut buf).is_ok() {
+                    if let Some((i, _)) = waiting.pop_front() {
+                        requests[i].answered = Some(at);
+                    }
+                }
+            }
+            None => waiting.retain(|(i, socket)| {
+                let answered = socket.as_ref().is_some_and(|s| s.recv(&mut buf).is_ok());
+                if answered {
+                    requests[*i].answered = Some(at);
+                }
+                !answered
+            }),
+        }
+        while waiting
+            .front()
+            .is_some_and(|(i, _)| at - requests[*i].sent >= PROBE_LOST_AFTER)
+        {
+            waiting.pop_front();
+        }
+        drop(requests);
+        std::thread::sleep(PROBE_TICK);
     }
-    r
 }
 
 impl Probe {
     fn start(netns: &str, targets: Vec<ProbeTarget>) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
         let path = format!("/run/netns/{netns}");
+        let mut logs = Vec::new();
         let threads = targets
             .into_iter()
             .map(|target| {
+                let log = ProbeLog::default();
+                logs.push((target.label, log.clone()));
                 let stop = stop.clone();
                 let path = path.clone();
                 std::thread::spawn(move || {
                     // setns on this dedicated thread only.
                     let file = std::fs::File::open(&path).unwrap();
                     nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                    probe_target(&stop, &target)
+                    probe_target(&stop, &target, started, &log);
                 })
             })
             .collect();
         Probe {
             stop,
+            started,
+            logs,
             threads,
-            started: Instant::now(),
         }
     }
 
-    fn finish(mut self) -> Vec<ProbeResult> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads
-            .drain(..)
-            .map(|h| h.join().expect("probe thread panicked"))
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// What was measured so far, as if the probe stopped now.
+    fn results_so_far(&self) -> Vec<ProbeResult> {
+        let now = self.elapsed();
+        self.logs
+            .iter()
+            .map(|(label, log)| ProbeResult::from_requests(label, &log.lock().unwrap(), now))
             .collect()
+    }
+
+    /// Polls until every target answered at least `count` requests sent at or after `since`;
+    /// panics with what was measured after [`PROBE_WAIT_DEADLINE`] or if a probe thread ended.
+    fn wait_for_answers(&self, what: &str, count: usize, since: Duration) {
+        let end = Instant::now() + PROBE_WAIT_DEADLINE;
+        loop {
+            let answered: Vec<usize> = self
+                .logs
+                .iter()
+                .map(|(_, log)| {
+                    let requests = log.lock().unwrap();
+                    requests
+                        .iter()
+                        .filter(|r| r.sent >= since && r.answered.is_some())
+                        .count()
+                })
+                .collect();
+            if answered.iter().all(|n| *n >= count) {
+                return;
+            }
+            let ended = self.threads.iter().any(|t| t.is_finished());
+            if ended || Instant::now() >= end {
+                let report: Vec<String> = self
+                    .results_so_far()
+                    .iter()
+                    .zip(&answered)
+                    .map(|(r, n)| format!("\n  {r}; {n} answered since {since:.2?}"))
+                    .collect();
+                panic!(
+                    "{what}: not every target answered {count} requests sent since {since:.2?} \
+                     within {PROBE_WAIT_DEADLINE:?}{}:{}",
+                    if ended { " (a probe thread ended)" } else { "" },
+                    report.concat()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops sending, waits until every request is answered or lost, and returns the results
+    /// and when the sending stopped.
+    fn finish(mut self) -> (Vec<ProbeResult>, Duration) {
+        let ended = self.elapsed();
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.threads.drain(..) {
+            h.join().expect("probe thread panicked");
+        }
+        let results = self
+            .logs
+            .iter()
+            .map(|(label, log)| ProbeResult::from_requests(label, &log.lock().unwrap(), ended))
+            .collect();
+        (results, ended)
     }
 }
 
@@ -1178,23 +1326,31 @@ impl Drop for TcpStreamProbe {
     }
 }
 
-/// Probes while `disrupt` runs, then for `settle` more; prints and returns the results.
+/// Probes `targets` from `netns` through `disrupt`: the disruption starts once every target
+/// answered [`PROBE_BASELINE_ANSWERS`] requests (baseline proven), and the probe ends once
+/// every target answered [`PROBE_AFTER_ANSWERS`] requests sent after `disrupt` returned
+/// (service proven back), each wait polled with a deadline; prints and returns the results.
 fn probe_through(
     what: &str,
     netns: &str,
     targets: &[ProbeTarget],
-    settle: Duration,
     disrupt: impl FnOnce(),
 ) -> Vec<ProbeResult> {
     let probe = Probe::start(netns, targets.to_vec());
-    std::thread::sleep(Duration::from_millis(500)); // baseline before the disruption
-    let t0 = probe.started.elapsed();
+    probe.wait_for_answers(
+        &format!("baseline before {what}"),
+        PROBE_BASELINE_ANSWERS,
+        Duration::ZERO,
+    );
+    let t0 = probe.elapsed();
     disrupt();
-    let t1 = probe.started.elapsed();
-    std::thread::sleep(settle); // measurement window after the daemon is back
-    let results = probe.finish();
+    let t1 = probe.elapsed();
+    probe.wait_for_answers(&format!("service after {what}"), PROBE_AFTER_ANSWERS, t1);
+    let (results, ended) = probe.finish();
     eprintln!(
-        "probe during {what} (disruption from {t0:.2?} to {t1:.2?}, period {PROBE_PERIOD:?}, timeout {PROBE_TIMEOUT:?}):"
+        "probe during {what} (disruption from {t0:.2?} to {t1:.2?}, {PROBE_AFTER_ANSWERS} answers \
+         each after it by {ended:.2?}; period {PROBE_PERIOD:?}, late after {PROBE_TIMEOUT:?}, \
+         lost after {PROBE_LOST_AFTER:?}):"
     );
     for r in &results {
         eprintln!("  {r}");
@@ -1286,7 +1442,6 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
         "SIGKILL + restart of node1's agent",
         &client,
         &targets,
-        Duration::from_secs(2),
         || ops::restart(&lab.state, "node1", Daemon::Agent).unwrap(),
     );
     for t in &r {
@@ -1305,7 +1460,6 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
         "SIGKILL + restart of node1's proxy",
         &client,
         &targets,
-        Duration::from_secs(2),
         || ops::restart(&lab.state, "node1", Daemon::Proxy).unwrap(),
     );
     for t in &r {
@@ -1321,20 +1475,8 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
         "SIGKILL + restart of node1's ovs-vswitchd",
         &client,
         &targets,
-        Duration::from_secs(3),
-        || {
-            ops::restart(&lab.state, "node1", Daemon::Vswitchd).unwrap();
-            // Back when every target answers again (bounded), measured by the probe.
-            let end = Instant::now() + OVS_RECOVERY_BOUND;
-            for t in &targets {
-                while Instant::now() < end {
-                    let answer = echo_client(&client, "udp", &t.address.to_string(), 1);
-                    if answer.first().is_some_and(|a| a != "-") {
-                        break;
-                    }
-                }
-            }
-        },
+        // The probe waits until every target answers again, and measures how long it did not.
+        || ops::restart(&lab.state, "node1", Daemon::Vswitchd).unwrap(),
     );
     for t in &r {
         assert!(
