@@ -17,6 +17,7 @@ use crate::config::AgentConfig;
 use crate::flows::Gateway;
 use crate::mac::MacAddr;
 use crate::netns::Netlink;
+use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 
 /// Name of the gateway port and of its device in the node namespace.
 pub const GATEWAY_PORT: &str = "sy-gw0";
@@ -34,16 +35,9 @@ pub enum GatewayError {
         /// The error.
         source: ovsdb::Error,
     },
-    /// vswitchd gave the gateway another ofport than requested.
-    #[error(
-        "gateway port {GATEWAY_PORT} has ofport {got}, expected {expected}; remove the port (ovs-vsctl del-port {GATEWAY_PORT}) and restart the agent"
-    )]
-    WrongOfport {
-        /// What it has.
-        got: u16,
-        /// What the pipeline needs.
-        expected: u32,
-    },
+    /// The gateway port could not be set up.
+    #[error(transparent)]
+    Port(#[from] ReservedPortError),
     /// A netlink operation in the node namespace failed.
     #[error("{what}: {source}")]
     Netlink {
@@ -101,30 +95,20 @@ pub async fn ensure_gateway(
         .hosts()
         .next()
         .unwrap_or_else(|| pod_cidr.network());
+    let port = ReservedPort {
+        role: "gateway port",
+        spec: PortSpec::new(GATEWAY_PORT)
+            .with_type("internal")
+            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-gateway"),
+        ofport: Ofport::Pinned(pipeline::ofport::GATEWAY),
+    };
     let existing = ovsdb
         .port(GATEWAY_PORT)
         .await
-        .map_err(ovsdb_err("reading the gateway port"))?;
-    if existing.is_none() {
-        let mut spec = PortSpec::new(GATEWAY_PORT)
-            .with_type("internal")
-            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-gateway");
-        spec.ofport_request = u16::try_from(pipeline::ofport::GATEWAY).ok();
-        match ovsdb.add_port(&config.bridge, &spec).await {
-            Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
-            Err(e) => return Err(ovsdb_err("adding the gateway port")(e)),
-        }
-    }
-    let ofport = ovsdb
-        .interface_ofport(GATEWAY_PORT, OFPORT_TIMEOUT)
-        .await
-        .map_err(ovsdb_err("waiting for the gateway port's ofport"))?;
-    if u32::from(ofport) != pipeline::ofport::GATEWAY {
-        return Err(GatewayError::WrongOfport {
-            got: ofport,
-            expected: pipeline::ofport::GATEWAY,
-        });
-    }
+        .map_err(port.error(Step::Read))?;
+    // Any port of that name is kept.
+    let found = Found::of(existing.as_ref(), |_| true);
+    port.ensure(ovsdb, &config.bridge, found).await?;
     let mac = configure_device(netlink, config.mtu, gateway_ip, pod_cidr.prefix_len()).await?;
     // The node kernel must not answer ARP for its other addresses on the
     // gateway (lab notes: arp_ignore=1); best effort.

@@ -18,6 +18,7 @@ pub mod mac;
 pub mod metrics;
 pub mod netns;
 pub mod overlay;
+pub mod reserved_port;
 pub mod segment;
 pub mod uplink;
 pub mod vlan_pool;

@@ -52,9 +52,10 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::TunnelType;
 use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, priority};
-use crate::gateway::{GATEWAY_PORT, OFPORT_TIMEOUT};
+use crate::gateway::GATEWAY_PORT;
 use crate::mac::MacAddr;
 use crate::netns::Netlink;
+use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 
 /// Name of the flow-based tunnel port on the bridge.
 pub const TUNNEL_PORT: &str = "sy-tun0";
@@ -79,24 +80,9 @@ const ROUTE_PROTOCOL: u8 = 0x53;
 /// Why the overlay could not be set up or updated.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    /// OVSDB failed.
-    #[error("{what}: {source}")]
-    Ovsdb {
-        /// What was done.
-        what: String,
-        /// The error.
-        source: ovsdb::Error,
-    },
-    /// vswitchd gave the tunnel another ofport.
-    #[error(
-        "tunnel port {TUNNEL_PORT} has ofport {got}, expected {expected}; remove it (ovs-vsctl del-port {TUNNEL_PORT}) and restart the agent"
-    )]
-    WrongOfport {
-        /// What it has.
-        got: u16,
-        /// What the pipeline needs.
-        expected: u32,
-    },
+    /// The tunnel port could not be set up.
+    #[error(transparent)]
+    Port(#[from] ReservedPortError),
     /// Installing flows failed.
     #[error("installing overlay flows: {0}")]
     Flows(#[from] openflow::Error),
@@ -241,52 +227,35 @@ pub async fn ensure_tunnel_port(
     bridge: &str,
     tunnel: TunnelType,
 ) -> Result<(), OverlayError> {
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |source| OverlayError::Ovsdb { what, source }
-    };
     let kind = match tunnel {
         TunnelType::Geneve => "geneve",
         TunnelType::Vxlan => "vxlan",
     };
+    let port = ReservedPort {
+        role: "tunnel port",
+        spec: PortSpec::new(TUNNEL_PORT)
+            .with_type(kind)
+            .with_option("remote_ip", "flow")
+            .with_option("key", "flow")
+            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-tunnel"),
+        ofport: Ofport::Pinned(ofport::TUNNEL),
+    };
     let existing = ovsdb
         .interface(TUNNEL_PORT)
         .await
-        .map_err(err("reading the tunnel port"))?;
-    let wanted = existing.as_ref().is_some_and(|i| {
+        .map_err(port.error(Step::Read))?;
+    let found = Found::of(existing.as_ref(), |i| {
         i.interface_type == kind
-            && i.options.get("remote_ip").map(String::as_str) == Some("flow")
-            && i.options.get("key").map(String::as_str) == Some("flow")
+            && port
+                .spec
+                .options
+                .iter()
+                .all(|(key, value)| i.options.get(key) == Some(value))
     });
-    if !wanted {
-        if existing.is_some() {
-            tracing::info!(port = TUNNEL_PORT, kind, "replacing the tunnel port");
-            match ovsdb.remove_port(TUNNEL_PORT).await {
-                Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
-                Err(e) => return Err(err("removing the old tunnel port")(e)),
-            }
-        }
-        let mut spec = PortSpec::new(TUNNEL_PORT)
-            .with_type(kind)
-            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-tunnel");
-        spec.options.insert("remote_ip".into(), "flow".into());
-        spec.options.insert("key".into(), "flow".into());
-        spec.ofport_request = u16::try_from(ofport::TUNNEL).ok();
-        match ovsdb.add_port(bridge, &spec).await {
-            Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
-            Err(e) => return Err(err("adding the tunnel port")(e)),
-        }
+    if found == Found::Different {
+        tracing::info!(port = TUNNEL_PORT, kind, "replacing the tunnel port");
     }
-    let got = ovsdb
-        .interface_ofport(TUNNEL_PORT, OFPORT_TIMEOUT)
-        .await
-        .map_err(err("waiting for the tunnel port's ofport"))?;
-    if u32::from(got) != ofport::TUNNEL {
-        return Err(OverlayError::WrongOfport {
-            got,
-            expected: ofport::TUNNEL,
-        });
-    }
+    port.ensure(ovsdb, bridge, found).await?;
     Ok(())
 }
 

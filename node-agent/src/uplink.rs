@@ -52,7 +52,7 @@ use switchyard_ovs::pipeline::{
 
 use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
 use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, priority};
-use crate::gateway::OFPORT_TIMEOUT;
+use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 
 /// Priority of the per-VLAN ARP hand-over to L2 (above the overlay's
 /// generic ARP answer).
@@ -65,16 +65,9 @@ const SERVICE_FROM_SEGMENT: u16 = 260;
 /// Why an uplink could not be attached.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    /// OVSDB failed.
-    #[error("uplink {uplink}: {what}: {source}")]
-    Ovsdb {
-        /// The uplink.
-        uplink: String,
-        /// What was done.
-        what: &'static str,
-        /// The error.
-        source: ovsdb::Error,
-    },
+    /// An uplink port could not be set up.
+    #[error(transparent)]
+    Port(#[from] ReservedPortError),
     /// More uplinks than the reserved ofport range holds.
     #[error(
         "{count} uplinks configured: at most {} fit the reserved ofports {}..={}",
@@ -146,55 +139,38 @@ pub async fn ensure_uplinks(
     config: &AgentConfig,
 ) -> Result<Vec<Uplink>, UplinkError> {
     let planned = planned(config);
-    if requested_ofport(planned.len().saturating_sub(1)).is_none() {
-        return Err(UplinkError::TooMany {
+    let ofports: Vec<u32> = (0..planned.len())
+        .map(requested_ofport)
+        .collect::<Option<_>>()
+        .ok_or(UplinkError::TooMany {
             count: planned.len(),
-        });
-    }
+        })?;
     let mut out = Vec::new();
-    for (i, (name, vlans)) in planned.into_iter().enumerate() {
-        let err = |what: &'static str| {
-            let uplink = name.clone();
-            move |source| UplinkError::Ovsdb {
-                uplink,
-                what,
-                source,
-            }
+    for ((name, vlans), number) in planned.into_iter().zip(ofports) {
+        let mut spec = PortSpec::new(&name)
+            .with_trunks(&vlans)
+            .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-uplink");
+        spec.vlan_mode = Some("trunk".to_string());
+        let port = ReservedPort {
+            role: "uplink",
+            spec,
+            ofport: Ofport::Requested(number),
         };
-        let existing = ovsdb.port(&name).await.map_err(err("reading the port"))?;
+        let existing = ovsdb.port(&name).await.map_err(port.error(Step::Read))?;
         let mut have: Vec<u16> = existing
             .as_ref()
             .map(|p| p.trunks.clone())
             .unwrap_or_default();
         have.sort_unstable();
-        if existing.is_some() && have != vlans {
+        let found = Found::of(existing.as_ref(), |_| have == vlans);
+        if found == Found::Different {
             tracing::info!(uplink = %name, ?have, want = ?vlans, "re-creating the uplink with the configured trunks");
-            match ovsdb.remove_port(&name).await {
-                Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
-                Err(e) => return Err(err("removing the old port")(e)),
-            }
         }
-        if existing.is_none() || have != vlans {
-            let mut spec = PortSpec::new(&name)
-                .with_trunks(&vlans)
-                .with_external_id(crate::attachment::KEY_OWNER, "switchyard-agent-uplink");
-            spec.vlan_mode = Some("trunk".to_string());
-            spec.ofport_request = requested_ofport(i).and_then(|n| u16::try_from(n).ok());
-            match ovsdb.add_port(&config.bridge, &spec).await {
-                Ok(_) | Err(ovsdb::Error::PortExists(_)) => {}
-                Err(e) => return Err(err("adding the trunk port")(e)),
-            }
-        }
-        let got = ovsdb
-            .interface_ofport(&name, OFPORT_TIMEOUT)
-            .await
-            .map_err(err(
-                "waiting for its ofport (does the interface exist on the node?)",
-            ))?;
+        let got = port.ensure(ovsdb, &config.bridge, found).await?;
         tracing::info!(uplink = %name, ofport = got, ?vlans, "uplink attached");
         out.push(Uplink {
             name,
-            ofport: u32::from(got),
+            ofport: got,
             vlans,
         });
     }
