@@ -410,24 +410,36 @@ fn agent_restart_during_cross_node_transfer_keeps_the_connection() {
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_client = stop.clone();
+    // Bytes echoed so far, read by the test to see the transfer flow.
+    let echoed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let echoed_client = echoed.clone();
     let target = format!("{a2}:7000");
     let client = in_netns_thread(&info.pod_netns("default", "a1"), move || {
         let mut conn = std::net::TcpStream::connect(&target).map_err(|e| e.to_string())?;
         conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
         let chunk = [0x5au8; 1024];
-        let mut echoed = 0u64;
         let mut buf = [0u8; 1024];
         while !stop_client.load(std::sync::atomic::Ordering::Relaxed) {
+            let so_far = echoed_client.load(std::sync::atomic::Ordering::Relaxed);
             conn.write_all(&chunk)
-                .map_err(|e| format!("write after {echoed}: {e}"))?;
+                .map_err(|e| format!("write after {so_far} bytes: {e}"))?;
             conn.read_exact(&mut buf)
-                .map_err(|e| format!("read after {echoed} bytes: {e}"))?;
-            echoed += 1024;
+                .map_err(|e| format!("read after {so_far} bytes: {e}"))?;
+            echoed_client.fetch_add(1024, std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok::<u64, String>(echoed)
+        Ok::<u64, String>(echoed_client.load(std::sync::atomic::Ordering::Relaxed))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Polls until the transfer echoed `chunks` more 1 KiB chunks than `since` bytes (or the
+    // client ended: the join below reports why); returns the bytes echoed then.
+    let echoed_past = |what: &str, since: u64, chunks: u64| {
+        eventually(what, Duration::from_secs(30), || {
+            let now = echoed.load(std::sync::atomic::Ordering::Relaxed);
+            (now >= since + chunks * 1024 || client.is_finished()).then_some(now)
+        })
+    };
+    // Baseline: the transfer flows before the kill.
+    let before_kill = echoed_past("the transfer to flow before the kill", 0, 20);
 
     // Kill node1's agent and start it again (the lab journal records the new one for `down`).
     let agent_pid = lab
@@ -458,12 +470,15 @@ fn agent_restart_during_cross_node_transfer_keeps_the_connection() {
         Duration::from_secs(30),
         || lab.state.cni_socket("node1").exists().then_some(()),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The same connection carries on with the new agent.
+    let served = echoed.load(std::sync::atomic::Ordering::Relaxed);
+    echoed_past("the transfer to flow after the restart", served, 200);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let echoed = client.join().unwrap();
+    let result = client.join().unwrap();
     assert!(
-        matches!(echoed, Ok(n) if n > 0),
-        "the transfer broke: {echoed:?}{}",
+        matches!(result, Ok(n) if n >= served + 200 * 1024 && served >= before_kill),
+        "the transfer broke: {result:?} (echoed {before_kill} bytes before the kill, \
+         {served} when the new agent served){}",
         diagnostics(&lab)
     );
     // New connections work too.
