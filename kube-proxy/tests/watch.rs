@@ -122,22 +122,29 @@ fn web_endpoint_count(update: &Update) -> Option<usize> {
     update.state.get(&web_port()).map(|s| s.endpoints.len())
 }
 
-#[tokio::test]
+/// On a paused clock: the runtime runs the loop until it is idle (every event
+/// sent handled) before the clock moves, so the windows below are exact.
+#[tokio::test(start_paused = true)]
 async fn first_update_waits_for_both_initial_lists() {
+    let ten_windows = Duration::from_millis(100);
     let mut h = start();
     h.list_services(vec![web_service()]);
     h.slice(Event::Init);
     h.slice(Event::InitApply(web_slice(2)));
     // Ten debounce windows with only the Service list complete: nothing may
     // be sent (it would install the Service with no endpoints: reject).
-    let early = tokio::time::timeout(Duration::from_millis(100), h.updates.recv()).await;
+    let early = tokio::time::timeout(ten_windows, h.updates.recv()).await;
     assert!(
         early.is_err(),
         "update before the slice list was complete: {early:?}"
     );
     h.slice(Event::InitDone);
 
-    let first = h.next_update().await;
+    // The same window is long enough for an update once both lists are in.
+    let first = tokio::time::timeout(ten_windows, h.updates.recv())
+        .await
+        .expect("an update within ten debounce windows of the slice list")
+        .expect("loop still running");
     assert_eq!(first.generation, 1);
     assert_eq!(web_endpoint_count(&first), Some(2));
     assert_eq!(first.changes.added.len(), 1);
