@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_route::link::LinkAttribute;
 use switchyard_cni::{
     CniError, CniHandler, CniRequest, CniResult, ErrorCode, Interface, IpConfig, Route,
 };
@@ -823,20 +821,8 @@ impl Shared {
     }
 
     async fn host_mac(&self, name: &str) -> Option<MacAddr> {
-        let link = self
-            .host
-            .handle()
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await
-            .ok()??;
-        link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Address(b) => MacAddr::try_from(b.as_slice()).ok(),
-            _ => None,
-        })
+        let link = self.host.link_by_name(name).await.ok()??;
+        netns::link_mac(&link)
     }
 
     fn result_for(&self, a: &Attachment, host_mac: Option<MacAddr>, req: &CniRequest) -> CniResult {

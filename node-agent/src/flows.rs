@@ -69,8 +69,14 @@ pub(crate) fn mac(m: MacAddr) -> u128 {
     m.0.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
 }
 
-fn cookie(generation: u8, object: u32) -> u64 {
+/// The cookie of the agent's flows of `object` in `generation`.
+pub(crate) fn cookie(generation: u8, object: u32) -> u64 {
     Cookie::new(Owner::Agent, generation, object).value()
+}
+
+/// Loads `value` into the whole register `n`.
+pub(crate) fn load_reg(n: u8, value: u32) -> Action {
+    Action::load(whole(Field::Reg(n)), u128::from(value))
 }
 
 fn port_kind_bits() -> SubField {
@@ -268,10 +274,7 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
     flows.push(
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(gw.mac.0))
-            .action(Action::load(
-                whole(Field::Reg(reg::OUTPUT_PORT)),
-                u128::from(gw.ofport),
-            ))
+            .action(load_reg(reg::OUTPUT_PORT, gw.ofport))
             .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
     );
 
@@ -325,10 +328,7 @@ pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
         f(table::CLASSIFIER, priority::SPECIFIC)
             .matching(MatchField::in_port(pod.ofport))
             .action(set_port_kind(PortKind::Pod))
-            .action(Action::load(
-                whole(Field::Reg(reg::SEGMENT_VLAN)),
-                u128::from(pod.vlan),
-            ))
+            .action(load_reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
             .action(Action::GotoTable(table::SPOOF_GUARD)),
         // SPOOF_GUARD: only the pod's own MAC and address.
         f(table::SPOOF_GUARD, priority::SPECIFIC)
@@ -371,18 +371,12 @@ pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
             .matching(MatchField::eth_dst(pod.mac.0))
             .matching(match_port_kind(PortKind::Pod))
             .matching(MatchField::reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
-            .action(Action::load(
-                whole(Field::Reg(reg::OUTPUT_PORT)),
-                u128::from(pod.ofport),
-            ))
+            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
             .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(pod.mac.0))
             .matching(match_port_kind(PortKind::Gateway))
-            .action(Action::load(
-                whole(Field::Reg(reg::OUTPUT_PORT)),
-                u128::from(pod.ofport),
-            ))
+            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
             .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
         // L2_FORWARDING: from a remote node's pod of the same VLAN (the
         // tunnel key carried the source VLAN into reg5; the remote node's
@@ -391,10 +385,7 @@ pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
             .matching(MatchField::eth_dst(pod.mac.0))
             .matching(match_port_kind(PortKind::Tunnel))
             .matching(MatchField::reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
-            .action(Action::load(
-                whole(Field::Reg(reg::OUTPUT_PORT)),
-                u128::from(pod.ofport),
-            ))
+            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
             .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
         // OUTPUT.
         f(table::OUTPUT, priority::SPECIFIC)

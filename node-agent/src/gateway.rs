@@ -6,9 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::LinkUnspec;
 use switchyard_ovs::ovsdb::{self, BridgeSpec, PortSpec};
 use switchyard_ovs::pipeline;
@@ -16,7 +14,7 @@ use switchyard_ovs::pipeline;
 use crate::config::AgentConfig;
 use crate::flows::Gateway;
 use crate::mac::MacAddr;
-use crate::netns::Netlink;
+use crate::netns::{Netlink, link_mac};
 use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 
 /// Name of the gateway port and of its device in the node namespace.
@@ -138,15 +136,7 @@ async fn configure_device(
     // The tap appears shortly after the ofport; poll with a deadline.
     let deadline = tokio::time::Instant::now() + OFPORT_TIMEOUT;
     let link = loop {
-        let found = netlink
-            .handle()
-            .link()
-            .get()
-            .match_name(GATEWAY_PORT.to_string())
-            .execute()
-            .try_next()
-            .await;
-        match found {
+        match netlink.link_by_name(GATEWAY_PORT).await {
             Ok(Some(link)) => break link,
             Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -155,14 +145,7 @@ async fn configure_device(
         }
     };
     let index = link.header.index;
-    let mac = link
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Address(b) => MacAddr::try_from(b.as_slice()).ok(),
-            _ => None,
-        })
-        .ok_or(GatewayError::DeviceMissing)?;
+    let mac = link_mac(&link).ok_or(GatewayError::DeviceMissing)?;
     netlink
         .handle()
         .link()

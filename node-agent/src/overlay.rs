@@ -51,7 +51,7 @@ use switchyard_ovs::pipeline::{
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::TunnelType;
-use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, priority};
+use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, cookie, load_reg, priority};
 use crate::gateway::GATEWAY_PORT;
 use crate::mac::MacAddr;
 use crate::netns::Netlink;
@@ -134,14 +134,6 @@ pub fn remote_node(node: &Node) -> Option<RemoteNode> {
         .filter(|a| a.type_ == "InternalIP")
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
     Some(RemoteNode { pod_cidr, ip })
-}
-
-fn cookie(generation: u8, object: u32) -> u64 {
-    Cookie::new(Owner::Agent, generation, object).value()
-}
-
-fn load_reg(n: u8, value: u32) -> Action {
-    Action::load(SubField::whole(Field::Reg(n)), u128::from(value))
 }
 
 /// The tunnel's own flows: classification of packets from `sy-tun0` and
@@ -586,12 +578,7 @@ async fn sync_routes(
     installed: &BTreeMap<Ipv4Net, Ipv4Addr>,
 ) -> Result<(), OverlayError> {
     let link = netlink
-        .handle()
-        .link()
-        .get()
-        .match_name(GATEWAY_PORT.to_string())
-        .execute()
-        .try_next()
+        .link_by_name(GATEWAY_PORT)
         .await
         .map_err(|source| OverlayError::Route {
             what: format!("looking up {GATEWAY_PORT}"),

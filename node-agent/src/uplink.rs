@@ -42,16 +42,12 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use switchyard_ovs::openflow::{
-    Action, Ct, CtZone, Field, Flow, MatchField, Nat, SubField, ct_state, port,
-};
+use switchyard_ovs::openflow::{Action, Ct, CtZone, Field, Flow, MatchField, Nat, ct_state, port};
 use switchyard_ovs::ovsdb::{self, PortSpec};
-use switchyard_ovs::pipeline::{
-    Cookie, Owner, PortKind, cookie_object, ct_mark, ofport, reg, table, zone,
-};
+use switchyard_ovs::pipeline::{PortKind, cookie_object, ct_mark, ofport, reg, table, zone};
 
 use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
-use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, priority};
+use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, cookie, load_reg, priority};
 use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 
 /// Priority of the per-VLAN ARP hand-over to L2 (above the overlay's
@@ -175,14 +171,6 @@ pub async fn ensure_uplinks(
         });
     }
     Ok(out)
-}
-
-fn cookie(generation: u8, object: u32) -> u64 {
-    Cookie::new(Owner::Agent, generation, object).value()
-}
-
-fn load_reg(n: u8, value: u32) -> Action {
-    Action::load(SubField::whole(Field::Reg(n)), u128::from(value))
 }
 
 /// The flows of every uplink and its VLANs (cookie object

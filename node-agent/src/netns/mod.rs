@@ -13,7 +13,7 @@ mod path;
 mod thread;
 mod veth;
 
-pub use netlink::Netlink;
+pub use netlink::{Netlink, link_mac};
 pub use path::{DEFAULT_ALLOWED_PREFIXES, Netns, NetnsError, NetnsPolicy};
 pub use thread::{THREAD_NAME_PREFIX, run_async_in_netns, run_in_netns, run_in_netns_blocking};
 pub use veth::{

@@ -2,10 +2,13 @@
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 
+use futures::TryStreamExt;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 
 use super::path::{Netns, NetnsError};
 use super::thread::run_in_netns;
+use crate::mac::MacAddr;
 
 /// An rtnetlink handle whose socket lives in a given namespace, usable from
 /// any task of the caller's runtime. Dropping it closes the connection.
@@ -68,6 +71,26 @@ impl Netlink {
     pub fn netns(&self) -> &str {
         &self.netns
     }
+
+    /// The link named `name` in this namespace. The kernel answers a name
+    /// it does not know with the error ENODEV rather than with `None`.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+        self.handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+    }
+}
+
+/// The link's MAC address, if it has one.
+pub fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => MacAddr::try_from(bytes.as_slice()).ok(),
+        _ => None,
+    })
 }
 
 impl Drop for Netlink {

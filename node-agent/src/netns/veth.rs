@@ -16,7 +16,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
-use super::netlink::Netlink;
+use super::netlink::{Netlink, link_mac};
 use super::path::{Netns, NetnsError};
 use super::thread::run_in_netns;
 use super::{arp, ethtool};
@@ -267,15 +267,7 @@ fn errno(err: &rtnetlink::Error) -> Option<i32> {
 
 /// Link by name in the connection's namespace; `None` if there is none.
 async fn find_link(netlink: &Netlink, name: &str) -> Result<Option<LinkMessage>, InterfaceError> {
-    let result = netlink
-        .handle()
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await;
-    match result {
+    match netlink.link_by_name(name).await {
         Ok(link) => Ok(link),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
         Err(source) => Err(InterfaceError::Netlink {
@@ -285,13 +277,6 @@ async fn find_link(netlink: &Netlink, name: &str) -> Result<Option<LinkMessage>,
             source,
         }),
     }
-}
-
-fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(bytes) => MacAddr::try_from(bytes.as_slice()).ok(),
-        _ => None,
-    })
 }
 
 fn link_mtu(link: &LinkMessage) -> Option<u32> {
