@@ -549,7 +549,25 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
         "one UDP flow answered by several backends: {first} then {before:?}"
     );
     let other = if first == "pin-1" { "pin-2" } else { "pin-1" };
+    // The race behind the repeat flush, made certain: with node1's revalidators paused, the
+    // datapath keeps the megaflow that DNATs this flow to `first`, so the first packet after
+    // the proxy's flush re-creates the entry. Only the flush repeated after revalidation
+    // (`conntrack_flushes_total{pass="after_revalidation"}`) frees the flow.
+    let node1 = info.nodes.iter().find(|n| n.name == "node1").unwrap();
+    let first_flushes = || proxy_flushes(node1, "first");
+    let flushes_before = first_flushes();
+    let paused = RevalidatorsPaused::pause(lab, "node1");
     lab.kubectl_ok(&["-n", ns, "delete", "pod", &first, "--wait=false"]);
+    eventually(
+        "node1's proxy to flush the removed endpoint",
+        REACH_DEADLINE,
+        || (first_flushes() > flushes_before).then_some(()),
+    );
+    // Two more send/receive rounds: at least one packet went out after the flush.
+    for _ in 0..2 {
+        let _ = answer_rx.recv_timeout(Duration::from_secs(2));
+    }
+    drop(paused);
     // What the socket saw after the delete ("-" for no answer), for the failure message.
     let mut seen = Vec::new();
     let end = Instant::now() + REACH_DEADLINE;
@@ -579,19 +597,58 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
                 node.name
             ),
             REACH_DEADLINE,
-            || {
-                let out = in_netns(
-                    &node.netns,
-                    &["curl", "-sf", "--max-time", "5", PROXY_METRICS],
-                );
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                metric_value(
-                    &text,
-                    r#"switchyard_proxy_conntrack_flushes_total{pass="after_revalidation"}"#,
-                )
-                .filter(|&v| v >= 1.0)
-            },
+            || (proxy_flushes(node, "after_revalidation") >= 1.0).then_some(()),
         );
+    }
+}
+
+/// `switchyard_proxy_conntrack_flushes_total{pass}` of a node's proxy (0 before the first).
+fn proxy_flushes(node: &NodeInfo, pass: &str) -> f64 {
+    let out = in_netns(
+        &node.netns,
+        &["curl", "-sf", "--max-time", "5", PROXY_METRICS],
+    );
+    metric_value(
+        &String::from_utf8_lossy(&out.stdout),
+        &format!("switchyard_proxy_conntrack_flushes_total{{pass=\"{pass}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// A node's ovs-vswitchd with its revalidators paused (`revalidator/pause`) until dropped:
+/// datapath flows keep their old actions whatever the OpenFlow tables say.
+struct RevalidatorsPaused {
+    ctl: std::path::PathBuf,
+}
+
+impl RevalidatorsPaused {
+    fn pause(lab: &Lab, node: &str) -> Self {
+        let dir = lab.state.ovs_dir(node);
+        let pid = std::fs::read_to_string(dir.join("ovs-vswitchd.pid")).unwrap();
+        let ctl = dir.join(format!("ovs-vswitchd.{}.ctl", pid.trim()));
+        let this = Self { ctl };
+        this.appctl("revalidator/pause");
+        this
+    }
+
+    fn appctl(&self, command: &str) {
+        let out = Command::new("ovs-appctl")
+            .arg("-t")
+            .arg(&self.ctl)
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ovs-appctl {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for RevalidatorsPaused {
+    fn drop(&mut self) {
+        self.appctl("revalidator/resume");
     }
 }
 
