@@ -34,7 +34,7 @@ use crate::gateway::{self, GatewayError, OFPORT_TIMEOUT};
 use crate::ipam::{AttachmentKey, IpamError, Pool};
 use crate::keylock::KeyLocks;
 use crate::mac::MacAddr;
-use crate::metrics::{self, HttpState, Metrics, ResultLabel};
+use crate::metrics::{self, HttpState, Metrics};
 use crate::netns::{self, Netlink, Netns, NetnsError, NetnsPolicy, PodInterfaceSpec};
 use crate::segment;
 
@@ -878,14 +878,7 @@ impl Shared {
                 "the agent is reconnecting to ovsdb-server or ovs-vswitchd; retry",
             ));
         }
-        let (container_id, ifname) = req.attachment().ok_or_else(|| {
-            cni_err(
-                ErrorCode::InvalidEnvironmentVariables,
-                "CNI_CONTAINERID and CNI_IFNAME are required",
-                "ADD needs CNI_CONTAINERID and CNI_IFNAME",
-            )
-        })?;
-        let key = AttachmentKey::new(container_id, ifname);
+        let key = attachment_key(req, "ADD")?;
         let (pod_namespace, pod_name) = pod_identity(req)?;
         let _guard = self.locks.lock(&key).await;
         // Declared after the guard so it is dropped first: a GC waiting for
@@ -1244,14 +1237,7 @@ impl Shared {
     }
 
     async fn del(&self, req: &CniRequest) -> Result<(), CniError> {
-        let (container_id, ifname) = req.attachment().ok_or_else(|| {
-            cni_err(
-                ErrorCode::InvalidEnvironmentVariables,
-                "CNI_CONTAINERID and CNI_IFNAME are required",
-                "DEL needs CNI_CONTAINERID and CNI_IFNAME",
-            )
-        })?;
-        let key = AttachmentKey::new(container_id, ifname);
+        let key = attachment_key(req, "DEL")?;
         let _guard = self.locks.lock(&key).await;
         self.teardown(&key, None).await?;
         tracing::info!("pod detached");
@@ -1259,14 +1245,7 @@ impl Shared {
     }
 
     async fn check(&self, req: &CniRequest) -> Result<(), CniError> {
-        let (container_id, ifname) = req.attachment().ok_or_else(|| {
-            cni_err(
-                ErrorCode::InvalidEnvironmentVariables,
-                "CNI_CONTAINERID and CNI_IFNAME are required",
-                "CHECK needs CNI_CONTAINERID and CNI_IFNAME",
-            )
-        })?;
-        let key = AttachmentKey::new(container_id, ifname);
+        let key = attachment_key(req, "CHECK")?;
         let _guard = self.locks.lock(&key).await;
         let failed = |what: String| {
             cni_err(
@@ -1543,6 +1522,19 @@ fn pod_identity(req: &CniRequest) -> Result<(String, String), CniError> {
     Ok((ns.clone(), name.clone()))
 }
 
+/// The attachment a request names (CNI_CONTAINERID and CNI_IFNAME, which
+/// `verb` needs).
+fn attachment_key(req: &CniRequest, verb: &str) -> Result<AttachmentKey, CniError> {
+    let (container_id, ifname) = req.attachment().ok_or_else(|| {
+        cni_err(
+            ErrorCode::InvalidEnvironmentVariables,
+            "CNI_CONTAINERID and CNI_IFNAME are required",
+            format!("{verb} needs CNI_CONTAINERID and CNI_IFNAME"),
+        )
+    })?;
+    Ok(AttachmentKey::new(container_id, ifname))
+}
+
 fn request_span(req: &CniRequest) -> tracing::Span {
     let container = req.env.container_id.as_deref().unwrap_or("");
     let ifname = req.env.ifname.as_deref().unwrap_or("");
@@ -1561,13 +1553,7 @@ impl CniHandler for CniServer {
     async fn add(&self, req: CniRequest) -> Result<CniResult, CniError> {
         let started = Instant::now();
         let out = self.0.add(&req).instrument(request_span(&req)).await;
-        let label = ResultLabel::of(&out);
-        self.0.metrics.adds.get_or_create(&label).inc();
-        self.0
-            .metrics
-            .add_seconds
-            .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
+        self.0.metrics.record_add(&out, started.elapsed());
         out
     }
 
@@ -1575,13 +1561,7 @@ impl CniHandler for CniServer {
         let started = Instant::now();
         let out = self.0.del(&req).instrument(request_span(&req)).await;
         tracing::debug!(elapsed = ?started.elapsed(), "DEL handled");
-        let label = ResultLabel::of(&out);
-        self.0.metrics.dels.get_or_create(&label).inc();
-        self.0
-            .metrics
-            .del_seconds
-            .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
+        self.0.metrics.record_del(&out, started.elapsed());
         out
     }
 

@@ -124,6 +124,16 @@ pub(crate) fn arp_reply_actions(answer_mac: MacAddr) -> Vec<Action> {
     ]
 }
 
+/// Conntrack in the pod zone, replies un-NATed, then CONNTRACK_STATE.
+fn through_pod_zone() -> Action {
+    Action::Ct(Ct {
+        zone: CtZone::Immediate(zone::POD),
+        table: Some(table::CONNTRACK_STATE),
+        nat: Some(Nat::existing()),
+        ..Ct::default()
+    })
+}
+
 fn with_actions(mut flow: Flow, actions: Vec<Action>) -> Flow {
     flow.actions = actions;
     flow
@@ -210,24 +220,14 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
                 ct_state::TRK | ct_state::EST | ct_state::RPL,
             ))
             .action(set_port_kind(PortKind::Gateway))
-            .action(Action::Ct(Ct {
-                zone: CtZone::Immediate(zone::POD),
-                table: Some(table::CONNTRACK_STATE),
-                nat: Some(Nat::existing()),
-                ..Ct::default()
-            })),
+            .action(through_pod_zone()),
     );
 
     // CONNTRACK: every IPv4 packet through the pod zone, replies un-NATed.
     flows.push(
         f(table::CONNTRACK, priority::NORMAL)
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .action(Action::Ct(Ct {
-                zone: CtZone::Immediate(zone::POD),
-                table: Some(table::CONNTRACK_STATE),
-                nat: Some(Nat::existing()),
-                ..Ct::default()
-            })),
+            .action(through_pod_zone()),
     );
 
     // CONNTRACK_STATE.

@@ -81,6 +81,14 @@ pub async fn ensure_bridge(
     Ok(())
 }
 
+/// The gateway address of a node with `pod_cidr`: its first address.
+pub fn gateway_address(pod_cidr: Ipv4Net) -> Ipv4Addr {
+    pod_cidr
+        .hosts()
+        .next()
+        .unwrap_or_else(|| pod_cidr.network())
+}
+
 /// Ensures the gateway port and its address; returns the gateway as the
 /// flows need it.
 pub async fn ensure_gateway(
@@ -89,10 +97,7 @@ pub async fn ensure_gateway(
     config: &AgentConfig,
     pod_cidr: Ipv4Net,
 ) -> Result<Gateway, GatewayError> {
-    let gateway_ip = pod_cidr
-        .hosts()
-        .next()
-        .unwrap_or_else(|| pod_cidr.network());
+    let gateway_ip = gateway_address(pod_cidr);
     let port = ReservedPort {
         role: "gateway port",
         spec: PortSpec::new(GATEWAY_PORT)

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -37,6 +38,18 @@ impl ResultLabel {
 }
 
 type HistogramFamily = Family<ResultLabel, Histogram, fn() -> Histogram>;
+
+/// Counts a request by its outcome and observes how long it took.
+fn record<T>(
+    count: &Family<ResultLabel, Counter>,
+    seconds: &HistogramFamily,
+    outcome: &Result<T, switchyard_cni::CniError>,
+    took: Duration,
+) {
+    let label = ResultLabel::of(outcome);
+    count.get_or_create(&label).inc();
+    seconds.get_or_create(&label).observe(took.as_secs_f64());
+}
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. about 16 s.
@@ -108,6 +121,16 @@ impl Metrics {
             pods_attached,
             reconcile_runs,
         }
+    }
+
+    /// Counts an ADD by its outcome and observes how long it took.
+    pub fn record_add<T>(&self, outcome: &Result<T, switchyard_cni::CniError>, took: Duration) {
+        record(&self.adds, &self.add_seconds, outcome, took);
+    }
+
+    /// Counts a DEL by its outcome and observes how long it took.
+    pub fn record_del<T>(&self, outcome: &Result<T, switchyard_cni::CniError>, took: Duration) {
+        record(&self.dels, &self.del_seconds, outcome, took);
     }
 
     /// The OpenMetrics text.

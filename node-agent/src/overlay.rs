@@ -109,10 +109,7 @@ impl RemoteNode {
     /// The fixed next hop the node routes this pod CIDR through: its first
     /// address (the remote node's gateway address).
     pub fn next_hop(&self) -> Ipv4Addr {
-        self.pod_cidr
-            .hosts()
-            .next()
-            .unwrap_or_else(|| self.pod_cidr.network())
+        crate::gateway::gateway_address(self.pod_cidr)
     }
 }
 
@@ -125,15 +122,19 @@ pub fn remote_node(node: &Node) -> Option<RemoteNode> {
         .chain(spec.pod_cidrs.iter().flatten())
         .find_map(|c| c.parse::<Ipv4Net>().ok())?
         .trunc();
-    let ip = node
-        .status
+    let ip = internal_ip(node)?;
+    Some(RemoteNode { pod_cidr, ip })
+}
+
+/// A Node object's first IPv4 InternalIP (the tunnel endpoint).
+fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    node.status
         .as_ref()?
         .addresses
         .iter()
         .flatten()
         .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
-    Some(RemoteNode { pod_cidr, ip })
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
 }
 
 /// The tunnel's own flows: classification of packets from `sy-tun0` and
@@ -533,14 +534,7 @@ pub async fn pod_mtu_from_underlay(
         .await
         .ok()?
         .ok()?;
-    let ip = node
-        .status
-        .as_ref()?
-        .addresses
-        .iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+    let ip = internal_ip(&node)?;
     let mut addresses = netlink.handle().address().get().execute();
     let mut index = None;
     while let Ok(Some(msg)) = addresses.try_next().await {

@@ -121,6 +121,16 @@ pub enum NetnsError {
     },
 }
 
+/// The error of `op` on the namespace path `path`: [`NetnsError::NotFound`]
+/// when nothing is there.
+fn path_error(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> NetnsError + use<> {
+    let path = path.to_path_buf();
+    move |source| match source.kind() {
+        std::io::ErrorKind::NotFound => NetnsError::NotFound(path),
+        _ => NetnsError::Io { path, op, source },
+    }
+}
+
 /// An open network namespace whose path passed [`NetnsPolicy`].
 #[derive(Debug)]
 pub struct Netns {
@@ -161,14 +171,7 @@ impl Netns {
             // as is; the pattern already pins it to a numbered process.
             path.to_path_buf()
         } else {
-            let resolved = std::fs::canonicalize(path).map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => NetnsError::NotFound(path.to_path_buf()),
-                _ => NetnsError::Io {
-                    path: path.to_path_buf(),
-                    op: "resolving",
-                    source,
-                },
-            })?;
+            let resolved = std::fs::canonicalize(path).map_err(path_error(path, "resolving"))?;
             let allowed = policy.allowed_prefixes.iter().any(|prefix| {
                 let canonical_prefix =
                     std::fs::canonicalize(prefix).unwrap_or_else(|_| prefix.clone());
@@ -183,14 +186,7 @@ impl Netns {
             }
             resolved
         };
-        let file = File::open(&to_open).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => NetnsError::NotFound(path.to_path_buf()),
-            _ => NetnsError::Io {
-                path: path.to_path_buf(),
-                op: "opening",
-                source,
-            },
-        })?;
+        let file = File::open(&to_open).map_err(path_error(path, "opening"))?;
         check_is_network_namespace(path, &file)?;
         let meta = file.metadata().map_err(|source| NetnsError::Io {
             path: path.to_path_buf(),

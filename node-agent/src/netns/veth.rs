@@ -401,18 +401,10 @@ async fn configure(
             source,
         }
     };
-    let not_found = |name: &str, netns: &str| InterfaceError::NotFound {
-        ifname: name.to_string(),
-        netns: netns.to_string(),
-    };
 
-    let host_link = find_link(host, host_name)
-        .await?
-        .ok_or_else(|| not_found(host_name, host.netns()))?;
+    let host_link = existing_link(host, host_name).await?;
     let host_index = host_link.header.index;
-    let pod_link = find_link(pod, &ifname)
-        .await?
-        .ok_or_else(|| not_found(&ifname, &pod_label))?;
+    let pod_link = existing_link(pod, &ifname).await?;
     let pod_index = pod_link.header.index;
 
     pod.handle()
@@ -425,18 +417,8 @@ async fn configure(
         .execute()
         .await
         .map_err(nl_err(Step::AddAddress, &pod_label, &ifname))?;
-    pod.handle()
-        .link()
-        .set(LinkUnspec::new_with_index(pod_index).up().build())
-        .execute()
-        .await
-        .map_err(nl_err(Step::SetUp, &pod_label, &ifname))?;
-    host.handle()
-        .link()
-        .set(LinkUnspec::new_with_index(host_index).up().build())
-        .execute()
-        .await
-        .map_err(nl_err(Step::SetUp, host.netns(), host_name))?;
+    set_link_up(pod, pod_index, &ifname).await?;
+    set_link_up(host, host_index, host_name).await?;
 
     if let Some(gateway) = spec.gateway {
         if !spec.address.contains(&gateway) {
@@ -495,7 +477,7 @@ async fn configure(
         })?;
     }
 
-    let host_mac = link_mac(&host_link).ok_or_else(|| not_found(host_name, host.netns()))?;
+    let host_mac = link_mac(&host_link).ok_or_else(|| not_found(host, host_name))?;
     Ok(PodInterface {
         host_ifname: host_name.to_string(),
         host_ifindex: host_index,
@@ -538,6 +520,37 @@ async fn wait_oper_up(netlink: &Netlink, index: u32, timeout: std::time::Duratio
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+}
+
+fn not_found(netlink: &Netlink, name: &str) -> InterfaceError {
+    InterfaceError::NotFound {
+        ifname: name.to_string(),
+        netns: netlink.netns().to_string(),
+    }
+}
+
+/// Link by name in the connection's namespace; [`InterfaceError::NotFound`]
+/// if there is none.
+async fn existing_link(netlink: &Netlink, name: &str) -> Result<LinkMessage, InterfaceError> {
+    find_link(netlink, name)
+        .await?
+        .ok_or_else(|| not_found(netlink, name))
+}
+
+/// Sets the link `index` (named `name`) administratively up.
+async fn set_link_up(netlink: &Netlink, index: u32, name: &str) -> Result<(), InterfaceError> {
+    netlink
+        .handle()
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(|source| InterfaceError::Netlink {
+            step: Step::SetUp,
+            ifname: name.to_string(),
+            netns: netlink.netns().to_string(),
+            source,
+        })
 }
 
 async fn delete_link(netlink: &Netlink, name: &str, step: Step) -> Result<bool, InterfaceError> {
@@ -588,12 +601,7 @@ pub async fn inspect_pod_interface(
     validate_ifname(ifname)?;
     let label = pod_netns.to_string();
     let pod = Netlink::open_in(pod_netns).await?;
-    let link = find_link(&pod, ifname)
-        .await?
-        .ok_or_else(|| InterfaceError::NotFound {
-            ifname: ifname.to_string(),
-            netns: label.clone(),
-        })?;
+    let link = existing_link(&pod, ifname).await?;
     let index = link.header.index;
     let nl_err = |step| {
         let label = label.clone();
