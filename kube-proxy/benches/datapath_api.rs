@@ -33,7 +33,7 @@
 #[path = "support/iptables.rs"]
 mod iptables;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -164,6 +164,93 @@ impl Drop for Proxy {
     }
 }
 
+/// Socket inodes of this process's TCP connections to or from `port`
+/// (from `/proc/self/net/tcp`).
+fn tcp_inodes(port: u16) -> HashSet<String> {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let port_of = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
+            (port_of(local) == Some(port) || port_of(remote) == Some(port))
+                .then(|| (*inode).to_owned())
+        })
+        .collect()
+}
+
+/// Sets TCP_NODELAY on both ends of every open connection to the lab API
+/// server at `port` in this process (the server runs in-process; its
+/// listener leaves Nagle on, unlike kube-apiserver). `SY_BENCH_NODELAY=1`.
+#[allow(unsafe_code)]
+fn nodelay_lab_connections(port: u16) {
+    use std::os::fd::BorrowedFd;
+    let inodes = tcp_inodes(port);
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in fds.flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        else {
+            continue;
+        };
+        if !inodes.contains(inode) {
+            continue;
+        }
+        // SAFETY: `fd` was open in this process a moment ago (listed in
+        // /proc/self/fd) and is only borrowed for one setsockopt call. If the
+        // connection was closed in between and the number reused, the call
+        // fails (not a TCP socket) or only turns Nagle off on another TCP
+        // socket of this bench; nothing is read, written or closed.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true);
+    }
+}
+
+/// Seconds since midnight UTC of an RFC 3339 timestamp
+/// (`2026-11-22T02:43:06.123456Z`, as the proxy's log lines start).
+fn seconds_of_day(timestamp: &str) -> Option<f64> {
+    let time = timestamp.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+fn now_seconds_of_day() -> f64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    since_epoch.as_secs_f64() % 86_400.0
+}
+
+/// When (seconds of day) the proxy logged its last "list complete": both
+/// initial lists are in its cache.
+fn lists_complete_at(log: &Path) -> Option<f64> {
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .filter(|line| line.contains("list complete"))
+        .filter_map(|line| seconds_of_day(line.split_whitespace().next()?))
+        .reduce(f64::max)
+}
+
 /// The endpoint addresses a select group DNATs to.
 fn group_endpoints(group: &Group) -> Vec<Ipv4Addr> {
     group
@@ -210,6 +297,8 @@ fn start_ovs() -> OvsInstance {
 struct Run {
     debounce_ms: u64,
     full: Duration,
+    /// Part of `full` until the proxy had both lists (from its log).
+    listed: Option<Duration>,
     flows: String,
     change_p50: Duration,
     change_p99: Duration,
@@ -224,6 +313,10 @@ struct Cluster {
     slices: Vec<EndpointSlice>,
     /// Source of fresh endpoint addresses (11.0.0.0/8).
     fresh: u32,
+    /// The lab API server's port, and whether to turn Nagle off on its
+    /// connections before the changes.
+    lab_port: u16,
+    nodelay: bool,
 }
 
 /// Creates the objects through the API; returns them as stored.
@@ -254,7 +347,8 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
 
     // Full sync: process start -> every Service port programmed.
     let started = Instant::now();
-    let mut proxy = Proxy::start(&cluster.kubeconfig, &ovs, debounce_ms, log);
+    let started_at = now_seconds_of_day();
+    let mut proxy = Proxy::start(&cluster.kubeconfig, &ovs, debounce_ms, log.clone());
     loop {
         if proxy.metric(PROGRAMMED).await == Some(count as f64) {
             break;
@@ -267,6 +361,10 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
         tokio::time::sleep(FULL_SYNC_POLL).await;
     }
     let full = started.elapsed();
+    // From the proxy's log: process start -> both lists in its cache; the
+    // rest is the model, the debounce window and the bundle.
+    let listed = lists_complete_at(&log)
+        .map(|at| Duration::from_secs_f64((at - started_at).clamp(0.0, full.as_secs_f64())));
 
     let client = Client::connect_bridge(ovs.rundir(), BRIDGE)
         .await
@@ -292,6 +390,9 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     let flows = format!("{flow_count} flows, {} groups", groups.len());
 
     // Single endpoint changes on distinct Services.
+    if cluster.nodelay {
+        nodelay_lab_connections(cluster.lab_port);
+    }
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
     let mut times = Vec::with_capacity(changes);
     for round in 0..changes {
@@ -324,6 +425,13 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
             tokio::time::sleep(CHANGE_POLL).await;
         }
         times.push(started.elapsed());
+        if cluster.nodelay {
+            // The bench's client may have opened a new connection.
+            nodelay_lab_connections(cluster.lab_port);
+        }
+        if std::env::var_os("SY_BENCH_VERBOSE").is_some() {
+            eprintln!("change {round}: {:.1} ms", ms(started.elapsed()));
+        }
         cluster.slices[index] = stored;
         group_of.insert(new_ip, group_id);
     }
@@ -331,8 +439,9 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     let change_p99 = percentile(&mut times, 0.99);
     let rss = peak_rss_mb(proxy.pid());
     eprintln!(
-        "{count} services, debounce {debounce_ms} ms: full sync {:.0} ms ({flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
+        "{count} services, debounce {debounce_ms} ms: full sync {:.0} ms (lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
         ms(full),
+        listed.map_or(f64::NAN, ms),
         ms(change_p50),
         ms(change_p99),
     );
@@ -342,6 +451,7 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     Run {
         debounce_ms,
         full,
+        listed,
         flows,
         change_p50,
         change_p99,
@@ -381,6 +491,8 @@ async fn bench_size(
         services,
         slices,
         fresh: 0,
+        lab_port: server.addr().port(),
+        nodelay: std::env::var("SY_BENCH_NODELAY").as_deref() == Ok("1"),
     };
     let mut runs = Vec::new();
     for &debounce_ms in debounces {
@@ -416,7 +528,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!("baseline: {}", iptables::restore_binary());
     println!(
-        "| services | debounce | OVS content | proxy full sync (API -> flows) | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
+        "| services | debounce | OVS content | proxy full sync (API -> flows) [lists in cache] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for count in sizes {
@@ -438,10 +550,12 @@ fn main() {
                 None => ("-".to_owned(), "-".to_owned()),
             };
             println!(
-                "| {count} | {} ms | {} | {:.0} ms | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
+                "| {count} | {} ms | {} | {:.0} ms [{}] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
                 run.debounce_ms,
                 run.flows,
                 ms(run.full),
+                run.listed
+                    .map_or("?".to_owned(), |t| format!("{:.0} ms", ms(t))),
                 ms(run.change_p50),
                 ms(run.change_p99),
                 run.rss,
