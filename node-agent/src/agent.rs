@@ -1578,3 +1578,34 @@ impl CniHandler for CniServer {
         self.0.gc(&req).instrument(request_span(&req)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_cni::{CniEnv, NetworkConfig, Verb};
+
+    #[test]
+    fn attachment_key_needs_container_id_and_ifname() {
+        let mut env = CniEnv {
+            container_id: Some("c1".into()),
+            ..CniEnv::default()
+        };
+        let req = |env: &CniEnv| {
+            CniRequest::new(
+                Verb::Del,
+                env.clone(),
+                NetworkConfig::default(),
+                String::new(),
+            )
+        };
+        let err = attachment_key(&req(&env), "DEL").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidEnvironmentVariables as u32);
+        assert_eq!(err.msg, "CNI_CONTAINERID and CNI_IFNAME are required");
+        assert_eq!(err.details, "DEL needs CNI_CONTAINERID and CNI_IFNAME");
+        env.ifname = Some("eth0".into());
+        assert_eq!(
+            attachment_key(&req(&env), "DEL").unwrap(),
+            AttachmentKey::new("c1", "eth0")
+        );
+    }
+}
