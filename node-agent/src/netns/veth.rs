@@ -391,15 +391,32 @@ async fn configure(
 ) -> Result<PodInterface, InterfaceError> {
     let pod_label = pod_netns.to_string();
     let ifname = spec.ifname.clone();
-    let nl_err = |step, netns: &str, name: &str| {
-        let netns = netns.to_string();
-        let name = name.to_string();
+    // Errors of the steps in the pod namespace.
+    let nl_err = |step| {
+        let (ifname, netns) = (ifname.clone(), pod_label.clone());
         move |source| InterfaceError::Netlink {
             step,
-            ifname: name,
+            ifname,
             netns,
             source,
         }
+    };
+    let io_err = |step| {
+        let (ifname, netns) = (ifname.clone(), pod_label.clone());
+        move |source| InterfaceError::Io {
+            step,
+            ifname,
+            netns,
+            source,
+        }
+    };
+    let add_route = async |route, step| {
+        pod.handle()
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(nl_err(step))
     };
 
     let host_link = existing_link(host, host_name).await?;
@@ -416,7 +433,7 @@ async fn configure(
         )
         .execute()
         .await
-        .map_err(nl_err(Step::AddAddress, &pod_label, &ifname))?;
+        .map_err(nl_err(Step::AddAddress))?;
     set_link_up(pod, pod_index, &ifname).await?;
     set_link_up(host, host_index, host_name).await?;
 
@@ -427,35 +444,20 @@ async fn configure(
                 .output_interface(pod_index)
                 .scope(RouteScope::Link)
                 .build();
-            pod.handle()
-                .route()
-                .add(route)
-                .execute()
-                .await
-                .map_err(nl_err(Step::AddGatewayRoute, &pod_label, &ifname))?;
+            add_route(route, Step::AddGatewayRoute).await?;
         }
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(pod_index)
             .build();
-        pod.handle()
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(nl_err(Step::AddDefaultRoute, &pod_label, &ifname))?;
+        add_route(route, Step::AddDefaultRoute).await?;
     }
 
     if spec.disable_tx_checksum {
         let name = ifname.clone();
         run_in_netns(pod_netns, move || ethtool::set_tx_checksum(&name, false))
             .await?
-            .map_err(|source| InterfaceError::Io {
-                step: Step::DisableTxChecksum,
-                ifname: ifname.clone(),
-                netns: pod_label.clone(),
-                source,
-            })?;
+            .map_err(io_err(Step::DisableTxChecksum))?;
     }
     if spec.gratuitous_arp {
         // Until the kernel's link watcher has seen the carrier, the device
@@ -469,12 +471,7 @@ async fn configure(
             arp::send_gratuitous_arp(pod_index, pod_mac, ip)
         })
         .await?
-        .map_err(|source| InterfaceError::Io {
-            step: Step::SendGratuitousArp,
-            ifname: ifname.clone(),
-            netns: pod_label.clone(),
-            source,
-        })?;
+        .map_err(io_err(Step::SendGratuitousArp))?;
     }
 
     let host_mac = link_mac(&host_link).ok_or_else(|| not_found(host, host_name))?;
