@@ -954,8 +954,89 @@ struct ProbeRequest {
     answered: Option<Duration>,
 }
 
-/// The requests sent to one target so far, shared by its probe thread and the test.
-type ProbeLog = Arc<std::sync::Mutex<Vec<ProbeRequest>>>;
+/// What was sent to one target and what came back so far.
+#[derive(Debug, Default)]
+struct TargetLog {
+    /// Every request, in the order sent; `answered` as matched while probing (on the
+    /// established flow: each answer to the oldest request still waiting, which never credits
+    /// an answer to a request newer than the one it answers).
+    requests: Vec<ProbeRequest>,
+    /// On the established flow, when each answer arrived.
+    arrivals: Vec<Duration>,
+    in_order: bool,
+}
+
+impl TargetLog {
+    /// The requests with their answers for the report. On the established flow, answers are
+    /// matched again once all are in: each, from the last one back, goes to the latest request
+    /// sent before it and before the request of the answer after it. That is exact when the
+    /// answers come back in order faster than one period, and otherwise gives the shortest
+    /// delays the arrivals allow (a late answer is at least that late); the lost count is
+    /// exact either way.
+    fn matched(&self) -> Vec<ProbeRequest> {
+        let mut requests = self.requests.clone();
+        if !self.in_order {
+            return requests;
+        }
+        for r in &mut requests {
+            r.answered = None;
+        }
+        let mut candidates = requests.len();
+        for &at in self.arrivals.iter().rev() {
+            let sent_before = requests[..candidates].partition_point(|r| r.sent <= at);
+            if let Some(j) = sent_before.checked_sub(1) {
+                requests[j].answered = Some(at);
+                candidates = j;
+            }
+        }
+        requests
+    }
+}
+
+/// The report's matching of in-order answers (no root needed).
+#[test]
+fn probe_matches_in_order_answers_to_the_latest_possible_requests() {
+    let ms = Duration::from_millis;
+    let log = |sent: &[u64], arrivals: &[u64]| TargetLog {
+        requests: sent
+            .iter()
+            .map(|s| ProbeRequest {
+                sent: ms(*s),
+                // As matched while probing (oldest first); the report matches again.
+                answered: None,
+            })
+            .collect(),
+        arrivals: arrivals.iter().map(|a| ms(*a)).collect(),
+        in_order: true,
+    };
+    let answered = |l: &TargetLog| -> Vec<Option<u64>> {
+        l.matched()
+            .iter()
+            .map(|r| r.answered.map(|a| u64::try_from(a.as_millis()).unwrap()))
+            .collect()
+    };
+    // Two lost in the middle: the answer after them is the fourth request's, not the second's.
+    assert_eq!(
+        answered(&log(&[0, 50, 100, 150], &[2, 152])),
+        [Some(2), None, None, Some(152)]
+    );
+    // All slow, none lost: each answer to its own request.
+    assert_eq!(
+        answered(&log(&[0, 50, 100], &[400, 401, 402])),
+        [Some(400), Some(401), Some(402)]
+    );
+    let result = ProbeResult::from_requests(
+        "t",
+        &log(&[0, 50, 100], &[400, 401, 402]).matched(),
+        ms(100),
+    );
+    assert_eq!((result.sent, result.lost), (3, 0));
+    assert_eq!(result.late, [ms(400), ms(351), ms(302)]);
+    assert_eq!(result.longest_gap, ms(400));
+}
+
+/// The log of one target, shared by its probe thread and the test.
+type ProbeLog = Arc<std::sync::Mutex<TargetLog>>;
 
 /// What the probe measured for one target.
 #[derive(Debug, Clone, Default)]
@@ -964,6 +1045,8 @@ struct ProbeResult {
     sent: u32,
     /// Requests without an answer within [`PROBE_LOST_AFTER`].
     lost: u32,
+    /// When the lost requests were sent (since the probe started).
+    lost_sent_at: Vec<Duration>,
     /// Delays of the answers that came later than [`PROBE_TIMEOUT`], in request order.
     late: Vec<Duration>,
     /// The longest time without an answer arriving, from the probe's start to its end (about
@@ -987,6 +1070,11 @@ impl ProbeResult {
             sent: u32::try_from(requests.len()).unwrap_or(u32::MAX),
             lost: u32::try_from(requests.iter().filter(|r| r.answered.is_none()).count())
                 .unwrap_or(u32::MAX),
+            lost_sent_at: requests
+                .iter()
+                .filter(|r| r.answered.is_none())
+                .map(|r| r.sent)
+                .collect(),
             late: requests
                 .iter()
                 .filter_map(|r| r.answered.map(|a| a - r.sent))
@@ -999,14 +1087,22 @@ impl ProbeResult {
 
 impl std::fmt::Display for ProbeResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} lost of {}, {} late",
-            self.label,
-            self.lost,
-            self.sent,
-            self.late.len()
-        )?;
+        write!(f, "{}: {} lost of {}", self.label, self.lost, self.sent)?;
+        if !self.lost_sent_at.is_empty() {
+            let shown: Vec<String> = self
+                .lost_sent_at
+                .iter()
+                .take(10)
+                .map(|d| format!("{d:.2?}"))
+                .collect();
+            let more = if self.lost_sent_at.len() > 10 {
+                ", ..."
+            } else {
+                ""
+            };
+            write!(f, " (sent at {}{more})", shown.join(", "))?;
+        }
+        write!(f, ", {} late", self.late.len())?;
         if !self.late.is_empty() {
             let shown: Vec<String> = self
                 .late
@@ -1026,13 +1122,14 @@ impl std::fmt::Display for ProbeResult {
 /// request is answered or lost) by [`Probe::finish`] or on drop.
 ///
 /// The lab's echo server answers each datagram with its pod name only, so answers are matched
-/// to requests by socket: on new flows each request has a socket (a source port) of its own;
-/// on the established flow the answers come back in order and each goes to the oldest request
-/// still waiting (after a loss, a later request's answer may be booked on the lost one: the
-/// counts are exact, that delay is not).
+/// to requests by socket: on new flows each request has a socket (a source port) of its own,
+/// so its delay is exact; on the established flow the answers come back in order (see
+/// [`TargetLog::matched`]).
 struct Probe {
     stop: Arc<AtomicBool>,
     started: Instant,
+    /// Wall clock at `started`, to read the report next to the daemons' logs.
+    started_wall: std::time::SystemTime,
     logs: Vec<(&'static str, ProbeLog)>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -1057,7 +1154,10 @@ fn probe_target(stop: &AtomicBool, target: &ProbeTarget, started: Instant, log: 
             return;
         }
         let now = Instant::now();
-        let mut requests = log.lock().unwrap();
+        let mut log = log.lock().unwrap();
+        let TargetLog {
+            requests, arrivals, ..
+        } = &mut *log;
         if !stopping && now >= next_send {
             let own = established.is_none().then(open);
             let socket = own.as_ref().or(established.as_ref()).unwrap();
@@ -1074,6 +1174,7 @@ fn probe_target(stop: &AtomicBool, target: &ProbeTarget, started: Instant, log: 
         match &established {
             Some(socket) => {
                 while socket.recv(&mut buf).is_ok() {
+                    arrivals.push(at);
                     if let Some((i, _)) = waiting.pop_front() {
                         requests[i].answered = Some(at);
                     }
@@ -1093,7 +1194,7 @@ fn probe_target(stop: &AtomicBool, target: &ProbeTarget, started: Instant, log: 
         {
             waiting.pop_front();
         }
-        drop(requests);
+        drop(log);
         std::thread::sleep(PROBE_TICK);
     }
 }
@@ -1102,12 +1203,16 @@ impl Probe {
     fn start(netns: &str, targets: Vec<ProbeTarget>) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
+        let started_wall = std::time::SystemTime::now();
         let path = format!("/run/netns/{netns}");
         let mut logs = Vec::new();
         let threads = targets
             .into_iter()
             .map(|target| {
-                let log = ProbeLog::default();
+                let log = ProbeLog::new(std::sync::Mutex::new(TargetLog {
+                    in_order: target.established,
+                    ..TargetLog::default()
+                }));
                 logs.push((target.label, log.clone()));
                 let stop = stop.clone();
                 let path = path.clone();
@@ -1122,6 +1227,7 @@ impl Probe {
         Probe {
             stop,
             started,
+            started_wall,
             logs,
             threads,
         }
@@ -1136,7 +1242,9 @@ impl Probe {
         let now = self.elapsed();
         self.logs
             .iter()
-            .map(|(label, log)| ProbeResult::from_requests(label, &log.lock().unwrap(), now))
+            .map(|(label, log)| {
+                ProbeResult::from_requests(label, &log.lock().unwrap().matched(), now)
+            })
             .collect()
     }
 
@@ -1149,8 +1257,9 @@ impl Probe {
                 .logs
                 .iter()
                 .map(|(_, log)| {
-                    let requests = log.lock().unwrap();
-                    requests
+                    log.lock()
+                        .unwrap()
+                        .requests
                         .iter()
                         .filter(|r| r.sent >= since && r.answered.is_some())
                         .count()
@@ -1189,7 +1298,9 @@ impl Probe {
         let results = self
             .logs
             .iter()
-            .map(|(label, log)| ProbeResult::from_requests(label, &log.lock().unwrap(), ended))
+            .map(|(label, log)| {
+                ProbeResult::from_requests(label, &log.lock().unwrap().matched(), ended)
+            })
             .collect();
         (results, ended)
     }
@@ -1383,6 +1494,19 @@ impl Drop for TcpStreamProbe {
     }
 }
 
+/// `HH:MM:SS.ffffff` of a time, as in the daemons' log timestamps.
+fn utc_time_of_day(t: std::time::SystemTime) -> String {
+    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = since_epoch.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
 /// Probes `targets` from `netns` through `disrupt`: the disruption starts once every target
 /// answered [`PROBE_BASELINE_ANSWERS`] requests (baseline proven), and the probe ends once
 /// every target answered [`PROBE_AFTER_ANSWERS`] requests sent after `disrupt` returned
@@ -1403,9 +1527,10 @@ fn probe_through(
     disrupt();
     let t1 = probe.elapsed();
     probe.wait_for_answers(&format!("service after {what}"), PROBE_AFTER_ANSWERS, t1);
+    let started_utc = utc_time_of_day(probe.started_wall);
     let (results, ended) = probe.finish();
     eprintln!(
-        "probe during {what} (disruption from {t0:.2?} to {t1:.2?}, {PROBE_AFTER_ANSWERS} answers \
+        "probe during {what} (started {started_utc} UTC; disruption from {t0:.2?} to {t1:.2?}, {PROBE_AFTER_ANSWERS} answers \
          each after it by {ended:.2?}; period {PROBE_PERIOD:?}, late after {PROBE_TIMEOUT:?}, \
          lost after {PROBE_LOST_AFTER:?}):"
     );
@@ -1518,6 +1643,12 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
         &client,
         &targets,
         || ops::restart(&lab.state, "node1", Daemon::Proxy).unwrap(),
+    );
+    // What the new proxy flushed from conntrack (a loss on the ClusterIP alone points there).
+    eprintln!(
+        "  node1's new proxy: stale UDP conntrack flushes first {}, after revalidation {}",
+        proxy_flushes(&info.nodes[0], "first"),
+        proxy_flushes(&info.nodes[0], "after_revalidation")
     );
     for t in &r {
         assert_eq!(t.lost, 0, "proxy restart lost requests: {t}");
