@@ -11,13 +11,21 @@
 //!   until its `switchyard_proxy_service_ports_programmed` metric equals N
 //!   (the gauge is set once the full-sync bundle is committed), polled every
 //!   2 ms; the flow and group counts are then checked over OpenFlow;
+//!   `SY_BENCH_FULL_SYNCS` (default 3) full syncs, each with a fresh
+//!   `ovs-vswitchd` and proxy, median shown; the proxy's log gives the part
+//!   until both initial lists were in its cache;
 //! - proxy single endpoint change: one Service's EndpointSlice gets one
 //!   endpoint replaced with a PUT; timed from before the PUT until the
 //!   Service's select group on the bridge has the new endpoint and not the
 //!   old one (group desc over OpenFlow, polled every 1 ms), on different
-//!   Services; this includes the proxy's debounce window, so each size runs
-//!   with every debounce in `SY_BENCH_DEBOUNCE_MS` (default `50,0`: the
-//!   default and none), each with a fresh `ovs-vswitchd` and proxy;
+//!   Services, on the last full sync's proxy; this includes the proxy's
+//!   debounce window, so each size runs with every debounce in
+//!   `SY_BENCH_DEBOUNCE_MS` (default `50,0`: the default and none);
+//! - each size and debounce runs twice (`SY_BENCH_NODELAY`, default `0,1`):
+//!   with the lab API server's connections as they are, and with Nagle
+//!   turned off (TCP_NODELAY) on them before the changes, as kube-apiserver
+//!   has it: the lab's listener leaves Nagle on, and a watch event then now
+//!   and then waits for the proxy's delayed ACK (about 40 ms);
 //! - proxy peak RSS: `VmHWM` of the proxy process after the changes;
 //! - iptables baseline: the same code as the `datapath` bench
 //!   (`support/iptables.rs`): kube-proxy's nat table for the same Services
@@ -27,8 +35,9 @@
 //! Needs root and Open vSwitch.
 //! `cargo bench -p switchyard-proxy --bench datapath_api`
 //! (`SY_BENCH_SIZES=1000,10000` picks sizes, `SY_BENCH_CHANGES` the number
-//! of single changes timed per run, default 50, at most 30 for iptables;
-//! `SY_BENCH_IPTABLES=nft` as in `datapath`).
+//! of single changes timed per run, default 100, at most 30 for iptables;
+//! `SY_BENCH_IPTABLES=nft` as in `datapath`; `SY_BENCH_VERBOSE=1` prints
+//! each change's latency).
 
 #[path = "support/iptables.rs"]
 mod iptables;
@@ -296,8 +305,12 @@ fn start_ovs() -> OvsInstance {
 
 struct Run {
     debounce_ms: u64,
+    /// TCP_NODELAY on the lab server's connections during the changes.
+    nodelay: bool,
+    /// Median of the full syncs, and (min, max).
     full: Duration,
-    /// Part of `full` until the proxy had both lists (from its log).
+    full_range: (Duration, Duration),
+    /// Median time until the proxy had both lists (from its log).
     listed: Option<Duration>,
     flows: String,
     change_p50: Duration,
@@ -313,10 +326,8 @@ struct Cluster {
     slices: Vec<EndpointSlice>,
     /// Source of fresh endpoint addresses (11.0.0.0/8).
     fresh: u32,
-    /// The lab API server's port, and whether to turn Nagle off on its
-    /// connections before the changes.
+    /// The lab API server's port.
     lab_port: u16,
-    nodelay: bool,
 }
 
 /// Creates the objects through the API; returns them as stored.
@@ -339,13 +350,20 @@ where
         .expect("create objects")
 }
 
-/// One proxy run: full sync from the API, then `changes` endpoint changes.
-async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir: &Path) -> Run {
+/// A proxy that has installed the full state on a fresh bridge.
+struct Synced {
+    proxy: Proxy,
+    ovs: OvsInstance,
+    full: Duration,
+    listed: Option<Duration>,
+}
+
+/// Full sync: a fresh `ovs-vswitchd`, then proxy process start -> every
+/// Service port programmed.
+async fn start_and_sync(cluster: &Cluster, debounce_ms: u64, dir: &Path, attempt: usize) -> Synced {
     let count = cluster.slices.len();
     let ovs = start_ovs();
-    let log = dir.join(format!("proxy-{count}-{debounce_ms}.log"));
-
-    // Full sync: process start -> every Service port programmed.
+    let log = dir.join(format!("proxy-{count}-{debounce_ms}-{attempt}.log"));
     let started = Instant::now();
     let started_at = now_seconds_of_day();
     let mut proxy = Proxy::start(&cluster.kubeconfig, &ovs, debounce_ms, log.clone());
@@ -365,6 +383,40 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     // rest is the model, the debounce window and the bundle.
     let listed = lists_complete_at(&log)
         .map(|at| Duration::from_secs_f64((at - started_at).clamp(0.0, full.as_secs_f64())));
+    Synced {
+        proxy,
+        ovs,
+        full,
+        listed,
+    }
+}
+
+/// One proxy configuration: `repeats` full syncs from the API (each on a
+/// fresh bridge), then `changes` endpoint changes on the last one.
+async fn run_proxy(
+    cluster: &mut Cluster,
+    debounce_ms: u64,
+    nodelay: bool,
+    repeats: usize,
+    changes: usize,
+    dir: &Path,
+) -> Run {
+    let count = cluster.slices.len();
+    let mut fulls = Vec::with_capacity(repeats);
+    let mut listeds = Vec::with_capacity(repeats);
+    let mut last: Option<Synced> = None;
+    for attempt in 0..repeats.max(1) {
+        // The previous proxy and vswitchd stop first.
+        drop(last.take());
+        let synced = start_and_sync(cluster, debounce_ms, dir, attempt).await;
+        fulls.push(synced.full);
+        listeds.extend(synced.listed);
+        last = Some(synced);
+    }
+    let Synced { mut proxy, ovs, .. } = last.expect("one full sync at least");
+    let full = percentile(&mut fulls, 0.5);
+    let full_range = (fulls[0], fulls[fulls.len() - 1]);
+    let listed = (!listeds.is_empty()).then(|| percentile(&mut listeds, 0.5));
 
     let client = Client::connect_bridge(ovs.rundir(), BRIDGE)
         .await
@@ -390,7 +442,7 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     let flows = format!("{flow_count} flows, {} groups", groups.len());
 
     // Single endpoint changes on distinct Services.
-    if cluster.nodelay {
+    if nodelay {
         nodelay_lab_connections(cluster.lab_port);
     }
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
@@ -425,7 +477,7 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
             tokio::time::sleep(CHANGE_POLL).await;
         }
         times.push(started.elapsed());
-        if cluster.nodelay {
+        if nodelay {
             // The bench's client may have opened a new connection.
             nodelay_lab_connections(cluster.lab_port);
         }
@@ -439,8 +491,11 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     let change_p99 = percentile(&mut times, 0.99);
     let rss = peak_rss_mb(proxy.pid());
     eprintln!(
-        "{count} services, debounce {debounce_ms} ms: full sync {:.0} ms (lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
+        "{count} services, debounce {debounce_ms} ms, nodelay {nodelay}: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
         ms(full),
+        fulls.len(),
+        ms(full_range.0),
+        ms(full_range.1),
         listed.map_or(f64::NAN, ms),
         ms(change_p50),
         ms(change_p99),
@@ -450,7 +505,9 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
     drop(ovs);
     Run {
         debounce_ms,
+        nodelay,
         full,
+        full_range,
         listed,
         flows,
         change_p50,
@@ -462,6 +519,8 @@ async fn run_proxy(cluster: &mut Cluster, debounce_ms: u64, changes: usize, dir:
 async fn bench_size(
     count: u32,
     debounces: &[u64],
+    nodelays: &[bool],
+    repeats: usize,
     changes: usize,
     ipt_changes: usize,
 ) -> (Vec<Run>, iptables::Baseline) {
@@ -492,11 +551,22 @@ async fn bench_size(
         slices,
         fresh: 0,
         lab_port: server.addr().port(),
-        nodelay: std::env::var("SY_BENCH_NODELAY").as_deref() == Ok("1"),
     };
     let mut runs = Vec::new();
-    for &debounce_ms in debounces {
-        runs.push(run_proxy(&mut cluster, debounce_ms, changes, dir.path()).await);
+    for &nodelay in nodelays {
+        for &debounce_ms in debounces {
+            runs.push(
+                run_proxy(
+                    &mut cluster,
+                    debounce_ms,
+                    nodelay,
+                    repeats,
+                    changes,
+                    dir.path(),
+                )
+                .await,
+            );
+        }
     }
 
     // iptables baseline for the same (current) objects.
@@ -520,20 +590,34 @@ fn main() {
     }
     let sizes: Vec<u32> = env_list("SY_BENCH_SIZES", "1000,10000");
     let debounces: Vec<u64> = env_list("SY_BENCH_DEBOUNCE_MS", "50,0");
+    let nodelays: Vec<bool> = env_list::<u8>("SY_BENCH_NODELAY", "0,1")
+        .into_iter()
+        .map(|n| n != 0)
+        .collect();
     let changes: usize = std::env::var("SY_BENCH_CHANGES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(100);
+    let repeats: usize = std::env::var("SY_BENCH_FULL_SYNCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let ipt_changes = changes.min(30);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!("baseline: {}", iptables::restore_binary());
     println!(
-        "| services | debounce | OVS content | proxy full sync (API -> flows) [lists in cache] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
+        "| services | debounce | lab TCP | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for count in sizes {
-        let (runs, baseline) =
-            runtime.block_on(bench_size(count, &debounces, changes, ipt_changes));
+        let (runs, baseline) = runtime.block_on(bench_size(
+            count,
+            &debounces,
+            &nodelays,
+            repeats,
+            changes,
+            ipt_changes,
+        ));
         for run in runs {
             let (ipt_full, full_ratio) = match &baseline.full {
                 Ok(t) => (
@@ -550,10 +634,13 @@ fn main() {
                 None => ("-".to_owned(), "-".to_owned()),
             };
             println!(
-                "| {count} | {} ms | {} | {:.0} ms [{}] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
+                "| {count} | {} ms | {} | {} | {:.0} ms ({:.0}-{:.0}) [{}] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
                 run.debounce_ms,
+                if run.nodelay { "nodelay" } else { "Nagle" },
                 run.flows,
                 ms(run.full),
+                ms(run.full_range.0),
+                ms(run.full_range.1),
                 run.listed
                     .map_or("?".to_owned(), |t| format!("{:.0} ms", ms(t))),
                 ms(run.change_p50),
