@@ -8,7 +8,8 @@
 //! [`flows`] renders a port's flows and group, [`program`] turns a change set
 //! (or a whole state) into flow and group mods, and [`switch`] sends them to
 //! `br-int` in atomic bundles, answers rejects ([`reject`]) and flushes
-//! stale UDP conntrack entries ([`conntrack`]); [`metrics`] serves
+//! stale UDP conntrack entries ([`conntrack`]; after a restart judged
+//! against what the switch served, [`served`]); [`metrics`] serves
 //! `/metrics` and `/healthz`; [`config`] is the binary's command line.
 
 pub mod cluster_cache;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod program;
 pub mod recompute;
 pub mod reject;
+pub mod served;
 pub mod service_model;
 pub mod switch;
 pub mod synthetic;

@@ -11,6 +11,10 @@
 //!   unused groups: no forwarding gap.
 //! - Other updates send only their change set's mods, in one atomic bundle;
 //!   if that fails, the next step is a full sync.
+//! - The first full sync after start flushes only the UDP conntrack entries
+//!   that what changed while the proxy was down made stale, judged against
+//!   the flows and groups read at start ([`crate::served`]): live flows of
+//!   adopted ports keep their entries.
 //! - After a successful bundle: retired group ids are released, stale UDP
 //!   conntrack entries flushed, and flushed again once the datapath's cached
 //!   flows are revalidated (see [`crate::conntrack`]).
@@ -28,12 +32,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conntrack::ConntrackFlusher;
-use crate::diff::GroupId;
+use crate::diff::{GroupId, StaleUdpEndpoint, StaleUdpFrontend};
 use crate::flows::{LEARNED_GENERATION, REJECT_USERDATA};
 use crate::metrics::{Metrics, SyncKind};
 use crate::program::{self, HairpinRefs, SwitchInventory};
 use crate::recompute::{SharedGroupIds, Update};
 use crate::reject;
+use crate::served::ServedBefore;
 use crate::service_model::{DesiredState, Protocol, ServicePortName};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub struct Adopted {
     /// Service ports whose group ids were adopted.
     pub ports: Vec<(ServicePortName, GroupId)>,
     pub inventory: SwitchInventory,
+    /// The UDP ports served, for the conntrack flush of the first sync.
+    pub served: ServedBefore,
 }
 
 /// Writes desired states to one bridge.
@@ -66,6 +73,9 @@ pub struct SwitchWriter {
     /// The switch holds `latest` (no full sync pending).
     in_sync: bool,
     hairpin: HairpinRefs,
+    /// What the switch served at start, until the first full sync has
+    /// flushed what changed since (see [`crate::served`]).
+    served_before: Option<ServedBefore>,
 }
 
 /// Parses `namespace/name:port/PROTOCOL` (the `Display` of [`ServicePortName`]).
@@ -102,7 +112,9 @@ pub async fn read_switch(client: &Client) -> Result<Adopted, SwitchError> {
     let (value, mask) = Cookie::owner_mask(Owner::Proxy);
     let mut request = FlowStatsRequest::cookie(value, mask);
     request.table = table::SERVICE_LB;
-    let flows = client.dump_flows(request).await?;
+    let mut flows = client.dump_flows(request.clone()).await?;
+    request.table = table::ENDPOINT_DNAT;
+    flows.extend(client.dump_flows(request).await?);
     let mut adopted = Adopted::default();
     let mut seen = HashSet::new();
     for stats in &flows {
@@ -121,11 +133,18 @@ pub async fn read_switch(client: &Client) -> Result<Adopted, SwitchError> {
             adopted.ports.push((name, cookie.object));
         }
     }
-    for group in client.dump_groups(openflow::ALL_GROUPS).await? {
+    let groups = client.dump_groups(openflow::ALL_GROUPS).await?;
+    for group in &groups {
         if (group_ids::PROXY_FIRST..=group_ids::PROXY_LAST).contains(&group.group_id) {
             adopted.inventory.groups.insert(group.group_id);
         }
     }
+    let flows: Vec<_> = flows.into_iter().map(|stats| stats.flow).collect();
+    adopted.served = ServedBefore::read(&adopted.ports, &flows, &groups, |flow| {
+        Cookie::from_value(flow.cookie)
+            .filter(|c| c.generation != LEARNED_GENERATION)
+            .map(|c| c.object)
+    });
     Ok(adopted)
 }
 
@@ -157,6 +176,7 @@ impl SwitchWriter {
             .unwrap_or(0);
         info!(
             adopted = adopted.ports.len(),
+            udp_ports_served = adopted.served.ports().len(),
             groups = adopted.inventory.groups.len(),
             generations = ?adopted.inventory.generations,
             "read the bridge"
@@ -171,6 +191,7 @@ impl SwitchWriter {
             latest: None,
             in_sync: false,
             hairpin: HairpinRefs::default(),
+            served_before: Some(adopted.served),
         })
     }
 
@@ -194,8 +215,13 @@ impl SwitchWriter {
     pub async fn apply(&mut self, update: &Update) -> Result<(), SwitchError> {
         self.latest = Some(Arc::clone(&update.state));
         if !self.in_sync {
+            // The first sync after start flushes against what the switch
+            // served, not against the update's (empty) previous state.
+            let first_since_start = self.served_before.is_some();
             self.full_sync_from(update.first_event).await?;
-            self.flush_conntrack(update).await;
+            if !first_since_start {
+                self.flush_conntrack(update).await;
+            }
             return Ok(());
         }
         let msgs = program::incremental(self.generation, &update.changes, &mut self.hairpin);
@@ -306,6 +332,16 @@ impl SwitchWriter {
             took = ?elapsed,
             "full sync installed"
         );
+        if let Some(served) = self.served_before.take() {
+            let (endpoints, frontends) = served.stale_in(&state);
+            info!(
+                udp_ports_served = served.ports().len(),
+                stale_endpoints = endpoints.len(),
+                stale_frontends = frontends.len(),
+                "first sync since start: flushing what changed on UDP ports while the proxy was down"
+            );
+            self.flush_stale(&endpoints, &frontends).await;
+        }
         Ok(())
     }
 
@@ -336,16 +372,18 @@ impl SwitchWriter {
 
     async fn flush_conntrack(&self, update: &Update) {
         let changes = &update.changes;
-        if changes.stale_udp_endpoints.is_empty() && changes.stale_udp_frontends.is_empty() {
+        self.flush_stale(&changes.stale_udp_endpoints, &changes.stale_udp_frontends)
+            .await;
+    }
+
+    async fn flush_stale(&self, endpoints: &[StaleUdpEndpoint], frontends: &[StaleUdpFrontend]) {
+        if endpoints.is_empty() && frontends.is_empty() {
             return;
         }
         let Some(flusher) = &self.flusher else {
             return;
         };
-        if let Err(err) = flusher
-            .flush_and_repeat(&changes.stale_udp_endpoints, &changes.stale_udp_frontends)
-            .await
-        {
+        if let Err(err) = flusher.flush_and_repeat(endpoints, frontends).await {
             warn!(%err, "stale UDP conntrack entries not flushed");
             self.metrics.conntrack_flush_failures.inc();
         }

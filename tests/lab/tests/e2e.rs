@@ -1653,6 +1653,13 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     for t in &r {
         assert_eq!(t.lost, 0, "proxy restart lost requests: {t}");
     }
+    // Nothing changed while it was down: the new proxy, judging against the flows and groups it
+    // read back, flushed no live UDP flow (its first change set alone calls every port new).
+    assert_eq!(
+        proxy_flushes(&info.nodes[0], "first"),
+        0.0,
+        "the restarted proxy flushed conntrack entries although no Service changed"
+    );
     for (s, n) in streams.iter().zip(echoed.iter_mut()) {
         *n = s.assert_flowing("the proxy restart", *n);
     }

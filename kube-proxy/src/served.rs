@@ -1,0 +1,162 @@
+//! What the switch served before this proxy started, read back from its
+//! flows and groups, and which UDP conntrack entries a restart makes stale.
+//!
+//! The watcher's first change set is computed against an empty state, so it
+//! calls every UDP Service port with endpoints "newly serving" and would
+//! flush all entries to its `VIP:port`: live flows that the adopted groups
+//! keep serving would lose the reply in flight and may move to another
+//! backend. Compared with what the switch served instead, a restart flushes
+//! only what changed while the proxy was down:
+//!
+//! - an endpoint in a port's buckets (or, with session affinity, in its
+//!   endpoint DNAT flows) that the new state no longer serves;
+//! - every entry to a `VIP:port` that had no endpoints on the switch and now
+//!   has some, or that the switch did not serve at all.
+//!
+//! An endpoint the old proxy kept only as "serving" (a terminating pod
+//! draining next to ready ones, not in the buckets) and that went away while
+//! the proxy was down is not known here, so its entries are left to expire.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use switchyard_ovs::openflow::{Action, Field, Flow, Group};
+
+use crate::diff::{GroupId, StaleUdpEndpoint, StaleUdpFrontend};
+use crate::service_model::{DesiredState, Protocol, ServicePortName};
+
+/// One UDP Service port as the switch served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPort {
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    /// Endpoints (IP, port) DNATed to.
+    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
+}
+
+/// The UDP Service ports found on the switch at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServedBefore {
+    ports: BTreeMap<ServicePortName, ServedPort>,
+}
+
+/// The `VIP:port` a proxy frontend flow matches, if it is one.
+fn frontend_address(flow: &Flow) -> Option<(Ipv4Addr, u16)> {
+    let exact = |field: Field| {
+        flow.matches
+            .iter()
+            .find(|m| m.field == field && m.mask.is_none())
+            .map(|m| m.value)
+    };
+    let vip = Ipv4Addr::from(u32::try_from(exact(Field::Ipv4Dst)?).ok()?);
+    let port = u16::try_from(exact(Field::UdpDst)?).ok()?;
+    Some((vip, port))
+}
+
+/// The endpoint of a `ct(commit, nat(dst=IP:port))` among `actions`.
+fn dnat_endpoint(actions: &[Action]) -> Option<(Ipv4Addr, u16)> {
+    actions.iter().find_map(|action| match action {
+        Action::Ct(ct) if ct.commit => {
+            let nat = ct.nat.as_ref()?;
+            match (nat.dst, nat.addrs, nat.ports) {
+                (Some(true), Some((IpAddr::V4(ip), _)), Some((port, _))) => Some((ip, port)),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}
+
+impl ServedBefore {
+    /// Reads the UDP ports from the proxy's flows (`ports`: each adopted
+    /// port's name and group id; `flows`: the proxy's flows of the service
+    /// LB and endpoint DNAT tables) and its groups.
+    pub fn read(
+        ports: &[(ServicePortName, GroupId)],
+        flows: &[Flow],
+        groups: &[Group],
+        object_of: impl Fn(&Flow) -> Option<u32>,
+    ) -> Self {
+        let mut served = Self::default();
+        for (name, group_id) in ports {
+            if name.protocol != Protocol::Udp {
+                continue;
+            }
+            let group_id = *group_id;
+            let object_of = &object_of;
+            let ours = || flows.iter().filter(move |f| object_of(f) == Some(group_id));
+            let Some((cluster_ip, port)) = ours().find_map(frontend_address) else {
+                continue;
+            };
+            let mut endpoints: BTreeSet<(Ipv4Addr, u16)> =
+                ours().filter_map(|f| dnat_endpoint(&f.actions)).collect();
+            if let Some(group) = groups.iter().find(|g| g.group_id == group_id) {
+                endpoints.extend(
+                    group
+                        .buckets
+                        .iter()
+                        .filter_map(|b| dnat_endpoint(&b.actions)),
+                );
+            }
+            served.ports.insert(
+                name.clone(),
+                ServedPort {
+                    cluster_ip,
+                    port,
+                    endpoints,
+                },
+            );
+        }
+        served
+    }
+
+    /// The ports read.
+    pub fn ports(&self) -> &BTreeMap<ServicePortName, ServedPort> {
+        &self.ports
+    }
+
+    /// The entries a switch to `state` makes stale (see the module docs).
+    pub fn stale_in(&self, state: &DesiredState) -> (Vec<StaleUdpEndpoint>, Vec<StaleUdpFrontend>) {
+        let mut endpoints = Vec::new();
+        let mut frontends = Vec::new();
+        for (name, served) in &self.ports {
+            let new = state
+                .get(name)
+                .filter(|new| new.cluster_ip == served.cluster_ip && new.port == served.port);
+            for &(endpoint_ip, endpoint_port) in &served.endpoints {
+                let kept = new.is_some_and(|new| {
+                    new.serving
+                        .binary_search(&(endpoint_ip, endpoint_port))
+                        .is_ok()
+                });
+                if !kept {
+                    endpoints.push(StaleUdpEndpoint {
+                        name: name.clone(),
+                        cluster_ip: served.cluster_ip,
+                        port: served.port,
+                        endpoint_ip,
+                        endpoint_port,
+                    });
+                }
+            }
+        }
+        for (name, new) in state.iter() {
+            if new.protocol != Protocol::Udp || new.serving.is_empty() {
+                continue;
+            }
+            let had_endpoints = self.ports.get(name).is_some_and(|served| {
+                served.cluster_ip == new.cluster_ip
+                    && served.port == new.port
+                    && !served.endpoints.is_empty()
+            });
+            if !had_endpoints {
+                frontends.push(StaleUdpFrontend {
+                    name: name.clone(),
+                    cluster_ip: new.cluster_ip,
+                    port: new.port,
+                });
+            }
+        }
+        (endpoints, frontends)
+    }
+}
