@@ -83,8 +83,9 @@ pub fn kill_daemon(state: &StateDir, node: &str, daemon: Daemon) -> Result<u32, 
         ),
         nix::sys::signal::Signal::SIGKILL,
     );
+    // Gone, and so are its sockets: a restart binds the same ports.
     sys::poll_until(Duration::from_secs(10), || {
-        (!sys::is_same_process(pid, start)).then_some(())
+        (!sys::is_same_process(pid, start) && sys::all_threads_exited(pid)).then_some(())
     })
     .ok_or_else(|| LabError::Other(format!("{what} (pid {pid}) survived SIGKILL")))?;
     Ok(pid)

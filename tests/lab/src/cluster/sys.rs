@@ -124,6 +124,16 @@ pub fn is_same_process(pid: u32, start: Option<u64>) -> bool {
     }
 }
 
+/// Whether every thread of `pid` has exited (the process is gone, or only its zombie leader is
+/// left). A SIGKILLed multi-threaded daemon's leader turns zombie before its other threads have
+/// exited, and those still hold its sockets (e.g. its listening port) until they do.
+pub fn all_threads_exited(pid: u32) -> bool {
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Err(_) => true,
+        Ok(tasks) => tasks.count() <= 1 && start_time(pid).is_none(),
+    }
+}
+
 fn reap(pid: u32) {
     // Reaps it if it is our child (a zombie keeps its pid otherwise); ECHILD otherwise.
     let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
@@ -215,4 +225,25 @@ pub fn find_binary(dir: Option<&Path>, program: &str) -> Option<PathBuf> {
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_of_a_killed_child_are_gone_once_it_is_a_zombie() {
+        assert!(!all_threads_exited(std::process::id()), "this process runs");
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(!all_threads_exited(pid));
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        // Not reaped yet: a zombie with no thread left.
+        let gone = poll_until(Duration::from_secs(10), || {
+            all_threads_exited(pid).then_some(())
+        });
+        assert!(gone.is_some(), "pid {pid} still has threads");
+        child.wait().unwrap();
+        assert!(all_threads_exited(pid), "reaped");
+    }
 }
