@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 use support::*;
 
 /// The agent binary running in the node namespace; killed on drop.
@@ -159,9 +161,9 @@ fn restart_under_traffic_loses_no_ping() {
         let flows_before = normalized_flows(&lab);
         let ports_before = lab.pod_ports();
 
-        // 160 pings at 50 ms (8 s), with the agent killed and restarted in
-        // the middle.
-        let ping = tokio::process::Command::new("ip")
+        // 160 pings at 50 ms (8 s): the agent is killed after 20 replies and
+        // restarted; at least 20 replies must come after the new agent is up.
+        let mut ping = tokio::process::Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -176,14 +178,36 @@ fn restart_under_traffic_loses_no_ping() {
                 &ip_b,
             ])
             .stdout(Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut lines = BufReader::new(ping.stdout.take().unwrap()).lines();
+        let mut text = String::new();
+        let mut replies = 0;
+        while replies < 20 {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("fewer than 20 ping replies in 10 s: {text}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("ping ended before 20 replies: {text}"));
+            replies += usize::from(line.contains("bytes from"));
+            text.push_str(&line);
+            text.push('\n');
+        }
         agent.kill9();
         drop(agent);
         let restarted = AgentProcess::start(&lab, "agent-2.log").await;
-        let out = ping.wait_with_output().await.unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut after_restart = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            after_restart += usize::from(line.contains("bytes from"));
+            text.push_str(&line);
+            text.push('\n');
+        }
+        assert!(ping.wait().await.unwrap().success(), "{text}");
+        assert!(
+            after_restart >= 20,
+            "only {after_restart} replies after the restarted agent was up: {text}"
+        );
         let (sent, received) = ping_counts(&text);
         assert_eq!(sent, 160);
         assert_eq!(received, 160, "pings lost across the restart: {text}");
