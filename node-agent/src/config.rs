@@ -103,8 +103,9 @@ pub struct SegmentConfig {
     pub name: String,
     /// overlay or vlan.
     pub kind: SegmentKind,
-    /// VLAN tag of the pod ports; 0 = untagged (overlay, or a vlan segment
-    /// with `allow-untagged: true`).
+    /// VLAN tag of the pod ports; 0 = untagged (overlay segments only: an
+    /// untagged vlan segment is refused, the uplink carries tagged VLANs
+    /// only).
     #[serde(default)]
     pub vlan: u16,
     /// vlan segments: the segment's IPv4 subnet (pool of pod addresses).
@@ -116,7 +117,9 @@ pub struct SegmentConfig {
     /// vlan segments: the node NIC the VLAN is trunked to.
     #[serde(default)]
     pub uplink: Option<String>,
-    /// vlan segments: allow VLAN 0 (the uplink's native, untagged VLAN).
+    /// vlan segments: the uplink's native, untagged VLAN (VLAN 0). Not
+    /// supported: `true` is refused with a clear error (the key is kept so
+    /// `allow-untagged: false` still parses).
     #[serde(default)]
     pub allow_untagged: bool,
 }
@@ -135,11 +138,13 @@ impl SegmentConfig {
         }
     }
 
-    /// Whether pods of this segment may be untagged (VLAN 0).
+    /// Whether pods of this segment may be untagged (VLAN 0): on overlay
+    /// segments only (the untagged part of a vlan segment on the uplink is
+    /// not supported, see [`ConfigError::UntaggedNotAllowed`]).
     pub fn allows_untagged(&self) -> bool {
         match self.kind {
             SegmentKind::Overlay => true,
-            SegmentKind::Vlan => self.allow_untagged,
+            SegmentKind::Vlan => false,
         }
     }
 }
@@ -580,7 +585,7 @@ fn validate_segment(seg: &SegmentConfig) -> Result<(), ConfigError> {
             vlan: seg.vlan,
         });
     }
-    if seg.vlan == 0 && !seg.allows_untagged() {
+    if seg.kind == SegmentKind::Vlan && (seg.vlan == 0 || seg.allow_untagged) {
         return Err(ConfigError::UntaggedNotAllowed {
             segment: name.clone(),
         });
@@ -735,9 +740,10 @@ pub enum ConfigError {
         /// The value.
         vlan: u16,
     },
-    /// VLAN 0 on a segment that must be tagged.
+    /// An untagged vlan segment (VLAN 0 or `allow-untagged: true`): the
+    /// uplink's native VLAN is not supported.
     #[error(
-        "segment {segment:?}: vlan 0 (untagged) is only allowed on overlay segments or with allow-untagged: true; set vlan to 1..=4094"
+        "segment {segment:?}: untagged vlan segments (vlan 0 or allow-untagged: true, the uplink's native VLAN) are not supported, the uplink carries tagged VLANs only; set vlan to 1..=4094 and remove allow-untagged"
     )]
     UntaggedNotAllowed {
         /// The segment.
@@ -1044,15 +1050,26 @@ segments:
             &f,
             with(vec![SegmentConfig::overlay("default"), vlan_seg("blue", 0)]),
         );
-        assert!(err.contains("vlan 0 (untagged) is only allowed"), "{err}");
+        assert_eq!(
+            err,
+            "segment \"blue\": untagged vlan segments (vlan 0 or allow-untagged: true, the uplink's native VLAN) are not supported, the uplink carries tagged VLANs only; set vlan to 1..=4094 and remove allow-untagged"
+        );
+        // allow-untagged does not make it acceptable, and is refused on its own.
         let mut untagged = vlan_seg("blue", 0);
         untagged.allow_untagged = true;
-        AgentConfig::merge(
-            &f,
-            with(vec![SegmentConfig::overlay("default"), untagged]),
-            Some("n".into()),
-        )
-        .unwrap();
+        assert_eq!(
+            merge_err(&f, with(vec![SegmentConfig::overlay("default"), untagged])),
+            err
+        );
+        let mut native_too = vlan_seg("blue", 100);
+        native_too.allow_untagged = true;
+        assert_eq!(
+            merge_err(
+                &f,
+                with(vec![SegmentConfig::overlay("default"), native_too])
+            ),
+            err
+        );
 
         let mut outside = vlan_seg("blue", 10);
         outside.gateway = Some("10.99.0.1".parse().unwrap());

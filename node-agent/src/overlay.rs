@@ -2,10 +2,11 @@
 //! flows per remote node (its pod CIDR encapsulated to its InternalIP), and
 //! the node's routes to remote pod CIDRs through the gateway.
 //!
-//! Data flow: a kube-rs watcher on Node objects -> the desired set of remote
-//! nodes -> [`Overlay::apply`], which changes only the flows (cookie object
-//! [`cookie_object::REMOTE_NODE_FIRST`]` + n`, one per node) and routes of
-//! nodes that were added, changed or removed.
+//! Data flow: kube-rs watchers on Node objects and on the `vlan` segments'
+//! IPAM ConfigMaps -> the desired set of remote nodes (with their `vlan`
+//! segment pods) -> [`Overlay::apply`], which changes only the flows
+//! (cookie object [`cookie_object::REMOTE_NODE_FIRST`]` + n`, one per node)
+//! and routes of nodes that were added, changed or removed.
 //!
 //! Flows (tables in `switchyard_ovs::pipeline`):
 //! - CLASSIFIER: IPv4 from `sy-tun0` is marked [`PortKind::Tunnel`] and the
@@ -17,6 +18,15 @@
 //!   to its InternalIP and the key from reg5 (or the gateway flag for
 //!   packets from the local gateway) and outputs to the tunnel through
 //!   reg1/CONNTRACK_COMMIT/OUTPUT like every other destination.
+//!   Also per remote node, per address of its `vlan` segment pods (which
+//!   node holds which address: the holders in the segments' IPAM
+//!   ConfigMaps, watched too): a Service connection to it (the proxy
+//!   DNATed it, `ct_mark` SERVICE, not a reply) is tunnelled to that node
+//!   with the gateway key, whatever the client, so it never depends on the
+//!   fabric routing pod CIDRs or gateway addresses.
+//! - CONNTRACK_COMMIT: a new connection from another node's gateway is
+//!   committed with `ct_mark` FROM_REMOTE_GATEWAY, so a `vlan` segment
+//!   pod's replies to it are routed back through the tunnel (`uplink`).
 //! - ARP_RESPONDER, per remote node: the node's ARP request for the fixed
 //!   next hop of that node's pod CIDR (its first address, the remote
 //!   gateway) is answered with [`NEXT_HOP_MAC`]; the node routes the remote
@@ -40,13 +50,16 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Api;
 use kube::runtime::watcher;
-use switchyard_ovs::openflow::{self, Action, Field, Flow, FlowMod, MatchField, SubField};
+use switchyard_ovs::openflow::{
+    self, Action, Ct, CtZone, Field, Flow, FlowMod, MatchField, SubField, ct_state,
+};
 use switchyard_ovs::ovsdb::{self, PortSpec};
 use switchyard_ovs::pipeline::{
-    Cookie, Owner, PortKind, TUNNEL_KEY_FROM_GATEWAY, cookie_object, ofport, reg, table,
+    Cookie, Owner, PortKind, TUNNEL_KEY_FROM_GATEWAY, cookie_object, ct_mark, ofport, reg, table,
+    zone,
 };
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -56,6 +69,7 @@ use crate::gateway::GATEWAY_PORT;
 use crate::mac::MacAddr;
 use crate::netns::Netlink;
 use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
+use crate::vlan_pool::IPAM_NAMESPACE;
 
 /// Name of the flow-based tunnel port on the bridge.
 pub const TUNNEL_PORT: &str = "sy-tun0";
@@ -73,6 +87,11 @@ pub const ENCAP_OVERHEAD: u32 = 50;
 /// How often routes are re-applied even without a change (a restarted
 /// vswitchd recreates the gateway device without them).
 const ROUTE_REFRESH: Duration = Duration::from_secs(10);
+/// Priority of the per remote `vlan` segment pod routing of Service
+/// connections in L3_FORWARDING: above the segments' own switching (250,
+/// `uplink`) and below their pods' Service SNAT (260), which comes back
+/// here as the gateway's traffic.
+const SERVICE_TO_REMOTE_SEGMENT_POD: u16 = 256;
 /// Route protocol number marking the agent's routes (`ip route` shows
 /// `proto 0x53`); only routes with it are ever deleted.
 const ROUTE_PROTOCOL: u8 = 0x53;
@@ -97,12 +116,16 @@ pub enum OverlayError {
 }
 
 /// Another node as the overlay needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteNode {
     /// Its pod CIDR.
     pub pod_cidr: Ipv4Net,
     /// Its InternalIP (tunnel endpoint).
     pub ip: Ipv4Addr,
+    /// Addresses of its pods in `vlan` segments (the holders recorded in
+    /// the segments' IPAM ConfigMaps): Service connections to them are
+    /// tunnelled to it.
+    pub vlan_pods: BTreeSet<Ipv4Addr>,
 }
 
 impl RemoteNode {
@@ -123,7 +146,45 @@ pub fn remote_node(node: &Node) -> Option<RemoteNode> {
         .find_map(|c| c.parse::<Ipv4Net>().ok())?
         .trunc();
     let ip = internal_ip(node)?;
-    Some(RemoteNode { pod_cidr, ip })
+    Some(RemoteNode {
+        pod_cidr,
+        ip,
+        vlan_pods: BTreeSet::new(),
+    })
+}
+
+/// Which node holds each address of a `vlan` segment, from one of the
+/// segments' IPAM ConfigMaps (`None` for any other ConfigMap).
+pub fn vlan_placements(cm: &ConfigMap) -> Option<BTreeMap<Ipv4Addr, String>> {
+    cm.metadata
+        .name
+        .as_deref()?
+        .strip_prefix(crate::vlan_pool::CONFIGMAP_PREFIX)?;
+    Some(
+        cm.data
+            .iter()
+            .flatten()
+            .filter_map(|(addr, holder)| {
+                let (node, _) = crate::vlan_pool::parse_holder(holder)?;
+                Some((addr.parse().ok()?, node))
+            })
+            .collect(),
+    )
+}
+
+/// `nodes` with the `vlan` segment pods of `placements` (per ConfigMap)
+/// filled in.
+fn with_vlan_pods(
+    nodes: &BTreeMap<String, RemoteNode>,
+    placements: &BTreeMap<String, BTreeMap<Ipv4Addr, String>>,
+) -> BTreeMap<String, RemoteNode> {
+    let mut out = nodes.clone();
+    for (addr, node) in placements.values().flatten() {
+        if let Some(n) = out.get_mut(node) {
+            n.vlan_pods.insert(*addr);
+        }
+    }
+    out
 }
 
 /// A Node object's first IPv4 InternalIP (the tunnel endpoint).
@@ -163,6 +224,28 @@ pub fn tunnel_flows(generation: u8) -> Vec<Flow> {
             ))
             .action(flows::set_port_kind(PortKind::Gateway))
             .action(Action::GotoTable(table::CONNTRACK)),
+        // A new connection from another node's gateway is committed with
+        // ct_mark FROM_REMOTE_GATEWAY: a `vlan` segment pod's replies to it
+        // are routed back through the tunnel, not switched to the fabric.
+        f(table::CONNTRACK_COMMIT, priority::SPECIFIC)
+            .matching(MatchField::in_port(ofport::TUNNEL))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(flows::match_port_kind(PortKind::Gateway))
+            .matching(MatchField::ct_state(
+                ct_state::NEW | ct_state::TRK,
+                ct_state::NEW | ct_state::TRK,
+            ))
+            .matching(MatchField::ct_mark(0, ct_mark::SERVICE))
+            .action(Action::Ct(Ct {
+                commit: true,
+                zone: CtZone::Immediate(zone::POD),
+                exec: vec![Action::set_field(
+                    Field::CtMark,
+                    u128::from(ct_mark::FROM_REMOTE_GATEWAY),
+                )],
+                ..Ct::default()
+            }))
+            .action(Action::GotoTable(table::OUTPUT)),
         f(table::OUTPUT, priority::SPECIFIC)
             .matching(MatchField::reg(reg::OUTPUT_PORT, ofport::TUNNEL))
             .action(Action::Output(ofport::TUNNEL)),
@@ -211,6 +294,32 @@ pub fn node_flows(generation: u8, object: u32, node: &RemoteNode) -> Vec<Flow> {
                 .matching(MatchField::arp_tpa(node.next_hop()))
         },
     ]
+    .into_iter()
+    // A Service connection (the proxy DNATed it, not a reply) to one of its
+    // `vlan` segment pods, from any client: tunnelled to it as this node's
+    // own traffic; it delivers the packet to the pod and routes the replies
+    // back (ct_mark FROM_REMOTE_GATEWAY, see `tunnel_flows` and `uplink`).
+    .chain(node.vlan_pods.iter().map(|addr| {
+        f(table::L3_FORWARDING, SERVICE_TO_REMOTE_SEGMENT_POD)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(*addr, 32))
+            .matching(MatchField::ct_state(
+                ct_state::TRK,
+                ct_state::TRK | ct_state::RPL,
+            ))
+            .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
+            .action(Action::set_field(
+                Field::TunDst,
+                u128::from(u32::from(node.ip)),
+            ))
+            .action(Action::set_field(
+                Field::TunId,
+                u128::from(TUNNEL_KEY_FROM_GATEWAY),
+            ))
+            .action(load_reg(reg::OUTPUT_PORT, ofport::TUNNEL))
+            .action(Action::GotoTable(table::CONNTRACK_COMMIT))
+    }))
+    .collect()
 }
 
 /// Creates `sy-tun0` (flow-based `remote_ip` and key, `ofport_request`
@@ -250,6 +359,61 @@ pub async fn ensure_tunnel_port(
     }
     port.ensure(ovsdb, bridge, found).await?;
     Ok(())
+}
+
+/// One event of the overlay's two watches (boxed: a Node is large).
+enum Watched {
+    Node(Box<Result<Option<watcher::Event<Node>>, watcher::Error>>),
+    Ipam(Box<Result<Option<watcher::Event<ConfigMap>>, watcher::Error>>),
+}
+
+/// Applies one watch event to `known` (what `extract` keeps of each object,
+/// by name), `listing` holding a re-list in progress; whether `known`
+/// changed (always after a re-list).
+fn fold_event<K: kube::Resource, V: PartialEq>(
+    event: watcher::Event<K>,
+    listing: &mut Option<BTreeMap<String, V>>,
+    known: &mut BTreeMap<String, V>,
+    extract: impl Fn(&K) -> Option<V>,
+) -> bool {
+    match event {
+        watcher::Event::Init => {
+            *listing = Some(BTreeMap::new());
+            false
+        }
+        watcher::Event::InitApply(object) => {
+            if let (Some(l), Some(name), Some(v)) = (
+                listing.as_mut(),
+                object.meta().name.clone(),
+                extract(&object),
+            ) {
+                l.insert(name, v);
+            }
+            false
+        }
+        watcher::Event::InitDone => {
+            *known = listing.take().unwrap_or_default();
+            true
+        }
+        watcher::Event::Apply(object) => {
+            let Some(name) = object.meta().name.clone() else {
+                return false;
+            };
+            match extract(&object) {
+                Some(v) if known.get(&name) == Some(&v) => false,
+                Some(v) => {
+                    known.insert(name, v);
+                    true
+                }
+                None => known.remove(&name).is_some(),
+            }
+        }
+        watcher::Event::Delete(object) => object
+            .meta()
+            .name
+            .as_ref()
+            .is_some_and(|n| known.remove(n).is_some()),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -320,7 +484,8 @@ impl Overlay {
     /// other nodes) until the Node watch catches up a few milliseconds later.
     /// A failed list is logged and left to the watch.
     pub async fn seed(&self, client: kube::Client) {
-        let nodes = match Api::<Node>::all(client).list(&Default::default()).await {
+        let node_api: Api<Node> = Api::all(client.clone());
+        let nodes = match node_api.list(&Default::default()).await {
             Ok(list) => list.items,
             Err(e) => {
                 tracing::warn!(error = %e, "listing Nodes before the first resync failed; the watch will add them");
@@ -331,7 +496,20 @@ impl Overlay {
             .iter()
             .filter_map(|n| Some((n.metadata.name.clone()?, remote_node(n)?)))
             .collect();
-        if let Err(e) = self.apply(desired).await {
+        let ipam_api: Api<ConfigMap> = Api::namespaced(client, IPAM_NAMESPACE);
+        let listed = ipam_api.list(&Default::default()).await;
+        let placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = match listed {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|cm| Some((cm.metadata.name.clone()?, vlan_placements(cm)?)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the vlan segments' IPAM ConfigMaps before the first resync failed; the watch will add their pods");
+                BTreeMap::new()
+            }
+        };
+        if let Err(e) = self.apply(with_vlan_pods(&desired, &placements)).await {
             tracing::warn!(error = %e, "recording remote nodes failed; the watch will add them");
         }
     }
@@ -351,7 +529,7 @@ impl Overlay {
             .await
             .nodes
             .iter()
-            .map(|(k, (n, _))| (k.clone(), *n))
+            .map(|(k, (n, _))| (k.clone(), n.clone()))
             .collect()
     }
 
@@ -395,7 +573,7 @@ impl Overlay {
             if let Some(g) = generation {
                 mods.extend(node_flows(g, object, node).into_iter().map(FlowMod::add));
             }
-            added.push((name.clone(), *node, object));
+            added.push((name.clone(), node.clone(), object));
         }
         if changes.is_empty() && added.is_empty() {
             return Ok(());
@@ -417,77 +595,75 @@ impl Overlay {
         Ok(())
     }
 
-    /// Watches Node objects until `stop`, applying every change; keeps the
-    /// node's routes to remote pod CIDRs in line meanwhile.
+    /// Watches Node objects and the `vlan` segments' IPAM ConfigMaps until
+    /// `stop`, applying every change; keeps the node's routes to remote pod
+    /// CIDRs in line meanwhile.
     pub async fn run(self: Arc<Self>, client: kube::Client, mut stop: watch::Receiver<bool>) {
         let routes = tokio::spawn(self.clone().keep_routes());
         let config = watcher::Config::default();
-        let mut events = watcher(Api::<Node>::all(client), config).boxed();
+        let mut node_events = watcher(Api::<Node>::all(client.clone()), config.clone()).boxed();
+        let mut ipam_events =
+            watcher(Api::<ConfigMap>::namespaced(client, IPAM_NAMESPACE), config).boxed();
         let mut known: BTreeMap<String, RemoteNode> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, RemoteNode>> = None;
+        let mut placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = BTreeMap::new();
+        let mut placements_listing = None;
         loop {
             let event = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
-                ev = events.try_next() => ev,
+                ev = node_events.try_next() => Watched::Node(Box::new(ev)),
+                ev = ipam_events.try_next() => Watched::Ipam(Box::new(ev)),
             };
-            let changed = match event {
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching Nodes failed; retrying");
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    false
-                }
-                Ok(Some(watcher::Event::Init)) => {
-                    listing = Some(BTreeMap::new());
-                    false
-                }
-                Ok(Some(watcher::Event::InitApply(node))) => {
-                    if let (Some(l), Some(name), Some(r)) = (
-                        listing.as_mut(),
-                        node.metadata.name.clone(),
-                        remote_node(&node),
-                    ) {
-                        l.insert(name, r);
-                    }
-                    false
-                }
-                Ok(Some(watcher::Event::InitDone)) => {
-                    known = listing.take().unwrap_or_default();
-                    true
-                }
-                Ok(Some(watcher::Event::Apply(node))) => {
-                    let Some(name) = node.metadata.name.clone() else {
+            let (what, failed) = match event {
+                Watched::Node(ev) => match *ev {
+                    Ok(None) => break,
+                    Err(e) => ("Nodes", e),
+                    Ok(Some(ev)) => {
+                        if fold_event(ev, &mut listing, &mut known, remote_node) {
+                            self.apply_until_done(with_vlan_pods(&known, &placements), &mut stop)
+                                .await;
+                        }
                         continue;
-                    };
-                    match remote_node(&node) {
-                        Some(r) => known.insert(name, r) != Some(r),
-                        None => known.remove(&name).is_some(),
                     }
-                }
-                Ok(Some(watcher::Event::Delete(node))) => node
-                    .metadata
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| known.remove(n).is_some()),
+                },
+                Watched::Ipam(ev) => match *ev {
+                    Ok(None) => break,
+                    Err(e) => ("the vlan segments' IPAM ConfigMaps", e),
+                    Ok(Some(ev)) => {
+                        let placements_listing = &mut placements_listing;
+                        if fold_event(ev, placements_listing, &mut placements, vlan_placements) {
+                            self.apply_until_done(with_vlan_pods(&known, &placements), &mut stop)
+                                .await;
+                        }
+                        continue;
+                    }
+                },
             };
-            if changed {
-                // Retry until it works; a full resync would also pick the
-                // nodes up, but only after a reconnect.
-                let mut attempt = 0u32;
-                while let Err(e) = self.apply(known.clone()).await {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "updating overlay flows failed; retrying");
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => break,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
+            tracing::warn!(error = %failed, "watching {what} failed; retrying");
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
         routes.abort();
+    }
+
+    /// [`Overlay::apply`], retried until it works or `stop`; a full resync
+    /// would also pick the nodes up, but only after a reconnect.
+    async fn apply_until_done(
+        &self,
+        desired: BTreeMap<String, RemoteNode>,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        let mut attempt = 0u32;
+        while let Err(e) = self.apply(desired.clone()).await {
+            attempt += 1;
+            tracing::warn!(error = %e, attempt, "updating overlay flows failed; retrying");
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 
     /// Re-applies the routes (remote pod CIDRs and the Service CIDR)
@@ -638,6 +814,7 @@ mod tests {
         RemoteNode {
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
             ip: "192.168.100.2".parse().unwrap(),
+            vlan_pods: BTreeSet::new(),
         }
     }
 
@@ -676,7 +853,55 @@ mod tests {
             text[0]
         );
         assert!(text[1].contains("tun_id=0x1000/0x1000"), "{}", text[1]);
-        assert!(text[2].contains("output:1"), "{}", text[2]);
+        assert_eq!(
+            text[2],
+            "table=60,cookie=0x5359010100010000,priority=200,ip,in_port=1,reg0=0x2/0xf,ct_state=+new+trk,ct_mark=0x0/0x1 actions=ct(commit,zone=65520,exec(set_field:0x4->ct_mark)),goto_table:70"
+        );
+        assert!(text[3].contains("output:1"), "{}", text[3]);
+    }
+
+    #[test]
+    fn service_connections_to_a_remote_nodes_vlan_pods_are_tunnelled_to_it() {
+        let mut n = node();
+        n.vlan_pods.insert("10.100.0.7".parse().unwrap());
+        let text: Vec<String> = node_flows(3, cookie_object::REMOTE_NODE_FIRST + 1, &n)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert_eq!(
+            text[3],
+            "table=40,cookie=0x5359010300020001,priority=256,ip,nw_dst=10.100.0.7,ct_state=-rpl+trk,ct_mark=0x1/0x1 actions=set_field:192.168.100.2->tun_dst,set_field:0x1000->tun_id,set_field:0x1->reg1,goto_table:60"
+        );
+    }
+
+    #[test]
+    fn vlan_pods_come_from_the_ipam_configmaps_holders() {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "switchyard-ipam-vlan100", "namespace": "switchyard-system"},
+            "data": {
+                "10.100.0.7": "n2/c1/eth0",
+                "10.100.0.8": "n3/c2/eth0",
+                "10.100.0.9": "n1/c3/eth0",
+                "not-an-address": "n2/c4/eth0",
+                "10.100.0.10": "malformed"
+            }
+        }))
+        .unwrap();
+        let placements = vlan_placements(&cm).unwrap();
+        assert_eq!(placements.len(), 3, "{placements:?}");
+        let other: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "switchyard-config"}, "data": {"10.1.1.1": "n2/c/eth0"}
+        }))
+        .unwrap();
+        assert_eq!(vlan_placements(&other), None);
+        let nodes = BTreeMap::from([("n2".to_string(), node())]);
+        let both = with_vlan_pods(&nodes, &BTreeMap::from([("cm".to_string(), placements)]));
+        assert_eq!(both.len(), 1, "nodes not known stay unknown: {both:?}");
+        assert_eq!(
+            both["n2"].vlan_pods,
+            BTreeSet::from(["10.100.0.7".parse().unwrap()])
+        );
     }
 
     #[test]

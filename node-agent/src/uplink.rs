@@ -30,7 +30,12 @@
 //!   again like the node's own traffic (any local pod, or the tunnel with the
 //!   gateway key); the replies, addressed to the gateway address, are
 //!   un-SNATed in CONNTRACK (base flows in `flows`) and delivered as the
-//!   gateway's traffic.
+//!   gateway's traffic. (255, per pod of the segment) Another pod's Service
+//!   connection to it is routed to it as the gateway's traffic. (270, per
+//!   VLAN) A pod's reply to a connection routed to it (`ct_mark` SERVICE,
+//!   DNATed here, or FROM_REMOTE_GATEWAY, tunnelled here by another node,
+//!   see `overlay`) is routed back as the gateway's traffic, not switched
+//!   to the fabric.
 //! - L2_FORWARDING: a local pod's MAC from the uplink with its VLAN (200,
 //!   per pod); anything else from a pod of the segment goes to the uplink
 //!   (100, per VLAN), where the fabric switches or routes it.
@@ -57,6 +62,13 @@ const ARP_TO_L2: u16 = priority::NORMAL + 1;
 const SWITCHED: u16 = 250;
 /// Priority of the per-VLAN routing of Service connections (above the bypass).
 const SERVICE_FROM_SEGMENT: u16 = 260;
+/// Priority of the per-pod routing of other pods' Service connections to a
+/// pod of the segment (below [`SERVICE_FROM_SEGMENT`], which routes the
+/// segment's own pods' first).
+const SERVICE_TO_SEGMENT_POD: u16 = 255;
+/// Priority of the per-VLAN routing of replies to connections that were
+/// routed into the segment (above everything of the segment).
+const REPLY_ROUTED_BACK: u16 = 270;
 
 /// Why an uplink could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +269,28 @@ pub fn uplink_flows(generation: u8, uplinks: &[Uplink], gateway_ip: Ipv4Addr) ->
                         .action(Action::Ct(ct)),
                 );
             }
+            // A reply of a pod of the segment to a connection that was
+            // routed to it, not switched: a Service connection the proxy
+            // DNATed on this node, or one another node's gateway tunnelled
+            // here. It goes back the way it came, routed as the gateway's
+            // traffic (a local pod, the node, or the tunnel), not to the
+            // fabric, which knows nothing of pod CIDRs or gateway addresses.
+            for mark in [ct_mark::SERVICE, ct_mark::FROM_REMOTE_GATEWAY] {
+                out.push(
+                    f(table::L3_FORWARDING, REPLY_ROUTED_BACK)
+                        .matching(MatchField::eth_type(ETH_TYPE_IP))
+                        .matching(flows::match_port_kind(PortKind::Pod))
+                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                        .matching(MatchField::ct_state(
+                            ct_state::RPL | ct_state::TRK,
+                            ct_state::RPL | ct_state::TRK,
+                        ))
+                        .matching(MatchField::ct_mark(mark, mark))
+                        .action(flows::set_port_kind(PortKind::Gateway))
+                        .action(load_reg(reg::SEGMENT_VLAN, 0))
+                        .action(Action::resubmit_table(table::L3_FORWARDING)),
+                );
+            }
             out.push(
                 f(table::L2_FORWARDING, priority::NORMAL)
                     .matching(flows::match_port_kind(PortKind::Pod))
@@ -319,6 +353,22 @@ pub fn pod_flows(generation: u8, pod: &PodPort, segment: Option<&SegmentConfig>)
             .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
             .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
             .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        // Another pod's Service connection to this pod (the proxy DNATed
+        // it, not a reply; the segment's own pods were SNATed and re-routed
+        // as the gateway's traffic at SERVICE_FROM_SEGMENT already): routed
+        // to it as the gateway's traffic, which reaches a pod of any VLAN.
+        f(table::L3_FORWARDING, SERVICE_TO_SEGMENT_POD)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(flows::match_port_kind(PortKind::Pod))
+            .matching(MatchField::ipv4_dst(pod.ip, 32))
+            .matching(MatchField::ct_state(
+                ct_state::TRK,
+                ct_state::RPL | ct_state::TRK,
+            ))
+            .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
+            .action(flows::set_port_kind(PortKind::Gateway))
+            .action(load_reg(reg::SEGMENT_VLAN, 0))
+            .action(Action::resubmit_table(table::L3_FORWARDING)),
     ]
 }
 
@@ -340,7 +390,7 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(text.len(), 2 * 10, "{text:#?}");
+        assert_eq!(text.len(), 2 * 12, "{text:#?}");
         for line in &text {
             assert!(line.contains("cookie=0x5359010200030000"), "{line}");
         }
@@ -367,6 +417,17 @@ mod tests {
                 "table=40,cookie=0x5359010200030000,priority=260,ip,reg0=0x3/0xf,reg5=0x64,ct_state=-new-rpl+trk,ct_mark=0x1/0x1 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,ct(table=40,zone=65523,nat)",
             ]
         );
+        let replies: Vec<&String> = text
+            .iter()
+            .filter(|l| l.contains("priority=270") && l.contains("reg5=0x64"))
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                "table=40,cookie=0x5359010200030000,priority=270,ip,reg0=0x3/0xf,reg5=0x64,ct_state=+rpl+trk,ct_mark=0x1/0x1 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,resubmit(,40)",
+                "table=40,cookie=0x5359010200030000,priority=270,ip,reg0=0x3/0xf,reg5=0x64,ct_state=+rpl+trk,ct_mark=0x4/0x4 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,resubmit(,40)",
+            ]
+        );
     }
 
     #[test]
@@ -388,7 +449,7 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(text.len(), 3 * 10, "{text:#?}");
+        assert_eq!(text.len(), 3 * 12, "{text:#?}");
         let vlan300: Vec<&String> = text
             .iter()
             .filter(|l| {
@@ -438,9 +499,13 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(text.len(), 3);
+        assert_eq!(text.len(), 4);
         assert!(text[1].contains("push_vlan"), "{}", text[1]);
         assert!(text[1].ends_with("IN_PORT"), "{}", text[1]);
         assert!(text[2].contains("dl_dst=0a:58:0a:64:00:05"), "{}", text[2]);
+        assert_eq!(
+            text[3],
+            "table=40,cookie=0x5359010100000011,priority=255,ip,reg0=0x3/0xf,nw_dst=10.100.0.5,ct_state=-rpl+trk,ct_mark=0x1/0x1 actions=set_field:0x2/0xf->reg0,set_field:0x0->reg5,resubmit(,40)"
+        );
     }
 }

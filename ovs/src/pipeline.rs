@@ -227,6 +227,11 @@ pub mod ct_mark {
     pub const SERVICE: u32 = 0x1;
     /// The connection is a hairpin (a pod reaching itself through a service).
     pub const HAIRPIN: u32 = 0x2;
+    /// The connection came in through the tunnel from another node's
+    /// gateway (that node's own traffic, or a Service connection it
+    /// tunnelled to a local `vlan` segment pod): the agent routes a `vlan`
+    /// segment pod's replies back instead of switching them to the fabric.
+    pub const FROM_REMOTE_GATEWAY: u32 = 0x4;
 }
 
 /// Well-known OpenFlow port numbers requested through `ofport_request`.
