@@ -57,7 +57,9 @@
 //!   [`ofport::GATEWAY`]; other destinations drop (this is the VLAN
 //!   isolation: OVS's `tag` only matters to the NORMAL action, which the
 //!   pipeline never uses).
-//! - CONNTRACK_COMMIT commits `+new+trk` without [`ct_mark::SERVICE`].
+//! - CONNTRACK_COMMIT commits `+new+trk` without [`ct_mark::SERVICE`]
+//!   (200: from the tunnel as [`PortKind::Gateway`], with
+//!   [`ct_mark::FROM_REMOTE_GATEWAY`]).
 //!
 //! Between nodes (`node-agent/src/overlay.rs`, `uplink.rs`; verified in the
 //! multi-node lab, `tests/lab/tests/multinode.rs`):
@@ -81,7 +83,14 @@
 //!   switched (straight to L2_FORWARDING), not routed; (260) a pod's
 //!   Service connection there (`ct_mark` [`ct_mark::SERVICE`], not a reply)
 //!   is marked [`PortKind::Gateway`], SNATed to the node's gateway address in
-//!   [`zone::GATEWAY_SNAT`] and routed again from L3_FORWARDING.
+//!   [`zone::GATEWAY_SNAT`] and routed again from L3_FORWARDING; (255, per
+//!   pod of the segment) another pod's Service connection to it is marked
+//!   [`PortKind::Gateway`] and routed again; (270) a reply of a pod of the
+//!   segment with [`ct_mark::SERVICE`] or [`ct_mark::FROM_REMOTE_GATEWAY`]
+//!   is marked [`PortKind::Gateway`] and routed again, not switched. Per
+//!   remote node, per address of its `vlan` segment pods (256): a Service
+//!   connection (not a reply) goes to that node through the tunnel with
+//!   [`TUNNEL_KEY_FROM_GATEWAY`].
 //! - CONNTRACK: a packet to the node's gateway address goes once
 //!   ([`reg::GATEWAY_UNSNAT_BIT`]) through [`zone::GATEWAY_SNAT`] first; an
 //!   established reply there (200/210) is un-SNATed to the `vlan` pod's
