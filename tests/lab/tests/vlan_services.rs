@@ -230,9 +230,10 @@ fn peer_server(netns: &str) -> Proc {
 
 /// A ClusterIP Service whose backends are pods of the `vlan100` segment on node1 (`near`)
 /// and node2 (`far`) is reached over TCP and UDP, both backends answering, from overlay pods
-/// on both nodes, from `vlan100` pods on both nodes and from both nodes' host network. The
-/// backend sees: an overlay pod's own address; the node's gateway address for a pod of the
-/// segment and for the node itself.
+/// on both nodes, from `vlan100` pods on both nodes (the backends themselves included, so
+/// hairpin too) and from both nodes' host network. The backend sees: an overlay pod's own
+/// address; the client node's gateway address for a pod of the segment and for the node
+/// itself.
 #[test]
 fn cluster_ip_with_vlan_segment_backends_from_every_kind_of_client() {
     if !privileged("cluster_ip_with_vlan_segment_backends_from_every_kind_of_client") {
@@ -295,6 +296,9 @@ fn cluster_ip_with_vlan_segment_backends_from_every_kind_of_client() {
         ("v2", info.pod_netns(back, "v2"), gateway("node2")),
         ("node1", node_netns("node1"), gateway("node1")),
         ("node2", node_netns("node2"), gateway("node2")),
+        // The backends themselves (hairpin included): pods of the segment.
+        ("near", info.pod_netns(back, "near"), gateway("node1")),
+        ("far", info.pod_netns(back, "far"), gateway("node2")),
     ];
     for (client, netns, seen_as) in &clients {
         for (proto, port) in [("http", 80), ("udp", 53)] {
