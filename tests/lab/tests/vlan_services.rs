@@ -326,6 +326,107 @@ fn cluster_ip_with_vlan_segment_backends_from_every_kind_of_client() {
     }
 }
 
+/// The `vlan100` pod `name` on `node` with the static address `ip`, behind Service `mover`.
+fn static_vlan_pod(namespace: &str, name: &str, node: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app: mover\n  annotations:\n    switchyard.io/ip: \"{ip}\"\nspec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n    ports:\n    - containerPort: 8080\n---\n"
+    )
+}
+
+/// Whether the segment's IPAM ConfigMap records `ip` (and for which holder).
+fn ipam_holder(lab: &Lab, ip: &str) -> Option<String> {
+    let out = lab.kubectl(&[
+        "-n",
+        "switchyard-system",
+        "get",
+        "configmap",
+        "switchyard-ipam-vlan100",
+        "-o",
+        "json",
+    ]);
+    let cm: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    cm["data"][ip].as_str().map(str::to_string)
+}
+
+/// The only backend of a ClusterIP, a `vlan100` pod with a static address, is deleted on
+/// node2 and created again with the same address on node1: every client (both nodes, an
+/// overlay pod on each node) follows it, TCP and UDP. The tunnel flows toward a remote
+/// `vlan` pod follow the segment's IPAM ConfigMap (a stale one on node1 would send the
+/// connection to node2, where the pod no longer is).
+#[test]
+fn vlan_backend_moving_to_the_other_node_is_followed() {
+    if !privileged("vlan_backend_moving_to_the_other_node_is_followed") {
+        return;
+    }
+    let lab = lab_up(2, &["--fabric", "--vlans", "100"]);
+    let _diag = DiagnosticsOnPanic(&lab);
+    let (back, front, ip) = ("vsvc-move", "vsvc-move-front", "10.100.0.50");
+    let mut m = namespace_manifest(back, Some("vlan100"));
+    m.push_str(&static_vlan_pod(back, "mover", "node2", ip));
+    m.push_str(&namespace_manifest(front, None));
+    m.push_str(&pod_manifest(front, "o1", "node1", None));
+    m.push_str(&pod_manifest(front, "o2", "node2", None));
+    m.push_str(&service_manifest(back, "mover", "mover"));
+    lab.apply(&m);
+    let info = lab.info();
+    for (ns, pod) in [(back, "mover"), (front, "o1"), (front, "o2")] {
+        running(&lab, ns, pod);
+    }
+    let vip = cluster_ip(&lab, back, "mover");
+    let clients = [
+        info.node("node1").unwrap().netns.clone(),
+        info.node("node2").unwrap().netns.clone(),
+        info.pod_netns(front, "o1"),
+        info.pod_netns(front, "o2"),
+    ];
+    let all_answered = |when: &str| {
+        for netns in &clients {
+            for (proto, port) in [("http", 80), ("udp", 53)] {
+                poll_answers(
+                    netns,
+                    proto,
+                    &format!("{vip}:{port}"),
+                    5,
+                    &format!("every answer from mover ({when})"),
+                    &|a| a.iter().all(|x| x == "mover"),
+                );
+            }
+        }
+    };
+    all_answered("on node2");
+    assert!(
+        ipam_holder(&lab, ip).is_some_and(|h| h.starts_with("node2/")),
+        "{:?}",
+        ipam_holder(&lab, ip)
+    );
+
+    lab.kubectl_ok(&["-n", back, "delete", "pod", "mover", "--wait=false"]);
+    eventually(
+        &format!("{ip} released by the deleted pod"),
+        POD_DEADLINE,
+        || {
+            (pod_json_in(&lab, back, "mover").is_none() && ipam_holder(&lab, ip).is_none())
+                .then_some(())
+        },
+    );
+    lab.apply(&static_vlan_pod(back, "mover", "node1", ip));
+    assert_eq!(running(&lab, back, "mover"), ip);
+    assert!(
+        ipam_holder(&lab, ip).is_some_and(|h| h.starts_with("node1/")),
+        "{:?}",
+        ipam_holder(&lab, ip)
+    );
+    all_answered("moved to node1");
+}
+
+fn pod_json_in(lab: &Lab, namespace: &str, name: &str) -> Option<serde_json::Value> {
+    let out = lab.kubectl(&["-n", namespace, "get", "pod", name, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The untagged (VLAN 0, native) part of a vlan segment
 
