@@ -12,7 +12,7 @@ use std::path::Path;
 use common::{manifest, manifest_text, objects, pod_spec};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -83,6 +83,8 @@ fn validate(doc: &Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             roundtrip::<ClusterRoleBinding>(doc)
         }
+        ("rbac.authorization.k8s.io/v1", "Role") => roundtrip::<Role>(doc),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => roundtrip::<RoleBinding>(doc),
         ("apps/v1", "DaemonSet") => roundtrip::<DaemonSet>(doc),
         _ => Err(format!(
             "{api_version} {kind}: not a kind this test knows; add it"
@@ -94,7 +96,7 @@ fn validate(doc: &Value) -> Result<(), String> {
 fn every_document_matches_the_kubernetes_schema() {
     for variant in Variant::ALL {
         let docs = manifest(variant);
-        assert_eq!(docs.len(), 8, "{}: documents", variant.file_name());
+        assert_eq!(docs.len(), 10, "{}: documents", variant.file_name());
         for doc in &docs {
             if let Err(e) = validate(doc) {
                 panic!(
@@ -223,23 +225,45 @@ fn containers_have_probes_resources_and_only_declared_volumes() {
 #[test]
 fn bindings_grant_the_roles_to_the_daemonset_service_account() {
     let docs = manifest(Variant::BundledOvs);
-    let roles: BTreeSet<&str> = objects(&docs, "ClusterRole")
-        .iter()
-        .map(|r| r["metadata"]["name"].as_str().unwrap())
-        .collect();
-    let mut bound = BTreeSet::new();
-    for b in objects(&docs, "ClusterRoleBinding") {
-        let role = b["roleRef"]["name"].as_str().unwrap();
-        assert_eq!(b["roleRef"]["kind"], "ClusterRole");
-        assert!(roles.contains(role), "binding to missing role {role}");
-        bound.insert(role);
-        let subjects = b["subjects"].as_array().unwrap();
-        assert_eq!(subjects.len(), 1);
-        assert_eq!(subjects[0]["kind"], "ServiceAccount");
-        assert_eq!(subjects[0]["name"], pod_spec(&docs)["serviceAccountName"]);
-        assert_eq!(subjects[0]["namespace"], switchyard_deploy::NAMESPACE);
+    for (role_kind, binding_kind) in [
+        ("ClusterRole", "ClusterRoleBinding"),
+        ("Role", "RoleBinding"),
+    ] {
+        // (namespace, name); namespace null for cluster-scoped roles.
+        let roles: BTreeSet<(String, &str)> = objects(&docs, role_kind)
+            .iter()
+            .map(|r| {
+                (
+                    r["metadata"]["namespace"].to_string(),
+                    r["metadata"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let mut bound = BTreeSet::new();
+        for b in objects(&docs, binding_kind) {
+            let role = (
+                b["metadata"]["namespace"].to_string(),
+                b["roleRef"]["name"].as_str().unwrap(),
+            );
+            assert_eq!(b["roleRef"]["kind"], role_kind);
+            assert!(
+                roles.contains(&role),
+                "binding to missing {role_kind} {role:?}"
+            );
+            bound.insert(role);
+            let subjects = b["subjects"].as_array().unwrap();
+            assert_eq!(subjects.len(), 1);
+            assert_eq!(subjects[0]["kind"], "ServiceAccount");
+            assert_eq!(subjects[0]["name"], pod_spec(&docs)["serviceAccountName"]);
+            assert_eq!(subjects[0]["namespace"], switchyard_deploy::NAMESPACE);
+        }
+        assert_eq!(bound, roles, "every {role_kind} is bound");
     }
-    assert_eq!(bound, roles);
+    assert!(
+        !objects(&docs, "Role").is_empty(),
+        "the agent's ConfigMaps are granted by a Role in {}",
+        switchyard_deploy::NAMESPACE
+    );
 }
 
 #[test]
