@@ -335,7 +335,7 @@ async fn resource_request(
                 return watch_response(state, rt, t.namespace.as_deref(), query, neg);
             }
             let q = list_query(query)?;
-            let (items, rv, cont, remaining) = store.list(rt, t.namespace.as_deref(), &q);
+            let (items, rv, cont, remaining) = store.list(rt, t.namespace.as_deref(), &q)?;
             let mut meta = json!({"resourceVersion": rv.to_string()});
             if let Some(c) = cont {
                 meta["continue"] = json!(c);
@@ -361,7 +361,7 @@ async fn resource_request(
         }
         (None, Method::DELETE) => {
             let q = list_query(query)?;
-            let (items, rv, _, _) = store.list(rt, t.namespace.as_deref(), &q);
+            let (items, rv, _, _) = store.list(rt, t.namespace.as_deref(), &q)?;
             let opts = delete_options(query, &body)?;
             let mut deleted = Vec::new();
             for item in items {

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -148,6 +149,13 @@ impl ApiServer {
             .with_state(state);
         let mut graceful = shutdown_rx.clone();
         let server = tokio::spawn(async move {
+            // TCP_NODELAY on every connection, as kube-apiserver (Go) has it: with Nagle a
+            // small response or watch event can wait for the client's delayed ACK (~40 ms).
+            let listener = listener.tap_io(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY on an API connection");
+                }
+            });
             let result = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = graceful.wait_for(|v| *v).await;

@@ -1,8 +1,9 @@
 //! In-memory object storage with a global resourceVersion, a bounded event history and a
 //! broadcast of every change (the source of watches and of the in-process controllers).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -108,6 +109,45 @@ pub struct ListQuery {
     pub continue_token: Option<String>,
 }
 
+/// A list's continue token: where the last page ended, and how many matching objects came
+/// after it at the store's resourceVersion `rv`. Text form
+/// `<rv>:<remaining>:<namespace>/<name>` (names hold neither `:` nor `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ContinueToken {
+    rv: u64,
+    remaining: usize,
+    namespace: String,
+    name: String,
+}
+
+impl ContinueToken {
+    fn parse(token: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
+        let mut parts = token.splitn(3, ':');
+        let (Some(rv), Some(remaining), Some(key)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let (namespace, name) = key.split_once('/').ok_or_else(invalid)?;
+        Ok(ContinueToken {
+            rv: rv.parse().map_err(|_| invalid())?,
+            remaining: remaining.parse().map_err(|_| invalid())?,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ContinueToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}/{}",
+            self.rv, self.remaining, self.namespace, self.name
+        )
+    }
+}
+
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchStart {
@@ -137,6 +177,112 @@ struct State {
     history: VecDeque<Arc<StoredEvent>>,
     /// Events with rv <= compacted are no longer in `history`.
     compacted: u64,
+    /// Cluster IPs and node ports of the stored Services, so admitting a Service does not
+    /// look at every stored object.
+    services: ServiceIndex,
+}
+
+/// Which stored Services (by uid) hold each cluster IP and node port. A uid appears once per
+/// use (a Service listing a node port twice holds it twice).
+#[derive(Debug, Default)]
+struct ServiceIndex {
+    ips: HashMap<Ipv4Addr, Vec<String>>,
+    node_ports: HashMap<u64, Vec<String>>,
+    /// Every host address of the service range below this one is held by some Service
+    /// (allocation starts looking here).
+    free_hint: u32,
+}
+
+impl ServiceIndex {
+    fn uses(svc: &Value) -> (Option<String>, Option<Ipv4Addr>, Vec<u64>) {
+        let ip = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        let ports = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+            .collect();
+        (meta(svc, "uid"), ip, ports)
+    }
+
+    fn add(&mut self, svc: &Value) {
+        let (uid, ip, ports) = Self::uses(svc);
+        let uid = uid.unwrap_or_default();
+        if let Some(ip) = ip {
+            self.ips.entry(ip).or_default().push(uid.clone());
+        }
+        for np in ports {
+            self.node_ports.entry(np).or_default().push(uid.clone());
+        }
+    }
+
+    fn remove(&mut self, svc: &Value) {
+        fn take<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<String>>, k: K, uid: &str) -> bool {
+            let Some(users) = m.get_mut(&k) else {
+                return false;
+            };
+            if let Some(i) = users.iter().position(|u| u == uid) {
+                users.swap_remove(i);
+            }
+            if users.is_empty() {
+                m.remove(&k);
+                return true;
+            }
+            false
+        }
+        let (uid, ip, ports) = Self::uses(svc);
+        let uid = uid.unwrap_or_default();
+        if let Some(ip) = ip
+            && take(&mut self.ips, ip, &uid)
+        {
+            self.free_hint = self.free_hint.min(u32::from(ip));
+        }
+        for np in ports {
+            take(&mut self.node_ports, np, &uid);
+        }
+    }
+
+    /// Whether a Service other than `me` (uid) holds the cluster IP.
+    fn ip_used(&self, ip: Ipv4Addr, me: Option<&str>) -> bool {
+        self.ips
+            .get(&ip)
+            .is_some_and(|users| users.iter().any(|u| Some(u.as_str()) != me))
+    }
+
+    /// Whether a Service other than `me` (uid) holds the node port.
+    fn node_port_used(&self, port: u64, me: Option<&str>) -> bool {
+        self.node_ports
+            .get(&port)
+            .is_some_and(|users| users.iter().any(|u| Some(u.as_str()) != me))
+    }
+
+    /// The lowest host address of `cidr` no Service other than `me` holds.
+    fn first_free_ip(&mut self, cidr: Ipv4Net, me: Option<&str>) -> Option<Ipv4Addr> {
+        let mut hosts = cidr.hosts();
+        let first = hosts.next()?;
+        let last = hosts.next_back().unwrap_or(first);
+        let start = Ipv4Addr::from(u32::from(first).max(self.free_hint));
+        if start > last {
+            return None;
+        }
+        // Only addresses held by others are skipped; `me` holds no address when it needs one.
+        let mut free = None;
+        for a in ipnet::Ipv4AddrRange::new(start, last) {
+            if !self.ip_used(a, me) {
+                free = Some(a);
+                break;
+            }
+        }
+        if me.is_none() {
+            // Everything from the old hint up to `free` (or to the end) is held.
+            self.free_hint = free.map_or(u32::from(last).saturating_add(1), u32::from);
+        }
+        free
+    }
 }
 
 /// The object store.
@@ -214,6 +360,7 @@ impl Store {
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
                 compacted: 0,
+                services: ServiceIndex::default(),
             }),
             tx,
             opts,
@@ -292,12 +439,17 @@ impl Store {
         st.rv += 1;
         let rv = st.rv;
         meta_mut(&mut object).insert("resourceVersion".into(), json!(rv.to_string()));
-        match kind {
-            EventType::Deleted => {
-                st.objects.remove(&key);
+        let is_service = key.group.is_empty() && key.resource == "services";
+        let previous = match kind {
+            EventType::Deleted => st.objects.remove(&key),
+            _ => st.objects.insert(key.clone(), object.clone()),
+        };
+        if is_service {
+            if let Some(previous) = &previous {
+                st.services.remove(previous);
             }
-            _ => {
-                st.objects.insert(key.clone(), object.clone());
+            if kind != EventType::Deleted {
+                st.services.add(&object);
             }
         }
         let event = Arc::new(StoredEvent {
@@ -336,59 +488,103 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
-    /// LIST: matching items (sorted by namespace/name), the list resourceVersion and the
-    /// continue token when more remain.
+    /// The stored objects of one group/resource (and namespace), in key order, after `after`
+    /// (a namespace/name) when given: a range of the ordered map, not a scan.
+    fn objects_in<'a>(
+        st: &'a State,
+        group: &'a str,
+        resource: &'a str,
+        namespace: Option<&'a str>,
+        after: Option<(&str, &str)>,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> + 'a {
+        let key = |ns: &str, name: &str| ObjectKey {
+            group: group.to_string(),
+            resource: resource.to_string(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
+        let start = match after {
+            Some((ns, name)) => Bound::Excluded(key(ns, name)),
+            None => Bound::Included(key(namespace.unwrap_or(""), "")),
+        };
+        st.objects
+            .range((start, Bound::Unbounded))
+            .take_while(move |(k, _)| {
+                k.group == group
+                    && k.resource == resource
+                    && namespace.is_none_or(|ns| k.namespace == ns)
+            })
+    }
+
+    /// LIST: matching items (sorted by namespace/name), the list resourceVersion, the
+    /// continue token when more remain, and how many more match.
+    ///
+    /// A page costs its size plus a lookup: it starts where the continue token's key left
+    /// off. The count of the rest travels in the token too; it is recounted (a pass over the
+    /// rest, matching only) on the first page and when the store changed since the token.
     pub fn list(
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
         q: &ListQuery,
-    ) -> (Vec<Value>, u64, Option<String>, usize) {
+    ) -> Result<(Vec<Value>, u64, Option<String>, usize), ApiError> {
+        let token = q
+            .continue_token
+            .as_deref()
+            .map(ContinueToken::parse)
+            .transpose()?;
         let st = self.lock();
+        let matches = |obj: &Value| q.labels.matches(obj) && q.fields.matches(obj);
+        let mut rest = Self::objects_in(
+            &st,
+            &rt.group,
+            &rt.plural,
+            namespace,
+            token
+                .as_ref()
+                .map(|t| (t.namespace.as_str(), t.name.as_str())),
+        )
+        .filter(|(_, obj)| matches(obj));
         let mut items = Vec::new();
-        let mut more = None;
-        let mut remaining = 0usize;
-        for (key, obj) in &st.objects {
-            if key.group != rt.group || key.resource != rt.plural {
-                continue;
-            }
-            if let Some(ns) = namespace
-                && key.namespace != ns
-            {
-                continue;
-            }
-            if let Some(token) = &q.continue_token
-                && format!("{}/{}", key.namespace, key.name) <= *token
-            {
-                continue;
-            }
-            if !q.labels.matches(obj) || !q.fields.matches(obj) {
-                continue;
-            }
-            if q.limit > 0 && items.len() >= q.limit {
-                remaining += 1;
-                continue;
-            }
+        let mut last = None;
+        for (key, obj) in rest.by_ref() {
             items.push(Self::with_version(rt, obj.clone()));
+            last = Some(key);
+            if q.limit > 0 && items.len() >= q.limit {
+                break;
+            }
         }
-        if remaining > 0
-            && let Some(last) = items.last()
-        {
-            more = Some(format!(
-                "{}/{}",
-                meta(last, "namespace").unwrap_or_default(),
-                meta(last, "name").unwrap_or_default()
-            ));
-        }
-        (items, st.rv, more, remaining)
+        let remaining = if q.limit == 0 {
+            0
+        } else {
+            match &token {
+                Some(ContinueToken {
+                    rv,
+                    remaining: before,
+                    ..
+                }) if *rv == st.rv => before.saturating_sub(items.len()),
+                _ => rest.count(),
+            }
+        };
+        let more = match last {
+            Some(key) if remaining > 0 => Some(
+                ContinueToken {
+                    rv: st.rv,
+                    remaining,
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                }
+                .to_string(),
+            ),
+            _ => None,
+        };
+        Ok((items, st.rv, more, remaining))
     }
 
     /// All objects of a group/resource (any version), for controllers.
     pub fn objects_of(&self, group: &str, resource: &str) -> Vec<Value> {
         let st = self.lock();
-        st.objects
-            .iter()
-            .filter(|(k, _)| k.group == group && k.resource == resource)
+        Self::objects_in(&st, group, resource, None, None)
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -403,26 +599,21 @@ impl Store {
         let st = self.lock();
         let live = self.tx.subscribe();
         let backlog = match start {
-            WatchStart::InitialState => st
-                .objects
-                .iter()
-                .filter(|(k, _)| {
-                    k.group == rt.group
-                        && k.resource == rt.plural
-                        && namespace.is_none_or(|ns| k.namespace == ns)
-                })
-                .map(|(k, v)| {
-                    Arc::new(StoredEvent {
-                        rv: meta(v, "resourceVersion")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0),
-                        kind: EventType::Added,
-                        key: k.clone(),
-                        object: v.clone(),
-                        old: None,
+            WatchStart::InitialState => {
+                Self::objects_in(&st, &rt.group, &rt.plural, namespace, None)
+                    .map(|(k, v)| {
+                        Arc::new(StoredEvent {
+                            rv: meta(v, "resourceVersion")
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0),
+                            kind: EventType::Added,
+                            key: k.clone(),
+                            object: v.clone(),
+                            old: None,
+                        })
                     })
-                })
-                .collect(),
+                    .collect()
+            }
             WatchStart::After(rv) => {
                 if rv < st.compacted {
                     return Err(ApiError::expired(rv, st.compacted + 1));
@@ -608,7 +799,7 @@ impl Store {
     /// Kind-specific defaulting and allocation (create and update).
     fn admit(
         &self,
-        st: &State,
+        st: &mut State,
         rt: &ResourceType,
         obj: &mut Value,
         old: Option<&Value>,
@@ -653,7 +844,7 @@ impl Store {
 
     fn admit_service(
         &self,
-        st: &State,
+        st: &mut State,
         svc: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
@@ -679,30 +870,10 @@ impl Store {
             spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
             spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
         }
-        let mut used_node_ports: HashSet<u64> = HashSet::new();
-        let mut used_ips: HashSet<Ipv4Addr> = HashSet::new();
+        // Node ports given out to this Service's earlier ports in this request.
+        let mut taken_node_ports: HashSet<u64> = HashSet::new();
         let my_uid = meta(svc_ref(old), "uid");
-        for (k, other) in &st.objects {
-            if k.group.is_empty() && k.resource == "services" && meta(other, "uid") != my_uid {
-                if let Some(ip) = other
-                    .pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse().ok())
-                {
-                    used_ips.insert(ip);
-                }
-                for p in other
-                    .pointer("/spec/ports")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(np) = p.get("nodePort").and_then(Value::as_u64) {
-                        used_node_ports.insert(np);
-                    }
-                }
-            }
-        }
+        let my_uid = my_uid.as_deref();
         let wants_node_ports = svc_type == "NodePort" || svc_type == "LoadBalancer";
         let old_ports: Vec<Value> = old
             .and_then(|o| o.pointer("/spec/ports"))
@@ -737,11 +908,16 @@ impl Store {
                         .and_then(|o| o.get("nodePort"))
                         .and_then(Value::as_u64);
                     let np = previous
-                        .or_else(|| (30000..=32767).find(|n| !used_node_ports.contains(n)))
+                        .or_else(|| {
+                            (30000..=32767).find(|n| {
+                                !taken_node_ports.contains(n)
+                                    && !st.services.node_port_used(*n, my_uid)
+                            })
+                        })
                         .ok_or_else(|| {
                             invalid("spec.ports[].nodePort: no free node ports".into())
                         })?;
-                    used_node_ports.insert(np);
+                    taken_node_ports.insert(np);
                     p["nodePort"] = json!(np);
                 }
             }
@@ -787,7 +963,7 @@ impl Store {
                             "spec.clusterIPs: Invalid value: [{req:?}]: failed to allocate IP {req}: the provided IP ({req}) is not in the valid range. The range of valid IPs is {cidr}"
                         )));
                     }
-                    if used_ips.contains(&addr) {
+                    if st.services.ip_used(addr, my_uid) {
                         return Err(invalid(format!(
                             "spec.clusterIPs: Invalid value: [{req:?}]: failed to allocate IP {req}: provided IP is already allocated"
                         )));
@@ -795,9 +971,9 @@ impl Store {
                 }
                 req.to_string()
             }
-            None => cidr
-                .hosts()
-                .find(|a| !used_ips.contains(a))
+            None => st
+                .services
+                .first_free_ip(cidr, my_uid)
                 .map(|a| a.to_string())
                 .ok_or_else(|| invalid("spec.clusterIPs: Internal error: range is full".into()))?,
         };
@@ -1255,4 +1431,244 @@ fn is_graceful_pod(rt: &ResourceType, obj: &Value) -> bool {
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .is_some_and(|g| g > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(service_cidr: Option<&str>) -> Arc<Store> {
+        Store::new(StoreOptions {
+            history_limit: 100,
+            service_cidr: service_cidr.map(|c| c.parse().expect("cidr")),
+        })
+    }
+
+    fn rt(s: &Store, plural: &str) -> ResourceType {
+        s.resource_type("", "v1", plural).expect("built in")
+    }
+
+    fn names(items: &[Value]) -> Vec<String> {
+        items
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    meta(o, "namespace").unwrap_or_default(),
+                    meta(o, "name").unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// Pages through a list; `between` runs after every page.
+    fn all_pages(
+        s: &Store,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        q: ListQuery,
+        mut between: impl FnMut(usize),
+    ) -> (Vec<String>, Vec<usize>) {
+        let mut q = q;
+        let mut seen = Vec::new();
+        let mut remaining_counts = Vec::new();
+        for page in 0.. {
+            assert!(page < 100, "list does not end");
+            let (items, _, cont, remaining) = s.list(rt, ns, &q).expect("list");
+            seen.extend(names(&items));
+            remaining_counts.push(remaining);
+            between(page);
+            match cont {
+                Some(c) => q.continue_token = Some(c),
+                None => break,
+            }
+        }
+        (seen, remaining_counts)
+    }
+
+    fn configmaps(s: &Store) -> (ResourceType, Vec<String>) {
+        let ns_rt = rt(s, "namespaces");
+        let cm = rt(s, "configmaps");
+        // "a-x" sorts before "a/" as text but after "a" as a namespace.
+        for ns in ["a", "a-x", "b"] {
+            s.create(&ns_rt, None, json!({"metadata": {"name": ns}}))
+                .expect("namespace");
+        }
+        let mut expected = Vec::new();
+        for ns in ["a", "a-x", "b"] {
+            for i in 0..5 {
+                let name = format!("cm{i}");
+                let tier = if i % 2 == 0 { "even" } else { "odd" };
+                s.create(
+                    &cm,
+                    Some(ns),
+                    json!({"metadata": {"name": name, "labels": {"tier": tier}}}),
+                )
+                .expect("configmap");
+                expected.push(format!("{ns}/{name}"));
+            }
+        }
+        (cm, expected)
+    }
+
+    #[test]
+    fn paged_list_returns_every_object_once_in_order_with_exact_remaining_counts() {
+        let s = store(None);
+        let (cm, expected) = configmaps(&s);
+        let q = ListQuery {
+            limit: 4,
+            ..ListQuery::default()
+        };
+        let (seen, remaining) = all_pages(&s, &cm, None, q, |_| {});
+        assert_eq!(seen, expected);
+        assert_eq!(remaining, vec![11, 7, 3, 0]);
+
+        let q = ListQuery {
+            limit: 2,
+            labels: LabelSelector::parse("tier=odd").expect("selector"),
+            ..ListQuery::default()
+        };
+        let (seen, remaining) = all_pages(&s, &cm, Some("a-x"), q, |_| {});
+        assert_eq!(seen, vec!["a-x/cm1", "a-x/cm3"]);
+        assert_eq!(remaining, vec![0]);
+
+        let q = ListQuery {
+            limit: 2,
+            labels: LabelSelector::parse("tier=even").expect("selector"),
+            ..ListQuery::default()
+        };
+        let (seen, remaining) = all_pages(&s, &cm, None, q, |_| {});
+        assert_eq!(seen.len(), 9);
+        assert_eq!(remaining, vec![7, 5, 3, 1, 0]);
+    }
+
+    #[test]
+    fn paged_list_sees_writes_between_pages() {
+        let s = store(None);
+        let (cm, expected) = configmaps(&s);
+        let q = ListQuery {
+            limit: 4,
+            ..ListQuery::default()
+        };
+        let (seen, remaining) = all_pages(&s, &cm, None, q, |page| {
+            if page == 0 {
+                s.create(&cm, Some("b"), json!({"metadata": {"name": "late"}}))
+                    .expect("configmap");
+                s.delete_unscheduled(&cm, "a", "cm0", &DeleteOptions::default())
+                    .expect("delete of an already listed one");
+                s.delete_unscheduled(&cm, "a-x", "cm4", &DeleteOptions::default())
+                    .expect("delete of a not yet listed one");
+            }
+        });
+        let mut want: Vec<String> = expected.into_iter().filter(|n| n != "a-x/cm4").collect();
+        want.push("b/late".into());
+        want.sort_by(|x, y| x.split_once('/').cmp(&y.split_once('/')));
+        assert_eq!(seen, want);
+        // 11 after the first page, then one more and one fewer ahead of it.
+        assert_eq!(remaining, vec![11, 7, 3, 0]);
+    }
+
+    #[test]
+    fn a_malformed_continue_token_is_a_bad_request() {
+        let s = store(None);
+        let (cm, _) = configmaps(&s);
+        for token in ["garbage", "1:2", "x:1:a/cm1", "1:x:a/cm1", "1:2:nokey"] {
+            let q = ListQuery {
+                limit: 2,
+                continue_token: Some(token.into()),
+                ..ListQuery::default()
+            };
+            let err = s.list(&cm, None, &q).expect_err(token);
+            assert_eq!(err.code, 400, "{token}");
+        }
+    }
+
+    fn cluster_ip(v: &Value) -> String {
+        v.pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .expect("clusterIP")
+            .to_string()
+    }
+
+    #[test]
+    fn cluster_ips_are_the_lowest_free_and_unique_and_come_back_when_freed() {
+        let s = store(Some("10.96.0.0/29"));
+        let svc = rt(&s, "services");
+        let mk = |name: &str, extra: Value| {
+            let mut body = json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}});
+            if let Some(m) = extra.as_object() {
+                for (k, v) in m {
+                    body["spec"][k] = v.clone();
+                }
+            }
+            s.create(&svc, Some("default"), body)
+        };
+        mk("fixed", json!({"clusterIP": "10.96.0.2"})).expect("requested IP");
+        let ips: Vec<String> = ["s1", "s2", "s3"]
+            .iter()
+            .map(|n| cluster_ip(&mk(n, json!({})).expect("service")))
+            .collect();
+        assert_eq!(ips, ["10.96.0.1", "10.96.0.3", "10.96.0.4"]);
+        let taken = mk("dup", json!({"clusterIP": "10.96.0.3"})).expect_err("taken IP");
+        assert_eq!(taken.code, 422);
+        assert!(
+            taken.to_status().to_string().contains("already allocated"),
+            "{}",
+            taken.to_status()
+        );
+        // Updating a Service keeps its own IP (it is not "taken" by itself).
+        let mut s2 = s.get(&svc, "default", "s2").expect("s2");
+        s2["metadata"]["labels"] = json!({"x": "y"});
+        assert_eq!(
+            cluster_ip(&s.update(&svc, "default", "s2", s2, false).expect("update")),
+            "10.96.0.3"
+        );
+        s.delete_unscheduled(&svc, "default", "s1", &DeleteOptions::default())
+            .expect("delete");
+        assert_eq!(cluster_ip(&mk("s4", json!({})).expect("s4")), "10.96.0.1");
+        assert_eq!(cluster_ip(&mk("s5", json!({})).expect("s5")), "10.96.0.5");
+        assert_eq!(cluster_ip(&mk("s6", json!({})).expect("s6")), "10.96.0.6");
+        let full = mk("s7", json!({})).expect_err("range full");
+        assert!(
+            full.to_status().to_string().contains("range is full"),
+            "{}",
+            full.to_status()
+        );
+        // A freed requested IP is reusable, and reused by the allocator.
+        s.delete_unscheduled(&svc, "default", "fixed", &DeleteOptions::default())
+            .expect("delete");
+        assert_eq!(cluster_ip(&mk("s8", json!({})).expect("s8")), "10.96.0.2");
+    }
+
+    #[test]
+    fn node_ports_are_unique_across_services_and_freed_on_delete() {
+        let s = store(Some("10.96.0.0/24"));
+        let svc = rt(&s, "services");
+        let mk = |name: &str, ports: Value| {
+            s.create(
+                &svc,
+                Some("default"),
+                json!({"metadata": {"name": name}, "spec": {"type": "NodePort", "ports": ports}}),
+            )
+            .expect("service")
+        };
+        let node_ports = |v: &Value| -> Vec<u64> {
+            v.pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .expect("ports")
+                .iter()
+                .map(|p| p["nodePort"].as_u64().expect("nodePort"))
+                .collect()
+        };
+        let a = mk("a", json!([{"port": 80}, {"port": 443}]));
+        assert_eq!(node_ports(&a), [30000, 30001]);
+        let b = mk("b", json!([{"port": 80, "nodePort": 30003}, {"port": 81}]));
+        assert_eq!(node_ports(&b), [30003, 30002]);
+        s.delete_unscheduled(&svc, "default", "a", &DeleteOptions::default())
+            .expect("delete");
+        let c = mk("c", json!([{"port": 80}, {"port": 81}, {"port": 82}]));
+        assert_eq!(node_ports(&c), [30000, 30001, 30004]);
+        let d = mk("d", json!([{"port": 80}]));
+        assert_eq!(node_ports(&d), [30005]);
+    }
 }
