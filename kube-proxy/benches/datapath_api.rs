@@ -21,11 +21,9 @@
 //!   Services, on the last full sync's proxy; this includes the proxy's
 //!   debounce window, so each size runs with every debounce in
 //!   `SY_BENCH_DEBOUNCE_MS` (default `50,0`: the default and none);
-//! - each size and debounce runs twice (`SY_BENCH_NODELAY`, default `0,1`):
-//!   with the lab API server's connections as they are, and with Nagle
-//!   turned off (TCP_NODELAY) on them before the changes, as kube-apiserver
-//!   has it: the lab's listener leaves Nagle on, and a watch event then now
-//!   and then waits for the proxy's delayed ACK (about 40 ms);
+//! - the lab API server sets TCP_NODELAY on its connections, as
+//!   kube-apiserver has it (with Nagle a watch event now and then waited for
+//!   the proxy's delayed ACK, about 40 ms);
 //! - proxy peak RSS: `VmHWM` of the proxy process after the changes;
 //! - iptables baseline: the same code as the `datapath` bench
 //!   (`support/iptables.rs`): kube-proxy's nat table for the same Services
@@ -42,7 +40,7 @@
 #[path = "support/iptables.rs"]
 mod iptables;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -174,64 +172,6 @@ impl Drop for Proxy {
     }
 }
 
-/// Socket inodes of this process's TCP connections to or from `port`
-/// (from `/proc/self/net/tcp`).
-fn tcp_inodes(port: u16) -> HashSet<String> {
-    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
-    let port_of = |address: &str| {
-        address
-            .rsplit_once(':')
-            .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
-            (port_of(local) == Some(port) || port_of(remote) == Some(port))
-                .then(|| (*inode).to_owned())
-        })
-        .collect()
-}
-
-/// Sets TCP_NODELAY on both ends of every open connection to the lab API
-/// server at `port` in this process (the server runs in-process; its
-/// listener leaves Nagle on, unlike kube-apiserver). `SY_BENCH_NODELAY=1`.
-#[allow(unsafe_code)]
-fn nodelay_lab_connections(port: u16) {
-    use std::os::fd::BorrowedFd;
-    let inodes = tcp_inodes(port);
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    for entry in fds.flatten() {
-        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy();
-        let Some(inode) = target
-            .strip_prefix("socket:[")
-            .and_then(|t| t.strip_suffix(']'))
-        else {
-            continue;
-        };
-        if !inodes.contains(inode) {
-            continue;
-        }
-        // SAFETY: `fd` was open in this process a moment ago (listed in
-        // /proc/self/fd) and is only borrowed for one setsockopt call. If the
-        // connection was closed in between and the number reused, the call
-        // fails (not a TCP socket) or only turns Nagle off on another TCP
-        // socket of this bench; nothing is read, written or closed.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true);
-    }
-}
-
 /// Seconds since midnight UTC of an RFC 3339 timestamp
 /// (`2026-11-22T02:43:06.123456Z`, as the proxy's log lines start).
 fn seconds_of_day(timestamp: &str) -> Option<f64> {
@@ -306,8 +246,6 @@ fn start_ovs() -> OvsInstance {
 
 struct Run {
     debounce_ms: u64,
-    /// TCP_NODELAY on the lab server's connections during the changes.
-    nodelay: bool,
     /// Median of the full syncs, and (min, max).
     full: Duration,
     full_range: (Duration, Duration),
@@ -327,8 +265,6 @@ struct Cluster {
     slices: Vec<EndpointSlice>,
     /// Source of fresh endpoint addresses (11.0.0.0/8).
     fresh: u32,
-    /// The lab API server's port.
-    lab_port: u16,
 }
 
 /// Creates the objects through the API; returns them as stored.
@@ -433,7 +369,6 @@ async fn list_time(client: &kube::Client, count: usize) -> Duration {
 async fn run_proxy(
     cluster: &mut Cluster,
     debounce_ms: u64,
-    nodelay: bool,
     repeats: usize,
     changes: usize,
     dir: &Path,
@@ -479,9 +414,6 @@ async fn run_proxy(
     let flows = format!("{flow_count} flows, {} groups", groups.len());
 
     // Single endpoint changes on distinct Services.
-    if nodelay {
-        nodelay_lab_connections(cluster.lab_port);
-    }
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
     let mut times = Vec::with_capacity(changes);
     for round in 0..changes {
@@ -514,10 +446,6 @@ async fn run_proxy(
             tokio::time::sleep(CHANGE_POLL).await;
         }
         times.push(started.elapsed());
-        if nodelay {
-            // The bench's client may have opened a new connection.
-            nodelay_lab_connections(cluster.lab_port);
-        }
         if std::env::var_os("SY_BENCH_VERBOSE").is_some() {
             eprintln!("change {round}: {:.1} ms", ms(started.elapsed()));
         }
@@ -528,7 +456,7 @@ async fn run_proxy(
     let change_p99 = percentile(&mut times, 0.99);
     let rss = peak_rss_mb(proxy.pid());
     eprintln!(
-        "{count} services, debounce {debounce_ms} ms, nodelay {nodelay}: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
+        "{count} services, debounce {debounce_ms} ms: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
         ms(full),
         fulls.len(),
         ms(full_range.0),
@@ -542,7 +470,6 @@ async fn run_proxy(
     drop(ovs);
     Run {
         debounce_ms,
-        nodelay,
         full,
         full_range,
         listed,
@@ -556,7 +483,6 @@ async fn run_proxy(
 async fn bench_size(
     count: u32,
     debounces: &[u64],
-    nodelays: &[bool],
     repeats: usize,
     changes: usize,
     ipt_changes: usize,
@@ -587,7 +513,6 @@ async fn bench_size(
         services,
         slices,
         fresh: 0,
-        lab_port: server.addr().port(),
     };
     let mut lists: Vec<Duration> = Vec::with_capacity(3);
     for _ in 0..3 {
@@ -599,20 +524,8 @@ async fn bench_size(
         ms(list)
     );
     let mut runs = Vec::new();
-    for &nodelay in nodelays {
-        for &debounce_ms in debounces {
-            runs.push(
-                run_proxy(
-                    &mut cluster,
-                    debounce_ms,
-                    nodelay,
-                    repeats,
-                    changes,
-                    dir.path(),
-                )
-                .await,
-            );
-        }
+    for &debounce_ms in debounces {
+        runs.push(run_proxy(&mut cluster, debounce_ms, repeats, changes, dir.path()).await);
     }
 
     // iptables baseline for the same (current) objects.
@@ -636,10 +549,6 @@ fn main() {
     }
     let sizes: Vec<u32> = env_list("SY_BENCH_SIZES", "1000,10000");
     let debounces: Vec<u64> = env_list("SY_BENCH_DEBOUNCE_MS", "50,0");
-    let nodelays: Vec<bool> = env_list::<u8>("SY_BENCH_NODELAY", "0,1")
-        .into_iter()
-        .map(|n| n != 0)
-        .collect();
     let changes: usize = std::env::var("SY_BENCH_CHANGES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -652,18 +561,12 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!("baseline: {}", iptables::restore_binary());
     println!(
-        "| services | debounce | lab TCP | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache / bench lists alone] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
+        "| services | debounce | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache / bench lists alone] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for count in sizes {
-        let (runs, list, baseline) = runtime.block_on(bench_size(
-            count,
-            &debounces,
-            &nodelays,
-            repeats,
-            changes,
-            ipt_changes,
-        ));
+        let (runs, list, baseline) =
+            runtime.block_on(bench_size(count, &debounces, repeats, changes, ipt_changes));
         for run in runs {
             let (ipt_full, full_ratio) = match &baseline.full {
                 Ok(t) => (
@@ -680,9 +583,8 @@ fn main() {
                 None => ("-".to_owned(), "-".to_owned()),
             };
             println!(
-                "| {count} | {} ms | {} | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
+                "| {count} | {} ms | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
                 run.debounce_ms,
-                if run.nodelay { "nodelay" } else { "Nagle" },
                 run.flows,
                 ms(run.full),
                 ms(run.full_range.0),
