@@ -31,8 +31,9 @@ pub struct Flags {
     /// Full resync period in seconds (0 = never; start and reconnects still resync).
     #[arg(long, default_value_t = 300)]
     pub resync_period: u64,
-    /// Debounce window for bursts of API changes, in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    /// Debounce window for bursts of API changes, in milliseconds (0: apply each change at
+    /// once; changes already queued are still applied together).
+    #[arg(long, default_value_t = 0)]
     pub debounce_ms: u64,
     /// Most ICMP rejects sent per second for Services without endpoints.
     #[arg(long, default_value_t = 1000)]
@@ -50,7 +51,7 @@ mod tests {
         assert_eq!(flags.bridge, "br-int");
         assert_eq!(flags.metrics_address, "127.0.0.1:10249".parse().unwrap());
         assert_eq!(flags.resync_period, 300);
-        assert_eq!(flags.debounce_ms, 50);
+        assert_eq!(flags.debounce_ms, 0);
         assert_eq!(flags.reject_rate, 1000);
         Flags::command().debug_assert();
     }
