@@ -17,7 +17,7 @@
 //! draining next to ready ones, not in the buckets) and that went away while
 //! the proxy was down is not known here, so its entries are left to expire.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use switchyard_ovs::openflow::{Action, Field, Flow, Group};
@@ -77,27 +77,37 @@ impl ServedBefore {
         groups: &[Group],
         object_of: impl Fn(&Flow) -> Option<u32>,
     ) -> Self {
+        // One pass over the flows and groups, so reading back N ports costs
+        // O(flows + groups), not N passes.
+        let mut flows_of: HashMap<u32, Vec<&Flow>> = HashMap::new();
+        for flow in flows {
+            if let Some(object) = object_of(flow) {
+                flows_of.entry(object).or_default().push(flow);
+            }
+        }
+        let group_of: HashMap<u32, &Group> = groups.iter().map(|g| (g.group_id, g)).collect();
         let mut served = Self::default();
         for (name, group_id) in ports {
             if name.protocol != Protocol::Udp {
                 continue;
             }
-            let group_id = *group_id;
-            let object_of = &object_of;
-            let ours = || flows.iter().filter(move |f| object_of(f) == Some(group_id));
-            let Some((cluster_ip, port)) = ours().find_map(frontend_address) else {
+            let ours = flows_of
+                .get(group_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let Some((cluster_ip, port)) = ours.iter().find_map(|f| frontend_address(f)) else {
                 continue;
             };
-            let mut endpoints: BTreeSet<(Ipv4Addr, u16)> =
-                ours().filter_map(|f| dnat_endpoint(&f.actions)).collect();
-            if let Some(group) = groups.iter().find(|g| g.group_id == group_id) {
-                endpoints.extend(
-                    group
-                        .buckets
-                        .iter()
-                        .filter_map(|b| dnat_endpoint(&b.actions)),
-                );
-            }
+            let bucket_actions = group_of
+                .get(group_id)
+                .into_iter()
+                .flat_map(|g| g.buckets.iter().map(|b| &b.actions));
+            let endpoints: BTreeSet<(Ipv4Addr, u16)> = ours
+                .iter()
+                .map(|f| &f.actions)
+                .chain(bucket_actions)
+                .filter_map(|actions| dnat_endpoint(actions))
+                .collect();
             served.ports.insert(
                 name.clone(),
                 ServedPort {
