@@ -91,10 +91,9 @@ struct Row {
     model: Duration,
     install: Duration,
     full: Duration,
-    ipt_full: Result<Duration, String>,
+    baseline: iptables::Baseline,
     change_p50: Duration,
     change_p99: Duration,
-    ipt_change: Option<(Duration, Duration)>,
     rss: f64,
     vswitchd_rss: f64,
 }
@@ -197,10 +196,9 @@ async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row
         model,
         install,
         full,
-        ipt_full: baseline.full,
+        baseline,
         change_p50,
         change_p99,
-        ipt_change: baseline.change,
         rss,
         vswitchd_rss,
     }
@@ -228,20 +226,8 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for count in sizes {
         let row = runtime.block_on(bench_size(count, changes, ipt_changes));
-        let (ipt_full, full_ratio) = match &row.ipt_full {
-            Ok(t) => (
-                format!("{:.0} ms", ms(*t)),
-                format!("{:.1}x", t.as_secs_f64() / row.full.as_secs_f64()),
-            ),
-            Err(_) => ("refused".to_owned(), "-".to_owned()),
-        };
-        let (ipt_change, change_ratio) = match row.ipt_change {
-            Some((p50, p99)) => (
-                format!("{:.1} / {:.1} ms", ms(p50), ms(p99)),
-                format!("{:.0}x", p99.as_secs_f64() / row.change_p99.as_secs_f64()),
-            ),
-            _ => ("-".to_owned(), "-".to_owned()),
-        };
+        let [ipt_full, full_ratio, ipt_change, change_ratio] =
+            row.baseline.cells(row.full, row.change_p99);
         println!(
             "| {} | {} | {:.0} ms ({:.0} + {:.0}) | {ipt_full} | {full_ratio} | {:.2} / {:.2} ms | {ipt_change} | {change_ratio} | {:.0} MB | {:.0} MB |",
             row.count,

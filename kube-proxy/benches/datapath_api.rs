@@ -568,20 +568,8 @@ fn main() {
         let (runs, list, baseline) =
             runtime.block_on(bench_size(count, &debounces, repeats, changes, ipt_changes));
         for run in runs {
-            let (ipt_full, full_ratio) = match &baseline.full {
-                Ok(t) => (
-                    format!("{:.0} ms", ms(*t)),
-                    format!("{:.1}x", t.as_secs_f64() / run.full.as_secs_f64()),
-                ),
-                Err(_) => ("refused".to_owned(), "-".to_owned()),
-            };
-            let (ipt_change, change_ratio) = match baseline.change {
-                Some((p50, p99)) => (
-                    format!("{:.1} / {:.1} ms", ms(p50), ms(p99)),
-                    format!("{:.1}x", p99.as_secs_f64() / run.change_p99.as_secs_f64()),
-                ),
-                None => ("-".to_owned(), "-".to_owned()),
-            };
+            let [ipt_full, full_ratio, ipt_change, change_ratio] =
+                baseline.cells(run.full, run.change_p99);
             println!(
                 "| {count} | {} ms | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
                 run.debounce_ms,

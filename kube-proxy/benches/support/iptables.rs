@@ -220,6 +220,30 @@ pub struct Baseline {
     pub change: Option<(Duration, Duration)>,
 }
 
+impl Baseline {
+    /// The table cells `[full, full ratio, change p50 / p99, p99 ratio]`
+    /// next to the proxy's full sync and change p99 (`refused` / `-` where
+    /// the baseline has no figure).
+    pub fn cells(&self, proxy_full: Duration, proxy_change_p99: Duration) -> [String; 4] {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ratio = |baseline: Duration, proxy: Duration| {
+            format!("{:.1}x", baseline.as_secs_f64() / proxy.as_secs_f64())
+        };
+        let (full, full_ratio) = match &self.full {
+            Ok(t) => (format!("{:.0} ms", ms(*t)), ratio(*t, proxy_full)),
+            Err(_) => ("refused".to_owned(), "-".to_owned()),
+        };
+        let (change, change_ratio) = match self.change {
+            Some((p50, p99)) => (
+                format!("{:.1} / {:.1} ms", ms(p50), ms(p99)),
+                ratio(p99, proxy_change_p99),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        [full, full_ratio, change, change_ratio]
+    }
+}
+
 /// Loads the nat table kube-proxy generates for `state` into a fresh
 /// scratch namespace, then times `changes` one-endpoint changes on
 /// different Services.
