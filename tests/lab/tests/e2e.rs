@@ -180,43 +180,7 @@ fn namespace_manifest(name: &str) -> String {
 
 /// Waits until the pod is Running and Ready; returns its IP.
 fn running(lab: &Lab, namespace: &str, pod: &str) -> String {
-    eventually(
-        &format!("pod {namespace}/{pod} Running and Ready"),
-        POD_DEADLINE,
-        || {
-            let out = lab.kubectl(&["-n", namespace, "get", "pod", pod, "-o", "json"]);
-            let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let ready = p["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            (p["status"]["phase"] == "Running" && ready)
-                .then(|| p["status"]["podIP"].as_str().map(str::to_string))
-                .flatten()
-        },
-    )
-}
-
-fn cluster_ip(lab: &Lab, namespace: &str, service: &str) -> String {
-    eventually(
-        &format!("ClusterIP of {namespace}/{service}"),
-        Duration::from_secs(10),
-        || {
-            let ip = lab
-                .kubectl_ok(&[
-                    "-n",
-                    namespace,
-                    "get",
-                    "service",
-                    service,
-                    "-o",
-                    "jsonpath={.spec.clusterIP}",
-                ])
-                .trim()
-                .to_string();
-            (!ip.is_empty() && ip != "None").then_some(ip)
-        },
-    )
+    wait_running_in(lab, namespace, pod, POD_DEADLINE)
 }
 
 /// Polls until every one of `count` requests from `netns` to `target` is answered, each answer
@@ -282,16 +246,21 @@ fn step_overlay_pod_to_pod_and_node_to_pod(lab: &Lab) {
         .into_iter()
         .map(|p| (p, running(lab, ns, p)))
         .collect();
+    pods_and_nodes_reach_every_pod(lab, ns, &ips);
+}
+
+/// Every pod of `ips` (name, IP) in `ns` reaches every other one, and every node reaches each.
+fn pods_and_nodes_reach_every_pod(lab: &Lab, ns: &str, ips: &[(&str, String)]) {
     let info = lab.info();
-    for (from, _) in &ips {
-        for (to, ip) in &ips {
+    for (from, _) in ips {
+        for (to, ip) in ips {
             if from != to {
                 reach_pod(&info.pod_netns(ns, from), ip, to);
             }
         }
     }
     for n in &info.nodes {
-        for (to, ip) in &ips {
+        for (to, ip) in ips {
             reach_pod(&n.netns, ip, to);
         }
     }
@@ -316,19 +285,7 @@ fn step_vlan_segment_pod_to_pod_and_node_to_pod(lab: &Lab) {
         let addr: std::net::Ipv4Addr = ip.parse().unwrap();
         assert!(subnet.contains(&addr), "{pod} got {ip}, not in {subnet}");
     }
-    let info = lab.info();
-    for (from, _) in &ips {
-        for (to, ip) in &ips {
-            if from != to {
-                reach_pod(&info.pod_netns(ns, from), ip, to);
-            }
-        }
-    }
-    for n in &info.nodes {
-        for (to, ip) in &ips {
-            reach_pod(&n.netns, ip, to);
-        }
-    }
+    pods_and_nodes_reach_every_pod(lab, ns, &ips);
 }
 
 /// ClusterIP: backends on both nodes get the requests (TCP and UDP); scaling down and up is

@@ -126,43 +126,7 @@ fn service_manifest(namespace: &str, name: &str, app: &str) -> String {
 
 /// Waits until the pod is Running and Ready; returns its IP.
 fn running(lab: &Lab, namespace: &str, pod: &str) -> String {
-    eventually(
-        &format!("pod {namespace}/{pod} Running and Ready"),
-        POD_DEADLINE,
-        || {
-            let out = lab.kubectl(&["-n", namespace, "get", "pod", pod, "-o", "json"]);
-            let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let ready = p["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            (p["status"]["phase"] == "Running" && ready)
-                .then(|| p["status"]["podIP"].as_str().map(str::to_string))
-                .flatten()
-        },
-    )
-}
-
-fn cluster_ip(lab: &Lab, namespace: &str, service: &str) -> String {
-    eventually(
-        &format!("ClusterIP of {namespace}/{service}"),
-        Duration::from_secs(10),
-        || {
-            let ip = lab
-                .kubectl_ok(&[
-                    "-n",
-                    namespace,
-                    "get",
-                    "service",
-                    service,
-                    "-o",
-                    "jsonpath={.spec.clusterIP}",
-                ])
-                .trim()
-                .to_string();
-            (!ip.is_empty() && ip != "None").then_some(ip)
-        },
-    )
+    wait_running_in(lab, namespace, pod, POD_DEADLINE)
 }
 
 /// Polls until all `count` requests from `netns` to `target` are answered and `ok` accepts

@@ -236,27 +236,64 @@ pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> 
     }
 }
 
-/// A pod's JSON from kubectl (None while it does not exist).
+/// A pod's JSON from kubectl (None while it does not exist), in the default namespace.
 pub fn pod_json(lab: &Lab, name: &str) -> Option<serde_json::Value> {
-    let out = lab.kubectl(&["get", "pod", name, "-o", "json"]);
+    pod_json_in(lab, "default", name)
+}
+
+/// A pod's JSON from kubectl (None while it does not exist).
+pub fn pod_json_in(lab: &Lab, namespace: &str, name: &str) -> Option<serde_json::Value> {
+    let out = lab.kubectl(&["-n", namespace, "get", "pod", name, "-o", "json"]);
     out.status
         .success()
         .then(|| serde_json::from_slice(&out.stdout).ok())
         .flatten()
 }
 
-/// Waits until the pod is Running and Ready with an IP; returns the IP.
+/// Waits until the pod (default namespace) is Running and Ready with an IP; returns the IP.
 pub fn wait_running(lab: &Lab, name: &str, deadline: Duration) -> String {
-    eventually(&format!("pod {name} Running and Ready"), deadline, || {
-        let p = pod_json(lab, name)?;
-        let ready = p["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        (p["status"]["phase"] == "Running" && ready)
-            .then(|| p["status"]["podIP"].as_str().map(str::to_string))
-            .flatten()
-    })
+    wait_running_in(lab, "default", name, deadline)
+}
+
+/// Waits until the pod is Running and Ready with an IP; returns the IP.
+pub fn wait_running_in(lab: &Lab, namespace: &str, name: &str, deadline: Duration) -> String {
+    eventually(
+        &format!("pod {namespace}/{name} Running and Ready"),
+        deadline,
+        || {
+            let p = pod_json_in(lab, namespace, name)?;
+            let ready = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (p["status"]["phase"] == "Running" && ready)
+                .then(|| p["status"]["podIP"].as_str().map(str::to_string))
+                .flatten()
+        },
+    )
+}
+
+/// Waits until the Service has a ClusterIP; returns it.
+pub fn cluster_ip(lab: &Lab, namespace: &str, service: &str) -> String {
+    eventually(
+        &format!("ClusterIP of {namespace}/{service}"),
+        Duration::from_secs(10),
+        || {
+            let ip = lab
+                .kubectl_ok(&[
+                    "-n",
+                    namespace,
+                    "get",
+                    "service",
+                    service,
+                    "-o",
+                    "jsonpath={.spec.clusterIP}",
+                ])
+                .trim()
+                .to_string();
+            (!ip.is_empty() && ip != "None").then_some(ip)
+        },
+    )
 }
 
 /// `ip netns exec NETNS ARGS...` output (success or not).
