@@ -41,8 +41,13 @@ async fn client(ovs: &OvsInstance, br: &str) -> Client {
 
 /// `ovs-ofctl -O OpenFlow15 dump-flows --no-stats BR`, one flow per line, sorted.
 fn dump_flows(ovs: &OvsInstance, br: &str) -> Vec<String> {
+    dump_flows_as(ovs, br, "OpenFlow15")
+}
+
+/// `ovs-ofctl -O VERSION dump-flows --no-stats BR`, one flow per line, sorted.
+fn dump_flows_as(ovs: &OvsInstance, br: &str, version: &str) -> Vec<String> {
     let out = ovs
-        .ofctl(&["-O", "OpenFlow15", "--no-stats", "dump-flows", br])
+        .ofctl(&["-O", version, "--no-stats", "dump-flows", br])
         .unwrap();
     let mut v: Vec<String> = out
         .lines()
@@ -677,17 +682,7 @@ async fn meters_and_the_meter_action() {
 
 /// `ovs-ofctl -O OpenFlow13 dump-flows --no-stats BR`, sorted.
 fn dump_flows13(ovs: &OvsInstance, br: &str) -> Vec<String> {
-    let out = ovs
-        .ofctl(&["-O", "OpenFlow13", "--no-stats", "dump-flows", br])
-        .unwrap();
-    let mut v: Vec<String> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_"))
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    v
+    dump_flows_as(ovs, br, "OpenFlow13")
 }
 
 /// A bridge whose `protocols` allow only OpenFlow 1.3: the client connects
