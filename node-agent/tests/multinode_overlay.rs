@@ -243,14 +243,7 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
                     .unwrap();
                 assert!(out.status.success(), "{out:?}");
             }
-            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
-                serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
-            )
-            .unwrap();
-            Api::<k8s_openapi::api::core::v1::Namespace>::all(lab.kube.clone())
-                .create(&PostParams::default(), &ns)
-                .await
-                .unwrap();
+            create_ipam_namespace(&lab.kube).await;
             let segments = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: up0\n";
             let agent = tokio::time::timeout(
                 Duration::from_secs(30),
@@ -323,6 +316,18 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
 }
 
 /// Creates a veth pair `name`/`{name}p` in the node namespace, both ends up (an uplink NIC).
+/// The namespace of the vlan segments' IPAM ConfigMaps.
+async fn create_ipam_namespace(kube: &kube::Client) {
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(kube.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
 fn node_veth(lab: &NodeLab, name: &str) {
     let peer = format!("{name}p");
     let ip = |args: &[&str]| {
@@ -349,14 +354,7 @@ fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
         |lab| async move {
             node_veth(&lab, "upa");
             node_veth(&lab, "upb");
-            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
-                serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
-            )
-            .unwrap();
-            Api::<k8s_openapi::api::core::v1::Namespace>::all(lab.kube.clone())
-                .create(&PostParams::default(), &ns)
-                .await
-                .unwrap();
+            create_ipam_namespace(&lab.kube).await;
             let segments = "segments:\n- name: default\n  kind: overlay\n\
                 - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upa\n\
                 - name: green\n  kind: vlan\n  vlan: 200\n  subnet: 10.21.0.0/24\n  gateway: 10.21.0.1\n  uplink: upb\n";
@@ -524,14 +522,7 @@ fn gc_while_an_add_is_in_flight_keeps_its_address() {
         "gc_while_an_add_is_in_flight_keeps_its_address",
         |lab| async move {
             node_veth(&lab, "upc");
-            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
-        )
-        .unwrap();
-            Api::<k8s_openapi::api::core::v1::Namespace>::all(lab.kube.clone())
-                .create(&PostParams::default(), &ns)
-                .await
-                .unwrap();
+            create_ipam_namespace(&lab.kube).await;
             let segments = "segments:\n- name: default\n  kind: overlay\n\
             - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upc\n";
             let agent = tokio::time::timeout(
