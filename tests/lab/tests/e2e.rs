@@ -460,7 +460,6 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
         10,
         &["pin-1", "pin-2"],
     );
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let (answer_tx, answer_rx) = std::sync::mpsc::channel::<Option<String>>();
     let path = format!("/run/netns/{}", info.pod_netns(ns, "c1"));
     let asker = std::thread::spawn(move || {
@@ -470,7 +469,8 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
         s.connect(pinned).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
-        while stop_rx.try_recv().is_err() {
+        // Until the test drops `answer_rx`.
+        loop {
             let mut buf = [0u8; 512];
             let a = (s.send(b"q").is_ok())
                 .then(|| s.recv(&mut buf).ok())
@@ -520,7 +520,9 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
         REACH_DEADLINE,
         || (first_flushes() > flushes_before).then_some(()),
     );
-    // Two more send/receive rounds: at least one packet went out after the flush.
+    // Two more send/receive rounds after the answers already queued: at least one packet went
+    // out after the flush.
+    while answer_rx.try_recv().is_ok() {}
     for _ in 0..2 {
         let _ = answer_rx.recv_timeout(Duration::from_secs(2));
     }
@@ -541,7 +543,6 @@ fn step_service_local_policy_and_udp_endpoint_removal(lab: &Lab) {
              move to {other}; answers since the delete: {seen:?}"
         );
     };
-    drop(stop_tx);
     drop(answer_rx);
     asker.join().unwrap();
     eprintln!("pinned UDP flow moved from {first} to {other} after {moved} answers");
