@@ -787,3 +787,129 @@ async fn openflow10_only_bridge_is_refused_with_a_version_error() {
         other => panic!("expected a version error, got {other:?}"),
     }
 }
+
+/// A select group of `n` DNAT buckets (10.64.0.0 + i, port 8080), hashed
+/// like the proxy's; with `affinity`, the larger learn-free buckets of the
+/// proxy's affinity groups (two loads and a resubmit each).
+fn large_group(id: u32, n: u32, affinity: bool) -> Group {
+    Group::select(
+        id,
+        (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::from(0x0a40_0000 + i);
+                let actions = if affinity {
+                    vec![
+                        Action::load(SubField::whole(Field::Reg(3)), u128::from(u32::from(ip))),
+                        Action::load(
+                            SubField {
+                                field: Field::Reg(4),
+                                ofs: 0,
+                                n_bits: 18,
+                            },
+                            8080,
+                        ),
+                        Action::resubmit_table(40),
+                    ]
+                } else {
+                    vec![Action::Ct(Ct {
+                        commit: true,
+                        zone: CtZone::Immediate(1),
+                        table: Some(1),
+                        nat: Some(Nat::dst(ip.into(), Some(8080))),
+                        ..Ct::default()
+                    })]
+                };
+                (100, actions)
+            })
+            .collect(),
+    )
+    .selection(SelectionMethod::hash(&[
+        Field::IpProto,
+        Field::Ipv4Src,
+        Field::Ipv4Dst,
+        Field::TcpSrc,
+        Field::TcpDst,
+    ]))
+}
+
+/// A group past one OpenFlow message (about 800 DNAT buckets) is refused
+/// before anything of its bundle is sent, and the connection keeps working
+/// (before: the length fields saturated, vswitchd logged "received OpenFlow
+/// version 0x00" and every later request on the connection was lost).
+///
+/// Such a group can still be built with `insert_buckets`, but vswitchd
+/// cannot report it back: its group-description reply truncates the 16-bit
+/// lengths, so the whole bridge's group dump becomes unreadable (for
+/// `ovs-ofctl dump-groups` too). This is why the proxy chains groups
+/// instead (`switchyard_proxy::groups`); the test pins that OVS behaviour.
+#[tokio::test]
+async fn groups_past_one_message_are_refused_and_ovs_cannot_report_them() {
+    let Some(ovs) = start(
+        "groups_past_one_message_are_refused_and_ovs_cannot_report_them",
+        &["br0"],
+    ) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    for affinity in [false, true] {
+        let err = c
+            .bundle(
+                vec![GroupMod::add(large_group(1, 2_000, affinity)).into()],
+                bundle_flags::ATOMIC,
+            )
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Encode {
+                index: 0,
+                source: EncodeError::TooLong { len, .. },
+                ..
+            } => assert!(*len > MAX_MESSAGE_LEN, "{len}"),
+            other => panic!("{other}"),
+        }
+    }
+    // Nothing reached the switch and the connection still works.
+    assert!(dump_groups(&ovs, "br0").is_empty());
+    c.group_mod(GroupMod::add(large_group(2, 500, true)))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.dump_groups(2).await.unwrap()[0].buckets,
+        large_group(2, 500, true).buckets
+    );
+    // The same 2,000 buckets in 500-bucket steps: installed, not readable.
+    let group = large_group(3, 2_000, false);
+    let mut mods = vec![GroupMod::add(Group {
+        buckets: group.buckets[..500].to_vec(),
+        ..group.clone()
+    })];
+    for chunk in group.buckets[500..].chunks(500) {
+        mods.push(GroupMod::insert_buckets(
+            3,
+            GroupType::Select,
+            chunk.to_vec(),
+            BUCKET_LAST,
+        ));
+    }
+    c.bundle(
+        mods.into_iter().map(TxMessage::from).collect(),
+        bundle_flags::ATOMIC | bundle_flags::ORDERED,
+    )
+    .await
+    .unwrap();
+    // Its reply is corrupt: undecodable, or framed so badly that the
+    // connection is dropped (and re-established).
+    let err = c.dump_groups(ALL_GROUPS).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Decode(_) | Error::Disconnected { .. }),
+        "{err}"
+    );
+    let stats = ovs
+        .ofctl(&["-O", "OpenFlow15", "dump-group-stats", "br0", "group_id=3"])
+        .unwrap();
+    assert_eq!(stats.matches(":packet_count=").count(), 2_000, "{stats}");
+    c.wait_connected(1, Duration::from_secs(10)).await.unwrap();
+    c.flow_mod(FlowMod::add(Flow::new(0, 5).action(Action::Group(2))))
+        .await
+        .unwrap();
+}

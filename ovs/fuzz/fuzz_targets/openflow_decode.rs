@@ -12,7 +12,7 @@ use switchyard_ovs::openflow::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((_, xid, msg)) = Message::decode(data) {
-        let bytes = msg.to_bytes(xid);
+        let bytes = msg.to_bytes(xid).unwrap();
         let _ = format!("{msg:?}");
         match &msg {
             Message::FlowMod(fm) => {

@@ -1,8 +1,14 @@
 //! The connection to ovs-vswitchd: handshake, request/reply correlation,
 //! bundles, packet-in delivery and reconnection.
 //!
-//! Reads are framed with a tokio-util `LengthDelimitedCodec` configured for
-//! the OpenFlow header (16-bit length at offset 2 that counts the header).
+//! Reads are framed by [`OpenFlowFrames`] (the 16-bit length at offset 2 of
+//! the header, which counts the header; a length below 8 drops the
+//! connection). Writes never truncate a length: a message over 65,535 bytes
+//! is refused before anything of its batch is sent ([`Error::Encode`]).
+//! A request that times out drops the connection too: its outcome is unknown
+//! and the stream may be stuck, so the client reconnects and the new
+//! connection generation ([`Client::connection_events`]) tells callers to
+//! reinstall their state.
 //! Writes go through a per-connection writer task so that a large batch
 //! (100k bundle adds) streams while the reader keeps draining replies.
 
@@ -20,14 +26,15 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use super::flow::{Flow, FlowMod, FlowStats, FlowStatsRequest};
 use super::group::{Group, GroupMod, GroupStats};
 use super::message::{
-    BundleCtrlType, Message, MeterMod, MultipartReply, MultipartRequest, OFP13_VERSION,
-    OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand, bundle_flags,
+    BundleCtrlType, EncodeError, Message, MeterMod, MultipartReply, MultipartRequest,
+    OFP13_VERSION, OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand,
+    bundle_flags,
 };
 use super::wire::DecodeError;
 
@@ -109,6 +116,18 @@ pub enum Error {
         error: OfpError,
         /// The error returned for the commit itself (`OFPBFC_MSG_FAILED`).
         commit_error: Option<Box<OfpError>>,
+    },
+    /// A message of the batch cannot be encoded (e.g. it is longer than
+    /// OpenFlow's 65,535-byte limit); nothing of the batch was sent.
+    #[error("message #{index} of the batch ({desc}) not sent: {source}")]
+    Encode {
+        /// Index of the message within the batch (for a bundle, within the
+        /// messages given to [`Client::bundle`]).
+        index: usize,
+        /// The caller's description of it.
+        desc: String,
+        /// Why.
+        source: EncodeError,
     },
     /// The switch sent something this client cannot decode.
     #[error("cannot decode reply: {0}")]
@@ -275,6 +294,8 @@ struct Conn {
     /// Negotiated OpenFlow version ([`OFP15_VERSION`] or [`OFP13_VERSION`]).
     version: u8,
     pending: Mutex<BTreeMap<u32, Arc<Txn>>>,
+    /// Wakes the supervisor to drop this connection and reconnect.
+    reset: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -287,6 +308,17 @@ impl Conn {
     }
     fn remove(&self, start: u32) {
         lock(&self.pending).remove(&start);
+    }
+    /// A request got no answer in time: what the switch did with it is
+    /// unknown and the stream may be stuck, so the connection is dropped and
+    /// re-established (callers resync on the new generation).
+    fn drop_after_timeout(&self, what: &str, after: Duration) {
+        warn!(
+            what,
+            ?after,
+            "OpenFlow request timed out; dropping the connection to reconnect"
+        );
+        self.reset.notify_one();
     }
     fn fail_all(&self) {
         let all: Vec<Arc<Txn>> = std::mem::take(&mut *lock(&self.pending))
@@ -452,11 +484,17 @@ impl Client {
         let checkpoint_xid = checkpoint.then(|| start + u32::try_from(msgs.len()).unwrap_or(0));
         let mut buf = BytesMut::with_capacity(msgs.len() * 128 + 64);
         for (i, m) in msgs.iter().enumerate() {
-            m.msg.encode_as(
-                conn.version,
-                start + u32::try_from(i).unwrap_or(0),
-                &mut buf,
-            );
+            m.msg
+                .encode_as(
+                    conn.version,
+                    start + u32::try_from(i).unwrap_or(0),
+                    &mut buf,
+                )
+                .map_err(|source| Error::Encode {
+                    index: i,
+                    desc: m.describe(),
+                    source,
+                })?;
         }
         let (tx, rx) = oneshot::channel();
         let (ctx, crx) = oneshot::channel();
@@ -476,16 +514,15 @@ impl Client {
         let _cleanup = RemoveOnDrop(&conn, start);
         let after = self.inner.cfg.request_timeout;
         if let Some(cx) = checkpoint_xid {
-            Message::BarrierRequest.encode_as(conn.version, cx, &mut buf);
+            encode_control(&Message::BarrierRequest, conn.version, cx, &mut buf)?;
             if conn.tx.send(buf.split().freeze()).is_err() {
                 return Err(Error::NotConnected);
             }
             let errors = match tokio::time::timeout(after, crx).await {
                 Err(_) => {
-                    return Err(Error::Timeout {
-                        what: format!("barrier before {what}"),
-                        after,
-                    });
+                    let what = format!("barrier before {what}");
+                    conn.drop_after_timeout(&what, after);
+                    return Err(Error::Timeout { what, after });
                 }
                 Ok(Err(_)) => {
                     return Err(Error::Disconnected {
@@ -504,17 +541,20 @@ impl Client {
             }
         }
         if let Some(l) = &last {
-            l.encode_as(conn.version, final_xid, &mut buf);
+            encode_control(l, conn.version, final_xid, &mut buf)?;
         }
         if conn.tx.send(buf.freeze()).is_err() {
             return Err(Error::NotConnected);
         }
         let res = tokio::time::timeout(after, rx).await;
         match res {
-            Err(_) => Err(Error::Timeout {
-                what: what.to_string(),
-                after,
-            }),
+            Err(_) => {
+                conn.drop_after_timeout(what, after);
+                Err(Error::Timeout {
+                    what: what.to_string(),
+                    after,
+                })
+            }
             Ok(Err(_)) => Err(Error::Disconnected {
                 what: what.to_string(),
             }),
@@ -690,7 +730,20 @@ impl Client {
                 Some(commit),
                 &format!("commit of bundle {bundle_id}"),
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Indexes count the caller's messages, not the open.
+                Error::Encode {
+                    index,
+                    desc,
+                    source,
+                } => Error::Encode {
+                    index: index.saturating_sub(1),
+                    desc,
+                    source,
+                },
+                e => e,
+            })?;
         let committed = !r.replies.is_empty() || r.final_error.is_some();
         if !r.errors.is_empty() && !committed {
             let discard = Message::BundleControl {
@@ -845,16 +898,43 @@ fn alloc_xids(next: &AtomicU32, count: u32) -> u32 {
     }
 }
 
-type Frames = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type Frames = FramedRead<OwnedReadHalf, OpenFlowFrames>;
 
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_offset(2)
-        .length_field_length(2)
-        .length_adjustment(0)
-        .num_skip(0)
-        .max_frame_length(65535)
-        .new_codec()
+/// Splits the byte stream from the switch into OpenFlow messages by the
+/// 16-bit length at offset 2 of each header, which counts the header itself.
+/// A length below the 8-byte header is a framing error (the stream cannot be
+/// resynchronised): the reader ends and the connection is dropped and
+/// re-established, instead of yielding empty frames forever.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct OpenFlowFrames;
+
+/// Bytes of an OpenFlow header.
+const HEADER_LEN: usize = 8;
+
+impl Decoder for OpenFlowFrames {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_be_bytes([src[2], src[3]]));
+        if len < HEADER_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "OpenFlow framing error: header says length {len}, below the {HEADER_LEN}-byte header (version {:#04x}, type {})",
+                    src[0], src[1]
+                ),
+            ));
+        }
+        if src.len() < len {
+            src.reserve(len - src.len());
+            return Ok(None);
+        }
+        Ok(Some(src.split_to(len)))
+    }
 }
 
 /// Connects, negotiates OpenFlow 1.5 (or 1.3), spawns the writer, installs the
@@ -868,8 +948,14 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
             source,
         })?;
     let (rd, mut wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, codec());
-    let hello = Message::Hello((1 << OFP15_VERSION) | (1 << OFP13_VERSION)).to_bytes(0);
+    let mut frames = FramedRead::new(rd, OpenFlowFrames);
+    let mut hello = BytesMut::new();
+    encode_control(
+        &Message::Hello((1 << OFP15_VERSION) | (1 << OFP13_VERSION)),
+        OFP15_VERSION,
+        0,
+        &mut hello,
+    )?;
     wr.write_all(&hello).await?;
     let deadline = inner.cfg.request_timeout.min(Duration::from_secs(10));
     let frame = tokio::time::timeout(deadline, frames.next())
@@ -911,6 +997,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
         tx,
         version,
         pending: Mutex::new(BTreeMap::new()),
+        reset: tokio::sync::Notify::new(),
     });
     *lock(&inner.conn) = Some(conn.clone());
     // Run the reader while configuring async messages, then hand it back.
@@ -962,10 +1049,20 @@ async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
     Ok(frames)
 }
 
+/// Encodes a control message of the client's own (hello, barrier, echo,
+/// bundle control, multipart request): small and encodable in both versions,
+/// so a failure is a bug reported as a protocol error, never a panic.
+fn encode_control(msg: &Message, version: u8, xid: u32, out: &mut BytesMut) -> Result<(), Error> {
+    msg.encode_as(version, xid, out)
+        .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", msg.kind())))
+}
+
 /// An echo request or reply in the connection's version.
 fn echo_bytes(msg: Message, version: u8, xid: u32) -> Vec<u8> {
     let mut b = BytesMut::new();
-    msg.encode_as(version, xid, &mut b);
+    if let Err(e) = encode_control(&msg, version, xid, &mut b) {
+        warn!(error = %e, "echo not sent");
+    }
     b.to_vec()
 }
 
@@ -1052,29 +1149,41 @@ async fn supervise(inner: std::sync::Weak<Inner>, mut frames: Frames) {
             let Some(conn) = conn else { return };
             let mut idle = 0u32;
             loop {
-                let next = match probe {
-                    Some(p) => match tokio::time::timeout(p, frames.next()).await {
-                        Ok(n) => n,
-                        Err(_) if idle == 0 => {
-                            idle = 1;
-                            let probe = echo_bytes(
-                                Message::EchoRequest(b"probe".to_vec()),
-                                conn.version,
-                                0,
-                            );
-                            let _ = conn.tx.send(Bytes::from(probe));
-                            continue;
-                        }
-                        Err(_) => {
-                            warn!(
-                                "ovs-vswitchd did not answer an echo request; dropping the connection"
-                            );
-                            break;
-                        }
-                    },
-                    None => frames.next().await,
+                // `None`: nothing from the switch for a probe interval.
+                let wait = async {
+                    match probe {
+                        Some(p) => tokio::time::timeout(p, frames.next()).await.ok(),
+                        None => Some(frames.next().await),
+                    }
                 };
-                let Some(Ok(frame)) = next else { break };
+                let next = tokio::select! {
+                    () = conn.reset.notified() => break,
+                    next = wait => next,
+                };
+                let next = match next {
+                    Some(next) => next,
+                    None if idle == 0 => {
+                        idle = 1;
+                        let probe =
+                            echo_bytes(Message::EchoRequest(b"probe".to_vec()), conn.version, 0);
+                        let _ = conn.tx.send(Bytes::from(probe));
+                        continue;
+                    }
+                    None => {
+                        warn!(
+                            "ovs-vswitchd did not answer an echo request; dropping the connection"
+                        );
+                        break;
+                    }
+                };
+                let frame = match next {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => {
+                        warn!(error = %e, "unreadable OpenFlow stream; dropping the connection");
+                        break;
+                    }
+                    None => break,
+                };
                 idle = 0;
                 handle_frame(&conn, &pin_tx, &frame);
             }

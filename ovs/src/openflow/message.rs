@@ -10,6 +10,44 @@ use super::flow::{FlowMod, FlowStats, FlowStatsRequest, decode_flow_stats};
 use super::group::{Group, GroupMod, GroupStats, decode_group_desc, decode_group_stats};
 use super::wire::{DResult, DecodeError, Reader, patch_len, round8};
 
+/// The largest OpenFlow message: its header's length field has 16 bits.
+pub const MAX_MESSAGE_LEN: usize = 65_535;
+
+/// Why a message could not be encoded. Nothing was appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The message is longer than an OpenFlow length field can say.
+    #[error("{kind} would be {len} bytes, over OpenFlow's {MAX_MESSAGE_LEN}-byte message limit")]
+    TooLong {
+        /// The message type (for a bundle add, `BUNDLE_ADD`).
+        kind: &'static str,
+        /// The length it would have had.
+        len: usize,
+    },
+    /// This client has no encoding of the message for that OpenFlow version
+    /// (see [`Message::encodable_as`]).
+    #[error("{kind} has no OpenFlow version {version:#x} encoding here")]
+    NoEncoding {
+        /// The message type.
+        kind: &'static str,
+        /// The wire version asked for.
+        version: u8,
+    },
+}
+
+/// Undoes what was appended since `start` when it does not fit in one message.
+fn check_fits(msg: &Message, out: &mut BytesMut, start: usize) -> Result<(), EncodeError> {
+    let len = out.len() - start;
+    if len > MAX_MESSAGE_LEN {
+        out.truncate(start);
+        return Err(EncodeError::TooLong {
+            kind: msg.kind(),
+            len,
+        });
+    }
+    Ok(())
+}
+
 /// OpenFlow 1.3 wire version.
 pub const OFP13_VERSION: u8 = 0x04;
 /// OpenFlow 1.5 wire version.
@@ -685,7 +723,20 @@ impl Message {
     }
 
     /// Appends the OpenFlow 1.5 encoding of this message with `xid` to `out`.
-    pub fn encode(&self, xid: u32, out: &mut BytesMut) {
+    ///
+    /// A message longer than OpenFlow's 16-bit length allows is an error and
+    /// appends nothing: a length field is never truncated.
+    pub fn encode(&self, xid: u32, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let start = out.len();
+        self.encode_unchecked(xid, out);
+        check_fits(self, out, start)
+    }
+
+    /// Appends the encoding; a length over 65,535 saturates in its field, so
+    /// callers check the whole message's length afterwards ([`check_fits`]):
+    /// every inner length counts bytes inside the message, so an overflow
+    /// anywhere makes the whole message too long.
+    fn encode_unchecked(&self, xid: u32, out: &mut BytesMut) {
         let start = out.len();
         out.put_u8(OFP15_VERSION);
         out.put_u8(self.msg_type());
@@ -788,7 +839,7 @@ impl Message {
                 out.put_u32(*bundle_id);
                 out.put_u16(0);
                 out.put_u16(*flags);
-                inner.encode(xid, out);
+                inner.encode_unchecked(xid, out);
             }
             Message::SetAsync { packet_in_mask } => {
                 for ty in [0u16, 1] {
@@ -917,9 +968,12 @@ impl Message {
     /// nothing appended) when [`Message::encodable_as`] says it has none.
     /// The 1.3 forms differ from 1.5 only in the header's version, except
     /// SET_ASYNC (OF1.3 `ofp_async_config`: fixed masks, not properties).
-    pub fn encode_as(&self, version: u8, xid: u32, out: &mut BytesMut) -> Option<()> {
+    pub fn encode_as(&self, version: u8, xid: u32, out: &mut BytesMut) -> Result<(), EncodeError> {
         if !self.encodable_as(version) {
-            return None;
+            return Err(EncodeError::NoEncoding {
+                kind: self.kind(),
+                version,
+            });
         }
         let start = out.len();
         match (version, self) {
@@ -944,18 +998,18 @@ impl Message {
                 patch_len(out, start + 2, start);
             }
             _ => {
-                self.encode(xid, out);
+                self.encode_unchecked(xid, out);
                 out[start] = version;
             }
         }
-        Some(())
+        check_fits(self, out, start)
     }
 
     /// Encodes into a fresh buffer.
-    pub fn to_bytes(&self, xid: u32) -> Vec<u8> {
+    pub fn to_bytes(&self, xid: u32) -> Result<Vec<u8>, EncodeError> {
         let mut b = BytesMut::new();
-        self.encode(xid, &mut b);
-        b.to_vec()
+        self.encode(xid, &mut b)?;
+        Ok(b.to_vec())
     }
 
     /// Decodes one whole message; returns (version, xid, message).

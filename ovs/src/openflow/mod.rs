@@ -100,8 +100,8 @@ pub use group::{
     GroupStats, GroupType, SelectionMethod,
 };
 pub use message::{
-    BundleCtrlType, CtTuple, Message, MeterMod, MeterModCommand, MultipartReply, MultipartRequest,
-    OFP13_VERSION, OFP15_VERSION, OfpError, PacketIn, PacketOut, TlvMap, TlvTableCommand,
-    bundle_flags,
+    BundleCtrlType, CtTuple, EncodeError, MAX_MESSAGE_LEN, Message, MeterMod, MeterModCommand,
+    MultipartReply, MultipartRequest, OFP13_VERSION, OFP15_VERSION, OfpError, PacketIn, PacketOut,
+    TlvMap, TlvTableCommand, bundle_flags,
 };
 pub use wire::DecodeError;
