@@ -39,6 +39,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_ovs::openflow::{Client, bundle_flags};
 use switchyard_ovs_harness::{OvsInstance, require_privileges};
 use switchyard_proxy::fixtures::endpoint;
+use switchyard_proxy::groups::GroupLayout;
 use switchyard_proxy::program::{self, HairpinRefs, SwitchInventory};
 use switchyard_proxy::service_model::service_port_states;
 use switchyard_proxy::{
@@ -125,7 +126,13 @@ async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row
     let state = build_desired_state(&services, &slices, NODE);
     let mut groups = GroupIdAllocator::new();
     let initial = diff(&DesiredState::new(), &state, &mut groups).expect("ids");
-    let (msgs, _) = program::full_sync(1, &state, &groups, &SwitchInventory::default());
+    let (msgs, _) = program::full_sync(
+        1,
+        &state,
+        &groups,
+        &SwitchInventory::default(),
+        GroupLayout::default(),
+    );
     let model = started.elapsed();
     let n_msgs = msgs.len();
     client
@@ -162,7 +169,7 @@ async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row
         );
         let changes = diff_services(&state, &next, [&key], &mut groups).expect("ids");
         assert_eq!(changes.changed.len(), 1);
-        let msgs = program::incremental(1, &changes, &mut hairpin);
+        let msgs = program::incremental(1, &changes, &mut hairpin, GroupLayout::default());
         client
             .bundle(msgs, bundle_flags::ATOMIC | bundle_flags::ORDERED)
             .await

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 #[cfg(test)]
 use clap::CommandFactory;
 use clap::Parser;
+use clap::builder::TypedValueParser as _;
 
 /// Switchyard service proxy: ClusterIP load balancing in OVS.
 #[derive(Debug, Parser)]
@@ -38,6 +39,11 @@ pub struct Flags {
     /// Most ICMP rejects sent per second for Services without endpoints.
     #[arg(long, default_value_t = 1000)]
     pub reject_rate: u32,
+    /// Endpoints per OVS select group (1-512). A Service port with more endpoints is
+    /// balanced over chained groups, up to 127 groups per port.
+    #[arg(long, default_value_t = crate::groups::DEFAULT_BUCKETS_PER_GROUP,
+          value_parser = clap::value_parser!(u16).range(1..=512).map(usize::from))]
+    pub buckets_per_group: usize,
 }
 
 #[cfg(test)]
@@ -53,6 +59,16 @@ mod tests {
         assert_eq!(flags.resync_period, 300);
         assert_eq!(flags.debounce_ms, 0);
         assert_eq!(flags.reject_rate, 1000);
+        assert_eq!(flags.buckets_per_group, 512);
+        for bad in ["0", "513", "x"] {
+            let err = Flags::try_parse_from([
+                "switchyard-proxy",
+                "--node-name=n1",
+                &format!("--buckets-per-group={bad}"),
+            ])
+            .unwrap_err();
+            assert!(err.to_string().contains("buckets-per-group"), "{err}");
+        }
         Flags::command().debug_assert();
     }
 }

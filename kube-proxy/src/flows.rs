@@ -303,51 +303,68 @@ fn affinity_learn(group_id: GroupId, state: &ServicePortState, timeout: u32) -> 
     })
 }
 
-/// The select group of one Service port: one equal-weight bucket per
-/// endpoint (none when there are no endpoints: the frontend does not use it).
+/// The select group of a port whose endpoints fit one group: one bucket
+/// per endpoint (see the module docs). Ports with more endpoints are served
+/// by chained groups ([`crate::groups`]).
 pub fn port_group(group_id: GroupId, state: &ServicePortState) -> Group {
     let buckets = state
         .endpoints
         .iter()
         .enumerate()
-        .map(|(index, endpoint)| {
-            let actions = if state.session_affinity.is_some() {
-                vec![
-                    Action::load(
-                        SubField::whole(Field::Reg(reg::ENDPOINT_IP)),
-                        u128::from(u32::from(endpoint.ip)),
-                    ),
-                    Action::load(
-                        port_and_state_bits(),
-                        u128::from(port_and_state_value(
-                            endpoint.port,
-                            ServiceState::EndpointSelected,
-                        )),
-                    ),
-                    Action::resubmit_table(table::ENDPOINT_DNAT),
-                ]
-            } else {
-                vec![dnat_action(endpoint.ip, endpoint.port)]
-            };
-            Bucket::new(u32::try_from(index).unwrap_or(u32::MAX), actions).weight(100)
-        })
+        .map(|(index, endpoint)| endpoint_bucket(index, endpoint, state))
         .collect();
+    select_group(group_id, state.protocol, 0, buckets)
+}
+
+/// The bucket of `endpoint`, with id `index` (its place in the port's
+/// endpoints).
+pub fn endpoint_bucket(index: usize, endpoint: &Endpoint, state: &ServicePortState) -> Bucket {
+    let actions = if state.session_affinity.is_some() {
+        vec![
+            Action::load(
+                SubField::whole(Field::Reg(reg::ENDPOINT_IP)),
+                u128::from(u32::from(endpoint.ip)),
+            ),
+            Action::load(
+                port_and_state_bits(),
+                u128::from(port_and_state_value(
+                    endpoint.port,
+                    ServiceState::EndpointSelected,
+                )),
+            ),
+            Action::resubmit_table(table::ENDPOINT_DNAT),
+        ]
+    } else {
+        vec![dnat_action(endpoint.ip, endpoint.port)]
+    };
+    Bucket::new(u32::try_from(index).unwrap_or(u32::MAX), actions).weight(100)
+}
+
+/// A select group hashing the 5-tuple with hash basis `basis` (OVS's
+/// `selection_method_param`): chained groups use different bases so that
+/// the choice of a sub-group does not bias the choice inside it.
+pub fn select_group(
+    group_id: GroupId,
+    protocol: Protocol,
+    basis: u64,
+    buckets: Vec<Bucket>,
+) -> Group {
+    let mut selection = SelectionMethod::hash(&[
+        Field::IpProto,
+        Field::Ipv4Src,
+        Field::Ipv4Dst,
+        src_port_field(protocol),
+        dst_port_field(protocol),
+    ]);
+    selection.param = basis;
     Group {
         group_id,
         group_type: GroupType::Select,
-        selection: Some(SelectionMethod::hash(&[
-            Field::IpProto,
-            Field::Ipv4Src,
-            Field::Ipv4Dst,
-            src_port_field(state.protocol),
-            dst_port_field(state.protocol),
-        ])),
+        selection: Some(selection),
         buckets,
     }
 }
 
-/// Flows that do not depend on any Service: the session-affinity helpers and
-/// the hairpin flows that are not per address.
 pub fn generic_flows(generation: u8) -> Vec<Flow> {
     let c = cookie(generation, GENERIC_OBJECT);
     vec![

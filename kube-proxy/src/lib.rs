@@ -5,7 +5,8 @@
 //! [`diff`](mod@diff) turns two desired states into a [`ChangeSet`] with stable group ids;
 //! [`watch`](mod@watch) feeds watch events into a [`cluster_cache::ClusterCache`] and,
 //! per debounced burst, lets a [`recompute::Recomputer`] emit an [`Update`];
-//! [`flows`] renders a port's flows and group, [`program`] turns a change set
+//! [`flows`] renders a port's flows and group ([`groups`] chains groups
+//! for ports with more endpoints than one group holds), [`program`] turns a change set
 //! (or a whole state) into flow and group mods, and [`switch`] sends them to
 //! `br-int` in atomic bundles, answers rejects ([`reject`]) and flushes
 //! stale UDP conntrack entries ([`conntrack`]; after a restart judged
@@ -18,6 +19,7 @@ pub mod conntrack;
 pub mod diff;
 pub mod fixtures;
 pub mod flows;
+pub mod groups;
 pub mod metrics;
 pub mod program;
 pub mod recompute;

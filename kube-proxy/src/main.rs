@@ -11,6 +11,7 @@ use switchyard_ovs::openflow::{Client, ClientConfig};
 use switchyard_ovs::pipeline::group as group_ids;
 use switchyard_proxy::config::Flags;
 use switchyard_proxy::conntrack::ConntrackFlusher;
+use switchyard_proxy::groups::{GroupLayout, PORT_GROUP_LAST};
 use switchyard_proxy::metrics::{self, HttpState, Metrics};
 use switchyard_proxy::switch::{self, SwitchWriter};
 use switchyard_proxy::{GroupIdAllocator, WatchConfig, watch};
@@ -62,9 +63,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let server = tokio::spawn(server);
 
     let switch = connect_switch(&flags).await;
+    // Port group ids stay below 2^24: the bits above number their sub-groups.
     let groups = Arc::new(Mutex::new(GroupIdAllocator::with_range(
         group_ids::PROXY_FIRST,
-        group_ids::PROXY_LAST,
+        PORT_GROUP_LAST,
     )));
     let flusher = ConntrackFlusher::new(
         switch.clone(),
@@ -78,7 +80,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     )
     .await
-    .context("reading the bridge")?;
+    .context("reading the bridge")?
+    .with_group_layout(GroupLayout::new(flags.buckets_per_group));
     let rejects = tokio::spawn(switch::answer_rejects(
         switch.clone(),
         Arc::clone(&metrics),

@@ -15,8 +15,9 @@ use switchyard_ovs::pipeline::{Cookie, Owner, table};
 use crate::diff::{ChangeSet, ChangedPort, GroupId, GroupIdAllocator};
 use crate::flows::{
     LEARNED_GENERATION, affinity_dnat_flow, cookie, generic_flows, hairpin_flow,
-    local_endpoint_ips, port_flows, port_group,
+    local_endpoint_ips, port_flows,
 };
+use crate::groups::{GroupLayout, port_group_of};
 use crate::service_model::{DesiredState, ServicePortState};
 
 /// How many Service ports use each local endpoint address (one hairpin flow
@@ -89,6 +90,7 @@ pub fn full_sync(
     state: &DesiredState,
     ids: &GroupIdAllocator,
     inventory: &SwitchInventory,
+    layout: GroupLayout,
 ) -> (Vec<TxMessage>, HairpinRefs) {
     let mut group_mods = Vec::with_capacity(state.len());
     let mut flow_adds = Vec::with_capacity(state.len() * 2);
@@ -101,13 +103,16 @@ pub fn full_sync(
             tracing::warn!(service_port = %name, "no group id: not installed");
             continue;
         };
-        used.insert(group_id);
-        let group = port_group(group_id, port);
-        group_mods.push(TxMessage::from(if inventory.groups.contains(&group_id) {
-            GroupMod::modify(group)
-        } else {
-            GroupMod::add(group)
-        }));
+        for group in layout.port_groups(group_id, port) {
+            used.insert(group.group_id);
+            group_mods.push(TxMessage::from(
+                if inventory.groups.contains(&group.group_id) {
+                    GroupMod::modify(group)
+                } else {
+                    GroupMod::add(group)
+                },
+            ));
+        }
         for flow in port_flows(generation, group_id, name, port) {
             flow_adds.push(FlowMod::add(flow).into());
         }
@@ -130,11 +135,14 @@ pub fn full_sync(
         .copied()
         .filter(|id| !used.contains(id))
         .collect();
+    // Port groups sort before sub-groups: a group goes before those it chains to.
     stale.sort_unstable();
     for id in stale {
-        // Learned flows of a vanished port go with it.
-        let (value, mask) = Cookie::object_mask(Owner::Proxy, id);
-        msgs.push(FlowMod::delete_cookie(value, mask).into());
+        if port_group_of(id) == id {
+            // Learned flows of a vanished port go with it.
+            let (value, mask) = Cookie::object_mask(Owner::Proxy, id);
+            msgs.push(FlowMod::delete_cookie(value, mask).into());
+        }
         msgs.push(GroupMod::delete(id).into());
     }
     (msgs, hairpin)
@@ -146,6 +154,7 @@ pub fn incremental(
     generation: u8,
     changes: &ChangeSet,
     hairpin: &mut HairpinRefs,
+    layout: GroupLayout,
 ) -> Vec<TxMessage> {
     let mut group_mods: Vec<TxMessage> = Vec::new();
     let mut flow_deletes: Vec<TxMessage> = Vec::new();
@@ -161,7 +170,14 @@ pub fn incremental(
         }
         let (value, mask) = Cookie::object_mask(Owner::Proxy, port.group_id);
         flow_deletes.push(FlowMod::delete_cookie(value, mask).into());
-        group_deletes.push(GroupMod::delete(port.group_id).into());
+        // The port's group first, then the sub-groups it chains to.
+        for id in layout
+            .group_ids(port.group_id, port.state.endpoints.len())
+            .into_iter()
+            .rev()
+        {
+            group_deletes.push(GroupMod::delete(id).into());
+        }
     }
     for port in &changes.changed {
         hairpin_gone.extend(hairpin.remove(&port.old));
@@ -169,14 +185,18 @@ pub fn incremental(
         changed_port(
             generation,
             port,
+            layout,
             &mut group_mods,
             &mut flow_deletes,
             &mut flow_adds,
+            &mut group_deletes,
         );
     }
     for port in &changes.added {
         hairpin_new.extend(hairpin.add(&port.state));
-        group_mods.push(GroupMod::add(port_group(port.group_id, &port.state)).into());
+        for group in layout.port_groups(port.group_id, &port.state) {
+            group_mods.push(GroupMod::add(group).into());
+        }
         for flow in port_flows(generation, port.group_id, &port.name, &port.state) {
             flow_adds.push(FlowMod::add(flow).into());
         }
@@ -196,19 +216,48 @@ pub fn incremental(
     msgs
 }
 
+/// Replaces the groups of a changed port: modifies those it keeps, adds
+/// new sub-groups (before the port's group that chains to them) and
+/// deletes sub-groups it no longer needs (after everything else).
+fn replace_groups(
+    port: &ChangedPort,
+    layout: GroupLayout,
+    group_mods: &mut Vec<TxMessage>,
+    group_deletes: &mut Vec<TxMessage>,
+) {
+    let old: BTreeSet<u32> = layout
+        .group_ids(port.group_id, port.old.endpoints.len())
+        .into_iter()
+        .collect();
+    let new = layout.port_groups(port.group_id, &port.new);
+    let kept: BTreeSet<u32> = new.iter().map(|g| g.group_id).collect();
+    for group in new {
+        group_mods.push(if old.contains(&group.group_id) {
+            GroupMod::modify(group).into()
+        } else {
+            GroupMod::add(group).into()
+        });
+    }
+    for id in old.difference(&kept) {
+        group_deletes.push(GroupMod::delete(*id).into());
+    }
+}
+
 fn changed_port(
     generation: u8,
     port: &ChangedPort,
+    layout: GroupLayout,
     group_mods: &mut Vec<TxMessage>,
     flow_deletes: &mut Vec<TxMessage>,
     flow_adds: &mut Vec<TxMessage>,
+    group_deletes: &mut Vec<TxMessage>,
 ) {
     let group_id = port.group_id;
     if port.frontend_changed {
         // Rewrite everything of the port (learned affinity flows included).
         let (value, mask) = Cookie::object_mask(Owner::Proxy, group_id);
         flow_deletes.push(FlowMod::delete_cookie(value, mask).into());
-        group_mods.push(GroupMod::modify(port_group(group_id, &port.new)).into());
+        replace_groups(port, layout, group_mods, group_deletes);
         for flow in port_flows(generation, group_id, &port.name, &port.new) {
             flow_adds.push(FlowMod::add(flow).into());
         }
@@ -217,7 +266,7 @@ fn changed_port(
     if !port.endpoints_changed {
         return;
     }
-    group_mods.push(GroupMod::modify(port_group(group_id, &port.new)).into());
+    replace_groups(port, layout, group_mods, group_deletes);
     if port.new.session_affinity.is_none() {
         return;
     }

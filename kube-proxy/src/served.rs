@@ -98,10 +98,19 @@ impl ServedBefore {
             let Some((cluster_ip, port)) = ours.iter().find_map(|f| frontend_address(f)) else {
                 continue;
             };
+            // A chained port group's buckets lead to its sub-groups'.
             let bucket_actions = group_of
                 .get(group_id)
                 .into_iter()
-                .flat_map(|g| g.buckets.iter().map(|b| &b.actions));
+                .flat_map(|g| g.buckets.iter().map(|b| &b.actions))
+                .flat_map(|actions| {
+                    let chained = actions.iter().filter_map(|a| match a {
+                        Action::Group(sub) => group_of.get(sub),
+                        _ => None,
+                    });
+                    std::iter::once(actions)
+                        .chain(chained.flat_map(|g| g.buckets.iter().map(|b| &b.actions)))
+                });
             let endpoints: BTreeSet<(Ipv4Addr, u16)> = ours
                 .iter()
                 .map(|f| &f.actions)

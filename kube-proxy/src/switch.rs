@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::conntrack::ConntrackFlusher;
 use crate::diff::{GroupId, StaleUdpEndpoint, StaleUdpFrontend};
 use crate::flows::{LEARNED_GENERATION, REJECT_USERDATA};
+use crate::groups::GroupLayout;
 use crate::metrics::{Metrics, SyncKind};
 use crate::program::{self, HairpinRefs, SwitchInventory};
 use crate::recompute::{SharedGroupIds, Update};
@@ -76,6 +77,8 @@ pub struct SwitchWriter {
     /// What the switch served at start, until the first full sync has
     /// flushed what changed since (see [`crate::served`]).
     served_before: Option<ServedBefore>,
+    /// How ports' endpoints are laid out in (chained) groups.
+    layout: GroupLayout,
 }
 
 /// Parses `namespace/name:port/PROTOCOL` (the `Display` of [`ServicePortName`]).
@@ -192,7 +195,15 @@ impl SwitchWriter {
             in_sync: false,
             hairpin: HairpinRefs::default(),
             served_before: Some(adopted.served),
+            layout: GroupLayout::default(),
         })
+    }
+
+    /// Sets how ports' endpoints are laid out in groups (before the first
+    /// update).
+    pub fn with_group_layout(mut self, layout: GroupLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// The OpenFlow client.
@@ -224,7 +235,12 @@ impl SwitchWriter {
             }
             return Ok(());
         }
-        let msgs = program::incremental(self.generation, &update.changes, &mut self.hairpin);
+        let msgs = program::incremental(
+            self.generation,
+            &update.changes,
+            &mut self.hairpin,
+            self.layout,
+        );
         let count = msgs.len();
         match self.bundle(msgs).await {
             Ok(()) => {
@@ -301,7 +317,7 @@ impl SwitchWriter {
         let generation = next_generation(self.generation);
         let (msgs, hairpin) = {
             let ids = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-            program::full_sync(generation, &state, &ids, &inventory)
+            program::full_sync(generation, &state, &ids, &inventory, self.layout)
         };
         let count = msgs.len();
         if let Err(err) = self.bundle(msgs).await {

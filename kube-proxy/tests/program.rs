@@ -3,6 +3,7 @@
 //! accepts; the datapath tests install the same values on a real switch).
 
 use switchyard_proxy::fixtures::{ServiceBuilder, endpoint, service, slice};
+use switchyard_proxy::groups::GroupLayout;
 use switchyard_proxy::program::{self, HairpinRefs, SwitchInventory};
 use switchyard_proxy::{DesiredState, GroupIdAllocator, build_desired_state, diff};
 
@@ -51,7 +52,12 @@ fn incremental(old: &DesiredState, new: &DesiredState) -> String {
     diff(&DesiredState::new(), old, &mut groups).unwrap();
     let mut hairpin = HairpinRefs::of_state(old);
     let changes = diff(old, new, &mut groups).unwrap();
-    text(&program::incremental(3, &changes, &mut hairpin))
+    text(&program::incremental(
+        3,
+        &changes,
+        &mut hairpin,
+        GroupLayout::default(),
+    ))
 }
 
 #[test]
@@ -118,7 +124,8 @@ fn full_sync_replaces_a_generation_and_deletes_unused_groups() {
         generations: [2].into(),
         groups: [1, 7].into(),
     };
-    let (msgs, hairpin) = program::full_sync(3, &state, &groups, &inventory);
+    let (msgs, hairpin) =
+        program::full_sync(3, &state, &groups, &inventory, GroupLayout::default());
     assert_eq!(hairpin.addresses().count(), 1);
     check("full sync", &text(&msgs), GOLDEN_FULL);
 }
