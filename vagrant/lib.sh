@@ -30,19 +30,6 @@ require_env() {
     done
 }
 
-# set_pod_cidr NODE INDEX: gives the Node object its pod CIDR 10.244.INDEX.0/24
-# (the controller-manager does not allocate them in this lab: see node.sh).
-set_pod_cidr() {
-    local node=$1 index=$2 cidr
-    cidr="10.244.$index.0/24"
-    retry 60 2 kubectl get node "$node" >/dev/null 2>&1 || die "Node $node never registered"
-    if [ -z "$(kubectl get node "$node" -o jsonpath='{.spec.podCIDR}')" ]; then
-        kubectl patch node "$node" --type merge \
-            -p "{\"spec\":{\"podCIDR\":\"$cidr\",\"podCIDRs\":[\"$cidr\"]}}"
-    fi
-    log "Node $node: pod CIDR $(kubectl get node "$node" -o jsonpath='{.spec.podCIDR}')"
-}
-
 # fetch_shared NAME DEST: a file the control plane shares (see image.sh).
 fetch_shared() {
     local name=$1 dest=$2

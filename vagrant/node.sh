@@ -1,18 +1,16 @@
 #!/bin/bash
 # Every node: kernel settings, containerd, kubeadm/kubelet/kubectl from
 # pkgs.k8s.io, Open vSwitch (daemons for SWITCHYARD_OVS=host, tools only
-# otherwise: the DaemonSet then runs its own), kubelet on the node network,
-# and routes to the other nodes' pod CIDRs.
+# otherwise: the DaemonSet then runs its own), kubelet on the node network.
 #
-# Pod CIDRs: node i gets 10.244.i.0/24 (control-plane.sh and worker.sh set
-# it on the Node object). Switchyard's Geneve/VXLAN overlay between nodes is
-# not built yet; until it is, the lab routes pod CIDRs over the node network
-# (all VMs share one L2 network), so pods on different nodes reach each other
-# through the nodes' own routing.
+# No routes to other nodes' pod CIDRs: the Switchyard agent tunnels pod
+# traffic between nodes (Geneve or VXLAN, the agent config's tunnel-type) to
+# each Node's InternalIP, which is this node-network address (kubelet
+# --node-ip below), and installs the routes it needs itself.
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
-require_env NODE_IP NODE_INDEX NODE_COUNT NET_PREFIX K8S_VERSION OVS_MODE
+require_env NODE_IP K8S_VERSION OVS_MODE
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -59,15 +57,9 @@ apt-get update -qq
 apt-get install -y -qq kubelet kubeadm kubectl >/dev/null
 apt-mark hold kubelet kubeadm kubectl >/dev/null
 
-# The VMs' first NIC is the NAT network every VM shares: kubelet must
-# advertise the node-network address instead.
+# The VMs' first NIC is the NAT network every VM shares (the same address on
+# every VM): kubelet must advertise the node-network address instead. It is
+# the Node's InternalIP, where the other nodes' agents send their tunnels.
 echo "KUBELET_EXTRA_ARGS=--node-ip=${NODE_IP}" >/etc/default/kubelet
 systemctl enable --now kubelet
-
-log "routes to the other nodes' pod CIDRs"
-for ((j = 0; j < NODE_COUNT; j++)); do
-    if [ "$j" -ne "$NODE_INDEX" ]; then
-        ip route replace "10.244.$j.0/24" via "$NET_PREFIX.$((10 + j))"
-    fi
-done
 log "node ready for kubeadm"

@@ -1,7 +1,9 @@
 #!/bin/bash
 # Smoke test, run on the last node provisioned: every node Ready, the
 # Switchyard DaemonSet rolled out, a server pod and a client pod on every node,
-# and the server Service's ClusterIP answering from every client pod.
+# every client pod reaching every server pod by its pod IP (on other nodes
+# through the agents' Geneve/VXLAN overlay), and the server Service's
+# ClusterIP answering from every client pod.
 set -euo pipefail
 # shellcheck source=vagrant/lib.sh
 source /vagrant/vagrant/lib.sh
@@ -28,6 +30,27 @@ clients=$(kubectl -n "$ns" get pods -l app=client -o name | wc -l)
 vip=$(kubectl -n "$ns" get service echo -o jsonpath='{.spec.clusterIP}')
 
 failed=0
+# Pod to pod, on the same node and across nodes (the overlay).
+servers=$(kubectl -n "$ns" get pods -l app=echo \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.status.podIP}@{.spec.nodeName}{"\n"}{end}')
+for pod in $(kubectl -n "$ns" get pods -l app=client -o jsonpath='{.items[*].metadata.name}'); do
+    node=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.nodeName}')
+    for server in $servers; do
+        name=${server%%=*}
+        address=${server#*=}
+        ip=${address%@*}
+        if answer=$(retry 5 3 kubectl -n "$ns" exec "$pod" -- wget -qO- -T 5 "http://$ip:8080/hostname") &&
+            [ "$answer" = "$name" ]; then
+            log "client on $node -> $name ($ip on ${address#*@}): answered"
+        else
+            log "client on $node -> $name ($ip on ${address#*@}): NO ANSWER (${answer:-nothing})"
+            failed=$((failed + 1))
+        fi
+    done
+done
+[ "$failed" -eq 0 ] || die "$failed pod-to-pod checks failed (docs/troubleshooting.md)"
+
+# The ClusterIP.
 for pod in $(kubectl -n "$ns" get pods -l app=client -o jsonpath='{.items[*].metadata.name}'); do
     node=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.nodeName}')
     if answer=$(retry 10 3 kubectl -n "$ns" exec "$pod" -- wget -qO- -T 5 "http://$vip/hostname"); then
@@ -38,4 +61,4 @@ for pod in $(kubectl -n "$ns" get pods -l app=client -o jsonpath='{.items[*].met
     fi
 done
 [ "$failed" -eq 0 ] || die "$failed of $clients clients could not reach the ClusterIP $vip (docs/troubleshooting.md)"
-log "smoke test passed: $clients nodes, ClusterIP $vip reachable from all"
+log "smoke test passed: $clients nodes, every pod reaches every pod, ClusterIP $vip reachable from all"

@@ -249,3 +249,36 @@ fn vagrant_vlan_segment_edit_gives_a_valid_agent_config() {
         "router.sh VLAN list"
     );
 }
+
+/// The Vagrant lab's `SWITCHYARD_TUNNEL` (vagrant/control-plane.sh) replaces
+/// the one line `    tunnel-type: geneve` of each manifest's agent config;
+/// the result is a config the agent accepts with that tunnel type.
+#[test]
+fn vagrant_tunnel_type_edit_gives_a_valid_agent_config() {
+    use switchyard_agent::config::TunnelType;
+    let line = "    tunnel-type: geneve";
+    let script =
+        std::fs::read_to_string(common::repo_root().join("vagrant/control-plane.sh")).unwrap();
+    assert!(
+        script.contains(&format!("tunnel_line='{line}'")),
+        "control-plane.sh no longer edits {line:?}"
+    );
+    for variant in [Variant::BundledOvs, Variant::HostOvs] {
+        let yaml = common::manifest_text(variant);
+        assert_eq!(
+            yaml.lines().filter(|l| *l == line).count(),
+            1,
+            "{variant:?}: one {line:?} line"
+        );
+        for (value, expected) in [("geneve", TunnelType::Geneve), ("vxlan", TunnelType::Vxlan)] {
+            let edited = yaml.replace(line, &format!("    tunnel-type: {value}"));
+            let docs = common::documents(&edited);
+            let cm = object(&docs, "ConfigMap", CONFIG_MAP);
+            let text = cm["data"][AGENT_CONFIG_KEY].as_str().unwrap();
+            let file = FileConfig::from_yaml(text, Path::new("agent.yaml")).unwrap();
+            let config =
+                AgentConfig::merge(&Flags::default(), file, Some("sy-worker1".into())).unwrap();
+            assert_eq!(config.tunnel_type, expected, "{variant:?} {value}");
+        }
+    }
+}

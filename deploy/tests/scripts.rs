@@ -198,6 +198,7 @@ fn vagrantfile_validates_in_every_configuration() {
         &[],
         &[("SWITCHYARD_SEGMENTS", "vlan"), ("SWITCHYARD_WORKERS", "3")],
         &[("SWITCHYARD_OVS", "host"), ("SWITCHYARD_WORKERS", "0")],
+        &[("SWITCHYARD_TUNNEL", "vxlan"), ("SWITCHYARD_WORKERS", "1")],
     ];
     for envs in configurations {
         let Some(out) = vagrant_validate(envs) else {
@@ -218,6 +219,13 @@ fn vagrantfile_validates_in_every_configuration() {
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("SWITCHYARD_SEGMENTS must be overlay or vlan"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vagrant_validate(&[("SWITCHYARD_TUNNEL", "gre")]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SWITCHYARD_TUNNEL must be geneve or vxlan"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

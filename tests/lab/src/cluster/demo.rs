@@ -1,5 +1,5 @@
 //! `switchyard-lab demo`: a 3-node lab, three `web` pods behind a ClusterIP Service and a
-//! client pod, then traffic checks that say plainly what works and what is not available yet.
+//! client pod, then traffic checks that say plainly which paths work and which failed.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -186,7 +186,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
      -> bool {
         say(&format!("\n-- {title}"));
         let Some((_, ip)) = target else {
-            say(&format!("   NOT AVAILABLE YET: {missing}"));
+            say(&format!("   NOT CHECKED: {missing}"));
             return false;
         };
         let (line, r) = curl_in(netns, &format!("http://{ip}:8080/"));
@@ -252,7 +252,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         }
         _ => {
             say("\n-- other node, pod to pod");
-            say("   NOT AVAILABLE YET: needs the client and a web pod on another node Running.");
+            say("   NOT CHECKED: needs the client and a web pod on another node Running.");
             false
         }
     };
@@ -291,9 +291,9 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
     let vip_ok = !counts.is_empty() && failures == 0;
     if !vip_ok {
         say(&format!(
-            "   NOT AVAILABLE YET: ClusterIP {vip} needs switchyard-proxy installing its OVS groups and NAT flows ({}).",
+            "   FAILED: ClusterIP {vip} is served by switchyard-proxy's OVS groups and NAT flows ({}).",
             if proxies_up {
-                "the proxy runs but does not program OVS yet"
+                "the proxy runs: see `ovs-ofctl -O OpenFlow15 dump-groups br-int` and the proxy log"
             } else {
                 "the proxy is not running"
             }
@@ -306,7 +306,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         say(&format!(
             "   {:<48} {}",
             what,
-            if *ok { "works" } else { "not available yet" }
+            if *ok { "works" } else { "FAILED" }
         ));
     }
     step(5, "Look around");
