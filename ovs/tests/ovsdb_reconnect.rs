@@ -109,17 +109,20 @@ async fn server_restart_mid_session() {
         rows: vec![],
         timeout_ms: Some(60_000),
     };
-    let in_flight = {
-        let client = client.clone();
-        tokio::spawn(async move { client.transact("Open_vSwitch", &[blocked]).await })
-    };
+    // Polled once here, not spawned: the first poll queues the request to the
+    // client's worker, so it is sent before the echo below. (A spawned task
+    // may run only after the echo returned and the server was killed, and
+    // then gets NotConnected.)
+    let blocked = [blocked];
+    let mut in_flight = std::pin::pin!(client.transact("Open_vSwitch", &blocked));
+    assert!(futures::poll!(in_flight.as_mut()).is_pending());
     // Replies come in order: once this echo returns, the server has the transaction.
     client.echo().await.unwrap();
-    assert!(!in_flight.is_finished());
+    assert!(futures::poll!(in_flight.as_mut()).is_pending());
 
     // Crash the server.
     tokio::task::block_in_place(|| ovs.kill_ovsdb());
-    match timeout(STEP, in_flight).await.unwrap().unwrap() {
+    match timeout(STEP, in_flight).await.unwrap() {
         Err(Error::Disconnected { method, .. }) => assert_eq!(method, "transact"),
         other => panic!("in-flight transaction must fail, got {other:?}"),
     }
