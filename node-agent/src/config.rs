@@ -221,7 +221,8 @@ pub struct Flags {
     /// kubeconfig to reach the API server [default: in-cluster service account].
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
-    /// OVSDB endpoint (unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT) [default: unix:/var/run/openvswitch/db.sock].
+    /// OVSDB endpoint: unix:PATH or tcp:HOST:PORT (ssl: is not supported and refused at start)
+    /// [default: unix:/var/run/openvswitch/db.sock].
     #[arg(long, value_name = "ENDPOINT")]
     pub ovsdb_endpoint: Option<String>,
     /// OVS run directory, where `<bridge>.mgmt` OpenFlow sockets live [default: /var/run/openvswitch].
@@ -465,15 +466,18 @@ impl AgentConfig {
     /// Checks every rule; the first violation is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_ifname_like("bridge", &self.bridge)?;
-        let endpoint_ok = ["unix:", "tcp:", "ssl:"].iter().any(|p| {
-            self.ovsdb_endpoint
-                .strip_prefix(p)
-                .is_some_and(|rest| !rest.is_empty())
-        });
-        if !endpoint_ok {
-            return Err(ConfigError::InvalidOvsdbEndpoint(
-                self.ovsdb_endpoint.clone(),
-            ));
+        // The OVSDB client's own parser: what passes here is what it connects to
+        // (it has no TLS, so an accepted ssl: endpoint would be retried forever).
+        if self
+            .ovsdb_endpoint
+            .parse::<switchyard_ovs::ovsdb::Endpoint>()
+            .is_err()
+        {
+            return Err(if self.ovsdb_endpoint.starts_with("ssl:") {
+                ConfigError::UnsupportedOvsdbSsl(self.ovsdb_endpoint.clone())
+            } else {
+                ConfigError::InvalidOvsdbEndpoint(self.ovsdb_endpoint.clone())
+            });
         }
         if !MTU_RANGE.contains(&self.mtu) {
             return Err(ConfigError::MtuOutOfRange(self.mtu));
@@ -672,8 +676,13 @@ pub enum ConfigError {
     )]
     MissingNodeName,
     /// Bad OVSDB endpoint.
-    #[error("invalid ovsdb-endpoint {0:?}: expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")]
+    #[error("invalid ovsdb-endpoint {0:?}: expected unix:PATH or tcp:HOST:PORT")]
     InvalidOvsdbEndpoint(String),
+    /// An `ssl:` OVSDB endpoint: the OVSDB client has no TLS.
+    #[error(
+        "ovsdb-endpoint {0:?}: ssl: (TLS) OVSDB endpoints are not supported; use unix:PATH or tcp:HOST:PORT"
+    )]
+    UnsupportedOvsdbSsl(String),
     /// The service CIDR has host bits set.
     #[error("service-cidr {0} has host bits set: use {net}", net = .0.trunc())]
     ServiceCidrHostBits(Ipv4Net),
@@ -1177,11 +1186,55 @@ segments:
             let err = merge_err(&parse(&["--netns-prefix", prefix]), FileConfig::default());
             assert!(err.contains("invalid netns-prefix"), "{prefix}: {err}");
         }
-        let err = merge_err(
-            &parse(&["--ovsdb-endpoint", "/var/run/db.sock"]),
+        for bad in [
+            "/var/run/db.sock",
+            "tcp:127.0.0.1",
+            "tcp:host:http",
+            "unix:",
+        ] {
+            let err = merge_err(&parse(&["--ovsdb-endpoint", bad]), FileConfig::default());
+            assert_eq!(
+                err,
+                format!("invalid ovsdb-endpoint {bad:?}: expected unix:PATH or tcp:HOST:PORT")
+            );
+        }
+        for good in [
+            "unix:/run/db.sock",
+            "tcp:127.0.0.1:6640",
+            "tcp:ovsdb.local:6640",
+        ] {
+            let cfg = AgentConfig::merge(
+                &parse(&["--ovsdb-endpoint", good]),
+                FileConfig::default(),
+                Some("n1".into()),
+            )
+            .unwrap();
+            assert_eq!(cfg.ovsdb_endpoint, good);
+        }
+    }
+
+    #[test]
+    fn ssl_ovsdb_endpoints_are_refused_naming_the_supported_forms() {
+        let expected = "ovsdb-endpoint \"ssl:10.0.0.1:6640\": ssl: (TLS) OVSDB endpoints are not supported; use unix:PATH or tcp:HOST:PORT";
+        let err = AgentConfig::merge(
+            &parse(&["--ovsdb-endpoint", "ssl:10.0.0.1:6640"]),
             FileConfig::default(),
+            Some("n1".into()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnsupportedOvsdbSsl(_)),
+            "{err:?}"
         );
-        assert!(err.contains("invalid ovsdb-endpoint"), "{err}");
+        assert_eq!(err.to_string(), expected);
+        let file =
+            FileConfig::from_yaml("ovsdb-endpoint: ssl:10.0.0.1:6640\n", Path::new("f")).unwrap();
+        assert_eq!(merge_err(&Flags::default(), file), expected);
+        let help = Flags::command().render_long_help().to_string();
+        assert!(
+            help.contains("unix:PATH or tcp:HOST:PORT (ssl: is not supported"),
+            "{help}"
+        );
     }
 
     #[test]

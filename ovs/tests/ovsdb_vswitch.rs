@@ -1,14 +1,29 @@
-//! The typed helpers and the monitor cache against a real ovsdb-server and
+//! The typed helpers against a real ovsdb-server and
 //! ovs-vswitchd (userspace datapath) with veth-backed ports; every result is
 //! checked with `ovs-vsctl` as an independent oracle. Needs root and OVS.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
-use switchyard_ovs::ovsdb::{BridgeSpec, Client, Error, PortSpec, VswitchCache};
+use switchyard_ovs::ovsdb::{BridgeSpec, Client, Error, PortSpec};
 use switchyard_ovs_harness::{OvsInstance, VethPair, require_privileges};
+use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Polls `read` (a round trip to the server) until it returns `Some`, for
+/// up to [`TIMEOUT`]; `what` names the condition in the panic.
+async fn poll<T, F: Future<Output = Option<T>>>(what: &str, mut read: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = read().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 fn vsctl(ovs: &OvsInstance, args: &[&str]) -> String {
     ovs.vsctl(args)
@@ -56,25 +71,21 @@ async fn veth_ports_with_vlans_and_external_ids_round_trip() {
         ),
         r#""00000000000000a1""#
     );
-    let cache = VswitchCache::start(&client).await.unwrap();
-    // vswitchd applies the datapath id; the cache sees it arrive.
-    cache
-        .wait_for("datapath_id on br-int", TIMEOUT, |s| {
-            s.bridge("br-int")?
-                .datapath_id
-                .filter(|id| id == "00000000000000a1")
-        })
-        .await
-        .unwrap();
+    // vswitchd applies the datapath id; the typed read sees it arrive.
+    let bridge = poll("datapath_id on br-int", || async {
+        let bridge = client.bridge("br-int").await.unwrap()?;
+        (bridge.datapath_id.as_deref() == Some("00000000000000a1")).then_some(bridge)
+    })
+    .await;
     assert_eq!(
         vsctl(&ovs, &["get", "Bridge", "br-int", "datapath_id"]),
         r#""00000000000000a1""#
     );
-    assert_eq!(cache.snapshot().bridge("br-int").unwrap().uuid, bridge_uuid);
+    assert_eq!(bridge.uuid, bridge_uuid);
     assert!(
-        cache
-            .snapshot()
-            .root()
+        client
+            .open_vswitch()
+            .await
             .unwrap()
             .bridges
             .contains(&bridge_uuid)
@@ -132,40 +143,40 @@ async fn veth_ports_with_vlans_and_external_ids_round_trip() {
     expected.sort();
     assert_eq!(listed, expected);
 
-    // The cache sees them, and vswitchd's ofports arrive through it.
+    // vswitchd's ofports: the server-side wait returns what vsctl reads.
     for veth in &veths {
-        let ofport = cache.wait_for_ofport(veth.name(), TIMEOUT).await.unwrap();
+        let ofport = client.interface_ofport(veth.name(), TIMEOUT).await.unwrap();
         let oracle: u16 = vsctl(&ovs, &["get", "Interface", veth.name(), "ofport"])
             .parse()
             .unwrap();
         assert_eq!(ofport, oracle, "{}", veth.name());
-        // The server-side wait agrees.
-        assert_eq!(
-            client.interface_ofport(veth.name(), TIMEOUT).await.unwrap(),
-            oracle
-        );
+        let interface = client.interface(veth.name()).await.unwrap().unwrap();
+        assert_eq!(interface.ofport, Some(i64::from(oracle)));
     }
-    let snap = cache.snapshot();
-    let port0 = snap.port(veths[0].name()).unwrap();
+    // The typed reads.
+    let port0 = client.port(veths[0].name()).await.unwrap().unwrap();
     assert_eq!(port0.tag, Some(100));
-    assert_eq!(snap.port(veths[2].name()).unwrap().trunks, vec![100, 200]);
-    assert_eq!(snap.bridge_of_port(port0.uuid).unwrap().name, "br-int");
-    assert_eq!(snap.ports_of_bridge("br-int").len(), 4); // + the bridge's internal port
-    let mut owned: Vec<String> = snap
-        .ports_by_external_id("owner", "switchyard")
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
-    owned.sort();
+    assert_eq!(
+        client.port(veths[2].name()).await.unwrap().unwrap().trunks,
+        vec![100, 200]
+    );
+    let bridge = client.bridge("br-int").await.unwrap().unwrap();
+    assert!(bridge.ports.contains(&port0.uuid));
+    assert_eq!(bridge.ports.len(), 4); // + the bridge's internal port
     let mut want = vec![veths[0].name().to_string(), veths[1].name().to_string()];
     want.sort();
-    assert_eq!(owned, want);
     assert_eq!(
-        snap.interfaces_by_external_id("k8s-pod", &pod(1))[0].name,
-        veths[1].name()
+        client
+            .find_interfaces_by_external_id("k8s-pod", &pod(1))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect::<Vec<_>>(),
+        vec![veths[1].name().to_string()]
     );
 
-    // Server-side search agrees with the cache.
+    // Server-side search by external id.
     let mut found: Vec<String> = client
         .find_ports_by_external_id("owner", "switchyard")
         .await
@@ -200,7 +211,7 @@ async fn veth_ports_with_vlans_and_external_ids_round_trip() {
     assert!(ovs.vsctl(&["get", "Port", "nope2", "name"]).is_err());
     assert_eq!(vsctl(&ovs, &["list-ports", "br-int"]).lines().count(), 3);
 
-    // Removal: by name, from its bridge; the cache and vsctl follow.
+    // Removal: by name, from its bridge; the typed reads and vsctl follow.
     client.remove_port(veths[0].name()).await.unwrap();
     client
         .remove_ports(&[veths[1].name(), veths[2].name()])
@@ -211,13 +222,12 @@ async fn veth_ports_with_vlans_and_external_ids_round_trip() {
         ovs.vsctl(&["get", "Interface", veths[0].name(), "ofport"])
             .is_err()
     );
-    cache
-        .wait_for("ports gone from the cache", TIMEOUT, |s| {
-            (s.ports_of_bridge("br-int").len() == 1 && s.interface(veths[0].name()).is_none())
-                .then_some(())
-        })
-        .await
-        .unwrap();
+    assert_eq!(
+        client.bridge("br-int").await.unwrap().unwrap().ports.len(),
+        1
+    );
+    assert!(client.interface(veths[0].name()).await.unwrap().is_none());
+    assert!(client.port(veths[0].name()).await.unwrap().is_none());
     assert!(matches!(
         client.remove_port(veths[0].name()).await,
         Err(Error::PortNotFound(_))
@@ -357,7 +367,6 @@ async fn vlan_mode_mtu_external_ids_and_applied_config() {
     }
     let ovs = OvsInstance::builder().vswitchd(true).start().unwrap();
     let client = Client::connect(&ovs.db_endpoint()).await.unwrap();
-    let cache = VswitchCache::start(&client).await.unwrap();
     client
         .ensure_bridge(&BridgeSpec::netdev("br0"))
         .await
@@ -373,7 +382,10 @@ async fn vlan_mode_mtu_external_ids_and_applied_config() {
 
     // Wait like ovs-vsctl does: vswitchd has applied everything up to here.
     let cfg = client.increment_next_cfg().await.unwrap();
-    cache.wait_cur_cfg(cfg, TIMEOUT).await.unwrap();
+    poll("ovs-vswitchd to apply the configuration", || async {
+        (client.open_vswitch().await.unwrap().cur_cfg >= cfg).then_some(())
+    })
+    .await;
     assert_eq!(
         vsctl(&ovs, &["get", "Open_vSwitch", ".", "cur_cfg"]),
         cfg.to_string()

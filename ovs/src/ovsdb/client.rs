@@ -15,8 +15,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -208,8 +208,37 @@ enum Pending {
 struct Shared {
     connected: watch::Sender<Option<u64>>,
     events: broadcast::Sender<ConnectionEvent>,
+    /// Held while the connection state changes and its event is sent, and
+    /// while subscribing to `events`: a subscriber that can observe a state
+    /// never receives the event that announced it (see [`Shared::publish`]).
+    publishing: Mutex<()>,
     locks: broadcast::Sender<LockEvent>,
     next_monitor: AtomicU64,
+}
+
+impl Shared {
+    /// Sets the connection state and sends its event as one step with
+    /// respect to [`Shared::subscribe`]. Without the lock, a task woken by
+    /// the state change (e.g. [`Client::connect_with`] returning) could
+    /// subscribe before the event was sent and receive a stale `Connected`.
+    fn publish(&self, state: Option<u64>, event: Option<ConnectionEvent>) {
+        let _guard = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.connected.send_replace(state);
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ConnectionEvent> {
+        let _guard = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.events.subscribe()
+    }
 }
 
 /// Handle to an OVSDB connection. Clone it freely; the connection closes
@@ -243,6 +272,7 @@ impl Client {
         let shared = Arc::new(Shared {
             connected: connected_tx,
             events: broadcast::channel(64).0,
+            publishing: Mutex::new(()),
             locks: broadcast::channel(64).0,
             next_monitor: AtomicU64::new(0),
         });
@@ -290,9 +320,12 @@ impl Client {
         }
     }
 
-    /// Subscribes to connect/disconnect events.
+    /// Subscribes to connect/disconnect events: the receiver gets the events
+    /// of the state changes after the state [`Client::generation`] shows now
+    /// (so not the `Connected` of a connection already seen as up, e.g. the
+    /// first one after [`Client::connect_with`] returned).
     pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
-        self.shared.events.subscribe()
+        self.shared.subscribe()
     }
 
     /// Subscribes to lock events.
@@ -492,16 +525,15 @@ impl Worker {
             tracing::debug!(endpoint = %self.config.endpoint, generation, "OVSDB connected");
             match self.serve(conn).await {
                 Exit::Shutdown => {
-                    self.shared.connected.send_replace(None);
+                    self.shared.publish(None, None);
                     return;
                 }
                 Exit::Lost(reason) => {
                     tracing::warn!(endpoint = %self.config.endpoint, %reason, "OVSDB connection lost");
-                    self.shared.connected.send_replace(None);
-                    let _ = self
-                        .shared
-                        .events
-                        .send(ConnectionEvent::Disconnected { generation, reason });
+                    self.shared.publish(
+                        None,
+                        Some(ConnectionEvent::Disconnected { generation, reason }),
+                    );
                     for lock in &self.locks {
                         let _ = self.shared.locks.send(LockEvent::Lost(lock.clone()));
                     }
@@ -669,10 +701,12 @@ impl Worker {
     }
 
     fn announce_connected(&self) {
-        self.shared.connected.send_replace(Some(self.generation));
-        let _ = self.shared.events.send(ConnectionEvent::Connected {
-            generation: self.generation,
-        });
+        self.shared.publish(
+            Some(self.generation),
+            Some(ConnectionEvent::Connected {
+                generation: self.generation,
+            }),
+        );
     }
 
     async fn handle_command(

@@ -11,26 +11,23 @@
 //! - [`monitor`]: `monitor`/`monitor_cond` requests and `update`/`update2` notifications;
 //! - [`client`]: the connection (Unix or TCP), requests, `echo`, locks,
 //!   reconnect with backoff and monitor re-establishment;
-//! - [`cache`]: a local replica of the Open_vSwitch/Bridge/Port/Interface
-//!   tables fed by a monitor, with `wait_for(condition, timeout)`;
 //! - [`vswitch`]: typed helpers for the agent (bridges, ports, ofports,
-//!   `other_config`).
+//!   `other_config`); each reads or writes in one transaction, there is no
+//!   local replica of the tables.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchyard_ovs::ovsdb::Error> {
 //! use std::time::Duration;
-//! use switchyard_ovs::ovsdb::{BridgeSpec, Client, PortSpec, VswitchCache};
+//! use switchyard_ovs::ovsdb::{BridgeSpec, Client, PortSpec};
 //! let client = Client::connect("unix:/var/run/openvswitch/db.sock").await?;
 //! client.ensure_bridge(&BridgeSpec::netdev("br-int")).await?;
-//! let cache = VswitchCache::start(&client).await?;
 //! client
 //!     .add_port("br-int", &PortSpec::new("veth1234").with_tag(100).with_external_id("pod", "ns/a"))
 //!     .await?;
-//! let ofport = cache.wait_for_ofport("veth1234", Duration::from_secs(5)).await?;
+//! let ofport = client.interface_ofport("veth1234", Duration::from_secs(5)).await?;
 //! # let _ = ofport; Ok(()) }
 //! ```
 
-pub mod cache;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -40,7 +37,6 @@ pub mod schema;
 pub mod types;
 pub mod vswitch;
 
-pub use cache::{Snapshot, VswitchCache};
 pub use client::{Client, ClientConfig, ConnectionEvent, Endpoint, LockEvent};
 pub use codec::{CodecError, JsonCodec};
 pub use error::{Error, Result};

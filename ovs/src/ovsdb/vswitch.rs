@@ -912,7 +912,7 @@ impl Client {
 
     /// Increments `Open_vSwitch.next_cfg` and returns the new value; once
     /// `cur_cfg` reaches it, ovs-vswitchd has applied every change committed
-    /// before (what `ovs-vsctl` waits for). See [`super::VswitchCache::wait_cur_cfg`].
+    /// before (what `ovs-vsctl` waits for); read it with [`Client::open_vswitch`].
     pub async fn increment_next_cfg(&self) -> Result<i64> {
         let results = self
             .transact(

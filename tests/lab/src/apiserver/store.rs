@@ -1278,17 +1278,7 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-        if opts
-            .precondition_uid
-            .as_ref()
-            .is_some_and(|u| Some(u) != meta(&obj, "uid").as_ref())
-            || opts
-                .precondition_rv
-                .as_ref()
-                .is_some_and(|r| Some(r) != meta(&obj, "resourceVersion").as_ref())
-        {
-            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
-        }
+        Self::check_delete_preconditions(rt, name, &obj, opts)?;
         let has_finalizers = obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -1376,14 +1366,29 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-        if opts
-            .precondition_uid
-            .as_ref()
-            .is_some_and(|u| Some(u) != meta(&obj, "uid").as_ref())
+        Self::check_delete_preconditions(rt, name, &obj, opts)?;
+        Ok(self.remove_locked(&mut st, rt, &key).unwrap_or(obj))
+    }
+
+    /// `preconditions.uid` and `preconditions.resourceVersion` of a DELETE: a mismatch is
+    /// 409 Conflict and nothing is deleted, as in kube-apiserver.
+    fn check_delete_preconditions(
+        rt: &ResourceType,
+        name: &str,
+        obj: &Value,
+        opts: &DeleteOptions,
+    ) -> Result<(), ApiError> {
+        let differs = |wanted: &Option<String>, field: &str| {
+            wanted
+                .as_ref()
+                .is_some_and(|w| Some(w) != meta(obj, field).as_ref())
+        };
+        if differs(&opts.precondition_uid, "uid")
+            || differs(&opts.precondition_rv, "resourceVersion")
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
-        Ok(self.remove_locked(&mut st, rt, &key).unwrap_or(obj))
+        Ok(())
     }
 
     fn finish_graceful_delete(&self, rt: &ResourceType, key: &ObjectKey, uid: Option<&str>) {
@@ -1540,6 +1545,62 @@ mod tests {
         let (seen, remaining) = all_pages(&s, &cm, None, q, |_| {});
         assert_eq!(seen.len(), 9);
         assert_eq!(remaining, vec![7, 5, 3, 1, 0]);
+    }
+
+    #[test]
+    fn delete_unscheduled_honours_the_preconditions() {
+        let s = store(None);
+        let ns_rt = rt(&s, "namespaces");
+        let cm = rt(&s, "configmaps");
+        s.create(&ns_rt, None, json!({"metadata": {"name": "a"}}))
+            .expect("namespace");
+        let created = s
+            .create(&cm, Some("a"), json!({"metadata": {"name": "c"}}))
+            .expect("configmap");
+        let stale_rv = meta(&created, "resourceVersion").expect("resourceVersion");
+        let uid = meta(&created, "uid").expect("uid");
+        let updated = s
+            .update(
+                &cm,
+                "a",
+                "c",
+                json!({"metadata": {"name": "c"}, "data": {"k": "v"}}),
+                false,
+            )
+            .expect("update");
+        let current_rv = meta(&updated, "resourceVersion").expect("resourceVersion");
+        assert_ne!(stale_rv, current_rv);
+
+        for opts in [
+            DeleteOptions {
+                precondition_rv: Some(stale_rv),
+                ..DeleteOptions::default()
+            },
+            DeleteOptions {
+                precondition_uid: Some("not-the-uid".into()),
+                ..DeleteOptions::default()
+            },
+        ] {
+            let err = s
+                .delete_unscheduled(&cm, "a", "c", &opts)
+                .expect_err("stale precondition");
+            assert_eq!((err.code, err.reason), (409, "Conflict"), "{opts:?}");
+            let still = s.get(&cm, "a", "c").expect("still there");
+            assert_eq!(
+                meta(&still, "resourceVersion").as_ref(),
+                Some(&current_rv),
+                "{opts:?}"
+            );
+        }
+
+        let opts = DeleteOptions {
+            precondition_uid: Some(uid),
+            precondition_rv: Some(current_rv),
+            ..DeleteOptions::default()
+        };
+        s.delete_unscheduled(&cm, "a", "c", &opts)
+            .expect("current preconditions");
+        assert_eq!(s.get(&cm, "a", "c").expect_err("deleted").code, 404);
     }
 
     #[test]
