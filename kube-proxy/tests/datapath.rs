@@ -152,14 +152,7 @@ async fn service_without_endpoints_rejects_at_once() {
     let _ = &lab;
     // Once the proxy has synced, curl exits with 7 (could not connect:
     // connection refused) at once: no SYN retransmission, no timeout.
-    eventually("the proxy to sync", &debug, || async {
-        proxy
-            .get("/healthz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-            .then_some(())
-    })
-    .await;
+    proxy.wait_synced(&debug).await;
     for _ in 0..5 {
         let started = Instant::now();
         let result = node.pod("client").curl(vip).await;
@@ -270,14 +263,7 @@ async fn internal_traffic_policy_local_uses_local_endpoints_or_drops() {
     .await;
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
-    eventually("the proxy to sync", &debug, || async {
-        proxy
-            .get("/healthz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-            .then_some(())
-    })
-    .await;
+    proxy.wait_synced(&debug).await;
     eventually("a drop (curl times out)", &debug, || async {
         // 28: operation timed out (a reject would be 7).
         matches!(node.pod("client").curl(vip).await, Err((28, _))).then_some(())
@@ -537,14 +523,7 @@ async fn proxy_restart_keeps_connections_and_service() {
     // Proxy back: it adopts the groups and replaces its flows without a gap.
     let proxy = ProxyProcess::start(&lab, &node, "second", &[]);
     let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
-    eventually("the new proxy to sync", &debug, || async {
-        proxy
-            .get("/healthz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-            .then_some(())
-    })
-    .await;
+    proxy.wait_synced(&debug).await;
     assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
     assert_eq!(group_ids(&node), groups_before, "{}", debug());
     for _ in 0..5 {
@@ -714,14 +693,7 @@ async fn udp_service_without_endpoints_refuses_at_once() {
     let vip = SocketAddr::from((vip, 53));
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
-    eventually("the proxy to sync", &debug, || async {
-        proxy
-            .get("/healthz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-            .then_some(())
-    })
-    .await;
+    proxy.wait_synced(&debug).await;
     // A connected UDP socket sees the ICMP port unreachable as ECONNREFUSED.
     let socket = common::in_netns(node.pod("client").ns(), move || {
         let socket = std::net::UdpSocket::bind(("0.0.0.0", 0))?;

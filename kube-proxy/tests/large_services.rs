@@ -245,14 +245,7 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     proxy.kill();
     let proxy = ProxyProcess::start(&lab, &node, "second", &["--buckets-per-group=2"]);
     let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
-    eventually("the restarted proxy to sync", &debug, || async {
-        proxy
-            .get("/healthz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-            .then_some(())
-    })
-    .await;
+    proxy.wait_synced(&debug).await;
     assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
     assert_eq!(node.dump_groups(), groups, "{}", debug());
 

@@ -24,6 +24,21 @@ async fn send(s: &mut UnixStream, xid: u32, m: Message) {
     s.write_all(&m.to_bytes(xid).unwrap()).await.unwrap();
 }
 
+/// A listening socket for a fake switch, in a directory removed on drop.
+fn fake_switch_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixListener) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("br.mgmt");
+    let l = UnixListener::bind(&path).unwrap();
+    (dir, path, l)
+}
+
+/// Client settings without echo probes (the fake switch answers none).
+fn without_probes(path: &std::path::Path) -> ClientConfig {
+    let mut cfg = ClientConfig::new(path);
+    cfg.probe_interval = None;
+    cfg
+}
+
 /// Accepts one connection and does what an OVS bridge does up to the
 /// client's setup barrier; returns the stream.
 async fn accept_and_setup(l: &UnixListener, versions: u32) -> UnixStream {
@@ -46,9 +61,7 @@ async fn accept_and_setup(l: &UnixListener, versions: u32) -> UnixStream {
 
 #[tokio::test]
 async fn refuses_a_switch_without_openflow15_or_13() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("br.mgmt");
-    let l = UnixListener::bind(&path).unwrap();
+    let (_dir, path, l) = fake_switch_socket();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         // OpenFlow 1.0 only (a 1.3-only switch is served: see openflow_ovs).
@@ -78,9 +91,7 @@ async fn connect_error_names_the_socket() {
 
 #[tokio::test]
 async fn answers_echo_fails_in_flight_requests_and_reconnects() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("br.mgmt");
-    let l = UnixListener::bind(&path).unwrap();
+    let (_dir, path, l) = fake_switch_socket();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let mut s = accept_and_setup(&l, 1 << 6).await;
@@ -147,9 +158,7 @@ async fn answers_echo_fails_in_flight_requests_and_reconnects() {
 
 #[tokio::test]
 async fn drops_a_switch_that_stops_answering_echo_and_reconnects() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("br.mgmt");
-    let l = UnixListener::bind(&path).unwrap();
+    let (_dir, path, l) = fake_switch_socket();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let mut s = accept_and_setup(&l, 1 << 6).await;
@@ -173,9 +182,7 @@ async fn drops_a_switch_that_stops_answering_echo_and_reconnects() {
 async fn a_header_shorter_than_eight_bytes_is_a_framing_error_and_reconnects() {
     // Before: the length-delimited reader yielded empty frames forever on a
     // length of 0 and the client spun at 100% CPU on a dead stream.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("br.mgmt");
-    let l = UnixListener::bind(&path).unwrap();
+    let (_dir, path, l) = fake_switch_socket();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let mut s = accept_and_setup(&l, 1 << 6).await;
@@ -187,9 +194,7 @@ async fn a_header_shorter_than_eight_bytes_is_a_framing_error_and_reconnects() {
         let _ = done_rx.await;
         drop(s);
     });
-    let mut cfg = ClientConfig::new(&path);
-    cfg.probe_interval = None;
-    let c = Client::connect(cfg).await.unwrap();
+    let c = Client::connect(without_probes(&path)).await.unwrap();
     let err = c.barrier().await.unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");
     let generation = c.wait_connected(2, Duration::from_secs(10)).await.unwrap();
@@ -203,9 +208,7 @@ async fn a_request_that_times_out_drops_the_connection_and_reconnects() {
     // A request without an answer leaves its outcome unknown and the stream
     // possibly stuck: the client reconnects, and callers see the new
     // generation (the proxy then reinstalls everything).
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("br.mgmt");
-    let l = UnixListener::bind(&path).unwrap();
+    let (_dir, path, l) = fake_switch_socket();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let mut s = accept_and_setup(&l, 1 << 6).await;
@@ -220,8 +223,7 @@ async fn a_request_that_times_out_drops_the_connection_and_reconnects() {
         let _ = done_rx.await;
         drop(s);
     });
-    let mut cfg = ClientConfig::new(&path);
-    cfg.probe_interval = None;
+    let mut cfg = without_probes(&path);
     cfg.request_timeout = Duration::from_millis(300);
     let c = Client::connect(cfg).await.unwrap();
     let err = c.barrier().await.unwrap_err();
@@ -237,9 +239,7 @@ async fn a_request_that_times_out_drops_the_connection_and_reconnects() {
 async fn a_message_over_64k_is_refused_before_anything_of_its_batch_is_sent() {
     // Before: the 16-bit length fields saturated, the switch read garbage
     // ("received OpenFlow version 0x00") and the stream was corrupted.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("br.mgmt");
-    let l = UnixListener::bind(&path).unwrap();
+    let (_dir, path, l) = fake_switch_socket();
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<Vec<Message>>();
     let server = tokio::spawn(async move {
         let mut s = accept_and_setup(&l, 1 << 6).await;
@@ -255,9 +255,7 @@ async fn a_message_over_64k_is_refused_before_anything_of_its_batch_is_sent() {
         }
         let _ = seen_tx.send(seen);
     });
-    let mut cfg = ClientConfig::new(&path);
-    cfg.probe_interval = None;
-    let c = Client::connect(cfg).await.unwrap();
+    let c = Client::connect(without_probes(&path)).await.unwrap();
     let big = big_group(5_000);
     let small = FlowMod::add(Flow::new(0, 1).action(Action::Output(port::NORMAL)));
     let err = c

@@ -616,6 +616,17 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until `/healthz` says the proxy has synced (200).
+    pub async fn wait_synced(&self, debug: impl Fn() -> String) {
+        eventually("the proxy to sync", debug, || async {
+            self.get("/healthz")
+                .await
+                .is_some_and(|(status, _)| status == 200)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Kills the proxy (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
