@@ -22,7 +22,7 @@ pub mod group {
     pub const PROXY_LAST: u32 = 0x7fff_ffff;
 }
 
-/// Who owns a flow.
+/// Which daemon owns a flow (its cookie space) or programs a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Owner {

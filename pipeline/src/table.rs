@@ -14,8 +14,9 @@
 //! [`EGRESS_POLICY`] (right after endpoint DNAT) and [`INGRESS_POLICY`]
 //! (right after L2 forwarding). Nothing is installed in them and
 //! [`Table::next`] skips them, so the packet's path today is the one it
-//! was before they were declared. The feature that takes a slot marks it in
-//! use (`Use::Active`) and installs its flows; every flow that continues at
+//! was before they were declared. The feature that takes a slot declares it
+//! with `Table::new` (in use, with its miss behaviour) instead of
+//! `Table::reserved` and installs its flows; every flow that continues at
 //! "the next table" then passes through it, without a table number changing.
 //! Their numbers sit in gaps of the existing layout, so no table in use
 //! moved: flows already on a bridge (which a restarted proxy reads back by
@@ -107,7 +108,7 @@ pub enum Miss {
 
 /// Whether a declared table is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Use {
+enum Use {
     /// Flows are installed and [`Table::next`] leads here.
     Active,
     /// A named slot for a coming feature: no flows, skipped by
