@@ -238,48 +238,53 @@ fn documentation_pages_exist_and_link_each_other() {
 
 #[test]
 fn pipeline_page_matches_the_shared_pipeline_definition() {
-    use switchyard_ovs::pipeline::{self, table, zone};
+    use switchyard_pipeline::{self as pipeline, priority, table, zone};
     let page = page("pipeline.md");
-    let start = page.find("<!-- pipeline-tables").expect("marker");
-    let end = page.find("<!-- end pipeline-tables").expect("end marker");
-    let mut documented = BTreeMap::new();
-    for line in page[start..end]
-        .lines()
-        .filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
-    {
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        let number: u8 = cells[0].parse().unwrap();
-        documented.insert(
-            number,
-            (cells[1].trim_matches('`').to_string(), cells[2].to_string()),
+    let rows = |marker: &str| -> Vec<Vec<String>> {
+        let start = page
+            .find(&format!("<!-- {marker}"))
+            .unwrap_or_else(|| panic!("marker {marker}"));
+        let end = page
+            .find(&format!("<!-- end {marker}"))
+            .unwrap_or_else(|| panic!("end marker {marker}"));
+        page[start..end]
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
+            .map(|l| {
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect()
+    };
+    // Every declared table, reserved slots included, in pipeline order,
+    // with its stage and owner; exactly the reserved ones say so.
+    let documented = rows("pipeline-tables");
+    let declared = table::PIPELINE;
+    assert_eq!(documented.len(), declared.len(), "{documented:?}");
+    for (row, t) in documented.iter().zip(declared) {
+        assert_eq!(row[0], t.id().to_string(), "number of {t}");
+        assert_eq!(row[1].trim_matches('`'), t.name(), "table {}", t.id());
+        assert_eq!(row[2], format!("{:?}", t.stage()), "stage of {t}");
+        let expected_owner = match t.owner() {
+            pipeline::Owner::Agent => "agent",
+            pipeline::Owner::Proxy => "proxy",
+        };
+        assert_eq!(row[3], expected_owner, "owner of table {t}");
+        assert_eq!(
+            row[4].starts_with("*reserved slot*"),
+            t.is_reserved(),
+            "reserved slot {t}: {}",
+            row[4]
         );
     }
-    let actual = [
-        (table::CLASSIFIER, "CLASSIFIER"),
-        (table::SPOOF_GUARD, "SPOOF_GUARD"),
-        (table::ARP_RESPONDER, "ARP_RESPONDER"),
-        (table::CONNTRACK, "CONNTRACK"),
-        (table::CONNTRACK_STATE, "CONNTRACK_STATE"),
-        (table::SESSION_AFFINITY, "SESSION_AFFINITY"),
-        (table::SERVICE_LB, "SERVICE_LB"),
-        (table::ENDPOINT_DNAT, "ENDPOINT_DNAT"),
-        (table::L3_FORWARDING, "L3_FORWARDING"),
-        (table::L2_FORWARDING, "L2_FORWARDING"),
-        (table::CONNTRACK_COMMIT, "CONNTRACK_COMMIT"),
-        (table::OUTPUT, "OUTPUT"),
-    ];
-    assert_eq!(documented.len(), actual.len(), "{documented:?}");
-    for (number, name) in actual {
-        let (doc_name, owner) = documented
-            .get(&number)
-            .unwrap_or_else(|| panic!("docs/pipeline.md lacks table {number} ({name})"));
-        assert_eq!(doc_name, name, "table {number}");
-        let expected_owner = if table::PROXY_TABLES.contains(&number) {
-            "proxy"
-        } else {
-            "agent"
-        };
-        assert_eq!(owner, expected_owner, "owner of table {number}");
+    // Every named priority.
+    let documented = rows("pipeline-priorities");
+    assert_eq!(documented.len(), priority::ALL.len(), "{documented:?}");
+    for (row, (name, value)) in documented.iter().zip(priority::ALL) {
+        assert_eq!(row[0], value.value().to_string(), "priority {name}");
+        assert_eq!(row[1].trim_matches('`'), name);
     }
     for (zone, what) in [
         (zone::POD, "pod"),
@@ -287,8 +292,9 @@ fn pipeline_page_matches_the_shared_pipeline_definition() {
         (zone::HAIRPIN, "hairpin"),
     ] {
         assert!(
-            page.contains(&format!("zone `{zone:#x}`")),
-            "zone {what} {zone:#x}"
+            page.contains(&format!("zone `{:#x}`", zone.id())),
+            "zone {what} {:#x}",
+            zone.id()
         );
     }
     assert!(page.contains(&pipeline::HAIRPIN_SNAT_IP.to_string()));

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_ovs::openflow::{Client, CtTuple, Error};
-use switchyard_ovs::pipeline::zone;
 use switchyard_ovs::unixctl::Unixctl;
+use switchyard_pipeline::zone;
 use tracing::{debug, warn};
 
 use crate::diff::{StaleUdpEndpoint, StaleUdpFrontend};
@@ -134,13 +134,13 @@ impl ConntrackFlusher {
         for stale in endpoints {
             let (orig, reply) = endpoint_tuples(stale);
             self.client
-                .ct_flush(Some(zone::POD), IPPROTO_UDP, orig, reply)
+                .ct_flush(Some(zone::POD.id()), IPPROTO_UDP, orig, reply)
                 .await?;
         }
         for stale in frontends {
             self.client
                 .ct_flush(
-                    Some(zone::POD),
+                    Some(zone::POD.id()),
                     IPPROTO_UDP,
                     frontend_tuple(stale),
                     CtTuple::default(),

@@ -1,5 +1,6 @@
 //! The proxy's OpenFlow flows and groups as pure functions of the desired
-//! state (tables, registers and zones are `switchyard_ovs::pipeline`'s).
+//! state (tables, registers, zones and priorities are declared in
+//! `switchyard_pipeline`).
 //!
 //! Per Service port with group id `G` (cookie object `G`):
 //!
@@ -38,17 +39,18 @@
 //! [`LEARNED_GENERATION`], which full resyncs never delete.
 //!
 //! Generic flows (cookie object 0): the two session-affinity helpers above,
-//! and the hairpin flows described in `switchyard_ovs::pipeline`'s module
+//! and the hairpin flows described in `switchyard_pipeline`'s crate
 //! docs (one per local endpoint address in L3_FORWARDING).
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use switchyard_ovs::openflow::{
-    Action, Bucket, Ct, CtZone, Field, Flow, Group, GroupType, Learn, LearnSpec, MatchField, Nat,
-    PacketInReason, SelectionMethod, SubField, ct_state, port,
+    Action, Bucket, Ct, Field, Flow, Group, GroupType, Learn, LearnSpec, MatchField, Nat,
+    PacketInReason, SelectionMethod, ct_state, port,
 };
-use switchyard_ovs::pipeline::{
-    Cookie, HAIRPIN_SNAT_IP, Owner, ServiceState, ct_mark, reg, table, zone,
+use switchyard_pipeline::{
+    Cookie, EndpointPortAndState, HAIRPIN_SNAT_IP, Owner, ServiceState, ct_mark, priority, reg,
+    table, zone,
 };
 
 use crate::diff::GroupId;
@@ -73,52 +75,17 @@ pub const REJECT_USERDATA: &[u8] = b"SYRJ";
 /// (the API allows up to a day) are capped to it.
 pub const MAX_AFFINITY_TIMEOUT: u16 = u16::MAX;
 
-/// Priorities of the proxy's flows.
-pub mod priority {
-    /// Frontends, learned affinity flows and endpoint DNAT.
-    pub const SERVICE: u16 = 200;
-    /// SERVICE_LB: state Selected goes to ENDPOINT_DNAT.
-    pub const SELECTED: u16 = 100;
-    /// SESSION_AFFINITY: state NeedsEndpoint without a learned flow.
-    pub const AFFINITY_MISS: u16 = 1;
-    /// Hairpin flows outside the proxy's tables (above the agent's).
-    pub const HAIRPIN: u16 = 300;
-}
-
 /// The proxy's cookie for `generation` and `object`.
 pub fn cookie(generation: u8, object: u32) -> u64 {
     Cookie::new(Owner::Proxy, generation, object).value()
 }
 
-fn state_bits() -> SubField {
-    SubField::bits(
-        Field::Reg(reg::ENDPOINT_PORT_AND_STATE),
-        u16::from(reg::SERVICE_STATE_BITS.0),
-        u16::from(reg::SERVICE_STATE_BITS.1),
-    )
-}
-
-fn port_and_state_bits() -> SubField {
-    SubField::bits(
-        Field::Reg(reg::ENDPOINT_PORT_AND_STATE),
-        u16::from(reg::ENDPOINT_PORT_BITS.0),
-        u16::from(reg::SERVICE_STATE_BITS.1),
-    )
-}
-
-fn hairpin_bit() -> SubField {
-    let bit = u16::from(reg::HAIRPIN_BIT);
-    SubField::bits(Field::Reg(reg::ENDPOINT_PORT_AND_STATE), bit, bit)
-}
-
-fn match_state(state: ServiceState) -> MatchField {
-    let (lo, hi) = reg::SERVICE_STATE_BITS;
-    let mask = ((1u32 << (hi - lo + 1)) - 1) << lo;
-    MatchField::reg_masked(reg::ENDPOINT_PORT_AND_STATE, (state as u32) << lo, mask)
-}
-
-fn port_and_state_value(port: u16, state: ServiceState) -> u32 {
-    u32::from(port) | ((state as u32) << reg::SERVICE_STATE_BITS.0)
+/// The endpoint's port with state EndpointSelected (reg4[0..17]).
+fn selected(port: u16) -> EndpointPortAndState {
+    EndpointPortAndState {
+        port,
+        state: ServiceState::EndpointSelected,
+    }
 }
 
 /// IP protocol number.
@@ -161,17 +128,16 @@ fn with_matches(mut flow: Flow, matches: Vec<MatchField>) -> Flow {
     flow
 }
 
-/// `ct(commit,zone=POD,nat(dst=EP:PORT),exec(ct_mark=SERVICE),table=L3_FORWARDING)`.
+/// `ct(commit,zone=POD,nat(dst=EP:PORT),exec(ct_mark=SERVICE),table=...)`,
+/// continuing after the Service stage (L3_FORWARDING, or the egress policy
+/// slot once it is in use).
 pub fn dnat_action(endpoint_ip: Ipv4Addr, endpoint_port: u16) -> Action {
     Action::Ct(Ct {
         commit: true,
-        zone: CtZone::Immediate(zone::POD),
-        table: Some(table::L3_FORWARDING),
+        zone: zone::POD.ct(),
+        table: Some(table::ENDPOINT_DNAT.next().id()),
         nat: Some(Nat::dst(IpAddr::V4(endpoint_ip), Some(endpoint_port))),
-        exec: vec![Action::load(
-            SubField::whole(Field::CtMark),
-            u128::from(ct_mark::SERVICE),
-        )],
+        exec: vec![ct_mark::SERVICE.set()],
         ..Ct::default()
     })
 }
@@ -187,7 +153,7 @@ pub fn port_flows(
     let note = Action::note(name.to_string().as_bytes());
     let frontend = || {
         with_matches(
-            Flow::new(table::SERVICE_LB, priority::SERVICE).cookie(c),
+            table::SERVICE_LB.flow(priority::SERVICE).cookie(c),
             frontend_match(state),
         )
     };
@@ -195,7 +161,7 @@ pub fn port_flows(
     match state.no_endpoints_action() {
         Some(NoEndpointsAction::Reject) => flows.push(
             frontend()
-                .matching(match_state(ServiceState::None))
+                .matching(reg::SERVICE_STATE.matching(ServiceState::None))
                 .action(note)
                 .action(Action::controller(
                     PacketInReason::Action,
@@ -204,24 +170,21 @@ pub fn port_flows(
         ),
         Some(NoEndpointsAction::Drop) => flows.push(
             frontend()
-                .matching(match_state(ServiceState::None))
+                .matching(reg::SERVICE_STATE.matching(ServiceState::None))
                 .action(note),
         ),
         None if state.session_affinity.is_some() => {
             flows.push(
                 frontend()
-                    .matching(match_state(ServiceState::None))
+                    .matching(reg::SERVICE_STATE.matching(ServiceState::None))
                     .action(note)
-                    .action(Action::load(
-                        state_bits(),
-                        ServiceState::NeedsEndpoint as u128,
-                    ))
-                    .action(Action::resubmit_table(table::SESSION_AFFINITY))
-                    .action(Action::resubmit_table(table::SERVICE_LB)),
+                    .action(reg::SERVICE_STATE.load(ServiceState::NeedsEndpoint))
+                    .action(table::SESSION_AFFINITY.resubmit())
+                    .action(table::SERVICE_LB.resubmit()),
             );
             flows.push(
                 frontend()
-                    .matching(match_state(ServiceState::NeedsEndpoint))
+                    .matching(reg::SERVICE_STATE.matching(ServiceState::NeedsEndpoint))
                     .action(Action::Group(group_id)),
             );
             flows.extend(
@@ -232,12 +195,9 @@ pub fn port_flows(
         }
         None => flows.push(
             frontend()
-                .matching(match_state(ServiceState::None))
+                .matching(reg::SERVICE_STATE.matching(ServiceState::None))
                 .action(note)
-                .action(Action::load(
-                    state_bits(),
-                    ServiceState::NeedsEndpoint as u128,
-                ))
+                .action(reg::SERVICE_STATE.load(ServiceState::NeedsEndpoint))
                 .action(Action::Group(group_id)),
         ),
     }
@@ -261,15 +221,13 @@ pub fn affinity_dnat_flow(
     let timeout = state.session_affinity?;
     Some(
         with_matches(
-            Flow::new(table::ENDPOINT_DNAT, priority::SERVICE).cookie(cookie(generation, group_id)),
+            table::ENDPOINT_DNAT
+                .flow(priority::SERVICE)
+                .cookie(cookie(generation, group_id)),
             frontend_match(state),
         )
-        .matching(MatchField::reg(reg::ENDPOINT_IP, u32::from(endpoint.ip)))
-        .matching(MatchField::reg_masked(
-            reg::ENDPOINT_PORT_AND_STATE,
-            port_and_state_value(endpoint.port, ServiceState::EndpointSelected),
-            0x3_ffff,
-        ))
+        .matching(reg::ENDPOINT_IP.matching(endpoint.ip))
+        .matching(reg::ENDPOINT_PORT_AND_STATE.matching(selected(endpoint.port)))
         .action(affinity_learn(group_id, state, timeout))
         .action(dnat_action(endpoint.ip, endpoint.port)),
     )
@@ -279,9 +237,9 @@ pub fn affinity_dnat_flow(
 fn affinity_learn(group_id: GroupId, state: &ServicePortState, timeout: u32) -> Action {
     let timeout = u16::try_from(timeout).unwrap_or(MAX_AFFINITY_TIMEOUT);
     Action::Learn(Learn {
-        table: table::SESSION_AFFINITY,
+        table: table::SESSION_AFFINITY.id(),
         idle_timeout: timeout,
-        priority: priority::SERVICE,
+        priority: priority::SERVICE.value(),
         cookie: cookie(LEARNED_GENERATION, group_id),
         specs: vec![
             LearnSpec::match_value(Field::EthType, u128::from(ETH_TYPE_IP)),
@@ -290,13 +248,16 @@ fn affinity_learn(group_id: GroupId, state: &ServicePortState, timeout: u32) -> 
             LearnSpec::copy_match(Field::Ipv4Dst),
             LearnSpec::copy_match(dst_port_field(state.protocol)),
             LearnSpec::MatchValue {
-                dst: state_bits(),
+                dst: reg::SERVICE_STATE.subfield(),
                 value: ServiceState::NeedsEndpoint as u128,
             },
-            LearnSpec::load_field(Field::Reg(reg::ENDPOINT_IP), Field::Reg(reg::ENDPOINT_IP)),
             LearnSpec::LoadField {
-                src: port_and_state_bits(),
-                dst: port_and_state_bits(),
+                src: reg::ENDPOINT_IP.subfield(),
+                dst: reg::ENDPOINT_IP.subfield(),
+            },
+            LearnSpec::LoadField {
+                src: reg::ENDPOINT_PORT_AND_STATE.subfield(),
+                dst: reg::ENDPOINT_PORT_AND_STATE.subfield(),
             },
         ],
         ..Learn::default()
@@ -321,18 +282,9 @@ pub fn port_group(group_id: GroupId, state: &ServicePortState) -> Group {
 pub fn endpoint_bucket(index: usize, endpoint: &Endpoint, state: &ServicePortState) -> Bucket {
     let actions = if state.session_affinity.is_some() {
         vec![
-            Action::load(
-                SubField::whole(Field::Reg(reg::ENDPOINT_IP)),
-                u128::from(u32::from(endpoint.ip)),
-            ),
-            Action::load(
-                port_and_state_bits(),
-                u128::from(port_and_state_value(
-                    endpoint.port,
-                    ServiceState::EndpointSelected,
-                )),
-            ),
-            Action::resubmit_table(table::ENDPOINT_DNAT),
+            reg::ENDPOINT_IP.load(endpoint.ip),
+            reg::ENDPOINT_PORT_AND_STATE.load(selected(endpoint.port)),
+            table::ENDPOINT_DNAT.resubmit(),
         ]
     } else {
         vec![dnat_action(endpoint.ip, endpoint.port)]
@@ -365,38 +317,40 @@ pub fn select_group(
     }
 }
 
+/// Flows that do not depend on any Service: the session-affinity helpers and
+/// the hairpin flows that are not per address.
 pub fn generic_flows(generation: u8) -> Vec<Flow> {
     let c = cookie(generation, GENERIC_OBJECT);
     vec![
         // Inside the affinity resubmit: no learned flow, load nothing.
-        Flow::new(table::SESSION_AFFINITY, priority::AFFINITY_MISS)
+        table::SESSION_AFFINITY
+            .flow(priority::AFFINITY_MISS)
             .cookie(c)
-            .matching(match_state(ServiceState::NeedsEndpoint)),
+            .matching(reg::SERVICE_STATE.matching(ServiceState::NeedsEndpoint)),
         // A learned flow chose the endpoint: DNAT to it.
-        Flow::new(table::SERVICE_LB, priority::SELECTED)
+        table::SERVICE_LB
+            .flow(priority::SERVICE_SELECTED)
             .cookie(c)
-            .matching(match_state(ServiceState::EndpointSelected))
-            .action(Action::GotoTable(table::ENDPOINT_DNAT)),
+            .matching(reg::SERVICE_STATE.matching(ServiceState::EndpointSelected))
+            .action(table::SERVICE_LB.next().goto()),
         // A reply to a hairpin connection: un-SNAT, then the pod zone.
-        Flow::new(table::CONNTRACK, priority::HAIRPIN)
+        table::CONNTRACK
+            .flow(priority::HAIRPIN)
             .cookie(c)
             .matching(MatchField::eth_type(ETH_TYPE_IP))
             .matching(MatchField::ipv4_dst(HAIRPIN_SNAT_IP, 32))
-            .action(Action::load(hairpin_bit(), 1))
+            .action(reg::HAIRPIN_SET.load())
             .action(Action::Ct(Ct {
-                zone: CtZone::Immediate(zone::HAIRPIN),
-                table: Some(table::CONNTRACK),
+                zone: zone::HAIRPIN.ct(),
+                table: Some(table::CONNTRACK.id()),
                 nat: Some(Nat::existing()),
                 ..Ct::default()
             })),
         // Hairpin packets leave through the port they came in on.
-        Flow::new(table::OUTPUT, priority::HAIRPIN)
+        table::OUTPUT
+            .flow(priority::HAIRPIN)
             .cookie(c)
-            .matching(MatchField::reg_masked(
-                reg::ENDPOINT_PORT_AND_STATE,
-                1 << reg::HAIRPIN_BIT,
-                1 << reg::HAIRPIN_BIT,
-            ))
+            .matching(reg::HAIRPIN_SET.matching())
             .action(Action::Output(port::IN_PORT)),
     ]
 }
@@ -404,7 +358,8 @@ pub fn generic_flows(generation: u8) -> Vec<Flow> {
 /// The hairpin flow for one local endpoint address: a service connection
 /// from `ip` DNATed to `ip` is SNATed to [`HAIRPIN_SNAT_IP`].
 pub fn hairpin_flow(generation: u8, ip: Ipv4Addr) -> Flow {
-    Flow::new(table::L3_FORWARDING, priority::HAIRPIN)
+    table::L3_FORWARDING
+        .flow(priority::HAIRPIN)
         .cookie(cookie(generation, GENERIC_OBJECT))
         .matching(MatchField::eth_type(ETH_TYPE_IP))
         .matching(MatchField::ipv4_src(ip, 32))
@@ -413,18 +368,15 @@ pub fn hairpin_flow(generation: u8, ip: Ipv4Addr) -> Flow {
             ct_state::TRK,
             ct_state::TRK | ct_state::RPL,
         ))
-        .matching(MatchField::ct_zone(zone::POD))
-        .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
-        .action(Action::load(hairpin_bit(), 1))
+        .matching(zone::POD.matching())
+        .matching(ct_mark::SERVICE.matching())
+        .action(reg::HAIRPIN_SET.load())
         .action(Action::Ct(Ct {
             commit: true,
-            zone: CtZone::Immediate(zone::HAIRPIN),
-            table: Some(table::L3_FORWARDING),
+            zone: zone::HAIRPIN.ct(),
+            table: Some(table::L3_FORWARDING.id()),
             nat: Some(Nat::src(IpAddr::V4(HAIRPIN_SNAT_IP), None)),
-            exec: vec![Action::load(
-                SubField::whole(Field::CtMark),
-                u128::from(ct_mark::SERVICE | ct_mark::HAIRPIN),
-            )],
+            exec: vec![ct_mark::SERVICE.with(ct_mark::HAIRPIN).set()],
             ..Ct::default()
         }))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchyard_ovs::openflow::{Client, ClientConfig};
-use switchyard_ovs::pipeline::group as group_ids;
+use switchyard_pipeline::group as group_ids;
 use switchyard_proxy::config::Flags;
 use switchyard_proxy::conntrack::ConntrackFlusher;
 use switchyard_proxy::groups::{GroupLayout, PORT_GROUP_LAST};

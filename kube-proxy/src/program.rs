@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use switchyard_ovs::openflow::{FlowMod, GroupMod, MatchField, TxMessage};
-use switchyard_ovs::pipeline::{Cookie, Owner, table};
+use switchyard_pipeline::{Cookie, Owner, table};
 
 use crate::diff::{ChangeSet, ChangedPort, GroupId, GroupIdAllocator};
 use crate::flows::{
@@ -285,7 +285,7 @@ fn changed_port(
         }
     }
     if any_removed {
-        let mut delete = FlowMod::delete(table::SESSION_AFFINITY, Vec::<MatchField>::new());
+        let mut delete = FlowMod::delete(table::SESSION_AFFINITY.id(), Vec::<MatchField>::new());
         delete.flow.cookie = cookie(LEARNED_GENERATION, group_id);
         delete.cookie_mask = u64::MAX;
         flow_deletes.push(delete.into());

@@ -24,10 +24,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use switchyard_ovs::openflow::{
-    self, Action, Client, Field, FlowStatsRequest, PacketOut, SubField, TxMessage, bundle_flags,
-    port,
+    self, Action, Client, Field, FlowStatsRequest, PacketOut, TxMessage, bundle_flags, port,
 };
-use switchyard_ovs::pipeline::{Cookie, Owner, PortKind, group as group_ids, reg, table};
+use switchyard_pipeline::{Cookie, Owner, PortKind, group as group_ids, reg, table};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -114,9 +113,9 @@ fn next_generation(generation: u8) -> u8 {
 pub async fn read_switch(client: &Client) -> Result<Adopted, SwitchError> {
     let (value, mask) = Cookie::owner_mask(Owner::Proxy);
     let mut request = FlowStatsRequest::cookie(value, mask);
-    request.table = table::SERVICE_LB;
+    request.table = table::SERVICE_LB.id();
     let mut flows = client.dump_flows(request.clone()).await?;
-    request.table = table::ENDPOINT_DNAT;
+    request.table = table::ENDPOINT_DNAT.id();
     flows.extend(client.dump_flows(request).await?);
     let mut adopted = Adopted::default();
     let mut seen = HashSet::new();
@@ -537,16 +536,10 @@ pub async fn answer_rejects(client: Client, metrics: Arc<Metrics>, per_second: u
 pub fn reject_actions(in_port: Option<u32>) -> Vec<Action> {
     match in_port {
         Some(in_port) => vec![Action::Output(in_port)],
-        None => {
-            let (lo, hi) = reg::PORT_KIND_BITS;
-            vec![
-                Action::load(
-                    SubField::bits(Field::Reg(reg::MARKS), u16::from(lo), u16::from(hi)),
-                    PortKind::Gateway as u128,
-                ),
-                Action::resubmit_table(table::L3_FORWARDING),
-            ]
-        }
+        None => vec![
+            reg::PORT_KIND.load(PortKind::Gateway),
+            table::L3_FORWARDING.resubmit(),
+        ],
     }
 }
 

@@ -3,7 +3,7 @@
 //! same code that installs them and read back by `ServedBefore::read`.
 
 use switchyard_ovs::openflow::{Flow, Group};
-use switchyard_ovs::pipeline::Cookie;
+use switchyard_pipeline::Cookie;
 use switchyard_proxy::fixtures::{EndpointBuilder, endpoint, service, slice};
 use switchyard_proxy::flows::{port_flows, port_group};
 use switchyard_proxy::served::ServedBefore;

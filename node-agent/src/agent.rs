@@ -20,7 +20,7 @@ use switchyard_cni::{
 };
 use switchyard_ovs::openflow::{self, FlowMod, FlowStatsRequest};
 use switchyard_ovs::ovsdb::{self, PortSpec};
-use switchyard_ovs::pipeline::{self, Cookie, Owner};
+use switchyard_pipeline::{self as pipeline, Cookie, Owner};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;

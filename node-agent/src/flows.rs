@@ -1,5 +1,6 @@
 //! The agent's OpenFlow flows on `br-int`, as pure functions of the gateway
-//! and the attached pods (the table layout is `switchyard_ovs::pipeline`).
+//! and the attached pods (tables, registers and priorities are declared in
+//! `switchyard_pipeline`).
 //!
 //! Pods learn only the gateway's MAC (OVS answers every ARP request from a
 //! pod with it) and OVS routes at L3. A packet from a pod reaches a local pod
@@ -14,9 +15,10 @@
 use std::net::Ipv4Addr;
 
 use switchyard_ovs::openflow::{
-    Action, Ct, CtZone, Field, Flow, MatchField, Nat, SubField, ct_state, port,
+    Action, Ct, Field, Flow, MatchField, Nat, SubField, ct_state, port,
 };
-use switchyard_ovs::pipeline::{Cookie, Owner, PortKind, ct_mark, reg, table, zone};
+use switchyard_pipeline::table::{self, Stage, Table};
+use switchyard_pipeline::{Cookie, Owner, PortKind, Priority, ct_mark, priority, reg, zone};
 
 use crate::mac::MacAddr;
 
@@ -25,21 +27,9 @@ pub const ETH_TYPE_IP: u16 = 0x0800;
 /// Ethertype of ARP.
 pub const ETH_TYPE_ARP: u16 = 0x0806;
 /// ARP request opcode.
-const ARP_REQUEST: u16 = 1;
+pub(crate) const ARP_REQUEST: u16 = 1;
 /// ARP reply opcode.
 const ARP_REPLY: u128 = 2;
-
-/// Priorities of the agent's flows.
-pub mod priority {
-    /// Table-miss flows (drop or pass-through).
-    pub const DEFAULT: u16 = 0;
-    /// Generic flows of a table (e.g. "any ARP request from a pod").
-    pub const NORMAL: u16 = 100;
-    /// Flows for one port or address.
-    pub const SPECIFIC: u16 = 200;
-    /// Exceptions to [`SPECIFIC`] flows (e.g. a pod's gratuitous ARP).
-    pub const EXCEPTION: u16 = 210;
-}
 
 /// The node's gateway port on the bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,52 +64,26 @@ pub(crate) fn cookie(generation: u8, object: u32) -> u64 {
     Cookie::new(Owner::Agent, generation, object).value()
 }
 
-/// Loads `value` into the whole register `n`.
-pub(crate) fn load_reg(n: u8, value: u32) -> Action {
-    Action::load(whole(Field::Reg(n)), u128::from(value))
-}
-
-fn port_kind_bits() -> SubField {
-    SubField::bits(
-        Field::Reg(reg::MARKS),
-        u16::from(reg::PORT_KIND_BITS.0),
-        u16::from(reg::PORT_KIND_BITS.1),
-    )
-}
-
-pub(crate) fn set_port_kind(kind: PortKind) -> Action {
-    Action::load(port_kind_bits(), kind as u128)
-}
-
-pub(crate) fn match_port_kind(kind: PortKind) -> MatchField {
-    let (lo, hi) = reg::PORT_KIND_BITS;
-    let mask = ((1u32 << (hi - lo + 1)) - 1) << lo;
-    MatchField::reg_masked(reg::MARKS, (kind as u32) << lo, mask)
+fn mv(src: SubField, dst: SubField) -> Action {
+    Action::Move { src, dst }
 }
 
 fn whole(field: Field) -> SubField {
     SubField::whole(field)
 }
 
-fn mv(src: Field, dst: Field) -> Action {
-    Action::Move {
-        src: whole(src),
-        dst: whole(dst),
-    }
-}
-
 /// Turns the ARP request in the packet into the reply "`tpa` is at
 /// `answer_mac`" and sends it back out of the port it came in on.
 pub(crate) fn arp_reply_actions(answer_mac: MacAddr) -> Vec<Action> {
     vec![
-        mv(Field::EthSrc, Field::EthDst),
+        mv(whole(Field::EthSrc), whole(Field::EthDst)),
         Action::set_field(Field::EthSrc, mac(answer_mac)),
         Action::set_field(Field::ArpOp, ARP_REPLY),
-        mv(Field::ArpSha, Field::ArpTha),
+        mv(whole(Field::ArpSha), whole(Field::ArpTha)),
         Action::set_field(Field::ArpSha, mac(answer_mac)),
-        mv(Field::ArpTpa, Field::Reg(reg::SCRATCH)),
-        mv(Field::ArpSpa, Field::ArpTpa),
-        mv(Field::Reg(reg::SCRATCH), Field::ArpSpa),
+        mv(whole(Field::ArpTpa), reg::SCRATCH.subfield()),
+        mv(whole(Field::ArpSpa), whole(Field::ArpTpa)),
+        mv(reg::SCRATCH.subfield(), whole(Field::ArpSpa)),
         Action::Output(port::IN_PORT),
     ]
 }
@@ -127,8 +91,8 @@ pub(crate) fn arp_reply_actions(answer_mac: MacAddr) -> Vec<Action> {
 /// Conntrack in the pod zone, replies un-NATed, then CONNTRACK_STATE.
 fn through_pod_zone() -> Action {
     Action::Ct(Ct {
-        zone: CtZone::Immediate(zone::POD),
-        table: Some(table::CONNTRACK_STATE),
+        zone: zone::POD.ct(),
+        table: Some(table::CONNTRACK.next().id()),
         nat: Some(Nat::existing()),
         ..Ct::default()
     })
@@ -146,7 +110,7 @@ fn with_actions(mut flow: Flow, actions: Vec<Action>) -> Flow {
 #[allow(clippy::vec_init_then_push)]
 pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
     let c = cookie(generation, 0);
-    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let f = |t: Table, p: Priority| t.flow(p).cookie(c);
     let mut flows = Vec::new();
 
     // CLASSIFIER: the gateway port.
@@ -154,15 +118,15 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
         f(table::CLASSIFIER, priority::SPECIFIC)
             .matching(MatchField::in_port(gw.ofport))
             .matching(MatchField::eth_type(ETH_TYPE_ARP))
-            .action(set_port_kind(PortKind::Gateway))
-            .action(Action::GotoTable(table::ARP_RESPONDER)),
+            .action(reg::PORT_KIND.load(PortKind::Gateway))
+            .action(table::ARP_RESPONDER.goto()),
     );
     flows.push(
         f(table::CLASSIFIER, priority::SPECIFIC)
             .matching(MatchField::in_port(gw.ofport))
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .action(set_port_kind(PortKind::Gateway))
-            .action(Action::GotoTable(table::CONNTRACK)),
+            .action(reg::PORT_KIND.load(PortKind::Gateway))
+            .action(table::CONNTRACK.goto()),
     );
 
     // ARP_RESPONDER: any ARP request from a pod is answered with the
@@ -170,7 +134,7 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
     flows.push(with_actions(
         f(table::ARP_RESPONDER, priority::NORMAL)
             .matching(MatchField::eth_type(ETH_TYPE_ARP))
-            .matching(match_port_kind(PortKind::Pod))
+            .matching(reg::PORT_KIND.matching(PortKind::Pod))
             .matching(MatchField::arp_op(ARP_REQUEST)),
         arp_reply_actions(gw.mac),
     ));
@@ -179,7 +143,7 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
     flows.push(with_actions(
         f(table::ARP_RESPONDER, priority::SPECIFIC)
             .matching(MatchField::eth_type(ETH_TYPE_ARP))
-            .matching(match_port_kind(PortKind::Gateway))
+            .matching(reg::PORT_KIND.matching(PortKind::Gateway))
             .matching(MatchField::arp_op(ARP_REQUEST))
             .matching(MatchField::arp_tpa(crate::overlay::SERVICE_NEXT_HOP)),
         arp_reply_actions(crate::overlay::NEXT_HOP_MAC),
@@ -188,23 +152,15 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
     // CONNTRACK: packets to the gateway address first go through the
     // gateway SNAT zone (replies of vlan-segment pods' Service connections
     // get their pod address back there, see `uplink`), once.
-    let unsnat_bit = 1u32 << reg::GATEWAY_UNSNAT_BIT;
     flows.push(
         f(table::CONNTRACK, priority::SPECIFIC)
             .matching(MatchField::eth_type(ETH_TYPE_IP))
             .matching(MatchField::ipv4_dst(gw.ip, 32))
-            .matching(MatchField::reg_masked(reg::MARKS, 0, unsnat_bit))
-            .action(Action::load(
-                SubField::bits(
-                    Field::Reg(reg::MARKS),
-                    u16::from(reg::GATEWAY_UNSNAT_BIT),
-                    u16::from(reg::GATEWAY_UNSNAT_BIT),
-                ),
-                1,
-            ))
+            .matching(reg::GATEWAY_UNSNAT_PENDING.matching())
+            .action(reg::GATEWAY_UNSNAT_DONE.load())
             .action(Action::Ct(Ct {
-                zone: CtZone::Immediate(zone::GATEWAY_SNAT),
-                table: Some(table::CONNTRACK),
+                zone: zone::GATEWAY_SNAT.ct(),
+                table: Some(table::CONNTRACK.id()),
                 nat: Some(Nat::existing()),
                 ..Ct::default()
             })),
@@ -214,12 +170,12 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
     flows.push(
         f(table::CONNTRACK, priority::EXCEPTION)
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .matching(MatchField::reg_masked(reg::MARKS, unsnat_bit, unsnat_bit))
+            .matching(reg::GATEWAY_UNSNAT_DONE.matching())
             .matching(MatchField::ct_state(
                 ct_state::TRK | ct_state::EST | ct_state::RPL,
                 ct_state::TRK | ct_state::EST | ct_state::RPL,
             ))
-            .action(set_port_kind(PortKind::Gateway))
+            .action(reg::PORT_KIND.load(PortKind::Gateway))
             .action(through_pod_zone()),
     );
 
@@ -246,36 +202,25 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
                 ct_state::TRK,
                 ct_state::NEW | ct_state::TRK,
             ))
-            .action(Action::GotoTable(table::L3_FORWARDING)),
+            .action(Stage::Routing.goto()),
     );
-    flows.push(
-        f(table::CONNTRACK_STATE, priority::DEFAULT)
-            .action(Action::GotoTable(table::SESSION_AFFINITY)),
-    );
-
-    // The proxy's tables: pass-through at priority 0.
-    for (from, to) in [
-        (table::SESSION_AFFINITY, table::SERVICE_LB),
-        (table::SERVICE_LB, table::ENDPOINT_DNAT),
-        (table::ENDPOINT_DNAT, table::L3_FORWARDING),
-    ] {
-        flows.push(f(from, priority::DEFAULT).action(Action::GotoTable(to)));
-    }
+    // New connections go on to the Service stage through CONNTRACK_STATE's
+    // miss flow (see the end).
 
     // L3_FORWARDING: anything not for a local pod goes to the node.
     flows.push(
-        f(table::L3_FORWARDING, priority::DEFAULT)
+        f(table::L3_FORWARDING, priority::MISS)
             .matching(MatchField::eth_type(ETH_TYPE_IP))
             .action(Action::set_field(Field::EthDst, mac(gw.mac)))
-            .action(Action::GotoTable(table::L2_FORWARDING)),
+            .action(table::L3_FORWARDING.next().goto()),
     );
 
     // L2_FORWARDING: the gateway's MAC.
     flows.push(
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(gw.mac.0))
-            .action(load_reg(reg::OUTPUT_PORT, gw.ofport))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            .action(reg::OUTPUT_PORT.load(gw.ofport))
+            .action(table::L2_FORWARDING.next().goto()),
     );
 
     // CONNTRACK_COMMIT: commit every new connection that the proxy did not
@@ -287,63 +232,53 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
                 ct_state::NEW | ct_state::TRK,
                 ct_state::NEW | ct_state::TRK,
             ))
-            .matching(MatchField::ct_mark(0, ct_mark::SERVICE))
+            .matching(ct_mark::SERVICE.matching_clear())
             .action(Action::Ct(Ct {
                 commit: true,
-                zone: CtZone::Immediate(zone::POD),
+                zone: zone::POD.ct(),
                 ..Ct::default()
             }))
-            .action(Action::GotoTable(table::OUTPUT)),
-    );
-    flows.push(
-        f(table::CONNTRACK_COMMIT, priority::DEFAULT).action(Action::GotoTable(table::OUTPUT)),
+            .action(table::CONNTRACK_COMMIT.next().goto()),
     );
 
     // OUTPUT: the gateway.
     flows.push(
         f(table::OUTPUT, priority::SPECIFIC)
-            .matching(MatchField::reg(reg::OUTPUT_PORT, gw.ofport))
+            .matching(reg::OUTPUT_PORT.matching(gw.ofport))
             .action(Action::Output(gw.ofport)),
     );
 
-    // Table misses that drop (an empty action list drops).
-    for t in [
-        table::CLASSIFIER,
-        table::SPOOF_GUARD,
-        table::ARP_RESPONDER,
-        table::L2_FORWARDING,
-        table::OUTPUT,
-    ] {
-        flows.push(f(t, priority::DEFAULT));
-    }
+    // Every table's miss flow, the proxy's included (pass-through there),
+    // as the declaration says: drop or go on to the next table.
+    flows.extend(table::miss_flows(c));
     flows
 }
 
 /// The flows of one pod; all carry the pod's ofport as cookie object.
 pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
     let c = cookie(generation, pod.ofport);
-    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let f = |t: Table, p: Priority| t.flow(p).cookie(c);
     vec![
         // CLASSIFIER: mark as pod, remember the segment VLAN.
         f(table::CLASSIFIER, priority::SPECIFIC)
             .matching(MatchField::in_port(pod.ofport))
-            .action(set_port_kind(PortKind::Pod))
-            .action(load_reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
-            .action(Action::GotoTable(table::SPOOF_GUARD)),
+            .action(reg::PORT_KIND.load(PortKind::Pod))
+            .action(reg::SEGMENT_VLAN.load(pod.vlan))
+            .action(table::CLASSIFIER.next().goto()),
         // SPOOF_GUARD: only the pod's own MAC and address.
         f(table::SPOOF_GUARD, priority::SPECIFIC)
             .matching(MatchField::in_port(pod.ofport))
             .matching(MatchField::eth_src(pod.mac.0))
             .matching(MatchField::eth_type(ETH_TYPE_IP))
             .matching(MatchField::ipv4_src(pod.ip, 32))
-            .action(Action::GotoTable(table::CONNTRACK)),
+            .action(table::CONNTRACK.goto()),
         f(table::SPOOF_GUARD, priority::SPECIFIC)
             .matching(MatchField::in_port(pod.ofport))
             .matching(MatchField::eth_src(pod.mac.0))
             .matching(MatchField::eth_type(ETH_TYPE_ARP))
             .matching(MatchField::arp_sha(pod.mac.0))
             .matching(MatchField::arp_spa(pod.ip))
-            .action(Action::GotoTable(table::ARP_RESPONDER)),
+            .action(table::ARP_RESPONDER.goto()),
         // ARP_RESPONDER: the pod asking for its own address (gratuitous ARP,
         // duplicate address detection) gets no answer.
         f(table::ARP_RESPONDER, priority::EXCEPTION)
@@ -354,7 +289,7 @@ pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
         with_actions(
             f(table::ARP_RESPONDER, priority::SPECIFIC)
                 .matching(MatchField::eth_type(ETH_TYPE_ARP))
-                .matching(match_port_kind(PortKind::Gateway))
+                .matching(reg::PORT_KIND.matching(PortKind::Gateway))
                 .matching(MatchField::arp_op(ARP_REQUEST))
                 .matching(MatchField::arp_tpa(pod.ip)),
             arp_reply_actions(pod.mac),
@@ -365,31 +300,31 @@ pub fn pod_flows(generation: u8, gw: &Gateway, pod: &PodPort) -> Vec<Flow> {
             .matching(MatchField::ipv4_dst(pod.ip, 32))
             .action(Action::set_field(Field::EthSrc, mac(gw.mac)))
             .action(Action::set_field(Field::EthDst, mac(pod.mac)))
-            .action(Action::GotoTable(table::L2_FORWARDING)),
+            .action(table::L3_FORWARDING.next().goto()),
         // L2_FORWARDING: from a pod of the same VLAN, or from the gateway.
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(pod.mac.0))
-            .matching(match_port_kind(PortKind::Pod))
-            .matching(MatchField::reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
-            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            .matching(reg::PORT_KIND.matching(PortKind::Pod))
+            .matching(reg::SEGMENT_VLAN.matching(pod.vlan))
+            .action(reg::OUTPUT_PORT.load(pod.ofport))
+            .action(table::L2_FORWARDING.next().goto()),
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(pod.mac.0))
-            .matching(match_port_kind(PortKind::Gateway))
-            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            .matching(reg::PORT_KIND.matching(PortKind::Gateway))
+            .action(reg::OUTPUT_PORT.load(pod.ofport))
+            .action(table::L2_FORWARDING.next().goto()),
         // L2_FORWARDING: from a remote node's pod of the same VLAN (the
         // tunnel key carried the source VLAN into reg5; the remote node's
         // own traffic arrives marked Gateway, see `overlay`).
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(pod.mac.0))
-            .matching(match_port_kind(PortKind::Tunnel))
-            .matching(MatchField::reg(reg::SEGMENT_VLAN, u32::from(pod.vlan)))
-            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            .matching(reg::PORT_KIND.matching(PortKind::Tunnel))
+            .matching(reg::SEGMENT_VLAN.matching(pod.vlan))
+            .action(reg::OUTPUT_PORT.load(pod.ofport))
+            .action(table::L2_FORWARDING.next().goto()),
         // OUTPUT.
         f(table::OUTPUT, priority::SPECIFIC)
-            .matching(MatchField::reg(reg::OUTPUT_PORT, pod.ofport))
+            .matching(reg::OUTPUT_PORT.matching(pod.ofport))
             .action(Action::Output(pod.ofport)),
     ]
 }
@@ -454,13 +389,19 @@ mod tests {
             let c = Cookie::from_value(flow.cookie).unwrap();
             assert_eq!((c.owner, c.generation, c.object), (Owner::Agent, 1, 0));
         }
-        for t in [0, 10, 15, 20, 21, 30, 31, 32, 40, 50, 60, 70] {
+        for t in table::active() {
             assert!(
                 flows
                     .iter()
-                    .any(|f| f.table == t && f.priority == priority::DEFAULT)
+                    .any(|f| f.table == t.id() && f.priority == priority::MISS.value())
                     || t == table::CONNTRACK,
                 "table {t} has no miss flow"
+            );
+        }
+        for t in table::PIPELINE.iter().filter(|t| t.is_reserved()) {
+            assert!(
+                flows.iter().all(|f| f.table != t.id()),
+                "reserved slot {t} has flows"
             );
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use rtnetlink::LinkUnspec;
 use switchyard_ovs::ovsdb::{self, BridgeSpec, PortSpec};
-use switchyard_ovs::pipeline;
+use switchyard_pipeline as pipeline;
 
 use crate::config::AgentConfig;
 use crate::flows::Gateway;

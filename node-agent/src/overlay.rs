@@ -8,11 +8,11 @@
 //! (cookie object [`cookie_object::REMOTE_NODE_FIRST`]` + n`, one per node)
 //! and routes of nodes that were added, changed or removed.
 //!
-//! Flows (tables in `switchyard_ovs::pipeline`):
+//! Flows (tables in `switchyard_pipeline`):
 //! - CLASSIFIER: IPv4 from `sy-tun0` is marked [`PortKind::Tunnel`] and the
 //!   low 12 bits of the tunnel key (the source pod's segment VLAN) go to
 //!   reg5, so L2_FORWARDING checks them like a local pod's reg5; a key with
-//!   [`TUNNEL_KEY_FROM_GATEWAY`] (the remote node itself sent it) is marked
+//!   [`tunnel_key::FROM_GATEWAY`] (the remote node itself sent it) is marked
 //!   [`PortKind::Gateway`] instead: a node reaches every pod, locally or not.
 //! - L3_FORWARDING, per remote node: `nw_dst=<its pod CIDR>` sets `tun_dst`
 //!   to its InternalIP and the key from reg5 (or the gateway flag for
@@ -53,18 +53,17 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Api;
 use kube::runtime::watcher;
-use switchyard_ovs::openflow::{
-    self, Action, Ct, CtZone, Field, Flow, FlowMod, MatchField, SubField, ct_state,
-};
+use switchyard_ovs::openflow::{self, Action, Ct, Field, Flow, FlowMod, MatchField, ct_state};
 use switchyard_ovs::ovsdb::{self, PortSpec};
-use switchyard_ovs::pipeline::{
-    Cookie, Owner, PortKind, TUNNEL_KEY_FROM_GATEWAY, cookie_object, ct_mark, ofport, reg, table,
+use switchyard_pipeline::table::{self, Table};
+use switchyard_pipeline::{
+    Cookie, Owner, PortKind, Priority, cookie_object, ct_mark, ofport, priority, reg, tunnel_key,
     zone,
 };
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::TunnelType;
-use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, cookie, load_reg, priority};
+use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, cookie};
 use crate::gateway::GATEWAY_PORT;
 use crate::mac::MacAddr;
 use crate::netns::Netlink;
@@ -87,11 +86,6 @@ pub const ENCAP_OVERHEAD: u32 = 50;
 /// How often routes are re-applied even without a change (a restarted
 /// vswitchd recreates the gateway device without them).
 const ROUTE_REFRESH: Duration = Duration::from_secs(10);
-/// Priority of the per remote `vlan` segment pod routing of Service
-/// connections in L3_FORWARDING: above the segments' own switching (250,
-/// `uplink`) and below their pods' Service SNAT (260), which comes back
-/// here as the gateway's traffic.
-const SERVICE_TO_REMOTE_SEGMENT_POD: u16 = 256;
 /// Route protocol number marking the agent's routes (`ip route` shows
 /// `proto 0x53`); only routes with it are ever deleted.
 const ROUTE_PROTOCOL: u8 = 0x53;
@@ -202,52 +196,44 @@ fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
 /// output to it.
 pub fn tunnel_flows(generation: u8) -> Vec<Flow> {
     let c = cookie(generation, cookie_object::TUNNEL);
-    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
-    let key_low12 = SubField::bits(Field::TunId, 0, 11);
+    let f = |t: Table, p: Priority| t.flow(p).cookie(c);
     vec![
         f(table::CLASSIFIER, priority::SPECIFIC)
             .matching(MatchField::in_port(ofport::TUNNEL))
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .action(flows::set_port_kind(PortKind::Tunnel))
+            .action(reg::PORT_KIND.load(PortKind::Tunnel))
             .action(Action::Move {
-                src: key_low12,
-                dst: SubField::bits(Field::Reg(reg::SEGMENT_VLAN), 0, 11),
+                src: tunnel_key::vlan(),
+                dst: reg::SEGMENT_VLAN_ID.subfield(),
             })
-            .action(Action::GotoTable(table::CONNTRACK)),
+            .action(table::CONNTRACK.goto()),
         f(table::CLASSIFIER, priority::EXCEPTION)
             .matching(MatchField::in_port(ofport::TUNNEL))
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .matching(MatchField::masked(
-                Field::TunId,
-                u128::from(TUNNEL_KEY_FROM_GATEWAY),
-                u128::from(TUNNEL_KEY_FROM_GATEWAY),
-            ))
-            .action(flows::set_port_kind(PortKind::Gateway))
-            .action(Action::GotoTable(table::CONNTRACK)),
+            .matching(tunnel_key::matching_from_gateway())
+            .action(reg::PORT_KIND.load(PortKind::Gateway))
+            .action(table::CONNTRACK.goto()),
         // A new connection from another node's gateway is committed with
         // ct_mark FROM_REMOTE_GATEWAY: a `vlan` segment pod's replies to it
         // are routed back through the tunnel, not switched to the fabric.
         f(table::CONNTRACK_COMMIT, priority::SPECIFIC)
             .matching(MatchField::in_port(ofport::TUNNEL))
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .matching(flows::match_port_kind(PortKind::Gateway))
+            .matching(reg::PORT_KIND.matching(PortKind::Gateway))
             .matching(MatchField::ct_state(
                 ct_state::NEW | ct_state::TRK,
                 ct_state::NEW | ct_state::TRK,
             ))
-            .matching(MatchField::ct_mark(0, ct_mark::SERVICE))
+            .matching(ct_mark::SERVICE.matching_clear())
             .action(Action::Ct(Ct {
                 commit: true,
-                zone: CtZone::Immediate(zone::POD),
-                exec: vec![Action::set_field(
-                    Field::CtMark,
-                    u128::from(ct_mark::FROM_REMOTE_GATEWAY),
-                )],
+                zone: zone::POD.ct(),
+                exec: vec![ct_mark::FROM_REMOTE_GATEWAY.set()],
                 ..Ct::default()
             }))
-            .action(Action::GotoTable(table::OUTPUT)),
+            .action(table::CONNTRACK_COMMIT.next().goto()),
         f(table::OUTPUT, priority::SPECIFIC)
-            .matching(MatchField::reg(reg::OUTPUT_PORT, ofport::TUNNEL))
+            .matching(reg::OUTPUT_PORT.matching(ofport::TUNNEL))
             .action(Action::Output(ofport::TUNNEL)),
     ]
 }
@@ -255,7 +241,7 @@ pub fn tunnel_flows(generation: u8) -> Vec<Flow> {
 /// The flows of one remote node under cookie object `object`.
 pub fn node_flows(generation: u8, object: u32, node: &RemoteNode) -> Vec<Flow> {
     let c = cookie(generation, object);
-    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let f = |t: Table, p: Priority| t.flow(p).cookie(c);
     let to_tunnel = |flow: Flow| {
         flow.matching(MatchField::eth_type(ETH_TYPE_IP))
             .matching(MatchField::ipv4_dst(
@@ -271,26 +257,23 @@ pub fn node_flows(generation: u8, object: u32, node: &RemoteNode) -> Vec<Flow> {
         // From a pod: the key carries its segment VLAN.
         to_tunnel(f(table::L3_FORWARDING, priority::NORMAL))
             .action(Action::Move {
-                src: SubField::whole(Field::Reg(reg::SEGMENT_VLAN)),
-                dst: SubField::bits(Field::TunId, 0, 31),
+                src: reg::SEGMENT_VLAN.subfield(),
+                dst: tunnel_key::key(),
             })
-            .action(load_reg(reg::OUTPUT_PORT, ofport::TUNNEL))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            .action(reg::OUTPUT_PORT.load(ofport::TUNNEL))
+            .action(table::CONNTRACK_COMMIT.goto()),
         // From this node (its gateway): the key says so.
-        to_tunnel(f(table::L3_FORWARDING, priority::NORMAL + 1))
-            .matching(flows::match_port_kind(PortKind::Gateway))
-            .action(Action::set_field(
-                Field::TunId,
-                u128::from(TUNNEL_KEY_FROM_GATEWAY),
-            ))
-            .action(load_reg(reg::OUTPUT_PORT, ofport::TUNNEL))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+        to_tunnel(f(table::L3_FORWARDING, priority::REMOTE_NODE_FROM_GATEWAY))
+            .matching(reg::PORT_KIND.matching(PortKind::Gateway))
+            .action(tunnel_key::set_from_gateway())
+            .action(reg::OUTPUT_PORT.load(ofport::TUNNEL))
+            .action(table::CONNTRACK_COMMIT.goto()),
         Flow {
             actions: flows::arp_reply_actions(NEXT_HOP_MAC),
             ..f(table::ARP_RESPONDER, priority::SPECIFIC)
                 .matching(MatchField::eth_type(ETH_TYPE_ARP))
-                .matching(flows::match_port_kind(PortKind::Gateway))
-                .matching(MatchField::arp_op(1))
+                .matching(reg::PORT_KIND.matching(PortKind::Gateway))
+                .matching(MatchField::arp_op(flows::ARP_REQUEST))
                 .matching(MatchField::arp_tpa(node.next_hop()))
         },
     ]
@@ -300,24 +283,24 @@ pub fn node_flows(generation: u8, object: u32, node: &RemoteNode) -> Vec<Flow> {
     // own traffic; it delivers the packet to the pod and routes the replies
     // back (ct_mark FROM_REMOTE_GATEWAY, see `tunnel_flows` and `uplink`).
     .chain(node.vlan_pods.iter().map(|addr| {
-        f(table::L3_FORWARDING, SERVICE_TO_REMOTE_SEGMENT_POD)
-            .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .matching(MatchField::ipv4_dst(*addr, 32))
-            .matching(MatchField::ct_state(
-                ct_state::TRK,
-                ct_state::TRK | ct_state::RPL,
-            ))
-            .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
-            .action(Action::set_field(
-                Field::TunDst,
-                u128::from(u32::from(node.ip)),
-            ))
-            .action(Action::set_field(
-                Field::TunId,
-                u128::from(TUNNEL_KEY_FROM_GATEWAY),
-            ))
-            .action(load_reg(reg::OUTPUT_PORT, ofport::TUNNEL))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT))
+        f(
+            table::L3_FORWARDING,
+            priority::SERVICE_TO_REMOTE_SEGMENT_POD,
+        )
+        .matching(MatchField::eth_type(ETH_TYPE_IP))
+        .matching(MatchField::ipv4_dst(*addr, 32))
+        .matching(MatchField::ct_state(
+            ct_state::TRK,
+            ct_state::TRK | ct_state::RPL,
+        ))
+        .matching(ct_mark::SERVICE.matching())
+        .action(Action::set_field(
+            Field::TunDst,
+            u128::from(u32::from(node.ip)),
+        ))
+        .action(tunnel_key::set_from_gateway())
+        .action(reg::OUTPUT_PORT.load(ofport::TUNNEL))
+        .action(table::CONNTRACK_COMMIT.goto())
     }))
     .collect()
 }

@@ -1,6 +1,6 @@
 //! The agent's own ports on the bridge: the tunnel `sy-tun0`, the gateway
 //! `sy-gw0` and the uplinks, each created with the ofport that
-//! `switchyard_ovs::pipeline::ofport` reserves for it. The tunnel's and the
+//! `switchyard_pipeline::ofport` reserves for it. The tunnel's and the
 //! gateway's numbers are pinned (the flows hard-code them); an uplink's is
 //! only asked for (its flows use the number vswitchd reports).
 //!

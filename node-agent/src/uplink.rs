@@ -11,7 +11,7 @@
 //! the flows tag and untag themselves: `push_vlan` + `set_field vlan_vid`
 //! on the way out of the uplink, `pop_vlan` on the way in.
 //!
-//! Flows (priorities relative to `flows::priority`):
+//! Flows (priorities named in `switchyard_pipeline::priority`):
 //! - CLASSIFIER (200), per uplink and VLAN V: `in_port=uplink,vlan_vid=V`
 //!   pops the tag, marks [`PortKind::Uplink`] and loads V into reg5; IPv4
 //!   continues to CONNTRACK (replies must be tracked like everything else),
@@ -47,28 +47,16 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use switchyard_ovs::openflow::{Action, Ct, CtZone, Field, Flow, MatchField, Nat, ct_state, port};
+use switchyard_ovs::openflow::{Action, Ct, Flow, MatchField, Nat, ct_state, port};
 use switchyard_ovs::ovsdb::{self, PortSpec};
-use switchyard_ovs::pipeline::{PortKind, cookie_object, ct_mark, ofport, reg, table, zone};
+use switchyard_pipeline::table::{self, Table};
+use switchyard_pipeline::{
+    PortKind, Priority, cookie_object, ct_mark, ofport, priority, reg, zone,
+};
 
 use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
-use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, cookie, load_reg, priority};
+use crate::flows::{self, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, cookie};
 use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
-
-/// Priority of the per-VLAN ARP hand-over to L2 (above the overlay's
-/// generic ARP answer).
-const ARP_TO_L2: u16 = priority::NORMAL + 1;
-/// Priority of the per-VLAN L3 bypass (above per-pod routing at 200).
-const SWITCHED: u16 = 250;
-/// Priority of the per-VLAN routing of Service connections (above the bypass).
-const SERVICE_FROM_SEGMENT: u16 = 260;
-/// Priority of the per-pod routing of other pods' Service connections to a
-/// pod of the segment (below [`SERVICE_FROM_SEGMENT`], which routes the
-/// segment's own pods' first).
-const SERVICE_TO_SEGMENT_POD: u16 = 255;
-/// Priority of the per-VLAN routing of replies to connections that were
-/// routed into the segment (above everything of the segment).
-const REPLY_ROUTED_BACK: u16 = 270;
 
 /// Why an uplink could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +177,10 @@ pub async fn ensure_uplinks(
 /// [`cookie_object::UPLINK`]).
 pub fn uplink_flows(generation: u8, uplinks: &[Uplink], gateway_ip: Ipv4Addr) -> Vec<Flow> {
     let c = cookie(generation, cookie_object::UPLINK);
-    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
+    let f = |t: Table, p: Priority| t.flow(p).cookie(c);
     let mut out = Vec::new();
     for u in uplinks {
         for &vlan in &u.vlans {
-            let v = u32::from(vlan);
             for (eth_type, next) in [
                 (ETH_TYPE_IP, table::CONNTRACK),
                 (ETH_TYPE_ARP, table::ARP_RESPONDER),
@@ -204,25 +191,25 @@ pub fn uplink_flows(generation: u8, uplinks: &[Uplink], gateway_ip: Ipv4Addr) ->
                         .matching(MatchField::vlan_vid(vlan))
                         .matching(MatchField::eth_type(eth_type))
                         .action(Action::PopVlan)
-                        .action(flows::set_port_kind(PortKind::Uplink))
-                        .action(load_reg(reg::SEGMENT_VLAN, v))
-                        .action(Action::GotoTable(next)),
+                        .action(reg::PORT_KIND.load(PortKind::Uplink))
+                        .action(reg::SEGMENT_VLAN.load(vlan))
+                        .action(next.goto()),
                 );
             }
             for kind in [PortKind::Pod, PortKind::Uplink] {
                 out.push(
-                    f(table::ARP_RESPONDER, ARP_TO_L2)
+                    f(table::ARP_RESPONDER, priority::SEGMENT_ARP_TO_L2)
                         .matching(MatchField::eth_type(ETH_TYPE_ARP))
-                        .matching(flows::match_port_kind(kind))
-                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
-                        .action(Action::GotoTable(table::L2_FORWARDING)),
+                        .matching(reg::PORT_KIND.matching(kind))
+                        .matching(reg::SEGMENT_VLAN.matching(vlan))
+                        .action(table::L2_FORWARDING.goto()),
                 );
                 out.push(
-                    f(table::L3_FORWARDING, SWITCHED)
+                    f(table::L3_FORWARDING, priority::SEGMENT_SWITCHED)
                         .matching(MatchField::eth_type(ETH_TYPE_IP))
-                        .matching(flows::match_port_kind(kind))
-                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
-                        .action(Action::GotoTable(table::L2_FORWARDING)),
+                        .matching(reg::PORT_KIND.matching(kind))
+                        .matching(reg::SEGMENT_VLAN.matching(vlan))
+                        .action(table::L3_FORWARDING.next().goto()),
                 );
             }
             // A Service connection of a pod of the segment (the proxy has
@@ -234,38 +221,35 @@ pub fn uplink_flows(generation: u8, uplinks: &[Uplink], gateway_ip: Ipv4Addr) ->
                     ct_state::NEW,
                     Ct {
                         commit: true,
-                        zone: CtZone::Immediate(zone::GATEWAY_SNAT),
-                        table: Some(table::L3_FORWARDING),
+                        zone: zone::GATEWAY_SNAT.ct(),
+                        table: Some(table::L3_FORWARDING.id()),
                         nat: Some(Nat::src(IpAddr::V4(gateway_ip), None)),
-                        exec: vec![Action::set_field(
-                            Field::CtMark,
-                            u128::from(ct_mark::SERVICE),
-                        )],
+                        exec: vec![ct_mark::SERVICE.set()],
                         ..Ct::default()
                     },
                 ),
                 (
                     0,
                     Ct {
-                        zone: CtZone::Immediate(zone::GATEWAY_SNAT),
-                        table: Some(table::L3_FORWARDING),
+                        zone: zone::GATEWAY_SNAT.ct(),
+                        table: Some(table::L3_FORWARDING.id()),
                         nat: Some(Nat::existing()),
                         ..Ct::default()
                     },
                 ),
             ] {
                 out.push(
-                    f(table::L3_FORWARDING, SERVICE_FROM_SEGMENT)
+                    f(table::L3_FORWARDING, priority::SERVICE_FROM_SEGMENT)
                         .matching(MatchField::eth_type(ETH_TYPE_IP))
-                        .matching(flows::match_port_kind(PortKind::Pod))
-                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                        .matching(reg::PORT_KIND.matching(PortKind::Pod))
+                        .matching(reg::SEGMENT_VLAN.matching(vlan))
                         .matching(MatchField::ct_state(
                             state | ct_state::TRK,
                             ct_state::NEW | ct_state::TRK | ct_state::RPL,
                         ))
-                        .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
-                        .action(flows::set_port_kind(PortKind::Gateway))
-                        .action(load_reg(reg::SEGMENT_VLAN, 0))
+                        .matching(ct_mark::SERVICE.matching())
+                        .action(reg::PORT_KIND.load(PortKind::Gateway))
+                        .action(reg::SEGMENT_VLAN.load(0))
                         .action(Action::Ct(ct)),
                 );
             }
@@ -277,31 +261,31 @@ pub fn uplink_flows(generation: u8, uplinks: &[Uplink], gateway_ip: Ipv4Addr) ->
             // fabric, which knows nothing of pod CIDRs or gateway addresses.
             for mark in [ct_mark::SERVICE, ct_mark::FROM_REMOTE_GATEWAY] {
                 out.push(
-                    f(table::L3_FORWARDING, REPLY_ROUTED_BACK)
+                    f(table::L3_FORWARDING, priority::REPLY_ROUTED_BACK)
                         .matching(MatchField::eth_type(ETH_TYPE_IP))
-                        .matching(flows::match_port_kind(PortKind::Pod))
-                        .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                        .matching(reg::PORT_KIND.matching(PortKind::Pod))
+                        .matching(reg::SEGMENT_VLAN.matching(vlan))
                         .matching(MatchField::ct_state(
                             ct_state::RPL | ct_state::TRK,
                             ct_state::RPL | ct_state::TRK,
                         ))
-                        .matching(MatchField::ct_mark(mark, mark))
-                        .action(flows::set_port_kind(PortKind::Gateway))
-                        .action(load_reg(reg::SEGMENT_VLAN, 0))
-                        .action(Action::resubmit_table(table::L3_FORWARDING)),
+                        .matching(mark.matching())
+                        .action(reg::PORT_KIND.load(PortKind::Gateway))
+                        .action(reg::SEGMENT_VLAN.load(0))
+                        .action(table::L3_FORWARDING.resubmit()),
                 );
             }
             out.push(
                 f(table::L2_FORWARDING, priority::NORMAL)
-                    .matching(flows::match_port_kind(PortKind::Pod))
-                    .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
-                    .action(load_reg(reg::OUTPUT_PORT, u.ofport))
-                    .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+                    .matching(reg::PORT_KIND.matching(PortKind::Pod))
+                    .matching(reg::SEGMENT_VLAN.matching(vlan))
+                    .action(reg::OUTPUT_PORT.load(u.ofport))
+                    .action(table::L2_FORWARDING.next().goto()),
             );
             out.push(
                 f(table::OUTPUT, priority::SPECIFIC)
-                    .matching(MatchField::reg(reg::OUTPUT_PORT, u.ofport))
-                    .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
+                    .matching(reg::OUTPUT_PORT.matching(u.ofport))
+                    .matching(reg::SEGMENT_VLAN.matching(vlan))
                     .action(Action::push_vlan())
                     .action(Action::set_vlan_vid(vlan))
                     .action(Action::Output(u.ofport)),
@@ -318,14 +302,13 @@ pub fn pod_flows(generation: u8, pod: &PodPort, segment: Option<&SegmentConfig>)
         return Vec::new();
     }
     let c = cookie(generation, pod.ofport);
-    let f = |t: u8, p: u16| Flow::new(t, p).cookie(c);
-    let v = u32::from(pod.vlan);
+    let f = |t: Table, p: Priority| t.flow(p).cookie(c);
     let ask = |kind: PortKind| {
         f(table::ARP_RESPONDER, priority::SPECIFIC)
             .matching(MatchField::eth_type(ETH_TYPE_ARP))
-            .matching(flows::match_port_kind(kind))
-            .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
-            .matching(MatchField::arp_op(1))
+            .matching(reg::PORT_KIND.matching(kind))
+            .matching(reg::SEGMENT_VLAN.matching(pod.vlan))
+            .matching(MatchField::arp_op(ARP_REQUEST))
             .matching(MatchField::arp_tpa(pod.ip))
     };
     let mut from_uplink = flows::arp_reply_actions(pod.mac);
@@ -349,26 +332,26 @@ pub fn pod_flows(generation: u8, pod: &PodPort, segment: Option<&SegmentConfig>)
         },
         f(table::L2_FORWARDING, priority::SPECIFIC)
             .matching(MatchField::eth_dst(pod.mac.0))
-            .matching(flows::match_port_kind(PortKind::Uplink))
-            .matching(MatchField::reg(reg::SEGMENT_VLAN, v))
-            .action(load_reg(reg::OUTPUT_PORT, pod.ofport))
-            .action(Action::GotoTable(table::CONNTRACK_COMMIT)),
+            .matching(reg::PORT_KIND.matching(PortKind::Uplink))
+            .matching(reg::SEGMENT_VLAN.matching(pod.vlan))
+            .action(reg::OUTPUT_PORT.load(pod.ofport))
+            .action(table::L2_FORWARDING.next().goto()),
         // Another pod's Service connection to this pod (the proxy DNATed
         // it, not a reply; the segment's own pods were SNATed and re-routed
-        // as the gateway's traffic at SERVICE_FROM_SEGMENT already): routed
+        // as the gateway's traffic at `SERVICE_FROM_SEGMENT` already): routed
         // to it as the gateway's traffic, which reaches a pod of any VLAN.
-        f(table::L3_FORWARDING, SERVICE_TO_SEGMENT_POD)
+        f(table::L3_FORWARDING, priority::SERVICE_TO_SEGMENT_POD)
             .matching(MatchField::eth_type(ETH_TYPE_IP))
-            .matching(flows::match_port_kind(PortKind::Pod))
+            .matching(reg::PORT_KIND.matching(PortKind::Pod))
             .matching(MatchField::ipv4_dst(pod.ip, 32))
             .matching(MatchField::ct_state(
                 ct_state::TRK,
                 ct_state::RPL | ct_state::TRK,
             ))
-            .matching(MatchField::ct_mark(ct_mark::SERVICE, ct_mark::SERVICE))
-            .action(flows::set_port_kind(PortKind::Gateway))
-            .action(load_reg(reg::SEGMENT_VLAN, 0))
-            .action(Action::resubmit_table(table::L3_FORWARDING)),
+            .matching(ct_mark::SERVICE.matching())
+            .action(reg::PORT_KIND.load(PortKind::Gateway))
+            .action(reg::SEGMENT_VLAN.load(0))
+            .action(table::L3_FORWARDING.resubmit()),
     ]
 }
 

@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use support::*;
 use switchyard_agent::Agent;
-use switchyard_ovs::pipeline::{Cookie, cookie_object};
+use switchyard_pipeline::{Cookie, cookie_object};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 

@@ -12,5 +12,4 @@
 
 pub mod openflow;
 pub mod ovsdb;
-pub mod pipeline;
 pub mod unixctl;

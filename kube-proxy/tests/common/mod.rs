@@ -24,8 +24,8 @@ use switchyard_agent::flows::{Gateway, PodPort, base_flows, pod_flows};
 use switchyard_agent::mac::MacAddr;
 use switchyard_lab::apiserver::{ApiServer, ApiServerHandle, ApiServerOptions};
 use switchyard_ovs::openflow::{Client, FlowMod, TxMessage, bundle_flags};
-use switchyard_ovs::pipeline::ofport;
 use switchyard_ovs_harness::{Netns, OvsInstance, VethPair};
+use switchyard_pipeline::ofport;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 
@@ -385,10 +385,8 @@ impl Node {
             return;
         };
         let client = self.client().await;
-        let (value, mask) = switchyard_ovs::pipeline::Cookie::object_mask(
-            switchyard_ovs::pipeline::Owner::Agent,
-            pod.ofport,
-        );
+        let (value, mask) =
+            switchyard_pipeline::Cookie::object_mask(switchyard_pipeline::Owner::Agent, pod.ofport);
         client
             .flow_mod(FlowMod::delete_cookie(value, mask))
             .await

@@ -1,0 +1,111 @@
+//! Every flow priority of `br-int`, named. A [`Priority`] can only be one of
+//! these constants, so no flow carries a magic number.
+//!
+//! Within one table a higher priority wins. The agent's layers are
+//! [`MISS`] < [`NORMAL`] < [`SPECIFIC`] < [`EXCEPTION`]; the `vlan` segment
+//! routing in L3_FORWARDING stacks above them
+//! ([`SEGMENT_SWITCHED`] < [`SERVICE_TO_SEGMENT_POD`] <
+//! [`SERVICE_TO_REMOTE_SEGMENT_POD`] < [`SERVICE_FROM_SEGMENT`] <
+//! [`REPLY_ROUTED_BACK`]); the proxy's flows sit at [`SERVICE`] in its own
+//! tables and at [`HAIRPIN`], above everything of the agent, in the agent's.
+
+/// The priority of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Priority(u16);
+
+impl Priority {
+    /// The OpenFlow priority.
+    pub const fn value(self) -> u16 {
+        self.0
+    }
+}
+
+/// Table-miss flows: drop, or pass on to the next table (see
+/// [`crate::table::Miss`]); also L3_FORWARDING's route to the gateway.
+pub const MISS: Priority = Priority(0);
+/// Proxy, SESSION_AFFINITY: state NeedsEndpoint without a learned flow ends
+/// the affinity resubmit without loading anything.
+pub const AFFINITY_MISS: Priority = Priority(1);
+/// Generic flows of a table (e.g. "any ARP request from a pod"); a remote
+/// node's pod CIDR; a `vlan` segment's traffic to the uplink.
+pub const NORMAL: Priority = Priority(100);
+/// Proxy, SERVICE_LB: state EndpointSelected goes on to ENDPOINT_DNAT.
+pub const SERVICE_SELECTED: Priority = Priority(100);
+/// A remote node's pod CIDR for the gateway's own traffic (the tunnel key
+/// says "from the gateway"), above the same route for pods ([`NORMAL`]).
+pub const REMOTE_NODE_FROM_GATEWAY: Priority = Priority(101);
+/// ARP of a `vlan` segment goes to L2_FORWARDING, above the overlay's
+/// generic "every address is the gateway" answer ([`NORMAL`]).
+pub const SEGMENT_ARP_TO_L2: Priority = Priority(101);
+/// Flows for one port or address.
+pub const SPECIFIC: Priority = Priority(200);
+/// Proxy: frontends, learned affinity flows and endpoint DNAT.
+pub const SERVICE: Priority = Priority(200);
+/// Exceptions to [`SPECIFIC`] flows (e.g. a pod's gratuitous ARP).
+pub const EXCEPTION: Priority = Priority(210);
+/// L3_FORWARDING, per `vlan` segment: its traffic is switched, not routed
+/// (above per-pod routing at [`SPECIFIC`]).
+pub const SEGMENT_SWITCHED: Priority = Priority(250);
+/// L3_FORWARDING, per local `vlan` segment pod: another pod's Service
+/// connection to it is routed as the gateway's traffic (below
+/// [`SERVICE_FROM_SEGMENT`], which routes the segment's own pods' first).
+pub const SERVICE_TO_SEGMENT_POD: Priority = Priority(255);
+/// L3_FORWARDING, per remote `vlan` segment pod: a Service connection to
+/// it is tunnelled to its node (above the segments' own switching, below
+/// their pods' Service SNAT, which comes back as the gateway's traffic).
+pub const SERVICE_TO_REMOTE_SEGMENT_POD: Priority = Priority(256);
+/// L3_FORWARDING, per `vlan` segment: its pods' Service connections are
+/// SNATed to the gateway address and routed (above the switching).
+pub const SERVICE_FROM_SEGMENT: Priority = Priority(260);
+/// L3_FORWARDING, per `vlan` segment: a pod's reply to a connection that
+/// was routed to it is routed back (above everything of the segment).
+pub const REPLY_ROUTED_BACK: Priority = Priority(270);
+/// Proxy: hairpin flows in the agent's tables (above all of the agent's).
+pub const HAIRPIN: Priority = Priority(300);
+
+/// Every priority with its name, ascending (for documentation checks).
+pub const ALL: [(&str, Priority); 15] = [
+    ("MISS", MISS),
+    ("AFFINITY_MISS", AFFINITY_MISS),
+    ("NORMAL", NORMAL),
+    ("SERVICE_SELECTED", SERVICE_SELECTED),
+    ("REMOTE_NODE_FROM_GATEWAY", REMOTE_NODE_FROM_GATEWAY),
+    ("SEGMENT_ARP_TO_L2", SEGMENT_ARP_TO_L2),
+    ("SPECIFIC", SPECIFIC),
+    ("SERVICE", SERVICE),
+    ("EXCEPTION", EXCEPTION),
+    ("SEGMENT_SWITCHED", SEGMENT_SWITCHED),
+    ("SERVICE_TO_SEGMENT_POD", SERVICE_TO_SEGMENT_POD),
+    (
+        "SERVICE_TO_REMOTE_SEGMENT_POD",
+        SERVICE_TO_REMOTE_SEGMENT_POD,
+    ),
+    ("SERVICE_FROM_SEGMENT", SERVICE_FROM_SEGMENT),
+    ("REPLY_ROUTED_BACK", REPLY_ROUTED_BACK),
+    ("HAIRPIN", HAIRPIN),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_keep_their_order() {
+        assert!(MISS < NORMAL && NORMAL < SPECIFIC && SPECIFIC < EXCEPTION);
+        assert!(NORMAL < REMOTE_NODE_FROM_GATEWAY && SEGMENT_ARP_TO_L2 < SPECIFIC);
+        assert!(EXCEPTION < SEGMENT_SWITCHED);
+        assert!(SEGMENT_SWITCHED < SERVICE_TO_SEGMENT_POD);
+        assert!(SERVICE_TO_SEGMENT_POD < SERVICE_TO_REMOTE_SEGMENT_POD);
+        assert!(SERVICE_TO_REMOTE_SEGMENT_POD < SERVICE_FROM_SEGMENT);
+        assert!(SERVICE_FROM_SEGMENT < REPLY_ROUTED_BACK);
+        assert!(REPLY_ROUTED_BACK < HAIRPIN);
+        assert!(MISS < AFFINITY_MISS && SERVICE_SELECTED < SERVICE);
+    }
+
+    #[test]
+    fn all_lists_every_priority_once_ascending() {
+        assert!(ALL.windows(2).all(|w| w[0].1 <= w[1].1));
+        let names: std::collections::BTreeSet<_> = ALL.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), ALL.len());
+    }
+}
