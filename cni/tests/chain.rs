@@ -149,15 +149,7 @@ impl Runtime<'_> {
 }
 
 fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if skip_privileged(test) {
-        return false;
-    }
-    panic!(
-        "{test} needs root (ip netns, iptables); run as root or set SWITCHYARD_SKIP_PRIVILEGED=1 to skip"
-    );
+    switchyard_ovs_harness::require_root_and(test, &["ip", "iptables"])
 }
 
 fn mtu(pod: &Netns) -> String {

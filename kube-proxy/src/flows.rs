@@ -58,8 +58,7 @@ use crate::service_model::{
     Endpoint, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
 };
 
-/// Ethertype of IPv4.
-pub const ETH_TYPE_IP: u16 = 0x0800;
+pub use switchyard_ovs::openflow::ETH_TYPE_IP;
 
 /// Cookie generation of learned session-affinity flows; never used for a
 /// round of installation, so generation cleanups leave them alone.

@@ -11,8 +11,7 @@ use std::net::Ipv4Addr;
 
 /// Ethernet header length.
 const ETH_LEN: usize = 14;
-/// Ethertype of IPv4.
-const ETH_TYPE_IP: u16 = 0x0800;
+use switchyard_ovs::openflow::ETH_TYPE_IP;
 /// IP protocol number of ICMP.
 const IPPROTO_ICMP: u8 = 1;
 /// ICMP destination unreachable.

@@ -22,10 +22,7 @@ use switchyard_pipeline::{Cookie, Owner, PortKind, Priority, ct_mark, priority, 
 
 use crate::mac::MacAddr;
 
-/// Ethertype of IPv4.
-pub const ETH_TYPE_IP: u16 = 0x0800;
-/// Ethertype of ARP.
-pub const ETH_TYPE_ARP: u16 = 0x0806;
+pub use switchyard_ovs::openflow::{ETH_TYPE_ARP, ETH_TYPE_IP};
 /// ARP request opcode.
 pub(crate) const ARP_REQUEST: u16 = 1;
 /// ARP reply opcode.

@@ -310,27 +310,6 @@ pub fn sample_result(netns: &str) -> CniResult {
     .unwrap()
 }
 
-/// Whether privileged tests may be skipped (SWITCHYARD_SKIP_PRIVILEGED=1).
-pub fn skip_privileged(test: &str) -> bool {
-    if std::env::var("SWITCHYARD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP {test}: needs root (SWITCHYARD_SKIP_PRIVILEGED=1)");
-        return true;
-    }
-    false
-}
-
-/// Whether this process runs as root (uid 0).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Runs a helper command that must succeed (setup and inspection).
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])

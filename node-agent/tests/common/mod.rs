@@ -7,7 +7,6 @@
 //! they print a skip line and pass.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,26 +15,7 @@ use std::time::{Duration, Instant};
 /// Returns false (after printing a skip line) when privileged tests are
 /// skipped on purpose; panics when they cannot run and were not skipped.
 pub fn privileged(test: &str) -> bool {
-    if std::env::var("SWITCHYARD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // Written to stderr directly so the test harness does not swallow it.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {test}: SWITCHYARD_SKIP_PRIVILEGED=1 (needs root and network namespaces)"
-        );
-        return false;
-    }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "{test} needs root (network namespaces, veths); run as root or set SWITCHYARD_SKIP_PRIVILEGED=1 to skip"
-    );
-    for tool in ["ip", "ethtool", "ping"] {
-        let found = Command::new(tool).arg("-V").output().is_ok();
-        assert!(
-            found,
-            "{test} needs `{tool}` on PATH (iproute2, ethtool, iputils-ping)"
-        );
-    }
-    true
+    switchyard_ovs_harness::require_root_and(test, &["ip", "ethtool", "ping"])
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -81,6 +81,11 @@
 //! # }
 //! ```
 
+/// Ethertype of IPv4 (`dl_type=0x0800`).
+pub const ETH_TYPE_IP: u16 = 0x0800;
+/// Ethertype of ARP (`dl_type=0x0806`).
+pub const ETH_TYPE_ARP: u16 = 0x0806;
+
 pub mod action;
 pub mod client;
 pub mod field;

@@ -136,16 +136,29 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> HarnessError 
 /// case it prints a skip line to stderr and returns `false`.
 pub fn require_privileges(test: &str) -> bool {
     let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root privileges (euid 0)".to_string());
+    if !Path::new(VSWITCH_SCHEMA).exists() {
+        missing.push(format!("schema {VSWITCH_SCHEMA}"));
     }
-    for binary in REQUIRED_BINARIES {
+    require(test, REQUIRED_BINARIES, missing)
+}
+
+/// Like [`require_privileges`] for tests that need root and `tools` on the
+/// PATH but no Open vSwitch (network namespaces, veths, iptables).
+pub fn require_root_and(test: &str, tools: &[&str]) -> bool {
+    require(test, tools, Vec::new())
+}
+
+/// The one privilege guard: root, `binaries` and whatever else is
+/// `missing`; skip (false) with `SWITCHYARD_SKIP_PRIVILEGED=1`, else panic
+/// naming what is missing.
+fn require(test: &str, binaries: &[&str], mut missing: Vec<String>) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        missing.insert(0, "root privileges (euid 0)".to_string());
+    }
+    for binary in binaries {
         if find_in_path(binary).is_none() {
             missing.push(format!("binary `{binary}` in PATH"));
         }
-    }
-    if !Path::new(VSWITCH_SCHEMA).exists() {
-        missing.push(format!("schema {VSWITCH_SCHEMA}"));
     }
     if missing.is_empty() {
         return true;
@@ -156,8 +169,8 @@ pub fn require_privileges(test: &str) -> bool {
         false
     } else {
         panic!(
-            "test {test} needs {reason}; run it as root on a machine with openvswitch-switch \
-             installed, or set SWITCHYARD_SKIP_PRIVILEGED=1 to skip it"
+            "test {test} needs {reason}; run it as root on a machine with the packages of \
+             scripts/install-deps.sh installed, or set SWITCHYARD_SKIP_PRIVILEGED=1 to skip it"
         );
     }
 }
