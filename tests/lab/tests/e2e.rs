@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use lab_support::*;
 use switchyard_lab::cluster::ops::{self, Daemon};
-use switchyard_lab::cluster::{node, state::NodeInfo, status, sys};
+use switchyard_lab::cluster::{state::NodeInfo, status, sys};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const REACH_DEADLINE: Duration = Duration::from_secs(20);
@@ -50,75 +50,6 @@ fn metric_value(text: &str, sample: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------------------------------------
 // Diagnostics
-
-fn run_text(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-        .unwrap_or_else(|e| e.to_string())
-}
-
-fn flows(lab: &Lab, node: &NodeInfo) -> String {
-    run_text(node::ovs_command_in(&lab.state, node, "ovs-ofctl").args([
-        "-O",
-        "OpenFlow15",
-        "dump-flows",
-        "br-int",
-    ]))
-}
-
-fn vsctl_show(lab: &Lab, node: &NodeInfo) -> String {
-    node::vsctl(&lab.state, node, &["show"]).unwrap_or_else(|e| e.to_string())
-}
-
-/// Per node: flows of br-int, `ovs-vsctl show`, routes, the agent and proxy logs (tails).
-fn diagnostics(lab: &Lab) -> String {
-    let mut out = String::new();
-    let Ok(info) = lab.state.load_info() else {
-        return "(lab state unreadable)".into();
-    };
-    for n in &info.nodes {
-        if !sys::netns_exists(&n.netns) {
-            out.push_str(&format!("\n=== {} (removed)\n", n.name));
-            continue;
-        }
-        let dir = lab.state.node_dir(&n.name);
-        out.push_str(&format!(
-            "\n=== {name}: ovs-ofctl -O OpenFlow15 dump-flows br-int\n{}\n=== {name}: ovs-vsctl show\n{}\n=== {name}: ip route\n{}\n=== {name}: agent log (last 60 lines)\n{}\n=== {name}: proxy log (last 30 lines)\n{}\n",
-            flows(lab, n),
-            vsctl_show(lab, n),
-            run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"])),
-            sys::tail(&dir.join("agent.log"), 60),
-            sys::tail(&dir.join("proxy.log"), 30),
-            name = n.name,
-        ));
-    }
-    out.push_str(&format!(
-        "\n=== runtime log (last 30 lines)\n{}\n",
-        sys::tail(&lab.state.root().join("runtime.log"), 30)
-    ));
-    out
-}
-
-/// Prints the lab's diagnostics if the scope is left by a panic.
-struct DiagnosticsOnPanic<'a>(&'a Lab, &'a str);
-
-impl Drop for DiagnosticsOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "\n##### step `{}` failed; lab diagnostics:{}",
-                self.1,
-                diagnostics(self.0)
-            );
-        }
-    }
-}
 
 /// A named step of a test on a shared lab.
 type Step<'a> = (&'a str, fn(&Lab));
@@ -1684,10 +1615,10 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
             &format!("{}: node3's flows and route gone", n.name),
             Duration::from_secs(15),
             || {
-                let route =
-                    run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"]));
-                (!flows(&lab, n).contains(&format!("nw_dst={cidr3}")) && !route.contains(&cidr3))
-                    .then_some(())
+                let route = routes(&n.netns);
+                (!flows(&lab, &n.name).contains(&format!("nw_dst={cidr3}"))
+                    && !route.contains(&cidr3))
+                .then_some(())
             },
         );
     }

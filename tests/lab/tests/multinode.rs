@@ -13,46 +13,6 @@ use std::time::{Duration, Instant};
 
 use lab_support::*;
 
-fn run_text(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-        .unwrap_or_else(|e| e.to_string())
-}
-
-fn flows(lab: &Lab, node: &str) -> String {
-    run_text(
-        Command::new("ovs-ofctl")
-            .env("OVS_RUNDIR", lab.state.ovs_dir(node))
-            .args(["-O", "OpenFlow15", "dump-flows", "br-int"]),
-    )
-}
-
-fn diagnostics(lab: &Lab) -> String {
-    let mut out = String::new();
-    for n in &lab.info().nodes {
-        let log = std::fs::read_to_string(lab.state.node_dir(&n.name).join("agent.log"))
-            .unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        out.push_str(&format!(
-            "\n--- {} flows\n{}\n--- {} routes\n{}\n--- {} agent log (last 30 lines)\n{}\n",
-            n.name,
-            flows(lab, &n.name),
-            n.name,
-            run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"])),
-            n.name,
-            tail.join("\n")
-        ));
-    }
-    out
-}
-
 fn curl(netns: &str, target: &str) -> Result<String, String> {
     let out = in_netns(
         netns,

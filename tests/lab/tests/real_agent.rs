@@ -10,41 +10,6 @@ use std::time::Duration;
 
 use lab_support::*;
 
-fn diagnostics(lab: &Lab, node: &str) -> String {
-    let ovs_dir = lab.state.ovs_dir(node);
-    let run = |cmd: &mut Command| {
-        cmd.output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_else(|e| e.to_string())
-    };
-    let flows = run(Command::new("ovs-ofctl").env("OVS_RUNDIR", &ovs_dir).args([
-        "-O",
-        "OpenFlow15",
-        "dump-flows",
-        "br-int",
-    ]));
-    let show = run(Command::new("ovs-vsctl")
-        .arg(format!(
-            "--db=unix:{}",
-            lab.state.ovsdb_socket(node).display()
-        ))
-        .arg("show"));
-    let log =
-        std::fs::read_to_string(lab.state.node_dir(node).join("agent.log")).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(60).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    format!(
-        "\n--- ovs-ofctl dump-flows br-int ({node})\n{flows}\n--- ovs-vsctl show ({node})\n{show}\n--- agent log ({node}, last 60 lines)\n{}\n",
-        tail.join("\n")
-    )
-}
-
 fn curl(netns: &str, ip: &str) -> Result<String, String> {
     let out = in_netns(
         netns,
@@ -74,7 +39,7 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
     assert!(
         lab.state.cni_socket("node1").exists(),
         "the agent did not start{}",
-        diagnostics(&lab, "node1")
+        node_diagnostics(&lab, "node1")
     );
     let mut manifest = String::new();
     for name in ["a", "b"] {
@@ -100,7 +65,7 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{from} -> {ip}: {r:?}, expected {expect:?}{}",
-                diagnostics(&lab, "node1")
+                node_diagnostics(&lab, "node1")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -125,7 +90,7 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
         "b\nb\nb\n",
         "{}{}",
         String::from_utf8_lossy(&udp.stderr),
-        diagnostics(&lab, "node1")
+        node_diagnostics(&lab, "node1")
     );
     reach(&info.nodes[0].netns, &b_ip, "b");
     // Pod addresses come from the node's podCIDR.
@@ -147,7 +112,7 @@ fn real_agent_same_node_pod_to_pod_and_node_to_pod() {
             })
             .unwrap_or(0)
     };
-    assert_eq!(port_count(), 2, "{}", diagnostics(&lab, "node1"));
+    assert_eq!(port_count(), 2, "{}", node_diagnostics(&lab, "node1"));
     lab.kubectl_ok(&["delete", "pod", "a", "--wait=false"]);
     eventually("pod a's OVS port to go", Duration::from_secs(30), || {
         (port_count() == 1).then_some(())

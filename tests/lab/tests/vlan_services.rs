@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
-use switchyard_lab::cluster::{node, state::NodeInfo, sys};
+use switchyard_lab::cluster::{node, state::NodeInfo};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const REACH_DEADLINE: Duration = Duration::from_secs(20);
@@ -26,58 +26,6 @@ const PEER_UDP: u16 = 9053;
 
 // ---------------------------------------------------------------------------------------------
 // Diagnostics
-
-fn run_text(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-        .unwrap_or_else(|e| e.to_string())
-}
-
-fn flows(lab: &Lab, node: &NodeInfo) -> String {
-    run_text(node::ovs_command_in(&lab.state, node, "ovs-ofctl").args([
-        "-O",
-        "OpenFlow15",
-        "dump-flows",
-        "br-int",
-    ]))
-}
-
-/// Per node: flows of br-int, routes, the agent and proxy logs (tails).
-fn diagnostics(lab: &Lab) -> String {
-    let mut out = String::new();
-    let Ok(info) = lab.state.load_info() else {
-        return "(lab state unreadable)".into();
-    };
-    for n in &info.nodes {
-        let dir = lab.state.node_dir(&n.name);
-        out.push_str(&format!(
-            "\n=== {name}: ovs-ofctl -O OpenFlow15 dump-flows br-int\n{}\n=== {name}: ip route\n{}\n=== {name}: agent log (last 40 lines)\n{}\n=== {name}: proxy log (last 20 lines)\n{}\n",
-            flows(lab, n),
-            run_text(Command::new("ip").args(["netns", "exec", &n.netns, "ip", "route"])),
-            sys::tail(&dir.join("agent.log"), 40),
-            sys::tail(&dir.join("proxy.log"), 20),
-            name = n.name,
-        ));
-    }
-    out
-}
-
-/// Prints the lab's diagnostics if the test panics while this is alive.
-struct DiagnosticsOnPanic<'a>(&'a Lab);
-
-impl Drop for DiagnosticsOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("\n##### lab diagnostics:{}", diagnostics(self.0));
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Lab, pods, traffic
@@ -204,7 +152,7 @@ fn cluster_ip_with_vlan_segment_backends_from_every_kind_of_client() {
         return;
     }
     let lab = lab_up(2, &["--fabric", "--vlans", "100"]);
-    let _diag = DiagnosticsOnPanic(&lab);
+    let _diag = DiagnosticsOnPanic(&lab, "this test");
     let back = "vsvc-back";
     let front = "vsvc-front";
     let mut m = namespace_manifest(back, Some("vlan100"));
@@ -323,7 +271,7 @@ fn vlan_backend_moving_to_the_other_node_is_followed() {
         return;
     }
     let lab = lab_up(2, &["--fabric", "--vlans", "100"]);
-    let _diag = DiagnosticsOnPanic(&lab);
+    let _diag = DiagnosticsOnPanic(&lab, "this test");
     let (back, front, ip) = ("vsvc-move", "vsvc-move-front", "10.100.0.50");
     let mut m = namespace_manifest(back, Some("vlan100"));
     m.push_str(&static_vlan_pod(back, "mover", "node2", ip));
@@ -457,7 +405,7 @@ fn untagged_vlan_segment_is_refused_with_a_clear_config_error() {
         return;
     }
     let lab = lab_up(1, &["--fabric", "--vlans", "100"]);
-    let _diag = DiagnosticsOnPanic(&lab);
+    let _diag = DiagnosticsOnPanic(&lab, "this test");
     let info = lab.info();
     let node1 = &info.nodes[0];
     let before = node_snapshot(&lab, node1);

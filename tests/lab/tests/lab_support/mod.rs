@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use switchyard_lab::cluster::state::{Entry, LabInfo, StateDir};
 
+mod diagnostics;
+#[allow(unused_imports)]
+pub use diagnostics::*;
+
 /// The lab binary under test.
 pub const LAB: &str = env!("CARGO_BIN_EXE_switchyard-lab");
 
