@@ -74,7 +74,7 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
     }
     let (mut node, lab, proxy, vip) =
         web_setup(&[("web-1", 11), ("web-2", 12), ("web-3", 13)]).await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
 
     // All three backends answer new connections.
     eventually("all three backends to answer", &debug, || async {
@@ -90,7 +90,7 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
 
     // Scale up: a fourth backend joins.
     add_backend(&mut node, &lab, "web-4", 14).await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("web-4 to answer", &debug, || async {
         backends_seen(&node, "client", vip, 8)
             .await
@@ -148,7 +148,7 @@ async fn service_without_endpoints_rejects_at_once() {
         return;
     }
     let (node, lab, proxy, vip) = web_setup(&[]).await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     let _ = &lab;
     // Once the proxy has synced, curl exits with 7 (could not connect:
     // connection refused) at once: no SYN retransmission, no timeout.
@@ -191,14 +191,7 @@ async fn terminating_endpoints_are_a_fallback_only() {
     let mut node = Node::start().await;
     let lab = Lab::start().await;
     node.add_pod("client", 2).await;
-    let vip = lab
-        .create_service(json!({
-            "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-        }))
-        .await;
-    let vip = SocketAddr::from((vip, 80));
+    let vip = lab.create_web_service("web", json!({})).await;
     for (name, host) in [("web-1", 11), ("web-2", 12)] {
         let pod = node.add_pod(name, host).await;
         pod.serve_tcp(8080);
@@ -214,7 +207,7 @@ async fn terminating_endpoints_are_a_fallback_only() {
         .await;
     }
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("both backends", &debug, || async {
         (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
@@ -262,7 +255,7 @@ async fn internal_traffic_policy_local_uses_local_endpoints_or_drops() {
     )
     .await;
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;
     eventually("a drop (curl times out)", &debug, || async {
         // 28: operation timed out (a reject would be 7).
@@ -281,7 +274,7 @@ async fn internal_traffic_policy_local_uses_local_endpoints_or_drops() {
         http_ports(),
     )
     .await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("the local endpoint", &debug, || async {
         (node.pod("client").curl(vip).await.ok().as_deref() == Some("local-1")).then_some(())
     })
@@ -315,19 +308,17 @@ async fn session_affinity_sticks_and_expires() {
     let lab = Lab::start().await;
     node.add_pod("client", 2).await;
     let vip = lab
-        .create_service(json!({
-            "metadata": {"name": "sticky"},
-            "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
-                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 2}},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-        }))
+        .create_web_service(
+            "sticky",
+            json!({"sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 2}}}),
+        )
         .await;
-    let vip = SocketAddr::from((vip, 80));
     for (name, host) in [("web-1", 11), ("web-2", 12), ("web-3", 13)] {
         add_backend(&mut node, &lab, name, host).await;
     }
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     let first = eventually("a first answer", &debug, || async {
         node.pod("client").curl(vip).await.ok()
     })
@@ -361,7 +352,7 @@ async fn hairpin_a_pod_reaches_itself_through_its_service() {
     }
     let (node, lab, proxy, vip) = web_setup(&[("web-1", 11)]).await;
     let _ = &lab;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("web-1 reaching itself", &debug, || async {
         (node.pod("web-1").curl(vip).await.ok().as_deref() == Some("web-1")).then_some(())
     })
@@ -410,7 +401,7 @@ async fn multi_port_service_with_named_ports_per_pod() {
         .await;
     }
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     for port in [80, 81] {
         let addr = SocketAddr::from((vip, port));
         eventually(&format!("both pods on port {port}"), &debug, || async {
@@ -450,7 +441,7 @@ async fn udp_service_follows_a_replaced_backend() {
     )
     .await;
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     // One client socket (one source port, so one conntrack entry) throughout.
     let socket = node.pod("client").udp_socket();
     eventually("dns-1 answering", &debug, || async {
@@ -466,7 +457,7 @@ async fn udp_service_follows_a_replaced_backend() {
     let ip = pod.ip;
     lab.create_pod("dns-2", json!({"app": "dns"}), common::NODE, ip, udp_ports)
         .await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("dns-2 in the group", &debug, || async {
         node.dump_groups()
             .contains("10.244.0.12:5353")
@@ -482,7 +473,7 @@ async fn udp_service_follows_a_replaced_backend() {
     );
     lab.delete_pod("dns-1").await;
     node.remove_pod("dns-1").await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     // Asking all along keeps a stale entry alive unless the proxy flushes it.
     eventually("dns-2 answering the same socket", &debug, || async {
         (common::udp_ask(&socket, vip).await.as_deref() == Some("dns-2")).then_some(())
@@ -506,7 +497,7 @@ async fn proxy_restart_keeps_connections_and_service() {
         return;
     }
     let (node, lab, mut proxy, vip) = web_setup(&[("web-1", 11), ("web-2", 12)]).await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("both backends", &debug, || async {
         (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
@@ -522,7 +513,7 @@ async fn proxy_restart_keeps_connections_and_service() {
 
     // Proxy back: it adopts the groups and replaces its flows without a gap.
     let proxy = ProxyProcess::start(&lab, &node, "second", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;
     assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
     assert_eq!(group_ids(&node), groups_before, "{}", debug());
@@ -555,7 +546,7 @@ async fn vswitchd_restart_restores_service_within_bound() {
     }
     let (mut node, lab, proxy, vip) = web_setup(&[("web-1", 11), ("web-2", 12)]).await;
     let _ = &lab;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("both backends", &debug, || async {
         (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
@@ -566,7 +557,7 @@ async fn vswitchd_restart_restores_service_within_bound() {
     let restarted = Instant::now();
     // The agent's part: it reinstalls its flows on reconnect.
     node.install_agent_flows().await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("service back", &debug, || async {
         (backends_seen(&node, "client", vip, 8).await == set(&["web-1", "web-2"])).then_some(())
     })
@@ -603,19 +594,12 @@ async fn periodic_resync_replaces_generations_without_a_gap() {
     let mut node = Node::start().await;
     let lab = Lab::start().await;
     node.add_pod("client", 2).await;
-    let vip = lab
-        .create_service(json!({
-            "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-        }))
-        .await;
-    let vip = SocketAddr::from((vip, 80));
+    let vip = lab.create_web_service("web", json!({})).await;
     for (name, host) in [("web-1", 11), ("web-2", 12)] {
         add_backend(&mut node, &lab, name, host).await;
     }
     let proxy = ProxyProcess::start(&lab, &node, "main", &["--resync-period", "1"]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     eventually("service up", &debug, || async {
         node.pod("client").curl(vip).await.ok()
     })
@@ -692,7 +676,7 @@ async fn udp_service_without_endpoints_refuses_at_once() {
         .await;
     let vip = SocketAddr::from((vip, 53));
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;
     // A connected UDP socket sees the ICMP port unreachable as ECONNREFUSED.
     let socket = common::in_netns(node.pod("client").ns(), move || {
@@ -727,19 +711,17 @@ async fn session_affinity_moves_when_its_endpoint_goes_away() {
     let lab = Lab::start().await;
     node.add_pod("client", 2).await;
     let vip = lab
-        .create_service(json!({
-            "metadata": {"name": "sticky"},
-            "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
-                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-        }))
+        .create_web_service(
+            "sticky",
+            json!({"sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+        )
         .await;
-    let vip = SocketAddr::from((vip, 80));
     for (name, host) in [("web-1", 11), ("web-2", 12)] {
         add_backend(&mut node, &lab, name, host).await;
     }
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     let pinned = eventually("a first answer", &debug, || async {
         node.pod("client").curl(vip).await.ok()
     })

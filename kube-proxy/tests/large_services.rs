@@ -231,7 +231,7 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     // Two endpoints per group: five backends are three chained groups.
     let mut proxy = ProxyProcess::start(&lab, &node, "main", &["--buckets-per-group=2"]);
     let web = create_web_service(&lab, "web").await;
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     let all: BTreeSet<String> = backends.iter().map(|(n, _)| (*n).to_owned()).collect();
     eventually("every backend through chained groups", &debug, || async {
         (backends_seen(&node, web, 30).await == all).then_some(())
@@ -244,7 +244,7 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     // Restart: the groups are read back and adopted, service goes on.
     proxy.kill();
     let proxy = ProxyProcess::start(&lab, &node, "second", &["--buckets-per-group=2"]);
-    let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
+    let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;
     assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
     assert_eq!(node.dump_groups(), groups, "{}", debug());

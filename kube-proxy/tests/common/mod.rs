@@ -30,6 +30,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 
 pub const NODE: &str = "node-1";
+
+/// A closure printing the node's flows, groups and conntrack and the
+/// proxy's log, for failure messages (a macro, so that the closure borrows
+/// the node only where it is used).
+#[macro_export]
+macro_rules! debug_of {
+    ($node:expr, $proxy:expr) => {
+        || format!("{}\n--- proxy log\n{}", $node.debug(), $proxy.log_text())
+    };
+}
 pub const BRIDGE: &str = "br-int";
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const GATEWAY_MAC: &str = "02:00:0a:f4:00:01";
@@ -495,6 +505,25 @@ impl Lab {
             .expect("cluster IP")
             .parse()
             .expect("IPv4 cluster IP")
+    }
+
+    /// Creates Service `name` selecting `app=web` pods, port 80 to their
+    /// named port `http`, with `extra_spec` merged into its spec; returns
+    /// `cluster IP:80`.
+    pub async fn create_web_service(
+        &self,
+        name: &str,
+        extra_spec: serde_json::Value,
+    ) -> SocketAddr {
+        let mut spec = json!({"selector": {"app": "web"},
+                              "ports": [{"name": "http", "port": 80, "targetPort": "http"}]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let vip = self
+            .create_service(json!({"metadata": {"name": name}, "spec": spec}))
+            .await;
+        SocketAddr::from((vip, 80))
     }
 
     pub async fn patch_service(&self, name: &str, patch: serde_json::Value) {
