@@ -63,11 +63,20 @@ async fn exchange(socket: &Path, request: &CniRequest) -> Result<Option<CniResul
         })?;
     let mut framed = Framed::new(stream, CniClientCodec::default());
     framed.send(request).await.map_err(|e| {
-        CniError::new(
-            ErrorCode::TryAgainLater,
-            "sending the request to switchyard-agent failed",
-            format!("{e}; the agent may have restarted (the runtime retries)"),
-        )
+        if e.0.kind() == std::io::ErrorKind::InvalidInput {
+            // The frame is over the protocol's limit: permanent, not 11.
+            CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                "the request is too large for the agent protocol",
+                e.to_string(),
+            )
+        } else {
+            CniError::new(
+                ErrorCode::TryAgainLater,
+                "sending the request to switchyard-agent failed",
+                format!("{e}; the agent may have restarted (the runtime retries)"),
+            )
+        }
     })?;
     match framed.next().await {
         Some(Ok(Ok(reply))) => {

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use switchyard_cni::{
     CniEnv, CniError, CniRequest, Command, ErrorCode, LogLevel, NetworkConfig, SUPPORTED_VERSIONS,
     SpecVersion, Verb, call_agent, config::requested_version, parse_config,
+    protocol::MAX_CONFIG_LEN,
 };
 
 /// What ends up on stdout: nothing, a result/VERSION document, or an error.
@@ -80,6 +81,7 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
     {
         *cni_version = v;
     }
+    check_config_size(stdin.len())?;
     let env = CniEnv::from_lookup(command, env_var)?;
     let config = parse_config(&stdin)?;
     init_logging(&config);
@@ -274,4 +276,20 @@ fn init_logging(config: &NetworkConfig) {
             let _ = builder.with_writer(std::io::stderr).try_init();
         }
     }
+}
+
+/// A network configuration larger than [`MAX_CONFIG_LEN`] is refused with 7
+/// (permanent): the request carries it twice (raw and parsed) and must fit
+/// one protocol frame; retrying (11) would fail the same way forever.
+fn check_config_size(len: usize) -> Result<(), CniError> {
+    if len > MAX_CONFIG_LEN {
+        return Err(CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            "the network configuration is too large",
+            format!(
+                "{len} bytes on stdin; switchyard accepts at most {MAX_CONFIG_LEN} bytes (with the prevResult and the chained plugins' results)"
+            ),
+        ));
+    }
+    Ok(())
 }

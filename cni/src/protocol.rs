@@ -25,6 +25,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts (requests carry stdin, which is small).
 pub const MAX_FRAME_LEN: usize = 4 << 20;
 
+/// Largest network configuration (stdin) the binary forwards: a request
+/// carries it raw and parsed, JSON-escaped, within one [`MAX_FRAME_LEN`]
+/// frame.
+pub const MAX_CONFIG_LEN: usize = 1 << 20;
+
 /// The verbs the agent answers (VERSION is answered by the binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

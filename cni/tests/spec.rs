@@ -916,3 +916,32 @@ fn agent_answers_a_newer_protocol_with_106() {
     );
     assert!(agent.seen().is_empty());
 }
+
+#[test]
+fn oversized_config_is_a_permanent_error_and_reaches_no_agent() {
+    // Before: a config of about 1.8 MiB overflowed the protocol frame and
+    // was answered 11, which runtimes retry forever.
+    let agent = Agent::start(CniResult::default());
+    for command in ["ADD", "DEL"] {
+        let big = "x".repeat(1_900_000);
+        let r = run(
+            &env_for(&agent, command),
+            &with(conf(&agent, "1.1.0"), json!({"args": {"padding": big}})),
+        );
+        expect_error(&r, ErrorCode::InvalidNetworkConfig, "1.1.0");
+        assert!(
+            r.json()["msg"].as_str().unwrap().contains("too large"),
+            "{r:?}"
+        );
+    }
+    assert!(agent.seen().is_empty());
+    // Just under the limit still goes through.
+    let r = run(
+        &add_env(&agent),
+        &with(
+            conf(&agent, "1.1.0"),
+            json!({"args": {"padding": "x".repeat(900_000)}}),
+        ),
+    );
+    assert_eq!(r.status, Some(0), "{r:?}");
+}
