@@ -230,3 +230,72 @@ fn vagrantfile_validates_in_every_configuration() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A fake plugin answering VERSION with `supported`.
+fn fake_plugin(path: &Path, supported: &[&str]) {
+    let list: Vec<String> = supported.iter().map(|v| format!("\"{v}\"")).collect();
+    let script = format!(
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] || exit 1\necho '{{\"cniVersion\": \"1.0.0\", \"supportedVersions\": [{}]}}'\n",
+        list.join(", ")
+    );
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+fn installed_cni_version(d: &InstallDirs) -> String {
+    let text = std::fs::read_to_string(d.conf.join("10-switchyard.conflist")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["cniVersion"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn install_cni_chooses_1_1_0_only_when_every_chained_plugin_supports_it() {
+    // Both support 1.1.0: runtimes will call STATUS and GC.
+    let d = install_dirs("v110");
+    fake_plugin(&d.plugin, &["0.4.0", "1.0.0", "1.1.0"]);
+    fake_plugin(&d.chained.join("portmap"), &["0.4.0", "1.0.0", "1.1.0"]);
+    let out = run_install(&d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(installed_cni_version(&d), "1.1.0");
+    // Only the version changed; the rest is the shipped conflist.
+    let installed = std::fs::read_to_string(d.conf.join("10-switchyard.conflist")).unwrap();
+    assert_eq!(
+        installed.replacen("\"1.1.0\"", "\"1.0.0\"", 1),
+        switchyard_deploy::CONFLIST_SOURCE
+    );
+    assert_eq!(
+        entries(&d.conf),
+        ["10-switchyard.conflist"],
+        "no temporary files left"
+    );
+
+    // The node's own portmap only goes to 1.0.0: keep 1.0.0.
+    let d = install_dirs("v100");
+    fake_plugin(&d.plugin, &["0.4.0", "1.0.0", "1.1.0"]);
+    fake_plugin(&d.chained.join("portmap"), &["0.3.1", "0.4.0", "1.0.0"]);
+    let out = run_install(&d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(installed_cni_version(&d), "1.0.0");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plugin portmap does not list CNI 1.1.0")
+    );
+
+    // A plugin that does not answer VERSION: keep 1.0.0.
+    let d = install_dirs("broken");
+    fake_plugin(&d.plugin, &["1.0.0", "1.1.0"]);
+    let out = run_install(&d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(installed_cni_version(&d), "1.0.0");
+}
