@@ -69,5 +69,7 @@ pub use protocol::{
     CniClientCodec, CniReply, CniRequest, CniServerCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, Verb,
 };
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
-pub use server::{CniHandler, bind_agent_socket, serve, serve_until};
+pub use server::{
+    CniHandler, ServeLimits, bind_agent_socket, serve, serve_until, serve_with_limits,
+};
 pub use version::{SUPPORTED_VERSIONS, SpecVersion};

@@ -86,14 +86,96 @@ pub async fn serve<H: CniHandler>(listener: UnixListener, handler: Arc<H>) -> st
     serve_until(listener, handler, std::future::pending::<()>()).await
 }
 
+/// Limits of the agent socket against misbehaving clients.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// User ids allowed to make requests (checked with `SO_PEERCRED`); the
+    /// socket's mode already keeps others out, this is the second fence.
+    /// Default: root and the serving process's own user.
+    pub allowed_uids: Vec<u32>,
+    /// A connection must deliver its request within this time, else it is
+    /// closed.
+    pub request_deadline: std::time::Duration,
+    /// At most this many connections may wait for their request at once;
+    /// a new connection beyond it closes the one waiting longest (a real
+    /// CNI binary sends its request right after connecting, so a flood of
+    /// idle connections cannot keep pods from starting).
+    pub max_waiting: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let mut allowed_uids = vec![0];
+        // /proc/self belongs to the process's effective user.
+        if let Ok(me) = std::fs::metadata("/proc/self")
+            && me.uid() != 0
+        {
+            allowed_uids.push(me.uid());
+        }
+        Self {
+            allowed_uids,
+            request_deadline: std::time::Duration::from_secs(10),
+            max_waiting: 128,
+        }
+    }
+}
+
+/// Connections that have not delivered their request yet, oldest first.
+#[derive(Debug, Default)]
+struct Waiting {
+    next_id: u64,
+    queue: std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>,
+}
+
+impl Waiting {
+    fn lock(this: &std::sync::Mutex<Self>) -> std::sync::MutexGuard<'_, Self> {
+        this.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    /// Registers a new waiting connection, closing the oldest ones beyond `max`.
+    fn add(this: &std::sync::Mutex<Self>, max: usize) -> (u64, Arc<tokio::sync::Notify>) {
+        let mut w = Self::lock(this);
+        while w.queue.len() >= max.max(1) {
+            if let Some((id, evicted)) = w.queue.pop_front() {
+                tracing::warn!(
+                    connection = id,
+                    "too many CNI connections waiting for their request; closing the oldest"
+                );
+                evicted.notify_one();
+            }
+        }
+        w.next_id += 1;
+        let id = w.next_id;
+        let notify = Arc::new(tokio::sync::Notify::new());
+        w.queue.push_back((id, notify.clone()));
+        (id, notify)
+    }
+    fn remove(this: &std::sync::Mutex<Self>, id: u64) {
+        Self::lock(this).queue.retain(|(i, _)| *i != id);
+    }
+}
+
 /// [`serve`] that returns `Ok` once `shutdown` completes (connections already
-/// accepted finish on their own).
+/// accepted finish on their own), with the default [`ServeLimits`].
 pub async fn serve_until<H: CniHandler>(
     listener: UnixListener,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with_limits(listener, handler, ServeLimits::default(), shutdown).await
+}
+
+/// [`serve_until`] with explicit [`ServeLimits`].
+pub async fn serve_with_limits<H: CniHandler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let limits = Arc::new(limits);
+    let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -102,8 +184,10 @@ pub async fn serve_until<H: CniHandler>(
         match accepted {
             Ok((stream, _)) => {
                 let handler = handler.clone();
+                let limits = limits.clone();
+                let waiting = waiting.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, handler).await {
+                    if let Err(e) = serve_connection(stream, handler, &limits, &waiting).await {
                         tracing::warn!(error = %e, "CNI connection failed");
                     }
                 });
@@ -120,18 +204,62 @@ pub async fn serve_until<H: CniHandler>(
             {
                 tracing::debug!(error = %e, "accept");
             }
+            // Out of file descriptors: connections close as they finish or
+            // time out, so wait a little instead of giving up the socket.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                tracing::warn!(error = %e, "cannot accept CNI connections for now");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Answers every request on one connection (the binary sends one).
+/// Answers the request of one connection (the binary sends one; further
+/// requests on the same connection are served too, each under the deadline).
 async fn serve_connection<H: CniHandler>(
     stream: UnixStream,
     handler: Arc<H>,
+    limits: &ServeLimits,
+    waiting: &std::sync::Mutex<Waiting>,
 ) -> Result<(), crate::protocol::FrameError> {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let mut framed = Framed::new(stream, CniServerCodec::default());
-    while let Some(frame) = framed.next().await {
+    if !uid.is_some_and(|uid| limits.allowed_uids.contains(&uid)) {
+        tracing::warn!(
+            ?uid,
+            "CNI request from a user that may not make one; refused"
+        );
+        let refusal = CniError::new(
+            ErrorCode::IoFailure,
+            "permission denied",
+            format!(
+                "switchyard-agent serves CNI requests from uid {:?} only; this client runs as uid {}",
+                limits.allowed_uids,
+                uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+            ),
+        );
+        framed.send(CniReply::failure(refusal)).await?;
+        return Ok(());
+    }
+    loop {
+        let (id, evicted) = Waiting::add(waiting, limits.max_waiting);
+        let next = tokio::select! {
+            next = tokio::time::timeout(limits.request_deadline, framed.next()) => next,
+            () = evicted.notified() => Ok(None),
+        };
+        Waiting::remove(waiting, id);
+        let frame = match next {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                tracing::debug!(
+                    connection = id,
+                    "no CNI request within the deadline; closing"
+                );
+                return Ok(());
+            }
+        };
         let reply = match frame? {
             Err(e) => {
                 tracing::warn!(code = e.code, msg = %e.msg, details = %e.details, "bad CNI request");
@@ -141,7 +269,6 @@ async fn serve_connection<H: CniHandler>(
         };
         framed.send(reply).await?;
     }
-    Ok(())
 }
 
 async fn dispatch<H: CniHandler>(handler: Arc<H>, req: CniRequest) -> CniReply {
