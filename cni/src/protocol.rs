@@ -88,6 +88,25 @@ impl CniRequest {
         }
     }
 
+    /// Checks the identifiers the agent keys its state on, the same way the
+    /// binary checks its environment (error 4): the container id and
+    /// interface name, and GC's valid attachments. The agent runs this on
+    /// every request it receives, so nothing but the real binary's
+    /// validation can put, say, a `/` into an id it records.
+    pub fn validate_identifiers(&self) -> Result<(), CniError> {
+        if let Some(id) = &self.env.container_id {
+            crate::env::validate_container_id(id)?;
+        }
+        if let Some(ifname) = &self.env.ifname {
+            crate::env::validate_ifname(ifname)?;
+        }
+        for a in self.config.valid_attachments.iter().flatten() {
+            crate::env::validate_container_id(&a.container_id)?;
+            crate::env::validate_ifname(&a.ifname)?;
+        }
+        Ok(())
+    }
+
     /// `(container id, ifname)` of an ADD/DEL/CHECK request.
     pub fn attachment(&self) -> Option<(&str, &str)> {
         Some((

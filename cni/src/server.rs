@@ -265,7 +265,13 @@ async fn serve_connection<H: CniHandler>(
                 tracing::warn!(code = e.code, msg = %e.msg, details = %e.details, "bad CNI request");
                 CniReply::failure(e)
             }
-            Ok(req) => dispatch(handler.clone(), req).await,
+            Ok(req) => match req.validate_identifiers() {
+                Ok(()) => dispatch(handler.clone(), req).await,
+                Err(e) => {
+                    tracing::warn!(code = e.code, msg = %e.msg, details = %e.details, "CNI request with invalid identifiers refused");
+                    CniReply::failure(e)
+                }
+            },
         };
         framed.send(reply).await?;
     }

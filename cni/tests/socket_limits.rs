@@ -2,7 +2,8 @@
 //! connections does not keep a pod from starting, a connection that sends
 //! nothing is closed at its deadline, and a non-root peer is refused.
 //! Needs root (to raise the test's file limit and to run a client as
-//! `nobody`).
+//! `nobody`). Requests carrying identifiers the binary would refuse are
+//! refused by the server too.
 
 mod common;
 
@@ -191,4 +192,49 @@ print(s.recv(n, socket.MSG_WAITALL).decode())
     // Root still gets through.
     let r = add(&agent);
     assert_eq!(r.status, Some(0), "{r:?}");
+}
+
+#[test]
+fn identifiers_the_binary_would_refuse_are_refused_by_the_agent_too() {
+    use switchyard_cni::{CniArgs, CniEnv, CniRequest, Verb, call_agent, parse_config};
+    let agent = Agent::start(CniResult::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stdin = r#"{"cniVersion":"1.1.0","name":"n","type":"switchyard"}"#;
+    for (id, ifname) in [
+        ("a/b", "eth0"),
+        ("c0ffee01", "../x"),
+        ("", "eth0"),
+        ("c0ffee01", ""),
+    ] {
+        let request = CniRequest::new(
+            Verb::Del,
+            CniEnv {
+                container_id: Some(id.into()),
+                netns: None,
+                ifname: Some(ifname.into()),
+                args: CniArgs::default(),
+                path: vec![],
+            },
+            parse_config(stdin.as_bytes()).unwrap(),
+            stdin.into(),
+        );
+        let err = runtime
+            .block_on(call_agent(&agent.socket, &request, Duration::from_secs(10)))
+            .unwrap_err();
+        assert_eq!(err.code, 4, "{id:?} {ifname:?}: {err:?}");
+    }
+    // A GC whose valid attachments hold a bad id changes nothing either.
+    let gc = r#"{"cniVersion":"1.1.0","name":"n","type":"switchyard",
+                 "cni.dev/valid-attachments":[{"containerID":"x/y","ifname":"eth0"}]}"#;
+    let request = CniRequest::new(
+        Verb::Gc,
+        CniEnv::default(),
+        parse_config(gc.as_bytes()).unwrap(),
+        gc.into(),
+    );
+    let err = runtime
+        .block_on(call_agent(&agent.socket, &request, Duration::from_secs(10)))
+        .unwrap_err();
+    assert_eq!(err.code, 4, "{err:?}");
+    assert!(agent.seen().is_empty());
 }
