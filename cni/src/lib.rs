@@ -53,6 +53,7 @@ pub mod env;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod pending;
 pub mod protocol;
 pub mod result;
 pub mod server;

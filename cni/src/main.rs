@@ -83,7 +83,20 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
     }
     check_config_size(stdin.len())?;
     let env = CniEnv::from_lookup(command, env_var)?;
-    let config = parse_config(&stdin)?;
+    let config = match parse_config(&stdin) {
+        Ok(config) => config,
+        // A pod must never stay Terminating because of its network
+        // configuration: DEL needs only the container id and interface
+        // name, so a configuration it cannot fully read (an unsupported
+        // version, an ipam section, a malformed prevResult) is read for
+        // what DEL needs and the rest is ignored.
+        Err(e) if command == Command::Del => {
+            tracing::warn!(code = e.code, msg = %e.msg, "DEL with a configuration that does not parse; going on with what DEL needs");
+            *cni_version = SpecVersion::LATEST.as_str().to_owned();
+            del_config(&stdin)?
+        }
+        Err(e) => return Err(e),
+    };
     init_logging(&config);
     check_verb_for_version(command, &config)?;
     check_verb_input(command, &env, &config)?;
@@ -119,16 +132,33 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
                 e.to_string(),
             )
         })?;
-    let outcome = runtime
-        .block_on(call_agent(&socket, &request, timeout))
-        .map_err(|e| match (verb, e.kind()) {
-            // For STATUS an unreachable or silent agent means "cannot serve ADD".
-            (Verb::Status, Some(ErrorCode::TryAgainLater)) => CniError {
-                code: ErrorCode::PluginNotAvailable.code(),
-                ..e
-            },
-            _ => e,
-        })?;
+    let outcome = runtime.block_on(call_agent(&socket, &request, timeout));
+    let outcome = match (verb, outcome) {
+        // The agent is down or restarting: DEL is queued for it (it runs
+        // queued DELs when it starts, and reconciles besides), so the pod
+        // does not stay Terminating.
+        (Verb::Del, Err(e)) if e.kind() == Some(ErrorCode::TryAgainLater) => {
+            match switchyard_cni::pending::queue_del(&socket, &request) {
+                Ok(path) => {
+                    tracing::warn!(msg = %e.msg, queued = %path.display(), "switchyard-agent unreachable; DEL queued for it");
+                    return Ok(Outcome::Silent);
+                }
+                Err(queue_error) => {
+                    tracing::error!(error = %queue_error, "DEL could not be queued");
+                    Err(e)
+                }
+            }
+        }
+        (_, outcome) => outcome,
+    };
+    let outcome = outcome.map_err(|e| match (verb, e.kind()) {
+        // For STATUS an unreachable or silent agent means "cannot serve ADD".
+        (Verb::Status, Some(ErrorCode::TryAgainLater)) => CniError {
+            code: ErrorCode::PluginNotAvailable.code(),
+            ..e
+        },
+        _ => e,
+    })?;
 
     match (verb, outcome) {
         (Verb::Add, Some(result)) => {
@@ -292,4 +322,32 @@ fn check_config_size(len: usize) -> Result<(), CniError> {
         ));
     }
     Ok(())
+}
+
+/// The configuration of a DEL whose stdin does not parse as a whole: the
+/// fields DEL uses (`name`, `agentSocket`, `timeoutSeconds`, `logFile`,
+/// `logLevel`) where readable, defaults otherwise; `cniVersion` the latest.
+fn del_config(stdin: &[u8]) -> Result<NetworkConfig, CniError> {
+    let raw: serde_json::Value = serde_json::from_slice(stdin).unwrap_or_default();
+    let mut minimal = serde_json::json!({
+        "cniVersion": SpecVersion::LATEST.as_str(),
+        "name": "switchyard",
+        "type": "switchyard",
+    });
+    for key in [
+        "name",
+        "agentSocket",
+        "timeoutSeconds",
+        "logFile",
+        "logLevel",
+    ] {
+        if let Some(v) = raw.get(key) {
+            let mut candidate = minimal.clone();
+            candidate[key] = v.clone();
+            if parse_config(candidate.to_string().as_bytes()).is_ok() {
+                minimal = candidate;
+            }
+        }
+    }
+    parse_config(minimal.to_string().as_bytes())
 }

@@ -752,7 +752,7 @@ fn cases() -> Vec<Case> {
             let path = a.dir.path().join("dead.sock");
             drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
             run(
-                &env_for(a, "DEL"),
+                &add_env(a),
                 &with(conf(a, "0.4.0"), json!({"agentSocket": path})),
             )
         },
@@ -944,4 +944,54 @@ fn oversized_config_is_a_permanent_error_and_reaches_no_agent() {
         ),
     );
     assert_eq!(r.status, Some(0), "{r:?}");
+}
+
+/// A pod never stays Terminating because of the plugin: DEL succeeds when the
+/// agent is down (queued for it) and with a configuration ADD would refuse.
+#[test]
+fn del_succeeds_whatever_the_agent_and_the_configuration() {
+    let agent = Agent::start(CniResult::default());
+    // Agent down: the DEL is queued beside its socket and DEL succeeds.
+    let dead = agent.dir.path().join("down/cni.sock");
+    std::fs::create_dir_all(dead.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    let r = run(
+        &env_for(&agent, "DEL"),
+        &with(conf(&agent, "1.0.0"), json!({"agentSocket": dead})),
+    );
+    expect_silent_success(&r);
+    let queued = switchyard_cni::pending::queued_dels(&dead).unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let request = queued[0].1.as_ref().unwrap();
+    assert_eq!(request.verb, Verb::Del);
+    assert_eq!(request.attachment(), Some(("c0ffee01", "eth0")));
+    // ADD against the same dead agent is still 11 (the runtime retries it).
+    let r = run(
+        &add_env(&agent),
+        &with(conf(&agent, "1.0.0"), json!({"agentSocket": dead})),
+    );
+    expect_error(&r, ErrorCode::TryAgainLater, "1.0.0");
+
+    // Configurations ADD refuses: DEL goes through to the agent.
+    for (what, extra) in [
+        ("an ipam section", json!({"ipam": {"type": "host-local"}})),
+        ("an unsupported version", json!({"cniVersion": "0.2.0"})),
+        (
+            "a malformed prevResult",
+            json!({"prevResult": {"ips": "nope"}}),
+        ),
+        ("a missing name", json!({"name": null})),
+    ] {
+        let before = agent.seen().len();
+        let r = run(&env_for(&agent, "DEL"), &with(conf(&agent, "1.0.0"), extra));
+        expect_silent_success(&r);
+        let seen = agent.seen();
+        assert_eq!(seen.len(), before + 1, "{what}: DEL reached the agent");
+        assert_eq!(seen[before].verb, Verb::Del, "{what}");
+        assert_eq!(
+            seen[before].attachment(),
+            Some(("c0ffee01", "eth0")),
+            "{what}"
+        );
+    }
 }
