@@ -40,11 +40,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn free_local_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 /// A port of the node port range free on all addresses right now (tests run
 /// in parallel: start somewhere that depends on the process).
 fn free_node_port() -> u16 {
@@ -80,14 +75,9 @@ async fn node_health_urls_and_health_check_node_port_follow_local_endpoints() {
     }
     let node = Node::start().await;
     let lab = Lab::start().await;
-    let healthz = free_local_addr();
-    let healthz_flag = healthz.to_string();
-    let proxy = ProxyProcess::start(
-        &lab,
-        &node,
-        "main",
-        &["--healthz-bind-address", &healthz_flag],
-    );
+    // The fixture passes `--healthz-bind-address 127.0.0.1:<free port>`.
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let healthz = proxy.healthz;
     let debug = || format!("{}\n--- proxy log\n{}", node.debug(), proxy.log_text());
 
     // kube-proxy's URLs, as the upstream e2e "should check kube-proxy urls" asks.
