@@ -117,6 +117,8 @@ impl Proxy {
             .arg(BRIDGE)
             .arg("--metrics-address")
             .arg(metrics.to_string())
+            // Not measured here; the default 0.0.0.0:10256 may be taken.
+            .arg("--healthz-bind-address=")
             .arg("--debounce-ms")
             .arg(debounce_ms.to_string())
             .env("RUST_LOG", "info")

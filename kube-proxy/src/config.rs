@@ -26,9 +26,13 @@ pub struct Flags {
     /// The integration bridge.
     #[arg(long, default_value = "br-int")]
     pub bridge: String,
-    /// Address serving /metrics and /healthz.
+    /// Address serving /metrics, /healthz and /proxyMode.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_address: SocketAddr,
+    /// Address of kube-proxy's health server (/healthz with lastUpdated, /livez),
+    /// which load balancers probe; an empty value disables it.
+    #[arg(long, default_value = crate::healthcheck::DEFAULT_HEALTHZ_BIND_ADDRESS)]
+    pub healthz_bind_address: OptionalAddr,
     /// Full resync period in seconds (0 = never; start and reconnects still resync).
     #[arg(long, default_value_t = 300)]
     pub resync_period: u64,
@@ -46,6 +50,32 @@ pub struct Flags {
     pub buckets_per_group: usize,
 }
 
+/// `ADDR:PORT`, or empty for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|_| format!("{text:?} is not ADDR:PORT (e.g. 0.0.0.0:10256; empty disables)"))
+    }
+}
+
+impl std::fmt::Display for OptionalAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +90,29 @@ mod tests {
         assert_eq!(flags.debounce_ms, 0);
         assert_eq!(flags.reject_rate, 1000);
         assert_eq!(flags.buckets_per_group, 512);
+        assert_eq!(
+            flags.healthz_bind_address,
+            OptionalAddr(Some("0.0.0.0:10256".parse().unwrap()))
+        );
+        let parse = |value: &str| {
+            Flags::try_parse_from([
+                "switchyard-proxy",
+                "--node-name=n1",
+                &format!("--healthz-bind-address={value}"),
+            ])
+        };
+        assert_eq!(parse("").unwrap().healthz_bind_address, OptionalAddr(None));
+        assert_eq!(
+            parse("127.0.0.1:1").unwrap().healthz_bind_address,
+            OptionalAddr(Some("127.0.0.1:1".parse().unwrap()))
+        );
+        for bad in ["10256", "nowhere:1", "0"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("healthz-bind-address") && err.contains("not ADDR:PORT"),
+                "{err}"
+            );
+        }
         for bad in ["0", "513", "x"] {
             let err = Flags::try_parse_from([
                 "switchyard-proxy",

@@ -11,7 +11,10 @@
 //! `br-int` in atomic bundles, answers rejects ([`reject`]) and flushes
 //! stale UDP conntrack entries ([`conntrack`]; after a restart judged
 //! against what the switch served, [`served`]); [`metrics`] serves
-//! `/metrics` and `/healthz`; [`config`] is the binary's command line.
+//! `/metrics`, `/healthz` and `/proxyMode`; [`healthcheck`] serves kube-proxy's
+//! node health URLs (`:10256/healthz`, `/livez`) and each ETP-Local
+//! LoadBalancer Service's `healthCheckNodePort` from the [`HealthChecks`] the
+//! recompute publishes; [`config`] is the binary's command line.
 
 pub mod cluster_cache;
 pub mod config;
@@ -20,6 +23,7 @@ pub mod diff;
 pub mod fixtures;
 pub mod flows;
 pub mod groups;
+pub mod healthcheck;
 pub mod metrics;
 pub mod program;
 pub mod recompute;
@@ -34,9 +38,9 @@ pub use diff::{
     AddedPort, ChangeSet, ChangedPort, GroupId, GroupIdAllocator, GroupIdTaken, GroupIdsExhausted,
     RemovedPort, StaleUdpEndpoint, StaleUdpFrontend, diff, diff_services,
 };
-pub use recompute::{Recomputer, SharedGroupIds, Update};
+pub use recompute::{HealthChecks, Recomputer, SharedGroupIds, Update};
 pub use service_model::{
-    DesiredState, Endpoint, NoEndpointsAction, Protocol, ServiceKey, ServicePortName,
-    ServicePortState, build_desired_state,
+    DesiredState, Endpoint, HealthCheck, NoEndpointsAction, Protocol, ServiceKey, ServicePortName,
+    ServicePortState, ServiceType, build_desired_state,
 };
-pub use watch::{WatchConfig, WatchError, watch};
+pub use watch::{WatchConfig, WatchError, watch, watch_with_health};

@@ -12,9 +12,10 @@ use switchyard_pipeline::group as group_ids;
 use switchyard_proxy::config::Flags;
 use switchyard_proxy::conntrack::ConntrackFlusher;
 use switchyard_proxy::groups::{GroupLayout, PORT_GROUP_LAST};
+use switchyard_proxy::healthcheck::{self, ServiceHealthServer};
 use switchyard_proxy::metrics::{self, HttpState, Metrics};
 use switchyard_proxy::switch::{self, SwitchWriter};
-use switchyard_proxy::{GroupIdAllocator, WatchConfig, watch};
+use switchyard_proxy::{GroupIdAllocator, HealthChecks, WatchConfig, watch_with_health};
 
 async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
     let config = match &flags.kubeconfig {
@@ -56,11 +57,32 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         // A healthy proxy syncs at least every resync period.
         max_sync_age: resync.map_or(Duration::MAX, |period| period * 2 + Duration::from_secs(60)),
     };
-    let (bound, server) = metrics::bind(flags.metrics_address, state)
+    let (bound, server) = metrics::bind(flags.metrics_address, state.clone())
         .await
         .with_context(|| format!("binding {}", flags.metrics_address))?;
-    tracing::info!(%bound, "serving /metrics and /healthz");
+    tracing::info!(%bound, "serving /metrics, /healthz and /proxyMode");
     let server = tokio::spawn(server);
+    let health_server = match flags.healthz_bind_address.0 {
+        Some(addr) => {
+            let (bound, server) = healthcheck::bind_proxy_health(addr, state.clone())
+                .await
+                .with_context(|| format!("binding the healthz address {addr}"))?;
+            tracing::info!(%bound, "serving kube-proxy's /healthz and /livez");
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
+    let health_server = async move {
+        match health_server {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    // Health check node ports of ETP-Local LoadBalancer Services, on all addresses.
+    let (health_checks, health_rx) = tokio::sync::watch::channel(Arc::new(HealthChecks::new()));
+    let service_health = tokio::spawn(
+        ServiceHealthServer::new(std::net::Ipv4Addr::UNSPECIFIED.into(), state).run(health_rx),
+    );
 
     let switch = connect_switch(&flags).await;
     // Port group ids stay below 2^24: the bits above number their sub-groups.
@@ -93,15 +115,23 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         debounce: Duration::from_millis(flags.debounce_ms),
     };
     let (tx, updates) = tokio::sync::mpsc::channel(64);
-    let watcher = tokio::spawn(watch(client, config, groups, tx));
+    let watcher = tokio::spawn(watch_with_health(
+        client,
+        config,
+        groups,
+        tx,
+        Some(health_checks),
+    ));
     let writing = tokio::spawn(switch::run(writer, updates, resync, Duration::from_secs(1)));
     tokio::select! {
         result = watcher => result.context("watch task panicked")?.context("watch failed")?,
         result = writing => result.context("switch writer panicked")?,
         result = server => result.context("metrics server panicked")?.context("metrics server failed")?,
+        result = health_server => result.context("healthz server panicked")?.context("healthz server failed")?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
     rejects.abort();
+    service_health.abort();
     Ok(())
 }
 

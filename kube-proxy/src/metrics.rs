@@ -1,4 +1,5 @@
-//! Prometheus metrics and the HTTP endpoint serving them with `/healthz`.
+//! Prometheus metrics and the HTTP endpoint serving them with `/healthz` and
+//! kube-proxy's `/proxyMode`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -191,6 +192,22 @@ impl Metrics {
         now_ms.saturating_sub(last - 1) <= u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// How long ago the last successful sync was; `None` before the first.
+    pub fn last_sync_age(&self) -> Option<Duration> {
+        let last = self.health.last_success_ms.load(Ordering::Acquire);
+        if last == 0 {
+            return None;
+        }
+        let start = self
+            .health
+            .start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(Instant::now);
+        let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Some(Duration::from_millis(now_ms.saturating_sub(last - 1)))
+    }
+
     /// The OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -230,6 +247,18 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// What kube-proxy's `/proxyMode` answers here.
+pub const PROXY_MODE: &str = "switchyard";
+
+/// kube-proxy's `/proxyMode` (the upstream e2e "should check kube-proxy urls"
+/// asks for it): the mode's name as plain text.
+async fn proxy_mode() -> ([(header::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        PROXY_MODE,
+    )
+}
+
 /// Binds `addr` and returns the bound address and the server future.
 pub async fn bind(
     addr: SocketAddr,
@@ -243,6 +272,7 @@ pub async fn bind(
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
+        .route("/proxyMode", get(proxy_mode))
         .with_state(state);
     Ok((bound, async move { axum::serve(listener, app).await }))
 }

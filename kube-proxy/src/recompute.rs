@@ -1,11 +1,16 @@
 //! Turns the dirty Services of a [`ClusterCache`] into the next desired
-//! state and the change set from the previous one.
+//! state and the change set from the previous one, and keeps the Services'
+//! health check node ports ([`HealthChecks`]) up to date alongside.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::cluster_cache::ClusterCache;
 use crate::diff::{ChangeSet, GroupIdAllocator, GroupIdsExhausted, diff_services};
-use crate::service_model::DesiredState;
+use crate::service_model::{DesiredState, HealthCheck, ServiceKey};
+
+/// Every Service with a health check node port and what it reports.
+pub type HealthChecks = BTreeMap<ServiceKey, HealthCheck>;
 
 /// One step for the switch: the new desired state and what changed to reach it.
 #[derive(Debug, Clone)]
@@ -31,6 +36,9 @@ pub struct Recomputer {
     current: Arc<DesiredState>,
     generation: u64,
     groups: SharedGroupIds,
+    health_checks: Arc<HealthChecks>,
+    /// `health_checks` changed since [`Self::take_health_checks`].
+    health_changed: bool,
 }
 
 impl Recomputer {
@@ -41,7 +49,19 @@ impl Recomputer {
             current: Arc::new(DesiredState::new()),
             generation: 0,
             groups,
+            health_checks: Arc::new(HealthChecks::new()),
+            health_changed: false,
         }
+    }
+
+    /// The health checks as of the last recompute.
+    pub fn health_checks(&self) -> &Arc<HealthChecks> {
+        &self.health_checks
+    }
+
+    /// The health checks, if they changed since the last call.
+    pub fn take_health_checks(&mut self) -> Option<Arc<HealthChecks>> {
+        std::mem::take(&mut self.health_changed).then(|| Arc::clone(&self.health_checks))
     }
 
     /// The desired state as of the last recompute.
@@ -80,6 +100,7 @@ impl Recomputer {
                 return Err(err);
             }
         };
+        self.update_health_checks(&next, &dirty);
         self.current = Arc::new(next);
         if changes.is_empty() {
             return Ok(None);
@@ -91,5 +112,27 @@ impl Recomputer {
             changes,
             first_event: std::time::Instant::now(),
         }))
+    }
+
+    /// Follows the dirty Services' health checks in `next` (even when the
+    /// switch has nothing to do: a readiness flip or a new health check port
+    /// may change no flow).
+    fn update_health_checks(&mut self, next: &DesiredState, dirty: &[ServiceKey]) {
+        let mut checks: Option<HealthChecks> = None;
+        for service in dirty {
+            let wanted = next.health_check(service);
+            if self.health_checks.get(service) == wanted.as_ref() {
+                continue;
+            }
+            let checks = checks.get_or_insert_with(|| HealthChecks::clone(&self.health_checks));
+            match wanted {
+                Some(check) => checks.insert(service.clone(), check),
+                None => checks.remove(service),
+            };
+        }
+        if let Some(checks) = checks {
+            self.health_checks = Arc::new(checks);
+            self.health_changed = true;
+        }
     }
 }

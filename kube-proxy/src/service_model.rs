@@ -20,6 +20,12 @@
 //!   (they belong to another proxy). Services without a selector use their hand-made slices.
 //! - IPv4 only: the IPv4 entry of `spec.clusterIPs` is used; IPv6 and FQDN
 //!   slices are skipped.
+//! - Each port also carries what traffic from outside the cluster needs: the
+//!   Service type, its node port, `externalTrafficPolicy: Local`, the
+//!   `healthCheckNodePort` (kept only for LoadBalancer Services with the Local
+//!   policy, as kube-proxy does) and this node's ready endpoint addresses (what
+//!   the health check node port reports, see [`DesiredState::health_check`]).
+//!   The OpenFlow programming does not read them yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -76,6 +82,38 @@ impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The Service types the proxy serves (ExternalName Services are ignored).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ServiceType {
+    #[default]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// Parses `spec.type`; unset is ClusterIP. `None` for ExternalName and
+    /// unknown types.
+    pub fn from_api(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("ClusterIP") => Some(Self::ClusterIp),
+            Some("NodePort") => Some(Self::NodePort),
+            Some("LoadBalancer") => Some(Self::LoadBalancer),
+            Some(_) => None,
+        }
+    }
+}
+
+/// What a Service's `healthCheckNodePort` reports on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// The port to listen on.
+    pub port: u16,
+    /// Ready endpoints on this node, counted by address across the Service's
+    /// ports (an endpoint serving two ports counts once), as kube-proxy counts.
+    pub local_endpoints: usize,
 }
 
 /// A protocol string the API does not define.
@@ -229,6 +267,17 @@ pub struct ServicePortState {
     /// Some node (any node, this one included) has a usable endpoint, ignoring
     /// the traffic policy. Decides between reject and drop when `endpoints` is empty.
     pub cluster_has_endpoints: bool,
+    pub service_type: ServiceType,
+    /// `nodePort` of this port (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_traffic_policy_local: bool,
+    /// `healthCheckNodePort`, for a LoadBalancer Service with
+    /// `externalTrafficPolicy: Local` only.
+    pub health_check_node_port: Option<u16>,
+    /// Addresses of this node's ready endpoints of this port (whatever the
+    /// traffic policies), sorted and distinct.
+    pub local_ready: Vec<Ipv4Addr>,
 }
 
 impl ServicePortState {
@@ -339,6 +388,24 @@ impl DesiredState {
         }
     }
 
+    /// The health check node port of one Service and what it reports, when
+    /// the Service has one (a LoadBalancer Service with
+    /// `externalTrafficPolicy: Local` and a `healthCheckNodePort`).
+    pub fn health_check(&self, service: &ServiceKey) -> Option<HealthCheck> {
+        let mut port = None;
+        let mut local: Vec<Ipv4Addr> = Vec::new();
+        for (_, state) in self.service_ports(service) {
+            port = port.or(state.health_check_node_port);
+            local.extend(&state.local_ready);
+        }
+        local.sort_unstable();
+        local.dedup();
+        port.map(|port| HealthCheck {
+            port,
+            local_endpoints: local.len(),
+        })
+    }
+
     pub(crate) fn insert(&mut self, name: ServicePortName, state: ServicePortState) {
         self.ports.insert(name, Arc::new(state));
     }
@@ -436,6 +503,20 @@ pub fn service_port_states(
             continue;
         }
         let all = collect_endpoints(&name, slices, node_name);
+        let mut local_ready: Vec<Ipv4Addr> = all
+            .iter()
+            .filter(|e| e.is_local && e.ready)
+            .map(|e| e.ip)
+            .collect();
+        local_ready.dedup();
+        let node_port = match spec_port.node_port.map(u16::try_from) {
+            None | Some(Ok(0)) => None,
+            Some(Ok(port)) => Some(port),
+            Some(Err(_)) => {
+                warn!(service_port = %name, node_port = ?spec_port.node_port, "node port out of range ignored");
+                None
+            }
+        };
         let ChosenEndpoints {
             chosen: endpoints,
             serving,
@@ -452,6 +533,11 @@ pub fn service_port_states(
                 endpoints,
                 serving,
                 cluster_has_endpoints,
+                service_type: frontend.service_type,
+                node_port,
+                external_traffic_policy_local: frontend.external_traffic_policy_local,
+                health_check_node_port: frontend.health_check_node_port,
+                local_ready,
             },
         ));
     }
@@ -464,6 +550,9 @@ struct ServiceFrontend {
     cluster_ip: Ipv4Addr,
     session_affinity: Option<u32>,
     internal_traffic_policy_local: bool,
+    service_type: ServiceType,
+    external_traffic_policy_local: bool,
+    health_check_node_port: Option<u16>,
 }
 
 impl ServiceFrontend {
@@ -485,6 +574,11 @@ impl ServiceFrontend {
             debug!(service = %key, "ExternalName Service ignored");
             return None;
         }
+        // The API server admits no other type; served as ClusterIP as before.
+        let service_type = ServiceType::from_api(spec.type_.as_deref()).unwrap_or_else(|| {
+            warn!(service = %key, service_type = spec.type_.as_deref(), "unknown Service type served as ClusterIP");
+            ServiceType::ClusterIp
+        });
         let primary = spec.cluster_ip.as_deref().unwrap_or("");
         if primary.is_empty() || primary == "None" {
             debug!(service = %key, cluster_ip = primary, "headless or IP-less Service ignored");
@@ -528,10 +622,31 @@ impl ServiceFrontend {
             }
         });
 
+        let external_traffic_policy_local =
+            spec.external_traffic_policy.as_deref() == Some("Local");
+        // kube-proxy serves a health check only where the API allows one.
+        let health_check_node_port = if service_type == ServiceType::LoadBalancer
+            && external_traffic_policy_local
+        {
+            match spec.health_check_node_port.map(u16::try_from) {
+                None | Some(Ok(0)) => None,
+                Some(Ok(port)) => Some(port),
+                Some(Err(_)) => {
+                    warn!(service = %key, port = ?spec.health_check_node_port, "healthCheckNodePort out of range ignored");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
         Some(Self {
             cluster_ip,
             session_affinity,
             internal_traffic_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            service_type,
+            external_traffic_policy_local,
+            health_check_node_port,
         })
     }
 }

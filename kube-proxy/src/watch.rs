@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster_cache::ClusterCache;
-use crate::recompute::{Recomputer, SharedGroupIds, Update};
+use crate::recompute::{HealthChecks, Recomputer, SharedGroupIds, Update};
 use crate::service_model::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 
 /// Most queued events taken in between two looks at the debounce timer.
@@ -68,6 +68,19 @@ pub async fn watch(
     groups: SharedGroupIds,
     updates: mpsc::Sender<Update>,
 ) -> Result<(), WatchError> {
+    watch_with_health(client, config, groups, updates, None).await
+}
+
+/// [`watch`], also publishing the Services' health checks on `health`
+/// whenever they change (right after the recompute, before the switch update
+/// is queued, so a busy switch writer does not delay them).
+pub async fn watch_with_health(
+    client: kube::Client,
+    config: WatchConfig,
+    groups: SharedGroupIds,
+    updates: mpsc::Sender<Update>,
+    health: Option<tokio::sync::watch::Sender<Arc<HealthChecks>>>,
+) -> Result<(), WatchError> {
     // Filter server-side what the model would ignore anyway, as kube-proxy does.
     let service_filter = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
     let slice_filter = watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}"));
@@ -75,7 +88,7 @@ pub async fn watch(
         watcher::watcher(Api::<Service>::all(client.clone()), service_filter).default_backoff();
     let slices =
         watcher::watcher(Api::<EndpointSlice>::all(client), slice_filter).default_backoff();
-    run(services, slices, config, groups, updates).await
+    run_with_health(services, slices, config, groups, updates, health).await
 }
 
 /// Collects one watch stream's events into the cache.
@@ -171,6 +184,22 @@ where
     S: Stream<Item = Result<Event<Service>, watcher::Error>>,
     E: Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
 {
+    run_with_health(services, slices, config, groups, updates, None).await
+}
+
+/// [`run`], also publishing health checks (see [`watch_with_health`]).
+pub async fn run_with_health<S, E>(
+    services: S,
+    slices: E,
+    config: WatchConfig,
+    groups: SharedGroupIds,
+    updates: mpsc::Sender<Update>,
+    health: Option<tokio::sync::watch::Sender<Arc<HealthChecks>>>,
+) -> Result<(), WatchError>
+where
+    S: Stream<Item = Result<Event<Service>, watcher::Error>>,
+    E: Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
+{
     let mut services = pin!(services);
     let mut slices = pin!(slices);
     let mut service_feed = Feed::services();
@@ -191,7 +220,12 @@ where
             () = sleep_until_some(window), if window.is_some() => {
                 deadline = None;
                 let started = std::time::Instant::now();
-                if let Some(mut update) = recomputer.recompute(&mut cache)? {
+                let update = recomputer.recompute(&mut cache)?;
+                if let (Some(health), Some(checks)) = (&health, recomputer.take_health_checks()) {
+                    debug!(services = checks.len(), "health checks updated");
+                    health.send_replace(checks);
+                }
+                if let Some(mut update) = update {
                     update.first_event = burst_started;
                     debug!(
                         generation = update.generation,

@@ -198,3 +198,72 @@ fn recomputer_keeps_services_dirty_when_ids_run_out() {
     assert!(recomputer.current().is_empty());
     assert_eq!(recomputer.generation(), 0);
 }
+
+#[test]
+fn recomputer_publishes_health_checks_even_without_switch_changes() {
+    use switchyard_proxy::HealthCheck;
+    let groups = Arc::new(Mutex::new(GroupIdAllocator::new()));
+    let mut recomputer = Recomputer::new(NODE, groups);
+    let mut cache = ClusterCache::new();
+    let lb = |health_check_node_port: Option<i32>| {
+        let mut svc = (*web()).clone();
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = health_check_node_port;
+        Arc::new(svc)
+    };
+    let local_slice = |ready: bool| {
+        Arc::new(
+            slice("default", "web-1", "web")
+                .tcp("http", 8080)
+                .endpoint(endpoint("10.0.0.1").node(NODE).ready(ready))
+                .endpoint(endpoint("10.0.0.2").node("node-z"))
+                .build(),
+        )
+    };
+    cache.apply_service(web());
+    cache.apply_slice(local_slice(true));
+    recomputer.recompute(&mut cache).expect("recompute");
+    assert_eq!(recomputer.take_health_checks(), None, "no health check yet");
+
+    // ClusterIP -> LoadBalancer Local: no flow changes, a health check.
+    cache.apply_service(lb(Some(31000)));
+    assert!(
+        recomputer
+            .recompute(&mut cache)
+            .expect("recompute")
+            .is_none()
+    );
+    let checks = recomputer.take_health_checks().expect("published");
+    let check = |local_endpoints| HealthCheck {
+        port: 31000,
+        local_endpoints,
+    };
+    assert_eq!(checks.get(&key("web")), Some(&check(1)));
+    assert_eq!(recomputer.take_health_checks(), None, "taken");
+
+    // The local endpoint not ready: the count follows.
+    cache.apply_slice(local_slice(false));
+    recomputer.recompute(&mut cache).expect("recompute");
+    let checks = recomputer.take_health_checks().expect("published");
+    assert_eq!(checks.get(&key("web")), Some(&check(0)));
+
+    // An unrelated change publishes nothing; the port going away does.
+    cache.apply_service(Arc::new(
+        service("default", "db")
+            .cluster_ip("10.96.0.30")
+            .tcp("pg", 5432)
+            .build(),
+    ));
+    recomputer.recompute(&mut cache).expect("recompute");
+    assert_eq!(recomputer.take_health_checks(), None);
+    cache.delete_service(&lb(Some(31000)));
+    recomputer.recompute(&mut cache).expect("recompute");
+    assert!(
+        recomputer
+            .take_health_checks()
+            .expect("published")
+            .is_empty()
+    );
+}

@@ -515,7 +515,8 @@ async fn proxy_restart_keeps_connections_and_service() {
     let proxy = ProxyProcess::start(&lab, &node, "second", &[]);
     let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;
-    assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
+    // The web Service's port and the API server's `default/kubernetes` one.
+    assert!(proxy.log_text().contains("adopted=2"), "{}", debug());
     assert_eq!(group_ids(&node), groups_before, "{}", debug());
     for _ in 0..5 {
         assert_eq!(conn.ask().await.expect("answer after restart"), backend);
@@ -526,11 +527,11 @@ async fn proxy_restart_keeps_connections_and_service() {
         "{}",
         debug()
     );
-    // Only the new generation's flows remain (one frontend).
+    // Only the new generation's flows remain (one frontend for the VIP).
     let frontends = node
         .dump_flows()
         .lines()
-        .filter(|line| line.contains("table=31") && line.contains("nw_dst="))
+        .filter(|line| line.contains("table=31") && line.contains(&format!("nw_dst={},", vip.ip())))
         .count();
     assert_eq!(frontends, 1, "{}", debug());
 }

@@ -350,6 +350,12 @@ async fn services_of_another_proxy_are_ignored() {
             .get(&port("theirs", "http", Protocol::Tcp))
             .is_none()
     );
-    assert_eq!(last.state.len(), 1);
+    // Ours and the API server's own `default/kubernetes`.
+    assert!(
+        last.state
+            .get(&port("kubernetes", "https", Protocol::Tcp))
+            .is_some()
+    );
+    assert_eq!(last.state.len(), 2);
     lab.stop().await;
 }

@@ -238,7 +238,8 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     })
     .await;
     let groups = node.dump_groups();
-    assert_eq!(groups.matches("type=select").count(), 4, "{}", debug());
+    // Four for web, one for the API server's `default/kubernetes` Service.
+    assert_eq!(groups.matches("type=select").count(), 5, "{}", debug());
     assert_eq!(groups.matches("actions=group:").count(), 3, "{}", debug());
 
     // Restart: the groups are read back and adopted, service goes on.
@@ -246,7 +247,8 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     let proxy = ProxyProcess::start(&lab, &node, "second", &["--buckets-per-group=2"]);
     let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;
-    assert!(proxy.log_text().contains("adopted=1"), "{}", debug());
+    // web's port and `default/kubernetes`'s.
+    assert!(proxy.log_text().contains("adopted=2"), "{}", debug());
     assert_eq!(node.dump_groups(), groups, "{}", debug());
 
     // Down to two backends: one plain group, the sub-groups are gone.
@@ -254,9 +256,9 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
         lab.delete_pod(name).await;
     }
     let two = BTreeSet::from(["web-1".to_owned(), "web-2".to_owned()]);
-    eventually("one plain group", &debug, || async {
+    eventually("one plain group (and kubernetes's)", &debug, || async {
         let groups = node.dump_groups();
-        (groups.matches("type=select").count() == 1 && !groups.contains("actions=group:"))
+        (groups.matches("type=select").count() == 2 && !groups.contains("actions=group:"))
             .then_some(())
     })
     .await;

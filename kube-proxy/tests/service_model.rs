@@ -5,8 +5,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_proxy::fixtures::{EndpointBuilder, endpoint, service, slice};
 use switchyard_proxy::service_model::DEFAULT_CLIENT_IP_TIMEOUT_SECS;
 use switchyard_proxy::{
-    DesiredState, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
-    build_desired_state,
+    DesiredState, HealthCheck, NoEndpointsAction, Protocol, ServiceKey, ServicePortName,
+    ServicePortState, ServiceType, build_desired_state,
 };
 
 const NODE: &str = "node-a";
@@ -649,4 +649,123 @@ fn build_is_deterministic_in_input_order() {
         backends(get(&forward, &tcp("a", ""))),
         ["10.0.0.1:8080", "10.0.0.9:8080"]
     );
+}
+
+/// A two-port Service "lb" (http 80, https 443) of `type` with the given
+/// external policy, health check node port and node ports 30080/30443.
+fn external(service_type: &str, etp: &str, health_check_node_port: Option<i32>) -> Service {
+    let mut svc = service("default", "lb")
+        .cluster_ip("10.96.0.40")
+        .tcp("http", 80)
+        .tcp("https", 443)
+        .build();
+    let spec = svc.spec.as_mut().expect("spec");
+    spec.type_ = Some(service_type.to_owned());
+    spec.external_traffic_policy = Some(etp.to_owned());
+    spec.health_check_node_port = health_check_node_port;
+    for (port, node_port) in spec
+        .ports
+        .as_mut()
+        .expect("ports")
+        .iter_mut()
+        .zip([30080, 30443])
+    {
+        port.node_port = Some(node_port);
+    }
+    svc
+}
+
+/// Endpoints of "lb" on both ports: 10.0.0.1 local and ready; 10.0.0.2 local
+/// not ready; 10.0.0.3 ready on another node; 10.0.0.4 local, terminating but
+/// serving; 10.0.0.5 ready without a node.
+fn external_slices(local_ready: bool) -> Vec<EndpointSlice> {
+    vec![
+        slice("default", "lb-1", "lb")
+            .tcp("http", 8080)
+            .tcp("https", 8443)
+            .endpoint(endpoint("10.0.0.1").node(NODE).ready(local_ready))
+            .endpoint(endpoint("10.0.0.2").node(NODE).ready(false))
+            .endpoint(endpoint("10.0.0.3").node("node-b"))
+            .endpoint(endpoint("10.0.0.4").node(NODE).serving_terminating())
+            .endpoint(endpoint("10.0.0.5"))
+            .build(),
+    ]
+}
+
+#[test]
+fn external_fields_and_the_health_check_count_local_ready_endpoints_by_address() {
+    let lb = ServiceKey::new("default", "lb");
+    let state = build(
+        &[external("LoadBalancer", "Local", Some(31000))],
+        &external_slices(true),
+    );
+    let http = get(&state, &tcp("lb", "http"));
+    assert_eq!(http.service_type, ServiceType::LoadBalancer);
+    assert_eq!(http.node_port, Some(30080));
+    assert_eq!(get(&state, &tcp("lb", "https")).node_port, Some(30443));
+    assert!(http.external_traffic_policy_local);
+    assert_eq!(http.health_check_node_port, Some(31000));
+    assert_eq!(
+        http.local_ready,
+        ["10.0.0.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    // One local ready pod serving two ports is one endpoint, as kube-proxy counts.
+    assert_eq!(
+        state.health_check(&lb),
+        Some(HealthCheck {
+            port: 31000,
+            local_endpoints: 1
+        })
+    );
+    // Not ready (only the terminating and the unready ones left locally): 0.
+    let state = build(
+        &[external("LoadBalancer", "Local", Some(31000))],
+        &external_slices(false),
+    );
+    assert_eq!(
+        state.health_check(&lb),
+        Some(HealthCheck {
+            port: 31000,
+            local_endpoints: 0
+        })
+    );
+    // Health checks exist for LoadBalancer + Local only.
+    for (service_type, etp) in [("LoadBalancer", "Cluster"), ("NodePort", "Local")] {
+        let state = build(
+            &[external(service_type, etp, Some(31000))],
+            &external_slices(true),
+        );
+        assert_eq!(state.health_check(&lb), None, "{service_type} {etp}");
+        assert_eq!(get(&state, &tcp("lb", "http")).health_check_node_port, None);
+    }
+    let state = build(
+        &[external("LoadBalancer", "Local", None)],
+        &external_slices(true),
+    );
+    assert_eq!(state.health_check(&lb), None);
+}
+
+#[test]
+fn external_fields_change_no_frontend_or_bucket() {
+    let mut plain = external("ClusterIP", "", None);
+    let spec = plain.spec.as_mut().expect("spec");
+    spec.external_traffic_policy = None;
+    for port in spec.ports.as_mut().expect("ports") {
+        port.node_port = None;
+    }
+    let before = build(&[plain], &external_slices(true));
+    let after = build(
+        &[external("LoadBalancer", "Local", Some(31000))],
+        &external_slices(true),
+    );
+    let (a, b) = (
+        get(&before, &tcp("lb", "http")),
+        get(&after, &tcp("lb", "http")),
+    );
+    assert_eq!(a.service_type, ServiceType::ClusterIp);
+    assert_eq!((a.node_port, a.health_check_node_port), (None, None));
+    assert_ne!(a, b);
+    assert!(a.same_frontend(b) && a.same_buckets(b));
+    assert_eq!(a.endpoints, b.endpoints);
+    assert_eq!(a.serving, b.serving);
 }

@@ -606,12 +606,16 @@ pub struct ProxyProcess {
     child: Child,
     pub log: PathBuf,
     pub metrics: SocketAddr,
+    /// `--healthz-bind-address` (kube-proxy's `/healthz` and `/livez`): a free
+    /// loopback port, as tests run in parallel (the default is 0.0.0.0:10256).
+    pub healthz: SocketAddr,
 }
 
 impl ProxyProcess {
     pub fn start(lab: &Lab, node: &Node, tag: &str, extra: &[&str]) -> ProxyProcess {
         let log = lab.dir.path().join(format!("proxy-{tag}.log"));
         let metrics = free_local_addr();
+        let healthz = free_local_addr();
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard-proxy"))
             .arg("--node-name")
             .arg(NODE)
@@ -623,6 +627,8 @@ impl ProxyProcess {
             .arg(BRIDGE)
             .arg("--metrics-address")
             .arg(metrics.to_string())
+            .arg("--healthz-bind-address")
+            .arg(healthz.to_string())
             .arg("--debounce-ms")
             .arg("20")
             .args(extra)
@@ -636,6 +642,7 @@ impl ProxyProcess {
             child,
             log,
             metrics,
+            healthz,
         }
     }
 

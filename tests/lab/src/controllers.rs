@@ -1,5 +1,6 @@
 //! In-process stand-ins for kube-controller-manager: node IPAM (a pod CIDR per Node) and the
-//! EndpointSlice controller. (ClusterIP/NodePort allocation happens in the API server's
+//! EndpointSlice controller; and kube-apiserver's own keeper of the `default/kubernetes`
+//! Service ([`KubernetesService`]). (ClusterIP/NodePort allocation happens in the API server's
 //! Service admission, as in a real cluster.)
 //!
 //! Each controller subscribes to the store's change feed, reconciles everything once at start,
@@ -7,6 +8,7 @@
 //! store, so the controllers do not feed back on themselves.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -21,13 +23,28 @@ use crate::apiserver::{ApiServerOptions, Store};
 /// `endpointslice.kubernetes.io/managed-by` value of slices this controller owns.
 pub const ENDPOINTSLICE_MANAGER: &str = "endpointslice-controller.k8s.io";
 
-/// Starts the controllers enabled in `opts`.
+/// Starts the controllers enabled in `opts`, and the keeper of the `kubernetes` Service when
+/// given.
 pub fn start(
     store: &Arc<Store>,
     opts: &ApiServerOptions,
+    kubernetes: Option<KubernetesService>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
+    if let Some(kubernetes) = kubernetes {
+        tasks.push(spawn_controller(
+            store,
+            shutdown.clone(),
+            &[
+                ("", "namespaces"),
+                ("", "services"),
+                ("", "endpoints"),
+                ("discovery.k8s.io", "endpointslices"),
+            ],
+            move |s| kubernetes.reconcile(s),
+        ));
+    }
     if let Some(cluster_cidr) = opts.cluster_cidr {
         let prefix = opts.node_cidr_prefix;
         tasks.push(spawn_controller(
@@ -356,6 +373,133 @@ pub fn reconcile_endpointslices(store: &Store) {
             && let Err(e) = store.delete_unscheduled(&rt, &key.0, &key.1, &DeleteOptions::default())
         {
             tracing::debug!(slice = key.1, error = %e, "EndpointSlice delete failed");
+        }
+    }
+}
+
+/// Name of the Service (and its EndpointSlice and Endpoints) in `default` through which pods
+/// reach the API server.
+pub const KUBERNETES_SERVICE: &str = "kubernetes";
+
+/// What kube-apiserver keeps in place for itself: the `default/kubernetes` Service
+/// (ClusterIP: the first address of the service range; port 443 `https` targeting the API
+/// server's port; labels `component: apiserver`, `provider: kubernetes`; no selector), the
+/// EndpointSlice `kubernetes` (label `kubernetes.io/service-name: kubernetes`, one ready
+/// endpoint: the advertised address) and the Endpoints `kubernetes` (label
+/// `endpointslice.kubernetes.io/skip-mirror: "true"`). A deleted object is recreated and
+/// changed endpoints are restored; the Service's spec is otherwise left alone.
+#[derive(Debug, Clone)]
+pub struct KubernetesService {
+    /// The Service's ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// The advertised address and port of the API server.
+    pub endpoint: SocketAddrV4,
+}
+
+impl KubernetesService {
+    /// For a service range and the advertised endpoint; an error when the range has no
+    /// host address.
+    pub fn new(service_cidr: Ipv4Net, endpoint: SocketAddrV4) -> Result<Self, String> {
+        let cluster_ip = service_cidr
+            .hosts()
+            .next()
+            .filter(|ip| *ip != service_cidr.network())
+            .ok_or_else(|| {
+                format!("the service CIDR {service_cidr} has no address for the kubernetes Service")
+            })?;
+        Ok(KubernetesService {
+            cluster_ip,
+            endpoint,
+        })
+    }
+
+    fn service(&self) -> Value {
+        json!({
+            "metadata": {
+                "name": KUBERNETES_SERVICE,
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": self.cluster_ip.to_string(),
+                "sessionAffinity": "None",
+                "ports": [{
+                    "name": "https",
+                    "protocol": "TCP",
+                    "port": 443,
+                    "targetPort": self.endpoint.port(),
+                }],
+            },
+        })
+    }
+
+    fn endpoint_slice(&self) -> Value {
+        json!({
+            "metadata": {
+                "name": KUBERNETES_SERVICE,
+                "labels": {"kubernetes.io/service-name": KUBERNETES_SERVICE},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": [self.endpoint.ip().to_string()],
+                "conditions": {"ready": true},
+            }],
+            "ports": [{"name": "https", "port": self.endpoint.port(), "protocol": "TCP"}],
+        })
+    }
+
+    fn endpoints(&self) -> Value {
+        json!({
+            "metadata": {
+                "name": KUBERNETES_SERVICE,
+                "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+            },
+            "subsets": [{
+                "addresses": [{"ip": self.endpoint.ip().to_string()}],
+                "ports": [{"name": "https", "port": self.endpoint.port(), "protocol": "TCP"}],
+            }],
+        })
+    }
+
+    /// Creates whatever is missing and restores the endpoints' contents.
+    pub fn reconcile(&self, store: &Store) {
+        let ns_rt = store.resource_type("", "v1", "namespaces");
+        if ns_rt.is_none_or(|rt| store.get(&rt, "", "default").is_err()) {
+            return;
+        }
+        let objects = [
+            (("", "v1", "services"), self.service(), &[][..]),
+            (
+                ("discovery.k8s.io", "v1", "endpointslices"),
+                self.endpoint_slice(),
+                &["addressType", "endpoints", "ports"][..],
+            ),
+            (("", "v1", "endpoints"), self.endpoints(), &["subsets"][..]),
+        ];
+        for ((group, version, plural), wanted, kept) in objects {
+            let Some(rt) = store.resource_type(group, version, plural) else {
+                continue;
+            };
+            let result = match store.get(&rt, "default", KUBERNETES_SERVICE) {
+                Err(e) if e.code == 404 => store.create(&rt, Some("default"), wanted).map(|_| ()),
+                Err(e) => Err(e),
+                Ok(current) => {
+                    if kept.iter().all(|f| current.get(*f) == wanted.get(*f)) {
+                        Ok(())
+                    } else {
+                        let mut update = current;
+                        for f in kept {
+                            update[*f] = wanted[*f].clone();
+                        }
+                        store
+                            .update(&rt, "default", KUBERNETES_SERVICE, update, false)
+                            .map(|_| ())
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(resource = plural, error = %e, "cannot keep the kubernetes Service's object; retrying on next change");
+            }
         }
     }
 }

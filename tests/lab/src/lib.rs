@@ -25,7 +25,8 @@
 //!
 //! The binary runs the same server in the foreground until SIGINT/SIGTERM, printing its URL
 //! on stdout: `switchyard-lab apiserver --port 6443 --kubeconfig /tmp/lab.kubeconfig`
-//! (`--port 0` picks a free port; `--no-controllers`, `--service-cidr`, `--cluster-cidr`).
+//! (`--port 0` picks a free port; `--no-controllers`, `--service-cidr`, `--cluster-cidr`,
+//! `--advertise-address`).
 //!
 //! ## What is served
 //!
@@ -83,6 +84,25 @@
 //! requested IP is honoured when free and in range, `None` stays headless) and NodePorts from
 //! 30000-32767; the EndpointSlice controller keeps one slice per Service and distinct port set
 //! (see [`controllers`]). Pods report readiness through `/status` (the lab runtime's job).
+//!
+//! Service admission follows kube-apiserver: `externalTrafficPolicy` defaults to `Cluster` for
+//! NodePort and LoadBalancer Services (and ClusterIP ones with `externalIPs`) and is refused
+//! on others; a LoadBalancer Service with `externalTrafficPolicy: Local` gets a
+//! `healthCheckNodePort` from the node port range (a requested one is kept when free, else
+//! 422); `allocateLoadBalancerNodePorts` defaults to `true`, and `false` allocates no node
+//! ports; requested node ports are checked (range, already allocated). On a type change the
+//! fields the new type does not use are cleared when the request left them unchanged
+//! (kube-apiserver's `dropTypeDependentFields`): node ports when a Service becomes ClusterIP,
+//! the health check node port when the policy becomes `Cluster`, the cluster IP when it
+//! becomes ExternalName, `status.loadBalancer` when it stops being a LoadBalancer; what they
+//! held is free again. `status` (the load balancer's `ingress`) is written through `/status`
+//! only.
+//!
+//! The server also serves the `default/kubernetes` Service (ClusterIP 10.96.0.1, port 443
+//! `https`) with its EndpointSlice and Endpoints `kubernetes` pointing at the advertised
+//! address and port ([`apiserver::ApiServerOptions::advertise_address`]), recreated when
+//! deleted; [`apiserver::ApiServerOptions::without_controllers`] and
+//! `kubernetes_service: false` leave it out (an empty `default` namespace).
 
 pub mod apiserver;
 pub mod cluster;

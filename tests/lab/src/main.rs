@@ -86,6 +86,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
         address: IpAddr,
+        /// Address published as the endpoint of the `default/kubernetes` Service (default:
+        /// --address, or the default route's source address when that is 0.0.0.0).
+        #[arg(long)]
+        advertise_address: Option<Ipv4Addr>,
         /// Service ClusterIP range.
         #[arg(long, default_value = "10.96.0.0/16")]
         service_cidr: ipnet::Ipv4Net,
@@ -177,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             kubeconfig,
             address,
+            advertise_address,
             service_cidr,
             cluster_cidr,
             no_controllers,
@@ -191,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             opts.listen = SocketAddr::new(address, port);
+            opts.advertise_address = advertise_address;
             tokio_runtime()?.block_on(run_apiserver(opts, kubeconfig))
         }
         Command::Up(args) => {

@@ -345,3 +345,132 @@ async fn endpointslices_follow_pods_readiness_termination_and_named_ports() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_service_points_at_the_advertised_address_and_comes_back() {
+    use k8s_openapi::api::core::v1::Endpoints;
+    let server = common::start(ApiServerOptions {
+        advertise_address: Some("192.0.2.5".parse().unwrap()),
+        ..ApiServerOptions::default()
+    })
+    .await;
+    let port = i32::from(server.addr().port());
+    let client = common::client(&server);
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(client, "default");
+
+    // There from the start, before any controller pass.
+    let svc = services.get("kubernetes").await.unwrap();
+    let labels = svc.metadata.labels.clone().unwrap();
+    assert_eq!(labels["component"], "apiserver");
+    assert_eq!(labels["provider"], "kubernetes");
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.selector, None);
+    let ports = spec.ports.unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        (
+            ports[0].name.as_deref(),
+            ports[0].port,
+            ports[0].protocol.as_deref()
+        ),
+        (Some("https"), 443, Some("TCP"))
+    );
+    assert_eq!(
+        ports[0].target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+    );
+    let check_slice = |slice: &EndpointSlice| {
+        assert_eq!(
+            slice.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"],
+            "kubernetes"
+        );
+        assert_eq!(slice.address_type, "IPv4");
+        assert_eq!(slice.endpoints.len(), 1);
+        assert_eq!(slice.endpoints[0].addresses, ["192.0.2.5"]);
+        assert_eq!(
+            slice.endpoints[0].conditions.as_ref().unwrap().ready,
+            Some(true)
+        );
+        let p = &slice.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (p.name.as_deref(), p.port, p.protocol.as_deref()),
+            (Some("https"), Some(port), Some("TCP"))
+        );
+    };
+    check_slice(&slices.get("kubernetes").await.unwrap());
+    let ep = endpoints.get("kubernetes").await.unwrap();
+    let subset = &ep.subsets.unwrap()[0];
+    assert_eq!(subset.addresses.as_ref().unwrap()[0].ip, "192.0.2.5");
+    assert_eq!(subset.ports.as_ref().unwrap()[0].port, port);
+
+    // The ClusterIP is not handed out to another Service.
+    let other = services
+        .create(&PostParams::default(), &service("other", None, json!(80)))
+        .await
+        .unwrap();
+    assert_eq!(other.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.2"));
+
+    // Deleted objects and changed endpoints come back.
+    services
+        .delete("kubernetes", &DeleteParams::default())
+        .await
+        .unwrap();
+    slices
+        .patch(
+            "kubernetes",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"endpoints": [{"addresses": ["192.0.2.99"]}]})),
+        )
+        .await
+        .unwrap();
+    common::eventually("the kubernetes Service back", DEADLINE, || {
+        let services = services.clone();
+        async move { services.get("kubernetes").await.ok() }
+    })
+    .await;
+    let slice = common::eventually("the kubernetes endpoint restored", DEADLINE, || {
+        let slices = slices.clone();
+        async move {
+            let slice = slices.get("kubernetes").await.ok()?;
+            (slice.endpoints[0].addresses == ["192.0.2.5"]).then_some(slice)
+        }
+    })
+    .await;
+    check_slice(&slice);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_service_is_opt_out_and_advertises_the_listen_address() {
+    let server = common::start(ApiServerOptions {
+        kubernetes_service: false,
+        ..ApiServerOptions::default()
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(common::client(&server), "default");
+    assert!(
+        services
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    server.shutdown().await;
+
+    let opts = ApiServerOptions::default();
+    let bound: std::net::SocketAddr = "127.0.0.1:6443".parse().unwrap();
+    assert_eq!(
+        opts.advertised_endpoint(bound).to_string(),
+        "127.0.0.1:6443"
+    );
+    let bound: std::net::SocketAddr = "10.1.2.3:7443".parse().unwrap();
+    assert_eq!(opts.advertised_endpoint(bound).to_string(), "10.1.2.3:7443");
+    let unspecified = opts.advertised_endpoint("0.0.0.0:6443".parse().unwrap());
+    assert!(!unspecified.ip().is_unspecified(), "{unspecified}");
+    assert_eq!(unspecified.port(), 6443);
+}

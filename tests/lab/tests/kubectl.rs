@@ -544,3 +544,139 @@ async fn switchyard_lab_apiserver_binary_serves_kubectl() {
         .unwrap();
     assert!(exit.success(), "apiserver exits 0 on SIGTERM: {exit}");
 }
+
+const EXTERNAL_SERVICES: &str = "apiVersion: v1
+kind: Service
+metadata: {name: np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  externalIPs: [192.0.2.50]
+  ports:
+  - {name: http, port: 80, nodePort: 30080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports:
+  - {name: http, port: 8080}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_svc_shows_node_ports_external_ips_and_the_kubernetes_service() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    let file = k.file("external.yaml", EXTERNAL_SERVICES);
+    k.ok(&["apply", "-f", &file]).await;
+    // Until a LoadBalancer controller exists, the ingress is written through /status.
+    k.ok(&[
+        "patch",
+        "svc",
+        "lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#,
+    ])
+    .await;
+    let out = k.ok(&["get", "svc"]).await;
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{out}"
+    );
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no {name} in\n{out}"))[..5]
+            .to_vec()
+    };
+    assert_eq!(
+        row("kubernetes"),
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    );
+    let np = row("np");
+    assert_eq!(
+        [np[1], np[3], np[4]],
+        ["NodePort", "192.0.2.50", "80:30080/TCP"],
+        "{out}"
+    );
+    let lb = row("lb");
+    assert_eq!([lb[1], lb[3]], ["LoadBalancer", "192.0.2.10"], "{out}");
+    let lb_port = lb[4]
+        .strip_prefix("8080:")
+        .and_then(|p| p.strip_suffix("/TCP"));
+    let lb_node_port: u16 = lb_port.and_then(|p| p.parse().ok()).expect(&out);
+    assert_eq!(rows.len(), 4, "{out}");
+
+    let lb = k.json(&["get", "svc", "lb"]).await;
+    assert_eq!(lb["spec"]["externalTrafficPolicy"], "Local");
+    let hc = lb["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("healthCheckNodePort");
+    assert!((30000..=32767).contains(&hc) && hc != u64::from(lb_node_port) && hc != 30080);
+    assert_eq!(
+        k.json(&["get", "svc", "np"]).await["spec"]["externalTrafficPolicy"],
+        "Cluster"
+    );
+    let slice = k.json(&["get", "endpointslice", "kubernetes"]).await;
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+    assert_eq!(slice["ports"][0]["port"], server.addr().port());
+
+    // Bad input gets the API server's message.
+    let err = k
+        .fails(
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "taken",
+                "--tcp=80:80",
+                "--node-port=30080",
+            ],
+            None,
+        )
+        .await;
+    assert!(err.contains("provided port is already allocated"), "{err}");
+    // ClusterIP again: the node ports are released.
+    k.ok(&[
+        "patch",
+        "svc",
+        "np",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ])
+    .await;
+    let np = k.json(&["get", "svc", "np"]).await;
+    assert_eq!(np["spec"]["ports"][0].get("nodePort"), None, "{np}");
+    assert_eq!(
+        np["spec"]["externalTrafficPolicy"], "Cluster",
+        "external IPs remain"
+    );
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "reuse",
+        "--tcp=80:80",
+        "--node-port=30080",
+    ])
+    .await;
+    server.shutdown().await;
+}

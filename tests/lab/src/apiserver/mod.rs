@@ -11,7 +11,7 @@ pub mod store;
 pub mod table;
 pub mod time;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +44,17 @@ pub struct ApiServerOptions {
     pub node_cidr_prefix: u8,
     /// Run the EndpointSlice controller.
     pub endpointslice_controller: bool,
+    /// Serve the `default/kubernetes` Service (ClusterIP: the first address of
+    /// `service_cidr`, port 443 `https`) with its EndpointSlice and Endpoints `kubernetes`
+    /// pointing at the advertised address and the listening port, kept (recreated when
+    /// deleted, endpoint restored) as kube-apiserver keeps them. Needs `service_cidr`.
+    pub kubernetes_service: bool,
+    /// Address other nodes and pods reach this server at, published as the endpoint of the
+    /// `kubernetes` Service. `None`: the listen address when it is a specific IPv4 address
+    /// (loopback included: a loopback server is only reachable there), else (listening on
+    /// `0.0.0.0`) the source address of the host's default route, as kube-apiserver picks
+    /// its `--advertise-address`, or 127.0.0.1 without one.
+    pub advertise_address: Option<Ipv4Addr>,
 }
 
 impl Default for ApiServerOptions {
@@ -60,19 +71,44 @@ impl Default for ApiServerOptions {
             ),
             node_cidr_prefix: 24,
             endpointslice_controller: true,
+            kubernetes_service: true,
+            advertise_address: None,
         }
     }
 }
 
 impl ApiServerOptions {
-    /// Options with every controller off (plain storage).
+    /// Options with every controller off (plain storage: no allocation, no `kubernetes`
+    /// Service).
     pub fn without_controllers() -> Self {
         ApiServerOptions {
             service_cidr: None,
             cluster_cidr: None,
             endpointslice_controller: false,
+            kubernetes_service: false,
             ..Self::default()
         }
+    }
+
+    /// The endpoint published for the `kubernetes` Service when the server listens on
+    /// `bound` (see [`ApiServerOptions::advertise_address`]).
+    pub fn advertised_endpoint(&self, bound: SocketAddr) -> SocketAddrV4 {
+        let ip = self.advertise_address.unwrap_or_else(|| match bound.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+            _ => default_route_source().unwrap_or(Ipv4Addr::LOCALHOST),
+        });
+        SocketAddrV4::new(ip, bound.port())
+    }
+}
+
+/// The local address the host would use towards the Internet (its default route's source),
+/// found by connecting a UDP socket, which sends nothing.
+fn default_route_source() -> Option<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
     }
 }
 
@@ -166,7 +202,26 @@ impl ApiServer {
             }
         });
         let mut tasks = vec![server];
-        tasks.extend(crate::controllers::start(&store, &opts, shutdown_rx));
+        let kubernetes = if opts.kubernetes_service {
+            let cidr = opts.service_cidr.ok_or_else(|| {
+                StartError::Options("the kubernetes Service needs a service CIDR".into())
+            })?;
+            let endpoint = opts.advertised_endpoint(addr);
+            let service = crate::controllers::KubernetesService::new(cidr, endpoint)
+                .map_err(StartError::Options)?;
+            // In place before the server answers anything, as in a real cluster.
+            service.reconcile(&store);
+            tracing::info!(%endpoint, cluster_ip = %service.cluster_ip, "serving the kubernetes Service");
+            Some(service)
+        } else {
+            None
+        };
+        tasks.extend(crate::controllers::start(
+            &store,
+            &opts,
+            kubernetes,
+            shutdown_rx,
+        ));
         tracing::info!(%addr, "lab API server listening");
         Ok(ApiServerHandle {
             addr,

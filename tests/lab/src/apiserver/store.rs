@@ -182,8 +182,9 @@ struct State {
     services: ServiceIndex,
 }
 
-/// Which stored Services (by uid) hold each cluster IP and node port. A uid appears once per
-/// use (a Service listing a node port twice holds it twice).
+/// Which stored Services (by uid) hold each cluster IP and node port (`spec.ports[].nodePort`
+/// and `spec.healthCheckNodePort`). A uid appears once per use (a Service listing a node port
+/// twice holds it twice).
 #[derive(Debug, Default)]
 struct ServiceIndex {
     ips: HashMap<Ipv4Addr, Vec<String>>,
@@ -199,12 +200,18 @@ impl ServiceIndex {
             .pointer("/spec/clusterIP")
             .and_then(Value::as_str)
             .and_then(|s| s.parse().ok());
+        // The health check node port comes from the same range and pool as node ports.
         let ports = svc
             .pointer("/spec/ports")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+            .chain(
+                svc.pointer("/spec/healthCheckNodePort")
+                    .and_then(Value::as_u64),
+            )
+            .filter(|p| *p != 0)
             .collect();
         (meta(svc, "uid"), ip, ports)
     }
@@ -853,6 +860,14 @@ impl Store {
         if !svc.get("spec").is_some_and(Value::is_object) {
             svc["spec"] = json!({});
         }
+        if let Some(old) = old {
+            drop_type_dependent_fields(svc, old);
+        }
+        if old.is_none() {
+            // As kube-apiserver: the status of a created Service is the server's.
+            svc["status"] = json!({"loadBalancer": {}});
+        }
+        let externally_accessible = is_externally_accessible(svc);
         let spec = svc
             .get_mut("spec")
             .and_then(Value::as_object_mut)
@@ -862,6 +877,11 @@ impl Store {
             .and_then(Value::as_str)
             .unwrap_or("ClusterIP")
             .to_string();
+        if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&svc_type.as_str()) {
+            return Err(invalid(format!(
+                "spec.type: Unsupported value: {svc_type:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
+            )));
+        }
         spec.insert("type".into(), json!(svc_type));
         spec.entry("sessionAffinity").or_insert(json!("None"));
         if svc_type != "ExternalName" {
@@ -870,57 +890,208 @@ impl Store {
             spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
             spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
         }
-        // Node ports given out to this Service's earlier ports in this request.
-        let mut taken_node_ports: HashSet<u64> = HashSet::new();
+        // externalTrafficPolicy: defaulted to Cluster where it applies, refused elsewhere.
+        match spec
+            .get("externalTrafficPolicy")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
+            None if externally_accessible => {
+                spec.insert("externalTrafficPolicy".into(), json!("Cluster"));
+            }
+            None => {
+                spec.remove("externalTrafficPolicy");
+            }
+            Some(p) if !externally_accessible => {
+                return Err(invalid(format!(
+                    "spec.externalTrafficPolicy: Invalid value: {p:?}: may only be set for externally-accessible services"
+                )));
+            }
+            Some(p) if p != "Cluster" && p != "Local" => {
+                return Err(invalid(format!(
+                    "spec.externalTrafficPolicy: Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""
+                )));
+            }
+            Some(_) => {}
+        }
+        let is_lb = svc_type == "LoadBalancer";
+        match spec.get("allocateLoadBalancerNodePorts") {
+            None | Some(Value::Null) if is_lb => {
+                spec.insert("allocateLoadBalancerNodePorts".into(), json!(true));
+            }
+            None | Some(Value::Null) => {
+                spec.remove("allocateLoadBalancerNodePorts");
+            }
+            Some(Value::Bool(_)) if is_lb => {}
+            Some(Value::Bool(_)) => {
+                return Err(invalid(
+                    "spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` is 'LoadBalancer'".into(),
+                ));
+            }
+            Some(v) => {
+                return Err(invalid(format!(
+                    "spec.allocateLoadBalancerNodePorts: Invalid value: {v}: must be a boolean"
+                )));
+            }
+        }
+        let needs_health_check =
+            is_lb && spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
+        let requested_hc = match spec.get("healthCheckNodePort") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(0) => None,
+                Some(p) => Some(p),
+                None => {
+                    return Err(invalid(format!(
+                        "spec.healthCheckNodePort: Invalid value: {v}: must be a port number"
+                    )));
+                }
+            },
+        };
+        if requested_hc.is_none() {
+            spec.remove("healthCheckNodePort");
+        }
+        if let Some(hc) = requested_hc
+            && !needs_health_check
+        {
+            return Err(invalid(format!(
+                "spec.healthCheckNodePort: Invalid value: {hc}: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+            )));
+        }
+        let allocating = self.opts.service_cidr.is_some();
         let my_uid = meta(svc_ref(old), "uid");
         let my_uid = my_uid.as_deref();
-        let wants_node_ports = svc_type == "NodePort" || svc_type == "LoadBalancer";
+        // A node port given in the request is checked against the other Services' ports.
+        let check_given = |field: String, port: u64| -> Result<(), ApiError> {
+            if !allocating {
+                return Ok(());
+            }
+            if !NODE_PORT_RANGE.contains(&port) {
+                return Err(invalid(format!(
+                    "{field}: Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {}-{}",
+                    NODE_PORT_RANGE.start(),
+                    NODE_PORT_RANGE.end()
+                )));
+            }
+            if st.services.node_port_used(port, my_uid) {
+                return Err(invalid(format!(
+                    "{field}: Invalid value: {port}: provided port is already allocated"
+                )));
+            }
+            Ok(())
+        };
+        let needs_node_ports = svc_type == "NodePort" || is_lb;
+        // Node ports are allocated for NodePort Services and for LoadBalancer Services unless
+        // `allocateLoadBalancerNodePorts: false`.
+        let allocates_node_ports = svc_type == "NodePort"
+            || (is_lb
+                && spec
+                    .get("allocateLoadBalancerNodePorts")
+                    .and_then(Value::as_bool)
+                    != Some(false));
         let old_ports: Vec<Value> = old
             .and_then(|o| o.pointer("/spec/ports"))
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
+        // Node ports held by this request: the given ones first (allocation skips them).
+        let mut taken_node_ports: HashSet<u64> = HashSet::new();
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-            for p in ports.iter_mut() {
+            for (i, p) in ports.iter_mut().enumerate() {
                 if p.get("protocol").is_none() {
                     p["protocol"] = json!("TCP");
                 }
                 let Some(port) = p.get("port").and_then(Value::as_u64) else {
-                    return Err(invalid("spec.ports[].port: Required value".into()));
+                    return Err(invalid(format!("spec.ports[{i}].port: Required value")));
                 };
                 if !(1..=65535).contains(&port) {
                     return Err(invalid(format!(
-                        "spec.ports[].port: Invalid value: {port}: must be between 1 and 65535, inclusive"
+                        "spec.ports[{i}].port: Invalid value: {port}: must be between 1 and 65535, inclusive"
                     )));
                 }
                 if p.get("targetPort").is_none() {
                     p["targetPort"] = json!(port);
                 }
-                if wants_node_ports
-                    && self.opts.service_cidr.is_some()
-                    && p.get("nodePort").is_none()
-                {
-                    let previous = old_ports
-                        .iter()
-                        .find(|o| {
-                            o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
-                        })
-                        .and_then(|o| o.get("nodePort"))
-                        .and_then(Value::as_u64);
-                    let np = previous
-                        .or_else(|| {
-                            (30000..=32767).find(|n| {
-                                !taken_node_ports.contains(n)
-                                    && !st.services.node_port_used(*n, my_uid)
-                            })
-                        })
-                        .ok_or_else(|| {
-                            invalid("spec.ports[].nodePort: no free node ports".into())
-                        })?;
-                    taken_node_ports.insert(np);
-                    p["nodePort"] = json!(np);
+                match p.get("nodePort").map(Value::as_u64) {
+                    None | Some(Some(0)) => {
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("nodePort");
+                        }
+                    }
+                    Some(None) => {
+                        return Err(invalid(format!(
+                            "spec.ports[{i}].nodePort: Invalid value: {}: must be a port number",
+                            p["nodePort"]
+                        )));
+                    }
+                    Some(Some(np)) if !needs_node_ports => {
+                        return Err(invalid(format!(
+                            "spec.ports[{i}].nodePort: Forbidden: may not be used when `type` is '{svc_type}' (got {np})"
+                        )));
+                    }
+                    Some(Some(np)) => {
+                        check_given(format!("spec.ports[{i}].nodePort"), np)?;
+                        taken_node_ports.insert(np);
+                    }
                 }
             }
+        }
+        if let Some(hc) = requested_hc {
+            check_given("spec.healthCheckNodePort".into(), hc)?;
+            if taken_node_ports.contains(&hc) {
+                return Err(invalid(format!(
+                    "spec.healthCheckNodePort: Invalid value: {hc}: provided port is already allocated"
+                )));
+            }
+            taken_node_ports.insert(hc);
+        }
+        let free_node_port = |taken: &mut HashSet<u64>| -> Option<u64> {
+            let np = NODE_PORT_RANGE
+                .clone()
+                .find(|n| !taken.contains(n) && !st.services.node_port_used(*n, my_uid))?;
+            taken.insert(np);
+            Some(np)
+        };
+        if needs_node_ports
+            && allocating
+            && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut)
+        {
+            for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none()) {
+                // An update that leaves a port's node port out keeps the one it had.
+                let previous = old_ports
+                    .iter()
+                    .find(|o| {
+                        o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
+                    })
+                    .and_then(|o| o.get("nodePort"))
+                    .and_then(Value::as_u64)
+                    .filter(|np| !taken_node_ports.contains(np));
+                let np = match previous {
+                    Some(np) => {
+                        taken_node_ports.insert(np);
+                        np
+                    }
+                    None if allocates_node_ports => free_node_port(&mut taken_node_ports)
+                        .ok_or_else(|| {
+                            invalid("spec.ports[].nodePort: Internal error: range is full".into())
+                        })?,
+                    None => continue,
+                };
+                p["nodePort"] = json!(np);
+            }
+        }
+        if needs_health_check && allocating && requested_hc.is_none() {
+            let previous = old
+                .and_then(|o| o.pointer("/spec/healthCheckNodePort"))
+                .and_then(Value::as_u64)
+                .filter(|p| *p != 0 && !taken_node_ports.contains(p));
+            let hc = match previous {
+                Some(hc) => hc,
+                None => free_node_port(&mut taken_node_ports).ok_or_else(|| {
+                    invalid("spec.healthCheckNodePort: Internal error: range is full".into())
+                })?,
+            };
+            spec.insert("healthCheckNodePort".into(), json!(hc));
         }
         if svc_type == "ExternalName" {
             return Ok(());
@@ -1428,6 +1599,101 @@ fn svc_ref(old: Option<&Value>) -> &Value {
     old.unwrap_or(&NULL)
 }
 
+/// kube-apiserver's default `--service-node-port-range`: node ports and health check node
+/// ports come from here.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u64> = 30000..=32767;
+
+fn service_type(svc: &Value) -> &str {
+    svc.pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+}
+
+/// NodePort and LoadBalancer Services, and ClusterIP Services with external IPs: the ones
+/// `externalTrafficPolicy` applies to.
+fn is_externally_accessible(svc: &Value) -> bool {
+    match service_type(svc) {
+        "NodePort" | "LoadBalancer" => true,
+        "ClusterIP" => svc
+            .pointer("/spec/externalIPs")
+            .and_then(Value::as_array)
+            .is_some_and(|ips| !ips.is_empty()),
+        _ => false,
+    }
+}
+
+fn needs_health_check_node_port(svc: &Value) -> bool {
+    service_type(svc) == "LoadBalancer"
+        && svc
+            .pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
+}
+
+fn node_ports_of(svc: &Value) -> Vec<Option<&Value>> {
+    svc.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|ports| ports.iter().map(|p| p.get("nodePort")).collect())
+        .unwrap_or_default()
+}
+
+/// kube-apiserver's `dropTypeDependentFields` on an update: a field the new type no longer
+/// uses is cleared when the request left it as it was (the user did not ask for it), so
+/// whatever it held (cluster IP, node ports, health check node port) is released.
+fn drop_type_dependent_fields(new: &mut Value, old: &Value) {
+    let same = |new: &Value, ptr: &str| new.pointer(ptr) == old.pointer(ptr);
+    let remove = |new: &mut Value, field: &str| {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove(field);
+        }
+    };
+    let (old_type, new_type) = (service_type(old), service_type(new).to_string());
+    if old_type != "ExternalName" && new_type == "ExternalName" {
+        if new.pointer("/spec/clusterIP").is_none() || same(new, "/spec/clusterIP") {
+            remove(new, "clusterIP");
+            remove(new, "clusterIPs");
+        }
+        for field in ["ipFamilies", "ipFamilyPolicy"] {
+            if same(new, &format!("/spec/{field}")) {
+                remove(new, field);
+            }
+        }
+    }
+    let node_port_type = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    if node_port_type(old_type)
+        && !node_port_type(&new_type)
+        && node_ports_of(new) == node_ports_of(old)
+        && let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut)
+    {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.remove("nodePort");
+        }
+    }
+    if needs_health_check_node_port(old)
+        && !needs_health_check_node_port(new)
+        && same(new, "/spec/healthCheckNodePort")
+    {
+        remove(new, "healthCheckNodePort");
+    }
+    if old_type == "LoadBalancer" && new_type != "LoadBalancer" {
+        for field in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if same(new, &format!("/spec/{field}")) {
+                remove(new, field);
+            }
+        }
+        // The load balancer is gone with the type (kube-apiserver does not wait for it).
+        if new.get("status").is_some_and(Value::is_object) {
+            new["status"]["loadBalancer"] = json!({});
+        }
+    }
+    if is_externally_accessible(old)
+        && !is_externally_accessible(new)
+        && same(new, "/spec/externalTrafficPolicy")
+    {
+        remove(new, "externalTrafficPolicy");
+    }
+}
+
 /// A pod inside its grace period stays until the period ends even without finalizers.
 fn is_graceful_pod(rt: &ResourceType, obj: &Value) -> bool {
     rt.group.is_empty()
@@ -1731,5 +1997,351 @@ mod tests {
         assert_eq!(node_ports(&c), [30000, 30001, 30004]);
         let d = mk("d", json!([{"port": 80}]));
         assert_eq!(node_ports(&d), [30005]);
+    }
+
+    fn create_svc(s: &Store, name: &str, spec: Value) -> Result<Value, ApiError> {
+        s.create(
+            &rt(s, "services"),
+            Some("default"),
+            json!({"metadata": {"name": name}, "spec": spec}),
+        )
+    }
+
+    /// A merge patch of a Service's main resource.
+    fn patch_svc(s: &Store, name: &str, patch: Value) -> Result<Value, ApiError> {
+        s.patch(
+            &rt(s, "services"),
+            "default",
+            name,
+            "application/merge-patch+json",
+            patch.to_string().as_bytes(),
+            false,
+        )
+    }
+
+    fn spec_at<'a>(v: &'a Value, field: &str) -> Option<&'a Value> {
+        v.pointer(&format!("/spec/{field}"))
+    }
+
+    fn node_ports(v: &Value) -> Vec<Option<u64>> {
+        v.pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .expect("ports")
+            .iter()
+            .map(|p| p.get("nodePort").and_then(Value::as_u64))
+            .collect()
+    }
+
+    #[test]
+    fn external_traffic_policy_is_defaulted_where_it_applies_and_refused_elsewhere() {
+        let s = store(Some("10.96.0.0/24"));
+        let port = json!([{"port": 80}]);
+        for (name, ty) in [("np", "NodePort"), ("lb", "LoadBalancer")] {
+            let v = create_svc(&s, name, json!({"type": ty, "ports": port})).expect(name);
+            assert_eq!(
+                spec_at(&v, "externalTrafficPolicy"),
+                Some(&json!("Cluster"))
+            );
+        }
+        let v = create_svc(&s, "cip", json!({"ports": port})).expect("cip");
+        assert_eq!(spec_at(&v, "externalTrafficPolicy"), None);
+        let v = create_svc(
+            &s,
+            "ext",
+            json!({"ports": port, "externalIPs": ["192.0.2.7"]}),
+        )
+        .expect("ClusterIP with external IPs");
+        assert_eq!(
+            spec_at(&v, "externalTrafficPolicy"),
+            Some(&json!("Cluster"))
+        );
+        let v = create_svc(
+            &s,
+            "local",
+            json!({"type": "NodePort", "ports": port, "externalTrafficPolicy": "Local"}),
+        )
+        .expect("local");
+        assert_eq!(spec_at(&v, "externalTrafficPolicy"), Some(&json!("Local")));
+
+        let err = create_svc(
+            &s,
+            "bad1",
+            json!({"ports": port, "externalTrafficPolicy": "Local"}),
+        )
+        .expect_err("ClusterIP with a policy");
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message
+                .contains("may only be set for externally-accessible services"),
+            "{err}"
+        );
+        let err = create_svc(
+            &s,
+            "bad2",
+            json!({"type": "NodePort", "ports": port, "externalTrafficPolicy": "Nearest"}),
+        )
+        .expect_err("unknown policy");
+        assert!(err.message.contains("Unsupported value"), "{err}");
+
+        // Leaving the external types clears the (unchanged) policy; removing the external IPs too.
+        let v = patch_svc(&s, "np", json!({"spec": {"type": "ClusterIP"}})).expect("to ClusterIP");
+        assert_eq!(spec_at(&v, "externalTrafficPolicy"), None);
+        let v = patch_svc(&s, "ext", json!({"spec": {"externalIPs": null}})).expect("no IPs");
+        assert_eq!(spec_at(&v, "externalTrafficPolicy"), None);
+        let v = patch_svc(
+            &s,
+            "lb",
+            json!({"spec": {"type": "ExternalName", "externalName": "example.org"}}),
+        )
+        .expect("to ExternalName");
+        assert_eq!(spec_at(&v, "externalTrafficPolicy"), None);
+        assert_eq!(spec_at(&v, "clusterIP"), None, "{v}");
+        assert_eq!(node_ports(&v), [None]);
+    }
+
+    #[test]
+    fn health_check_node_port_is_allocated_kept_checked_and_released() {
+        let s = store(Some("10.96.0.0/24"));
+        let lb = |ports: Value, extra: Value| {
+            let mut spec =
+                json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": ports});
+            if let Some(m) = extra.as_object() {
+                for (k, v) in m {
+                    spec[k] = v.clone();
+                }
+            }
+            spec
+        };
+        let a = create_svc(&s, "a", lb(json!([{"port": 80}]), json!({}))).expect("a");
+        assert_eq!(node_ports(&a), [Some(30000)]);
+        assert_eq!(spec_at(&a, "healthCheckNodePort"), Some(&json!(30001)));
+        assert_eq!(
+            spec_at(&a, "allocateLoadBalancerNodePorts"),
+            Some(&json!(true))
+        );
+
+        // A requested one is kept when free...
+        let b = create_svc(
+            &s,
+            "b",
+            lb(json!([{"port": 80}]), json!({"healthCheckNodePort": 30500})),
+        )
+        .expect("b");
+        assert_eq!(spec_at(&b, "healthCheckNodePort"), Some(&json!(30500)));
+        assert_eq!(node_ports(&b), [Some(30002)]);
+        // ...and refused when another Service holds it as a node port or health check port,
+        // or when out of range.
+        for (name, hc, why) in [
+            ("c1", 30000, "already allocated"),
+            ("c2", 30001, "already allocated"),
+            ("c3", 80, "not in the valid range"),
+        ] {
+            let err = create_svc(
+                &s,
+                name,
+                lb(json!([{"port": 80}]), json!({"healthCheckNodePort": hc})),
+            )
+            .expect_err(name);
+            assert_eq!(err.code, 422, "{name}");
+            assert!(
+                err.message.contains("spec.healthCheckNodePort") && err.message.contains(why),
+                "{name}: {err}"
+            );
+        }
+        // Node ports are checked against health check ports too.
+        let err = create_svc(
+            &s,
+            "d",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30500}]}),
+        )
+        .expect_err("node port held as a health check port");
+        assert!(err.message.contains("already allocated"), "{err}");
+        // Only for LoadBalancer + Local.
+        let err = create_svc(
+            &s,
+            "e",
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local", "ports": [{"port": 80}], "healthCheckNodePort": 30600}),
+        )
+        .expect_err("NodePort with a health check port");
+        assert!(err.message.contains("may only be set when"), "{err}");
+
+        // An update that leaves it out keeps it.
+        let mut put = s.get(&rt(&s, "services"), "default", "a").expect("a");
+        put["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("healthCheckNodePort");
+        let a = s
+            .update(&rt(&s, "services"), "default", "a", put, false)
+            .expect("put");
+        assert_eq!(spec_at(&a, "healthCheckNodePort"), Some(&json!(30001)));
+
+        // Policy Cluster releases it; Local again allocates the lowest free one.
+        let a = patch_svc(
+            &s,
+            "a",
+            json!({"spec": {"externalTrafficPolicy": "Cluster"}}),
+        )
+        .expect("to Cluster");
+        assert_eq!(spec_at(&a, "healthCheckNodePort"), None);
+        let f = create_svc(
+            &s,
+            "f",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        )
+        .expect("f");
+        assert_eq!(
+            node_ports(&f),
+            [Some(30001)],
+            "the released port is free again"
+        );
+        let a = patch_svc(&s, "a", json!({"spec": {"externalTrafficPolicy": "Local"}}))
+            .expect("to Local");
+        assert_eq!(spec_at(&a, "healthCheckNodePort"), Some(&json!(30003)));
+        // A type change releases it too.
+        let b = patch_svc(&s, "b", json!({"spec": {"type": "NodePort"}})).expect("to NodePort");
+        assert_eq!(spec_at(&b, "healthCheckNodePort"), None);
+        assert_eq!(spec_at(&b, "externalTrafficPolicy"), Some(&json!("Local")));
+        create_svc(
+            &s,
+            "g",
+            lb(json!([{"port": 80}]), json!({"healthCheckNodePort": 30500})),
+        )
+        .expect("30500 is free again");
+        // Deleting the Service frees it.
+        s.delete_unscheduled(
+            &rt(&s, "services"),
+            "default",
+            "g",
+            &DeleteOptions::default(),
+        )
+        .expect("delete");
+        create_svc(
+            &s,
+            "h",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30500}]}),
+        )
+        .expect("30500 is free after the delete");
+    }
+
+    #[test]
+    fn allocate_load_balancer_node_ports_false_allocates_none() {
+        let s = store(Some("10.96.0.0/24"));
+        let v = create_svc(
+            &s,
+            "lb",
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}, {"port": 81, "nodePort": 30100}]}),
+        )
+        .expect("lb");
+        assert_eq!(
+            node_ports(&v),
+            [None, Some(30100)],
+            "a requested one is still honoured"
+        );
+        // Turning allocation on allocates the missing one.
+        let v = patch_svc(
+            &s,
+            "lb",
+            json!({"spec": {"allocateLoadBalancerNodePorts": true}}),
+        )
+        .expect("allocate");
+        assert_eq!(node_ports(&v), [Some(30000), Some(30100)]);
+        let err = create_svc(
+            &s,
+            "np",
+            json!({"type": "NodePort", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}),
+        )
+        .expect_err("not a LoadBalancer");
+        assert!(
+            err.message.contains("allocateLoadBalancerNodePorts"),
+            "{err}"
+        );
+        // Leaving the LoadBalancer type drops the (unchanged) field.
+        let v = patch_svc(&s, "lb", json!({"spec": {"type": "NodePort"}})).expect("to NodePort");
+        assert_eq!(spec_at(&v, "allocateLoadBalancerNodePorts"), None);
+        assert_eq!(node_ports(&v), [Some(30000), Some(30100)]);
+    }
+
+    #[test]
+    fn node_ports_are_released_on_type_change_to_cluster_ip_and_allocated_back() {
+        let s = store(Some("10.96.0.0/24"));
+        let v = create_svc(
+            &s,
+            "a",
+            json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}),
+        )
+        .expect("a");
+        assert_eq!(node_ports(&v), [Some(30000), Some(30001)]);
+        let v = patch_svc(&s, "a", json!({"spec": {"type": "ClusterIP"}})).expect("to ClusterIP");
+        assert_eq!(node_ports(&v), [None, None], "{v}");
+        let b = create_svc(
+            &s,
+            "b",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        )
+        .expect("b");
+        assert_eq!(node_ports(&b), [Some(30000)], "released");
+        let v = patch_svc(&s, "a", json!({"spec": {"type": "NodePort"}})).expect("to NodePort");
+        assert_eq!(node_ports(&v), [Some(30001), Some(30002)]);
+        // A ClusterIP Service may not ask for node ports; a requested one is checked.
+        let err = create_svc(&s, "c", json!({"ports": [{"port": 80, "nodePort": 30400}]}))
+            .expect_err("ClusterIP with a node port");
+        assert!(err.message.contains("Forbidden"), "{err}");
+        let err = create_svc(
+            &s,
+            "d",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}),
+        )
+        .expect_err("taken");
+        assert!(err.message.contains("already allocated"), "{err}");
+        // A requested port is not handed out to an earlier port of the same request.
+        let e = create_svc(
+            &s,
+            "e",
+            json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 81, "nodePort": 30003}]}),
+        )
+        .expect("e");
+        assert_eq!(node_ports(&e), [Some(30004), Some(30003)]);
+    }
+
+    #[test]
+    fn load_balancer_status_is_written_through_status_only() {
+        let s = store(Some("10.96.0.0/24"));
+        let svc = rt(&s, "services");
+        let ingress = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
+        let mut body = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+        body["status"] = ingress.clone();
+        let v = s.create(&svc, Some("default"), body).expect("create");
+        assert_eq!(
+            v["status"],
+            json!({"loadBalancer": {}}),
+            "create ignores status"
+        );
+        let mut put = v.clone();
+        put["status"] = ingress.clone();
+        let v = s.update(&svc, "default", "lb", put, false).expect("put");
+        assert_eq!(
+            v["status"],
+            json!({"loadBalancer": {}}),
+            "the main resource ignores status"
+        );
+        let v = patch_svc(&s, "lb", json!({"status": ingress})).expect("patch");
+        assert_eq!(v["status"], json!({"loadBalancer": {}}));
+        let v = s
+            .patch(
+                &svc,
+                "default",
+                "lb",
+                "application/merge-patch+json",
+                json!({"status": ingress}).to_string().as_bytes(),
+                true,
+            )
+            .expect("patch /status");
+        assert_eq!(v["status"], ingress);
+        // Spec writes keep it; leaving the LoadBalancer type clears it.
+        let v = patch_svc(&s, "lb", json!({"metadata": {"labels": {"a": "b"}}})).expect("label");
+        assert_eq!(v["status"], ingress);
+        let v = patch_svc(&s, "lb", json!({"spec": {"type": "NodePort"}})).expect("to NodePort");
+        assert_eq!(v["status"], json!({"loadBalancer": {}}));
     }
 }

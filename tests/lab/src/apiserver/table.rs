@@ -40,6 +40,7 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Name", "string", 0),
             col("Type", "string", 0),
             col("Cluster-IP", "string", 0),
+            col("External-IP", "string", 0),
             col("Port(s)", "string", 0),
             col("Age", "string", 0),
             col("Selector", "string", 1),
@@ -162,6 +163,7 @@ fn cells(rt: &ResourceType, obj: &Value, now: i64) -> Vec<Value> {
                 name,
                 json!(s(obj, "/spec/type")),
                 json!(none(s(obj, "/spec/clusterIP"))),
+                json!(service_external_ip(obj)),
                 json!(none(&ports.join(","))),
                 age,
                 json!(none(&selector.join(","))),
@@ -203,6 +205,57 @@ fn cells(rt: &ResourceType, obj: &Value, now: i64) -> Vec<Value> {
             ]
         }
         _ => vec![name, age],
+    }
+}
+
+/// kubectl's EXTERNAL-IP of a Service (kube-apiserver's printer, not wide): external IPs,
+/// for a LoadBalancer its ingress addresses first (`<pending>` without any), for an
+/// ExternalName the name.
+fn service_external_ip(svc: &Value) -> String {
+    let strings = |ptr: &str| -> Vec<String> {
+        svc.pointer(ptr)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let external_ips = strings("/spec/externalIPs");
+    match s(svc, "/spec/type") {
+        "ClusterIP" | "NodePort" if external_ips.is_empty() => "<none>".into(),
+        "ClusterIP" | "NodePort" => external_ips.join(","),
+        "LoadBalancer" => {
+            let ingress: Vec<&str> = svc
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i.get("ip")
+                        .or_else(|| i.get("hostname"))
+                        .and_then(Value::as_str)
+                })
+                .collect();
+            let mut lb = ingress.join(",");
+            if lb.len() > 16 {
+                lb = format!("{}...", &lb[..13]);
+            }
+            let all: Vec<String> = lb
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .chain(external_ips)
+                .collect();
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => s(svc, "/spec/externalName").to_string(),
+        _ => "<unknown>".into(),
     }
 }
 
