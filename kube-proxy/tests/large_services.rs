@@ -137,6 +137,13 @@ async fn create_web_service(lab: &Lab, name: &str) -> SocketAddr {
     SocketAddr::from((vip, 80))
 }
 
+/// The lines of `text` in order (ovs-ofctl dumps groups in hash order).
+fn sorted_lines(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().skip(1).collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
 async fn backends_seen(node: &Node, addr: SocketAddr, rounds: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     for _ in 0..rounds {
@@ -237,7 +244,7 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
         (backends_seen(&node, web, 30).await == all).then_some(())
     })
     .await;
-    let groups = node.dump_groups();
+    let groups = sorted_lines(&node.dump_groups());
     // Four for web, one for the API server's `default/kubernetes` Service.
     assert_eq!(groups.matches("type=select").count(), 5, "{}", debug());
     assert_eq!(groups.matches("actions=group:").count(), 3, "{}", debug());
@@ -249,7 +256,7 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     proxy.wait_synced(&debug).await;
     // web's port and `default/kubernetes`'s.
     assert!(proxy.log_text().contains("adopted=2"), "{}", debug());
-    assert_eq!(node.dump_groups(), groups, "{}", debug());
+    assert_eq!(sorted_lines(&node.dump_groups()), groups, "{}", debug());
 
     // Down to two backends: one plain group, the sub-groups are gone.
     for (name, _) in &backends[2..] {
