@@ -46,7 +46,8 @@ pub struct Global {
     /// kubeconfig file [default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account].
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
-    /// Time limit of each request to OVS or the API server, in seconds.
+    /// Time limit, in seconds, for connecting to OVSDB, OpenFlow and the API server, and for
+    /// each OpenFlow, ovs-appctl and API request.
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
 }

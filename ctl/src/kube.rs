@@ -2,13 +2,15 @@
 //! `NAMESPACE/NAME` arguments.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::Error;
 
 /// A client: `--kubeconfig` if given, else kube's inference
-/// (`$KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
-pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, Error> {
-    let config = match kubeconfig {
+/// (`$KUBECONFIG`, `~/.kube/config`, then the in-cluster service account);
+/// connecting, and reading or writing a request, each within `timeout`.
+pub async fn client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<::kube::Client, Error> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = ::kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::Kubeconfig(format!("reading {}: {e}", path.display())))?;
@@ -22,6 +24,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, Error> 
             ))
         })?,
     };
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
     ::kube::Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))
 }
 

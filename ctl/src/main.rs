@@ -16,12 +16,18 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     Ok(match &cli.command {
         Command::Pod(args) => {
             let (ns, name) = kube::split_name(&args.pod)?;
-            let report = pod::run(&ovs, kube::client(kubeconfig).await, &ns, &name).await?;
+            let report = pod::run(
+                &ovs,
+                kube::client(kubeconfig, ovs.timeout).await,
+                &ns,
+                &name,
+            )
+            .await?;
             emit(args.output.format, &report)?
         }
         Command::Service(args) => {
             let (ns, name) = kube::split_name(&args.service)?;
-            let client = kube::client(kubeconfig).await?;
+            let client = kube::client(kubeconfig, ovs.timeout).await?;
             let report = service::run(&ovs, client, &ns, &name).await?;
             emit(args.output.format, &report)?
         }
