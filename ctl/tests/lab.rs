@@ -1,4 +1,4 @@
-//! `switchyardctl` against a real two-node lab (the real `switchyard-lab` binary: netns nodes
+//! `switchyardctl` against a real two-node lab (the real `switchyard-lab up --fabric`: netns nodes
 //! with their own ovsdb-server/ovs-vswitchd, the real agent, proxy and CNI binary), run
 //! inside node1's namespace as an operator on the node would: what the user sees from `pod`,
 //! `service`, `trace` (an allowed Service connection ending at the backend's port with the
@@ -95,7 +95,14 @@ impl Lab {
             dir,
         };
         let out = Command::new(&lab.lab_bin)
-            .args(["up", "--nodes", &nodes.to_string(), "--name", &lab.name])
+            .args([
+                "up",
+                "--nodes",
+                &nodes.to_string(),
+                "--name",
+                &lab.name,
+                "--fabric",
+            ])
             .arg("--state-dir")
             .arg(lab.state.root())
             .args(["--underlay-cidr", &free_underlay()])
@@ -183,6 +190,13 @@ fn pod(name: &str, node: &str, app: &str) -> String {
     )
 }
 
+/// A pod in the `vlan100` segment of the lab's fabric.
+fn vlan_pod(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    switchyard.io/segment: vlan100\nspec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n"
+    )
+}
+
 fn service(name: &str, app: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector:\n    app: {app}\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n---\n"
@@ -218,10 +232,11 @@ fn switchyardctl_on_a_two_node_lab() {
     }
     let lab = Lab::up(2);
     lab.apply(&format!(
-        "{}{}{}{}{}",
+        "{}{}{}{}{}{}",
         pod("web1", "node1", "web"),
         pod("web2", "node2", "web-remote"),
         pod("client", "node1", "client"),
+        vlan_pod("tagged", "node1"),
         service("web", "web"),
         service("empty", "nothing"),
     ));
@@ -273,6 +288,21 @@ fn switchyardctl_on_a_two_node_lab() {
     let shown = lab.ctl("node1", &["pod", "default/client"]);
     assert!(
         shown.contains(&port) && shown.contains("table 10 SPOOF_GUARD"),
+        "{shown}"
+    );
+    // A pod of the vlan100 segment: its port, VLAN 100 (the Port's tag too) and segment.
+    let tagged_ip = lab.pod_ip("tagged");
+    let tagged = lab.ctl_json("node1", &["pod", "default/tagged"]);
+    let iface = &tagged["interfaces"][0];
+    assert_eq!(iface["vlan"], 100, "{tagged}");
+    assert_eq!(iface["segment"], "vlan100", "{tagged}");
+    assert_eq!(
+        iface["address"].as_str().unwrap().split('/').next(),
+        Some(tagged_ip.as_str())
+    );
+    let shown = lab.ctl("node1", &["pod", "default/tagged"]);
+    assert!(
+        shown.contains("vlan100") && shown.contains(" 100 "),
         "{shown}"
     );
     let elsewhere = lab.ctl_output("node2", &["pod", "default/client"]);
