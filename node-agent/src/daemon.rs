@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ipnet::Ipv4Net;
-use switchyard_ovs::ovsdb;
+use switchyard_ovs::{openflow, ovsdb};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,13 +25,14 @@ use crate::apiserver::{ApiClient, ApiError};
 use crate::attachment::Attachment;
 use crate::cni::CniServer;
 use crate::config::{AgentConfig, SegmentKind};
+use crate::drivers::{Drivers, NetnsLinks};
 use crate::gateway::{self, GatewayError};
 use crate::ipam::{AttachmentKey, IpamError, Pool};
 use crate::keylock::KeyLocks;
 use crate::metrics::{self, HttpState, Metrics};
 use crate::netns::{Netlink, NetnsError};
 use crate::overlay::Overlay;
-use crate::reconcile::{self, ReconcileError};
+use crate::reconcile::{self, ReconcileError, Switch};
 use crate::state::{NODE_POOL, NodeState, lock};
 use crate::wait_for;
 
@@ -183,7 +184,7 @@ impl Agent {
         let ovsdb = wait_for::ovsdb(&config.ovsdb_endpoint).await;
         gateway::ensure_bridge(&ovsdb, &config).await?;
         let openflow = wait_for::openflow(&config).await;
-        let host = Netlink::current()?;
+        let host = Arc::new(Netlink::current()?);
         if !config.mtu_configured {
             // Pods (and sy-gw0) leave room for the encapsulation.
             match crate::overlay::pod_mtu_from_underlay(api.client(), &config.node_name, &host)
@@ -215,13 +216,15 @@ impl Agent {
             }
         }
 
+        let io = Drivers {
+            links: Arc::new(NetnsLinks::new(host.clone(), config.netns_policy())),
+            ports: Arc::new(ovsdb.clone()),
+            flows: Arc::new(openflow.clone()),
+            api: Arc::new(api.clone()),
+        };
         let shared = Arc::new(NodeState {
-            policy: config.netns_policy(),
             config,
-            ovsdb,
-            openflow,
-            api,
-            host,
+            io,
             pod_cidr,
             gateway: RwLock::new(gw),
             cluster_pools,
@@ -236,8 +239,8 @@ impl Agent {
             metrics,
         });
         // Remote nodes first: the first resync then carries their flows.
-        overlay.seed(shared.api.client()).await;
-        reconcile::reconcile(&shared, &overlay, false).await?;
+        overlay.seed(api.client()).await;
+        reconcile::reconcile(&shared, &overlay, None).await?;
 
         let socket = shared.config.cni_socket.clone();
         let listener = prepare_socket_dir(&socket)
@@ -265,10 +268,15 @@ impl Agent {
         tasks.push(tokio::spawn(watch_reconnects(
             shared.clone(),
             overlay.clone(),
+            SwitchClients {
+                ovsdb,
+                openflow,
+                host,
+            },
             shutdown.subscribe(),
         )));
         tasks.push(tokio::spawn(
-            overlay.run(shared.api.client(), shutdown.subscribe()),
+            overlay.run(api.client(), shutdown.subscribe()),
         ));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(
             shared.pod_cidr,
@@ -284,16 +292,26 @@ impl Agent {
     }
 }
 
+/// The concrete clients the daemon keeps for its own jobs: watching the
+/// connections and re-ensuring the switch after a reconnect.
+#[derive(Debug)]
+struct SwitchClients {
+    ovsdb: ovsdb::Client,
+    openflow: openflow::Client,
+    host: Arc<Netlink>,
+}
+
 /// Re-runs reconciliation whenever OVSDB or the OpenFlow connection comes
 /// back (ovsdb-server or ovs-vswitchd restarted: flows may be gone, the
 /// gateway tap recreated without its address).
 async fn watch_reconnects(
     shared: Arc<NodeState>,
     overlay: Arc<Overlay>,
+    clients: SwitchClients,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ovsdb_events = shared.ovsdb.connection_events();
-    let mut of_events = shared.openflow.connection_events();
+    let mut ovsdb_events = clients.ovsdb.connection_events();
+    let mut of_events = clients.openflow.connection_events();
     let mut of_seen = of_events.borrow().generation;
     loop {
         let trigger = tokio::select! {
@@ -322,7 +340,11 @@ async fn watch_reconnects(
         tracing::info!(trigger, "reconciling after reconnect");
         // Retry until it works (OVS may still be coming up).
         loop {
-            match reconcile::reconcile(&shared, &overlay, true).await {
+            let switch = Switch {
+                ovsdb: &clients.ovsdb,
+                host: &clients.host,
+            };
+            match reconcile::reconcile(&shared, &overlay, Some(switch)).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "reconciliation failed; retrying");

@@ -16,6 +16,9 @@
 //!   (placement), [`keylock`], [`adds_in_flight`].
 //! - The datapath: [`flows`], [`gateway`], [`overlay`], [`uplink`],
 //!   [`egress`], [`reserved_port`] (the agent's own ports), [`next_hop`].
+//! - The seams: [`drivers`] (traits in front of netlink/netns, OVSDB,
+//!   OpenFlow and the API server reads, their real implementations, and
+//!   in-memory fakes for unit tests).
 //! - The kernel: [`netns`] (netns thread, veth, addresses), [`mac`].
 //!
 //! Dependencies point one way: the daemon uses the CNI layer and
@@ -29,6 +32,7 @@ pub mod attachment;
 mod cni;
 pub mod config;
 pub mod daemon;
+pub mod drivers;
 pub mod egress;
 pub mod flows;
 pub mod gateway;

@@ -15,11 +15,11 @@ use switchyard_ovs::ovsdb;
 use switchyard_ovs::pipeline::{self, Cookie, Owner};
 
 use crate::apiserver::{ApiError, PodInfo};
-use crate::attachment::{self, Attachment};
+use crate::attachment::Attachment;
 use crate::flows;
 use crate::gateway::{self, GatewayError};
 use crate::ipam::AttachmentKey;
-use crate::netns::{Netns, NetnsError};
+use crate::netns::{Netlink, NetnsError};
 use crate::overlay::{Overlay, OverlayError};
 use crate::reserved_port::OFPORT_TIMEOUT;
 use crate::state::{NodeState, lock};
@@ -51,75 +51,67 @@ pub enum ReconcileError {
     InstallFlows(#[source] openflow::Error),
 }
 
+/// The concrete clients the bridge, gateway, tunnel and uplink set-up
+/// take (the datapath modules use them as they are).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Switch<'a> {
+    /// OVSDB.
+    pub ovsdb: &'a ovsdb::Client,
+    /// Netlink in the node namespace.
+    pub host: &'a Netlink,
+}
+
 /// After OVSDB or ovs-vswitchd came back: the bridge, the gateway, the
 /// tunnel port and the uplinks again (a restarted vswitchd recreates the
 /// gateway device without its address).
-async fn ensure_switch(state: &NodeState) -> Result<(), ReconcileError> {
-    gateway::ensure_bridge(&state.ovsdb, &state.config).await?;
+async fn ensure_switch(state: &NodeState, switch: Switch<'_>) -> Result<(), ReconcileError> {
+    gateway::ensure_bridge(switch.ovsdb, &state.config).await?;
     let gw =
-        gateway::ensure_gateway(&state.ovsdb, &state.host, &state.config, state.pod_cidr).await?;
+        gateway::ensure_gateway(switch.ovsdb, switch.host, &state.config, state.pod_cidr).await?;
     *state.gateway.write().unwrap_or_else(|p| p.into_inner()) = gw;
     crate::overlay::ensure_tunnel_port(
-        &state.ovsdb,
+        switch.ovsdb,
         &state.config.bridge,
         state.config.tunnel_type,
     )
     .await?;
-    let uplinks = crate::uplink::ensure_uplinks(&state.ovsdb, &state.config).await?;
+    let uplinks = crate::uplink::ensure_uplinks(switch.ovsdb, &state.config).await?;
     *state.uplinks.write().unwrap_or_else(|p| p.into_inner()) = uplinks;
     Ok(())
 }
 
 /// Rebuilds attachments and pools from OVSDB, removes stale ports,
-/// re-installs every flow under a new generation. `after_reconnect` also
-/// re-ensures the bridge, gateway, tunnel port and uplinks first.
+/// re-installs every flow under a new generation. After a reconnect
+/// (`reensure`) the bridge, gateway, tunnel port and uplinks come first.
 pub(crate) async fn reconcile(
     state: &NodeState,
     overlay: &Overlay,
-    after_reconnect: bool,
+    reensure: Option<Switch<'_>>,
 ) -> Result<(), ReconcileError> {
     state.metrics.reconcile_runs.inc();
-    if after_reconnect {
-        ensure_switch(state).await?;
+    if let Some(switch) = reensure {
+        ensure_switch(state, switch).await?;
     }
     reconcile_attachments(state).await?;
     resync_flows(state, overlay).await
-}
-
-/// The ofport OVSDB reports for each interface (0 while it has none), read
-/// in one transaction.
-async fn interface_ofports(state: &NodeState) -> Result<BTreeMap<String, u32>, ovsdb::Error> {
-    let select = ovsdb::Operation::select_columns("Interface", vec![], &["name", "ofport"]);
-    let results = state.ovsdb.transact("Open_vSwitch", &[select]).await?;
-    Ok(results
-        .first()
-        .and_then(|r| r.rows.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|row| {
-            let name = row.get("name")?.as_str()?.to_string();
-            let ofport = row
-                .get("ofport")
-                .and_then(ovsdb::Value::as_integer)
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(0);
-            Some((name, ofport))
-        })
-        .collect())
 }
 
 /// The attachment half of [`reconcile`]: the agent's ports listed, each
 /// judged, stale ones torn down, the rest recorded (pools, ofports).
 pub(crate) async fn reconcile_attachments(state: &NodeState) -> Result<(), ReconcileError> {
     let ports = state
-        .ovsdb
-        .find_ports_by_external_id(attachment::KEY_OWNER, attachment::OWNER_VALUE)
+        .io
+        .ports
+        .agent_ports()
         .await
         .map_err(ReconcileError::ListPorts)?;
     let ofports = if ports.is_empty() {
         BTreeMap::new()
     } else {
-        interface_ofports(state)
+        state
+            .io
+            .ports
+            .interface_ofports()
             .await
             .map_err(ReconcileError::ReadInterfaces)?
     };
@@ -133,8 +125,9 @@ pub(crate) async fn reconcile_attachments(state: &NodeState) -> Result<(), Recon
         let ofport = if ofport == 0 {
             // vswitchd may still be attaching it.
             state
-                .ovsdb
-                .interface_ofport(&port.name, OFPORT_TIMEOUT)
+                .io
+                .ports
+                .wait_ofport(&port.name, OFPORT_TIMEOUT)
                 .await
                 .map(u32::from)
                 .unwrap_or(0)
@@ -167,7 +160,7 @@ pub(crate) async fn reconcile_attachments(state: &NodeState) -> Result<(), Recon
         .cloned()
         .collect();
     for a in unseen {
-        if let Ok(None) = state.ovsdb.port(&a.host_ifname).await {
+        if let Ok(None) = state.io.ports.port(&a.host_ifname).await {
             tracing::info!(port = %a.host_ifname, container = %a.key.container_id, "port vanished from OVSDB; forgetting the attachment");
             if let Err(e) = state.teardown(&a.key, Some(&a)).await {
                 tracing::warn!(port = %a.host_ifname, error = %e, "cleaning up a vanished attachment failed");
@@ -200,7 +193,7 @@ pub(crate) async fn reconcile_attachments(state: &NodeState) -> Result<(), Recon
 /// Reserves the ofports of every other port on the switch, so a pod
 /// never requests (and gets early flows for) a number in use.
 async fn reserve_foreign_ofports(state: &NodeState) {
-    match interface_ofports(state).await {
+    match state.io.ports.interface_ofports().await {
         Ok(found) => {
             let mut ofports = lock(&state.ofports);
             ofports.extend(
@@ -265,13 +258,13 @@ pub(crate) fn judge_pod(a: &Attachment, pod: Result<Option<PodInfo>, ApiError>) 
 /// Why an attachment found in OVSDB is stale, or `None` if it is live (or
 /// cannot be told). The API server is asked only when the netns is there.
 async fn stale_reason(state: &NodeState, a: &Attachment) -> Option<String> {
-    let opened = Netns::open(&a.netns, &state.policy).map(drop);
+    let opened = state.io.links.open_netns(&a.netns).map(drop);
     match judge_netns(a, opened) {
         Evidence::Stale(reason) => return Some(reason),
         Evidence::CannotTell => return None,
         Evidence::Live => {}
     }
-    match judge_pod(a, state.api.pod(&a.pod_namespace, &a.pod_name).await) {
+    match judge_pod(a, state.io.api.pod(&a.pod_namespace, &a.pod_name).await) {
         Evidence::Stale(reason) => Some(reason),
         Evidence::Live | Evidence::CannotTell => None,
     }
@@ -288,8 +281,9 @@ pub(crate) async fn resync_flows(
     let overlay = overlay.lock_for_resync().await;
     let (owner_cookie, owner_mask) = Cookie::owner_mask(Owner::Agent);
     let present: BTreeSet<u8> = state
-        .openflow
-        .dump_flows(FlowStatsRequest::cookie(owner_cookie, owner_mask))
+        .io
+        .flows
+        .dump(FlowStatsRequest::cookie(owner_cookie, owner_mask))
         .await
         .map_err(ReconcileError::DumpFlows)?
         .iter()
@@ -337,12 +331,170 @@ pub(crate) async fn resync_flows(
     }
     let count = mods.len();
     state
-        .openflow
-        .bundle_flow_mods(mods)
+        .io
+        .flows
+        .bundle(mods)
         .await
         .map_err(ReconcileError::InstallFlows)?;
     tracing::info!(generation = next, flow_mods = count, pods = pods.len(), old_generations = ?present, "flows installed");
     *gate = Some(next);
     overlay.installed(next);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::drivers::fake::{FailAt, FakeNode};
+
+    /// An attachment a killed agent left in OVSDB, its netns `netns`.
+    fn recorded(fake: &FakeNode, container: &str, ip: &str, ofport: u32) -> Attachment {
+        let a = Attachment {
+            key: AttachmentKey::new(container, "eth0"),
+            pod_namespace: "default".into(),
+            pod_name: format!("pod-{container}"),
+            pod_uid: format!("uid-{container}"),
+            netns: PathBuf::from(format!("/var/run/netns/{container}")),
+            address: ip.parse().unwrap(),
+            gateway: Some("10.244.1.1".parse().unwrap()),
+            mac: crate::mac::MacAddr([2, 0, 0, 0, 0, 9]),
+            segment: "default".into(),
+            vlan: 0,
+            mtu: 1450,
+            host_ifname: crate::netns::host_ifname(container, "eth0"),
+            ofport,
+        };
+        let row = ovsdb::PortRow {
+            name: a.host_ifname.clone(),
+            external_ids: a.external_ids(),
+            ..Default::default()
+        };
+        fake.world()
+            .ports
+            .insert(a.host_ifname.clone(), (row, ofport));
+        a
+    }
+
+    fn live(fake: &FakeNode, a: &Attachment, uid: &str) {
+        let mut w = fake.world();
+        w.netns.insert(a.netns.clone());
+        w.pods.insert(
+            (a.pod_namespace.clone(), a.pod_name.clone()),
+            PodInfo {
+                uid: uid.into(),
+                ..PodInfo::default()
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn live_attachments_are_kept_and_stale_ones_removed() {
+        let fake = FakeNode::default();
+        let state = NodeState::for_tests(fake.drivers(), None);
+        let kept = recorded(&fake, "kept", "10.244.1.7/24", 20);
+        live(&fake, &kept, "uid-kept");
+        let no_netns = recorded(&fake, "nonetns", "10.244.1.8/24", 21);
+        live(&fake, &no_netns, "uid-nonetns");
+        fake.world().netns.remove(&no_netns.netns);
+        let no_pod = recorded(&fake, "nopod", "10.244.1.9/24", 22);
+        live(&fake, &no_pod, "uid-nopod");
+        fake.world()
+            .pods
+            .remove(&(no_pod.pod_namespace.clone(), no_pod.pod_name.clone()));
+        let recreated = recorded(&fake, "recreated", "10.244.1.10/24", 23);
+        live(&fake, &recreated, "another-uid");
+        // A port whose external_ids do not describe an attachment.
+        recorded(&fake, "broken", "10.244.1.11/24", 24);
+        {
+            let mut w = fake.world();
+            let (mut row, p) = w
+                .ports
+                .remove(&crate::netns::host_ifname("broken", "eth0"))
+                .unwrap();
+            row.external_ids.remove(crate::attachment::KEY_IP);
+            w.ports.insert(row.name.clone(), (row, p));
+        }
+
+        reconcile_attachments(&state).await.unwrap();
+
+        let keys: Vec<AttachmentKey> = lock(&state.attachments).keys().cloned().collect();
+        assert_eq!(keys, vec![kept.key.clone()]);
+        assert_eq!(
+            state.allocations(),
+            vec![(kept.address.addr(), kept.key.clone())]
+        );
+        let ports: Vec<String> = fake.world().ports.keys().cloned().collect();
+        assert_eq!(ports, vec![kept.host_ifname.clone()]);
+        assert!(lock(&state.ofports).contains(&20));
+    }
+
+    #[tokio::test]
+    async fn attachments_are_kept_when_the_api_server_cannot_tell() {
+        let fake = FakeNode::default();
+        let state = NodeState::for_tests(fake.drivers(), None);
+        let a = recorded(&fake, "c1", "10.244.1.7/24", 20);
+        fake.world().netns.insert(a.netns.clone());
+        fake.world().fail.insert(FailAt::Api);
+        reconcile_attachments(&state).await.unwrap();
+        let keys: BTreeSet<AttachmentKey> = lock(&state.attachments).keys().cloned().collect();
+        assert_eq!(keys, [a.key].into());
+    }
+
+    #[tokio::test]
+    async fn attachments_whose_port_vanished_are_forgotten() {
+        let fake = FakeNode::default();
+        let state = NodeState::for_tests(fake.drivers(), None);
+        let a = recorded(&fake, "c1", "10.244.1.7/24", 20);
+        live(&fake, &a, "uid-c1");
+        reconcile_attachments(&state).await.unwrap();
+        assert_eq!(lock(&state.attachments).len(), 1);
+        fake.world().ports.clear();
+        reconcile_attachments(&state).await.unwrap();
+        assert!(lock(&state.attachments).is_empty());
+        assert!(state.allocations().is_empty());
+    }
+
+    #[test]
+    fn evidence_from_netns_and_pod() {
+        let fake = FakeNode::default();
+        let a = recorded(&fake, "c1", "10.244.1.7/24", 20);
+        assert_eq!(judge_netns(&a, Ok(())), Evidence::Live);
+        assert_eq!(
+            judge_netns(&a, Err(NetnsError::NotFound(a.netns.clone()))),
+            Evidence::Stale("netns /var/run/netns/c1 no longer exists".into())
+        );
+        assert_eq!(
+            judge_netns(&a, Err(NetnsError::Empty)),
+            Evidence::CannotTell
+        );
+        let pod = |uid: &str| {
+            Ok(Some(PodInfo {
+                uid: uid.into(),
+                ..PodInfo::default()
+            }))
+        };
+        assert_eq!(judge_pod(&a, pod("uid-c1")), Evidence::Live);
+        // A pod without a uid (or a record without one) is not compared.
+        assert_eq!(judge_pod(&a, pod("")), Evidence::Live);
+        assert_eq!(
+            judge_pod(&a, pod("other")),
+            Evidence::Stale("pod default/pod-c1 was recreated (uid other != uid-c1)".into())
+        );
+        assert_eq!(
+            judge_pod(&a, Ok(None)),
+            Evidence::Stale("pod default/pod-c1 no longer exists".into())
+        );
+        assert_eq!(
+            judge_pod(
+                &a,
+                Err(ApiError::Timeout {
+                    what: "reading".into()
+                })
+            ),
+            Evidence::CannotTell
+        );
+    }
 }

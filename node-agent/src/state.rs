@@ -7,25 +7,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+#[cfg(test)]
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
-use switchyard_ovs::openflow::{self, FlowMod};
+use switchyard_ovs::openflow::FlowMod;
 use switchyard_ovs::ovsdb;
 use switchyard_ovs::pipeline::{self, Cookie, Owner};
 
 use crate::adds_in_flight::AddsInFlight;
-use crate::apiserver::ApiClient;
 use crate::attach_error::AttachError;
 use crate::attachment::Attachment;
 use crate::config::{AgentConfig, SegmentKind};
+use crate::drivers::Drivers;
 use crate::flows::Gateway;
 use crate::ipam::{AttachmentKey, Pool};
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
-use crate::netns::{self, Netlink, NetnsPolicy};
+use crate::netns;
 use crate::uplink::Uplink;
 use crate::vlan_pool::ClusterPools;
 
@@ -42,11 +44,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct NodeState {
     pub config: AgentConfig,
-    pub ovsdb: ovsdb::Client,
-    pub openflow: openflow::Client,
-    pub api: ApiClient,
-    pub host: Netlink,
-    pub policy: NetnsPolicy,
+    /// The kernel, OVSDB, OpenFlow and the API server, behind traits.
+    pub io: Drivers,
     pub pod_cidr: Ipv4Net,
     pub gateway: RwLock<Gateway>,
     /// Cluster-wide address pools of `vlan` segments (API server).
@@ -120,7 +119,7 @@ impl NodeState {
 
     /// Removes an OVS port; a missing one is fine, other failures are logged.
     pub async fn remove_port_quietly(&self, name: &str) {
-        match self.ovsdb.remove_port(name).await {
+        match self.io.ports.remove_port(name).await {
             Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
             Err(e) => tracing::warn!(port = name, error = %e, "removing port failed"),
         }
@@ -149,17 +148,17 @@ impl NodeState {
                 match flow_object {
                     Some(ofport) => {
                         let (c, m) = Cookie::object_mask(Owner::Agent, ofport);
-                        self.openflow.flow_mod(FlowMod::delete_cookie(c, m)).await
+                        self.io.flows.flow_mod(FlowMod::delete_cookie(c, m)).await
                     }
                     None => Ok(()),
                 }
             },
             async {
-                let r = self.ovsdb.remove_port(&host_ifname).await;
+                let r = self.io.ports.remove_port(&host_ifname).await;
                 (r, t0.elapsed())
             },
             async {
-                let r = delete_veth_on_own_socket(&key.container_id, &key.ifname).await;
+                let r = self.io.links.delete(&key.container_id, &key.ifname).await;
                 (r, t0.elapsed())
             }
         );
@@ -198,50 +197,75 @@ impl NodeState {
             return Ok(Some(a.clone()));
         }
         let port = self
-            .ovsdb
+            .io
+            .ports
             .port(host_ifname)
             .await
             .map_err(AttachError::ovsdb("reading the OVS port"))?;
         let Some(port) = port else { return Ok(None) };
-        let ofport = match self.ovsdb.interface(host_ifname).await {
-            Ok(Some(i)) => i.ofport.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        let ofport = match self.io.ports.ofport(host_ifname).await {
+            Ok(Some(p)) => p,
             _ => 0,
         };
         Ok(Attachment::from_external_ids(host_ifname, &port.external_ids, ofport).ok())
     }
 }
 
-/// Deletes a pod's veth through a netlink socket of its own, on a blocking
-/// thread. The kernel handles a link deletion synchronously inside the
-/// sending call and waits for RCU grace periods (10-20 ms here); on the
-/// agent's shared socket every deletion would queue behind the others and
-/// stall a runtime worker meanwhile, so parallel DELs would serialise.
-/// (The thread stays in the agent's own namespace: no setns.)
-async fn delete_veth_on_own_socket(
-    container_id: &str,
-    ifname: &str,
-) -> Result<bool, netns::InterfaceError> {
-    let (container_id, ifname) = (container_id.to_string(), ifname.to_string());
-    let io_err = |source: std::io::Error| netns::InterfaceError::Io {
-        step: netns::Step::DeleteHostEnd,
-        ifname: netns::host_ifname(&container_id, &ifname),
-        netns: "node".to_string(),
-        source,
-    };
-    let (c, i) = (container_id.clone(), ifname.clone());
-    let joined = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok::<_, std::io::Error>(runtime.block_on(async {
-            let netlink = Netlink::current()?;
-            netns::delete_pod_interface(&netlink, &c, &i).await
-        }))
-    })
-    .await;
-    match joined {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(io_err(e)),
-        Err(e) => Err(io_err(std::io::Error::other(e))),
+#[cfg(test)]
+impl NodeState {
+    /// A node's state on top of `io` (fakes): pod CIDR 10.244.1.0/24, ready, with
+    /// the segments of `segments_yaml` (a config file's `segments:`) or the
+    /// default overlay segment. The API client of the cluster-wide pools
+    /// points nowhere (`vlan` segment ADDs are not run through fakes).
+    pub(crate) fn for_tests(io: Drivers, segments_yaml: Option<&str>) -> NodeState {
+        use std::sync::RwLock;
+        use std::sync::atomic::AtomicBool;
+
+        use crate::config::{AgentConfig, FileConfig, Flags};
+        use crate::ipam::Pool;
+
+        let flags = Flags {
+            node_name: Some("node-1".into()),
+            ..Flags::default()
+        };
+        let file = segments_yaml
+            .map(|y| FileConfig::from_yaml(y, Path::new("test.yaml")).expect("segments"))
+            .unwrap_or_default();
+        let config = AgentConfig::merge(&flags, file, None).expect("config");
+        let pod_cidr: ipnet::Ipv4Net = "10.244.1.0/24".parse().expect("cidr");
+        let mut pools = BTreeMap::new();
+        pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
+        for seg in &config.segments {
+            if let Some(subnet) = seg.subnet {
+                pools.insert(
+                    seg.name.clone(),
+                    Pool::new(subnet, seg.gateway).expect("pool"),
+                );
+            }
+        }
+        let nowhere = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("uri"),
+        ))
+        .expect("kube client");
+        NodeState {
+            cluster_pools: crate::vlan_pool::ClusterPools::new(nowhere, &config.node_name),
+            config,
+            io,
+            pod_cidr,
+            gateway: RwLock::new(crate::flows::Gateway {
+                ofport: pipeline::ofport::GATEWAY,
+                mac: crate::mac::MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+                ip: Ipv4Addr::new(10, 244, 1, 1),
+            }),
+            uplinks: RwLock::new(Vec::new()),
+            pools: Mutex::new(pools),
+            attachments: Mutex::new(BTreeMap::new()),
+            ofports: Mutex::new(BTreeSet::new()),
+            locks: crate::keylock::KeyLocks::default(),
+            adds: crate::adds_in_flight::AddsInFlight::default(),
+            flow_gate: tokio::sync::RwLock::new(Some(1)),
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::config::DatapathType;
 use crate::flows;
 use crate::ipam::AttachmentKey;
 use crate::mac::MacAddr;
-use crate::netns::{self, Netns, PodInterfaceSpec};
+use crate::netns::{self, PodInterfaceSpec};
 use crate::reserved_port::OFPORT_TIMEOUT;
 use crate::segment::{self, Placement};
 use crate::state::{NodeState, lock};
@@ -83,7 +83,7 @@ fn admit(state: &NodeState) -> Result<(), AttachError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(AttachError::NotReady);
     }
-    if !state.ovsdb.is_connected() || !state.openflow.state().connected {
+    if !state.io.ports.is_connected() || !state.io.flows.is_connected() {
         return Err(AttachError::OvsUnreachable);
     }
     Ok(())
@@ -127,11 +127,6 @@ fn result_for(a: &Attachment, host_mac: Option<MacAddr>, dns: Dns) -> CniResult 
     }
 }
 
-async fn host_mac(state: &NodeState, name: &str) -> Option<MacAddr> {
-    let link = state.host.link_by_name(name).await.ok()??;
-    netns::link_mac(&link)
-}
-
 /// Attaches the pod (or returns the attachment a repeated ADD finds). On
 /// failure every step that ran is undone and the address released.
 pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attached, AttachError> {
@@ -144,7 +139,7 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
     let existing = lock(&state.attachments).get(key).cloned();
     if let Some(a) = existing {
         tracing::info!("attachment exists; returning its result");
-        let mac = host_mac(state, &a.host_ifname).await;
+        let mac = state.io.links.host_mac(&a.host_ifname).await;
         return Ok(Attached {
             attachment: a,
             host_mac: mac,
@@ -153,7 +148,11 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
 
     let netns_path = req.netns.clone().ok_or(AttachError::NetnsRequired)?;
     let t0 = Instant::now();
-    let pod_netns = Netns::open(&netns_path, &state.policy).map_err(AttachError::Netns)?;
+    let pod_netns = state
+        .io
+        .links
+        .open_netns(&netns_path)
+        .map_err(AttachError::Netns)?;
     let placement = place(state, req).await?;
     tracing::debug!(segment = %placement.segment, vlan = placement.vlan, elapsed = ?t0.elapsed(), "placement");
     let (address, gateway_ip) = allocate(state, key, &placement).await?;
@@ -177,14 +176,15 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
             // gratuitous ARP is dropped by the ARP responder), so it
             // only informs listeners outside the pipeline.
             let host_mac = Some(built.host_mac);
+            let announce = state.io.links.announce(
+                pod_netns,
+                built.pod_ifindex,
+                built.pod_mac,
+                built.address.addr(),
+            );
             tokio::spawn(
                 async move {
-                    let (index, mac, ip) = (built.pod_ifindex, built.pod_mac, built.address.addr());
-                    let sent = netns::run_in_netns(&pod_netns, move || {
-                        netns::arp::send_gratuitous_arp(index, mac, ip)
-                    })
-                    .await;
-                    if let Ok(Err(e)) | Err(e) = sent.map_err(std::io::Error::other) {
+                    if let Err(e) = announce.await {
                         tracing::debug!(error = %e, "gratuitous ARP not sent");
                     }
                 }
@@ -211,6 +211,7 @@ async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachE
             Ok(None)
         } else {
             state
+                .io
                 .api
                 .pod(&req.pod_namespace, &req.pod_name)
                 .await
@@ -219,7 +220,7 @@ async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachE
     };
     let (pod, namespace) = tokio::join!(
         pod_read,
-        state.api.namespace_annotations(&req.pod_namespace)
+        state.io.api.namespace_annotations(&req.pod_namespace)
     );
     let pod_annotations = match pod {
         Ok(None) => req.runtime_annotations.clone(),
@@ -277,7 +278,8 @@ async fn allocate(
 async fn wire(
     state: &NodeState,
     req: &AddRequest,
-    pod_netns: &Netns,
+    pod_netns: &std::path::Path,
+
     placement: &Placement,
     address: Ipv4Net,
     gateway_ip: Option<Ipv4Addr>,
@@ -297,7 +299,10 @@ async fn wire(
     };
     undo.host_ifname = Some(netns::host_ifname(&key.container_id, &key.ifname));
     let t0 = Instant::now();
-    let built = netns::create_pod_interface(&state.host, pod_netns, &spec)
+    let built = state
+        .io
+        .links
+        .create(pod_netns, &spec)
         .await
         .map_err(|e| AttachError::CreateInterface(Box::new(e)))?;
     tracing::debug!(elapsed = ?t0.elapsed(), "veth created");
@@ -307,7 +312,7 @@ async fn wire(
         pod_namespace: req.pod_namespace.clone(),
         pod_name: req.pod_name.clone(),
         pod_uid: req.pod_uid.clone(),
-        netns: pod_netns.path().to_path_buf(),
+        netns: pod_netns.to_path_buf(),
         address,
         gateway: gateway_ip,
         mac: built.pod_mac,
@@ -349,7 +354,7 @@ async fn wire(
             ))
             .map(FlowMod::add)
             .collect();
-        state.openflow.bundle_flow_mods(mods)
+        state.io.flows.bundle(mods)
     };
     if let Some(r) = requested {
         undo.flow_objects.push(r);
@@ -361,14 +366,15 @@ async fn wire(
         }
     };
     let attach = async {
-        match state.ovsdb.add_port(&state.config.bridge, &port).await {
+        match state.io.ports.add_port(&state.config.bridge, &port).await {
             Ok(_) => {}
             Err(ovsdb::Error::PortExists(_)) => {
                 // Left over from an earlier attempt that died half-way.
                 tracing::info!(port = %a.host_ifname, "replacing a leftover OVS port");
                 state.remove_port_quietly(&a.host_ifname).await;
                 state
-                    .ovsdb
+                    .io
+                    .ports
                     .add_port(&state.config.bridge, &port)
                     .await
                     .map_err(AttachError::ovsdb("adding the OVS port"))?;
@@ -377,8 +383,9 @@ async fn wire(
         }
         tracing::debug!(elapsed = ?t0.elapsed(), "port added");
         state
-            .ovsdb
-            .interface_ofport(&a.host_ifname, OFPORT_TIMEOUT)
+            .io
+            .ports
+            .wait_ofport(&a.host_ifname, OFPORT_TIMEOUT)
             .await
             .map_err(AttachError::ovsdb("waiting for the port's ofport"))
     };
@@ -400,7 +407,8 @@ async fn wire(
         if installed && let Some(r) = requested {
             let (c, m) = Cookie::object_mask(Owner::Agent, r);
             state
-                .openflow
+                .io
+                .flows
                 .flow_mod(FlowMod::delete_cookie(c, m))
                 .await
                 .map_err(AttachError::openflow(
@@ -438,7 +446,7 @@ async fn roll_back(state: &NodeState, undo: Undo) {
     }
     for ofport in &undo.flow_objects {
         let (c, m) = Cookie::object_mask(Owner::Agent, *ofport);
-        if let Err(e) = state.openflow.flow_mod(FlowMod::delete_cookie(c, m)).await {
+        if let Err(e) = state.io.flows.flow_mod(FlowMod::delete_cookie(c, m)).await {
             tracing::warn!(error = %e, "rollback: deleting flows failed");
         }
     }
@@ -446,8 +454,11 @@ async fn roll_back(state: &NodeState, undo: Undo) {
         state.remove_port_quietly(port).await;
     }
     if undo.host_ifname.is_some()
-        && let Err(e) =
-            netns::delete_pod_interface(&state.host, &undo.key.container_id, &undo.key.ifname).await
+        && let Err(e) = state
+            .io
+            .links
+            .delete(&undo.key.container_id, &undo.key.ifname)
+            .await
     {
         tracing::warn!(error = %e, "rollback: deleting veth failed");
     }

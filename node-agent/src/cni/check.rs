@@ -12,7 +12,7 @@ use crate::attach_error::AttachError;
 use crate::attachment::Attachment;
 use crate::flows;
 use crate::ipam::AttachmentKey;
-use crate::netns::{self, Netns};
+
 use crate::state::{NodeState, lock};
 
 pub(super) async fn check(state: &NodeState, req: &CniRequest) -> Result<(), AttachError> {
@@ -54,11 +54,11 @@ async fn pod_side(
 ) {
     let ifname = &a.key.ifname;
     let netns_path = netns.unwrap_or_else(|| a.netns.clone());
-    let ns = match Netns::open(&netns_path, &state.policy) {
+    let ns = match state.io.links.open_netns(&netns_path) {
         Err(e) => return diffs.push(format!("netns: {e}")),
         Ok(ns) => ns,
     };
-    let state = match netns::inspect_pod_interface(&ns, ifname).await {
+    let state = match state.io.links.inspect(&ns, ifname).await {
         Err(e) => return diffs.push(format!("pod interface: {e}")),
         Ok(state) => state,
     };
@@ -100,7 +100,8 @@ async fn ovs_port(
     diffs: &mut Vec<String>,
 ) -> Result<(), AttachError> {
     let port = state
-        .ovsdb
+        .io
+        .ports
         .port(&a.host_ifname)
         .await
         .map_err(AttachError::ovsdb("reading the OVS port"))?;
@@ -135,8 +136,9 @@ async fn pod_flows(
 ) -> Result<(), AttachError> {
     let (c, m) = Cookie::object_mask(Owner::Agent, a.ofport);
     let installed = state
-        .openflow
-        .dump_flows(FlowStatsRequest::cookie(c, m))
+        .io
+        .flows
+        .dump(FlowStatsRequest::cookie(c, m))
         .await
         .map_err(AttachError::openflow("dumping flows"))?;
     let expected = flows::pod_flows(0, &state.gateway(), &a.pod_port());

@@ -29,8 +29,9 @@ pub(super) async fn gc(state: &NodeState, req: &CniRequest) -> Result<(), Attach
 async fn known_attachments(state: &NodeState) -> Result<BTreeSet<AttachmentKey>, AttachError> {
     let mut known: BTreeSet<AttachmentKey> = lock(&state.attachments).keys().cloned().collect();
     let ports = state
-        .ovsdb
-        .find_ports_by_external_id(attachment::KEY_OWNER, attachment::OWNER_VALUE)
+        .io
+        .ports
+        .agent_ports()
         .await
         .map_err(AttachError::ovsdb("listing ports"))?;
     for port in &ports {

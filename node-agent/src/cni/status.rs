@@ -10,10 +10,10 @@ pub(super) fn status(state: &NodeState) -> Result<(), AttachError> {
     if !state.ready.load(Ordering::Acquire) {
         problems.push("the agent is not ready");
     }
-    if !state.ovsdb.is_connected() {
+    if !state.io.ports.is_connected() {
         problems.push("OVSDB is not connected");
     }
-    if !state.openflow.state().connected {
+    if !state.io.flows.is_connected() {
         problems.push("the OpenFlow connection to the bridge is down");
     }
     if problems.is_empty() {
