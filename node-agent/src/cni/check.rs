@@ -1,6 +1,7 @@
 //! CNI CHECK: the attachment compared with its record (the pod's interface,
 //! address, MAC and default route; the OVS port's tag and `external_ids`;
-//! the pod's flows). Every difference is named in one CNI error 105.
+//! the pod's flows, and a `vlan` segment pod's uplink flows). Every
+//! difference is named in one CNI error 105.
 
 use std::path::PathBuf;
 
@@ -128,7 +129,10 @@ async fn ovs_port(
     Ok(())
 }
 
-/// The pod's flows (its cookie object), compared by table, priority and match.
+/// The pod's flows (its cookie object), compared by table, priority and
+/// match: the pod flows every pod has, and for a `vlan` segment pod the
+/// uplink flows ADD installs for it (ARP towards the fabric, push and pop
+/// of its VLAN).
 async fn pod_flows(
     state: &NodeState,
     a: &Attachment,
@@ -141,8 +145,15 @@ async fn pod_flows(
         .dump(FlowStatsRequest::cookie(c, m))
         .await
         .map_err(AttachError::openflow("dumping flows"))?;
-    let expected = flows::pod_flows(0, &state.gateway(), &a.pod_port());
-    for want in &expected {
+    let pod = a.pod_port();
+    let expected = flows::pod_flows(0, &state.gateway(), &pod)
+        .into_iter()
+        .chain(crate::uplink::pod_flows(
+            0,
+            &pod,
+            state.config.segment(&a.segment),
+        ));
+    for want in expected {
         let found = installed.iter().any(|s| {
             s.flow.table == want.table
                 && s.flow.priority == want.priority

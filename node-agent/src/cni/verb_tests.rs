@@ -324,3 +324,63 @@ async fn check_names_each_difference() {
     let err = verify(&state, &key("unknown"), None).await.unwrap_err();
     assert_eq!(code(err), ErrorCode::CheckFailed as u32);
 }
+
+#[tokio::test]
+async fn check_reports_a_missing_uplink_flow_of_a_vlan_segment_pod() {
+    let segments = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: up0\n";
+    let fake = FakeNode::default();
+    let state = NodeState::for_tests(fake.drivers(), Some(segments));
+    // Recorded as ADD leaves a `vlan` segment pod (its cluster-wide
+    // allocation needs the API server, so the record is made here).
+    let mut a = attach(&state, &pod(&fake, "c1", &[]))
+        .await
+        .unwrap()
+        .attachment;
+    detach(&state, &key("c1")).await.unwrap();
+    a.segment = "blue".into();
+    a.vlan = 100;
+    a.address = "10.20.0.5/24".parse().unwrap();
+    a.gateway = Some("10.20.0.1".parse().unwrap());
+    let segment = state.config.segment("blue").cloned();
+    let uplink_flows = crate::uplink::pod_flows(1, &a.pod_port(), segment.as_ref());
+    assert!(!uplink_flows.is_empty());
+    {
+        let mut w = fake.world();
+        let mods = crate::flows::pod_flows(1, &state.gateway(), &a.pod_port())
+            .into_iter()
+            .chain(uplink_flows.clone());
+        w.flows.extend(mods);
+        w.veths.insert(
+            a.host_ifname.clone(),
+            crate::drivers::fake::FakeVeth {
+                netns: a.netns.clone(),
+                pod_ifname: "eth0".into(),
+                pod_mac: a.mac,
+                addresses: vec![a.address],
+                gateway: a.gateway,
+            },
+        );
+        let row = switchyard_ovs::ovsdb::PortRow {
+            name: a.host_ifname.clone(),
+            tag: Some(100),
+            external_ids: a.external_ids(),
+            ..Default::default()
+        };
+        w.ports.insert(a.host_ifname.clone(), (row, a.ofport));
+    }
+    lock(&state.attachments).insert(a.key.clone(), a.clone());
+    verify(&state, &key("c1"), None).await.unwrap();
+
+    // One uplink flow deleted: CHECK names it, code 105.
+    let gone = uplink_flows[0].clone();
+    fake.world().flows.retain(|f| {
+        !(f.table == gone.table && f.priority == gone.priority && f.matches == gone.matches)
+    });
+    let err = verify(&state, &key("c1"), None).await.unwrap_err();
+    let cni = CniError::from(err);
+    assert_eq!(cni.code, ErrorCode::CheckFailed as u32);
+    assert_eq!(
+        cni.details,
+        format!("flow missing: table={},{}", gone.table, gone.match_string())
+    );
+}
