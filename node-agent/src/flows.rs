@@ -142,8 +142,8 @@ pub fn base_flows(generation: u8, gw: &Gateway) -> Vec<Flow> {
             .matching(MatchField::eth_type(ETH_TYPE_ARP))
             .matching(reg::PORT_KIND.matching(PortKind::Gateway))
             .matching(MatchField::arp_op(ARP_REQUEST))
-            .matching(MatchField::arp_tpa(crate::overlay::SERVICE_NEXT_HOP)),
-        arp_reply_actions(crate::overlay::NEXT_HOP_MAC),
+            .matching(MatchField::arp_tpa(crate::next_hop::SERVICE_NEXT_HOP)),
+        arp_reply_actions(crate::next_hop::NEXT_HOP_MAC),
     ));
 
     // CONNTRACK: packets to the gateway address first go through the

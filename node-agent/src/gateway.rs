@@ -15,12 +15,10 @@ use crate::config::AgentConfig;
 use crate::flows::Gateway;
 use crate::mac::MacAddr;
 use crate::netns::{Netlink, link_mac};
-use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
+use crate::reserved_port::{Found, OFPORT_TIMEOUT, Ofport, ReservedPort, ReservedPortError, Step};
 
 /// Name of the gateway port and of its device in the node namespace.
 pub const GATEWAY_PORT: &str = "sy-gw0";
-/// How long to wait for vswitchd to give a port its ofport.
-pub const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the bridge or gateway could not be set up.
 #[derive(Debug, thiserror::Error)]

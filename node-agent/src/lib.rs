@@ -1,14 +1,38 @@
-//! Switchyard node agent library. Modules follow the data flow of a pod ADD:
-//! configuration, then segment/VLAN choice, then address allocation, then the
-//! pod's interface in its network namespace, then its OVS port and flows.
+//! Switchyard node agent library (the `switchyard-agent` daemon).
 //!
-//! [`agent::Agent::start`] assembles the daemon (`switchyard-agent`).
+//! The modules, by what changes together:
+//!
+//! - The daemon: [`daemon`] ([`Agent::start`], [`AgentHandle`],
+//!   [`StartError`], re-reconciling after reconnects), `wait_for` (what
+//!   start-up waits for), [`config`], [`metrics`], [`apiserver`] (reads).
+//! - The CNI verbs: `cni/` (the edge: request resolution, spans, metrics,
+//!   the one mapping of [`attach_error::AttachError`] to CNI codes) with one
+//!   file per verb, `add` (with its rollback), `del`, `check`, `gc` and
+//!   `status`.
+//! - The attachment state: `state` (what the verbs and reconciliation share,
+//!   and teardown), [`reconcile`] (rebuild from OVSDB, stale decisions, flow
+//!   resync), [`attachment`] (one attachment and its `external_ids`),
+//!   [`ipam`], [`vlan_pool`] (cluster-wide `vlan` addresses), [`segment`]
+//!   (placement), [`keylock`], [`adds_in_flight`].
+//! - The datapath: [`flows`], [`gateway`], [`overlay`], [`uplink`],
+//!   [`egress`], [`reserved_port`] (the agent's own ports), [`next_hop`].
+//! - The seams: [`drivers`] (traits in front of netlink/netns, OVSDB,
+//!   OpenFlow and the API server reads, their real implementations, and
+//!   in-memory fakes for unit tests).
+//! - The kernel: [`netns`] (netns thread, veth, addresses), [`mac`].
+//!
+//! Dependencies point one way: the daemon uses the CNI layer and
+//! reconciliation, both use the state, the state uses the datapath and
+//! kernel modules; none of these imports a module above it.
 
 pub mod adds_in_flight;
-pub mod agent;
 pub mod apiserver;
+pub mod attach_error;
 pub mod attachment;
+mod cni;
 pub mod config;
+pub mod daemon;
+pub mod drivers;
 pub mod egress;
 pub mod flows;
 pub mod gateway;
@@ -17,10 +41,15 @@ pub mod keylock;
 pub mod mac;
 pub mod metrics;
 pub mod netns;
+pub mod next_hop;
 pub mod overlay;
+pub mod reconcile;
 pub mod reserved_port;
 pub mod segment;
+mod state;
 pub mod uplink;
 pub mod vlan_pool;
+mod wait_for;
 
-pub use agent::{Agent, AgentHandle, StartError};
+pub use daemon::{Agent, AgentHandle, StartError};
+pub use reconcile::ReconcileError;

@@ -65,21 +65,16 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::config::TunnelType;
 use crate::flows::{self, ETH_TYPE_ARP, ETH_TYPE_IP, cookie};
 use crate::gateway::GATEWAY_PORT;
-use crate::mac::MacAddr;
 use crate::netns::Netlink;
 use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 use crate::vlan_pool::IPAM_NAMESPACE;
 
+// Defined in `next_hop` (which `flows` reads too); re-exported here where
+// they were first declared.
+pub use crate::next_hop::{NEXT_HOP_MAC, SERVICE_NEXT_HOP};
+
 /// Name of the flow-based tunnel port on the bridge.
 pub const TUNNEL_PORT: &str = "sy-tun0";
-/// MAC the node's next hop for remote pod CIDRs resolves to (answered by
-/// OVS; L3_FORWARDING rewrites both MACs, so it never leaves the node).
-pub const NEXT_HOP_MAC: MacAddr = MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
-/// The fixed next hop the node routes the Service CIDR through
-/// (`via 169.254.169.253 dev sy-gw0 onlink`); OVS answers the node's ARP
-/// request for it with [`NEXT_HOP_MAC`] (a base flow). Link-local, so it is
-/// never a pod, Service or node address.
-pub const SERVICE_NEXT_HOP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 253);
 /// Bytes Geneve (without options) or VXLAN add to an inner Ethernet frame
 /// over IPv4: outer IPv4 20 + UDP 8 + tunnel header 8 + inner Ethernet 14.
 pub const ENCAP_OVERHEAD: u32 = 50;

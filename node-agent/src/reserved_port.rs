@@ -10,10 +10,12 @@
 //! vswitchd to give it an ofport, and check a pinned number.
 
 use std::fmt;
+use std::time::Duration;
 
 use switchyard_ovs::ovsdb::{self, PortSpec};
 
-use crate::gateway::OFPORT_TIMEOUT;
+/// How long to wait for vswitchd to give a port its ofport.
+pub const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ofport a reserved port asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -314,6 +314,17 @@ impl ClusterPools {
     }
 }
 
+/// A `vlan` segment's cluster-wide allocation for a pod failed.
+#[derive(Debug, thiserror::Error)]
+#[error("segment {segment}: {source}")]
+pub struct ClusterAllocationError {
+    /// The segment.
+    pub segment: String,
+    /// Why.
+    #[source]
+    pub source: ClusterIpamError,
+}
+
 /// The agent's side: a pod ADD in a `vlan` segment gets its address here
 /// (then recorded in the node's local pool like a static request);
 /// `Ok(None)` for other segments.
@@ -323,8 +334,7 @@ pub async fn allocate_for_pod(
     segment: &str,
     key: &AttachmentKey,
     requested: Option<Ipv4Addr>,
-) -> Result<Option<Ipv4Addr>, switchyard_cni::CniError> {
-    use switchyard_cni::{CniError, ErrorCode};
+) -> Result<Option<Ipv4Addr>, ClusterAllocationError> {
     let Some(seg) = config
         .segment(segment)
         .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
@@ -334,27 +344,14 @@ pub async fn allocate_for_pod(
     let Some(subnet) = seg.subnet else {
         return Ok(None);
     };
-    match pools
+    pools
         .allocate(&seg.name, subnet, seg.gateway, key, requested)
         .await
-    {
-        Ok(ip) => Ok(Some(ip)),
-        Err(ClusterIpamError::Ipam(e @ IpamError::Exhausted { .. })) => Err(CniError::new(
-            ErrorCode::IpPoolExhausted,
-            "IP pool exhausted",
-            format!("segment {}: {e}", seg.name),
-        )),
-        Err(ClusterIpamError::Ipam(e)) => Err(CniError::new(
-            ErrorCode::InvalidPodNetworkRequest,
-            "requested address unusable",
-            format!("segment {}: {e}", seg.name),
-        )),
-        Err(e) => Err(CniError::new(
-            ErrorCode::ApiServerFailure,
-            "cluster-wide address allocation failed",
-            e.to_string(),
-        )),
-    }
+        .map(Some)
+        .map_err(|source| ClusterAllocationError {
+            segment: seg.name.clone(),
+            source,
+        })
 }
 
 /// Releases `key`'s cluster-wide address in `segment` (every `vlan`

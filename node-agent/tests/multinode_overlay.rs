@@ -298,6 +298,36 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
             // Same-segment pods on this node talk (ARP answered by OVS with the pod's MAC).
             assert!(v1.ping(&a2.ip()).await, "v1 cannot reach v2");
 
+            // CHECK covers the uplink flows ADD installs for a `vlan` segment
+            // pod: fine as added, 105 naming the flow once one is deleted.
+            let check = |pod: &PodNs, added: &CniOutput| {
+                let mut conf = lab.conflist();
+                conf["prevResult"] = added.json();
+                let (id, netns, args) =
+                    (pod.container_id.clone(), pod.netns_path(), pod.cni_args());
+                async move { run_cni("CHECK", &id, Some(&netns), "eth0", &args, &conf).await }
+            };
+            let ok = check(&v1, &a1).await;
+            assert!(ok.success, "{} {}", ok.stdout, ok.stderr);
+            let service_to_pod = format!(
+                "table={},ip,nw_dst={},ct_mark={:#x}/{:#x}",
+                switchyard_pipeline::table::L3_FORWARDING.id(),
+                a1.ip(),
+                switchyard_pipeline::ct_mark::SERVICE.value(),
+                switchyard_pipeline::ct_mark::SERVICE.value(),
+            );
+            lab.ovs
+                .ofctl(&["-O", "OpenFlow15", "del-flows", BRIDGE, &service_to_pod])
+                .expect("del-flows");
+            let failed = check(&v1, &a1).await;
+            assert_eq!(failed.code(), 105, "{}", failed.stdout);
+            assert!(
+                failed.stdout.contains(&format!("nw_dst={}", a1.ip())),
+                "{}",
+                failed.stdout
+            );
+            assert!(check(&v2, &a2).await.success, "v2 is intact");
+
             // DEL releases v1's address.
             assert!(cni_del(&lab, &v1).await.success);
             let all = recorded(&pools.allocations("blue").await.unwrap());

@@ -1,0 +1,470 @@
+//! CNI ADD: placement (segment and VLAN), an address, the pod's veth, its
+//! OVS port and its flows; and the rollback of a failed ADD, which undoes
+//! exactly the steps that ran ([`Undo`]).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use ipnet::{IpNet, Ipv4Net};
+use switchyard_cni::{CniRequest, CniResult, Dns, Interface, IpConfig, Route};
+use switchyard_ovs::openflow::FlowMod;
+use switchyard_ovs::ovsdb::{self, PortSpec};
+use switchyard_pipeline::{Cookie, Owner};
+use tracing::Instrument;
+
+use crate::attach_error::AttachError;
+use crate::attachment::Attachment;
+use crate::config::DatapathType;
+use crate::flows;
+use crate::ipam::AttachmentKey;
+use crate::mac::MacAddr;
+use crate::netns::{self, PodInterfaceSpec};
+use crate::reserved_port::OFPORT_TIMEOUT;
+use crate::segment::{self, Placement};
+use crate::state::{NodeState, lock};
+
+/// An ADD request, resolved from the CNI request.
+#[derive(Debug, Clone)]
+pub(crate) struct AddRequest {
+    pub key: AttachmentKey,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// K8S_POD_UID ("" if not sent).
+    pub pod_uid: String,
+    /// CNI_NETNS (required unless the attachment exists).
+    pub netns: Option<PathBuf>,
+    /// The network config's MTU, if any (else the agent's).
+    pub mtu: Option<u32>,
+    /// The pod's annotations if the runtime passed them (then the Pod is not read).
+    pub runtime_annotations: BTreeMap<String, String>,
+}
+
+impl AddRequest {
+    /// What an ADD request names; fails on a missing attachment or pod identity.
+    pub fn from_cni(req: &CniRequest) -> Result<AddRequest, AttachError> {
+        let key = super::attachment_key(req, "ADD")?;
+        let (pod_namespace, pod_name) = super::pod_identity(req)?;
+        Ok(AddRequest {
+            key,
+            pod_namespace,
+            pod_name,
+            pod_uid: req.env.args.k8s_pod_uid.clone().unwrap_or_default(),
+            netns: req.env.netns.clone(),
+            mtu: req.config.mtu,
+            runtime_annotations: req.config.runtime_config.pod_annotations.clone(),
+        })
+    }
+}
+
+/// An attachment ADD made (or found), with the host end's MAC if known.
+#[derive(Debug, Clone)]
+pub(crate) struct Attached {
+    pub attachment: Attachment,
+    pub host_mac: Option<MacAddr>,
+}
+
+/// CNI ADD at the edge: readiness, the request resolved, the result built.
+pub(super) async fn add(state: &NodeState, req: &CniRequest) -> Result<CniResult, AttachError> {
+    admit(state)?;
+    let request = AddRequest::from_cni(req)?;
+    let attached = attach(state, &request).await?;
+    Ok(result_for(
+        &attached.attachment,
+        attached.host_mac,
+        req.config.dns.clone().unwrap_or_default(),
+    ))
+}
+
+/// Refuses an ADD while the agent starts or OVS is unreachable (retry).
+fn admit(state: &NodeState) -> Result<(), AttachError> {
+    if !state.ready.load(Ordering::Acquire) {
+        return Err(AttachError::NotReady);
+    }
+    if !state.io.ports.is_connected() || !state.io.flows.is_connected() {
+        return Err(AttachError::OvsUnreachable);
+    }
+    Ok(())
+}
+
+fn result_for(a: &Attachment, host_mac: Option<MacAddr>, dns: Dns) -> CniResult {
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: a.host_ifname.clone(),
+                mac: host_mac.map(|m| m.to_string()),
+                ..Interface::default()
+            },
+            Interface {
+                name: a.key.ifname.clone(),
+                mac: Some(a.mac.to_string()),
+                mtu: Some(a.mtu),
+                sandbox: Some(a.netns.display().to_string()),
+                ..Interface::default()
+            },
+        ],
+        ips: vec![IpConfig {
+            interface: Some(1),
+            address: IpNet::V4(a.address),
+            gateway: a.gateway.map(std::net::IpAddr::V4),
+        }],
+        routes: a
+            .gateway
+            .map(|gw| Route {
+                dst: "0.0.0.0/0".parse().unwrap_or(IpNet::V4(Ipv4Net::default())),
+                gw: Some(std::net::IpAddr::V4(gw)),
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            })
+            .into_iter()
+            .collect(),
+        dns,
+    }
+}
+
+/// Attaches the pod (or returns the attachment a repeated ADD finds). On
+/// failure every step that ran is undone and the address released.
+pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attached, AttachError> {
+    let key = &req.key;
+    let _guard = state.locks.lock(key).await;
+    // Declared after the guard so it is dropped first: a GC waiting for
+    // this lock sees the ADD's end (and the local record) once it has it.
+    let _in_flight = state.adds.begin_add(key);
+
+    let existing = lock(&state.attachments).get(key).cloned();
+    if let Some(a) = existing {
+        tracing::info!("attachment exists; returning its result");
+        let mac = state.io.links.host_mac(&a.host_ifname).await;
+        return Ok(Attached {
+            attachment: a,
+            host_mac: mac,
+        });
+    }
+
+    let netns_path = req.netns.clone().ok_or(AttachError::NetnsRequired)?;
+    let t0 = Instant::now();
+    let pod_netns = state
+        .io
+        .links
+        .open_netns(&netns_path)
+        .map_err(AttachError::Netns)?;
+    let placement = place(state, req).await?;
+    tracing::debug!(segment = %placement.segment, vlan = placement.vlan, elapsed = ?t0.elapsed(), "placement");
+    let (address, gateway_ip) = allocate(state, key, &placement).await?;
+
+    let mut undo = Undo {
+        key: key.clone(),
+        host_ifname: None,
+        port: None,
+        flow_objects: Vec::new(),
+        requested_ofport: None,
+    };
+    match wire(
+        state, req, &pod_netns, &placement, address, gateway_ip, &mut undo,
+    )
+    .await
+    {
+        Ok((a, built)) => {
+            // Best effort and off the ADD's critical path: nothing on
+            // br-int needs it (OVS answers every ARP and L3 forwarding
+            // rewrites MACs by destination address; the pod's own
+            // gratuitous ARP is dropped by the ARP responder), so it
+            // only informs listeners outside the pipeline.
+            let host_mac = Some(built.host_mac);
+            let announce = state.io.links.announce(
+                pod_netns,
+                built.pod_ifindex,
+                built.pod_mac,
+                built.address.addr(),
+            );
+            tokio::spawn(
+                async move {
+                    if let Err(e) = announce.await {
+                        tracing::debug!(error = %e, "gratuitous ARP not sent");
+                    }
+                }
+                .in_current_span(),
+            );
+            Ok(Attached {
+                attachment: a,
+                host_mac,
+            })
+        }
+        Err(e) => {
+            roll_back(state, undo).await;
+            Err(e)
+        }
+    }
+}
+
+/// Segment and VLAN from the pod's (unless the runtime passed its
+/// annotations) and its namespace's annotations, read concurrently.
+async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachError> {
+    let from_runtime = !req.runtime_annotations.is_empty();
+    let pod_read = async {
+        if from_runtime {
+            Ok(None)
+        } else {
+            state
+                .io
+                .api
+                .pod(&req.pod_namespace, &req.pod_name)
+                .await
+                .map(Some)
+        }
+    };
+    let (pod, namespace) = tokio::join!(
+        pod_read,
+        state.io.api.namespace_annotations(&req.pod_namespace)
+    );
+    let pod_annotations = match pod {
+        Ok(None) => req.runtime_annotations.clone(),
+        Ok(Some(Some(p))) => p.annotations,
+        Ok(Some(None)) => {
+            return Err(AttachError::PodNotFound {
+                namespace: req.pod_namespace.clone(),
+                name: req.pod_name.clone(),
+            });
+        }
+        Err(e) => return Err(AttachError::ReadPod(e)),
+    };
+    let namespace_annotations = namespace.map_err(AttachError::ReadNamespace)?;
+    Ok(segment::decide(
+        &pod_annotations,
+        &namespace_annotations,
+        &state.config.segments,
+        &state.config.default_segment,
+    )?)
+}
+
+/// The pod's address: `vlan` segments allocate cluster-wide first (API
+/// server, optimistic concurrency); the local pool then records it.
+async fn allocate(
+    state: &NodeState,
+    key: &AttachmentKey,
+    placement: &Placement,
+) -> Result<(Ipv4Net, Option<Ipv4Addr>), AttachError> {
+    let static_ip = crate::vlan_pool::allocate_for_pod(
+        &state.cluster_pools,
+        &state.config,
+        &placement.segment,
+        key,
+        placement.static_ip,
+    )
+    .await?
+    .or(placement.static_ip);
+    let pool_name = state.pool_name(&placement.segment);
+    let mut pools = lock(&state.pools);
+    let pool = pools
+        .get_mut(&pool_name)
+        .ok_or_else(|| AttachError::NoPool {
+            segment: placement.segment.clone(),
+        })?;
+    let ip = match static_ip {
+        Some(ip) => pool.allocate_specific(key, ip),
+        None => pool.allocate(key),
+    }?;
+    let net = Ipv4Net::new(ip, pool.network().prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
+    Ok((net, pool.gateway()))
+}
+
+/// The veth, the OVS port (with the attachment in its `external_ids`) and
+/// the flows, each noted in `undo` before it is made.
+async fn wire(
+    state: &NodeState,
+    req: &AddRequest,
+    pod_netns: &std::path::Path,
+
+    placement: &Placement,
+    address: Ipv4Net,
+    gateway_ip: Option<Ipv4Addr>,
+    undo: &mut Undo,
+) -> Result<(Attachment, netns::PodInterface), AttachError> {
+    let key = &req.key;
+    let mtu = req.mtu.unwrap_or(state.config.mtu);
+    let spec = PodInterfaceSpec {
+        container_id: key.container_id.clone(),
+        ifname: key.ifname.clone(),
+        address,
+        gateway: gateway_ip,
+        mtu,
+        mac: placement.static_mac,
+        disable_tx_checksum: state.config.datapath_type == DatapathType::Netdev,
+        gratuitous_arp: false,
+    };
+    undo.host_ifname = Some(netns::host_ifname(&key.container_id, &key.ifname));
+    let t0 = Instant::now();
+    let built = state
+        .io
+        .links
+        .create(pod_netns, &spec)
+        .await
+        .map_err(|e| AttachError::CreateInterface(Box::new(e)))?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "veth created");
+    let t0 = Instant::now();
+    let mut a = Attachment {
+        key: key.clone(),
+        pod_namespace: req.pod_namespace.clone(),
+        pod_name: req.pod_name.clone(),
+        pod_uid: req.pod_uid.clone(),
+        netns: pod_netns.to_path_buf(),
+        address,
+        gateway: gateway_ip,
+        mac: built.pod_mac,
+        segment: placement.segment.clone(),
+        vlan: placement.vlan,
+        mtu,
+        host_ifname: built.host_ifname.clone(),
+        ofport: 0,
+    };
+    let mut port = PortSpec::new(&a.host_ifname);
+    let requested = state.reserve_ofport();
+    undo.requested_ofport = requested;
+    port.ofport_request = requested.and_then(|p| u16::try_from(p).ok());
+    if a.vlan != 0 {
+        port = port.with_tag(a.vlan);
+    }
+    for (k, v) in a.external_ids() {
+        port = port.with_external_id(&k, &v);
+    }
+    undo.port = Some(a.host_ifname.clone());
+    // The flows only need the ofport, which is the requested one unless
+    // vswitchd could not honour the request: install them while the
+    // port is added and vswitchd attaches it (checked below).
+    let gate = state.flow_gate.read().await;
+    let generation = gate.unwrap_or(1);
+    let gateway = state.gateway();
+    let pod_template = a.pod_port();
+    let install = |ofport: u32| {
+        let pod = flows::PodPort {
+            ofport,
+            ..pod_template
+        };
+        let mods = flows::pod_flows(generation, &gateway, &pod)
+            .into_iter()
+            .chain(crate::uplink::pod_flows(
+                generation,
+                &pod,
+                state.config.segment(&placement.segment),
+            ))
+            .map(FlowMod::add)
+            .collect();
+        state.io.flows.bundle(mods)
+    };
+    if let Some(r) = requested {
+        undo.flow_objects.push(r);
+    }
+    let flows_early = async {
+        match requested {
+            Some(r) => install(r).await.map(|()| true),
+            None => Ok(false),
+        }
+    };
+    let attach = async {
+        match state.io.ports.add_port(&state.config.bridge, &port).await {
+            Ok(_) => {}
+            Err(ovsdb::Error::PortExists(_)) => {
+                // Left over from an earlier attempt that died half-way.
+                tracing::info!(port = %a.host_ifname, "replacing a leftover OVS port");
+                state.remove_port_quietly(&a.host_ifname).await;
+                state
+                    .io
+                    .ports
+                    .add_port(&state.config.bridge, &port)
+                    .await
+                    .map_err(AttachError::ovsdb("adding the OVS port"))?;
+            }
+            Err(e) => return Err(AttachError::ovsdb("adding the OVS port")(e)),
+        }
+        tracing::debug!(elapsed = ?t0.elapsed(), "port added");
+        state
+            .io
+            .ports
+            .wait_ofport(&a.host_ifname, OFPORT_TIMEOUT)
+            .await
+            .map_err(AttachError::ovsdb("waiting for the port's ofport"))
+    };
+    let (installed, ofport) = tokio::join!(flows_early, attach);
+    let installed = installed.map_err(AttachError::openflow("installing the pod's flows"))?;
+    a.ofport = u32::from(ofport?);
+    tracing::debug!(elapsed = ?t0.elapsed(), "ofport assigned, flows installed");
+    if requested != Some(a.ofport) {
+        tracing::info!(requested = ?requested, got = a.ofport, "vswitchd gave another ofport than requested");
+        {
+            let mut ofports = lock(&state.ofports);
+            if let Some(r) = requested {
+                ofports.remove(&r);
+            }
+            ofports.insert(a.ofport);
+        }
+        undo.requested_ofport = Some(a.ofport);
+        undo.flow_objects.push(a.ofport);
+        if installed && let Some(r) = requested {
+            let (c, m) = Cookie::object_mask(Owner::Agent, r);
+            state
+                .io
+                .flows
+                .flow_mod(FlowMod::delete_cookie(c, m))
+                .await
+                .map_err(AttachError::openflow(
+                    "deleting flows of the requested ofport",
+                ))?;
+        }
+        install(a.ofport)
+            .await
+            .map_err(AttachError::openflow("installing the pod's flows"))?;
+    }
+    lock(&state.attachments).insert(key.clone(), a.clone());
+    drop(gate);
+    state.update_gauge();
+    tracing::info!(ip = %a.address, mac = %a.mac, vlan = a.vlan, segment = %a.segment, port = %a.host_ifname, ofport = a.ofport, "pod attached");
+    Ok((a, built))
+}
+
+/// What an ADD has done so far, to undo on failure (the address is always
+/// released).
+#[derive(Debug)]
+struct Undo {
+    key: AttachmentKey,
+    host_ifname: Option<String>,
+    port: Option<String>,
+    /// Ofports whose flows may have been installed.
+    flow_objects: Vec<u32>,
+    requested_ofport: Option<u32>,
+}
+
+/// Undoes a failed ADD: flows, port, veth, the ofport reservation and the
+/// address (local and cluster-wide). Failures are logged.
+async fn roll_back(state: &NodeState, undo: Undo) {
+    if let Some(p) = undo.requested_ofport {
+        lock(&state.ofports).remove(&p);
+    }
+    for ofport in &undo.flow_objects {
+        let (c, m) = Cookie::object_mask(Owner::Agent, *ofport);
+        if let Err(e) = state.io.flows.flow_mod(FlowMod::delete_cookie(c, m)).await {
+            tracing::warn!(error = %e, "rollback: deleting flows failed");
+        }
+    }
+    if let Some(port) = &undo.port {
+        state.remove_port_quietly(port).await;
+    }
+    if undo.host_ifname.is_some()
+        && let Err(e) = state
+            .io
+            .links
+            .delete(&undo.key.container_id, &undo.key.ifname)
+            .await
+    {
+        tracing::warn!(error = %e, "rollback: deleting veth failed");
+    }
+    for pool in lock(&state.pools).values_mut() {
+        pool.release(&undo.key);
+    }
+    crate::vlan_pool::release_for_pod(&state.cluster_pools, &state.config, None, &undo.key).await;
+    tracing::info!("rolled back");
+}

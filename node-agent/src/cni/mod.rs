@@ -1,0 +1,265 @@
+//! The CNI layer: [`CniServer`] answers the `switchyard` binary's requests
+//! on the agent's socket, one file per verb. This module is the edge: it
+//! resolves what a request names ([`attachment_key`], [`pod_identity`]),
+//! gives each request its tracing span and metrics, and maps every
+//! [`AttachError`] to its CNI error code in one place
+//! (`impl From<AttachError> for CniError`).
+
+mod add;
+mod check;
+mod del;
+mod gc;
+mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchyard_cni::{CniError, CniHandler, CniRequest, CniResult, ErrorCode};
+use tracing::Instrument;
+
+use crate::attach_error::AttachError;
+use crate::ipam::{AttachmentKey, IpamError};
+use crate::state::NodeState;
+use crate::vlan_pool::ClusterIpamError;
+
+/// The CNI verbs on top of the node's [`NodeState`].
+#[derive(Debug)]
+pub(crate) struct CniServer(pub Arc<NodeState>);
+
+impl CniHandler for CniServer {
+    async fn add(&self, req: CniRequest) -> Result<CniResult, CniError> {
+        let started = Instant::now();
+        let out = add::add(&self.0, &req)
+            .instrument(request_span(&req))
+            .await
+            .map_err(CniError::from);
+        self.0.metrics.record_add(&out, started.elapsed());
+        out
+    }
+
+    async fn del(&self, req: CniRequest) -> Result<(), CniError> {
+        let started = Instant::now();
+        let out = del::del(&self.0, &req)
+            .instrument(request_span(&req))
+            .await
+            .map_err(CniError::from);
+        tracing::debug!(elapsed = ?started.elapsed(), "DEL handled");
+        self.0.metrics.record_del(&out, started.elapsed());
+        out
+    }
+
+    async fn check(&self, req: CniRequest) -> Result<(), CniError> {
+        check::check(&self.0, &req)
+            .instrument(request_span(&req))
+            .await
+            .map_err(CniError::from)
+    }
+
+    async fn status(&self, req: CniRequest) -> Result<(), CniError> {
+        let _span = request_span(&req).entered();
+        status::status(&self.0).map_err(CniError::from)
+    }
+
+    async fn gc(&self, req: CniRequest) -> Result<(), CniError> {
+        gc::gc(&self.0, &req)
+            .instrument(request_span(&req))
+            .await
+            .map_err(CniError::from)
+    }
+}
+
+fn request_span(req: &CniRequest) -> tracing::Span {
+    let container = req.env.container_id.as_deref().unwrap_or("");
+    let ifname = req.env.ifname.as_deref().unwrap_or("");
+    let pod = match (&req.env.args.k8s_pod_namespace, &req.env.args.k8s_pod_name) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        _ => String::new(),
+    };
+    tracing::info_span!("cni", verb = ?req.verb, container, ifname, pod)
+}
+
+/// The attachment a request names (CNI_CONTAINERID and CNI_IFNAME, which
+/// `verb` needs).
+fn attachment_key(req: &CniRequest, verb: &'static str) -> Result<AttachmentKey, AttachError> {
+    let (container_id, ifname) = req
+        .attachment()
+        .ok_or(AttachError::MissingAttachment { verb })?;
+    Ok(AttachmentKey::new(container_id, ifname))
+}
+
+fn valid_k8s_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// The pod a request is for (K8S_POD_NAMESPACE and K8S_POD_NAME).
+fn pod_identity(req: &CniRequest) -> Result<(String, String), AttachError> {
+    let args = &req.env.args;
+    let (Some(ns), Some(name)) = (&args.k8s_pod_namespace, &args.k8s_pod_name) else {
+        return Err(AttachError::MissingPodIdentity);
+    };
+    for (arg, v) in [("K8S_POD_NAMESPACE", ns), ("K8S_POD_NAME", name)] {
+        if !valid_k8s_name(v) {
+            return Err(AttachError::InvalidPodIdentity {
+                arg,
+                value: v.clone(),
+            });
+        }
+    }
+    Ok((ns.clone(), name.clone()))
+}
+
+/// The one mapping from the verbs' errors to CNI error codes and messages.
+impl From<AttachError> for CniError {
+    fn from(e: AttachError) -> CniError {
+        use AttachError as E;
+        use ErrorCode as C;
+        let (code, msg, details): (ErrorCode, String, String) = match e {
+            E::NotReady => (
+                C::TryAgainLater,
+                "switchyard-agent is not ready".into(),
+                "the agent is still starting (bridge, flows, reconciliation); retry".into(),
+            ),
+            E::OvsUnreachable => (
+                C::TryAgainLater,
+                "Open vSwitch is not reachable right now".into(),
+                "the agent is reconnecting to ovsdb-server or ovs-vswitchd; retry".into(),
+            ),
+            E::MissingAttachment { verb } => (
+                C::InvalidEnvironmentVariables,
+                "CNI_CONTAINERID and CNI_IFNAME are required".into(),
+                format!("{verb} needs CNI_CONTAINERID and CNI_IFNAME"),
+            ),
+            E::MissingPodIdentity => (
+                C::InvalidPodNetworkRequest,
+                "pod identity missing".into(),
+                "CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME (kubelet always sends them)"
+                    .into(),
+            ),
+            E::InvalidPodIdentity { arg, value } => (
+                C::InvalidPodNetworkRequest,
+                format!("{arg}={value:?} is not a Kubernetes name"),
+                "use lowercase letters, digits, '-' and '.', at most 253 characters".into(),
+            ),
+            E::NetnsRequired => (
+                C::InvalidEnvironmentVariables,
+                "CNI_NETNS is required".into(),
+                "ADD needs CNI_NETNS".into(),
+            ),
+            E::Netns(e) => (
+                C::InterfaceFailure,
+                "unusable network namespace".into(),
+                e.to_string(),
+            ),
+            E::PodNotFound { namespace, name } => (
+                C::ApiServerFailure,
+                format!("pod {namespace}/{name} not found"),
+                "the API server has no such pod (deleted while its sandbox was created?)".into(),
+            ),
+            E::ReadPod(e) => (
+                C::ApiServerFailure,
+                "cannot read the pod from the API server".into(),
+                e.to_string(),
+            ),
+            E::ReadNamespace(e) => (
+                C::ApiServerFailure,
+                "cannot read the pod's namespace from the API server".into(),
+                e.to_string(),
+            ),
+            E::Placement(e) => (
+                C::InvalidPodNetworkRequest,
+                "invalid pod network request".into(),
+                e.to_string(),
+            ),
+            E::ClusterAddress(e) => match &e.source {
+                ClusterIpamError::Ipam(IpamError::Exhausted { .. }) => {
+                    (C::IpPoolExhausted, "IP pool exhausted".into(), e.to_string())
+                }
+                ClusterIpamError::Ipam(_) => (
+                    C::InvalidPodNetworkRequest,
+                    "requested address unusable".into(),
+                    e.to_string(),
+                ),
+                other => (
+                    C::ApiServerFailure,
+                    "cluster-wide address allocation failed".into(),
+                    other.to_string(),
+                ),
+            },
+            E::NoPool { segment } => (
+                C::InvalidPodNetworkRequest,
+                format!("segment {segment} has no address pool"),
+                "configure subnet and gateway for the segment".into(),
+            ),
+            E::Address(e @ IpamError::Exhausted { .. }) => {
+                (C::IpPoolExhausted, "IP pool exhausted".into(), e.to_string())
+            }
+            E::Address(e) => (
+                C::InvalidPodNetworkRequest,
+                "requested address unusable".into(),
+                e.to_string(),
+            ),
+            E::CreateInterface(e) => (
+                C::InterfaceFailure,
+                "creating the pod interface failed".into(),
+                e.to_string(),
+            ),
+            E::DeleteInterface(e) => (
+                C::InterfaceFailure,
+                "deleting the pod's veth failed".into(),
+                e.to_string(),
+            ),
+            E::Ovsdb { what, source } => (C::OvsFailure, format!("{what} failed"), source.to_string()),
+            E::OpenFlow { what, source } => {
+                (C::OvsFailure, format!("{what} failed"), source.to_string())
+            }
+            E::CheckFailed { differences } => (
+                C::CheckFailed,
+                "attachment differs from its record".into(),
+                differences.join("; "),
+            ),
+            E::Unavailable { problems } => (
+                C::PluginNotAvailable,
+                "switchyard-agent cannot serve ADD".into(),
+                problems.join("; "),
+            ),
+        };
+        CniError::new(code, msg, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_cni::{CniEnv, NetworkConfig, Verb};
+
+    #[test]
+    fn attachment_key_needs_container_id_and_ifname() {
+        let mut env = CniEnv {
+            container_id: Some("c1".into()),
+            ..CniEnv::default()
+        };
+        let req = |env: &CniEnv| {
+            CniRequest::new(
+                Verb::Del,
+                env.clone(),
+                NetworkConfig::default(),
+                String::new(),
+            )
+        };
+        let err = CniError::from(attachment_key(&req(&env), "DEL").unwrap_err());
+        assert_eq!(err.code, ErrorCode::InvalidEnvironmentVariables as u32);
+        assert_eq!(err.msg, "CNI_CONTAINERID and CNI_IFNAME are required");
+        assert_eq!(err.details, "DEL needs CNI_CONTAINERID and CNI_IFNAME");
+        env.ifname = Some("eth0".into());
+        assert_eq!(
+            attachment_key(&req(&env), "DEL").unwrap(),
+            AttachmentKey::new("c1", "eth0")
+        );
+    }
+}
+
+#[cfg(test)]
+mod verb_tests;

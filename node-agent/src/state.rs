@@ -1,0 +1,271 @@
+//! The node's attachment state: what the CNI verbs and reconciliation
+//! share. The attachments (in memory; their record is the OVS port's
+//! `external_ids`), the address pools, the ofports in use, the per-attachment
+//! locks, and the clients that reach the kernel, OVSDB, OpenFlow and the API
+//! server. Also the one way an attachment is removed ([`NodeState::teardown`]),
+//! which DEL, GC and reconciliation share.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+#[cfg(test)]
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+use switchyard_ovs::openflow::FlowMod;
+use switchyard_ovs::ovsdb;
+use switchyard_pipeline::{self as pipeline, Cookie, Owner};
+
+use crate::adds_in_flight::AddsInFlight;
+use crate::attach_error::AttachError;
+use crate::attachment::Attachment;
+use crate::config::{AgentConfig, SegmentKind};
+use crate::drivers::Drivers;
+use crate::flows::Gateway;
+use crate::ipam::{AttachmentKey, Pool};
+use crate::keylock::KeyLocks;
+use crate::metrics::Metrics;
+use crate::netns;
+use crate::uplink::Uplink;
+use crate::vlan_pool::ClusterPools;
+
+/// Name of the pool of overlay segments (the node's pod CIDR).
+pub(crate) const NODE_POOL: &str = "@node";
+
+/// Locks a std mutex, ignoring poisoning (the data stays consistent: no
+/// critical section here can panic half-way).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// State shared by the CNI verbs, reconciliation and the daemon.
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    pub config: AgentConfig,
+    /// The kernel, OVSDB, OpenFlow and the API server, behind traits.
+    pub io: Drivers,
+    pub pod_cidr: Ipv4Net,
+    pub gateway: RwLock<Gateway>,
+    /// Cluster-wide address pools of `vlan` segments (API server).
+    pub cluster_pools: ClusterPools,
+    /// Uplink trunks of `vlan` segments.
+    pub uplinks: RwLock<Vec<Uplink>>,
+    pub pools: Mutex<BTreeMap<String, Pool>>,
+    pub attachments: Mutex<BTreeMap<AttachmentKey, Attachment>>,
+    /// ofports requested for pods (recorded or being added).
+    pub ofports: Mutex<BTreeSet<u32>>,
+    pub locks: KeyLocks,
+    /// ADDs a GC's valid list cannot account for (see [`AddsInFlight`]).
+    pub adds: AddsInFlight,
+    /// Current cookie generation; written only by a full flow resync, read
+    /// (held) by requests while they install or delete a pod's flows.
+    pub flow_gate: tokio::sync::RwLock<Option<u8>>,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeState {
+    /// The gateway as last ensured.
+    pub fn gateway(&self) -> Gateway {
+        *self.gateway.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the `pods_attached` gauge from the attachments known.
+    pub fn update_gauge(&self) {
+        let n = lock(&self.attachments).len();
+        self.metrics
+            .pods_attached
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The local pool a segment's pods take their addresses from.
+    pub fn pool_name(&self, segment: &str) -> String {
+        match self.config.segment(segment) {
+            Some(s) if s.kind == SegmentKind::Vlan => s.name.clone(),
+            _ => NODE_POOL.to_string(),
+        }
+    }
+
+    /// Every allocated address with its holder, over all pools.
+    pub fn allocations(&self) -> Vec<(Ipv4Addr, AttachmentKey)> {
+        lock(&self.pools)
+            .values()
+            .flat_map(|p| {
+                p.allocations()
+                    .map(|(ip, k)| (ip, k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The lowest free ofport at or above `FIRST_POD`, reserved.
+    pub fn reserve_ofport(&self) -> Option<u32> {
+        let mut ofports = lock(&self.ofports);
+        let mut candidate = pipeline::ofport::FIRST_POD;
+        for used in ofports.range(pipeline::ofport::FIRST_POD..) {
+            if *used != candidate {
+                break;
+            }
+            candidate += 1;
+        }
+        if candidate >= 0xff00 {
+            return None;
+        }
+        ofports.insert(candidate);
+        Some(candidate)
+    }
+
+    /// Removes an OVS port; a missing one is fine, other failures are logged.
+    pub async fn remove_port_quietly(&self, name: &str) {
+        match self.io.ports.remove_port(name).await {
+            Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
+            Err(e) => tracing::warn!(port = name, error = %e, "removing port failed"),
+        }
+    }
+
+    /// Removes everything of one attachment: flows, port, veth, address.
+    /// Each part that is already gone is fine.
+    pub async fn teardown(
+        &self,
+        key: &AttachmentKey,
+        known: Option<&Attachment>,
+    ) -> Result<(), AttachError> {
+        let host_ifname = netns::host_ifname(&key.container_id, &key.ifname);
+        let recorded = match known {
+            Some(a) => Some(a.clone()),
+            None => self.recorded(key, &host_ifname).await?,
+        };
+        // Flows, port and veth go concurrently: each waits on another party
+        // (vswitchd's main loop and reconfiguration, the kernel's RCU grace
+        // periods). The ofport stays reserved until all three are done.
+        let t0 = Instant::now();
+        let gate = self.flow_gate.read().await;
+        let flow_object = recorded.as_ref().map(|a| a.ofport).filter(|p| *p > 0);
+        let (flows_done, (port, port_took), (veth, veth_took)) = tokio::join!(
+            async {
+                match flow_object {
+                    Some(ofport) => {
+                        let (c, m) = Cookie::object_mask(Owner::Agent, ofport);
+                        self.io.flows.flow_mod(FlowMod::delete_cookie(c, m)).await
+                    }
+                    None => Ok(()),
+                }
+            },
+            async {
+                let r = self.io.ports.remove_port(&host_ifname).await;
+                (r, t0.elapsed())
+            },
+            async {
+                let r = self.io.links.delete(&key.container_id, &key.ifname).await;
+                (r, t0.elapsed())
+            }
+        );
+        tracing::debug!(?port_took, ?veth_took, flows_took = ?t0.elapsed(), "flows, port and veth removed");
+        flows_done.map_err(AttachError::openflow("deleting the pod's flows"))?;
+        match port {
+            Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
+            Err(e) => return Err(AttachError::ovsdb("removing the OVS port")(e)),
+        }
+        veth.map_err(|e| AttachError::DeleteInterface(Box::new(e)))?;
+        for pool in lock(&self.pools).values_mut() {
+            pool.release(key);
+        }
+        if let Some(a) = lock(&self.attachments).remove(key) {
+            lock(&self.ofports).remove(&a.ofport);
+        }
+        drop(gate);
+        crate::vlan_pool::release_for_pod(
+            &self.cluster_pools,
+            &self.config,
+            recorded.as_ref().map(|a| a.segment.as_str()),
+            key,
+        )
+        .await;
+        self.update_gauge();
+        Ok(())
+    }
+
+    /// The attachment recorded for `key`: in memory, else in OVSDB.
+    pub async fn recorded(
+        &self,
+        key: &AttachmentKey,
+        host_ifname: &str,
+    ) -> Result<Option<Attachment>, AttachError> {
+        if let Some(a) = lock(&self.attachments).get(key) {
+            return Ok(Some(a.clone()));
+        }
+        let port = self
+            .io
+            .ports
+            .port(host_ifname)
+            .await
+            .map_err(AttachError::ovsdb("reading the OVS port"))?;
+        let Some(port) = port else { return Ok(None) };
+        let ofport = match self.io.ports.ofport(host_ifname).await {
+            Ok(Some(p)) => p,
+            _ => 0,
+        };
+        Ok(Attachment::from_external_ids(host_ifname, &port.external_ids, ofport).ok())
+    }
+}
+
+#[cfg(test)]
+impl NodeState {
+    /// A node's state on top of `io` (fakes): pod CIDR 10.244.1.0/24, ready, with
+    /// the segments of `segments_yaml` (a config file's `segments:`) or the
+    /// default overlay segment. The API client of the cluster-wide pools
+    /// points nowhere (`vlan` segment ADDs are not run through fakes).
+    pub(crate) fn for_tests(io: Drivers, segments_yaml: Option<&str>) -> NodeState {
+        use std::sync::RwLock;
+        use std::sync::atomic::AtomicBool;
+
+        use crate::config::{AgentConfig, FileConfig, Flags};
+        use crate::ipam::Pool;
+
+        let flags = Flags {
+            node_name: Some("node-1".into()),
+            ..Flags::default()
+        };
+        let file = segments_yaml
+            .map(|y| FileConfig::from_yaml(y, Path::new("test.yaml")).expect("segments"))
+            .unwrap_or_default();
+        let config = AgentConfig::merge(&flags, file, None).expect("config");
+        let pod_cidr: ipnet::Ipv4Net = "10.244.1.0/24".parse().expect("cidr");
+        let mut pools = BTreeMap::new();
+        pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
+        for seg in &config.segments {
+            if let Some(subnet) = seg.subnet {
+                pools.insert(
+                    seg.name.clone(),
+                    Pool::new(subnet, seg.gateway).expect("pool"),
+                );
+            }
+        }
+        let nowhere = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("uri"),
+        ))
+        .expect("kube client");
+        NodeState {
+            cluster_pools: crate::vlan_pool::ClusterPools::new(nowhere, &config.node_name),
+            config,
+            io,
+            pod_cidr,
+            gateway: RwLock::new(crate::flows::Gateway {
+                ofport: pipeline::ofport::GATEWAY,
+                mac: crate::mac::MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+                ip: Ipv4Addr::new(10, 244, 1, 1),
+            }),
+            uplinks: RwLock::new(Vec::new()),
+            pools: Mutex::new(pools),
+            attachments: Mutex::new(BTreeMap::new()),
+            ofports: Mutex::new(BTreeSet::new()),
+            locks: crate::keylock::KeyLocks::default(),
+            adds: crate::adds_in_flight::AddsInFlight::default(),
+            flow_gate: tokio::sync::RwLock::new(Some(1)),
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        }
+    }
+}
