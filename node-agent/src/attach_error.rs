@@ -100,6 +100,12 @@ pub enum AttachError {
         /// Each difference, named.
         differences: Vec<String>,
     },
+    /// GC could not tear down some attachments (it went on with the rest).
+    #[error("GC could not remove {} attachment(s): {}", .failures.len(), .failures.iter().map(|(k, e)| format!("{k}: {e}")).collect::<Vec<_>>().join("; "))]
+    GcIncomplete {
+        /// Each attachment that is still there, with why.
+        failures: Vec<(crate::ipam::AttachmentKey, AttachError)>,
+    },
     /// STATUS: the agent cannot serve ADD now.
     #[error("switchyard-agent cannot serve ADD: {}", .problems.join("; "))]
     Unavailable {

@@ -241,6 +241,9 @@ impl Agent {
         // Remote nodes first: the first resync then carries their flows.
         overlay.seed(api.client()).await;
         reconcile::reconcile(&shared, &overlay, None).await?;
+        // DELs the binary queued while this agent was down, before new
+        // requests (a pod whose DEL is queued may be ADDed again).
+        crate::cni::run_queued_dels(&shared, &shared.config.cni_socket).await;
 
         let socket = shared.config.cni_socket.clone();
         let listener = prepare_socket_dir(&socket)

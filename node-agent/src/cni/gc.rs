@@ -59,6 +59,7 @@ pub(crate) async fn collect_garbage(
     let candidates = known_attachments(state).await?;
     let mut removed = 0usize;
     let mut skipped = 0usize;
+    let mut failures = Vec::new();
     for key in candidates.difference(valid) {
         // Checked before waiting for the lock (an ADD in flight holds it)
         // and again after (one may have run meanwhile).
@@ -73,8 +74,15 @@ pub(crate) async fn collect_garbage(
             continue;
         }
         let span = tracing::info_span!("gc", container = %key.container_id, ifname = %key.ifname);
-        state.teardown(key, None).instrument(span).await?;
-        removed += 1;
+        // One attachment that cannot be removed does not keep GC from
+        // removing the others; every failure is reported at the end.
+        match state.teardown(key, None).instrument(span).await {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(container = %key.container_id, ifname = %key.ifname, error = %e, "GC could not remove the attachment; going on");
+                failures.push((key.clone(), e));
+            }
+        }
     }
     // Cluster-wide addresses: decided per entry while the ConfigMap is
     // rewritten, from live state. An entry there was written by an ADD
@@ -89,6 +97,16 @@ pub(crate) async fn collect_garbage(
                 .any(|pool| pool.allocations().any(|(_, held)| held == k))
     };
     crate::vlan_pool::gc(&state.cluster_pools, &state.config, keep).await;
-    tracing::info!(removed, skipped, valid = valid.len(), "garbage collected");
-    Ok(())
+    tracing::info!(
+        removed,
+        skipped,
+        failed = failures.len(),
+        valid = valid.len(),
+        "garbage collected"
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(AttachError::GcIncomplete { failures })
+    }
 }

@@ -8,6 +8,7 @@
 mod add;
 mod check;
 mod del;
+pub(crate) use del::run_queued_dels;
 mod gc;
 mod status;
 
@@ -220,6 +221,26 @@ impl From<AttachError> for CniError {
                 "attachment differs from its record".into(),
                 differences.join("; "),
             ),
+            E::GcIncomplete { failures } => {
+                // The first failure's code; every failure in the details.
+                let details = failures
+                    .iter()
+                    .map(|(k, e)| format!("{k}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let code = failures
+                    .into_iter()
+                    .next()
+                    .map_or(C::AgentInternal.code(), |(_, e)| CniError::from(e).code);
+                return CniError {
+                    code,
+                    ..CniError::new(
+                        C::AgentInternal,
+                        "GC could not remove every attachment; it removed the others",
+                        details,
+                    )
+                };
+            }
             E::Unavailable { problems } => (
                 C::PluginNotAvailable,
                 "switchyard-agent cannot serve ADD".into(),

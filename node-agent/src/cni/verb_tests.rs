@@ -384,3 +384,84 @@ async fn check_reports_a_missing_uplink_flow_of_a_vlan_segment_pod() {
         format!("flow missing: table={},{}", gone.table, gone.match_string())
     );
 }
+
+#[tokio::test]
+async fn gc_goes_on_past_a_failed_teardown_and_reports_every_failure() {
+    let fake = FakeNode::default();
+    let state = NodeState::for_tests(fake.drivers(), None);
+    let mut added = BTreeMap::new();
+    for c in ["c1", "c2", "c3", "c4"] {
+        added.insert(c, attach(&state, &pod(&fake, c, &[])).await.unwrap());
+    }
+    // OVSDB refuses to remove c1's and c3's ports.
+    for c in ["c1", "c3"] {
+        fake.world()
+            .stuck_ports
+            .insert(added[c].attachment.host_ifname.clone());
+    }
+    let err = collect_garbage(&state, &BTreeSet::new()).await.unwrap_err();
+    match &err {
+        AttachError::GcIncomplete { failures } => {
+            let keys: Vec<&AttachmentKey> = failures.iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, vec![&key("c1"), &key("c3")]);
+        }
+        other => panic!("{other}"),
+    }
+    // The others are gone all the same.
+    let world = fake.world();
+    for c in ["c2", "c4"] {
+        assert_nothing_left(&state, &world, c);
+    }
+    drop(world);
+    let cni = CniError::from(err);
+    assert_eq!(cni.code, ErrorCode::OvsFailure.code());
+    assert!(
+        cni.details.contains("c1") && cni.details.contains("c3"),
+        "{cni:?}"
+    );
+}
+
+#[tokio::test]
+async fn queued_dels_run_and_their_files_go_unless_they_fail() {
+    use switchyard_cni::{CniEnv, CniRequest, Verb, parse_config, pending};
+    let fake = FakeNode::default();
+    let state = NodeState::for_tests(fake.drivers(), None);
+    let mut added = BTreeMap::new();
+    for c in ["c1", "c2"] {
+        added.insert(c, attach(&state, &pod(&fake, c, &[])).await.unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("cni.sock");
+    let stdin = r#"{"cniVersion":"1.1.0","name":"n","type":"switchyard"}"#;
+    for c in ["c1", "c2", "gone"] {
+        let req = CniRequest::new(
+            Verb::Del,
+            CniEnv {
+                container_id: Some(c.into()),
+                ifname: Some("eth0".into()),
+                ..CniEnv::default()
+            },
+            parse_config(stdin.as_bytes()).unwrap(),
+            stdin.into(),
+        );
+        pending::queue_del(&socket, &req).unwrap();
+    }
+    std::fs::write(pending::queue_dir(&socket).join("junk.json"), b"{").unwrap();
+    // c2's port cannot be removed this time.
+    fake.world()
+        .stuck_ports
+        .insert(added["c2"].attachment.host_ifname.clone());
+    assert_eq!(crate::cni::run_queued_dels(&state, &socket).await, 2);
+    assert_nothing_left(&state, &fake.world(), "c1");
+    let left: Vec<String> = pending::queued_dels(&socket)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["c2_eth0.json".to_owned()]);
+    // Next start: it goes through.
+    fake.world().stuck_ports.clear();
+    assert_eq!(crate::cni::run_queued_dels(&state, &socket).await, 1);
+    assert!(pending::queued_dels(&socket).unwrap().is_empty());
+    assert_nothing_left(&state, &fake.world(), "c2");
+}

@@ -67,6 +67,8 @@ pub(crate) struct World {
     pub fail: BTreeSet<FailAt>,
     /// Ofports vswitchd refuses to honour as `ofport_request`.
     pub refuse_requests: bool,
+    /// Ports whose removal fails (OVSDB refuses the transaction).
+    pub stuck_ports: BTreeSet<String>,
 }
 
 impl World {
@@ -277,6 +279,10 @@ impl Ports for FakeNode {
     }
 
     fn remove_port<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ovsdb::Error>> {
+        if self.world().stuck_ports.contains(name) {
+            let out = Err(ovsdb_failure("remove port"));
+            return async move { out }.boxed();
+        }
         let out = match self.world().ports.remove(name) {
             Some(_) => Ok(()),
             None => Err(ovsdb::Error::PortNotFound(name.to_string())),
