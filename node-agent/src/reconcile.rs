@@ -234,6 +234,10 @@ pub(crate) fn judge_netns(a: &Attachment, opened: Result<(), NetnsError>) -> Evi
     }
 }
 
+/// Annotation of a static pod's mirror pod: the uid kubelet gave the static
+/// pod (and passed as `K8S_POD_UID`), which differs from the mirror's own.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// What the API server's answer for the attachment's pod says.
 pub(crate) fn judge_pod(a: &Attachment, pod: Result<Option<PodInfo>, ApiError>) -> Evidence {
     match pod {
@@ -241,13 +245,19 @@ pub(crate) fn judge_pod(a: &Attachment, pod: Result<Option<PodInfo>, ApiError>) 
             "pod {}/{} no longer exists",
             a.pod_namespace, a.pod_name
         )),
-        Ok(Some(pod)) if !a.pod_uid.is_empty() && !pod.uid.is_empty() && pod.uid != a.pod_uid => {
-            Evidence::Stale(format!(
-                "pod {}/{} was recreated (uid {} != {})",
-                a.pod_namespace, a.pod_name, pod.uid, a.pod_uid
-            ))
+        Ok(Some(pod)) => {
+            // A static pod's attachment carries kubelet's uid, which its
+            // mirror pod names in an annotation, not in metadata.uid.
+            let uid = pod.annotations.get(MIRROR_ANNOTATION).unwrap_or(&pod.uid);
+            if !a.pod_uid.is_empty() && !uid.is_empty() && *uid != a.pod_uid {
+                Evidence::Stale(format!(
+                    "pod {}/{} was recreated (uid {} != {})",
+                    a.pod_namespace, a.pod_name, uid, a.pod_uid
+                ))
+            } else {
+                Evidence::Live
+            }
         }
-        Ok(Some(_)) => Evidence::Live,
         Err(e) => {
             tracing::warn!(error = %e, "cannot check pod in the API server; keeping attachment");
             Evidence::CannotTell
@@ -486,6 +496,22 @@ mod tests {
         assert_eq!(
             judge_pod(&a, Ok(None)),
             Evidence::Stale("pod default/pod-c1 no longer exists".into())
+        );
+        // A static pod: its mirror has its own uid and names kubelet's
+        // (the one ADD recorded) in the mirror annotation. Before, every
+        // static pod was torn down at each agent restart as "recreated".
+        let mirror = |mirror_of: &str| {
+            Ok(Some(PodInfo {
+                uid: "mirror-uid".into(),
+                annotations: [(MIRROR_ANNOTATION.to_owned(), mirror_of.to_owned())].into(),
+            }))
+        };
+        assert_eq!(judge_pod(&a, mirror("uid-c1")), Evidence::Live);
+        assert_eq!(
+            judge_pod(&a, mirror("another-static-uid")),
+            Evidence::Stale(
+                "pod default/pod-c1 was recreated (uid another-static-uid != uid-c1)".into()
+            )
         );
         assert_eq!(
             judge_pod(
