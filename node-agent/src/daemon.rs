@@ -216,11 +216,15 @@ impl Agent {
             }
         }
 
+        let api_reads = Arc::new(crate::api_cache::CachedApi::start(
+            api.clone(),
+            &config.node_name,
+        ));
         let io = Drivers {
             links: Arc::new(NetnsLinks::new(host.clone(), config.netns_policy())),
             ports: Arc::new(ovsdb.clone()),
             flows: Arc::new(openflow.clone()),
-            api: Arc::new(api.clone()),
+            api: api_reads.clone(),
         };
         let shared = Arc::new(NodeState {
             config,
@@ -252,6 +256,16 @@ impl Agent {
                 path: socket.clone(),
                 source,
             })?;
+        // ADDs read namespaces and pods from watch caches; give them a moment
+        // to fill (reads fall back to the API server meanwhile).
+        if !api_reads
+            .wait_ready(std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(
+                "namespace and pod caches not filled yet; ADDs ask the API server until they are"
+            );
+        }
         ready.store(true, Ordering::Release);
         tracing::info!(socket = %socket.display(), "serving CNI requests");
 

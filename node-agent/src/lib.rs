@@ -26,6 +26,7 @@
 //! kernel modules; none of these imports a module above it.
 
 pub mod adds_in_flight;
+pub mod api_cache;
 pub mod apiserver;
 pub mod attach_error;
 pub mod attachment;

@@ -274,7 +274,10 @@ async fn stale_reason(state: &NodeState, a: &Attachment) -> Option<String> {
         Evidence::CannotTell => return None,
         Evidence::Live => {}
     }
-    match judge_pod(a, state.io.api.pod(&a.pod_namespace, &a.pod_name).await) {
+    match judge_pod(
+        a,
+        state.io.api.pod_fresh(&a.pod_namespace, &a.pod_name).await,
+    ) {
         Evidence::Stale(reason) => Some(reason),
         Evidence::Live | Evidence::CannotTell => None,
     }

@@ -464,3 +464,91 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Pods keep starting while the API server is unreachable: ADD reads the
+/// namespace from the agent's watch cache (and the runtime passes the pod's
+/// annotations); only a namespace the agent has never seen is an unknown
+/// answer (104). Before: every ADD read the namespace from the API server
+/// and failed with 104.
+#[test]
+fn adds_are_served_from_the_cache_while_the_api_server_is_unreachable() {
+    node_test(
+        "adds_are_served_from_the_cache_while_the_api_server_is_unreachable",
+        |lab| async move {
+            lab.create_namespace("blue", &[("switchyard.io/vlan", "100")])
+                .await;
+            // The agent's first lists (which it waits for) hold "blue".
+            let agent = start_agent(&lab, None).await;
+            let port = lab.api.addr().port().to_string();
+            cmd_ok(&[
+                "iptables",
+                "-I",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ])
+            .await;
+            let mut conf = lab.conflist();
+            conf["runtimeConfig"] = serde_json::json!({
+                "io.kubernetes.cri.pod-annotations": {"example.com/team": "blue"}
+            });
+            let pod = PodNs::new("blue", "p1");
+            let add = run_cni(
+                "ADD",
+                &pod.container_id,
+                Some(&pod.netns_path()),
+                "eth0",
+                &pod.cni_args(),
+                &conf,
+            )
+            .await;
+            assert!(
+                add.success,
+                "ADD with the API server down: {} {}",
+                add.stdout, add.stderr
+            );
+            let host_if = add.json()["interfaces"][0]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            // The namespace's VLAN, from the cache.
+            assert_eq!(lab.vsctl(&["get", "Port", &host_if, "tag"]).trim(), "100");
+            // A namespace the agent never saw: truly unknown.
+            let stranger = PodNs::new("unseen", "p2");
+            let add = run_cni(
+                "ADD",
+                &stranger.container_id,
+                Some(&stranger.netns_path()),
+                "eth0",
+                &stranger.cni_args(),
+                &conf,
+            )
+            .await;
+            assert!(!add.success);
+            assert_eq!(add.code(), 104, "{}", add.stdout);
+            let del = cni_del(&lab, &pod).await;
+            assert!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+            cmd_ok(&[
+                "iptables",
+                "-D",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ])
+            .await;
+            agent.shutdown().await;
+        },
+    );
+}

@@ -210,12 +210,18 @@ async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachE
         if from_runtime {
             Ok(None)
         } else {
-            state
-                .io
-                .api
-                .pod(&req.pod_namespace, &req.pod_name)
-                .await
-                .map(Some)
+            let api = &state.io.api;
+            match api.pod(&req.pod_namespace, &req.pod_name).await {
+                // A cached pod of the same name but another uid (deleted
+                // and created again): ask the API server.
+                Ok(Some(p))
+                    if !req.pod_uid.is_empty() && !p.uid.is_empty() && p.uid != req.pod_uid =>
+                {
+                    api.pod_fresh(&req.pod_namespace, &req.pod_name).await
+                }
+                other => other,
+            }
+            .map(Some)
         }
     };
     let (pod, namespace) = tokio::join!(

@@ -111,12 +111,22 @@ pub trait FlowSink: Send + Sync + fmt::Debug {
 
 /// The API server reads the verbs and reconciliation need.
 pub trait ApiReads: Send + Sync + fmt::Debug {
-    /// A pod's uid and annotations; `None` if it does not exist.
+    /// A pod's uid and annotations; `None` if it does not exist. May come
+    /// from a watch cache (ADD's reads, see `crate::api_cache`).
     fn pod<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<PodInfo>, ApiError>>;
+    /// The pod as the API server has it now (reconciliation: what to tear
+    /// down must not be decided from a cache that may lag).
+    fn pod_fresh<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PodInfo>, ApiError>> {
+        self.pod(namespace, name)
+    }
     /// A namespace's annotations (empty if it does not exist).
     fn namespace_annotations<'a>(
         &'a self,
