@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::cluster_cache::ClusterCache;
 use crate::diff::{ChangeSet, GroupIdAllocator, GroupIdsExhausted, diff_services};
+use crate::external::NodeContext;
 use crate::service_model::DesiredState;
 
 /// One step for the switch: the new desired state and what changed to reach it.
@@ -31,6 +32,8 @@ pub struct Recomputer {
     current: Arc<DesiredState>,
     generation: u64,
     groups: SharedGroupIds,
+    /// The node as the external frontends need it.
+    node: Arc<NodeContext>,
 }
 
 impl Recomputer {
@@ -41,7 +44,15 @@ impl Recomputer {
             current: Arc::new(DesiredState::new()),
             generation: 0,
             groups,
+            node: Arc::default(),
         }
+    }
+
+    /// Sets the node's addresses and gateway for the external frontends
+    /// (before the first recompute).
+    pub fn with_node(mut self, node: Arc<NodeContext>) -> Self {
+        self.node = node;
+        self
     }
 
     /// The desired state as of the last recompute.
@@ -67,7 +78,13 @@ impl Recomputer {
         }
         let mut next = DesiredState::clone(&self.current);
         for service in &dirty {
-            next.replace_service(service, cache.service_port_states(service, &self.node_name));
+            let mut ports = cache.service_port_states(service, &self.node_name);
+            for (_, port) in &mut ports {
+                if !port.external.is_empty() {
+                    port.external.node = Arc::clone(&self.node);
+                }
+            }
+            next.replace_service(service, ports);
         }
         let result = {
             let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);

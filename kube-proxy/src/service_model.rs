@@ -229,6 +229,8 @@ pub struct ServicePortState {
     /// Some node (any node, this one included) has a usable endpoint, ignoring
     /// the traffic policy. Decides between reject and drop when `endpoints` is empty.
     pub cluster_has_endpoints: bool,
+    /// NodePort, external IP and LoadBalancer frontends ([`crate::external`]).
+    pub external: crate::external::ExternalFrontends,
 }
 
 impl ServicePortState {
@@ -252,6 +254,7 @@ impl ServicePortState {
             && self.session_affinity == other.session_affinity
             && self.internal_traffic_policy_local == other.internal_traffic_policy_local
             && self.no_endpoints_action() == other.no_endpoints_action()
+            && self.external.same_frontend(&other.external)
     }
 
     /// The group's buckets are equal: same endpoint addresses and ports in
@@ -263,6 +266,7 @@ impl ServicePortState {
                 .iter()
                 .zip(&other.endpoints)
                 .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+            && self.external.same_buckets(&other.external)
     }
 }
 
@@ -436,6 +440,7 @@ pub fn service_port_states(
             continue;
         }
         let all = collect_endpoints(&name, slices, node_name);
+        let external = crate::external::ExternalFrontends::of(service, spec_port, &all);
         let ChosenEndpoints {
             chosen: endpoints,
             serving,
@@ -452,6 +457,7 @@ pub fn service_port_states(
                 endpoints,
                 serving,
                 cluster_has_endpoints,
+                external,
             },
         ));
     }
