@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use switchyard_ovs::openflow::{Client, ClientConfig};
 use switchyard_pipeline::group as group_ids;
 use switchyard_proxy::config::Flags;
@@ -61,7 +63,7 @@ async fn local_addresses() -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
 /// Node object (retried until it has an InternalIP, or the node-port
 /// addresses are given as CIDRs).
 async fn node_context(client: &kube::Client, flags: &Flags) -> anyhow::Result<NodeContext> {
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
     let local = if flags.nodeport_addresses.is_empty() {
         Vec::new()
     } else {
