@@ -59,9 +59,15 @@ async fn local_addresses() -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
     Ok(out)
 }
 
+/// How long the start waits for its Node object (with an InternalIP)
+/// before it goes on without node-port addresses.
+const NODE_WAIT: Duration = Duration::from_secs(3);
+
 /// The node's addresses and gateway for the external frontends, from its
-/// Node object (retried until it has an InternalIP, or the node-port
-/// addresses are given as CIDRs).
+/// Node object. Without one (or without an InternalIP, when the node-port
+/// addresses are not given as CIDRs) within [`NODE_WAIT`], the proxy runs
+/// without node-port addresses (logged): ClusterIPs and external IPs work,
+/// node ports only through the node-port VIPs.
 async fn node_context(client: &kube::Client, flags: &Flags) -> anyhow::Result<NodeContext> {
     let nodes: Api<Node> = Api::all(client.clone());
     let local = if flags.nodeport_addresses.is_empty() {
@@ -69,11 +75,12 @@ async fn node_context(client: &kube::Client, flags: &Flags) -> anyhow::Result<No
     } else {
         local_addresses().await?
     };
-    let mut delay = Duration::from_millis(200);
+    let end = tokio::time::Instant::now() + NODE_WAIT;
+    let mut context = NodeContext::default();
     loop {
         match nodes.get(&flags.node_name).await {
             Ok(node) => {
-                let context = switchyard_proxy::external::node_context(
+                context = switchyard_proxy::external::node_context(
                     &node,
                     &flags.nodeport_addresses,
                     &local,
@@ -81,17 +88,17 @@ async fn node_context(client: &kube::Client, flags: &Flags) -> anyhow::Result<No
                 if !context.addresses.is_empty() || !flags.nodeport_addresses.is_empty() {
                     return Ok(context);
                 }
-                tracing::warn!(
-                    node = flags.node_name,
-                    "the Node has no InternalIP yet; retrying"
-                );
             }
-            Err(err) => {
-                tracing::warn!(%err, node = flags.node_name, "cannot read the Node yet; retrying")
-            }
+            Err(err) => tracing::debug!(%err, node = flags.node_name, "cannot read the Node yet"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        if tokio::time::Instant::now() >= end {
+            tracing::warn!(
+                node = flags.node_name,
+                "no Node object with an InternalIP: NodePorts are not served on node addresses"
+            );
+            return Ok(context);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
