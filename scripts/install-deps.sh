@@ -11,6 +11,7 @@ packages=(
     curl                        # HTTP probes in e2e tests
     conntrack                   # conntrack inspection
     iptables                    # kube-proxy iptables baseline in benchmarks
+    nftables                    # nft: switchyard-proxy's NodePort/external IP table, its tests
     containernetworking-plugins # reference plugins: chaining tests and the bridge/host-local baseline
     python3                     # tiny echo servers in datapath tests
     shellcheck                  # lints every shell script (deploy tests)

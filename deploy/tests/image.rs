@@ -159,6 +159,7 @@ fn image_has_every_program_the_binaries_run() {
             "ethtool" => "ethtool",
             "conntrack" => "conntrack",
             "iptables" | "iptables-restore" => "iptables",
+            "nft" => "nftables",
             "modprobe" => "kmod",
             _ => return None,
         })

@@ -44,10 +44,14 @@ pub struct Flags {
     #[arg(long, default_value_t = 1000)]
     pub reject_rate: u32,
     /// Endpoints per OVS select group (1-512). A Service port with more endpoints is
-    /// balanced over chained groups, up to 127 groups per port.
+    /// balanced over chained groups, up to 126 groups per port.
     #[arg(long, default_value_t = crate::groups::DEFAULT_BUCKETS_PER_GROUP,
           value_parser = clap::value_parser!(u16).range(1..=512).map(usize::from))]
     pub buckets_per_group: usize,
+    /// CIDRs (comma-separated) whose node addresses serve NodePorts: every address of the
+    /// node's interfaces inside one of them. Default: the Node's InternalIP.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<ipnet::Ipv4Net>,
 }
 
 /// `ADDR:PORT`, or empty for none.
@@ -113,6 +117,14 @@ mod tests {
                 "{err}"
             );
         }
+        assert!(flags.nodeport_addresses.is_empty());
+        let flags = Flags::try_parse_from([
+            "switchyard-proxy",
+            "--node-name=n1",
+            "--nodeport-addresses=10.0.0.0/8,192.168.1.0/24",
+        ])
+        .unwrap();
+        assert_eq!(flags.nodeport_addresses.len(), 2);
         for bad in ["0", "513", "x"] {
             let err = Flags::try_parse_from([
                 "switchyard-proxy",

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use crate::external::frontend_addresses;
 use crate::service_model::{DesiredState, Protocol, ServiceKey, ServicePortName, ServicePortState};
 
 /// An OpenFlow group id.
@@ -259,6 +260,8 @@ impl ChangedPort {
 /// [`ServicePortState::serving`] set, or the frontend address or the port
 /// itself went away): conntrack entries from
 /// `cluster_ip:port` DNATed to `endpoint_ip:endpoint_port` must be flushed.
+/// `cluster_ip:port` is any frontend address of the port: its ClusterIP, or
+/// one of its external frontends ([`crate::external::ExternalFrontends::addresses`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StaleUdpEndpoint {
     pub name: ServicePortName,
@@ -414,9 +417,11 @@ fn assign_group_ids(
 
 fn added(name: &ServicePortName, state: &Arc<ServicePortState>, changes: &mut ChangeSet) {
     if state.protocol == Protocol::Udp && !state.serving.is_empty() {
-        changes
-            .stale_udp_frontends
-            .push(stale_frontend(name, state));
+        for address in frontend_addresses(state) {
+            changes
+                .stale_udp_frontends
+                .push(stale_frontend(name, address));
+        }
     }
     changes.added.push(AddedPort {
         name: name.clone(),
@@ -443,10 +448,18 @@ fn changed(
     changes: &mut ChangeSet,
 ) {
     if old.protocol == Protocol::Udp {
-        let same_address = old.cluster_ip == new.cluster_ip && old.port == new.port;
-        stale_endpoints(name, old, same_address.then_some(new.as_ref()), changes);
-        if new.protocol == Protocol::Udp && old.serving.is_empty() && !new.serving.is_empty() {
-            changes.stale_udp_frontends.push(stale_frontend(name, new));
+        stale_endpoints(name, old, Some(new.as_ref()), changes);
+        if new.protocol == Protocol::Udp && !new.serving.is_empty() {
+            // Frontend addresses that had no serving endpoint before (all
+            // of them when the port had none, else the new ones).
+            let before = frontend_addresses(old);
+            for address in frontend_addresses(new) {
+                if old.serving.is_empty() || !before.contains(&address) {
+                    changes
+                        .stale_udp_frontends
+                        .push(stale_frontend(name, address));
+                }
+            }
         }
     }
     let frontend_changed = !old.same_frontend(new);
@@ -464,36 +477,42 @@ fn changed(
     });
 }
 
-/// Lists the serving endpoints of `old` that `still` (same frontend
-/// address) no longer serves; all of them when `still` is `None`.
+/// Lists, per frontend address of `old`, the serving endpoints of `old`
+/// that `still` no longer serves at that address; all of them when `still`
+/// is `None`.
 fn stale_endpoints(
     name: &ServicePortName,
     old: &ServicePortState,
     still: Option<&ServicePortState>,
     changes: &mut ChangeSet,
 ) {
-    for &(endpoint_ip, endpoint_port) in &old.serving {
-        let kept = still.is_some_and(|new| {
-            new.serving
-                .binary_search(&(endpoint_ip, endpoint_port))
-                .is_ok()
-        });
-        if !kept {
-            changes.stale_udp_endpoints.push(StaleUdpEndpoint {
-                name: name.clone(),
-                cluster_ip: old.cluster_ip,
-                port: old.port,
-                endpoint_ip,
-                endpoint_port,
-            });
+    let still_addresses = still.map(frontend_addresses).unwrap_or_default();
+    for address in frontend_addresses(old) {
+        let same_address = still_addresses.contains(&address);
+        for &(endpoint_ip, endpoint_port) in &old.serving {
+            let kept = same_address
+                && still.is_some_and(|new| {
+                    new.serving
+                        .binary_search(&(endpoint_ip, endpoint_port))
+                        .is_ok()
+                });
+            if !kept {
+                changes.stale_udp_endpoints.push(StaleUdpEndpoint {
+                    name: name.clone(),
+                    cluster_ip: address.0,
+                    port: address.1,
+                    endpoint_ip,
+                    endpoint_port,
+                });
+            }
         }
     }
 }
 
-fn stale_frontend(name: &ServicePortName, state: &ServicePortState) -> StaleUdpFrontend {
+fn stale_frontend(name: &ServicePortName, address: (Ipv4Addr, u16)) -> StaleUdpFrontend {
     StaleUdpFrontend {
         name: name.clone(),
-        cluster_ip: state.cluster_ip,
-        port: state.port,
+        cluster_ip: address.0,
+        port: address.1,
     }
 }

@@ -141,7 +141,8 @@ pub fn dnat_action(endpoint_ip: Ipv4Addr, endpoint_port: u16) -> Action {
     })
 }
 
-/// The flows of one Service port (frontends and, with affinity, endpoint DNAT).
+/// The flows of one Service port (frontends and, with affinity, endpoint
+/// DNAT; then its external frontends, [`crate::external::frontend_flows`]).
 pub fn port_flows(
     generation: u8,
     group_id: GroupId,
@@ -200,6 +201,9 @@ pub fn port_flows(
                 .action(Action::Group(group_id)),
         ),
     }
+    flows.extend(crate::external::frontend_flows(
+        generation, group_id, name, state,
+    ));
     flows
 }
 

@@ -20,7 +20,10 @@
 //!
 //! Sub-group ids are derived from `G`: `G | (i + 1) << 24`. Port group ids
 //! therefore stay below 2^24 ([`PORT_GROUP_LAST`]), and a port has at most
-//! [`MAX_SUB_GROUPS`] sub-groups.
+//! [`MAX_SUB_GROUPS`] sub-groups. Number 127 is reserved for the port's
+//! local-endpoints group `GL` ([`local_group_id`]: `G | 127 << 24`), the
+//! target of its `externalTrafficPolicy: Local` frontends (see
+//! [`crate::external`]); it is not chained from `G`.
 
 use switchyard_ovs::openflow::{Action, Bucket, Group};
 
@@ -36,8 +39,12 @@ pub const DEFAULT_BUCKETS_PER_GROUP: usize = 512;
 /// The largest port group id: the bits above it number sub-groups.
 pub const PORT_GROUP_LAST: GroupId = 0x00ff_ffff;
 
-/// Sub-groups per port at most (ids stay within the proxy's range).
-pub const MAX_SUB_GROUPS: usize = 127;
+/// Sub-groups per port at most (ids stay within the proxy's range; number
+/// 127 is the local-endpoints group, [`local_group_id`]).
+pub const MAX_SUB_GROUPS: usize = 126;
+
+/// Sub-group number of the local-endpoints group.
+const LOCAL_GROUP_NUMBER: u32 = 127;
 
 const SUB_GROUP_SHIFT: u32 = 24;
 
@@ -91,8 +98,54 @@ impl GroupLayout {
         ids
     }
 
-    /// The groups of a port, in [`Self::group_ids`] order.
+    /// The ids of every group of a port: [`Self::group_ids`], then its
+    /// local-endpoints group when it has one.
+    pub fn port_group_ids(&self, group_id: GroupId, state: &ServicePortState) -> Vec<GroupId> {
+        let mut ids = self.group_ids(group_id, state.endpoints.len());
+        if state.external.has_local_group() {
+            ids.push(local_group_id(group_id));
+        }
+        ids
+    }
+
+    /// The groups of a port, in [`Self::port_group_ids`] order.
     pub fn port_groups(&self, group_id: GroupId, state: &ServicePortState) -> Vec<Group> {
+        let mut groups = self.balancing_groups(group_id, state);
+        if state.external.has_local_group() {
+            groups.push(self.local_group(group_id, state));
+        }
+        groups
+    }
+
+    /// The port's local-endpoints group: one bucket per local endpoint (at
+    /// most [`GroupLayout::buckets_per_group`]; the rest are left out).
+    pub fn local_group(&self, group_id: GroupId, state: &ServicePortState) -> Group {
+        let endpoints = &state.external.local_endpoints;
+        if endpoints.len() > self.buckets_per_group {
+            tracing::error!(
+                cluster_ip = %state.cluster_ip,
+                port = state.port,
+                local_endpoints = endpoints.len(),
+                used = self.buckets_per_group,
+                "more local endpoints than one group holds; the rest get no external traffic"
+            );
+        }
+        let buckets = endpoints
+            .iter()
+            .take(self.buckets_per_group)
+            .enumerate()
+            .map(|(index, endpoint)| endpoint_bucket(index, endpoint, state))
+            .collect();
+        select_group(
+            local_group_id(group_id),
+            state.protocol,
+            u64::from(LOCAL_GROUP_NUMBER),
+            buckets,
+        )
+    }
+
+    /// The port's group and sub-groups, in [`Self::group_ids`] order.
+    fn balancing_groups(&self, group_id: GroupId, state: &ServicePortState) -> Vec<Group> {
         let subs = self.sub_groups(state.endpoints.len());
         if subs == 0 {
             return vec![port_group(group_id, state)];
@@ -145,6 +198,11 @@ impl GroupLayout {
 pub fn sub_group_id(group_id: GroupId, index: usize) -> GroupId {
     let n = u32::try_from(index + 1).unwrap_or(u32::MAX);
     (group_id & PORT_GROUP_LAST) | (n << SUB_GROUP_SHIFT)
+}
+
+/// The id of the local-endpoints group of port group `group_id`.
+pub fn local_group_id(group_id: GroupId) -> GroupId {
+    (group_id & PORT_GROUP_LAST) | (LOCAL_GROUP_NUMBER << SUB_GROUP_SHIFT)
 }
 
 /// The port group a (sub-)group id belongs to.

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use switchyard_ovs::openflow::{Client, ClientConfig};
 use switchyard_pipeline::group as group_ids;
 use switchyard_proxy::config::Flags;
 use switchyard_proxy::conntrack::ConntrackFlusher;
+use switchyard_proxy::external::NodeContext;
 use switchyard_proxy::groups::{GroupLayout, PORT_GROUP_LAST};
 use switchyard_proxy::healthcheck::{self, ServiceHealthServer};
 use switchyard_proxy::metrics::{self, HttpState, Metrics};
@@ -31,6 +34,73 @@ async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
             .context("no usable Kubernetes client configuration")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// IPv4 addresses of the node's interfaces.
+async fn local_addresses() -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
+    use futures::TryStreamExt;
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    let task = tokio::spawn(connection);
+    let mut stream = handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+        for attribute in &msg.attributes {
+            if let netlink_packet_route::address::AddressAttribute::Local(std::net::IpAddr::V4(
+                ip,
+            ))
+            | netlink_packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(
+                ip,
+            )) = attribute
+            {
+                out.push(*ip);
+            }
+        }
+    }
+    task.abort();
+    Ok(out)
+}
+
+/// How long the start waits for its Node object (with an InternalIP)
+/// before it goes on without node-port addresses.
+const NODE_WAIT: Duration = Duration::from_secs(3);
+
+/// The node's addresses and gateway for the external frontends, from its
+/// Node object. Without one (or without an InternalIP, when the node-port
+/// addresses are not given as CIDRs) within [`NODE_WAIT`], the proxy runs
+/// without node-port addresses (logged): ClusterIPs and external IPs work,
+/// node ports only through the node-port VIPs.
+async fn node_context(client: &kube::Client, flags: &Flags) -> anyhow::Result<NodeContext> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let local = if flags.nodeport_addresses.is_empty() {
+        Vec::new()
+    } else {
+        local_addresses().await?
+    };
+    let end = tokio::time::Instant::now() + NODE_WAIT;
+    let mut context = NodeContext::default();
+    loop {
+        match nodes.get(&flags.node_name).await {
+            Ok(node) => {
+                context = switchyard_proxy::external::node_context(
+                    &node,
+                    &flags.nodeport_addresses,
+                    &local,
+                );
+                if !context.addresses.is_empty() || !flags.nodeport_addresses.is_empty() {
+                    return Ok(context);
+                }
+            }
+            Err(err) => tracing::debug!(%err, node = flags.node_name, "cannot read the Node yet"),
+        }
+        if tokio::time::Instant::now() >= end {
+            tracing::warn!(
+                node = flags.node_name,
+                "no Node object with an InternalIP: NodePorts are not served on node addresses"
+            );
+            return Ok(context);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn connect_switch(flags: &Flags) -> Client {
@@ -84,6 +154,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ServiceHealthServer::new(std::net::Ipv4Addr::UNSPECIFIED.into(), state).run(health_rx),
     );
 
+    let node = Arc::new(node_context(&client, &flags).await?);
+    tracing::info!(addresses = ?node.addresses, gateway = ?node.gateway, "node-port addresses");
+
     let switch = connect_switch(&flags).await;
     // Port group ids stay below 2^24: the bits above number their sub-groups.
     let groups = Arc::new(Mutex::new(GroupIdAllocator::with_range(
@@ -113,8 +186,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = WatchConfig {
         node_name: flags.node_name.clone(),
         debounce: Duration::from_millis(flags.debounce_ms),
+        node: Arc::clone(&node),
     };
-    let (tx, updates) = tokio::sync::mpsc::channel(64);
+    let (tx, mut watched) = tokio::sync::mpsc::channel(64);
     let watcher = tokio::spawn(watch_with_health(
         client,
         config,
@@ -122,6 +196,19 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tx,
         Some(health_checks),
     ));
+    // Every update goes to the switch writer and its state to the host side
+    // (nftables table and routes of the external frontends).
+    let (host_tx, host_rx) = tokio::sync::watch::channel(None);
+    let (to_switch, updates) = tokio::sync::mpsc::channel(64);
+    let host = tokio::spawn(switchyard_proxy::host::run(Arc::clone(&node), host_rx));
+    let tee = tokio::spawn(async move {
+        while let Some(update) = watched.recv().await {
+            host_tx.send_replace(Some(Arc::clone(&update.state)));
+            if to_switch.send(update).await.is_err() {
+                return;
+            }
+        }
+    });
     let writing = tokio::spawn(switch::run(writer, updates, resync, Duration::from_secs(1)));
     tokio::select! {
         result = watcher => result.context("watch task panicked")?.context("watch failed")?,
@@ -132,6 +219,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     rejects.abort();
     service_health.abort();
+    tee.abort();
+    host.abort();
     Ok(())
 }
 

@@ -172,7 +172,7 @@ pub fn incremental(
         flow_deletes.push(FlowMod::delete_cookie(value, mask).into());
         // The port's group first, then the sub-groups it chains to.
         for id in layout
-            .group_ids(port.group_id, port.state.endpoints.len())
+            .port_group_ids(port.group_id, &port.state)
             .into_iter()
             .rev()
         {
@@ -226,7 +226,7 @@ fn replace_groups(
     group_deletes: &mut Vec<TxMessage>,
 ) {
     let old: BTreeSet<u32> = layout
-        .group_ids(port.group_id, port.old.endpoints.len())
+        .port_group_ids(port.group_id, &port.old)
         .into_iter()
         .collect();
     let new = layout.port_groups(port.group_id, &port.new);

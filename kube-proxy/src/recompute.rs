@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::cluster_cache::ClusterCache;
 use crate::diff::{ChangeSet, GroupIdAllocator, GroupIdsExhausted, diff_services};
+use crate::external::NodeContext;
 use crate::service_model::{DesiredState, HealthCheck, ServiceKey};
 
 /// Every Service with a health check node port and what it reports.
@@ -39,6 +40,8 @@ pub struct Recomputer {
     health_checks: Arc<HealthChecks>,
     /// `health_checks` changed since [`Self::take_health_checks`].
     health_changed: bool,
+    /// The node as the external frontends need it.
+    node: Arc<NodeContext>,
 }
 
 impl Recomputer {
@@ -51,6 +54,7 @@ impl Recomputer {
             groups,
             health_checks: Arc::new(HealthChecks::new()),
             health_changed: false,
+            node: Arc::default(),
         }
     }
 
@@ -62,6 +66,13 @@ impl Recomputer {
     /// The health checks, if they changed since the last call.
     pub fn take_health_checks(&mut self) -> Option<Arc<HealthChecks>> {
         std::mem::take(&mut self.health_changed).then(|| Arc::clone(&self.health_checks))
+    }
+
+    /// Sets the node's addresses and gateway for the external frontends
+    /// (before the first recompute).
+    pub fn with_node(mut self, node: Arc<NodeContext>) -> Self {
+        self.node = node;
+        self
     }
 
     /// The desired state as of the last recompute.
@@ -87,7 +98,13 @@ impl Recomputer {
         }
         let mut next = DesiredState::clone(&self.current);
         for service in &dirty {
-            next.replace_service(service, cache.service_port_states(service, &self.node_name));
+            let mut ports = cache.service_port_states(service, &self.node_name);
+            for (_, port) in &mut ports {
+                if !port.external.is_empty() {
+                    port.external.node = Arc::clone(&self.node);
+                }
+            }
+            next.replace_service(service, ports);
         }
         let result = {
             let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);

@@ -22,7 +22,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use switchyard_ovs::openflow::{Action, Field, Flow, Group};
 
+use switchyard_pipeline::table;
+
 use crate::diff::{GroupId, StaleUdpEndpoint, StaleUdpFrontend};
+use crate::external::frontend_addresses;
+use crate::groups::local_group_id;
 use crate::service_model::{DesiredState, Protocol, ServicePortName};
 
 /// One UDP Service port as the switch served it.
@@ -30,8 +34,12 @@ use crate::service_model::{DesiredState, Protocol, ServicePortName};
 pub struct ServedPort {
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
-    /// Endpoints (IP, port) DNATed to.
+    /// Endpoints (IP, port) DNATed to (by the port's group, its sub-groups
+    /// and its local-endpoints group).
     pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
+    /// Every frontend address: the ClusterIP's and the external frontends'
+    /// (`SERVICE_EXTERNAL_FRONTEND`).
+    pub frontends: BTreeSet<(Ipv4Addr, u16)>,
 }
 
 /// The UDP Service ports found on the switch at start.
@@ -70,7 +78,7 @@ fn dnat_endpoint(actions: &[Action]) -> Option<(Ipv4Addr, u16)> {
 impl ServedBefore {
     /// Reads the UDP ports from the proxy's flows (`ports`: each adopted
     /// port's name and group id; `flows`: the proxy's flows of the service
-    /// LB and endpoint DNAT tables) and its groups.
+    /// LB, endpoint DNAT and external frontend tables) and its groups.
     pub fn read(
         ports: &[(ServicePortName, GroupId)],
         flows: &[Flow],
@@ -95,13 +103,23 @@ impl ServedBefore {
                 .get(group_id)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let Some((cluster_ip, port)) = ours.iter().find_map(|f| frontend_address(f)) else {
+            let Some((cluster_ip, port)) = ours
+                .iter()
+                .filter(|f| f.table == table::SERVICE_LB.id())
+                .find_map(|f| frontend_address(f))
+            else {
                 continue;
             };
+            let frontends: BTreeSet<(Ipv4Addr, u16)> = ours
+                .iter()
+                .filter(|f| f.table != table::ENDPOINT_DNAT.id())
+                .filter_map(|f| frontend_address(f))
+                .collect();
             // A chained port group's buckets lead to its sub-groups'.
             let bucket_actions = group_of
                 .get(group_id)
                 .into_iter()
+                .chain(group_of.get(&local_group_id(*group_id)))
                 .flat_map(|g| g.buckets.iter().map(|b| &b.actions))
                 .flat_map(|actions| {
                     let chained = actions.iter().filter_map(|a| match a {
@@ -123,6 +141,7 @@ impl ServedBefore {
                     cluster_ip,
                     port,
                     endpoints,
+                    frontends,
                 },
             );
         }
@@ -139,23 +158,25 @@ impl ServedBefore {
         let mut endpoints = Vec::new();
         let mut frontends = Vec::new();
         for (name, served) in &self.ports {
-            let new = state
-                .get(name)
-                .filter(|new| new.cluster_ip == served.cluster_ip && new.port == served.port);
-            for &(endpoint_ip, endpoint_port) in &served.endpoints {
-                let kept = new.is_some_and(|new| {
-                    new.serving
-                        .binary_search(&(endpoint_ip, endpoint_port))
-                        .is_ok()
-                });
-                if !kept {
-                    endpoints.push(StaleUdpEndpoint {
-                        name: name.clone(),
-                        cluster_ip: served.cluster_ip,
-                        port: served.port,
-                        endpoint_ip,
-                        endpoint_port,
+            let new = state.get(name);
+            let new_addresses = new.map(|n| frontend_addresses(n)).unwrap_or_default();
+            for &address in &served.frontends {
+                let still = new.filter(|_| new_addresses.contains(&address));
+                for &(endpoint_ip, endpoint_port) in &served.endpoints {
+                    let kept = still.is_some_and(|new| {
+                        new.serving
+                            .binary_search(&(endpoint_ip, endpoint_port))
+                            .is_ok()
                     });
+                    if !kept {
+                        endpoints.push(StaleUdpEndpoint {
+                            name: name.clone(),
+                            cluster_ip: address.0,
+                            port: address.1,
+                            endpoint_ip,
+                            endpoint_port,
+                        });
+                    }
                 }
             }
         }
@@ -163,17 +184,18 @@ impl ServedBefore {
             if new.protocol != Protocol::Udp || new.serving.is_empty() {
                 continue;
             }
-            let had_endpoints = self.ports.get(name).is_some_and(|served| {
-                served.cluster_ip == new.cluster_ip
-                    && served.port == new.port
-                    && !served.endpoints.is_empty()
-            });
-            if !had_endpoints {
-                frontends.push(StaleUdpFrontend {
-                    name: name.clone(),
-                    cluster_ip: new.cluster_ip,
-                    port: new.port,
-                });
+            let served = self
+                .ports
+                .get(name)
+                .filter(|served| !served.endpoints.is_empty());
+            for address in frontend_addresses(new) {
+                if !served.is_some_and(|served| served.frontends.contains(&address)) {
+                    frontends.push(StaleUdpFrontend {
+                        name: name.clone(),
+                        cluster_ip: address.0,
+                        port: address.1,
+                    });
+                }
             }
         }
         (endpoints, frontends)

@@ -278,6 +278,8 @@ pub struct ServicePortState {
     /// Addresses of this node's ready endpoints of this port (whatever the
     /// traffic policies), sorted and distinct.
     pub local_ready: Vec<Ipv4Addr>,
+    /// NodePort, external IP and LoadBalancer frontends ([`crate::external`]).
+    pub external: crate::external::ExternalFrontends,
 }
 
 impl ServicePortState {
@@ -301,6 +303,7 @@ impl ServicePortState {
             && self.session_affinity == other.session_affinity
             && self.internal_traffic_policy_local == other.internal_traffic_policy_local
             && self.no_endpoints_action() == other.no_endpoints_action()
+            && self.external.same_frontend(&other.external)
     }
 
     /// The group's buckets are equal: same endpoint addresses and ports in
@@ -312,6 +315,7 @@ impl ServicePortState {
                 .iter()
                 .zip(&other.endpoints)
                 .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+            && self.external.same_buckets(&other.external)
     }
 }
 
@@ -517,6 +521,7 @@ pub fn service_port_states(
                 None
             }
         };
+        let external = crate::external::ExternalFrontends::of(service, spec_port, &all);
         let ChosenEndpoints {
             chosen: endpoints,
             serving,
@@ -538,6 +543,7 @@ pub fn service_port_states(
                 external_traffic_policy_local: frontend.external_traffic_policy_local,
                 health_check_node_port: frontend.health_check_node_port,
                 local_ready,
+                external,
             },
         ));
     }

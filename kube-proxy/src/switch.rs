@@ -116,6 +116,10 @@ pub async fn read_switch(client: &Client) -> Result<Adopted, SwitchError> {
     request.table = table::SERVICE_LB.id();
     let mut flows = client.dump_flows(request.clone()).await?;
     request.table = table::ENDPOINT_DNAT.id();
+    flows.extend(client.dump_flows(request.clone()).await?);
+    // The external frontends: their addresses, for the first sync's
+    // conntrack flush (generations are read from them too).
+    request.table = table::SERVICE_EXTERNAL_FRONTEND.id();
     flows.extend(client.dump_flows(request).await?);
     let mut adopted = Adopted::default();
     let mut seen = HashSet::new();

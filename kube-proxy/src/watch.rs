@@ -41,6 +41,8 @@ pub struct WatchConfig {
     pub node_name: String,
     /// How long to collect events after the first change of a burst.
     pub debounce: Duration,
+    /// The node's addresses and gateway for the external frontends.
+    pub node: Arc<crate::external::NodeContext>,
 }
 
 impl WatchConfig {
@@ -48,6 +50,7 @@ impl WatchConfig {
         Self {
             node_name: node_name.into(),
             debounce: DEFAULT_DEBOUNCE,
+            node: Arc::default(),
         }
     }
 }
@@ -205,7 +208,8 @@ where
     let mut service_feed = Feed::services();
     let mut slice_feed = Feed::slices();
     let mut cache = ClusterCache::new();
-    let mut recomputer = Recomputer::new(config.node_name.clone(), groups);
+    let mut recomputer =
+        Recomputer::new(config.node_name.clone(), groups).with_node(Arc::clone(&config.node));
     // When the current burst's window closes.
     let mut deadline: Option<Instant> = None;
     // When the first event of the current burst was seen.

@@ -38,6 +38,7 @@ async fn start() -> Lab {
     let watch_config = WatchConfig {
         node_name: NODE.to_owned(),
         debounce: Duration::from_millis(20),
+        node: Default::default(),
     };
     let groups = Arc::new(Mutex::new(GroupIdAllocator::new()));
     let watcher = tokio::spawn(watch(client.clone(), watch_config, groups, tx));

@@ -36,6 +36,7 @@ fn start() -> Harness {
     let config = WatchConfig {
         node_name: "node-a".to_owned(),
         debounce: Duration::from_millis(10),
+        node: Default::default(),
     };
     let groups = Arc::new(Mutex::new(GroupIdAllocator::new()));
     let task = tokio::spawn(run(service_stream, slice_stream, config, groups, tx));

@@ -12,7 +12,7 @@
 //!  [15] ARP_RESPONDER      Arp             OVS answers ARP itself
 //!  [20] CONNTRACK          Conntrack       ct(zone=POD, nat, table=CONNTRACK_STATE)
 //!  [21] CONNTRACK_STATE    Conntrack       +inv drops; established skips to Routing
-//!  [29] SERVICE_EXTERNAL_FRONTEND  (proxy, reserved) NodePort / external frontends
+//!  [29] SERVICE_EXTERNAL_FRONTEND  Service (proxy) NodePort / external IP / LB IP of a new connection -> group
 //!  [30] SESSION_AFFINITY   Service (proxy) learned ClientIP flows load reg3/reg4
 //!  [31] SERVICE_LB         Service (proxy) VIP:port of a new connection -> select group
 //!  [32] ENDPOINT_DNAT      Service (proxy) reg3/reg4 -> ct(commit, nat(dst=ep))
@@ -60,7 +60,8 @@
 //!   (specific). The answer swaps `arp_spa`/`arp_tpa` through [`reg::SCRATCH`]
 //!   and goes out of `in_port`. Everything else (ARP replies) drops.
 //! - CONNTRACK/CONNTRACK_STATE as in the diagram; `-new+trk` skips to
-//!   L3_FORWARDING, new connections continue to SESSION_AFFINITY.
+//!   L3_FORWARDING, new connections continue to the Service stage
+//!   (SERVICE_EXTERNAL_FRONTEND).
 //! - L3_FORWARDING: `nw_dst=<pod>` sets `dl_src`=gateway MAC and
 //!   `dl_dst`=pod MAC; the table miss (IPv4) sets `dl_dst`=gateway MAC.
 //! - L2_FORWARDING: `dl_dst=<pod MAC>` with reg0=Pod and reg5 = its VLAN, or
@@ -135,7 +136,7 @@
 //!
 //! The agent relies on nothing of this; it must only keep skipping the
 //! commit of connections whose ct_mark has [`ct_mark::SERVICE`], keep
-//! CONNTRACK_STATE's default going to SESSION_AFFINITY, and leave reg3/reg4
+//! CONNTRACK_STATE's default going to the Service stage (SERVICE_EXTERNAL_FRONTEND), and leave reg3/reg4
 //! alone.
 //!
 //! [CONNTRACK]: table::CONNTRACK

@@ -41,8 +41,17 @@ pub const SEGMENT_ARP_TO_L2: Priority = Priority(101);
 pub const SPECIFIC: Priority = Priority(200);
 /// Proxy: frontends, learned affinity flows and endpoint DNAT.
 pub const SERVICE: Priority = Priority(200);
+/// Proxy, SERVICE_EXTERNAL_FRONTEND: an `externalTrafficPolicy: Local`
+/// external IP or LoadBalancer address reached from the gateway port (a
+/// client outside the cluster): this node's endpoints only (above the
+/// frontend for everyone else at [`SERVICE`]).
+pub const EXTERNAL_FROM_OUTSIDE: Priority = Priority(205);
 /// Exceptions to [`SPECIFIC`] flows (e.g. a pod's gratuitous ARP).
 pub const EXCEPTION: Priority = Priority(210);
+/// Proxy, SERVICE_EXTERNAL_FRONTEND: the same from the node itself (source
+/// = the node's gateway address): every endpoint, as for pods (above
+/// [`EXTERNAL_FROM_OUTSIDE`]).
+pub const EXTERNAL_FROM_NODE: Priority = Priority(210);
 /// L3_FORWARDING, per `vlan` segment: its traffic is switched, not routed
 /// (above per-pod routing at [`SPECIFIC`]).
 pub const SEGMENT_SWITCHED: Priority = Priority(250);
@@ -64,7 +73,7 @@ pub const REPLY_ROUTED_BACK: Priority = Priority(270);
 pub const HAIRPIN: Priority = Priority(300);
 
 /// Every priority with its name, ascending (for documentation checks).
-pub const ALL: [(&str, Priority); 15] = [
+pub const ALL: [(&str, Priority); 17] = [
     ("MISS", MISS),
     ("AFFINITY_MISS", AFFINITY_MISS),
     ("NORMAL", NORMAL),
@@ -73,7 +82,9 @@ pub const ALL: [(&str, Priority); 15] = [
     ("SEGMENT_ARP_TO_L2", SEGMENT_ARP_TO_L2),
     ("SPECIFIC", SPECIFIC),
     ("SERVICE", SERVICE),
+    ("EXTERNAL_FROM_OUTSIDE", EXTERNAL_FROM_OUTSIDE),
     ("EXCEPTION", EXCEPTION),
+    ("EXTERNAL_FROM_NODE", EXTERNAL_FROM_NODE),
     ("SEGMENT_SWITCHED", SEGMENT_SWITCHED),
     ("SERVICE_TO_SEGMENT_POD", SERVICE_TO_SEGMENT_POD),
     (
@@ -100,6 +111,7 @@ mod tests {
         assert!(SERVICE_FROM_SEGMENT < REPLY_ROUTED_BACK);
         assert!(REPLY_ROUTED_BACK < HAIRPIN);
         assert!(MISS < AFFINITY_MISS && SERVICE_SELECTED < SERVICE);
+        assert!(SERVICE < EXTERNAL_FROM_OUTSIDE && EXTERNAL_FROM_OUTSIDE < EXTERNAL_FROM_NODE);
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //!
 //! # Reserved slots
 //!
-//! Three tables are declared for features that come next and are not in
-//! use yet ([`Table::is_reserved`]): [`SERVICE_EXTERNAL_FRONTEND`] (NodePort
-//! and external frontends, before session affinity and load balancing),
-//! [`EGRESS_POLICY`] (right after endpoint DNAT) and [`INGRESS_POLICY`]
-//! (right after L2 forwarding). Nothing is installed in them and
+//! Two tables are declared for features that come next and are not in
+//! use yet ([`Table::is_reserved`]): [`EGRESS_POLICY`] (right after
+//! endpoint DNAT) and [`INGRESS_POLICY`] (right after L2 forwarding); a
+//! third slot, [`SERVICE_EXTERNAL_FRONTEND`] (NodePort and external
+//! frontends, before session affinity and load balancing), is now in use
+//! by the proxy. Nothing is installed in them and
 //! [`Table::next`] skips them, so the packet's path today is the one it
 //! was before they were declared. The feature that takes a slot declares it
 //! with `Table::new` (in use, with its miss behaviour) instead of
@@ -265,13 +266,15 @@ pub const CONNTRACK_STATE: Table = Table::new(
     Owner::Agent,
     Miss::Next,
 );
-/// Reserved slot (proxy): NodePort and external frontends (external IPs,
-/// LoadBalancer addresses), before session affinity and load balancing.
-pub const SERVICE_EXTERNAL_FRONTEND: Table = Table::reserved(
+/// Proxy: NodePort and external frontends (the node-port VIPs, node
+/// addresses, external IPs, LoadBalancer addresses), before session
+/// affinity and load balancing.
+pub const SERVICE_EXTERNAL_FRONTEND: Table = Table::new(
     29,
     "SERVICE_EXTERNAL_FRONTEND",
     Stage::Service,
     Owner::Proxy,
+    Miss::Next,
 );
 /// Proxy: session affinity (learned flows load the remembered endpoint).
 pub const SESSION_AFFINITY: Table = Table::new(
@@ -408,18 +411,19 @@ mod tests {
     #[test]
     fn next_skips_reserved_slots() {
         assert_eq!(CLASSIFIER.next(), SPOOF_GUARD);
-        assert_eq!(CONNTRACK_STATE.next(), SESSION_AFFINITY);
+        assert_eq!(CONNTRACK_STATE.next(), SERVICE_EXTERNAL_FRONTEND);
+        assert_eq!(SERVICE_EXTERNAL_FRONTEND.next(), SESSION_AFFINITY);
         assert_eq!(ENDPOINT_DNAT.next(), L3_FORWARDING);
         assert_eq!(L2_FORWARDING.next(), CONNTRACK_COMMIT);
         assert_eq!(CONNTRACK_COMMIT.next(), OUTPUT);
         assert_eq!(Stage::Routing.first(), L3_FORWARDING);
-        assert_eq!(Stage::Service.first(), SESSION_AFFINITY);
+        assert_eq!(Stage::Service.first(), SERVICE_EXTERNAL_FRONTEND);
     }
 
     #[test]
     fn the_slots_sit_where_the_features_need_them() {
         let position = |t: Table| PIPELINE.iter().position(|p| *p == t).unwrap();
-        assert!(SERVICE_EXTERNAL_FRONTEND.is_reserved());
+        assert!(!SERVICE_EXTERNAL_FRONTEND.is_reserved());
         assert!(position(SERVICE_EXTERNAL_FRONTEND) < position(SERVICE_LB));
         assert_eq!(position(EGRESS_POLICY), position(ENDPOINT_DNAT) + 1);
         assert_eq!(position(INGRESS_POLICY), position(L2_FORWARDING) + 1);
@@ -441,7 +445,8 @@ mod tests {
                 "table=0,cookie=0x5e,priority=0 actions=drop",
                 "table=10,cookie=0x5e,priority=0 actions=drop",
                 "table=15,cookie=0x5e,priority=0 actions=drop",
-                "table=21,cookie=0x5e,priority=0 actions=goto_table:30",
+                "table=21,cookie=0x5e,priority=0 actions=goto_table:29",
+                "table=29,cookie=0x5e,priority=0 actions=goto_table:30",
                 "table=30,cookie=0x5e,priority=0 actions=goto_table:31",
                 "table=31,cookie=0x5e,priority=0 actions=goto_table:32",
                 "table=32,cookie=0x5e,priority=0 actions=goto_table:40",

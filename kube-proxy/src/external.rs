@@ -1,0 +1,351 @@
+//! Frontends for traffic from outside the cluster: NodePort, `spec.externalIPs`
+//! and LoadBalancer ingress addresses (`status.loadBalancer.ingress[].ip`,
+//! except `ipMode: Proxy`), with `externalTrafficPolicy`.
+//!
+//! The model part ([`ExternalFrontends`], a field of every
+//! [`ServicePortState`]) is computed from the Service and its endpoints; the
+//! OVS part ([`frontend_flows`]) renders the port's flows in
+//! `SERVICE_EXTERNAL_FRONTEND`; the host part (the proxy's nftables table and
+//! routes that bring the traffic into `br-int`) is in [`crate::host`].
+//!
+//! Per Service port with group `G` (cookie object `G`), for new connections
+//! (service state 0), each frontend sets the state like the ClusterIP
+//! frontend and goes to a group:
+//!
+//! ```text
+//! T29 prio 200  proto,nw_dst=VIP_CLUSTER,tp_dst=NODEPORT             -> group:G
+//! T29 prio 200  proto,nw_dst=VIP_LOCAL,tp_dst=NODEPORT  (ETP Local)  -> group:GL, or drop
+//! T29 prio 200  proto,nw_dst=<node address>,tp_dst=NODEPORT          -> group:G  (pods)
+//! T29 prio 200  proto,nw_dst=<external/LB IP>,tp_dst=PORT            -> group:G
+//! T29 prio 205  ... same, reg0=gateway              (ETP Local)      -> group:GL, or drop
+//! T29 prio 210  ... same, reg0=gateway,nw_src=<gateway address>      -> group:G  (the node)
+//! ```
+//!
+//! `VIP_CLUSTER`/`VIP_LOCAL` ([`NODEPORT_VIP_CLUSTER`], [`NODEPORT_VIP_LOCAL`])
+//! are the addresses the host DNATs `node address:nodePort` to (ETP Cluster
+//! and Local); `GL` ([`crate::groups::local_group_id`]) holds this node's
+//! endpoints (ready ones; serving and terminating ones when none is ready),
+//! and with none of them the ETP-Local frontends drop (reject when the
+//! Service has no endpoints anywhere, like the ClusterIP frontend).
+//!
+//! Not handled here: `sessionAffinity: ClientIP` on these frontends (they
+//! balance without affinity; see [`frontend_flows`]), `loadBalancerSourceRanges`,
+//! the `--external-ip-cidrs` allowlist, and `internalTrafficPolicy: Local`
+//! combined with `externalTrafficPolicy: Cluster` (the external frontends
+//! then use the same, local, endpoints as the ClusterIP).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use switchyard_ovs::openflow::{Action, Field, Flow, MatchField, PacketInReason};
+use switchyard_pipeline::{PortKind, ServiceState, priority, reg, table};
+
+use crate::diff::GroupId;
+use crate::flows::{ETH_TYPE_IP, REJECT_USERDATA, cookie, ip_proto};
+use crate::groups::local_group_id;
+use crate::service_model::{
+    Endpoint, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
+};
+
+/// Where the host DNATs `node address:nodePort` of an
+/// `externalTrafficPolicy: Cluster` port (and every node port for the node's
+/// own connections); routed into `sy-gw0`. Link-local, next to the other
+/// fixed addresses (169.254.169.252 hairpin, .253 the Service next hop).
+pub const NODEPORT_VIP_CLUSTER: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 250);
+
+/// Where the host DNATs `node address:nodePort` of an
+/// `externalTrafficPolicy: Local` port arriving from outside.
+pub const NODEPORT_VIP_LOCAL: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 249);
+
+/// What the proxy knows of its node for the external frontends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// The node addresses that serve node ports (`--nodeport-addresses`;
+    /// default: the Node's InternalIP), sorted.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The node's gateway address (first address of its pod CIDR): the
+    /// source of the node's own connections into `br-int`.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The external frontends of one Service port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalFrontends {
+    /// `nodePort` (NodePort and LoadBalancer Services only).
+    pub node_port: Option<u16>,
+    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip` (except
+    /// `ipMode: Proxy`), IPv4 only, sorted, without duplicates; served on
+    /// the Service port.
+    pub ips: Vec<Ipv4Addr>,
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+    /// With `local`: this node's usable endpoints (ready; serving and
+    /// terminating when none is ready), sorted by IP then port.
+    pub local_endpoints: Vec<Endpoint>,
+    /// The node (filled in by the recompute; empty in pure model tests).
+    pub node: Arc<NodeContext>,
+}
+
+impl ExternalFrontends {
+    /// The frontends of `spec_port` of `service`, given all the port's
+    /// endpoints (`is_local` set).
+    pub fn of(service: &Service, spec_port: &ServicePort, all: &[Endpoint]) -> Self {
+        let Some(spec) = service.spec.as_ref() else {
+            return Self::default();
+        };
+        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let node_port = match kind {
+            "NodePort" | "LoadBalancer" => spec_port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+            _ => None,
+        };
+        let mut ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if kind == "LoadBalancer" {
+            let ingress = service
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref());
+            ips.extend(
+                ingress
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                    .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+            );
+        }
+        ips.sort_unstable();
+        ips.dedup();
+        let local = spec.external_traffic_policy.as_deref() == Some("Local")
+            && (node_port.is_some() || !ips.is_empty());
+        let local_endpoints = if local { local_usable(all) } else { Vec::new() };
+        Self {
+            node_port,
+            ips,
+            local,
+            local_endpoints,
+            node: Arc::default(),
+        }
+    }
+
+    /// No external frontend at all.
+    pub fn is_empty(&self) -> bool {
+        self.node_port.is_none() && self.ips.is_empty()
+    }
+
+    /// The port has a local-endpoints group `GL`.
+    pub fn has_local_group(&self) -> bool {
+        self.local && !self.is_empty() && !self.local_endpoints.is_empty()
+    }
+
+    /// Everything the frontend flows depend on is equal (the local
+    /// endpoints only by whether there are any).
+    pub fn same_frontend(&self, other: &Self) -> bool {
+        self.node_port == other.node_port
+            && self.ips == other.ips
+            && self.local == other.local
+            && self.local_endpoints.is_empty() == other.local_endpoints.is_empty()
+            && self.node == other.node
+    }
+
+    /// The local group's buckets are equal.
+    pub fn same_buckets(&self, other: &Self) -> bool {
+        self.local_endpoints.len() == other.local_endpoints.len()
+            && self
+                .local_endpoints
+                .iter()
+                .zip(&other.local_endpoints)
+                .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+    }
+
+    /// Every `address:port` a connection of this port's external frontends
+    /// has as original destination in the pod zone (for conntrack flushes):
+    /// the node-port VIPs and node addresses on the node port, the external
+    /// and LoadBalancer IPs on `service_port`.
+    pub fn addresses(&self, service_port: u16) -> Vec<(Ipv4Addr, u16)> {
+        let mut out = Vec::new();
+        if let Some(np) = self.node_port {
+            out.push((NODEPORT_VIP_CLUSTER, np));
+            if self.local {
+                out.push((NODEPORT_VIP_LOCAL, np));
+            }
+            out.extend(self.node.addresses.iter().map(|a| (*a, np)));
+        }
+        out.extend(self.ips.iter().map(|ip| (*ip, service_port)));
+        out
+    }
+}
+
+/// kube-proxy's choice of local endpoints for `externalTrafficPolicy: Local`:
+/// the local ready ones, else the local serving and terminating ones.
+fn local_usable(all: &[Endpoint]) -> Vec<Endpoint> {
+    let local = || all.iter().filter(|e| e.is_local);
+    let ready: Vec<Endpoint> = local().filter(|e| e.ready).cloned().collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    local()
+        .filter(|e| e.serving && e.terminating)
+        .cloned()
+        .collect()
+}
+
+/// Every frontend address of a port: its ClusterIP and port first, then
+/// [`ExternalFrontends::addresses`].
+pub fn frontend_addresses(state: &ServicePortState) -> Vec<(Ipv4Addr, u16)> {
+    let mut out = vec![(state.cluster_ip, state.port)];
+    out.extend(state.external.addresses(state.port));
+    out
+}
+
+fn dst_port_field(protocol: Protocol) -> Field {
+    match protocol {
+        Protocol::Tcp => Field::TcpDst,
+        Protocol::Udp => Field::UdpDst,
+        Protocol::Sctp => Field::SctpDst,
+    }
+}
+
+/// What a frontend does with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Group(GroupId),
+    Reject,
+    Drop,
+}
+
+impl Target {
+    fn actions(self) -> Vec<Action> {
+        match self {
+            Target::Group(id) => vec![
+                reg::SERVICE_STATE.load(ServiceState::NeedsEndpoint),
+                Action::Group(id),
+            ],
+            Target::Reject => vec![Action::controller(
+                PacketInReason::Action,
+                REJECT_USERDATA.to_vec(),
+            )],
+            Target::Drop => Vec::new(),
+        }
+    }
+}
+
+/// The flows of the port's external frontends in `SERVICE_EXTERNAL_FRONTEND`
+/// (see the module docs); empty without external frontends.
+///
+/// With `sessionAffinity: ClientIP` the port's buckets go through
+/// `ENDPOINT_DNAT`, whose flows match the ClusterIP; the external frontends
+/// of such a port are not installed (logged) rather than installed broken.
+pub fn frontend_flows(
+    generation: u8,
+    group_id: GroupId,
+    name: &ServicePortName,
+    state: &ServicePortState,
+) -> Vec<Flow> {
+    let ext = &state.external;
+    if ext.is_empty() {
+        return Vec::new();
+    }
+    if state.session_affinity.is_some() {
+        tracing::warn!(service_port = %name, "sessionAffinity ClientIP on NodePort/external frontends is not supported: not installed");
+        return Vec::new();
+    }
+    let c = cookie(generation, group_id);
+    let everyone = match state.no_endpoints_action() {
+        None => Target::Group(group_id),
+        Some(NoEndpointsAction::Reject) => Target::Reject,
+        Some(NoEndpointsAction::Drop) => Target::Drop,
+    };
+    let local = if ext.has_local_group() {
+        Target::Group(local_group_id(group_id))
+    } else if state.cluster_has_endpoints {
+        Target::Drop
+    } else {
+        Target::Reject
+    };
+    let proto = ip_proto(state.protocol);
+    let port_field = dst_port_field(state.protocol);
+    let flow = |prio, dst: Ipv4Addr, port: u16, target: Target| {
+        let mut f = table::SERVICE_EXTERNAL_FRONTEND
+            .flow(prio)
+            .cookie(c)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ip_proto(proto))
+            .matching(MatchField::ipv4_dst(dst, 32))
+            .matching(MatchField::exact(port_field, u128::from(port)))
+            .matching(reg::SERVICE_STATE.matching(ServiceState::None));
+        f.actions = target.actions();
+        f
+    };
+    let mut flows = Vec::new();
+    if let Some(np) = ext.node_port {
+        flows.push(flow(priority::SERVICE, NODEPORT_VIP_CLUSTER, np, everyone));
+        if ext.local {
+            flows.push(flow(priority::SERVICE, NODEPORT_VIP_LOCAL, np, local));
+        }
+        for address in &ext.node.addresses {
+            flows.push(flow(priority::SERVICE, *address, np, everyone));
+        }
+    }
+    for ip in &ext.ips {
+        flows.push(flow(priority::SERVICE, *ip, state.port, everyone));
+        if ext.local {
+            flows.push(
+                flow(priority::EXTERNAL_FROM_OUTSIDE, *ip, state.port, local)
+                    .matching(reg::PORT_KIND.matching(PortKind::Gateway)),
+            );
+            if let Some(gateway) = ext.node.gateway {
+                flows.push(
+                    flow(priority::EXTERNAL_FROM_NODE, *ip, state.port, everyone)
+                        .matching(reg::PORT_KIND.matching(PortKind::Gateway))
+                        .matching(MatchField::ipv4_src(gateway, 32)),
+                );
+            }
+        }
+    }
+    flows
+}
+
+/// The node context of `node`: node-port addresses are its InternalIPs
+/// when `cidrs` is empty, else the `local` interface addresses inside one
+/// of `cidrs`; the gateway is the first address of its (IPv4) pod CIDR.
+pub fn node_context(
+    node: &k8s_openapi::api::core::v1::Node,
+    cidrs: &[ipnet::Ipv4Net],
+    local: &[Ipv4Addr],
+) -> NodeContext {
+    let mut addresses: Vec<Ipv4Addr> = if cidrs.is_empty() {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect()
+    } else {
+        local
+            .iter()
+            .copied()
+            .filter(|a| cidrs.iter().any(|c| c.contains(a)))
+            .collect()
+    };
+    addresses.sort_unstable();
+    addresses.dedup();
+    let gateway = node.spec.as_ref().and_then(|spec| {
+        spec.pod_cidr
+            .iter()
+            .chain(spec.pod_cidrs.iter().flatten())
+            .find_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
+            .and_then(|net| net.hosts().next())
+    });
+    NodeContext { addresses, gateway }
+}

@@ -1,0 +1,338 @@
+//! NodePort, externalIPs and LoadBalancer Services served by `switchyard-proxy`, tested from a
+//! client outside the cluster (the `internet` namespace of `switchyard-lab up --fabric`) as a
+//! user would: with the address each backend saw (`echo-server --name @peer`).
+//!
+//! Needs root, OVS, nft, curl and kubectl, and the binaries built (`cargo build -p
+//! switchyard-cni -p switchyard-agent -p switchyard-proxy -p switchyard-lab`); fails with the
+//! reason otherwise, unless SWITCHYARD_SKIP_PRIVILEGED=1. On failure it prints, per node, the
+//! flows of `br-int`, the routes and the agent and proxy logs.
+
+mod lab_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_support::*;
+
+const POD_DEADLINE: Duration = Duration::from_secs(60);
+const REACH_DEADLINE: Duration = Duration::from_secs(20);
+const PEER_HTTP: u16 = 9090;
+const PEER_UDP: u16 = 9053;
+const NODE_PORT_TCP: u16 = 30081;
+const NODE_PORT_UDP: u16 = 30054;
+/// Not routed anywhere but by the test (the fabric, to one node).
+const EXTERNAL_IP: &str = "192.0.2.50";
+const LB_IP: &str = "192.0.2.60";
+/// The internet namespace's address on its link to the fabric (the source of its requests).
+const INTERNET_CLIENT: &str = "198.51.100.2";
+
+fn lab_up() -> Lab {
+    sibling_binary("switchyard", "switchyard-cni");
+    sibling_binary("switchyard-agent", "switchyard-agent");
+    sibling_binary("switchyard-proxy", "switchyard-proxy");
+    let started = Instant::now();
+    let lab = Lab::up(2, &["--fabric", "--vlans", "100"]);
+    eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
+    lab
+}
+
+/// A process started by the test, killed (by pid) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peer_server(netns: &str) -> Proc {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            LAB,
+            "echo-server",
+            "--name",
+            "@peer",
+        ])
+        .args(["--http", &PEER_HTTP.to_string()])
+        .args(["--udp", &PEER_UDP.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn pod(name: &str, node: &str, app: Option<&str>) -> String {
+    let labels = app
+        .map(|a| format!("  labels:\n    app: {a}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n"
+    )
+}
+
+/// Service `np` of `kind` selecting `app: np`, `@peer` ports 81/TCP and 54/UDP with fixed node
+/// ports (for NodePort and LoadBalancer).
+fn service(kind: &str, etp: &str, external_ips: &[&str]) -> String {
+    let node_ports = kind != "ClusterIP";
+    let np = |n: u16| {
+        if node_ports {
+            format!("\n    nodePort: {n}")
+        } else {
+            String::new()
+        }
+    };
+    let etp = if node_ports {
+        format!("  externalTrafficPolicy: {etp}\n")
+    } else {
+        String::new()
+    };
+    let ips = if external_ips.is_empty() {
+        String::new()
+    } else {
+        format!("  externalIPs: [{}]\n", external_ips.join(", "))
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\n  namespace: default\nspec:\n  type: {kind}\n{etp}{ips}  selector:\n    app: np\n  ports:\n  - name: peer-http\n    protocol: TCP\n    port: 81\n    targetPort: {PEER_HTTP}{}\n  - name: peer-udp\n    protocol: UDP\n    port: 54\n    targetPort: {PEER_UDP}{}\n",
+        np(NODE_PORT_TCP),
+        np(NODE_PORT_UDP)
+    )
+}
+
+/// Polls until `count` requests from `netns` to `target` all get an answer accepted by `ok`.
+fn answers(netns: &str, proto: &str, target: &str, what: &str, ok: &dyn Fn(&str) -> bool) {
+    let end = Instant::now() + REACH_DEADLINE;
+    loop {
+        let got = echo_client(netns, proto, target, 3);
+        if got.len() == 3 && got.iter().all(|a| ok(a)) {
+            eprintln!("{netns} -> {proto} {target}: {got:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{netns} -> {proto} {target}: answers {got:?}, expected {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Both protocols of the `@peer` ports answer with `seen_as`.
+fn seen_as(netns: &str, host: &str, tcp_port: u16, udp_port: u16, seen_as: &str) {
+    for (proto, port) in [("http", tcp_port), ("udp", udp_port)] {
+        answers(
+            netns,
+            proto,
+            &format!("{host}:{port}"),
+            &format!("every answer {seen_as}"),
+            &|a| a == seen_as,
+        );
+    }
+}
+
+/// No answer (within the client's timeout) to TCP and UDP.
+fn no_answer(netns: &str, host: &str, tcp_port: u16, udp_port: u16) {
+    for (proto, port) in [("http", tcp_port), ("udp", udp_port)] {
+        let got = echo_client(netns, proto, &format!("{host}:{port}"), 2);
+        assert!(
+            got.iter().all(|a| a == "-"),
+            "{netns} -> {proto} {host}:{port} must not be answered: {got:?}"
+        );
+    }
+}
+
+fn gateway(netns: &str) -> String {
+    let out = in_netns(netns, &["ip", "-4", "-o", "addr", "show", "dev", "sy-gw0"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address on sy-gw0 in {netns}: {text}"))
+        .to_string()
+}
+
+/// What the proxy holds on a node for external frontends: its flows in
+/// SERVICE_EXTERNAL_FRONTEND, the elements of its nftables sets, its routes.
+#[derive(Debug, PartialEq, Eq)]
+struct HostCounts {
+    flows: usize,
+    nft_elements: usize,
+    routes: usize,
+}
+
+fn counts(lab: &Lab, node: &str, netns: &str) -> HostCounts {
+    let flows = run_text(
+        Command::new("ovs-ofctl")
+            .env("OVS_RUNDIR", lab.state.ovs_dir(node))
+            .args([
+                "-O",
+                "OpenFlow15",
+                "dump-flows",
+                "br-int",
+                "table=29,cookie=0x5359020000000000/0xffffff0000000000",
+            ]),
+    )
+    .lines()
+    .filter(|l| l.contains("table=29"))
+    .count();
+    let nft = String::from_utf8_lossy(
+        &in_netns(
+            netns,
+            &["nft", "-j", "list", "table", "ip", "switchyard-proxy"],
+        )
+        .stdout,
+    )
+    .to_string();
+    let json: serde_json::Value = serde_json::from_str(&nft).unwrap_or_default();
+    let nft_elements = json["nftables"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["set"]["elem"].as_array().map(Vec::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    let routes = String::from_utf8_lossy(
+        &in_netns(netns, &["ip", "-4", "route", "show", "proto", "0x54"]).stdout,
+    )
+    .lines()
+    .count();
+    HostCounts {
+        flows,
+        nft_elements,
+        routes,
+    }
+}
+
+/// One lab, backend on node2, a client pod on node1:
+/// 1. NodePort TCP and UDP from the internet: both nodes answer; the backend sees the
+///    gateway address of the node the request came in on (ETP Cluster masquerades, also on
+///    the backend's own node).
+/// 2. ETP Local: node2 answers with the client's own address, node1 does not answer.
+/// 3. From the pod on node1, node1's address on the node port answers and the backend sees
+///    the pod's own address (ETP Cluster and Local).
+/// 4. LoadBalancer with an external IP (routed by the fabric to node1) and an ingress IP set
+///    through `/status` (routed to node2): answered from the internet, a pod and a node.
+/// 5. LoadBalancer -> ClusterIP: the node port stops answering within 1 s and the flows, nft
+///    set elements and routes return to their starting counts.
+#[test]
+fn nodeport_external_ips_and_load_balancer_from_outside() {
+    if !privileged("nodeport_external_ips_and_load_balancer_from_outside") {
+        return;
+    }
+    let lab = lab_up();
+    let _diag = DiagnosticsOnPanic(&lab, "this test");
+    let info = lab.info();
+    let fabric = info.fabric.clone().expect("lab has a fabric");
+    let internet = fabric.internet_netns.clone();
+    let node1 = info.node("node1").unwrap().clone();
+    let node2 = info.node("node2").unwrap().clone();
+    let (n1, n2) = (node1.address.to_string(), node2.address.to_string());
+    let (gw1, gw2) = (gateway(&node1.netns), gateway(&node2.netns));
+
+    let start1 = counts(&lab, "node1", &node1.netns);
+    let start2 = counts(&lab, "node2", &node2.netns);
+    eprintln!("starting counts: node1 {start1:?}, node2 {start2:?}");
+    assert_eq!(start1.routes, 2, "the two node-port VIPs are routed");
+
+    let mut m = pod("back", "node2", Some("np"));
+    m.push_str(&pod("client", "node1", None));
+    m.push_str(&service("NodePort", "Cluster", &[]));
+    lab.apply(&m);
+    wait_running(&lab, "back", POD_DEADLINE);
+    let client_ip = wait_running(&lab, "client", POD_DEADLINE);
+    let _peer = peer_server(&info.pod_netns("default", "back"));
+    let client = info.pod_netns("default", "client");
+
+    // 1. ETP Cluster from the internet.
+    seen_as(&internet, &n1, NODE_PORT_TCP, NODE_PORT_UDP, &gw1);
+    seen_as(&internet, &n2, NODE_PORT_TCP, NODE_PORT_UDP, &gw2);
+    // 3. From a pod on node1 to its own node's address.
+    seen_as(&client, &n1, NODE_PORT_TCP, NODE_PORT_UDP, &client_ip);
+    // And from node1 itself (output chain -> VIP, masqueraded to the gateway).
+    seen_as(&node1.netns, &n1, NODE_PORT_TCP, NODE_PORT_UDP, &gw1);
+
+    // 2. ETP Local.
+    lab.apply(&service("NodePort", "Local", &[]));
+    seen_as(
+        &internet,
+        &n2,
+        NODE_PORT_TCP,
+        NODE_PORT_UDP,
+        INTERNET_CLIENT,
+    );
+    eventually(
+        "node1's ETP-Local frontends to drop",
+        REACH_DEADLINE,
+        || {
+            let got = echo_client(&internet, "http", &format!("{n1}:{NODE_PORT_TCP}"), 1);
+            (got == ["-"]).then_some(())
+        },
+    );
+    no_answer(&internet, &n1, NODE_PORT_TCP, NODE_PORT_UDP);
+    // The node's own pods still use every endpoint.
+    seen_as(&client, &n1, NODE_PORT_TCP, NODE_PORT_UDP, &client_ip);
+
+    // 4. LoadBalancer, ETP Cluster, an external IP routed to node1 and an LB IP to node2.
+    lab.apply(&service("LoadBalancer", "Cluster", &[EXTERNAL_IP]));
+    lab.kubectl_ok(&[
+        "patch",
+        "service",
+        "np",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
+    ]);
+    for (ip, via) in [(EXTERNAL_IP, &n1), (LB_IP, &n2)] {
+        check(
+            "route in the fabric",
+            in_netns(&fabric.netns, &["ip", "route", "replace", ip, "via", via]),
+        );
+        check(
+            "route in the internet",
+            in_netns(
+                &internet,
+                &["ip", "route", "replace", ip, "via", "198.51.100.1"],
+            ),
+        );
+    }
+    seen_as(&internet, EXTERNAL_IP, 81, 54, &gw1);
+    seen_as(&internet, LB_IP, 81, 54, &gw2);
+    for ip in [EXTERNAL_IP, LB_IP] {
+        seen_as(&client, ip, 81, 54, &client_ip);
+        seen_as(&node1.netns, ip, 81, 54, &gw1);
+    }
+    // ETP Local on the LB: node2 (the backend's) keeps the client's address.
+    lab.apply(&service("LoadBalancer", "Local", &[EXTERNAL_IP]));
+    seen_as(&internet, LB_IP, 81, 54, INTERNET_CLIENT);
+    seen_as(&client, LB_IP, 81, 54, &client_ip);
+    seen_as(&node1.netns, LB_IP, 81, 54, &gw1);
+
+    // 5. Back to ClusterIP: nothing external is left.
+    let with_lb = counts(&lab, "node1", &node1.netns);
+    assert!(
+        with_lb.flows > 0 && with_lb.nft_elements > start1.nft_elements && with_lb.routes == 4,
+        "{with_lb:?}"
+    );
+    lab.apply(&service("ClusterIP", "Cluster", &[]));
+    let changed = Instant::now();
+    eventually(
+        "node1's external frontends removed",
+        Duration::from_secs(1),
+        || (counts(&lab, "node1", &node1.netns).flows == start1.flows).then_some(()),
+    );
+    eprintln!("external frontends gone after {:?}", changed.elapsed());
+    no_answer(&internet, &n2, NODE_PORT_TCP, NODE_PORT_UDP);
+    no_answer(&client, &n1, NODE_PORT_TCP, NODE_PORT_UDP);
+    eventually("starting counts again", Duration::from_secs(5), || {
+        (counts(&lab, "node1", &node1.netns) == start1
+            && counts(&lab, "node2", &node2.netns) == start2)
+            .then_some(())
+    });
+}
