@@ -106,7 +106,8 @@ enum Command {
     Down(StateArgs),
     /// Show nodes, daemons, pods with their IPs, OVS ports and VLANs.
     Status(StateArgs),
-    /// Bring up 3 nodes, create pods and a Service with kubectl, show traffic between them.
+    /// Bring up 3 nodes (with the fabric and internet namespaces), create pods and Services with
+    /// kubectl, show traffic between them and from the internet (NodePort, LoadBalancer).
     Demo {
         #[command(flatten)]
         up: UpArgs,
@@ -238,7 +239,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { up, teardown } => demo::demo(&demo::DemoOptions {
-            up: up.options(),
+            // The demo reaches NodePort and LoadBalancer Services from the
+            // `internet` namespace behind the fabric: always bring it up.
+            up: up::UpOptions {
+                fabric_vlans: Some(up.vlans.clone()),
+                ..up.options()
+            },
             teardown,
         })
         .map_err(Into::into),

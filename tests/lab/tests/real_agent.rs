@@ -135,6 +135,7 @@ fn demo_runs_and_tears_down() {
     }
     sibling_binary("switchyard", "switchyard-cni");
     sibling_binary("switchyard-agent", "switchyard-agent");
+    sibling_binary("switchyard-proxy", "switchyard-proxy");
     let lab = Lab::prepare();
     let out = lab.command("demo", 3, &["--teardown"]).output().unwrap();
     let stdout = check("switchyard-lab demo", out);
@@ -142,6 +143,9 @@ fn demo_runs_and_tears_down() {
         "same-node pod-to-pod (client -> web-1 on node1)  works",
         "node-to-pod (node1 -> web-1)                     works",
         "cross-node pod-to-pod                            works",
+        "ClusterIP load-balancing                         works",
+        "NodePort from the internet                       works",
+        "LoadBalancer from the internet                   works",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -1,5 +1,6 @@
-//! `switchyard-lab demo`: a 3-node lab, three `web` pods behind a ClusterIP Service and a
-//! client pod, then traffic checks that say plainly which paths work and which failed.
+//! `switchyard-lab demo`: a 3-node lab with the fabric and internet namespaces, three `web`
+//! pods behind a ClusterIP, a NodePort and a LoadBalancer Service and a client pod, then
+//! traffic checks that say plainly which paths work and which failed.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::LabError;
+use super::fabric;
 use super::state::StateDir;
 use super::sys;
 use super::up::{self, UpOptions, UpReport};
@@ -49,10 +51,19 @@ pub fn manifest(nodes: usize) -> String {
     }
     out.push_str(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  labels:\n    app: client\nspec:\n  nodeName: node1\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n",
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n---\n",
     );
+    out.push_str(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web-np\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n    nodePort: {DEMO_NODE_PORT}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web-lb\nspec:\n  type: LoadBalancer\n  selector:\n    app: web\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n"
+    ));
     out
 }
+
+/// The NodePort of the demo's `web-np` Service.
+pub const DEMO_NODE_PORT: u16 = 30080;
+/// The address the demo gives its LoadBalancer Service (TEST-NET-1).
+pub const DEMO_LB_IP: &str = "192.0.2.80";
 
 fn pod_ips(state: &StateDir) -> BTreeMap<String, (String, String, String)> {
     let out = sys::run(kubectl(state).args([
@@ -300,6 +311,97 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         ));
     }
     results.push(("ClusterIP load-balancing".into(), vip_ok));
+
+    // From outside the cluster: the internet namespace behind the fabric.
+    let outside = |title: &str, url: &str| -> bool {
+        say(&format!("\n-- {title}"));
+        let Some(fabric) = &info.fabric else {
+            say("   NOT CHECKED: the lab has no fabric and internet namespaces");
+            return false;
+        };
+        let (line, r) = curl_in(&fabric.internet_netns, url);
+        say(&format!("   $ {line}"));
+        match r {
+            Ok(body) if body.starts_with("web-") => {
+                say(&format!("   OK: answered {body:?}"));
+                true
+            }
+            Ok(body) => {
+                say(&format!(
+                    "   FAILED: answered {body:?}, expected a web pod's name"
+                ));
+                false
+            }
+            Err(e) => {
+                say(&format!("   FAILED: {e}"));
+                false
+            }
+        }
+    };
+    let node1 = info.nodes[0].address;
+    results.push((
+        "NodePort from the internet".into(),
+        sys::poll_until(Duration::from_secs(10), || {
+            outside(
+                &format!("NodePort: internet -> node1 {node1}:{DEMO_NODE_PORT} (Service web-np)"),
+                &format!("http://{node1}:{DEMO_NODE_PORT}/"),
+            )
+            .then_some(())
+        })
+        .is_some(),
+    ));
+    say(&format!(
+        "\n-- LoadBalancer: no LoadBalancer controller runs in this lab yet, so the demo plays one in route mode:\n   it writes {DEMO_LB_IP} into web-lb's status.loadBalancer.ingress and routes it in the fabric to node1"
+    ));
+    let mut status = kubectl(state);
+    status.args([
+        "patch",
+        "service",
+        "web-lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{DEMO_LB_IP}"}}]}}}}}}"#),
+    ]);
+    say(&format!("   $ {}", sys::command_line(&status)));
+    let patched = sys::run(&mut status).map(|out| say(&format!("   {}", out.trim())));
+    let routed = info.fabric.as_ref().map(|fabric| {
+        let fabric_route = sys::run(sys::netns_exec(&fabric.netns, "ip").args([
+            "route",
+            "replace",
+            DEMO_LB_IP,
+            "via",
+            &node1.to_string(),
+        ]));
+        let internet_route = sys::run(
+            sys::netns_exec(&fabric.internet_netns, "ip").args([
+                "route",
+                "replace",
+                DEMO_LB_IP,
+                "via",
+                fabric::FABRIC_INTERNET_ADDR
+                    .split('/')
+                    .next()
+                    .unwrap_or_default(),
+            ]),
+        );
+        fabric_route.and(internet_route)
+    });
+    let lb_ok = match (patched, routed) {
+        (Ok(()), Some(Ok(_))) => sys::poll_until(Duration::from_secs(10), || {
+            outside(
+                &format!("LoadBalancer: internet -> {DEMO_LB_IP}:80 (Service web-lb)"),
+                &format!("http://{DEMO_LB_IP}/"),
+            )
+            .then_some(())
+        })
+        .is_some(),
+        (p, r) => {
+            say(&format!("   FAILED: status {p:?}, routes {r:?}"));
+            false
+        }
+    };
+    results.push(("LoadBalancer from the internet".into(), lb_ok));
 
     step(4, "Summary");
     for (what, ok) in &results {
