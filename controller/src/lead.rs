@@ -116,8 +116,8 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         watcher(Api::<Namespace>::all(c.clone()), Default::default()),
     );
     let mut others = futures::stream::select(
-        pool_events.touched_objects().map_ok(|_| ()).boxed(),
-        ns_events.touched_objects().map_ok(|_| ()).boxed(),
+        pool_events.map_ok(|_| ()).boxed(),
+        ns_events.map_ok(|_| ()).boxed(),
     );
     let mut svc_events = watcher(Api::<Service>::all(c.clone()), Default::default()).boxed();
     let mut cache = Cache::default();
@@ -144,19 +144,15 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         }
         // Every store has listed once: the allocation can be rebuilt from everything. (The
         // stores fill only while their streams are polled, above: never wait for them here.)
-        let ready = |s: &Store<_>| {
-            s.wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok())
-        };
-        if !ready(&pools) {
-            continue;
-        }
-        if namespaces
+        let pools_ready = pools
             .wait_until_ready()
             .now_or_never()
-            .is_none_or(|r| r.is_err())
-        {
+            .is_some_and(|r| r.is_ok());
+        let ns_ready = namespaces
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok());
+        if !pools_ready || !ns_ready {
             continue;
         }
         let started = Instant::now();

@@ -199,6 +199,7 @@ async fn killing_the_leader_twenty_times_reassigns_and_duplicates_nothing() {
     let mut next_id = 2;
     let mut takeovers = 0;
     for round in 0..20 {
+        let t0 = std::time::Instant::now();
         let leader = eventually(WAIT, "a leader", || holder(&client)).await;
         // A random moment within a pass, a renewal, or between them.
         tokio::time::sleep(Duration::from_millis(rng.next(600))).await;
@@ -216,6 +217,7 @@ async fn killing_the_leader_twenty_times_reassigns_and_duplicates_nothing() {
         })
         .await;
         assert!(replicas.contains_key(&new_leader));
+        let took_over = t0.elapsed();
         takeovers += 1;
         eventually(
             WAIT,
@@ -223,6 +225,10 @@ async fn killing_the_leader_twenty_times_reassigns_and_duplicates_nothing() {
             || async { get(&client, &name).await.filter(|s| assigned(s).is_some()) },
         )
         .await;
+        println!(
+            "round {round}: {leader} killed, {new_leader} leads after {took_over:?}, serving after {:?}",
+            t0.elapsed()
+        );
         let snap = snapshot(&client).await;
         for (svc, before) in &full {
             assert_eq!(&snap[svc], before, "round {round}: {svc} changed address");
