@@ -75,6 +75,8 @@ pub struct Announce {
 }
 
 /// A pool of addresses for LoadBalancer Services.
+// kube-derive takes one `printcolumn(...)` per column; clippy sees repeated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "switchyard.io",
@@ -151,6 +153,8 @@ pub struct SecretRef {
 }
 
 /// An upstream router the controller writes static routes to.
+// kube-derive takes one `printcolumn(...)` per column; clippy sees repeated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "switchyard.io",

@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::watcher::{self, Event as WEvent, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -170,7 +169,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
 
 /// Outcome of one write.
 enum Wrote {
-    Ok(Service),
+    Ok(Box<Service>),
     Conflict,
 }
 
@@ -189,7 +188,7 @@ async fn write_service(ctx: &Ctx, svc: &Service, status: bool) -> Result<Wrote, 
         services.replace(&name, &PostParams::default(), svc).await
     };
     match result {
-        Ok(new) => Ok(Wrote::Ok(new)),
+        Ok(new) => Ok(Wrote::Ok(Box::new(new))),
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
             ctx.metrics.conflicts.inc();
             tracing::debug!(service = %s::key(svc), code = e.code, "stale write; retrying from fresh state");
@@ -301,7 +300,7 @@ async fn pass(
     let mut again = false;
     // 2. Release: deleted Services, and Services no longer of type LoadBalancer.
     for svc in &order {
-        if !(s::is_deleting(svc) || !s::is_load_balancer(svc)) {
+        if !s::is_deleting(svc) && s::is_load_balancer(svc) {
             continue;
         }
         let k = s::key(svc);
@@ -311,7 +310,7 @@ async fn pass(
             s::set_ingress(&mut new, &[]);
             s::clear_condition(&mut new, COND_ASSIGNED);
             match write_service(ctx, &new, true).await? {
-                Wrote::Ok(w) => new = w,
+                Wrote::Ok(w) => new = *w,
                 Wrote::Conflict => {
                     refetch(ctx, cache, &k).await;
                     again = true;
@@ -326,7 +325,7 @@ async fn pass(
         if s::has_finalizer(&new) {
             s::set_finalizer(&mut new, false);
             match write_service(ctx, &new, false).await? {
-                Wrote::Ok(w) => cache.apply(w),
+                Wrote::Ok(w) => cache.apply(*w),
                 Wrote::Conflict => {
                     refetch(ctx, cache, &k).await;
                     again = true;
@@ -346,8 +345,8 @@ async fn pass(
             s::set_finalizer(&mut cur, true);
             match write_service(ctx, &cur, false).await? {
                 Wrote::Ok(w) => {
-                    cache.apply(w.clone());
-                    cur = w;
+                    cache.apply((*w).clone());
+                    cur = *w;
                 }
                 Wrote::Conflict => {
                     refetch(ctx, cache, &k).await;
@@ -421,7 +420,7 @@ async fn pass(
                         ctx.metrics.allocations.inc();
                         tracing::info!(service = %k, addresses = ?outcome.as_ref().ok(), "assigned");
                     }
-                    cache.apply(w.clone());
+                    cache.apply((*w).clone());
                     if let Some((warning, reason, note)) = event {
                         emit(ctx, &w, warning, &reason, &note).await;
                     }

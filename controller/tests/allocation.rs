@@ -196,7 +196,6 @@ async fn killing_the_leader_twenty_times_reassigns_and_duplicates_nothing() {
         | 1;
     println!("seed {seed}");
     let mut rng = Rng(seed);
-    let mut next_id = 2;
     let mut takeovers = 0;
     for round in 0..20 {
         let t0 = std::time::Instant::now();
@@ -206,8 +205,7 @@ async fn killing_the_leader_twenty_times_reassigns_and_duplicates_nothing() {
         if let Some(task) = replicas.remove(&leader) {
             task.abort();
         }
-        let id = format!("r{next_id}");
-        next_id += 1;
+        let id = format!("r{}", round + 2);
         replicas.insert(id.clone(), replica(&client, &id).0);
         // A Service created now must be served by whoever takes over.
         let name = format!("n{round}");
