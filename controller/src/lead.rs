@@ -1,0 +1,487 @@
+//! The leader's work: watch, rebuild the allocation from every Service, then serve.
+//!
+//! Only the leader watches. When a replica becomes the leader it starts fresh watches (a
+//! consistent list: it sees every write of the previous leader, which stopped writing before
+//! the Lease could change hands) and runs its first pass only when every watch has listed
+//! everything, so the allocation is rebuilt from all Services before a pending one is served.
+//! A pass rebuilds the allocation from the cached statuses, releases, then allocates; every
+//! write is a PUT carrying the resourceVersion it was computed from (409: refetch, next pass).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::watcher::{self, Event as WEvent, watcher};
+use kube::{Api, Client, ResourceExt};
+use switchyard_api::IPPool;
+
+use crate::allocator::{Allocator, Pool};
+use crate::leader::Fence;
+use crate::metrics::Metrics;
+use crate::service::{self as s, COND_ASSIGNED};
+
+/// Errors that end a leadership term (the caller starts over).
+#[derive(Debug, thiserror::Error)]
+pub enum LeadError {
+    /// A watch failed for good.
+    #[error("watch: {0}")]
+    Watch(#[from] watcher::Error),
+    /// Leadership was lost in the middle of a pass.
+    #[error("no longer the leader")]
+    Fenced,
+}
+
+/// What the leader needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// API client.
+    pub client: Client,
+    /// Leadership check before each write.
+    pub fence: Fence,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// This replica's identity (Events' reportingInstance).
+    pub identity: String,
+    /// Period of the full pass even without changes (route repair).
+    pub resync: Duration,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Services as last seen, merged with this leader's own writes.
+#[derive(Debug, Default)]
+struct Cache {
+    services: BTreeMap<String, Service>,
+    init: Option<BTreeMap<String, Service>>,
+}
+
+impl Cache {
+    /// Applies a watched or written copy unless the cache holds a newer one.
+    fn apply(&mut self, svc: Service) {
+        let k = s::key(&svc);
+        if self
+            .services
+            .get(&k)
+            .is_none_or(|old| s::rv(old) <= s::rv(&svc))
+        {
+            self.services.insert(k, svc);
+        }
+    }
+
+    fn event(&mut self, ev: WEvent<Service>) -> bool {
+        match ev {
+            WEvent::Init => self.init = Some(BTreeMap::new()),
+            WEvent::InitApply(svc) => {
+                if let Some(init) = self.init.as_mut() {
+                    init.insert(s::key(&svc), svc);
+                }
+            }
+            WEvent::InitDone => {
+                self.services = self.init.take().unwrap_or_default();
+                return true;
+            }
+            WEvent::Apply(svc) => self.apply(svc),
+            WEvent::Delete(svc) => {
+                self.services.remove(&s::key(&svc));
+            }
+        }
+        false
+    }
+}
+
+/// Leads until an error or until the future is dropped (leadership lost).
+pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
+    let c = ctx.client.clone();
+    let (pools, pools_w) = reflector::store::<IPPool>();
+    let (namespaces, ns_w) = reflector::store::<Namespace>();
+    let pool_events = reflector(
+        pools_w,
+        watcher(Api::<IPPool>::all(c.clone()), Default::default()),
+    );
+    let ns_events = reflector(
+        ns_w,
+        watcher(Api::<Namespace>::all(c.clone()), Default::default()),
+    );
+    let mut others = futures::stream::select(
+        pool_events.map_ok(|_| ()).boxed(),
+        ns_events.map_ok(|_| ()).boxed(),
+    );
+    let mut svc_events = watcher(Api::<Service>::all(c.clone()), Default::default()).boxed();
+    let mut cache = Cache::default();
+    let mut listed = false;
+    let mut dirty = false;
+    let mut resync = tokio::time::interval(ctx.resync);
+    tracing::debug!("leading: watching");
+    loop {
+        tokio::select! {
+            ev = svc_events.next() => match ev {
+                Some(Ok(ev)) => { listed |= cache.event(ev); dirty = true; }
+                Some(Err(e)) => tracing::warn!(error = %e, "Service watch error (retrying)"),
+                None => return Ok(()),
+            },
+            ev = others.next() => match ev {
+                Some(Ok(())) => dirty = true,
+                Some(Err(e)) => tracing::warn!(error = %e, "watch error (retrying)"),
+                None => return Ok(()),
+            },
+            _ = resync.tick() => dirty = true,
+        }
+        if !dirty || !listed {
+            continue;
+        }
+        // Every store has listed once: the allocation can be rebuilt from everything. (The
+        // stores fill only while their streams are polled, above: never wait for them here.)
+        let pools_ready = pools
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok());
+        let ns_ready = namespaces
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok());
+        if !pools_ready || !ns_ready {
+            continue;
+        }
+        let started = Instant::now();
+        tracing::debug!(services = cache.services.len(), "pass");
+        let again = pass(&ctx, &mut cache, &pools, &namespaces).await?;
+        ctx.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        dirty = again;
+        if again {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Outcome of one write.
+enum Wrote {
+    Ok(Box<Service>),
+    Conflict,
+}
+
+async fn write_service(ctx: &Ctx, svc: &Service, status: bool) -> Result<Wrote, LeadError> {
+    if !ctx.fence.valid() {
+        return Err(LeadError::Fenced);
+    }
+    let ns = svc.namespace().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = svc.name_any();
+    let result = if status {
+        services
+            .replace_status(&name, &PostParams::default(), svc)
+            .await
+    } else {
+        services.replace(&name, &PostParams::default(), svc).await
+    };
+    match result {
+        Ok(new) => Ok(Wrote::Ok(Box::new(new))),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+            ctx.metrics.conflicts.inc();
+            tracing::debug!(service = %s::key(svc), code = e.code, "stale write; retrying from fresh state");
+            Ok(Wrote::Conflict)
+        }
+        Err(e) => {
+            tracing::warn!(service = %s::key(svc), error = %e, "write failed");
+            Ok(Wrote::Conflict)
+        }
+    }
+}
+
+async fn refetch(ctx: &Ctx, cache: &mut Cache, key: &str) {
+    let (ns, name) = key.split_once('/').unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    match services.get_opt(name).await {
+        Ok(Some(svc)) => cache.apply(svc),
+        Ok(None) => {
+            cache.services.remove(key);
+        }
+        Err(e) => tracing::warn!(service = key, error = %e, "refetch failed"),
+    }
+}
+
+async fn emit(ctx: &Ctx, svc: &Service, warning: bool, reason: &str, note: &str) {
+    if !ctx.fence.valid() {
+        return;
+    }
+    let ns = svc.namespace().unwrap_or_default();
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", svc.name_any())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        action: Some("AllocateAddress".into()),
+        reason: Some(reason.into()),
+        note: Some(note.into()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+        reporting_controller: Some("switchyard.io/controller".into()),
+        reporting_instance: Some(ctx.identity.clone()),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: svc.metadata.name.clone(),
+            namespace: Some(ns),
+            uid: svc.metadata.uid.clone(),
+            resource_version: svc.metadata.resource_version.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = events.create(&PostParams::default(), &event).await {
+        tracing::warn!(error = %e, "could not record an Event");
+    }
+}
+
+/// One pass over every Service; true when another pass is needed (a write was stale).
+async fn pass(
+    ctx: &Ctx,
+    cache: &mut Cache,
+    pool_store: &Store<IPPool>,
+    ns_store: &Store<Namespace>,
+) -> Result<bool, LeadError> {
+    let pools: Vec<Pool> = pool_store
+        .state()
+        .iter()
+        .map(|p| Pool::new(&p.name_any(), &p.spec))
+        .collect();
+    let ns_labels: BTreeMap<String, BTreeMap<String, String>> = ns_store
+        .state()
+        .iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect();
+    let labels_of = |svc: &Service| {
+        ns_labels
+            .get(&svc.namespace().unwrap_or_default())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut alloc = Allocator::new(pools);
+    // Oldest first: on a duplicate (another controller's bug), the older Service keeps it.
+    let mut order: Vec<Service> = cache.services.values().cloned().collect();
+    order.sort_by(|a, b| {
+        (a.creation_timestamp().map(|t| t.0), s::key(a))
+            .cmp(&(b.creation_timestamp().map(|t| t.0), s::key(b)))
+    });
+    order.retain(s::is_ours);
+    // 1. Rebuild from the statuses.
+    let mut refused: BTreeMap<String, bool> = BTreeMap::new();
+    for svc in &order {
+        let ips = s::ingress_ips(svc);
+        if ips.is_empty() {
+            continue;
+        }
+        let req =
+            s::request(svc, &labels_of(svc)).unwrap_or_else(|_| crate::allocator::SvcRequest {
+                key: s::key(svc),
+                ..Default::default()
+            });
+        let r = alloc.hold(&req, &ips);
+        if !r.is_empty() {
+            tracing::warn!(service = %s::key(svc), addresses = ?r, "address held twice; the newer Service gives it up");
+            refused.insert(s::key(svc), true);
+        }
+    }
+    let mut again = false;
+    // 2. Release: deleted Services, and Services no longer of type LoadBalancer.
+    for svc in &order {
+        if !s::is_deleting(svc) && s::is_load_balancer(svc) {
+            continue;
+        }
+        let k = s::key(svc);
+        let mut new = svc.clone();
+        let stale = !s::ingress_ips(svc).is_empty() || s::condition(svc, COND_ASSIGNED).is_some();
+        if stale && !s::is_deleting(svc) {
+            s::set_ingress(&mut new, &[]);
+            s::clear_condition(&mut new, COND_ASSIGNED);
+            match write_service(ctx, &new, true).await? {
+                Wrote::Ok(w) => new = *w,
+                Wrote::Conflict => {
+                    refetch(ctx, cache, &k).await;
+                    again = true;
+                    continue;
+                }
+            }
+        }
+        if !alloc.addresses_of(&k).is_empty() {
+            ctx.metrics.releases.inc();
+        }
+        alloc.release(&k);
+        if s::has_finalizer(&new) {
+            s::set_finalizer(&mut new, false);
+            match write_service(ctx, &new, false).await? {
+                Wrote::Ok(w) => cache.apply(*w),
+                Wrote::Conflict => {
+                    refetch(ctx, cache, &k).await;
+                    again = true;
+                }
+            }
+        }
+    }
+    // 3. Serve: finalizer first, then an address (or the reason there is none).
+    let mut pending = 0;
+    for svc in &order {
+        if s::is_deleting(svc) || !s::is_load_balancer(svc) {
+            continue;
+        }
+        let k = s::key(svc);
+        let mut cur = svc.clone();
+        if !s::has_finalizer(&cur) {
+            s::set_finalizer(&mut cur, true);
+            match write_service(ctx, &cur, false).await? {
+                Wrote::Ok(w) => {
+                    cache.apply((*w).clone());
+                    cur = *w;
+                }
+                Wrote::Conflict => {
+                    refetch(ctx, cache, &k).await;
+                    again = true;
+                    continue;
+                }
+            }
+        }
+        let current = s::ingress_ips(&cur);
+        let mut new = cur.clone();
+        let outcome = match s::request(&cur, &labels_of(&cur)) {
+            Err(msg) => Err(("InvalidRequest", msg)),
+            Ok(req) => {
+                let keep = !current.is_empty()
+                    && !refused.contains_key(&k)
+                    && (req.requested.is_empty() || {
+                        let mut a = req.requested.clone();
+                        let mut b = current.clone();
+                        a.sort();
+                        b.sort();
+                        a == b
+                    });
+                if keep {
+                    Ok(current.clone())
+                } else {
+                    alloc.release(&k);
+                    alloc
+                        .allocate(&req)
+                        .map_err(|p| (p.reason(), p.to_string()))
+                }
+            }
+        };
+        let was_pending = s::condition(&cur, COND_ASSIGNED)
+            .map(|c| (c.status == "False").then(|| c.reason.clone()))
+            .unwrap_or(None);
+        let event = match &outcome {
+            Ok(ips) => {
+                s::set_ingress(&mut new, ips);
+                let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+                let pool = ips
+                    .first()
+                    .and_then(|ip| alloc.pool_of(*ip))
+                    .map_or("none".to_string(), |p| p.name.clone());
+                s::set_condition(
+                    &mut new,
+                    COND_ASSIGNED,
+                    true,
+                    "Assigned",
+                    &format!("{} from IPPool {pool}", list.join(",")),
+                );
+                (ips != &current).then(|| {
+                    (
+                        false,
+                        "AddressAssigned".to_string(),
+                        format!("assigned {}", list.join(",")),
+                    )
+                })
+            }
+            Err((reason, msg)) => {
+                pending += 1;
+                s::set_ingress(&mut new, &[]);
+                s::set_condition(&mut new, COND_ASSIGNED, false, reason, msg);
+                (was_pending.as_deref() != Some(*reason))
+                    .then(|| (true, reason.to_string(), msg.clone()))
+            }
+        };
+        if new.status != cur.status {
+            match write_service(ctx, &new, true).await? {
+                Wrote::Ok(w) => {
+                    if outcome.as_ref().is_ok_and(|ips| ips != &current) {
+                        ctx.metrics.allocations.inc();
+                        tracing::info!(service = %k, addresses = ?outcome.as_ref().ok(), "assigned");
+                    }
+                    cache.apply((*w).clone());
+                    if let Some((warning, reason, note)) = event {
+                        emit(ctx, &w, warning, &reason, &note).await;
+                    }
+                }
+                Wrote::Conflict => {
+                    // Computed from a stale copy: forget what it would have taken.
+                    alloc.release(&k);
+                    if !current.is_empty() {
+                        alloc.hold(
+                            &s::request(&cur, &labels_of(&cur)).unwrap_or_default(),
+                            &current,
+                        );
+                    }
+                    refetch(ctx, cache, &k).await;
+                    again = true;
+                }
+            }
+        }
+    }
+    ctx.metrics.pending.set(pending);
+    pool_status(ctx, pool_store, &alloc).await?;
+    Ok(again)
+}
+
+/// Writes each pool's used/free counts and conflicts when they changed.
+async fn pool_status(
+    ctx: &Ctx,
+    pool_store: &Store<IPPool>,
+    alloc: &Allocator,
+) -> Result<(), LeadError> {
+    let conflicts = alloc.pool_conflicts();
+    for pool in alloc.pools() {
+        let Some(obj) = pool_store
+            .state()
+            .into_iter()
+            .find(|p| p.name_any() == pool.name)
+        else {
+            continue;
+        };
+        let used = alloc.used_in(pool) as i64;
+        let total = i64::try_from(pool.addresses.len()).unwrap_or(i64::MAX);
+        let want = switchyard_api::IPPoolStatus {
+            used,
+            free: total.saturating_sub(used),
+            conflicts: conflicts.get(&pool.name).cloned().unwrap_or_default(),
+        };
+        if obj.status.as_ref() == Some(&want) {
+            continue;
+        }
+        if !ctx.fence.valid() {
+            return Err(LeadError::Fenced);
+        }
+        let mut new = (*obj).clone();
+        new.status = Some(want);
+        let ippools: Api<IPPool> = Api::all(ctx.client.clone());
+        if let Err(e) = ippools
+            .replace_status(&pool.name, &PostParams::default(), &new)
+            .await
+        {
+            tracing::debug!(pool = %pool.name, error = %e, "pool status not written (next pass)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `switchyard-controller`: addresses for LoadBalancer Services from `IPPool`s.
+//!
+//! Replicas campaign for a Lease ([`leader`]); the leader watches Services, IPPools and
+//! Namespaces, rebuilds the allocation from every Service's `status.loadBalancer.ingress`
+//! before serving any pending Service ([`lead`]), and allocates with [`allocator`].
+//! See `docs/load-balancer.md`.
+
+pub mod allocator;
+pub mod lead;
+pub mod leader;
+pub mod metrics;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+
+/// How one replica runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// Election timings.
+    pub timings: leader::Timings,
+    /// Full pass period without changes.
+    pub resync: Duration,
+}
+
+/// Campaigns, and leads while elected, until `shutdown` completes; then gives the Lease up
+/// (so a standby takes over at once). Dropping the future instead is a crash: the Lease
+/// stays until it expires.
+pub async fn run(
+    client: Client,
+    opts: Options,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let elector = leader::Elector::new(
+        client.clone(),
+        &opts.namespace,
+        &opts.lease_name,
+        &opts.identity,
+        opts.timings,
+    );
+    let fence = elector.fence();
+    let mut leading = elector.subscribe();
+    let elector = Arc::new(elector);
+    let campaign = tokio::spawn({
+        let e = elector.clone();
+        async move { leader::Elector::run_shared(e).await }
+    });
+    let _guard = AbortOnDrop(campaign);
+    tokio::select! {
+        _ = serve(client, &opts, metrics, fence, &mut leading) => {}
+        _ = shutdown => {}
+    }
+    _guard.0.abort();
+    elector.release().await;
+}
+
+async fn serve(
+    client: Client,
+    opts: &Options,
+    metrics: Arc<metrics::Metrics>,
+    fence: leader::Fence,
+    leading: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        metrics.leader.set(0);
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        metrics.leader.set(1);
+        let ctx = lead::Ctx {
+            client: client.clone(),
+            fence: fence.clone(),
+            metrics: metrics.clone(),
+            identity: opts.identity.clone(),
+            resync: opts.resync,
+        };
+        tokio::select! {
+            r = lead::lead(ctx) => if let Err(e) = r {
+                tracing::warn!(error = %e, "leadership term ended");
+            },
+            _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped leading"),
+        }
+        // A failed term waits for the next renewal before starting over.
+        tokio::time::sleep(opts.timings.retry_period).await;
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,86 @@
+//! `switchyard-controller`: see `docs/load-balancer.md`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use switchyard_controller::{Options, leader::Timings, metrics};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard-controller",
+    about = "LoadBalancer addresses from IPPools"
+)]
+struct Cli {
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
+    namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "switchyard-controller")]
+    lease_name: String,
+    /// This replica's identity (unique per replica).
+    #[arg(long, env = "POD_NAME")]
+    identity: String,
+    /// Seconds a Lease not renewed stays its holder's.
+    #[arg(long, default_value_t = 15.0)]
+    lease_duration: f64,
+    /// Seconds after which a leader that could not renew stops leading (< lease duration).
+    #[arg(long, default_value_t = 10.0)]
+    renew_deadline: f64,
+    /// Seconds between renewals / acquisition attempts.
+    #[arg(long, default_value_t = 2.0)]
+    retry_period: f64,
+    /// Seconds between full passes without changes (route repair; at most 10).
+    #[arg(long, default_value_t = 10.0)]
+    resync: f64,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    metrics_address: SocketAddr,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.05))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    anyhow::ensure!(
+        cli.renew_deadline < cli.lease_duration,
+        "--renew-deadline must be shorter than --lease-duration"
+    );
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let server = tokio::spawn(metrics::serve(cli.metrics_address, metrics.clone()));
+    let opts = Options {
+        namespace: cli.namespace,
+        lease_name: cli.lease_name,
+        identity: cli.identity,
+        timings: Timings {
+            lease_duration: secs(cli.lease_duration),
+            renew_deadline: secs(cli.renew_deadline),
+            retry_period: secs(cli.retry_period),
+        },
+        resync: secs(cli.resync.min(10.0)),
+    };
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    switchyard_controller::run(client, opts, metrics, shutdown).await;
+    server.abort();
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The controller's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Addresses given to Services.
+    pub allocations: Counter,
+    /// Addresses taken back from Services.
+    pub releases: Counter,
+    /// Services waiting for an address.
+    pub pending: Gauge,
+    /// 1 while this replica leads.
+    pub leader: Gauge,
+    /// Duration of a reconcile pass.
+    pub reconcile_seconds: Histogram,
+    /// Failed router driver calls.
+    pub driver_errors: Counter,
+    /// Status writes refused with 409 (retried from fresh state).
+    pub conflicts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard_controller");
+        let m = Metrics {
+            allocations: Counter::default(),
+            releases: Counter::default(),
+            pending: Gauge::default(),
+            leader: Gauge::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            driver_errors: Counter::default(),
+            conflicts: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "allocations",
+            "Addresses given to Services",
+            m.allocations.clone(),
+        );
+        registry.register(
+            "releases",
+            "Addresses taken back from Services",
+            m.releases.clone(),
+        );
+        registry.register(
+            "pending_services",
+            "Services waiting for an address",
+            m.pending.clone(),
+        );
+        registry.register("leader", "1 while this replica leads", m.leader.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile pass",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "driver_errors",
+            "Failed router driver calls",
+            m.driver_errors.clone(),
+        );
+        registry.register(
+            "status_conflicts",
+            "Writes refused with 409 and retried from fresh state",
+            m.conflicts.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
