@@ -27,6 +27,7 @@ use crate::cni::CniServer;
 use crate::config::{AgentConfig, SegmentKind};
 use crate::drivers::{Drivers, NetnsLinks};
 use crate::gateway::{self, GatewayError};
+use crate::host_services::HostServices;
 use crate::ipam::{AttachmentKey, IpamError, Pool};
 use crate::keylock::KeyLocks;
 use crate::metrics::{self, HttpState, Metrics};
@@ -198,7 +199,8 @@ impl Agent {
         }
         let gw = gateway::ensure_gateway(&ovsdb, &host, &config, pod_cidr).await?;
         crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
-        let overlay = Overlay::new(&config.node_name, config.service_cidr, openflow.clone());
+        let overlay = Overlay::new(&config.node_name, openflow.clone());
+        let host_services = HostServices::new(config.service_cidr);
         let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
         let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config).await?;
 
@@ -285,6 +287,7 @@ impl Agent {
         tasks.push(tokio::spawn(watch_reconnects(
             shared.clone(),
             overlay.clone(),
+            host_services.clone(),
             SwitchClients {
                 ovsdb,
                 openflow,
@@ -295,6 +298,7 @@ impl Agent {
         tasks.push(tokio::spawn(
             overlay.run(api.client(), shutdown.subscribe()),
         ));
+        tasks.push(tokio::spawn(host_services.run(shutdown.subscribe())));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(
             shared.pod_cidr,
             shutdown.subscribe(),
@@ -324,6 +328,7 @@ struct SwitchClients {
 async fn watch_reconnects(
     shared: Arc<NodeState>,
     overlay: Arc<Overlay>,
+    host_services: Arc<HostServices>,
     clients: SwitchClients,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -362,7 +367,12 @@ async fn watch_reconnects(
                 host: &clients.host,
             };
             match reconcile::reconcile(&shared, &overlay, Some(switch)).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    // The overlay re-applies its routes after the resync;
+                    // the Service route is re-applied here.
+                    host_services.reconciled();
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "reconciliation failed; retrying");
                     tokio::select! {

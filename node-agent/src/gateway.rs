@@ -1,8 +1,11 @@
 //! The node's gateway: the bridge, its internal port `sy-gw0` (fixed ofport
 //! `pipeline::ofport::GATEWAY`) holding the first address of the node's pod
 //! CIDR in the agent's own (the node's) network namespace, with the pod
-//! CIDR routed on it as a connected route.
+//! CIDR routed on it as a connected route; and [`keep_routes`], which keeps
+//! the routes the node sends through it (the overlay's to remote pod CIDRs,
+//! `host_services`' for the Service CIDR) in place.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -10,6 +13,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::LinkUnspec;
 use switchyard_ovs::ovsdb::{self, BridgeSpec, PortSpec};
 use switchyard_pipeline as pipeline;
+use tokio::sync::Notify;
 
 use crate::config::AgentConfig;
 use crate::flows::Gateway;
@@ -169,4 +173,109 @@ async fn configure_device(
         Err(e) => return Err(nl(&format!("adding {ip}/{prefix} to"))(e)),
     }
     Ok(mac)
+}
+
+/// How often the routes through the gateway are re-applied even without a
+/// change (a restarted vswitchd recreates the gateway device without them).
+pub const ROUTE_REFRESH: Duration = Duration::from_secs(10);
+/// Route protocol number marking the agent's routes (`ip route` shows
+/// `proto 0x53`); only routes with it are ever deleted.
+pub const ROUTE_PROTOCOL: u8 = 0x53;
+
+/// Keeps the routes `wanted` returns (CIDR to next hop) through the gateway:
+/// applies them, then again whenever `changed` is notified and every
+/// [`ROUTE_REFRESH`]; routes it installed that are no longer wanted are
+/// deleted. `what` names the routes in log lines. Never returns unless
+/// netlink cannot be opened (then it logs why).
+pub async fn keep_routes<F, Fut>(what: &str, changed: &Notify, mut wanted: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BTreeMap<Ipv4Net, Ipv4Addr>>,
+{
+    let netlink = match Netlink::current() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open netlink for {what}");
+            return;
+        }
+    };
+    let mut installed: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+    loop {
+        let wanted = wanted().await;
+        match sync_routes(&netlink, &wanted, &installed).await {
+            Ok(()) => installed = wanted,
+            Err(e) => tracing::warn!(error = %e, "{what} not in place yet"),
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(ROUTE_REFRESH) => {}
+        }
+    }
+}
+
+/// Routes each wanted CIDR `via <next hop> dev sy-gw0 onlink` (replace, so
+/// re-applying is harmless) and deletes routes of CIDRs no longer wanted.
+async fn sync_routes(
+    netlink: &Netlink,
+    wanted: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    installed: &BTreeMap<Ipv4Net, Ipv4Addr>,
+) -> Result<(), GatewayError> {
+    let link =
+        netlink
+            .link_by_name(GATEWAY_PORT)
+            .await
+            .map_err(|source| GatewayError::Netlink {
+                what: format!("looking up {GATEWAY_PORT}"),
+                source,
+            })?;
+    let Some(link) = link else {
+        return Ok(());
+    };
+    let index = link.header.index;
+    let message = |cidr: &Ipv4Net, via: Ipv4Addr| {
+        rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network(), cidr.prefix_len())
+            .gateway(via)
+            .output_interface(index)
+            .protocol(netlink_packet_route::route::RouteProtocol::Other(
+                ROUTE_PROTOCOL,
+            ))
+            .onlink()
+            .build()
+    };
+    for (cidr, via) in installed {
+        if wanted.get(cidr) != Some(via) {
+            match netlink
+                .handle()
+                .route()
+                .del(message(cidr, *via))
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(m))
+                    if m.to_io().raw_os_error() == Some(libc::ESRCH) => {}
+                Err(source) => {
+                    return Err(GatewayError::Netlink {
+                        what: format!("deleting the route to {cidr}"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    for (cidr, via) in wanted {
+        netlink
+            .handle()
+            .route()
+            .add(message(cidr, *via))
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| GatewayError::Netlink {
+                what: format!("routing {cidr} via {via} dev {GATEWAY_PORT}"),
+                source,
+            })?;
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //!
 //! - The daemon: [`daemon`] ([`Agent::start`], [`AgentHandle`],
 //!   [`StartError`], re-reconciling after reconnects), `wait_for` (what
-//!   start-up waits for), [`config`], [`metrics`], [`apiserver`] (reads).
+//!   start-up waits for), [`config`] (`flags`, `file`, `segment`, `error`),
+//!   [`metrics`], [`apiserver`] (reads).
 //! - The CNI verbs: `cni/` (the edge: request resolution, spans, metrics,
 //!   the one mapping of [`attach_error::AttachError`] to CNI codes) with one
 //!   file per verb, `add` (with its rollback), `del`, `check`, `gc` and
@@ -14,12 +15,14 @@
 //!   resync), [`attachment`] (one attachment and its `external_ids`),
 //!   [`ipam`], [`vlan_pool`] (cluster-wide `vlan` addresses), [`segment`]
 //!   (placement), [`keylock`], [`adds_in_flight`].
-//! - The datapath: [`flows`], [`gateway`], [`overlay`], [`uplink`],
-//!   [`egress`], [`reserved_port`] (the agent's own ports), [`next_hop`].
+//! - The datapath: [`flows`], [`gateway`] (with the routes through it),
+//!   [`overlay`] (`watch`, `flows`, `routes`, `tunnel`), [`host_services`]
+//!   (the node's routes for Services), [`uplink`], [`egress`],
+//!   [`reserved_port`] (the agent's own ports), [`next_hop`].
 //! - The seams: [`drivers`] (traits in front of netlink/netns, OVSDB,
 //!   OpenFlow and the API server reads, their real implementations, and
 //!   in-memory fakes for unit tests).
-//! - The kernel: [`netns`] (netns thread, veth, addresses), [`mac`].
+//! - The kernel: [`netns`] (netns thread, `veth/`: the pod interface), [`mac`].
 //!
 //! Dependencies point one way: the daemon uses the CNI layer and
 //! reconciliation, both use the state, the state uses the datapath and
@@ -37,6 +40,7 @@ pub mod drivers;
 pub mod egress;
 pub mod flows;
 pub mod gateway;
+pub mod host_services;
 pub mod ipam;
 pub mod keylock;
 pub mod mac;

@@ -1,8 +1,8 @@
 //! The next hops the node routes through `sy-gw0` that no device owns:
 //! OVS answers the node's ARP requests for them (a base flow in `flows`),
-//! and the overlay routes remote pod CIDRs and the Service CIDR via them.
-//! Their own module, so `flows` and `overlay` both read them without
-//! importing each other.
+//! the overlay routes remote pod CIDRs and `host_services` the Service CIDR
+//! via them. Their own module, so `flows`, `overlay` and `host_services`
+//! read them without importing each other.
 
 use std::net::Ipv4Addr;
 

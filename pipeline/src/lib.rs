@@ -73,7 +73,7 @@
 //!   ([`priority::SPECIFIC`]: from the tunnel as [`PortKind::Gateway`], with
 //!   [`ct_mark::FROM_REMOTE_GATEWAY`]).
 //!
-//! Between nodes (`node-agent/src/overlay.rs`, `uplink.rs`; verified in the
+//! Between nodes (`node-agent/src/overlay/flows.rs`, `uplink.rs`; verified in the
 //! multi-node lab, `tests/lab/tests/multinode.rs`):
 //! - CLASSIFIER: IPv4 from [`ofport::TUNNEL`] loads [`PortKind::Tunnel`] and
 //!   `tun_id[0..11]` into reg5 (exception: a key with [`tunnel_key::FROM_GATEWAY`]

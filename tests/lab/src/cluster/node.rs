@@ -194,7 +194,7 @@ pub fn set_tunnel_neighbours(
 }
 
 /// The agent's YAML configuration for a node: the one place that maps the lab onto
-/// `switchyard-agent`'s settings (keys of `node-agent/src/config.rs`).
+/// `switchyard-agent`'s settings (keys of `node-agent/src/config/file.rs`).
 pub fn agent_config_yaml(
     state: &StateDir,
     node: &NodeInfo,

@@ -1,0 +1,307 @@
+//! The overlay's two watches, Node objects and the `vlan` segments' IPAM
+//! ConfigMaps, what they keep of each object ([`remote_node`],
+//! [`vlan_placements`]), the list that seeds the first resync, and the
+//! loop that applies every change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use super::{Overlay, RemoteNode};
+use crate::vlan_pool::IPAM_NAMESPACE;
+
+/// A Node object's pod CIDR and InternalIP, when it has both.
+pub fn remote_node(node: &Node) -> Option<RemoteNode> {
+    let spec = node.spec.as_ref()?;
+    let pod_cidr = spec
+        .pod_cidr
+        .iter()
+        .chain(spec.pod_cidrs.iter().flatten())
+        .find_map(|c| c.parse::<Ipv4Net>().ok())?
+        .trunc();
+    let ip = internal_ip(node)?;
+    Some(RemoteNode {
+        pod_cidr,
+        ip,
+        vlan_pods: BTreeSet::new(),
+    })
+}
+
+/// Which node holds each address of a `vlan` segment, from one of the
+/// segments' IPAM ConfigMaps (`None` for any other ConfigMap).
+pub fn vlan_placements(cm: &ConfigMap) -> Option<BTreeMap<Ipv4Addr, String>> {
+    cm.metadata
+        .name
+        .as_deref()?
+        .strip_prefix(crate::vlan_pool::CONFIGMAP_PREFIX)?;
+    Some(
+        cm.data
+            .iter()
+            .flatten()
+            .filter_map(|(addr, holder)| {
+                let (node, _) = crate::vlan_pool::parse_holder(holder)?;
+                Some((addr.parse().ok()?, node))
+            })
+            .collect(),
+    )
+}
+
+/// `nodes` with the `vlan` segment pods of `placements` (per ConfigMap)
+/// filled in.
+fn with_vlan_pods(
+    nodes: &BTreeMap<String, RemoteNode>,
+    placements: &BTreeMap<String, BTreeMap<Ipv4Addr, String>>,
+) -> BTreeMap<String, RemoteNode> {
+    let mut out = nodes.clone();
+    for (addr, node) in placements.values().flatten() {
+        if let Some(n) = out.get_mut(node) {
+            n.vlan_pods.insert(*addr);
+        }
+    }
+    out
+}
+
+/// A Node object's first IPv4 InternalIP (the tunnel endpoint).
+pub(super) fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
+}
+
+/// One event of the overlay's two watches (boxed: a Node is large).
+enum Watched {
+    Node(Box<Result<Option<watcher::Event<Node>>, watcher::Error>>),
+    Ipam(Box<Result<Option<watcher::Event<ConfigMap>>, watcher::Error>>),
+}
+
+/// Applies one watch event to `known` (what `extract` keeps of each object,
+/// by name), `listing` holding a re-list in progress; whether `known`
+/// changed (always after a re-list).
+fn fold_event<K: kube::Resource, V: PartialEq>(
+    event: watcher::Event<K>,
+    listing: &mut Option<BTreeMap<String, V>>,
+    known: &mut BTreeMap<String, V>,
+    extract: impl Fn(&K) -> Option<V>,
+) -> bool {
+    match event {
+        watcher::Event::Init => {
+            *listing = Some(BTreeMap::new());
+            false
+        }
+        watcher::Event::InitApply(object) => {
+            if let (Some(l), Some(name), Some(v)) = (
+                listing.as_mut(),
+                object.meta().name.clone(),
+                extract(&object),
+            ) {
+                l.insert(name, v);
+            }
+            false
+        }
+        watcher::Event::InitDone => {
+            *known = listing.take().unwrap_or_default();
+            true
+        }
+        watcher::Event::Apply(object) => {
+            let Some(name) = object.meta().name.clone() else {
+                return false;
+            };
+            match extract(&object) {
+                Some(v) if known.get(&name) == Some(&v) => false,
+                Some(v) => {
+                    known.insert(name, v);
+                    true
+                }
+                None => known.remove(&name).is_some(),
+            }
+        }
+        watcher::Event::Delete(object) => object
+            .meta()
+            .name
+            .as_ref()
+            .is_some_and(|n| known.remove(n).is_some()),
+    }
+}
+
+impl Overlay {
+    /// Learns the remote nodes from one Node list before the agent's first
+    /// full flow resync, so that a restarted agent installs its new flow
+    /// generation with the overlay flows already in it. Without this, the
+    /// resync deletes the previous generation (and with it every path to the
+    /// other nodes) until the Node watch catches up a few milliseconds later.
+    /// A failed list is logged and left to the watch.
+    pub async fn seed(&self, client: kube::Client) {
+        let node_api: Api<Node> = Api::all(client.clone());
+        let nodes = match node_api.list(&Default::default()).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing Nodes before the first resync failed; the watch will add them");
+                return;
+            }
+        };
+        let desired: BTreeMap<String, RemoteNode> = nodes
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.clone()?, remote_node(n)?)))
+            .collect();
+        let ipam_api: Api<ConfigMap> = Api::namespaced(client, IPAM_NAMESPACE);
+        let listed = ipam_api.list(&Default::default()).await;
+        let placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = match listed {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|cm| Some((cm.metadata.name.clone()?, vlan_placements(cm)?)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the vlan segments' IPAM ConfigMaps before the first resync failed; the watch will add their pods");
+                BTreeMap::new()
+            }
+        };
+        if let Err(e) = self.apply(with_vlan_pods(&desired, &placements)).await {
+            tracing::warn!(error = %e, "recording remote nodes failed; the watch will add them");
+        }
+    }
+    /// Watches Node objects and the `vlan` segments' IPAM ConfigMaps until
+    /// `stop`, applying every change; keeps the node's routes to remote pod
+    /// CIDRs in line meanwhile.
+    pub async fn run(self: Arc<Self>, client: kube::Client, mut stop: watch::Receiver<bool>) {
+        let routes = tokio::spawn(self.clone().keep_routes());
+        let config = watcher::Config::default();
+        let mut node_events = watcher(Api::<Node>::all(client.clone()), config.clone()).boxed();
+        let mut ipam_events =
+            watcher(Api::<ConfigMap>::namespaced(client, IPAM_NAMESPACE), config).boxed();
+        let mut known: BTreeMap<String, RemoteNode> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, RemoteNode>> = None;
+        let mut placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = BTreeMap::new();
+        let mut placements_listing = None;
+        loop {
+            let event = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                ev = node_events.try_next() => Watched::Node(Box::new(ev)),
+                ev = ipam_events.try_next() => Watched::Ipam(Box::new(ev)),
+            };
+            let (what, failed) = match event {
+                Watched::Node(ev) => match *ev {
+                    Ok(None) => break,
+                    Err(e) => ("Nodes", e),
+                    Ok(Some(ev)) => {
+                        if fold_event(ev, &mut listing, &mut known, remote_node) {
+                            self.apply_until_done(with_vlan_pods(&known, &placements), &mut stop)
+                                .await;
+                        }
+                        continue;
+                    }
+                },
+                Watched::Ipam(ev) => match *ev {
+                    Ok(None) => break,
+                    Err(e) => ("the vlan segments' IPAM ConfigMaps", e),
+                    Ok(Some(ev)) => {
+                        let placements_listing = &mut placements_listing;
+                        if fold_event(ev, placements_listing, &mut placements, vlan_placements) {
+                            self.apply_until_done(with_vlan_pods(&known, &placements), &mut stop)
+                                .await;
+                        }
+                        continue;
+                    }
+                },
+            };
+            tracing::warn!(error = %failed, "watching {what} failed; retrying");
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        routes.abort();
+    }
+
+    /// [`Overlay::apply`], retried until it works or `stop`; a full resync
+    /// would also pick the nodes up, but only after a reconnect.
+    async fn apply_until_done(
+        &self,
+        desired: BTreeMap<String, RemoteNode>,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        let mut attempt = 0u32;
+        while let Err(e) = self.apply(desired.clone()).await {
+            attempt += 1;
+            tracing::warn!(error = %e, attempt, "updating overlay flows failed; retrying");
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> RemoteNode {
+        RemoteNode {
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            ip: "192.168.100.2".parse().unwrap(),
+            vlan_pods: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn vlan_pods_come_from_the_ipam_configmaps_holders() {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "switchyard-ipam-vlan100", "namespace": "switchyard-system"},
+            "data": {
+                "10.100.0.7": "n2/c1/eth0",
+                "10.100.0.8": "n3/c2/eth0",
+                "10.100.0.9": "n1/c3/eth0",
+                "not-an-address": "n2/c4/eth0",
+                "10.100.0.10": "malformed"
+            }
+        }))
+        .unwrap();
+        let placements = vlan_placements(&cm).unwrap();
+        assert_eq!(placements.len(), 3, "{placements:?}");
+        let other: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "switchyard-config"}, "data": {"10.1.1.1": "n2/c/eth0"}
+        }))
+        .unwrap();
+        assert_eq!(vlan_placements(&other), None);
+        let nodes = BTreeMap::from([("n2".to_string(), node())]);
+        let both = with_vlan_pods(&nodes, &BTreeMap::from([("cm".to_string(), placements)]));
+        assert_eq!(both.len(), 1, "nodes not known stay unknown: {both:?}");
+        assert_eq!(
+            both["n2"].vlan_pods,
+            BTreeSet::from(["10.100.0.7".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn remote_node_needs_cidr_and_internal_ip() {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2"},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n2"},
+                {"type": "InternalIP", "address": "192.168.100.2"}
+            ]}
+        }))
+        .unwrap();
+        assert_eq!(remote_node(&n), Some(node()));
+        let no_ip: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.1.0/24"}
+        }))
+        .unwrap();
+        assert_eq!(remote_node(&no_ip), None);
+        assert_eq!(node().next_hop(), "10.244.1.1".parse::<Ipv4Addr>().unwrap());
+    }
+}
