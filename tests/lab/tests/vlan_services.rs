@@ -344,6 +344,8 @@ fn pod_json_in(lab: &Lab, namespace: &str, name: &str) -> Option<serde_json::Val
 
 /// What an agent start must leave unchanged on the node: the flows of `br-int` (without
 /// counters), its ports, and the VLANs trunked to the uplink.
+/// The agent's flows (its cookie owner; the proxy programs its own tables
+/// on its own schedule), the bridge's ports and the uplink's trunks.
 fn node_snapshot(lab: &Lab, node: &NodeInfo) -> String {
     let mut flows: Vec<String> =
         run_text(node::ovs_command_in(&lab.state, node, "ovs-ofctl").args([
@@ -352,6 +354,7 @@ fn node_snapshot(lab: &Lab, node: &NodeInfo) -> String {
             "--no-stats",
             "dump-flows",
             "br-int",
+            "cookie=0x5359010000000000/0xffffff0000000000",
         ]))
         .lines()
         .map(str::to_string)
