@@ -207,13 +207,11 @@ pub async fn bind_proxy_health(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
 )> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state(state);
-    Ok((bound, async move { axum::serve(listener, app).await }))
+    crate::metrics::serve_router(addr, app).await
 }
 
 /// What one health check port's handler reads.

@@ -267,12 +267,24 @@ pub async fn bind(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
 )> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/proxyMode", get(proxy_mode))
         .with_state(state);
+    serve_router(addr, app).await
+}
+
+/// Binds `addr` for `app`; returns the bound address and the server future
+/// (the metrics and the health servers share it).
+pub(crate) async fn serve_router(
+    addr: SocketAddr,
+    app: Router,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     Ok((bound, async move { axum::serve(listener, app).await }))
 }

@@ -480,34 +480,13 @@ fn adds_are_served_from_the_cache_while_the_api_server_is_unreachable() {
             // The agent's first lists (which it waits for) hold "blue".
             let agent = start_agent(&lab, None).await;
             let port = lab.api.addr().port().to_string();
-            cmd_ok(&[
-                "iptables",
-                "-I",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &port,
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "tcp-reset",
-            ])
-            .await;
+            reject_api(&port, "-I").await;
             let mut conf = lab.conflist();
             conf["runtimeConfig"] = serde_json::json!({
                 "io.kubernetes.cri.pod-annotations": {"example.com/team": "blue"}
             });
             let pod = PodNs::new("blue", "p1");
-            let add = run_cni(
-                "ADD",
-                &pod.container_id,
-                Some(&pod.netns_path()),
-                "eth0",
-                &pod.cni_args(),
-                &conf,
-            )
-            .await;
+            let add = add_with(&pod, &conf).await;
             assert!(
                 add.success,
                 "ADD with the API server down: {} {}",
@@ -521,34 +500,45 @@ fn adds_are_served_from_the_cache_while_the_api_server_is_unreachable() {
             assert_eq!(lab.vsctl(&["get", "Port", &host_if, "tag"]).trim(), "100");
             // A namespace the agent never saw: truly unknown.
             let stranger = PodNs::new("unseen", "p2");
-            let add = run_cni(
-                "ADD",
-                &stranger.container_id,
-                Some(&stranger.netns_path()),
-                "eth0",
-                &stranger.cni_args(),
-                &conf,
-            )
-            .await;
+            let add = add_with(&stranger, &conf).await;
             assert!(!add.success);
             assert_eq!(add.code(), 104, "{}", add.stdout);
             let del = cni_del(&lab, &pod).await;
             assert!(del.success, "DEL: {} {}", del.stdout, del.stderr);
-            cmd_ok(&[
-                "iptables",
-                "-D",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &port,
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "tcp-reset",
-            ])
-            .await;
+            reject_api(&port, "-D").await;
             agent.shutdown().await;
         },
     );
+}
+
+/// Inserts (`-I`) or deletes (`-D`) a rule rejecting TCP to the lab API
+/// server's `port` in the node namespace.
+async fn reject_api(port: &str, op: &str) {
+    cmd_ok(&[
+        "iptables",
+        op,
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        port,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ])
+    .await;
+}
+
+/// ADD of `pod` through the real binary with the network configuration `conf`.
+async fn add_with(pod: &PodNs, conf: &serde_json::Value) -> CniOutput {
+    run_cni(
+        "ADD",
+        &pod.container_id,
+        Some(&pod.netns_path()),
+        "eth0",
+        &pod.cni_args(),
+        conf,
+    )
+    .await
 }
