@@ -52,6 +52,11 @@ pub struct Flags {
     /// node's interfaces inside one of them. Default: the Node's InternalIP.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<ipnet::Ipv4Net>,
+    /// CIDRs (comma-separated) that a Service's `spec.externalIPs` may come from; an
+    /// external IP outside them gets no frontend (logged). Guards against CVE-2020-8554
+    /// (any user who can create Services intercepting any address). Default: any address.
+    #[arg(long, value_delimiter = ',')]
+    pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 /// `ADDR:PORT`, or empty for none.

@@ -28,11 +28,24 @@
 //! and with none of them the ETP-Local frontends drop (reject when the
 //! Service has no endpoints anywhere, like the ClusterIP frontend).
 //!
+//! `loadBalancerSourceRanges` restrict the LoadBalancer ingress addresses
+//! (not `externalIPs`, as in kube-proxy): traffic from outside is filtered in
+//! the host ([`crate::host`]), traffic from pods here:
+//!
+//! ```text
+//! T29 prio 201  proto,nw_dst=<LB IP>,tp_dst=PORT                     -> drop
+//! T29 prio 202  ... same, nw_src=<range>  (one per range)            -> group:G
+//! T29 prio 202  ... same, reg0=gateway    (filtered by the host)     -> group:G
+//! ```
+//!
+//! `externalIPs` outside `--external-ip-cidrs` (when given) get no frontend
+//! (CVE-2020-8554); they are logged once per change.
+//!
 //! Not handled here: `sessionAffinity: ClientIP` on these frontends (they
-//! balance without affinity; see [`frontend_flows`]), `loadBalancerSourceRanges`,
-//! the `--external-ip-cidrs` allowlist, and `internalTrafficPolicy: Local`
-//! combined with `externalTrafficPolicy: Cluster` (the external frontends
-//! then use the same, local, endpoints as the ClusterIP).
+//! balance without affinity; see [`frontend_flows`]) and
+//! `internalTrafficPolicy: Local` combined with `externalTrafficPolicy:
+//! Cluster` (the external frontends then use the same, local, endpoints as
+//! the ClusterIP).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -67,6 +80,10 @@ pub struct NodeContext {
     /// The node's gateway address (first address of its pod CIDR): the
     /// source of the node's own connections into `br-int`.
     pub gateway: Option<Ipv4Addr>,
+    /// `--external-ip-cidrs`: the CIDRs `spec.externalIPs` may come from
+    /// (empty: any). A proxy setting, carried with the node because the
+    /// frontends are completed with both at once ([`ExternalFrontends::complete`]).
+    pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 /// The external frontends of one Service port.
@@ -74,10 +91,19 @@ pub struct NodeContext {
 pub struct ExternalFrontends {
     /// `nodePort` (NodePort and LoadBalancer Services only).
     pub node_port: Option<u16>,
-    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip` (except
-    /// `ipMode: Proxy`), IPv4 only, sorted, without duplicates; served on
-    /// the Service port.
+    /// `spec.externalIPs` (inside `--external-ip-cidrs`) and
+    /// `status.loadBalancer.ingress[].ip` (except `ipMode: Proxy`), IPv4
+    /// only, sorted, without duplicates; served on the Service port.
     pub ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` (IPv4, aggregated: no range inside
+    /// another), when the Service has LoadBalancer ingress addresses.
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
+    /// The ingress addresses the source ranges restrict (empty without
+    /// ranges), sorted.
+    pub ranged_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` that are not also ingress addresses: the ones
+    /// `--external-ip-cidrs` may refuse.
+    external_only: Vec<Ipv4Addr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
     /// With `local`: this node's usable endpoints (ready; serving and
@@ -102,38 +128,81 @@ impl ExternalFrontends {
                 .filter(|p| *p != 0),
             _ => None,
         };
-        let mut ips: Vec<Ipv4Addr> = spec
+        let mut external: Vec<Ipv4Addr> = spec
             .external_ips
             .iter()
             .flatten()
-            .filter_map(|ip| ip.parse().ok())
+            .filter_map(|ip| ip.trim().parse().ok())
             .collect();
+        let mut ingress: Vec<Ipv4Addr> = Vec::new();
         if kind == "LoadBalancer" {
-            let ingress = service
+            let status = service
                 .status
                 .as_ref()
                 .and_then(|s| s.load_balancer.as_ref())
                 .and_then(|lb| lb.ingress.as_ref());
-            ips.extend(
-                ingress
+            ingress.extend(
+                status
                     .into_iter()
                     .flatten()
                     .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                     .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
             );
         }
+        ingress.sort_unstable();
+        ingress.dedup();
+        external.sort_unstable();
+        external.dedup();
+        external.retain(|ip| ingress.binary_search(ip).is_err());
+        let mut ips: Vec<Ipv4Addr> = external.iter().chain(&ingress).copied().collect();
         ips.sort_unstable();
-        ips.dedup();
+        let ranges: Vec<ipnet::Ipv4Net> = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .filter_map(|r| r.trim().parse().ok())
+            .collect();
+        let (source_ranges, ranged_ips) = if ranges.is_empty() || ingress.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (ipnet::Ipv4Net::aggregate(&ranges), ingress)
+        };
         let local = spec.external_traffic_policy.as_deref() == Some("Local")
             && (node_port.is_some() || !ips.is_empty());
         let local_endpoints = if local { local_usable(all) } else { Vec::new() };
         Self {
             node_port,
             ips,
+            source_ranges,
+            ranged_ips,
+            external_only: external,
             local,
             local_endpoints,
             node: Arc::default(),
         }
+    }
+
+    /// Completes the frontends with the node: refuses the external IPs
+    /// outside `--external-ip-cidrs` (logged), then sets the node.
+    pub fn complete(&mut self, name: &ServicePortName, node: &Arc<NodeContext>) {
+        if !node.external_ip_cidrs.is_empty() {
+            let refused: Vec<Ipv4Addr> = self
+                .external_only
+                .iter()
+                .copied()
+                .filter(|ip| !node.external_ip_cidrs.iter().any(|c| c.contains(ip)))
+                .collect();
+            if !refused.is_empty() {
+                tracing::warn!(service_port = %name, ?refused, allowed = ?node.external_ip_cidrs, "externalIPs outside --external-ip-cidrs: not served");
+                self.ips.retain(|ip| !refused.contains(ip));
+                self.external_only.retain(|ip| !refused.contains(ip));
+                if self.is_empty() {
+                    self.local = false;
+                    self.local_endpoints.clear();
+                }
+            }
+        }
+        self.node = Arc::clone(node);
     }
 
     /// No external frontend at all.
@@ -151,6 +220,8 @@ impl ExternalFrontends {
     pub fn same_frontend(&self, other: &Self) -> bool {
         self.node_port == other.node_port
             && self.ips == other.ips
+            && self.source_ranges == other.source_ranges
+            && self.ranged_ips == other.ranged_ips
             && self.local == other.local
             && self.local_endpoints.is_empty() == other.local_endpoints.is_empty()
             && self.node == other.node
@@ -297,6 +368,24 @@ pub fn frontend_flows(
     }
     for ip in &ext.ips {
         flows.push(flow(priority::SERVICE, *ip, state.port, everyone));
+        if ext.ranged_ips.binary_search(ip).is_ok() {
+            flows.push(flow(
+                priority::SOURCE_RANGE_DENY,
+                *ip,
+                state.port,
+                Target::Drop,
+            ));
+            flows.push(
+                flow(priority::SOURCE_RANGE_ALLOW, *ip, state.port, everyone)
+                    .matching(reg::PORT_KIND.matching(PortKind::Gateway)),
+            );
+            for range in &ext.source_ranges {
+                flows.push(
+                    flow(priority::SOURCE_RANGE_ALLOW, *ip, state.port, everyone)
+                        .matching(MatchField::ipv4_src(range.addr(), range.prefix_len())),
+                );
+            }
+        }
         if ext.local {
             flows.push(
                 flow(priority::EXTERNAL_FROM_OUTSIDE, *ip, state.port, local)
@@ -347,5 +436,9 @@ pub fn node_context(
             .find_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
             .and_then(|net| net.hosts().next())
     });
-    NodeContext { addresses, gateway }
+    NodeContext {
+        addresses,
+        gateway,
+        external_ip_cidrs: Vec::new(),
+    }
 }

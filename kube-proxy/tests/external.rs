@@ -27,6 +27,7 @@ fn node() -> Arc<NodeContext> {
     Arc::new(NodeContext {
         addresses: vec![NODE_IP],
         gateway: Some(GATEWAY),
+        external_ip_cidrs: Vec::new(),
     })
 }
 
@@ -90,7 +91,7 @@ fn state_of(svc: &Service) -> DesiredState {
         .map(|(name, port)| {
             let mut port = ServicePortState::clone(port);
             if !port.external.is_empty() {
-                port.external.node = node();
+                port.external.complete(name, &node());
             }
             (name.clone(), port)
         })
@@ -301,7 +302,7 @@ fn type_change_to_cluster_ip_leaves_no_external_frontend_or_group() {
 #[test]
 fn host_rules_and_nft_script_golden() {
     let mut state = state_of(&lb_local());
-    let cluster = state_of(&external(
+    let mut ranged = external(
         service("default", "api")
             .cluster_ip("10.96.0.11")
             .udp("dns", 53),
@@ -310,7 +311,10 @@ fn host_rules_and_nft_script_golden() {
         &[],
         false,
         &[("192.0.2.40", None)],
-    ));
+    );
+    ranged.spec.as_mut().unwrap().load_balancer_source_ranges =
+        Some(vec!["203.0.113.0/24".into(), "198.51.100.7/32".into()]);
+    let cluster = state_of(&ranged);
     for (name, port) in cluster.iter() {
         state.replace_service(
             &name.service(),
@@ -353,6 +357,19 @@ table ip switchyard-proxy {
 	set external_masquerade {
 		type ipv4_addr . inet_proto . inet_service
 		elements = { 192.0.2.40 . udp . 53 }
+	}
+	set source_range_targets {
+		type ipv4_addr . inet_proto . inet_service
+		elements = { 192.0.2.40 . udp . 53 }
+	}
+	set source_ranges_allowed {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr
+		flags interval
+		elements = { 192.0.2.40 . udp . 53 . 198.51.100.7/32, 192.0.2.40 . udp . 53 . 203.0.113.0/24 }
+	}
+	chain source_ranges {
+		type filter hook prerouting priority dstnat - 10; policy accept;
+		iifname != "sy-gw0" ip daddr . meta l4proto . th dport @source_range_targets ip daddr . meta l4proto . th dport . ip saddr != @source_ranges_allowed drop
 	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -444,7 +461,7 @@ fn udp_node_port(node_port: i32, endpoints: &[&str]) -> DesiredState {
     let mut out = DesiredState::new();
     for (name, port) in state.iter() {
         let mut port = ServicePortState::clone(port);
-        port.external.node = node();
+        port.external.complete(name, &node());
         out.replace_service(&name.service(), vec![(name.clone(), port)]);
     }
     out
@@ -499,4 +516,125 @@ fn udp_flushes_cover_the_external_frontends() {
         .map(|f| format!("{}:{}", f.cluster_ip, f.port))
         .collect();
     assert_eq!(new, ["169.254.169.250:30054", "192.168.10.1:30054"]);
+}
+
+/// `loadBalancerSourceRanges` restrict the LoadBalancer ingress address
+/// only (not the external IP, not the node port): pods outside the ranges
+/// are dropped at priority 201, sources inside a range (aggregated: a
+/// range inside another is not repeated) and the gateway (filtered by the
+/// host) are served at 202.
+#[test]
+fn source_ranges_restrict_the_load_balancer_address_only() {
+    let mut svc = external(
+        web(),
+        "LoadBalancer",
+        &[30080],
+        &["192.0.2.10"],
+        false,
+        &[("192.0.2.20", None)],
+    );
+    svc.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec![
+        "203.0.113.0/24".into(),
+        " 203.0.113.128/25".into(),
+        "10.244.0.0/16".into(),
+    ]);
+    let state = state_of(&svc);
+    let ext = &only(&state).external;
+    assert_eq!(
+        ext.source_ranges,
+        [
+            "10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap(),
+            "203.0.113.0/24".parse().unwrap()
+        ]
+    );
+    assert_eq!(ext.ranged_ips, ["192.0.2.20".parse::<Ipv4Addr>().unwrap()]);
+    let text = flow_text(&state);
+    let on = |prio: u16, ip: &str| {
+        text.iter()
+            .filter(|f| {
+                f.contains(&format!("priority={prio},")) && f.contains(&format!("nw_dst={ip},"))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deny = on(201, "192.0.2.20");
+    assert_eq!(deny.len(), 1, "{text:#?}");
+    assert!(deny[0].ends_with("actions=drop"), "{deny:?}");
+    let allow = on(202, "192.0.2.20");
+    assert_eq!(allow.len(), 3, "{text:#?}");
+    assert!(
+        allow.iter().any(|f| f.contains("nw_src=203.0.113.0/24")),
+        "{allow:?}"
+    );
+    assert!(
+        allow.iter().any(|f| f.contains("nw_src=10.244.0.0/16")),
+        "{allow:?}"
+    );
+    assert!(
+        allow.iter().any(|f| f.contains("reg0=0x2/0xf")),
+        "{allow:?}"
+    );
+    assert!(allow.iter().all(|f| f.ends_with("group:7")), "{allow:?}");
+    // The external IP and the node port are not restricted.
+    assert!(on(201, "192.0.2.10").is_empty() && on(202, "192.0.2.10").is_empty());
+    assert!(
+        !text
+            .iter()
+            .any(|f| f.contains("priority=201") && f.contains("tp_dst=30080"))
+    );
+    // Without LoadBalancer ingress addresses the ranges restrict nothing.
+    let mut no_lb = external(web(), "LoadBalancer", &[30080], &["192.0.2.10"], false, &[]);
+    no_lb.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["203.0.113.0/24".into()]);
+    let state = state_of(&no_lb);
+    assert!(only(&state).external.source_ranges.is_empty());
+    assert!(
+        HostRules::of(&state, &node())
+            .source_range_targets
+            .is_empty()
+    );
+}
+
+/// `--external-ip-cidrs`: an external IP outside them gets no frontend, no
+/// route and no masquerade element; one inside and the LoadBalancer
+/// ingress address (not an external IP) are served.
+#[test]
+fn external_ip_cidrs_refuse_other_external_ips() {
+    let svc = external(
+        web(),
+        "LoadBalancer",
+        &[30080],
+        &["192.0.2.10", "198.18.0.1"],
+        false,
+        &[("203.0.113.9", None)],
+    );
+    let allowlist = Arc::new(NodeContext {
+        external_ip_cidrs: vec!["192.0.2.0/28".parse().unwrap()],
+        ..NodeContext::clone(&node())
+    });
+    let state = build_desired_state([&svc], std::iter::empty(), NODE);
+    let (name, port) = state.iter().next().unwrap();
+    let mut port = ServicePortState::clone(port);
+    assert_eq!(port.external.ips.len(), 3);
+    port.external.complete(name, &allowlist);
+    let served: Vec<String> = port.external.ips.iter().map(ToString::to_string).collect();
+    assert_eq!(served, ["192.0.2.10", "203.0.113.9"]);
+    let mut state = DesiredState::new();
+    state.replace_service(&name.service(), vec![(name.clone(), port)]);
+    let rules = HostRules::of(&state, &allowlist);
+    assert!(!rules.routes.contains(&"198.18.0.1".parse().unwrap()));
+    assert!(
+        rules
+            .external_masquerade
+            .iter()
+            .all(|(ip, _, _)| ip.to_string() != "198.18.0.1")
+    );
+    assert!(!flow_text(&state).iter().any(|f| f.contains("198.18.0.1")));
+    // Only external IPs were refused: with all of them gone, an external
+    // IP-only Service has no external frontend at all.
+    let only_external = external(web(), "ClusterIP", &[], &["198.18.0.1"], false, &[]);
+    let state = build_desired_state([&only_external], std::iter::empty(), NODE);
+    let (name, port) = state.iter().next().unwrap();
+    let mut port = ServicePortState::clone(port);
+    port.external.complete(name, &allowlist);
+    assert!(port.external.is_empty());
 }

@@ -218,6 +218,8 @@ fn counts(lab: &Lab, node: &str, netns: &str) -> HostCounts {
 ///    the pod's own address (ETP Cluster and Local).
 /// 4. LoadBalancer with an external IP (routed by the fabric to node1) and an ingress IP set
 ///    through `/status` (routed to node2): answered from the internet, a pod and a node.
+/// 6. `loadBalancerSourceRanges` on the LB IP: allowed, dropped, updated and removed, from
+///    the internet and from a pod.
 /// 5. LoadBalancer -> ClusterIP: the node port stops answering within 1 s and the flows, nft
 ///    set elements and routes return to their starting counts.
 #[test]
@@ -313,6 +315,45 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
     seen_as(&internet, LB_IP, 81, 54, INTERNET_CLIENT);
     seen_as(&client, LB_IP, 81, 54, &client_ip);
     seen_as(&node1.netns, LB_IP, 81, 54, &gw1);
+
+    // 6. loadBalancerSourceRanges: the internet client's /32 reaches the LB IP, a pod outside
+    // the ranges does not (the external IP stays open to it); another range shuts the internet
+    // client out; removing the field opens the LB IP again.
+    let ranges = |value: &str| {
+        lab.kubectl_ok(&[
+            "patch",
+            "service",
+            "np",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"loadBalancerSourceRanges":{value}}}}}"#),
+        ]);
+    };
+    ranges(&format!(r#"["{INTERNET_CLIENT}/32"]"#));
+    eventually(
+        "the pod outside the source ranges dropped",
+        REACH_DEADLINE,
+        || {
+            let got = echo_client(&client, "http", &format!("{LB_IP}:81"), 1);
+            (got == ["-"]).then_some(())
+        },
+    );
+    no_answer(&client, LB_IP, 81, 54);
+    seen_as(&internet, LB_IP, 81, 54, INTERNET_CLIENT);
+    seen_as(&client, EXTERNAL_IP, 81, 54, &client_ip);
+    ranges(r#"["203.0.113.0/24"]"#);
+    eventually(
+        "the internet client outside the new range dropped",
+        REACH_DEADLINE,
+        || {
+            let got = echo_client(&internet, "http", &format!("{LB_IP}:81"), 1);
+            (got == ["-"]).then_some(())
+        },
+    );
+    no_answer(&internet, LB_IP, 81, 54);
+    ranges("null");
+    seen_as(&internet, LB_IP, 81, 54, INTERNET_CLIENT);
+    seen_as(&client, LB_IP, 81, 54, &client_ip);
 
     // 5. Back to ClusterIP: nothing external is left.
     let with_lb = counts(&lab, "node1", &node1.netns);
