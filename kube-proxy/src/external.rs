@@ -41,11 +41,14 @@
 //! `externalIPs` outside `--external-ip-cidrs` (when given) get no frontend
 //! (CVE-2020-8554); they are logged once per change.
 //!
-//! Not handled here: `sessionAffinity: ClientIP` on these frontends (they
-//! balance without affinity; see [`frontend_flows`]) and
-//! `internalTrafficPolicy: Local` combined with `externalTrafficPolicy:
-//! Cluster` (the external frontends then use the same, local, endpoints as
-//! the ClusterIP).
+//! With `sessionAffinity: ClientIP`, each frontend above that balances is a
+//! lookup in SESSION_AFFINITY and a second pass (see [`with_affinity`]); a
+//! client keeps its endpoint across all frontends of the port, and through
+//! the ETP-Local frontends across this node's endpoints.
+//!
+//! Not handled here: `internalTrafficPolicy: Local` combined with
+//! `externalTrafficPolicy: Cluster` (the external frontends then use the
+//! same, local, endpoints as the ClusterIP).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -312,9 +315,9 @@ impl Target {
 /// The flows of the port's external frontends in `SERVICE_EXTERNAL_FRONTEND`
 /// (see the module docs); empty without external frontends.
 ///
-/// With `sessionAffinity: ClientIP` the port's buckets go through
-/// `ENDPOINT_DNAT`, whose flows match the ClusterIP; the external frontends
-/// of such a port are not installed (logged) rather than installed broken.
+/// With `sessionAffinity: ClientIP` each frontend that balances is two
+/// flows ([`with_affinity`]), sharing the port's affinity (see
+/// [`crate::flows`]).
 pub fn frontend_flows(
     generation: u8,
     group_id: GroupId,
@@ -323,10 +326,6 @@ pub fn frontend_flows(
 ) -> Vec<Flow> {
     let ext = &state.external;
     if ext.is_empty() {
-        return Vec::new();
-    }
-    if state.session_affinity.is_some() {
-        tracing::warn!(service_port = %name, "sessionAffinity ClientIP on NodePort/external frontends is not supported: not installed");
         return Vec::new();
     }
     let c = cookie(generation, group_id);
@@ -400,7 +399,40 @@ pub fn frontend_flows(
             }
         }
     }
+    if state.session_affinity.is_some() {
+        tracing::debug!(service_port = %name, "external frontends with session affinity");
+        return with_affinity(flows);
+    }
     flows
+}
+
+/// The affinity form of frontend flows: a flow that balances through a
+/// group for a new connection (state 0) becomes a lookup of the client in
+/// SESSION_AFFINITY with the group's id in reg6, then a second pass through
+/// this table; a copy of the flow for state NeedsEndpoint balances through
+/// the group (state Selected finds no frontend here and goes on to
+/// SERVICE_LB's Selected flow). Drop and reject flows stay as they are.
+fn with_affinity(flows: Vec<Flow>) -> Vec<Flow> {
+    let new_connection = reg::SERVICE_STATE.matching(ServiceState::None);
+    let mut out = Vec::with_capacity(flows.len() * 2);
+    for flow in flows {
+        let Some(Action::Group(chosen)) = flow.actions.last().cloned() else {
+            out.push(flow);
+            continue;
+        };
+        let mut balance = flow.clone();
+        for m in &mut balance.matches {
+            if *m == new_connection {
+                *m = reg::SERVICE_STATE.matching(ServiceState::NeedsEndpoint);
+            }
+        }
+        balance.actions = vec![Action::Group(chosen)];
+        let mut lookup = flow;
+        lookup.actions = crate::flows::affinity_lookup(chosen, table::SERVICE_EXTERNAL_FRONTEND);
+        out.push(lookup);
+        out.push(balance);
+    }
+    out
 }
 
 /// The node context of `node`: node-port addresses are its InternalIPs

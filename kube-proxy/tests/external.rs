@@ -638,3 +638,66 @@ fn external_ip_cidrs_refuse_other_external_ips() {
     port.external.complete(name, &allowlist);
     assert!(port.external.is_empty());
 }
+
+/// `sessionAffinity: ClientIP` on external frontends: each balancing frontend is a lookup
+/// (reg6 = the group it balances through, then SESSION_AFFINITY and a second pass through
+/// this table) plus a copy for state NeedsEndpoint that balances; the ETP-Local frontends use
+/// the local group `GL`, which gets its own ENDPOINT_DNAT flows for the local endpoints.
+#[test]
+fn affinity_on_external_frontends_looks_up_then_balances() {
+    let mut svc = lb_local();
+    let spec = svc.spec.as_mut().unwrap();
+    spec.session_affinity = Some("ClientIP".into());
+    let state = state_of(&svc);
+    let text = flow_text(&state);
+    let gl = local_group_id(7);
+    let lookups = |group: u32| {
+        text.iter()
+            .filter(|f| {
+                f.contains("reg4=0x0/0x30000")
+                    && f.contains(&format!("set_field:{group:#x}->reg6,"))
+                    && f.ends_with("resubmit(,30),resubmit(,29)")
+            })
+            .count()
+    };
+    let balances = |group: u32| {
+        text.iter()
+            .filter(|f| {
+                f.contains("reg4=0x10000/0x30000") && f.ends_with(&format!("actions=group:{group}"))
+            })
+            .count()
+    };
+    // To G: the cluster VIP, the node address and the two ingress addresses for
+    // everyone, and the node itself on the two addresses (priority 210).
+    assert_eq!(lookups(7), 6, "{text:#?}");
+    assert_eq!(balances(7), 6, "{text:#?}");
+    // To GL: the local VIP, and the two addresses from the gateway (priority 205).
+    assert_eq!(lookups(gl), 3, "{text:#?}");
+    assert_eq!(balances(gl), 3, "{text:#?}");
+    assert!(
+        !text
+            .iter()
+            .any(|f| f.contains("reg4=0x0/0x30000") && f.contains("group:"))
+    );
+
+    let (_, port) = state.iter().next().unwrap();
+    let dnat: Vec<String> = switchyard_proxy::flows::affinity_dnat_flows(3, 7, port)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        dnat.len(),
+        3,
+        "two endpoints for G, the local one for GL: {dnat:#?}"
+    );
+    assert_eq!(
+        dnat.iter()
+            .filter(|f| f.contains(&format!("reg6={gl:#x},")))
+            .count(),
+        1
+    );
+    assert!(
+        dnat.iter().all(|f| f.contains("NXM_NX_REG6[]")),
+        "{dnat:#?}"
+    );
+}

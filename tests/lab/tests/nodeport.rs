@@ -377,3 +377,83 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
             .then_some(())
     });
 }
+
+const STICKY_NODE_PORT: u16 = 30090;
+
+/// Service `sticky` (NodePort, ETP Cluster) selecting `app: sticky`, port 80 to the pods' own
+/// echo server (8080, answers with the pod's name), with `sessionAffinity` as given.
+fn sticky_service(affinity: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\n  namespace: default\nspec:\n  type: NodePort\n  externalTrafficPolicy: Cluster\n  sessionAffinity: {affinity}\n  selector:\n    app: sticky\n  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n    nodePort: {STICKY_NODE_PORT}\n"
+    )
+}
+
+/// The distinct answers of `count` HTTP requests (a new connection each) from `netns`.
+fn backends_seen(netns: &str, target: &str, count: u32) -> std::collections::BTreeSet<String> {
+    echo_client(netns, "http", target, count)
+        .into_iter()
+        .collect()
+}
+
+/// `sessionAffinity: ClientIP` on a NodePort Service, two backends (node1 and node2):
+/// without affinity requests from the internet through node1's node port reach both (the
+/// check has the power to fail); with it every request from the internet sticks to one, and a
+/// pod's requests stick to one backend across the ClusterIP and the node port (one affinity
+/// per client for every frontend of the port, as in kube-proxy).
+#[test]
+fn session_affinity_on_the_node_port_is_shared_with_the_cluster_ip() {
+    if !privileged("session_affinity_on_the_node_port_is_shared_with_the_cluster_ip") {
+        return;
+    }
+    let lab = lab_up();
+    let _diag = DiagnosticsOnPanic(&lab, "this test");
+    let info = lab.info();
+    let internet = info
+        .fabric
+        .clone()
+        .expect("lab has a fabric")
+        .internet_netns;
+    let n1 = info.node("node1").unwrap().address.to_string();
+    let mut m = pod("s1", "node1", Some("sticky"));
+    m.push_str(&pod("s2", "node2", Some("sticky")));
+    m.push_str(&pod("client", "node1", None));
+    m.push_str(&sticky_service("None"));
+    lab.apply(&m);
+    for name in ["s1", "s2", "client"] {
+        wait_running(&lab, name, POD_DEADLINE);
+    }
+    let client = info.pod_netns("default", "client");
+    let node_port = format!("{n1}:{STICKY_NODE_PORT}");
+    let both: std::collections::BTreeSet<String> = ["s1".into(), "s2".into()].into();
+
+    eventually(
+        "both backends behind node1's node port",
+        REACH_DEADLINE,
+        || (backends_seen(&internet, &node_port, 40) == both).then_some(()),
+    );
+
+    lab.apply(&sticky_service("ClientIP"));
+    let from_internet = eventually(
+        "the internet client pinned to one backend",
+        REACH_DEADLINE,
+        || {
+            let seen = backends_seen(&internet, &node_port, 20);
+            (seen.len() == 1 && !seen.contains("-")).then_some(seen)
+        },
+    );
+    eprintln!("internet client pinned to {from_internet:?}");
+    let vip = format!("{}:80", cluster_ip(&lab, "default", "sticky"));
+    let pinned = eventually("the pod pinned to one backend", REACH_DEADLINE, || {
+        let seen = backends_seen(&client, &vip, 20);
+        (seen.len() == 1 && !seen.contains("-")).then_some(seen)
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            backends_seen(&client, &node_port, 10),
+            pinned,
+            "the pod's node-port requests follow its ClusterIP affinity"
+        );
+        assert_eq!(backends_seen(&client, &vip, 10), pinned);
+        assert_eq!(backends_seen(&internet, &node_port, 10), from_internet);
+    }
+}
