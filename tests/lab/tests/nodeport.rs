@@ -237,10 +237,21 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
     let (n1, n2) = (node1.address.to_string(), node2.address.to_string());
     let (gw1, gw2) = (gateway(&node1.netns), gateway(&node2.netns));
 
-    let start1 = counts(&lab, "node1", &node1.netns);
-    let start2 = counts(&lab, "node2", &node2.netns);
+    // The proxies' first sync of the host (the table with the node's address, the two
+    // node-port VIPs routed) may still be under way when `up` returns.
+    let host_synced = |node: &str, netns: &str| {
+        eventually(
+            &format!("{node}'s proxy to route the two node-port VIPs and hold its nft table"),
+            REACH_DEADLINE,
+            || {
+                let c = counts(&lab, node, netns);
+                (c.routes == 2 && c.nft_elements == 1).then_some(c)
+            },
+        )
+    };
+    let start1 = host_synced("node1", &node1.netns);
+    let start2 = host_synced("node2", &node2.netns);
     eprintln!("starting counts: node1 {start1:?}, node2 {start2:?}");
-    assert_eq!(start1.routes, 2, "the two node-port VIPs are routed");
 
     let mut m = pod("back", "node2", Some("np"));
     m.push_str(&pod("client", "node1", None));
