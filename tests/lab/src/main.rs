@@ -133,6 +133,9 @@ enum Command {
         /// Seconds to wait for each answer.
         #[arg(long, default_value_t = 2)]
         timeout: u64,
+        /// Local UDP port to send from (0: a new ephemeral port per request).
+        #[arg(long, default_value_t = 0, requires = "udp")]
+        source_port: u16,
     },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
@@ -256,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             udp,
             count,
             timeout,
+            source_port,
         } => {
             let timeout = std::time::Duration::from_secs(timeout);
             let failures = tokio_runtime()?.block_on(async {
@@ -263,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for _ in 0..count {
                     let r = match (http, udp) {
                         (Some(t), _) => echo::http_request(t, timeout).await,
-                        (None, Some(t)) => echo::udp_request(t, timeout).await,
+                        (None, Some(t)) => echo::udp_request_from(source_port, t, timeout).await,
                         (None, None) => Err(std::io::Error::other("give --http or --udp")),
                     };
                     match r {

@@ -468,3 +468,264 @@ fn session_affinity_on_the_node_port_is_shared_with_the_cluster_ip() {
         assert_eq!(backends_seen(&internet, &node_port, 10), from_internet);
     }
 }
+
+/// Service `chg` selecting `app: chg`, TCP `port` (to the pods' echo server, 8080) and UDP
+/// `port + 100` (5353), both answering with the pod's name; `extra` is inserted into the spec.
+/// (Not one port number for both protocols: `kubectl apply` merges Service ports by `port`
+/// alone, so a changed node port of the second one would be lost, as with kube-apiserver.)
+fn chg_service(kind: &str, port: u16, node_ports: (u16, u16), extra: &str) -> String {
+    let np = |n: u16| {
+        if kind == "NodePort" || kind == "LoadBalancer" {
+            format!("\n    nodePort: {n}")
+        } else {
+            String::new()
+        }
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: chg\n  namespace: default\nspec:\n  type: {kind}\n{extra}  selector:\n    app: chg\n  ports:\n  - name: http\n    protocol: TCP\n    port: {port}\n    targetPort: 8080{}\n  - name: dns\n    protocol: UDP\n    port: {}\n    targetPort: 5353{}\n",
+        np(node_ports.0),
+        port + 100,
+        np(node_ports.1)
+    )
+}
+
+/// `name` answers TCP `host:port` and UDP `host:port+100` (`chg`'s ports).
+fn named(netns: &str, host: &str, port: u16, name: &str) {
+    for (proto, port) in [("http", port), ("udp", port + 100)] {
+        answers(netns, proto, &format!("{host}:{port}"), name, &|a| {
+            a == name
+        });
+    }
+}
+
+/// Polls until neither `host:tcp` nor `host:udp` answers; prints how long that took.
+fn refuses(netns: &str, host: &str, tcp: u16, udp: u16, since: Instant) {
+    eventually(
+        &format!("{host}:{tcp}/{udp} to stop answering"),
+        REACH_DEADLINE,
+        || {
+            let http = echo_client(netns, "http", &format!("{host}:{tcp}"), 1);
+            let udp = echo_client(netns, "udp", &format!("{host}:{udp}"), 1);
+            (http == ["-"] && udp == ["-"]).then_some(())
+        },
+    );
+    eprintln!(
+        "{host}:{tcp}/{udp} stopped answering after {:.1?}",
+        since.elapsed()
+    );
+}
+
+/// Type and port changes leave nothing behind, `ipMode: Proxy` is not short-circuited, a UDP
+/// client on a fixed source port follows a replaced backend, and kubectl and kube-proxy's
+/// node URLs show what a user expects:
+/// 1. ExternalName -> NodePort: the node port answers from the internet.
+/// 2. nodePort changed: the old one stops answering, the new one answers.
+/// 3. NodePort -> LoadBalancer with an ingress IP, then the port changed: the LB IP's old port
+///    stops answering, the new one answers; `kubectl get svc` shows the node ports and the
+///    external IP.
+/// 4. `ipMode: Proxy`: a pod's request to the LB IP goes out to the load balancer (a server
+///    holding that address in the internet namespace answers), not to the backend.
+/// 5. UDP from a fixed source port to the node port while the only backend is replaced:
+///    answers come back from the new backend (its stale conntrack entry is flushed).
+/// 6. Back to ClusterIP: flows, nft set elements and routes return to their starting counts.
+/// 7. `:10256/healthz` (with `lastUpdated` and `currentTime`), `/livez` and
+///    `:10249/proxyMode` answer on the node, as upstream's "should check kube-proxy urls".
+#[test]
+fn type_and_port_changes_ip_mode_proxy_and_a_replaced_udp_backend() {
+    if !privileged("type_and_port_changes_ip_mode_proxy_and_a_replaced_udp_backend") {
+        return;
+    }
+    let lab = lab_up();
+    let _diag = DiagnosticsOnPanic(&lab, "this test");
+    let info = lab.info();
+    let fabric = info.fabric.clone().expect("lab has a fabric");
+    let internet = fabric.internet_netns.clone();
+    let node1 = info.node("node1").unwrap().clone();
+    let n1 = node1.address.to_string();
+    let start = eventually("node1's proxy host sync", REACH_DEADLINE, || {
+        let c = counts(&lab, "node1", &node1.netns);
+        (c.routes == 2 && c.nft_elements == 1).then_some(c)
+    });
+
+    let mut m = pod("old", "node2", Some("chg"));
+    m.push_str(&pod("client", "node1", None));
+    m.push_str(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: chg\n  namespace: default\nspec:\n  type: ExternalName\n  externalName: example.org\n",
+    );
+    lab.apply(&m);
+    wait_running(&lab, "old", POD_DEADLINE);
+    wait_running(&lab, "client", POD_DEADLINE);
+    let client = info.pod_netns("default", "client");
+
+    // 1. ExternalName -> NodePort.
+    lab.apply(&chg_service("NodePort", 83, (30083, 30084), ""));
+    answers(&internet, "http", &format!("{n1}:30083"), "old", &|a| {
+        a == "old"
+    });
+    answers(&internet, "udp", &format!("{n1}:30084"), "old", &|a| {
+        a == "old"
+    });
+
+    // 2. nodePort changed.
+    lab.apply(&chg_service("NodePort", 83, (30085, 30086), ""));
+    let changed = Instant::now();
+    answers(&internet, "http", &format!("{n1}:30085"), "old", &|a| {
+        a == "old"
+    });
+    answers(&internet, "udp", &format!("{n1}:30086"), "old", &|a| {
+        a == "old"
+    });
+    refuses(&internet, &n1, 30083, 30084, changed);
+
+    // 3. LoadBalancer, then the port changed.
+    lab.apply(&chg_service("LoadBalancer", 83, (30085, 30086), ""));
+    lab.kubectl_ok(&[
+        "patch",
+        "service",
+        "chg",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
+    ]);
+    check(
+        "route in the fabric",
+        in_netns(
+            &fabric.netns,
+            &["ip", "route", "replace", LB_IP, "via", &n1],
+        ),
+    );
+    check(
+        "route in the internet",
+        in_netns(
+            &internet,
+            &["ip", "route", "replace", LB_IP, "via", "198.51.100.1"],
+        ),
+    );
+    named(&internet, LB_IP, 83, "old");
+    lab.apply(&chg_service("LoadBalancer", 84, (30085, 30086), ""));
+    let changed = Instant::now();
+    named(&internet, LB_IP, 84, "old");
+    refuses(&internet, LB_IP, 83, 183, changed);
+    let svc = lab.kubectl_ok(&["get", "svc", "chg"]);
+    assert!(
+        svc.contains("LoadBalancer")
+            && svc.contains(LB_IP)
+            && svc.contains("84:30085/TCP,184:30086/UDP"),
+        "kubectl get svc:\n{svc}"
+    );
+
+    // 4. ipMode Proxy: the LB IP belongs to a load balancer outside (here: the internet
+    // namespace), and pods must reach it, not be short-circuited to the backend.
+    check(
+        "LB address in the internet",
+        in_netns(
+            &internet,
+            &["ip", "addr", "add", &format!("{LB_IP}/32"), "dev", "lo"],
+        ),
+    );
+    check(
+        "route to the internet in the fabric",
+        in_netns(
+            &fabric.netns,
+            &["ip", "route", "replace", LB_IP, "via", "198.51.100.2"],
+        ),
+    );
+    let _outside_lb = {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &internet,
+                LAB,
+                "echo-server",
+                "--name",
+                "outside-lb",
+            ])
+            .args(["--http", "84", "--udp", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    };
+    lab.kubectl_ok(&[
+        "patch",
+        "service",
+        "chg",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}","ipMode":"Proxy"}}]}}}}}}"#
+        ),
+    ]);
+    // (TCP only: the echo server answers UDP from the namespace's primary address, not the LB
+    // address on `lo`, which no client's conntrack would accept.)
+    answers(
+        &client,
+        "http",
+        &format!("{LB_IP}:84"),
+        "outside-lb",
+        &|a| a == "outside-lb",
+    );
+
+    // 5. UDP from one source port while the only backend is replaced.
+    let fixed = |target: &str| {
+        let out = in_netns(
+            &internet,
+            &[
+                LAB,
+                "echo-client",
+                "--udp",
+                target,
+                "--source-port",
+                "40053",
+                "--timeout",
+                "1",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let target = format!("{n1}:30086");
+    eventually(
+        "the fixed-port UDP client answered by the old pod",
+        REACH_DEADLINE,
+        || (fixed(&target) == "old").then_some(()),
+    );
+    lab.kubectl_ok(&["delete", "pod", "old", "--wait=false"]);
+    lab.apply(&pod("new", "node2", Some("chg")));
+    wait_running(&lab, "new", POD_DEADLINE);
+    let ready = Instant::now();
+    eventually(
+        "the same UDP flow answered by the new pod",
+        REACH_DEADLINE,
+        || (fixed(&target) == "new").then_some(()),
+    );
+    eprintln!(
+        "fixed-port UDP answered by the new pod {:.1?} after it was Ready",
+        ready.elapsed()
+    );
+
+    // 6. Back to ClusterIP: nothing external is left on node1.
+    lab.apply(&chg_service("ClusterIP", 84, (0, 0), ""));
+    eventually("node1's starting counts again", REACH_DEADLINE, || {
+        (counts(&lab, "node1", &node1.netns) == start).then_some(())
+    });
+
+    // 7. kube-proxy's node URLs.
+    let curl = |url: &str| {
+        let out = in_netns(&node1.netns, &["curl", "-sS", "-w", "\n%{http_code}", url]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let healthz = curl("http://127.0.0.1:10256/healthz");
+    assert!(
+        healthz.ends_with("\n200")
+            && healthz.contains("lastUpdated")
+            && healthz.contains("currentTime"),
+        "/healthz: {healthz}"
+    );
+    assert!(curl("http://127.0.0.1:10256/livez").ends_with("\n200"));
+    let mode = curl("http://127.0.0.1:10249/proxyMode");
+    assert_eq!(mode, "switchyard\n200", "/proxyMode");
+}
