@@ -44,7 +44,7 @@ pub struct Flags {
     #[arg(long, default_value_t = 1000)]
     pub reject_rate: u32,
     /// Endpoints per OVS select group (1-512). A Service port with more endpoints is
-    /// balanced over chained groups, up to 126 groups per port.
+    /// balanced over chained groups, up to 125 groups per port.
     #[arg(long, default_value_t = crate::groups::DEFAULT_BUCKETS_PER_GROUP,
           value_parser = clap::value_parser!(u16).range(1..=512).map(usize::from))]
     pub buckets_per_group: usize,

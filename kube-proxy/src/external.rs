@@ -46,9 +46,11 @@
 //! client keeps its endpoint across all frontends of the port, and through
 //! the ETP-Local frontends across this node's endpoints.
 //!
-//! Not handled here: `internalTrafficPolicy: Local` combined with
-//! `externalTrafficPolicy: Cluster` (the external frontends then use the
-//! same, local, endpoints as the ClusterIP).
+//! With `internalTrafficPolicy: Local` the port's group `G` holds only this
+//! node's endpoints (for the ClusterIP); the frontends above that use every
+//! endpoint go to the cluster-endpoints group `GC`
+//! ([`crate::groups::cluster_group_id`]) instead, as kube-proxy applies only
+//! the external policy to external traffic.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -59,7 +61,7 @@ use switchyard_pipeline::{PortKind, ServiceState, priority, reg, table};
 
 use crate::diff::GroupId;
 use crate::flows::{ETH_TYPE_IP, REJECT_USERDATA, cookie, ip_proto};
-use crate::groups::local_group_id;
+use crate::groups::{cluster_group_id, local_group_id};
 use crate::service_model::{
     Endpoint, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
 };
@@ -112,6 +114,12 @@ pub struct ExternalFrontends {
     /// With `local`: this node's usable endpoints (ready; serving and
     /// terminating when none is ready), sorted by IP then port.
     pub local_endpoints: Vec<Endpoint>,
+    /// With `internalTrafficPolicy: Local` (the port's group `G` then
+    /// holds only this node's endpoints): every usable endpoint of the
+    /// cluster, for the external frontends that use every endpoint (group
+    /// `GC`, [`crate::groups::cluster_group_id`]), as kube-proxy's external
+    /// policy ignores the internal one.
+    pub cluster_endpoints: Vec<Endpoint>,
     /// The node (filled in by the recompute; empty in pure model tests).
     pub node: Arc<NodeContext>,
 }
@@ -173,6 +181,12 @@ impl ExternalFrontends {
         let local = spec.external_traffic_policy.as_deref() == Some("Local")
             && (node_port.is_some() || !ips.is_empty());
         let local_endpoints = if local { local_usable(all) } else { Vec::new() };
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let cluster_endpoints = if internal_local && (node_port.is_some() || !ips.is_empty()) {
+            crate::service_model::cluster_usable(all)
+        } else {
+            Vec::new()
+        };
         Self {
             node_port,
             ips,
@@ -181,6 +195,7 @@ impl ExternalFrontends {
             external_only: external,
             local,
             local_endpoints,
+            cluster_endpoints,
             node: Arc::default(),
         }
     }
@@ -202,6 +217,7 @@ impl ExternalFrontends {
                 if self.is_empty() {
                     self.local = false;
                     self.local_endpoints.clear();
+                    self.cluster_endpoints.clear();
                 }
             }
         }
@@ -218,6 +234,11 @@ impl ExternalFrontends {
         self.local && !self.is_empty() && !self.local_endpoints.is_empty()
     }
 
+    /// The port has a cluster-endpoints group `GC`.
+    pub fn has_cluster_group(&self) -> bool {
+        !self.is_empty() && !self.cluster_endpoints.is_empty()
+    }
+
     /// Everything the frontend flows depend on is equal (the local
     /// endpoints only by whether there are any).
     pub fn same_frontend(&self, other: &Self) -> bool {
@@ -227,17 +248,20 @@ impl ExternalFrontends {
             && self.ranged_ips == other.ranged_ips
             && self.local == other.local
             && self.local_endpoints.is_empty() == other.local_endpoints.is_empty()
+            && self.cluster_endpoints.is_empty() == other.cluster_endpoints.is_empty()
             && self.node == other.node
     }
 
-    /// The local group's buckets are equal.
+    /// The external groups' buckets are equal.
     pub fn same_buckets(&self, other: &Self) -> bool {
-        self.local_endpoints.len() == other.local_endpoints.len()
-            && self
-                .local_endpoints
-                .iter()
-                .zip(&other.local_endpoints)
-                .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+        let same = |a: &[Endpoint], b: &[Endpoint]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+        };
+        same(&self.local_endpoints, &other.local_endpoints)
+            && same(&self.cluster_endpoints, &other.cluster_endpoints)
     }
 
     /// Every `address:port` a connection of this port's external frontends
@@ -329,10 +353,17 @@ pub fn frontend_flows(
         return Vec::new();
     }
     let c = cookie(generation, group_id);
-    let everyone = match state.no_endpoints_action() {
-        None => Target::Group(group_id),
-        Some(NoEndpointsAction::Reject) => Target::Reject,
-        Some(NoEndpointsAction::Drop) => Target::Drop,
+    let everyone = if ext.has_cluster_group() {
+        Target::Group(cluster_group_id(group_id))
+    } else if state.internal_traffic_policy_local {
+        // No usable endpoint anywhere (else GC would exist).
+        Target::Reject
+    } else {
+        match state.no_endpoints_action() {
+            None => Target::Group(group_id),
+            Some(NoEndpointsAction::Reject) => Target::Reject,
+            Some(NoEndpointsAction::Drop) => Target::Drop,
+        }
     };
     let local = if ext.has_local_group() {
         Target::Group(local_group_id(group_id))

@@ -224,8 +224,8 @@ pub fn affinity_lookup(chosen: GroupId, table: switchyard_pipeline::Table) -> Ve
 }
 
 /// The ENDPOINT_DNAT flows of an affinity Service port: one per endpoint
-/// for the port's group `G`, and, when its ETP-Local external frontends
-/// have a local group `GL`, one per local endpoint for `GL`. Each
+/// for the port's group `G`, and for its external groups when it has them
+/// (one per cluster endpoint for `GC`, one per local endpoint for `GL`). Each
 /// (re)learns the client's choice, then DNATs. Empty without affinity.
 ///
 /// The `learn` sits here and not in the group's bucket because OVS does not
@@ -258,6 +258,16 @@ pub fn affinity_dnat_flows(
         .iter()
         .map(|endpoint| flow(group_id, endpoint))
         .collect();
+    if state.external.has_cluster_group() {
+        let cluster = crate::groups::cluster_group_id(group_id);
+        flows.extend(
+            state
+                .external
+                .cluster_endpoints
+                .iter()
+                .map(|endpoint| flow(cluster, endpoint)),
+        );
+    }
     if state.external.has_local_group() {
         let local = crate::groups::local_group_id(group_id);
         flows.extend(

@@ -701,3 +701,55 @@ fn affinity_on_external_frontends_looks_up_then_balances() {
         "{dnat:#?}"
     );
 }
+
+/// `internalTrafficPolicy: Local` with `externalTrafficPolicy: Cluster`: the port's group
+/// holds the local endpoint only (the ClusterIP), the external frontends balance over every
+/// endpoint through the cluster-endpoints group `GC`; without any endpoint they reject.
+#[test]
+fn internal_policy_local_keeps_every_endpoint_for_external_frontends() {
+    let mut svc = external(web(), "NodePort", &[30080], &[], false, &[]);
+    svc.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+    let state = state_of(&svc);
+    let port = only(&state);
+    let local: Vec<String> = port.endpoints.iter().map(|e| e.ip.to_string()).collect();
+    assert_eq!(local, ["10.244.0.7"]);
+    let cluster: Vec<String> = port
+        .external
+        .cluster_endpoints
+        .iter()
+        .map(|e| e.ip.to_string())
+        .collect();
+    assert_eq!(cluster, ["10.244.0.7", "10.244.1.5"]);
+    let gc = switchyard_proxy::groups::cluster_group_id(7);
+    assert_eq!(gc, 0x7e00_0007);
+    let text = flow_text(&state);
+    assert!(
+        text.iter().all(|f| f.ends_with(&format!("group:{gc}"))),
+        "{text:#?}"
+    );
+    let groups = GroupLayout::default().port_groups(7, port);
+    let ids: Vec<u32> = groups.iter().map(|g| g.group_id).collect();
+    assert_eq!(ids, [7, gc]);
+    assert_eq!(groups[1].buckets.len(), 2);
+    // The remote endpoint is in the serving set (UDP flushes on its removal).
+    assert!(
+        port.serving
+            .iter()
+            .any(|(ip, _)| ip.to_string() == "10.244.1.5")
+    );
+
+    // No endpoint anywhere: the external frontends reject, no GC.
+    let empty = build_desired_state([&svc], std::iter::empty(), NODE);
+    let (name, port) = empty.iter().next().unwrap();
+    let mut port = ServicePortState::clone(port);
+    port.external.complete(name, &node());
+    assert!(!port.external.has_cluster_group());
+    let flows = frontend_flows(3, 7, name, &port);
+    assert!(!flows.is_empty());
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.to_string().contains("controller(userdata=53.59.52.4a)")),
+        "{flows:#?}"
+    );
+}

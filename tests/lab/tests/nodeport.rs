@@ -519,7 +519,9 @@ fn refuses(netns: &str, host: &str, tcp: u16, udp: u16, since: Instant) {
 /// client on a fixed source port follows a replaced backend, and kubectl and kube-proxy's
 /// node URLs show what a user expects:
 /// 1. ExternalName -> NodePort: the node port answers from the internet.
-/// 2. nodePort changed: the old one stops answering, the new one answers.
+/// 2. nodePort changed: the old one stops answering, the new one answers; with
+///    `internalTrafficPolicy: Local` the ClusterIP drops on node1 (no local endpoint) while
+///    node1's node port reaches the backend on node2.
 /// 3. NodePort -> LoadBalancer with an ingress IP, then the port changed: the LB IP's old port
 ///    stops answering, the new one answers; `kubectl get svc` shows the node ports and the
 ///    external IP.
@@ -576,6 +578,39 @@ fn type_and_port_changes_ip_mode_proxy_and_a_replaced_udp_backend() {
         a == "old"
     });
     refuses(&internet, &n1, 30083, 30084, changed);
+
+    // 2b. internalTrafficPolicy: Local with externalTrafficPolicy: Cluster: the pod on node1
+    // (no local endpoint) gets nothing from the ClusterIP, while node1's node port still
+    // reaches the backend on node2 (the external policy alone applies to external traffic).
+    let itp = |policy: &str| {
+        lab.kubectl_ok(&[
+            "patch",
+            "service",
+            "chg",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"internalTrafficPolicy":"{policy}"}}}}"#),
+        ]);
+    };
+    let vip = cluster_ip(&lab, "default", "chg");
+    named(&client, &vip, 83, "old");
+    itp("Local");
+    eventually(
+        "the ClusterIP without local endpoints to drop",
+        REACH_DEADLINE,
+        || (echo_client(&client, "http", &format!("{vip}:83"), 1) == ["-"]).then_some(()),
+    );
+    answers(&internet, "http", &format!("{n1}:30085"), "old", &|a| {
+        a == "old"
+    });
+    answers(&internet, "udp", &format!("{n1}:30086"), "old", &|a| {
+        a == "old"
+    });
+    answers(&client, "http", &format!("{n1}:30085"), "old", &|a| {
+        a == "old"
+    });
+    itp("Cluster");
+    named(&client, &vip, 83, "old");
 
     // 3. LoadBalancer, then the port changed.
     lab.apply(&chg_service("LoadBalancer", 83, (30085, 30086), ""));
