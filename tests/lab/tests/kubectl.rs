@@ -680,3 +680,35 @@ async fn kubectl_get_svc_shows_node_ports_external_ips_and_the_kubernetes_servic
     .await;
     server.shutdown().await;
 }
+
+/// `kubectl apply -f deploy/switchyard.yaml` (and the host-OVS variant) works against the lab
+/// as against a cluster: every kind of the shipped manifests, RBAC included, is served, and
+/// kubectl's validation finds what it looks for; a second apply changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_shipped_manifests() {
+    let server = common::start(ApiServerOptions::default()).await;
+    let k = Kubectl::new(&server);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for manifest in ["deploy/switchyard.yaml", "deploy/switchyard-host-ovs.yaml"] {
+        let path = root.join(manifest);
+        let path = path.to_str().unwrap();
+        let out = k.ok(&["apply", "-f", path]).await;
+        assert!(!out.contains("unchanged"), "{manifest}: first apply: {out}");
+        for kind in [
+            "clusterrole.rbac.authorization.k8s.io/",
+            "rolebinding.rbac.authorization.k8s.io/",
+            "daemonset.apps/",
+        ] {
+            assert!(out.contains(kind), "{manifest}: {kind} applied: {out}");
+        }
+        let again = k.ok(&["apply", "-f", path]).await;
+        assert!(
+            again.lines().all(|l| l.ends_with(" unchanged")),
+            "{manifest}: second apply changes nothing: {again}"
+        );
+        k.ok(&["delete", "-f", path, "--wait=false"]).await;
+    }
+    let roles = k.ok(&["get", "clusterroles", "-o", "name"]).await;
+    assert!(!roles.contains("switchyard-agent"), "deleted: {roles}");
+    server.shutdown().await;
+}
