@@ -340,6 +340,7 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
         }
         None => None,
     };
+    start_fabric_api(state, &mut info, fabric_underlay)?;
 
     // Node namespaces.
     for node in &info.nodes {
@@ -475,6 +476,22 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
         agents,
         proxies,
     })
+}
+
+/// With a fabric: the fabric API in its namespace (router of LoadBalancer `Route` mode).
+fn start_fabric_api(
+    state: &StateDir,
+    info: &mut LabInfo,
+    address: Option<Ipv4Addr>,
+) -> Result<(), LabError> {
+    let (Some(f), Some(address)) = (info.fabric.as_ref(), address) else {
+        return Ok(());
+    };
+    let api = fabric::start_api(state, &info.binaries.lab, f, address)?;
+    if let Some(f) = info.fabric.as_mut() {
+        f.api = Some(api);
+    }
+    state.save_info(info)
 }
 
 fn start_apiserver(state: &StateDir, info: &LabInfo) -> Result<String, LabError> {
