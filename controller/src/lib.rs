@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod lead;
 pub mod leader;
 pub mod metrics;
+pub mod routes;
 pub mod service;
 
 use std::sync::Arc;
@@ -27,8 +28,10 @@ pub struct Options {
     pub identity: String,
     /// Election timings.
     pub timings: leader::Timings,
-    /// Full pass period without changes.
+    /// Full pass period without changes (also the routers' read-compare-repair period).
     pub resync: Duration,
+    /// Cluster name: the `switchyard.io/cluster` tag of the routes it writes.
+    pub cluster: String,
 }
 
 /// Campaigns, and leads while elected, until `shutdown` completes; then gives the Lease up
@@ -82,6 +85,8 @@ async fn serve(
             metrics: metrics.clone(),
             identity: opts.identity.clone(),
             resync: opts.resync,
+            namespace: opts.namespace.clone(),
+            cluster: opts.cluster.clone(),
         };
         tokio::select! {
             r = lead::lead(ctx) => if let Err(e) = r {
@@ -95,7 +100,7 @@ async fn serve(
 }
 
 #[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
