@@ -50,8 +50,10 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     /// This replica's identity (Events' reportingInstance).
     pub identity: String,
-    /// Period of the full pass even without changes (route repair).
+    /// Period of the full pass even without changes.
     pub resync: Duration,
+    /// Period of the routers' read-compare-repair without changes.
+    pub route_resync: Duration,
     /// The controller's namespace (credentials Secrets of RouteTargets live there).
     pub namespace: String,
     /// Cluster name: the `switchyard.io/cluster` tag of the routes it writes.
@@ -149,7 +151,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         client: c.clone(),
         namespace: ctx.namespace.clone(),
         cluster: ctx.cluster.clone(),
-        resync: ctx.resync,
+        resync: ctx.route_resync,
         fence: ctx.fence.clone(),
         metrics: ctx.metrics.clone(),
     };

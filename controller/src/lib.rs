@@ -28,8 +28,10 @@ pub struct Options {
     pub identity: String,
     /// Election timings.
     pub timings: leader::Timings,
-    /// Full pass period without changes (also the routers' read-compare-repair period).
+    /// Full pass period without changes.
     pub resync: Duration,
+    /// Period of the routers' read-compare-repair without changes (Route mode).
+    pub route_resync: Duration,
     /// Cluster name: the `switchyard.io/cluster` tag of the routes it writes.
     pub cluster: String,
 }
@@ -85,6 +87,7 @@ async fn serve(
             metrics: metrics.clone(),
             identity: opts.identity.clone(),
             resync: opts.resync,
+            route_resync: opts.route_resync,
             namespace: opts.namespace.clone(),
             cluster: opts.cluster.clone(),
         };

@@ -4,7 +4,7 @@
 //! The leader computes the desired routes ([`desired`]) after every pass (Service,
 //! EndpointSlice, Node, IPPool or RouteTarget change) and hands them to the [`Syncer`] task,
 //! which reads, compares and repairs each RouteTarget: on every change of what it should hold,
-//! and at least every `resync` (10 s) otherwise, so a route edited or lost on the router comes
+//! and at least every `resync` (`--route-resync`, 5 s) otherwise, so a route edited or lost on the router comes
 //! back. A failed call is retried with exponential backoff (0.5 s doubling to 10 s); the
 //! outcome per Service goes back to the leader as a [`Report`], which writes it into the
 //! Service's `switchyard.io/Announced` condition (one status writer). Only routes tagged with
