@@ -317,7 +317,7 @@ fn route_mode_through_the_fabric_api() {
     );
     assert_eq!(
         fabric_hops(&fabric.netns, &ip),
-        [n2.clone()],
+        std::slice::from_ref(&n2),
         "unchanged while failing"
     );
     fabric_api(&lab, "PUT", "/lab/v1/faults", "{}");
