@@ -34,34 +34,32 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    fn message(network: IpNet, next_hops: &[IpAddr]) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<IpAddr>::new()
+    /// The route message; next hops of the other address family are refused.
+    fn message(network: IpNet, next_hops: &[IpAddr]) -> Result<RouteMessage, String> {
+        if let Some(h) = next_hops
+            .iter()
+            .find(|h| h.is_ipv4() != matches!(network, IpNet::V4(_)))
+        {
+            return Err(format!("next hop {h} is not of the family of {network}"));
+        }
+        let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(network.network(), network.prefix_len())
-            .unwrap_or_default()
+            .map_err(|e| e.to_string())?
             .table_id(MAIN_TABLE)
             .protocol(PROTO);
-        match next_hops {
-            [] => {}
-            [one] => {
-                b = b.gateway(*one).unwrap_or_else(|_| {
-                    RouteMessageBuilder::<IpAddr>::new()
-                        .destination_prefix(network.network(), network.prefix_len())
-                        .unwrap_or_default()
-                });
-            }
-            many => {
-                b = b.multipath(
-                    many.iter()
-                        .map(|ip| {
-                            let mut hop = RouteNextHop::default();
-                            hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::from(*ip))];
-                            hop
-                        })
-                        .collect(),
-                );
-            }
-        }
-        b.build()
+        let b = match next_hops {
+            [one] => b.gateway(*one).map_err(|e| e.to_string())?,
+            many => b.multipath(
+                many.iter()
+                    .map(|ip| {
+                        let mut hop = RouteNextHop::default();
+                        hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::from(*ip))];
+                        hop
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(b.build())
     }
 
     async fn find(&self, network: IpNet) -> Result<Option<RouteMessage>, String> {
@@ -140,7 +138,7 @@ impl Kernel for Netlink {
             }
             self.handle
                 .route()
-                .add(Self::message(network, next_hops))
+                .add(Self::message(network, next_hops)?)
                 .replace()
                 .execute()
                 .await
