@@ -635,6 +635,10 @@ const STATE_ENTRIES: &[&str] = &[
     "pods",
     "cni-bin",
     "demo",
+    // The fabric API's certificates, log and ready file (`--fabric`).
+    "fabric-api",
+    // A switchyard-controller's log, when a test runs one against the lab.
+    "controller.log",
 ];
 
 /// Removes what the lab wrote in its state directory, then the directory if that left it
