@@ -62,7 +62,16 @@ struct TargetState {
     last_sync: Option<Instant>,
     last_synced: Option<TargetRoutes>,
     last_routes: i64,
+    /// The RouteTarget's `lastError`: a failure of the whole target, or a summary of the
+    /// routes' failures.
     last_error: Option<String>,
+    /// Whether the last sync failed as a whole (list, credentials, driver): every route's
+    /// Services are told.
+    target_failed: bool,
+    /// Routes known to be on the router as wanted, after the last sync.
+    held: BTreeMap<String, StaticRoute>,
+    /// Routes whose write or delete failed in the last sync, with the error.
+    route_errors: BTreeMap<String, String>,
 }
 
 /// The route syncer of one leadership term.
@@ -271,31 +280,69 @@ impl Syncer {
                         )
                         .await
                         {
-                            Ok(r) if r.failed.is_empty() => Ok(r),
-                            Ok(r) => {
-                                let msg = r
-                                    .failed
-                                    .iter()
-                                    .map(|(id, e)| format!("{id}: {e}"))
-                                    .collect::<Vec<_>>()
-                                    .join("; ");
-                                st.last_routes = r.held;
-                                Err((r.retriable, msg))
-                            }
+                            Ok(r) => Ok(r),
                             Err(e) => Err((e.retriable(), e.to_string())),
                         }
                     }
                 }
             }
         };
+        let retry_text = |retriable: bool, failures: u32, delay: Duration| {
+            if retriable {
+                format!(
+                    " (attempt {failures}, retrying in {:.1} s)",
+                    delay.as_secs_f64()
+                )
+            } else {
+                String::new()
+            }
+        };
         match result {
-            Ok(r) => {
+            Ok(r) if r.failed.is_empty() => {
                 st.failures = 0;
                 st.next_attempt = None;
                 st.last_sync = Some(now);
                 st.last_synced = Some(want.clone());
                 st.last_error = None;
+                st.target_failed = false;
                 st.last_routes = r.held;
+                st.held = want.routes.clone();
+                st.route_errors.clear();
+            }
+            Ok(r) => {
+                // Some routes failed: the others are in place.
+                st.failures += 1;
+                let delay = if r.retriable {
+                    backoff(st.failures)
+                } else {
+                    self.resync
+                };
+                let suffix = retry_text(r.retriable, st.failures, delay);
+                tracing::warn!(target = name, failed = ?r.failed, attempt = st.failures, retry_in = ?delay, "some routes failed");
+                st.next_attempt = Some(now + delay);
+                st.last_sync = Some(now);
+                st.last_synced = None;
+                st.target_failed = false;
+                st.last_routes = r.held;
+                st.held = want
+                    .routes
+                    .iter()
+                    .filter(|(id, _)| !r.failed.contains_key(*id))
+                    .map(|(id, route)| (id.clone(), route.clone()))
+                    .collect();
+                st.route_errors = r
+                    .failed
+                    .iter()
+                    .map(|(id, e)| (id.clone(), format!("{e}{suffix}")))
+                    .collect();
+                st.last_error = Some(format!(
+                    "{}{suffix}",
+                    r.failed
+                        .iter()
+                        .map(|(id, e)| format!("{id}: {e}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
             }
             Err((retriable, msg)) => {
                 st.failures += 1;
@@ -308,15 +355,12 @@ impl Syncer {
                 st.next_attempt = Some(now + delay);
                 st.last_sync = Some(now);
                 st.last_synced = None;
-                st.last_error = Some(if retriable {
-                    format!(
-                        "{msg} (attempt {}, retrying in {:.1} s)",
-                        st.failures,
-                        delay.as_secs_f64()
-                    )
-                } else {
-                    msg
-                });
+                st.target_failed = true;
+                st.route_errors.clear();
+                st.last_error = Some(format!(
+                    "{msg}{}",
+                    retry_text(retriable, st.failures, delay)
+                ));
             }
         }
         if let Some(t) = target {
@@ -353,8 +397,18 @@ impl Syncer {
 fn report_target(name: &str, want: &TargetRoutes, st: &TargetState, out: &mut Report) {
     for (id, route) in &want.routes {
         let services = want.services.get(id).cloned().unwrap_or_default();
-        let outcome = match (&st.last_error, st.last_synced.as_ref() == Some(want)) {
-            (None, true) => (
+        let error = if st.target_failed {
+            st.last_error.as_deref()
+        } else {
+            st.route_errors.get(id).map(String::as_str)
+        };
+        let outcome = match error {
+            Some(e) => (
+                false,
+                "RouterError".to_string(),
+                format!("RouteTarget {name}: {e}"),
+            ),
+            None if st.held.get(id).is_some_and(|h| h.same_route(route)) => (
                 true,
                 "Routed".to_string(),
                 format!(
@@ -363,12 +417,8 @@ fn report_target(name: &str, want: &TargetRoutes, st: &TargetState, out: &mut Re
                     hops_text(route)
                 ),
             ),
-            (Some(e), _) => (
-                false,
-                "RouterError".to_string(),
-                format!("RouteTarget {name}: {e}"),
-            ),
-            (None, false) => continue,
+            // Not synced since it changed: the condition stays as it is.
+            None => continue,
         };
         for k in services {
             out.insert(k, outcome.clone());
@@ -379,6 +429,139 @@ fn report_target(name: &str, want: &TargetRoutes, st: &TargetState, out: &mut Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+
+    /// This cluster's routes by id; ids in `foreign` belong to someone else.
+    #[derive(Debug, Default)]
+    struct FakeRouter {
+        routes: Mutex<BTreeMap<String, StaticRoute>>,
+        foreign: Vec<String>,
+        writes: Mutex<Vec<String>>,
+    }
+
+    impl RouterDriver for FakeRouter {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn list(&self) -> BoxFuture<'_, Result<Vec<StaticRoute>, RouterError>> {
+            let v = self.routes.lock().unwrap().values().cloned().collect();
+            async move { Ok(v) }.boxed()
+        }
+        fn get<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<StaticRoute>, RouterError>> {
+            let v = self.routes.lock().unwrap().get(id).cloned();
+            async move { Ok(v) }.boxed()
+        }
+        fn put<'a>(&'a self, route: &'a StaticRoute) -> BoxFuture<'a, Result<(), RouterError>> {
+            let r = if self.foreign.contains(&route.id) {
+                Err(RouterError::NotOwned {
+                    id: route.id.clone(),
+                    cluster: "c1".into(),
+                })
+            } else {
+                self.writes
+                    .lock()
+                    .unwrap()
+                    .push(format!("put {}", route.id));
+                self.routes
+                    .lock()
+                    .unwrap()
+                    .insert(route.id.clone(), route.clone());
+                Ok(())
+            };
+            async move { r }.boxed()
+        }
+        fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RouterError>> {
+            self.writes.lock().unwrap().push(format!("delete {id}"));
+            self.routes.lock().unwrap().remove(id);
+            async { Ok(()) }.boxed()
+        }
+        fn realized<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<bool, RouterError>> {
+            async { Ok(true) }.boxed()
+        }
+    }
+
+    fn route(id: &str, owner: &str, hops: &[&str]) -> StaticRoute {
+        StaticRoute::new(
+            id,
+            "198.18.0.1/32".parse().unwrap(),
+            hops.iter().map(|h| h.parse().unwrap()).collect(),
+            owner,
+            id,
+        )
+    }
+
+    #[tokio::test]
+    async fn sync_repairs_and_deletes_only_its_own_routes() {
+        let router = FakeRouter::default();
+        for r in [
+            route("c1-lb-a", "lb", &["10.0.0.1"]),
+            route("c1-lb-gone", "lb", &["10.0.0.1"]),
+            // The control-plane VIP's route, same cluster tag, another owner.
+            route("c1-cpvip", "cpvip", &["10.0.0.9"]),
+        ] {
+            router.routes.lock().unwrap().insert(r.id.clone(), r);
+        }
+        let want: BTreeMap<String, StaticRoute> = [
+            route("c1-lb-a", "lb", &["10.0.0.1", "10.0.0.2"]),
+            route("c1-lb-b", "lb", &["10.0.0.3"]),
+        ]
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+        let r = sync_routes(&router, &want, None, None).await.unwrap();
+        assert_eq!(r.put, ["c1-lb-a", "c1-lb-b"]);
+        assert_eq!(r.deleted, ["c1-lb-gone"]);
+        assert!(r.failed.is_empty());
+        let held = router.routes.lock().unwrap().clone();
+        assert_eq!(held["c1-cpvip"], route("c1-cpvip", "cpvip", &["10.0.0.9"]));
+        // In sync: a second pass writes nothing.
+        router.writes.lock().unwrap().clear();
+        let r = sync_routes(&router, &want, None, None).await.unwrap();
+        assert!(r.put.is_empty() && r.deleted.is_empty(), "{r:?}");
+        assert!(router.writes.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_failing_route_does_not_fail_the_others() {
+        let router = FakeRouter {
+            foreign: vec!["c1-lb-taken".into()],
+            ..Default::default()
+        };
+        let want = TargetRoutes {
+            routes: [
+                route("c1-lb-ok", "lb", &["10.0.0.1"]),
+                route("c1-lb-taken", "lb", &["10.0.0.1"]),
+            ]
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect(),
+            services: BTreeMap::from([
+                ("c1-lb-ok".to_string(), vec!["default/ok".to_string()]),
+                ("c1-lb-taken".to_string(), vec!["default/taken".to_string()]),
+            ]),
+        };
+        let r = sync_routes(&router, &want.routes, None, None)
+            .await
+            .unwrap();
+        assert_eq!(r.put, ["c1-lb-ok"]);
+        assert!(!r.retriable);
+        let st = TargetState {
+            held: BTreeMap::from([("c1-lb-ok".to_string(), want.routes["c1-lb-ok"].clone())]),
+            route_errors: r.failed.clone(),
+            last_error: Some("x".into()),
+            ..Default::default()
+        };
+        let mut out = Report::new();
+        report_target("edge", &want, &st, &mut out);
+        assert_eq!(out["default/ok"].1, "Routed");
+        assert_eq!(out["default/taken"].1, "RouterError");
+        assert!(out["default/taken"].2.contains("not tagged"), "{out:?}");
+    }
 
     #[test]
     fn backoff_doubles_to_ten_seconds() {
