@@ -1,7 +1,7 @@
 //! The `lab` router driver against the fabric API, in process: the fabric API's TLS (lab CA,
 //! client certificate required), the Policy API subset it serves, reads reporting the
 //! kernel's next hops (an out-of-band edit shows), fault injection (5xx, retriable), and the
-//! request log. The kernel is an in-memory fake here; `tests/load_balancer_route.rs` runs the
+//! request log, latency (a timeout). The kernel is an in-memory fake here; `tests/load_balancer_route.rs` runs the
 //! real one (netlink in the lab's fabric namespace).
 
 use std::collections::BTreeMap;
@@ -76,7 +76,11 @@ async fn setup() -> Setup {
 }
 
 fn driver(s: &Setup, cluster: &str) -> PolicyDriver {
-    PolicyDriver::lab(PolicyConfig {
+    PolicyDriver::lab(config(s, cluster)).unwrap()
+}
+
+fn config(s: &Setup, cluster: &str) -> PolicyConfig {
+    PolicyConfig {
         endpoint: format!("https://{}", s.api.addr()),
         tier1: "lab".into(),
         cluster: cluster.into(),
@@ -84,8 +88,7 @@ fn driver(s: &Setup, cluster: &str) -> PolicyDriver {
         cert_pem: std::fs::read(&s.files.client_cert).unwrap(),
         key_pem: std::fs::read(&s.files.client_key).unwrap(),
         timeout: Duration::from_secs(5),
-    })
-    .unwrap()
+    }
 }
 
 fn route(id: &str, net: &str, hops: &[&str]) -> StaticRoute {
@@ -192,6 +195,27 @@ async fn reads_show_out_of_band_edits_and_faults_are_retriable() {
         2,
         "{statuses:?}"
     );
+
+    // Latency: a driver with a shorter timeout gets a retriable timeout.
+    store
+        .handle(
+            "PUT",
+            "/lab/v1/faults",
+            false,
+            false,
+            br#"{"latency_ms": 1000}"#,
+        )
+        .await;
+    let mut cfg = config(&s, "lab-a");
+    cfg.timeout = Duration::from_millis(200);
+    let e = PolicyDriver::lab(cfg).unwrap().list().await.unwrap_err();
+    assert!(
+        matches!(e, RouterError::Timeout { .. }) && e.retriable(),
+        "{e}"
+    );
+    store
+        .handle("PUT", "/lab/v1/faults", false, false, b"{}")
+        .await;
 
     // Basic auth and X-Allow-Overwrite are refused by the server too.
     let (status, _) = store

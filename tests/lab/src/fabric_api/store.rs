@@ -71,6 +71,8 @@ struct Inner {
 pub struct Store {
     kernel: Box<dyn Kernel>,
     inner: Mutex<Inner>,
+    /// Held across a write's revision check and kernel change (writes are serialized).
+    writes: tokio::sync::Mutex<()>,
     started: Instant,
 }
 
@@ -174,6 +176,7 @@ impl Store {
         Self {
             kernel,
             inner: Mutex::default(),
+            writes: tokio::sync::Mutex::new(()),
             started: Instant::now(),
         }
     }
@@ -270,8 +273,14 @@ impl Store {
                     ),
                 }
             }
-            ("PUT", Some(id)) => self.put(t1, id, body).await,
-            ("DELETE", Some(id)) => self.delete(t1, id).await,
+            ("PUT", Some(id)) => {
+                let _w = self.writes.lock().await;
+                self.put(t1, id, body).await
+            }
+            ("DELETE", Some(id)) => {
+                let _w = self.writes.lock().await;
+                self.delete(t1, id).await
+            }
             _ => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} {path_only}"),
