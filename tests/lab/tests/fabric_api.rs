@@ -1,8 +1,8 @@
 //! The `lab` router driver against the fabric API, in process: the fabric API's TLS (lab CA,
 //! client certificate required), the Policy API subset it serves, reads reporting the
-//! kernel's next hops (an out-of-band edit shows), fault injection (5xx, retriable), and the
-//! request log, latency (a timeout). The kernel is an in-memory fake here; `tests/load_balancer_route.rs` runs the
-//! real one (netlink in the lab's fabric namespace).
+//! kernel's next hops (an out-of-band edit shows), fault injection (5xx and latency, both
+//! retriable) and the request log. The kernel is an in-memory fake here;
+//! `tests/load_balancer_route.rs` runs the real one (netlink in the lab's fabric namespace).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
