@@ -22,6 +22,13 @@ esac
 rm -f /etc/cni/net.d/10-switchyard.conflist /opt/cni/bin/switchyard
 rm -rf /var/run/switchyard
 
+# The proxy's host side: its nftables table and its routes (protocol 0x54)
+# into sy-gw0. Nothing else of the host's firewall or routing is touched.
+if command -v nft >/dev/null 2>&1; then
+    nft delete table ip switchyard-proxy 2>/dev/null || true
+fi
+ip -4 route flush proto 0x54 2>/dev/null || true
+
 if [ "$mode" = host ]; then
     # The node's OVS keeps running; only Switchyard's bridge goes.
     ovs-vsctl --if-exists del-br "$bridge"

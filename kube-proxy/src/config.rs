@@ -44,7 +44,7 @@ pub struct Flags {
     #[arg(long, default_value_t = 1000)]
     pub reject_rate: u32,
     /// Endpoints per OVS select group (1-512). A Service port with more endpoints is
-    /// balanced over chained groups, up to 126 groups per port.
+    /// balanced over chained groups, up to 125 groups per port.
     #[arg(long, default_value_t = crate::groups::DEFAULT_BUCKETS_PER_GROUP,
           value_parser = clap::value_parser!(u16).range(1..=512).map(usize::from))]
     pub buckets_per_group: usize,
@@ -52,6 +52,11 @@ pub struct Flags {
     /// node's interfaces inside one of them. Default: the Node's InternalIP.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<ipnet::Ipv4Net>,
+    /// CIDRs (comma-separated) that a Service's `spec.externalIPs` may come from; an
+    /// external IP outside them gets no frontend (logged). Guards against CVE-2020-8554
+    /// (any user who can create Services intercepting any address). Default: any address.
+    #[arg(long, value_delimiter = ',')]
+    pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 /// `ADDR:PORT`, or empty for none.

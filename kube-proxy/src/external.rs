@@ -28,11 +28,29 @@
 //! and with none of them the ETP-Local frontends drop (reject when the
 //! Service has no endpoints anywhere, like the ClusterIP frontend).
 //!
-//! Not handled here: `sessionAffinity: ClientIP` on these frontends (they
-//! balance without affinity; see [`frontend_flows`]), `loadBalancerSourceRanges`,
-//! the `--external-ip-cidrs` allowlist, and `internalTrafficPolicy: Local`
-//! combined with `externalTrafficPolicy: Cluster` (the external frontends
-//! then use the same, local, endpoints as the ClusterIP).
+//! `loadBalancerSourceRanges` restrict the LoadBalancer ingress addresses
+//! (not `externalIPs`, as in kube-proxy): traffic from outside is filtered in
+//! the host ([`crate::host`]), traffic from pods here:
+//!
+//! ```text
+//! T29 prio 201  proto,nw_dst=<LB IP>,tp_dst=PORT                     -> drop
+//! T29 prio 202  ... same, nw_src=<range>  (one per range)            -> group:G
+//! T29 prio 202  ... same, reg0=gateway    (filtered by the host)     -> group:G
+//! ```
+//!
+//! `externalIPs` outside `--external-ip-cidrs` (when given) get no frontend
+//! (CVE-2020-8554); they are logged once per change.
+//!
+//! With `sessionAffinity: ClientIP`, each frontend above that balances is a
+//! lookup in SESSION_AFFINITY and a second pass (see [`with_affinity`]); a
+//! client keeps its endpoint across all frontends of the port, and through
+//! the ETP-Local frontends across this node's endpoints.
+//!
+//! With `internalTrafficPolicy: Local` the port's group `G` holds only this
+//! node's endpoints (for the ClusterIP); the frontends above that use every
+//! endpoint go to the cluster-endpoints group `GC`
+//! ([`crate::groups::cluster_group_id`]) instead, as kube-proxy applies only
+//! the external policy to external traffic.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -43,7 +61,7 @@ use switchyard_pipeline::{PortKind, ServiceState, priority, reg, table};
 
 use crate::diff::GroupId;
 use crate::flows::{ETH_TYPE_IP, REJECT_USERDATA, cookie, ip_proto};
-use crate::groups::local_group_id;
+use crate::groups::{cluster_group_id, local_group_id};
 use crate::service_model::{
     Endpoint, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
 };
@@ -67,6 +85,10 @@ pub struct NodeContext {
     /// The node's gateway address (first address of its pod CIDR): the
     /// source of the node's own connections into `br-int`.
     pub gateway: Option<Ipv4Addr>,
+    /// `--external-ip-cidrs`: the CIDRs `spec.externalIPs` may come from
+    /// (empty: any). A proxy setting, carried with the node because the
+    /// frontends are completed with both at once ([`ExternalFrontends::complete`]).
+    pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 /// The external frontends of one Service port.
@@ -74,15 +96,30 @@ pub struct NodeContext {
 pub struct ExternalFrontends {
     /// `nodePort` (NodePort and LoadBalancer Services only).
     pub node_port: Option<u16>,
-    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip` (except
-    /// `ipMode: Proxy`), IPv4 only, sorted, without duplicates; served on
-    /// the Service port.
+    /// `spec.externalIPs` (inside `--external-ip-cidrs`) and
+    /// `status.loadBalancer.ingress[].ip` (except `ipMode: Proxy`), IPv4
+    /// only, sorted, without duplicates; served on the Service port.
     pub ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` (IPv4, aggregated: no range inside
+    /// another), when the Service has LoadBalancer ingress addresses.
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
+    /// The ingress addresses the source ranges restrict (empty without
+    /// ranges), sorted.
+    pub ranged_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` that are not also ingress addresses: the ones
+    /// `--external-ip-cidrs` may refuse.
+    external_only: Vec<Ipv4Addr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
     /// With `local`: this node's usable endpoints (ready; serving and
     /// terminating when none is ready), sorted by IP then port.
     pub local_endpoints: Vec<Endpoint>,
+    /// With `internalTrafficPolicy: Local` (the port's group `G` then
+    /// holds only this node's endpoints): every usable endpoint of the
+    /// cluster, for the external frontends that use every endpoint (group
+    /// `GC`, [`crate::groups::cluster_group_id`]), as kube-proxy's external
+    /// policy ignores the internal one.
+    pub cluster_endpoints: Vec<Endpoint>,
     /// The node (filled in by the recompute; empty in pure model tests).
     pub node: Arc<NodeContext>,
 }
@@ -102,38 +139,89 @@ impl ExternalFrontends {
                 .filter(|p| *p != 0),
             _ => None,
         };
-        let mut ips: Vec<Ipv4Addr> = spec
+        let mut external: Vec<Ipv4Addr> = spec
             .external_ips
             .iter()
             .flatten()
-            .filter_map(|ip| ip.parse().ok())
+            .filter_map(|ip| ip.trim().parse().ok())
             .collect();
+        let mut ingress: Vec<Ipv4Addr> = Vec::new();
         if kind == "LoadBalancer" {
-            let ingress = service
+            let status = service
                 .status
                 .as_ref()
                 .and_then(|s| s.load_balancer.as_ref())
                 .and_then(|lb| lb.ingress.as_ref());
-            ips.extend(
-                ingress
+            ingress.extend(
+                status
                     .into_iter()
                     .flatten()
                     .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                     .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
             );
         }
+        ingress.sort_unstable();
+        ingress.dedup();
+        external.sort_unstable();
+        external.dedup();
+        external.retain(|ip| ingress.binary_search(ip).is_err());
+        let mut ips: Vec<Ipv4Addr> = external.iter().chain(&ingress).copied().collect();
         ips.sort_unstable();
-        ips.dedup();
+        let ranges: Vec<ipnet::Ipv4Net> = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .filter_map(|r| r.trim().parse().ok())
+            .collect();
+        let (source_ranges, ranged_ips) = if ranges.is_empty() || ingress.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (ipnet::Ipv4Net::aggregate(&ranges), ingress)
+        };
         let local = spec.external_traffic_policy.as_deref() == Some("Local")
             && (node_port.is_some() || !ips.is_empty());
         let local_endpoints = if local { local_usable(all) } else { Vec::new() };
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let cluster_endpoints = if internal_local && (node_port.is_some() || !ips.is_empty()) {
+            crate::service_model::cluster_usable(all)
+        } else {
+            Vec::new()
+        };
         Self {
             node_port,
             ips,
+            source_ranges,
+            ranged_ips,
+            external_only: external,
             local,
             local_endpoints,
+            cluster_endpoints,
             node: Arc::default(),
         }
+    }
+
+    /// Completes the frontends with the node: refuses the external IPs
+    /// outside `--external-ip-cidrs` (logged), then sets the node.
+    pub fn complete(&mut self, name: &ServicePortName, node: &Arc<NodeContext>) {
+        if !node.external_ip_cidrs.is_empty() {
+            let refused: Vec<Ipv4Addr> = self
+                .external_only
+                .iter()
+                .copied()
+                .filter(|ip| !node.external_ip_cidrs.iter().any(|c| c.contains(ip)))
+                .collect();
+            if !refused.is_empty() {
+                tracing::warn!(service_port = %name, ?refused, allowed = ?node.external_ip_cidrs, "externalIPs outside --external-ip-cidrs: not served");
+                self.ips.retain(|ip| !refused.contains(ip));
+                self.external_only.retain(|ip| !refused.contains(ip));
+                if self.is_empty() {
+                    self.local = false;
+                    self.local_endpoints.clear();
+                    self.cluster_endpoints.clear();
+                }
+            }
+        }
+        self.node = Arc::clone(node);
     }
 
     /// No external frontend at all.
@@ -146,24 +234,34 @@ impl ExternalFrontends {
         self.local && !self.is_empty() && !self.local_endpoints.is_empty()
     }
 
+    /// The port has a cluster-endpoints group `GC`.
+    pub fn has_cluster_group(&self) -> bool {
+        !self.is_empty() && !self.cluster_endpoints.is_empty()
+    }
+
     /// Everything the frontend flows depend on is equal (the local
     /// endpoints only by whether there are any).
     pub fn same_frontend(&self, other: &Self) -> bool {
         self.node_port == other.node_port
             && self.ips == other.ips
+            && self.source_ranges == other.source_ranges
+            && self.ranged_ips == other.ranged_ips
             && self.local == other.local
             && self.local_endpoints.is_empty() == other.local_endpoints.is_empty()
+            && self.cluster_endpoints.is_empty() == other.cluster_endpoints.is_empty()
             && self.node == other.node
     }
 
-    /// The local group's buckets are equal.
+    /// The external groups' buckets are equal.
     pub fn same_buckets(&self, other: &Self) -> bool {
-        self.local_endpoints.len() == other.local_endpoints.len()
-            && self
-                .local_endpoints
-                .iter()
-                .zip(&other.local_endpoints)
-                .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+        let same = |a: &[Endpoint], b: &[Endpoint]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| a.ip == b.ip && a.port == b.port)
+        };
+        same(&self.local_endpoints, &other.local_endpoints)
+            && same(&self.cluster_endpoints, &other.cluster_endpoints)
     }
 
     /// Every `address:port` a connection of this port's external frontends
@@ -241,9 +339,9 @@ impl Target {
 /// The flows of the port's external frontends in `SERVICE_EXTERNAL_FRONTEND`
 /// (see the module docs); empty without external frontends.
 ///
-/// With `sessionAffinity: ClientIP` the port's buckets go through
-/// `ENDPOINT_DNAT`, whose flows match the ClusterIP; the external frontends
-/// of such a port are not installed (logged) rather than installed broken.
+/// With `sessionAffinity: ClientIP` each frontend that balances is two
+/// flows ([`with_affinity`]), sharing the port's affinity (see
+/// [`crate::flows`]).
 pub fn frontend_flows(
     generation: u8,
     group_id: GroupId,
@@ -254,15 +352,18 @@ pub fn frontend_flows(
     if ext.is_empty() {
         return Vec::new();
     }
-    if state.session_affinity.is_some() {
-        tracing::warn!(service_port = %name, "sessionAffinity ClientIP on NodePort/external frontends is not supported: not installed");
-        return Vec::new();
-    }
     let c = cookie(generation, group_id);
-    let everyone = match state.no_endpoints_action() {
-        None => Target::Group(group_id),
-        Some(NoEndpointsAction::Reject) => Target::Reject,
-        Some(NoEndpointsAction::Drop) => Target::Drop,
+    let everyone = if ext.has_cluster_group() {
+        Target::Group(cluster_group_id(group_id))
+    } else if state.internal_traffic_policy_local {
+        // No usable endpoint anywhere (else GC would exist).
+        Target::Reject
+    } else {
+        match state.no_endpoints_action() {
+            None => Target::Group(group_id),
+            Some(NoEndpointsAction::Reject) => Target::Reject,
+            Some(NoEndpointsAction::Drop) => Target::Drop,
+        }
     };
     let local = if ext.has_local_group() {
         Target::Group(local_group_id(group_id))
@@ -297,6 +398,24 @@ pub fn frontend_flows(
     }
     for ip in &ext.ips {
         flows.push(flow(priority::SERVICE, *ip, state.port, everyone));
+        if ext.ranged_ips.binary_search(ip).is_ok() {
+            flows.push(flow(
+                priority::SOURCE_RANGE_DENY,
+                *ip,
+                state.port,
+                Target::Drop,
+            ));
+            flows.push(
+                flow(priority::SOURCE_RANGE_ALLOW, *ip, state.port, everyone)
+                    .matching(reg::PORT_KIND.matching(PortKind::Gateway)),
+            );
+            for range in &ext.source_ranges {
+                flows.push(
+                    flow(priority::SOURCE_RANGE_ALLOW, *ip, state.port, everyone)
+                        .matching(MatchField::ipv4_src(range.addr(), range.prefix_len())),
+                );
+            }
+        }
         if ext.local {
             flows.push(
                 flow(priority::EXTERNAL_FROM_OUTSIDE, *ip, state.port, local)
@@ -311,7 +430,40 @@ pub fn frontend_flows(
             }
         }
     }
+    if state.session_affinity.is_some() {
+        tracing::debug!(service_port = %name, "external frontends with session affinity");
+        return with_affinity(flows);
+    }
     flows
+}
+
+/// The affinity form of frontend flows: a flow that balances through a
+/// group for a new connection (state 0) becomes a lookup of the client in
+/// SESSION_AFFINITY with the group's id in reg6, then a second pass through
+/// this table; a copy of the flow for state NeedsEndpoint balances through
+/// the group (state Selected finds no frontend here and goes on to
+/// SERVICE_LB's Selected flow). Drop and reject flows stay as they are.
+fn with_affinity(flows: Vec<Flow>) -> Vec<Flow> {
+    let new_connection = reg::SERVICE_STATE.matching(ServiceState::None);
+    let mut out = Vec::with_capacity(flows.len() * 2);
+    for flow in flows {
+        let Some(Action::Group(chosen)) = flow.actions.last().cloned() else {
+            out.push(flow);
+            continue;
+        };
+        let mut balance = flow.clone();
+        for m in &mut balance.matches {
+            if *m == new_connection {
+                *m = reg::SERVICE_STATE.matching(ServiceState::NeedsEndpoint);
+            }
+        }
+        balance.actions = vec![Action::Group(chosen)];
+        let mut lookup = flow;
+        lookup.actions = crate::flows::affinity_lookup(chosen, table::SERVICE_EXTERNAL_FRONTEND);
+        out.push(lookup);
+        out.push(balance);
+    }
+    out
 }
 
 /// The node context of `node`: node-port addresses are its InternalIPs
@@ -347,5 +499,9 @@ pub fn node_context(
             .find_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
             .and_then(|net| net.hosts().next())
     });
-    NodeContext { addresses, gateway }
+    NodeContext {
+        addresses,
+        gateway,
+        external_ip_cidrs: Vec::new(),
+    }
 }

@@ -7,7 +7,7 @@
 //! ```text
 //! T31 SERVICE_LB  prio 200  proto,nw_dst=VIP,tp_dst=PORT,reg4[16..17]=0
 //!     endpoints, no affinity: load:1->reg4[16..17], group:G
-//!     endpoints, ClientIP:    load:1->reg4[16..17], resubmit(,30), resubmit(,31)
+//!     endpoints, ClientIP:    load:G->reg6, load:1->reg4[16..17], resubmit(,30), resubmit(,31)
 //!                  prio 200   ... reg4[16..17]=1 -> group:G
 //!     none (Reject):          controller(userdata=SYRJ) -> ICMP port unreachable
 //!     none (Drop):            drop
@@ -15,7 +15,7 @@
 //!     no affinity: ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
 //!     affinity:    load reg3=EP, reg4[0..17]=EP_PORT|Selected, resubmit(,32)
 //! T32 ENDPOINT_DNAT (affinity only) prio 200
-//!     proto,nw_dst=VIP,tp_dst=PORT,reg3=EP,reg4=EP_PORT|Selected/0x3ffff
+//!     proto,reg6=G,reg3=EP,reg4=EP_PORT|Selected/0x3ffff
 //!     -> learn(T30 ...), ct(commit,zone=POD,nat(dst=EP:EP_PORT),exec(ct_mark=SERVICE),table=L3)
 //! ```
 //!
@@ -27,16 +27,24 @@
 //!
 //! Session affinity: SESSION_AFFINITY is entered by the agent's `goto_table`
 //! with state 0, where nothing of the proxy matches. An affinity frontend
-//! sets state NeedsEndpoint and resubmits to SESSION_AFFINITY: a learned flow
-//! (`nw_src=client,nw_dst=VIP,tp_dst=PORT,reg4[16..17]=1`, idle timeout =
-//! the Service's `timeoutSeconds`) loads the endpoint and state Selected, or
-//! the proxy's priority-1 flow for state NeedsEndpoint ends the resubmit
-//! without loading anything (so the agent's pass-through is never taken from
-//! inside it). The second resubmit to SERVICE_LB then either balances through
-//! the group (state NeedsEndpoint; the bucket loads its endpoint and state
-//! Selected) or goes straight on (state Selected); either way the endpoint's
-//! ENDPOINT_DNAT flow learns and DNATs. Learned flows carry the cookie generation
-//! [`LEARNED_GENERATION`], which full resyncs never delete.
+//! loads the port's group id into reg6 (`reg::SERVICE_PORT`), sets state
+//! NeedsEndpoint and resubmits to SESSION_AFFINITY: a learned flow
+//! (`nw_src=client,reg6=G,reg4[16..17]=1`, idle timeout = the Service's
+//! `timeoutSeconds`) loads the endpoint and state Selected, or the proxy's
+//! priority-1 flow for state NeedsEndpoint ends the resubmit without loading
+//! anything (so the agent's pass-through is never taken from inside it). The
+//! second resubmit, to the frontend's own table, then either balances
+//! through the group (state NeedsEndpoint; the bucket loads its endpoint and
+//! state Selected) or, finding no frontend for state Selected, goes on to
+//! SERVICE_LB's Selected flow; either way the endpoint's ENDPOINT_DNAT flow
+//! learns and DNATs. Because the learned flows and ENDPOINT_DNAT match reg6
+//! and not the destination, every frontend of the port (ClusterIP, node
+//! port, external and LoadBalancer IPs) shares one affinity per client, as
+//! in kube-proxy; ETP-Local external frontends load their local group's id
+//! instead (`GL`, with its own ENDPOINT_DNAT flows for the local endpoints),
+//! so a client pinned through them stays on this node. Learned flows carry
+//! the cookie generation [`LEARNED_GENERATION`], which full resyncs never
+//! delete.
 //!
 //! Generic flows (cookie object 0): the two session-affinity helpers above,
 //! and the hairpin flows described in `switchyard_pipeline`'s crate
@@ -174,24 +182,19 @@ pub fn port_flows(
                 .action(note),
         ),
         None if state.session_affinity.is_some() => {
-            flows.push(
-                frontend()
-                    .matching(reg::SERVICE_STATE.matching(ServiceState::None))
-                    .action(note)
-                    .action(reg::SERVICE_STATE.load(ServiceState::NeedsEndpoint))
-                    .action(table::SESSION_AFFINITY.resubmit())
-                    .action(table::SERVICE_LB.resubmit()),
-            );
+            let mut first = frontend()
+                .matching(reg::SERVICE_STATE.matching(ServiceState::None))
+                .action(note);
+            first
+                .actions
+                .extend(affinity_lookup(group_id, table::SERVICE_LB));
+            flows.push(first);
             flows.push(
                 frontend()
                     .matching(reg::SERVICE_STATE.matching(ServiceState::NeedsEndpoint))
                     .action(Action::Group(group_id)),
             );
-            flows.extend(
-                state.endpoints.iter().filter_map(|endpoint| {
-                    affinity_dnat_flow(generation, group_id, state, endpoint)
-                }),
-            );
+            flows.extend(affinity_dnat_flows(generation, group_id, state));
         }
         None => flows.push(
             frontend()
@@ -207,33 +210,75 @@ pub fn port_flows(
     flows
 }
 
-/// The ENDPOINT_DNAT flow of one endpoint of an affinity Service port:
-/// (re)learns the client's choice, then DNATs. `None` without affinity.
+/// The actions of an affinity frontend for a new connection: remember the
+/// chosen group `chosen` in reg6, look the client up in SESSION_AFFINITY,
+/// then come back to the frontend's own `table` with state NeedsEndpoint
+/// (balance through `chosen`) or Selected (on to ENDPOINT_DNAT).
+pub fn affinity_lookup(chosen: GroupId, table: switchyard_pipeline::Table) -> Vec<Action> {
+    vec![
+        reg::SERVICE_PORT.load(chosen),
+        reg::SERVICE_STATE.load(ServiceState::NeedsEndpoint),
+        table::SESSION_AFFINITY.resubmit(),
+        table.resubmit(),
+    ]
+}
+
+/// The ENDPOINT_DNAT flows of an affinity Service port: one per endpoint
+/// for the port's group `G`, and for its external groups when it has them
+/// (one per cluster endpoint for `GC`, one per local endpoint for `GL`). Each
+/// (re)learns the client's choice, then DNATs. Empty without affinity.
 ///
 /// The `learn` sits here and not in the group's bucket because OVS does not
 /// execute `learn` inside group buckets (it is silently skipped; seen with
 /// `ofproto/trace` on OVS 3.1). Passing here on every new connection, also
 /// when a learned flow chose the endpoint, refreshes the affinity the way
 /// kube-proxy's `recent --set` does.
-pub fn affinity_dnat_flow(
+pub fn affinity_dnat_flows(
     generation: u8,
     group_id: GroupId,
     state: &ServicePortState,
-    endpoint: &Endpoint,
-) -> Option<Flow> {
-    let timeout = state.session_affinity?;
-    Some(
-        with_matches(
-            table::ENDPOINT_DNAT
-                .flow(priority::SERVICE)
-                .cookie(cookie(generation, group_id)),
-            frontend_match(state),
-        )
-        .matching(reg::ENDPOINT_IP.matching(endpoint.ip))
-        .matching(reg::ENDPOINT_PORT_AND_STATE.matching(selected(endpoint.port)))
-        .action(affinity_learn(group_id, state, timeout))
-        .action(dnat_action(endpoint.ip, endpoint.port)),
-    )
+) -> Vec<Flow> {
+    let Some(timeout) = state.session_affinity else {
+        return Vec::new();
+    };
+    let flow = |chosen: GroupId, endpoint: &Endpoint| {
+        table::ENDPOINT_DNAT
+            .flow(priority::SERVICE)
+            .cookie(cookie(generation, group_id))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ip_proto(ip_proto(state.protocol)))
+            .matching(reg::SERVICE_PORT.matching(chosen))
+            .matching(reg::ENDPOINT_IP.matching(endpoint.ip))
+            .matching(reg::ENDPOINT_PORT_AND_STATE.matching(selected(endpoint.port)))
+            .action(affinity_learn(group_id, state, timeout))
+            .action(dnat_action(endpoint.ip, endpoint.port))
+    };
+    let mut flows: Vec<Flow> = state
+        .endpoints
+        .iter()
+        .map(|endpoint| flow(group_id, endpoint))
+        .collect();
+    if state.external.has_cluster_group() {
+        let cluster = crate::groups::cluster_group_id(group_id);
+        flows.extend(
+            state
+                .external
+                .cluster_endpoints
+                .iter()
+                .map(|endpoint| flow(cluster, endpoint)),
+        );
+    }
+    if state.external.has_local_group() {
+        let local = crate::groups::local_group_id(group_id);
+        flows.extend(
+            state
+                .external
+                .local_endpoints
+                .iter()
+                .map(|endpoint| flow(local, endpoint)),
+        );
+    }
+    flows
 }
 
 /// The `learn` that records a client's endpoint choice in SESSION_AFFINITY.
@@ -248,8 +293,10 @@ fn affinity_learn(group_id: GroupId, state: &ServicePortState, timeout: u32) -> 
             LearnSpec::match_value(Field::EthType, u128::from(ETH_TYPE_IP)),
             LearnSpec::match_value(Field::IpProto, u128::from(ip_proto(state.protocol))),
             LearnSpec::copy_match(Field::Ipv4Src),
-            LearnSpec::copy_match(Field::Ipv4Dst),
-            LearnSpec::copy_match(dst_port_field(state.protocol)),
+            LearnSpec::MatchField {
+                dst: reg::SERVICE_PORT.subfield(),
+                src: reg::SERVICE_PORT.subfield(),
+            },
             LearnSpec::MatchValue {
                 dst: reg::SERVICE_STATE.subfield(),
                 value: ServiceState::NeedsEndpoint as u128,

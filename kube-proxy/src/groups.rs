@@ -20,10 +20,13 @@
 //!
 //! Sub-group ids are derived from `G`: `G | (i + 1) << 24`. Port group ids
 //! therefore stay below 2^24 ([`PORT_GROUP_LAST`]), and a port has at most
-//! [`MAX_SUB_GROUPS`] sub-groups. Number 127 is reserved for the port's
-//! local-endpoints group `GL` ([`local_group_id`]: `G | 127 << 24`), the
-//! target of its `externalTrafficPolicy: Local` frontends (see
-//! [`crate::external`]); it is not chained from `G`.
+//! [`MAX_SUB_GROUPS`] sub-groups. Numbers 126 and 127 are reserved for the
+//! port's external groups, not chained from `G` (see [`crate::external`]):
+//! 127 its local-endpoints group `GL` ([`local_group_id`]: `G | 127 << 24`),
+//! the target of its `externalTrafficPolicy: Local` frontends; 126 its
+//! cluster-endpoints group `GC` ([`cluster_group_id`]), the target of the
+//! external frontends that use every endpoint when `G` itself holds only
+//! local ones (`internalTrafficPolicy: Local`).
 
 use switchyard_ovs::openflow::{Action, Bucket, Group};
 
@@ -39,12 +42,16 @@ pub const DEFAULT_BUCKETS_PER_GROUP: usize = 512;
 /// The largest port group id: the bits above it number sub-groups.
 pub const PORT_GROUP_LAST: GroupId = 0x00ff_ffff;
 
-/// Sub-groups per port at most (ids stay within the proxy's range; number
-/// 127 is the local-endpoints group, [`local_group_id`]).
-pub const MAX_SUB_GROUPS: usize = 126;
+/// Sub-groups per port at most (ids stay within the proxy's range; numbers
+/// 126 and 127 are the external groups, [`cluster_group_id`] and
+/// [`local_group_id`]).
+pub const MAX_SUB_GROUPS: usize = 125;
 
 /// Sub-group number of the local-endpoints group.
 const LOCAL_GROUP_NUMBER: u32 = 127;
+
+/// Sub-group number of the cluster-endpoints group.
+const CLUSTER_GROUP_NUMBER: u32 = 126;
 
 const SUB_GROUP_SHIFT: u32 = 24;
 
@@ -99,9 +106,12 @@ impl GroupLayout {
     }
 
     /// The ids of every group of a port: [`Self::group_ids`], then its
-    /// local-endpoints group when it has one.
+    /// cluster-endpoints and local-endpoints groups when it has them.
     pub fn port_group_ids(&self, group_id: GroupId, state: &ServicePortState) -> Vec<GroupId> {
         let mut ids = self.group_ids(group_id, state.endpoints.len());
+        if state.external.has_cluster_group() {
+            ids.push(cluster_group_id(group_id));
+        }
         if state.external.has_local_group() {
             ids.push(local_group_id(group_id));
         }
@@ -111,6 +121,14 @@ impl GroupLayout {
     /// The groups of a port, in [`Self::port_group_ids`] order.
     pub fn port_groups(&self, group_id: GroupId, state: &ServicePortState) -> Vec<Group> {
         let mut groups = self.balancing_groups(group_id, state);
+        if state.external.has_cluster_group() {
+            groups.push(self.external_group(
+                cluster_group_id(group_id),
+                CLUSTER_GROUP_NUMBER,
+                &state.external.cluster_endpoints,
+                state,
+            ));
+        }
         if state.external.has_local_group() {
             groups.push(self.local_group(group_id, state));
         }
@@ -120,14 +138,32 @@ impl GroupLayout {
     /// The port's local-endpoints group: one bucket per local endpoint (at
     /// most [`GroupLayout::buckets_per_group`]; the rest are left out).
     pub fn local_group(&self, group_id: GroupId, state: &ServicePortState) -> Group {
-        let endpoints = &state.external.local_endpoints;
+        self.external_group(
+            local_group_id(group_id),
+            LOCAL_GROUP_NUMBER,
+            &state.external.local_endpoints,
+            state,
+        )
+    }
+
+    /// An external group `id` of `state`'s port: one bucket per endpoint
+    /// (at most [`GroupLayout::buckets_per_group`]; the rest are left out,
+    /// logged).
+    fn external_group(
+        &self,
+        id: GroupId,
+        number: u32,
+        endpoints: &[crate::service_model::Endpoint],
+        state: &ServicePortState,
+    ) -> Group {
         if endpoints.len() > self.buckets_per_group {
             tracing::error!(
                 cluster_ip = %state.cluster_ip,
                 port = state.port,
-                local_endpoints = endpoints.len(),
+                group = id,
+                endpoints = endpoints.len(),
                 used = self.buckets_per_group,
-                "more local endpoints than one group holds; the rest get no external traffic"
+                "more endpoints than one external group holds; the rest get no external traffic"
             );
         }
         let buckets = endpoints
@@ -136,12 +172,7 @@ impl GroupLayout {
             .enumerate()
             .map(|(index, endpoint)| endpoint_bucket(index, endpoint, state))
             .collect();
-        select_group(
-            local_group_id(group_id),
-            state.protocol,
-            u64::from(LOCAL_GROUP_NUMBER),
-            buckets,
-        )
+        select_group(id, state.protocol, u64::from(number), buckets)
     }
 
     /// The port's group and sub-groups, in [`Self::group_ids`] order.
@@ -203,6 +234,11 @@ pub fn sub_group_id(group_id: GroupId, index: usize) -> GroupId {
 /// The id of the local-endpoints group of port group `group_id`.
 pub fn local_group_id(group_id: GroupId) -> GroupId {
     (group_id & PORT_GROUP_LAST) | (LOCAL_GROUP_NUMBER << SUB_GROUP_SHIFT)
+}
+
+/// The id of the cluster-endpoints group of port group `group_id`.
+pub fn cluster_group_id(group_id: GroupId) -> GroupId {
+    (group_id & PORT_GROUP_LAST) | (CLUSTER_GROUP_NUMBER << SUB_GROUP_SHIFT)
 }
 
 /// The port group a (sub-)group id belongs to.

@@ -13,6 +13,12 @@
 //!   - `output` (nat, dstnat): the node's own connections to a node port,
 //!     whatever its traffic policy, -> [`NODEPORT_VIP_CLUSTER`] (the node
 //!     uses every endpoint);
+//!   - `source_ranges` (filter, prerouting, before dstnat): a LoadBalancer
+//!     address of a port with `loadBalancerSourceRanges`, `@source_range_targets`
+//!     (`address . protocol . port`), from a source outside its ranges
+//!     (`@source_ranges_allowed`, an interval set of `address . protocol .
+//!     port . source prefix`), not from `sy-gw0` -> `drop`. The node's own
+//!     connections are not filtered (pods are, in `br-int`);
 //!   - `postrouting` (nat, srcnat): to [`NODEPORT_VIP_CLUSTER`], or to an
 //!     `address . protocol . port` of `@external_masquerade` (external and
 //!     LoadBalancer IPs of `externalTrafficPolicy: Cluster` ports), out of
@@ -73,6 +79,10 @@ pub struct HostRules {
     pub nodeports_local: BTreeSet<(Protocol, u16)>,
     /// External and LoadBalancer IPs of ETP Cluster ports, masqueraded.
     pub external_masquerade: BTreeSet<(Ipv4Addr, Protocol, u16)>,
+    /// LoadBalancer `address . protocol . port` with source ranges.
+    pub source_range_targets: BTreeSet<(Ipv4Addr, Protocol, u16)>,
+    /// Their allowed sources.
+    pub source_ranges_allowed: BTreeSet<(Ipv4Addr, Protocol, u16, ipnet::Ipv4Net)>,
     /// Addresses routed into `sy-gw0`: the node-port VIPs and every
     /// external and LoadBalancer IP.
     pub routes: BTreeSet<Ipv4Addr>,
@@ -110,6 +120,16 @@ impl HostRules {
                     rules.nodeports_cluster.insert((port.protocol, np));
                 }
             }
+            for ip in &ext.ranged_ips {
+                rules
+                    .source_range_targets
+                    .insert((*ip, port.protocol, port.port));
+                for range in &ext.source_ranges {
+                    rules
+                        .source_ranges_allowed
+                        .insert((*ip, port.protocol, port.port, *range));
+                }
+            }
             for ip in &ext.ips {
                 rules.routes.insert(*ip);
                 if !ext.local {
@@ -145,6 +165,26 @@ impl HostRules {
             format!("{a} . {} . {n}", nft_proto(*p))
         });
         s.push_str("\t}\n");
+        s.push_str(
+            "\tset source_range_targets {\n\t\ttype ipv4_addr . inet_proto . inet_service\n",
+        );
+        elements(&mut s, &self.source_range_targets, |(a, p, n)| {
+            format!("{a} . {} . {n}", nft_proto(*p))
+        });
+        s.push_str("\t}\n");
+        s.push_str(
+            "\tset source_ranges_allowed {\n\t\ttype ipv4_addr . inet_proto . inet_service . ipv4_addr\n\t\tflags interval\n",
+        );
+        elements(&mut s, &self.source_ranges_allowed, |(a, p, n, r)| {
+            format!("{a} . {} . {n} . {r}", nft_proto(*p))
+        });
+        s.push_str("\t}\n");
+        let target = "ip daddr . meta l4proto . th dport";
+        let _ = writeln!(
+            s,
+            "\tchain source_ranges {{\n\t\ttype filter hook prerouting priority dstnat - 10; policy accept;\n\
+             \t\tiifname != \"{GATEWAY_PORT}\" {target} @source_range_targets {target} . ip saddr != @source_ranges_allowed drop\n\t}}"
+        );
         let nodeport = "ip daddr @nodeport_addresses meta l4proto . th dport";
         let _ = writeln!(
             s,

@@ -77,15 +77,21 @@ async fn node_context(client: &kube::Client, flags: &Flags) -> anyhow::Result<No
         local_addresses().await?
     };
     let end = tokio::time::Instant::now() + NODE_WAIT;
-    let mut context = NodeContext::default();
+    let mut context = NodeContext {
+        external_ip_cidrs: flags.external_ip_cidrs.clone(),
+        ..NodeContext::default()
+    };
     loop {
         match nodes.get(&flags.node_name).await {
             Ok(node) => {
-                context = switchyard_proxy::external::node_context(
-                    &node,
-                    &flags.nodeport_addresses,
-                    &local,
-                );
+                context = NodeContext {
+                    external_ip_cidrs: flags.external_ip_cidrs.clone(),
+                    ..switchyard_proxy::external::node_context(
+                        &node,
+                        &flags.nodeport_addresses,
+                        &local,
+                    )
+                };
                 if !context.addresses.is_empty() || !flags.nodeport_addresses.is_empty() {
                     return Ok(context);
                 }

@@ -14,7 +14,7 @@ use switchyard_pipeline::{Cookie, Owner, table};
 
 use crate::diff::{ChangeSet, ChangedPort, GroupId, GroupIdAllocator};
 use crate::flows::{
-    LEARNED_GENERATION, affinity_dnat_flow, cookie, generic_flows, hairpin_flow,
+    LEARNED_GENERATION, affinity_dnat_flows, cookie, generic_flows, hairpin_flow,
     local_endpoint_ips, port_flows,
 };
 use crate::groups::{GroupLayout, port_group_of};
@@ -270,18 +270,17 @@ fn changed_port(
     if port.new.session_affinity.is_none() {
         return;
     }
-    // Affinity: per-endpoint DNAT flows follow the endpoints; clients
-    // pinned to an endpoint that left are forgotten.
-    let key = |e: &crate::service_model::Endpoint| (e.ip, e.port);
-    let old: BTreeSet<_> = port.old.endpoints.iter().map(key).collect();
-    let new: BTreeSet<_> = port.new.endpoints.iter().map(key).collect();
+    // Affinity: per-endpoint DNAT flows follow the endpoints (and the local
+    // ones); clients pinned to an endpoint that left are forgotten.
+    let old = affinity_dnat_flows(generation, group_id, &port.old);
+    let new = affinity_dnat_flows(generation, group_id, &port.new);
+    let old_matches: HashSet<&Vec<MatchField>> = old.iter().map(|f| &f.matches).collect();
+    let new_matches: HashSet<&Vec<MatchField>> = new.iter().map(|f| &f.matches).collect();
     let mut any_removed = false;
-    for endpoint in &port.old.endpoints {
-        if !new.contains(&key(endpoint)) {
+    for flow in &old {
+        if !new_matches.contains(&flow.matches) {
             any_removed = true;
-            if let Some(flow) = affinity_dnat_flow(generation, group_id, &port.old, endpoint) {
-                flow_deletes.push(FlowMod::delete_strict(flow).into());
-            }
+            flow_deletes.push(FlowMod::delete_strict(flow.clone()).into());
         }
     }
     if any_removed {
@@ -290,10 +289,8 @@ fn changed_port(
         delete.cookie_mask = u64::MAX;
         flow_deletes.push(delete.into());
     }
-    for endpoint in &port.new.endpoints {
-        if !old.contains(&key(endpoint))
-            && let Some(flow) = affinity_dnat_flow(generation, group_id, &port.new, endpoint)
-        {
+    for flow in new {
+        if !old_matches.contains(&flow.matches) {
             flow_adds.push(FlowMod::add(flow).into());
         }
     }

@@ -99,9 +99,9 @@ impl Recomputer {
         let mut next = DesiredState::clone(&self.current);
         for service in &dirty {
             let mut ports = cache.service_port_states(service, &self.node_name);
-            for (_, port) in &mut ports {
+            for (name, port) in &mut ports {
                 if !port.external.is_empty() {
-                    port.external.node = Arc::clone(&self.node);
+                    port.external.complete(name, &self.node);
                 }
             }
             next.replace_service(service, ports);

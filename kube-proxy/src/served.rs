@@ -26,7 +26,7 @@ use switchyard_pipeline::table;
 
 use crate::diff::{GroupId, StaleUdpEndpoint, StaleUdpFrontend};
 use crate::external::frontend_addresses;
-use crate::groups::local_group_id;
+use crate::groups::{cluster_group_id, local_group_id};
 use crate::service_model::{DesiredState, Protocol, ServicePortName};
 
 /// One UDP Service port as the switch served it.
@@ -120,6 +120,7 @@ impl ServedBefore {
                 .get(group_id)
                 .into_iter()
                 .chain(group_of.get(&local_group_id(*group_id)))
+                .chain(group_of.get(&cluster_group_id(*group_id)))
                 .flat_map(|g| g.buckets.iter().map(|b| &b.actions))
                 .flat_map(|actions| {
                     let chained = actions.iter().filter_map(|a| match a {

@@ -524,9 +524,16 @@ pub fn service_port_states(
         let external = crate::external::ExternalFrontends::of(service, spec_port, &all);
         let ChosenEndpoints {
             chosen: endpoints,
-            serving,
+            mut serving,
             cluster_has_endpoints,
         } = choose_endpoints(all, frontend.internal_traffic_policy_local);
+        // External frontends of an ITP-Local port serve every endpoint: an
+        // endpoint leaving them must be flushed too.
+        for e in &external.cluster_endpoints {
+            if !serving.contains(&(e.ip, e.port)) {
+                serving.push((e.ip, e.port));
+            }
+        }
         out.push((
             name,
             ServicePortState {
@@ -776,6 +783,12 @@ fn choose_endpoints(all: Vec<Endpoint>, policy_local: bool) -> ChosenEndpoints {
         serving,
         cluster_has_endpoints,
     }
+}
+
+/// Every usable endpoint of the cluster (ready ones; serving and
+/// terminating ones when none is ready), whatever the traffic policy.
+pub(crate) fn cluster_usable(all: &[Endpoint]) -> Vec<Endpoint> {
+    choose_endpoints(all.to_vec(), false).chosen
 }
 
 struct ChosenEndpoints {

@@ -27,6 +27,7 @@ fn node() -> Arc<NodeContext> {
     Arc::new(NodeContext {
         addresses: vec![NODE_IP],
         gateway: Some(GATEWAY),
+        external_ip_cidrs: Vec::new(),
     })
 }
 
@@ -90,7 +91,7 @@ fn state_of(svc: &Service) -> DesiredState {
         .map(|(name, port)| {
             let mut port = ServicePortState::clone(port);
             if !port.external.is_empty() {
-                port.external.node = node();
+                port.external.complete(name, &node());
             }
             (name.clone(), port)
         })
@@ -301,7 +302,7 @@ fn type_change_to_cluster_ip_leaves_no_external_frontend_or_group() {
 #[test]
 fn host_rules_and_nft_script_golden() {
     let mut state = state_of(&lb_local());
-    let cluster = state_of(&external(
+    let mut ranged = external(
         service("default", "api")
             .cluster_ip("10.96.0.11")
             .udp("dns", 53),
@@ -310,7 +311,10 @@ fn host_rules_and_nft_script_golden() {
         &[],
         false,
         &[("192.0.2.40", None)],
-    ));
+    );
+    ranged.spec.as_mut().unwrap().load_balancer_source_ranges =
+        Some(vec!["203.0.113.0/24".into(), "198.51.100.7/32".into()]);
+    let cluster = state_of(&ranged);
     for (name, port) in cluster.iter() {
         state.replace_service(
             &name.service(),
@@ -353,6 +357,19 @@ table ip switchyard-proxy {
 	set external_masquerade {
 		type ipv4_addr . inet_proto . inet_service
 		elements = { 192.0.2.40 . udp . 53 }
+	}
+	set source_range_targets {
+		type ipv4_addr . inet_proto . inet_service
+		elements = { 192.0.2.40 . udp . 53 }
+	}
+	set source_ranges_allowed {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr
+		flags interval
+		elements = { 192.0.2.40 . udp . 53 . 198.51.100.7/32, 192.0.2.40 . udp . 53 . 203.0.113.0/24 }
+	}
+	chain source_ranges {
+		type filter hook prerouting priority dstnat - 10; policy accept;
+		iifname != "sy-gw0" ip daddr . meta l4proto . th dport @source_range_targets ip daddr . meta l4proto . th dport . ip saddr != @source_ranges_allowed drop
 	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -444,7 +461,7 @@ fn udp_node_port(node_port: i32, endpoints: &[&str]) -> DesiredState {
     let mut out = DesiredState::new();
     for (name, port) in state.iter() {
         let mut port = ServicePortState::clone(port);
-        port.external.node = node();
+        port.external.complete(name, &node());
         out.replace_service(&name.service(), vec![(name.clone(), port)]);
     }
     out
@@ -499,4 +516,240 @@ fn udp_flushes_cover_the_external_frontends() {
         .map(|f| format!("{}:{}", f.cluster_ip, f.port))
         .collect();
     assert_eq!(new, ["169.254.169.250:30054", "192.168.10.1:30054"]);
+}
+
+/// `loadBalancerSourceRanges` restrict the LoadBalancer ingress address
+/// only (not the external IP, not the node port): pods outside the ranges
+/// are dropped at priority 201, sources inside a range (aggregated: a
+/// range inside another is not repeated) and the gateway (filtered by the
+/// host) are served at 202.
+#[test]
+fn source_ranges_restrict_the_load_balancer_address_only() {
+    let mut svc = external(
+        web(),
+        "LoadBalancer",
+        &[30080],
+        &["192.0.2.10"],
+        false,
+        &[("192.0.2.20", None)],
+    );
+    svc.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec![
+        "203.0.113.0/24".into(),
+        " 203.0.113.128/25".into(),
+        "10.244.0.0/16".into(),
+    ]);
+    let state = state_of(&svc);
+    let ext = &only(&state).external;
+    assert_eq!(
+        ext.source_ranges,
+        [
+            "10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap(),
+            "203.0.113.0/24".parse().unwrap()
+        ]
+    );
+    assert_eq!(ext.ranged_ips, ["192.0.2.20".parse::<Ipv4Addr>().unwrap()]);
+    let text = flow_text(&state);
+    let on = |prio: u16, ip: &str| {
+        text.iter()
+            .filter(|f| {
+                f.contains(&format!("priority={prio},")) && f.contains(&format!("nw_dst={ip},"))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deny = on(201, "192.0.2.20");
+    assert_eq!(deny.len(), 1, "{text:#?}");
+    assert!(deny[0].ends_with("actions=drop"), "{deny:?}");
+    let allow = on(202, "192.0.2.20");
+    assert_eq!(allow.len(), 3, "{text:#?}");
+    assert!(
+        allow.iter().any(|f| f.contains("nw_src=203.0.113.0/24")),
+        "{allow:?}"
+    );
+    assert!(
+        allow.iter().any(|f| f.contains("nw_src=10.244.0.0/16")),
+        "{allow:?}"
+    );
+    assert!(
+        allow.iter().any(|f| f.contains("reg0=0x2/0xf")),
+        "{allow:?}"
+    );
+    assert!(allow.iter().all(|f| f.ends_with("group:7")), "{allow:?}");
+    // The external IP and the node port are not restricted.
+    assert!(on(201, "192.0.2.10").is_empty() && on(202, "192.0.2.10").is_empty());
+    assert!(
+        !text
+            .iter()
+            .any(|f| f.contains("priority=201") && f.contains("tp_dst=30080"))
+    );
+    // Without LoadBalancer ingress addresses the ranges restrict nothing.
+    let mut no_lb = external(web(), "LoadBalancer", &[30080], &["192.0.2.10"], false, &[]);
+    no_lb.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["203.0.113.0/24".into()]);
+    let state = state_of(&no_lb);
+    assert!(only(&state).external.source_ranges.is_empty());
+    assert!(
+        HostRules::of(&state, &node())
+            .source_range_targets
+            .is_empty()
+    );
+}
+
+/// `--external-ip-cidrs`: an external IP outside them gets no frontend, no
+/// route and no masquerade element; one inside and the LoadBalancer
+/// ingress address (not an external IP) are served.
+#[test]
+fn external_ip_cidrs_refuse_other_external_ips() {
+    let svc = external(
+        web(),
+        "LoadBalancer",
+        &[30080],
+        &["192.0.2.10", "198.18.0.1"],
+        false,
+        &[("203.0.113.9", None)],
+    );
+    let allowlist = Arc::new(NodeContext {
+        external_ip_cidrs: vec!["192.0.2.0/28".parse().unwrap()],
+        ..NodeContext::clone(&node())
+    });
+    let state = build_desired_state([&svc], std::iter::empty(), NODE);
+    let (name, port) = state.iter().next().unwrap();
+    let mut port = ServicePortState::clone(port);
+    assert_eq!(port.external.ips.len(), 3);
+    port.external.complete(name, &allowlist);
+    let served: Vec<String> = port.external.ips.iter().map(ToString::to_string).collect();
+    assert_eq!(served, ["192.0.2.10", "203.0.113.9"]);
+    let mut state = DesiredState::new();
+    state.replace_service(&name.service(), vec![(name.clone(), port)]);
+    let rules = HostRules::of(&state, &allowlist);
+    assert!(!rules.routes.contains(&"198.18.0.1".parse().unwrap()));
+    assert!(
+        rules
+            .external_masquerade
+            .iter()
+            .all(|(ip, _, _)| ip.to_string() != "198.18.0.1")
+    );
+    assert!(!flow_text(&state).iter().any(|f| f.contains("198.18.0.1")));
+    // Only external IPs were refused: with all of them gone, an external
+    // IP-only Service has no external frontend at all.
+    let only_external = external(web(), "ClusterIP", &[], &["198.18.0.1"], false, &[]);
+    let state = build_desired_state([&only_external], std::iter::empty(), NODE);
+    let (name, port) = state.iter().next().unwrap();
+    let mut port = ServicePortState::clone(port);
+    port.external.complete(name, &allowlist);
+    assert!(port.external.is_empty());
+}
+
+/// `sessionAffinity: ClientIP` on external frontends: each balancing frontend is a lookup
+/// (reg6 = the group it balances through, then SESSION_AFFINITY and a second pass through
+/// this table) plus a copy for state NeedsEndpoint that balances; the ETP-Local frontends use
+/// the local group `GL`, which gets its own ENDPOINT_DNAT flows for the local endpoints.
+#[test]
+fn affinity_on_external_frontends_looks_up_then_balances() {
+    let mut svc = lb_local();
+    let spec = svc.spec.as_mut().unwrap();
+    spec.session_affinity = Some("ClientIP".into());
+    let state = state_of(&svc);
+    let text = flow_text(&state);
+    let gl = local_group_id(7);
+    let lookups = |group: u32| {
+        text.iter()
+            .filter(|f| {
+                f.contains("reg4=0x0/0x30000")
+                    && f.contains(&format!("set_field:{group:#x}->reg6,"))
+                    && f.ends_with("resubmit(,30),resubmit(,29)")
+            })
+            .count()
+    };
+    let balances = |group: u32| {
+        text.iter()
+            .filter(|f| {
+                f.contains("reg4=0x10000/0x30000") && f.ends_with(&format!("actions=group:{group}"))
+            })
+            .count()
+    };
+    // To G: the cluster VIP, the node address and the two ingress addresses for
+    // everyone, and the node itself on the two addresses (priority 210).
+    assert_eq!(lookups(7), 6, "{text:#?}");
+    assert_eq!(balances(7), 6, "{text:#?}");
+    // To GL: the local VIP, and the two addresses from the gateway (priority 205).
+    assert_eq!(lookups(gl), 3, "{text:#?}");
+    assert_eq!(balances(gl), 3, "{text:#?}");
+    assert!(
+        !text
+            .iter()
+            .any(|f| f.contains("reg4=0x0/0x30000") && f.contains("group:"))
+    );
+
+    let (_, port) = state.iter().next().unwrap();
+    let dnat: Vec<String> = switchyard_proxy::flows::affinity_dnat_flows(3, 7, port)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        dnat.len(),
+        3,
+        "two endpoints for G, the local one for GL: {dnat:#?}"
+    );
+    assert_eq!(
+        dnat.iter()
+            .filter(|f| f.contains(&format!("reg6={gl:#x},")))
+            .count(),
+        1
+    );
+    assert!(
+        dnat.iter().all(|f| f.contains("NXM_NX_REG6[]")),
+        "{dnat:#?}"
+    );
+}
+
+/// `internalTrafficPolicy: Local` with `externalTrafficPolicy: Cluster`: the port's group
+/// holds the local endpoint only (the ClusterIP), the external frontends balance over every
+/// endpoint through the cluster-endpoints group `GC`; without any endpoint they reject.
+#[test]
+fn internal_policy_local_keeps_every_endpoint_for_external_frontends() {
+    let mut svc = external(web(), "NodePort", &[30080], &[], false, &[]);
+    svc.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+    let state = state_of(&svc);
+    let port = only(&state);
+    let local: Vec<String> = port.endpoints.iter().map(|e| e.ip.to_string()).collect();
+    assert_eq!(local, ["10.244.0.7"]);
+    let cluster: Vec<String> = port
+        .external
+        .cluster_endpoints
+        .iter()
+        .map(|e| e.ip.to_string())
+        .collect();
+    assert_eq!(cluster, ["10.244.0.7", "10.244.1.5"]);
+    let gc = switchyard_proxy::groups::cluster_group_id(7);
+    assert_eq!(gc, 0x7e00_0007);
+    let text = flow_text(&state);
+    assert!(
+        text.iter().all(|f| f.ends_with(&format!("group:{gc}"))),
+        "{text:#?}"
+    );
+    let groups = GroupLayout::default().port_groups(7, port);
+    let ids: Vec<u32> = groups.iter().map(|g| g.group_id).collect();
+    assert_eq!(ids, [7, gc]);
+    assert_eq!(groups[1].buckets.len(), 2);
+    // The remote endpoint is in the serving set (UDP flushes on its removal).
+    assert!(
+        port.serving
+            .iter()
+            .any(|(ip, _)| ip.to_string() == "10.244.1.5")
+    );
+
+    // No endpoint anywhere: the external frontends reject, no GC.
+    let empty = build_desired_state([&svc], std::iter::empty(), NODE);
+    let (name, port) = empty.iter().next().unwrap();
+    let mut port = ServicePortState::clone(port);
+    port.external.complete(name, &node());
+    assert!(!port.external.has_cluster_group());
+    let flows = frontend_flows(3, 7, name, &port);
+    assert!(!flows.is_empty());
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.to_string().contains("controller(userdata=53.59.52.4a)")),
+        "{flows:#?}"
+    );
 }

@@ -123,9 +123,13 @@ fn endpoints_past_the_last_sub_group_are_left_out() {
     let (_, port) = state.iter().next().unwrap();
     let groups = layout.port_groups(0x00ff_ffff, port);
     assert_eq!(groups.len(), MAX_SUB_GROUPS + 1);
-    // Sub-group 126 is the last; 127 is the local-endpoints group, the
-    // last id of the proxy's range.
-    assert_eq!(groups[MAX_SUB_GROUPS - 1].group_id, 0x7eff_ffff);
+    // Sub-group 125 is the last; 126 is the cluster-endpoints group and 127
+    // the local-endpoints group, the last id of the proxy's range.
+    assert_eq!(groups[MAX_SUB_GROUPS - 1].group_id, 0x7dff_ffff);
+    assert_eq!(
+        switchyard_proxy::groups::cluster_group_id(0x00ff_ffff),
+        0x7eff_ffff
+    );
     assert_eq!(
         switchyard_proxy::groups::local_group_id(0x00ff_ffff),
         0x7fff_ffff

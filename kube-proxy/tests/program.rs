@@ -156,9 +156,9 @@ delete group_id=1\n\
 ";
 const GOLDEN_AFFINITY: &str = "\
 add group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=set_field:0xaf40105->reg3,set_field:0x21f90/0x3ffff->reg4,resubmit(,32)\n\
-add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x0/0x30000 actions=note:64.65.66.61.75.6c.74.2f.77.65.62.3a.68.74.74.70.2f.54.43.50.00.00,set_field:0x10000/0x30000->reg4,resubmit(,30),resubmit(,31)\n\
+add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x0/0x30000 actions=note:64.65.66.61.75.6c.74.2f.77.65.62.3a.68.74.74.70.2f.54.43.50.00.00,set_field:0x1->reg6,set_field:0x10000/0x30000->reg4,resubmit(,30),resubmit(,31)\n\
 add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x10000/0x30000 actions=group:1\n\
-add table=32,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg3=0xaf40105,reg4=0x21f90/0x3ffff actions=learn(table=30,idle_timeout=30,priority=200,cookie=0x535902ff00000001,dl_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_OF_IP_DST[],NXM_OF_TCP_DST[],NXM_NX_REG4[16..17]=0x1,load:NXM_NX_REG3[]->NXM_NX_REG3[],load:NXM_NX_REG4[0..17]->NXM_NX_REG4[0..17]),ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
+add table=32,cookie=0x5359020300000001,priority=200,tcp,reg6=0x1,reg3=0xaf40105,reg4=0x21f90/0x3ffff actions=learn(table=30,idle_timeout=30,priority=200,cookie=0x535902ff00000001,dl_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_NX_REG6[],NXM_NX_REG4[16..17]=0x1,load:NXM_NX_REG3[]->NXM_NX_REG3[],load:NXM_NX_REG4[0..17]->NXM_NX_REG4[0..17]),ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
 ";
 const GOLDEN_FULL: &str = "\
 modify group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.0.7:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\

@@ -286,6 +286,11 @@ pub mod reg {
     /// from the tunnel gets the key's VLAN bits
     /// ([`super::tunnel_key::vlan`]).
     pub const SEGMENT_VLAN_ID: RegField<u16> = RegField::new(5, 0, 11);
+    /// reg6: the group id of the Service port (or of its local-endpoints
+    /// group) a session-affinity frontend chose; learned affinity flows and
+    /// ENDPOINT_DNAT match it, so every frontend of a port (ClusterIP, node
+    /// port, external and LoadBalancer IPs) shares one affinity per client.
+    pub const SERVICE_PORT: RegField<u32> = RegField::new(6, 0, 31);
 }
 
 /// `ct_mark` bits of a connection.

@@ -41,6 +41,14 @@ pub const SEGMENT_ARP_TO_L2: Priority = Priority(101);
 pub const SPECIFIC: Priority = Priority(200);
 /// Proxy: frontends, learned affinity flows and endpoint DNAT.
 pub const SERVICE: Priority = Priority(200);
+/// Proxy, SERVICE_EXTERNAL_FRONTEND: a LoadBalancer address with
+/// `loadBalancerSourceRanges`, from a source outside them: dropped (above
+/// the frontend for everyone at [`SERVICE`]).
+pub const SOURCE_RANGE_DENY: Priority = Priority(201);
+/// Proxy, SERVICE_EXTERNAL_FRONTEND: the same address from a source inside
+/// a range, or from the gateway (the host filtered it): served (above
+/// [`SOURCE_RANGE_DENY`], below the ETP-Local gateway flows).
+pub const SOURCE_RANGE_ALLOW: Priority = Priority(202);
 /// Proxy, SERVICE_EXTERNAL_FRONTEND: an `externalTrafficPolicy: Local`
 /// external IP or LoadBalancer address reached from the gateway port (a
 /// client outside the cluster): this node's endpoints only (above the
@@ -73,7 +81,7 @@ pub const REPLY_ROUTED_BACK: Priority = Priority(270);
 pub const HAIRPIN: Priority = Priority(300);
 
 /// Every priority with its name, ascending (for documentation checks).
-pub const ALL: [(&str, Priority); 17] = [
+pub const ALL: [(&str, Priority); 19] = [
     ("MISS", MISS),
     ("AFFINITY_MISS", AFFINITY_MISS),
     ("NORMAL", NORMAL),
@@ -82,6 +90,8 @@ pub const ALL: [(&str, Priority); 17] = [
     ("SEGMENT_ARP_TO_L2", SEGMENT_ARP_TO_L2),
     ("SPECIFIC", SPECIFIC),
     ("SERVICE", SERVICE),
+    ("SOURCE_RANGE_DENY", SOURCE_RANGE_DENY),
+    ("SOURCE_RANGE_ALLOW", SOURCE_RANGE_ALLOW),
     ("EXTERNAL_FROM_OUTSIDE", EXTERNAL_FROM_OUTSIDE),
     ("EXCEPTION", EXCEPTION),
     ("EXTERNAL_FROM_NODE", EXTERNAL_FROM_NODE),
@@ -110,6 +120,8 @@ mod tests {
         assert!(SERVICE_TO_REMOTE_SEGMENT_POD < SERVICE_FROM_SEGMENT);
         assert!(SERVICE_FROM_SEGMENT < REPLY_ROUTED_BACK);
         assert!(REPLY_ROUTED_BACK < HAIRPIN);
+        assert!(SERVICE < SOURCE_RANGE_DENY && SOURCE_RANGE_DENY < SOURCE_RANGE_ALLOW);
+        assert!(SOURCE_RANGE_ALLOW < EXTERNAL_FROM_OUTSIDE);
         assert!(MISS < AFFINITY_MISS && SERVICE_SELECTED < SERVICE);
         assert!(SERVICE < EXTERNAL_FROM_OUTSIDE && EXTERNAL_FROM_OUTSIDE < EXTERNAL_FROM_NODE);
     }

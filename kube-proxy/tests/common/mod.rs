@@ -296,10 +296,21 @@ impl Node {
         self.ovs.mgmt_socket(BRIDGE)
     }
 
+    /// An OpenFlow client of the bridge; retries for up to 30 s (after a
+    /// restart `ovs-vswitchd` may not have its management socket yet, and
+    /// on a loaded machine that takes a while).
     pub async fn client(&self) -> Client {
-        Client::connect_bridge(self.ovs.rundir(), BRIDGE)
-            .await
-            .expect("OpenFlow client")
+        let end = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect_bridge(self.ovs.rundir(), BRIDGE).await {
+                Ok(client) => return client,
+                Err(err) if tokio::time::Instant::now() < end => {
+                    tracing::debug!(%err, "OpenFlow client: retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("OpenFlow client: {err}"),
+            }
+        }
     }
 
     /// (Re)installs the agent's flows for the gateway and every pod, as the

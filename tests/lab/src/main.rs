@@ -134,6 +134,13 @@ enum Command {
         /// Seconds to wait for each answer.
         #[arg(long, default_value_t = 2)]
         timeout: u64,
+        /// Local UDP port to send from (0: a new ephemeral port per request).
+        #[arg(long, default_value_t = 0, requires = "udp")]
+        source_port: u16,
+        /// Milliseconds from the start of one request to the start of the next (0: back to
+        /// back); answers are printed as they come.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// The lab's router API (started by `up --fabric` in the fabric namespace): the NSX-T
     /// Policy API subset for tier-1 static routes over HTTPS with client certificates, applied
@@ -277,18 +284,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             udp,
             count,
             timeout,
+            source_port,
+            interval_ms,
         } => {
             let timeout = std::time::Duration::from_secs(timeout);
             let failures = tokio_runtime()?.block_on(async {
                 let mut failures = 0;
+                let interval = std::time::Duration::from_millis(interval_ms);
+                let mut next = tokio::time::Instant::now();
                 for _ in 0..count {
+                    tokio::time::sleep_until(next).await;
+                    next += interval;
                     let r = match (http, udp) {
                         (Some(t), _) => echo::http_request(t, timeout).await,
-                        (None, Some(t)) => echo::udp_request(t, timeout).await,
+                        (None, Some(t)) => echo::udp_request_from(source_port, t, timeout).await,
                         (None, None) => Err(std::io::Error::other("give --http or --udp")),
                     };
                     match r {
-                        Ok(name) => println!("{name}"),
+                        Ok(name) => {
+                            use std::io::Write as _;
+                            println!("{name}");
+                            let _ = std::io::stdout().flush();
+                        }
                         Err(e) => {
                             failures += 1;
                             println!("-");

@@ -113,7 +113,18 @@ pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
 /// Sends one UDP datagram to `target` and returns the answer (the server's name), waiting at
 /// most `timeout`.
 pub async fn udp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let sock = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+    udp_request_from(0, target, timeout).await
+}
+
+/// [`udp_request`] from a fixed local port (`0`: any), so that successive requests are one
+/// conntrack entry.
+pub async fn udp_request_from(
+    source_port: u16,
+    target: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let sock =
+        tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, source_port))).await?;
     sock.send_to(b"hello\n", target).await?;
     let mut buf = vec![0u8; 2048];
     let (n, _) = tokio::time::timeout(timeout, sock.recv_from(&mut buf))

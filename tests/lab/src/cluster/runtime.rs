@@ -57,8 +57,28 @@ struct Driver {
     cni: HashMap<String, CniConfig>,
     running: HashMap<Key, RunningPod>,
     retry: HashMap<Key, (Instant, u32)>,
+    /// Deleted pods still running their preStop sleep: when they stop.
+    draining: HashMap<Key, Instant>,
     next_node: usize,
     last_gc: Instant,
+}
+
+/// How long a deleted pod keeps running, as kubelet runs a `preStop` `sleep` action
+/// (`lifecycle.preStop.sleep.seconds`, the longest of its containers) before stopping it,
+/// capped by `terminationGracePeriodSeconds` (default 30). Zero without one.
+fn pre_stop_sleep(pod: &Pod) -> Duration {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Duration::ZERO;
+    };
+    let sleep = spec
+        .containers
+        .iter()
+        .filter_map(|c| c.lifecycle.as_ref()?.pre_stop.as_ref()?.sleep.as_ref())
+        .map(|s| s.seconds.max(0))
+        .max()
+        .unwrap_or(0);
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+    Duration::from_secs(u64::try_from(sleep.min(grace)).unwrap_or(0))
 }
 
 fn key(pod: &Pod) -> Key {
@@ -101,6 +121,7 @@ pub async fn run(state: StateDir) -> Result<(), LabError> {
         cni,
         running: HashMap::new(),
         retry: HashMap::new(),
+        draining: HashMap::new(),
         next_node: 0,
         last_gc: Instant::now(),
     };
@@ -145,25 +166,36 @@ impl Driver {
     async fn reconcile(&mut self, pods: &HashMap<Key, Pod>) {
         self.schedule(pods).await;
         // Tear down what should no longer run.
+        let now = Instant::now();
+        let draining = &mut self.draining;
         let stale: Vec<Key> = self
             .running
             .iter()
             .filter(|(k, r)| match pods.get(*k) {
                 None => true,
                 Some(p) => {
-                    p.metadata.uid.as_deref() != Some(r.uid.as_str())
-                        || p.metadata.deletion_timestamp.is_some()
+                    let moved = p.metadata.uid.as_deref() != Some(r.uid.as_str())
                         || p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                            != Some(r.node.as_str())
+                            != Some(r.node.as_str());
+                    let deleted = p.metadata.deletion_timestamp.is_some() && {
+                        // Runs its preStop sleep first (serving, its endpoint terminating).
+                        let stop_at = *draining
+                            .entry((*k).clone())
+                            .or_insert_with(|| now + pre_stop_sleep(p));
+                        now >= stop_at
+                    };
+                    moved || deleted
                 }
             })
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
+            self.draining.remove(&k);
             if let Some(r) = self.running.remove(&k) {
                 self.teardown(&k, r).await;
             }
         }
+        self.draining.retain(|k, _| self.running.contains_key(k));
         for (k, pod) in pods {
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
             let Some(node) = node.filter(|n| self.info.node(n).is_some()) else {
