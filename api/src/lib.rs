@@ -176,15 +176,19 @@ pub struct SecretRef {
 pub struct RouteTargetSpec {
     /// `lab` or `nsx`.
     pub driver: Driver,
-    /// Base URL of the API, e.g. `https://nsx.example.com` (`http://` only for `lab`).
+    /// Base URL of the API, e.g. `https://nsx.example.com` (HTTPS only, no path).
     pub endpoint: String,
-    /// Tier-1 gateway id holding the static routes (`nsx`; `lab` accepts any).
+    /// Tier-1 gateway id holding the static routes (required for `nsx`; `lab` defaults to
+    /// `lab`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier1: Option<String>,
-    /// Secret with `tls.crt`/`tls.key` (NSX principal identity). Only the controller reads it.
+    /// Secret with `tls.crt`/`tls.key` (the client certificate: NSX principal identity) and
+    /// optionally `ca.crt`; it must be in the controller's namespace. Only the controller reads
+    /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// PEM CA bundle the endpoint's certificate is verified against.
+    /// PEM CA bundle the endpoint's certificate is verified against (else the Secret's
+    /// `ca.crt`; system roots are never used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
 }

@@ -12,19 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::watcher::{self, Event as WEvent, watcher};
 use kube::{Api, Client, ResourceExt};
-use switchyard_api::IPPool;
+use switchyard_api::{IPPool, RouteTarget};
 
 use crate::allocator::{Allocator, Pool};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
-use crate::service::{self as s, COND_ASSIGNED};
+use crate::routes::{self, Plan, Report};
+use crate::service::{self as s, COND_ANNOUNCED, COND_ASSIGNED};
 
 /// Errors that end a leadership term (the caller starts over).
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +50,14 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     /// This replica's identity (Events' reportingInstance).
     pub identity: String,
-    /// Period of the full pass even without changes (route repair).
+    /// Period of the full pass even without changes.
     pub resync: Duration,
+    /// Period of the routers' read-compare-repair without changes.
+    pub route_resync: Duration,
+    /// The controller's namespace (credentials Secrets of RouteTargets live there).
+    pub namespace: String,
+    /// Cluster name: the `switchyard.io/cluster` tag of the routes it writes.
+    pub cluster: String,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -114,10 +122,41 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         ns_w,
         watcher(Api::<Namespace>::all(c.clone()), Default::default()),
     );
-    let mut others = futures::stream::select(
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let (targets, targets_w) = reflector::store::<RouteTarget>();
+    let node_events = reflector(
+        nodes_w,
+        watcher(Api::<Node>::all(c.clone()), Default::default()),
+    );
+    let slice_events = reflector(
+        slices_w,
+        watcher(Api::<EndpointSlice>::all(c.clone()), Default::default()),
+    );
+    let target_events = reflector(
+        targets_w,
+        watcher(Api::<RouteTarget>::all(c.clone()), Default::default()),
+    );
+    let mut others = futures::stream::select_all([
         pool_events.map_ok(|_| ()).boxed(),
         ns_events.map_ok(|_| ()).boxed(),
-    );
+        node_events.map_ok(|_| ()).boxed(),
+        slice_events.map_ok(|_| ()).boxed(),
+        target_events.map_ok(|_| ()).boxed(),
+    ]);
+    // Route mode: the syncer task lives as long as this term (dropped with this future).
+    let (plan_tx, plan_rx) = tokio::sync::watch::channel::<Option<Plan>>(None);
+    let (report_tx, mut report_rx) = tokio::sync::watch::channel::<Report>(Report::new());
+    let syncer = routes::Syncer {
+        client: c.clone(),
+        namespace: ctx.namespace.clone(),
+        cluster: ctx.cluster.clone(),
+        resync: ctx.route_resync,
+        fence: ctx.fence.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    let _syncer = crate::AbortOnDrop(tokio::spawn(syncer.run(plan_rx, report_tx)));
+    let mut route_mode: std::collections::BTreeSet<String> = Default::default();
     let mut svc_events = watcher(Api::<Service>::all(c.clone()), Default::default()).boxed();
     let mut cache = Cache::default();
     let mut listed = false;
@@ -137,6 +176,12 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
                 None => return Ok(()),
             },
             _ = resync.tick() => dirty = true,
+            r = report_rx.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                dirty = true;
+            }
         }
         if !dirty || !listed {
             continue;
@@ -151,12 +196,42 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
             .wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok());
-        if !pools_ready || !ns_ready {
+        let rest_ready = [
+            nodes.wait_until_ready().now_or_never(),
+            slices.wait_until_ready().now_or_never(),
+            targets.wait_until_ready().now_or_never(),
+        ]
+        .iter()
+        .all(|r| matches!(r, Some(Ok(()))));
+        if !pools_ready || !ns_ready || !rest_ready {
             continue;
         }
         let started = Instant::now();
         tracing::debug!(services = cache.services.len(), "pass");
-        let again = pass(&ctx, &mut cache, &pools, &namespaces).await?;
+        let report = report_rx.borrow_and_update().clone();
+        let announce = Announce {
+            report: &report,
+            route_mode: &route_mode,
+        };
+        let again = pass(&ctx, &mut cache, &pools, &namespaces, &announce).await?;
+        // What the routers should hold now (after this pass's writes).
+        let plan = plan(&ctx, &cache, &pools, &nodes, &slices, &targets);
+        route_mode = plan
+            .desired
+            .targets
+            .values()
+            .flat_map(|t| t.services.values().flatten().cloned())
+            .chain(plan.desired.unrouted.keys().cloned())
+            .collect();
+        plan_tx.send_if_modified(|old| {
+            let changed = old.as_ref().is_none_or(|o| {
+                o.desired != plan.desired || !same_targets(&o.targets, &plan.targets)
+            });
+            if changed {
+                *old = Some(plan);
+            }
+            changed
+        });
         ctx.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -254,6 +329,7 @@ async fn pass(
     cache: &mut Cache,
     pool_store: &Store<IPPool>,
     ns_store: &Store<Namespace>,
+    announce: &Announce<'_>,
 ) -> Result<bool, LeadError> {
     let pools: Vec<Pool> = pool_store
         .state()
@@ -305,10 +381,13 @@ async fn pass(
         }
         let k = s::key(svc);
         let mut new = svc.clone();
-        let stale = !s::ingress_ips(svc).is_empty() || s::condition(svc, COND_ASSIGNED).is_some();
+        let stale = !s::ingress_ips(svc).is_empty()
+            || s::condition(svc, COND_ASSIGNED).is_some()
+            || s::condition(svc, COND_ANNOUNCED).is_some();
         if stale && !s::is_deleting(svc) {
             s::set_ingress(&mut new, &[]);
             s::clear_condition(&mut new, COND_ASSIGNED);
+            s::clear_condition(&mut new, COND_ANNOUNCED);
             match write_service(ctx, &new, true).await? {
                 Wrote::Ok(w) => new = *w,
                 Wrote::Conflict => {
@@ -413,6 +492,7 @@ async fn pass(
                     .then(|| (true, reason.to_string(), msg.clone()))
             }
         };
+        announce.apply(&k, outcome.is_ok(), &mut new);
         if new.status != cur.status {
             match write_service(ctx, &new, true).await? {
                 Wrote::Ok(w) => {
@@ -443,6 +523,58 @@ async fn pass(
     ctx.metrics.pending.set(pending);
     pool_status(ctx, pool_store, &alloc).await?;
     Ok(again)
+}
+
+/// Route mode's outcome per Service, from the route syncer.
+struct Announce<'a> {
+    report: &'a Report,
+    route_mode: &'a std::collections::BTreeSet<String>,
+}
+
+impl Announce<'_> {
+    /// Sets (or clears) the Service's `Announced` condition from the syncer's report.
+    fn apply(&self, key: &str, has_address: bool, svc: &mut Service) {
+        match self.report.get(key) {
+            Some((ok, reason, message)) if has_address => {
+                s::set_condition(svc, COND_ANNOUNCED, *ok, reason, message);
+            }
+            // Not synced yet: leave it as it is.
+            None if has_address && self.route_mode.contains(key) => {}
+            _ => s::clear_condition(svc, COND_ANNOUNCED),
+        }
+    }
+}
+
+fn same_targets(a: &BTreeMap<String, RouteTarget>, b: &BTreeMap<String, RouteTarget>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((na, ta), (nb, tb))| na == nb && ta.resource_version() == tb.resource_version())
+}
+
+/// The desired routes and the RouteTargets, from the caches.
+fn plan(
+    ctx: &Ctx,
+    cache: &Cache,
+    pools: &Store<IPPool>,
+    nodes: &Store<Node>,
+    slices: &Store<EndpointSlice>,
+    targets: &Store<RouteTarget>,
+) -> Plan {
+    let services: Vec<Service> = cache.services.values().cloned().collect();
+    let pools: Vec<IPPool> = pools.state().iter().map(|p| (**p).clone()).collect();
+    let nodes: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
+    let slices: Vec<EndpointSlice> = slices.state().iter().map(|e| (**e).clone()).collect();
+    let targets: BTreeMap<String, RouteTarget> = targets
+        .state()
+        .iter()
+        .map(|t| (t.name_any(), (**t).clone()))
+        .collect();
+    let names: Vec<String> = targets.keys().cloned().collect();
+    Plan {
+        desired: routes::desired::desired(&ctx.cluster, &services, &pools, &names, &nodes, &slices),
+        targets,
+    }
 }
 
 /// Writes each pool's used/free counts and conflicts when they changed.

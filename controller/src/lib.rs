@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod lead;
 pub mod leader;
 pub mod metrics;
+pub mod routes;
 pub mod service;
 
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub struct Options {
     pub timings: leader::Timings,
     /// Full pass period without changes.
     pub resync: Duration,
+    /// Period of the routers' read-compare-repair without changes (Route mode).
+    pub route_resync: Duration,
+    /// Cluster name: the `switchyard.io/cluster` tag of the routes it writes.
+    pub cluster: String,
 }
 
 /// Campaigns, and leads while elected, until `shutdown` completes; then gives the Lease up
@@ -82,6 +87,9 @@ async fn serve(
             metrics: metrics.clone(),
             identity: opts.identity.clone(),
             resync: opts.resync,
+            route_resync: opts.route_resync,
+            namespace: opts.namespace.clone(),
+            cluster: opts.cluster.clone(),
         };
         tokio::select! {
             r = lead::lead(ctx) => if let Err(e) = r {
@@ -95,7 +103,7 @@ async fn serve(
 }
 
 #[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

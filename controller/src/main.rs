@@ -32,9 +32,17 @@ struct Cli {
     /// Seconds between renewals / acquisition attempts.
     #[arg(long, default_value_t = 2.0)]
     retry_period: f64,
-    /// Seconds between full passes without changes (route repair; at most 10).
+    /// Seconds between full passes without changes (at most 10).
     #[arg(long, default_value_t = 10.0)]
     resync: f64,
+    /// Seconds between reads of each RouteTarget without changes (Route mode: a route edited
+    /// or lost on the router is repaired within this plus one request; at most 10).
+    #[arg(long, default_value_t = 5.0)]
+    route_resync: f64,
+    /// Cluster name: the `switchyard.io/cluster` tag of the routes written on routers (the
+    /// same for both replicas; distinct per cluster sharing a router).
+    #[arg(long, env = "SWITCHYARD_CLUSTER_NAME")]
+    cluster_name: String,
     /// Address of `/metrics` and `/healthz`.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_address: SocketAddr,
@@ -52,6 +60,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    anyhow::ensure!(
+        !cli.cluster_name.is_empty()
+            && cli
+                .cluster_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        "--cluster-name must be non-empty letters, digits and '-'"
+    );
     anyhow::ensure!(
         cli.renew_deadline < cli.lease_duration,
         "--renew-deadline must be shorter than --lease-duration"
@@ -71,6 +87,8 @@ async fn main() -> anyhow::Result<()> {
             retry_period: secs(cli.retry_period),
         },
         resync: secs(cli.resync.min(10.0)),
+        route_resync: secs(cli.route_resync.clamp(1.0, 10.0)),
+        cluster: cli.cluster_name,
     };
     let shutdown = async {
         let mut term =

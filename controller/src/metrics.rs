@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -23,8 +24,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Duration of a reconcile pass.
     pub reconcile_seconds: Histogram,
-    /// Failed router driver calls.
-    pub driver_errors: Counter,
+    /// Failed router driver calls, by driver and error kind (`http_5xx`, `timeout`, ...).
+    pub driver_errors: Family<Vec<(String, String)>, Counter>,
     /// Status writes refused with 409 (retried from fresh state).
     pub conflicts: Counter,
 }
@@ -38,7 +39,7 @@ impl Default for Metrics {
             pending: Gauge::default(),
             leader: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            driver_errors: Counter::default(),
+            driver_errors: Family::default(),
             conflicts: Counter::default(),
             registry: Registry::default(),
         };
@@ -65,7 +66,7 @@ impl Default for Metrics {
         );
         registry.register(
             "driver_errors",
-            "Failed router driver calls",
+            "Failed router driver calls, by driver and error kind",
             m.driver_errors.clone(),
         );
         registry.register(
@@ -78,6 +79,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one failed router call.
+    pub fn driver_error(&self, driver: &str, kind: &str) {
+        self.driver_errors
+            .get_or_create(&vec![
+                ("driver".to_string(), driver.to_string()),
+                ("kind".to_string(), kind.to_string()),
+            ])
+            .inc();
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

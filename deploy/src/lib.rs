@@ -28,6 +28,8 @@ pub const AGENT_CONFIG_SOURCE: &str = include_str!("../sources/agent.yaml");
 pub const CONFLIST_SOURCE: &str = include_str!("../sources/10-switchyard.conflist");
 /// `deploy/sources/daemonset.yaml`.
 pub const DAEMONSET_SOURCE: &str = include_str!("../sources/daemonset.yaml");
+/// `deploy/sources/controller.yaml`: the LoadBalancer controller's Deployment.
+pub const CONTROLLER_SOURCE: &str = include_str!("../sources/controller.yaml");
 
 const BEGIN_BUNDLED: &str = "# BEGIN bundled-ovs";
 const END_BUNDLED: &str = "# END bundled-ovs";
@@ -125,6 +127,7 @@ pub fn render(variant: Variant) -> String {
         RBAC_SOURCE.to_string(),
         config_map(),
         daemonset(variant),
+        CONTROLLER_SOURCE.to_string(),
     ];
     for doc in docs {
         out.push_str("---\n");

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{manifest, manifest_text, objects, pod_spec};
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
@@ -86,6 +86,7 @@ fn validate(doc: &Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "Role") => roundtrip::<Role>(doc),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => roundtrip::<RoleBinding>(doc),
         ("apps/v1", "DaemonSet") => roundtrip::<DaemonSet>(doc),
+        ("apps/v1", "Deployment") => roundtrip::<Deployment>(doc),
         _ => Err(format!(
             "{api_version} {kind}: not a kind this test knows; add it"
         )),
@@ -96,7 +97,7 @@ fn validate(doc: &Value) -> Result<(), String> {
 fn every_document_matches_the_kubernetes_schema() {
     for variant in Variant::ALL {
         let docs = manifest(variant);
-        assert_eq!(docs.len(), 10, "{}: documents", variant.file_name());
+        assert_eq!(docs.len(), 16, "{}: documents", variant.file_name());
         for doc in &docs {
             if let Err(e) = validate(doc) {
                 panic!(
@@ -223,7 +224,7 @@ fn containers_have_probes_resources_and_only_declared_volumes() {
 }
 
 #[test]
-fn bindings_grant_the_roles_to_the_daemonset_service_account() {
+fn bindings_grant_the_roles_to_their_service_accounts() {
     let docs = manifest(Variant::BundledOvs);
     for (role_kind, binding_kind) in [
         ("ClusterRole", "ClusterRoleBinding"),
@@ -254,7 +255,16 @@ fn bindings_grant_the_roles_to_the_daemonset_service_account() {
             let subjects = b["subjects"].as_array().unwrap();
             assert_eq!(subjects.len(), 1);
             assert_eq!(subjects[0]["kind"], "ServiceAccount");
-            assert_eq!(subjects[0]["name"], pod_spec(&docs)["serviceAccountName"]);
+            // The controller's roles go to the Deployment's own account, the others to the
+            // DaemonSet's.
+            let account = if b["metadata"]["name"] == "switchyard-controller" {
+                common::object(&docs, "Deployment", "switchyard-controller")["spec"]["template"]
+                    ["spec"]["serviceAccountName"]
+                    .clone()
+            } else {
+                pod_spec(&docs)["serviceAccountName"].clone()
+            };
+            assert_eq!(subjects[0]["name"], account);
             assert_eq!(subjects[0]["namespace"], switchyard_deploy::NAMESPACE);
         }
         assert_eq!(bound, roles, "every {role_kind} is bound");
@@ -493,10 +503,13 @@ fn kubectl_reads_the_manifest_as_written() {
     let mut expected = manifest(Variant::BundledOvs);
     assert_eq!(rendered.len(), expected.len());
     for doc in &mut expected {
-        if doc["kind"] == "DaemonSet" {
+        if doc["kind"] == "DaemonSet" || doc["kind"] == "Deployment" {
             let spec = &mut doc["spec"]["template"]["spec"];
             for list in ["containers", "initContainers"] {
-                for c in spec[list].as_array_mut().unwrap() {
+                let Some(list) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for c in list {
                     c["image"] = Value::String("registry.example.com/switchyard:9.9".into());
                 }
             }

@@ -74,6 +74,10 @@ const BINARIES: &[(&str, &[&str])] = &[
         &["node-agent/src", "cni/src", "ovs/src"],
     ),
     ("switchyard-proxy", &["kube-proxy/src", "ovs/src"]),
+    (
+        "switchyard-controller",
+        &["controller/src", "router/src", "api/src"],
+    ),
     ("switchyard", &["cni/src"]),
 ];
 
@@ -145,6 +149,12 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         "EndpointSlice" => of::<discovery::v1::EndpointSlice>(),
         "Lease" => of::<coordination::v1::Lease>(),
         "DaemonSet" => of::<apps::v1::DaemonSet>(),
+        // Switchyard's own kinds (api/src/lib.rs).
+        "IPPool" => Some((switchyard_api::GROUP.to_string(), "ippools".to_string())),
+        "RouteTarget" => Some((
+            switchyard_api::GROUP.to_string(),
+            "routetargets".to_string(),
+        )),
         _ => None,
     }
 }
@@ -217,21 +227,31 @@ fn close_paren(s: &str, open: usize) -> Option<usize> {
     None
 }
 
-/// Method names called as `.name(` on `var` between `from` and the next `fn `.
+/// Method names called as `.name(` on `var` between `from` and the next `fn `
+/// (also with the call on the next line: `var\n    .name(`).
 fn calls_on(src: &str, var: &str, from: usize) -> Vec<String> {
     let end = src[from..].find("fn ").map_or(src.len(), |i| from + i);
     let scope = &src[from..end];
-    let needle = format!("{var}.");
     let mut out = Vec::new();
     let mut at = 0;
-    while let Some(i) = scope[at..].find(&needle) {
+    while let Some(i) = scope[at..].find(var) {
         let pos = at + i;
-        at = pos + needle.len();
-        if pos > 0 && scope[..pos].chars().next_back().is_some_and(is_ident) {
+        at = pos + var.len();
+        // `x.services.remove(..)` is a field of another value, not the variable.
+        if pos > 0
+            && scope[..pos]
+                .chars()
+                .next_back()
+                .is_some_and(|c| is_ident(c) || c == '.')
+        {
             continue;
         }
-        let method: String = scope[at..].chars().take_while(|c| is_ident(*c)).collect();
-        if method != "clone" {
+        let rest = scope[at..].trim_start();
+        let Some(rest) = rest.strip_prefix('.') else {
+            continue;
+        };
+        let method: String = rest.chars().take_while(|c| is_ident(*c)).collect();
+        if method != "clone" && !method.is_empty() {
             out.push(method);
         }
     }
@@ -601,6 +621,17 @@ fn check_roles(
     table: &Table,
     account: (&str, &str),
 ) -> Result<(), String> {
+    check_roles_for(docs, table, &BTreeMap::new(), account)
+}
+
+/// [`check_roles`] with the ServiceAccount of some binaries given apart (the controller's
+/// Deployment has its own); the others use `account`.
+fn check_roles_for(
+    docs: &[serde_json::Value],
+    table: &Table,
+    accounts: &BTreeMap<String, (String, String)>,
+    account: (&str, &str),
+) -> Result<(), String> {
     // (kind, namespace or "", role name) -> permissions the table wants there.
     let mut wanted: BTreeMap<(&str, String, String), BTreeSet<Permission>> = BTreeMap::new();
     for (binary, rows) in table {
@@ -675,6 +706,9 @@ fn check_roles(
                 "no {kind} {name}{place}, which rbac.tsv rows of {name} need"
             ));
         }
+        let account = accounts
+            .get(name)
+            .map_or(account, |(n, a)| (n.as_str(), a.as_str()));
         if *kind == "ClusterRole" {
             check_binding(docs, "ClusterRoleBinding", None, name, kind, account)?;
         } else {
@@ -709,7 +743,25 @@ fn roles_grant_exactly_the_table_at_its_scope() {
             pod_spec(&docs)["serviceAccountName"].as_str().unwrap(),
         );
         object(&docs, "ServiceAccount", account.1);
-        check_roles(&docs, &table, account)
+        // The controller's Deployment runs as its own ServiceAccount.
+        let deployment = object(&docs, "Deployment", "switchyard-controller");
+        let controller = (
+            deployment["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            deployment["spec"]["template"]["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        assert_ne!(
+            controller.1, account.1,
+            "the controller has its own ServiceAccount"
+        );
+        object(&docs, "ServiceAccount", &controller.1);
+        let accounts = BTreeMap::from([("switchyard-controller".to_string(), controller)]);
+        check_roles_for(&docs, &table, &accounts, account)
             .unwrap_or_else(|e| panic!("{}: {e}", variant.file_name()));
     }
 }

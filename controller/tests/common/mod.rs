@@ -49,6 +49,8 @@ pub fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>,
         identity: identity.into(),
         timings: timings(),
         resync: Duration::from_secs(10),
+        route_resync: Duration::from_secs(5),
+        cluster: "test".into(),
     };
     let task = tokio::spawn(run(
         client.clone(),

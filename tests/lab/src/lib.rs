@@ -107,4 +107,5 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod controllers;
+pub mod fabric_api;
 pub mod kubeconfig;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use switchyard_lab::apiserver::{ApiServer, ApiServerOptions};
 use switchyard_lab::cluster::state::{DEFAULT_STATE_DIR, StateDir};
 use switchyard_lab::cluster::{demo, echo, runtime, status, up};
+use switchyard_lab::fabric_api;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-lab", about = "The Switchyard lab")]
@@ -140,6 +141,26 @@ enum Command {
         /// back); answers are printed as they come.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+    },
+    /// The lab's router API (started by `up --fabric` in the fabric namespace): the NSX-T
+    /// Policy API subset for tier-1 static routes over HTTPS with client certificates, applied
+    /// as ECMP routes with netlink, with fault injection (see `fabric_api`).
+    FabricApi {
+        /// Address:port to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Server certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Server key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// CA that client certificates must be signed by (PEM).
+        #[arg(long)]
+        client_ca: PathBuf,
+        /// File to write the address to once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
@@ -299,6 +320,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::FabricApi {
+            listen,
+            cert,
+            key,
+            client_ca,
+            ready_file,
+        } => tokio_runtime()?
+            .block_on(fabric_api::run(
+                listen,
+                fabric_api::ServerTls {
+                    cert,
+                    key,
+                    client_ca,
+                },
+                ready_file,
+            ))
+            .context("fabric API"),
         Command::EchoServer {
             name,
             http,

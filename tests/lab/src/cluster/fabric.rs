@@ -29,6 +29,7 @@ use super::LabError;
 use super::node;
 use super::state::{Entry, LabInfo, NodeInfo, StateDir};
 use super::sys;
+use crate::fabric_api::pki::{self, PkiFiles};
 
 /// Name of the fabric's pseudo-node (its OVS directory under `<state>/nodes/`).
 pub const FABRIC_NODE: &str = "fabric";
@@ -63,6 +64,20 @@ pub struct FabricInfo {
     pub internet_netns: String,
     /// VLANs.
     pub vlans: Vec<VlanInfo>,
+    /// The fabric API (`switchyard-lab fabric-api`), once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<FabricApiInfo>,
+}
+
+/// Where the fabric API serves and the certificates to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricApiInfo {
+    /// Base URL, `https://<fabric underlay address>:8443`.
+    pub endpoint: String,
+    /// Tier-1 id the lab's routes go under (the fabric API accepts any).
+    pub tier1: String,
+    /// CA, server and client certificates (PEM files).
+    pub pki: PkiFiles,
 }
 
 /// The plan for VLAN tags: VLAN i (0-based) gets `10.(100+i).0.0/24`, gateway `.1`.
@@ -91,6 +106,7 @@ pub fn plan(lab_name: &str, vlans: &[u16]) -> Result<FabricInfo, LabError> {
         netns: format!("{lab_name}-fabric"),
         internet_netns: format!("{lab_name}-internet"),
         vlans: out,
+        api: None,
     })
 }
 
@@ -302,6 +318,69 @@ pub fn attach_underlay(
         &["route", "add", &underlay.to_string(), "via", fabric_side],
     )
     .map(drop)
+}
+
+/// Tier-1 id of the lab's routes.
+pub const LAB_TIER1: &str = "lab";
+
+/// Starts the fabric API in the fabric namespace on `address:8443`: generates the lab CA, a
+/// server certificate for `address` and a client certificate under `<state>/fabric-api/`,
+/// turns on L4 hashing of ECMP routes (so connections of one client spread over next hops),
+/// and waits until it listens.
+pub fn start_api(
+    state: &StateDir,
+    lab_binary: &std::path::Path,
+    fabric: &FabricInfo,
+    address: Ipv4Addr,
+) -> Result<FabricApiInfo, LabError> {
+    let dir = state.root().join("fabric-api");
+    let files = pki::generate(
+        &dir,
+        &[std::net::IpAddr::V4(address)],
+        &["fabric-api"],
+        "switchyard-controller",
+    )
+    .map_err(|e| LabError::Other(e.to_string()))?;
+    sys::sysctl_in(&fabric.netns, "net.ipv4.fib_multipath_hash_policy=1")?;
+    let ready = dir.join("ready");
+    let _ = fs::remove_file(&ready);
+    let log = dir.join("fabric-api.log");
+    let listen = format!("{address}:{}", crate::fabric_api::DEFAULT_PORT);
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &fabric.netns])
+        .arg(lab_binary)
+        .arg("fabric-api")
+        .args(["--listen", &listen])
+        .arg("--cert")
+        .arg(&files.server_cert)
+        .arg("--key")
+        .arg(&files.server_key)
+        .arg("--client-ca")
+        .arg(&files.ca)
+        .arg("--ready-file")
+        .arg(&ready);
+    let mut child = sys::spawn_background(&mut cmd, &log)?;
+    state.record_pid(child.id(), "fabric-api")?;
+    sys::poll_until(std::time::Duration::from_secs(20), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(Err(LabError::Other(format!(
+                "the fabric API exited ({status}):\n{}",
+                sys::tail(&log, 10)
+            ))));
+        }
+        ready.exists().then_some(Ok(()))
+    })
+    .unwrap_or_else(|| {
+        Err(LabError::Other(format!(
+            "the fabric API did not start; log {}",
+            log.display()
+        )))
+    })?;
+    Ok(FabricApiInfo {
+        endpoint: format!("https://{listen}"),
+        tier1: LAB_TIER1.into(),
+        pki: files,
+    })
 }
 
 /// The fabric of a lab, if it has one.

@@ -340,6 +340,7 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
         }
         None => None,
     };
+    start_fabric_api(state, &mut info, fabric_underlay)?;
 
     // Node namespaces.
     for node in &info.nodes {
@@ -475,6 +476,22 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
         agents,
         proxies,
     })
+}
+
+/// With a fabric: the fabric API in its namespace (router of LoadBalancer `Route` mode).
+fn start_fabric_api(
+    state: &StateDir,
+    info: &mut LabInfo,
+    address: Option<Ipv4Addr>,
+) -> Result<(), LabError> {
+    let (Some(f), Some(address)) = (info.fabric.as_ref(), address) else {
+        return Ok(());
+    };
+    let api = fabric::start_api(state, &info.binaries.lab, f, address)?;
+    if let Some(f) = info.fabric.as_mut() {
+        f.api = Some(api);
+    }
+    state.save_info(info)
 }
 
 fn start_apiserver(state: &StateDir, info: &LabInfo) -> Result<String, LabError> {
@@ -618,6 +635,10 @@ const STATE_ENTRIES: &[&str] = &[
     "pods",
     "cni-bin",
     "demo",
+    // The fabric API's certificates, log and ready file (`--fabric`).
+    "fabric-api",
+    // A switchyard-controller's log, when a test runs one against the lab.
+    "controller.log",
 ];
 
 /// Removes what the lab wrote in its state directory, then the directory if that left it

@@ -1,0 +1,176 @@
+//! Routes in the fabric namespace's kernel, over netlink: one route per network in the main
+//! table, a multipath (ECMP) route when it has more than one next hop.
+//!
+//! The fabric API runs inside the fabric namespace (`ip netns exec`), so its netlink socket is
+//! that namespace's: no `setns` anywhere.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use ipnet::IpNet;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol,
+};
+use rtnetlink::RouteMessageBuilder;
+
+use super::store::Kernel;
+
+/// Routes written by the fabric API carry this protocol (`ip route` shows `proto static`).
+const PROTO: RouteProtocol = RouteProtocol::Static;
+const MAIN_TABLE: u32 = 254;
+
+/// The kernel of the namespace this process runs in.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection (spawned on the current tokio runtime).
+    pub fn open() -> std::io::Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The route message; next hops of the other address family are refused.
+    fn message(network: IpNet, next_hops: &[IpAddr]) -> Result<RouteMessage, String> {
+        if let Some(h) = next_hops
+            .iter()
+            .find(|h| h.is_ipv4() != matches!(network, IpNet::V4(_)))
+        {
+            return Err(format!("next hop {h} is not of the family of {network}"));
+        }
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(network.network(), network.prefix_len())
+            .map_err(|e| e.to_string())?
+            .table_id(MAIN_TABLE)
+            .protocol(PROTO);
+        let b = match next_hops {
+            [one] => b.gateway(*one).map_err(|e| e.to_string())?,
+            many => b.multipath(
+                many.iter()
+                    .map(|ip| {
+                        let mut hop = RouteNextHop::default();
+                        hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::from(*ip))];
+                        hop
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(b.build())
+    }
+
+    async fn find(&self, network: IpNet) -> Result<Option<RouteMessage>, String> {
+        let filter = match network {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut dump = self.handle.route().get(filter).execute();
+        while let Some(m) = dump.try_next().await.map_err(|e| e.to_string())? {
+            if m.header.destination_prefix_length != network.prefix_len() {
+                continue;
+            }
+            let table = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table));
+            if table != MAIN_TABLE {
+                continue;
+            }
+            let dst = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => address(d),
+                _ => None,
+            });
+            if dst == Some(network.network()) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// The next hops of a route message: its gateway, or the gateways of its multipath.
+fn next_hops(m: &RouteMessage) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Gateway(g) => out.extend(address(g)),
+            RouteAttribute::MultiPath(hops) => {
+                for h in hops {
+                    for ha in &h.attributes {
+                        if let RouteAttribute::Gateway(g) = ha {
+                            out.extend(address(g));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Kernel for Netlink {
+    fn apply<'a>(
+        &'a self,
+        network: IpNet,
+        next_hops: &'a [IpAddr],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            if next_hops.is_empty() {
+                return Err("no next hops".into());
+            }
+            self.handle
+                .route()
+                .add(Self::message(network, next_hops)?)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn remove(&self, network: IpNet) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            // Whatever route to the network is there (also one edited by hand).
+            while let Some(m) = self.find(network).await? {
+                self.handle
+                    .route()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn read(&self, network: IpNet) -> BoxFuture<'_, Result<Vec<IpAddr>, String>> {
+        async move {
+            Ok(self
+                .find(network)
+                .await?
+                .map(|m| next_hops(&m))
+                .unwrap_or_default())
+        }
+        .boxed()
+    }
+}
