@@ -9,6 +9,8 @@
 //! ([`crd_yaml`]); `cargo test -p switchyard-deploy --test crds` checks they agree.
 
 mod addresses;
+mod cpvip;
+pub mod leader;
 mod selector;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use addresses::{AddressError, AddressRange, PoolAddresses};
+pub use cpvip::*;
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorError};
 
 /// API group of Switchyard's custom resources.
@@ -207,7 +210,7 @@ pub struct RouteTargetStatus {
 
 /// The CRDs of this crate.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![IPPool::crd(), RouteTarget::crd()]
+    vec![IPPool::crd(), RouteTarget::crd(), ControlPlaneVIP::crd()]
 }
 
 /// File name in `deploy/crds/` of each CRD, with its YAML (as [`crd_yaml`] renders it).

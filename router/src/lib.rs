@@ -17,6 +17,7 @@
 //! errors are not.
 
 pub mod policy;
+pub mod target;
 mod tls;
 
 use std::fmt;
