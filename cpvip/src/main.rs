@@ -1,0 +1,130 @@
+//! `switchyard-cpvip`: see `docs/control-plane-vip.md`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use switchyard_api::leader::Timings;
+use switchyard_cpvip::{Options, metrics};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard-cpvip",
+    about = "A highly available Kubernetes API address: the VIP on lo of the healthy control planes, one ECMP route on the upstream router"
+)]
+struct Cli {
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// This node's address: the route's next hop for it (the apiserver's advertise address).
+    #[arg(long, env = "NODE_IP")]
+    node_address: IpAddr,
+    /// Namespace of the Leases and of the router credentials Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
+    namespace: String,
+    /// Cluster name: the `switchyard.io/cluster` tag of the route.
+    #[arg(long, env = "SWITCHYARD_CLUSTER_NAME")]
+    cluster_name: String,
+    /// Kubeconfig reaching this node's own apiserver (never the VIP); default: in-cluster
+    /// or $KUBECONFIG.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// PEM CA bundle of the apiservers: the `/readyz` probes verify the certificate
+    /// against it, with the VIP as the expected name.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    apiserver_ca: PathBuf,
+    /// Seconds a leader Lease not renewed stays its holder's.
+    #[arg(long, default_value_t = 15.0)]
+    lease_duration: f64,
+    /// Seconds after which a leader that could not renew stops leading.
+    #[arg(long, default_value_t = 10.0)]
+    renew_deadline: f64,
+    /// Seconds between renewals / acquisition attempts.
+    #[arg(long, default_value_t = 2.0)]
+    retry_period: f64,
+    /// Seconds between read-compare-repair passes of the route (at most 10).
+    #[arg(long, default_value_t = 5.0)]
+    drift_period: f64,
+    /// Seconds a node waits for the leader to confirm it left the route before it removes
+    /// the VIP anyway.
+    #[arg(long, default_value_t = 10.0)]
+    leave_timeout: f64,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, default_value = "0.0.0.0:9467")]
+    metrics_address: SocketAddr,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.05))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    anyhow::ensure!(
+        !cli.cluster_name.is_empty()
+            && cli
+                .cluster_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        "--cluster-name must be non-empty letters, digits and '-'"
+    );
+    anyhow::ensure!(
+        cli.renew_deadline < cli.lease_duration,
+        "--renew-deadline must be shorter than --lease-duration"
+    );
+    anyhow::ensure!(
+        cli.drift_period <= 10.0,
+        "--drift-period must be at most 10 s"
+    );
+    let apiserver_ca = std::fs::read(&cli.apiserver_ca)
+        .with_context(|| format!("reading --apiserver-ca {}", cli.apiserver_ca.display()))?;
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config).context("connecting to the API server")?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let server = tokio::spawn(metrics::serve(cli.metrics_address, metrics.clone()));
+    let opts = Options {
+        node: cli.node_name,
+        node_address: cli.node_address,
+        namespace: cli.namespace,
+        cluster: cli.cluster_name,
+        apiserver_ca,
+        timings: Timings {
+            lease_duration: secs(cli.lease_duration),
+            renew_deadline: secs(cli.renew_deadline),
+            retry_period: secs(cli.retry_period),
+        },
+        drift_period: secs(cli.drift_period),
+        leave_timeout: secs(cli.leave_timeout),
+        manage_vip: true,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    switchyard_cpvip::run(client, opts, metrics, shutdown).await;
+    server.abort();
+    Ok(())
+}
