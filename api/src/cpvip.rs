@@ -25,10 +25,11 @@ pub const LABEL_CPVIP: &str = "switchyard.io/control-plane-vip";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeSpec {
-    /// Milliseconds between probes (default 1000).
+    /// Milliseconds between probes (default 1000); after a failure the next probe comes after
+    /// a tenth of this, until the apiserver is down or passes again.
     #[serde(default = "default_period_ms")]
     pub period_ms: u64,
-    /// Milliseconds one probe may take (default 800).
+    /// Milliseconds one probe may take (default 500).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Consecutive failures after which an apiserver is down (default 3).
@@ -43,7 +44,7 @@ fn default_period_ms() -> u64 {
     1000
 }
 fn default_timeout_ms() -> u64 {
-    800
+    500
 }
 fn default_failures() -> u32 {
     3

@@ -44,6 +44,11 @@ impl Health {
         self.state == State::Up
     }
 
+    /// True while failures are counting towards `Down` (probe again soon).
+    pub fn failing(&self) -> bool {
+        self.fails > 0 && self.state != State::Down
+    }
+
     /// Records one probe; true when the state changed.
     pub fn observe(&mut self, ok: bool) -> bool {
         let before = self.state;

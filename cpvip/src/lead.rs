@@ -128,11 +128,15 @@ async fn pass(
     let names: Vec<String> = list.iter().map(|c| c.name_any()).collect();
     state.retain(|n, _| names.contains(n));
     for cr in list {
-        period = Duration::from_millis(cr.spec.probe.period_ms.clamp(100, 10_000));
+        let mut p = Duration::from_millis(cr.spec.probe.period_ms.clamp(100, 10_000));
         let vip = state.entry(cr.name_any()).or_insert_with(Vip::new);
         if let Err(e) = reconcile(client, opts, metrics, fence, &cr, vip).await {
             tracing::warn!(cpvip = %cr.name_any(), %e, "reconcile");
         }
+        if vip.health.values().any(Health::failing) {
+            p /= 10;
+        }
+        period = period.min(p);
     }
     period
 }
@@ -347,6 +351,7 @@ async fn reconcile(
         );
     }
     let decision = decide(slice_seen, &candidates);
+    tracing::debug!(cpvip = %name, ?candidates, ?decision, "decision");
 
     // The router, unless backing off.
     if vip.retry_at.is_some_and(|t| Instant::now() < t) {

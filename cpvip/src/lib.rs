@@ -47,6 +47,9 @@ pub struct Options {
     /// How long a node waits for the leader to confirm it is out of the route before it
     /// removes the VIP anyway (its apiserver may be the one it cannot reach).
     pub leave_timeout: Duration,
+    /// This node's apiserver, overriding the ControlPlaneVIP's `localEndpoint` (a node whose
+    /// apiserver listens elsewhere than the others).
+    pub local_endpoint: Option<std::net::SocketAddr>,
     /// Whether to manage `lo` and the ARP sysctls (false: report only, for tests).
     pub manage_vip: bool,
 }
@@ -65,21 +68,15 @@ pub async fn run(
         &opts.node,
         opts.timings,
     ));
-    let campaign = tokio::spawn({
-        let e = elector.clone();
-        async move { Elector::run_shared(e).await }
-    });
-    let node = tokio::spawn(node::run(client.clone(), opts.clone(), metrics.clone()));
-    let lead = tokio::spawn(lead::run(
-        client,
-        opts,
-        metrics,
-        elector.subscribe(),
-        elector.fence(),
-    ));
-    shutdown.await;
-    lead.abort();
-    campaign.abort();
+    // One task: aborting it (a crash in the tests) stops everything, like a killed process.
+    let campaign = Elector::run_shared(elector.clone());
+    let node = node::run(client.clone(), opts.clone(), metrics.clone());
+    let lead = lead::run(client, opts, metrics, elector.subscribe(), elector.fence());
+    tokio::select! {
+        _ = shutdown => {}
+        _ = campaign => {}
+        _ = node => {}
+        _ = lead => {}
+    }
     elector.release().await;
-    node.abort();
 }

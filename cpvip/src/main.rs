@@ -39,6 +39,9 @@ struct Cli {
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     )]
     apiserver_ca: PathBuf,
+    /// This node's apiserver (`IP:port`), overriding the ControlPlaneVIP's `localEndpoint`.
+    #[arg(long)]
+    local_endpoint: Option<SocketAddr>,
     /// Seconds a leader Lease not renewed stays its holder's.
     #[arg(long, default_value_t = 15.0)]
     lease_duration: f64,
@@ -114,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         },
         drift_period: secs(cli.drift_period),
         leave_timeout: secs(cli.leave_timeout),
+        local_endpoint: cli.local_endpoint,
         manage_vip: true,
     };
     let shutdown = async {

@@ -81,6 +81,9 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) {
                 },
             };
             step(cr, entry, &opts, &metrics).await;
+            if entry.health.failing() {
+                period /= 10;
+            }
             report(&leases, cr, entry, &opts).await;
         }
         if fresh {
@@ -113,7 +116,10 @@ fn new_held(cr: &ControlPlaneVIP, opts: &Options) -> Result<Held, String> {
         Duration::from_millis(p.timeout_ms.max(50)),
     )
     .map_err(|e| e.to_string())?;
-    let local = endpoint_addr(&cr.spec.local_endpoint)?;
+    let local = match opts.local_endpoint {
+        Some(a) => a,
+        None => endpoint_addr(&cr.spec.local_endpoint)?,
+    };
     // A restart rebuilds from what is installed.
     let holding = opts.manage_vip && vip::present(&net).unwrap_or(false);
     Ok(Held {
