@@ -14,17 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{ListParams, ObjectMeta, PostParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use switchyard_api::leader::Fence;
 use switchyard_api::{
-    ANNOTATION_APISERVER_HEALTHY, ANNOTATION_NODE_ADDRESS, ANNOTATION_VIP_PRESENT, CPVIP_FINALIZER,
-    CPVIP_OWNER, ControlPlaneVIP, ControlPlaneVIPStatus, LABEL_CPVIP, RouteTarget, VIPCondition,
+    CPVIP_FINALIZER, CPVIP_OWNER, ControlPlaneVIP, ControlPlaneVIPStatus, RouteTarget,
 };
 use switchyard_router::target::{self, Built};
 use switchyard_router::{RouterError, StaticRoute};
@@ -41,23 +36,23 @@ const REALIZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest backoff after router errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
 /// The status is rewritten at least this often (its lastReconcileTime).
-const STATUS_REFRESH: Duration = Duration::from_secs(30);
+pub(crate) const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
 /// The leader's memory of one ControlPlaneVIP (lost with leadership: a new leader starts
 /// from the router's route).
-struct Vip {
-    built: Option<Built>,
-    prober: Option<(IpAddr, Prober)>,
-    health: BTreeMap<IpAddr, Health>,
+pub(crate) struct Vip {
+    pub(crate) built: Option<Built>,
+    pub(crate) prober: Option<(IpAddr, Prober)>,
+    pub(crate) health: BTreeMap<IpAddr, Health>,
     /// Next hops on the router as last written or read (None: not read yet).
-    route: Option<Vec<IpAddr>>,
-    last_read: Option<Instant>,
-    backoff: Duration,
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
-    last_ok: Option<Instant>,
-    degraded: Option<(&'static str, String)>,
-    status_written: Option<(ControlPlaneVIPStatus, Instant)>,
+    pub(crate) route: Option<Vec<IpAddr>>,
+    pub(crate) last_read: Option<Instant>,
+    pub(crate) backoff: Duration,
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_ok: Option<Instant>,
+    pub(crate) degraded: Option<(&'static str, String)>,
+    pub(crate) status_written: Option<(ControlPlaneVIPStatus, Instant)>,
 }
 
 impl Vip {
@@ -143,7 +138,7 @@ async fn pass(
 
 /// Errors that end one reconcile early (retried next pass).
 #[derive(Debug, thiserror::Error)]
-enum Error {
+pub(crate) enum Error {
     #[error("API: {0}")]
     Kube(#[from] kube::Error),
     #[error("no longer the leader")]
@@ -157,7 +152,7 @@ fn route_id(cr: &ControlPlaneVIP) -> String {
         .unwrap_or_else(|| format!("cpvip-{}", cr.name_any()))
 }
 
-fn now_text() -> String {
+pub(crate) fn now_text() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
@@ -189,7 +184,8 @@ async fn reconcile(
         Ok(n) => n,
         Err(e) => {
             vip.degraded = Some(("InvalidSpec", e));
-            return write_status(client, opts, cr, vip, Vec::new(), Vec::new()).await;
+            return crate::status::write_status(client, opts, cr, vip, Vec::new(), Vec::new())
+                .await;
         }
     };
     // The driver (rebuilt when the RouteTarget or its Secret changes).
@@ -216,7 +212,7 @@ async fn reconcile(
             vip.degraded = Some(("RouteTargetUnusable", e));
             let rows = Vec::new();
             let hops = vip.route.clone().unwrap_or_default();
-            return write_status(client, opts, cr, vip, hops, rows).await;
+            return crate::status::write_status(client, opts, cr, vip, hops, rows).await;
         }
     };
     let id = route_id(cr);
@@ -234,11 +230,12 @@ async fn reconcile(
             }
             Err(e) => {
                 router_error(metrics, vip, &e);
-                return write_status(client, opts, cr, vip, Vec::new(), Vec::new()).await;
+                return crate::status::write_status(client, opts, cr, vip, Vec::new(), Vec::new())
+                    .await;
             }
         }
-        write_status(client, opts, cr, vip, Vec::new(), Vec::new()).await?;
-        let holders = reports(client, opts, &name).await?;
+        crate::status::write_status(client, opts, cr, vip, Vec::new(), Vec::new()).await?;
+        let holders = crate::node::reports(client, opts, &name).await?;
         let still: Vec<&String> = holders
             .values()
             .filter(|r| r.fresh && r.vip_present)
@@ -276,7 +273,7 @@ async fn reconcile(
             }
         }
     }
-    let reports = reports(client, opts, &name).await?;
+    let reports = crate::node::reports(client, opts, &name).await?;
     // Probes of every candidate, concurrently.
     if vip.prober.as_ref().is_none_or(|(a, _)| *a != net.addr()) {
         match Prober::new(
@@ -288,7 +285,7 @@ async fn reconcile(
             Err(e) => {
                 vip.degraded = Some(("ApiserverCA", e.to_string()));
                 let hops = vip.route.clone().unwrap_or_default();
-                return write_status(client, opts, cr, vip, hops, Vec::new()).await;
+                return crate::status::write_status(client, opts, cr, vip, hops, Vec::new()).await;
             }
         }
     }
@@ -357,7 +354,7 @@ async fn reconcile(
     if vip.retry_at.is_some_and(|t| Instant::now() < t) {
         let hops = vip.route.clone().unwrap_or_default();
         let rows = node_rows(&candidates, &hops);
-        return write_status(client, opts, cr, vip, hops, rows).await;
+        return crate::status::write_status(client, opts, cr, vip, hops, rows).await;
     }
     let drift_due = vip
         .last_read
@@ -404,7 +401,7 @@ async fn reconcile(
     }
     let hops = vip.route.clone().unwrap_or_default();
     let rows = node_rows(&candidates, &hops);
-    write_status(client, opts, cr, vip, hops, rows).await
+    crate::status::write_status(client, opts, cr, vip, hops, rows).await
 }
 
 fn router_error(metrics: &Metrics, vip: &mut Vip, e: &RouterError) {
@@ -531,171 +528,4 @@ async fn sync_route(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
-}
-
-/// A node's report.
-#[derive(Debug, Clone)]
-struct Report {
-    node: String,
-    vip_present: bool,
-    healthy: bool,
-    fresh: bool,
-}
-
-/// The fresh-or-not reports of `cpvip`, by node address.
-async fn reports(
-    client: &Client,
-    opts: &Options,
-    cpvip: &str,
-) -> Result<BTreeMap<IpAddr, Report>, kube::Error> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.namespace);
-    let lp = ListParams::default().labels(&format!("{LABEL_CPVIP}={cpvip}"));
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let mut out = BTreeMap::new();
-    for l in leases.list(&lp).await?.items {
-        let ann = l.metadata.annotations.clone().unwrap_or_default();
-        let Some(addr) = ann
-            .get(ANNOTATION_NODE_ADDRESS)
-            .and_then(|a| a.parse::<IpAddr>().ok())
-        else {
-            continue;
-        };
-        let spec = l.spec.clone().unwrap_or_default();
-        let fresh = spec.renew_time.as_ref().is_some_and(|MicroTime(t)| {
-            let age = now.duration_since(*t).as_secs_f64();
-            age < f64::from(
-                spec.lease_duration_seconds
-                    .unwrap_or(crate::node::REPORT_SECONDS),
-            )
-        });
-        out.insert(
-            addr,
-            Report {
-                node: spec.holder_identity.unwrap_or_default(),
-                vip_present: ann
-                    .get(ANNOTATION_VIP_PRESENT)
-                    .is_some_and(|v| !v.is_empty()),
-                healthy: ann
-                    .get(ANNOTATION_APISERVER_HEALTHY)
-                    .is_some_and(|v| v == "true"),
-                fresh,
-            },
-        );
-    }
-    Ok(out)
-}
-
-fn condition(
-    type_: &str,
-    on: bool,
-    reason: &str,
-    message: &str,
-    prev: &[VIPCondition],
-) -> VIPCondition {
-    let status = if on { "True" } else { "False" };
-    let since = prev
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(now_text);
-    VIPCondition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        last_transition_time: Some(since),
-    }
-}
-
-/// Writes the status when it changed (or is due), and an Event when Degraded turns on.
-async fn write_status(
-    client: &Client,
-    opts: &Options,
-    cr: &ControlPlaneVIP,
-    vip: &mut Vip,
-    hops: Vec<IpAddr>,
-    nodes: Vec<switchyard_api::NodeVIPStatus>,
-) -> Result<(), Error> {
-    let prev = cr.status.clone().unwrap_or_default();
-    let (degraded, reason, message) = match &vip.degraded {
-        Some((r, m)) => (true, *r, m.clone()),
-        None => (false, "Healthy", String::new()),
-    };
-    let hop_text: Vec<String> = hops.iter().map(IpAddr::to_string).collect();
-    let mut status = ControlPlaneVIPStatus {
-        next_hops_text: (!hop_text.is_empty()).then(|| hop_text.join(",")),
-        next_hops: hop_text,
-        nodes,
-        last_error: vip.last_error.clone(),
-        last_reconcile_time: prev.last_reconcile_time.clone(),
-        leader: Some(opts.node.clone()),
-        conditions: vec![
-            condition(
-                "Ready",
-                !degraded && !hops.is_empty(),
-                if degraded { reason } else { "Routed" },
-                &message,
-                &prev.conditions,
-            ),
-            condition("Degraded", degraded, reason, &message, &prev.conditions),
-        ],
-    };
-    let due = vip
-        .status_written
-        .as_ref()
-        .is_none_or(|(_, at)| at.elapsed() >= STATUS_REFRESH);
-    let mut compare = prev.clone();
-    compare.last_reconcile_time = None;
-    let mut mine = status.clone();
-    mine.last_reconcile_time = None;
-    if compare == mine && !due {
-        return Ok(());
-    }
-    if vip.last_error.is_none() {
-        status.last_reconcile_time = Some(now_text());
-    }
-    let was_degraded = prev
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Degraded" && c.status == "True");
-    let mut with = cr.clone();
-    with.status = Some(status.clone());
-    let cpvips: Api<ControlPlaneVIP> = Api::all(client.clone());
-    cpvips
-        .replace_status(&cr.name_any(), &PostParams::default(), &with)
-        .await?;
-    vip.status_written = Some((status, Instant::now()));
-    if degraded && !was_degraded {
-        event(client, opts, cr, reason, &message).await;
-    }
-    Ok(())
-}
-
-/// An Event about `cr` (cluster-scoped: the Event lives in `default`).
-async fn event(client: &Client, opts: &Options, cr: &ControlPlaneVIP, reason: &str, note: &str) {
-    let events: Api<Event> = Api::namespaced(client.clone(), KUBERNETES_NAMESPACE);
-    let ev = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", cr.name_any())),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        action: Some("Route".into()),
-        reason: Some(reason.into()),
-        note: Some(note.chars().take(1000).collect()),
-        type_: Some("Warning".into()),
-        reporting_controller: Some("switchyard.io/cpvip".into()),
-        reporting_instance: Some(opts.node.clone()),
-        regarding: Some(ObjectReference {
-            api_version: Some(ControlPlaneVIP::api_version(&()).into_owned()),
-            kind: Some(ControlPlaneVIP::kind(&()).into_owned()),
-            name: Some(cr.name_any()),
-            uid: cr.uid(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    if let Err(e) = events.create(&PostParams::default(), &ev).await {
-        tracing::debug!(%e, "creating an Event");
-    }
 }

@@ -14,6 +14,7 @@ pub mod lead;
 pub mod metrics;
 pub mod node;
 pub mod probe;
+mod status;
 pub mod vip;
 
 use std::sync::Arc;

@@ -16,17 +16,20 @@ use switchyard_cpvip::{Options, metrics};
     about = "A highly available Kubernetes API address: the VIP on lo of the healthy control planes, one ECMP route on the upstream router"
 )]
 struct Cli {
+    /// Only set arp_ignore=1 / arp_announce=2 (the init container) and exit.
+    #[arg(long)]
+    only_arp_sysctls: bool,
     /// This node's name.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "NODE_NAME", required_unless_present = "only_arp_sysctls")]
+    node_name: Option<String>,
     /// This node's address: the route's next hop for it (the apiserver's advertise address).
-    #[arg(long, env = "NODE_IP")]
-    node_address: IpAddr,
+    #[arg(long, env = "NODE_IP", required_unless_present = "only_arp_sysctls")]
+    node_address: Option<IpAddr>,
     /// Namespace of the Leases and of the router credentials Secret.
     #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
     namespace: String,
     /// Cluster name: the `switchyard.io/cluster` tag of the route.
-    #[arg(long, env = "SWITCHYARD_CLUSTER_NAME")]
+    #[arg(long, env = "SWITCHYARD_CLUSTER_NAME", default_value = "")]
     cluster_name: String,
     /// Kubeconfig reaching this node's own apiserver (never the VIP); default: in-cluster
     /// or $KUBECONFIG.
@@ -75,6 +78,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if cli.only_arp_sysctls {
+        switchyard_cpvip::vip::set_arp_sysctls()?;
+        return Ok(());
+    }
+    let (Some(node), Some(node_address)) = (cli.node_name.clone(), cli.node_address) else {
+        anyhow::bail!("--node-name and --node-address are required");
+    };
     anyhow::ensure!(
         !cli.cluster_name.is_empty()
             && cli
@@ -105,8 +115,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let server = tokio::spawn(metrics::serve(cli.metrics_address, metrics.clone()));
     let opts = Options {
-        node: cli.node_name,
-        node_address: cli.node_address,
+        node,
+        node_address,
         namespace: cli.namespace,
         cluster: cli.cluster_name,
         apiserver_ca,

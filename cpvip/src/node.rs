@@ -8,7 +8,7 @@
 //! own apiserver is the one that failed: the leader's probe takes it out of the route).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,6 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) {
         tracing::error!(%e, "cannot set the ARP sysctls: the node might answer ARP for the VIP");
     }
     let cpvips: Api<ControlPlaneVIP> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.namespace);
     let mut held: BTreeMap<String, Held> = BTreeMap::new();
     let mut known: Vec<ControlPlaneVIP> = Vec::new();
     let mut period = Duration::from_secs(1);
@@ -84,7 +83,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) {
             if entry.health.failing() {
                 period /= 10;
             }
-            report(&leases, cr, entry, &opts).await;
+            report(&client, cr, entry, &opts).await;
         }
         if fresh {
             // ControlPlaneVIPs gone without the finalizer (or never ours): drop their VIPs.
@@ -207,7 +206,7 @@ fn now() -> MicroTime {
 }
 
 /// Writes this node's report when it changed or is due.
-async fn report(leases: &Api<Lease>, cr: &ControlPlaneVIP, h: &mut Held, opts: &Options) {
+async fn report(client: &Client, cr: &ControlPlaneVIP, h: &mut Held, opts: &Options) {
     let healthy = h.health.up();
     if let Some((holding, up, at)) = h.reported
         && holding == h.holding
@@ -216,6 +215,7 @@ async fn report(leases: &Api<Lease>, cr: &ControlPlaneVIP, h: &mut Held, opts: &
     {
         return;
     }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.namespace);
     let cpvip = cr.name_any();
     let name = report_name(&cpvip, &opts.node);
     let annotations = BTreeMap::from([
@@ -278,6 +278,55 @@ async fn report(leases: &Api<Lease>, cr: &ControlPlaneVIP, h: &mut Held, opts: &
         Ok(()) => h.reported = Some((h.holding, healthy, Instant::now())),
         Err(e) => tracing::debug!(%e, lease = %name, "writing the node report"),
     }
+}
+
+/// A node's report.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub(crate) node: String,
+    pub(crate) vip_present: bool,
+    pub(crate) healthy: bool,
+    pub(crate) fresh: bool,
+}
+
+/// The fresh-or-not reports of `cpvip`, by node address.
+pub(crate) async fn reports(
+    client: &Client,
+    opts: &Options,
+    cpvip: &str,
+) -> Result<BTreeMap<IpAddr, Report>, kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.namespace);
+    let lp = ListParams::default().labels(&format!("{LABEL_CPVIP}={cpvip}"));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut out = BTreeMap::new();
+    for l in leases.list(&lp).await?.items {
+        let ann = l.metadata.annotations.clone().unwrap_or_default();
+        let Some(addr) = ann
+            .get(ANNOTATION_NODE_ADDRESS)
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        let spec = l.spec.clone().unwrap_or_default();
+        let fresh = spec.renew_time.as_ref().is_some_and(|MicroTime(t)| {
+            let age = now.duration_since(*t).as_secs_f64();
+            age < f64::from(spec.lease_duration_seconds.unwrap_or(REPORT_SECONDS))
+        });
+        out.insert(
+            addr,
+            Report {
+                node: spec.holder_identity.unwrap_or_default(),
+                vip_present: ann
+                    .get(ANNOTATION_VIP_PRESENT)
+                    .is_some_and(|v| !v.is_empty()),
+                healthy: ann
+                    .get(ANNOTATION_APISERVER_HEALTHY)
+                    .is_some_and(|v| v == "true"),
+                fresh,
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

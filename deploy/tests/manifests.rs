@@ -94,10 +94,32 @@ fn validate(doc: &Value) -> Result<(), String> {
 }
 
 #[test]
+fn cpvip_manifest_matches_the_kubernetes_schema() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("switchyard-cpvip.yaml"),
+    )
+    .unwrap();
+    let docs = common::documents(&text);
+    assert_eq!(docs.len(), 2);
+    for doc in &docs {
+        if let Err(e) = validate(doc) {
+            panic!(
+                "switchyard-cpvip.yaml: {} {}: {e}",
+                doc["kind"], doc["metadata"]["name"]
+            );
+        }
+    }
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["serviceAccountName"], "switchyard-cpvip");
+}
+
+#[test]
 fn every_document_matches_the_kubernetes_schema() {
     for variant in Variant::ALL {
         let docs = manifest(variant);
-        assert_eq!(docs.len(), 16, "{}: documents", variant.file_name());
+        assert_eq!(docs.len(), 23, "{}: documents", variant.file_name());
         for doc in &docs {
             if let Err(e) = validate(doc) {
                 panic!(
@@ -257,7 +279,9 @@ fn bindings_grant_the_roles_to_their_service_accounts() {
             assert_eq!(subjects[0]["kind"], "ServiceAccount");
             // The controller's roles go to the Deployment's own account, the others to the
             // DaemonSet's.
-            let account = if b["metadata"]["name"] == "switchyard-controller" {
+            let account = if b["metadata"]["name"] == "switchyard-cpvip" {
+                serde_json::Value::from("switchyard-cpvip")
+            } else if b["metadata"]["name"] == "switchyard-controller" {
                 common::object(&docs, "Deployment", "switchyard-controller")["spec"]["template"]
                     ["spec"]["serviceAccountName"]
                     .clone()
@@ -519,7 +543,11 @@ fn kubectl_reads_the_manifest_as_written() {
         let name = &doc["metadata"]["name"];
         let same = rendered
             .iter()
-            .find(|r| r["kind"] == doc["kind"] && &r["metadata"]["name"] == name)
+            .find(|r| {
+                r["kind"] == doc["kind"]
+                    && &r["metadata"]["name"] == name
+                    && r["metadata"]["namespace"] == doc["metadata"]["namespace"]
+            })
             .unwrap_or_else(|| panic!("kubectl lost {} {name}", doc["kind"]));
         let mut lost = Vec::new();
         lost_fields(doc, same, "", &mut lost);

@@ -78,6 +78,7 @@ const BINARIES: &[(&str, &[&str])] = &[
         "switchyard-controller",
         &["controller/src", "router/src", "api/src"],
     ),
+    ("switchyard-cpvip", &["cpvip/src", "router/src", "api/src"]),
     ("switchyard", &["cni/src"]),
 ];
 
@@ -151,6 +152,10 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         "DaemonSet" => of::<apps::v1::DaemonSet>(),
         // Switchyard's own kinds (api/src/lib.rs).
         "IPPool" => Some((switchyard_api::GROUP.to_string(), "ippools".to_string())),
+        "ControlPlaneVIP" => Some((
+            switchyard_api::GROUP.to_string(),
+            "controlplanevips".to_string(),
+        )),
         "RouteTarget" => Some((
             switchyard_api::GROUP.to_string(),
             "routetargets".to_string(),
@@ -760,10 +765,38 @@ fn roles_grant_exactly_the_table_at_its_scope() {
             "the controller has its own ServiceAccount"
         );
         object(&docs, "ServiceAccount", &controller.1);
-        let accounts = BTreeMap::from([("switchyard-controller".to_string(), controller)]);
+        // switchyard-cpvip's DaemonSet (deploy/switchyard-cpvip.yaml) runs as its own account.
+        let cpvip_ds = cpvip_daemonset();
+        let cpvip = (
+            cpvip_ds["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            cpvip_ds["spec"]["template"]["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        object(&docs, "ServiceAccount", &cpvip.1);
+        let accounts = BTreeMap::from([
+            ("switchyard-controller".to_string(), controller),
+            ("switchyard-cpvip".to_string(), cpvip),
+        ]);
         check_roles_for(&docs, &table, &accounts, account)
             .unwrap_or_else(|e| panic!("{}: {e}", variant.file_name()));
     }
+}
+
+/// The DaemonSet of `deploy/switchyard-cpvip.yaml`.
+fn cpvip_daemonset() -> serde_json::Value {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("switchyard-cpvip.yaml"),
+    )
+    .unwrap();
+    documents(&text)
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("deploy/switchyard-cpvip.yaml has a DaemonSet")
 }
 
 /// A manifest like the generated one, small, with `cluster_extra` added to
