@@ -589,3 +589,57 @@ async fn control_plane_vip_routes_healthy_nodes_fails_static_repairs_and_cleans_
         );
     }
 }
+
+/// The figure of docs/benchmarks.md: from an apiserver's failure (hang or death) to the
+/// route without it, over 20 failures of each kind, p50/p99/max printed.
+/// `cargo test -p switchyard-cpvip --test failover -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark (about 3 minutes)"]
+async fn failure_to_route_change_p99() {
+    let mut lab = setup().await;
+    for i in 1..=3 {
+        lab.daemon(i);
+    }
+    let api: Api<ControlPlaneVIP> = Api::all(lab.client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"apiVersion": "switchyard.io/v1alpha1", "kind": "ControlPlaneVIP",
+            "metadata": {"name": "api"},
+            "spec": {"vip": VIP, "routeTarget": "fabric", "apiserverPort": lab.port}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    lab.route(&[1, 2, 3], "route over cp1..cp3").await;
+    for kind in ["hang", "fail", "die"] {
+        let mut took = Vec::new();
+        for round in 0..20 {
+            let n = round % 3;
+            let rest: Vec<usize> = (1..=3).filter(|i| *i != n + 1).collect();
+            // A random phase against the probe period.
+            tokio::time::sleep(Duration::from_millis(137 * (round as u64 % 7))).await;
+            match kind {
+                "hang" => lab.apiservers[n].mode.store(HANG, Ordering::SeqCst),
+                "fail" => lab.apiservers[n].mode.store(FAIL, Ordering::SeqCst),
+                _ => lab.apiservers[n].kill(),
+            }
+            took.push(lab.route(&rest, "out of the route").await);
+            match kind {
+                "die" => lab.apiservers[n].start().await,
+                _ => lab.apiservers[n].mode.store(OK, Ordering::SeqCst),
+            }
+            lab.route(&[1, 2, 3], "back").await;
+        }
+        took.sort();
+        let p = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+        eprintln!(
+            "{kind}: failure to route change over {} failures: p50 {:?} p99 {:?} max {:?}",
+            took.len(),
+            p(0.5),
+            p(0.99),
+            took.last().unwrap()
+        );
+    }
+}
