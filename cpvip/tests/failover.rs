@@ -366,6 +366,19 @@ impl Lab {
         }
     }
 
+    /// The VIP `node` reports holding (`switchyard.io/vip-present`; empty: none).
+    async fn vip_reported(&self, node: &str) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), NS);
+        let l = leases
+            .get_opt(&format!("cpvip-api-{node}"))
+            .await
+            .unwrap()?;
+        l.metadata
+            .annotations?
+            .get(switchyard_api::ANNOTATION_VIP_PRESENT)
+            .cloned()
+    }
+
     async fn puts(&self) -> usize {
         let (_, log) = self
             .fabric
@@ -440,6 +453,24 @@ async fn control_plane_vip_routes_healthy_nodes_fails_static_repairs_and_cleans_
     lab.apiservers[1].mode.store(HANG, Ordering::SeqCst);
     let took = lab.route(&[1, 3], "hung cp2 out of the route").await;
     eprintln!("hung apiserver out of the route after {took:?}");
+    // 6 (in part). cp2 drops the VIP only after it left the route: whenever its report says
+    // the VIP is gone, the router's route is already without it.
+    eventually(
+        Duration::from_secs(15),
+        "cp2 reports the VIP removed",
+        || async {
+            let gone = lab.vip_reported("cp2").await == Some(String::new());
+            if gone {
+                assert_eq!(
+                    lab.kernel.hops(),
+                    Some(vec![node_ip(1).to_string(), node_ip(3).to_string()]),
+                    "cp2 dropped the VIP while routed"
+                );
+            }
+            gone.then_some(())
+        },
+    )
+    .await;
     lab.apiservers[1].mode.store(OK, Ordering::SeqCst);
     lab.route(&[1, 2, 3], "cp2 back").await;
 
