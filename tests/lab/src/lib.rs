@@ -109,3 +109,4 @@ pub mod cluster;
 pub mod controllers;
 pub mod fabric_api;
 pub mod kubeconfig;
+pub mod relay;

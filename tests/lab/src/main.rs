@@ -162,6 +162,29 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// A control-plane node's apiserver for the control-plane VIP: TLS relay to the lab API
+    /// server with its own `/readyz` and switches (`PUT /mode` ok|fail|hang|die on the
+    /// control address; see `relay`).
+    ApiserverRelay {
+        /// TLS address:port to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The lab API server (plain HTTP address:port).
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Server certificate (PEM; the VIP and the node's address in its SANs).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Server key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Plain-HTTP control address:port (`PUT /mode`).
+        #[arg(long)]
+        control: SocketAddr,
+        /// File to write the TLS address to once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
         /// Name to answer with.
@@ -337,6 +360,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ready_file,
             ))
             .context("fabric API"),
+        Command::ApiserverRelay {
+            listen,
+            upstream,
+            cert,
+            key,
+            control,
+            ready_file,
+        } => tokio_runtime()?
+            .block_on(switchyard_lab::relay::run(
+                switchyard_lab::relay::RelayConfig {
+                    listen,
+                    upstream,
+                    cert,
+                    key,
+                },
+                control,
+                ready_file,
+            ))
+            .context("apiserver relay"),
         Command::EchoServer {
             name,
             http,
