@@ -357,7 +357,7 @@ pub async fn sync_routes(
 /// Keeps the host in line with the latest desired state: the nftables
 /// table (replaced when its text changes, and every [`REFRESH`] when it
 /// failed) and the routes (re-applied on every change and every
-/// [`REFRESH`]). Returns when `states` closes.
+/// [`REFRESH`]), from the first state on. Returns when `states` closes.
 pub async fn run(node: Arc<NodeContext>, mut states: watch::Receiver<Option<Arc<DesiredState>>>) {
     let handle = match rtnetlink::new_connection() {
         Ok((connection, handle, _)) => {
@@ -370,7 +370,18 @@ pub async fn run(node: Arc<NodeContext>, mut states: watch::Receiver<Option<Arc<
         }
     };
     let mut applied: Option<String> = None;
-    let mut rules = HostRules::of(&DesiredState::new(), &node);
+    // Nothing is applied before the first desired state (sent once both
+    // initial lists are complete): a restarted proxy must not replace the
+    // previous one's table and routes with empty ones meanwhile, which would
+    // stop every node port and external address until then.
+    let mut rules = loop {
+        if let Some(state) = states.borrow_and_update().clone() {
+            break HostRules::of(&state, &node);
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    };
     loop {
         if let Some(state) = states.borrow_and_update().clone() {
             rules = HostRules::of(&state, &node);
