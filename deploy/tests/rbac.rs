@@ -132,7 +132,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
     fn of<K: Resource>() -> Option<(String, String)> {
         Some((K::GROUP.to_string(), K::URL_PATH_SEGMENT.to_string()))
     }
-    use k8s_openapi::api::{apps, coordination, core, discovery, events};
+    use k8s_openapi::api::{apps, coordination, core, discovery, events, networking};
     match kind {
         "Node" => of::<core::v1::Node>(),
         "Pod" => of::<core::v1::Pod>(),
@@ -145,6 +145,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         "EndpointSlice" => of::<discovery::v1::EndpointSlice>(),
         "Lease" => of::<coordination::v1::Lease>(),
         "DaemonSet" => of::<apps::v1::DaemonSet>(),
+        "NetworkPolicy" => of::<networking::v1::NetworkPolicy>(),
         _ => None,
     }
 }
