@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use switchyard_ovs::openflow::{Action, ETH_TYPE_IP, Field, Flow, MatchField, ct_state};
-use switchyard_pipeline::{Cookie, Owner, cookie_object, priority, reg, table};
+use switchyard_pipeline::{Cookie, HAIRPIN_SNAT_IP, Owner, cookie_object, priority, reg, table};
 
 use super::model::{Labels, Peer, PodInfo, Policy, PortMatch, Proto, Rule};
 use super::prefix;
@@ -154,13 +154,19 @@ impl ConjIds {
     }
 }
 
-/// A flow's identity on the switch: table, priority and match.
-pub type FlowKey = (u8, u16, String);
+/// A flow's identity on the switch: table, priority and match (its fields
+/// in a fixed order, as `(field, value, mask)`).
+pub type FlowKey = (u8, u16, Vec<(Field, u128, Option<u128>)>);
 
 /// The identity of `flow`.
 pub fn key_of(flow: &Flow) -> FlowKey {
-    let c = flow.clone().canonical();
-    (c.table, c.priority, c.match_string())
+    let mut m: Vec<(Field, u128, Option<u128>)> = flow
+        .matches
+        .iter()
+        .map(|m| (m.field, m.value, m.mask))
+        .collect();
+    m.sort_unstable();
+    (flow.table, flow.priority, m)
 }
 
 /// The compiler's output.
@@ -196,29 +202,29 @@ type PortSet = Option<BTreeSet<(Proto, u16, u16)>>;
 
 struct Compiler<'a> {
     inputs: Inputs<'a>,
-    ips: BTreeMap<(&'a str, &'a str), Ipv4Addr>,
+    /// This node's pods' addresses (the others': their `status.podIP`).
+    ips: HashMap<(&'a str, &'a str), Ipv4Addr>,
     out: Compiled,
     clauses: BTreeMap<FlowKey, Flow>,
     used: BTreeSet<u32>,
+    peer_cache: HashMap<(String, Peer), Vec<Ipv4Net>>,
 }
 
 /// Compiles `inputs`; `ids` keeps conjunction ids stable between calls.
 pub fn compile(inputs: Inputs<'_>, ids: &mut ConjIds) -> Compiled {
-    let mut ips: BTreeMap<(&str, &str), Ipv4Addr> = inputs
-        .pods
-        .iter()
-        .filter_map(|((ns, n), p)| p.ip.map(|ip| ((ns.as_str(), n.as_str()), ip)))
-        .collect();
     // This node's pods are known by their attachment before their status.
-    for l in inputs.local {
-        ips.insert((l.namespace.as_str(), l.name.as_str()), l.ip);
-    }
+    let ips: HashMap<(&str, &str), Ipv4Addr> = inputs
+        .local
+        .iter()
+        .map(|l| ((l.namespace.as_str(), l.name.as_str()), l.ip))
+        .collect();
     let mut c = Compiler {
         inputs,
         ips,
         out: Compiled::default(),
         clauses: BTreeMap::new(),
         used: BTreeSet::new(),
+        peer_cache: HashMap::new(),
     };
     for policy in inputs.policies.values() {
         let selected: Vec<&LocalPod> = inputs
@@ -290,13 +296,17 @@ impl<'a> Compiler<'a> {
                 .action(t.next().goto()),
         );
         if direction == Direction::Ingress {
-            self.add(
-                t.flow(priority::POLICY_EXEMPT)
-                    .cookie(cookie(cookie_object::POLICY))
-                    .matching(MatchField::eth_type(ETH_TYPE_IP))
-                    .matching(MatchField::ipv4_src(self.inputs.gateway_ip, 32))
-                    .action(t.next().goto()),
-            );
+            // The node's own traffic, and a pod reaching itself through a
+            // Service (hairpin, SNATed by the proxy).
+            for source in [self.inputs.gateway_ip, HAIRPIN_SNAT_IP] {
+                self.add(
+                    t.flow(priority::POLICY_EXEMPT)
+                        .cookie(cookie(cookie_object::POLICY))
+                        .matching(MatchField::eth_type(ETH_TYPE_IP))
+                        .matching(MatchField::ipv4_src(source, 32))
+                        .action(t.next().goto()),
+                );
+            }
         }
     }
 
@@ -315,47 +325,73 @@ impl<'a> Compiler<'a> {
         );
     }
 
-    /// The addresses of the pods `peer` selects (policy in `namespace`).
+    /// The pods `peer` selects (policy in `namespace`): the namespaces
+    /// first, then their pods (a range of the pod map each).
     fn pod_peers(&self, namespace: &str, peer: &Peer) -> Vec<(&'a (String, String), &'a PodInfo)> {
         let Peer::Pods { pods, namespaces } = peer else {
             return Vec::new();
         };
-        self.inputs
-            .pods
-            .iter()
-            .filter(|((ns, _), info)| {
-                let ns_ok = match namespaces {
-                    None => ns == namespace,
-                    Some(sel) => self
-                        .inputs
-                        .namespaces
-                        .get(ns)
-                        .is_some_and(|labels| sel.matches(labels)),
-                };
-                ns_ok && pods.as_ref().is_none_or(|s| s.matches(&info.labels))
-            })
-            .collect()
+        let all = self.inputs.pods;
+        let in_ns = |ns: String| {
+            all.range((ns.clone(), String::new())..)
+                .take_while(move |((n, _), _)| *n == ns)
+        };
+        let selected = |(_, info): &(&'a (String, String), &'a PodInfo)| {
+            pods.as_ref().is_none_or(|s| s.matches(&info.labels))
+        };
+        match namespaces {
+            None => in_ns(namespace.to_string()).filter(selected).collect(),
+            Some(sel) => self
+                .inputs
+                .namespaces
+                .iter()
+                .filter(|(_, labels)| sel.matches(labels))
+                .flat_map(|(ns, _)| in_ns(ns.clone()))
+                .filter(selected)
+                .collect(),
+        }
     }
 
-    fn ip_of(&self, key: &(String, String)) -> Option<Ipv4Addr> {
-        self.ips.get(&(key.0.as_str(), key.1.as_str())).copied()
+    fn ip_of(&self, key: &(String, String), info: &PodInfo) -> Option<Ipv4Addr> {
+        if self.ips.is_empty() {
+            return info.ip;
+        }
+        self.ips
+            .get(&(key.0.as_str(), key.1.as_str()))
+            .copied()
+            .or(info.ip)
     }
 
-    fn peers(&self, namespace: &str, rule: &Rule) -> Peers {
+    fn peers(&mut self, namespace: &str, rule: &Rule) -> Peers {
         if rule.peers.is_empty() {
             return Peers::Any;
         }
         let mut set = BTreeSet::new();
         for peer in &rule.peers {
-            match peer {
-                Peer::Block { cidr, except } => set.extend(prefix::subtract(*cidr, except)),
-                Peer::Pods { .. } => set.extend(
-                    self.pod_peers(namespace, peer)
-                        .into_iter()
-                        .filter_map(|(k, _)| self.ip_of(k))
-                        .map(Ipv4Net::from),
-                ),
+            // Many rules name the same peers: resolve each once per compilation
+            // (the policy's namespace matters only without a namespaceSelector).
+            let scope = match peer {
+                Peer::Pods {
+                    namespaces: None, ..
+                } => namespace,
+                _ => "",
+            };
+            let key = (scope.to_string(), peer.clone());
+            if let Some(nets) = self.peer_cache.get(&key) {
+                set.extend(nets.iter().copied());
+                continue;
             }
+            let nets: Vec<Ipv4Net> = match peer {
+                Peer::Block { cidr, except } => prefix::subtract(*cidr, except),
+                Peer::Pods { .. } => self
+                    .pod_peers(namespace, peer)
+                    .into_iter()
+                    .filter_map(|(k, info)| self.ip_of(k, info))
+                    .map(Ipv4Net::from)
+                    .collect(),
+            };
+            set.extend(nets.iter().copied());
+            self.peer_cache.insert(key, nets);
         }
         Peers::Set(set)
     }
@@ -415,7 +451,8 @@ impl<'a> Compiler<'a> {
                     };
                     let mut by_number: BTreeMap<u16, BTreeSet<Ipv4Net>> = BTreeMap::new();
                     for (k, info) in candidates {
-                        if let (Some(n), Some(ip)) = (info.port_named(name, p.proto), self.ip_of(k))
+                        if let (Some(n), Some(ip)) =
+                            (info.port_named(name, p.proto), self.ip_of(k, info))
                         {
                             by_number.entry(n).or_default().insert(Ipv4Net::from(ip));
                         }

@@ -145,6 +145,7 @@ mod flows {
         for expected in [
             "table=55,priority=220,ip,ct_state=-new+trk actions=goto_table:60",
             "table=55,priority=220,ip,nw_src=10.0.0.1 actions=goto_table:60",
+            "table=55,priority=220,ip,nw_src=169.254.169.252 actions=goto_table:60",
         ] {
             assert!(t.contains(&expected.to_string()), "{t:#?}");
         }
@@ -190,7 +191,7 @@ mod flows {
                         .find(|p| p.starts_with("nw_src="))
                         .map(|p| p.split(' ').next().unwrap_or_default().to_string())
                 })
-                .filter(|s| s != "nw_src=10.0.0.1")
+                .filter(|s| s != "nw_src=10.0.0.1" && s != "nw_src=169.254.169.252")
                 .collect();
             srcs.sort();
             srcs
