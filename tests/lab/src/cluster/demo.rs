@@ -402,6 +402,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         }
     };
     results.push(("LoadBalancer from the internet".into(), lb_ok));
+    network_policy_checks(state, &info, &running, &mut results)?;
 
     step(4, "Summary");
     for (what, ok) in &results {
@@ -458,6 +459,72 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
             state.root().display()
         ));
     }
+    Ok(())
+}
+
+/// The demo's NetworkPolicy: the web pods admit only the client, on TCP 8080.
+pub const DEMO_POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-from-client\nspec:\n  podSelector:\n    matchLabels:\n      app: web\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          app: client\n    ports:\n    - protocol: TCP\n      port: 8080\n";
+
+/// NetworkPolicy, checked by traffic: after `web-from-client` the client still reaches a web
+/// pod on another node, web-1 no longer does.
+fn network_policy_checks(
+    state: &StateDir,
+    info: &super::state::LabInfo,
+    running: &dyn Fn(&str) -> Option<(String, String)>,
+    results: &mut Vec<(String, bool)>,
+) -> Result<(), LabError> {
+    say("\n-- NetworkPolicy web-from-client: pods app=web admit only app=client, on TCP 8080");
+    let dir = state.root().join("demo");
+    fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join("network-policy.yaml");
+    fs::write(&path, DEMO_POLICY)
+        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+    let mut apply = kubectl(state);
+    apply.arg("apply").arg("-f").arg(&path);
+    say(&format!("   $ {}", sys::command_line(&apply)));
+    match sys::run(&mut apply) {
+        Ok(out) => say(&format!("   {}", out.trim())),
+        Err(e) => say(&format!("   FAILED: {e}")),
+    }
+    let target = ["web-2", "web-3"]
+        .into_iter()
+        .find_map(|w| running(w).filter(|(n, _)| n != "node1").map(|t| (w, t)));
+    let (Some((name, (node, ip))), Some(_), Some(_)) =
+        (target, running("client"), running("web-1"))
+    else {
+        say("   NOT CHECKED: needs client, web-1 and a web pod on another node Running.");
+        results.push(("NetworkPolicy allows the client".into(), false));
+        results.push(("NetworkPolicy blocks web-1".into(), false));
+        return Ok(());
+    };
+    let url = format!("http://{ip}:8080/");
+    let from = |pod: &str| info.pod_netns("default", pod);
+    say(&format!("   allowed: client (node1) -> {name} ({node})"));
+    let allowed = sys::poll_until(Duration::from_secs(10), || {
+        let (line, r) = curl_in(&from("client"), &url);
+        (r.as_deref() == Ok(name)).then(|| say(&format!("   $ {line}\n   OK: answered {name:?}")))
+    })
+    .is_some();
+    if !allowed {
+        say("   FAILED: the client gets no answer");
+    }
+    results.push(("NetworkPolicy allows the client".into(), allowed));
+    say(&format!(
+        "   blocked: web-1 (node1, not app=client) -> {name} ({node})"
+    ));
+    let blocked = sys::poll_until(Duration::from_secs(10), || {
+        let (line, r) = curl_in(&from("web-1"), &url);
+        r.is_err().then(|| {
+            say(&format!(
+                "   $ {line}\n   OK: no answer (dropped by {node}'s INGRESS_POLICY table)"
+            ))
+        })
+    })
+    .is_some();
+    if !blocked {
+        say("   FAILED: web-1 still gets an answer");
+    }
+    results.push(("NetworkPolicy blocks web-1".into(), blocked));
     Ok(())
 }
 
