@@ -41,8 +41,9 @@
 //!   endpoint changes (column "nft rewrites"), and ETP-Local Services lose
 //!   and regain their local endpoints: time from the PUT until the health
 //!   check node port answers 503, then 200 (up to 40 Services, p50/p99 of
-//!   both directions). The proxy runs in the host's namespace, so its
-//!   (empty-address) nftables table is left there, as in the plain run;
+//!   both directions). The proxy runs in the host's namespace: its
+//!   nftables table (node ports on the Node's TEST-NET address only) is
+//!   deleted at the end unless it was there before the bench started;
 //! - `SY_BENCH_BEFORE=/path/to/switchyard-proxy`: an earlier build of the
 //!   proxy is run the same way, against the same objects, in the same run
 //!   (rows "before").
@@ -629,6 +630,14 @@ async fn run_proxy(
 
     // Single endpoint changes on distinct Services.
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    // The host side installs its table after the full sync's update, on
+    // its own: count from its first replacement on.
+    let waiting = Instant::now();
+    while cluster.external && nft_replacements(&proxy.log) == 0 {
+        proxy.check_alive();
+        assert!(waiting.elapsed() < DEADLINE, "no nftables table installed");
+        tokio::time::sleep(FULL_SYNC_POLL).await;
+    }
     let nft_before = nft_replacements(&proxy.log);
     let mut times = Vec::with_capacity(changes);
     for round in 0..changes {
@@ -816,6 +825,7 @@ fn main() {
     if let Some(before) = std::env::var_os("SY_BENCH_BEFORE") {
         binaries.push(("before".to_owned(), PathBuf::from(before)));
     }
+    let table_before = proxy_table_exists();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "baseline: {}; Services: {}",
@@ -873,4 +883,20 @@ fn main() {
             );
         }
     }
+    if !table_before && proxy_table_exists() {
+        // Left by the proxies this bench ran in the host's namespace.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", switchyard_proxy::host::TABLE])
+            .status();
+    }
+}
+
+/// The proxy's nftables table exists in this namespace.
+fn proxy_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip", switchyard_proxy::host::TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
