@@ -298,8 +298,8 @@ fn route_message(ip: Ipv4Addr, index: u32) -> netlink_packet_route::route::Route
 }
 
 /// Makes the proxy's routes exactly `wanted` (each `via` [`NEXT_HOP`] `dev`
-/// [`GATEWAY_PORT`] `onlink`): replaces them all, deletes the proxy's other
-/// routes. Nothing to do (Ok) while `sy-gw0` does not exist.
+/// [`GATEWAY_PORT`] `onlink`): adds (replaces) those missing or on another
+/// interface, deletes the proxy's other routes. Nothing to do (Ok) while `sy-gw0` does not exist.
 pub async fn sync_routes(
     handle: &rtnetlink::Handle,
     wanted: &BTreeSet<Ipv4Addr>,
@@ -326,7 +326,8 @@ pub async fn sync_routes(
             });
         }
     };
-    for (ip, oif) in own_routes(handle).await? {
+    let own = own_routes(handle).await?;
+    for (&ip, &oif) in &own {
         if !wanted.contains(&ip) {
             match handle.route().del(route_message(ip, oif)).execute().await {
                 Ok(()) => debug!(%ip, "route removed"),
@@ -339,7 +340,9 @@ pub async fn sync_routes(
             }
         }
     }
-    for ip in wanted {
+    // Only what is missing or points elsewhere (one request per route,
+    // thousands with many LoadBalancer IPs).
+    for ip in wanted.iter().filter(|ip| own.get(ip) != Some(&index)) {
         handle
             .route()
             .add(route_message(*ip, index))
