@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::LabError;
-use super::fabric;
 use super::state::StateDir;
 use super::sys;
 use super::up::{self, UpOptions, UpReport};
@@ -62,8 +61,6 @@ pub fn manifest(nodes: usize) -> String {
 
 /// The NodePort of the demo's `web-np` Service.
 pub const DEMO_NODE_PORT: u16 = 30080;
-/// The address the demo gives its LoadBalancer Service (TEST-NET-1).
-pub const DEMO_LB_IP: &str = "192.0.2.80";
 
 fn pod_ips(state: &StateDir) -> BTreeMap<String, (String, String, String)> {
     let out = sys::run(kubectl(state).args([
@@ -350,54 +347,23 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         })
         .is_some(),
     ));
-    say(&format!(
-        "\n-- LoadBalancer: no LoadBalancer controller runs in this lab yet, so the demo plays one in route mode:\n   it writes {DEMO_LB_IP} into web-lb's status.loadBalancer.ingress and routes it in the fabric to node1"
-    ));
-    let mut status = kubectl(state);
-    status.args([
-        "patch",
-        "service",
-        "web-lb",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{DEMO_LB_IP}"}}]}}}}}}"#),
-    ]);
-    say(&format!("   $ {}", sys::command_line(&status)));
-    let patched = sys::run(&mut status).map(|out| say(&format!("   {}", out.trim())));
-    let routed = info.fabric.as_ref().map(|fabric| {
-        let fabric_route = sys::run(sys::netns_exec(&fabric.netns, "ip").args([
-            "route",
-            "replace",
-            DEMO_LB_IP,
-            "via",
-            &node1.to_string(),
-        ]));
-        let internet_route = sys::run(
-            sys::netns_exec(&fabric.internet_netns, "ip").args([
-                "route",
-                "replace",
-                DEMO_LB_IP,
-                "via",
-                fabric::FABRIC_INTERNET_ADDR
-                    .split('/')
-                    .next()
-                    .unwrap_or_default(),
-            ]),
-        );
-        fabric_route.and(internet_route)
-    });
-    let lb_ok = match (patched, routed) {
-        (Ok(()), Some(Ok(_))) => sys::poll_until(Duration::from_secs(10), || {
-            outside(
-                &format!("LoadBalancer: internet -> {DEMO_LB_IP}:80 (Service web-lb)"),
-                &format!("http://{DEMO_LB_IP}/"),
-            )
-            .then_some(())
-        })
-        .is_some(),
-        (p, r) => {
-            say(&format!("   FAILED: status {p:?}, routes {r:?}"));
+    say(
+        "\n-- LoadBalancer: switchyard-controller assigns web-lb an address from an IPPool in Route mode\n   and programs the fabric's router (through its API) with one ECMP route over the nodes",
+    );
+    let lb_ok = match super::demo_lb::assign_with_controller(state, &info) {
+        Ok(ip) => {
+            say(&format!("   web-lb got {ip} from the controller"));
+            sys::poll_until(Duration::from_secs(20), || {
+                outside(
+                    &format!("LoadBalancer: internet -> {ip}:80 (Service web-lb)"),
+                    &format!("http://{ip}/"),
+                )
+                .then_some(())
+            })
+            .is_some()
+        }
+        Err(why) => {
+            say(&format!("   FAILED: {why}"));
             false
         }
     };
