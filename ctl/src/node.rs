@@ -499,7 +499,7 @@ mod tests {
         assert!(
             counts
                 .iter()
-                .any(|c| c.name == "EGRESS_POLICY" && c.reserved && c.flows == 0)
+                .any(|c| c.name == "EGRESS_POLICY" && !c.reserved && c.flows == 0)
         );
         let owners = owner_counts(&flows);
         assert_eq!(owners[0].owner, "agent");

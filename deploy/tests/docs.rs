@@ -787,7 +787,7 @@ fn stale_sentence_check_catches_the_old_sentences_only() {
         assert!(found[0].starts_with(&format!("{path}:")), "{found:?}");
     }
     let fine = [
-        "- **Not built:** LoadBalancer health checks, NetworkPolicy, IPv6.",
+        "- **Not built:** LoadBalancer health checks, IPv6.",
         "It also runs on nodes that are not ready yet (they lack a network).",
         "CNI errors the agent returns: 11 not ready yet; 50 STATUS when OVSDB is down.",
         "Pods on different nodes reach each other through the Geneve overlay.",

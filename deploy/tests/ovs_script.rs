@@ -225,8 +225,8 @@ fn ovs_container_restart_keeps_flows_and_groups() {
         "add-group",
         "br-int",
         "group_id=7,type=select,selection_method=hash,fields(ip_src,ip_dst,tcp_src,tcp_dst),\
-         bucket=bucket_id:0,actions=ct(commit,zone=65520,nat(dst=10.244.0.5:8080),table=40),\
-         bucket=bucket_id:1,actions=ct(commit,zone=65520,nat(dst=10.244.0.6:8080),table=40)",
+         bucket=bucket_id:0,actions=ct(commit,zone=65520,nat(dst=10.244.0.5:8080),table=35),\
+         bucket=bucket_id:1,actions=ct(commit,zone=65520,nat(dst=10.244.0.6:8080),table=35)",
     ]);
     for flow in [
         "cookie=0x5359010100000000,table=20,priority=100,ip,actions=ct(zone=65520,nat,table=21)",

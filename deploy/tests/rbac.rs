@@ -137,7 +137,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
     fn of<K: Resource>() -> Option<(String, String)> {
         Some((K::GROUP.to_string(), K::URL_PATH_SEGMENT.to_string()))
     }
-    use k8s_openapi::api::{apps, coordination, core, discovery, events};
+    use k8s_openapi::api::{apps, coordination, core, discovery, events, networking};
     match kind {
         "Node" => of::<core::v1::Node>(),
         "Pod" => of::<core::v1::Pod>(),
@@ -160,6 +160,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
             switchyard_api::GROUP.to_string(),
             "routetargets".to_string(),
         )),
+        "NetworkPolicy" => of::<networking::v1::NetworkPolicy>(),
         _ => None,
     }
 }

@@ -40,6 +40,7 @@ use switchyard_ovs::openflow::{Client, bundle_flags};
 use switchyard_ovs_harness::{OvsInstance, require_privileges};
 use switchyard_proxy::fixtures::endpoint;
 use switchyard_proxy::groups::GroupLayout;
+use switchyard_proxy::objects::Slice;
 use switchyard_proxy::program::{self, HairpinRefs, SwitchInventory};
 use switchyard_proxy::service_model::service_port_states;
 use switchyard_proxy::{
@@ -162,7 +163,8 @@ async fn bench_size(count: u32, change_rounds: usize, ipt_changes: usize) -> Row
         slices[index] = replace_endpoint(&slices[index], round % ENDPOINTS as usize, round as u32);
         let started = Instant::now();
         let mut next = DesiredState::clone(&state);
-        let slice_refs = [&slices[index]];
+        let slice = Slice::from(&slices[index]);
+        let slice_refs = [&slice];
         next.replace_service(
             &key,
             service_port_states(find_service(&services, &key), &slice_refs, NODE),

@@ -3,8 +3,10 @@
 //! (issue 8):
 //!
 //! - setup (not timed): the lab's in-memory API server in-process (no
-//!   controllers), N Services and N EndpointSlices from `synthetic::cluster`
-//!   created through its HTTP API, 16 requests in flight;
+//!   controllers), the proxy's Node (with an InternalIP, as in a cluster:
+//!   the proxy waits up to 3 s for it at start), N Services and N
+//!   EndpointSlices from `synthetic::cluster` created through its HTTP
+//!   API, 16 requests in flight;
 //! - proxy full sync: the release `switchyard-proxy` binary started with a
 //!   kubeconfig for the lab server and a private `ovs-vswitchd` (userspace
 //!   datapath); timed from the process start (objects already in the API)
@@ -30,6 +32,22 @@
 //!   with `iptables-restore --noflush` into a scratch namespace, and what it
 //!   writes for one changed endpoint.
 //!
+//! - `SY_BENCH_EXTERNAL=1` (issue 13): every Service is a LoadBalancer
+//!   with a node port and an ingress IP (set through the status
+//!   subresource), every tenth `externalTrafficPolicy: Local` with a
+//!   `healthCheckNodePort`; the baseline's table then has kube-proxy's
+//!   `KUBE-NODEPORTS`, `KUBE-EXT-*` and `KUBE-SVL-*` chains too. The
+//!   proxy's log must show no nftables table replacement during the
+//!   endpoint changes (column "nft rewrites"), and ETP-Local Services lose
+//!   and regain their local endpoints: time from the PUT until the health
+//!   check node port answers 503, then 200 (up to 40 Services, p50/p99 of
+//!   both directions). The proxy runs in the host's namespace: its
+//!   nftables table (node ports on the Node's TEST-NET address only) is
+//!   deleted at the end unless it was there before the bench started;
+//! - `SY_BENCH_BEFORE=/path/to/switchyard-proxy`: an earlier build of the
+//!   proxy is run the same way, against the same objects, in the same run
+//!   (rows "before").
+//!
 //! Needs root and Open vSwitch.
 //! `cargo bench -p switchyard-proxy --bench datapath_api`
 //! (`SY_BENCH_SIZES=1000,10000` picks sizes, `SY_BENCH_CHANGES` the number
@@ -48,10 +66,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use switchyard_lab::apiserver::{ApiServer, ApiServerOptions};
 use switchyard_ovs::openflow::{self, Action, Client, Group};
 use switchyard_ovs_harness::{OvsInstance, require_privileges};
@@ -71,6 +89,15 @@ const DEADLINE: Duration = Duration::from_secs(600);
 const FULL_SYNC_POLL: Duration = Duration::from_millis(2);
 const CHANGE_POLL: Duration = Duration::from_millis(1);
 const PROGRAMMED: &str = "switchyard_proxy_service_ports_programmed";
+/// High byte of an ETP-Local port's local group id.
+const LOCAL_GROUP_TAG: u32 = 127;
+/// `SY_BENCH_EXTERNAL`: node port of Service i, health check port of the
+/// i-th ETP-Local Service, LoadBalancer IP of Service i (198.18.0.0/15).
+const FIRST_NODE_PORT: i32 = 20_000;
+const FIRST_HEALTH_PORT: i32 = 50_000;
+const FIRST_LB_IP: u32 = 198 << 24 | 18 << 16;
+/// Every tenth Service is `externalTrafficPolicy: Local`.
+const LOCAL_EVERY: usize = 10;
 
 fn percentile(times: &mut [Duration], p: f64) -> Duration {
     times.sort();
@@ -83,10 +110,15 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` memory line (`VmHWM:`, `VmRSS:`) in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -104,9 +136,15 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(kubeconfig: &Path, ovs: &OvsInstance, debounce_ms: u64, log: PathBuf) -> Proxy {
+    fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        ovs: &OvsInstance,
+        debounce_ms: u64,
+        log: PathBuf,
+    ) -> Proxy {
         let metrics = free_local_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard-proxy"))
+        let child = Command::new(binary)
             .arg("--node-name")
             .arg(NODE)
             .arg("--kubeconfig")
@@ -247,6 +285,8 @@ fn start_ovs() -> OvsInstance {
 }
 
 struct Run {
+    /// Which proxy binary ("switchyard", or "before" for `SY_BENCH_BEFORE`).
+    label: String,
     debounce_ms: u64,
     /// Median of the full syncs, and (min, max).
     full: Duration,
@@ -257,6 +297,10 @@ struct Run {
     change_p50: Duration,
     change_p99: Duration,
     rss: f64,
+    /// Health check node port flips (ETP Local, `SY_BENCH_EXTERNAL`): p50, p99.
+    flips: Option<(Duration, Duration)>,
+    /// Times the proxy replaced its nftables table during the changes.
+    nft_rewrites: usize,
 }
 
 /// The API objects as stored (with their resourceVersions).
@@ -267,6 +311,156 @@ struct Cluster {
     slices: Vec<EndpointSlice>,
     /// Source of fresh endpoint addresses (11.0.0.0/8).
     fresh: u32,
+    /// Every Service is a LoadBalancer (`SY_BENCH_EXTERNAL`).
+    external: bool,
+}
+
+/// The proxy's Node with an InternalIP (TEST-NET-1): the proxy waits up
+/// to 3 s for it at start, as in a cluster, where it exists.
+async fn create_node(client: &kube::Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}
+    }))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let status = serde_json::json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": "192.0.2.10"}
+    ]}});
+    nodes
+        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("node address");
+}
+
+/// Makes every Service a LoadBalancer with node port and (after creation)
+/// an ingress IP; every [`LOCAL_EVERY`]th gets `externalTrafficPolicy:
+/// Local` and a `healthCheckNodePort`.
+fn make_external(services: &mut [Service]) {
+    for (index, service) in services.iter_mut().enumerate() {
+        let spec = service.spec.get_or_insert_with(Default::default);
+        spec.type_ = Some("LoadBalancer".into());
+        for port in spec.ports.iter_mut().flatten() {
+            port.node_port = Some(FIRST_NODE_PORT + index as i32);
+        }
+        if index % LOCAL_EVERY == 0 {
+            spec.external_traffic_policy = Some("Local".into());
+            spec.health_check_node_port = Some(FIRST_HEALTH_PORT + (index / LOCAL_EVERY) as i32);
+        } else {
+            spec.external_traffic_policy = Some("Cluster".into());
+        }
+    }
+}
+
+/// Sets each Service's LoadBalancer ingress IP through the status
+/// subresource; returns them as stored.
+async fn set_ingress(api: &Api<Service>, services: Vec<Service>) -> Vec<Service> {
+    futures::stream::iter(services.into_iter().enumerate())
+        .map(|(index, service)| {
+            let api = api.clone();
+            async move {
+                let ip = Ipv4Addr::from(FIRST_LB_IP + index as u32);
+                let patch = serde_json::json!({
+                    "status": {"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}}
+                });
+                let name = service.metadata.name.clone().expect("name");
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            }
+        })
+        .buffered(PARALLEL_CREATES)
+        .try_collect()
+        .await
+        .expect("set ingress IPs")
+}
+
+/// How often the proxy's log says it replaced its nftables table.
+fn nft_replacements(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("nftables table") && line.contains("replaced"))
+        .count()
+}
+
+/// The HTTP status a health check node port answers (None: no answer).
+async fn health_status(port: u16) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// ETP-Local Services lose their local endpoints (moved to another node,
+/// same addresses) and get them back: time from before the PUT until the
+/// Service's health check node port answers 503, then 200 again. Returns
+/// p50 and p99 over both directions.
+async fn health_flips(
+    cluster: &mut Cluster,
+    proxy: &mut Proxy,
+    services: usize,
+) -> (Duration, Duration) {
+    let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let mut times = Vec::with_capacity(services * 2);
+    let candidates: Vec<usize> = (0..cluster.slices.len())
+        .step_by(LOCAL_EVERY)
+        .filter(|index| {
+            cluster.slices[*index]
+                .endpoints
+                .iter()
+                .any(|e| e.node_name.as_deref() == Some(NODE))
+        })
+        .take(services)
+        .collect();
+    for index in candidates {
+        let port = (FIRST_HEALTH_PORT + (index / LOCAL_EVERY) as i32) as u16;
+        let local = cluster.slices[index].clone();
+        let mut moved = local.clone();
+        for endpoint in &mut moved.endpoints {
+            if endpoint.node_name.as_deref() == Some(NODE) {
+                endpoint.node_name = Some("node-3".into());
+            }
+        }
+        let name = local.metadata.name.clone().expect("slice name");
+        for (next, want) in [(moved, 503), (local, 200)] {
+            let mut next = next;
+            next.metadata.resource_version =
+                cluster.slices[index].metadata.resource_version.clone();
+            let started = Instant::now();
+            let stored = api
+                .replace(&name, &PostParams::default(), &next)
+                .await
+                .expect("replace slice");
+            loop {
+                let status = health_status(port).await;
+                if status == Some(want) {
+                    break;
+                }
+                proxy.check_alive();
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "health check port {port} answers {status:?}, not {want}"
+                );
+                tokio::time::sleep(CHANGE_POLL).await;
+            }
+            times.push(started.elapsed());
+            cluster.slices[index] = stored;
+        }
+    }
+    assert!(
+        !times.is_empty(),
+        "no ETP-Local Service with a local endpoint"
+    );
+    (percentile(&mut times, 0.5), percentile(&mut times, 0.99))
 }
 
 /// Creates the objects through the API; returns them as stored.
@@ -299,13 +493,23 @@ struct Synced {
 
 /// Full sync: a fresh `ovs-vswitchd`, then proxy process start -> every
 /// Service port programmed.
-async fn start_and_sync(cluster: &Cluster, debounce_ms: u64, dir: &Path, attempt: usize) -> Synced {
+async fn start_and_sync(
+    cluster: &Cluster,
+    binary: &Path,
+    debounce_ms: u64,
+    dir: &Path,
+    attempt: usize,
+) -> Synced {
     let count = cluster.slices.len();
     let ovs = start_ovs();
-    let log = dir.join(format!("proxy-{count}-{debounce_ms}-{attempt}.log"));
+    let tag = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let log = dir.join(format!("proxy-{tag}-{count}-{debounce_ms}-{attempt}.log"));
     let started = Instant::now();
     let started_at = now_seconds_of_day();
-    let mut proxy = Proxy::start(&cluster.kubeconfig, &ovs, debounce_ms, log.clone());
+    let mut proxy = Proxy::start(binary, &cluster.kubeconfig, &ovs, debounce_ms, log.clone());
     loop {
         if proxy.metric(PROGRAMMED).await == Some(count as f64) {
             break;
@@ -370,6 +574,7 @@ async fn list_time(client: &kube::Client, count: usize) -> Duration {
 /// fresh bridge), then `changes` endpoint changes on the last one.
 async fn run_proxy(
     cluster: &mut Cluster,
+    (label, binary): (&str, &Path),
     debounce_ms: u64,
     repeats: usize,
     changes: usize,
@@ -382,7 +587,7 @@ async fn run_proxy(
     for attempt in 0..repeats.max(1) {
         // The previous proxy and vswitchd stop first.
         drop(last.take());
-        let synced = start_and_sync(cluster, debounce_ms, dir, attempt).await;
+        let synced = start_and_sync(cluster, binary, debounce_ms, dir, attempt).await;
         fulls.push(synced.full);
         listeds.extend(synced.listed);
         last = Some(synced);
@@ -399,9 +604,17 @@ async fn run_proxy(
         .dump_groups(openflow::ALL_GROUPS)
         .await
         .expect("dump groups");
-    assert_eq!(groups.len(), count, "one select group per Service");
+    // ETP-Local ports also have a local group (`G | 127 << 24`).
+    let cluster_groups = groups
+        .iter()
+        .filter(|g| g.group_id >> 24 != LOCAL_GROUP_TAG);
+    assert_eq!(
+        cluster_groups.clone().count(),
+        count,
+        "one select group per Service"
+    );
     let mut group_of: HashMap<Ipv4Addr, u32> = HashMap::new();
-    for group in &groups {
+    for group in cluster_groups {
         for ip in group_endpoints(group) {
             group_of.insert(ip, group.group_id);
         }
@@ -417,6 +630,15 @@ async fn run_proxy(
 
     // Single endpoint changes on distinct Services.
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    // The host side installs its table after the full sync's update, on
+    // its own: count from its first replacement on.
+    let waiting = Instant::now();
+    while cluster.external && nft_replacements(&proxy.log) == 0 {
+        proxy.check_alive();
+        assert!(waiting.elapsed() < DEADLINE, "no nftables table installed");
+        tokio::time::sleep(FULL_SYNC_POLL).await;
+    }
+    let nft_before = nft_replacements(&proxy.log);
     let mut times = Vec::with_capacity(changes);
     for round in 0..changes {
         let index = (round * 7919) % count;
@@ -456,9 +678,16 @@ async fn run_proxy(
     }
     let change_p50 = percentile(&mut times, 0.5);
     let change_p99 = percentile(&mut times, 0.99);
+    let nft_rewrites = nft_replacements(&proxy.log) - nft_before;
+    let flips = if cluster.external {
+        Some(health_flips(cluster, &mut proxy, changes.min(40)).await)
+    } else {
+        None
+    };
     let rss = peak_rss_mb(proxy.pid());
+    let rss_now = status_mb(proxy.pid(), "VmRSS:");
     eprintln!(
-        "{count} services, debounce {debounce_ms} ms: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB",
+        "{label}: {count} services, debounce {debounce_ms} ms: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB (RSS now {rss_now:.0} MB), {nft_rewrites} nft table replacements during the changes, health check flips {flips:?}",
         ms(full),
         fulls.len(),
         ms(full_range.0),
@@ -471,6 +700,7 @@ async fn run_proxy(
     drop(proxy);
     drop(ovs);
     Run {
+        label: label.to_owned(),
         debounce_ms,
         full,
         full_range,
@@ -479,15 +709,19 @@ async fn run_proxy(
         change_p50,
         change_p99,
         rss,
+        flips,
+        nft_rewrites,
     }
 }
 
 async fn bench_size(
     count: u32,
+    binaries: &[(String, PathBuf)],
     debounces: &[u64],
     repeats: usize,
     changes: usize,
     ipt_changes: usize,
+    external: bool,
 ) -> (Vec<Run>, Duration, iptables::Baseline) {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ApiServer::start(ApiServerOptions::without_controllers())
@@ -501,8 +735,16 @@ async fn bench_size(
     .expect("kube client");
 
     let setup = Instant::now();
-    let (services, slices) = switchyard_proxy::synthetic::cluster(NAMESPACE, count, ENDPOINTS);
-    let services = create_all(&Api::namespaced(client.clone(), NAMESPACE), services).await;
+    create_node(&client).await;
+    let (mut services, slices) = switchyard_proxy::synthetic::cluster(NAMESPACE, count, ENDPOINTS);
+    if external {
+        make_external(&mut services);
+    }
+    let service_api: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut services = create_all(&service_api, services).await;
+    if external {
+        services = set_ingress(&service_api, services).await;
+    }
     let slices = create_all(&Api::namespaced(client.clone(), NAMESPACE), slices).await;
     eprintln!(
         "{count} services: created {} objects through the API in {:.1} s (setup)",
@@ -515,6 +757,7 @@ async fn bench_size(
         services,
         slices,
         fresh: 0,
+        external,
     };
     let mut lists: Vec<Duration> = Vec::with_capacity(3);
     for _ in 0..3 {
@@ -527,7 +770,19 @@ async fn bench_size(
     );
     let mut runs = Vec::new();
     for &debounce_ms in debounces {
-        runs.push(run_proxy(&mut cluster, debounce_ms, repeats, changes, dir.path()).await);
+        for (label, binary) in binaries {
+            runs.push(
+                run_proxy(
+                    &mut cluster,
+                    (label, binary),
+                    debounce_ms,
+                    repeats,
+                    changes,
+                    dir.path(),
+                )
+                .await,
+            );
+        }
     }
 
     // iptables baseline for the same (current) objects.
@@ -560,20 +815,47 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let ipt_changes = changes.min(30);
+    let external = std::env::var_os("SY_BENCH_EXTERNAL").is_some_and(|v| v != "0");
+    // The proxy under test, and (`SY_BENCH_BEFORE=/path/to/switchyard-proxy`)
+    // an earlier build run the same way in the same run.
+    let mut binaries = vec![(
+        "switchyard".to_owned(),
+        PathBuf::from(env!("CARGO_BIN_EXE_switchyard-proxy")),
+    )];
+    if let Some(before) = std::env::var_os("SY_BENCH_BEFORE") {
+        binaries.push(("before".to_owned(), PathBuf::from(before)));
+    }
+    let table_before = proxy_table_exists();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    println!("baseline: {}", iptables::restore_binary());
     println!(
-        "| services | debounce | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache / bench lists alone] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | proxy peak RSS |"
+        "baseline: {}; Services: {}",
+        iptables::restore_binary(),
+        if external {
+            "LoadBalancer with node port and ingress IP, every 10th ETP Local with healthCheckNodePort"
+        } else {
+            "ClusterIP"
+        }
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| proxy | services | debounce | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache / bench lists alone] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | full ratio vs list + iptables-restore | proxy peak RSS | nft rewrites per change | health check flip p50 / p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for count in sizes {
-        let (runs, list, baseline) =
-            runtime.block_on(bench_size(count, &debounces, repeats, changes, ipt_changes));
+        let (runs, list, baseline) = runtime.block_on(bench_size(
+            count,
+            &binaries,
+            &debounces,
+            repeats,
+            changes,
+            ipt_changes,
+            external,
+        ));
         for run in runs {
             let [ipt_full, full_ratio, ipt_change, change_ratio] =
                 baseline.cells(run.full, run.change_p99);
             println!(
-                "| {count} | {} ms | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {:.0} MB |",
+                "| {} | {count} | {} ms | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {} | {:.0} MB | {} in {changes} | {} |",
+                run.label,
                 run.debounce_ms,
                 run.flows,
                 ms(run.full),
@@ -584,8 +866,37 @@ fn main() {
                 ms(list),
                 ms(run.change_p50),
                 ms(run.change_p99),
+                baseline
+                    .full
+                    .as_ref()
+                    .map_or("-".to_owned(), |restore| format!(
+                        "{:.1}x",
+                        (*restore + list).as_secs_f64() / run.full.as_secs_f64()
+                    )),
                 run.rss,
+                run.nft_rewrites,
+                run.flips.map_or("-".to_owned(), |(p50, p99)| format!(
+                    "{:.1} / {:.1} ms",
+                    ms(p50),
+                    ms(p99)
+                )),
             );
         }
     }
+    if !table_before && proxy_table_exists() {
+        // Left by the proxies this bench ran in the host's namespace.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", switchyard_proxy::host::TABLE])
+            .status();
+    }
+}
+
+/// The proxy's nftables table exists in this namespace.
+fn proxy_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip", switchyard_proxy::host::TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }

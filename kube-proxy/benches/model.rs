@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use switchyard_proxy::fixtures::endpoint;
+use switchyard_proxy::objects::Slice;
 use switchyard_proxy::service_model::{group_slices, service_port_states};
 use switchyard_proxy::{
     DesiredState, GroupIdAllocator, ServiceKey, build_desired_state, diff, diff_services,
@@ -57,6 +58,7 @@ fn main() {
         let mut one = slices[count as usize / 2].clone();
         one.endpoints
             .push(endpoint("10.255.0.1").node("node-1").build());
+        let one = Slice::from(&one);
         let key = ServiceKey::of_service(&services[count as usize / 2]);
         let incremental = median(runs, || {
             let mut next = state.clone();
@@ -94,7 +96,8 @@ fn main() {
             let mut groups = groups.clone();
             diff(&state, &next, &mut groups).expect("diff")
         });
-        black_box(group_slices(&slices).len());
+        let slim: Vec<Slice> = slices.iter().map(Slice::from).collect();
+        black_box(group_slices(&slim).len());
 
         println!(
             "{:>7} {:>12.2?} {:>12.2?} {:>14.2?} {:>16.2?}",

@@ -9,21 +9,42 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::objects::{NodeNames, Slice, slim_service};
 use crate::service_model::{ServiceKey, ServicePortName, ServicePortState, service_port_states};
 
 /// An EndpointSlice by namespace and slice name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct SliceKey {
+pub struct SliceKey {
     namespace: String,
     name: String,
 }
 
-impl SliceKey {
-    fn of(slice: &EndpointSlice) -> Self {
-        Self {
-            namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-            name: slice.metadata.name.clone().unwrap_or_default(),
+/// What identifies an EndpointSlice: its namespace and name.
+pub trait SliceName {
+    fn slice_key(&self) -> SliceKey;
+}
+
+impl SliceName for EndpointSlice {
+    fn slice_key(&self) -> SliceKey {
+        SliceKey {
+            namespace: self.metadata.namespace.clone().unwrap_or_default(),
+            name: self.metadata.name.clone().unwrap_or_default(),
         }
+    }
+}
+
+impl SliceName for Slice {
+    fn slice_key(&self) -> SliceKey {
+        SliceKey {
+            namespace: self.namespace().to_owned(),
+            name: self.name().to_owned(),
+        }
+    }
+}
+
+impl<T: SliceName + ?Sized> SliceName for Arc<T> {
+    fn slice_key(&self) -> SliceKey {
+        T::slice_key(self)
     }
 }
 
@@ -31,18 +52,21 @@ impl SliceKey {
 struct SliceEntry {
     /// The Service its label named when stored (`None`: no label).
     service: Option<ServiceKey>,
-    slice: Arc<EndpointSlice>,
+    slice: Arc<Slice>,
 }
 
 /// Known Services and EndpointSlices plus the set of Services whose
-/// desired state may have changed ("dirty").
+/// desired state may have changed ("dirty"). Objects are kept slim: a
+/// Service without what the model never reads ([`slim_service`]), a
+/// slice as a [`Slice`] whose endpoints share their node names.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterCache {
     services: HashMap<ServiceKey, Arc<Service>>,
     slices: HashMap<SliceKey, SliceEntry>,
     /// Slices per Service, ordered by slice name.
-    slices_by_service: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    slices_by_service: HashMap<ServiceKey, BTreeMap<String, Arc<Slice>>>,
     dirty: BTreeSet<ServiceKey>,
+    node_names: NodeNames,
 }
 
 impl ClusterCache {
@@ -52,6 +76,7 @@ impl ClusterCache {
 
     /// A Service was added or modified.
     pub fn apply_service(&mut self, service: Arc<Service>) {
+        let service = Arc::new(slim_service(Arc::unwrap_or_clone(service)));
         let key = ServiceKey::of_service(&service);
         let unchanged = self
             .services
@@ -73,15 +98,23 @@ impl ClusterCache {
 
     /// An EndpointSlice was added or modified (possibly relabelled to
     /// another Service: both are marked dirty).
-    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) {
-        let key = SliceKey::of(&slice);
+    pub fn apply_slice(&mut self, slice: impl Into<Slice>) {
+        let mut slice: Slice = slice.into();
+        let key = slice.slice_key();
         if let Some(known) = self.slices.get(&key)
-            && same_object(&known.slice.metadata, &slice.metadata, &known.slice, &slice)
+            && same_object(
+                &known.slice.metadata,
+                &slice.metadata,
+                &*known.slice,
+                &slice,
+            )
         {
             return;
         }
         self.remove_slice(&key);
-        let service = ServiceKey::of_slice(&slice);
+        self.node_names.share(&mut slice);
+        let slice = Arc::new(slice);
+        let service = slice.service();
         if let Some(service) = &service {
             self.slices_by_service
                 .entry(service.clone())
@@ -93,8 +126,8 @@ impl ClusterCache {
     }
 
     /// An EndpointSlice was deleted.
-    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
-        self.remove_slice(&SliceKey::of(slice));
+    pub fn delete_slice(&mut self, slice: &(impl SliceName + ?Sized)) {
+        self.remove_slice(&slice.slice_key());
     }
 
     fn remove_slice(&mut self, key: &SliceKey) {
@@ -134,10 +167,11 @@ impl ClusterCache {
 
     /// A full list of EndpointSlices (after a watch restart): replaces all
     /// known slices; only Services whose slices differ are marked dirty.
-    pub fn replace_slices(&mut self, slices: impl IntoIterator<Item = Arc<EndpointSlice>>) {
+    pub fn replace_slices<S: Into<Slice>>(&mut self, slices: impl IntoIterator<Item = S>) {
         let mut listed: BTreeSet<SliceKey> = BTreeSet::new();
         for slice in slices {
-            listed.insert(SliceKey::of(&slice));
+            let slice: Slice = slice.into();
+            listed.insert(slice.slice_key());
             self.apply_slice(slice);
         }
         let gone: Vec<SliceKey> = self
@@ -149,6 +183,7 @@ impl ClusterCache {
         for key in gone {
             self.remove_slice(&key);
         }
+        self.node_names.prune();
     }
 
     /// Some Service may have a new desired state.
@@ -185,7 +220,7 @@ impl ClusterCache {
         let Some(object) = self.services.get(service) else {
             return Vec::new();
         };
-        let slices: Vec<&EndpointSlice> = self
+        let slices: Vec<&Slice> = self
             .slices_by_service
             .get(service)
             .map(|by_name| by_name.values().map(Arc::as_ref).collect())

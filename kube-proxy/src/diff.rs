@@ -292,6 +292,15 @@ pub struct ChangeSet {
 }
 
 impl ChangeSet {
+    /// A port came, went or changed its frontend: what the host side
+    /// ([`crate::host::HostRules`]) derives from the frontends may differ.
+    /// Endpoint-only changes never touch it.
+    pub fn frontends_changed(&self) -> bool {
+        !self.added.is_empty()
+            || !self.removed.is_empty()
+            || self.changed.iter().any(|port| port.frontend_changed)
+    }
+
     /// Nothing to do on the switch.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()

@@ -298,8 +298,8 @@ fn route_message(ip: Ipv4Addr, index: u32) -> netlink_packet_route::route::Route
 }
 
 /// Makes the proxy's routes exactly `wanted` (each `via` [`NEXT_HOP`] `dev`
-/// [`GATEWAY_PORT`] `onlink`): replaces them all, deletes the proxy's other
-/// routes. Nothing to do (Ok) while `sy-gw0` does not exist.
+/// [`GATEWAY_PORT`] `onlink`): adds (replaces) those missing or on another
+/// interface, deletes the proxy's other routes. Nothing to do (Ok) while `sy-gw0` does not exist.
 pub async fn sync_routes(
     handle: &rtnetlink::Handle,
     wanted: &BTreeSet<Ipv4Addr>,
@@ -326,7 +326,8 @@ pub async fn sync_routes(
             });
         }
     };
-    for (ip, oif) in own_routes(handle).await? {
+    let own = own_routes(handle).await?;
+    for (&ip, &oif) in &own {
         if !wanted.contains(&ip) {
             match handle.route().del(route_message(ip, oif)).execute().await {
                 Ok(()) => debug!(%ip, "route removed"),
@@ -339,7 +340,9 @@ pub async fn sync_routes(
             }
         }
     }
-    for ip in wanted {
+    // Only what is missing or points elsewhere (one request per route,
+    // thousands with many LoadBalancer IPs).
+    for ip in wanted.iter().filter(|ip| own.get(ip) != Some(&index)) {
         handle
             .route()
             .add(route_message(*ip, index))
@@ -357,7 +360,7 @@ pub async fn sync_routes(
 /// Keeps the host in line with the latest desired state: the nftables
 /// table (replaced when its text changes, and every [`REFRESH`] when it
 /// failed) and the routes (re-applied on every change and every
-/// [`REFRESH`]). Returns when `states` closes.
+/// [`REFRESH`]), from the first state on. Returns when `states` closes.
 pub async fn run(node: Arc<NodeContext>, mut states: watch::Receiver<Option<Arc<DesiredState>>>) {
     let handle = match rtnetlink::new_connection() {
         Ok((connection, handle, _)) => {
@@ -370,7 +373,18 @@ pub async fn run(node: Arc<NodeContext>, mut states: watch::Receiver<Option<Arc<
         }
     };
     let mut applied: Option<String> = None;
-    let mut rules = HostRules::of(&DesiredState::new(), &node);
+    // Nothing is applied before the first desired state (sent once both
+    // initial lists are complete): a restarted proxy must not replace the
+    // previous one's table and routes with empty ones meanwhile, which would
+    // stop every node port and external address until then.
+    let mut rules = loop {
+        if let Some(state) = states.borrow_and_update().clone() {
+            break HostRules::of(&state, &node);
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    };
     loop {
         if let Some(state) = states.borrow_and_update().clone() {
             rules = HostRules::of(&state, &node);

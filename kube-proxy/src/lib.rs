@@ -27,6 +27,7 @@ pub mod groups;
 pub mod healthcheck;
 pub mod host;
 pub mod metrics;
+pub mod objects;
 pub mod program;
 pub mod recompute;
 pub mod reject;

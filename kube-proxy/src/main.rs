@@ -202,14 +202,17 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tx,
         Some(health_checks),
     ));
-    // Every update goes to the switch writer and its state to the host side
-    // (nftables table and routes of the external frontends).
+    // Every update goes to the switch writer and, when a frontend came, went
+    // or changed, its state to the host side (nftables table and routes of
+    // the external frontends; an endpoint change cannot change them).
     let (host_tx, host_rx) = tokio::sync::watch::channel(None);
     let (to_switch, updates) = tokio::sync::mpsc::channel(64);
     let host = tokio::spawn(switchyard_proxy::host::run(Arc::clone(&node), host_rx));
     let tee = tokio::spawn(async move {
         while let Some(update) = watched.recv().await {
-            host_tx.send_replace(Some(Arc::clone(&update.state)));
+            if update.changes.frontends_changed() {
+                host_tx.send_replace(Some(Arc::clone(&update.state)));
+            }
             if to_switch.send(update).await.is_err() {
                 return;
             }

@@ -33,8 +33,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
+
+use crate::objects::{EndpointAddress, Slice, SliceEndpoint};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -216,7 +218,8 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     /// The target port, as resolved in the EndpointSlice.
     pub port: u16,
-    pub node_name: Option<String>,
+    /// Shared with the cached slice's endpoint.
+    pub node_name: Option<Arc<str>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -320,11 +323,14 @@ impl ServicePortState {
 }
 
 /// The desired state of every Service port, keyed and ordered by name.
-/// States are shared (`Arc`) so unchanged entries cost nothing to carry
-/// from one generation to the next.
+/// A persistent map: a clone shares every node with the original and
+/// costs nothing, and replacing one Service's ports copies only the
+/// path to them (O(log n)), so each generation is a cheap new version of
+/// the last one, not a copy of it. States are shared (`Arc`) so unchanged
+/// entries cost nothing to carry from one generation to the next.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredState {
-    ports: BTreeMap<ServicePortName, Arc<ServicePortState>>,
+    ports: imbl::OrdMap<ServicePortName, Arc<ServicePortState>>,
 }
 
 impl DesiredState {
@@ -422,7 +428,8 @@ pub fn build_desired_state<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_name: &str,
 ) -> DesiredState {
-    let slices_by_service = group_slices(slices);
+    let slices: Vec<Slice> = slices.into_iter().map(Slice::from).collect();
+    let slices_by_service = group_slices(&slices);
     let mut state = DesiredState::new();
     for service in services {
         let key = ServiceKey::of_service(service);
@@ -441,14 +448,14 @@ pub fn build_desired_state<'a>(
 /// name (so merging is deterministic). Slices without the service-name label
 /// are skipped.
 pub fn group_slices<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> HashMap<ServiceKey, Vec<&'a EndpointSlice>> {
-    let mut grouped: HashMap<ServiceKey, Vec<&'a EndpointSlice>> = HashMap::new();
+    slices: impl IntoIterator<Item = &'a Slice>,
+) -> HashMap<ServiceKey, Vec<&'a Slice>> {
+    let mut grouped: HashMap<ServiceKey, Vec<&'a Slice>> = HashMap::new();
     for slice in slices {
-        match ServiceKey::of_slice(slice) {
+        match slice.service() {
             Some(key) => grouped.entry(key).or_default().push(slice),
             None => debug!(
-                slice = slice.metadata.name.as_deref().unwrap_or(""),
+                slice = slice.name(),
                 "EndpointSlice without {SERVICE_NAME_LABEL} label ignored"
             ),
         }
@@ -464,7 +471,7 @@ pub fn group_slices<'a>(
 /// cluster IP).
 pub fn service_port_states(
     service: &Service,
-    slices: &[&EndpointSlice],
+    slices: &[&Slice],
     node_name: &str,
 ) -> Vec<(ServicePortName, ServicePortState)> {
     let key = ServiceKey::of_service(service);
@@ -667,24 +674,18 @@ impl ServiceFrontend {
 /// All endpoints the slices list for one Service port, duplicates merged
 /// (the local, then ready, then serving copy wins; ties keep the first slice
 /// by name), sorted by IP then port.
-fn collect_endpoints(
-    name: &ServicePortName,
-    slices: &[&EndpointSlice],
-    node_name: &str,
-) -> Vec<Endpoint> {
+fn collect_endpoints(name: &ServicePortName, slices: &[&Slice], node_name: &str) -> Vec<Endpoint> {
     let mut merged: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        if !slice.ipv4 {
             debug!(
                 service_port = %name,
-                slice = slice.metadata.name.as_deref().unwrap_or(""),
-                address_type = slice.address_type,
+                slice = slice.name(),
                 "non-IPv4 EndpointSlice skipped"
             );
             continue;
         }
-        let ports = slice.ports.as_deref().unwrap_or_default();
-        for slice_port in ports {
+        for slice_port in &slice.ports {
             if slice_port.name.as_deref().unwrap_or("") != &*name.port {
                 continue;
             }
@@ -699,7 +700,7 @@ fn collect_endpoints(
             else {
                 warn!(
                     service_port = %name,
-                    slice = slice.metadata.name.as_deref().unwrap_or(""),
+                    slice = slice.name(),
                     port = ?slice_port.port,
                     "EndpointSlice port without a valid number ignored"
                 );
@@ -727,18 +728,20 @@ fn endpoint_of(
     port: u16,
     node_name: &str,
 ) -> Option<Endpoint> {
-    let Some(address) = slice_endpoint.addresses.first() else {
-        debug!(service_port = %name, "endpoint without addresses ignored");
-        return None;
+    let ip = match &slice_endpoint.address {
+        None => {
+            debug!(service_port = %name, "endpoint without addresses ignored");
+            return None;
+        }
+        Some(EndpointAddress::Other(address)) => {
+            warn!(service_port = %name, address = &**address, "endpoint address is not IPv4, ignored");
+            return None;
+        }
+        Some(EndpointAddress::V4(ip)) => *ip,
     };
-    let Ok(ip) = address.parse::<Ipv4Addr>() else {
-        warn!(service_port = %name, address, "endpoint address is not IPv4, ignored");
-        return None;
-    };
-    let conditions = slice_endpoint.conditions.as_ref();
-    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
-    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    let ready = slice_endpoint.ready.unwrap_or(true);
+    let serving = slice_endpoint.serving.unwrap_or(true);
+    let terminating = slice_endpoint.terminating.unwrap_or(false);
     let node = slice_endpoint.node_name.clone();
     let is_local = !node_name.is_empty() && node.as_deref() == Some(node_name);
     Some(Endpoint {

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conntrack::ConntrackFlusher;
-use crate::diff::{GroupId, StaleUdpEndpoint, StaleUdpFrontend};
+use crate::diff::{ChangeSet, GroupId, StaleUdpEndpoint, StaleUdpFrontend};
 use crate::flows::{LEARNED_GENERATION, REJECT_USERDATA};
 use crate::groups::GroupLayout;
 use crate::metrics::{Metrics, SyncKind};
@@ -78,6 +78,9 @@ pub struct SwitchWriter {
     served_before: Option<ServedBefore>,
     /// How ports' endpoints are laid out in (chained) groups.
     layout: GroupLayout,
+    /// Endpoints of the installed state (kept up to date per change set,
+    /// counted once per full sync).
+    endpoints: usize,
 }
 
 /// Parses `namespace/name:port/PROTOCOL` (the `Display` of [`ServicePortName`]).
@@ -199,6 +202,7 @@ impl SwitchWriter {
             hairpin: HairpinRefs::default(),
             served_before: Some(adopted.served),
             layout: GroupLayout::default(),
+            endpoints: 0,
         })
     }
 
@@ -257,6 +261,7 @@ impl SwitchWriter {
                     .get_or_create(&SyncKind::INCREMENTAL)
                     .inc();
                 self.metrics.record_sync(true);
+                self.count_changed_endpoints(&update.changes);
                 self.set_gauges();
                 debug!(
                     generation = update.generation,
@@ -343,6 +348,7 @@ impl SwitchWriter {
             .observe(elapsed.as_secs_f64());
         self.metrics.syncs.get_or_create(&SyncKind::FULL).inc();
         self.metrics.record_sync(true);
+        self.endpoints = state.iter().map(|(_, s)| s.endpoints.len()).sum();
         self.set_gauges();
         info!(
             generation,
@@ -377,15 +383,32 @@ impl SwitchWriter {
             })
     }
 
+    /// Follows the endpoint count through one change set (no walk over
+    /// the whole state per change).
+    fn count_changed_endpoints(&mut self, changes: &ChangeSet) {
+        let added: usize = changes.added.iter().map(|p| p.state.endpoints.len()).sum();
+        let removed: usize = changes
+            .removed
+            .iter()
+            .map(|p| p.state.endpoints.len())
+            .sum();
+        let (new, old) = changes.changed.iter().fold((0, 0), |(new, old), port| {
+            (
+                new + port.new.endpoints.len(),
+                old + port.old.endpoints.len(),
+            )
+        });
+        self.endpoints = (self.endpoints + added + new).saturating_sub(removed + old);
+    }
+
     fn set_gauges(&self) {
         if let Some(state) = &self.latest {
-            let endpoints: usize = state.iter().map(|(_, s)| s.endpoints.len()).sum();
             self.metrics
                 .service_ports
                 .set(i64::try_from(state.len()).unwrap_or(i64::MAX));
             self.metrics
                 .endpoints
-                .set(i64::try_from(endpoints).unwrap_or(i64::MAX));
+                .set(i64::try_from(self.endpoints).unwrap_or(i64::MAX));
         }
     }
 

@@ -13,14 +13,15 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster_cache::ClusterCache;
+use crate::objects::{Slice, slim_service};
 use crate::recompute::{HealthChecks, Recomputer, SharedGroupIds, Update};
 use crate::service_model::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 
@@ -89,59 +90,97 @@ pub async fn watch_with_health(
     let slice_filter = watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}"));
     let services =
         watcher::watcher(Api::<Service>::all(client.clone()), service_filter).default_backoff();
-    let slices =
-        watcher::watcher(Api::<EndpointSlice>::all(client), slice_filter).default_backoff();
+    // Decoded straight into the proxy's slim form.
+    let slices = watcher::watcher(Api::<Slice>::all(client), slice_filter).default_backoff();
     run_with_health(services, slices, config, groups, updates, health).await
 }
 
+/// An object kind the proxy watches, and how it goes into the cache.
+pub trait Watched: Sized {
+    /// The slim form the cache keeps.
+    type Cached;
+    const KIND: &'static str;
+    /// Keeps only what the model reads.
+    fn slim(self) -> Self::Cached;
+    fn apply(cache: &mut ClusterCache, object: Self::Cached);
+    fn delete(cache: &mut ClusterCache, object: &Self);
+    fn replace(cache: &mut ClusterCache, objects: Vec<Self::Cached>);
+}
+
+impl Watched for Service {
+    type Cached = Arc<Service>;
+    const KIND: &'static str = "Service";
+    fn slim(self) -> Arc<Service> {
+        Arc::new(slim_service(self))
+    }
+    fn apply(cache: &mut ClusterCache, object: Arc<Service>) {
+        cache.apply_service(object);
+    }
+    fn delete(cache: &mut ClusterCache, object: &Self) {
+        cache.delete_service(object);
+    }
+    fn replace(cache: &mut ClusterCache, objects: Vec<Arc<Service>>) {
+        cache.replace_services(objects);
+    }
+}
+
+/// The proxy's own watcher decodes slices straight into [`Slice`].
+impl Watched for Slice {
+    type Cached = Slice;
+    const KIND: &'static str = "EndpointSlice";
+    fn slim(self) -> Slice {
+        self
+    }
+    fn apply(cache: &mut ClusterCache, object: Slice) {
+        cache.apply_slice(object);
+    }
+    fn delete(cache: &mut ClusterCache, object: &Self) {
+        cache.delete_slice(object);
+    }
+    fn replace(cache: &mut ClusterCache, objects: Vec<Slice>) {
+        cache.replace_slices(objects);
+    }
+}
+
+/// Full `k8s_openapi` slices (tests, other callers of [`run`]).
+impl Watched for EndpointSlice {
+    type Cached = Slice;
+    const KIND: &'static str = "EndpointSlice";
+    fn slim(self) -> Slice {
+        Slice::from(&self)
+    }
+    fn apply(cache: &mut ClusterCache, object: Slice) {
+        cache.apply_slice(object);
+    }
+    fn delete(cache: &mut ClusterCache, object: &Self) {
+        cache.delete_slice(object);
+    }
+    fn replace(cache: &mut ClusterCache, objects: Vec<Slice>) {
+        cache.replace_slices(objects);
+    }
+}
+
 /// Collects one watch stream's events into the cache.
-struct Feed<K> {
-    kind: &'static str,
-    apply: fn(&mut ClusterCache, Arc<K>),
-    delete: fn(&mut ClusterCache, &K),
-    replace: fn(&mut ClusterCache, Vec<Arc<K>>),
-    /// Objects of a relist in progress (between `Init` and `InitDone`).
-    relist: Option<Vec<Arc<K>>>,
+struct Feed<K: Watched> {
+    /// Objects of a relist in progress (between `Init` and `InitDone`),
+    /// already slim. The first list goes straight into the cache instead
+    /// (nothing cached to replace yet).
+    relist: Option<Vec<K::Cached>>,
     /// An initial list has completed.
     synced: bool,
+    /// Objects applied by the first list so far.
+    first_list: usize,
 }
 
-impl Feed<Service> {
-    fn services() -> Self {
+impl<K: Watched> Feed<K> {
+    fn new() -> Self {
         Self {
-            kind: "Service",
-            apply: ClusterCache::apply_service,
-            delete: ClusterCache::delete_service,
-            replace: ClusterCache::replace_services,
             relist: None,
             synced: false,
+            first_list: 0,
         }
     }
-}
 
-impl Feed<EndpointSlice> {
-    fn slices() -> Self {
-        Self {
-            kind: "EndpointSlice",
-            apply: ClusterCache::apply_slice,
-            delete: ClusterCache::delete_slice,
-            replace: ClusterCache::replace_slices,
-            relist: None,
-            synced: false,
-        }
-    }
-}
-
-/// Drops what the model never reads but can be large (managedFields,
-/// annotations such as last-applied-configuration) before caching.
-fn slim<K: Resource>(mut object: K) -> K {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    object
-}
-
-impl<K: Resource> Feed<K> {
     /// Applies one stream item; returns `Err` when the stream has ended.
     fn handle(
         &mut self,
@@ -149,26 +188,37 @@ impl<K: Resource> Feed<K> {
         cache: &mut ClusterCache,
     ) -> Result<(), WatchError> {
         match item {
-            None => return Err(WatchError::StreamEnded(self.kind)),
+            None => return Err(WatchError::StreamEnded(K::KIND)),
             // The watcher retries by itself (with backoff); keep going.
-            Some(Err(err)) => warn!(kind = self.kind, %err, "watch error, retrying"),
-            Some(Ok(Event::Apply(object))) => (self.apply)(cache, Arc::new(slim(object))),
-            Some(Ok(Event::Delete(object))) => (self.delete)(cache, &object),
+            Some(Err(err)) => warn!(kind = K::KIND, %err, "watch error, retrying"),
+            Some(Ok(Event::Apply(object))) => K::apply(cache, object.slim()),
+            Some(Ok(Event::Delete(object))) => K::delete(cache, &object),
             Some(Ok(Event::Init)) => {
-                debug!(kind = self.kind, "list started");
-                self.relist = Some(Vec::new());
+                debug!(kind = K::KIND, "list started");
+                // A relist, or a first list that started over: what it
+                // leaves out must go, so it replaces the cache at the end.
+                if self.synced || self.first_list > 0 {
+                    self.relist = Some(Vec::new());
+                }
             }
-            Some(Ok(Event::InitApply(object))) => {
-                self.relist
-                    .get_or_insert_with(Vec::new)
-                    .push(Arc::new(object));
-            }
-            Some(Ok(Event::InitDone)) => {
-                let objects = self.relist.take().unwrap_or_default();
-                info!(kind = self.kind, count = objects.len(), "list complete");
-                (self.replace)(cache, objects);
-                self.synced = true;
-            }
+            Some(Ok(Event::InitApply(object))) => match &mut self.relist {
+                Some(relist) => relist.push(object.slim()),
+                None => {
+                    K::apply(cache, object.slim());
+                    self.first_list += 1;
+                }
+            },
+            Some(Ok(Event::InitDone)) => match self.relist.take() {
+                Some(objects) => {
+                    info!(kind = K::KIND, count = objects.len(), "list complete");
+                    K::replace(cache, objects);
+                    self.synced = true;
+                }
+                None => {
+                    info!(kind = K::KIND, count = self.first_list, "list complete");
+                    self.synced = true;
+                }
+            },
         }
         Ok(())
     }
@@ -176,7 +226,7 @@ impl<K: Resource> Feed<K> {
 
 /// The watch loop over any two event streams (the real watchers, or test
 /// streams). Returns `Ok` when the `updates` receiver is dropped.
-pub async fn run<S, E>(
+pub async fn run<S, E, T>(
     services: S,
     slices: E,
     config: WatchConfig,
@@ -185,13 +235,14 @@ pub async fn run<S, E>(
 ) -> Result<(), WatchError>
 where
     S: Stream<Item = Result<Event<Service>, watcher::Error>>,
-    E: Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
+    E: Stream<Item = Result<Event<T>, watcher::Error>>,
+    T: Watched<Cached = Slice>,
 {
     run_with_health(services, slices, config, groups, updates, None).await
 }
 
 /// [`run`], also publishing health checks (see [`watch_with_health`]).
-pub async fn run_with_health<S, E>(
+pub async fn run_with_health<S, E, T>(
     services: S,
     slices: E,
     config: WatchConfig,
@@ -201,12 +252,13 @@ pub async fn run_with_health<S, E>(
 ) -> Result<(), WatchError>
 where
     S: Stream<Item = Result<Event<Service>, watcher::Error>>,
-    E: Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
+    E: Stream<Item = Result<Event<T>, watcher::Error>>,
+    T: Watched<Cached = Slice>,
 {
     let mut services = pin!(services);
     let mut slices = pin!(slices);
-    let mut service_feed = Feed::services();
-    let mut slice_feed = Feed::slices();
+    let mut service_feed = Feed::<Service>::new();
+    let mut slice_feed = Feed::<T>::new();
     let mut cache = ClusterCache::new();
     let mut recomputer =
         Recomputer::new(config.node_name.clone(), groups).with_node(Arc::clone(&config.node));

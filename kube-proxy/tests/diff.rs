@@ -5,6 +5,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_proxy::fixtures::{ServiceBuilder, endpoint, service, slice};
+use switchyard_proxy::objects::Slice;
 use switchyard_proxy::{
     ChangeSet, DesiredState, GroupIdAllocator, GroupIdsExhausted, Protocol, ServiceKey,
     ServicePortName, build_desired_state, diff,
@@ -386,12 +387,20 @@ fn replace_service_keeps_unchanged_entries_shared() {
     let key = ServiceKey::new("default", "web");
     new.replace_service(
         &key,
-        switchyard_proxy::service_model::service_port_states(&web_svc, &[&web_slice], NODE),
+        switchyard_proxy::service_model::service_port_states(
+            &web_svc,
+            &[&Slice::from(&web_slice)],
+            NODE,
+        ),
     );
     let (other_svc, other_slice) = other.objects();
     new.replace_service(
         &ServiceKey::new("default", "other"),
-        switchyard_proxy::service_model::service_port_states(&other_svc, &[&other_slice], NODE),
+        switchyard_proxy::service_model::service_port_states(
+            &other_svc,
+            &[&Slice::from(&other_slice)],
+            NODE,
+        ),
     );
     let other_port = port("other", Protocol::Tcp);
     assert!(Arc::ptr_eq(

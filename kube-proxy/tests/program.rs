@@ -131,12 +131,12 @@ fn full_sync_replaces_a_generation_and_deletes_unused_groups() {
 }
 
 const GOLDEN_ADDED: &str = "\
-add group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.0.7:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
+add group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.0.7:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
 add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x0/0x30000 actions=note:64.65.66.61.75.6c.74.2f.77.65.62.3a.68.74.74.70.2f.54.43.50.00.00,set_field:0x10000/0x30000->reg4,group:1\n\
 add table=40,cookie=0x5359020300000000,priority=300,ip,nw_src=10.244.0.7,nw_dst=10.244.0.7,ct_state=-rpl+trk,ct_zone=65520,ct_mark=0x1/0x1 actions=set_field:0x40000/0x40000->reg4,ct(commit,table=40,zone=65522,nat(src=169.254.169.252),exec(set_field:0x3->ct_mark))\n\
 ";
 const GOLDEN_ENDPOINTS: &str = "\
-modify group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.1.6:8080),exec(set_field:0x1->ct_mark))\n\
+modify group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.1.6:8080),exec(set_field:0x1->ct_mark))\n\
 delete_strict table=40,priority=300,ip,nw_src=10.244.0.7,nw_dst=10.244.0.7,ct_state=-rpl+trk,ct_zone=65520,ct_mark=0x1/0x1\n\
 ";
 const GOLDEN_REJECT: &str = "\
@@ -158,10 +158,10 @@ const GOLDEN_AFFINITY: &str = "\
 add group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=set_field:0xaf40105->reg3,set_field:0x21f90/0x3ffff->reg4,resubmit(,32)\n\
 add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x0/0x30000 actions=note:64.65.66.61.75.6c.74.2f.77.65.62.3a.68.74.74.70.2f.54.43.50.00.00,set_field:0x1->reg6,set_field:0x10000/0x30000->reg4,resubmit(,30),resubmit(,31)\n\
 add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x10000/0x30000 actions=group:1\n\
-add table=32,cookie=0x5359020300000001,priority=200,tcp,reg6=0x1,reg3=0xaf40105,reg4=0x21f90/0x3ffff actions=learn(table=30,idle_timeout=30,priority=200,cookie=0x535902ff00000001,dl_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_NX_REG6[],NXM_NX_REG4[16..17]=0x1,load:NXM_NX_REG3[]->NXM_NX_REG3[],load:NXM_NX_REG4[0..17]->NXM_NX_REG4[0..17]),ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
+add table=32,cookie=0x5359020300000001,priority=200,tcp,reg6=0x1,reg3=0xaf40105,reg4=0x21f90/0x3ffff actions=learn(table=30,idle_timeout=30,priority=200,cookie=0x535902ff00000001,dl_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_NX_REG6[],NXM_NX_REG4[16..17]=0x1,load:NXM_NX_REG3[]->NXM_NX_REG3[],load:NXM_NX_REG4[0..17]->NXM_NX_REG4[0..17]),ct(commit,table=35,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
 ";
 const GOLDEN_FULL: &str = "\
-modify group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.0.7:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=40,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
+modify group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.0.7:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
 add table=30,cookie=0x5359020300000000,priority=1,reg4=0x10000/0x30000 actions=drop\n\
 add table=31,cookie=0x5359020300000000,priority=100,reg4=0x20000/0x30000 actions=goto_table:32\n\
 add table=20,cookie=0x5359020300000000,priority=300,ip,nw_dst=169.254.169.252 actions=set_field:0x40000/0x40000->reg4,ct(table=20,zone=65522,nat)\n\

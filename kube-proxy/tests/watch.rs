@@ -222,6 +222,25 @@ async fn relist_drops_objects_deleted_while_disconnected() {
 }
 
 #[tokio::test]
+async fn a_first_list_that_starts_over_drops_what_the_new_one_leaves_out() {
+    let mut h = start();
+    let db = service("default", "db")
+        .cluster_ip("10.96.0.30")
+        .tcp("sql", 5432)
+        .build();
+    // The first Service list breaks off after db (the watcher starts the
+    // list again); db was deleted in between.
+    h.service(Event::Init);
+    h.service(Event::InitApply(db));
+    h.list_services(vec![web_service()]);
+    h.list_slices(vec![web_slice(1)]);
+    let first = h.next_update().await;
+    let names: Vec<String> = first.state.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(names, ["default/web:http/TCP"]);
+    assert!(h.finish().await.is_empty());
+}
+
+#[tokio::test]
 async fn dropping_the_receiver_stops_the_loop() {
     let h = start();
     h.list_services(vec![web_service()]);

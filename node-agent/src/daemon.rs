@@ -198,6 +198,7 @@ impl Agent {
             }
         }
         let gw = gateway::ensure_gateway(&ovsdb, &host, &config, pod_cidr).await?;
+        let policy = crate::policy::NetworkPolicies::start(api.client(), gw.ip);
         crate::overlay::ensure_tunnel_port(&ovsdb, &config.bridge, config.tunnel_type).await?;
         let overlay = Overlay::new(&config.node_name, openflow.clone());
         let host_services = HostServices::new(config.service_cidr);
@@ -243,7 +244,11 @@ impl Agent {
             flow_gate: tokio::sync::RwLock::new(None),
             ready: ready.clone(),
             metrics,
+            policy,
         });
+        // Every policy known before the first resync: it replaces the flows
+        // of the agent before (policy flows included) in one bundle.
+        shared.policy.wait_listed().await;
         // Remote nodes first: the first resync then carries their flows.
         overlay.seed(api.client()).await;
         reconcile::reconcile(&shared, &overlay, None).await?;
@@ -299,6 +304,14 @@ impl Agent {
             overlay.run(api.client(), shutdown.subscribe()),
         ));
         tasks.push(tokio::spawn(host_services.run(shutdown.subscribe())));
+        tasks.push(tokio::spawn(keep_policies(
+            shared.clone(),
+            shutdown.subscribe(),
+        )));
+        tasks.push(tokio::spawn(read_policy_counters(
+            shared.clone(),
+            shutdown.subscribe(),
+        )));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(
             shared.pod_cidr,
             shutdown.subscribe(),
@@ -381,6 +394,50 @@ async fn watch_reconnects(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Re-compiles NetworkPolicy flows whenever a watched object changes; a
+/// failed update is retried (the installed flows stay as they were).
+async fn keep_policies(shared: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = shared.policy.changed() => {}
+        }
+        // Coalesce a burst of watch events into one bundle.
+        tokio::time::sleep(POLICY_COALESCE).await;
+        if let Err(e) = shared.sync_policies().await {
+            tracing::warn!(error = %e, "NetworkPolicy flows not updated; retrying");
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(wait_for::RETRY_DELAY) => {}
+            }
+            shared.policy.poke();
+        }
+    }
+}
+
+/// How long a policy update waits for more watch events.
+const POLICY_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How often the policy counters are read (and denied connections logged:
+/// at most one line per isolated pod and period).
+const POLICY_COUNTERS_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn read_policy_counters(shared: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(POLICY_COUNTERS_PERIOD) => {}
+        }
+        if let Err(e) = shared
+            .policy
+            .read_counters(shared.io.flows.as_ref(), &shared.metrics)
+            .await
+        {
+            tracing::debug!(error = %e, "NetworkPolicy counters not read");
         }
     }
 }

@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod netns;
 pub mod next_hop;
 pub mod overlay;
+pub mod policy;
 pub mod reconcile;
 pub mod reserved_port;
 pub mod segment;

@@ -37,6 +37,38 @@ impl ResultLabel {
     }
 }
 
+/// Labels of a NetworkPolicy rule's counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PolicyRuleLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// Index of the rule in the policy's list.
+    pub rule: String,
+}
+
+impl PolicyRuleLabels {
+    /// The labels of `rule`.
+    pub fn of(rule: &crate::policy::RuleRef) -> PolicyRuleLabels {
+        PolicyRuleLabels {
+            namespace: rule.namespace.clone(),
+            policy: rule.policy.clone(),
+            direction: rule.direction.as_str().to_string(),
+            rule: rule.index.to_string(),
+        }
+    }
+}
+
+/// `direction="ingress"` or `"egress"`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `ingress` or `egress`.
+    pub direction: String,
+}
+
 type HistogramFamily = Family<ResultLabel, Histogram, fn() -> Histogram>;
 
 /// Counts a request by its outcome and observes how long it took.
@@ -72,6 +104,19 @@ pub struct Metrics {
     pub pods_attached: Gauge,
     /// Reconciliation runs.
     pub reconcile_runs: Counter,
+    /// Packets of new connections each NetworkPolicy rule allowed (flow
+    /// stats of the rule's flows, read periodically).
+    pub policy_rule_packets: Family<PolicyRuleLabels, Gauge>,
+    /// Bytes of the same packets.
+    pub policy_rule_bytes: Family<PolicyRuleLabels, Gauge>,
+    /// Packets of new connections dropped by the default deny of isolated
+    /// pods, per direction.
+    pub policy_denied_packets: Family<DirectionLabel, Gauge>,
+    /// NetworkPolicy flows installed.
+    pub policy_flows: Gauge,
+    /// Seconds from a change to its flows being installed (updates that
+    /// changed flows).
+    pub policy_update_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -112,7 +157,42 @@ impl Metrics {
             "Full reconciliations with OVSDB (start and OVS reconnects)",
             reconcile_runs.clone(),
         );
+        let policy_rule_packets = Family::<PolicyRuleLabels, Gauge>::default();
+        let policy_rule_bytes = Family::<PolicyRuleLabels, Gauge>::default();
+        let policy_denied_packets = Family::<DirectionLabel, Gauge>::default();
+        let policy_flows = Gauge::default();
+        let policy_update_seconds = latency_histogram();
+        registry.register(
+            "network_policy_rule_packets",
+            "Packets of new connections allowed per NetworkPolicy rule",
+            policy_rule_packets.clone(),
+        );
+        registry.register(
+            "network_policy_rule_bytes",
+            "Bytes of new connections' packets allowed per NetworkPolicy rule",
+            policy_rule_bytes.clone(),
+        );
+        registry.register(
+            "network_policy_denied_packets",
+            "Packets of new connections dropped by NetworkPolicy isolation",
+            policy_denied_packets.clone(),
+        );
+        registry.register(
+            "network_policy_flows",
+            "NetworkPolicy flows installed",
+            policy_flows.clone(),
+        );
+        registry.register(
+            "network_policy_update_duration_seconds",
+            "Time to compile and install a NetworkPolicy change",
+            policy_update_seconds.clone(),
+        );
         Metrics {
+            policy_rule_packets,
+            policy_rule_bytes,
+            policy_denied_packets,
+            policy_flows,
+            policy_update_seconds,
             registry,
             adds,
             add_seconds,

@@ -338,6 +338,12 @@ pub(crate) async fn resync_flows(
             .into_iter()
             .map(FlowMod::add),
     );
+    // NetworkPolicy flows ride in the same bundle: never a moment without them.
+    let (policy_mods, policy_flows) = state
+        .policy
+        .full(next, &crate::state::local_pods(pods.iter()))
+        .await;
+    mods.extend(policy_mods);
     for old in present.iter().filter(|g| **g != next) {
         let (c, m) = Cookie::generation_mask(Owner::Agent, *old);
         mods.push(FlowMod::delete_cookie(c, m));
@@ -352,6 +358,7 @@ pub(crate) async fn resync_flows(
     tracing::info!(generation = next, flow_mods = count, pods = pods.len(), old_generations = ?present, "flows installed");
     *gate = Some(next);
     overlay.installed(next);
+    state.policy.resynced(policy_flows).await;
     Ok(())
 }
 

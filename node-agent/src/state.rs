@@ -28,6 +28,7 @@ use crate::ipam::{AttachmentKey, Pool};
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::netns;
+use crate::policy::{LocalPod, NetworkPolicies, PolicyError, UpdateStats};
 use crate::uplink::Uplink;
 use crate::vlan_pool::ClusterPools;
 
@@ -64,9 +65,34 @@ pub(crate) struct NodeState {
     pub flow_gate: tokio::sync::RwLock<Option<u8>>,
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// NetworkPolicy: the caches and the installed policy flows.
+    pub policy: Arc<NetworkPolicies>,
 }
 
 impl NodeState {
+    /// This node's attached pods, as the policy compiler reads them.
+    pub fn local_pods(&self) -> Vec<LocalPod> {
+        local_pods(lock(&self.attachments).values())
+    }
+
+    /// Brings the NetworkPolicy flows up to date with the caches and this
+    /// node's pods (one bundle with the difference). Before the first full
+    /// resync there is nothing to update: that resync installs them.
+    pub async fn sync_policies(&self) -> Result<UpdateStats, PolicyError> {
+        let gate = self.flow_gate.read().await;
+        let Some(generation) = *gate else {
+            return Ok(UpdateStats::default());
+        };
+        self.policy
+            .update(
+                generation,
+                &self.local_pods(),
+                self.io.flows.as_ref(),
+                Some(&self.metrics),
+            )
+            .await
+    }
+
     /// The gateway as last ensured.
     pub fn gateway(&self) -> Gateway {
         *self.gateway.read().unwrap_or_else(|p| p.into_inner())
@@ -174,6 +200,8 @@ impl NodeState {
         }
         if let Some(a) = lock(&self.attachments).remove(key) {
             lock(&self.ofports).remove(&a.ofport);
+            // Its policy flows go with the next update.
+            self.policy.poke();
         }
         drop(gate);
         crate::vlan_pool::release_for_pod(
@@ -266,6 +294,20 @@ impl NodeState {
             flow_gate: tokio::sync::RwLock::new(Some(1)),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            policy: Arc::new(NetworkPolicies::new(None, Ipv4Addr::new(10, 244, 0, 1))),
         }
     }
+}
+
+/// The policy compiler's view of attachments (those with an ofport).
+pub(crate) fn local_pods<'a>(attachments: impl Iterator<Item = &'a Attachment>) -> Vec<LocalPod> {
+    attachments
+        .filter(|a| a.ofport > 0)
+        .map(|a| LocalPod {
+            namespace: a.pod_namespace.clone(),
+            name: a.pod_name.clone(),
+            ofport: a.ofport,
+            ip: a.address.addr(),
+        })
+        .collect()
 }

@@ -12,6 +12,18 @@ pub mod cookie_object {
     pub const REMOTE_NODE_FIRST: u32 = 0x0002_0000;
     /// The VLAN uplink's flows (`vlan` segments).
     pub const UPLINK: u32 = 0x0003_0000;
+    /// NetworkPolicy flows shared by rules: the exemptions and the
+    /// conjunctions' clause flows (one clause flow may serve many rules).
+    pub const POLICY: u32 = 0x0004_0000;
+    /// The default drops of pods isolated for ingress (their counters are
+    /// the denied new connections).
+    pub const POLICY_ISOLATION_INGRESS: u32 = 0x0004_0001;
+    /// The default drops of pods isolated for egress.
+    pub const POLICY_ISOLATION_EGRESS: u32 = 0x0004_0002;
+    /// The allowing flow of one policy rule's conjunction uses
+    /// `POLICY_RULE_FIRST + conjunction id` (ids below 0x1000_0000), so its
+    /// counters are the rule's (flow stats by cookie).
+    pub const POLICY_RULE_FIRST: u32 = 0x1000_0000;
 }
 
 /// OpenFlow group ids. Groups carry no cookie, so ownership is by range.

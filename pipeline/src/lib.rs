@@ -16,10 +16,10 @@
 //!  [30] SESSION_AFFINITY   Service (proxy) learned ClientIP flows load reg3/reg4
 //!  [31] SERVICE_LB         Service (proxy) VIP:port of a new connection -> select group
 //!  [32] ENDPOINT_DNAT      Service (proxy) reg3/reg4 -> ct(commit, nat(dst=ep))
-//!  [35] EGRESS_POLICY      EgressSecurity  (reserved) egress network policy
+//!  [35] EGRESS_POLICY      EgressSecurity  NetworkPolicy of the source pod (new connections)
 //!  [40] L3_FORWARDING      Routing         local pod / remote node (tunnel) / gateway
 //!  [50] L2_FORWARDING      Switching       destination MAC -> reg1, same segment only
-//!  [55] INGRESS_POLICY     IngressSecurity (reserved) ingress network policy
+//!  [55] INGRESS_POLICY     IngressSecurity NetworkPolicy of the destination pod (new connections)
 //!  [60] CONNTRACK_COMMIT   Commit          commit every new connection in zone POD
 //!  [70] OUTPUT             Output          reg1=N -> output:N
 //! ```

@@ -77,24 +77,41 @@ pub const SERVICE_FROM_SEGMENT: Priority = Priority(260);
 /// L3_FORWARDING, per `vlan` segment: a pod's reply to a connection that
 /// was routed to it is routed back (above everything of the segment).
 pub const REPLY_ROUTED_BACK: Priority = Priority(270);
+/// EGRESS_POLICY / INGRESS_POLICY: the default drop of a pod isolated in
+/// that direction (`ip` and its port), below every allowing flow.
+pub const POLICY_ISOLATION: Priority = Priority(100);
+/// EGRESS_POLICY / INGRESS_POLICY: the clause flows of the rules'
+/// conjunctions (pods, peers, ports) and their `conj_id` flows.
+pub const POLICY_RULE: Priority = Priority(200);
+/// EGRESS_POLICY / INGRESS_POLICY: a rule allowing every peer on every
+/// port (no conjunction: only the pod is matched).
+pub const POLICY_ALLOW_ALL: Priority = Priority(201);
+/// EGRESS_POLICY / INGRESS_POLICY: what is never policed: packets of
+/// established or related connections, and (ingress) the node's own
+/// traffic to its pods (source = the gateway address: kubelet probes).
+pub const POLICY_EXEMPT: Priority = Priority(220);
 /// Proxy: hairpin flows in the agent's tables (above all of the agent's).
 pub const HAIRPIN: Priority = Priority(300);
 
 /// Every priority with its name, ascending (for documentation checks).
-pub const ALL: [(&str, Priority); 19] = [
+pub const ALL: [(&str, Priority); 23] = [
     ("MISS", MISS),
     ("AFFINITY_MISS", AFFINITY_MISS),
     ("NORMAL", NORMAL),
+    ("POLICY_ISOLATION", POLICY_ISOLATION),
     ("SERVICE_SELECTED", SERVICE_SELECTED),
     ("REMOTE_NODE_FROM_GATEWAY", REMOTE_NODE_FROM_GATEWAY),
     ("SEGMENT_ARP_TO_L2", SEGMENT_ARP_TO_L2),
     ("SPECIFIC", SPECIFIC),
     ("SERVICE", SERVICE),
+    ("POLICY_RULE", POLICY_RULE),
     ("SOURCE_RANGE_DENY", SOURCE_RANGE_DENY),
+    ("POLICY_ALLOW_ALL", POLICY_ALLOW_ALL),
     ("SOURCE_RANGE_ALLOW", SOURCE_RANGE_ALLOW),
     ("EXTERNAL_FROM_OUTSIDE", EXTERNAL_FROM_OUTSIDE),
     ("EXCEPTION", EXCEPTION),
     ("EXTERNAL_FROM_NODE", EXTERNAL_FROM_NODE),
+    ("POLICY_EXEMPT", POLICY_EXEMPT),
     ("SEGMENT_SWITCHED", SEGMENT_SWITCHED),
     ("SERVICE_TO_SEGMENT_POD", SERVICE_TO_SEGMENT_POD),
     (
@@ -124,6 +141,8 @@ mod tests {
         assert!(SOURCE_RANGE_ALLOW < EXTERNAL_FROM_OUTSIDE);
         assert!(MISS < AFFINITY_MISS && SERVICE_SELECTED < SERVICE);
         assert!(SERVICE < EXTERNAL_FROM_OUTSIDE && EXTERNAL_FROM_OUTSIDE < EXTERNAL_FROM_NODE);
+        assert!(POLICY_ISOLATION < POLICY_RULE && POLICY_RULE < POLICY_ALLOW_ALL);
+        assert!(POLICY_ALLOW_ALL < POLICY_EXEMPT);
     }
 
     #[test]

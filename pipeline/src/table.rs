@@ -8,20 +8,21 @@
 //!
 //! # Reserved slots
 //!
-//! Two tables are declared for features that come next and are not in
-//! use yet ([`Table::is_reserved`]): [`EGRESS_POLICY`] (right after
-//! endpoint DNAT) and [`INGRESS_POLICY`] (right after L2 forwarding); a
-//! third slot, [`SERVICE_EXTERNAL_FRONTEND`] (NodePort and external
-//! frontends, before session affinity and load balancing), is now in use
-//! by the proxy. Nothing is installed in them and
-//! [`Table::next`] skips them, so the packet's path today is the one it
-//! was before they were declared. The feature that takes a slot declares it
-//! with `Table::new` (in use, with its miss behaviour) instead of
+//! A table can be declared for a feature that comes next and is not in use
+//! yet ([`Table::is_reserved`]): nothing is installed in it and
+//! [`Table::next`] skips it, so the packet's path is the one it was before
+//! it was declared. The feature that takes a slot declares it with
+//! `Table::new` (in use, with its miss behaviour) instead of
 //! `Table::reserved` and installs its flows; every flow that continues at
 //! "the next table" then passes through it, without a table number changing.
-//! Their numbers sit in gaps of the existing layout, so no table in use
-//! moved: flows already on a bridge (which a restarted proxy reads back by
-//! table, see `switchyard-proxy`'s `read_switch`) keep their tables.
+//! The three slots declared so far are all in use:
+//! [`SERVICE_EXTERNAL_FRONTEND`] (the proxy's NodePort and external
+//! frontends), [`EGRESS_POLICY`] (right after endpoint DNAT) and
+//! [`INGRESS_POLICY`] (right after L2 forwarding), both NetworkPolicy
+//! (`node-agent/src/policy/`). Their numbers sit in gaps of the existing
+//! layout, so no table in use moved: flows already on a bridge (which a
+//! restarted proxy reads back by table, see `switchyard-proxy`'s
+//! `read_switch`) keep their tables.
 
 use switchyard_ovs::openflow::{Action, Flow};
 
@@ -42,13 +43,13 @@ pub enum Stage {
     Conntrack,
     /// Service frontends, session affinity, endpoint selection and DNAT.
     Service,
-    /// Network policy on the way out of the source pod (reserved slot).
+    /// NetworkPolicy on the way out of the source pod.
     EgressSecurity,
     /// The routing decision.
     Routing,
     /// The output port within a segment.
     Switching,
-    /// Network policy on the way into the destination pod (reserved slot).
+    /// NetworkPolicy on the way into the destination pod.
     IngressSecurity,
     /// Committing new connections.
     Commit,
@@ -140,6 +141,8 @@ impl Table {
         }
     }
 
+    // No slot is reserved now; kept for the next feature that needs one.
+    #[allow(dead_code)]
     const fn reserved(id: u8, name: &'static str, stage: Stage, owner: Owner) -> Self {
         Self {
             id,
@@ -295,10 +298,15 @@ pub const ENDPOINT_DNAT: Table = Table::new(
     Owner::Proxy,
     Miss::Next,
 );
-/// Reserved slot (agent): egress network policy, right after endpoint DNAT
-/// (it sees the chosen endpoint).
-pub const EGRESS_POLICY: Table =
-    Table::reserved(35, "EGRESS_POLICY", Stage::EgressSecurity, Owner::Agent);
+/// Egress NetworkPolicy of the source pod (new connections), right after
+/// endpoint DNAT (it sees the chosen endpoint); `node-agent/src/policy/`.
+pub const EGRESS_POLICY: Table = Table::new(
+    35,
+    "EGRESS_POLICY",
+    Stage::EgressSecurity,
+    Owner::Agent,
+    Miss::Next,
+);
 /// The routing decision: local pod, remote node (tunnel), gateway.
 pub const L3_FORWARDING: Table = Table::new(
     40,
@@ -315,10 +323,15 @@ pub const L2_FORWARDING: Table = Table::new(
     Owner::Agent,
     Miss::Drop,
 );
-/// Reserved slot (agent): ingress network policy, right after L2
-/// forwarding (it sees the output port).
-pub const INGRESS_POLICY: Table =
-    Table::reserved(55, "INGRESS_POLICY", Stage::IngressSecurity, Owner::Agent);
+/// Ingress NetworkPolicy of the destination pod (new connections), right
+/// after L2 forwarding (it sees the output port); `node-agent/src/policy/`.
+pub const INGRESS_POLICY: Table = Table::new(
+    55,
+    "INGRESS_POLICY",
+    Stage::IngressSecurity,
+    Owner::Agent,
+    Miss::Next,
+);
 /// Commits new connections in the pod zone.
 pub const CONNTRACK_COMMIT: Table = Table::new(
     60,
@@ -413,8 +426,10 @@ mod tests {
         assert_eq!(CLASSIFIER.next(), SPOOF_GUARD);
         assert_eq!(CONNTRACK_STATE.next(), SERVICE_EXTERNAL_FRONTEND);
         assert_eq!(SERVICE_EXTERNAL_FRONTEND.next(), SESSION_AFFINITY);
-        assert_eq!(ENDPOINT_DNAT.next(), L3_FORWARDING);
-        assert_eq!(L2_FORWARDING.next(), CONNTRACK_COMMIT);
+        assert_eq!(ENDPOINT_DNAT.next(), EGRESS_POLICY);
+        assert_eq!(EGRESS_POLICY.next(), L3_FORWARDING);
+        assert_eq!(L2_FORWARDING.next(), INGRESS_POLICY);
+        assert_eq!(INGRESS_POLICY.next(), CONNTRACK_COMMIT);
         assert_eq!(CONNTRACK_COMMIT.next(), OUTPUT);
         assert_eq!(Stage::Routing.first(), L3_FORWARDING);
         assert_eq!(Stage::Service.first(), SERVICE_EXTERNAL_FRONTEND);
@@ -427,7 +442,7 @@ mod tests {
         assert!(position(SERVICE_EXTERNAL_FRONTEND) < position(SERVICE_LB));
         assert_eq!(position(EGRESS_POLICY), position(ENDPOINT_DNAT) + 1);
         assert_eq!(position(INGRESS_POLICY), position(L2_FORWARDING) + 1);
-        assert!(EGRESS_POLICY.is_reserved() && INGRESS_POLICY.is_reserved());
+        assert!(!EGRESS_POLICY.is_reserved() && !INGRESS_POLICY.is_reserved());
     }
 
     #[test]
@@ -449,8 +464,10 @@ mod tests {
                 "table=29,cookie=0x5e,priority=0 actions=goto_table:30",
                 "table=30,cookie=0x5e,priority=0 actions=goto_table:31",
                 "table=31,cookie=0x5e,priority=0 actions=goto_table:32",
-                "table=32,cookie=0x5e,priority=0 actions=goto_table:40",
+                "table=32,cookie=0x5e,priority=0 actions=goto_table:35",
+                "table=35,cookie=0x5e,priority=0 actions=goto_table:40",
                 "table=50,cookie=0x5e,priority=0 actions=drop",
+                "table=55,cookie=0x5e,priority=0 actions=goto_table:60",
                 "table=60,cookie=0x5e,priority=0 actions=goto_table:70",
                 "table=70,cookie=0x5e,priority=0 actions=drop",
             ]

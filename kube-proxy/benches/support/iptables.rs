@@ -2,6 +2,16 @@
 //! benches (`datapath`, `datapath_api`): the nat table it generates for the
 //! same Services, loaded with `iptables-restore --noflush` into a scratch
 //! network namespace, and what it writes for one changed endpoint.
+//!
+//! NodePort and LoadBalancer Services get what kube-proxy adds for them:
+//! a `KUBE-NODEPORTS` rule per node port and a `KUBE-SERVICES` rule per
+//! LoadBalancer IP, both to the port's `KUBE-EXT-*` chain; for
+//! `externalTrafficPolicy: Cluster` that chain marks for masquerade and
+//! jumps to `KUBE-SVC-*`; for `Local` it sends pod and node traffic to
+//! `KUBE-SVC-*` and everything else to `KUBE-SVL-*`, which balances over
+//! this node's endpoints only (or drops with none). `KUBE-FW-*` chains
+//! exist only for `loadBalancerSourceRanges`, which these Services do not
+//! set, so there are none (as kube-proxy would write it).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -44,6 +54,18 @@ struct IptService {
     name: String,
     vip: String,
     endpoints: Vec<String>,
+    /// Which of `endpoints` run on this node (same order).
+    local: Vec<bool>,
+    node_port: Option<u16>,
+    lb_ips: Vec<String>,
+    /// `externalTrafficPolicy: Local`.
+    etp_local: bool,
+}
+
+impl IptService {
+    fn external(&self) -> bool {
+        self.node_port.is_some() || !self.lb_ips.is_empty()
+    }
 }
 
 fn ipt_services(state: &DesiredState) -> Vec<IptService> {
@@ -57,8 +79,110 @@ fn ipt_services(state: &DesiredState) -> Vec<IptService> {
                 .iter()
                 .map(|e| format!("{}:{}", e.ip, e.port))
                 .collect(),
+            local: port.endpoints.iter().map(|e| e.is_local).collect(),
+            node_port: port.external.node_port,
+            lb_ips: port.external.ips.iter().map(|ip| ip.to_string()).collect(),
+            etp_local: port.external.local,
         })
         .collect()
+}
+
+fn ext_chain(service: &IptService) -> String {
+    format!("KUBE-EXT-{}", chain_hash(&service.name))
+}
+
+fn svl_chain(service: &IptService) -> String {
+    format!("KUBE-SVL-{}", chain_hash(&service.name))
+}
+
+/// `KUBE-NODEPORTS`, in full.
+fn nodeports_rules(out: &mut String, services: &[IptService]) {
+    for service in services {
+        if let Some(np) = service.node_port {
+            let _ = writeln!(
+                out,
+                "-A KUBE-NODEPORTS -m comment --comment \"{}\" -m tcp -p tcp --dport {np} -j {}",
+                service.name,
+                ext_chain(service)
+            );
+        }
+    }
+}
+
+/// The chains (other than `KUBE-SVC-*` and `KUBE-SEP-*`) of one external
+/// Service.
+fn external_chain_rules(out: &mut String, service: &IptService) {
+    let ext = ext_chain(service);
+    let svc = svc_chain(service);
+    if !service.etp_local {
+        let _ = writeln!(
+            out,
+            "-A {ext} -m comment --comment \"masquerade traffic for {} external destinations\" -j KUBE-MARK-MASQ",
+            service.name
+        );
+        let _ = writeln!(out, "-A {ext} -j {svc}");
+        return;
+    }
+    let svl = svl_chain(service);
+    let _ = writeln!(
+        out,
+        "-A {ext} -s 10.128.0.0/9 -m comment --comment \"pod traffic for {} external destinations\" -j {svc}",
+        service.name
+    );
+    let _ = writeln!(
+        out,
+        "-A {ext} -m comment --comment \"masquerade LOCAL traffic for {} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
+        service.name
+    );
+    let _ = writeln!(
+        out,
+        "-A {ext} -m comment --comment \"route LOCAL traffic for {} external destinations\" -m addrtype --src-type LOCAL -j {svc}",
+        service.name
+    );
+    let _ = writeln!(out, "-A {ext} -j {svl}");
+    let local: Vec<&String> = service
+        .endpoints
+        .iter()
+        .zip(&service.local)
+        .filter(|(_, local)| **local)
+        .map(|(ep, _)| ep)
+        .collect();
+    if local.is_empty() {
+        let _ = writeln!(
+            out,
+            "-A {svl} -m comment --comment \"{} has no local endpoints\" -j KUBE-MARK-DROP",
+            service.name
+        );
+    }
+    let n = local.len();
+    for (i, ep) in local.into_iter().enumerate() {
+        let sep = sep_chain(service, ep);
+        if i + 1 < n {
+            let probability = 1.0 / (n - i) as f64;
+            let _ = writeln!(
+                out,
+                "-A {svl} -m comment --comment \"{} -> {ep}\" -m statistic --mode random --probability {probability:.10} -j {sep}",
+                service.name
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "-A {svl} -m comment --comment \"{} -> {ep}\" -j {sep}",
+                service.name
+            );
+        }
+    }
+}
+
+/// The chain declarations of one Service (without its endpoints').
+fn declare_service_chains(out: &mut String, service: &IptService) {
+    let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
+    if service.external() {
+        let _ = writeln!(out, ":{} - [0:0]", ext_chain(service));
+        if service.etp_local {
+            let _ = writeln!(out, ":{} - [0:0]", svl_chain(service));
+        }
+    }
 }
 
 fn svc_chain(service: &IptService) -> String {
@@ -81,6 +205,14 @@ fn kube_services_rules(out: &mut String, services: &[IptService]) {
             service.vip,
             svc_chain(service)
         );
+        for ip in &service.lb_ips {
+            let _ = writeln!(
+                out,
+                "-A KUBE-SERVICES -m comment --comment \"{} loadbalancer IP\" -m tcp -p tcp -d {ip}/32 --dport 80 -j {}",
+                service.name,
+                ext_chain(service)
+            );
+        }
     }
     out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
 }
@@ -130,9 +262,9 @@ fn endpoint_chain_rules(out: &mut String, service: &IptService, ep: &str) {
 /// The full nat table as kube-proxy writes it.
 fn iptables_full(services: &[IptService]) -> String {
     let mut out = String::with_capacity(services.len() * 2048);
-    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-MARK-DROP - [0:0]\n");
     for service in services {
-        let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
+        declare_service_chains(&mut out, service);
         for ep in &service.endpoints {
             let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, ep));
         }
@@ -141,9 +273,14 @@ fn iptables_full(services: &[IptService]) -> String {
     out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
     out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n");
     out.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
+    out.push_str("-A KUBE-MARK-DROP -j MARK --or-mark 0x8000\n");
     kube_services_rules(&mut out, services);
+    nodeports_rules(&mut out, services);
     for service in services {
         service_chain_rules(&mut out, service);
+        if service.external() {
+            external_chain_rules(&mut out, service);
+        }
         for ep in &service.endpoints {
             endpoint_chain_rules(&mut out, service, ep);
         }
@@ -153,18 +290,23 @@ fn iptables_full(services: &[IptService]) -> String {
 }
 
 /// What kube-proxy writes when one Service's endpoint `old` became `new`:
-/// the top-level chain in full, the Service's chain, the new endpoint's
-/// chain, and the deletion of the old one (unchanged endpoint chains are
-/// not rewritten).
+/// the top-level chains (`KUBE-SERVICES`, `KUBE-NODEPORTS`) in full, the
+/// Service's chains (`KUBE-SVC`, and `KUBE-EXT` / `KUBE-SVL` when it has
+/// them), the new endpoint's chain, and the deletion of the old one
+/// (unchanged endpoint chains are not rewritten).
 fn iptables_change(services: &[IptService], changed: usize, old: &str, new: &str) -> String {
     let service = &services[changed];
     let mut out = String::with_capacity(services.len() * 200);
     out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
-    let _ = writeln!(out, ":{} - [0:0]", svc_chain(service));
+    declare_service_chains(&mut out, service);
     let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, new));
     let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, old));
     kube_services_rules(&mut out, services);
+    nodeports_rules(&mut out, services);
     service_chain_rules(&mut out, service);
+    if service.external() {
+        external_chain_rules(&mut out, service);
+    }
     endpoint_chain_rules(&mut out, service, new);
     let _ = writeln!(out, "-X {}", sep_chain(service, old));
     out.push_str("COMMIT\n");
@@ -264,6 +406,7 @@ pub fn run(state: &DesiredState, changes: usize) -> Baseline {
         let old = ipt[index].endpoints[slot].clone();
         let new = format!("12.0.{}.{}:8080", round / 250, round % 250 + 1);
         ipt[index].endpoints[slot] = new.clone();
+        ipt[index].local[slot] = false;
         let input = iptables_change(&ipt, index, &old, &new);
         times.push(iptables_restore(&netns, &input).expect("iptables change"));
     }

@@ -170,6 +170,12 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
     .await
     {
         Ok((a, built)) => {
+            // Isolation from the first packet: the policies selecting the
+            // pod are in before ADD returns (before its process runs).
+            if let Err(e) = police(state, &a).await {
+                roll_back(state, undo).await;
+                return Err(e);
+            }
             // Best effort and off the ADD's critical path: nothing on
             // br-int needs it (OVS answers every ARP and L3 forwarding
             // rewrites MACs by destination address; the pod's own
@@ -200,6 +206,28 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
             Err(e)
         }
     }
+}
+
+/// Installs the NetworkPolicy flows that concern the new pod.
+async fn police(state: &NodeState, a: &Attachment) -> Result<(), AttachError> {
+    let t0 = Instant::now();
+    let fail = |e: crate::policy::PolicyError| match e {
+        crate::policy::PolicyError::Flows(source) => AttachError::OpenFlow {
+            what: "installing the pod's NetworkPolicy flows",
+            source,
+        },
+        other => AttachError::ReadPod(crate::apiserver::ApiError::Timeout {
+            what: other.to_string(),
+        }),
+    };
+    state
+        .policy
+        .ensure_pod(&a.pod_namespace, &a.pod_name)
+        .await
+        .map_err(fail)?;
+    let stats = state.sync_policies().await.map_err(fail)?;
+    tracing::debug!(flow_mods = stats.flow_mods, elapsed = ?t0.elapsed(), "policy flows installed");
+    Ok(())
 }
 
 /// Segment and VLAN from the pod's (unless the runtime passed its

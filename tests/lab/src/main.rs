@@ -199,6 +199,12 @@ enum Command {
         /// File to create once the ports are bound.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// More TCP ports answering as the HTTP port (repeatable).
+        #[arg(long = "extra-http")]
+        extra_http: Vec<u16>,
+        /// More UDP ports answering as the UDP port (repeatable).
+        #[arg(long = "extra-udp")]
+        extra_udp: Vec<u16>,
     },
 }
 
@@ -384,12 +390,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             http,
             udp,
             ready_file,
+            extra_http,
+            extra_udp,
         } => tokio_runtime()?
             .block_on(echo::run(echo::EchoOptions {
                 name,
                 http_port: http,
                 udp_port: udp,
                 ready_file,
+                extra_http_ports: extra_http,
+                extra_udp_ports: extra_udp,
             }))
             .context("echo server"),
     }

@@ -146,6 +146,8 @@ fn demo_runs_and_tears_down() {
         "ClusterIP load-balancing                         works",
         "NodePort from the internet                       works",
         "LoadBalancer from the internet                   works",
+        "NetworkPolicy allows the client                  works",
+        "NetworkPolicy blocks web-1                       works",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::LabError;
-use super::fabric;
 use super::state::StateDir;
 use super::sys;
 use super::up::{self, UpOptions, UpReport};
@@ -62,8 +61,6 @@ pub fn manifest(nodes: usize) -> String {
 
 /// The NodePort of the demo's `web-np` Service.
 pub const DEMO_NODE_PORT: u16 = 30080;
-/// The address the demo gives its LoadBalancer Service (TEST-NET-1).
-pub const DEMO_LB_IP: &str = "192.0.2.80";
 
 fn pod_ips(state: &StateDir) -> BTreeMap<String, (String, String, String)> {
     let out = sys::run(kubectl(state).args([
@@ -350,58 +347,28 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         })
         .is_some(),
     ));
-    say(&format!(
-        "\n-- LoadBalancer: no LoadBalancer controller runs in this lab yet, so the demo plays one in route mode:\n   it writes {DEMO_LB_IP} into web-lb's status.loadBalancer.ingress and routes it in the fabric to node1"
-    ));
-    let mut status = kubectl(state);
-    status.args([
-        "patch",
-        "service",
-        "web-lb",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{DEMO_LB_IP}"}}]}}}}}}"#),
-    ]);
-    say(&format!("   $ {}", sys::command_line(&status)));
-    let patched = sys::run(&mut status).map(|out| say(&format!("   {}", out.trim())));
-    let routed = info.fabric.as_ref().map(|fabric| {
-        let fabric_route = sys::run(sys::netns_exec(&fabric.netns, "ip").args([
-            "route",
-            "replace",
-            DEMO_LB_IP,
-            "via",
-            &node1.to_string(),
-        ]));
-        let internet_route = sys::run(
-            sys::netns_exec(&fabric.internet_netns, "ip").args([
-                "route",
-                "replace",
-                DEMO_LB_IP,
-                "via",
-                fabric::FABRIC_INTERNET_ADDR
-                    .split('/')
-                    .next()
-                    .unwrap_or_default(),
-            ]),
-        );
-        fabric_route.and(internet_route)
-    });
-    let lb_ok = match (patched, routed) {
-        (Ok(()), Some(Ok(_))) => sys::poll_until(Duration::from_secs(10), || {
-            outside(
-                &format!("LoadBalancer: internet -> {DEMO_LB_IP}:80 (Service web-lb)"),
-                &format!("http://{DEMO_LB_IP}/"),
-            )
-            .then_some(())
-        })
-        .is_some(),
-        (p, r) => {
-            say(&format!("   FAILED: status {p:?}, routes {r:?}"));
+    say(
+        "\n-- LoadBalancer: switchyard-controller assigns web-lb an address from an IPPool in Route mode\n   and programs the fabric's router (through its API) with one ECMP route over the nodes",
+    );
+    let lb_ok = match super::demo_lb::assign_with_controller(state, &info) {
+        Ok(ip) => {
+            say(&format!("   web-lb got {ip} from the controller"));
+            sys::poll_until(Duration::from_secs(20), || {
+                outside(
+                    &format!("LoadBalancer: internet -> {ip}:80 (Service web-lb)"),
+                    &format!("http://{ip}/"),
+                )
+                .then_some(())
+            })
+            .is_some()
+        }
+        Err(why) => {
+            say(&format!("   FAILED: {why}"));
             false
         }
     };
     results.push(("LoadBalancer from the internet".into(), lb_ok));
+    network_policy_checks(state, &info, &running, &mut results)?;
 
     step(4, "Summary");
     for (what, ok) in &results {
@@ -458,6 +425,72 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
             state.root().display()
         ));
     }
+    Ok(())
+}
+
+/// The demo's NetworkPolicy: the web pods admit only the client, on TCP 8080.
+pub const DEMO_POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-from-client\nspec:\n  podSelector:\n    matchLabels:\n      app: web\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          app: client\n    ports:\n    - protocol: TCP\n      port: 8080\n";
+
+/// NetworkPolicy, checked by traffic: after `web-from-client` the client still reaches a web
+/// pod on another node, web-1 no longer does.
+fn network_policy_checks(
+    state: &StateDir,
+    info: &super::state::LabInfo,
+    running: &dyn Fn(&str) -> Option<(String, String)>,
+    results: &mut Vec<(String, bool)>,
+) -> Result<(), LabError> {
+    say("\n-- NetworkPolicy web-from-client: pods app=web admit only app=client, on TCP 8080");
+    let dir = state.root().join("demo");
+    fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join("network-policy.yaml");
+    fs::write(&path, DEMO_POLICY)
+        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+    let mut apply = kubectl(state);
+    apply.arg("apply").arg("-f").arg(&path);
+    say(&format!("   $ {}", sys::command_line(&apply)));
+    match sys::run(&mut apply) {
+        Ok(out) => say(&format!("   {}", out.trim())),
+        Err(e) => say(&format!("   FAILED: {e}")),
+    }
+    let target = ["web-2", "web-3"]
+        .into_iter()
+        .find_map(|w| running(w).filter(|(n, _)| n != "node1").map(|t| (w, t)));
+    let (Some((name, (node, ip))), Some(_), Some(_)) =
+        (target, running("client"), running("web-1"))
+    else {
+        say("   NOT CHECKED: needs client, web-1 and a web pod on another node Running.");
+        results.push(("NetworkPolicy allows the client".into(), false));
+        results.push(("NetworkPolicy blocks web-1".into(), false));
+        return Ok(());
+    };
+    let url = format!("http://{ip}:8080/");
+    let from = |pod: &str| info.pod_netns("default", pod);
+    say(&format!("   allowed: client (node1) -> {name} ({node})"));
+    let allowed = sys::poll_until(Duration::from_secs(10), || {
+        let (line, r) = curl_in(&from("client"), &url);
+        (r.as_deref() == Ok(name)).then(|| say(&format!("   $ {line}\n   OK: answered {name:?}")))
+    })
+    .is_some();
+    if !allowed {
+        say("   FAILED: the client gets no answer");
+    }
+    results.push(("NetworkPolicy allows the client".into(), allowed));
+    say(&format!(
+        "   blocked: web-1 (node1, not app=client) -> {name} ({node})"
+    ));
+    let blocked = sys::poll_until(Duration::from_secs(10), || {
+        let (line, r) = curl_in(&from("web-1"), &url);
+        r.is_err().then(|| {
+            say(&format!(
+                "   $ {line}\n   OK: no answer (dropped by {node}'s INGRESS_POLICY table)"
+            ))
+        })
+    })
+    .is_some();
+    if !blocked {
+        say("   FAILED: web-1 still gets an answer");
+    }
+    results.push(("NetworkPolicy blocks web-1".into(), blocked));
     Ok(())
 }
 

@@ -37,6 +37,11 @@ pub struct EchoOptions {
     pub udp_port: u16,
     /// File created once both sockets are bound.
     pub ready_file: Option<PathBuf>,
+    /// More TCP ports answering as the HTTP port does (a pod's declared
+    /// container ports, for NetworkPolicy tests).
+    pub extra_http_ports: Vec<u16>,
+    /// More UDP ports answering as the UDP port does.
+    pub extra_udp_ports: Vec<u16>,
 }
 
 /// The HTTP response for a name.
@@ -61,52 +66,76 @@ pub async fn run(opts: EchoOptions) -> std::io::Result<()> {
     } else {
         None
     };
+    let mut extra_tcp = Vec::new();
+    for port in &opts.extra_http_ports {
+        extra_tcp.push(tokio::net::TcpListener::bind(SocketAddr::from((any, *port))).await?);
+    }
+    let mut extra_udp = Vec::new();
+    for port in &opts.extra_udp_ports {
+        extra_udp.push(tokio::net::UdpSocket::bind(SocketAddr::from((any, *port))).await?);
+    }
+    for listener in extra_tcp {
+        tokio::spawn(serve_http(listener, opts.name.clone()));
+    }
+    for sock in extra_udp {
+        tokio::spawn(serve_udp(sock, opts.name.clone()));
+    }
     if let Some(f) = &opts.ready_file {
         std::fs::write(f, b"ready\n")?;
     }
     tracing::info!(name = %opts.name, http = opts.http_port, udp = opts.udp_port, "echo server ready");
     let http_task = async {
-        let Some(listener) = http else {
-            return std::future::pending::<std::io::Result<()>>().await;
-        };
-        loop {
-            let (mut conn, peer) = listener.accept().await?;
-            let response = http_response(&answer(&opts.name, peer));
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; MAX_REQUEST];
-                let mut len = 0;
-                // Read the request head (bounded in size and time), then answer.
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    while len < buf.len() {
-                        match conn.read(&mut buf[len..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => len += n,
-                        }
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
+        match http {
+            Some(listener) => serve_http(listener, opts.name.clone()).await,
+            None => std::future::pending::<std::io::Result<()>>().await,
         }
     };
     let udp_task = async {
-        let Some(sock) = udp else {
-            return std::future::pending::<std::io::Result<()>>().await;
-        };
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let (_, peer) = sock.recv_from(&mut buf).await?;
-            let name = format!("{}\n", answer(&opts.name, peer));
-            let _ = sock.send_to(name.as_bytes(), peer).await;
+        match udp {
+            Some(sock) => serve_udp(sock, opts.name.clone()).await,
+            None => std::future::pending::<std::io::Result<()>>().await,
         }
     };
     tokio::select! {
         r = http_task => r,
         r = udp_task => r,
+    }
+}
+
+/// Answers every HTTP request on `listener` with `name`.
+async fn serve_http(listener: tokio::net::TcpListener, name: String) -> std::io::Result<()> {
+    loop {
+        let (mut conn, peer) = listener.accept().await?;
+        let response = http_response(&answer(&name, peer));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_REQUEST];
+            let mut len = 0;
+            // Read the request head (bounded in size and time), then answer.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Answers every datagram on `sock` with `name`.
+async fn serve_udp(sock: tokio::net::UdpSocket, name: String) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (_, peer) = sock.recv_from(&mut buf).await?;
+        let text = format!("{}\n", answer(&name, peer));
+        let _ = sock.send_to(text.as_bytes(), peer).await;
     }
 }
 
@@ -181,6 +210,8 @@ mod tests {
             http_port,
             udp_port,
             ready_file: Some(ready.clone()),
+            extra_http_ports: Vec::new(),
+            extra_udp_ports: Vec::new(),
         }));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !ready.exists() {

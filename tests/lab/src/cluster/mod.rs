@@ -19,6 +19,7 @@
 
 pub mod cni_exec;
 pub mod demo;
+pub mod demo_lb;
 pub mod echo;
 pub mod fabric;
 pub mod node;

@@ -344,7 +344,7 @@ impl Driver {
             rt,
             pid: None,
         };
-        match self.start_process(ns, name, &netns) {
+        match self.start_process(ns, name, &netns, &declared_ports(pod)) {
             Ok(pid) => running.pid = Some(pid),
             Err(e) => {
                 self.teardown(k, running).await;
@@ -364,6 +364,7 @@ impl Driver {
         ns: &str,
         name: &str,
         netns: &str,
+        extra: &[(bool, u16)],
     ) -> Result<(u32, Option<u64>), LabError> {
         let dir = self.state.pod_dir(ns, name);
         std::fs::create_dir_all(&dir)
@@ -380,6 +381,10 @@ impl Driver {
             .arg(POD_UDP_PORT.to_string())
             .arg("--ready-file")
             .arg(&ready);
+        for (udp, port) in extra {
+            cmd.arg(if *udp { "--extra-udp" } else { "--extra-http" })
+                .arg(port.to_string());
+        }
         let log = dir.join("process.log");
         let mut child = sys::spawn_background(&mut cmd, &log)?;
         let pid = child.id();
@@ -569,6 +574,31 @@ pub fn pod_ip(result: &Value) -> Option<String> {
             .ok()
             .map(|a| a.to_string())
     })
+}
+
+/// The pod's declared container ports other than the echo server's own
+/// (TCP 8080, UDP 5353), as (udp, port): the process serves them too
+/// (NetworkPolicy tests declare TCP and UDP 80 and 81).
+fn declared_ports(pod: &Pod) -> Vec<(bool, u16)> {
+    let mut out: Vec<(bool, u16)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let udp = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => false,
+                "UDP" => true,
+                _ => return None,
+            };
+            let port = u16::try_from(p.container_port).ok()?;
+            let own = if udp { POD_UDP_PORT } else { POD_HTTP_PORT };
+            (port != own && port != 0).then_some((udp, port))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
