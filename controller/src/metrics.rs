@@ -30,6 +30,8 @@ pub struct Metrics {
     pub conflicts: Counter,
     /// Namespace networks: writes to the API (0 in a pass with nothing to change).
     pub ns_writes: Counter,
+    /// Namespace networks: passes completed.
+    pub ns_passes: Counter,
     /// Namespace networks: Segments created.
     pub ns_created: Counter,
     /// Namespace networks: Segments deleted.
@@ -54,6 +56,7 @@ impl Default for Metrics {
             driver_errors: Family::default(),
             conflicts: Counter::default(),
             ns_writes: Counter::default(),
+            ns_passes: Counter::default(),
             ns_created: Counter::default(),
             ns_deleted: Counter::default(),
             ns_networks: Gauge::default(),
@@ -96,6 +99,11 @@ impl Default for Metrics {
             "namespace_network_writes",
             "API writes of the namespace-network task",
             m.ns_writes.clone(),
+        );
+        registry.register(
+            "namespace_network_passes",
+            "Passes of the namespace-network task",
+            m.ns_passes.clone(),
         );
         registry.register(
             "namespace_networks_created",

@@ -271,6 +271,7 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
         execute(ctx, &seg_api, &ns_api, action).await?;
     }
     ctx.metrics.ns_writes.inc_by(writes as u64);
+    ctx.metrics.ns_passes.inc();
     ctx.metrics
         .ns_networks
         .set(i64::try_from(segs.iter().filter(|s| s.namespace_uid.is_some()).count()).unwrap_or(0));
