@@ -202,7 +202,8 @@ impl Agent {
         let overlay = Overlay::new(&config.node_name, openflow.clone());
         let host_services = HostServices::new(config.service_cidr);
         let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
-        let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config).await?;
+        let uplinks =
+            crate::uplink::ensure_uplinks(&ovsdb, &config.bridge, &config.segments).await?;
 
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
@@ -229,6 +230,7 @@ impl Agent {
             api: api_reads.clone(),
         };
         let shared = Arc::new(NodeState {
+            segments: RwLock::new(Arc::new(config.segments.clone())),
             config,
             io,
             pod_cidr,
@@ -271,6 +273,7 @@ impl Agent {
         ready.store(true, Ordering::Release);
         tracing::info!(socket = %socket.display(), "serving CNI requests");
 
+        let segment_ovsdb = ovsdb.clone();
         let handler = Arc::new(CniServer(shared.clone()));
         let mut stop = shutdown.subscribe();
         let stopper = shutdown.clone();
@@ -296,9 +299,17 @@ impl Agent {
             shutdown.subscribe(),
         )));
         tasks.push(tokio::spawn(
-            overlay.run(api.client(), shutdown.subscribe()),
+            overlay.clone().run(api.client(), shutdown.subscribe()),
         ));
         tasks.push(tokio::spawn(host_services.run(shutdown.subscribe())));
+        // Segments from the API (switchyard.io Segment objects), applied live.
+        tasks.push(tokio::spawn(crate::segment_watch::run(
+            shared.clone(),
+            overlay.clone(),
+            segment_ovsdb,
+            api.client(),
+            shutdown.subscribe(),
+        )));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(
             shared.pod_cidr,
             shutdown.subscribe(),

@@ -51,6 +51,7 @@ pub mod overlay;
 pub mod reconcile;
 pub mod reserved_port;
 pub mod segment;
+pub mod segment_watch;
 mod state;
 pub mod uplink;
 pub mod vlan_pool;

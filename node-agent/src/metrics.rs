@@ -72,6 +72,8 @@ pub struct Metrics {
     pub pods_attached: Gauge,
     /// Reconciliation runs.
     pub reconcile_runs: Counter,
+    /// `Segment` objects not applied (a name or VLAN clash, an invalid spec).
+    pub segment_errors: Gauge,
 }
 
 impl Default for Metrics {
@@ -107,6 +109,12 @@ impl Metrics {
             "Pod interfaces attached to the bridge",
             pods_attached.clone(),
         );
+        let segment_errors = Gauge::default();
+        registry.register(
+            "segment_errors",
+            "Segment objects not applied (name or VLAN clash, invalid spec)",
+            segment_errors.clone(),
+        );
         registry.register(
             "reconcile_runs",
             "Full reconciliations with OVSDB (start and OVS reconnects)",
@@ -120,6 +128,7 @@ impl Metrics {
             del_seconds,
             pods_attached,
             reconcile_runs,
+            segment_errors,
         }
     }
 

@@ -30,6 +30,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -92,15 +93,19 @@ pub async fn run(ctx: Ctx) {
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ctx.ipam_namespace);
     let mut events = futures::stream::select_all([
         watcher(Api::<Namespace>::all(c.clone()), Default::default())
+            .default_backoff()
             .map_ok(|_| ())
             .boxed(),
         watcher(Api::<Segment>::all(c.clone()), Default::default())
+            .default_backoff()
             .map_ok(|_| ())
             .boxed(),
         watcher(Api::<IPPool>::all(c.clone()), Default::default())
+            .default_backoff()
             .map_ok(|_| ())
             .boxed(),
         watcher(cms, watcher::Config::default())
+            .default_backoff()
             .map_ok(|_| ())
             .boxed(),
     ]);
