@@ -202,12 +202,13 @@ impl Agent {
         let overlay = Overlay::new(&config.node_name, openflow.clone());
         let host_services = HostServices::new(config.service_cidr);
         let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
-        let uplinks =
-            crate::uplink::ensure_uplinks(&ovsdb, &config.bridge, &config.segments).await?;
+        // The file's segments and the API's Segment objects (segment_watch).
+        let segments = crate::segment_watch::initial(api.client(), &config.segments).await;
+        let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config.bridge, &segments).await?;
 
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
-        for seg in &config.segments {
+        for seg in &segments {
             if seg.kind == SegmentKind::Vlan
                 && let Some(subnet) = seg.subnet
             {
@@ -230,7 +231,7 @@ impl Agent {
             api: api_reads.clone(),
         };
         let shared = Arc::new(NodeState {
-            segments: RwLock::new(Arc::new(config.segments.clone())),
+            segments: RwLock::new(Arc::new(segments)),
             config,
             io,
             pod_cidr,

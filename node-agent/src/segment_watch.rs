@@ -93,6 +93,38 @@ pub fn merge(
     (out, errors)
 }
 
+/// The segments in effect at start: the file's and the API's as listed now, so that
+/// reconciliation finds the pools and uplinks of pods attached to API segments before the
+/// restart. Without the API (or the CRD) within 5 s: the file's alone, with a warning; the
+/// watch applies the rest when it can.
+pub async fn initial(client: Client, file: &[SegmentConfig]) -> Vec<SegmentConfig> {
+    let api: Api<Segment> = Api::all(client);
+    let listed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        api.list(&Default::default()),
+    )
+    .await;
+    match listed {
+        Ok(Ok(list)) => {
+            let known: BTreeMap<String, Segment> =
+                list.items.into_iter().map(|s| (s.name_any(), s)).collect();
+            let (segments, errors) = merge(file, &known);
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            segments
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot list Segment objects at start; the file's segments for now");
+            file.to_vec()
+        }
+        Err(_) => {
+            tracing::warn!("listing Segment objects timed out; the file's segments for now");
+            file.to_vec()
+        }
+    }
+}
+
 /// Watches `Segment` objects and applies each change until `shutdown`.
 pub(crate) async fn run(
     state: Arc<NodeState>,
