@@ -61,8 +61,18 @@ fn trunks(lab: &Lab, node: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A network namespace the test creates, deleted (by name) on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// Runs the CNI plugin's ADD for pod `namespace/name` on `node` with the node's own network
-/// configuration; returns its exit status, stdout JSON and how long it took.
+/// configuration and a fresh network namespace; returns its exit status, stdout JSON and how
+/// long it took.
 fn cni_add(
     lab: &Lab,
     node: &str,
@@ -70,8 +80,15 @@ fn cni_add(
     name: &str,
 ) -> (Option<i32>, serde_json::Value, Duration) {
     use std::io::Write;
-    let info = lab.info();
-    let netns = info.node(node).unwrap().netns.clone();
+    let netns = Netns(format!("nsnet-raw-{}", std::process::id()));
+    check(
+        "ip netns add",
+        Command::new("ip")
+            .args(["netns", "add", &netns.0])
+            .output()
+            .unwrap(),
+    );
+    let netns = &netns.0;
     let conflist: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(lab.state.conflist(node)).unwrap()).unwrap();
     let mut conf = conflist["plugins"][0].clone();
@@ -132,8 +149,10 @@ fn a_namespace_network_from_the_controller_reaches_every_agent_live() {
     lab.kubectl_ok(&["apply", "-f", root.join("deploy/crds").to_str().unwrap()]);
 
     // 1. No controller yet: the namespace's network is not ready, ADD fails with 11.
-    lab.apply(&namespace("early"));
-    let (status, json, took) = cni_add(&lab, "node1", "early", "raw");
+    let mut m = namespace("early");
+    m.push_str(&pod("early", "p0", "node2"));
+    lab.apply(&m);
+    let (status, json, took) = cni_add(&lab, "node1", "early", "p0");
     eprintln!("ADD in a namespace without its network: {json} after {took:.1?}");
     assert_ne!(status, Some(0));
     assert_eq!(json["code"], 11, "{json}");
@@ -141,6 +160,24 @@ fn a_namespace_network_from_the_controller_reaches_every_agent_live() {
     assert!(details.contains("waiting for"), "{json}");
     assert!(details.contains("switchyard.io/segment"), "{json}");
     assert!(took < Duration::from_secs(10), "ADD took {took:?}");
+    // The runtime's own attempts for p0 show the same in its Ready condition.
+    eventually(
+        "p0's Ready condition naming what it waits for",
+        POD_DEADLINE,
+        || {
+            let out = lab.kubectl(&["-n", "early", "get", "pod", "p0", "-o", "json"]);
+            let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let cond = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            cond["message"]
+                .as_str()
+                .filter(|m| m.contains("waiting for"))
+                .map(str::to_string)
+        },
+    );
 
     // 2. The controller gives `early` and `blue` their segments.
     let _controller = Proc(
@@ -186,6 +223,8 @@ fn a_namespace_network_from_the_controller_reaches_every_agent_live() {
                 .then_some(())
         });
     }
+    // p0 of `early` starts once its network is there.
+    wait_running_in(&lab, "early", "p0", POD_DEADLINE);
     for (p, node) in [("b1", "node1"), ("b2", "node2")] {
         let ip: std::net::Ipv4Addr = wait_running_in(&lab, "blue", p, POD_DEADLINE)
             .parse()
