@@ -155,6 +155,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
             switchyard_api::GROUP.to_string(),
             "routetargets".to_string(),
         )),
+        "Segment" => Some((switchyard_api::GROUP.to_string(), "segments".to_string())),
         _ => None,
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::watcher::{Event, watcher};
 use kube::{Client, ResourceExt};
 use switchyard_api::Segment;
 use switchyard_ovs::ovsdb;
@@ -133,9 +133,8 @@ pub(crate) async fn run(
     client: Client,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let api: Api<Segment> = Api::all(client);
     // Backoff: before the CRD is installed every list fails.
-    let mut events = watcher(api, watcher::Config::default())
+    let mut events = watcher(Api::<Segment>::all(client), Default::default())
         .default_backoff()
         .boxed();
     let mut known: BTreeMap<String, Segment> = BTreeMap::new();

@@ -90,7 +90,8 @@ impl std::fmt::Debug for Ctx {
 /// `resync`, until the future is dropped (leadership lost).
 pub async fn run(ctx: Ctx) {
     let c = ctx.client.clone();
-    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ctx.ipam_namespace);
+    let ns = ctx.ipam_namespace.as_str();
+    let cfg = watcher::Config::default;
     let mut events = futures::stream::select_all([
         watcher(Api::<Namespace>::all(c.clone()), Default::default())
             .default_backoff()
@@ -104,7 +105,7 @@ pub async fn run(ctx: Ctx) {
             .default_backoff()
             .map_ok(|_| ())
             .boxed(),
-        watcher(cms, watcher::Config::default())
+        watcher(Api::<ConfigMap>::namespaced(c.clone(), ns), cfg())
             .default_backoff()
             .map_ok(|_| ())
             .boxed(),
@@ -149,12 +150,12 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
     let c = &ctx.client;
     let ns_api: Api<Namespace> = Api::all(c.clone());
     let seg_api: Api<Segment> = Api::all(c.clone());
-    let pools: Api<IPPool> = Api::all(c.clone());
+    let pool_api: Api<IPPool> = Api::all(c.clone());
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ctx.ipam_namespace);
     let lp = ListParams::default();
     let namespaces = ns_api.list(&lp).await?.items;
     let segments = seg_api.list(&lp).await?.items;
-    let pools = pools.list(&lp).await?.items;
+    let pools = pool_api.list(&lp).await?.items;
     let used: BTreeMap<String, usize> = cms
         .list(&lp)
         .await?
@@ -176,13 +177,16 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
         if !deleting && !has {
             let mut fins = s.finalizers().to_vec();
             fins.push(SEGMENT_FINALIZER.to_string());
-            patch_meta(
-                ctx,
-                &seg_api,
-                &name,
-                json!({"metadata": {"finalizers": fins}}),
-            )
-            .await?;
+            fence(ctx)?;
+            gone_is_ok(
+                seg_api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": fins}})),
+                    )
+                    .await,
+            )?;
             writes += 1;
         } else if deleting && has && n == 0 {
             let fins: Vec<&String> = s
@@ -190,13 +194,16 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
                 .iter()
                 .filter(|f| *f != SEGMENT_FINALIZER)
                 .collect();
-            patch_meta(
-                ctx,
-                &seg_api,
-                &name,
-                json!({"metadata": {"finalizers": fins}}),
-            )
-            .await?;
+            fence(ctx)?;
+            gone_is_ok(
+                seg_api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": fins}})),
+                    )
+                    .await,
+            )?;
             tracing::info!(segment = %name, "segment released (no pod address left)");
             writes += 1;
         } else if deleting && has {
@@ -273,7 +280,7 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
     }
     for action in planned.actions {
         writes += 1;
-        execute(ctx, &seg_api, &ns_api, action).await?;
+        execute(ctx, action).await?;
     }
     ctx.metrics.ns_writes.inc_by(writes as u64);
     ctx.metrics.ns_passes.inc();
@@ -291,32 +298,18 @@ fn fence(ctx: &Ctx) -> Result<(), NsError> {
     }
 }
 
-async fn patch_meta<K>(
-    ctx: &Ctx,
-    api: &Api<K>,
-    name: &str,
-    body: serde_json::Value,
-) -> Result<(), NsError>
-where
-    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    fence(ctx)?;
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await
-    {
+/// A write's result, where the object being gone (404) is fine.
+fn gone_is_ok<T>(r: Result<T, kube::Error>) -> Result<(), NsError> {
+    match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn execute(
-    ctx: &Ctx,
-    seg_api: &Api<Segment>,
-    ns_api: &Api<Namespace>,
-    action: Action,
-) -> Result<(), NsError> {
+async fn execute(ctx: &Ctx, action: Action) -> Result<(), NsError> {
+    let seg_api: Api<Segment> = Api::all(ctx.client.clone());
+    let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
     match action {
         Action::Create {
             name,
@@ -390,7 +383,12 @@ async fn execute(
                 "finalizers": fins,
                 "annotations": {ANNOTATION_SEGMENT: segment, ANNOTATION_SNAT: snat},
             }});
-            patch_meta(ctx, ns_api, &name, body).await?;
+            fence(ctx)?;
+            gone_is_ok(
+                ns_api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await,
+            )?;
         }
     }
     Ok(())
