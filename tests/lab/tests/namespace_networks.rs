@@ -8,6 +8,8 @@
 //! - the controller creates the namespace's Segment; every agent applies it without a
 //!   restart (the VLAN in `trunk0`'s `trunks`, its flows in `br-int`); the pod gets an
 //!   address of the segment's subnet and becomes Ready;
+//! - an agent restart keeps the pods of the segment (the API's Segments are read before
+//!   reconciliation) and serves new ones;
 //! - deleting the Segment while the pod holds an address is held off by the finalizer;
 //!   deleting the namespace releases everything.
 //!
@@ -22,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
+use switchyard_lab::cluster::ops::{self, Daemon};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -233,7 +236,35 @@ fn a_namespace_network_from_the_controller_reaches_every_agent_live() {
         assert!(subnet.contains(&ip), "{p} got {ip}, outside {subnet}");
     }
 
-    // 3. The Segment cannot go while its pods hold addresses.
+    // 3. An agent restart rebuilds from what is installed: node1's agent finds ns-blue (the
+    //    API's Segment) before reconciling, so b1's port and address stay, and a new pod
+    //    there gets an address of the subnet.
+    let ports = |node: &str| {
+        run_text(
+            Command::new("ovs-vsctl")
+                .arg(format!(
+                    "--db=unix:{}",
+                    lab.state.ovsdb_socket(node).display()
+                ))
+                .args(["list-ports", "br-int"]),
+        )
+    };
+    let before = ports("node1");
+    ops::restart(&lab.state, "node1", Daemon::Agent).unwrap();
+    lab.apply(&pod("blue", "b3", "node1"));
+    let ip: std::net::Ipv4Addr = wait_running_in(&lab, "blue", "b3", POD_DEADLINE)
+        .parse()
+        .unwrap();
+    assert!(subnet.contains(&ip), "b3 got {ip}, outside {subnet}");
+    let after = ports("node1");
+    for port in before.lines() {
+        assert!(
+            after.lines().any(|p| p == port),
+            "port {port} lost across the agent restart: {after}"
+        );
+    }
+
+    // 4. The Segment cannot go while its pods hold addresses.
     lab.kubectl_ok(&["delete", "segment", "ns-blue", "--wait=false"]);
     eventually("ns-blue terminating", DEADLINE, || {
         segment_json(&lab, "ns-blue")?["metadata"]["deletionTimestamp"]
@@ -246,7 +277,7 @@ fn a_namespace_network_from_the_controller_reaches_every_agent_live() {
         "a segment in use was deleted"
     );
 
-    // 4. Deleting the namespace releases everything.
+    // 5. Deleting the namespace releases everything.
     lab.kubectl_ok(&["delete", "namespace", "blue", "--wait=false"]);
     eventually("ns-blue and blue gone", Duration::from_secs(60), || {
         let ns = lab.kubectl(&["get", "namespace", "blue"]);
