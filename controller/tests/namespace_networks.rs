@@ -21,7 +21,7 @@ const IPAM_NS: &str = "switchyard-system";
 const LONG: Duration = Duration::from_secs(30);
 
 fn config() -> Config {
-    Config::from_flags("label", "1000-1099", "10.64.0.0/16", 26, "trunk0").unwrap()
+    Config::from_flags("label", "1000-1999", "10.64.0.0/16", 26, "trunk0").unwrap()
 }
 
 fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
@@ -55,7 +55,7 @@ async fn setup(client: &Client) {
     }
     let pools: Api<IPPool> = Api::all(client.clone());
     let spec: IPPoolSpec = serde_json::from_value(
-        serde_json::json!({"cidrs": ["192.0.2.0/24"], "usage": "Egress", "announce": {"mode": "None"}}),
+        serde_json::json!({"cidrs": ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"], "usage": "Egress", "announce": {"mode": "None"}}),
     )
     .unwrap();
     pools
