@@ -4,6 +4,8 @@
 //!   announced.
 //! - [`RouteTarget`] (cluster-scoped): an upstream router the controller programs routes on
 //!   (driver, endpoint, credentials Secret, CA bundle).
+//! - [`Segment`] (cluster-scoped): an L2 network (VLAN, subnets, uplink) the agents build
+//!   on every node (`segment.rs`).
 //!
 //! The CRD manifests shipped in `deploy/crds/` are generated from these types
 //! ([`crd_yaml`]); `cargo test -p switchyard-deploy --test crds` checks they agree.
@@ -11,6 +13,7 @@
 mod addresses;
 mod cpvip;
 pub mod leader;
+mod segment;
 mod selector;
 
 use std::collections::BTreeMap;
@@ -22,6 +25,11 @@ use serde::{Deserialize, Serialize};
 
 pub use addresses::{AddressError, AddressRange, PoolAddresses};
 pub use cpvip::*;
+pub use segment::{
+    ANNOTATION_SEGMENT, ANNOTATION_SNAT, LABEL_NETWORK, NAMESPACE_FINALIZER, NETWORK_DEDICATED,
+    ParsedSubnet, SEGMENT_FINALIZER, Segment, SegmentKind, SegmentSpec, SegmentSpecError,
+    SegmentStatus, SegmentSubnet, TAG_NAMESPACE_UID,
+};
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorError};
 
 /// API group of Switchyard's custom resources.
@@ -48,6 +56,9 @@ pub enum PoolUsage {
     /// Addresses for `type: LoadBalancer` Services.
     #[default]
     LoadBalancer,
+    /// SNAT addresses of namespace networks (one per opted-in namespace); never given to
+    /// Services.
+    Egress,
 }
 
 /// How a pool's addresses reach the cluster.
@@ -112,7 +123,7 @@ pub struct IPPoolSpec {
     /// without naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
-    /// `LoadBalancer` (the default and, so far, only usage).
+    /// `LoadBalancer` (the default) or `Egress` (namespace SNAT addresses).
     #[serde(default)]
     pub usage: PoolUsage,
     /// How the addresses are announced.
@@ -210,7 +221,12 @@ pub struct RouteTargetStatus {
 
 /// The CRDs of this crate.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![IPPool::crd(), RouteTarget::crd(), ControlPlaneVIP::crd()]
+    vec![
+        IPPool::crd(),
+        RouteTarget::crd(),
+        ControlPlaneVIP::crd(),
+        Segment::crd(),
+    ]
 }
 
 /// File name in `deploy/crds/` of each CRD, with its YAML (as [`crd_yaml`] renders it).

@@ -334,6 +334,8 @@ async fn pass(
     let pools: Vec<Pool> = pool_store
         .state()
         .iter()
+        // Egress pools hold namespace SNAT addresses (`namespaces`), never Services'.
+        .filter(|p| p.spec.usage == switchyard_api::PoolUsage::LoadBalancer)
         .map(|p| Pool::new(&p.name_any(), &p.spec))
         .collect();
     let ns_labels: BTreeMap<String, BTreeMap<String, String>> = ns_store

@@ -1,4 +1,5 @@
-//! `switchyard-controller`: addresses for LoadBalancer Services from `IPPool`s.
+//! `switchyard-controller`: addresses for LoadBalancer Services from `IPPool`s, and
+//! namespace networks ([`namespaces`]: a `Segment` per opted-in namespace).
 //!
 //! Replicas campaign for a Lease ([`leader`]); the leader watches Services, IPPools and
 //! Namespaces, rebuilds the allocation from every Service's `status.loadBalancer.ingress`
@@ -9,6 +10,7 @@ pub mod allocator;
 pub mod lead;
 pub mod leader;
 pub mod metrics;
+pub mod namespaces;
 pub mod routes;
 pub mod service;
 
@@ -32,8 +34,12 @@ pub struct Options {
     pub resync: Duration,
     /// Period of the routers' read-compare-repair without changes (Route mode).
     pub route_resync: Duration,
-    /// Cluster name: the `switchyard.io/cluster` tag of the routes it writes.
+    /// Cluster name: the `switchyard.io/cluster` tag of the routes and Segments it writes.
     pub cluster: String,
+    /// Namespace networks (`None`: off).
+    pub namespace_networks: Option<namespaces::Config>,
+    /// Namespace of the agents' IPAM ConfigMaps (`switchyard-ipam-<segment>`).
+    pub ipam_namespace: String,
 }
 
 /// Campaigns, and leads while elected, until `shutdown` completes; then gives the Lease up
@@ -91,10 +97,29 @@ async fn serve(
             namespace: opts.namespace.clone(),
             cluster: opts.cluster.clone(),
         };
+        let networks = async {
+            match &opts.namespace_networks {
+                Some(config) => {
+                    namespaces::run(namespaces::Ctx {
+                        client: client.clone(),
+                        fence: fence.clone(),
+                        metrics: metrics.clone(),
+                        cluster: opts.cluster.clone(),
+                        config: config.clone(),
+                        ipam_namespace: opts.ipam_namespace.clone(),
+                        resync: opts.resync,
+                    })
+                    .await;
+                    tracing::warn!("namespace networks: stopped (fenced)");
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = lead::lead(ctx) => if let Err(e) = r {
                 tracing::warn!(error = %e, "leadership term ended");
             },
+            _ = networks => {}
             _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped leading"),
         }
         // A failed term waits for the next renewal before starting over.

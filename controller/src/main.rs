@@ -11,7 +11,7 @@ use switchyard_controller::{Options, leader::Timings, metrics};
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard-controller",
-    about = "LoadBalancer addresses from IPPools"
+    about = "LoadBalancer addresses from IPPools, and namespace networks"
 )]
 struct Cli {
     /// Namespace of the leader-election Lease.
@@ -43,6 +43,33 @@ struct Cli {
     /// same for both replicas; distinct per cluster sharing a router).
     #[arg(long, env = "SWITCHYARD_CLUSTER_NAME")]
     cluster_name: String,
+    /// Namespace networks: `label` (namespaces labelled `switchyard.io/network: dedicated`)
+    /// or `all` (every namespace but `default` and `kube-*`); unset: off.
+    #[arg(long)]
+    namespace_networks: Option<String>,
+    /// Namespace networks: the VLANs to give out, `FIRST-LAST`.
+    #[arg(long, default_value = "1000-1999")]
+    namespace_vlans: String,
+    /// Namespace networks: the supernet subnets are carved from.
+    #[arg(long, default_value = "10.64.0.0/16")]
+    namespace_supernet: String,
+    /// Namespace networks: prefix length of each subnet.
+    #[arg(long, default_value_t = 26)]
+    namespace_subnet_prefix: u8,
+    /// Namespace networks: the nodes' uplink NIC the VLANs are trunked to.
+    #[arg(long, default_value = "eth1")]
+    namespace_uplink: String,
+    /// Namespace networks: the `usage: Egress` IPPool SNAT addresses come from (default:
+    /// every Egress pool, by name).
+    #[arg(long)]
+    namespace_egress_pool: Option<String>,
+    /// Namespace networks: percentage of a segment's addresses in use at which a subnet is
+    /// appended.
+    #[arg(long, default_value_t = 90)]
+    namespace_append_at: u8,
+    /// Namespace of the agents' IPAM ConfigMaps.
+    #[arg(long, default_value = "switchyard-system")]
+    ipam_namespace: String,
     /// Address of `/metrics` and `/healthz`.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_address: SocketAddr,
@@ -72,6 +99,27 @@ async fn main() -> anyhow::Result<()> {
         cli.renew_deadline < cli.lease_duration,
         "--renew-deadline must be shorter than --lease-duration"
     );
+    let namespace_networks = match &cli.namespace_networks {
+        None => None,
+        Some(opt_in) => {
+            let mut c = switchyard_controller::namespaces::Config::from_flags(
+                opt_in,
+                &cli.namespace_vlans,
+                &cli.namespace_supernet,
+                cli.namespace_subnet_prefix,
+                &cli.namespace_uplink,
+            )
+            .map_err(anyhow::Error::msg)?;
+            c.egress_pool = cli.namespace_egress_pool.clone();
+            anyhow::ensure!(
+                (1..=100).contains(&cli.namespace_append_at),
+                "--namespace-append-at must be 1..=100"
+            );
+            c.append_at_percent = cli.namespace_append_at;
+            c.system_namespaces.push(cli.namespace.clone());
+            Some(c)
+        }
+    };
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
@@ -89,6 +137,8 @@ async fn main() -> anyhow::Result<()> {
         resync: secs(cli.resync.min(10.0)),
         route_resync: secs(cli.route_resync.clamp(1.0, 10.0)),
         cluster: cli.cluster_name,
+        namespace_networks,
+        ipam_namespace: cli.ipam_namespace,
     };
     let shutdown = async {
         let mut term =

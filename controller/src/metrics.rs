@@ -28,6 +28,20 @@ pub struct Metrics {
     pub driver_errors: Family<Vec<(String, String)>, Counter>,
     /// Status writes refused with 409 (retried from fresh state).
     pub conflicts: Counter,
+    /// Namespace networks: writes to the API (0 in a pass with nothing to change).
+    pub ns_writes: Counter,
+    /// Namespace networks: passes completed.
+    pub ns_passes: Counter,
+    /// Namespace networks: Segments created.
+    pub ns_created: Counter,
+    /// Namespace networks: Segments deleted.
+    pub ns_deleted: Counter,
+    /// Namespace networks: Segments carrying a namespace UID.
+    pub ns_networks: Gauge,
+    /// Namespace networks: namespaces waiting for a free VLAN, subnet or SNAT address.
+    pub ns_shortages: Gauge,
+    /// Namespace networks: duration of a pass.
+    pub ns_reconcile_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -41,6 +55,13 @@ impl Default for Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             driver_errors: Family::default(),
             conflicts: Counter::default(),
+            ns_writes: Counter::default(),
+            ns_passes: Counter::default(),
+            ns_created: Counter::default(),
+            ns_deleted: Counter::default(),
+            ns_networks: Gauge::default(),
+            ns_shortages: Gauge::default(),
+            ns_reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             registry: Registry::default(),
         };
         registry.register(
@@ -73,6 +94,41 @@ impl Default for Metrics {
             "status_conflicts",
             "Writes refused with 409 and retried from fresh state",
             m.conflicts.clone(),
+        );
+        registry.register(
+            "namespace_network_writes",
+            "API writes of the namespace-network task",
+            m.ns_writes.clone(),
+        );
+        registry.register(
+            "namespace_network_passes",
+            "Passes of the namespace-network task",
+            m.ns_passes.clone(),
+        );
+        registry.register(
+            "namespace_networks_created",
+            "Segments created for namespaces",
+            m.ns_created.clone(),
+        );
+        registry.register(
+            "namespace_networks_deleted",
+            "Segments of gone namespaces deleted",
+            m.ns_deleted.clone(),
+        );
+        registry.register(
+            "namespace_networks",
+            "Segments that belong to a namespace",
+            m.ns_networks.clone(),
+        );
+        registry.register(
+            "namespace_network_shortages",
+            "Namespaces waiting for a free VLAN, subnet or SNAT address",
+            m.ns_shortages.clone(),
+        );
+        registry.register(
+            "namespace_network_pass_seconds",
+            "Duration of a namespace-network pass",
+            m.ns_reconcile_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

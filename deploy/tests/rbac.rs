@@ -163,6 +163,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
             "routetargets".to_string(),
         )),
         "NetworkPolicy" => of::<networking::v1::NetworkPolicy>(),
+        "Segment" => Some((switchyard_api::GROUP.to_string(), "segments".to_string())),
         _ => None,
     }
 }

@@ -131,7 +131,7 @@ impl ApiReads for CachedApi {
     ) -> BoxFuture<'a, Result<BTreeMap<String, String>, ApiError>> {
         async move {
             match self.namespaces.get(&ObjectRef::new(namespace)) {
-                Some(ns) => Ok(ns.metadata.annotations.clone().unwrap_or_default()),
+                Some(ns) => Ok(crate::apiserver::annotations_and_network_label(&ns)),
                 None => self.direct.namespace_annotations(namespace).await,
             }
         }

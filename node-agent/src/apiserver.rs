@@ -122,7 +122,8 @@ impl ApiClient {
         }))
     }
 
-    /// A namespace's annotations (empty if it does not exist).
+    /// A namespace's annotations and its `switchyard.io/network` label (empty if it does
+    /// not exist).
     pub async fn namespace_annotations(
         &self,
         namespace: &str,
@@ -133,6 +134,23 @@ impl ApiClient {
             api.get_opt(namespace),
         )
         .await?;
-        Ok(ns.and_then(|n| n.metadata.annotations).unwrap_or_default())
+        Ok(ns
+            .map(|n| annotations_and_network_label(&n))
+            .unwrap_or_default())
     }
+}
+
+/// A namespace's annotations, with its `switchyard.io/network` label (namespace networks:
+/// the pod placement waits for the namespace's own network) under the same key.
+pub fn annotations_and_network_label(ns: &Namespace) -> BTreeMap<String, String> {
+    let mut out = ns.metadata.annotations.clone().unwrap_or_default();
+    if let Some(v) = ns
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::segment::LABEL_NETWORK))
+    {
+        out.insert(crate::segment::LABEL_NETWORK.to_string(), v.clone());
+    }
+    out
 }

@@ -203,11 +203,13 @@ impl Agent {
         let overlay = Overlay::new(&config.node_name, openflow.clone());
         let host_services = HostServices::new(config.service_cidr);
         let cluster_pools = crate::vlan_pool::ClusterPools::new(api.client(), &config.node_name);
-        let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config).await?;
+        // The file's segments and the API's Segment objects (segment_watch).
+        let segments = crate::segment_watch::initial(api.client(), &config.segments).await;
+        let uplinks = crate::uplink::ensure_uplinks(&ovsdb, &config.bridge, &segments).await?;
 
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
-        for seg in &config.segments {
+        for seg in &segments {
             if seg.kind == SegmentKind::Vlan
                 && let Some(subnet) = seg.subnet
             {
@@ -230,6 +232,7 @@ impl Agent {
             api: api_reads.clone(),
         };
         let shared = Arc::new(NodeState {
+            segments: RwLock::new(Arc::new(segments)),
             config,
             io,
             pod_cidr,
@@ -276,6 +279,7 @@ impl Agent {
         ready.store(true, Ordering::Release);
         tracing::info!(socket = %socket.display(), "serving CNI requests");
 
+        let segment_ovsdb = ovsdb.clone();
         let handler = Arc::new(CniServer(shared.clone()));
         let mut stop = shutdown.subscribe();
         let stopper = shutdown.clone();
@@ -301,7 +305,7 @@ impl Agent {
             shutdown.subscribe(),
         )));
         tasks.push(tokio::spawn(
-            overlay.run(api.client(), shutdown.subscribe()),
+            overlay.clone().run(api.client(), shutdown.subscribe()),
         ));
         tasks.push(tokio::spawn(host_services.run(shutdown.subscribe())));
         tasks.push(tokio::spawn(keep_policies(
@@ -310,6 +314,14 @@ impl Agent {
         )));
         tasks.push(tokio::spawn(read_policy_counters(
             shared.clone(),
+            shutdown.subscribe(),
+        )));
+        // Segments from the API (switchyard.io Segment objects), applied live.
+        tasks.push(tokio::spawn(crate::segment_watch::run(
+            shared.clone(),
+            overlay.clone(),
+            segment_ovsdb,
+            api.client(),
             shutdown.subscribe(),
         )));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(

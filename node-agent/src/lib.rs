@@ -52,6 +52,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod reserved_port;
 pub mod segment;
+pub mod segment_watch;
 mod state;
 pub mod uplink;
 pub mod vlan_pool;

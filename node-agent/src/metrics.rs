@@ -117,6 +117,8 @@ pub struct Metrics {
     /// Seconds from a change to its flows being installed (updates that
     /// changed flows).
     pub policy_update_seconds: Histogram,
+    /// `Segment` objects not applied (a name or VLAN clash, an invalid spec).
+    pub segment_errors: Gauge,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,12 @@ impl Metrics {
             "pods_attached",
             "Pod interfaces attached to the bridge",
             pods_attached.clone(),
+        );
+        let segment_errors = Gauge::default();
+        registry.register(
+            "segment_errors",
+            "Segment objects not applied (name or VLAN clash, invalid spec)",
+            segment_errors.clone(),
         );
         registry.register(
             "reconcile_runs",
@@ -200,6 +208,7 @@ impl Metrics {
             del_seconds,
             pods_attached,
             reconcile_runs,
+            segment_errors,
         }
     }
 

@@ -75,7 +75,9 @@ async fn ensure_switch(state: &NodeState, switch: Switch<'_>) -> Result<(), Reco
         state.config.tunnel_type,
     )
     .await?;
-    let uplinks = crate::uplink::ensure_uplinks(switch.ovsdb, &state.config).await?;
+    let uplinks =
+        crate::uplink::ensure_uplinks(switch.ovsdb, &state.config.bridge, &state.segments())
+            .await?;
     *state.uplinks.write().unwrap_or_else(|p| p.into_inner()) = uplinks;
     Ok(())
 }
@@ -322,7 +324,7 @@ pub(crate) async fn resync_flows(
                 .chain(crate::uplink::pod_flows(
                     next,
                     &a.pod_port(),
-                    state.config.segment(&a.segment),
+                    state.segment(&a.segment).as_ref(),
                 ))
                 .map(FlowMod::add),
         );

@@ -17,6 +17,11 @@ pub const ANNOTATION_SEGMENT: &str = "switchyard.io/segment";
 pub const ANNOTATION_VLAN: &str = "switchyard.io/vlan";
 /// Annotation requesting a static IPv4 address (pods only).
 pub const ANNOTATION_IP: &str = "switchyard.io/ip";
+/// Namespace label asking for the namespace's own network (`dedicated`): the namespace
+/// controller creates its Segment and annotates the namespace; until then its pods wait.
+/// The namespace map [`decide`] gets carries this label beside the annotations.
+pub const LABEL_NETWORK: &str = "switchyard.io/network";
+
 /// Annotation requesting a static MAC address (pods only).
 pub const ANNOTATION_MAC: &str = "switchyard.io/mac";
 
@@ -124,6 +129,12 @@ pub enum SegmentError {
         /// Why.
         reason: String,
     },
+    /// The namespace asks for its own network, which is not ready yet (CNI error 11).
+    #[error("the namespace's own network is not ready: waiting for {waiting_for}")]
+    NetworkNotReady {
+        /// What it waits for.
+        waiting_for: String,
+    },
     /// Empty segment annotation.
     #[error("{source_desc} annotation {ANNOTATION_SEGMENT} is empty; remove it or name a segment")]
     EmptySegment {
@@ -168,6 +179,23 @@ pub fn decide(
         Some((name, source)) => (name, source),
         None => (default_segment, Source::Default),
     };
+    let dedicated =
+        namespace_annotations.get(LABEL_NETWORK).map(String::as_str) == Some("dedicated");
+    if dedicated && segment_source == Source::Default {
+        return Err(SegmentError::NetworkNotReady {
+            waiting_for: format!(
+                "the namespace controller to create its segment and annotate the namespace with {ANNOTATION_SEGMENT}"
+            ),
+        });
+    }
+    if dedicated
+        && segment_source == Source::Namespace
+        && !segments.iter().any(|s| s.name == segment_name)
+    {
+        return Err(SegmentError::NetworkNotReady {
+            waiting_for: format!("Segment {segment_name:?} to reach this node's agent"),
+        });
+    }
     let segment = segments
         .iter()
         .find(|s| s.name == segment_name)

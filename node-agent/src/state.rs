@@ -21,7 +21,7 @@ use switchyard_pipeline::{self as pipeline, Cookie, Owner};
 use crate::adds_in_flight::AddsInFlight;
 use crate::attach_error::AttachError;
 use crate::attachment::Attachment;
-use crate::config::{AgentConfig, SegmentKind};
+use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
 use crate::drivers::Drivers;
 use crate::flows::Gateway;
 use crate::ipam::{AttachmentKey, Pool};
@@ -45,6 +45,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct NodeState {
     pub config: AgentConfig,
+    /// The segments in effect: the configuration file's, then the API's `Segment` objects
+    /// (`segment_watch`); replaced as a whole on every change.
+    pub segments: RwLock<Arc<Vec<SegmentConfig>>>,
     /// The kernel, OVSDB, OpenFlow and the API server, behind traits.
     pub io: Drivers,
     pub pod_cidr: Ipv4Net,
@@ -106,9 +109,22 @@ impl NodeState {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// The segments in effect (file and API).
+    pub fn segments(&self) -> Arc<Vec<SegmentConfig>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One segment in effect, by name.
+    pub fn segment(&self, name: &str) -> Option<SegmentConfig> {
+        self.segments().iter().find(|s| s.name == name).cloned()
+    }
+
     /// The local pool a segment's pods take their addresses from.
     pub fn pool_name(&self, segment: &str) -> String {
-        match self.config.segment(segment) {
+        match self.segment(segment) {
             Some(s) if s.kind == SegmentKind::Vlan => s.name.clone(),
             _ => NODE_POOL.to_string(),
         }
@@ -206,7 +222,7 @@ impl NodeState {
         drop(gate);
         crate::vlan_pool::release_for_pod(
             &self.cluster_pools,
-            &self.config,
+            &self.segments(),
             recorded.as_ref().map(|a| a.segment.as_str()),
             key,
         )
@@ -277,6 +293,7 @@ impl NodeState {
         .expect("kube client");
         NodeState {
             cluster_pools: crate::vlan_pool::ClusterPools::new(nowhere, &config.node_name),
+            segments: RwLock::new(Arc::new(config.segments.clone())),
             config,
             io,
             pod_cidr,

@@ -54,7 +54,7 @@ use switchyard_pipeline::{
     PortKind, Priority, cookie_object, ct_mark, ofport, priority, reg, zone,
 };
 
-use crate::config::{AgentConfig, SegmentConfig, SegmentKind};
+use crate::config::{SegmentConfig, SegmentKind};
 use crate::flows::{self, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IP, PodPort, cookie};
 use crate::reserved_port::{Found, Ofport, ReservedPort, ReservedPortError, Step};
 
@@ -105,11 +105,10 @@ pub struct Uplink {
     pub vlans: Vec<u16>,
 }
 
-/// The uplinks the configuration asks for, with their VLANs.
-pub fn planned(config: &AgentConfig) -> BTreeMap<String, Vec<u16>> {
+/// The uplinks the segments ask for, with their VLANs.
+pub fn planned(segments: &[SegmentConfig]) -> BTreeMap<String, Vec<u16>> {
     let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-    for seg in config
-        .segments
+    for seg in segments
         .iter()
         .filter(|s| s.kind == SegmentKind::Vlan && s.vlan != 0)
     {
@@ -124,17 +123,20 @@ pub fn planned(config: &AgentConfig) -> BTreeMap<String, Vec<u16>> {
     out
 }
 
-/// Attaches every configured uplink to the bridge as a trunk of exactly
+/// Attaches every uplink of `segments` to the bridge as a trunk of exactly
 /// its segments' VLANs, each asking for its own ofport from the reserved
-/// range ([`requested_ofport`]); a port whose trunks differ is re-created.
+/// range ([`requested_ofport`]); a port of ours whose trunks differ gets
+/// them set in place, in one OVSDB transaction (a segment added or removed
+/// at run time: the port, its ofport and its flows stay).
 /// The returned ofports are the ones OVSDB reports (a port kept from an
 /// older configuration may hold another number), and the flows use those.
 /// More uplinks than the range holds is an error that changes nothing.
 pub async fn ensure_uplinks(
     ovsdb: &ovsdb::Client,
-    config: &AgentConfig,
+    bridge: &str,
+    segments: &[SegmentConfig],
 ) -> Result<Vec<Uplink>, UplinkError> {
-    let planned = planned(config);
+    let planned = planned(segments);
     let ofports: Vec<u32> = (0..planned.len())
         .map(requested_ofport)
         .collect::<Option<_>>()
@@ -158,11 +160,23 @@ pub async fn ensure_uplinks(
             .map(|p| p.trunks.clone())
             .unwrap_or_default();
         have.sort_unstable();
-        let found = Found::of(existing.as_ref(), |_| have == vlans);
-        if found == Found::Different {
+        let mut found = Found::of(existing.as_ref(), |_| have == vlans);
+        let ours = existing.as_ref().is_some_and(|p| {
+            p.external_ids
+                .get(crate::attachment::KEY_OWNER)
+                .map(String::as_str)
+                == Some("switchyard-agent-uplink")
+        });
+        if found == Found::Different && ours {
+            tracing::info!(uplink = %name, ?have, want = ?vlans, "setting the uplink's trunks");
+            set_trunks(ovsdb, &name, &vlans)
+                .await
+                .map_err(port.error(Step::Add))?;
+            found = Found::AsWanted;
+        } else if found == Found::Different {
             tracing::info!(uplink = %name, ?have, want = ?vlans, "re-creating the uplink with the configured trunks");
         }
-        let got = port.ensure(ovsdb, &config.bridge, found).await?;
+        let got = port.ensure(ovsdb, bridge, found).await?;
         tracing::info!(uplink = %name, ofport = got, ?vlans, "uplink attached");
         out.push(Uplink {
             name,
@@ -171,6 +185,26 @@ pub async fn ensure_uplinks(
         });
     }
     Ok(out)
+}
+
+/// Sets a port's `trunks` in one OVSDB transaction.
+async fn set_trunks(ovsdb: &ovsdb::Client, name: &str, vlans: &[u16]) -> Result<(), ovsdb::Error> {
+    let row: ovsdb::Row = [(
+        "trunks".to_string(),
+        ovsdb::Value::set(vlans.iter().map(|v| i64::from(*v))),
+    )]
+    .into();
+    ovsdb
+        .transact(
+            ovsdb::vswitch::DB,
+            &[ovsdb::Operation::update(
+                "Port",
+                vec![ovsdb::Condition::eq("name", name)],
+                row,
+            )],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// The flows of every uplink and its VLANs (cookie object

@@ -330,13 +330,14 @@ pub struct ClusterAllocationError {
 /// `Ok(None)` for other segments.
 pub async fn allocate_for_pod(
     pools: &ClusterPools,
-    config: &crate::config::AgentConfig,
+    segments: &[crate::config::SegmentConfig],
     segment: &str,
     key: &AttachmentKey,
     requested: Option<Ipv4Addr>,
 ) -> Result<Option<Ipv4Addr>, ClusterAllocationError> {
-    let Some(seg) = config
-        .segment(segment)
+    let Some(seg) = segments
+        .iter()
+        .find(|s| s.name == segment)
         .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
     else {
         return Ok(None);
@@ -359,12 +360,11 @@ pub async fn allocate_for_pod(
 /// succeed without the API server, and GC reclaims what is left.
 pub async fn release_for_pod(
     pools: &ClusterPools,
-    config: &crate::config::AgentConfig,
+    segments: &[crate::config::SegmentConfig],
     segment: Option<&str>,
     key: &AttachmentKey,
 ) {
-    let vlan_segments = config
-        .segments
+    let vlan_segments = segments
         .iter()
         .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
         .filter(|s| segment.is_none_or(|name| name == s.name));
@@ -388,11 +388,10 @@ pub async fn release_for_pod(
 /// [`crate::adds_in_flight`]).
 pub async fn gc(
     pools: &ClusterPools,
-    config: &crate::config::AgentConfig,
+    segments: &[crate::config::SegmentConfig],
     keep: impl Fn(&AttachmentKey) -> bool,
 ) {
-    for seg in config
-        .segments
+    for seg in segments
         .iter()
         .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
     {

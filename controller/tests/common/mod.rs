@@ -51,6 +51,8 @@ pub fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>,
         resync: Duration::from_secs(10),
         route_resync: Duration::from_secs(5),
         cluster: "test".into(),
+        namespace_networks: None,
+        ipam_namespace: "switchyard-system".into(),
     };
     let task = tokio::spawn(run(
         client.clone(),

@@ -153,7 +153,7 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
         .links
         .open_netns(&netns_path)
         .map_err(AttachError::Netns)?;
-    let placement = place(state, req).await?;
+    let placement = place_when_ready(state, req).await?;
     tracing::debug!(segment = %placement.segment, vlan = placement.vlan, elapsed = ?t0.elapsed(), "placement");
     let (address, gateway_ip) = allocate(state, key, &placement).await?;
 
@@ -230,6 +230,25 @@ async fn police(state: &NodeState, a: &Attachment) -> Result<(), AttachError> {
     Ok(())
 }
 
+/// [`place`], retried while the namespace's own network is not ready, for at most
+/// [`NETWORK_WAIT`]; then CNI error 11 naming what it waits for (kubelet retries).
+async fn place_when_ready(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachError> {
+    let deadline = std::time::Instant::now() + NETWORK_WAIT;
+    loop {
+        match place(state, req).await {
+            Err(AttachError::Placement(crate::segment::SegmentError::NetworkNotReady {
+                ..
+            })) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long an ADD waits for its namespace's own network (namespace networks).
+const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Segment and VLAN from the pod's (unless the runtime passed its
 /// annotations) and its namespace's annotations, read concurrently.
 async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachError> {
@@ -271,7 +290,7 @@ async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachE
     Ok(segment::decide(
         &pod_annotations,
         &namespace_annotations,
-        &state.config.segments,
+        &state.segments(),
         &state.config.default_segment,
     )?)
 }
@@ -285,7 +304,7 @@ async fn allocate(
 ) -> Result<(Ipv4Net, Option<Ipv4Addr>), AttachError> {
     let static_ip = crate::vlan_pool::allocate_for_pod(
         &state.cluster_pools,
-        &state.config,
+        &state.segments(),
         &placement.segment,
         key,
         placement.static_ip,
@@ -384,7 +403,7 @@ async fn wire(
             .chain(crate::uplink::pod_flows(
                 generation,
                 &pod,
-                state.config.segment(&placement.segment),
+                state.segment(&placement.segment).as_ref(),
             ))
             .map(FlowMod::add)
             .collect();
@@ -499,6 +518,7 @@ async fn roll_back(state: &NodeState, undo: Undo) {
     for pool in lock(&state.pools).values_mut() {
         pool.release(&undo.key);
     }
-    crate::vlan_pool::release_for_pod(&state.cluster_pools, &state.config, None, &undo.key).await;
+    crate::vlan_pool::release_for_pod(&state.cluster_pools, &state.segments(), None, &undo.key)
+        .await;
     tracing::info!("rolled back");
 }

@@ -151,7 +151,7 @@ async fn pod_flows(
         .chain(crate::uplink::pod_flows(
             0,
             &pod,
-            state.config.segment(&a.segment),
+            state.segment(&a.segment).as_ref(),
         ));
     for want in expected {
         let found = installed.iter().any(|s| {

@@ -96,7 +96,7 @@ pub(crate) async fn collect_garbage(
                 .values()
                 .any(|pool| pool.allocations().any(|(_, held)| held == k))
     };
-    crate::vlan_pool::gc(&state.cluster_pools, &state.config, keep).await;
+    crate::vlan_pool::gc(&state.cluster_pools, &state.segments(), keep).await;
     tracing::info!(
         removed,
         skipped,

@@ -169,6 +169,11 @@ impl From<AttachError> for CniError {
                 "cannot read the pod's namespace from the API server".into(),
                 e.to_string(),
             ),
+            E::Placement(e @ crate::segment::SegmentError::NetworkNotReady { .. }) => (
+                C::TryAgainLater,
+                "pod network not ready".into(),
+                e.to_string(),
+            ),
             E::Placement(e) => (
                 C::InvalidPodNetworkRequest,
                 "invalid pod network request".into(),

@@ -341,7 +341,7 @@ async fn check_reports_a_missing_uplink_flow_of_a_vlan_segment_pod() {
     a.vlan = 100;
     a.address = "10.20.0.5/24".parse().unwrap();
     a.gateway = Some("10.20.0.1".parse().unwrap());
-    let segment = state.config.segment("blue").cloned();
+    let segment = state.segment("blue");
     let uplink_flows = crate::uplink::pod_flows(1, &a.pod_port(), segment.as_ref());
     assert!(!uplink_flows.is_empty());
     {

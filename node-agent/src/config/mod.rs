@@ -329,6 +329,12 @@ impl AgentConfig {
     }
 }
 
+/// Checks one segment on its own (name, VLAN, the fields its kind needs), as a file
+/// segment is checked: for segments from the API (`segment_watch`).
+pub(crate) fn validate_segment(seg: &SegmentConfig) -> Result<(), ConfigError> {
+    segment::validate(seg)
+}
+
 fn validate_ifname_like(what: &'static str, name: &str) -> Result<(), ConfigError> {
     let bad = name.is_empty()
         || name.len() > 15

@@ -1482,7 +1482,29 @@ impl Store {
             tokio::spawn(async move {
                 tokio::time::sleep(NAMESPACE_CLEANUP_DELAY).await;
                 let mut st = store.lock();
-                store.remove_locked(&mut st, &rt, &key);
+                // metadata.finalizers (e.g. switchyard.io/namespace-network) keep the
+                // namespace, not its contents: it goes when the last one is removed.
+                let finalized = st
+                    .objects
+                    .get(&key)
+                    .and_then(|o| o.pointer("/metadata/finalizers"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty());
+                if finalized {
+                    let doomed: Vec<ObjectKey> = st
+                        .objects
+                        .keys()
+                        .filter(|k| k.namespace == key.name)
+                        .cloned()
+                        .collect();
+                    for k in doomed {
+                        if let Some(o) = st.objects.get(&k).cloned() {
+                            store.commit(&mut st, EventType::Deleted, k, o, None);
+                        }
+                    }
+                } else {
+                    store.remove_locked(&mut st, &rt, &key);
+                }
             });
             return Ok(DeleteOutcome::Terminating(new));
         }
