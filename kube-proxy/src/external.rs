@@ -183,7 +183,7 @@ impl ExternalFrontends {
         let local_endpoints = if local { local_usable(all) } else { Vec::new() };
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let cluster_endpoints = if internal_local && (node_port.is_some() || !ips.is_empty()) {
-            crate::service_model::cluster_usable(all)
+            crate::endpoints::cluster_usable(all)
         } else {
             Vec::new()
         };

@@ -20,6 +20,7 @@ pub mod cluster_cache;
 pub mod config;
 pub mod conntrack;
 pub mod diff;
+pub mod endpoints;
 pub mod external;
 pub mod fixtures;
 pub mod flows;
