@@ -293,27 +293,9 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
 
     // 4. LoadBalancer, ETP Cluster, an external IP routed to node1 and an LB IP to node2.
     lab.apply(&service("LoadBalancer", "Cluster", &[EXTERNAL_IP]));
-    lab.kubectl_ok(&[
-        "patch",
-        "service",
-        "np",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
-    ]);
+    set_lb_ingress(&lab, "np", LB_IP, None);
     for (ip, via) in [(EXTERNAL_IP, &n1), (LB_IP, &n2)] {
-        check(
-            "route in the fabric",
-            in_netns(&fabric.netns, &["ip", "route", "replace", ip, "via", via]),
-        );
-        check(
-            "route in the internet",
-            in_netns(
-                &internet,
-                &["ip", "route", "replace", ip, "via", "198.51.100.1"],
-            ),
-        );
+        route_from_internet(&fabric.netns, &internet, ip, via);
     }
     seen_as(&internet, EXTERNAL_IP, 81, 54, &gw1);
     seen_as(&internet, LB_IP, 81, 54, &gw2);
@@ -614,29 +596,8 @@ fn type_and_port_changes_ip_mode_proxy_and_a_replaced_udp_backend() {
 
     // 3. LoadBalancer, then the port changed.
     lab.apply(&chg_service("LoadBalancer", 83, (30085, 30086), ""));
-    lab.kubectl_ok(&[
-        "patch",
-        "service",
-        "chg",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
-    ]);
-    check(
-        "route in the fabric",
-        in_netns(
-            &fabric.netns,
-            &["ip", "route", "replace", LB_IP, "via", &n1],
-        ),
-    );
-    check(
-        "route in the internet",
-        in_netns(
-            &internet,
-            &["ip", "route", "replace", LB_IP, "via", "198.51.100.1"],
-        ),
-    );
+    set_lb_ingress(&lab, "chg", LB_IP, None);
+    route_from_internet(&fabric.netns, &internet, LB_IP, &n1);
     named(&internet, LB_IP, 83, "old");
     lab.apply(&chg_service("LoadBalancer", 84, (30085, 30086), ""));
     let changed = Instant::now();
@@ -684,17 +645,7 @@ fn type_and_port_changes_ip_mode_proxy_and_a_replaced_udp_backend() {
             .unwrap();
         Proc(child)
     };
-    lab.kubectl_ok(&[
-        "patch",
-        "service",
-        "chg",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(
-            r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}","ipMode":"Proxy"}}]}}}}}}"#
-        ),
-    ]);
+    set_lb_ingress(&lab, "chg", LB_IP, Some("Proxy"));
     // (TCP only: the echo server answers UDP from the namespace's primary address, not the LB
     // address on `lo`, which no client's conntrack would accept.)
     answers(

@@ -145,29 +145,8 @@ fn run(requests: u32) {
 
     // ETP Local through the LoadBalancer address, routed to node2, backends there.
     lab.apply(&service("Local"));
-    lab.kubectl_ok(&[
-        "patch",
-        "service",
-        "roll",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
-    ]);
-    check(
-        "route in the fabric",
-        in_netns(
-            &fabric.netns,
-            &["ip", "route", "replace", LB_IP, "via", &n2],
-        ),
-    );
-    check(
-        "route in the internet",
-        in_netns(
-            &internet,
-            &["ip", "route", "replace", LB_IP, "via", "198.51.100.1"],
-        ),
-    );
+    set_lb_ingress(&lab, "roll", LB_IP, None);
+    route_from_internet(&fabric.netns, &internet, LB_IP, &n2);
     // All backends on node2: the one on node1 moves there.
     let on_node1 = pods[0].0.clone();
     lab.apply(&backend("c0", "node2"));

@@ -329,3 +329,36 @@ pub fn echo_client(netns: &str, proto: &str, target: &str, count: u32) -> Vec<St
         .map(str::to_string)
         .collect()
 }
+
+/// Writes `ip` (with `ipMode` if given) as `service`'s only LoadBalancer ingress through
+/// `/status`, as a LoadBalancer controller would.
+pub fn set_lb_ingress(lab: &Lab, service: &str, ip: &str, ip_mode: Option<&str>) {
+    let mode = ip_mode
+        .map(|m| format!(r#","ipMode":"{m}""#))
+        .unwrap_or_default();
+    lab.kubectl_ok(&[
+        "patch",
+        "service",
+        service,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ip}"{mode}}}]}}}}}}"#),
+    ]);
+}
+
+/// Routes `ip` in the lab's fabric to `via` (a node's address), and from the internet
+/// namespace to the fabric (198.51.100.1), as an upstream network would.
+pub fn route_from_internet(fabric_netns: &str, internet_netns: &str, ip: &str, via: &str) {
+    check(
+        "route in the fabric",
+        in_netns(fabric_netns, &["ip", "route", "replace", ip, "via", via]),
+    );
+    check(
+        "route in the internet",
+        in_netns(
+            internet_netns,
+            &["ip", "route", "replace", ip, "via", "198.51.100.1"],
+        ),
+    );
+}
