@@ -16,7 +16,7 @@
 //! round started after it (`revalidator/wait` on the unixctl socket), or,
 //! when that socket cannot be used, after [`FALLBACK_DELAY`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +55,39 @@ pub fn frontend_tuple(stale: &StaleUdpFrontend) -> CtTuple {
         dst_port: Some(stale.port),
         ..CtTuple::default()
     }
+}
+
+/// A frontend address: every connection to it is DNATed to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Frontend {
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub ip_proto: u8,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// `(orig, reply)` tuples matching the entries to `frontend` that were
+/// committed without DNAT: their reply would come from the frontend address
+/// itself. Such an entry is made when a packet crosses the pipeline while
+/// the agent's flows are installed and the proxy's are not (right after
+/// `ovs-vswitchd` restarts): the agent commits every new connection. Later
+/// packets of that 5-tuple can never be DNATed (NAT cannot be added to a
+/// committed connection), so the flow is black-holed for as long as the
+/// client keeps it alive. A DNATed entry's reply comes from an endpoint, so
+/// these tuples never match one.
+pub fn unnatted_tuples(frontend: &Frontend) -> (CtTuple, CtTuple) {
+    (
+        CtTuple {
+            dst: Some(IpAddr::V4(frontend.ip)),
+            dst_port: Some(frontend.port),
+            ..CtTuple::default()
+        },
+        CtTuple {
+            src: Some(IpAddr::V4(frontend.ip)),
+            src_port: Some(frontend.port),
+            ..CtTuple::default()
+        },
+    )
 }
 
 /// How long `revalidator/wait` may take before the repeat flush goes ahead.
@@ -122,6 +155,59 @@ impl ConntrackFlusher {
                 }
             }
         });
+        Ok(())
+    }
+
+    /// Flushes, in the background, the entries of `frontends` committed
+    /// without DNAT (see [`unnatted_tuples`]), and again once the datapath's
+    /// cached flows from before are revalidated away. Failures are logged
+    /// and counted.
+    pub fn flush_unnatted_in_background(&self, frontends: Vec<Frontend>) {
+        if frontends.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.flush_unnatted(&frontends).await {
+                warn!(%err, "un-NATed conntrack entries of frontends not flushed");
+                this.metrics.conntrack_flush_failures.inc();
+                return;
+            }
+            this.metrics
+                .conntrack_unnatted_flushes
+                .get_or_create(&FlushPass::FIRST)
+                .inc();
+            let Some(rundir) = this.ovs_rundir.clone() else {
+                return;
+            };
+            let pass = wait_for_revalidation(&rundir).await;
+            match this.flush_unnatted(&frontends).await {
+                Ok(()) => {
+                    debug!(
+                        frontends = frontends.len(),
+                        pass = pass.pass,
+                        "un-NATed conntrack entries flushed again"
+                    );
+                    this.metrics
+                        .conntrack_unnatted_flushes
+                        .get_or_create(&pass)
+                        .inc();
+                }
+                Err(err) => {
+                    warn!(%err, "repeat flush of un-NATed conntrack entries failed");
+                    this.metrics.conntrack_flush_failures.inc();
+                }
+            }
+        });
+    }
+
+    async fn flush_unnatted(&self, frontends: &[Frontend]) -> Result<(), Error> {
+        for frontend in frontends {
+            let (orig, reply) = unnatted_tuples(frontend);
+            self.client
+                .ct_flush(Some(zone::POD.id()), frontend.ip_proto, orig, reply)
+                .await?;
+        }
         Ok(())
     }
 

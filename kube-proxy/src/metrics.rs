@@ -78,6 +78,8 @@ pub struct Metrics {
     pub conntrack_flush_failures: Counter,
     /// Conntrack flushes of stale UDP entries that succeeded, by pass.
     pub conntrack_flushes: Family<FlushPass, Counter>,
+    /// Flushes of frontend entries committed without DNAT, by pass.
+    pub conntrack_unnatted_flushes: Family<FlushPass, Counter>,
     health: Health,
 }
 
@@ -108,6 +110,7 @@ impl Metrics {
         let rejects = Counter::default();
         let conntrack_flush_failures = Counter::default();
         let conntrack_flushes = Family::<FlushPass, Counter>::default();
+        let conntrack_unnatted_flushes = Family::<FlushPass, Counter>::default();
         registry.register(
             "sync_duration_seconds",
             "From the first API event of a burst (incremental) or the start of a full sync to its flows and groups being installed",
@@ -144,6 +147,11 @@ impl Metrics {
             "Stale UDP conntrack flushes, right after the bundle (first) and repeated once the datapath's cached flows were revalidated (after_revalidation) or after a fixed delay (after_delay)",
             conntrack_flushes.clone(),
         );
+        registry.register(
+            "conntrack_unnatted_flushes",
+            "Flushes of conntrack entries to frontends that were committed without DNAT (made while ovs-vswitchd had the agent's flows but not yet the proxy's), after the full sync that follows an OpenFlow reconnect (first) and repeated after revalidation (after_revalidation) or a fixed delay (after_delay)",
+            conntrack_unnatted_flushes.clone(),
+        );
         let health = Health::default();
         *health.start.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         Self {
@@ -156,6 +164,7 @@ impl Metrics {
             rejects,
             conntrack_flush_failures,
             conntrack_flushes,
+            conntrack_unnatted_flushes,
             health,
         }
     }

@@ -15,6 +15,11 @@
 //!   that what changed while the proxy was down made stale, judged against
 //!   the flows and groups read at start ([`crate::served`]): live flows of
 //!   adopted ports keep their entries.
+//! - The full sync after an OpenFlow reconnect also flushes, for every
+//!   frontend, the conntrack entries committed without DNAT: a restarted
+//!   `ovs-vswitchd` may have had the agent's flows before the proxy's, and
+//!   such an entry would black-hole its 5-tuple for as long as the client
+//!   keeps it alive (see [`crate::conntrack::unnatted_tuples`]).
 //! - After a successful bundle: retired group ids are released, stale UDP
 //!   conntrack entries flushed, and flushed again once the datapath's cached
 //!   flows are revalidated (see [`crate::conntrack`]).
@@ -30,8 +35,9 @@ use switchyard_pipeline::{Cookie, Owner, PortKind, group as group_ids, reg, tabl
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::conntrack::ConntrackFlusher;
+use crate::conntrack::{ConntrackFlusher, Frontend};
 use crate::diff::{ChangeSet, GroupId, StaleUdpEndpoint, StaleUdpFrontend};
+use crate::external::frontend_addresses;
 use crate::flows::{LEARNED_GENERATION, REJECT_USERDATA};
 use crate::groups::GroupLayout;
 use crate::metrics::{Metrics, SyncKind};
@@ -81,6 +87,10 @@ pub struct SwitchWriter {
     /// Endpoints of the installed state (kept up to date per change set,
     /// counted once per full sync).
     endpoints: usize,
+    /// The OpenFlow connection was re-established (maybe to a restarted
+    /// `ovs-vswitchd`): the next full sync flushes frontend entries that
+    /// were committed without DNAT in the meantime.
+    unnatted_flush_pending: bool,
 }
 
 /// Parses `namespace/name:port/PROTOCOL` (the `Display` of [`ServicePortName`]).
@@ -203,6 +213,7 @@ impl SwitchWriter {
             served_before: Some(adopted.served),
             layout: GroupLayout::default(),
             endpoints: 0,
+            unnatted_flush_pending: false,
         })
     }
 
@@ -296,6 +307,15 @@ impl SwitchWriter {
         self.in_sync = false;
     }
 
+    /// Marks the switch as unknown after an OpenFlow reconnect: the next
+    /// full sync reinstalls everything and then flushes the entries that
+    /// packets made without the proxy's flows (see
+    /// [`crate::conntrack::unnatted_tuples`]).
+    pub fn reconnected(&mut self) {
+        self.in_sync = false;
+        self.unnatted_flush_pending = true;
+    }
+
     /// Installs the latest desired state as a new generation (nothing to do
     /// before the first update).
     pub async fn full_sync(&mut self) -> Result<(), SwitchError> {
@@ -357,6 +377,9 @@ impl SwitchWriter {
             took = ?elapsed,
             "full sync installed"
         );
+        if std::mem::take(&mut self.unnatted_flush_pending) {
+            self.flush_unnatted(&state);
+        }
         if let Some(served) = self.served_before.take() {
             let (endpoints, frontends) = served.stale_in(&state);
             info!(
@@ -410,6 +433,20 @@ impl SwitchWriter {
                 .endpoints
                 .set(i64::try_from(self.endpoints).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Flushes, in the background, every frontend's entries committed
+    /// without DNAT.
+    fn flush_unnatted(&self, state: &DesiredState) {
+        let Some(flusher) = &self.flusher else {
+            return;
+        };
+        let frontends = unnatted_frontends(state);
+        info!(
+            frontends = frontends.len(),
+            "flushing frontend conntrack entries committed without DNAT while the proxy's flows were missing"
+        );
+        flusher.flush_unnatted_in_background(frontends);
     }
 
     async fn flush_conntrack(&self, update: &Update) {
@@ -466,7 +503,7 @@ pub async fn run(
                 if event.connected && event.generation != seen_generation {
                     seen_generation = event.generation;
                     info!(connection = event.generation, "OpenFlow reconnected: full sync");
-                    writer.invalidate();
+                    writer.reconnected();
                     if let Err(err) = writer.full_sync().await {
                         warn!(%err, "full sync after reconnect failed; retrying");
                     }
@@ -487,6 +524,26 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Every frontend address of the desired state, with its protocol.
+pub fn unnatted_frontends(state: &DesiredState) -> Vec<Frontend> {
+    let mut out: Vec<Frontend> = state
+        .iter()
+        .flat_map(|(_, port)| {
+            let ip_proto = match port.protocol {
+                Protocol::Tcp => 6,
+                Protocol::Udp => 17,
+                Protocol::Sctp => 132,
+            };
+            frontend_addresses(port)
+                .into_iter()
+                .map(move |(ip, port)| Frontend { ip_proto, ip, port })
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -586,6 +643,40 @@ mod tests {
         assert_eq!(parse_port_name("no-slash"), None);
         assert_eq!(parse_port_name("ns/name:p/ICMP"), None);
         assert_eq!(parse_port_name("/name:p/TCP"), None);
+    }
+
+    #[test]
+    fn unnatted_frontends_cover_every_port_with_its_protocol() {
+        use crate::fixtures::{endpoint, service, slice};
+        let dns = service("default", "dns")
+            .cluster_ip("10.96.0.10")
+            .udp("dns", 53)
+            .tcp("dns-tcp", 53)
+            .build();
+        let dns_slice = slice("default", "dns-1", "dns")
+            .udp("dns", 5353)
+            .tcp("dns-tcp", 5353)
+            .endpoint(endpoint("10.2.0.1").ready(true))
+            .build();
+        // Without endpoints: its connections are rejected, not committed,
+        // but an entry made before the proxy's flows can still exist.
+        let web = service("default", "web")
+            .cluster_ip("10.96.0.20")
+            .tcp("http", 80)
+            .build();
+        let state = crate::build_desired_state([&dns, &web], [&dns_slice], "node-a");
+        let frontends: Vec<(u8, String, u16)> = unnatted_frontends(&state)
+            .into_iter()
+            .map(|f| (f.ip_proto, f.ip.to_string(), f.port))
+            .collect();
+        assert_eq!(
+            frontends,
+            [
+                (6, "10.96.0.10".to_owned(), 53),
+                (6, "10.96.0.20".to_owned(), 80),
+                (17, "10.96.0.10".to_owned(), 53),
+            ]
+        );
     }
 
     #[test]

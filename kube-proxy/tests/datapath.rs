@@ -412,6 +412,28 @@ async fn multi_port_service_with_named_ports_per_pod() {
     }
 }
 
+/// Service `dns`: UDP port 53 -> 5353 of pods labelled `app: dns`.
+async fn dns_service(lab: &Lab) -> SocketAddr {
+    let vip = lab
+        .create_service(json!({
+            "metadata": {"name": "dns"},
+            "spec": {"selector": {"app": "dns"},
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
+        }))
+        .await;
+    SocketAddr::from((vip, 53))
+}
+
+/// A pod answering UDP on 5353 with its name, behind [`dns_service`].
+async fn add_dns_backend(node: &mut Node, lab: &Lab, name: &str, host: u8) {
+    let pod = node.add_pod(name, host).await;
+    pod.serve_udp(5353);
+    let ip = pod.ip;
+    let udp_ports = json!([{"name": "dns", "containerPort": 5353, "protocol": "UDP"}]);
+    lab.create_pod(name, json!({"app": "dns"}), common::NODE, ip, udp_ports)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_service_follows_a_replaced_backend() {
     if !require_privileges("udp_service_follows_a_replaced_backend") {
@@ -420,26 +442,8 @@ async fn udp_service_follows_a_replaced_backend() {
     let mut node = Node::start().await;
     let lab = Lab::start().await;
     node.add_pod("client", 2).await;
-    let vip = lab
-        .create_service(json!({
-            "metadata": {"name": "dns"},
-            "spec": {"selector": {"app": "dns"},
-                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
-        }))
-        .await;
-    let vip = SocketAddr::from((vip, 53));
-    let udp_ports = json!([{"name": "dns", "containerPort": 5353, "protocol": "UDP"}]);
-    let pod = node.add_pod("dns-1", 11).await;
-    pod.serve_udp(5353);
-    let ip = pod.ip;
-    lab.create_pod(
-        "dns-1",
-        json!({"app": "dns"}),
-        common::NODE,
-        ip,
-        udp_ports.clone(),
-    )
-    .await;
+    let vip = dns_service(&lab).await;
+    add_dns_backend(&mut node, &lab, "dns-1", 11).await;
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = debug_of!(node, proxy);
     // One client socket (one source port, so one conntrack entry) throughout.
@@ -452,11 +456,7 @@ async fn udp_service_follows_a_replaced_backend() {
     // The backend is replaced by a pod with another address, rolling-update
     // style: the new one is ready before the old one goes, so the Service
     // always has an endpoint and only the old endpoint's entries are stale.
-    let pod = node.add_pod("dns-2", 12).await;
-    pod.serve_udp(5353);
-    let ip = pod.ip;
-    lab.create_pod("dns-2", json!({"app": "dns"}), common::NODE, ip, udp_ports)
-        .await;
+    add_dns_backend(&mut node, &lab, "dns-2", 12).await;
     let debug = debug_of!(node, proxy);
     eventually("dns-2 in the group", &debug, || async {
         node.dump_groups()
@@ -587,6 +587,70 @@ async fn vswitchd_restart_restores_service_within_bound() {
     );
 }
 
+/// After `ovs-vswitchd` restarts, the agent's flows may be back before the
+/// proxy's. A datagram sent to a UDP Service in that gap is committed in the
+/// pod zone without DNAT (the agent commits every new connection), and every
+/// later datagram of that 5-tuple is established, skips the Service stage and
+/// refreshes the broken entry: the flow stays black-holed for as long as the
+/// client keeps sending (seen in the lab's e2e restart probe). The proxy
+/// flushes such un-NATed entries of its frontends after the full sync that
+/// follows a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flow_that_sent_before_the_proxy_returned_recovers_after_vswitchd_restart() {
+    if !require_privileges(
+        "udp_flow_that_sent_before_the_proxy_returned_recovers_after_vswitchd_restart",
+    ) {
+        return;
+    }
+    let mut node = Node::start().await;
+    let lab = Lab::start().await;
+    node.add_pod("client", 2).await;
+    let vip = dns_service(&lab).await;
+    add_dns_backend(&mut node, &lab, "dns-1", 11).await;
+    let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
+    let debug = debug_of!(node, proxy);
+    // One client socket (one source port, so one conntrack entry) throughout.
+    let socket = node.pod("client").udp_socket();
+    eventually("dns-1 answering", &debug, || async {
+        (common::udp_ask(&socket, vip).await.as_deref() == Some("dns-1")).then_some(())
+    })
+    .await;
+
+    // The proxy is held back while vswitchd restarts and the agent's flows return.
+    let paused = proxy.pause();
+    node.ovs.kill_vswitchd();
+    node.ovs.start_vswitchd().expect("vswitchd restarts");
+    node.install_agent_flows().await;
+    let debug = debug_of!(node, proxy);
+    // The client's next datagram makes an entry to the VIP itself, without NAT.
+    let vip_text = format!("dst={},", vip.ip());
+    let unnatted = eventually("an un-NATed entry to the VIP", &debug, || async {
+        let _ = common::udp_ask(&socket, vip).await;
+        node.dump_conntrack()
+            .lines()
+            .find(|line| {
+                line.starts_with("udp,")
+                    && line.contains(&vip_text)
+                    && line.contains(&format!("reply=(src={},", vip.ip()))
+            })
+            .map(str::to_owned)
+    })
+    .await;
+    eprintln!("before the proxy returned: {unnatted}");
+
+    drop(paused);
+    // The same socket, asking all along, is answered again.
+    eventually("dns-1 answering the same socket again", &debug, || async {
+        (common::udp_ask(&socket, vip).await.as_deref() == Some("dns-1")).then_some(())
+    })
+    .await;
+    assert!(
+        proxy.log_text().contains("OpenFlow reconnected"),
+        "{}",
+        debug()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_resync_replaces_generations_without_a_gap() {
     if !require_privileges("periodic_resync_replaces_generations_without_a_gap") {
@@ -668,14 +732,7 @@ async fn udp_service_without_endpoints_refuses_at_once() {
     let mut node = Node::start().await;
     let lab = Lab::start().await;
     node.add_pod("client", 2).await;
-    let vip = lab
-        .create_service(json!({
-            "metadata": {"name": "dns"},
-            "spec": {"selector": {"app": "dns"},
-                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]},
-        }))
-        .await;
-    let vip = SocketAddr::from((vip, 53));
+    let vip = dns_service(&lab).await;
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = debug_of!(node, proxy);
     proxy.wait_synced(&debug).await;

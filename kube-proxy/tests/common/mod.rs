@@ -672,6 +672,14 @@ impl ProxyProcess {
         .await;
     }
 
+    /// Stops the proxy (SIGSTOP) until the guard is dropped (SIGCONT): it
+    /// holds its OpenFlow connection but does nothing.
+    pub fn pause(&self) -> Paused {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Paused { pid }
+    }
+
     /// Kills the proxy (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -689,6 +697,17 @@ impl ProxyProcess {
         let status = text.split(' ').nth(1)?.parse().ok()?;
         let body = text.split_once("\r\n\r\n")?.1.to_owned();
         Some((status, body))
+    }
+}
+
+/// A stopped proxy; continued when dropped.
+pub struct Paused {
+    pid: nix::unistd::Pid,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT);
     }
 }
 
