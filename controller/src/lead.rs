@@ -183,6 +183,27 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
                 dirty = true;
             }
         }
+        // Coalesce: every event already waiting joins this pass (a burst of N writes is a
+        // few passes, not N passes of all Services each).
+        loop {
+            match svc_events.next().now_or_never() {
+                Some(Some(Ok(ev))) => {
+                    listed |= cache.event(ev);
+                    dirty = true;
+                }
+                Some(Some(Err(e))) => tracing::warn!(error = %e, "Service watch error (retrying)"),
+                Some(None) => return Ok(()),
+                None => break,
+            }
+        }
+        loop {
+            match others.next().now_or_never() {
+                Some(Some(Ok(()))) => dirty = true,
+                Some(Some(Err(e))) => tracing::warn!(error = %e, "watch error (retrying)"),
+                Some(None) => return Ok(()),
+                None => break,
+            }
+        }
         if !dirty || !listed {
             continue;
         }
