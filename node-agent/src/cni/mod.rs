@@ -69,14 +69,14 @@ impl CniHandler for CniServer {
     }
 }
 
+/// The span of a request: every log line of its handling carries `verb`,
+/// `namespace`, `pod`, `container_id` and `ifname` (empty when not given).
 fn request_span(req: &CniRequest) -> tracing::Span {
-    let container = req.env.container_id.as_deref().unwrap_or("");
+    let container_id = req.env.container_id.as_deref().unwrap_or("");
     let ifname = req.env.ifname.as_deref().unwrap_or("");
-    let pod = match (&req.env.args.k8s_pod_namespace, &req.env.args.k8s_pod_name) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        _ => String::new(),
-    };
-    tracing::info_span!("cni", verb = ?req.verb, container, ifname, pod)
+    let namespace = req.env.args.k8s_pod_namespace.as_deref().unwrap_or("");
+    let pod = req.env.args.k8s_pod_name.as_deref().unwrap_or("");
+    tracing::info_span!("cni", verb = ?req.verb, namespace, pod, container_id, ifname)
 }
 
 /// The attachment a request names (CNI_CONTAINERID and CNI_IFNAME, which
