@@ -209,6 +209,7 @@ fn documentation_pages_exist_and_link_each_other() {
         "vagrant.md",
         "cni.md",
         "benchmarks.md",
+        "observability.md",
     ];
     let mut linked = BTreeSet::new();
     for name in pages {
@@ -826,5 +827,49 @@ fn test_function_check_rejects_ignored_missing_and_plain_functions() {
         test_function_status(source, "absent")
             .unwrap_err()
             .contains("no `fn absent(`")
+    );
+}
+
+/// Every metric the daemons register (`Registry::with_prefix` plus each
+/// `register("name", ...)` of their `src/metrics.rs`) is listed in
+/// docs/observability.md (counters with the `_total` the client appends).
+#[test]
+fn observability_page_lists_every_registered_metric() {
+    let page = page("observability.md");
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for file in [
+        "node-agent/src/metrics.rs",
+        "kube-proxy/src/metrics.rs",
+        "controller/src/metrics.rs",
+        "cpvip/src/metrics.rs",
+    ] {
+        let source = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let prefix = source
+            .split("Registry::with_prefix(\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("{file}: no Registry::with_prefix"));
+        for chunk in source.split(".register(").skip(1) {
+            let name = chunk
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("{file}: register( without a literal name"));
+            seen += 1;
+            let full = format!("{prefix}_{name}");
+            // The name as a whole word: `x` must not pass because `x_seconds` is listed.
+            let listed = [format!("`{full}`"), format!("`{full}_total`")]
+                .iter()
+                .any(|n| page.contains(n.as_str()));
+            if !listed {
+                missing.push(full);
+            }
+        }
+    }
+    assert!(seen >= 40, "parsed only {seen} registrations");
+    assert!(
+        missing.is_empty(),
+        "docs/observability.md does not list {missing:?}"
     );
 }
