@@ -873,3 +873,31 @@ fn observability_page_lists_every_registered_metric() {
         "docs/observability.md does not list {missing:?}"
     );
 }
+
+/// The Grafana dashboard (`deploy/grafana-dashboard.json`) parses and queries
+/// only metrics docs/observability.md lists (histograms by their `_bucket`).
+#[test]
+fn grafana_dashboard_queries_documented_metrics() {
+    let page = page("observability.md");
+    let text = std::fs::read_to_string(repo_root().join("deploy/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("switchyard_") {
+                    continue;
+                }
+                queried += 1;
+                let name = word.strip_suffix("_bucket").unwrap_or(word);
+                assert!(
+                    page.contains(&format!("`{name}`")),
+                    "{}: {name} is not in docs/observability.md",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried} metric references");
+}

@@ -32,13 +32,18 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// Polls `/readyz` until its status is `want`; returns how long it took.
-async fn readyz_becomes(addr: std::net::SocketAddr, want: u16, within: Duration) -> Duration {
+/// Polls `/readyz` until its status is `want`; returns how long it took and
+/// that answer's body.
+async fn readyz_becomes(
+    addr: std::net::SocketAddr,
+    want: u16,
+    within: Duration,
+) -> (Duration, String) {
     let start = Instant::now();
     loop {
         let (status, body) = get(addr, "/readyz").await;
         if status == want {
-            return start.elapsed();
+            return (start.elapsed(), body);
         }
         assert!(
             start.elapsed() < within,
@@ -78,8 +83,7 @@ fn readyz_and_status_follow_ovsdb_server() {
             .expect("agent start timed out")
             .expect("agent start");
             let addr = agent.metrics_addr();
-            readyz_becomes(addr, 200, FLIP).await;
-            let (_, body) = get(addr, "/readyz").await;
+            let (_, body) = readyz_becomes(addr, 200, FLIP).await;
             for condition in ["ovsdb", "openflow", "reconciled"] {
                 assert!(body.contains(&format!("[+]{condition} ok")), "{body}");
             }
@@ -89,9 +93,8 @@ fn readyz_and_status_follow_ovsdb_server() {
             let pid = lab.ovs.ovsdb_pid().expect("ovsdb-server pid");
             signal(pid, "STOP");
             let resume = Continue(pid);
-            let took = readyz_becomes(addr, 503, FLIP).await;
+            let (took, body) = readyz_becomes(addr, 503, FLIP).await;
             println!("agent /readyz false {took:?} after SIGSTOP of ovsdb-server");
-            let (_, body) = get(addr, "/readyz").await;
             assert!(body.contains("[-]ovsdb:"), "{body}");
             let status = cni_status(&lab).await;
             assert!(!status.success);
@@ -103,16 +106,16 @@ fn readyz_and_status_follow_ovsdb_server() {
             );
             assert_eq!(get(addr, "/healthz").await.0, 200);
             drop(resume);
-            let took = readyz_becomes(addr, 200, FLIP).await;
+            let (took, _) = readyz_becomes(addr, 200, FLIP).await;
             println!("agent /readyz true {took:?} after SIGCONT");
             let status = cni_status(&lab).await;
             assert!(status.success, "{}", status.stdout);
 
             lab.ovs.stop_ovsdb();
-            let took = readyz_becomes(addr, 503, FLIP).await;
+            let (took, _) = readyz_becomes(addr, 503, FLIP).await;
             println!("agent /readyz false {took:?} after ovsdb-server exited");
             lab.ovs.start_ovsdb().expect("ovsdb-server starts again");
-            let took = readyz_becomes(addr, 200, Duration::from_secs(30)).await;
+            let (took, _) = readyz_becomes(addr, 200, Duration::from_secs(30)).await;
             println!("agent /readyz true {took:?} after ovsdb-server started again");
             agent.shutdown().await;
         },
