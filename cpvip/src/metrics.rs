@@ -72,7 +72,7 @@ impl Default for Metrics {
             m.probe_healthy.clone(),
         );
         registry.register(
-            "seconds_since_last_successful_reconcile",
+            "since_last_successful_reconcile_seconds",
             "Seconds since the leader last reconciled the route successfully",
             m.seconds_since_reconcile.clone(),
         );
