@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     let config = match AgentConfig::from_flags(&flags, std::env::var("NODE_NAME").ok()) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("switchyard-agent: invalid configuration: {err}");
+            let err = anyhow::Error::new(err).context("invalid configuration");
+            eprintln!("switchyard-agent: {err:#}");
             return ExitCode::FAILURE;
         }
     };
