@@ -83,6 +83,11 @@ pub struct NetworkConfig {
     pub log_file: Option<PathBuf>,
     /// `logLevel`.
     pub log_level: LogLevel,
+    /// `logFileMaxBytes`: the size past which `logFile` is rotated to
+    /// `<logFile>.1` (0: never); unset, 5 MiB. Read by the binary only (not
+    /// sent to the agent).
+    #[serde(skip)]
+    pub log_file_max_bytes: Option<u64>,
     /// `mtu` for the pod interface, if the administrator sets one.
     pub mtu: Option<u32>,
     /// `dns` (well-known key): DNS settings to report in the result.
@@ -240,6 +245,7 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetworkConfig, CniError> {
         timeout_seconds,
         log_file: field::<PathBuf>(&obj, "logFile")?.filter(|p| !p.as_os_str().is_empty()),
         log_level: field(&obj, "logLevel")?.unwrap_or_default(),
+        log_file_max_bytes: field(&obj, "logFileMaxBytes")?,
         mtu,
         dns: field(&obj, "dns")?,
         capabilities: field(&obj, "capabilities")?.unwrap_or_default(),

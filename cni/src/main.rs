@@ -3,6 +3,8 @@
 //! answers VERSION itself, and prints the CNI result or error on stdout.
 //! Logs go to `logFile` (or stderr), never stdout.
 
+mod logfile;
+
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -287,13 +289,13 @@ fn init_logging(config: &NetworkConfig) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_ansi(false);
-    let file = config.log_file.as_ref().map(|path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| (path, e))
-    });
+    let max_bytes = config
+        .log_file_max_bytes
+        .unwrap_or(logfile::DEFAULT_MAX_BYTES);
+    let file = config
+        .log_file
+        .as_ref()
+        .map(|path| logfile::open(path, max_bytes).map_err(|e| (path, e)));
     match file {
         Some(Ok(file)) => {
             let _ = builder.with_writer(Mutex::new(file)).try_init();
@@ -340,6 +342,7 @@ fn del_config(stdin: &[u8]) -> Result<NetworkConfig, CniError> {
         "timeoutSeconds",
         "logFile",
         "logLevel",
+        "logFileMaxBytes",
     ] {
         if let Some(v) = raw.get(key) {
             let mut candidate = minimal.clone();

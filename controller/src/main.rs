@@ -2,11 +2,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_controller::{Options, leader::Timings, metrics};
+use switchyard_controller::{Options, metrics};
+use switchyard_daemon::{LeaderFlags, LogFormat, secs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,15 +23,8 @@ struct Cli {
     /// This replica's identity (unique per replica).
     #[arg(long, env = "POD_NAME")]
     identity: String,
-    /// Seconds a Lease not renewed stays its holder's.
-    #[arg(long, default_value_t = 15.0)]
-    lease_duration: f64,
-    /// Seconds after which a leader that could not renew stops leading (< lease duration).
-    #[arg(long, default_value_t = 10.0)]
-    renew_deadline: f64,
-    /// Seconds between renewals / acquisition attempts.
-    #[arg(long, default_value_t = 2.0)]
-    retry_period: f64,
+    #[command(flatten)]
+    leader: LeaderFlags,
     /// Seconds between full passes without changes (at most 10).
     #[arg(long, default_value_t = 10.0)]
     resync: f64,
@@ -70,23 +63,18 @@ struct Cli {
     /// Namespace of the agents' IPAM ConfigMaps.
     #[arg(long, default_value = "switchyard-system")]
     ipam_namespace: String,
-    /// Address of `/metrics` and `/healthz`.
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_address: SocketAddr,
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.05))
+    /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    switchyard_daemon::log::init(cli.log_format, "info");
     anyhow::ensure!(
         !cli.cluster_name.is_empty()
             && cli
@@ -95,10 +83,7 @@ async fn main() -> anyhow::Result<()> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
         "--cluster-name must be non-empty letters, digits and '-'"
     );
-    anyhow::ensure!(
-        cli.renew_deadline < cli.lease_duration,
-        "--renew-deadline must be shorter than --lease-duration"
-    );
+    let timings = cli.leader.timings()?;
     let namespace_networks = match &cli.namespace_networks {
         None => None,
         Some(opt_in) => {
@@ -120,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             Some(c)
         }
     };
-    let client = kube::Client::try_default()
+    let client = switchyard_daemon::kube_client(None)
         .await
         .context("connecting to the API server")?;
     let metrics = Arc::new(metrics::Metrics::default());
@@ -129,25 +114,14 @@ async fn main() -> anyhow::Result<()> {
         namespace: cli.namespace,
         lease_name: cli.lease_name,
         identity: cli.identity,
-        timings: Timings {
-            lease_duration: secs(cli.lease_duration),
-            renew_deadline: secs(cli.renew_deadline),
-            retry_period: secs(cli.retry_period),
-        },
+        timings,
         resync: secs(cli.resync.min(10.0)),
         route_resync: secs(cli.route_resync.clamp(1.0, 10.0)),
         cluster: cli.cluster_name,
         namespace_networks,
         ipam_namespace: cli.ipam_namespace,
     };
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    };
+    let shutdown = switchyard_daemon::shutdown_signal();
     switchyard_controller::run(client, opts, metrics, shutdown).await;
     server.abort();
     Ok(())

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -147,24 +146,15 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        switchyard_daemon::http::encode(&self.registry)
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
+/// Serves `/metrics`, `/healthz` and `/readyz` (both: the process answers) on `addr`
+/// until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { m.render() }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    let app =
+        switchyard_daemon::http::router(switchyard_daemon::Health::new(), move || metrics.render());
+    let (_, server) = switchyard_daemon::http::bind(addr, app).await?;
+    server.await
 }

@@ -3,12 +3,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_api::leader::Timings;
 use switchyard_cpvip::{Options, metrics};
+use switchyard_daemon::{LeaderFlags, LogFormat, secs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,15 +44,8 @@ struct Cli {
     /// This node's apiserver (`IP:port`), overriding the ControlPlaneVIP's `localEndpoint`.
     #[arg(long)]
     local_endpoint: Option<SocketAddr>,
-    /// Seconds a leader Lease not renewed stays its holder's.
-    #[arg(long, default_value_t = 15.0)]
-    lease_duration: f64,
-    /// Seconds after which a leader that could not renew stops leading.
-    #[arg(long, default_value_t = 10.0)]
-    renew_deadline: f64,
-    /// Seconds between renewals / acquisition attempts.
-    #[arg(long, default_value_t = 2.0)]
-    retry_period: f64,
+    #[command(flatten)]
+    leader: LeaderFlags,
     /// Seconds between read-compare-repair passes of the route (at most 10).
     #[arg(long, default_value_t = 5.0)]
     drift_period: f64,
@@ -61,23 +53,18 @@ struct Cli {
     /// the VIP anyway.
     #[arg(long, default_value_t = 10.0)]
     leave_timeout: f64,
-    /// Address of `/metrics` and `/healthz`.
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:9467")]
     metrics_address: SocketAddr,
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.05))
+    /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    switchyard_daemon::log::init(cli.log_format, "info");
     if cli.only_arp_sysctls {
         switchyard_cpvip::vip::set_arp_sysctls()?;
         return Ok(());
@@ -93,25 +80,16 @@ async fn main() -> anyhow::Result<()> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
         "--cluster-name must be non-empty letters, digits and '-'"
     );
-    anyhow::ensure!(
-        cli.renew_deadline < cli.lease_duration,
-        "--renew-deadline must be shorter than --lease-duration"
-    );
+    let timings = cli.leader.timings()?;
     anyhow::ensure!(
         cli.drift_period <= 10.0,
         "--drift-period must be at most 10 s"
     );
     let apiserver_ca = std::fs::read(&cli.apiserver_ca)
         .with_context(|| format!("reading --apiserver-ca {}", cli.apiserver_ca.display()))?;
-    let config = match &cli.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    let client = kube::Client::try_from(config).context("connecting to the API server")?;
+    let client = switchyard_daemon::kube_client(cli.kubeconfig.as_deref())
+        .await
+        .context("connecting to the API server")?;
     let metrics = Arc::new(metrics::Metrics::default());
     let server = tokio::spawn(metrics::serve(cli.metrics_address, metrics.clone()));
     let opts = Options {
@@ -120,24 +98,13 @@ async fn main() -> anyhow::Result<()> {
         namespace: cli.namespace,
         cluster: cli.cluster_name,
         apiserver_ca,
-        timings: Timings {
-            lease_duration: secs(cli.lease_duration),
-            renew_deadline: secs(cli.renew_deadline),
-            retry_period: secs(cli.retry_period),
-        },
+        timings,
         drift_period: secs(cli.drift_period),
         leave_timeout: secs(cli.leave_timeout),
         local_endpoint: cli.local_endpoint,
         manage_vip: true,
     };
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
+    let shutdown = switchyard_daemon::shutdown_signal();
     switchyard_cpvip::run(client, opts, metrics, shutdown).await;
     server.abort();
     Ok(())

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -73,7 +72,7 @@ impl Default for Metrics {
             m.probe_healthy.clone(),
         );
         registry.register(
-            "seconds_since_last_successful_reconcile",
+            "since_last_successful_reconcile_seconds",
             "Seconds since the leader last reconciled the route successfully",
             m.seconds_since_reconcile.clone(),
         );
@@ -108,24 +107,15 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
 impl Metrics {
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        switchyard_daemon::http::encode(&self.registry)
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr`.
+/// Serves `/metrics`, `/healthz` and `/readyz` (both: the process answers) on `addr`
+/// until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { m.render() }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    let app =
+        switchyard_daemon::http::router(switchyard_daemon::Health::new(), move || metrics.render());
+    let (_, server) = switchyard_daemon::http::bind(addr, app).await?;
+    server.await
 }

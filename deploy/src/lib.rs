@@ -30,6 +30,11 @@ pub const CONFLIST_SOURCE: &str = include_str!("../sources/10-switchyard.conflis
 pub const DAEMONSET_SOURCE: &str = include_str!("../sources/daemonset.yaml");
 /// `deploy/sources/controller.yaml`: the LoadBalancer controller's Deployment.
 pub const CONTROLLER_SOURCE: &str = include_str!("../sources/controller.yaml");
+/// `deploy/sources/metrics.yaml`: the headless Services of the metrics endpoints.
+pub const METRICS_SOURCE: &str = include_str!("../sources/metrics.yaml");
+/// `deploy/servicemonitor.yaml` (not part of the generated manifests: it needs
+/// the Prometheus Operator's CRD).
+pub const SERVICE_MONITOR: &str = include_str!("../servicemonitor.yaml");
 
 const BEGIN_BUNDLED: &str = "# BEGIN bundled-ovs";
 const END_BUNDLED: &str = "# END bundled-ovs";
@@ -128,6 +133,7 @@ pub fn render(variant: Variant) -> String {
         config_map(),
         daemonset(variant),
         CONTROLLER_SOURCE.to_string(),
+        METRICS_SOURCE.to_string(),
     ];
     for doc in docs {
         out.push_str("---\n");

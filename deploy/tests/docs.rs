@@ -209,6 +209,7 @@ fn documentation_pages_exist_and_link_each_other() {
         "vagrant.md",
         "cni.md",
         "benchmarks.md",
+        "observability.md",
     ];
     let mut linked = BTreeSet::new();
     for name in pages {
@@ -827,4 +828,76 @@ fn test_function_check_rejects_ignored_missing_and_plain_functions() {
             .unwrap_err()
             .contains("no `fn absent(`")
     );
+}
+
+/// Every metric the daemons register (`Registry::with_prefix` plus each
+/// `register("name", ...)` of their `src/metrics.rs`) is listed in
+/// docs/observability.md (counters with the `_total` the client appends).
+#[test]
+fn observability_page_lists_every_registered_metric() {
+    let page = page("observability.md");
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for file in [
+        "node-agent/src/metrics.rs",
+        "kube-proxy/src/metrics.rs",
+        "controller/src/metrics.rs",
+        "cpvip/src/metrics.rs",
+    ] {
+        let source = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let prefix = source
+            .split("Registry::with_prefix(\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("{file}: no Registry::with_prefix"));
+        for chunk in source.split(".register(").skip(1) {
+            let name = chunk
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("{file}: register( without a literal name"));
+            seen += 1;
+            let full = format!("{prefix}_{name}");
+            // The name as a whole word: `x` must not pass because `x_seconds` is listed.
+            let listed = [format!("`{full}`"), format!("`{full}_total`")]
+                .iter()
+                .any(|n| page.contains(n.as_str()));
+            if !listed {
+                missing.push(full);
+            }
+        }
+    }
+    assert!(seen >= 40, "parsed only {seen} registrations");
+    assert!(
+        missing.is_empty(),
+        "docs/observability.md does not list {missing:?}"
+    );
+}
+
+/// The Grafana dashboard (`deploy/grafana-dashboard.json`) parses and queries
+/// only metrics docs/observability.md lists (histograms by their `_bucket`).
+#[test]
+fn grafana_dashboard_queries_documented_metrics() {
+    let page = page("observability.md");
+    let text = std::fs::read_to_string(repo_root().join("deploy/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("switchyard_") {
+                    continue;
+                }
+                queried += 1;
+                let name = word.strip_suffix("_bucket").unwrap_or(word);
+                assert!(
+                    page.contains(&format!("`{name}`")),
+                    "{}: {name} is not in docs/observability.md",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried} metric references");
 }

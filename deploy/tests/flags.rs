@@ -29,6 +29,13 @@ fn probe_addr(probe: &Value) -> SocketAddr {
         .unwrap()
 }
 
+/// The address a probe connects to reaches a server bound to `bound` (the
+/// same address, or the same port when bound to every address).
+fn reaches(probe: &Value, bound: SocketAddr) -> bool {
+    let to = probe_addr(probe);
+    to.port() == bound.port() && (bound.ip().is_unspecified() || to.ip() == bound.ip())
+}
+
 /// The agent's full configuration as the DaemonSet gives it.
 fn agent_config(docs: &[Value]) -> AgentConfig {
     let agent = container(docs, "agent");
@@ -71,10 +78,10 @@ fn agent_accepts_the_daemonset_flags_and_config_file() {
 
         // Probes reach the agent's listen address.
         for probe in ["readinessProbe", "livenessProbe"] {
-            assert_eq!(
-                probe_addr(&agent[probe]),
-                config.listen_address,
-                "agent {probe}"
+            assert!(
+                reaches(&agent[probe], config.listen_address),
+                "agent {probe} does not reach {}",
+                config.listen_address
             );
         }
         assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -165,13 +172,17 @@ fn proxy_accepts_the_daemonset_flags() {
         );
         let flags = proxy_flags(&args[1..]).unwrap_or_else(|e| panic!("{variant:?}: {e}"));
         assert_eq!(flags.node_name, NODE);
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-            assert_eq!(
-                probe_addr(&proxy[probe]),
-                flags.metrics_address,
-                "proxy {probe}"
+        for (probe, path) in [
+            ("startupProbe", "/healthz"),
+            ("readinessProbe", "/readyz"),
+            ("livenessProbe", "/healthz"),
+        ] {
+            assert!(
+                reaches(&proxy[probe], flags.metrics_address),
+                "proxy {probe} does not reach {}",
+                flags.metrics_address
             );
-            assert_eq!(proxy[probe]["httpGet"]["path"], "/healthz");
+            assert_eq!(proxy[probe]["httpGet"]["path"], path, "proxy {probe}");
         }
         // Same OVS run dir and bridge as the agent.
         let config = agent_config(&docs);

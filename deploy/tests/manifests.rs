@@ -11,7 +11,7 @@ use std::path::Path;
 
 use common::{manifest, manifest_text, objects, pod_spec};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -79,6 +79,7 @@ fn validate(doc: &Value) -> Result<(), String> {
         ("v1", "Namespace") => roundtrip::<Namespace>(doc),
         ("v1", "ServiceAccount") => roundtrip::<ServiceAccount>(doc),
         ("v1", "ConfigMap") => roundtrip::<ConfigMap>(doc),
+        ("v1", "Service") => roundtrip::<Service>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => roundtrip::<ClusterRole>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             roundtrip::<ClusterRoleBinding>(doc)
@@ -119,7 +120,7 @@ fn cpvip_manifest_matches_the_kubernetes_schema() {
 fn every_document_matches_the_kubernetes_schema() {
     for variant in Variant::ALL {
         let docs = manifest(variant);
-        assert_eq!(docs.len(), 23, "{}: documents", variant.file_name());
+        assert_eq!(docs.len(), 25, "{}: documents", variant.file_name());
         for doc in &docs {
             if let Err(e) = validate(doc) {
                 panic!(
@@ -553,5 +554,77 @@ fn kubectl_reads_the_manifest_as_written() {
         lost_fields(doc, same, "", &mut lost);
         lost_fields(same, doc, "", &mut lost);
         assert!(lost.is_empty(), "{} {name}: {lost:?}", doc["kind"]);
+    }
+}
+
+/// The headless metrics Services select the pods whose containers declare
+/// the ports they target, and the optional ServiceMonitors select those
+/// Services by label and name their ports.
+#[test]
+fn metrics_services_and_service_monitors_reach_the_metrics_ports() {
+    let monitors = common::documents(switchyard_deploy::SERVICE_MONITOR);
+    for variant in Variant::ALL {
+        let docs = manifest(variant);
+        let services = objects(&docs, "Service");
+        assert_eq!(services.len(), 2, "{}", variant.file_name());
+        for svc in &services {
+            let name = svc["metadata"]["name"].as_str().unwrap();
+            assert_eq!(svc["spec"]["clusterIP"], "None", "{name} is headless");
+            let selector = svc["spec"]["selector"].as_object().unwrap();
+            let workloads: Vec<&Value> = docs
+                .iter()
+                .filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
+                .filter(|d| {
+                    let labels = &d["spec"]["template"]["metadata"]["labels"];
+                    selector.iter().all(|(k, v)| &labels[k] == v)
+                })
+                .collect();
+            assert_eq!(workloads.len(), 1, "{name} selects one workload");
+            let declared: BTreeSet<(String, u64)> =
+                workloads[0]["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                    .map(|p| {
+                        (
+                            p["name"].as_str().unwrap().to_string(),
+                            p["containerPort"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+            for port in svc["spec"]["ports"].as_array().unwrap() {
+                let target = (
+                    port["targetPort"].as_str().unwrap().to_string(),
+                    port["port"].as_u64().unwrap(),
+                );
+                assert!(
+                    declared.contains(&target),
+                    "{name}: {target:?} not in {declared:?}"
+                );
+            }
+            let monitor = monitors
+                .iter()
+                .find(|m| {
+                    let labels = m["spec"]["selector"]["matchLabels"].as_object().unwrap();
+                    labels
+                        .iter()
+                        .all(|(k, v)| &svc["metadata"]["labels"][k] == v)
+                })
+                .unwrap_or_else(|| panic!("no ServiceMonitor selects {name}"));
+            let scraped: BTreeSet<&str> = monitor["spec"]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["port"].as_str().unwrap())
+                .collect();
+            let ports: BTreeSet<&str> = svc["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(scraped, ports, "{name}: ServiceMonitor endpoints");
+        }
     }
 }

@@ -26,8 +26,9 @@ pub struct Flags {
     /// The integration bridge.
     #[arg(long, default_value = "br-int")]
     pub bridge: String,
-    /// Address serving /metrics, /healthz and /proxyMode.
-    #[arg(long, default_value = "127.0.0.1:10249")]
+    /// Address serving /metrics, /healthz, /readyz and /proxyMode (all addresses by default,
+    /// for Prometheus on the host network; 127.0.0.1:PORT keeps it on the node).
+    #[arg(long, default_value = "0.0.0.0:10249")]
     pub metrics_address: SocketAddr,
     /// Address of kube-proxy's health server (/healthz with lastUpdated, /livez),
     /// which load balancers probe; an empty value disables it.
@@ -57,6 +58,9 @@ pub struct Flags {
     /// (any user who can create Services intercepting any address). Default: any address.
     #[arg(long, value_delimiter = ',')]
     pub external_ip_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = switchyard_daemon::LogFormat::Text)]
+    pub log_format: switchyard_daemon::LogFormat,
 }
 
 /// `ADDR:PORT`, or empty for none.
@@ -94,7 +98,7 @@ mod tests {
         let flags = Flags::try_parse_from(["switchyard-proxy", "--node-name=n1"]).unwrap();
         assert_eq!(flags.node_name, "n1");
         assert_eq!(flags.bridge, "br-int");
-        assert_eq!(flags.metrics_address, "127.0.0.1:10249".parse().unwrap());
+        assert_eq!(flags.metrics_address, "0.0.0.0:10249".parse().unwrap());
         assert_eq!(flags.resync_period, 300);
         assert_eq!(flags.debounce_ms, 0);
         assert_eq!(flags.reject_rate, 1000);

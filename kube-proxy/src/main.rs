@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
+use switchyard_daemon::probe::Check;
 use switchyard_ovs::openflow::{Client, ClientConfig};
+use switchyard_ovs::ovsdb;
 use switchyard_pipeline::group as group_ids;
 use switchyard_proxy::config::Flags;
 use switchyard_proxy::conntrack::ConntrackFlusher;
@@ -19,22 +21,6 @@ use switchyard_proxy::healthcheck::{self, ServiceHealthServer};
 use switchyard_proxy::metrics::{self, HttpState, Metrics};
 use switchyard_proxy::switch::{self, SwitchWriter};
 use switchyard_proxy::{GroupIdAllocator, HealthChecks, WatchConfig, watch_with_health};
-
-async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
-    let config = match &flags.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no usable Kubernetes client configuration")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
-}
 
 /// IPv4 addresses of the node's interfaces.
 async fn local_addresses() -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
@@ -124,8 +110,54 @@ async fn connect_switch(flags: &Flags) -> Client {
     }
 }
 
+/// The proxy's readiness conditions (`/readyz`): `ovsdb` (ovsdb-server answers an echo
+/// on `<ovs-rundir>/db.sock`), `openflow` (the bridge answers an echo) and
+/// `initial-sync` (a sync of every Service reached the switch).
+fn readiness_checks(
+    flags: &Flags,
+    metrics: Arc<Metrics>,
+    switch: Arc<std::sync::OnceLock<Client>>,
+) -> Vec<Check> {
+    let endpoint = format!("unix:{}", flags.ovs_rundir.join("db.sock").display());
+    let ovsdb: Arc<tokio::sync::Mutex<Option<ovsdb::Client>>> = Arc::default();
+    vec![
+        Check::new("ovsdb", move || {
+            let (ovsdb, endpoint) = (Arc::clone(&ovsdb), endpoint.clone());
+            async move {
+                let mut slot = ovsdb.lock().await;
+                if slot.is_none() {
+                    *slot = Some(
+                        ovsdb::Client::connect(&endpoint)
+                            .await
+                            .map_err(|e| format!("{endpoint}: {e}"))?,
+                    );
+                }
+                let client = slot.as_ref().ok_or("no client")?;
+                client.echo().await.map_err(|e| e.to_string())
+            }
+        }),
+        Check::new("openflow", move || {
+            let switch = switch.get().cloned();
+            async move {
+                let switch = switch.ok_or("not connected yet")?;
+                switch.echo().await.map_err(|e| e.to_string())
+            }
+        }),
+        Check::new("initial-sync", move || {
+            let done = metrics.last_sync_age().is_some();
+            async move {
+                if done {
+                    Ok(())
+                } else {
+                    Err("no sync reached the switch yet".to_string())
+                }
+            }
+        }),
+    ]
+}
+
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let client = kube_client(&flags).await?;
+    let client = switchyard_daemon::kube_client(flags.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
     let resync = (flags.resync_period > 0).then(|| Duration::from_secs(flags.resync_period));
     let state = HttpState {
@@ -133,10 +165,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         // A healthy proxy syncs at least every resync period.
         max_sync_age: resync.map_or(Duration::MAX, |period| period * 2 + Duration::from_secs(60)),
     };
-    let (bound, server) = metrics::bind(flags.metrics_address, state.clone())
+    let health = switchyard_daemon::Health::new();
+    let switch_slot = Arc::new(std::sync::OnceLock::new());
+    let probes = tokio::spawn(switchyard_daemon::probe::run(
+        health.clone(),
+        readiness_checks(&flags, Arc::clone(&metrics), Arc::clone(&switch_slot)),
+    ));
+    let (bound, server) = metrics::bind(flags.metrics_address, state.clone(), health)
         .await
         .with_context(|| format!("binding {}", flags.metrics_address))?;
-    tracing::info!(%bound, "serving /metrics, /healthz and /proxyMode");
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /proxyMode");
     let server = tokio::spawn(server);
     let health_server = match flags.healthz_bind_address.0 {
         Some(addr) => {
@@ -164,6 +202,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     tracing::info!(addresses = ?node.addresses, gateway = ?node.gateway, "node-port addresses");
 
     let switch = connect_switch(&flags).await;
+    let _ = switch_slot.set(switch.clone());
     // Port group ids stay below 2^24: the bits above number their sub-groups.
     let groups = Arc::new(Mutex::new(GroupIdAllocator::with_range(
         group_ids::PROXY_FIRST,
@@ -227,6 +266,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
     rejects.abort();
+    probes.abort();
     service_health.abort();
     tee.abort();
     host.abort();
@@ -234,15 +274,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let flags = Flags::parse();
+    switchyard_daemon::log::init(flags.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

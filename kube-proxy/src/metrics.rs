@@ -1,5 +1,5 @@
-//! Prometheus metrics and the HTTP endpoint serving them with `/healthz` and
-//! kube-proxy's `/proxyMode`.
+//! Prometheus metrics and the HTTP endpoint serving them with `/healthz`,
+//! `/readyz` (`switchyard_daemon::http`) and kube-proxy's `/proxyMode`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::header;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -219,11 +217,7 @@ impl Metrics {
 
     /// The OpenMetrics text.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "encoding metrics");
-        }
-        out
+        switchyard_daemon::http::encode(&self.registry)
     }
 }
 
@@ -235,24 +229,17 @@ pub struct HttpState {
     pub max_sync_age: Duration,
 }
 
-async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.metrics.healthy(state.max_sync_age) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no recent successful sync\n",
-        )
+impl HttpState {
+    /// Liveness of the sync loop: a successful sync younger than
+    /// `max_sync_age` (a lost OVS does not fail it until then).
+    pub fn sync_recent(&self) -> Result<(), String> {
+        match self.metrics.last_sync_age() {
+            None => Err("no successful sync yet".into()),
+            Some(age) if age > self.max_sync_age => {
+                Err(format!("last successful sync {}s ago", age.as_secs()))
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -268,19 +255,22 @@ async fn proxy_mode() -> ([(header::HeaderName, &'static str); 1], &'static str)
     )
 }
 
-/// Binds `addr` and returns the bound address and the server future.
+/// Binds `addr` and returns the bound address and the server future:
+/// `/metrics`, `/healthz` (the probe loop's heartbeat and a recent successful
+/// sync), `/readyz` (the conditions of `health`) and `/proxyMode`.
 pub async fn bind(
     addr: SocketAddr,
     state: HttpState,
+    health: switchyard_daemon::Health,
 ) -> std::io::Result<(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
 )> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/proxyMode", get(proxy_mode))
-        .with_state(state);
+    let sync = state.clone();
+    health.live_check("sync", move || sync.sync_recent());
+    let metrics = state.metrics;
+    let app = switchyard_daemon::http::router(health, move || metrics.encode())
+        .route("/proxyMode", get(proxy_mode));
     serve_router(addr, app).await
 }
 

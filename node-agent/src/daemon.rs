@@ -30,7 +30,7 @@ use crate::gateway::{self, GatewayError};
 use crate::host_services::HostServices;
 use crate::ipam::{AttachmentKey, IpamError, Pool};
 use crate::keylock::KeyLocks;
-use crate::metrics::{self, HttpState, Metrics};
+use crate::metrics::{self, Metrics, READY_OPENFLOW, READY_OVSDB, READY_RECONCILED};
 use crate::netns::{Netlink, NetnsError};
 use crate::overlay::Overlay;
 use crate::reconcile::{self, ReconcileError, Switch};
@@ -159,18 +159,17 @@ impl Agent {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let (metrics_addr, server) = metrics::bind(
-            config.listen_address,
-            HttpState {
-                metrics: metrics.clone(),
-                ready: ready.clone(),
-            },
-        )
-        .await
-        .map_err(|source| StartError::Metrics {
-            addr: config.listen_address,
-            source,
-        })?;
+        let health = metrics.health.clone();
+        for name in [READY_OVSDB, READY_OPENFLOW] {
+            health.set(name, Err("not connected yet".into()));
+        }
+        health.set(READY_RECONCILED, Err("starting".into()));
+        let (metrics_addr, server) = metrics::bind(config.listen_address, metrics.clone())
+            .await
+            .map_err(|source| StartError::Metrics {
+                addr: config.listen_address,
+                source,
+            })?;
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "metrics endpoint failed");
@@ -185,6 +184,10 @@ impl Agent {
         let ovsdb = wait_for::ovsdb(&config.ovsdb_endpoint).await;
         gateway::ensure_bridge(&ovsdb, &config).await?;
         let openflow = wait_for::openflow(&config).await;
+        tasks.push(tokio::spawn(switchyard_daemon::probe::run(
+            health.clone(),
+            readiness_checks(&ovsdb, &openflow),
+        )));
         let host = Arc::new(Netlink::current()?);
         if !config.mtu_configured {
             // Pods (and sy-gw0) leave room for the encapsulation.
@@ -277,6 +280,7 @@ impl Agent {
             );
         }
         ready.store(true, Ordering::Release);
+        health.set(READY_RECONCILED, Ok(()));
         tracing::info!(socket = %socket.display(), "serving CNI requests");
 
         let segment_ovsdb = ovsdb.clone();
@@ -338,6 +342,27 @@ impl Agent {
     }
 }
 
+/// The readiness checks of [`READY_OVSDB`] and [`READY_OPENFLOW`]: an echo
+/// round trip each (a stopped ovsdb-server keeps its socket open; only an
+/// unanswered echo shows it).
+fn readiness_checks(
+    ovsdb: &ovsdb::Client,
+    openflow: &openflow::Client,
+) -> Vec<switchyard_daemon::probe::Check> {
+    use switchyard_daemon::probe::Check;
+    let (ovsdb, openflow) = (ovsdb.clone(), openflow.clone());
+    vec![
+        Check::new(READY_OVSDB, move || {
+            let ovsdb = ovsdb.clone();
+            async move { ovsdb.echo().await.map_err(|e| e.to_string()) }
+        }),
+        Check::new(READY_OPENFLOW, move || {
+            let openflow = openflow.clone();
+            async move { openflow.echo().await.map_err(|e| e.to_string()) }
+        }),
+    ]
+}
+
 /// The concrete clients the daemon keeps for its own jobs: watching the
 /// connections and re-ensuring the switch after a reconnect.
 #[derive(Debug)]
@@ -385,6 +410,8 @@ async fn watch_reconnects(
             }
         };
         tracing::info!(trigger, "reconciling after reconnect");
+        let health = shared.metrics.health.clone();
+        health.set(READY_RECONCILED, Err(format!("reconciling ({trigger})")));
         // Retry until it works (OVS may still be coming up).
         loop {
             let switch = Switch {
@@ -393,6 +420,7 @@ async fn watch_reconnects(
             };
             match reconcile::reconcile(&shared, &overlay, Some(switch)).await {
                 Ok(()) => {
+                    health.set(READY_RECONCILED, Ok(()));
                     // The overlay re-applies its routes after the resync;
                     // the Service route is re-applied here.
                     host_services.reconciled();

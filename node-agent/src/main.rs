@@ -10,10 +10,7 @@ use switchyard_agent::Agent;
 use switchyard_agent::config::{AgentConfig, Flags};
 use tokio::signal::unix::{SignalKind, signal};
 
-async fn run() -> anyhow::Result<()> {
-    let flags = Flags::parse();
-    let config = AgentConfig::from_flags(&flags, std::env::var("NODE_NAME").ok())
-        .context("invalid configuration")?;
+async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(node = %config.node_name, bridge = %config.bridge, segments = config.segments.len(), "configuration loaded");
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -32,13 +29,16 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let flags = Flags::parse();
+    let config = match AgentConfig::from_flags(&flags, std::env::var("NODE_NAME").ok()) {
+        Ok(config) => config,
+        Err(err) => {
+            let err = anyhow::Error::new(err).context("invalid configuration");
+            eprintln!("switchyard-agent: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    switchyard_daemon::log::init(config.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("switchyard-agent: {err:#}");

@@ -1,22 +1,26 @@
-//! Prometheus metrics and the HTTP endpoint serving them with `/healthz` and
-//! `/readyz` (axum).
+//! Prometheus metrics, the agent's [`Health`] and the HTTP endpoint serving
+//! them: `/metrics`, `/healthz`, `/readyz` (`switchyard_daemon::http`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+pub use switchyard_daemon::Health;
+
+/// Readiness condition: ovsdb-server answers an echo (within 1 s, checked
+/// every 0.5 s).
+pub const READY_OVSDB: &str = "ovsdb";
+/// Readiness condition: ovs-vswitchd answers an OpenFlow echo on the bridge.
+pub const READY_OPENFLOW: &str = "openflow";
+/// Readiness condition: the last reconciliation with OVS (at start, after
+/// each reconnect) finished and the CNI socket serves.
+pub const READY_RECONCILED: &str = "reconciled";
 
 /// Label of request metrics: `result="success"` or the CNI error code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +123,9 @@ pub struct Metrics {
     pub policy_update_seconds: Histogram,
     /// `Segment` objects not applied (a name or VLAN clash, an invalid spec).
     pub segment_errors: Gauge,
+    /// Liveness and readiness (`/healthz`, `/readyz`, CNI STATUS): see
+    /// `daemon.rs` for the conditions.
+    pub health: Health,
 }
 
 impl Default for Metrics {
@@ -209,6 +216,7 @@ impl Metrics {
             pods_attached,
             reconcile_runs,
             segment_errors,
+            health: Health::new(),
         }
     }
 
@@ -224,59 +232,20 @@ impl Metrics {
 
     /// The OpenMetrics text.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "encoding metrics");
-        }
-        out
+        switchyard_daemon::http::encode(&self.registry)
     }
 }
 
-/// What the HTTP handlers read.
-#[derive(Debug, Clone)]
-pub struct HttpState {
-    /// The metrics.
-    pub metrics: Arc<Metrics>,
-    /// Whether the agent serves CNI requests.
-    pub ready: Arc<AtomicBool>,
-}
-
-async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-/// Binds `addr` and returns the bound address and the server future.
+/// Binds `addr` and returns the bound address and the server future:
+/// `/metrics`, `/healthz` and `/readyz` of `metrics` and its health.
 pub async fn bind(
     addr: SocketAddr,
-    state: HttpState,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
 )> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    Ok((bound, async move { axum::serve(listener, app).await }))
+    let health = metrics.health.clone();
+    let app = switchyard_daemon::http::router(health, move || metrics.encode());
+    switchyard_daemon::http::bind(addr, app).await
 }

@@ -40,11 +40,12 @@ impl CniHandler for CniServer {
 
     async fn del(&self, req: CniRequest) -> Result<(), CniError> {
         let started = Instant::now();
+        let span = request_span(&req);
         let out = del::del(&self.0, &req)
-            .instrument(request_span(&req))
+            .instrument(span.clone())
             .await
             .map_err(CniError::from);
-        tracing::debug!(elapsed = ?started.elapsed(), "DEL handled");
+        span.in_scope(|| tracing::debug!(elapsed = ?started.elapsed(), "DEL handled"));
         self.0.metrics.record_del(&out, started.elapsed());
         out
     }
@@ -69,14 +70,14 @@ impl CniHandler for CniServer {
     }
 }
 
+/// The span of a request: every log line of its handling carries `verb`,
+/// `namespace`, `pod`, `container_id` and `ifname` (empty when not given).
 fn request_span(req: &CniRequest) -> tracing::Span {
-    let container = req.env.container_id.as_deref().unwrap_or("");
+    let container_id = req.env.container_id.as_deref().unwrap_or("");
     let ifname = req.env.ifname.as_deref().unwrap_or("");
-    let pod = match (&req.env.args.k8s_pod_namespace, &req.env.args.k8s_pod_name) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        _ => String::new(),
-    };
-    tracing::info_span!("cni", verb = ?req.verb, container, ifname, pod)
+    let namespace = req.env.args.k8s_pod_namespace.as_deref().unwrap_or("");
+    let pod = req.env.args.k8s_pod_name.as_deref().unwrap_or("");
+    tracing::info_span!("cni", verb = ?req.verb, namespace, pod, container_id, ifname)
 }
 
 /// The attachment a request names (CNI_CONTAINERID and CNI_IFNAME, which
@@ -289,3 +290,86 @@ mod tests {
 
 #[cfg(test)]
 mod verb_tests;
+
+#[cfg(test)]
+mod span_tests {
+    use std::sync::{Arc, Mutex};
+
+    use switchyard_cni::{CniEnv, CniHandler, CniRequest, Command, Verb, parse_config};
+
+    use super::CniServer;
+    use crate::drivers::fake::FakeNode;
+    use crate::state::NodeState;
+
+    /// A `Write` into a shared buffer, for a test subscriber.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Every log line of an ADD and a DEL (JSON, as `--log-format json`
+    /// writes them) carries the request's namespace, pod and container id.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_log_line_of_a_request_carries_its_pod() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let fake = FakeNode::default();
+        let state = Arc::new(NodeState::for_tests(fake.drivers(), None));
+        fake.world().netns.insert("/var/run/netns/c1".into());
+        let server = CniServer(state);
+        let config = parse_config(
+            br#"{"cniVersion":"1.1.0","name":"switchyard","type":"switchyard",
+                 "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"}}}"#,
+        )
+        .unwrap();
+        for (command, verb) in [(Command::Add, Verb::Add), (Command::Del, Verb::Del)] {
+            let env = CniEnv::from_lookup(command, |name| {
+                Some(
+                    match name {
+                        "CNI_CONTAINERID" => "c1",
+                        "CNI_NETNS" => "/var/run/netns/c1",
+                        "CNI_IFNAME" => "eth0",
+                        "CNI_ARGS" => "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1",
+                        "CNI_PATH" => "/opt/cni/bin",
+                        _ => return None,
+                    }
+                    .to_string(),
+                )
+            })
+            .unwrap();
+            let req = CniRequest::new(verb, env, config.clone(), String::new());
+            let _ = match verb {
+                Verb::Add => server.add(req).await.map(|_| ()),
+                _ => server.del(req).await,
+            };
+        }
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 2, "{text}");
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let span = &v["span"];
+            assert_eq!(span["name"], "cni", "{line}");
+            assert_eq!(span["namespace"], "default", "{line}");
+            assert_eq!(span["pod"], "web-1", "{line}");
+            assert_eq!(span["container_id"], "c1", "{line}");
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! CNI STATUS: whether the agent can serve ADD now.
+//! CNI STATUS: whether the agent can serve ADD now: the same readiness as
+//! `/readyz` (OVSDB and OpenFlow answer, reconciliation done).
 
 use std::sync::atomic::Ordering;
 
@@ -15,6 +16,23 @@ pub(super) fn status(state: &NodeState) -> Result<(), AttachError> {
     }
     if !state.io.flows.is_connected() {
         problems.push("the OpenFlow connection to the bridge is down");
+    }
+    if let Err(failing) = state.metrics.health.readiness() {
+        use crate::metrics::{READY_OPENFLOW, READY_OVSDB, READY_RECONCILED};
+        for (name, problem) in [
+            (READY_OVSDB, "ovsdb-server does not answer"),
+            (
+                READY_OPENFLOW,
+                "ovs-vswitchd does not answer on the bridge's OpenFlow socket",
+            ),
+            (READY_RECONCILED, "reconciliation with OVS has not finished"),
+        ] {
+            if failing.iter().any(|f| f.starts_with(&format!("{name}:")))
+                && !problems.contains(&problem)
+            {
+                problems.push(problem);
+            }
+        }
     }
     if problems.is_empty() {
         Ok(())

@@ -36,8 +36,12 @@ pub struct FileConfig {
     pub service_cidr: Option<Ipv4Net>,
     /// See [`Flags::tunnel_type`](super::Flags::tunnel_type).
     pub tunnel_type: Option<TunnelType>,
-    /// See [`Flags::listen_address`](super::Flags::listen_address).
+    /// See [`Flags::listen_address`](super::Flags::listen_address) (key `metrics-address`,
+    /// or `listen-address`).
+    #[serde(rename = "metrics-address", alias = "listen-address")]
     pub listen_address: Option<SocketAddr>,
+    /// See [`Flags::log_format`](super::Flags::log_format).
+    pub log_format: Option<switchyard_daemon::LogFormat>,
     /// See [`Flags::netns_prefixes`](super::Flags::netns_prefixes).
     pub netns_prefixes: Option<Vec<PathBuf>>,
 }

@@ -60,9 +60,16 @@ pub struct Flags {
     /// Encapsulation between nodes for overlay segments [default: geneve].
     #[arg(long, value_enum)]
     pub tunnel_type: Option<TunnelType>,
-    /// Address of the metrics and health HTTP endpoint [default: 127.0.0.1:9465].
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Address of /metrics, /healthz and /readyz (`--listen-address` is an alias) [default: 0.0.0.0:9465].
+    #[arg(
+        long = "metrics-address",
+        alias = "listen-address",
+        value_name = "ADDR:PORT"
+    )]
     pub listen_address: Option<SocketAddr>,
+    /// Log format on stderr: text (colour only on a terminal) or json (one object per line) [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<switchyard_daemon::LogFormat>,
     /// Directory a CNI_NETNS path may resolve into, repeatable; /proc/<pid>/ns/net is always accepted.
     /// Given on the command line, the list replaces the file's list
     /// [default: /var/run/netns, /run/netns, /var/run/docker/netns, /run/docker/netns].

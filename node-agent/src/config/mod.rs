@@ -47,10 +47,11 @@ pub const DEFAULT_CNI_SOCKET: &str = "/var/run/switchyard/cni.sock";
 pub const DEFAULT_SEGMENT: &str = "default";
 /// Default pod MTU: a 1500-byte underlay minus 50 bytes of Geneve/VXLAN.
 pub const DEFAULT_MTU: u32 = 1450;
-/// Default metrics/health listen address. Loopback so nothing is exposed off
-/// the node unless asked; 9465 collides with no usual node component
-/// (node-exporter 9100, kubelet 10250, Antrea agent 10350).
-pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9465";
+/// Default metrics/health listen address: every address, so Prometheus
+/// reaches it on the host network (`127.0.0.1:9465` keeps it on the node);
+/// 9465 collides with no usual node component (node-exporter 9100, kubelet
+/// 10250, Antrea agent 10350).
+pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9465";
 /// Default Service ClusterIP range: Kubernetes' default
 /// (`kube-apiserver --service-cluster-ip-range`, kubeadm's `serviceSubnet`).
 pub const DEFAULT_SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12) {
@@ -133,6 +134,8 @@ pub struct AgentConfig {
     pub tunnel_type: TunnelType,
     /// Metrics/health listen address.
     pub listen_address: SocketAddr,
+    /// Log format on stderr.
+    pub log_format: switchyard_daemon::LogFormat,
     /// Directories CNI_NETNS paths may resolve into.
     pub netns_prefixes: Vec<PathBuf>,
 }
@@ -230,8 +233,9 @@ impl AgentConfig {
                 .unwrap_or_else(|| {
                     DEFAULT_LISTEN_ADDRESS
                         .parse()
-                        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9465)))
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9465)))
                 }),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             netns_prefixes,
         };
         config.validate()?;

@@ -57,7 +57,7 @@ fn defaults_apply_when_nothing_is_given() {
     assert_eq!(cfg.service_cidr.to_string(), "10.96.0.0/12");
     assert_eq!(cfg.mtu, 1450);
     assert_eq!(cfg.tunnel_type, TunnelType::Geneve);
-    assert_eq!(cfg.listen_address.to_string(), "127.0.0.1:9465");
+    assert_eq!(cfg.listen_address.to_string(), "0.0.0.0:9465");
     assert_eq!(
         cfg.netns_policy().allowed_prefixes,
         crate::netns::NetnsPolicy::default().allowed_prefixes
@@ -425,11 +425,13 @@ fn help_documents_every_key() {
         "--mtu",
         "--tunnel-type",
         "--service-cidr",
+        "--metrics-address",
         "--listen-address",
+        "--log-format",
         "--netns-prefix",
     ] {
         assert!(help.contains(key), "--help lacks {key}");
     }
-    assert!(help.contains("NODE_NAME") && help.contains("127.0.0.1:9465"));
+    assert!(help.contains("NODE_NAME") && help.contains("0.0.0.0:9465"));
     Flags::command().debug_assert();
 }

@@ -33,9 +33,12 @@ where
     let fd = netns.try_clone_fd()?;
     let label = netns.to_string();
     let spawn_label = label.clone();
+    // Log lines of the work carry the caller's span (a CNI request's pod).
+    let span = tracing::Span::current();
     std::thread::Builder::new()
         .name(format!("{THREAD_NAME_PREFIX}-{}", netns.inode()))
         .spawn(move || {
+            let _span = span.entered();
             let result = match nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET) {
                 Ok(()) => {
                     drop(fd);
