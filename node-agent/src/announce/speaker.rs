@@ -34,6 +34,7 @@ pub struct Speaker<R> {
     responder: R,
     held: Option<BTreeSet<Ipv4Addr>>,
     garps: Vec<(Instant, Ipv4Addr)>,
+    synced_once: bool,
 }
 
 impl<R: ArpResponder> Speaker<R> {
@@ -44,6 +45,7 @@ impl<R: ArpResponder> Speaker<R> {
             responder,
             held: None,
             garps: Vec::new(),
+            synced_once: false,
         }
     }
 
@@ -71,7 +73,9 @@ impl<R: ArpResponder> Speaker<R> {
     }
 
     /// Forgets what is known, so the next sync reads the responder again (periodic repair of
-    /// entries removed behind the agent's back).
+    /// entries removed behind the agent's back). Announces nothing by itself: a node cut off
+    /// from its peers re-announcing its addresses when its link returns would take them from
+    /// the node that took over before the others count it alive again.
     pub fn reread(&mut self) {
         self.held = None;
     }
@@ -79,7 +83,7 @@ impl<R: ArpResponder> Speaker<R> {
     /// Answers for exactly `want`.
     pub async fn sync(&mut self, want: &BTreeSet<Ipv4Addr>, now: Instant) -> SyncReport {
         let mut report = SyncReport::default();
-        let first = self.held.is_none();
+        let first = !self.synced_once;
         let held = match &self.held {
             Some(h) => h.clone(),
             None => match self.responder.held().await {
@@ -118,6 +122,7 @@ impl<R: ArpResponder> Speaker<R> {
             }
         }
         self.held = Some(now_held);
+        self.synced_once = true;
         report
     }
 
@@ -220,6 +225,13 @@ mod tests {
         s.send_due(t0);
         assert_eq!(garps(&s), [1]);
         assert_eq!(s.held(), set(&[1]));
+        // A periodic re-read announces nothing.
+        s.send_due(t0 + Duration::from_secs(5));
+        let before = garps(&s).len();
+        s.reread();
+        s.sync(&set(&[1]), t0 + Duration::from_secs(10)).await;
+        s.send_due(t0 + Duration::from_secs(15));
+        assert_eq!(garps(&s).len(), before);
     }
 
     #[tokio::test]

@@ -463,13 +463,32 @@ fn failover_round(s: &Setup, ip: &str, probe: &Probe) -> (Duration, String, Stri
     );
     let mut seen = vec![new_owner.clone()];
     let start = Instant::now();
+    let mut timeline = String::new();
     while start.elapsed() < Duration::from_secs(6) {
         if let Some(o) = fabric_owner(&s.info, &s.fabric_netns, ip)
             && seen.last() != Some(&o)
         {
+            timeline.push_str(&format!(" {:.0?}: {o};", start.elapsed()));
             seen.push(o);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if seen.len() > 2 {
+        // What the agents did, for the record of a flap.
+        eprintln!("fabric after the restore:{timeline}");
+        for n in &s.info.nodes {
+            let log = std::fs::read_to_string(s.lab.state.node_dir(&n.name).join("agent.log"))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("L2 announcement"))
+                .collect();
+            eprintln!(
+                "{}:\n{}",
+                n.name,
+                lines[lines.len().saturating_sub(12)..].join("\n")
+            );
+        }
     }
     let settled = single_holder(&s.info, ip, "one node answers ARP after the restore");
     eventually("the fabric follows the holder", DEADLINE, || {
