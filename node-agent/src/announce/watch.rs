@@ -133,11 +133,12 @@ impl kube::runtime::utils::Backoff for Retry {
     }
 }
 
+/// One event of the four watches (boxed: a Node is large).
 enum Event {
-    Node(watcher::Event<Node>),
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
-    Pool(watcher::Event<IPPool>),
+    Node(Box<watcher::Event<Node>>),
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Pool(Box<watcher::Event<IPPool>>),
 }
 
 /// Watches until every stream ends (never, in practice: watchers retry with backoff),
@@ -146,16 +147,16 @@ pub async fn run(client: kube::Client, out: watch::Sender<Option<Arc<Inputs>>>) 
     let cfg = watcher::Config::default;
     let nodes = watcher(Api::<Node>::all(client.clone()), cfg())
         .backoff(Retry(RETRY_FIRST))
-        .map(|e| e.map(Event::Node));
+        .map(|e| e.map(|e| Event::Node(Box::new(e))));
     let services = watcher(Api::<Service>::all(client.clone()), cfg())
         .backoff(Retry(RETRY_FIRST))
-        .map(|e| e.map(Event::Service));
+        .map(|e| e.map(|e| Event::Service(Box::new(e))));
     let slices = watcher(Api::<EndpointSlice>::all(client.clone()), cfg())
         .backoff(Retry(RETRY_FIRST))
-        .map(|e| e.map(Event::Slice));
+        .map(|e| e.map(|e| Event::Slice(Box::new(e))));
     let pools = watcher(Api::<IPPool>::all(client), cfg())
         .backoff(Retry(RETRY_FIRST))
-        .map(|e| e.map(Event::Pool));
+        .map(|e| e.map(|e| Event::Pool(Box::new(e))));
     let mut events = futures::stream::select_all([
         nodes.boxed(),
         services.boxed(),
@@ -165,10 +166,10 @@ pub async fn run(client: kube::Client, out: watch::Sender<Option<Arc<Inputs>>>) 
     let mut caches = Caches::default();
     while let Some(event) = events.next().await {
         let changed = match event {
-            Ok(Event::Node(e)) => caches.nodes.apply(e, |n| Some(NodeFacts::of(n))),
-            Ok(Event::Service(e)) => caches.services.apply(e, LbService::of),
-            Ok(Event::Slice(e)) => caches.slices.apply(e, slice_ready_nodes),
-            Ok(Event::Pool(e)) => caches.pools.apply(e, L2Pool::of),
+            Ok(Event::Node(e)) => caches.nodes.apply(*e, |n| Some(NodeFacts::of(n))),
+            Ok(Event::Service(e)) => caches.services.apply(*e, LbService::of),
+            Ok(Event::Slice(e)) => caches.slices.apply(*e, slice_ready_nodes),
+            Ok(Event::Pool(e)) => caches.pools.apply(*e, L2Pool::of),
             Err(e) => {
                 tracing::debug!(error = %e, "L2 announcement watch interrupted; the cache keeps its objects");
                 false
