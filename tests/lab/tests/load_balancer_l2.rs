@@ -556,9 +556,10 @@ fn backend_off(s: &Setup, name: &str, avoid: &str) -> (String, Proc) {
 }
 
 /// 3 nodes with the fabric, an L2 pool on the underlay, the controller on the host:
-/// 1. A LoadBalancer Service gets an address; exactly one node holds the proxy-ARP entry and
-///    exactly one MAC answers an ARP request from the fabric: that node's; curl and UDP from
-///    the internet are answered; the fabric's neighbour entry is that node's MAC.
+/// 1. A LoadBalancer Service gets an address, the finalizer and AddressAssigned=True; exactly
+///    one node holds the proxy-ARP entry and exactly one MAC answers an ARP request from the
+///    fabric: that node's; curl and UDP from the internet are answered; the fabric's
+///    neighbour entry is that node's MAC.
 /// 4. Failover: a 50 ms UDP probe from the internet; the owner's underlay link goes down; the
 ///    probe resumes through another node (the longest gap is printed); the link comes back:
 ///    the address moves back at most once and one node answers.
@@ -576,6 +577,19 @@ fn l2_announcement_failover_and_local_traffic() {
     s.lab.apply(&service("Cluster"));
     let (ip, took) = lb_ip(&s.lab, created);
     eprintln!("address {ip} assigned {took:.1?} after the Service was applied");
+    let svc = svc_json(&s.lab);
+    assert!(
+        svc["metadata"]["finalizers"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|f| f == "service.kubernetes.io/load-balancer-cleanup")),
+        "{svc}"
+    );
+    assert!(
+        svc["status"]["conditions"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["type"] == "switchyard.io/AddressAssigned" && c["status"] == "True")),
+        "{svc}"
+    );
     let owner = single_holder(&s.info, &ip, "one node answers ARP");
     let (backend_node, server) = backend_off(&s, "back", &owner);
     eprintln!("owner {owner}, backend on {backend_node}");
@@ -656,7 +670,7 @@ fn l2_announcement_failover_and_local_traffic() {
 /// The failover figure: 10 rounds (`SWITCHYARD_L2_ROUNDS`) of link down / recovered / link up
 /// on one lab, printing each round's longest probe gap and the summary.
 #[test]
-#[ignore = "benchmark: about 20 s per round; cargo test -p switchyard-lab --test load_balancer_l2 -- --ignored --nocapture"]
+#[ignore = "benchmark: about 10 s per round; cargo test -p switchyard-lab --test load_balancer_l2 -- --ignored --nocapture"]
 fn l2_failover_gap_repeated() {
     let Some(s) = setup("l2_failover_gap_repeated") else {
         return;
