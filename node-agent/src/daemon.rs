@@ -328,6 +328,7 @@ impl Agent {
         tasks.push(tokio::spawn(crate::announce::run(
             api.client(),
             shared.config.node_name.clone(),
+            shared.metrics.announce.clone(),
             shutdown.subscribe(),
         )));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(

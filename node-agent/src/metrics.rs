@@ -119,6 +119,8 @@ pub struct Metrics {
     pub policy_update_seconds: Histogram,
     /// `Segment` objects not applied (a name or VLAN clash, an invalid spec).
     pub segment_errors: Gauge,
+    /// LoadBalancer L2 announcement (`announce/metrics.rs`).
+    pub announce: crate::announce::metrics::AnnounceMetrics,
 }
 
 impl Default for Metrics {
@@ -154,6 +156,7 @@ impl Metrics {
             "Pod interfaces attached to the bridge",
             pods_attached.clone(),
         );
+        let announce = crate::announce::metrics::AnnounceMetrics::register(&mut registry);
         let segment_errors = Gauge::default();
         registry.register(
             "segment_errors",
@@ -209,6 +212,7 @@ impl Metrics {
             pods_attached,
             reconcile_runs,
             segment_errors,
+            announce,
         }
     }
 

@@ -12,6 +12,8 @@
 //!   node's InternalIP) and the gratuitous ARP, behind a trait; [`speaker`]: makes the
 //!   responder hold exactly this node's addresses and schedules the gratuitous ARPs.
 //! - [`watch`]: Nodes, Services, EndpointSlices and IPPools reduced to [`eligibility::Inputs`].
+//! - [`metrics`]: `switchyard_agent_lb_l2_*` (addresses held, takeovers, releases, peers
+//!   alive, peer deaths).
 //!
 //! [`run`] ties them together: one task, a 50 ms tick. A (re)started agent changes nothing
 //! for [`Timing::rejoin_after`] plus one interval (peers hear from it, it hears from them),
@@ -21,6 +23,7 @@
 pub mod eligibility;
 pub mod heartbeat;
 pub mod liveness;
+pub mod metrics;
 pub mod responder;
 pub mod speaker;
 pub mod watch;
@@ -61,7 +64,12 @@ fn peer_address(inputs: &Option<Arc<Inputs>>, node: &str) -> Option<Ipv4Addr> {
 }
 
 /// Announces this node's share of the L2 addresses until `stop`.
-pub async fn run(client: kube::Client, node: String, mut stop: channel::Receiver<bool>) {
+pub async fn run(
+    client: kube::Client,
+    node: String,
+    metrics: metrics::AnnounceMetrics,
+    mut stop: channel::Receiver<bool>,
+) {
     let timing = Timing::default();
     let (tx, mut inputs_rx) = channel::channel(None);
     let watcher = tokio::spawn(watch::run(client, tx));
@@ -141,6 +149,9 @@ pub async fn run(client: kube::Client, node: String, mut stop: channel::Receiver
         let mut regarp = false;
         for change in liveness.tick(now) {
             tracing::info!(?change, "L2 announcement: peer liveness");
+            if matches!(change, Change::Died { .. }) {
+                metrics.peer_deaths.inc();
+            }
             regarp |= matches!(change, Change::Alive { returned: true, .. });
             dirty = true;
         }
@@ -175,6 +186,7 @@ pub async fn run(client: kube::Client, node: String, mut stop: channel::Receiver
         }
         if dirty {
             let mut alive = liveness.alive();
+            metrics.peers_alive.set(alive.len() as i64);
             alive.insert(node.clone());
             let order = plan(&inputs, &alive);
             let want: BTreeSet<Ipv4Addr> = owned_by(&order, &node);
@@ -188,6 +200,9 @@ pub async fn run(client: kube::Client, node: String, mut stop: channel::Receiver
             for e in &report.errors {
                 tracing::warn!(error = %e, "L2 announcement: retrying");
             }
+            metrics.takeovers.inc_by(report.claimed.len() as u64);
+            metrics.releases.inc_by(report.released.len() as u64);
+            metrics.addresses.set(speaker.held().len() as i64);
             dirty = !report.errors.is_empty();
         }
         if regarp {

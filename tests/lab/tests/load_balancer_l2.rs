@@ -110,6 +110,23 @@ fn single_holder(info: &LabInfo, ip: &str, what: &str) -> String {
     })
 }
 
+/// A metric of the agent on `node` (its endpoint is 127.0.0.1:9465 in the node namespace).
+fn agent_metric(info: &LabInfo, node: &str, name: &str) -> Option<f64> {
+    let out = in_netns(
+        &info.node(node)?.netns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:9465/metrics",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The node whose underlay MAC the fabric's neighbour table has for `ip`.
 fn fabric_owner(info: &LabInfo, fabric_netns: &str, ip: &str) -> Option<String> {
     let out = in_netns(
@@ -613,6 +630,10 @@ fn l2_announcement_failover_and_local_traffic() {
     );
     let (sender_ip, sender_mac) = fabric_sender(&s);
     let answers = arp_answers(&s.fabric_netns, ip.parse().unwrap(), sender_ip, sender_mac);
+    eventually("the owner's metric counts the address", DEADLINE, || {
+        (agent_metric(&s.info, &owner, "switchyard_agent_lb_l2_addresses") == Some(1.0))
+            .then_some(())
+    });
     let owner_mac = underlay_mac(s.info.node(&owner).unwrap().address);
     assert_eq!(
         answers,
@@ -628,6 +649,14 @@ fn l2_announcement_failover_and_local_traffic() {
         r.before, r.after, r.gap, r.holders, r.fabric_changes, r.settled
     );
     assert!(!r.flapped(), "no flapping: holders {:?}", r.holders);
+    for (node, metric) in [
+        (&r.after, "switchyard_agent_lb_l2_takeovers_total"),
+        (&r.after, "switchyard_agent_lb_l2_peer_deaths_total"),
+        (&r.after, "switchyard_agent_lb_l2_releases_total"),
+    ] {
+        let v = agent_metric(&s.info, node, metric);
+        assert!(v.is_some_and(|v| v >= 1.0), "{node} {metric} = {v:?}");
+    }
     assert_eq!(
         r.settled, r.before,
         "the address moves back to its first choice"
