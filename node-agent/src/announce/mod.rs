@@ -15,8 +15,9 @@
 //! - [`metrics`]: `switchyard_agent_lb_l2_*` (addresses held, takeovers, releases, peers
 //!   alive, peer deaths).
 //!
-//! [`run`] ties them together: one task, a 50 ms tick. A (re)started agent changes nothing
-//! for [`Timing::rejoin_after`] plus one interval (peers hear from it, it hears from them),
+//! [`run`] ties them together: one task, a 50 ms tick. Heartbeats go out only while some
+//! IPPool is L2. A (re)started agent, or one whose heartbeats just began, changes nothing for
+//! [`Timing::rejoin_after`] plus one interval (peers hear from it, it hears from them),
 //! keeping what a previous agent left in the kernel meanwhile, so an agent restart does not
 //! move addresses. Design and measurements: `docs/load-balancer.md`.
 
@@ -96,6 +97,8 @@ pub async fn run(
     let mut dirty = true;
     let mut last_reread = Instant::now();
     let mut last_complaint: Option<Instant> = None;
+    let mut beating_since: Option<Instant> = None;
+    let mut next_attempt = started;
     loop {
         let wake = tokio::select! {
             _ = stop.wait_for(|s| *s) => Wake::Stop,
@@ -119,6 +122,12 @@ pub async fn run(
             Wake::Received(None) | Wake::Tick => {}
             Wake::Send => {
                 let inputs = inputs_rx.borrow().clone();
+                // Heartbeats only while some pool is L2 (they cost n² datagrams).
+                if inputs.as_ref().is_none_or(|i| i.pools.is_empty()) {
+                    beating_since = None;
+                    continue;
+                }
+                beating_since.get_or_insert_with(Instant::now);
                 seq += 1;
                 let data = Heartbeat {
                     node: node.clone(),
@@ -155,13 +164,24 @@ pub async fn run(
             regarp |= matches!(change, Change::Alive { returned: true, .. });
             dirty = true;
         }
-        if now.duration_since(started) < grace {
-            continue;
-        }
         let Some(inputs) = inputs_rx.borrow().clone() else {
             continue;
         };
+        // Decide only once the peers had time to hear this agent and it them (with no L2
+        // pool: once started, to release what a previous agent left).
+        let since = if inputs.pools.is_empty() {
+            Some(started)
+        } else {
+            beating_since
+        };
+        if since.is_none_or(|t| now.duration_since(t) < grace) {
+            continue;
+        }
         if speaker.is_none() {
+            if now < next_attempt {
+                continue;
+            }
+            next_attempt = now + Duration::from_secs(1);
             match responder_for(&inputs, &node).await {
                 Ok(r) => {
                     tracing::info!(interface = %r.interface().name, "L2 announcement: answering ARP on the node address's interface");
