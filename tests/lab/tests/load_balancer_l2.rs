@@ -24,8 +24,8 @@ use switchyard_lab::cluster::state::{LabInfo, underlay_mac};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(30);
-/// Generous: the design's figure is about 1.2 s (docs/load-balancer.md); a loaded machine may
-/// take longer, never this long.
+/// Generous: the measured gap is about 1 s (docs/benchmarks.md); a loaded machine may take
+/// longer, never this long.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
 const PEER_HTTP: u16 = 9090;
 const PEER_UDP: u16 = 9091;
