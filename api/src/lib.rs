@@ -64,7 +64,7 @@ pub enum PoolUsage {
 /// How a pool's addresses reach the cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AnnounceMode {
-    /// One node answers ARP/NDP for the address (by the agents; not built yet).
+    /// One node answers ARP for the address (the agents; IPv4 only, no NDP yet).
     #[default]
     L2,
     /// A static route per address on the upstream router, every eligible node as a next hop.

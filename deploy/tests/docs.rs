@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use clap::CommandFactory;
-use common::{repo_root, workspace_binary};
+use common::{repo_root, rust_files, workspace_binary};
 use switchyard_agent::config::{FileConfig, Flags};
 
 /// flag -> `[default: X]` text (if any), from clap's long help.
@@ -830,40 +830,44 @@ fn test_function_check_rejects_ignored_missing_and_plain_functions() {
     );
 }
 
-/// Every metric the daemons register (`Registry::with_prefix` plus each
-/// `register("name", ...)` of their `src/metrics.rs`) is listed in
+/// Every metric the daemons register (`Registry::with_prefix` of their
+/// `src/metrics.rs`, plus each `register("name", ...)` anywhere in their
+/// `src/`, e.g. the agent's `announce/metrics.rs`) is listed in
 /// docs/observability.md (counters with the `_total` the client appends).
 #[test]
 fn observability_page_lists_every_registered_metric() {
     let page = page("observability.md");
     let mut missing = Vec::new();
     let mut seen = 0;
-    for file in [
-        "node-agent/src/metrics.rs",
-        "kube-proxy/src/metrics.rs",
-        "controller/src/metrics.rs",
-        "cpvip/src/metrics.rs",
-    ] {
-        let source = std::fs::read_to_string(repo_root().join(file)).unwrap();
+    for krate in ["node-agent", "kube-proxy", "controller", "cpvip"] {
+        let metrics_rs = format!("{krate}/src/metrics.rs");
+        let source = std::fs::read_to_string(repo_root().join(&metrics_rs)).unwrap();
         let prefix = source
             .split("Registry::with_prefix(\"")
             .nth(1)
             .and_then(|rest| rest.split('"').next())
-            .unwrap_or_else(|| panic!("{file}: no Registry::with_prefix"));
-        for chunk in source.split(".register(").skip(1) {
-            let name = chunk
-                .trim_start()
-                .strip_prefix('"')
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or_else(|| panic!("{file}: register( without a literal name"));
-            seen += 1;
-            let full = format!("{prefix}_{name}");
-            // The name as a whole word: `x` must not pass because `x_seconds` is listed.
-            let listed = [format!("`{full}`"), format!("`{full}_total`")]
-                .iter()
-                .any(|n| page.contains(n.as_str()));
-            if !listed {
-                missing.push(full);
+            .unwrap_or_else(|| panic!("{metrics_rs}: no Registry::with_prefix"))
+            .to_owned();
+        for file in rust_files(&repo_root().join(krate).join("src")) {
+            let source = std::fs::read_to_string(&file).unwrap();
+            for chunk in source.split(".register(").skip(1) {
+                // Only registrations with a literal name (a metric), not other `register` calls.
+                let Some(name) = chunk
+                    .trim_start()
+                    .strip_prefix('"')
+                    .and_then(|rest| rest.split('"').next())
+                else {
+                    continue;
+                };
+                seen += 1;
+                let full = format!("{prefix}_{name}");
+                // The name as a whole word: `x` must not pass because `x_seconds` is listed.
+                let listed = [format!("`{full}`"), format!("`{full}_total`")]
+                    .iter()
+                    .any(|n| page.contains(n.as_str()));
+                if !listed {
+                    missing.push(format!("{full} ({})", file.display()));
+                }
             }
         }
     }

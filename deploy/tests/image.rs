@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{manifest, pod_spec, repo_root};
+use common::{manifest, pod_spec, repo_root, rust_files};
 use serde_json::Value;
 use switchyard_deploy::Variant;
 
@@ -197,17 +197,4 @@ fn image_has_every_program_the_binaries_run() {
     // The agent masquerades egress with iptables-restore: the scan must find
     // at least that, or it is not looking at the binaries' sources.
     assert!(seen.contains("iptables-restore"), "{seen:?}");
-}
-
-fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(rust_files(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-    out
 }

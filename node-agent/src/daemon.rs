@@ -328,6 +328,13 @@ impl Agent {
             api.client(),
             shutdown.subscribe(),
         )));
+        // LoadBalancer addresses of L2 pools: ARP answers and heartbeats (announce/).
+        tasks.push(tokio::spawn(crate::announce::run(
+            api.client(),
+            shared.config.node_name.clone(),
+            shared.metrics.announce.clone(),
+            shutdown.subscribe(),
+        )));
         tasks.push(tokio::spawn(crate::egress::keep_masquerade(
             shared.pod_cidr,
             shutdown.subscribe(),

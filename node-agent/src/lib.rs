@@ -19,6 +19,8 @@
 //!   [`overlay`] (`watch`, `flows`, `routes`, `tunnel`), [`host_services`]
 //!   (the node's routes for Services), [`uplink`], [`egress`],
 //!   [`reserved_port`] (the agent's own ports), [`next_hop`].
+//! - LoadBalancer L2 announcement: [`announce`] (eligibility, liveness,
+//!   heartbeats, the ARP responder; one task started by the daemon).
 //! - The seams: [`drivers`] (traits in front of netlink/netns, OVSDB,
 //!   OpenFlow and the API server reads, their real implementations, and
 //!   in-memory fakes for unit tests).
@@ -29,6 +31,7 @@
 //! kernel modules; none of these imports a module above it.
 
 pub mod adds_in_flight;
+pub mod announce;
 pub mod api_cache;
 pub mod apiserver;
 pub mod attach_error;

@@ -126,6 +126,8 @@ pub struct Metrics {
     /// Liveness and readiness (`/healthz`, `/readyz`, CNI STATUS): see
     /// `daemon.rs` for the conditions.
     pub health: Health,
+    /// LoadBalancer L2 announcement (`announce/metrics.rs`).
+    pub announce: crate::announce::metrics::AnnounceMetrics,
 }
 
 impl Default for Metrics {
@@ -161,6 +163,7 @@ impl Metrics {
             "Pod interfaces attached to the bridge",
             pods_attached.clone(),
         );
+        let announce = crate::announce::metrics::AnnounceMetrics::register(&mut registry);
         let segment_errors = Gauge::default();
         registry.register(
             "segment_errors",
@@ -217,6 +220,7 @@ impl Metrics {
             reconcile_runs,
             segment_errors,
             health: Health::new(),
+            announce,
         }
     }
 
