@@ -244,6 +244,7 @@ impl Agent {
             ofports: Mutex::new(BTreeSet::new()),
             locks: KeyLocks::default(),
             adds: AddsInFlight::default(),
+            mac_claims: Default::default(),
             flow_gate: tokio::sync::RwLock::new(None),
             ready: ready.clone(),
             metrics,

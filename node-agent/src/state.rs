@@ -63,6 +63,8 @@ pub(crate) struct NodeState {
     pub locks: KeyLocks,
     /// ADDs a GC's valid list cannot account for (see [`AddsInFlight`]).
     pub adds: AddsInFlight,
+    /// Static MACs claimed by ADDs in flight (one per segment on this node).
+    pub mac_claims: crate::segment::MacClaims,
     /// Current cookie generation; written only by a full flow resync, read
     /// (held) by requests while they install or delete a pod's flows.
     pub flow_gate: tokio::sync::RwLock<Option<u8>>,
@@ -308,6 +310,7 @@ impl NodeState {
             ofports: Mutex::new(BTreeSet::new()),
             locks: crate::keylock::KeyLocks::default(),
             adds: crate::adds_in_flight::AddsInFlight::default(),
+            mac_claims: Default::default(),
             flow_gate: tokio::sync::RwLock::new(Some(1)),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(crate::metrics::Metrics::new()),

@@ -244,6 +244,9 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
                 assert!(out.status.success(), "{out:?}");
             }
             create_ipam_namespace(&lab.kube).await;
+            // These pods choose their segment: the cluster admin lets `default`'s pods choose.
+            lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+                .await;
             let segments = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: up0\n";
             let agent = tokio::time::timeout(
                 Duration::from_secs(30),
@@ -385,6 +388,9 @@ fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
             node_veth(&lab, "upa");
             node_veth(&lab, "upb");
             create_ipam_namespace(&lab.kube).await;
+            // These pods choose their segment: the cluster admin lets `default`'s pods choose.
+            lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+                .await;
             let segments = "segments:\n- name: default\n  kind: overlay\n\
                 - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upa\n\
                 - name: green\n  kind: vlan\n  vlan: 200\n  subnet: 10.21.0.0/24\n  gateway: 10.21.0.1\n  uplink: upb\n";
@@ -553,6 +559,9 @@ fn gc_while_an_add_is_in_flight_keeps_its_address() {
         |lab| async move {
             node_veth(&lab, "upc");
             create_ipam_namespace(&lab.kube).await;
+            // These pods choose their segment: the cluster admin lets `default`'s pods choose.
+            lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+                .await;
             let segments = "segments:\n- name: default\n  kind: overlay\n\
             - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upc\n";
             let agent = tokio::time::timeout(

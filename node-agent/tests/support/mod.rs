@@ -226,6 +226,20 @@ impl NodeLab {
             .expect("create namespace");
     }
 
+    /// Adds annotations to an existing namespace (merge patch), as the cluster admin does,
+    /// e.g. `switchyard.io/pod-placement: allow` on `default`.
+    pub async fn annotate_namespace(&self, name: &str, annotations: &[(&str, &str)]) {
+        let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+        Api::<Namespace>::all(self.kube.clone())
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"annotations": ann}})),
+            )
+            .await
+            .expect("annotate namespace");
+    }
+
     pub async fn create_pod(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) {
         let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
         let pod: Pod = serde_json::from_value(json!({
