@@ -309,6 +309,14 @@ impl Agent {
             overlay.clone().run(api.client(), shutdown.subscribe()),
         ));
         tasks.push(tokio::spawn(host_services.run(shutdown.subscribe())));
+        let segments_now = shared.clone();
+        tasks.push(tokio::spawn(
+            crate::vlan_pool::keep_releasing_departed_nodes(
+                shared.cluster_pools.clone(),
+                move || segments_now.segments(),
+                shutdown.subscribe(),
+            ),
+        ));
         tasks.push(tokio::spawn(keep_policies(
             shared.clone(),
             shutdown.subscribe(),

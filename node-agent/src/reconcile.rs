@@ -95,7 +95,25 @@ pub(crate) async fn reconcile(
         ensure_switch(state, switch).await?;
     }
     reconcile_attachments(state).await?;
+    reassert_cluster_addresses(state).await;
     resync_flows(state, overlay).await
+}
+
+/// The running `vlan` segment pods' addresses recorded again in the
+/// cluster-wide allocation (a lost or restored ConfigMap must not hand them
+/// out twice); see [`crate::vlan_pool::reassert_for_pods`].
+async fn reassert_cluster_addresses(state: &NodeState) {
+    let segments = state.segments();
+    let held: Vec<(String, AttachmentKey, std::net::Ipv4Addr)> = lock(&state.attachments)
+        .values()
+        .filter(|a| {
+            segments
+                .iter()
+                .any(|s| s.name == a.segment && s.kind == crate::config::SegmentKind::Vlan)
+        })
+        .map(|a| (a.segment.clone(), a.key.clone(), a.address.addr()))
+        .collect();
+    crate::vlan_pool::reassert_for_pods(&state.cluster_pools, &segments, &held).await;
 }
 
 /// The attachment half of [`reconcile`]: the agent's ports listed, each

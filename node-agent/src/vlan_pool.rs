@@ -9,13 +9,19 @@
 //! on the fresh object. Two nodes allocating at the same moment therefore
 //! never get the same address. A missing ConfigMap is created (409
 //! AlreadyExists when another node won the race: retried the same way).
+//!
+//! Who owns an entry: the node named in it. A restarted agent records its
+//! running pods' addresses again ([`reassert_for_pods`]), so a lost or
+//! restored ConfigMap hands out no duplicate; the entries of a node whose
+//! Node object is gone are released by the other agents
+//! ([`keep_releasing_departed_nodes`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
@@ -294,6 +300,54 @@ impl ClusterPools {
         .await
     }
 
+    /// Records again the addresses this node's running attachments hold in
+    /// `segment` (at start and after a reconnect): an entry lost with its
+    /// ConfigMap (deleted, restored from an old copy) is written back, so
+    /// the address is not handed out twice. One write for all that are
+    /// missing. Returns the addresses another holder has meanwhile (a
+    /// duplicate already handed out), left as they are.
+    pub async fn reassert(
+        &self,
+        segment: &str,
+        held: &[(AttachmentKey, Ipv4Addr)],
+    ) -> Result<Vec<(Ipv4Addr, String)>, ClusterIpamError> {
+        let node = self.node.clone();
+        self.update(segment, |data| {
+            let mut conflicts = Vec::new();
+            let mut write = false;
+            for (key, ip) in held {
+                let mine = holder(&node, key);
+                match data.get(&ip.to_string()) {
+                    Some(v) if *v == mine => {}
+                    Some(other) => conflicts.push((*ip, other.clone())),
+                    None => {
+                        data.insert(ip.to_string(), mine);
+                        write = true;
+                    }
+                }
+            }
+            Ok((write, conflicts))
+        })
+        .await
+    }
+
+    /// Releases every address of `segment` recorded for `node` (a node
+    /// whose Node object is gone); returns how many.
+    pub async fn release_node(&self, segment: &str, node: &str) -> Result<usize, ClusterIpamError> {
+        self.update(segment, |data| {
+            let before = data.len();
+            data.retain(|_, v| parse_holder(v).is_none_or(|(n, _)| n != node));
+            let removed = before - data.len();
+            Ok((removed > 0, removed))
+        })
+        .await
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Every allocation of `segment` with its holder's node and key.
     pub async fn allocations(
         &self,
@@ -376,6 +430,132 @@ pub async fn release_for_pod(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(segment = %seg.name, error = %e, "cannot release the cluster-wide address now; GC will")
+            }
+        }
+    }
+}
+
+/// The agent's side of [`ClusterPools::reassert`]: every `vlan` segment's
+/// addresses held by `attachments` (this node's running pods, as
+/// reconciliation found them) recorded again. Failures and addresses held
+/// by someone else are logged, not returned: the pods keep running either
+/// way, and the next reconciliation tries again.
+pub async fn reassert_for_pods(
+    pools: &ClusterPools,
+    segments: &[crate::config::SegmentConfig],
+    attachments: &[(String, AttachmentKey, Ipv4Addr)],
+) {
+    for seg in segments
+        .iter()
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+    {
+        let held: Vec<(AttachmentKey, Ipv4Addr)> = attachments
+            .iter()
+            .filter(|(name, _, _)| *name == seg.name)
+            .map(|(_, k, ip)| (k.clone(), *ip))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        match pools.reassert(&seg.name, &held).await {
+            Ok(conflicts) => {
+                for (ip, other) in conflicts {
+                    tracing::error!(segment = %seg.name, %ip, holder = %other, "a running pod's cluster-wide address is recorded for another holder: two pods may share it; delete one of them");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "cannot re-assert the running pods' cluster-wide addresses now; the next reconciliation will")
+            }
+        }
+    }
+}
+
+/// Releases the cluster-wide addresses of nodes whose Node object is gone:
+/// every other node named in a `vlan` segment's allocations is read afresh
+/// (a cache may not have seen a new node yet) and its entries are released
+/// only when the API server answers that it does not exist. Every agent
+/// does this (after its start-up reconciliation and on each Node deletion
+/// it sees); the first writes, the others find nothing left. Failures are
+/// logged: the next deletion or restart tries again.
+pub async fn release_departed_nodes(
+    pools: &ClusterPools,
+    segments: &[crate::config::SegmentConfig],
+) {
+    let nodes: Api<Node> = Api::all(pools.client.clone());
+    let mut gone: BTreeMap<String, bool> = BTreeMap::new();
+    for seg in segments
+        .iter()
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+    {
+        let holders: BTreeSet<String> = match pools.allocations(&seg.name).await {
+            Ok(all) => all
+                .into_iter()
+                .map(|(_, node, _)| node)
+                .filter(|n| n != pools.node())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "cannot read the cluster-wide addresses to release those of deleted nodes");
+                continue;
+            }
+        };
+        for node in holders {
+            let departed = match gone.get(&node) {
+                Some(d) => *d,
+                None => {
+                    let read = bounded(&format!("reading Node {node}"), nodes.get_opt(&node)).await;
+                    let departed = matches!(read, Ok(None));
+                    if let Err(e) = read {
+                        tracing::warn!(%node, error = %e, "cannot tell whether the node still exists; its addresses are kept");
+                    }
+                    gone.insert(node.clone(), departed);
+                    departed
+                }
+            };
+            if !departed {
+                continue;
+            }
+            match pools.release_node(&seg.name, &node).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(segment = %seg.name, %node, released = n, "released the cluster-wide addresses of a deleted node")
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %seg.name, %node, error = %e, "releasing a deleted node's addresses failed")
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`release_departed_nodes`] whenever a Node object is deleted (and
+/// once the Node watch has listed), until `stop`. `segments` gives the
+/// segments in effect at that moment.
+pub async fn keep_releasing_departed_nodes(
+    pools: ClusterPools,
+    segments: impl Fn() -> std::sync::Arc<Vec<crate::config::SegmentConfig>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::TryStreamExt;
+    use kube::runtime::watcher;
+    let api: Api<Node> = Api::all(pools.client.clone());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            ev = events.try_next() => ev,
+        };
+        match event {
+            Ok(Some(watcher::Event::Delete(_) | watcher::Event::InitDone)) => {
+                release_departed_nodes(&pools, &segments()).await;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "Node watch interrupted; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     }
