@@ -103,17 +103,10 @@ pub(crate) async fn reconcile(
 /// cluster-wide allocation (a lost or restored ConfigMap must not hand them
 /// out twice); see [`crate::vlan_pool::reassert_for_pods`].
 async fn reassert_cluster_addresses(state: &NodeState) {
-    let segments = state.segments();
-    let held: Vec<(String, AttachmentKey, std::net::Ipv4Addr)> = lock(&state.attachments)
-        .values()
-        .filter(|a| {
-            segments
-                .iter()
-                .any(|s| s.name == a.segment && s.kind == crate::config::SegmentKind::Vlan)
-        })
-        .map(|a| (a.segment.clone(), a.key.clone(), a.address.addr()))
-        .collect();
-    crate::vlan_pool::reassert_for_pods(&state.cluster_pools, &segments, &held).await;
+    crate::vlan_pool::reassert_for_pods(&state.cluster_pools, &state.segments(), &|segment| {
+        state.held_in(segment)
+    })
+    .await;
 }
 
 /// The attachment half of [`reconcile`]: the agent's ports listed, each

@@ -124,6 +124,15 @@ impl NodeState {
         self.segments().iter().find(|s| s.name == name).cloned()
     }
 
+    /// The addresses this node's recorded attachments hold in `segment`.
+    pub fn held_in(&self, segment: &str) -> Vec<(AttachmentKey, Ipv4Addr)> {
+        lock(&self.attachments)
+            .values()
+            .filter(|a| a.segment == segment)
+            .map(|a| (a.key.clone(), a.address.addr()))
+            .collect()
+    }
+
     /// The local pool a segment's pods take their addresses from.
     pub fn pool_name(&self, segment: &str) -> String {
         match self.segment(segment) {

@@ -188,3 +188,55 @@ fn a_deleted_nodes_addresses_are_released() {
         agent.shutdown().await;
     });
 }
+
+/// Three `vlan` segment pods run and the segment's allocation ConfigMap is deleted while the
+/// agent runs: its watch records the three addresses again, and three allocations by another
+/// node get none of them.
+#[test]
+fn a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt() {
+    node_test(
+        "a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt",
+        |lab| async move {
+            node_veth(&lab, "upr");
+            create_ipam_namespace(&lab.kube).await;
+            lab.create_namespace("blue", &[("switchyard.io/segment", "blue")])
+                .await;
+            let agent = start(&lab).await;
+            let mut pods = Vec::new();
+            let mut ips = BTreeSet::new();
+            for name in ["p1", "p2", "p3"] {
+                lab.create_pod("blue", name, &[]).await;
+                let pod = PodNs::new("blue", name);
+                let out = cni_add(&lab, &pod).await;
+                assert!(out.success, "ADD {name}: {}", out.stdout);
+                ips.insert(out.ip());
+                pods.push(pod);
+            }
+            let mine = std::collections::BTreeMap::from([(NODE_NAME.to_string(), 3)]);
+            assert_eq!(holders(&lab).await, mine);
+            Api::<ConfigMap>::namespaced(lab.kube.clone(), IPAM_NAMESPACE)
+                .delete(&format!("{CONFIGMAP_PREFIX}blue"), &DeleteParams::default())
+                .await
+                .expect("delete the allocation ConfigMap");
+            eventually("the allocations rebuilt", DEADLINE, || async {
+                holders(&lab).await == mine
+            })
+            .await;
+            for i in 0..3 {
+                let ip = allocate_as(&lab, "node-other", &format!("other{i}")).await;
+                assert!(!ips.contains(&ip), "{ip} handed out twice ({ips:?})");
+            }
+            // A DEL's release is not undone by the watch.
+            assert!(cni_del(&lab, &pods[0]).await.success);
+            let after = std::collections::BTreeMap::from([
+                (NODE_NAME.to_string(), 2),
+                ("node-other".to_string(), 3),
+            ]);
+            eventually("p1's address released", DEADLINE, || async {
+                holders(&lab).await == after
+            })
+            .await;
+            agent.shutdown().await;
+        },
+    );
+}
