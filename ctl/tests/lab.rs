@@ -231,6 +231,14 @@ fn switchyardctl_on_a_two_node_lab() {
         return;
     }
     let lab = Lab::up(2);
+    // `tagged` chooses its segment: the cluster admin lets `default`'s pods choose.
+    lab.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "namespace",
+        "default",
+        "switchyard.io/pod-placement=allow",
+    ]);
     lab.apply(&format!(
         "{}{}{}{}{}{}",
         pod("web1", "node1", "web"),

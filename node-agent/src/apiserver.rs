@@ -141,9 +141,21 @@ impl ApiClient {
 }
 
 /// A namespace's annotations, with its `switchyard.io/network` label (namespace networks:
-/// the pod placement waits for the namespace's own network) under the same key.
+/// the pod placement waits for the namespace's own network) under the same key, and
+/// `switchyard.io/namespace-network` = `finalizer` when `switchyard-controller` gave it its
+/// own network (its pods never leave it: `segment::policy`).
 pub fn annotations_and_network_label(ns: &Namespace) -> BTreeMap<String, String> {
     let mut out = ns.metadata.annotations.clone().unwrap_or_default();
+    let finalizer = crate::segment::FINALIZER_NAMESPACE_NETWORK;
+    if ns
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == finalizer)
+    {
+        out.insert(finalizer.to_string(), "finalizer".to_string());
+    }
     if let Some(v) = ns
         .metadata
         .labels

@@ -247,6 +247,7 @@ impl Agent {
             ofports: Mutex::new(BTreeSet::new()),
             locks: KeyLocks::default(),
             adds: AddsInFlight::default(),
+            mac_claims: Default::default(),
             flow_gate: tokio::sync::RwLock::new(None),
             ready: ready.clone(),
             metrics,
@@ -312,6 +313,13 @@ impl Agent {
             overlay.clone().run(api.client(), shutdown.subscribe()),
         ));
         tasks.push(tokio::spawn(host_services.run(shutdown.subscribe())));
+        let (segments_now, held_now) = (shared.clone(), shared.clone());
+        tasks.push(tokio::spawn(crate::vlan_pool::keep_ownership(
+            shared.cluster_pools.clone(),
+            move || segments_now.segments(),
+            move |segment| held_now.held_in(segment),
+            shutdown.subscribe(),
+        )));
         tasks.push(tokio::spawn(keep_policies(
             shared.clone(),
             shutdown.subscribe(),

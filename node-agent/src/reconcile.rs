@@ -95,7 +95,18 @@ pub(crate) async fn reconcile(
         ensure_switch(state, switch).await?;
     }
     reconcile_attachments(state).await?;
+    reassert_cluster_addresses(state).await;
     resync_flows(state, overlay).await
+}
+
+/// The running `vlan` segment pods' addresses recorded again in the
+/// cluster-wide allocation (a lost or restored ConfigMap must not hand them
+/// out twice); see [`crate::vlan_pool::reassert_for_pods`].
+async fn reassert_cluster_addresses(state: &NodeState) {
+    crate::vlan_pool::reassert_for_pods(&state.cluster_pools, &state.segments(), &|segment| {
+        state.held_in(segment)
+    })
+    .await;
 }
 
 /// The attachment half of [`reconcile`]: the agent's ports listed, each

@@ -63,6 +63,8 @@ pub(crate) struct NodeState {
     pub locks: KeyLocks,
     /// ADDs a GC's valid list cannot account for (see [`AddsInFlight`]).
     pub adds: AddsInFlight,
+    /// Static MACs claimed by ADDs in flight (one per segment on this node).
+    pub mac_claims: crate::segment::MacClaims,
     /// Current cookie generation; written only by a full flow resync, read
     /// (held) by requests while they install or delete a pod's flows.
     pub flow_gate: tokio::sync::RwLock<Option<u8>>,
@@ -120,6 +122,15 @@ impl NodeState {
     /// One segment in effect, by name.
     pub fn segment(&self, name: &str) -> Option<SegmentConfig> {
         self.segments().iter().find(|s| s.name == name).cloned()
+    }
+
+    /// The addresses this node's recorded attachments hold in `segment`.
+    pub fn held_in(&self, segment: &str) -> Vec<(AttachmentKey, Ipv4Addr)> {
+        lock(&self.attachments)
+            .values()
+            .filter(|a| a.segment == segment)
+            .map(|a| (a.key.clone(), a.address.addr()))
+            .collect()
     }
 
     /// The local pool a segment's pods take their addresses from.
@@ -308,6 +319,7 @@ impl NodeState {
             ofports: Mutex::new(BTreeSet::new()),
             locks: crate::keylock::KeyLocks::default(),
             adds: crate::adds_in_flight::AddsInFlight::default(),
+            mac_claims: Default::default(),
             flow_gate: tokio::sync::RwLock::new(Some(1)),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(crate::metrics::Metrics::new()),

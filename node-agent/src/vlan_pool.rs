@@ -9,13 +9,20 @@
 //! on the fresh object. Two nodes allocating at the same moment therefore
 //! never get the same address. A missing ConfigMap is created (409
 //! AlreadyExists when another node won the race: retried the same way).
+//!
+//! Who owns an entry: the node named in it. A restarted agent records its
+//! running pods' addresses again ([`reassert_for_pods`]), so a lost or
+//! restored ConfigMap hands out no duplicate, and so does a running agent
+//! that sees its segment's ConfigMap deleted or replaced without them; the
+//! entries of a node whose Node object is gone are released by the other
+//! agents ([`keep_ownership`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
@@ -294,6 +301,56 @@ impl ClusterPools {
         .await
     }
 
+    /// Records again the addresses this node's running attachments hold in
+    /// `segment`: an entry lost with its ConfigMap (deleted, restored from
+    /// an old copy) is written back, so the address is not handed out
+    /// twice. One write for all that are missing. `held` is asked after
+    /// each read of the ConfigMap: an attachment DEL removes before it
+    /// releases the address, so an entry a DEL has released is never
+    /// written back. Returns the addresses another holder has meanwhile (a
+    /// duplicate already handed out), left as they are.
+    pub async fn reassert(
+        &self,
+        segment: &str,
+        held: impl Fn() -> Vec<(AttachmentKey, Ipv4Addr)>,
+    ) -> Result<Vec<(Ipv4Addr, String)>, ClusterIpamError> {
+        let node = self.node.clone();
+        self.update(segment, |data| {
+            let mut conflicts = Vec::new();
+            let mut write = false;
+            for (key, ip) in held() {
+                let mine = holder(&node, &key);
+                match data.get(&ip.to_string()) {
+                    Some(v) if *v == mine => {}
+                    Some(other) => conflicts.push((ip, other.clone())),
+                    None => {
+                        data.insert(ip.to_string(), mine);
+                        write = true;
+                    }
+                }
+            }
+            Ok((write, conflicts))
+        })
+        .await
+    }
+
+    /// Releases every address of `segment` recorded for `node` (a node
+    /// whose Node object is gone); returns how many.
+    pub async fn release_node(&self, segment: &str, node: &str) -> Result<usize, ClusterIpamError> {
+        self.update(segment, |data| {
+            let before = data.len();
+            data.retain(|_, v| parse_holder(v).is_none_or(|(n, _)| n != node));
+            let removed = before - data.len();
+            Ok((removed > 0, removed))
+        })
+        .await
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Every allocation of `segment` with its holder's node and key.
     pub async fn allocations(
         &self,
@@ -377,6 +434,204 @@ pub async fn release_for_pod(
             Err(e) => {
                 tracing::warn!(segment = %seg.name, error = %e, "cannot release the cluster-wide address now; GC will")
             }
+        }
+    }
+}
+
+/// The agent's side of [`ClusterPools::reassert`]: the addresses this
+/// node's running pods hold in each `vlan` segment (`held(segment)`, from
+/// the live attachments) recorded again. Failures and addresses held by
+/// someone else are logged, not returned: the pods keep running either way,
+/// and the next reconciliation tries again.
+pub async fn reassert_for_pods(
+    pools: &ClusterPools,
+    segments: &[crate::config::SegmentConfig],
+    held: &(dyn Fn(&str) -> Vec<(AttachmentKey, Ipv4Addr)> + Send + Sync),
+) {
+    for seg in segments
+        .iter()
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+    {
+        if held(&seg.name).is_empty() {
+            continue;
+        }
+        match pools.reassert(&seg.name, || held(&seg.name)).await {
+            Ok(conflicts) => {
+                for (ip, other) in conflicts {
+                    tracing::error!(segment = %seg.name, %ip, holder = %other, "a running pod's cluster-wide address is recorded for another holder: two pods may share it; delete one of them");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "cannot re-assert the running pods' cluster-wide addresses now; the next reconciliation will")
+            }
+        }
+    }
+}
+
+/// Whether an allocation ConfigMap as watched lacks an address this node's
+/// pods hold in its segment (the segment's name if so): `deleted` (the
+/// event carries the last state, which had them), or changed to a copy
+/// without it.
+fn lacks_held(
+    cm: &ConfigMap,
+    deleted: bool,
+    node: &str,
+    held: &dyn Fn(&str) -> Vec<(AttachmentKey, Ipv4Addr)>,
+) -> Option<String> {
+    let segment = cm
+        .metadata
+        .name
+        .as_deref()?
+        .strip_prefix(CONFIGMAP_PREFIX)?;
+    let data = if deleted {
+        BTreeMap::new()
+    } else {
+        cm.data.clone().unwrap_or_default()
+    };
+    held(segment)
+        .iter()
+        .any(|(key, ip)| data.get(&ip.to_string()) != Some(&holder(node, key)))
+        .then(|| segment.to_string())
+}
+
+/// Releases the cluster-wide addresses of nodes whose Node object is gone:
+/// every other node named in a `vlan` segment's allocations is read afresh
+/// (a cache may not have seen a new node yet) and its entries are released
+/// only when the API server answers that it does not exist. Every agent
+/// does this (after its start-up reconciliation and on each Node deletion
+/// it sees); the first writes, the others find nothing left. Failures are
+/// logged: the next deletion or restart tries again.
+pub async fn release_departed_nodes(
+    pools: &ClusterPools,
+    segments: &[crate::config::SegmentConfig],
+) {
+    let nodes: Api<Node> = Api::all(pools.client.clone());
+    let mut gone: BTreeMap<String, bool> = BTreeMap::new();
+    for seg in segments
+        .iter()
+        .filter(|s| s.kind == crate::config::SegmentKind::Vlan)
+    {
+        let holders: BTreeSet<String> = match pools.allocations(&seg.name).await {
+            Ok(all) => all
+                .into_iter()
+                .map(|(_, node, _)| node)
+                .filter(|n| n != pools.node())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "cannot read the cluster-wide addresses to release those of deleted nodes");
+                continue;
+            }
+        };
+        for node in holders {
+            let departed = match gone.get(&node) {
+                Some(d) => *d,
+                None => {
+                    let read = bounded(&format!("reading Node {node}"), nodes.get_opt(&node)).await;
+                    let departed = matches!(read, Ok(None));
+                    if let Err(e) = read {
+                        tracing::warn!(%node, error = %e, "cannot tell whether the node still exists; its addresses are kept");
+                    }
+                    gone.insert(node.clone(), departed);
+                    departed
+                }
+            };
+            if !departed {
+                continue;
+            }
+            match pools.release_node(&seg.name, &node).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(segment = %seg.name, %node, released = n, "released the cluster-wide addresses of a deleted node")
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %seg.name, %node, error = %e, "releasing a deleted node's addresses failed")
+                }
+            }
+        }
+    }
+}
+
+/// [`reassert_for_pods`] for the segment of `cm` if it lacks an address
+/// this node's pods hold there ([`lacks_held`]).
+async fn reassert_if_lacking(
+    pools: &ClusterPools,
+    segments: &[crate::config::SegmentConfig],
+    held: &(dyn Fn(&str) -> Vec<(AttachmentKey, Ipv4Addr)> + Send + Sync),
+    cm: &ConfigMap,
+    deleted: bool,
+) {
+    let Some(segment) = lacks_held(cm, deleted, pools.node(), held) else {
+        return;
+    };
+    tracing::warn!(%segment, "the segment's allocation ConfigMap lost addresses of this node's running pods; recording them again");
+    let only: Vec<crate::config::SegmentConfig> = segments
+        .iter()
+        .filter(|s| s.name == segment)
+        .cloned()
+        .collect();
+    reassert_for_pods(pools, &only, held).await;
+}
+
+/// Keeps the cluster-wide allocations true to who holds what, until `stop`:
+/// [`release_departed_nodes`] whenever a Node object is deleted (and once
+/// the Node watch has listed); the running pods' addresses recorded again
+/// ([`reassert_for_pods`]) whenever a segment's ConfigMap is deleted or
+/// changes without one of them. `segments` gives the segments in effect,
+/// `held(segment)` the addresses this node's pods hold in one.
+pub async fn keep_ownership(
+    pools: ClusterPools,
+    segments: impl Fn() -> std::sync::Arc<Vec<crate::config::SegmentConfig>>,
+    held: impl Fn(&str) -> Vec<(AttachmentKey, Ipv4Addr)> + Send + Sync,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::TryStreamExt;
+    use kube::runtime::watcher;
+    let nodes: Api<Node> = Api::all(pools.client.clone());
+    let maps: Api<ConfigMap> = Api::namespaced(pools.client.clone(), &pools.namespace);
+    let mut node_events = std::pin::pin!(watcher(nodes, watcher::Config::default()));
+    let mut map_events = std::pin::pin!(watcher(maps, watcher::Config::default()));
+    loop {
+        // The events first, handled after the select (nothing of it is held
+        // across the awaits below).
+        enum Seen {
+            Stop,
+            Node(Box<Result<Option<watcher::Event<Node>>, watcher::Error>>),
+            Map(Box<Result<Option<watcher::Event<ConfigMap>>, watcher::Error>>),
+        }
+        let seen = tokio::select! {
+            _ = stop.wait_for(|s| *s) => Seen::Stop,
+            ev = node_events.try_next() => Seen::Node(Box::new(ev)),
+            ev = map_events.try_next() => Seen::Map(Box::new(ev)),
+        };
+        let (what, failed) = match seen {
+            Seen::Stop => return,
+            Seen::Node(ev) => match *ev {
+                Ok(None) => return,
+                Ok(Some(watcher::Event::Delete(_) | watcher::Event::InitDone)) => {
+                    release_departed_nodes(&pools, &segments()).await;
+                    continue;
+                }
+                Ok(Some(_)) => continue,
+                Err(e) => ("Nodes", e),
+            },
+            Seen::Map(ev) => match *ev {
+                Ok(None) => return,
+                Ok(Some(watcher::Event::Delete(cm))) => {
+                    reassert_if_lacking(&pools, &segments(), &held, &cm, true).await;
+                    continue;
+                }
+                Ok(Some(watcher::Event::Apply(cm))) => {
+                    reassert_if_lacking(&pools, &segments(), &held, &cm, false).await;
+                    continue;
+                }
+                Ok(Some(_)) => continue,
+                Err(e) => ("the allocation ConfigMaps", e),
+            },
+        };
+        tracing::debug!(error = %failed, "watching {what} interrupted; retrying");
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

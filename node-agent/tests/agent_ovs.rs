@@ -181,6 +181,9 @@ fn concurrent_adds_of_one_container_are_serialised() {
 #[test]
 fn vlans_isolate_pods() {
     node_test("vlans_isolate_pods", |lab| async move {
+        // A pod's own VLAN (r1): the cluster admin lets `default`'s pods choose.
+        lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+            .await;
         let agent = start_agent(&lab, None).await;
         lab.create_namespace("blue", &[("switchyard.io/vlan", "100")])
             .await;
@@ -215,6 +218,119 @@ fn vlans_isolate_pods() {
         }
         agent.shutdown().await;
     });
+}
+
+/// Placement is the namespace owner's decision: a pod annotated to another segment in a plain
+/// namespace gets CNI error 100 naming the rule and the namespace annotation that would allow
+/// it, and nothing is made; in a namespace carrying `switchyard.io/pod-placement: allow` the same
+/// request gets the other segment's VLAN tag on its port. A static MAC another pod of the
+/// segment uses on the node is refused (100), the same MAC on another segment is not.
+#[test]
+fn pod_placement_is_the_namespace_owners_decision() {
+    node_test(
+        "pod_placement_is_the_namespace_owners_decision",
+        |lab| async move {
+            let segments = "segments:\n- name: default\n  kind: overlay\n- name: green\n  kind: overlay\n  vlan: 300\n";
+            let agent = start_agent(&lab, Some(segments)).await;
+            let green = [("switchyard.io/segment", "green")];
+
+            lab.create_namespace("plain", &[]).await;
+            lab.create_pod("plain", "p", &green).await;
+            let p = PodNs::new("plain", "p");
+            let out = cni_add(&lab, &p).await;
+            assert!(!out.success, "{}", out.stdout);
+            assert_eq!(out.code(), 100, "{}", out.stdout);
+            let details = out.json()["details"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                details.contains("switchyard.io/segment=\"green\" is refused")
+                    && details.contains("namespace \"plain\"")
+                    && details.contains("placement is the namespace owner's decision")
+                    && details.contains("switchyard.io/pod-placement=allow"),
+                "{}",
+                out.stdout
+            );
+            // Nothing made: no port, no veth, no flows, no address.
+            assert_nothing_left(&lab).await;
+            assert_eq!(agent.allocations(), vec![], "address held");
+            let in_pod = p.exec(&["ip", "-o", "link", "show"]).await;
+            let links = String::from_utf8_lossy(&in_pod.stdout).to_string();
+            assert!(!links.contains("eth0"), "eth0 made in the pod: {links}");
+            // Another VLAN is refused the same way; repeating the namespace's
+            // choice is fine (untagged on the default segment).
+            lab.create_pod("plain", "v", &[("switchyard.io/vlan", "300")])
+                .await;
+            let out = cni_add(&lab, &PodNs::new("plain", "v")).await;
+            assert_eq!(out.code(), 100, "{}", out.stdout);
+            assert_nothing_left(&lab).await;
+            lab.create_pod("plain", "same", &[("switchyard.io/segment", "default")])
+                .await;
+            let out = cni_add(&lab, &PodNs::new("plain", "same")).await;
+            assert!(out.success, "{}", out.stdout);
+            let same_if = out.json()["interfaces"][0]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(lab.vsctl(&["get", "Port", &same_if, "tag"]).trim(), "[]");
+
+            // The cluster admin lets the namespace's pods choose: the same pod gets
+            // green's VLAN on its port.
+            lab.create_namespace("free", &[("switchyard.io/pod-placement", "allow")])
+                .await;
+            lab.create_pod("free", "p", &green).await;
+            let out = cni_add(&lab, &PodNs::new("free", "p")).await;
+            assert!(out.success, "{}", out.stdout);
+            let host_if = out.json()["interfaces"][0]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(lab.vsctl(&["get", "Port", &host_if, "tag"]).trim(), "300");
+            assert_eq!(
+                lab.vsctl(&[
+                    "get",
+                    "Port",
+                    &host_if,
+                    "external_ids:\"switchyard.io/segment\""
+                ])
+                .trim(),
+                "green"
+            );
+
+            // One pod per static MAC on a segment of the node.
+            let mac = "02:00:00:00:03:01";
+            lab.create_pod("free", "m1", &[green[0], ("switchyard.io/mac", mac)])
+                .await;
+            lab.create_pod("free", "m2", &[green[0], ("switchyard.io/mac", mac)])
+                .await;
+            lab.create_pod("free", "m3", &[("switchyard.io/mac", mac)])
+                .await;
+            let out = cni_add(&lab, &PodNs::new("free", "m1")).await;
+            assert!(out.success, "{}", out.stdout);
+            assert_eq!(out.json()["interfaces"][1]["mac"], mac);
+            let ports = lab.pod_ports();
+            let m2 = PodNs::new("free", "m2");
+            let out = cni_add(&lab, &m2).await;
+            assert_eq!(out.code(), 100, "{}", out.stdout);
+            let details = out.json()["details"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                details.contains("switchyard.io/mac=02:00:00:00:03:01 is refused")
+                    && details.contains("segment \"green\""),
+                "{}",
+                out.stdout
+            );
+            assert_eq!(lab.pod_ports(), ports, "a port was left by the refused ADD");
+            assert_eq!(agent.allocations().len(), ports.len(), "address held");
+            // The default segment is another L2 network: the MAC is free there.
+            let out = cni_add(&lab, &PodNs::new("free", "m3")).await;
+            assert!(out.success, "{}", out.stdout);
+            agent.shutdown().await;
+        },
+    );
 }
 
 #[test]
@@ -295,6 +411,9 @@ async fn assert_nothing_left(lab: &NodeLab) {
 #[test]
 fn bad_requests_fail_cleanly() {
     node_test("bad_requests_fail_cleanly", |lab| async move {
+        // `default`'s pods may choose, so the range is what refuses the VLAN below.
+        lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+            .await;
         let agent = start_agent(&lab, None).await;
         let cidr = agent.pod_cidr();
 

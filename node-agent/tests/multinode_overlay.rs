@@ -244,6 +244,9 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
                 assert!(out.status.success(), "{out:?}");
             }
             create_ipam_namespace(&lab.kube).await;
+            // These pods choose their segment: the cluster admin lets `default`'s pods choose.
+            lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+                .await;
             let segments = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: up0\n";
             let agent = tokio::time::timeout(
                 Duration::from_secs(30),
@@ -345,34 +348,6 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
     );
 }
 
-/// Creates a veth pair `name`/`{name}p` in the node namespace, both ends up (an uplink NIC).
-/// The namespace of the vlan segments' IPAM ConfigMaps.
-async fn create_ipam_namespace(kube: &kube::Client) {
-    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
-        serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
-    )
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(kube.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
-
-fn node_veth(lab: &NodeLab, name: &str) {
-    let peer = format!("{name}p");
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.node_netns, "ip"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    };
-    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
-    ip(&["link", "set", name, "up"]);
-    ip(&["link", "set", &peer, "up"]);
-}
-
 /// Two `vlan` segments on two uplinks: each uplink gets its own reserved ofport (3 and 4) and
 /// its flows use it. Then GCs run while ADDs are in flight, each with the valid list a runtime
 /// would send (the ADDs that had returned when the GC was issued): every ADDed pod keeps its
@@ -385,6 +360,9 @@ fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
             node_veth(&lab, "upa");
             node_veth(&lab, "upb");
             create_ipam_namespace(&lab.kube).await;
+            // These pods choose their segment: the cluster admin lets `default`'s pods choose.
+            lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+                .await;
             let segments = "segments:\n- name: default\n  kind: overlay\n\
                 - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upa\n\
                 - name: green\n  kind: vlan\n  vlan: 200\n  subnet: 10.21.0.0/24\n  gateway: 10.21.0.1\n  uplink: upb\n";
@@ -553,6 +531,9 @@ fn gc_while_an_add_is_in_flight_keeps_its_address() {
         |lab| async move {
             node_veth(&lab, "upc");
             create_ipam_namespace(&lab.kube).await;
+            // These pods choose their segment: the cluster admin lets `default`'s pods choose.
+            lab.annotate_namespace("default", &[("switchyard.io/pod-placement", "allow")])
+                .await;
             let segments = "segments:\n- name: default\n  kind: overlay\n\
             - name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upc\n";
             let agent = tokio::time::timeout(

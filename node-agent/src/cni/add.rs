@@ -155,6 +155,17 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
         .map_err(AttachError::Netns)?;
     let placement = place_when_ready(state, req).await?;
     tracing::debug!(segment = %placement.segment, vlan = placement.vlan, elapsed = ?t0.elapsed(), "placement");
+    // Held until the attachment is recorded (or rolled back): one pod per
+    // static MAC on a segment of this node.
+    let _mac_claim = match placement.static_mac {
+        Some(mac) => Some(state.mac_claims.claim(
+            &placement.segment,
+            mac,
+            key,
+            &state.attachments,
+        )?),
+        None => None,
+    };
     let (address, gateway_ip) = allocate(state, key, &placement).await?;
 
     let mut undo = Undo {
@@ -288,6 +299,7 @@ async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachE
     };
     let namespace_annotations = namespace.map_err(AttachError::ReadNamespace)?;
     Ok(segment::decide(
+        &req.pod_namespace,
         &pod_annotations,
         &namespace_annotations,
         &state.segments(),
@@ -318,6 +330,18 @@ async fn allocate(
         .ok_or_else(|| AttachError::NoPool {
             segment: placement.segment.clone(),
         })?;
+    // Overlay segments take their addresses from the node's pod CIDR (a
+    // `vlan` segment's static address was checked against its subnet).
+    if let Some(ip) = placement.static_ip
+        && !pool.network().contains(&ip)
+    {
+        return Err(crate::segment::SegmentError::StaticIpOutsideSegment {
+            ip,
+            segment: placement.segment.clone(),
+            range: format!("this node's pod CIDR {}", pool.network()),
+        }
+        .into());
+    }
     let ip = match static_ip {
         Some(ip) => pool.allocate_specific(key, ip),
         None => pool.allocate(key),

@@ -175,6 +175,11 @@ impl From<AttachError> for CniError {
                 "pod network not ready".into(),
                 e.to_string(),
             ),
+            E::Placement(e @ crate::segment::SegmentError::PlacementRefused { .. }) => (
+                C::InvalidPodNetworkRequest,
+                "pod placement refused: the namespace decides the segment and VLAN".into(),
+                e.to_string(),
+            ),
             E::Placement(e) => (
                 C::InvalidPodNetworkRequest,
                 "invalid pod network request".into(),

@@ -465,3 +465,38 @@ async fn queued_dels_run_and_their_files_go_unless_they_fail() {
     assert!(pending::queued_dels(&socket).unwrap().is_empty());
     assert_nothing_left(&state, &fake.world(), "c2");
 }
+
+#[tokio::test]
+async fn a_static_mac_in_use_on_the_segment_or_an_address_outside_it_is_refused() {
+    use crate::segment::{ANNOTATION_MAC, SegmentError};
+    let fake = FakeNode::default();
+    let state = NodeState::for_tests(fake.drivers(), None);
+    let mac = [(ANNOTATION_MAC, "02:00:00:00:00:42")];
+    let first = attach(&state, &pod(&fake, "c1", &mac)).await.unwrap();
+    assert_eq!(first.attachment.mac.to_string(), "02:00:00:00:00:42");
+    let err = attach(&state, &pod(&fake, "c2", &mac)).await.unwrap_err();
+    assert!(
+        matches!(err, AttachError::Placement(SegmentError::MacInUse { .. })),
+        "{err:?}"
+    );
+    let cni = CniError::from(err);
+    assert_eq!(cni.code, ErrorCode::InvalidPodNetworkRequest as u32);
+    assert!(cni.details.contains("c1/eth0"), "{cni:?}");
+    assert_nothing_left(&state, &fake.world(), "c2");
+    // Free again once its holder is gone.
+    detach(&state, &key("c1")).await.unwrap();
+    attach(&state, &pod(&fake, "c2", &mac)).await.unwrap();
+
+    // An overlay segment's static address is one of the node's pod CIDR.
+    let err = attach(&state, &pod(&fake, "c3", &[(ANNOTATION_IP, "10.20.0.9")]))
+        .await
+        .unwrap_err();
+    let cni = CniError::from(err);
+    assert_eq!(cni.code, ErrorCode::InvalidPodNetworkRequest as u32);
+    assert!(
+        cni.details
+            .contains("outside the pod's segment \"default\" (this node's pod CIDR 10.244.1.0/24)"),
+        "{cni:?}"
+    );
+    assert_nothing_left(&state, &fake.world(), "c3");
+}

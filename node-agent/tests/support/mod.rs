@@ -226,6 +226,20 @@ impl NodeLab {
             .expect("create namespace");
     }
 
+    /// Adds annotations to an existing namespace (merge patch), as the cluster admin does,
+    /// e.g. `switchyard.io/pod-placement: allow` on `default`.
+    pub async fn annotate_namespace(&self, name: &str, annotations: &[(&str, &str)]) {
+        let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+        Api::<Namespace>::all(self.kube.clone())
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"annotations": ann}})),
+            )
+            .await
+            .expect("annotate namespace");
+    }
+
     pub async fn create_pod(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) {
         let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
         let pod: Pod = serde_json::from_value(json!({
@@ -508,4 +522,32 @@ where
 pub fn gateway_of(cidr: &str) -> Ipv4Addr {
     let net: ipnet::Ipv4Net = cidr.parse().unwrap();
     net.hosts().next().unwrap()
+}
+
+/// The namespace of the `vlan` segments' IPAM ConfigMaps.
+pub async fn create_ipam_namespace(kube: &kube::Client) {
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(kube.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// A veth pair `name`/`<name>p` in the node namespace, both up (an uplink).
+pub fn node_veth(lab: &NodeLab, name: &str) {
+    let peer = format!("{name}p");
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.node_netns, "ip"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    ip(&["link", "set", name, "up"]);
+    ip(&["link", "set", &peer, "up"]);
 }

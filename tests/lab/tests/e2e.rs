@@ -109,6 +109,14 @@ fn namespace_manifest(name: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n---\n")
 }
 
+/// A namespace whose pods may choose their own segment and VLAN (the cluster admin's
+/// `switchyard.io/pod-placement: allow`; by default the namespace decides).
+fn namespace_manifest_pods_choose(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  annotations:\n    switchyard.io/pod-placement: allow\n---\n"
+    )
+}
+
 /// Waits until the pod is Running and Ready; returns its IP.
 fn running(lab: &Lab, namespace: &str, pod: &str) -> String {
     wait_running_in(lab, namespace, pod, POD_DEADLINE)
@@ -200,7 +208,7 @@ fn pods_and_nodes_reach_every_pod(lab: &Lab, ns: &str, ips: &[(&str, String)]) {
 /// `vlan100` segment pods (through the fabric): same node, across nodes, node-to-pod.
 fn step_vlan_segment_pod_to_pod_and_node_to_pod(lab: &Lab) {
     let ns = "e2e-vlan";
-    let mut m = namespace_manifest(ns);
+    let mut m = namespace_manifest_pods_choose(ns);
     let seg = [("switchyard.io/segment", "vlan100")];
     for (pod, node) in [("v1", "node1"), ("w1", "node1"), ("v2", "node2")] {
         m.push_str(&pod_manifest(ns, pod, node, &[], &seg));
@@ -544,7 +552,8 @@ impl Drop for RevalidatorsPaused {
 /// A Service `both` with one backend on node1 and one on node2, in namespace `ns`; plus the
 /// pods of `extra`. Returns the ClusterIP.
 fn two_node_service(lab: &Lab, ns: &str, extra: &str) -> String {
-    let mut m = namespace_manifest(ns);
+    // `extra` pods may choose their segment (a `vlan` segment client).
+    let mut m = namespace_manifest_pods_choose(ns);
     m.push_str(&pod_manifest(ns, "near", "node1", &[("app", "both")], &[]));
     m.push_str(&pod_manifest(ns, "far", "node2", &[("app", "both")], &[]));
     m.push_str(extra);
@@ -673,7 +682,8 @@ fn step_bad_inputs_leave_the_lab_healthy(lab: &Lab) {
     let info = lab.info();
     let node1 = info.nodes[0].clone();
     let ports_before = port_pods(lab, &node1);
-    let mut m = namespace_manifest(ns);
+    // Pods may choose here, so the values themselves are what is refused.
+    let mut m = namespace_manifest_pods_choose(ns);
     m.push_str(&pod_manifest(
         ns,
         "vlan5000",

@@ -475,6 +475,8 @@ fn vlan_segments_across_nodes_through_the_fabric() {
         return;
     }
     let Some(lab) = setup(3) else { return };
+    // r1 and r2 choose their segment: the cluster admin lets `default`'s pods choose.
+    lab.allow_pod_placement("default");
     let mut manifest = String::from(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: blue\n  annotations:\n    switchyard.io/segment: vlan100\n---\n",
     );
@@ -613,6 +615,8 @@ fn vlan_static_address_is_unique_across_nodes_and_released_on_delete() {
         return;
     }
     let Some(lab) = setup(2) else { return };
+    // The pods choose segment vlan100: the cluster admin lets `default`'s pods choose.
+    lab.allow_pod_placement("default");
     let want = "10.100.0.77";
     lab.apply(&pod_manifest(
         "s1",

@@ -551,7 +551,7 @@ fn vlan_segment_pod_is_isolated_like_an_overlay_pod() {
     let lab = setup(2, &["--no-proxy", "--fabric", "--vlans", "100"]);
     let vlan = [("switchyard.io/segment", "vlan100")];
     let mut m = String::from(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: v\n  labels:\n    ns: v\n---\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: v\n  labels:\n    ns: v\n  annotations:\n    switchyard.io/pod-placement: allow\n---\n",
     );
     m.push_str(&pod_manifest("v", "v1", "node1", &vlan));
     m.push_str(&pod_manifest("v", "v2", "node2", &vlan));

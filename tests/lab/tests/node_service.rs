@@ -29,7 +29,10 @@ fn vlan_pod_manifest(namespace: &str, name: &str, node: &str, segment: &str) -> 
 /// Creates pods `near` (node1) and `far` (node2) behind Service `both` (plus `extra`
 /// manifests) in `ns`, waits for them; returns the ClusterIP.
 fn backends_and_service(lab: &Lab, ns: &str, extra: &str) -> String {
-    let mut m = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n");
+    // The `vlan` segment pods of `extra` choose their segment: allowed in this namespace.
+    let mut m = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  annotations:\n    switchyard.io/pod-placement: allow\n---\n"
+    );
     m.push_str(&pod_manifest(ns, "near", "node1"));
     m.push_str(&pod_manifest(ns, "far", "node2"));
     m.push_str(extra);

@@ -158,6 +158,18 @@ impl Lab {
         check(&format!("kubectl {}", args.join(" ")), self.kubectl(args))
     }
 
+    /// Lets the pods of `namespace` choose their own segment and VLAN, as the cluster admin
+    /// does (`switchyard.io/pod-placement: allow`; by default the namespace decides).
+    pub fn allow_pod_placement(&self, namespace: &str) {
+        self.kubectl_ok(&[
+            "annotate",
+            "--overwrite",
+            "namespace",
+            namespace,
+            "switchyard.io/pod-placement=allow",
+        ]);
+    }
+
     /// kubectl apply of a manifest text.
     pub fn apply(&self, manifest: &str) {
         let path = self._dir.path().join(format!("m{}.yaml", unique()));

@@ -2,14 +2,27 @@
 //!
 //! Order for segment and VLAN, each key on its own: the pod's annotation,
 //! else its namespace's annotation, else the agent's default (the default
-//! segment; the segment's configured VLAN). Static IP and MAC come from pod
-//! annotations only: a namespace-wide static address would collide.
+//! segment; the segment's configured VLAN). A pod's own annotation may only
+//! repeat its namespace's choice unless the namespace lets its pods choose
+//! ([`policy`]). Static IP and MAC come from pod annotations only (a
+//! namespace-wide static address would collide) and stay inside the pod's
+//! segment: an address in its subnet, a MAC no other pod of the segment on
+//! this node has ([`mac_claims`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::config::{AgentConfig, MAX_VLAN, SegmentConfig, SegmentKind};
 use crate::mac::MacAddr;
+
+pub mod mac_claims;
+pub mod policy;
+
+pub use mac_claims::MacClaims;
+pub use policy::{
+    ANNOTATION_POD_PLACEMENT, FINALIZER_NAMESPACE_NETWORK, POD_PLACEMENT_ALLOW,
+    POD_PLACEMENT_NAMESPACE, Rule,
+};
 
 /// Annotation naming the segment.
 pub const ANNOTATION_SEGMENT: &str = "switchyard.io/segment";
@@ -141,6 +154,47 @@ pub enum SegmentError {
         /// Where it came from.
         source_desc: &'static str,
     },
+    /// A pod asks for another segment or VLAN than its namespace's, and the
+    /// namespace does not let its pods choose ([`policy`]).
+    #[error(
+        "pod annotation {annotation}={value:?} is refused: pods of namespace {namespace:?} stay on their namespace's {namespace_choice}; {rule}"
+    )]
+    PlacementRefused {
+        /// The pod annotation.
+        annotation: &'static str,
+        /// Its value.
+        value: String,
+        /// The pod's namespace.
+        namespace: String,
+        /// What the namespace chose, e.g. `segment "default", VLAN 0`.
+        namespace_choice: String,
+        /// The rule that applies.
+        rule: Rule,
+    },
+    /// A static address outside the pod's segment.
+    #[error(
+        "pod annotation {ANNOTATION_IP}={ip} is outside the pod's segment {segment:?} ({range}); a static address must be one of its segment's addresses"
+    )]
+    StaticIpOutsideSegment {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The pod's segment.
+        segment: String,
+        /// Its addresses, e.g. `subnet 10.20.0.0/24`.
+        range: String,
+    },
+    /// A static MAC another pod of the segment uses.
+    #[error(
+        "pod annotation {ANNOTATION_MAC}={mac} is refused: another pod of segment {segment:?} on this node uses that MAC ({holder}); choose another or remove the annotation"
+    )]
+    MacInUse {
+        /// The MAC.
+        mac: MacAddr,
+        /// The segment.
+        segment: String,
+        /// Who holds it: `<container id>/<ifname>`.
+        holder: String,
+    },
 }
 
 fn describe(source: Source) -> &'static str {
@@ -151,14 +205,22 @@ fn describe(source: Source) -> &'static str {
     }
 }
 
-/// Decides the placement from the two annotation maps and the configured
-/// segments. Pure: no I/O.
+/// Decides the placement of a pod of `namespace` from the two annotation
+/// maps and the configured segments. Pure: no I/O.
 pub fn decide(
+    namespace: &str,
     pod_annotations: &BTreeMap<String, String>,
     namespace_annotations: &BTreeMap<String, String>,
     segments: &[SegmentConfig],
     default_segment: &str,
 ) -> Result<Placement, SegmentError> {
+    policy::check(
+        namespace,
+        pod_annotations,
+        namespace_annotations,
+        segments,
+        default_segment,
+    )?;
     let pick = |key: &str| {
         pod_annotations
             .get(key)
@@ -248,6 +310,18 @@ pub fn decide(
                 })?,
         ),
     };
+    // A vlan segment's addresses are its subnet (the overlay's, the node's
+    // pod CIDR, is checked where the pool is known).
+    if let (Some(ip), Some(subnet)) = (static_ip, segment.subnet)
+        && segment.kind == SegmentKind::Vlan
+        && !subnet.contains(&ip)
+    {
+        return Err(SegmentError::StaticIpOutsideSegment {
+            ip,
+            segment: segment.name.clone(),
+            range: format!("subnet {subnet}"),
+        });
+    }
     let static_mac = match pod_annotations.get(ANNOTATION_MAC).map(|v| v.trim()) {
         None => None,
         Some(value) => {
@@ -262,6 +336,13 @@ pub fn decide(
                 return Err(SegmentError::InvalidMac {
                     value: value.to_string(),
                     reason: "it must be a non-zero unicast address (first octet even)".to_string(),
+                });
+            }
+            if mac == crate::next_hop::NEXT_HOP_MAC {
+                return Err(SegmentError::InvalidMac {
+                    value: value.to_string(),
+                    reason: "it is the MAC of the node's next hop, which Open vSwitch answers for"
+                        .to_string(),
                 });
             }
             Some(mac)
@@ -282,10 +363,12 @@ pub fn decide(
 /// [`decide`] with the segments and default from the agent configuration.
 pub fn decide_for(
     config: &AgentConfig,
+    namespace: &str,
     pod_annotations: &BTreeMap<String, String>,
     namespace_annotations: &BTreeMap<String, String>,
 ) -> Result<Placement, SegmentError> {
     decide(
+        namespace,
         pod_annotations,
         namespace_annotations,
         &config.segments,
@@ -294,158 +377,4 @@ pub fn decide_for(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn segments() -> Vec<SegmentConfig> {
-        let mut tagged_overlay = SegmentConfig::overlay("green");
-        tagged_overlay.vlan = 30;
-        vec![
-            SegmentConfig::overlay("default"),
-            tagged_overlay,
-            SegmentConfig {
-                name: "blue".into(),
-                kind: SegmentKind::Vlan,
-                vlan: 100,
-                subnet: Some("10.20.0.0/24".parse().unwrap()),
-                gateway: Some("10.20.0.1".parse().unwrap()),
-                uplink: Some("eth1".into()),
-                allow_untagged: false,
-            },
-        ]
-    }
-
-    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn run(pod: &[(&str, &str)], ns: &[(&str, &str)]) -> Result<Placement, SegmentError> {
-        decide(&ann(pod), &ann(ns), &segments(), "default")
-    }
-
-    #[test]
-    fn default_when_nothing_annotated() {
-        let p = run(&[], &[]).unwrap();
-        assert_eq!(
-            (p.segment.as_str(), p.vlan, p.kind),
-            ("default", 0, SegmentKind::Overlay)
-        );
-        assert_eq!(
-            (p.segment_source, p.vlan_source),
-            (Source::Default, Source::Default)
-        );
-        assert_eq!((p.static_ip, p.static_mac), (None, None));
-    }
-
-    #[test]
-    fn pod_annotation_beats_namespace_which_beats_default() {
-        let p = run(&[], &[(ANNOTATION_SEGMENT, "blue")]).unwrap();
-        assert_eq!(
-            (p.segment.as_str(), p.vlan, p.segment_source),
-            ("blue", 100, Source::Namespace)
-        );
-        let p = run(
-            &[(ANNOTATION_SEGMENT, "green")],
-            &[(ANNOTATION_SEGMENT, "blue")],
-        )
-        .unwrap();
-        assert_eq!(
-            (p.segment.as_str(), p.vlan, p.segment_source),
-            ("green", 30, Source::Pod)
-        );
-        let p = run(&[(ANNOTATION_VLAN, "42")], &[(ANNOTATION_VLAN, "43")]).unwrap();
-        assert_eq!((p.vlan, p.vlan_source), (42, Source::Pod));
-        let p = run(&[], &[(ANNOTATION_VLAN, "43")]).unwrap();
-        assert_eq!((p.vlan, p.vlan_source), (43, Source::Namespace));
-    }
-
-    #[test]
-    fn vlan_rules() {
-        let e = run(&[(ANNOTATION_VLAN, "4095")], &[]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "pod annotation switchyard.io/vlan=4095 is out of range; use 1..=4094"
-        );
-        let e = run(&[], &[(ANNOTATION_VLAN, "ten")]).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                SegmentError::VlanNotANumber {
-                    source_desc: "namespace",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert!(run(&[(ANNOTATION_VLAN, "-1")], &[]).is_err());
-        // Untagged allowed on the overlay, not on a vlan segment.
-        assert_eq!(run(&[(ANNOTATION_VLAN, "0")], &[]).unwrap().vlan, 0);
-        let e = run(&[(ANNOTATION_SEGMENT, "blue"), (ANNOTATION_VLAN, "0")], &[]).unwrap_err();
-        assert!(matches!(e, SegmentError::UntaggedNotAllowed { .. }), "{e}");
-        // A vlan segment's VLAN is fixed.
-        let e = run(
-            &[(ANNOTATION_SEGMENT, "blue"), (ANNOTATION_VLAN, "101")],
-            &[],
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("conflicts with segment \"blue\", which is VLAN 100"),
-            "{e}"
-        );
-        assert_eq!(
-            run(
-                &[(ANNOTATION_SEGMENT, "blue"), (ANNOTATION_VLAN, "100")],
-                &[]
-            )
-            .unwrap()
-            .vlan,
-            100
-        );
-        assert_eq!(run(&[(ANNOTATION_VLAN, "4094")], &[]).unwrap().vlan, 4094);
-        assert_eq!(run(&[(ANNOTATION_VLAN, " 7 ")], &[]).unwrap().vlan, 7);
-    }
-
-    #[test]
-    fn unknown_or_empty_segment_is_actionable() {
-        let e = run(&[(ANNOTATION_SEGMENT, "purple")], &[]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "pod annotation switchyard.io/segment=\"purple\" names an unknown segment; configured segments: [\"default\", \"green\", \"blue\"]"
-        );
-        let e = run(&[], &[(ANNOTATION_SEGMENT, "")]).unwrap_err();
-        assert!(matches!(
-            e,
-            SegmentError::EmptySegment {
-                source_desc: "namespace"
-            }
-        ));
-    }
-
-    #[test]
-    fn static_ip_and_mac_from_pod_only() {
-        let p = run(
-            &[
-                (ANNOTATION_IP, "10.20.0.9"),
-                (ANNOTATION_MAC, "0a:58:00:00:00:09"),
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(p.static_ip, Some(Ipv4Addr::new(10, 20, 0, 9)));
-        assert_eq!(p.static_mac.unwrap().to_string(), "0a:58:00:00:00:09");
-        let p = run(&[], &[(ANNOTATION_IP, "10.20.0.9")]).unwrap();
-        assert_eq!(p.static_ip, None);
-        assert!(matches!(
-            run(&[(ANNOTATION_IP, "10.20.0.9/24")], &[]),
-            Err(SegmentError::InvalidIp { .. })
-        ));
-        let e = run(&[(ANNOTATION_MAC, "01:00:5e:00:00:01")], &[]).unwrap_err();
-        assert!(e.to_string().contains("unicast"), "{e}");
-        let e = run(&[(ANNOTATION_MAC, "0a:58")], &[]).unwrap_err();
-        assert!(e.to_string().contains("six hex octets"), "{e}");
-    }
-}
+mod tests;

@@ -1,0 +1,242 @@
+//! Who owns a `vlan` segment address across agent restarts, on real OVS (userspace datapath)
+//! with the lab API server: a restarted agent records its running pods' cluster-wide addresses
+//! again, so an allocation record lost while it was down hands out no duplicate; the addresses
+//! of a node whose Node object is deleted are released by the other agents. Needs root and
+//! openvswitch-switch.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use support::*;
+use switchyard_agent::ipam::AttachmentKey;
+use switchyard_agent::vlan_pool::{CONFIGMAP_PREFIX, ClusterPools, IPAM_NAMESPACE};
+use switchyard_agent::{Agent, AgentHandle};
+
+const SEGMENTS: &str = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upr\n";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// An address of segment blue allocated by `node`'s agent for container `container`.
+async fn allocate_as(lab: &NodeLab, node: &str, container: &str) -> String {
+    ClusterPools::new(lab.kube.clone(), node)
+        .allocate(
+            "blue",
+            "10.20.0.0/24".parse().unwrap(),
+            Some("10.20.0.1".parse().unwrap()),
+            &AttachmentKey::new(container, "eth0"),
+            None,
+        )
+        .await
+        .expect("allocate")
+        .to_string()
+}
+
+/// The nodes holding addresses of segment blue, with how many each.
+async fn holders(lab: &NodeLab) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, node, _) in ClusterPools::new(lab.kube.clone(), "reader")
+        .allocations("blue")
+        .await
+        .expect("read allocations")
+    {
+        *out.entry(node).or_default() += 1;
+    }
+    out
+}
+
+async fn start(lab: &NodeLab) -> AgentHandle {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Agent::start(lab.agent_config(Some(SEGMENTS))),
+    )
+    .await
+    .expect("agent start timed out")
+    .expect("agent start")
+}
+
+/// Three `vlan` segment pods run; the agent stops, the segment's allocation ConfigMap is
+/// deleted (as deleting `deploy/switchyard.yaml` does) and the agent starts again: before it
+/// serves, the three addresses are recorded again for this node, and three allocations by
+/// another node get none of them.
+#[test]
+fn a_restarted_agent_records_its_running_pods_addresses_again() {
+    node_test(
+        "a_restarted_agent_records_its_running_pods_addresses_again",
+        |lab| async move {
+            node_veth(&lab, "upr");
+            create_ipam_namespace(&lab.kube).await;
+            lab.create_namespace("blue", &[("switchyard.io/segment", "blue")])
+                .await;
+            let agent = start(&lab).await;
+            let mut pods = Vec::new();
+            let mut ips = BTreeSet::new();
+            for name in ["p1", "p2", "p3"] {
+                lab.create_pod("blue", name, &[]).await;
+                let pod = PodNs::new("blue", name);
+                let out = cni_add(&lab, &pod).await;
+                assert!(out.success, "ADD {name}: {}", out.stdout);
+                ips.insert(out.ip());
+                pods.push(pod);
+            }
+            let other = ClusterPools::new(lab.kube.clone(), "node-other");
+            let recorded = || async {
+                other
+                    .allocations("blue")
+                    .await
+                    .expect("read allocations")
+                    .into_iter()
+                    .map(|(ip, node, _)| (ip.to_string(), node))
+                    .collect::<BTreeSet<_>>()
+            };
+            let mine: BTreeSet<(String, String)> = ips
+                .iter()
+                .map(|ip| (ip.clone(), NODE_NAME.to_string()))
+                .collect();
+            assert_eq!(recorded().await, mine);
+
+            agent.shutdown().await;
+            Api::<ConfigMap>::namespaced(lab.kube.clone(), IPAM_NAMESPACE)
+                .delete(&format!("{CONFIGMAP_PREFIX}blue"), &DeleteParams::default())
+                .await
+                .expect("delete the allocation ConfigMap");
+            assert!(recorded().await.is_empty());
+
+            let agent = start(&lab).await;
+            assert_eq!(
+                recorded().await,
+                mine,
+                "the running pods' addresses are not recorded again"
+            );
+            assert_eq!(agent.allocations().len(), 3, "the pods were kept");
+            for i in 0..3 {
+                let ip = other
+                    .allocate(
+                        "blue",
+                        "10.20.0.0/24".parse().unwrap(),
+                        Some("10.20.0.1".parse().unwrap()),
+                        &AttachmentKey::new(format!("other{i}"), "eth0"),
+                        None,
+                    )
+                    .await
+                    .expect("allocate on another node");
+                assert!(
+                    !ips.contains(&ip.to_string()),
+                    "{ip} handed out twice ({ips:?})"
+                );
+            }
+            agent.shutdown().await;
+            drop(pods);
+        },
+    );
+}
+
+/// node2 holds three addresses and node3 one; "ghost" (no Node object) one. The agent starts
+/// and releases ghost's; node2's Node object is deleted (its agent is gone): its three are
+/// released, node3's and this node's pod's are kept.
+#[test]
+fn a_deleted_nodes_addresses_are_released() {
+    node_test("a_deleted_nodes_addresses_are_released", |lab| async move {
+        node_veth(&lab, "upr");
+        create_ipam_namespace(&lab.kube).await;
+        let nodes: Api<Node> = Api::all(lab.kube.clone());
+        for name in ["node2", "node3"] {
+            let node: Node =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+            nodes.create(&PostParams::default(), &node).await.unwrap();
+        }
+        for i in 0..3 {
+            allocate_as(&lab, "node2", &format!("n2c{i}")).await;
+        }
+        allocate_as(&lab, "node3", "n3c0").await;
+        allocate_as(&lab, "ghost", "g0").await;
+        assert_eq!(holders(&lab).await.get("ghost"), Some(&1));
+
+        lab.create_namespace("blue", &[("switchyard.io/segment", "blue")])
+            .await;
+        let agent = start(&lab).await;
+        lab.create_pod("blue", "mine", &[]).await;
+        let mine = PodNs::new("blue", "mine");
+        let out = cni_add(&lab, &mine).await;
+        assert!(out.success, "{}", out.stdout);
+        let want = |node2: usize| {
+            let mut m = std::collections::BTreeMap::from([
+                ("node3".to_string(), 1),
+                (NODE_NAME.to_string(), 1),
+            ]);
+            if node2 > 0 {
+                m.insert("node2".to_string(), node2);
+            }
+            m
+        };
+        eventually("ghost's address released", DEADLINE, || async {
+            holders(&lab).await == want(3)
+        })
+        .await;
+
+        nodes
+            .delete("node2", &DeleteParams::default())
+            .await
+            .expect("delete node2");
+        eventually("node2's addresses released", DEADLINE, || async {
+            holders(&lab).await == want(0)
+        })
+        .await;
+        agent.shutdown().await;
+    });
+}
+
+/// Three `vlan` segment pods run and the segment's allocation ConfigMap is deleted while the
+/// agent runs: its watch records the three addresses again, and three allocations by another
+/// node get none of them.
+#[test]
+fn a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt() {
+    node_test(
+        "a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt",
+        |lab| async move {
+            node_veth(&lab, "upr");
+            create_ipam_namespace(&lab.kube).await;
+            lab.create_namespace("blue", &[("switchyard.io/segment", "blue")])
+                .await;
+            let agent = start(&lab).await;
+            let mut pods = Vec::new();
+            let mut ips = BTreeSet::new();
+            for name in ["p1", "p2", "p3"] {
+                lab.create_pod("blue", name, &[]).await;
+                let pod = PodNs::new("blue", name);
+                let out = cni_add(&lab, &pod).await;
+                assert!(out.success, "ADD {name}: {}", out.stdout);
+                ips.insert(out.ip());
+                pods.push(pod);
+            }
+            let mine = std::collections::BTreeMap::from([(NODE_NAME.to_string(), 3)]);
+            assert_eq!(holders(&lab).await, mine);
+            Api::<ConfigMap>::namespaced(lab.kube.clone(), IPAM_NAMESPACE)
+                .delete(&format!("{CONFIGMAP_PREFIX}blue"), &DeleteParams::default())
+                .await
+                .expect("delete the allocation ConfigMap");
+            eventually("the allocations rebuilt", DEADLINE, || async {
+                holders(&lab).await == mine
+            })
+            .await;
+            for i in 0..3 {
+                let ip = allocate_as(&lab, "node-other", &format!("other{i}")).await;
+                assert!(!ips.contains(&ip), "{ip} handed out twice ({ips:?})");
+            }
+            // A DEL's release is not undone by the watch.
+            assert!(cni_del(&lab, &pods[0]).await.success);
+            let after = std::collections::BTreeMap::from([
+                (NODE_NAME.to_string(), 2),
+                ("node-other".to_string(), 3),
+            ]);
+            eventually("p1's address released", DEADLINE, || async {
+                holders(&lab).await == after
+            })
+            .await;
+            agent.shutdown().await;
+        },
+    );
+}
