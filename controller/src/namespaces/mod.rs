@@ -274,7 +274,13 @@ pub async fn pass(ctx: &Ctx, nat: Option<&NatLink>) -> Result<usize, NsError> {
         };
         if !deleting && s.status.as_ref() != Some(&want) {
             fence(ctx)?;
-            let body = json!({"status": want});
+            // `message: null` explicitly: a merge patch leaves out a missing key, so a
+            // cleared message (a router error gone) would otherwise stay.
+            let body = json!({"status": {
+                "used": want.used,
+                "capacity": want.capacity,
+                "message": want.message,
+            }});
             match seg_api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
                 .await

@@ -8,6 +8,7 @@
 //!   there is no answer at all);
 //! - the rule deleted on the router (through the fabric API) is back within 10 s;
 //! - an untagged NAT rule on the router is left alone;
+//! - the router answering 503 shows in the Segment's `status.message` with the retries;
 //! - deleting the namespace removes its rule.
 //!
 //! Needs root, OVS, nft, curl and kubectl, and the binaries built (`cargo build -p
@@ -273,7 +274,31 @@ fn a_namespace_leaves_with_its_snat_address_through_the_fabric() {
         "the untagged rule is untouched"
     );
 
-    // 5. Deleting the namespace removes its rule (once its Segment is gone); the operator's
+    // 5. The router failing: the Segment's status says so, with the retries; then it clears.
+    let (code, body) = fabric_api(&lab, "PUT", "/lab/v1/faults", r#"{"status": 503}"#);
+    assert_eq!(code, 200, "{body}");
+    let message = eventually("the router error in ns-blue's status", DEADLINE, || {
+        segment_json(&lab, "ns-blue")?["status"]["message"]
+            .as_str()
+            .filter(|m| m.contains("HTTP 503"))
+            .map(str::to_string)
+    });
+    eprintln!("ns-blue status.message: {message}");
+    assert!(
+        message.contains(&id)
+            && message.contains("RouteTarget fabric")
+            && message.contains("retrying in"),
+        "{message}"
+    );
+    let (code, body) = fabric_api(&lab, "PUT", "/lab/v1/faults", "{}");
+    assert_eq!(code, 200, "{body}");
+    eventually("the router error cleared", DEADLINE, || {
+        segment_json(&lab, "ns-blue")?["status"]["message"]
+            .is_null()
+            .then_some(())
+    });
+
+    // 6. Deleting the namespace removes its rule (once its Segment is gone); the operator's
     //    stays.
     lab.kubectl_ok(&["delete", "namespace", "blue", "--wait=false"]);
     eventually(
