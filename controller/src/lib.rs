@@ -108,6 +108,8 @@ async fn serve(
                         config: config.clone(),
                         ipam_namespace: opts.ipam_namespace.clone(),
                         resync: opts.resync,
+                        namespace: opts.namespace.clone(),
+                        nat_resync: opts.route_resync,
                     })
                     .await;
                     tracing::warn!("namespace networks: stopped (fenced)");

@@ -60,6 +60,11 @@ struct Cli {
     /// appended.
     #[arg(long, default_value_t = 90)]
     namespace_append_at: u8,
+    /// Namespace networks: the RouteTarget whose router gets each namespace's SNAT rule (its
+    /// subnets translated to its SNAT address); unset: SNAT addresses are allocated but no
+    /// rule is written.
+    #[arg(long)]
+    namespace_route_target: Option<String>,
     /// Namespace of the agents' IPAM ConfigMaps.
     #[arg(long, default_value = "switchyard-system")]
     ipam_namespace: String,
@@ -96,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?;
             c.egress_pool = cli.namespace_egress_pool.clone();
+            c.route_target = cli.namespace_route_target.clone();
             anyhow::ensure!(
                 (1..=100).contains(&cli.namespace_append_at),
                 "--namespace-append-at must be 1..=100"

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub ns_shortages: Gauge,
     /// Namespace networks: duration of a pass.
     pub ns_reconcile_seconds: Histogram,
+    /// Namespace networks: SNAT rules on the router as wanted, after the last sync.
+    pub ns_nat_rules: Gauge,
+    /// Namespace networks: SNAT rules whose last write or delete failed (or every wanted
+    /// rule, when the router could not be read).
+    pub ns_nat_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,6 +66,8 @@ impl Default for Metrics {
             ns_networks: Gauge::default(),
             ns_shortages: Gauge::default(),
             ns_reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ns_nat_rules: Gauge::default(),
+            ns_nat_failing: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +135,16 @@ impl Default for Metrics {
             "namespace_network_pass_seconds",
             "Duration of a namespace-network pass",
             m.ns_reconcile_seconds.clone(),
+        );
+        registry.register(
+            "namespace_nat_rules",
+            "SNAT rules of namespace networks held on the router",
+            m.ns_nat_rules.clone(),
+        );
+        registry.register(
+            "namespace_nat_failing",
+            "SNAT rules of namespace networks whose last router call failed",
+            m.ns_nat_failing.clone(),
         );
         Metrics { registry, ..m }
     }

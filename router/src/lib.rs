@@ -1,5 +1,5 @@
-//! Router drivers: static routes with ECMP next hops on an upstream router, tagged as
-//! Switchyard's.
+//! Router drivers: static routes with ECMP next hops, and SNAT rules ([`nat`]), on an upstream
+//! router, tagged as Switchyard's.
 //!
 //! A [`RouterDriver`] lists, reads, writes and deletes [`StaticRoute`]s. Every route it writes
 //! carries two tags: [`TAG_CLUSTER`] (the cluster name: which Switchyard owns it) and
@@ -16,6 +16,7 @@
 //! (a concurrent change), timeouts and connection failures are; 4xx, TLS and ownership
 //! errors are not.
 
+pub mod nat;
 pub mod policy;
 pub mod target;
 mod tls;
@@ -26,6 +27,7 @@ use std::net::IpAddr;
 use futures::future::BoxFuture;
 use ipnet::IpNet;
 
+pub use nat::{NatDriver, NatRule, TAG_NAMESPACE_UID};
 pub use policy::{PolicyConfig, PolicyDriver};
 pub use tls::TlsError;
 
@@ -139,7 +141,7 @@ pub enum RouterError {
         message: String,
     },
     /// An object with this id exists but is not tagged as this cluster's: left alone.
-    #[error("static route {id} exists and is not tagged {TAG_CLUSTER}={cluster}: not touching it")]
+    #[error("object {id} exists and is not tagged {TAG_CLUSTER}={cluster}: not touching it")]
     NotOwned {
         /// Object id.
         id: String,
@@ -216,4 +218,9 @@ pub trait RouterDriver: Send + Sync + fmt::Debug {
 
     /// Whether the router reports the route as realized (applied to its data plane).
     fn realized<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, RouterError>>;
+
+    /// The same router's NAT rules, if the driver can write them ([`NatDriver`]).
+    fn nat(&self) -> Option<&dyn NatDriver> {
+        None
+    }
 }

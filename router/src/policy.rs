@@ -4,6 +4,8 @@
 //! - `GET|PUT|DELETE /policy/api/v1/infra/tier-1s/<t1>/static-routes/<id>`
 //! - `GET /policy/api/v1/infra/realized-state/status?intent_path=/infra/tier-1s/<t1>/static-routes/<id>`
 //!
+//! The same driver writes SNAT rules ([`crate::nat`]: tier-1 NAT rules, `nat/USER/nat-rules`).
+//!
 //! Writes are read-then-write: the object is read first; one without this cluster's tag is
 //! never modified or deleted; an update carries the `_revision` read (a concurrent change
 //! gets 412, retriable). Authentication is the TLS client certificate only: no
@@ -27,7 +29,7 @@ use serde_json::Value;
 
 use crate::{RouterDriver, RouterError, StaticRoute, TAG_CLUSTER, TAG_OWNER, valid_id};
 
-const BASE: &str = "/policy/api/v1/infra";
+pub(crate) const BASE: &str = "/policy/api/v1/infra";
 
 /// Where and as whom a Policy API driver connects.
 #[derive(Clone)]
@@ -82,11 +84,11 @@ impl std::fmt::Debug for PolicyDriver {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Tag {
+pub(crate) struct Tag {
     #[serde(default)]
-    scope: String,
+    pub(crate) scope: String,
     #[serde(default)]
-    tag: String,
+    pub(crate) tag: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -253,6 +255,11 @@ impl PolicyDriver {
         &self.cluster
     }
 
+    /// The tier-1 gateway id.
+    pub(crate) fn tier1(&self) -> &str {
+        &self.tier1
+    }
+
     fn routes_path(&self) -> String {
         format!("{BASE}/tier-1s/{}/static-routes", self.tier1)
     }
@@ -318,7 +325,7 @@ impl PolicyDriver {
     }
 
     /// A request whose success is 2xx; other answers become [`RouterError::Http`].
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -358,21 +365,21 @@ impl PolicyDriver {
         r.tag(TAG_CLUSTER) == Some(self.cluster.as_str())
     }
 
-    fn not_owned(&self, id: &str) -> RouterError {
+    pub(crate) fn not_owned(&self, id: &str) -> RouterError {
         RouterError::NotOwned {
             id: id.to_string(),
             cluster: self.cluster.clone(),
         }
     }
 
-    async fn list_impl(&self) -> Result<Vec<StaticRoute>, RouterError> {
-        let base = self.routes_path();
+    /// Every object of a collection, following `cursor` (objects of any shape).
+    pub(crate) async fn list_raw(&self, base: &str) -> Result<Vec<Value>, RouterError> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let path = match &cursor {
                 Some(c) => format!("{base}?cursor={}", query_escape(c)),
-                None => base.clone(),
+                None => base.to_string(),
             };
             let bytes = self
                 .call(Method::GET, &path, None, false)
@@ -383,20 +390,27 @@ impl PolicyDriver {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-            for item in page.results {
-                // Objects of others may have any shape: only ours must parse.
-                let Ok(r) = serde_json::from_value::<ApiRoute>(item) else {
-                    continue;
-                };
-                if self.ours(&r) {
-                    out.push(r.to_route(&path)?);
-                }
-            }
+            out.extend(page.results);
             match page.cursor {
                 Some(c) if !c.is_empty() && cursor.as_deref() != Some(c.as_str()) => {
                     cursor = Some(c)
                 }
                 _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_impl(&self) -> Result<Vec<StaticRoute>, RouterError> {
+        let base = self.routes_path();
+        let mut out = Vec::new();
+        for item in self.list_raw(&base).await? {
+            // Objects of others may have any shape: only ours must parse.
+            let Ok(r) = serde_json::from_value::<ApiRoute>(item) else {
+                continue;
+            };
+            if self.ours(&r) {
+                out.push(r.to_route(&base)?);
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -488,6 +502,10 @@ impl RouterDriver for PolicyDriver {
     fn realized<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, RouterError>> {
         self.realized_impl(id).boxed()
     }
+
+    fn nat(&self) -> Option<&dyn crate::NatDriver> {
+        Some(self)
+    }
 }
 
 /// The `error_message` of an NSX error body, else the body (shortened).
@@ -501,7 +519,7 @@ fn error_message(body: &[u8]) -> String {
     s.chars().take(200).collect()
 }
 
-fn query_escape(s: &str) -> String {
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -19,11 +19,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use switchyard_router::{
-    PolicyConfig, PolicyDriver, RouterDriver, RouterError, StaticRoute, TAG_CLUSTER, TAG_OWNER,
+    NatRule, PolicyConfig, PolicyDriver, RouterDriver, RouterError, StaticRoute, TAG_CLUSTER,
+    TAG_NAMESPACE_UID, TAG_OWNER,
 };
 
 const T1: &str = "t1-edge";
 const ROUTES: &str = "/policy/api/v1/infra/tier-1s/t1-edge/static-routes";
+const NAT: &str = "/policy/api/v1/infra/tier-1s/t1-edge/nat/USER/nat-rules";
 
 struct Pki {
     ca: String,
@@ -72,6 +74,8 @@ struct Seen {
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
+    /// NAT rules (`.../nat/USER/nat-rules`) by id.
+    nat: BTreeMap<String, Value>,
     seen: Vec<Seen>,
     fail_with: Option<u16>,
     delay: Option<Duration>,
@@ -129,13 +133,20 @@ async fn handle(state: Shared, req: Request<Incoming>, client_cert: bool) -> Res
             json!({"consolidated_status": {"consolidated_status": "SUCCESS"}}),
         );
     }
-    if method == "GET" && (path == ROUTES || path.starts_with(&format!("{ROUTES}?cursor="))) {
+    let (base, is_nat) = if path.starts_with(NAT) {
+        (NAT, true)
+    } else {
+        (ROUTES, false)
+    };
+    let st = &mut *st;
+    let objects = if is_nat { &mut st.nat } else { &mut st.objects };
+    if method == "GET" && (path == base || path.starts_with(&format!("{base}?cursor="))) {
         let start: usize = path
             .split("cursor=")
             .nth(1)
             .map(|c| c.parse().unwrap())
             .unwrap_or(0);
-        let all: Vec<Value> = st.objects.values().cloned().collect();
+        let all: Vec<Value> = objects.values().cloned().collect();
         let page: Vec<Value> = all.iter().skip(start).take(2).cloned().collect();
         let mut out = json!({"results": page, "result_count": all.len()});
         if start + 2 < all.len() {
@@ -143,7 +154,7 @@ async fn handle(state: Shared, req: Request<Incoming>, client_cert: bool) -> Res
         }
         return reply(StatusCode::OK, out);
     }
-    let Some(id) = path.strip_prefix(&format!("{ROUTES}/")) else {
+    let Some(id) = path.strip_prefix(&format!("{base}/")) else {
         return reply(
             StatusCode::NOT_FOUND,
             json!({"error_message": "no such path"}),
@@ -151,15 +162,14 @@ async fn handle(state: Shared, req: Request<Incoming>, client_cert: bool) -> Res
     };
     let id = id.to_string();
     match method.as_str() {
-        "GET" => match st.objects.get(&id) {
+        "GET" => match objects.get(&id) {
             Some(o) => reply(StatusCode::OK, o.clone()),
             None => reply(StatusCode::NOT_FOUND, json!({"error_message": "not found"})),
         },
         "PUT" => {
             let mut obj = body.unwrap_or(Value::Null);
             let sent = obj.get("_revision").and_then(Value::as_i64);
-            let current = st
-                .objects
+            let current = objects
                 .get(&id)
                 .and_then(|o| o.get("_revision"))
                 .and_then(Value::as_i64);
@@ -171,11 +181,12 @@ async fn handle(state: Shared, req: Request<Incoming>, client_cert: bool) -> Res
             }
             st.revision += 1;
             obj["_revision"] = json!(st.revision);
-            st.objects.insert(id, obj.clone());
+            let objects = if is_nat { &mut st.nat } else { &mut st.objects };
+            objects.insert(id, obj.clone());
             reply(StatusCode::OK, obj)
         }
         "DELETE" => {
-            st.objects.remove(&id);
+            objects.remove(&id);
             reply(StatusCode::OK, json!({}))
         }
         _ => reply(StatusCode::METHOD_NOT_ALLOWED, json!({})),
@@ -474,4 +485,146 @@ async fn tls_is_verified_both_ways() {
         PolicyDriver::lab(cfg),
         Err(RouterError::Config(_))
     ));
+}
+
+fn snat(id: &str, sources: &[&str], to: &str) -> NatRule {
+    NatRule::snat(
+        id,
+        sources.iter().map(|s| s.parse().unwrap()).collect(),
+        to.parse().unwrap(),
+        "ns",
+        format!("switchyard {id}"),
+    )
+    .with_namespace_uid("uid-1")
+}
+
+#[tokio::test]
+async fn nat_rules_send_the_exact_requests_and_leave_others_alone() {
+    let (_pki, state, d) = setup().await;
+    let nat = d.nat().expect("the Policy API driver writes NAT rules");
+    let r = snat(
+        "lab-a-ns-blue",
+        &["10.30.0.64/26", "10.30.0.0/26"],
+        "192.0.2.7",
+    );
+    nat.put_nat(&r).await.unwrap();
+    let r2 = snat("lab-a-ns-blue", &["10.30.0.0/26"], "192.0.2.7");
+    nat.put_nat(&r2).await.unwrap();
+    assert_eq!(
+        nat.get_nat("lab-a-ns-blue").await.unwrap(),
+        Some(r2.clone())
+    );
+    {
+        let st = state.lock().unwrap();
+        let path = format!("{NAT}/lab-a-ns-blue");
+        let lines: Vec<String> = st
+            .seen
+            .iter()
+            .take(4)
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                format!("GET {path}"),
+                format!("PUT {path}"),
+                format!("GET {path}"),
+                format!("PUT {path}"),
+            ]
+        );
+        assert_eq!(
+            st.seen[1].body.clone().unwrap(),
+            json!({"resource_type": "PolicyNatRule", "id": "lab-a-ns-blue",
+                   "display_name": "switchyard lab-a-ns-blue", "action": "SNAT",
+                   "source_network": "10.30.0.0/26,10.30.0.64/26",
+                   "translated_network": "192.0.2.7", "enabled": true,
+                   "tags": [{"scope": TAG_CLUSTER, "tag": "lab-a"}, {"scope": TAG_OWNER, "tag": "ns"},
+                            {"scope": TAG_NAMESPACE_UID, "tag": "uid-1"}]}),
+            "create: no _revision"
+        );
+        assert_eq!(st.seen[3].body.as_ref().unwrap()["_revision"], json!(1));
+        assert!(st.objects.is_empty(), "no static route written");
+    }
+    // An untagged rule and another cluster's: not listed, never changed or deleted.
+    let ops = json!({"resource_type": "PolicyNatRule", "id": "ops-snat", "action": "SNAT",
+                     "source_network": "10.9.0.0/16", "translated_network": "192.0.2.1",
+                     "enabled": true, "tags": [], "_revision": 3});
+    let mut other = ops.clone();
+    other["id"] = json!("other-snat");
+    other["tags"] = json!([{"scope": TAG_CLUSTER, "tag": "lab-b"}]);
+    state
+        .lock()
+        .unwrap()
+        .nat
+        .insert("ops-snat".into(), ops.clone());
+    state
+        .lock()
+        .unwrap()
+        .nat
+        .insert("other-snat".into(), other.clone());
+    nat.put_nat(&snat("lab-a-ns-green", &["10.30.1.0/26"], "192.0.2.8"))
+        .await
+        .unwrap();
+    let ids: Vec<String> = nat
+        .list_nat()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["lab-a-ns-blue", "lab-a-ns-green"], "ours only, paged");
+    for id in ["ops-snat", "other-snat"] {
+        let put = nat.put_nat(&snat(id, &["10.30.2.0/26"], "192.0.2.9")).await;
+        assert!(matches!(put, Err(RouterError::NotOwned { .. })), "{put:?}");
+        assert!(!put.unwrap_err().retriable());
+        let del = nat.delete_nat(id).await;
+        assert!(matches!(del, Err(RouterError::NotOwned { .. })), "{del:?}");
+    }
+    nat.delete_nat("lab-a-ns-blue").await.unwrap();
+    nat.delete_nat("lab-a-ns-blue").await.unwrap(); // already gone: fine
+    let st = state.lock().unwrap();
+    assert_eq!(st.nat["ops-snat"], ops, "untouched");
+    assert_eq!(st.nat["other-snat"], other, "untouched");
+    assert!(!st.nat.contains_key("lab-a-ns-blue"));
+    assert!(st.seen.iter().any(|s| s.path == format!("{NAT}?cursor=2")));
+    for s in &st.seen {
+        assert!(
+            !s.authorization && !s.allow_overwrite && s.client_cert,
+            "{s:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nat_rules_edited_on_the_router_read_as_they_are_and_bad_rules_are_refused() {
+    let (_pki, state, d) = setup().await;
+    let nat = d.nat().unwrap();
+    let r = snat("lab-a-ns-blue", &["10.30.0.0/26"], "192.0.2.7");
+    nat.put_nat(&r).await.unwrap();
+    // Someone turns it into a disabled rule: reads show it, and it differs.
+    state.lock().unwrap().nat.get_mut("lab-a-ns-blue").unwrap()["enabled"] = json!(false);
+    let got = nat.get_nat("lab-a-ns-blue").await.unwrap().unwrap();
+    assert!(!got.enabled && !got.same_rule(&r), "{got:?}");
+    // No sources, or a family mix: refused before any request.
+    let before = state.lock().unwrap().seen.len();
+    let e = nat.put_nat(&snat("x", &[], "192.0.2.7")).await.unwrap_err();
+    assert!(matches!(e, RouterError::Config(_)), "{e}");
+    let e = nat
+        .put_nat(&snat("x", &["fd00::/64"], "192.0.2.7"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RouterError::Config(_)), "{e}");
+    let e = nat
+        .put_nat(&snat("bad/id", &["10.0.0.0/8"], "192.0.2.7"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RouterError::Config(_)), "{e}");
+    assert_eq!(state.lock().unwrap().seen.len(), before, "nothing sent");
+    // Router failures say whether to retry.
+    state.lock().unwrap().fail_with = Some(503);
+    let e = nat.list_nat().await.unwrap_err();
+    assert!(e.retriable() && e.kind() == "http_5xx", "{e}");
+    state.lock().unwrap().fail_with = Some(403);
+    let e = nat.put_nat(&r).await.unwrap_err();
+    assert!(!e.retriable(), "{e}");
 }

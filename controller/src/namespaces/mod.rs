@@ -17,9 +17,13 @@
 //! no address, so a segment still used by pods cannot be deleted. An opted-in namespace
 //! carries `switchyard.io/namespace-network` until its Segment is gone.
 //!
+//! With a RouteTarget configured (`--namespace-route-target`), every namespace network's SNAT
+//! address is programmed as an SNAT rule on that router ([`nat`]).
+//!
 //! The task runs while this replica leads (beside `lead`), writes only while its Lease
 //! fence is valid, and does nothing unless namespace networks are configured.
 
+pub mod nat;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -35,9 +39,10 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
-    ANNOTATION_SEGMENT, ANNOTATION_SNAT, IPPool, NAMESPACE_FINALIZER, PoolUsage, SEGMENT_FINALIZER,
-    Segment, SegmentStatus, TAG_CLUSTER, TAG_NAMESPACE_UID,
+    ANNOTATION_SEGMENT, ANNOTATION_SNAT, IPPool, NAMESPACE_FINALIZER, PoolUsage, RouteTarget,
+    SEGMENT_FINALIZER, Segment, SegmentStatus, TAG_CLUSTER, TAG_NAMESPACE_UID,
 };
+use tokio::sync::watch;
 
 use crate::leader::Fence;
 use crate::metrics::Metrics;
@@ -75,6 +80,19 @@ pub struct Ctx {
     pub ipam_namespace: String,
     /// Full pass period without changes.
     pub resync: Duration,
+    /// The controller's namespace (the RouteTarget's credentials Secret is read there).
+    pub namespace: String,
+    /// Period of the router's read-compare-repair of the SNAT rules without changes.
+    pub nat_resync: Duration,
+}
+
+/// The pass's side of the SNAT rule syncer.
+#[derive(Debug)]
+pub struct NatLink {
+    /// Where each pass sends the rules.
+    pub plans: watch::Sender<Option<nat::NatPlan>>,
+    /// The errors per Segment the syncer reports.
+    pub errors: watch::Receiver<nat::NatErrors>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -87,8 +105,35 @@ impl std::fmt::Debug for Ctx {
 }
 
 /// Runs passes whenever a Namespace, Segment, IPPool or IPAM ConfigMap changes, and every
-/// `resync`, until the future is dropped (leadership lost).
+/// `resync`, until the future is dropped (leadership lost) or the fence is lost; with a
+/// RouteTarget configured, the SNAT rule syncer runs beside it.
 pub async fn run(ctx: Ctx) {
+    let Some(target) = ctx.config.route_target.clone() else {
+        tracing::info!(
+            "namespace networks: no --namespace-route-target: SNAT addresses are allocated, but no SNAT rule is written on a router"
+        );
+        passes(&ctx, None).await;
+        return;
+    };
+    let (plans, plans_rx) = watch::channel(None);
+    let (errors_tx, errors) = watch::channel(nat::NatErrors::new());
+    let syncer = nat::NatSyncer {
+        client: ctx.client.clone(),
+        namespace: ctx.namespace.clone(),
+        cluster: ctx.cluster.clone(),
+        target,
+        resync: ctx.nat_resync,
+        fence: ctx.fence.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    let link = NatLink { plans, errors };
+    tokio::select! {
+        _ = passes(&ctx, Some(link)) => {}
+        _ = syncer.run(plans_rx, errors_tx) => {}
+    }
+}
+
+async fn passes(ctx: &Ctx, mut nat: Option<NatLink>) {
     let c = ctx.client.clone();
     let ns = ctx.ipam_namespace.as_str();
     let cfg = watcher::Config::default;
@@ -116,7 +161,7 @@ pub async fn run(ctx: Ctx) {
         if dirty {
             dirty = false;
             let started = std::time::Instant::now();
-            match pass(&ctx).await {
+            match pass(ctx, nat.as_ref()).await {
                 Ok(0) => {}
                 Ok(writes) => {
                     tracing::debug!(writes, "namespace networks: pass wrote");
@@ -130,12 +175,20 @@ pub async fn run(ctx: Ctx) {
                 .ns_reconcile_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
+        let nat_errors = async {
+            match nat.as_mut() {
+                Some(l) => l.errors.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ev = events.next() => match ev {
                 Some(Ok(())) => dirty = true,
                 Some(Err(e)) => tracing::debug!(error = %e, "namespace networks: watch error (retrying)"),
                 None => return,
             },
+            // The SNAT rules' errors changed: the Segments' status shows them.
+            ok = nat_errors => if ok { dirty = true } else { return },
             _ = resync.tick() => dirty = true,
         }
         // Take the rest of a burst of events into the same pass.
@@ -146,7 +199,7 @@ pub async fn run(ctx: Ctx) {
 }
 
 /// One pass: read everything, plan, write. Returns the number of writes.
-pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
+pub async fn pass(ctx: &Ctx, nat: Option<&NatLink>) -> Result<usize, NsError> {
     let c = &ctx.client;
     let ns_api: Api<Namespace> = Api::all(c.clone());
     let seg_api: Api<Segment> = Api::all(c.clone());
@@ -167,6 +220,7 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
         })
         .collect();
     let mut writes = 0;
+    let nat_errors = nat.map(|l| l.errors.borrow().clone()).unwrap_or_default();
 
     // Every Segment: the in-use finalizer and its counts.
     for s in &segments {
@@ -212,11 +266,21 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
         let want = SegmentStatus {
             used: n as i64,
             capacity: plan::capacity(&s.spec.subnets) as i64,
-            message: s.spec.parsed_subnets(&name).err().map(|e| e.to_string()),
+            message: match (s.spec.parsed_subnets(&name).err(), nat_errors.get(&name)) {
+                (Some(e), _) => Some(e.to_string()),
+                (None, Some(e)) => Some(e.clone()),
+                (None, None) => None,
+            },
         };
         if !deleting && s.status.as_ref() != Some(&want) {
             fence(ctx)?;
-            let body = json!({"status": want});
+            // `message: null` explicitly: a merge patch leaves out a missing key, so a
+            // cleared message (a router error gone) would otherwise stay.
+            let body = json!({"status": {
+                "used": want.used,
+                "capacity": want.capacity,
+                "message": want.message,
+            }});
             match seg_api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
@@ -270,6 +334,15 @@ pub async fn pass(ctx: &Ctx) -> Result<usize, NsError> {
         .iter()
         .flat_map(|p| p.spec.addresses().iter().collect::<Vec<_>>())
         .collect();
+
+    if let (Some(link), Some(name)) = (nat, &ctx.config.route_target) {
+        let targets = Api::<RouteTarget>::all(c.clone()).list(&lp).await?.items;
+        let plan = nat::NatPlan {
+            want: nat::desired(&ctx.cluster, &segs),
+            target: nat::find_target(targets, name),
+        };
+        link.plans.send_replace(Some(plan));
+    }
 
     let planned = plan::plan(&ctx.config, &ctx.cluster, &nss, &segs, &egress);
     ctx.metrics

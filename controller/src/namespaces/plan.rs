@@ -39,6 +39,9 @@ pub struct Config {
     pub append_at_percent: u8,
     /// Namespaces never opted in by `All` (besides `kube-*`).
     pub system_namespaces: Vec<String>,
+    /// The RouteTarget holding the namespaces' SNAT rules (`None`: addresses are allocated,
+    /// no rule is written).
+    pub route_target: Option<String>,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             egress_pool: None,
             append_at_percent: 90,
             system_namespaces: vec!["default".to_string()],
+            route_target: None,
         })
     }
 }

@@ -10,6 +10,7 @@ fn config() -> Config {
         egress_pool: None,
         append_at_percent: 90,
         system_namespaces: vec!["default".into()],
+        route_target: None,
     }
 }
 

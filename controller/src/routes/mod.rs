@@ -54,6 +54,19 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_START.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
 }
 
+/// The suffix of an error message saying when it is tried again (empty when it is not
+/// retriable: then the next resync tries).
+pub fn retry_text(retriable: bool, failures: u32, delay: Duration) -> String {
+    if retriable {
+        format!(
+            " (attempt {failures}, retrying in {:.1} s)",
+            delay.as_secs_f64()
+        )
+    } else {
+        String::new()
+    }
+}
+
 #[derive(Debug, Default)]
 struct TargetState {
     built: Option<target::Built>,
@@ -285,16 +298,6 @@ impl Syncer {
                         }
                     }
                 }
-            }
-        };
-        let retry_text = |retriable: bool, failures: u32, delay: Duration| {
-            if retriable {
-                format!(
-                    " (attempt {failures}, retrying in {:.1} s)",
-                    delay.as_secs_f64()
-                )
-            } else {
-                String::new()
             }
         };
         match result {

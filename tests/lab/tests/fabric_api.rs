@@ -267,3 +267,49 @@ async fn a_client_without_the_lab_ca_is_refused() {
     let e = PolicyDriver::lab(cfg).unwrap().list().await.unwrap_err();
     assert!(matches!(e, RouterError::Tls { .. }), "{e:?}");
 }
+
+#[tokio::test]
+async fn lab_driver_writes_snat_rules_and_leaves_untagged_ones_alone() {
+    use switchyard_router::NatRule;
+    let s = setup().await;
+    let d = driver(&s, "lab-a");
+    let nat = d.nat().expect("the lab driver writes NAT rules");
+    let rule = NatRule::snat(
+        "lab-a-ns-blue",
+        vec!["10.30.0.0/26".parse().unwrap()],
+        "198.18.20.1".parse().unwrap(),
+        "ns",
+        "blue",
+    )
+    .with_namespace_uid("uid-blue");
+    nat.put_nat(&rule).await.unwrap();
+    assert_eq!(
+        nat.get_nat("lab-a-ns-blue").await.unwrap(),
+        Some(rule.clone())
+    );
+    // An operator's rule (no tags) next to it: not listed, not changed, not deleted.
+    let store = s.api.store().clone();
+    let ops = br#"{"action": "SNAT", "source_network": "10.9.0.0/16", "translated_network": "198.18.20.9", "tags": []}"#;
+    let path = "/policy/api/v1/infra/tier-1s/lab/nat/USER/nat-rules/ops-snat";
+    let (status, _) = store.handle("PUT", path, false, false, ops).await;
+    assert_eq!(status, 200);
+    assert_eq!(nat.list_nat().await.unwrap(), vec![rule.clone()]);
+    let e = nat.delete_nat("ops-snat").await.unwrap_err();
+    assert!(matches!(e, RouterError::NotOwned { .. }), "{e}");
+    // Faults reach the NAT paths too (retriable).
+    store
+        .handle(
+            "PUT",
+            "/lab/v1/faults",
+            false,
+            false,
+            br#"{"status": 503, "count": 1}"#,
+        )
+        .await;
+    let e = nat.list_nat().await.unwrap_err();
+    assert!(e.retriable(), "{e}");
+    nat.delete_nat("lab-a-ns-blue").await.unwrap();
+    assert!(nat.list_nat().await.unwrap().is_empty());
+    let (status, obj) = store.handle("GET", path, false, false, b"").await;
+    assert_eq!(status, 200, "the operator's rule is still there: {obj}");
+}

@@ -221,6 +221,57 @@ pub fn create(state: &StateDir, fabric: &FabricInfo) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Adds a VLAN gateway to a running lab's fabric, as `--vlans` does at `up`, for a VLAN given
+/// out later (e.g. a namespace network's Segment): the internal port `vlan<N>` of `br-fabric`
+/// tagged `vlan`, holding `gateway` (the gateway address with the subnet's prefix, e.g.
+/// `10.30.0.1/26`), and `vlan` added to every node's trunk port on `br-fabric`. Repeating it
+/// is harmless. It is not recorded in the lab's info (the agents learn the VLAN from the
+/// Segment, not from the lab) and goes with the fabric at `down`. The internet namespace gets
+/// no route to the subnet: its traffic reaches the internet only through an SNAT rule.
+pub fn add_vlan_gateway(
+    state: &StateDir,
+    info: &LabInfo,
+    vlan: u16,
+    gateway: Ipv4Net,
+) -> Result<(), LabError> {
+    let fabric = of(info).ok_or_else(|| LabError::Other("the lab has no fabric".into()))?;
+    if !(1..=4094).contains(&vlan) {
+        return Err(LabError::Other(format!("VLAN {vlan} is out of 1..=4094")));
+    }
+    let port = format!("vlan{vlan}");
+    let tag = format!("tag={vlan}");
+    vsctl(
+        state,
+        fabric,
+        &[
+            "--may-exist",
+            "add-port",
+            "br-fabric",
+            &port,
+            &tag,
+            "--",
+            "set",
+            "interface",
+            &port,
+            "type=internal",
+        ],
+    )?;
+    for node in &info.nodes {
+        vsctl(
+            state,
+            fabric,
+            &["add", "port", &node.name, "trunks", &vlan.to_string()],
+        )?;
+    }
+    let ns = &fabric.netns;
+    sys::poll_until(std::time::Duration::from_secs(10), || {
+        sys::ip_in(ns, &["link", "show", &port]).ok()
+    })
+    .ok_or_else(|| LabError::Other(format!("fabric port {port} did not appear")))?;
+    sys::ip_in(ns, &["addr", "replace", &gateway.to_string(), "dev", &port])?;
+    sys::ip_in(ns, &["link", "set", &port, "up"]).map(drop)
+}
+
 /// Connects a node to the fabric: `trunk0` in the node, a trunk port of `br-fabric` in the fabric.
 pub fn attach_node(state: &StateDir, fabric: &FabricInfo, node: &NodeInfo) -> Result<(), LabError> {
     sys::ip_in(

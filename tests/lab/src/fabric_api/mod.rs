@@ -1,10 +1,12 @@
 //! `switchyard-lab fabric-api`: the lab's router API.
 //!
 //! Serves the NSX-T Policy API subset the router drivers speak (tier-1 static routes, their
-//! realization status; see `switchyard-router`) over HTTPS with the lab CA, requiring a client
-//! certificate signed by it, and applies each route to the kernel of the namespace it runs in
-//! (the lab's fabric) as an ECMP route ([`kernel`]). Reads report the kernel's next hops, so a
-//! route edited out of band shows as it is.
+//! realization status, tier-1 SNAT rules in the `USER` NAT section; see `switchyard-router`)
+//! over HTTPS with the lab CA, requiring a client certificate signed by it, and applies each
+//! route to the kernel of the namespace it runs in (the lab's fabric) as an ECMP route, and
+//! the SNAT rules as one nftables table for traffic leaving through [`NAT_OUT_INTERFACE`]
+//! ([`kernel`]). Reads report the kernel's next hops, so a route edited out of band shows as
+//! it is.
 //!
 //! Lab endpoints (same TLS and client certificate):
 //! - `GET|PUT /lab/v1/faults` `{"status": 503, "count": 5, "latency_ms": 200}`: answer the
@@ -31,8 +33,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use store::{Faults, Kernel, Served, Store};
+pub use store::{Faults, Kernel, Served, Snat, Store};
 
+/// The fabric's interface toward the internet namespace (`cluster::fabric`): SNAT rules
+/// translate traffic leaving through it only.
+pub const NAT_OUT_INTERFACE: &str = "internet";
 /// Default port of the fabric API.
 pub const DEFAULT_PORT: u16 = 8443;
 /// Largest request body accepted.
@@ -229,7 +234,7 @@ pub async fn run(
     tls: ServerTls,
     ready_file: Option<PathBuf>,
 ) -> Result<(), FabricApiError> {
-    let kernel = kernel::Netlink::open().map_err(|source| FabricApiError::Io {
+    let kernel = kernel::Netlink::open(NAT_OUT_INTERFACE).map_err(|source| FabricApiError::Io {
         what: "opening netlink".into(),
         source,
     })?;

@@ -1,8 +1,10 @@
 //! The fabric API's objects and its answers, independent of HTTP framing and of netlink.
 //!
-//! The objects (tier-1 static routes as the NSX-T Policy API carries them) live in memory; the
-//! route itself lives in the kernel ([`Kernel`]), and every read reports the kernel's next hops,
-//! so a route edited out of band (by `ip route`, or by the fault API) shows as it really is.
+//! The objects (tier-1 static routes and SNAT rules as the NSX-T Policy API carries them) live
+//! in memory; the route itself lives in the kernel ([`Kernel`]), and every read reports the
+//! kernel's next hops, so a route edited out of band (by `ip route`, or by the fault API) shows
+//! as it really is. The SNAT rules are applied as one whole set ([`Kernel::apply_nat`]) on
+//! every change; reads report the objects.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,6 +21,18 @@ const ROUTES: &str = "/policy/api/v1/infra/tier-1s/";
 const REALIZED: &str = "/policy/api/v1/infra/realized-state/status?intent_path=";
 const PAGE: usize = 50;
 
+/// One SNAT rule as applied: traffic from `sources` leaving toward the internet gets
+/// `translated` as its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snat {
+    /// The rule's id (a comment in the kernel's rule).
+    pub id: String,
+    /// Source networks.
+    pub sources: Vec<IpNet>,
+    /// The address they leave with.
+    pub translated: IpAddr,
+}
+
 /// Where routes are applied: the fabric namespace's kernel (netlink), or a fake in tests.
 pub trait Kernel: Send + Sync {
     /// Installs (replaces) the route to `network` over `next_hops` (ECMP when more than one).
@@ -31,6 +45,12 @@ pub trait Kernel: Send + Sync {
     fn remove(&self, network: IpNet) -> BoxFuture<'_, Result<(), String>>;
     /// The next hops of the route to `network` now (empty: no route).
     fn read(&self, network: IpNet) -> BoxFuture<'_, Result<Vec<IpAddr>, String>>;
+    /// Replaces every SNAT rule at once with `rules` (enabled ones, ordered by id). The default
+    /// accepts them without applying anything (kernels of tests that only do routes).
+    fn apply_nat<'a>(&'a self, rules: &'a [Snat]) -> BoxFuture<'a, Result<(), String>> {
+        let _ = rules;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Injected faults (`PUT /lab/v1/faults`).
@@ -62,6 +82,8 @@ pub struct Served {
 struct Inner {
     /// (tier-1, id) -> the object as last PUT (with `_revision`).
     objects: BTreeMap<(String, String), Value>,
+    /// (tier-1, id) -> the NAT rule as last PUT (with `_revision`).
+    nat: BTreeMap<(String, String), Value>,
     revision: i64,
     faults: Faults,
     served: Vec<Served>,
@@ -138,6 +160,72 @@ fn route_path(path: &str) -> Option<(String, Option<String>)> {
     }
 }
 
+/// `/policy/api/v1/infra/tier-1s/<t1>/nat/USER/nat-rules[/<id>]` -> (t1, id).
+fn nat_path(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix(ROUTES)?;
+    let (t1, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("nat/USER/nat-rules")?;
+    if !valid_id(t1) {
+        return None;
+    }
+    match rest {
+        "" => Some((t1.to_string(), None)),
+        r => {
+            let id = r.strip_prefix('/')?;
+            valid_id(id).then(|| (t1.to_string(), Some(id.to_string())))
+        }
+    }
+}
+
+/// The rule a NAT object asks for (`None`: disabled), or why it is refused.
+fn snat_of(id: &str, obj: &Value) -> Result<Option<Snat>, String> {
+    let field = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default();
+    if field("action") != "SNAT" {
+        return Err(format!(
+            "action {:?}: the lab fabric does SNAT only",
+            field("action")
+        ));
+    }
+    let mut sources = Vec::new();
+    for part in field("source_network")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let net = part
+            .parse::<IpNet>()
+            .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("source_network {part:?} is not a CIDR"))?;
+        if !matches!(net, IpNet::V4(_)) {
+            return Err(format!(
+                "source_network {net}: the lab fabric does IPv4 only"
+            ));
+        }
+        sources.push(net);
+    }
+    if sources.is_empty() {
+        return Err("source_network is missing".into());
+    }
+    let translated = field("translated_network")
+        .parse::<IpAddr>()
+        .ok()
+        .filter(IpAddr::is_ipv4)
+        .ok_or_else(|| {
+            format!(
+                "translated_network {:?} is not an IPv4 address",
+                field("translated_network")
+            )
+        })?;
+    let enabled = obj.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+    sources.sort();
+    sources.dedup();
+    Ok(enabled.then(|| Snat {
+        id: id.to_string(),
+        sources,
+        translated,
+    }))
+}
+
 fn network_of(obj: &Value) -> Option<IpNet> {
     obj.get("network")?.as_str()?.parse().ok()
 }
@@ -168,6 +256,14 @@ fn hops_json(hops: &[IpAddr]) -> Value {
             .map(|h| json!({"ip_address": h.to_string(), "admin_distance": 1}))
             .collect(),
     )
+}
+
+fn cursor(query: &str) -> usize {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("cursor="))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Store {
@@ -258,6 +354,9 @@ impl Store {
             return self.realized(&unescape(intent)).await;
         }
         let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+        if let Some((t1, id)) = nat_path(path_only) {
+            return self.nat(method, t1, id, query, body).await;
+        }
         let Some((t1, id)) = route_path(path_only) else {
             return error(StatusCode::NOT_FOUND, format!("no such path {path_only}"));
         };
@@ -289,11 +388,7 @@ impl Store {
     }
 
     async fn list(&self, t1: &str, query: &str) -> Answer {
-        let start: usize = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("cursor="))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let start = cursor(query);
         let all: Vec<Value> = self
             .lock()
             .objects
@@ -376,6 +471,122 @@ impl Store {
         (StatusCode::OK, json!({}))
     }
 
+    /// The NAT rules' verbs.
+    async fn nat(
+        &self,
+        method: &str,
+        t1: String,
+        id: Option<String>,
+        query: &str,
+        body: &[u8],
+    ) -> Answer {
+        match (method, id) {
+            ("GET", None) => {
+                let start = cursor(query);
+                let all: Vec<Value> = self
+                    .lock()
+                    .nat
+                    .iter()
+                    .filter(|((t, _), _)| *t == t1)
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                let results: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
+                let mut out = json!({"results": results, "result_count": all.len()});
+                if start + PAGE < all.len() {
+                    out["cursor"] = json!((start + PAGE).to_string());
+                }
+                (StatusCode::OK, out)
+            }
+            ("GET", Some(id)) => match self.lock().nat.get(&(t1, id.clone())).cloned() {
+                Some(o) => (StatusCode::OK, o),
+                None => error(StatusCode::NOT_FOUND, format!("NAT rule {id} not found")),
+            },
+            ("PUT", Some(id)) => {
+                let _w = self.writes.lock().await;
+                self.put_nat(t1, id, body).await
+            }
+            ("DELETE", Some(id)) => {
+                let _w = self.writes.lock().await;
+                let key = (t1, id);
+                if !self.lock().nat.contains_key(&key) {
+                    return (StatusCode::OK, json!({}));
+                }
+                let rules = self.snat_rules(Some(&key), None);
+                if let Err(e) = self.kernel.apply_nat(&rules).await {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("applying the NAT rules: {e}"),
+                    );
+                }
+                self.lock().nat.remove(&key);
+                (StatusCode::OK, json!({}))
+            }
+            (m, _) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{m} on NAT rules")),
+        }
+    }
+
+    /// Every enabled SNAT rule, without `skip`, with `extra` (ordered by tier-1 and id).
+    fn snat_rules(
+        &self,
+        skip: Option<&(String, String)>,
+        extra: Option<(&(String, String), Snat)>,
+    ) -> Vec<Snat> {
+        let inner = self.lock();
+        let mut all: BTreeMap<&(String, String), Snat> = inner
+            .nat
+            .iter()
+            .filter(|(k, _)| Some(*k) != skip)
+            .filter_map(|(k, o)| Some((k, snat_of(&k.1, o).ok()??)))
+            .collect();
+        if let Some((k, r)) = extra {
+            all.insert(k, r);
+        }
+        all.into_values().collect()
+    }
+
+    async fn put_nat(&self, t1: String, id: String, body: &[u8]) -> Answer {
+        let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
+            return error(StatusCode::BAD_REQUEST, "the body is not JSON");
+        };
+        let rule = match snat_of(&id, &obj) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let key = (t1, id.clone());
+        {
+            let inner = self.lock();
+            let current = inner
+                .nat
+                .get(&key)
+                .and_then(|o| o.get("_revision"))
+                .and_then(Value::as_i64);
+            let sent = obj.get("_revision").and_then(Value::as_i64);
+            if current != sent {
+                return error(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "NAT rule {id}: _revision {sent:?} does not match {current:?} (read it first)"
+                    ),
+                );
+            }
+        }
+        let rules = self.snat_rules(Some(&key), rule.map(|r| (&key, r)));
+        if let Err(e) = self.kernel.apply_nat(&rules).await {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("applying the NAT rules: {e}"),
+            );
+        }
+        let mut inner = self.lock();
+        inner.revision += 1;
+        obj["_revision"] = json!(inner.revision);
+        obj["id"] = json!(id);
+        obj["path"] = json!(format!("/infra/tier-1s/{}/nat/USER/nat-rules/{id}", key.0));
+        obj["resource_type"] = json!("PolicyNatRule");
+        inner.nat.insert(key, obj.clone());
+        (StatusCode::OK, obj)
+    }
+
     async fn realized(&self, intent: &str) -> Answer {
         let Some((t1, Some(id))) = route_path(&format!("/policy/api/v1{intent}")) else {
             return error(StatusCode::BAD_REQUEST, format!("intent_path {intent:?}"));
@@ -439,3 +650,7 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
