@@ -69,6 +69,18 @@ struct Caches {
     changes: Changes,
 }
 
+/// Says, when a policy naming SCTP is added or changed, what the datapath
+/// does with it.
+fn warn_sctp(key: &(String, String), policy: Option<&Policy>) {
+    if policy.is_some_and(Policy::names_sctp) {
+        tracing::warn!(
+            policy = %format!("{}/{}", key.0, key.1),
+            "NetworkPolicy names SCTP: its SCTP ports are matched on the first packet of an association, but {}",
+            model::SCTP_CAVEAT
+        );
+    }
+}
+
 impl Caches {
     fn set_policy(&mut self, key: (String, String), policy: Option<Policy>) {
         let before = match policy {
@@ -76,6 +88,7 @@ impl Caches {
             None => self.policies.remove(&key),
         };
         if before.as_ref() != self.policies.get(&key) {
+            warn_sctp(&key, self.policies.get(&key));
             self.changes.policies.insert(key);
         }
     }
@@ -105,6 +118,7 @@ impl Caches {
         let old = std::mem::take(&mut self.policies);
         for k in old.keys().chain(new.keys()) {
             if old.get(k) != new.get(k) {
+                warn_sctp(k, new.get(k));
                 self.changes.policies.insert(k.clone());
             }
         }
