@@ -199,11 +199,10 @@ fn merge<'a>(mut flows: impl Iterator<Item = &'a Flow>) -> Option<Flow> {
         .any(|a| matches!(a, Action::Conjunction { .. }));
     for f in flows {
         if clause {
-            for a in &f.actions {
-                if !out.actions.contains(a) {
-                    out.actions.push(a.clone());
-                }
-            }
+            // Conjunction ids are per rule, so policies never share one:
+            // no duplicate to drop (a check would cost the product of the
+            // lists on a port match shared by a thousand rules).
+            out.actions.extend(f.actions.iter().cloned());
         } else {
             out = f.clone();
         }
