@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::output::Format;
 
 /// Debug Switchyard on a node: where a pod is plugged in, how a Service is
-/// balanced, where a packet goes, the node's state, and a support bundle.
+/// balanced, where a packet goes, what a NetworkPolicy does here, the
+/// node's state, and a support bundle.
 ///
 /// Run it on the node as root (or in the node's Switchyard pod): it reads
 /// the node's OVSDB, OpenFlow tables and ovs-vswitchd control socket from
@@ -72,6 +73,11 @@ pub enum Command {
     /// Collect flows, groups, OVSDB, conntrack, routes, nftables, versions
     /// and logs into one .tar.gz (no Secrets, no kubeconfig).
     SupportBundle(BundleArgs),
+    /// A NetworkPolicy as this node enforces it: the local pods it selects
+    /// (with their isolation drop counters), its rules, and each rule's
+    /// packet and byte counters.
+    #[command(visible_alias = "netpol")]
+    Policy(PolicyArgs),
 }
 
 /// `-o`, as kubectl has it.
@@ -166,6 +172,20 @@ pub struct NodeArgs {
     /// DaemonSet in deploy/ uses 127.0.0.1:9466).
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub proxy_address: SocketAddr,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The NetworkPolicy: NAMESPACE/NAME (NAME alone: namespace `default`).
+    #[arg(value_name = "NAMESPACE/NAME")]
+    pub policy: String,
+    /// The agent's metrics address (its `listen-address`): the rule counters.
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub agent_address: SocketAddr,
     /// Output.
     #[command(flatten)]
     pub output: OutputArgs,

@@ -11,6 +11,8 @@
 //!   and the endpoints this node uses;
 //! - [`trace`]: `ofproto/trace` with the fields filled in, parsed into steps
 //!   with table names, across conntrack recirculations;
+//! - [`policy`]: a NetworkPolicy's selected local pods, rules and per-rule
+//!   counters;
 //! - [`node`]: connectivity, flow counts per table and owner, ports, health;
 //! - [`bundle`]: a support bundle (`.tar.gz`) without secrets.
 //!
@@ -27,6 +29,7 @@ pub mod node;
 pub mod output;
 pub mod ovs;
 pub mod pod;
+pub mod policy;
 pub mod service;
 pub mod trace;
 

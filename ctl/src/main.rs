@@ -8,7 +8,7 @@ use clap::Parser;
 use switchyard_ctl::cli::{Cli, Command};
 use switchyard_ctl::output::emit;
 use switchyard_ctl::ovs::Ovs;
-use switchyard_ctl::{bundle, kube, node, pod, service, trace};
+use switchyard_ctl::{bundle, kube, node, pod, policy, service, trace};
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
     let ovs = Ovs::new(&cli.global);
@@ -29,6 +29,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             let (ns, name) = kube::split_name(&args.service)?;
             let client = kube::client(kubeconfig, ovs.timeout).await?;
             let report = service::run(&ovs, client, &ns, &name).await?;
+            emit(args.output.format, &report)?
+        }
+        Command::Policy(args) => {
+            let (ns, name) = kube::split_name(&args.policy)?;
+            let client = kube::client(kubeconfig, ovs.timeout).await?;
+            let report = policy::run(&ovs, client, &ns, &name, args.agent_address).await?;
             emit(args.output.format, &report)?
         }
         Command::Trace(args) => emit(args.output.format, &trace::run(&ovs, args).await?)?,

@@ -2,12 +2,17 @@
 //! namespaces of 100 pods; this node holds one pod per namespace), compiled
 //! to conjunction flows and, in the same run, to the cross-product expansion
 //! (one flow per pod x peer x port); both installed in one bundle into a
-//! private `ovs-vswitchd`; then pod label changes, each compiled, diffed and
-//! installed, timed from the change to the bundle's reply.
+//! private `ovs-vswitchd`; then changes of five kinds (remote and local pod
+//! relabels, pod churn, namespace relabels, policy edits), each compiled
+//! incrementally, diffed and installed, timed from the change to the
+//! bundle's reply, against the same kinds with a full recompile each.
 //!
 //! Run as root: `cargo bench -p switchyard-agent --bench network_policy`
 //! (`SY_BENCH_POLICIES`, `SY_BENCH_PODS`, `SY_BENCH_CHANGES` override 1000,
-//! 10000 and 200).
+//! 10000 and 200 changes of each kind, incremental; `SY_BENCH_FULL_CHANGES`
+//! the changes timed with a full recompile, default 50;
+//! `SY_BENCH_CROSS=0` skips the cross-product expansion, too big to install
+//! past a few thousand policies).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -223,8 +228,13 @@ fn main() {
     let compiled = compile_world(&w, &mut ids);
     let compile_time = t.elapsed();
     let conj: Vec<Flow> = compiled.flows.values().cloned().collect();
+    let with_cross = env_usize("SY_BENCH_CROSS", 1) == 1;
     let t = Instant::now();
-    let cross = cross_product(&compiled);
+    let cross = if with_cross {
+        cross_product(&compiled)
+    } else {
+        Vec::new()
+    };
     let expand_time = t.elapsed();
     println!(
         "{n_policies} policies, {n_pods} pods ({} on this node), {} rules selecting local pods",
@@ -269,7 +279,11 @@ fn main() {
         t.elapsed()
     };
     let conj_install = install(&conj);
-    let cross_install = install(&cross);
+    let cross_install = if with_cross {
+        install(&cross)
+    } else {
+        Duration::ZERO
+    };
     println!("| method | flows | install (s) |");
     println!("|---|---|---|");
     println!(
@@ -288,53 +302,192 @@ fn main() {
         cross_install.as_secs_f64() / conj_install.as_secs_f64()
     );
 
-    // Label changes: the conjunction flows installed, then one remote pod's
-    // app label flips (it enters or leaves peer sets), compiled, diffed and
-    // installed as one bundle.
+    // Changes: the conjunction flows installed, then changes of five kinds,
+    // each set in the caches as a watch event does and brought to the
+    // switch (compile, diff, one bundle), timed from the change to the
+    // bundle's reply; first incrementally, then (same kinds, fewer) with a
+    // full recompile each, as before the incremental compiler.
     ovs.ofctl(&["-O", "OpenFlow15", "del-flows", "br-bench"])
         .unwrap();
     let np = NetworkPolicies::new(None, Ipv4Addr::new(10, 0, 0, 1));
-    let inputs = |w: &World| {
-        (
-            w.policies.values().cloned().collect::<Vec<_>>(),
-            w.pods.clone(),
-            w.namespaces.clone(),
-        )
-    };
-    let (p, pods, ns) = inputs(&w);
-    np.set_inputs(p, pods, ns);
+    np.set_inputs(
+        w.policies.values().cloned().collect(),
+        w.pods.clone(),
+        w.namespaces.clone(),
+    );
+    let t = Instant::now();
     runtime
         .block_on(np.update(1, &w.local, &client, None))
         .unwrap();
-    let mut took = Vec::new();
-    let mut mods = 0;
-    for k in 0..n_changes {
-        let key = (
-            format!("ns-{}", k % NAMESPACES),
-            format!("pod-{}", 50 + k % 40),
-        );
-        let pod = w.pods.get_mut(&key).unwrap();
-        let app = pod.labels.get_mut("app").unwrap();
-        *app = if app == "app-0" {
-            "app-1".into()
-        } else {
-            "app-0".into()
-        };
-        let (p, pods, ns) = inputs(&w);
-        let t = Instant::now();
-        np.set_inputs(p, pods, ns);
-        let stats = runtime
-            .block_on(np.update(1, &w.local, &client, None))
-            .unwrap();
-        took.push(t.elapsed());
-        mods += stats.flow_mods;
-    }
-    took.sort();
     println!(
-        "label change -> flows installed, {n_changes} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({:.1} flow mods per change)",
-        percentile(&took, 0.5).as_secs_f64() * 1e3,
-        percentile(&took, 0.99).as_secs_f64() * 1e3,
-        took.last().unwrap().as_secs_f64() * 1e3,
-        mods as f64 / n_changes as f64
+        "first update (compile + install, incremental state): {:.3} s",
+        t.elapsed().as_secs_f64()
     );
+    println!(
+        "RSS: bench process (caches, compiled state, cross product) {} MiB, ovs-vswitchd {} MiB",
+        rss_mib(None),
+        ovs.vswitchd_pid().map_or(0, |p| rss_mib(Some(p)))
+    );
+    let n_full = env_usize("SY_BENCH_FULL_CHANGES", n_changes.min(50));
+    println!(
+        "| change | incremental p50 (ms) | p99 (ms) | max (ms) | flow mods/change | full recompile p50 (ms) | p99 (ms) | p99 ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for kind in Kind::ALL {
+        let mut inc = Vec::new();
+        let mut mods = 0;
+        for k in 0..n_changes {
+            let t = Instant::now();
+            kind.apply(&mut w, &np, k);
+            mods += runtime
+                .block_on(np.update(1, &w.local, &client, None))
+                .unwrap()
+                .flow_mods;
+            inc.push(t.elapsed());
+        }
+        let mut full = Vec::new();
+        for k in n_changes..n_changes + n_full {
+            np.recompile_all();
+            let t = Instant::now();
+            kind.apply(&mut w, &np, k);
+            runtime
+                .block_on(np.update(1, &w.local, &client, None))
+                .unwrap();
+            full.push(t.elapsed());
+        }
+        inc.sort();
+        full.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0}x |",
+            kind.name(),
+            ms(percentile(&inc, 0.5)),
+            ms(percentile(&inc, 0.99)),
+            ms(*inc.last().unwrap()),
+            mods as f64 / n_changes as f64,
+            ms(percentile(&full, 0.5)),
+            ms(percentile(&full, 0.99)),
+            percentile(&full, 0.99).as_secs_f64() / percentile(&inc, 0.99).as_secs_f64()
+        );
+    }
+    println!("RSS after the changes: bench process {} MiB", rss_mib(None));
+}
+
+/// `VmRSS` of `pid` (this process: `None`) in MiB.
+fn rss_mib(pid: Option<u32>) -> u64 {
+    let path = pid.map_or("/proc/self/status".to_string(), |p| {
+        format!("/proc/{p}/status")
+    });
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// The kinds of change timed.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A remote pod's `app` flips between app-0 and app-1 (it enters or
+    /// leaves peer address sets).
+    RemoteRelabel,
+    /// A local pod's `tier` flips (other policies select it).
+    LocalRelabel,
+    /// A remote pod is created (even steps) or deleted (odd steps).
+    PodChurn,
+    /// A namespace's `group` flips (it enters or leaves namespace
+    /// selectors).
+    NamespaceRelabel,
+    /// A policy's first port flips between 80 and 8080.
+    PolicyEdit,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::RemoteRelabel,
+        Kind::LocalRelabel,
+        Kind::PodChurn,
+        Kind::NamespaceRelabel,
+        Kind::PolicyEdit,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::RemoteRelabel => "remote pod relabel",
+            Kind::LocalRelabel => "local pod relabel",
+            Kind::PodChurn => "pod created/deleted",
+            Kind::NamespaceRelabel => "namespace relabel",
+            Kind::PolicyEdit => "policy edit",
+        }
+    }
+
+    /// Applies change `k` to the world and, as a watch event, to `np`.
+    fn apply(self, w: &mut World, np: &NetworkPolicies, k: usize) {
+        let ns = format!("ns-{}", k % NAMESPACES);
+        match self {
+            Kind::RemoteRelabel => {
+                let name = format!("pod-{}", 50 + k % 40);
+                let pod = w.pods.get_mut(&(ns.clone(), name.clone())).unwrap();
+                let app = pod.labels.get_mut("app").unwrap();
+                *app = if app == "app-0" { "app-1" } else { "app-0" }.into();
+                np.set_pod(&ns, &name, Some(pod.clone()));
+            }
+            Kind::LocalRelabel => {
+                let local = &w.local[k % w.local.len()];
+                let key = (local.namespace.clone(), local.name.clone());
+                let pod = w.pods.get_mut(&key).unwrap();
+                let tier = pod.labels.get_mut("tier").unwrap();
+                *tier = if tier == "t0" { "t1" } else { "t0" }.into();
+                np.set_pod(&key.0, &key.1, Some(pod.clone()));
+            }
+            Kind::PodChurn => {
+                let name = format!("new-{}", k / 2);
+                if k.is_multiple_of(2) {
+                    let pod = PodInfo {
+                        labels: labels(&[
+                            ("app", format!("app-{}", k % 10)),
+                            ("tier", "t0".into()),
+                        ]),
+                        ip: Some(Ipv4Addr::from(0x0ac8_0000 + u32::try_from(k).unwrap_or(0))),
+                        named_ports: Vec::new(),
+                    };
+                    w.pods.insert((ns.clone(), name.clone()), pod.clone());
+                    np.set_pod(&ns, &name, Some(pod));
+                } else {
+                    let ns = format!("ns-{}", (k - 1) % NAMESPACES);
+                    w.pods.remove(&(ns.clone(), name.clone()));
+                    np.set_pod(&ns, &name, None);
+                }
+            }
+            Kind::NamespaceRelabel => {
+                let n = k % NAMESPACES;
+                let labels = w.namespaces.get_mut(&ns).unwrap();
+                let group = labels.get_mut("group").unwrap();
+                *group = if *group == format!("g{}", n % 10) {
+                    format!("g{}", (n + 1) % 10)
+                } else {
+                    format!("g{}", n % 10)
+                };
+                np.set_namespace(&ns, Some(labels.clone()));
+            }
+            Kind::PolicyEdit => {
+                let per_ns = w.policies.len() / NAMESPACES;
+                let name = format!("np-{}", (k / NAMESPACES) % per_ns.max(1));
+                let Some(policy) = w.policies.get_mut(&(ns.clone(), name.clone())) else {
+                    return;
+                };
+                let rules = policy.ingress.as_mut().unwrap();
+                let port = &mut rules[0].ports[0].port;
+                *port = match port {
+                    PortMatch::Range(80, 80) => PortMatch::Range(8080, 8080),
+                    _ => PortMatch::Range(80, 80),
+                };
+                np.set_policy(&ns, &name, Some(policy.clone()));
+            }
+        }
+    }
 }

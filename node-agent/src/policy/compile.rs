@@ -119,38 +119,32 @@ pub struct RuleRef {
 #[derive(Debug, Default, Clone)]
 pub struct ConjIds {
     ids: HashMap<(RuleRef, String), u32>,
+    keys: HashMap<u32, (RuleRef, String)>,
     free: Vec<u32>,
     next: u32,
 }
 
 impl ConjIds {
-    fn get(&mut self, rule: &RuleRef, variant: &str, used: &mut BTreeSet<u32>) -> u32 {
+    fn get(&mut self, rule: &RuleRef, variant: &str) -> u32 {
         let key = (rule.clone(), variant.to_string());
-        let id = match self.ids.get(&key) {
-            Some(id) => *id,
-            None => {
-                let id = self.free.pop().unwrap_or_else(|| {
-                    self.next += 1;
-                    self.next
-                });
-                self.ids.insert(key, id);
-                id
-            }
-        };
-        used.insert(id);
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next
+        });
+        self.keys.insert(id, key.clone());
+        self.ids.insert(key, id);
         id
     }
 
-    /// Frees the ids not used by the last compilation.
-    fn keep_only(&mut self, used: &BTreeSet<u32>) {
-        let free = &mut self.free;
-        self.ids.retain(|_, id| {
-            let keep = used.contains(id);
-            if !keep {
-                free.push(*id);
-            }
-            keep
-        });
+    /// Frees `id` (its rule variant is gone).
+    pub(super) fn release(&mut self, id: u32) {
+        if let Some(key) = self.keys.remove(&id) {
+            self.ids.remove(&key);
+            self.free.push(id);
+        }
     }
 }
 
@@ -200,41 +194,65 @@ enum Peers {
 /// The ports clause of one conjunction.
 type PortSet = Option<BTreeSet<(Proto, u16, u16)>>;
 
-struct Compiler<'a> {
+/// What one policy compiles to (see [`super::incremental`], which merges
+/// the fragments of every policy into the switch's flows).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Fragment {
+    /// Its flows; a clause flow carries only this policy's conjunctions.
+    pub flows: BTreeMap<FlowKey, Flow>,
+    /// The rule of each of its conjunction ids.
+    pub rules: BTreeMap<u32, RuleRef>,
+    /// The local pods it isolates.
+    pub isolated: BTreeMap<(Direction, u32), String>,
+}
+
+/// Compiles policies one at a time against one state of the inputs; the
+/// address sets it resolves are reused by the next policies.
+#[derive(Debug)]
+pub struct Compiler<'a> {
     inputs: Inputs<'a>,
     /// This node's pods' addresses (the others': their `status.podIP`).
     ips: HashMap<(&'a str, &'a str), Ipv4Addr>,
-    out: Compiled,
-    clauses: BTreeMap<FlowKey, Flow>,
-    used: BTreeSet<u32>,
+    out: Fragment,
     peer_cache: HashMap<(String, Peer), Vec<Ipv4Net>>,
 }
 
-/// Compiles `inputs`; `ids` keeps conjunction ids stable between calls.
+/// Compiles `inputs` from scratch; `ids` keeps conjunction ids stable
+/// between calls.
 pub fn compile(inputs: Inputs<'_>, ids: &mut ConjIds) -> Compiled {
-    // This node's pods are known by their attachment before their status.
-    let ips: HashMap<(&str, &str), Ipv4Addr> = inputs
-        .local
-        .iter()
-        .map(|l| ((l.namespace.as_str(), l.name.as_str()), l.ip))
-        .collect();
-    let mut c = Compiler {
-        inputs,
-        ips,
-        out: Compiled::default(),
-        clauses: BTreeMap::new(),
-        used: BTreeSet::new(),
-        peer_cache: HashMap::new(),
-    };
-    for policy in inputs.policies.values() {
+    let mut state = super::incremental::State::default();
+    state.apply(inputs, &super::incremental::Changes::all(), ids);
+    state.out
+}
+
+impl<'a> Compiler<'a> {
+    /// A compiler reading `inputs`.
+    pub fn new(inputs: Inputs<'a>) -> Compiler<'a> {
+        // This node's pods are known by their attachment before their status.
+        let ips = inputs
+            .local
+            .iter()
+            .map(|l| ((l.namespace.as_str(), l.name.as_str()), l.ip))
+            .collect();
+        Compiler {
+            inputs,
+            ips,
+            out: Fragment::default(),
+            peer_cache: HashMap::new(),
+        }
+    }
+
+    /// The flows of `policy` (empty when it selects no local pod).
+    pub fn policy(&mut self, policy: &Policy, ids: &mut ConjIds) -> Fragment {
+        let inputs = self.inputs;
         let selected: Vec<&LocalPod> = inputs
             .local
             .iter()
             .filter(|l| l.namespace == policy.namespace)
-            .filter(|l| policy.selector.matches(c.labels(&l.namespace, &l.name)))
+            .filter(|l| policy.selector.matches(self.labels(&l.namespace, &l.name)))
             .collect();
         if selected.is_empty() {
-            continue;
+            return Fragment::default();
         }
         for (direction, rules) in [
             (Direction::Ingress, &policy.ingress),
@@ -242,7 +260,7 @@ pub fn compile(inputs: Inputs<'_>, ids: &mut ConjIds) -> Compiled {
         ] {
             let Some(rules) = rules else { continue };
             for pod in &selected {
-                c.isolate(direction, pod);
+                self.isolate(direction, pod);
             }
             for (index, rule) in rules.iter().enumerate() {
                 let r = RuleRef {
@@ -251,25 +269,23 @@ pub fn compile(inputs: Inputs<'_>, ids: &mut ConjIds) -> Compiled {
                     direction,
                     index,
                 };
-                c.rule(&r, rule, &selected, ids);
+                self.rule(&r, rule, &selected, ids);
             }
         }
+        std::mem::take(&mut self.out)
     }
-    // Only isolated pods need the exemptions: no policy, no flows.
-    for direction in [Direction::Ingress, Direction::Egress] {
-        if c.out.isolated.keys().any(|(d, _)| *d == direction) {
-            c.exemptions(direction);
-        }
-    }
-    ids.keep_only(&c.used);
-    let mut out = c.out;
-    for (k, f) in c.clauses {
-        out.flows.insert(k, f);
-    }
-    out
-}
 
-impl<'a> Compiler<'a> {
+    /// The exemptions of the directions in which some pod is isolated.
+    pub fn exemptions(&mut self, ingress: bool, egress: bool) -> Fragment {
+        if ingress {
+            self.exempt(Direction::Ingress);
+        }
+        if egress {
+            self.exempt(Direction::Egress);
+        }
+        std::mem::take(&mut self.out)
+    }
+
     fn labels(&self, namespace: &str, name: &str) -> &'a Labels {
         static EMPTY: std::sync::OnceLock<Labels> = std::sync::OnceLock::new();
         self.inputs
@@ -283,7 +299,7 @@ impl<'a> Compiler<'a> {
         self.out.flows.insert(key_of(&flow), flow);
     }
 
-    fn exemptions(&mut self, direction: Direction) {
+    fn exempt(&mut self, direction: Direction) {
         let t = direction.table();
         self.add(
             t.flow(priority::POLICY_EXEMPT)
@@ -479,7 +495,7 @@ impl<'a> Compiler<'a> {
         if pods.is_empty() || matches!(peers, Peers::Set(s) if s.is_empty()) {
             return;
         }
-        let id = ids.get(r, variant, &mut self.used);
+        let id = ids.get(r, variant);
         self.out.rules.insert(id, r.clone());
         let t = r.direction.table();
         let rule_cookie = cookie(cookie_object::POLICY_RULE_FIRST + id);
@@ -559,7 +575,8 @@ impl<'a> Compiler<'a> {
             n_clauses,
         };
         let entry = self
-            .clauses
+            .out
+            .flows
             .entry(key_of(&flow))
             .or_insert_with(|| flow.cookie(cookie(cookie_object::POLICY)));
         if !entry.actions.contains(&action) {

@@ -7,9 +7,12 @@
 //!   agent's policy task.
 //! - [`compile`]: pure, caches + this node's pods in, flows out
 //!   (conjunctions; `except` as disjoint prefixes, [`prefix`]).
-//! - [`NetworkPolicies`]: the installed flows; an update compiles again and
-//!   sends only the difference (added, changed and removed flows) in one
-//!   OpenFlow bundle; the agent's full resync (start, OVS reconnects)
+//! - [`incremental`]: per-policy fragments merged; a change recompiles
+//!   only the policies it can affect (a pod's or namespace's membership in
+//!   their selectors), so a label change costs its policies, not all.
+//! - [`NetworkPolicies`]: the installed flows; an update recompiles what
+//!   changed and sends only the difference (added, changed and removed
+//!   flows) in one OpenFlow bundle; the agent's full resync (start, OVS reconnects)
 //!   carries the policy flows in its own bundle under the new cookie
 //!   generation ([`NetworkPolicies::full`]), so a restart never removes a
 //!   flow before its replacement is in.
@@ -19,6 +22,7 @@
 //! current generation.
 
 pub mod compile;
+pub mod incremental;
 pub mod model;
 pub mod prefix;
 mod watch;
@@ -36,6 +40,7 @@ use tokio::sync::Notify;
 
 pub use compile::{Compiled, Direction, LocalPod, RuleRef};
 use compile::{ConjIds, FlowKey, Inputs, with_generation};
+use incremental::Changes;
 use model::{Labels, PodInfo, Policy};
 
 use crate::drivers::FlowSink;
@@ -60,13 +65,108 @@ struct Caches {
     namespaces: BTreeMap<String, Labels>,
     /// Bit per watch whose first list arrived (see `watch`).
     listed: u8,
+    /// What changed since the last compile.
+    changes: Changes,
 }
 
-/// What is on the switch.
+/// Says, when a policy naming SCTP is added or changed, what the datapath
+/// does with it.
+fn warn_sctp(key: &(String, String), policy: Option<&Policy>) {
+    if policy.is_some_and(Policy::names_sctp) {
+        tracing::warn!(
+            policy = %format!("{}/{}", key.0, key.1),
+            "NetworkPolicy names SCTP: its SCTP ports are matched on the first packet of an association, but {}",
+            model::SCTP_CAVEAT
+        );
+    }
+}
+
+impl Caches {
+    fn set_policy(&mut self, key: (String, String), policy: Option<Policy>) {
+        let before = match policy {
+            Some(p) => self.policies.insert(key.clone(), p),
+            None => self.policies.remove(&key),
+        };
+        if before.as_ref() != self.policies.get(&key) {
+            warn_sctp(&key, self.policies.get(&key));
+            self.changes.policies.insert(key);
+        }
+    }
+
+    fn set_pod(&mut self, key: (String, String), pod: Option<PodInfo>) {
+        let before = match pod {
+            Some(p) => self.pods.insert(key.clone(), p),
+            None => self.pods.remove(&key),
+        };
+        if before.as_ref() != self.pods.get(&key) {
+            self.changes.pod(key, before);
+        }
+    }
+
+    fn set_namespace(&mut self, name: String, labels: Option<Labels>) {
+        let before = match labels {
+            Some(l) => self.namespaces.insert(name.clone(), l),
+            None => self.namespaces.remove(&name),
+        };
+        if before.as_ref() != self.namespaces.get(&name) {
+            self.changes.namespace(name, before);
+        }
+    }
+
+    /// Replaces the policies with `new`, recording what differs.
+    fn replace_policies(&mut self, new: BTreeMap<(String, String), Policy>) {
+        let old = std::mem::take(&mut self.policies);
+        for k in old.keys().chain(new.keys()) {
+            if old.get(k) != new.get(k) {
+                warn_sctp(k, new.get(k));
+                self.changes.policies.insert(k.clone());
+            }
+        }
+        self.policies = new;
+    }
+
+    /// Replaces the pods with `new`, recording what differs.
+    fn replace_pods(&mut self, new: BTreeMap<(String, String), PodInfo>) {
+        let old = std::mem::take(&mut self.pods);
+        for k in new.keys() {
+            if old.get(k) != new.get(k) {
+                self.changes.pod(k.clone(), old.get(k).cloned());
+            }
+        }
+        for (k, v) in old {
+            if !new.contains_key(&k) {
+                self.changes.pod(k, Some(v));
+            }
+        }
+        self.pods = new;
+    }
+
+    /// Replaces the namespaces with `new`, recording what differs.
+    fn replace_namespaces(&mut self, new: BTreeMap<String, Labels>) {
+        let old = std::mem::take(&mut self.namespaces);
+        for k in new.keys() {
+            if old.get(k) != new.get(k) {
+                self.changes.namespace(k.clone(), old.get(k).cloned());
+            }
+        }
+        for (k, v) in old {
+            if !new.contains_key(&k) {
+                self.changes.namespace(k, Some(v));
+            }
+        }
+        self.namespaces = new;
+    }
+}
+
+/// What is compiled, and what is on the switch.
 #[derive(Debug, Default)]
 struct Installed {
-    compiled: Compiled,
+    /// The compiled flows (what the switch should have).
+    state: incremental::State,
     ids: ConjIds,
+    /// The flows the switch has where they may differ from `state` (a
+    /// bundle not sent or failed): `None` for a flow it lacks.
+    unsent: BTreeMap<FlowKey, Option<openflow::Flow>>,
     /// Drop-flow packet counts last read, per (direction, ofport).
     denied: BTreeMap<(Direction, u32), u64>,
 }
@@ -168,13 +268,40 @@ impl NetworkPolicies {
         namespaces: BTreeMap<String, Labels>,
     ) {
         let mut c = lock(&self.caches);
-        c.policies = policies
-            .into_iter()
-            .map(|p| ((p.namespace.clone(), p.name.clone()), p))
-            .collect();
-        c.pods = pods;
-        c.namespaces = namespaces;
+        c.replace_policies(
+            policies
+                .into_iter()
+                .map(|p| ((p.namespace.clone(), p.name.clone()), p))
+                .collect(),
+        );
+        c.replace_pods(pods);
+        c.replace_namespaces(namespaces);
         drop(c);
+        self.touch();
+    }
+
+    /// Sets (`None`: deletes) one policy, as a watch event does.
+    pub fn set_policy(&self, namespace: &str, name: &str, policy: Option<Policy>) {
+        lock(&self.caches).set_policy((namespace.to_string(), name.to_string()), policy);
+        self.touch();
+    }
+
+    /// Sets (`None`: deletes) one pod, as a watch event does.
+    pub fn set_pod(&self, namespace: &str, name: &str, pod: Option<PodInfo>) {
+        lock(&self.caches).set_pod((namespace.to_string(), name.to_string()), pod);
+        self.touch();
+    }
+
+    /// Sets (`None`: deletes) one namespace's labels, as a watch event does.
+    pub fn set_namespace(&self, name: &str, labels: Option<Labels>) {
+        lock(&self.caches).set_namespace(name.to_string(), labels);
+        self.touch();
+    }
+
+    /// Makes the next update compile every policy again (benchmarks
+    /// compare it with the incremental compile).
+    pub fn recompile_all(&self) {
+        lock(&self.caches).changes.all = true;
         self.touch();
     }
 
@@ -206,9 +333,10 @@ impl NetworkPolicies {
         match fetched {
             Some(p) => {
                 let mut c = lock(&self.caches);
-                c.pods
-                    .entry((namespace.to_string(), name.to_string()))
-                    .or_insert_with(|| PodInfo::from_api(&p));
+                let key = (namespace.to_string(), name.to_string());
+                if !c.pods.contains_key(&key) {
+                    c.set_pod(key, Some(PodInfo::from_api(&p)));
+                }
                 Ok(())
             }
             None if policies_in_ns => Err(PolicyError::PodUnknown(format!("{namespace}/{name}"))),
@@ -216,9 +344,15 @@ impl NetworkPolicies {
         }
     }
 
-    fn compile(&self, installed: &mut Installed, local: &[LocalPod]) -> Compiled {
-        let c = lock(&self.caches);
-        compile::compile(
+    /// Applies the changes since the last call to the compiled state; the
+    /// flows changed are recorded as unsent with what the switch has.
+    fn compile(&self, installed: &mut Installed, local: &[LocalPod]) {
+        let mut c = lock(&self.caches);
+        let changes = std::mem::take(&mut c.changes);
+        let Installed {
+            state, ids, unsent, ..
+        } = installed;
+        let changed = state.apply(
             Inputs {
                 policies: &c.policies,
                 pods: &c.pods,
@@ -226,13 +360,17 @@ impl NetworkPolicies {
                 local,
                 gateway_ip: self.gateway_ip,
             },
-            &mut installed.ids,
-        )
+            &changes,
+            ids,
+        );
+        for (k, before) in changed {
+            unsent.entry(k).or_insert(before);
+        }
     }
 
-    /// Brings the switch up to date: compiles, and sends the flows that
-    /// differ from the installed ones (adds, replacements, strict deletes)
-    /// in one bundle, under cookie `generation`.
+    /// Brings the switch up to date: compiles what changed, and sends the
+    /// flows that differ from the installed ones (adds, replacements,
+    /// strict deletes) in one bundle, under cookie `generation`.
     pub async fn update(
         &self,
         generation: u8,
@@ -242,17 +380,17 @@ impl NetworkPolicies {
     ) -> Result<UpdateStats, PolicyError> {
         let t0 = Instant::now();
         let mut installed = self.installed.lock().await;
-        let compiled = self.compile(&mut installed, local);
-        let mods = diff(&installed.compiled.flows, &compiled.flows, generation);
+        self.compile(&mut installed, local);
+        let mods = diff(&installed.unsent, &installed.state.out.flows, generation);
         let stats = UpdateStats {
             flow_mods: mods.len(),
-            flows: compiled.flows.len(),
+            flows: installed.state.out.flows.len(),
         };
         if !mods.is_empty() {
             sink.bundle(mods).await?;
             tracing::debug!(flow_mods = stats.flow_mods, flows = stats.flows, elapsed = ?t0.elapsed(), "policy flows updated");
         }
-        installed.compiled = compiled;
+        installed.unsent.clear();
         if let Some(m) = metrics {
             m.policy_flows
                 .set(i64::try_from(stats.flows).unwrap_or(i64::MAX));
@@ -268,7 +406,8 @@ impl NetworkPolicies {
     /// [`NetworkPolicies::resynced`] once it was applied.
     pub async fn full(&self, generation: u8, local: &[LocalPod]) -> (Vec<FlowMod>, Compiled) {
         let mut installed = self.installed.lock().await;
-        let compiled = self.compile(&mut installed, local);
+        self.compile(&mut installed, local);
+        let compiled = installed.state.out.clone();
         let mods = compiled
             .flows
             .values()
@@ -283,7 +422,20 @@ impl NetworkPolicies {
 
     /// Records what a full resync installed.
     pub async fn resynced(&self, compiled: Compiled) {
-        self.installed.lock().await.compiled = compiled;
+        let mut installed = self.installed.lock().await;
+        let Installed { state, unsent, .. } = &mut *installed;
+        unsent.clear();
+        let desired = &state.out.flows;
+        for k in compiled.flows.keys().chain(desired.keys()) {
+            if compiled.flows.get(k) != desired.get(k) {
+                unsent.insert(k.clone(), compiled.flows.get(k).cloned());
+            }
+        }
+    }
+
+    /// The compiled rules, isolated pods and flows (generation 0).
+    pub async fn compiled(&self) -> Compiled {
+        self.installed.lock().await.state.out.clone()
     }
 
     /// Reads the rules' and the default drops' counters (flow stats by
@@ -317,7 +469,7 @@ impl NetworkPolicies {
                 continue;
             };
             let id = c.object - cookie_object::POLICY_RULE_FIRST;
-            let Some(r) = installed.compiled.rules.get(&id) else {
+            let Some(r) = installed.state.out.rules.get(&id) else {
                 continue;
             };
             let e = per_rule.entry(PolicyRuleLabels::of(r)).or_default();
@@ -368,7 +520,8 @@ impl NetworkPolicies {
                 .unwrap_or(0);
             if s.packet_count > before {
                 let pod = installed
-                    .compiled
+                    .state
+                    .out
                     .isolated
                     .get(&(direction, ofport))
                     .cloned()
@@ -395,29 +548,33 @@ impl NetworkPolicies {
     }
 }
 
-/// The flow mods turning `old` into `new`: adds for new and changed flows
-/// (an add replaces the flow with the same match and priority, counters
-/// aside), strict deletes for flows gone.
+/// The flow mods bringing the flows `on_switch` has (for the keys it
+/// names; `None`: absent) to `desired`: adds for new and changed flows (an
+/// add replaces the flow with the same match and priority, counters aside),
+/// strict deletes for flows gone.
 pub fn diff(
-    old: &BTreeMap<FlowKey, openflow::Flow>,
-    new: &BTreeMap<FlowKey, openflow::Flow>,
+    on_switch: &BTreeMap<FlowKey, Option<openflow::Flow>>,
+    desired: &BTreeMap<FlowKey, openflow::Flow>,
     generation: u8,
 ) -> Vec<FlowMod> {
-    let mut mods = Vec::new();
-    for (k, f) in new {
-        if old.get(k) != Some(f) {
-            let mut f = f.clone();
-            f.cookie = with_generation(f.cookie, generation);
-            mods.push(FlowMod::add(f));
+    let mut adds = Vec::new();
+    let mut deletes = Vec::new();
+    for (k, old) in on_switch {
+        match (old, desired.get(k)) {
+            (old, Some(f)) if old.as_ref() != Some(f) => {
+                let mut f = f.clone();
+                f.cookie = with_generation(f.cookie, generation);
+                adds.push(FlowMod::add(f));
+            }
+            (Some(old), None) => deletes.push(FlowMod::delete_strict(old.clone())),
+            _ => {}
         }
     }
-    for (k, f) in old {
-        if !new.contains_key(k) {
-            mods.push(FlowMod::delete_strict(f.clone()));
-        }
-    }
-    mods
+    adds.extend(deletes);
+    adds
 }
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod tests;

@@ -335,7 +335,23 @@ fn peers(list: Option<&Vec<NetworkPolicyPeer>>) -> Result<Option<Vec<Peer>>, Pol
     Ok((!out.is_empty()).then_some(out))
 }
 
+/// Why SCTP rules are not enforced as written on the userspace datapath
+/// (see `docs/network-policy.md`, "SCTP").
+pub const SCTP_CAVEAT: &str = "the userspace datapath's conntrack (OVS 3.1) tracks SCTP by addresses only: \
+     once an allowed SCTP association between two pods was answered, SCTP to any other port \
+     between the same two addresses passes as established";
+
 impl Policy {
+    /// Whether a rule names SCTP.
+    pub fn names_sctp(&self) -> bool {
+        self.ingress
+            .iter()
+            .flatten()
+            .chain(self.egress.iter().flatten())
+            .flat_map(|r| &r.ports)
+            .any(|p| p.proto == Proto::Sctp)
+    }
+
     /// From the API's NetworkPolicy.
     pub fn from_api(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
         let namespace = np.metadata.namespace.clone().unwrap_or_default();

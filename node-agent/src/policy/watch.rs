@@ -3,6 +3,7 @@
 //! the compiler's values. A relist replaces a cache in one step, under the
 //! lock, so the compiler never sees half a list.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -30,23 +31,22 @@ fn key<K: kube::Resource>(o: &K) -> Key {
     )
 }
 
-/// How one kind enters the caches.
+/// How one kind enters the caches (each records what changed).
 trait Kind:
     kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static
 {
     const BIT: u8;
     fn apply(c: &mut Caches, o: &Self);
     fn delete(c: &mut Caches, o: &Self);
-    fn clear(c: &mut Caches);
+    /// Replaces every object of the kind with `list` (a relist).
+    fn replace(c: &mut Caches, list: &[Self]);
 }
 
 impl Kind for NetworkPolicy {
     const BIT: u8 = POLICIES;
     fn apply(c: &mut Caches, o: &Self) {
         match Policy::from_api(o) {
-            Ok(p) => {
-                c.policies.insert(key(o), p);
-            }
+            Ok(p) => c.set_policy(key(o), Some(p)),
             Err(e) => {
                 // Nothing changes for a policy that cannot be read: the
                 // version before stays (none for a new one).
@@ -56,40 +56,68 @@ impl Kind for NetworkPolicy {
         }
     }
     fn delete(c: &mut Caches, o: &Self) {
-        c.policies.remove(&key(o));
+        c.set_policy(key(o), None);
     }
-    fn clear(c: &mut Caches) {
-        c.policies.clear();
+    fn replace(c: &mut Caches, list: &[Self]) {
+        let mut new = BTreeMap::new();
+        for o in list {
+            match Policy::from_api(o) {
+                Ok(p) => {
+                    new.insert(key(o), p);
+                }
+                Err(e) => {
+                    // The version before stays, if any.
+                    let (ns, name) = key(o);
+                    tracing::warn!(policy = %format!("{ns}/{name}"), error = %e, "NetworkPolicy refused");
+                    if let Some(p) = c.policies.get(&key(o)) {
+                        new.insert(key(o), p.clone());
+                    }
+                }
+            }
+        }
+        c.replace_policies(new);
     }
 }
 
 impl Kind for Pod {
     const BIT: u8 = PODS;
     fn apply(c: &mut Caches, o: &Self) {
-        c.pods.insert(key(o), PodInfo::from_api(o));
+        c.set_pod(key(o), Some(PodInfo::from_api(o)));
     }
     fn delete(c: &mut Caches, o: &Self) {
-        c.pods.remove(&key(o));
+        c.set_pod(key(o), None);
     }
-    fn clear(c: &mut Caches) {
-        c.pods.clear();
+    fn replace(c: &mut Caches, list: &[Self]) {
+        c.replace_pods(
+            list.iter()
+                .map(|o| (key(o), PodInfo::from_api(o)))
+                .collect(),
+        );
     }
 }
 
 impl Kind for Namespace {
     const BIT: u8 = NAMESPACES;
     fn apply(c: &mut Caches, o: &Self) {
-        c.namespaces.insert(
+        c.set_namespace(
             o.metadata.name.clone().unwrap_or_default(),
-            namespace_labels(o),
+            Some(namespace_labels(o)),
         );
     }
     fn delete(c: &mut Caches, o: &Self) {
-        c.namespaces
-            .remove(o.metadata.name.as_deref().unwrap_or_default());
+        c.set_namespace(o.metadata.name.clone().unwrap_or_default(), None);
     }
-    fn clear(c: &mut Caches) {
-        c.namespaces.clear();
+    fn replace(c: &mut Caches, list: &[Self]) {
+        c.replace_namespaces(
+            list.iter()
+                .map(|o| {
+                    (
+                        o.metadata.name.clone().unwrap_or_default(),
+                        namespace_labels(o),
+                    )
+                })
+                .collect(),
+        );
     }
 }
 
@@ -116,10 +144,8 @@ async fn run<K: Kind>(
             Ok(watcher::Event::InitDone) => {
                 {
                     let mut c = lock(&this.caches);
-                    K::clear(&mut c);
-                    for o in relist.drain(..) {
-                        K::apply(&mut c, &o);
-                    }
+                    K::replace(&mut c, &relist);
+                    relist.clear();
                     c.listed |= K::BIT;
                     let listed = c.listed;
                     this.listed.send_replace(listed);
