@@ -7,61 +7,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use switchyard_lab::fabric_api::pki;
-use switchyard_lab::fabric_api::{FabricApi, Kernel, ServerTls};
-
-#[derive(Default, Clone)]
-struct FakeKernel(Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>);
-
-impl Kernel for FakeKernel {
-    fn apply<'a>(
-        &'a self,
-        network: IpNet,
-        next_hops: &'a [IpAddr],
-    ) -> BoxFuture<'a, Result<(), String>> {
-        self.0.lock().unwrap().insert(network, next_hops.to_vec());
-        async { Ok(()) }.boxed()
-    }
-    fn remove(&self, network: IpNet) -> BoxFuture<'_, Result<(), String>> {
-        self.0.lock().unwrap().remove(&network);
-        async { Ok(()) }.boxed()
-    }
-    fn read(&self, network: IpNet) -> BoxFuture<'_, Result<Vec<IpAddr>, String>> {
-        let v = self
-            .0
-            .lock()
-            .unwrap()
-            .get(&network)
-            .cloned()
-            .unwrap_or_default();
-        async move { Ok(v) }.boxed()
-    }
-}
-
-impl FakeKernel {
-    fn hops(&self, ip: &str) -> Option<Vec<String>> {
-        let net: IpNet = format!("{ip}/32").parse().unwrap();
-        self.0
-            .lock()
-            .unwrap()
-            .get(&net)
-            .map(|h| h.iter().map(|i| i.to_string()).collect())
-    }
-}
+use switchyard_lab::fabric_api::in_process::{InProcess, MemoryKernel};
 
 async fn create<K>(api: &Api<K>, v: serde_json::Value)
 where
@@ -78,8 +32,8 @@ where
 
 struct Setup {
     client: Client,
-    kernel: FakeKernel,
-    fabric: FabricApi,
+    kernel: MemoryKernel,
+    fabric: InProcess,
     _dir: tempfile::TempDir,
     _server: switchyard_lab::apiserver::ApiServerHandle,
 }
@@ -87,26 +41,8 @@ struct Setup {
 async fn setup() -> Setup {
     let (server, client) = lab().await;
     let dir = tempfile::tempdir().unwrap();
-    let files = pki::generate(
-        dir.path(),
-        &["127.0.0.1".parse().unwrap()],
-        &[],
-        "controller",
-    )
-    .unwrap();
-    let kernel = FakeKernel::default();
-    let tls = ServerTls {
-        cert: files.server_cert.clone(),
-        key: files.server_key.clone(),
-        client_ca: files.ca.clone(),
-    };
-    let fabric = FabricApi::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &tls,
-        Box::new(kernel.clone()),
-    )
-    .await
-    .unwrap();
+    let fabric = InProcess::start(dir.path(), "controller").await;
+    let kernel = fabric.kernel.clone();
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 1..=3 {
         create(
@@ -126,7 +62,6 @@ async fn setup() -> Setup {
             .await
             .unwrap();
     }
-    let raw = |p: &std::path::Path| k8s_openapi::ByteString(std::fs::read(p).unwrap());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), LEASE_NS);
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
@@ -135,11 +70,13 @@ async fn setup() -> Setup {
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
-        data: Some(BTreeMap::from([
-            ("tls.crt".to_string(), raw(&files.client_cert)),
-            ("tls.key".to_string(), raw(&files.client_key)),
-            ("ca.crt".to_string(), raw(&files.ca)),
-        ])),
+        data: Some(
+            fabric
+                .credentials()
+                .into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                .collect(),
+        ),
         ..Default::default()
     };
     secrets
@@ -151,7 +88,7 @@ async fn setup() -> Setup {
         &targets,
         json!({"apiVersion": "switchyard.io/v1alpha1", "kind": "RouteTarget",
         "metadata": {"name": "fabric"},
-        "spec": {"driver": "lab", "endpoint": format!("https://{}", fabric.addr()),
+        "spec": {"driver": "lab", "endpoint": format!("https://{}", fabric.api.addr()),
                  "credentialsSecretRef": {"namespace": LEASE_NS, "name": "fabric-cred"}}}),
     )
     .await;
@@ -205,7 +142,7 @@ async fn address_of(client: &Client, name: &str) -> String {
 async fn route_of(s: &Setup, ip: &str, want: &[&str], what: &str) -> Duration {
     let start = Instant::now();
     eventually(Duration::from_secs(20), what, || async {
-        (s.kernel.hops(ip).as_deref()
+        (s.kernel.next_hops(&format!("{ip}/32")).as_deref()
             == Some(&want.iter().map(|w| w.to_string()).collect::<Vec<_>>()[..]))
         .then_some(())
     })
@@ -258,7 +195,7 @@ async fn route_mode_programs_repairs_and_removes_routes() {
     route_of(&s, &local, &["10.0.0.2"], "Local: only n2 (ready endpoint)").await;
 
     // Out of band: the router's route loses two next hops; repaired by the periodic check.
-    s.kernel.0.lock().unwrap().insert(
+    s.kernel.set_out_of_band(
         format!("{web}/32").parse().unwrap(),
         vec!["10.0.0.1".parse().unwrap()],
     );
@@ -273,7 +210,7 @@ async fn route_mode_programs_repairs_and_removes_routes() {
     eprintln!("out-of-band edit repaired after {took:?}");
 
     // 5xx: retried with backoff, shown in the condition, then programmed.
-    let store = s.fabric.store().clone();
+    let store = s.fabric.api.store().clone();
     store
         .handle("PUT", "/lab/v1/faults", false, false, br#"{"status": 503}"#)
         .await;
@@ -355,11 +292,7 @@ async fn route_mode_programs_repairs_and_removes_routes() {
         other.metadata.finalizers.is_none() && address(&other).is_none(),
         "{other:?}"
     );
-    assert_eq!(
-        s.kernel.0.lock().unwrap().len(),
-        4,
-        "web, local, web2, after"
-    );
+    assert_eq!(s.kernel.routes().len(), 4, "web, local, web2, after");
 
     // Deleting the Service removes its route.
     let services: Api<Service> = Api::namespaced(c.clone(), "default");
@@ -368,8 +301,14 @@ async fn route_mode_programs_repairs_and_removes_routes() {
         .await
         .unwrap();
     eventually(Duration::from_secs(15), "route of web removed", || async {
-        s.kernel.hops(&web).is_none().then_some(())
+        s.kernel
+            .next_hops(&format!("{web}/32"))
+            .is_none()
+            .then_some(())
     })
     .await;
-    assert!(s.kernel.hops(&after).is_some(), "other routes stay");
+    assert!(
+        s.kernel.next_hops(&format!("{after}/32")).is_some(),
+        "other routes stay"
+    );
 }

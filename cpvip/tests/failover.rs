@@ -12,13 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -31,56 +28,12 @@ use switchyard_api::ControlPlaneVIP;
 use switchyard_api::leader::Timings;
 use switchyard_cpvip::{Options, metrics::Metrics};
 use switchyard_lab::apiserver::{ApiServer, ApiServerHandle, ApiServerOptions};
-use switchyard_lab::fabric_api::{FabricApi, Kernel, ServerTls, pki};
+use switchyard_lab::fabric_api::in_process::{InProcess, MemoryKernel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 const NS: &str = "kube-system";
 const VIP: &str = "198.51.100.10";
-
-#[derive(Default, Clone)]
-struct FakeKernel(Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>);
-
-impl Kernel for FakeKernel {
-    fn apply<'a>(
-        &'a self,
-        network: IpNet,
-        hops: &'a [IpAddr],
-    ) -> BoxFuture<'a, Result<(), String>> {
-        self.0.lock().unwrap().insert(network, hops.to_vec());
-        async { Ok(()) }.boxed()
-    }
-    fn remove(&self, network: IpNet) -> BoxFuture<'_, Result<(), String>> {
-        self.0.lock().unwrap().remove(&network);
-        async { Ok(()) }.boxed()
-    }
-    fn read(&self, network: IpNet) -> BoxFuture<'_, Result<Vec<IpAddr>, String>> {
-        let v = self
-            .0
-            .lock()
-            .unwrap()
-            .get(&network)
-            .cloned()
-            .unwrap_or_default();
-        async move { Ok(v) }.boxed()
-    }
-}
-
-impl FakeKernel {
-    fn hops(&self) -> Option<Vec<String>> {
-        let net: IpNet = format!("{VIP}/32").parse().unwrap();
-        let mut v: Vec<String> = self
-            .0
-            .lock()
-            .unwrap()
-            .get(&net)?
-            .iter()
-            .map(|i| i.to_string())
-            .collect();
-        v.sort();
-        Some(v)
-    }
-}
 
 const OK: u8 = 0;
 const FAIL: u8 = 1;
@@ -166,8 +119,8 @@ impl Apiserver {
 
 struct Lab {
     client: Client,
-    kernel: FakeKernel,
-    fabric: FabricApi,
+    kernel: MemoryKernel,
+    fabric: InProcess,
     apiservers: Vec<Apiserver>,
     daemons: BTreeMap<String, JoinHandle<()>>,
     ca_pem: String,
@@ -199,21 +152,8 @@ async fn setup() -> Lab {
     }
     // The router.
     let dir = tempfile::tempdir().unwrap();
-    let files = pki::generate(dir.path(), &["127.0.0.1".parse().unwrap()], &[], "cpvip").unwrap();
-    let kernel = FakeKernel::default();
-    let tls = ServerTls {
-        cert: files.server_cert.clone(),
-        key: files.server_key.clone(),
-        client_ca: files.ca.clone(),
-    };
-    let fabric = FabricApi::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &tls,
-        Box::new(kernel.clone()),
-    )
-    .await
-    .unwrap();
-    let raw = |p: &std::path::Path| k8s_openapi::ByteString(std::fs::read(p).unwrap());
+    let fabric = InProcess::start(dir.path(), "cpvip").await;
+    let kernel = fabric.kernel.clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
@@ -221,11 +161,13 @@ async fn setup() -> Lab {
             namespace: Some(NS.into()),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([
-            ("tls.crt".to_string(), raw(&files.client_cert)),
-            ("tls.key".to_string(), raw(&files.client_key)),
-            ("ca.crt".to_string(), raw(&files.ca)),
-        ])),
+        data: Some(
+            fabric
+                .credentials()
+                .into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                .collect(),
+        ),
         ..Default::default()
     };
     secrets
@@ -239,7 +181,7 @@ async fn setup() -> Lab {
             &serde_json::from_value(
                 json!({"apiVersion": "switchyard.io/v1alpha1", "kind": "RouteTarget",
                 "metadata": {"name": "fabric"},
-                "spec": {"driver": "lab", "endpoint": format!("https://{}", fabric.addr()),
+                "spec": {"driver": "lab", "endpoint": format!("https://{}", fabric.api.addr()),
                          "credentialsSecretRef": {"namespace": NS, "name": "fabric-cred"}}}),
             )
             .unwrap(),
@@ -341,7 +283,7 @@ impl Lab {
         let start = Instant::now();
         let want: Vec<String> = want.iter().map(|i| node_ip(*i).to_string()).collect();
         eventually(Duration::from_secs(20), what, || async {
-            (self.kernel.hops().as_ref() == Some(&want)).then_some(())
+            (self.kernel.next_hops(&format!("{VIP}/32")).as_ref() == Some(&want)).then_some(())
         })
         .await;
         start.elapsed()
@@ -361,7 +303,11 @@ impl Lab {
         let want: Vec<String> = want.iter().map(|i| node_ip(*i).to_string()).collect();
         let end = Instant::now() + how_long;
         while Instant::now() < end {
-            assert_eq!(self.kernel.hops().as_ref(), Some(&want), "{what}");
+            assert_eq!(
+                self.kernel.next_hops(&format!("{VIP}/32")).as_ref(),
+                Some(&want),
+                "{what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -382,6 +328,7 @@ impl Lab {
     async fn puts(&self) -> usize {
         let (_, log) = self
             .fabric
+            .api
             .store()
             .handle("GET", "/lab/v1/requests", false, false, b"")
             .await;
@@ -462,7 +409,7 @@ async fn control_plane_vip_routes_healthy_nodes_fails_static_repairs_and_cleans_
             let gone = lab.vip_reported("cp2").await == Some(String::new());
             if gone {
                 assert_eq!(
-                    lab.kernel.hops(),
+                    lab.kernel.next_hops(&format!("{VIP}/32")),
                     Some(vec![node_ip(1).to_string(), node_ip(3).to_string()]),
                     "cp2 dropped the VIP while routed"
                 );
@@ -544,16 +491,14 @@ async fn control_plane_vip_routes_healthy_nodes_fails_static_repairs_and_cleans_
 
     // 5. Edited on the router, deleted through the fabric API: repaired within 10 s.
     lab.kernel
-        .0
-        .lock()
-        .unwrap()
-        .insert(format!("{VIP}/32").parse().unwrap(), vec![node_ip(1)]);
+        .set_out_of_band(format!("{VIP}/32").parse().unwrap(), vec![node_ip(1)]);
     let took = lab
         .route(&[1, 2, 3], "repair of a route edited on the router")
         .await;
     assert!(took < Duration::from_secs(10), "repaired after {took:?}");
     let (status, _) = lab
         .fabric
+        .api
         .store()
         .handle(
             "DELETE",
@@ -564,7 +509,7 @@ async fn control_plane_vip_routes_healthy_nodes_fails_static_repairs_and_cleans_
         )
         .await;
     assert!(status.is_success(), "{status}");
-    assert_eq!(lab.kernel.hops(), None);
+    assert_eq!(lab.kernel.next_hops(&format!("{VIP}/32")), None);
     let took = lab
         .route(&[1, 2, 3], "repair of a route deleted through the API")
         .await;
@@ -594,7 +539,10 @@ async fn control_plane_vip_routes_healthy_nodes_fails_static_repairs_and_cleans_
     // 9. Deleting the ControlPlaneVIP deletes the route and every VIP.
     api.delete("api", &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(15), "route deleted", || async {
-        lab.kernel.hops().is_none().then_some(())
+        lab.kernel
+            .next_hops(&format!("{VIP}/32"))
+            .is_none()
+            .then_some(())
     })
     .await;
     eventually(Duration::from_secs(15), "ControlPlaneVIP gone", || async {

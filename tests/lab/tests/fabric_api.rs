@@ -4,69 +4,25 @@
 //! retriable) and the request log. The kernel is an in-memory fake here;
 //! `tests/load_balancer_route.rs` runs the real one (netlink in the lab's fabric namespace).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use ipnet::IpNet;
+use switchyard_lab::fabric_api::FabricApi;
+use switchyard_lab::fabric_api::in_process::{InProcess, MemoryKernel};
 use switchyard_lab::fabric_api::pki::{self, PkiFiles};
-use switchyard_lab::fabric_api::{FabricApi, Kernel, ServerTls};
 use switchyard_router::{PolicyConfig, PolicyDriver, RouterDriver, RouterError, StaticRoute};
-
-#[derive(Default, Clone)]
-struct FakeKernel(Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>);
-
-impl Kernel for FakeKernel {
-    fn apply<'a>(
-        &'a self,
-        network: IpNet,
-        next_hops: &'a [IpAddr],
-    ) -> BoxFuture<'a, Result<(), String>> {
-        self.0.lock().unwrap().insert(network, next_hops.to_vec());
-        async { Ok(()) }.boxed()
-    }
-    fn remove(&self, network: IpNet) -> BoxFuture<'_, Result<(), String>> {
-        self.0.lock().unwrap().remove(&network);
-        async { Ok(()) }.boxed()
-    }
-    fn read(&self, network: IpNet) -> BoxFuture<'_, Result<Vec<IpAddr>, String>> {
-        let v = self
-            .0
-            .lock()
-            .unwrap()
-            .get(&network)
-            .cloned()
-            .unwrap_or_default();
-        async move { Ok(v) }.boxed()
-    }
-}
 
 struct Setup {
     _dir: tempfile::TempDir,
     files: PkiFiles,
-    kernel: FakeKernel,
+    kernel: MemoryKernel,
     api: FabricApi,
 }
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let files = pki::generate(dir.path(), &["127.0.0.1".parse().unwrap()], &[], "test").unwrap();
-    let kernel = FakeKernel::default();
-    let tls = ServerTls {
-        cert: files.server_cert.clone(),
-        key: files.server_key.clone(),
-        client_ca: files.ca.clone(),
-    };
-    let api = FabricApi::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &tls,
-        Box::new(kernel.clone()),
-    )
-    .await
-    .unwrap();
+    let InProcess { api, files, kernel } = InProcess::start(dir.path(), "test").await;
     Setup {
         _dir: dir,
         files,
@@ -116,7 +72,7 @@ async fn lab_driver_programs_ecmp_routes_through_the_fabric_api() {
     );
     d.put(&r).await.unwrap();
     assert_eq!(
-        s.kernel.0.lock().unwrap()[&"198.18.0.10/32".parse().unwrap()],
+        s.kernel.routes()[&"198.18.0.10/32".parse().unwrap()],
         ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
         "one ECMP route, three next hops"
     );
@@ -126,7 +82,7 @@ async fn lab_driver_programs_ecmp_routes_through_the_fabric_api() {
         .await
         .unwrap();
     assert_eq!(
-        s.kernel.0.lock().unwrap()[&"198.18.0.10/32".parse().unwrap()],
+        s.kernel.routes()[&"198.18.0.10/32".parse().unwrap()],
         ips(&["10.0.0.2"])
     );
 
@@ -140,7 +96,7 @@ async fn lab_driver_programs_ecmp_routes_through_the_fabric_api() {
     assert_eq!(d.list().await.unwrap().len(), 1);
 
     d.delete("lb-a").await.unwrap();
-    assert!(s.kernel.0.lock().unwrap().is_empty(), "route removed");
+    assert!(s.kernel.routes().is_empty(), "route removed");
     assert_eq!(d.get("lb-a").await.unwrap(), None);
 }
 
@@ -153,10 +109,7 @@ async fn reads_show_out_of_band_edits_and_faults_are_retriable() {
         .unwrap();
     // Edited on the router behind the API's back.
     s.kernel
-        .0
-        .lock()
-        .unwrap()
-        .insert("198.18.0.10/32".parse().unwrap(), ips(&["10.0.0.9"]));
+        .set_out_of_band("198.18.0.10/32".parse().unwrap(), ips(&["10.0.0.9"]));
     let seen = d.get("lb-a").await.unwrap().unwrap();
     assert_eq!(seen.next_hops, ips(&["10.0.0.9"]));
     assert!(

@@ -16,6 +16,7 @@
 //! - `PUT /lab/v1/kernel-routes` `{"network": ..., "next_hops": [{"ip_address": ...}]}`: edit
 //!   the kernel route out of band (empty `next_hops` removes it), leaving the object as it is.
 
+pub mod in_process;
 pub mod kernel;
 pub mod pki;
 pub mod store;
