@@ -320,20 +320,55 @@ mod span_tests {
         }
     }
 
+    std::thread_local! {
+        /// Where this thread's log lines go (nowhere when unset).
+        static CAPTURE: std::cell::RefCell<Option<Buffer>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Writes into the current thread's [`CAPTURE`], or discards.
+    #[derive(Clone, Default)]
+    struct ThreadCapture;
+
+    impl std::io::Write for ThreadCapture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+                Some(b) => b.write(buf),
+                None => Ok(buf.len()),
+            })
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Captures this thread's log lines (JSON, as `--log-format json` writes
+    /// them) into the returned buffer. The subscriber is the test binary's
+    /// global one, enabled for every level: a subscriber set per thread
+    /// (`set_default`) loses the events of a callsite that another test's
+    /// thread registers at the same moment (its interest is cached as
+    /// "never"), which made this test fail under load.
+    fn capture_this_thread() -> Buffer {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(|| ThreadCapture)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        let buffer = Buffer::default();
+        CAPTURE.with(|c| *c.borrow_mut() = Some(buffer.clone()));
+        buffer
+    }
+
     /// Every log line of an ADD and a DEL (JSON, as `--log-format json`
     /// writes them) carries the request's namespace, pod and container id.
     #[tokio::test(flavor = "current_thread")]
     async fn every_log_line_of_a_request_carries_its_pod() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let buffer = capture_this_thread();
 
         let fake = FakeNode::default();
         let state = Arc::new(NodeState::for_tests(fake.drivers(), None));
