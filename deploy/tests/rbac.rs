@@ -238,6 +238,16 @@ fn close_paren(s: &str, open: usize) -> Option<usize> {
 
 /// Method names called as `.name(` on `var` between `from` and the next `fn `
 /// (also with the call on the next line: `var\n    .name(`).
+/// Whether `var` (an `Api`) is given to `watcher(var, ..)` in the function
+/// after `from`.
+fn given_to_watcher(src: &str, var: &str, from: usize) -> bool {
+    let end = src[from..].find("fn ").map_or(src.len(), |i| from + i);
+    let scope = &src[from..end];
+    [format!("watcher({var},"), format!("watcher({var}.clone(),")]
+        .iter()
+        .any(|call| scope.contains(call.as_str()))
+}
+
 fn calls_on(src: &str, var: &str, from: usize) -> Vec<String> {
     let end = src[from..].find("fn ").map_or(src.len(), |i| from + i);
     let scope = &src[from..end];
@@ -415,9 +425,10 @@ fn scan_source(
         if before.contains("watcher(") || before.contains("reflector(") {
             watched = true;
         } else if let Some(colon) = before.trim_end().strip_suffix(':') {
-            // `let var: Api<K> = ...`
+            // `let var: Api<K> = ...`, called on or given to `watcher(var, ..)`
             let var = ident_before(colon, colon.len());
             methods = calls_on(&src, var, pos);
+            watched = given_to_watcher(&src, var, pos);
         } else if turbofish {
             // `Api::<K>::ctor(..)` followed by `.method(` or bound by `let var =`.
             let after = &src[after_kind..];
@@ -438,7 +449,9 @@ fn scan_source(
                     .or_default()
                     .insert(scope.clone());
             }
-            continue;
+            if methods.is_empty() {
+                continue;
+            }
         }
         if methods.is_empty() {
             return Err(format!(
@@ -992,6 +1005,8 @@ async fn a(c: Client) {
     pods.patch_status("p", &pp, &patch).await;
     Api::<Service>::all(c.clone()).list(&lp).await;
     let w = watcher::watcher(Api::<EndpointSlice>::all(c), cfg);
+    let maps: Api<ConfigMap> = Api::namespaced(c.clone(), "sys");
+    let m = watcher(maps, watcher::Config::default());
     // let x: Api<Secret> = Api::all(c); x.get("in a comment")
 }
 #[cfg(test)]
@@ -1010,6 +1025,18 @@ mod tests { fn t(c: Client) { let s: Api<Secret> = Api::all(c); s.delete("x"); }
                 .collect(),
         ),
         (p("", "services", "list"), all()),
+        (
+            p("", "configmaps", "list"),
+            [ApiScope::Namespaced(Some("sys".to_string()))]
+                .into_iter()
+                .collect(),
+        ),
+        (
+            p("", "configmaps", "watch"),
+            [ApiScope::Namespaced(Some("sys".to_string()))]
+                .into_iter()
+                .collect(),
+        ),
         (p("discovery.k8s.io", "endpointslices", "list"), all()),
         (p("discovery.k8s.io", "endpointslices", "watch"), all()),
     ]
