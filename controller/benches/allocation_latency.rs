@@ -142,7 +142,11 @@ async fn one_at_a_time(
         }
         let at = wait_for(served, &name).await;
         if at - t0 > Duration::from_millis(500) {
-            println!("slow: {name} served after {:?}", at - t0);
+            println!(
+                "slow: {name} served after {:?} (created at {})",
+                at - t0,
+                k8s_openapi::jiff::Timestamp::now()
+            );
         }
         out.push(at - t0);
     }
@@ -170,7 +174,7 @@ async fn run(existing: usize, samples: usize) {
     let floor = one_at_a_time(&floor_client, &mut floor_served, "f", samples, true).await;
 
     let (_server, client) = common::lab().await;
-    common::pool(&client, "big", json!({"cidrs": ["10.128.0.0/16"]})).await;
+    common::pool(&client, "big", json!({"cidrs": ["10.128.0.0/21"]})).await;
     let (_replica, _metrics) = common::replica(&client, "bench");
     let mut served = watch_served(&client);
     let took = burst(&client, &mut served, "s", existing).await;

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::watcher::{self, Event as WEvent, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -73,6 +73,9 @@ impl std::fmt::Debug for Ctx {
 struct Cache {
     services: BTreeMap<String, Service>,
     init: Option<BTreeMap<String, Service>>,
+    /// The pool statuses this leader wrote (the pool watch may not have
+    /// delivered them yet: the same status is not written twice).
+    pool_status: BTreeMap<String, switchyard_api::IPPoolStatus>,
 }
 
 impl Cache {
@@ -109,6 +112,57 @@ impl Cache {
     }
 }
 
+/// What the watch reader hands the leader loop.
+enum Watched {
+    Service(Box<WEvent<Service>>),
+    /// Another watched kind changed (its reflector store is already updated).
+    Other,
+}
+
+impl Cache {
+    /// Takes a watched change; true once the Services are listed.
+    fn take(&mut self, ev: Watched) -> bool {
+        match ev {
+            Watched::Service(ev) => self.event(*ev),
+            Watched::Other => false,
+        }
+    }
+}
+
+/// Reads the Service watch and the other kinds' reflectors as fast as they come, until the
+/// leader loop is gone or a stream ends.
+async fn read_watches(
+    mut services: futures::stream::BoxStream<'static, Result<WEvent<Service>, watcher::Error>>,
+    mut others: futures::stream::SelectAll<
+        futures::stream::BoxStream<'static, Result<(), watcher::Error>>,
+    >,
+    tx: tokio::sync::mpsc::UnboundedSender<Watched>,
+) {
+    loop {
+        let sent = tokio::select! {
+            ev = services.next() => match ev {
+                Some(Ok(ev)) => tx.send(Watched::Service(Box::new(ev))),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Service watch error (retrying)");
+                    continue;
+                }
+                None => return,
+            },
+            ev = others.next() => match ev {
+                Some(Ok(())) => tx.send(Watched::Other),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch error (retrying)");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
 /// Leads until an error or until the future is dropped (leadership lost).
 pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
     let c = ctx.client.clone();
@@ -137,7 +191,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         targets_w,
         watcher(Api::<RouteTarget>::all(c.clone()), Default::default()),
     );
-    let mut others = futures::stream::select_all([
+    let others = futures::stream::select_all([
         pool_events.map_ok(|_| ()).boxed(),
         ns_events.map_ok(|_| ()).boxed(),
         node_events.map_ok(|_| ()).boxed(),
@@ -157,58 +211,43 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
     };
     let _syncer = crate::AbortOnDrop(tokio::spawn(syncer.run(plan_rx, report_tx)));
     let mut route_mode: std::collections::BTreeSet<String> = Default::default();
-    let mut svc_events = watcher(Api::<Service>::all(c.clone()), Default::default()).boxed();
+    let svc_events = watcher(Api::<Service>::all(c.clone()), Default::default()).boxed();
+    // The watches are read by their own task, never paused by a pass: a watch read only
+    // between passes falls behind during a burst, the API server closes it, and the relist
+    // and backoff stalled new Services for over 10 s (1,000 Services, lab API server).
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<Watched>();
+    let _reader = crate::AbortOnDrop(tokio::spawn(read_watches(svc_events, others, events_tx)));
     let mut cache = Cache::default();
     let mut listed = false;
-    let mut dirty = false;
+    // A pass found a stale copy: pass again (after a short pause) even without an event.
+    let mut again = false;
     let mut resync = tokio::time::interval(ctx.resync);
     tracing::debug!("leading: watching");
     loop {
-        tokio::select! {
-            ev = svc_events.next() => match ev {
-                Some(Ok(ev)) => { listed |= cache.event(ev); dirty = true; }
-                Some(Err(e)) => tracing::warn!(error = %e, "Service watch error (retrying)"),
-                None => return Ok(()),
-            },
-            ev = others.next() => match ev {
-                Some(Ok(())) => dirty = true,
-                Some(Err(e)) => tracing::warn!(error = %e, "watch error (retrying)"),
-                None => return Ok(()),
-            },
-            _ = resync.tick() => dirty = true,
-            r = report_rx.changed() => {
-                if r.is_err() {
-                    return Ok(());
+        if !std::mem::take(&mut again) {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => listed |= cache.take(ev),
+                    None => return Ok(()),
+                },
+                _ = resync.tick() => {}
+                r = report_rx.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
                 }
-                dirty = true;
             }
         }
         // Coalesce: every event already waiting joins this pass (a burst of N writes is a
         // few passes, not N passes of all Services each).
-        loop {
-            match svc_events.next().now_or_never() {
-                Some(Some(Ok(ev))) => {
-                    listed |= cache.event(ev);
-                    dirty = true;
-                }
-                Some(Some(Err(e))) => tracing::warn!(error = %e, "Service watch error (retrying)"),
-                Some(None) => return Ok(()),
-                None => break,
-            }
+        while let Ok(ev) = events.try_recv() {
+            listed |= cache.take(ev);
         }
-        loop {
-            match others.next().now_or_never() {
-                Some(Some(Ok(()))) => dirty = true,
-                Some(Some(Err(e))) => tracing::warn!(error = %e, "watch error (retrying)"),
-                Some(None) => return Ok(()),
-                None => break,
-            }
-        }
-        if !dirty || !listed {
+        if !listed {
             continue;
         }
         // Every store has listed once: the allocation can be rebuilt from everything. (The
-        // stores fill only while their streams are polled, above: never wait for them here.)
+        // stores fill as the reader task polls their streams: never wait for them here.)
         let pools_ready = pools
             .wait_until_ready()
             .now_or_never()
@@ -234,7 +273,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
             report: &report,
             route_mode: &route_mode,
         };
-        let again = pass(&ctx, &mut cache, &pools, &namespaces, &announce).await?;
+        let pass_again = pass(&ctx, &mut cache, &pools, &namespaces, &announce).await?;
         // What the routers should hold now (after this pass's writes).
         let plan = plan(&ctx, &cache, &pools, &nodes, &slices, &targets);
         route_mode = plan
@@ -256,7 +295,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         ctx.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
-        dirty = again;
+        again = pass_again;
         if again {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -544,7 +583,7 @@ async fn pass(
         }
     }
     ctx.metrics.pending.set(pending);
-    pool_status(ctx, pool_store, &alloc).await?;
+    pool_status(ctx, pool_store, &alloc, &mut cache.pool_status).await?;
     Ok(again)
 }
 
@@ -600,11 +639,14 @@ fn plan(
     }
 }
 
-/// Writes each pool's used/free counts and conflicts when they changed.
+/// Writes each pool's used/free counts and conflicts when they changed (a merge
+/// patch of the status without a resourceVersion: the counts are the leader's own,
+/// so a write racing the pool watch must not fail and be repeated every pass).
 async fn pool_status(
     ctx: &Ctx,
     pool_store: &Store<IPPool>,
     alloc: &Allocator,
+    written: &mut BTreeMap<String, switchyard_api::IPPoolStatus>,
 ) -> Result<(), LeadError> {
     let conflicts = alloc.pool_conflicts();
     for pool in alloc.pools() {
@@ -622,20 +664,24 @@ async fn pool_status(
             free: total.saturating_sub(used),
             conflicts: conflicts.get(&pool.name).cloned().unwrap_or_default(),
         };
-        if obj.status.as_ref() == Some(&want) {
+        if obj.status.as_ref() == Some(&want) || written.get(&pool.name) == Some(&want) {
             continue;
         }
         if !ctx.fence.valid() {
             return Err(LeadError::Fenced);
         }
-        let mut new = (*obj).clone();
-        new.status = Some(want);
         let ippools: Api<IPPool> = Api::all(ctx.client.clone());
-        if let Err(e) = ippools
-            .replace_status(&pool.name, &PostParams::default(), &new)
+        let patch = serde_json::json!({ "status": want });
+        match ippools
+            .patch_status(&pool.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            tracing::debug!(pool = %pool.name, error = %e, "pool status not written (next pass)");
+            Ok(_) => {
+                written.insert(pool.name.clone(), want);
+            }
+            Err(e) => {
+                tracing::debug!(pool = %pool.name, error = %e, "pool status not written (next pass)");
+            }
         }
     }
     Ok(())
