@@ -259,6 +259,7 @@ impl Agent {
         // Remote nodes first: the first resync then carries their flows.
         overlay.seed(api.client()).await;
         reconcile::reconcile(&shared, &overlay, None).await?;
+        reconcile::remove_orphan_host_ends(&shared).await;
         // DELs the binary queued while this agent was down, before new
         // requests (a pod whose DEL is queued may be ADDed again).
         crate::cni::run_queued_dels(&shared, &shared.config.cni_socket).await;

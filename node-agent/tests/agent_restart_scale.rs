@@ -12,59 +12,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use support::*;
 
-/// The agent binary running in the node namespace; killed on drop.
-struct AgentProcess {
-    child: std::process::Child,
-}
-
-impl AgentProcess {
-    async fn start(lab: &NodeLab, log_name: &str) -> AgentProcess {
-        let agent = AgentProcess::spawn(lab, log_name, &lab.agent_args());
-        let socket = lab.socket();
-        eventually("the agent's CNI socket", Duration::from_secs(30), || {
-            let socket = socket.clone();
-            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
-        })
-        .await;
-        agent
-    }
-
-    fn spawn(lab: &NodeLab, log_name: &str, args: &[String]) -> AgentProcess {
-        // The agent's log goes to a file in the lab directory, or to the
-        // test's stderr with SWITCHYARD_AGENT_LOG_STDERR=1 (RUST_LOG applies).
-        let stderr = if std::env::var_os("SWITCHYARD_AGENT_LOG_STDERR").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::from(std::fs::File::create(lab.dir.path().join(log_name)).unwrap())
-        };
-        // The test thread is inside the node namespace, so the child is too.
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-agent"))
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn switchyard-agent");
-        AgentProcess { child }
-    }
-
-    fn kill9(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The agent's flows without counters and cookies (which carry the
 /// generation), sorted.
 fn normalized_flows(lab: &NodeLab) -> Vec<String> {
