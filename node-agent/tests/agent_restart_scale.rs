@@ -305,17 +305,40 @@ fn add_del_cycles_leave_nothing_behind() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(500);
-        let _agent = AgentProcess::start(&lab, "agent.log").await;
+        let agent = AgentProcess::start(&lab, "agent.log").await;
+        let pid = agent.child.id();
         lab.create_pod("default", "cycler", &[]).await;
         let mut pod = PodNs::new("default", "cycler");
         let base = pod.container_id.clone();
+        // The agent's descriptors and memory once warm (after a tenth of the cycles), and at
+        // the end: flat, not growing with the cycles.
+        let warm_up = cycles / 10;
+        let mut warm = None;
         for i in 0..cycles {
+            if i == warm_up {
+                warm = Some((open_fds(pid), rss_kib(pid)));
+            }
             pod.container_id = format!("{base}x{i}");
             let add = cni_add(&lab, &pod).await;
             assert!(add.success, "cycle {i} ADD: {}", add.stdout);
             let del = cni_del(&lab, &pod).await;
             assert!(del.success, "cycle {i} DEL: {}", del.stdout);
         }
+        let (fds_warm, rss_warm) = warm.expect("at least one cycle");
+        let (fds_end, rss_end) = (open_fds(pid), rss_kib(pid));
+        eprintln!(
+            "agent after {warm_up} and {cycles} cycles: {fds_warm} -> {fds_end} fds, {rss_warm} -> {rss_end} KiB RSS"
+        );
+        // A descriptor per cycle would be hundreds; a few come and go with connections.
+        assert!(
+            fds_end <= fds_warm + 8,
+            "the agent's descriptors grew from {fds_warm} to {fds_end} over {cycles} cycles"
+        );
+        // Memory: allocator noise is a few MiB; a leak per cycle would grow with the count.
+        assert!(
+            rss_end <= rss_warm + rss_warm / 2 + 16 * 1024,
+            "the agent's RSS grew from {rss_warm} KiB to {rss_end} KiB over {cycles} cycles"
+        );
         assert_eq!(lab.pod_ports(), Vec::<String>::new());
         assert_eq!(lab.host_veths().await, Vec::<String>::new());
         assert_eq!(lab.pod_flow_count(), 0);
@@ -326,4 +349,21 @@ fn add_del_cycles_leave_nothing_behind() {
             "pod netns still has interfaces besides lo"
         );
     });
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
