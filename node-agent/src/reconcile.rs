@@ -324,6 +324,9 @@ async fn stale_reason(state: &NodeState, a: &Attachment) -> Option<String> {
         Evidence::CannotTell => return None,
         Evidence::Live => {}
     }
+    if a.is_standalone() {
+        return None;
+    }
     match judge_pod(
         a,
         state.io.api.pod_fresh(&a.pod_namespace, &a.pod_name).await,

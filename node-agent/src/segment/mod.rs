@@ -47,6 +47,8 @@ pub enum Source {
     Namespace,
     /// The agent's configuration.
     Default,
+    /// The network configuration's `args` (a standalone attachment).
+    NetworkConfig,
 }
 
 /// The network a pod is attached to.
@@ -202,6 +204,7 @@ fn describe(source: Source) -> &'static str {
         Source::Pod => "pod",
         Source::Namespace => "namespace",
         Source::Default => "default",
+        Source::NetworkConfig => "network configuration's args.cni",
     }
 }
 
@@ -357,6 +360,45 @@ pub fn decide(
         vlan_source,
         static_ip,
         static_mac,
+    })
+}
+
+/// The placement of a standalone attachment (a container of a runtime other
+/// than kubelet, which names no pod): the segment the network configuration
+/// names in `args.cni.segment`, else the node's default, with its VLAN. The
+/// network configuration is the node administrator's, so it decides, as a
+/// namespace's owner does for pods. Pure: no I/O.
+pub fn decide_standalone(
+    requested: Option<&str>,
+    segments: &[SegmentConfig],
+    default_segment: &str,
+) -> Result<Placement, SegmentError> {
+    let (name, source) = match requested.map(str::trim) {
+        Some("") => {
+            return Err(SegmentError::EmptySegment {
+                source_desc: describe(Source::NetworkConfig),
+            });
+        }
+        Some(name) => (name, Source::NetworkConfig),
+        None => (default_segment, Source::Default),
+    };
+    let segment =
+        segments
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SegmentError::UnknownSegment {
+                source_desc: describe(source),
+                name: name.to_string(),
+                known: segments.iter().map(|s| s.name.clone()).collect(),
+            })?;
+    Ok(Placement {
+        segment: segment.name.clone(),
+        kind: segment.kind,
+        vlan: segment.vlan,
+        segment_source: source,
+        vlan_source: Source::Default,
+        static_ip: None,
+        static_mac: None,
     })
 }
 
