@@ -13,7 +13,7 @@ use support::*;
 /// CNI_ARGS as podman sends them: no Kubernetes keys.
 const NO_POD: &str = "IgnoreUnknown=1";
 
-async fn add(lab: &NodeLab, c: &PodNs, conf: &serde_json::Value, args: &str) -> CniOutput {
+async fn add(c: &PodNs, conf: &serde_json::Value, args: &str) -> CniOutput {
     run_cni(
         "ADD",
         &c.container_id,
@@ -37,9 +37,9 @@ fn containers_that_are_no_pods_get_the_network_configurations_segment() {
             // they reach each other.
             let c1 = PodNs::new("", "c1");
             let c2 = PodNs::new("", "c2");
-            let out1 = add(&lab, &c1, &conf, NO_POD).await;
+            let out1 = add(&c1, &conf, NO_POD).await;
             assert!(out1.success, "standalone ADD: {}", out1.stdout);
-            let out2 = add(&lab, &c2, &conf, NO_POD).await;
+            let out2 = add(&c2, &conf, NO_POD).await;
             assert!(out2.success, "standalone ADD: {}", out2.stdout);
             assert_ne!(out1.ip(), out2.ip());
             assert_eq!(lab.pod_ports().len(), 2);
@@ -49,7 +49,7 @@ fn containers_that_are_no_pods_get_the_network_configurations_segment() {
             let mut odd = conf.clone();
             odd["args"] = json!({"cni": {"segment": "nope"}});
             let c3 = PodNs::new("", "c3");
-            let out = add(&lab, &c3, &odd, NO_POD).await;
+            let out = add(&c3, &odd, NO_POD).await;
             assert!(!out.success);
             assert_eq!(out.code(), 100, "{}", out.stdout);
             assert!(
@@ -60,13 +60,13 @@ fn containers_that_are_no_pods_get_the_network_configurations_segment() {
             // The segment named explicitly: the default one, by name.
             let mut named = conf.clone();
             named["args"] = json!({"cni": {"segment": "default"}});
-            let out = add(&lab, &c3, &named, NO_POD).await;
+            let out = add(&c3, &named, NO_POD).await;
             assert!(out.success, "ADD with args.cni.segment: {}", out.stdout);
             assert_eq!(lab.pod_ports().len(), 3);
 
             // Half a pod identity is still an error.
             let c4 = PodNs::new("", "c4");
-            let out = add(&lab, &c4, &conf, "K8S_POD_NAMESPACE=default").await;
+            let out = add(&c4, &conf, "K8S_POD_NAMESPACE=default").await;
             assert_eq!(out.code(), 100, "{}", out.stdout);
             assert!(
                 out.stdout.contains("pod identity missing"),
