@@ -9,8 +9,8 @@
 //! `namespace_network_pass_seconds`: list Namespaces, Segments, IPPools and the IPAM
 //! ConfigMaps, plan, write nothing).
 //!
-//! CI: 50 namespaces (a few seconds). The 500: `cargo test --release -p
-//! switchyard-controller --test namespace_restart -- --ignored --nocapture` (figures in
+//! CI: 50 namespaces (a few seconds). The 500: `cargo test -p switchyard-controller
+//! --test namespace_restart -- --ignored --nocapture` (about 15 s; figures in
 //! docs/benchmarks.md).
 
 mod common;
@@ -209,10 +209,10 @@ async fn an_idle_restart_over_fifty_namespace_networks_writes_nothing() {
 }
 
 /// The 500 namespaces (test 6 and the "restart reconcile < 5 s with 0 writes"
-/// figure). `cargo test --release -p switchyard-controller --test namespace_restart --
+/// figure). `cargo test -p switchyard-controller --test namespace_restart --
 /// --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the issue's 500 namespaces; run with --release, see docs/benchmarks.md"]
+#[ignore = "the issue's 500 namespaces (about 15 s), see docs/benchmarks.md"]
 async fn an_idle_restart_over_five_hundred_namespace_networks_writes_nothing() {
     idle_restart_writes_nothing(500).await;
 }

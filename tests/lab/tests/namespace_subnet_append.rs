@@ -9,7 +9,9 @@
 //!   covers both;
 //! - a sixth pod gets an address of the second subnet and becomes Ready; with its own
 //!   subnet's gateway it reaches that gateway, a pod of the first subnet (through the
-//!   fabric) and the internet, where it is seen as the namespace's SNAT address.
+//!   fabric) and the internet, where it is seen as the namespace's SNAT address;
+//! - after an agent restart (the pool of both subnets rebuilt from the installed pods) a
+//!   new pod on that node gets the next address of the second subnet.
 //!
 //! Needs root, OVS, nft, curl and kubectl, and the binaries built (`cargo build -p
 //! switchyard-cni -p switchyard-agent -p switchyard-proxy -p switchyard-lab -p
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use lab_support::*;
 use nsnet_support::*;
 use switchyard_lab::cluster::fabric;
+use switchyard_lab::cluster::ops::{self, Daemon};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -170,7 +173,21 @@ fn a_full_subnet_gets_a_second_one_and_new_pods_live_there() {
         },
     );
 
-    // 4. Deleting the namespace releases the addresses of both subnets and the Segment.
+    // 4. An agent restart rebuilds the pool of both subnets from what is installed: s6
+    //    keeps its address and a new pod on that node gets the next of the second subnet.
+    ops::restart(&lab.state, "node1", Daemon::Agent).unwrap();
+    lab.apply(&pod("small", "s7", "node1"));
+    let s7: std::net::Ipv4Addr = wait_running_in(&lab, "small", "s7", POD_DEADLINE)
+        .parse()
+        .unwrap();
+    eprintln!("s7 after node1's agent restarted: {s7}");
+    assert!(second.contains(&s7) && s7 != ip, "s7 got {s7}");
+    let ttl = eventually("s6 reaching s7 after the restart", DEADLINE, || {
+        ping_ttl(&s6, &s7.to_string())
+    });
+    assert_eq!(ttl, 64);
+
+    // 5. Deleting the namespace releases the addresses of both subnets and the Segment.
     lab.kubectl_ok(&["delete", "namespace", "small", "--wait=false"]);
     eventually("ns-small and small gone", Duration::from_secs(60), || {
         let ns = lab.kubectl(&["get", "namespace", "small"]);
