@@ -303,4 +303,38 @@ mod tests {
                 .any(|e| e.contains("\"twin\"") && e.contains("already segment \"blue\"'s"))
         );
     }
+
+    #[test]
+    fn appended_subnets_join_the_pool_and_overlapping_ones_are_refused() {
+        let two = |second: &str, gw: &str| {
+            Segment::new(
+                "ns-small",
+                serde_json::from_value(serde_json::json!({
+                    "vlan": 320, "uplink": "trunk0",
+                    "subnets": [{"cidr": "10.32.0.0/29", "gateway": "10.32.0.1"},
+                                {"cidr": second, "gateway": gw}]
+                }))
+                .unwrap(),
+            )
+        };
+        let config = from_api(&two("10.32.0.8/29", "10.32.0.9")).unwrap();
+        assert_eq!(
+            config.more_subnets,
+            [(
+                "10.32.0.8/29".parse().unwrap(),
+                "10.32.0.9".parse().unwrap()
+            )]
+        );
+        let pool = config.pool().unwrap().unwrap();
+        assert_eq!(pool.capacity(), 10);
+        assert_eq!(
+            pool.subnet_of("10.32.0.12".parse().unwrap()),
+            Some((
+                "10.32.0.8/29".parse().unwrap(),
+                Some("10.32.0.9".parse().unwrap())
+            ))
+        );
+        let err = from_api(&two("10.32.0.0/28", "10.32.0.9")).unwrap_err();
+        assert!(err.contains("overlaps its subnet 10.32.0.0/29"), "{err}");
+    }
 }
