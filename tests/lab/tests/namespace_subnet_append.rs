@@ -11,7 +11,9 @@
 //!   subnet's gateway it reaches that gateway, a pod of the first subnet (through the
 //!   fabric) and the internet, where it is seen as the namespace's SNAT address;
 //! - after an agent restart (the pool of both subnets rebuilt from the installed pods) a
-//!   new pod on that node gets the next address of the second subnet.
+//!   new pod on that node gets the next address of the second subnet;
+//! - issue test 3: deleting the namespace releases the addresses, the Segment and the SNAT
+//!   rule; the namespace created again gets a fresh Segment and rule (its new UID).
 //!
 //! Needs root, OVS, nft, curl and kubectl, and the binaries built (`cargo build -p
 //! switchyard-cni -p switchyard-agent -p switchyard-proxy -p switchyard-lab -p
@@ -187,11 +189,66 @@ fn a_full_subnet_gets_a_second_one_and_new_pods_live_there() {
     });
     assert_eq!(ttl, 64);
 
-    // 5. Deleting the namespace releases the addresses of both subnets and the Segment.
+    // 5. Issue test 3: deleting the namespace releases everything: the addresses of both
+    //    subnets, the Segment, the SNAT rule on the router.
+    let old_uid = lab
+        .kubectl_ok(&[
+            "get",
+            "namespace",
+            "small",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .trim()
+        .to_string();
     lab.kubectl_ok(&["delete", "namespace", "small", "--wait=false"]);
     eventually("ns-small and small gone", Duration::from_secs(60), || {
         let ns = lab.kubectl(&["get", "namespace", "small"]);
         (segment_json(&lab, "ns-small").is_none() && !ns.status.success()).then_some(())
+    });
+    eventually("the SNAT rule removed from the router", DEADLINE, || {
+        (fabric_api(&lab, "GET", &format!("{NAT_RULES}/{id}"), "").0 == 404).then_some(())
+    });
+    let cm = lab.kubectl(&[
+        "-n",
+        "switchyard-system",
+        "get",
+        "configmap",
+        "switchyard-ipam-ns-small",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    let left = String::from_utf8_lossy(&cm.stdout).to_string();
+    assert!(
+        !left.contains("10.32."),
+        "addresses left in the IPAM ConfigMap: {left}"
+    );
+
+    //    Recreated, it gets fresh objects: a new Segment (the new UID, one subnet again)
+    //    and a new SNAT rule tagged with the new UID.
+    lab.apply(&namespace("small"));
+    let uid = eventually("small recreated", DEADLINE, || {
+        let out = lab.kubectl(&[
+            "get",
+            "namespace",
+            "small",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ]);
+        let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !uid.is_empty()).then_some(uid)
+    });
+    assert_ne!(uid, old_uid);
+    let seg = eventually("a fresh ns-small", DEADLINE, || {
+        segment_json(&lab, "ns-small").filter(|s| {
+            s["metadata"]["labels"]["switchyard.io/namespace-uid"] == uid.as_str()
+                && s["spec"]["snatAddress"].is_string()
+        })
+    });
+    assert_eq!(subnets(&seg).len(), 1, "{seg}");
+    eventually("a fresh SNAT rule with the new UID", DEADLINE, || {
+        let (code, body) = fabric_api(&lab, "GET", &format!("{NAT_RULES}/{id}"), "");
+        (code == 200 && body.contains(&uid) && !body.contains(&old_uid)).then_some(())
     });
     eprintln!("test took {:.1?}", started.elapsed());
 }
