@@ -364,7 +364,7 @@ async fn allocate(
     // Overlay segments take their addresses from the node's pod CIDR (a
     // `vlan` segment's static address was checked against its subnet).
     if let Some(ip) = placement.static_ip
-        && !pool.network().contains(&ip)
+        && !pool.contains(ip)
     {
         return Err(crate::segment::SegmentError::StaticIpOutsideSegment {
             ip,
@@ -377,8 +377,13 @@ async fn allocate(
         Some(ip) => pool.allocate_specific(key, ip),
         None => pool.allocate(key),
     }?;
-    let net = Ipv4Net::new(ip, pool.network().prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
-    Ok((net, pool.gateway()))
+    // The pod's subnet and gateway: those of the subnet its address is in (a `vlan`
+    // segment's appended subnets have their own).
+    let (subnet, gateway) = pool
+        .subnet_of(ip)
+        .unwrap_or((pool.network(), pool.gateway()));
+    let net = Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
+    Ok((net, gateway))
 }
 
 /// The veth, the OVS port (with the attachment in its `external_ids`) and

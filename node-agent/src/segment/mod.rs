@@ -315,14 +315,17 @@ pub fn decide(
     };
     // A vlan segment's addresses are its subnet (the overlay's, the node's
     // pod CIDR, is checked where the pool is known).
-    if let (Some(ip), Some(subnet)) = (static_ip, segment.subnet)
+    let subnets = segment.subnets();
+    if let Some(ip) = static_ip
         && segment.kind == SegmentKind::Vlan
-        && !subnet.contains(&ip)
+        && !subnets.is_empty()
+        && !subnets.iter().any(|(s, _)| s.contains(&ip))
     {
+        let list: Vec<String> = subnets.iter().map(|(s, _)| s.to_string()).collect();
         return Err(SegmentError::StaticIpOutsideSegment {
             ip,
             segment: segment.name.clone(),
-            range: format!("subnet {subnet}"),
+            range: format!("subnet {}", list.join(", ")),
         });
     }
     let static_mac = match pod_annotations.get(ANNOTATION_MAC).map(|v| v.trim()) {
