@@ -64,6 +64,10 @@ struct UpArgs {
     /// The control-plane VIP (with --control-planes).
     #[arg(long, default_value_t = switchyard_lab::cluster::control_plane::DEFAULT_VIP)]
     control_plane_vip: Ipv4Addr,
+    /// With --control-planes: plain stateless ECMP in the fabric (by default it keeps an
+    /// established connection on the node it started on when the route changes).
+    #[arg(long)]
+    no_flow_pinning: bool,
 }
 
 impl UpArgs {
@@ -80,6 +84,7 @@ impl UpArgs {
             underlay_mode: self.underlay_mode,
             control_planes: self.control_planes,
             control_plane_vip: self.control_plane_vip,
+            flow_pinning: !self.no_flow_pinning,
         }
     }
 }

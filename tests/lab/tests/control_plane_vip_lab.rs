@@ -33,21 +33,20 @@ struct CpLab {
     internet: String,
 }
 
-fn up(nodes: usize) -> CpLab {
+fn up(nodes: usize, extra: &[&str]) -> CpLab {
     sibling_binary("switchyard-cpvip", "switchyard-cpvip");
     let started = Instant::now();
-    let lab = Lab::up(
-        nodes,
-        &[
-            "--fabric",
-            "--vlans",
-            "100",
-            "--control-planes",
-            "3",
-            "--no-agent",
-            "--no-proxy",
-        ],
-    );
+    let mut args = vec![
+        "--fabric",
+        "--vlans",
+        "100",
+        "--control-planes",
+        "3",
+        "--no-agent",
+        "--no-proxy",
+    ];
+    args.extend_from_slice(extra);
+    let lab = Lab::up(nodes, &args);
     eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
     let info = lab.info();
     let cp = info.control_planes.clone().expect("control planes");
@@ -290,7 +289,7 @@ fn control_plane_vip_in_the_netns_lab() {
     if !privileged("control_plane_vip_in_the_netns_lab") {
         return;
     }
-    let l = up(4);
+    let l = up(4, &[]);
     let _diag = DiagnosticsOnPanic(&l.lab, "this test");
     let internet = l.internet.clone();
 
@@ -462,7 +461,7 @@ fn control_plane_vip_in_the_netns_lab() {
 /// The figures of docs/benchmarks.md in the netns lab: `rounds` rolling restarts of the three
 /// relays under 20 new connections/s (failed connections), and the time from a relay failing
 /// `/readyz` to the fabric's route without it (p50/p99/max).
-/// `cargo test -p switchyard-lab --test control_plane_vip_lab -- --ignored --nocapture`
+/// `[ROUNDS=5] [PINNING=0] cargo test -p switchyard-lab --test control_plane_vip_lab -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark (about 5 minutes)"]
 fn rolling_restart_repeated() {
@@ -473,7 +472,17 @@ fn rolling_restart_repeated() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let l = up(3);
+    // PINNING=0: the fabric's plain stateless ECMP (in-flight connections move at route
+    // changes), for comparison.
+    let stateless = std::env::var("PINNING").is_ok_and(|v| v == "0");
+    let l = up(
+        3,
+        if stateless {
+            &["--no-flow-pinning"]
+        } else {
+            &[]
+        },
+    );
     let _diag = DiagnosticsOnPanic(&l.lab, "this test");
     l.route(
         &["node1", "node2", "node3"],
@@ -489,7 +498,8 @@ fn rolling_restart_repeated() {
     took.sort();
     let p = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
     eprintln!(
-        "{rounds} rolling restarts: {} connections, {} failed {:?}\nfailing /readyz to out of the route over {} restarts: p50 {:?} p99 {:?} max {:?}",
+        "fabric flow pinning: {}\n{rounds} rolling restarts: {} connections, {} failed {:?}\nfailing /readyz to out of the route over {} restarts: p50 {:?} p99 {:?} max {:?}",
+        !stateless,
         result.total,
         result.failed.len(),
         result.failed,

@@ -50,11 +50,20 @@ pub const NAMESPACE: &str = "switchyard-system";
 /// How long `up` waits for the fabric to route the VIP over every control plane.
 pub const ROUTE_DEADLINE: Duration = Duration::from_secs(90);
 
+/// nftables table of the fabric's flow pinning ([`pin_flows`]).
+pub const FLOW_PIN_TABLE: &str = "lab-flow-pin";
+/// First routing table (and fwmark) of the flow pinning: node i gets `FLOW_PIN_BASE + i`.
+pub const FLOW_PIN_BASE: u32 = 0x5900;
+
 /// The control planes of a lab (`lab.json`: `control_planes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlPlaneInfo {
     /// The VIP.
     pub vip: Ipv4Addr,
+    /// The fabric keeps an established connection on the next hop it started on
+    /// ([`pin_flows`]); false: plain stateless ECMP (`--no-flow-pinning`).
+    #[serde(default)]
+    pub flow_pinning: bool,
     /// The control-plane nodes (the first N).
     pub nodes: Vec<String>,
     /// CA of the relays' certificate (`--apiserver-ca` of the daemons, kubectl's CA).
@@ -85,6 +94,7 @@ pub fn plan(
     vip: Ipv4Addr,
     nodes: &[NodeInfo],
     fabric: bool,
+    flow_pinning: bool,
 ) -> Result<ControlPlaneInfo, LabError> {
     if count == 0 || count > nodes.len() {
         return Err(LabError::Other(format!(
@@ -105,6 +115,7 @@ pub fn plan(
     let files = pki::PkiFiles::in_dir(&dir(state));
     Ok(ControlPlaneInfo {
         vip,
+        flow_pinning,
         nodes: nodes[..count].iter().map(|n| n.name.clone()).collect(),
         ca: files.ca,
         cert: files.server_cert,
@@ -356,6 +367,98 @@ async fn install(url: &str, info: &LabInfo, cp: &ControlPlaneInfo) -> Result<(),
     Ok(())
 }
 
+/// The nftables script of [`pin_flows`] for the node addresses `nodes` (node i, 1-based:
+/// mark and table `FLOW_PIN_BASE + i`).
+pub fn flow_pin_script(nodes: &[Ipv4Addr]) -> String {
+    let elements = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{a} : {:#x}", FLOW_PIN_BASE + i as u32 + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table ip {FLOW_PIN_TABLE} {{}}
+         delete table ip {FLOW_PIN_TABLE}
+         table ip {FLOW_PIN_TABLE} {{
+         	map nexthop_mark {{
+         		type ipv4_addr : mark
+         		elements = {{ {elements} }}
+         	}}
+         	chain prerouting {{
+         		type filter hook prerouting priority mangle; policy accept;
+         		ct direction original ct mark != 0 meta mark set ct mark
+         	}}
+         	chain postrouting {{
+         		type filter hook postrouting priority mangle; policy accept;
+         		ct direction original ct mark 0 ct mark set rt ip nexthop map @nexthop_mark
+         	}}
+         }}
+"
+    )
+}
+
+/// Flow pinning in the fabric, as a router with flow-aware ECMP (or a stateful load
+/// balancer) has it: the first packet of a connection is routed by the ECMP route; the node
+/// it went to is remembered in the connection's conntrack mark (`postrouting`, `rt ip
+/// nexthop`), and the connection's later packets follow that mark (`fwmark` rules, one
+/// table per node with a default route to it) even when the route changed since. Without
+/// it, Linux's hash-threshold ECMP moves in-flight connections of other next hops whenever
+/// one is added or removed, and they are reset by their new node.
+pub fn pin_flows(info: &LabInfo) -> Result<(), LabError> {
+    let Some(f) = &info.fabric else {
+        return Ok(());
+    };
+    let nodes: Vec<Ipv4Addr> = info.nodes.iter().map(|n| n.address).collect();
+    let script = flow_pin_script(&nodes);
+    let mut child = sys::netns_exec(&f.netns, "nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| LabError::io("running nft", e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| LabError::io("writing to nft", e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| LabError::io("running nft", e))?;
+    if !out.status.success() {
+        return Err(LabError::Other(format!(
+            "nft in {}: {}",
+            f.netns,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    for (i, a) in nodes.iter().enumerate() {
+        let id = (FLOW_PIN_BASE + i as u32 + 1).to_string();
+        sys::ip_in(
+            &f.netns,
+            &[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &a.to_string(),
+                "dev",
+                super::fabric::FABRIC_UNDERLAY_LINK,
+                "table",
+                &id,
+            ],
+        )?;
+        sys::ip_in(
+            &f.netns,
+            &[
+                "rule", "add", "fwmark", &id, "table", &id, "priority", "100",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// The next hops of the fabric's route to the VIP (sorted; empty: no route).
 pub fn fabric_next_hops(info: &LabInfo, vip: Ipv4Addr) -> Vec<Ipv4Addr> {
     let Some(f) = &info.fabric else {
@@ -409,6 +512,9 @@ pub fn up(state: &StateDir, info: &LabInfo) -> Result<(), LabError> {
     for node in &nodes {
         start_cpvip(state, info, node, &program)?;
     }
+    if cp.flow_pinning {
+        pin_flows(info)?;
+    }
     if let Some(f) = &info.fabric {
         let via = super::fabric::FABRIC_INTERNET_ADDR
             .split('/')
@@ -449,6 +555,7 @@ mod tests {
     fn kubeconfigs_name_the_local_relay_and_the_vip() {
         let cp = ControlPlaneInfo {
             vip: DEFAULT_VIP,
+            flow_pinning: true,
             nodes: vec!["node1".into()],
             ca: "/s/control-planes/ca.crt".into(),
             cert: "/s/control-planes/server.crt".into(),
@@ -462,5 +569,16 @@ mod tests {
         assert!(local.contains("certificate-authority: /s/control-planes/ca.crt\n"));
         let vip = vip_kubeconfig(&cp);
         assert!(vip.contains("server: https://192.0.2.10:6443\n"), "{vip}");
+    }
+
+    #[test]
+    fn flow_pinning_marks_by_next_hop() {
+        let s = flow_pin_script(&["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()]);
+        assert!(
+            s.contains("elements = { 10.0.0.1 : 0x5901, 10.0.0.2 : 0x5902 }"),
+            "{s}"
+        );
+        assert!(s.starts_with("table ip lab-flow-pin {}\ndelete table ip lab-flow-pin\n"));
+        assert!(s.contains("ct direction original ct mark != 0 meta mark set ct mark"));
     }
 }

@@ -54,6 +54,9 @@ pub struct UpOptions {
     pub control_planes: usize,
     /// The control-plane VIP.
     pub control_plane_vip: Ipv4Addr,
+    /// With control planes: the fabric pins established connections to their next hop
+    /// (`control_plane::pin_flows`).
+    pub flow_pinning: bool,
 }
 
 /// What [`up`] brought up, and what it could not.
@@ -295,6 +298,7 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             opts.control_plane_vip,
             &info.nodes,
             info.fabric.is_some(),
+            opts.flow_pinning,
         )?;
         control_plane::check_vip(&info, cp.vip)?;
         info.control_planes = Some(cp);
