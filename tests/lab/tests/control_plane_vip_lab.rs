@@ -279,9 +279,10 @@ fn rolling_restart(l: &CpLab, nodes: &[&str]) -> Vec<Duration> {
 ///    certificate verified); 300 new connections reach each relay at least 20% of the time.
 /// 6. node4 runs a relay (so it is ready in `default/kubernetes` and passes the leader's
 ///    probe) and a `switchyard-cpvip` without CAP_NET_ADMIN, which cannot put the VIP on
-///    `lo`: never routed. Stopping node1's relay: node1 leaves the route before its VIP goes
-///    (never the VIP gone while routed), and node1's host still reaches the API through the
-///    VIP afterwards (over the fabric to node2/node3).
+///    `lo`: never routed. Stopping the relay of the cpvip leader (node1 in practice, the
+///    first to start): the node leaves the route before its VIP goes (never the VIP gone
+///    while routed), and its host still reaches the API through the VIP afterwards (over
+///    the fabric to the other two).
 /// 8. A rolling restart of the three relays, each failing `/readyz` 5 s before it stops,
 ///    under 20 new connections/s from the internet: no connection fails.
 #[test]
@@ -382,47 +383,75 @@ fn control_plane_vip_in_the_netns_lab() {
     );
     assert!(!l.vip_on_lo("node4"));
 
-    // 6b. node1's relay stops: out of the route first, then its VIP goes.
-    let n1 = l.addr("node1");
-    l.relay_mode("node1", "die");
+    // 6b. The relay of the cpvip leader stops (issue: node1's; the leader's is the harder
+    // case: it reaches the API only through that relay): out of the route first, then its
+    // VIP goes, and its host still reaches the API through the VIP.
+    let leader = l
+        .lab
+        .kubectl_ok(&[
+            "get",
+            "controlplanevip",
+            cp::CPVIP_NAME,
+            "-o",
+            "jsonpath={.status.leader}",
+        ])
+        .trim()
+        .to_string();
+    let victim: &str = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| *n == leader)
+        .unwrap_or_else(|| panic!("the leader {leader:?} is not a control plane"));
+    let rest: Vec<&str> = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != victim)
+        .collect();
+    let addr = l.addr(victim);
+    l.relay_mode(victim, "die");
     let stopped = Instant::now();
     let mut left_route = None;
-    eventually("node1 drops the VIP", Duration::from_secs(40), || {
-        // The VIP first: once gone it stays gone (the relay is dead), so a route still
-        // over node1 read afterwards is one over a node without the VIP.
-        let holding = l.vip_on_lo("node1");
-        let routed = l.hops().contains(&n1);
-        assert!(
-            holding || !routed,
-            "node1 lost the VIP while still routed: {:?}\n{}",
-            l.hops(),
-            l.cpvip_logs()
-        );
-        if !routed && left_route.is_none() {
-            left_route = Some(stopped.elapsed());
-        }
-        (!holding).then_some(())
-    });
+    eventually(
+        &format!("{victim} drops the VIP"),
+        Duration::from_secs(40),
+        || {
+            // The VIP first: once gone it stays gone (the relay is dead), so a route still
+            // over the node read afterwards is one over a node without the VIP.
+            let holding = l.vip_on_lo(victim);
+            let routed = l.hops().contains(&addr);
+            assert!(
+                holding || !routed,
+                "{victim} lost the VIP while still routed: {:?}\n{}",
+                l.hops(),
+                l.cpvip_logs()
+            );
+            if !routed && left_route.is_none() {
+                left_route = Some(stopped.elapsed());
+            }
+            (!holding).then_some(())
+        },
+    );
     eprintln!(
-        "node1's relay stopped: out of the route after {:?}, VIP removed after {:?}",
+        "{victim}'s relay stopped ({victim} the leader): out of the route after {:?}, VIP removed after {:?}",
         left_route,
         stopped.elapsed()
     );
-    l.route(&["node2", "node3"], "route over node2 and node3");
-    let node1_ns = l.info.node("node1").unwrap().netns.clone();
+    l.route(&rest, "route over the other two");
+    let victim_ns = l.info.node(victim).unwrap().netns.clone();
     let text = eventually(
-        "node1's host reaches the API through the VIP",
+        &format!("{victim}'s host reaches the API through the VIP"),
         ROUTE_DEADLINE,
         || {
-            let out = l.kubectl_via_vip(&node1_ns, &["get", "nodes", "-o", "name"]);
+            let out = l.kubectl_via_vip(&victim_ns, &["get", "nodes", "-o", "name"]);
             out.status
                 .success()
                 .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
         },
     );
     assert!(text.contains("node/node1"), "{text}");
-    l.restart_relay("node1");
-    l.route(&["node1", "node2", "node3"], "node1 back after its restart");
+    l.restart_relay(victim);
+    l.route(
+        &["node1", "node2", "node3"],
+        "the stopped relay back after its restart",
+    );
 
     // 8. Rolling restart under 20 new connections/s: no connection fails.
     let accepted = || -> u64 {
