@@ -377,23 +377,22 @@ pub fn flow_pin_script(nodes: &[Ipv4Addr]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "table ip {FLOW_PIN_TABLE} {{}}
-         delete table ip {FLOW_PIN_TABLE}
-         table ip {FLOW_PIN_TABLE} {{
-         	map nexthop_mark {{
-         		type ipv4_addr : mark
-         		elements = {{ {elements} }}
-         	}}
-         	chain prerouting {{
-         		type filter hook prerouting priority mangle; policy accept;
-         		ct direction original ct mark != 0 meta mark set ct mark
-         	}}
-         	chain postrouting {{
-         		type filter hook postrouting priority mangle; policy accept;
-         		ct direction original ct mark 0 ct mark set rt ip nexthop map @nexthop_mark
-         	}}
-         }}
-"
+        "table ip {FLOW_PIN_TABLE} {{}}\n\
+         delete table ip {FLOW_PIN_TABLE}\n\
+         table ip {FLOW_PIN_TABLE} {{\n\
+         \tmap nexthop_mark {{\n\
+         \t\ttype ipv4_addr : mark\n\
+         \t\telements = {{ {elements} }}\n\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+         \t\tct direction original ct mark != 0 meta mark set ct mark\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype filter hook postrouting priority mangle; policy accept;\n\
+         \t\tct direction original ct mark 0 ct mark set rt ip nexthop map @nexthop_mark\n\
+         \t}}\n\
+         }}\n"
     )
 }
 
