@@ -53,6 +53,18 @@ pub(crate) struct Vip {
     pub(crate) last_ok: Option<Instant>,
     pub(crate) degraded: Option<(&'static str, String)>,
     pub(crate) status_written: Option<(ControlPlaneVIPStatus, Instant)>,
+    /// The last API view (the ControlPlaneVIP, the slice's readiness, the reports), used
+    /// while the leader's own apiserver does not answer (see [`pass`]).
+    pub(crate) seen: Option<Seen>,
+}
+
+/// What the leader last read from the API for one ControlPlaneVIP.
+#[derive(Clone)]
+pub(crate) struct Seen {
+    cr: ControlPlaneVIP,
+    slice_seen: bool,
+    ready: BTreeMap<IpAddr, bool>,
+    reports: BTreeMap<IpAddr, crate::node::Report>,
 }
 
 impl Vip {
@@ -69,6 +81,7 @@ impl Vip {
             last_ok: None,
             degraded: None,
             status_written: None,
+            seen: None,
         }
     }
 }
@@ -113,15 +126,23 @@ async fn pass(
 ) -> Duration {
     let cpvips: Api<ControlPlaneVIP> = Api::all(client.clone());
     let list = match cpvips.list(&ListParams::default()).await {
-        Ok(l) => l.items,
+        Ok(l) => {
+            let names: Vec<String> = l.items.iter().map(|c| c.name_any()).collect();
+            state.retain(|n, _| names.contains(n));
+            l.items
+        }
         Err(e) => {
-            tracing::warn!(%e, "listing ControlPlaneVIPs");
-            return Duration::from_secs(1);
+            // Our own apiserver does not answer (it is usually the one that failed): while
+            // we still hold the lease, keep probing and routing from the last view, so that
+            // a failed node (this one included) leaves the route before its VIP goes.
+            tracing::warn!(%e, "listing ControlPlaneVIPs; routing from the last view");
+            state
+                .values()
+                .filter_map(|v| v.seen.as_ref().map(|s| s.cr.clone()))
+                .collect()
         }
     };
     let mut period = Duration::from_secs(1);
-    let names: Vec<String> = list.iter().map(|c| c.name_any()).collect();
-    state.retain(|n, _| names.contains(n));
     for cr in list {
         let mut p = Duration::from_millis(cr.spec.probe.period_ms.clamp(100, 10_000));
         let vip = state.entry(cr.name_any()).or_insert_with(Vip::new);
@@ -188,11 +209,16 @@ async fn reconcile(
                 .await;
         }
     };
-    // The driver (rebuilt when the RouteTarget or its Secret changes).
+    // The driver (rebuilt when the RouteTarget or its Secret changes; the last one while
+    // the API does not answer).
     let targets: Api<RouteTarget> = Api::all(client.clone());
-    let built = match targets.get_opt(&cr.spec.route_target).await? {
-        None => Err(target::TargetError::Missing(cr.spec.route_target.clone()).to_string()),
-        Some(t) => target::driver(
+    let built = match targets.get_opt(&cr.spec.route_target).await {
+        Err(e) => match vip.built.clone() {
+            Some(b) if vip.seen.is_some() => Ok(b),
+            _ => return Err(e.into()),
+        },
+        Ok(None) => Err(target::TargetError::Missing(cr.spec.route_target.clone()).to_string()),
+        Ok(Some(t)) => target::driver(
             client,
             &opts.namespace,
             &opts.cluster,
@@ -257,23 +283,25 @@ async fn reconcile(
         return Ok(());
     }
 
-    // What the nodes and the slice say.
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), KUBERNETES_NAMESPACE);
-    let lp = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
-    let slice_list = slices.list(&lp).await?.items;
-    let slice_seen = !slice_list.is_empty();
-    let mut ready: BTreeMap<IpAddr, bool> = BTreeMap::new();
-    for s in &slice_list {
-        for ep in &s.endpoints {
-            let r = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            for a in &ep.addresses {
-                if let Ok(ip) = a.parse::<IpAddr>() {
-                    *ready.entry(ip).or_insert(false) |= r;
-                }
-            }
+    // What the nodes and the slice say (the last view while the API does not answer).
+    let (slice_seen, ready, reports) = match read_view(client, opts, &name).await {
+        Ok(view) => {
+            vip.seen = Some(Seen {
+                cr: cr.clone(),
+                slice_seen: view.0,
+                ready: view.1.clone(),
+                reports: view.2.clone(),
+            });
+            view
         }
-    }
-    let reports = crate::node::reports(client, opts, &name).await?;
+        Err(e) => match &vip.seen {
+            Some(seen) => {
+                tracing::debug!(%e, "API unreachable: the last view of the slice and reports");
+                (seen.slice_seen, seen.ready.clone(), seen.reports.clone())
+            }
+            None => return Err(e.into()),
+        },
+    };
     // Probes of every candidate, concurrently.
     if vip.prober.as_ref().is_none_or(|(a, _)| *a != net.addr()) {
         match Prober::new(
@@ -402,6 +430,38 @@ async fn reconcile(
     let hops = vip.route.clone().unwrap_or_default();
     let rows = node_rows(&candidates, &hops);
     crate::status::write_status(client, opts, cr, vip, hops, rows).await
+}
+
+/// The `default/kubernetes` slices (seen at all, readiness by address) and the node reports.
+async fn read_view(
+    client: &Client,
+    opts: &Options,
+    name: &str,
+) -> Result<
+    (
+        bool,
+        BTreeMap<IpAddr, bool>,
+        BTreeMap<IpAddr, crate::node::Report>,
+    ),
+    kube::Error,
+> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), KUBERNETES_NAMESPACE);
+    let lp = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
+    let slice_list = slices.list(&lp).await?.items;
+    let slice_seen = !slice_list.is_empty();
+    let mut ready: BTreeMap<IpAddr, bool> = BTreeMap::new();
+    for s in &slice_list {
+        for ep in &s.endpoints {
+            let r = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    *ready.entry(ip).or_insert(false) |= r;
+                }
+            }
+        }
+    }
+    let reports = crate::node::reports(client, opts, name).await?;
+    Ok((slice_seen, ready, reports))
 }
 
 fn router_error(metrics: &Metrics, vip: &mut Vip, e: &RouterError) {

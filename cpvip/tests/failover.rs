@@ -1,7 +1,8 @@
 //! `switchyard-cpvip` end to end in process: the lab API server, the lab fabric API (its
 //! kernel an in-memory fake), three control-plane daemons as tasks, and three fake
 //! apiservers on 127.0.0.11-13 (TLS, certificates with the VIP in their SANs, `/readyz`
-//! switchable to fail, hang or die). The netns lab with apiserver relays is not built yet.
+//! switchable to fail, hang or die). The netns lab with apiserver relays on the nodes:
+//! `tests/lab/tests/control_plane_vip_lab.rs`.
 //!
 //! Asserts what the router and the ControlPlaneVIP show: the ECMP route over the three
 //! healthy nodes; a hung apiserver (its EndpointSlice still ready) and a dead one leave the

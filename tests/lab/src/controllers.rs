@@ -33,16 +33,10 @@ pub fn start(
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(kubernetes) = kubernetes {
-        tasks.push(spawn_controller(
+        tasks.push(spawn_kubernetes_service(
             store,
+            kubernetes,
             shutdown.clone(),
-            &[
-                ("", "namespaces"),
-                ("", "services"),
-                ("", "endpoints"),
-                ("discovery.k8s.io", "endpointslices"),
-            ],
-            move |s| kubernetes.reconcile(s),
         ));
     }
     if let Some(cluster_cidr) = opts.cluster_cidr {
@@ -69,10 +63,51 @@ pub fn start(
     tasks
 }
 
+/// Runs the keeper of the `kubernetes` Service ([`KubernetesService::reconcile`]) on every
+/// change of its objects, and with endpoint Leases also on theirs and every second (a Lease
+/// expires without a change).
+pub fn spawn_kubernetes_service(
+    store: &Arc<Store>,
+    kubernetes: KubernetesService,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    const OBJECTS: &[(&str, &str)] = &[
+        ("", "namespaces"),
+        ("", "services"),
+        ("", "endpoints"),
+        ("discovery.k8s.io", "endpointslices"),
+    ];
+    const WITH_LEASES: &[(&str, &str)] = &[
+        ("", "namespaces"),
+        ("", "services"),
+        ("", "endpoints"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("coordination.k8s.io", "leases"),
+    ];
+    let (interests, tick) = if kubernetes.endpoint_leases {
+        (WITH_LEASES, Some(std::time::Duration::from_secs(1)))
+    } else {
+        (OBJECTS, None)
+    };
+    spawn_controller_ticking(store, shutdown, interests, tick, move |s| {
+        kubernetes.reconcile(s)
+    })
+}
+
 fn spawn_controller(
+    store: &Arc<Store>,
+    shutdown: watch::Receiver<bool>,
+    interests: &'static [(&'static str, &'static str)],
+    reconcile: impl Fn(&Store) + Send + 'static,
+) -> JoinHandle<()> {
+    spawn_controller_ticking(store, shutdown, interests, None, reconcile)
+}
+
+fn spawn_controller_ticking(
     store: &Arc<Store>,
     mut shutdown: watch::Receiver<bool>,
     interests: &'static [(&'static str, &'static str)],
+    tick: Option<std::time::Duration>,
     reconcile: impl Fn(&Store) + Send + 'static,
 ) -> JoinHandle<()> {
     let store = Arc::clone(store);
@@ -84,9 +119,13 @@ fn spawn_controller(
                 .any(|(g, r)| e.key.group == *g && e.key.resource == *r)
         };
         reconcile(&store);
+        let mut ticker =
+            tokio::time::interval(tick.unwrap_or(std::time::Duration::from_secs(3600)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let dirty = tokio::select! {
                 _ = shutdown.wait_for(|v| *v) => return,
+                _ = ticker.tick(), if tick.is_some() => true,
                 r = events.recv() => match r {
                     Ok(e) => relevant(&e),
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
@@ -388,12 +427,56 @@ pub const KUBERNETES_SERVICE: &str = "kubernetes";
 /// endpoint: the advertised address) and the Endpoints `kubernetes` (label
 /// `endpointslice.kubernetes.io/skip-mirror: "true"`). A deleted object is recreated and
 /// changed endpoints are restored; the Service's spec is otherwise left alone.
+///
+/// With [`KubernetesService::endpoint_leases`] the endpoints are those of several apiservers,
+/// as kube-apiserver's lease endpoint reconciler keeps them: each apiserver renews a Lease
+/// ([`ENDPOINT_LEASE_NAMESPACE`], label [`LABEL_ENDPOINT_LEASE`], `holderIdentity` its
+/// address); the endpoints are the addresses of the unexpired Leases, with
+/// `endpoint`'s port, and an expired one is dropped ([`spawn_kubernetes_service`] looks
+/// again every second, as expiry is no change).
 #[derive(Debug, Clone)]
 pub struct KubernetesService {
     /// The Service's ClusterIP.
     pub cluster_ip: Ipv4Addr,
-    /// The advertised address and port of the API server.
+    /// The advertised address and port of the API server (with `endpoint_leases`: only the
+    /// port is used).
     pub endpoint: SocketAddrV4,
+    /// Endpoints from apiserver Leases instead of `endpoint` alone.
+    pub endpoint_leases: bool,
+}
+
+/// Namespace of the apiserver endpoint Leases.
+pub const ENDPOINT_LEASE_NAMESPACE: &str = "kube-system";
+/// Label (value `"true"`) of the apiserver endpoint Leases.
+pub const LABEL_ENDPOINT_LEASE: &str = "lab.switchyard.io/apiserver-endpoint";
+/// Lease duration kube-apiserver's lease endpoint reconciler uses (15 s).
+pub const ENDPOINT_LEASE_SECONDS: i64 = 15;
+
+/// The addresses of unexpired apiserver endpoint Leases at `now` (Unix seconds), sorted.
+pub fn leased_endpoints(leases: &[Value], now: i64) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = leases
+        .iter()
+        .filter(|l| str_at(l, "/metadata/namespace") == ENDPOINT_LEASE_NAMESPACE)
+        .filter(|l| {
+            l.pointer("/metadata/labels")
+                .and_then(|m| m.get(LABEL_ENDPOINT_LEASE))
+                .and_then(Value::as_str)
+                == Some("true")
+        })
+        .filter(|l| {
+            let renewed =
+                crate::apiserver::time::parse_rfc3339(str_at(l, "/spec/renewTime")).unwrap_or(0);
+            let duration = l
+                .pointer("/spec/leaseDurationSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(ENDPOINT_LEASE_SECONDS);
+            renewed + duration > now
+        })
+        .filter_map(|l| str_at(l, "/spec/holderIdentity").parse().ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl KubernetesService {
@@ -410,7 +493,20 @@ impl KubernetesService {
         Ok(KubernetesService {
             cluster_ip,
             endpoint,
+            endpoint_leases: false,
         })
+    }
+
+    /// The endpoint addresses now.
+    fn addresses(&self, store: &Store) -> Vec<Ipv4Addr> {
+        if self.endpoint_leases {
+            leased_endpoints(
+                &store.objects_of("coordination.k8s.io", "leases"),
+                crate::apiserver::time::now_unix(),
+            )
+        } else {
+            vec![*self.endpoint.ip()]
+        }
     }
 
     fn service(&self) -> Value {
@@ -433,31 +529,38 @@ impl KubernetesService {
         })
     }
 
-    fn endpoint_slice(&self) -> Value {
+    fn endpoint_slice(&self, addresses: &[Ipv4Addr]) -> Value {
+        let endpoints: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+            .collect();
         json!({
             "metadata": {
                 "name": KUBERNETES_SERVICE,
                 "labels": {"kubernetes.io/service-name": KUBERNETES_SERVICE},
             },
             "addressType": "IPv4",
-            "endpoints": [{
-                "addresses": [self.endpoint.ip().to_string()],
-                "conditions": {"ready": true},
-            }],
+            "endpoints": endpoints,
             "ports": [{"name": "https", "port": self.endpoint.port(), "protocol": "TCP"}],
         })
     }
 
-    fn endpoints(&self) -> Value {
+    fn endpoints(&self, addresses: &[Ipv4Addr]) -> Value {
+        // kube-apiserver writes no subset at all when it has no endpoint.
+        let subsets: Vec<Value> = if addresses.is_empty() {
+            Vec::new()
+        } else {
+            vec![json!({
+                "addresses": addresses.iter().map(|a| json!({"ip": a.to_string()})).collect::<Vec<_>>(),
+                "ports": [{"name": "https", "port": self.endpoint.port(), "protocol": "TCP"}],
+            })]
+        };
         json!({
             "metadata": {
                 "name": KUBERNETES_SERVICE,
                 "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
             },
-            "subsets": [{
-                "addresses": [{"ip": self.endpoint.ip().to_string()}],
-                "ports": [{"name": "https", "port": self.endpoint.port(), "protocol": "TCP"}],
-            }],
+            "subsets": subsets,
         })
     }
 
@@ -467,14 +570,19 @@ impl KubernetesService {
         if ns_rt.is_none_or(|rt| store.get(&rt, "", "default").is_err()) {
             return;
         }
+        let addresses = self.addresses(store);
         let objects = [
             (("", "v1", "services"), self.service(), &[][..]),
             (
                 ("discovery.k8s.io", "v1", "endpointslices"),
-                self.endpoint_slice(),
+                self.endpoint_slice(&addresses),
                 &["addressType", "endpoints", "ports"][..],
             ),
-            (("", "v1", "endpoints"), self.endpoints(), &["subsets"][..]),
+            (
+                ("", "v1", "endpoints"),
+                self.endpoints(&addresses),
+                &["subsets"][..],
+            ),
         ];
         for ((group, version, plural), wanted, kept) in objects {
             let Some(rt) = store.resource_type(group, version, plural) else {

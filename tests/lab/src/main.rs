@@ -56,6 +56,18 @@ struct UpArgs {
     /// VLANs of the fabric (comma-separated); each becomes a `vlan` segment of the agents.
     #[arg(long, value_delimiter = ',', default_value = "100,200")]
     vlans: Vec<u16>,
+    /// The first N nodes are control planes: an apiserver relay (TLS on :6443) and
+    /// switchyard-cpvip each; the fabric routes the control-plane VIP over the healthy ones
+    /// (needs --fabric; docs/control-plane-vip.md).
+    #[arg(long, default_value_t = 0)]
+    control_planes: usize,
+    /// The control-plane VIP (with --control-planes).
+    #[arg(long, default_value_t = switchyard_lab::cluster::control_plane::DEFAULT_VIP)]
+    control_plane_vip: Ipv4Addr,
+    /// With --control-planes: plain stateless ECMP in the fabric (by default it keeps an
+    /// established connection on the node it started on when the route changes).
+    #[arg(long)]
+    no_flow_pinning: bool,
 }
 
 impl UpArgs {
@@ -70,6 +82,9 @@ impl UpArgs {
             bin_dir: self.bin_dir.clone(),
             fabric_vlans: self.fabric.then(|| self.vlans.clone()),
             underlay_mode: self.underlay_mode,
+            control_planes: self.control_planes,
+            control_plane_vip: self.control_plane_vip,
+            flow_pinning: !self.no_flow_pinning,
         }
     }
 }
@@ -100,6 +115,11 @@ enum Command {
         /// Disable the node IPAM, ClusterIP allocation and EndpointSlice controllers.
         #[arg(long)]
         no_controllers: bool,
+        /// The endpoints of `default/kubernetes` are the apiservers (relays) holding an
+        /// unexpired endpoint Lease in kube-system, on this port, as kube-apiserver's lease
+        /// endpoint reconciler keeps them (`up --control-planes`), instead of this server.
+        #[arg(long, conflicts_with = "no_controllers")]
+        endpoint_leases_port: Option<u16>,
     },
     /// Bring up a lab of N node namespaces (root). Returns when it is up; it runs in the background.
     Up(UpArgs),
@@ -184,6 +204,10 @@ enum Command {
         /// File to write the TLS address to once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Renew an endpoint Lease for this address in the lab API server (every 5 s, 15 s
+        /// duration; `apiserver --endpoint-leases-port` lists it in `default/kubernetes`).
+        #[arg(long)]
+        lease_address: Option<Ipv4Addr>,
     },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
@@ -216,8 +240,32 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn run_apiserver(opts: ApiServerOptions, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run_apiserver(
+    mut opts: ApiServerOptions,
+    kubeconfig: Option<PathBuf>,
+    endpoint_leases_port: Option<u16>,
+) -> anyhow::Result<()> {
+    let leased = match (endpoint_leases_port, opts.service_cidr) {
+        (Some(port), Some(cidr)) => {
+            // The built-in keeper (one endpoint: this server) is replaced by the Lease one.
+            opts.kubernetes_service = false;
+            let mut keeper = switchyard_lab::controllers::KubernetesService::new(
+                cidr,
+                std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            )
+            .map_err(anyhow::Error::msg)?;
+            keeper.endpoint_leases = true;
+            Some(keeper)
+        }
+        _ => None,
+    };
     let server = ApiServer::start(opts).await?;
+    let (_stop_keeper, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(keeper) = leased {
+        // In place before the kubeconfig (the sign of readiness) is written.
+        keeper.reconcile(server.store());
+        switchyard_lab::controllers::spawn_kubernetes_service(server.store(), keeper, stop_rx);
+    }
     if let Some(path) = &kubeconfig {
         server
             .write_kubeconfig(path)
@@ -243,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service_cidr,
             cluster_cidr,
             no_controllers,
+            endpoint_leases_port,
         } => {
             let mut opts = if no_controllers {
                 ApiServerOptions::without_controllers()
@@ -255,7 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             opts.listen = SocketAddr::new(address, port);
             opts.advertise_address = advertise_address;
-            tokio_runtime()?.block_on(run_apiserver(opts, kubeconfig))
+            tokio_runtime()?.block_on(run_apiserver(opts, kubeconfig, endpoint_leases_port))
         }
         Command::Up(args) => {
             let opts = args.options();
@@ -266,6 +315,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.info.nodes.len()
             );
             demo::print_up_report(&opts.state, &report);
+            if let (Some(cp), Some(f)) = (&report.info.control_planes, &report.info.fabric) {
+                println!(
+                    "\nControl planes {}: the fabric routes the VIP {} over those whose apiserver relay is ready.\nip netns exec {} kubectl --kubeconfig {} get nodes",
+                    cp.nodes.join(", "),
+                    cp.vip,
+                    f.internet_netns,
+                    switchyard_lab::cluster::control_plane::vip_kubeconfig_path(&opts.state)
+                        .display()
+                );
+            }
             let exe = report.info.binaries.lab.display();
             println!(
                 "\nkubectl --kubeconfig {} get nodes -o wide\n{exe} status --state-dir {}\n{exe} down --state-dir {}",
@@ -373,6 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             control,
             ready_file,
+            lease_address,
         } => tokio_runtime()?
             .block_on(switchyard_lab::relay::run(
                 switchyard_lab::relay::RelayConfig {
@@ -383,6 +443,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 control,
                 ready_file,
+                lease_address,
             ))
             .context("apiserver relay"),
         Command::EchoServer {

@@ -3,10 +3,19 @@
 //! node's address in its SANs); `GET /readyz` is answered by the relay itself according to
 //! its mode; everything else is relayed as bytes to the lab API server (plain HTTP).
 //!
+//! `GET /connections` on the control address: TLS connections accepted so far per client
+//! address (JSON object), to see how a load balancer spread them.
+//!
 //! Modes (switched with `PUT /mode` on the plain-HTTP control address, body `ok`, `fail`,
 //! `hang` or `die`): `ok` answers `/readyz` 200; `fail` answers 500 and keeps relaying (an
 //! apiserver shutting down gracefully); `hang` accepts TCP and never answers; `die` exits
 //! the process (connections refused from then on).
+//!
+//! With an endpoint address ([`run`]'s `lease_address`) the relay renews a Lease for it in
+//! the lab API server every 5 s (15 s duration), in every mode, as a live kube-apiserver
+//! renews its endpoint lease; the lab's keeper of `default/kubernetes` lists the addresses
+//! of unexpired Leases as the endpoints (`controllers::KubernetesService::endpoint_leases`).
+//! Only `die` (or killing the process) stops the renewals.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,11 +64,15 @@ pub struct RelayConfig {
     pub key: PathBuf,
 }
 
+/// Connections accepted, per client address.
+type Peers = Arc<std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, u64>>>;
+
 /// A running relay.
 #[derive(Debug)]
 pub struct Relay {
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
+    peers: Peers,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -89,17 +102,32 @@ impl Relay {
             source,
         })?;
         let mode = Arc::new(AtomicU8::new(MODE_OK));
+        let peers = Peers::default();
         let upstream = cfg.upstream;
         let m = mode.clone();
+        let p = peers.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
+                if let Ok(mut counts) = p.lock() {
+                    *counts.entry(peer.ip()).or_default() += 1;
+                }
                 tokio::spawn(serve(tcp, acceptor.clone(), upstream, m.clone()));
             }
         });
-        Ok(Relay { addr, mode, task })
+        Ok(Relay {
+            addr,
+            mode,
+            peers,
+            task,
+        })
+    }
+
+    /// Connections accepted so far, per client address.
+    pub fn connections(&self) -> std::collections::BTreeMap<std::net::IpAddr, u64> {
+        self.peers.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// The TLS address served.
@@ -176,40 +204,125 @@ async fn serve(
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
 }
 
+/// How often a relay renews its endpoint Lease.
+pub const LEASE_RENEW: Duration = Duration::from_secs(5);
+
+/// Name of the endpoint Lease of `address`.
+pub fn lease_name(address: std::net::Ipv4Addr) -> String {
+    format!(
+        "apiserver-endpoint-{}",
+        address.to_string().replace('.', "-")
+    )
+}
+
+/// Renews the endpoint Lease of `address` in the lab API server at `upstream` every
+/// [`LEASE_RENEW`], forever (failures are logged and retried at the next renewal).
+pub async fn renew_lease(upstream: SocketAddr, address: std::net::Ipv4Addr) {
+    use crate::controllers::{
+        ENDPOINT_LEASE_NAMESPACE, ENDPOINT_LEASE_SECONDS, LABEL_ENDPOINT_LEASE,
+    };
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let client = match format!("http://{upstream}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())
+        .and_then(|u| kube::Client::try_from(kube::Config::new(u)).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "relay: no client for the endpoint Lease");
+            return;
+        }
+    };
+    let leases: Api<Lease> = Api::namespaced(client, ENDPOINT_LEASE_NAMESPACE);
+    let name = lease_name(address);
+    loop {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": ENDPOINT_LEASE_NAMESPACE,
+                         "labels": {LABEL_ENDPOINT_LEASE: "true"}},
+            "spec": {"holderIdentity": address.to_string(),
+                     "leaseDurationSeconds": ENDPOINT_LEASE_SECONDS,
+                     "renewTime": now},
+        });
+        let result = match leases
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&lease))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 404 => match serde_json::from_value(lease) {
+                Ok(l) => leases.create(&PostParams::default(), &l).await.map(drop),
+                Err(e) => {
+                    tracing::error!(error = %e, "relay: endpoint Lease");
+                    return;
+                }
+            },
+            r => r.map(drop),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, lease = %name, "relay: renewing the endpoint Lease failed");
+        }
+        tokio::time::sleep(LEASE_RENEW).await;
+    }
+}
+
 /// The `apiserver-relay` command: the relay plus its control address (`PUT /mode`), until
-/// killed or switched to `die`.
+/// killed or switched to `die`; with `lease_address`, renewing its endpoint Lease
+/// ([`renew_lease`]).
 pub async fn run(
     cfg: RelayConfig,
     control: SocketAddr,
     ready_file: Option<PathBuf>,
+    lease_address: Option<std::net::Ipv4Addr>,
 ) -> Result<(), RelayError> {
-    use axum::routing::put;
+    use axum::routing::{get, put};
     let relay = Arc::new(Relay::start(&cfg).await?);
+    if let Some(address) = lease_address {
+        tokio::spawn(renew_lease(cfg.upstream, address));
+    }
     let r = relay.clone();
-    let app = axum::Router::new().route(
-        "/mode",
-        put(move |body: String| {
-            let r = r.clone();
-            async move {
-                match body.trim() {
-                    "ok" => r.set_mode(MODE_OK),
-                    "fail" => r.set_mode(MODE_FAIL),
-                    "hang" => r.set_mode(MODE_HANG),
-                    "die" => {
-                        tracing::warn!("relay: die");
-                        std::process::exit(137);
-                    }
-                    other => {
-                        return (
-                            http::StatusCode::BAD_REQUEST,
-                            format!("mode {other:?}: ok, fail, hang or die\n"),
-                        );
-                    }
+    let counts = relay.clone();
+    let app = axum::Router::new()
+        .route(
+            "/connections",
+            get(move || {
+                let c = counts.connections();
+                async move {
+                    let map: serde_json::Map<String, serde_json::Value> = c
+                        .into_iter()
+                        .map(|(ip, n)| (ip.to_string(), n.into()))
+                        .collect();
+                    serde_json::Value::Object(map).to_string()
                 }
-                (http::StatusCode::OK, format!("{}\n", body.trim()))
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/mode",
+            put(move |body: String| {
+                let r = r.clone();
+                async move {
+                    match body.trim() {
+                        "ok" => r.set_mode(MODE_OK),
+                        "fail" => r.set_mode(MODE_FAIL),
+                        "hang" => r.set_mode(MODE_HANG),
+                        "die" => {
+                            tracing::warn!("relay: die");
+                            std::process::exit(137);
+                        }
+                        other => {
+                            return (
+                                http::StatusCode::BAD_REQUEST,
+                                format!("mode {other:?}: ok, fail, hang or die\n"),
+                            );
+                        }
+                    }
+                    (http::StatusCode::OK, format!("{}\n", body.trim()))
+                }
+            }),
+        );
     let listener = TcpListener::bind(control)
         .await
         .map_err(|source| RelayError::Io {

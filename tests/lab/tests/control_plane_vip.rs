@@ -2,7 +2,8 @@
 //! a control-plane node for `switchyard-cpvip`: kubectl reaches the lab API server through
 //! it over TLS verified with the VIP as the server name; its `/readyz` answers 200, 500
 //! (`fail`, still relaying), nothing (`hang`), and `die` ends the process (connections
-//! refused). The netns part (`up --control-planes`) is planned (docs/control-plane-vip.md).
+//! refused). The netns lab with relays on the nodes (`up --control-planes`):
+//! `control_plane_vip_lab.rs`.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -474,3 +474,119 @@ async fn the_kubernetes_service_is_opt_out_and_advertises_the_listen_address() {
     assert!(!unspecified.ip().is_unspecified(), "{unspecified}");
     assert_eq!(unspecified.port(), 6443);
 }
+
+/// `up --control-planes`: `default/kubernetes` lists the apiservers holding an unexpired
+/// endpoint Lease (kube-apiserver's lease endpoint reconciler), on the apiservers' port; an
+/// expired Lease drops out without any change to it, a renewed one comes back; a relay's
+/// own renewal (`relay::renew_lease`) lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_service_follows_apiserver_endpoint_leases() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Endpoints;
+    use switchyard_lab::controllers::{
+        KubernetesService, LABEL_ENDPOINT_LEASE, spawn_kubernetes_service,
+    };
+    let server = common::start(ApiServerOptions {
+        kubernetes_service: false,
+        ..ApiServerOptions::default()
+    })
+    .await;
+    let mut keeper = KubernetesService::new(
+        "10.96.0.0/16".parse().unwrap(),
+        "0.0.0.0:6443".parse().unwrap(),
+    )
+    .unwrap();
+    keeper.endpoint_leases = true;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let _keeper = spawn_kubernetes_service(server.store(), keeper, stop_rx);
+    let client = common::client(&server);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let ago = |secs: i64| {
+        k8s_openapi::jiff::Timestamp::now()
+            .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+            .unwrap()
+            .to_string()
+    };
+    let lease = |ip: &str, renewed: String| -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("ep-{}", ip.replace('.', "-")),
+                         "labels": {LABEL_ENDPOINT_LEASE: "true"}},
+            "spec": {"holderIdentity": ip, "leaseDurationSeconds": 15, "renewTime": renewed},
+        }))
+        .unwrap()
+    };
+    let listed = |want: &'static [&'static str]| {
+        let slices = slices.clone();
+        let endpoints = endpoints.clone();
+        async move {
+            let s = slices.get("kubernetes").await.ok()?;
+            let got: Vec<String> = s
+                .endpoints
+                .iter()
+                .flat_map(|e| e.addresses.clone())
+                .collect();
+            let port = s.ports.as_ref()?.first()?.port;
+            let ep = endpoints.get("kubernetes").await.ok()?;
+            let ep_addrs: Vec<String> = ep
+                .subsets
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|s| s.addresses.clone().unwrap_or_default())
+                .map(|a| a.ip)
+                .collect();
+            (got == want && ep_addrs == want && port == Some(6443)).then_some(())
+        }
+    };
+    // No Lease: no endpoint (nothing to route to), the Service still there.
+    common::eventually("an empty slice", DEADLINE, || listed(&[])).await;
+    let pp = PostParams::default();
+    leases
+        .create(&pp, &lease("10.0.0.1", ago(0)))
+        .await
+        .unwrap();
+    leases
+        .create(&pp, &lease("10.0.0.2", ago(20)))
+        .await
+        .unwrap();
+    common::eventually("only the live Lease listed", DEADLINE, || {
+        listed(&["10.0.0.1"])
+    })
+    .await;
+    let renew = |ip: &'static str, renewed: String| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .patch(
+                    &format!("ep-{}", ip.replace('.', "-")),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"renewTime": renewed}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    renew("10.0.0.2", ago(0)).await;
+    common::eventually("the renewed Lease listed", DEADLINE, || {
+        listed(&["10.0.0.1", "10.0.0.2"])
+    })
+    .await;
+    // 10.0.0.1 last renewed 14 s ago: it expires within about a second, unchanged.
+    renew("10.0.0.1", ago(14)).await;
+    common::eventually("the expired Lease dropped", DEADLINE, || {
+        listed(&["10.0.0.2"])
+    })
+    .await;
+    // A relay renewing its own Lease.
+    let relay = tokio::spawn(switchyard_lab::relay::renew_lease(
+        server.addr(),
+        "10.0.0.3".parse().unwrap(),
+    ));
+    common::eventually("the relay's Lease listed", DEADLINE, || {
+        listed(&["10.0.0.2", "10.0.0.3"])
+    })
+    .await;
+    relay.abort();
+    server.shutdown().await;
+}

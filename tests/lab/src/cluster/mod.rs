@@ -18,6 +18,7 @@
 //! ([`state`]); [`up::down`] removes it by pid and name, also after a crash of `up`.
 
 pub mod cni_exec;
+pub mod control_plane;
 pub mod demo;
 pub mod demo_lb;
 pub mod echo;

@@ -77,6 +77,9 @@ pub struct Binaries {
     pub agent: Option<PathBuf>,
     /// `switchyard-proxy`, when it runs on the nodes.
     pub proxy: Option<PathBuf>,
+    /// `switchyard-cpvip`, for the control planes (`up --control-planes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpvip: Option<PathBuf>,
 }
 
 /// `lab.json`.
@@ -100,6 +103,9 @@ pub struct LabInfo {
     /// The fabric and internet namespaces (`up --fabric`).
     #[serde(default)]
     pub fabric: Option<super::fabric::FabricInfo>,
+    /// The control planes of the control-plane VIP (`up --control-planes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_planes: Option<super::control_plane::ControlPlaneInfo>,
 }
 
 impl LabInfo {

@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::LabError;
+use super::control_plane;
 use super::fabric;
 use super::node::{self, Started};
 use super::state::{Binaries, Entry, LabInfo, NodeInfo, StateDir, UnderlayMode};
@@ -48,6 +49,14 @@ pub struct UpOptions {
     pub fabric_vlans: Option<Vec<u16>>,
     /// Where node underlay addresses live.
     pub underlay_mode: UnderlayMode,
+    /// The first N nodes are control planes of the control-plane VIP (apiserver relay and
+    /// `switchyard-cpvip`; needs the fabric); 0: none, and the lab is as without it.
+    pub control_planes: usize,
+    /// The control-plane VIP.
+    pub control_plane_vip: Ipv4Addr,
+    /// With control planes: the fabric pins established connections to their next hop
+    /// (`control_plane::pin_flows`).
+    pub flow_pinning: bool,
 }
 
 /// What [`up`] brought up, and what it could not.
@@ -138,6 +147,7 @@ pub fn find_binaries(bin_dir: Option<&Path>) -> Result<Binaries, LabError> {
         cni: sys::find_binary(dir.as_deref(), "switchyard"),
         agent: sys::find_binary(dir.as_deref(), "switchyard-agent"),
         proxy: sys::find_binary(dir.as_deref(), "switchyard-proxy"),
+        cpvip: sys::find_binary(dir.as_deref(), "switchyard-cpvip"),
     })
 }
 
@@ -279,7 +289,20 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
             Some(vlans) => Some(fabric::plan(&opts.name, vlans)?),
             None => None,
         },
+        control_planes: None,
     };
+    if opts.control_planes > 0 {
+        let cp = control_plane::plan(
+            state,
+            opts.control_planes,
+            opts.control_plane_vip,
+            &info.nodes,
+            info.fabric.is_some(),
+            opts.flow_pinning,
+        )?;
+        control_plane::check_vip(&info, cp.vip)?;
+        info.control_planes = Some(cp);
+    }
     state.save_info(&info)?;
 
     // Underlay: a Linux bridge in its own namespace, the host end of a veth on it.
@@ -419,6 +442,9 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
     }
 
     block_on(register_nodes(&url, &info.nodes))??;
+    if info.control_planes.is_some() {
+        control_plane::up(state, &info)?;
+    }
 
     let mut agents: Vec<(String, Result<u32, String>)> = Vec::new();
     let mut started = Vec::new();
@@ -505,6 +531,13 @@ fn start_apiserver(state: &StateDir, info: &LabInfo) -> Result<String, LabError>
         .arg("0")
         .arg("--kubeconfig")
         .arg(&kubeconfig);
+    if info.control_planes.is_some() {
+        // `default/kubernetes` lists the relays holding an endpoint Lease.
+        cmd.arg(format!(
+            "--endpoint-leases-port={}",
+            control_plane::APISERVER_PORT
+        ));
+    }
     let mut child = sys::spawn_background(&mut cmd, &log)?;
     state.record_pid(child.id(), "apiserver")?;
     let url = sys::poll_until(START_DEADLINE, || {
@@ -637,6 +670,8 @@ const STATE_ENTRIES: &[&str] = &[
     "demo",
     // The fabric API's certificates, log and ready file (`--fabric`).
     "fabric-api",
+    // The apiserver relays' certificates and the VIP kubeconfig (`--control-planes`).
+    "control-planes",
     // A switchyard-controller's log, when a test runs one against the lab.
     "controller.log",
 ];
