@@ -100,6 +100,10 @@ enum Command {
         /// Disable the node IPAM, ClusterIP allocation and EndpointSlice controllers.
         #[arg(long)]
         no_controllers: bool,
+        /// State directory of a netns lab (`up` sets it): `kubectl exec` runs in its pods'
+        /// network namespaces and `kubectl logs` reads their log files.
+        #[arg(long)]
+        lab_state_dir: Option<PathBuf>,
     },
     /// Bring up a lab of N node namespaces (root). Returns when it is up; it runs in the background.
     Up(UpArgs),
@@ -243,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service_cidr,
             cluster_cidr,
             no_controllers,
+            lab_state_dir,
         } => {
             let mut opts = if no_controllers {
                 ApiServerOptions::without_controllers()
@@ -255,6 +260,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             opts.listen = SocketAddr::new(address, port);
             opts.advertise_address = advertise_address;
+            opts.pod_runtime = lab_state_dir.map(|dir| {
+                std::sync::Arc::new(switchyard_lab::cluster::pods::LabPods::new(StateDir::new(
+                    dir,
+                )))
+                    as std::sync::Arc<dyn switchyard_lab::apiserver::pods::PodRuntime>
+            });
             tokio_runtime()?.block_on(run_apiserver(opts, kubeconfig))
         }
         Command::Up(args) => {

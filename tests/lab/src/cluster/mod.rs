@@ -24,6 +24,7 @@ pub mod echo;
 pub mod fabric;
 pub mod node;
 pub mod ops;
+pub mod pods;
 pub mod runtime;
 pub mod state;
 pub mod status;

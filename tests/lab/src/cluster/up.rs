@@ -504,7 +504,9 @@ fn start_apiserver(state: &StateDir, info: &LabInfo) -> Result<String, LabError>
         .arg("--port")
         .arg("0")
         .arg("--kubeconfig")
-        .arg(&kubeconfig);
+        .arg(&kubeconfig)
+        .arg("--lab-state-dir")
+        .arg(state.root());
     let mut child = sys::spawn_background(&mut cmd, &log)?;
     state.record_pid(child.id(), "apiserver")?;
     let url = sys::poll_until(START_DEADLINE, || {
