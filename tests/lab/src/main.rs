@@ -189,6 +189,20 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// The lab's cluster DNS resolver (started by `up` in each node): A records of
+    /// `<service>.<namespace>.svc.cluster.local` from the Services' ClusterIPs.
+    #[command(hide = true)]
+    DnsServer {
+        /// The lab API server URL.
+        #[arg(long)]
+        api_url: String,
+        /// UDP address to answer on.
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: SocketAddr,
+        /// File to create once it answers.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
         /// Name to answer with.
@@ -396,6 +410,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ready_file,
             ))
             .context("apiserver relay"),
+        Command::DnsServer {
+            api_url,
+            listen,
+            ready_file,
+        } => tokio_runtime()?
+            .block_on(switchyard_lab::cluster::dns::serve(
+                switchyard_lab::cluster::dns::DnsOptions {
+                    api_url,
+                    listen,
+                    ready_file,
+                },
+            ))
+            .context("cluster DNS"),
         Command::EchoServer {
             name,
             http,

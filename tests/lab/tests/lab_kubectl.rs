@@ -105,4 +105,60 @@ fn kubectl_exec_and_logs_in_pod_namespaces() {
     let last = lab.kubectl_ok(&["logs", "web", "--tail", "1"]);
     assert_eq!(last.lines().count(), 1, "{last}");
     assert!(logs.ends_with(&last), "--tail 1 is the last line");
+
+    // The node daemons as pods of switchyard-system, their logs the daemons' log files.
+    for (pod, expect) in [
+        ("switchyard-agent-node1", "node1"),
+        ("switchyard-proxy-node2", "node2"),
+    ] {
+        wait_running_in(&lab, "switchyard-system", pod, POD_DEADLINE);
+        let log = lab.kubectl_ok(&["logs", "-n", "switchyard-system", pod, "--tail", "50"]);
+        assert!(!log.is_empty(), "kubectl logs of {pod} is empty");
+        let file = lab.state.node_dir(expect).join(format!(
+            "{}.log",
+            if pod.contains("agent") {
+                "agent"
+            } else {
+                "proxy"
+            }
+        ));
+        let content = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            content.ends_with(&log),
+            "{pod}: not the tail of {}",
+            file.display()
+        );
+    }
+
+    // Cluster DNS: names of Services from a pod, through the search path and in full.
+    wait_running_in(&lab, "kube-system", "coredns-node1", POD_DEADLINE);
+    let resolved = eventually("web resolving in the client pod", TRAFFIC_DEADLINE, || {
+        let out = lab.kubectl(&["exec", "client", "--", "getent", "hosts", "web"]);
+        let text = text(&out.stdout);
+        eprintln!(
+            "getent hosts web: {} {text} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success() && !text.is_empty()).then_some(text)
+    });
+    assert!(
+        resolved.starts_with(&format!("{vip} ")),
+        "web resolved to {resolved}, not {vip}"
+    );
+    curl_until(&lab, "http://web", "web");
+    curl_until(&lab, "http://web.default.svc.cluster.local", "web");
+    let out = lab.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "getent",
+        "hosts",
+        "nothere.default.svc.cluster.local",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown name is not found (getent exit 2)"
+    );
 }

@@ -20,6 +20,7 @@
 pub mod cni_exec;
 pub mod demo;
 pub mod demo_lb;
+pub mod dns;
 pub mod echo;
 pub mod fabric;
 pub mod node;
@@ -29,6 +30,7 @@ pub mod runtime;
 pub mod state;
 pub mod status;
 pub mod sys;
+pub mod system;
 pub mod up;
 
 /// A lab operation failed.

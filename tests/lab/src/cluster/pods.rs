@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::state::StateDir;
 use super::sys;
+use super::system::{DAEMON_LABEL, DAEMONS};
 use crate::apiserver::pods::PodRuntime;
 
 /// The netns lab as the API server's pod runtime.
@@ -70,6 +71,19 @@ impl PodRuntime for LabPods {
 
     fn log_file(&self, pod: &Value, _container: &str) -> Result<PathBuf, String> {
         let (ns, name) = (meta(pod, "namespace"), meta(pod, "name"));
+        // A system pod stands for a node daemon: its log ([`super::system`]).
+        let daemon = pod["metadata"]["labels"][DAEMON_LABEL].as_str();
+        let host_network = pod
+            .pointer("/spec/hostNetwork")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if let Some(d) = daemon.filter(|d| host_network && DAEMONS.contains(d)) {
+            let node = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Ok(self.state.node_dir(node).join(format!("{d}.log")));
+        }
         Ok(self.state.pod_dir(ns, name).join("process.log"))
     }
 }
