@@ -110,3 +110,4 @@ pub mod controllers;
 pub mod fabric_api;
 pub mod kubeconfig;
 pub mod relay;
+pub mod workloads;

@@ -320,6 +320,17 @@ async fn resource_request(
             json_response(code, &obj)
         }
     };
+    if t.subresource.as_deref() == Some("scale")
+        && super::scale::has_scale(rt)
+        && let Some(name) = &t.name
+    {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let scale = super::scale::serve(store, rt, &ns, name, method, content_type, &body)?;
+        return Ok(json_response(200, &scale));
+    }
     if let Some(sub) = &t.subresource
         && sub != "status"
     {

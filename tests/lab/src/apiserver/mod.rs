@@ -7,6 +7,7 @@ pub mod patch;
 pub mod pods;
 pub mod protobuf;
 pub mod resources;
+pub mod scale;
 pub mod selector;
 pub mod store;
 pub mod table;
@@ -60,6 +61,8 @@ pub struct ApiServerOptions {
     /// The node side of `pods/exec` and `pods/log` (the netns lab's runtime); `None`: exec
     /// and logs are refused with the reason.
     pub pod_runtime: Option<Arc<dyn pods::PodRuntime>>,
+    /// Run the Deployment and ReplicaSet controllers ([`crate::workloads`]).
+    pub workload_controllers: bool,
 }
 
 impl Default for ApiServerOptions {
@@ -79,6 +82,7 @@ impl Default for ApiServerOptions {
             kubernetes_service: true,
             advertise_address: None,
             pod_runtime: None,
+            workload_controllers: true,
         }
     }
 }
@@ -92,6 +96,7 @@ impl ApiServerOptions {
             cluster_cidr: None,
             endpointslice_controller: false,
             kubernetes_service: false,
+            workload_controllers: false,
             ..Self::default()
         }
     }
@@ -220,6 +225,9 @@ impl ApiServer {
         } else {
             None
         };
+        if opts.workload_controllers {
+            tasks.push(crate::workloads::start(&store, shutdown_rx.clone()));
+        }
         tasks.extend(crate::controllers::start(
             &store,
             &opts,
