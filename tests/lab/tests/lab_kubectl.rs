@@ -1,6 +1,9 @@
 //! The netns lab as a cluster people know, with the real kubectl: `kubectl exec` runs in the
-//! pod's network namespace (`curl` to a Service and a pod, the exit code propagated) and
-//! `kubectl logs` shows the pod's echo-server lines.
+//! pod's network namespace (`curl` to a Service and a pod, the exit code propagated),
+//! `kubectl logs` shows the pod's echo-server lines and the agent's and proxy's logs as pods of
+//! `switchyard-system`, Service names resolve through the cluster DNS (`curl http://web`,
+//! `http://web.default.svc.cluster.local`), and a Deployment is created, scaled and restarted
+//! with real pods (`create deployment`, `expose`, `scale`, `rollout restart|status`).
 //!
 //! Two-node lab with the real CNI binary, agent and proxy (`switchyard-lab up`); needs root,
 //! OVS, kubectl and curl, and the binaries built (`cargo build -p switchyard-cni -p
@@ -49,8 +52,8 @@ fn curl_until(lab: &Lab, url: &str, expected: &str) {
 }
 
 #[test]
-fn kubectl_exec_and_logs_in_pod_namespaces() {
-    if !privileged("kubectl_exec_and_logs_in_pod_namespaces") {
+fn kubectl_exec_logs_dns_and_deployments_in_a_lab() {
+    if !privileged("kubectl_exec_logs_dns_and_deployments_in_a_lab") {
         return;
     }
     let lab = Lab::up(2, &[]);
@@ -160,5 +163,82 @@ fn kubectl_exec_and_logs_in_pod_namespaces() {
         out.status.code(),
         Some(2),
         "an unknown name is not found (getent exit 2)"
+    );
+
+    // A Deployment: real pods through the CNI plugin, a Service by name, scale and a
+    // rolling restart that waits for the new pods to be Ready.
+    lab.kubectl_ok(&[
+        "create",
+        "deployment",
+        "hello",
+        "--image=x",
+        "--replicas=3",
+        "--port=8080",
+    ]);
+    lab.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "hello",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    lab.kubectl_ok(&["rollout", "status", "deployment/hello", "--timeout=90s"]);
+    let backends = || -> Vec<String> {
+        let out = lab.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=hello",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        out.split_whitespace().map(str::to_string).collect()
+    };
+    let first = backends();
+    assert_eq!(first.len(), 3, "{first:?}");
+    eventually(
+        "http://hello answered by every replica",
+        TRAFFIC_DEADLINE,
+        || {
+            let out = lab.kubectl(&[
+                "exec",
+                "client",
+                "--",
+                "sh",
+                "-c",
+                "for i in $(seq 1 30); do curl -s --max-time 3 http://hello; done",
+            ]);
+            let answers: std::collections::BTreeSet<String> =
+                text(&out.stdout).lines().map(str::to_string).collect();
+            first.iter().all(|p| answers.contains(p)).then_some(())
+        },
+    );
+    lab.kubectl_ok(&["scale", "deployment/hello", "--replicas=2"]);
+    eventually("hello scaled to 2", POD_DEADLINE, || {
+        (backends().len() == 2).then_some(())
+    });
+    lab.kubectl_ok(&["rollout", "restart", "deployment/hello"]);
+    lab.kubectl_ok(&["rollout", "status", "deployment/hello", "--timeout=90s"]);
+    let after = eventually("only new pods of hello", POD_DEADLINE, || {
+        let now = backends();
+        (now.len() == 2 && now.iter().all(|p| !first.contains(p))).then_some(now)
+    });
+    eventually(
+        "http://hello answered by a new replica",
+        TRAFFIC_DEADLINE,
+        || {
+            let out = lab.kubectl(&[
+                "exec",
+                "client",
+                "--",
+                "curl",
+                "-s",
+                "--max-time",
+                "3",
+                "http://hello",
+            ]);
+            let body = text(&out.stdout);
+            after.contains(&body.trim().to_string()).then_some(())
+        },
     );
 }
