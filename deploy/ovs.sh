@@ -14,11 +14,6 @@
 # groups are put back in one bundle, and flow-restore-wait is removed. The
 # agent and the proxy then reconcile their flows by cookie as usual.
 #
-# The daemons' logs ($OVS_LOGDIR/ovsdb-server.log, ovs-vswitchd.log) are
-# rotated by size: every 5 s, a log past $SWITCHYARD_OVS_LOG_MAX_BYTES
-# (default 10 MiB) becomes <log>.1 (one kept) and the daemon reopens its log
-# file (`ovs-appctl vlog/reopen`), as logrotate does for OVS on a host.
-#
 # The database lives in $OVS_DBDIR (/etc/openvswitch, a hostPath), the
 # sockets and pid files in $OVS_RUNDIR (/var/run/openvswitch, a hostPath
 # shared with the agent and proxy), the logs in $OVS_LOGDIR. The OVS tools
@@ -32,7 +27,6 @@ export OVS_RUNDIR=${OVS_RUNDIR:-/var/run/openvswitch}
 export OVS_DBDIR=${OVS_DBDIR:-/etc/openvswitch}
 export OVS_LOGDIR=${OVS_LOGDIR:-/var/log/openvswitch}
 schema=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
-log_max_bytes=${SWITCHYARD_OVS_LOG_MAX_BYTES:-10485760}
 run_dir=$OVS_RUNDIR
 db="$OVS_DBDIR/conf.db"
 saved="$state_dir/saved-flows"
@@ -90,23 +84,6 @@ restore_flows() {
     # Always: ovs-vswitchd forwards nothing new while the flag is set.
     ovs-vsctl --no-wait remove Open_vSwitch . other_config flow-restore-wait
     rm -f "$saved/$bridge".*
-}
-
-# Each daemon's log past $log_max_bytes: moved to .1, reopened by the daemon.
-rotate_logs() {
-    local daemon file size
-    for daemon in ovsdb-server ovs-vswitchd; do
-        file="$OVS_LOGDIR/$daemon.log"
-        size=$(stat -c %s "$file" 2>/dev/null || echo 0)
-        if [ "$size" -gt "$log_max_bytes" ]; then
-            mv -f "$file" "$file.1"
-            if ovs-appctl -t "$daemon" vlog/reopen >/dev/null; then
-                log "rotated $file ($size bytes)"
-            else
-                log "rotated $file, but $daemon did not reopen its log"
-            fi
-        fi
-    done
 }
 
 start_ovsdb() {
@@ -181,7 +158,6 @@ run() {
     trap stop TERM INT
     log "running"
     while health; do
-        rotate_logs
         sleep 5 &
         wait $! || true
     done

@@ -1,8 +1,7 @@
 //! deploy/ovs.sh (the bundled `ovs` container's entry point) run for real
 //! against a private Open vSwitch: it starts ovsdb-server and ovs-vswitchd,
 //! reports health, and across a stop/start keeps the bridge's flows and
-//! groups (saved on SIGTERM, restored under flow-restore-wait), and rotates
-//! the daemons' logs by size. Userspace
+//! groups (saved on SIGTERM, restored under flow-restore-wait). Userspace
 //! datapath, in a network namespace made for the test; needs root.
 
 mod common;
@@ -22,7 +21,6 @@ struct ScriptOvs {
     dir: tempfile::TempDir,
     netns: Netns,
     child: Option<Child>,
-    log_max_bytes: Option<String>,
 }
 
 impl ScriptOvs {
@@ -38,7 +36,6 @@ impl ScriptOvs {
             dir,
             netns: Netns::new("sy-ovsscript").expect("creating a network namespace"),
             child: None,
-            log_max_bytes: None,
         }
     }
 
@@ -47,9 +44,6 @@ impl ScriptOvs {
     }
 
     fn with_env(&self, mut cmd: Command) -> Command {
-        if let Some(max) = &self.log_max_bytes {
-            cmd.env("SWITCHYARD_OVS_LOG_MAX_BYTES", max);
-        }
         cmd.env("OVS_RUNDIR", self.path("run"))
             .env("OVS_DBDIR", self.path("db"))
             .env("OVS_LOGDIR", self.path("log"))
@@ -314,49 +308,4 @@ fn ovs_container_refuses_a_node_that_runs_its_own_ovs() {
         "{stderr}"
     );
     assert!(first.health(), "the running instance is untouched");
-}
-
-#[test]
-fn ovs_container_rotates_the_daemons_logs_by_size() {
-    if !require_privileges("ovs_container_rotates_the_daemons_logs_by_size") {
-        return;
-    }
-    let mut ovs = ScriptOvs::new();
-    // Every log is past 100 bytes right after the start: rotated at the first check.
-    ovs.log_max_bytes = Some("100".into());
-    ovs.start();
-    for daemon in ["ovsdb-server", "ovs-vswitchd"] {
-        let rotated = ovs.path(&format!("log/{daemon}.log.1"));
-        ovs.poll(&format!("{daemon}.log rotated"), || rotated.is_file());
-        let old = std::fs::read_to_string(&rotated).unwrap();
-        assert!(
-            !old.is_empty(),
-            "{daemon}: the rotated log keeps what was written"
-        );
-    }
-    // The daemons write to the new file (reopened): a bridge makes ovs-vswitchd log.
-    ovs.tool(
-        "ovs-vsctl",
-        &[
-            "add-br",
-            "br-int",
-            "--",
-            "set",
-            "Bridge",
-            "br-int",
-            "datapath_type=netdev",
-        ],
-    );
-    let current = ovs.path("log/ovs-vswitchd.log");
-    ovs.poll("ovs-vswitchd writing its reopened log", || {
-        std::fs::metadata(&current).is_ok_and(|m| m.len() > 0)
-    });
-    assert!(ovs.log().contains("rotated"), "{}", ovs.log());
-    assert!(ovs.health(), "the daemons run on");
-    let logs: Vec<String> = std::fs::read_dir(ovs.path("log"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("ovs-vswitchd.log"))
-        .collect();
-    assert!(logs.len() <= 2, "one rotated file kept: {logs:?}");
 }
