@@ -14,6 +14,11 @@
 # groups are put back in one bundle, and flow-restore-wait is removed. The
 # agent and the proxy then reconcile their flows by cookie as usual.
 #
+# The logs are rotated by size while the daemons run: when ovsdb-server.log or
+# ovs-vswitchd.log passes $SWITCHYARD_OVS_LOG_MAX_BYTES (default 10 MiB) it is
+# renamed to .1 (older ones shifted, $SWITCHYARD_OVS_LOG_KEEP kept, default 3)
+# and the daemon reopens its log (`ovs-appctl vlog/reopen`). Checked every 5 s.
+#
 # The database lives in $OVS_DBDIR (/etc/openvswitch, a hostPath), the
 # sockets and pid files in $OVS_RUNDIR (/var/run/openvswitch, a hostPath
 # shared with the agent and proxy), the logs in $OVS_LOGDIR. The OVS tools
@@ -31,6 +36,8 @@ run_dir=$OVS_RUNDIR
 db="$OVS_DBDIR/conf.db"
 saved="$state_dir/saved-flows"
 ofp=OpenFlow15
+log_max_bytes=${SWITCHYARD_OVS_LOG_MAX_BYTES:-10485760}
+log_keep=${SWITCHYARD_OVS_LOG_KEEP:-3}
 
 log() {
     echo "switchyard-ovs: $*" >&2
@@ -44,6 +51,28 @@ health() {
 ready() {
     health && ! ovs-vsctl --no-wait --timeout=5 get Open_vSwitch . \
         other_config:flow-restore-wait >/dev/null 2>&1
+}
+
+# Rotates a daemon's log once it passes $log_max_bytes (see the header).
+rotate_log() {
+    local daemon=$1 file i size
+    file="$OVS_LOGDIR/$daemon.log"
+    size=$(stat -c %s "$file" 2>/dev/null || echo 0)
+    if [ "$size" -le "$log_max_bytes" ]; then
+        return 0
+    fi
+    rm -f "$file.$log_keep"
+    for ((i = log_keep - 1; i >= 1; i--)); do
+        if [ -e "$file.$i" ]; then
+            mv -f "$file.$i" "$file.$((i + 1))"
+        fi
+    done
+    mv -f "$file" "$file.1"
+    if ovs-appctl -t "$daemon" vlog/reopen; then
+        log "rotated $daemon.log ($size bytes)"
+    else
+        log "rotated $daemon.log, but $daemon did not reopen it"
+    fi
 }
 
 bridge_exists() {
@@ -158,6 +187,8 @@ run() {
     trap stop TERM INT
     log "running"
     while health; do
+        rotate_log ovsdb-server
+        rotate_log ovs-vswitchd
         sleep 5 &
         wait $! || true
     done

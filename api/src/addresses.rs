@@ -103,16 +103,33 @@ impl PoolAddresses {
     }
 }
 
+/// The addresses a pool takes from a CIDR: IPv4 without the network and broadcast
+/// addresses (a host given one of them is unreachable or answers for the whole subnet),
+/// except /31 and /32, which have none (RFC 3021); IPv6 without the Subnet-Router anycast
+/// address (the all-zero host, RFC 4291, which routers answer), except /127 and /128.
+/// Host bits of the CIDR are ignored.
+pub fn cidr_range(net: ipnet::IpNet) -> AddressRange {
+    let (first, last) = (to_u128(net.network()), to_u128(net.broadcast()));
+    let v4 = net.network().is_ipv4();
+    let (first, last) = match net {
+        ipnet::IpNet::V4(n) if n.prefix_len() <= 30 => (first + 1, last - 1),
+        ipnet::IpNet::V6(n) if n.prefix_len() <= 126 => (first + 1, last),
+        _ => (first, last),
+    };
+    AddressRange {
+        first: from_u128(v4, first),
+        last: from_u128(v4, last),
+    }
+}
+
 impl IPPoolSpec {
-    /// The pool's addresses (every address of each CIDR, and each range).
+    /// The pool's addresses: each CIDR's host addresses (see [`cidr_range`]) and each
+    /// range exactly as written.
     pub fn addresses(&self) -> PoolAddresses {
         let mut out = PoolAddresses::default();
         for cidr in &self.cidrs {
             match cidr.trim().parse::<ipnet::IpNet>() {
-                Ok(net) => out.ranges.push(AddressRange {
-                    first: net.network(),
-                    last: net.broadcast(),
-                }),
+                Ok(net) => out.ranges.push(cidr_range(net)),
                 Err(_) => out.errors.push(AddressError::Cidr(cidr.clone())),
             }
         }
@@ -147,25 +164,53 @@ mod tests {
             ..Default::default()
         };
         let a = spec.addresses();
-        assert_eq!(a.len(), 6);
+        assert_eq!(a.len(), 4);
         assert_eq!(a.errors.len(), 2);
         let all: Vec<String> = a.iter().map(|ip| ip.to_string()).collect();
         assert_eq!(
             all,
-            [
-                "192.0.2.0",
-                "192.0.2.1",
-                "192.0.2.2",
-                "192.0.2.3",
-                "198.51.100.10",
-                "198.51.100.11"
-            ]
+            ["192.0.2.1", "192.0.2.2", "198.51.100.10", "198.51.100.11"]
         );
         assert!(a.contains("198.51.100.11".parse().unwrap()));
         assert!(!a.contains("198.51.100.12".parse().unwrap()));
         assert!(a.ranges[0].overlaps(&AddressRange {
-            first: "192.0.2.3".parse().unwrap(),
+            first: "192.0.2.2".parse().unwrap(),
             last: "192.0.2.9".parse().unwrap()
         }));
+        assert!(!a.contains("192.0.2.0".parse().unwrap()));
+        assert!(!a.contains("192.0.2.3".parse().unwrap()));
+    }
+
+    fn listed(cidr: &str) -> Vec<String> {
+        let spec = IPPoolSpec {
+            cidrs: vec![cidr.into()],
+            ..Default::default()
+        };
+        spec.addresses().iter().map(|ip| ip.to_string()).collect()
+    }
+
+    #[test]
+    fn cidrs_skip_network_and_broadcast_but_ranges_are_taken_as_written() {
+        assert_eq!(listed("198.18.20.0/29").first().unwrap(), "198.18.20.1");
+        assert_eq!(listed("198.18.20.0/29").last().unwrap(), "198.18.20.6");
+        assert_eq!(listed("198.18.20.0/29").len(), 6);
+        assert_eq!(listed("198.18.20.0/30"), ["198.18.20.1", "198.18.20.2"]);
+        assert_eq!(listed("198.18.20.0/31"), ["198.18.20.0", "198.18.20.1"]);
+        assert_eq!(listed("198.18.20.7/32"), ["198.18.20.7"]);
+        // Host bits are ignored: the CIDR's network.
+        assert_eq!(listed("198.18.20.5/30"), ["198.18.20.5", "198.18.20.6"]);
+        assert_eq!(
+            listed("2001:db8::/126"),
+            ["2001:db8::1", "2001:db8::2", "2001:db8::3"]
+        );
+        assert_eq!(listed("2001:db8::/127"), ["2001:db8::", "2001:db8::1"]);
+        let ranges = IPPoolSpec {
+            ranges: vec!["198.18.20.0-198.18.20.255".into()],
+            ..Default::default()
+        }
+        .addresses();
+        assert_eq!(ranges.len(), 256);
+        assert!(ranges.contains("198.18.20.0".parse().unwrap()));
+        assert!(ranges.contains("198.18.20.255".parse().unwrap()));
     }
 }

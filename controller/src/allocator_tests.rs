@@ -10,6 +10,16 @@ fn pool(name: &str, cidr: &str) -> Pool {
     )
 }
 
+fn range_pool(name: &str, range: &str) -> Pool {
+    Pool::new(
+        name,
+        &IPPoolSpec {
+            ranges: vec![range.into()],
+            ..Default::default()
+        },
+    )
+}
+
 fn svc(key: &str) -> SvcRequest {
     SvcRequest {
         key: key.into(),
@@ -24,7 +34,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn rebuild_keeps_every_held_address_and_serves_pending_ones_after() {
-    let pools = vec![pool("a", "192.0.2.0/30")];
+    let pools = vec![range_pool("a", "192.0.2.0-192.0.2.3")];
     // Before a restart: three Services got .0, .1, .2 in some order.
     let mut before = Allocator::new(pools.clone());
     let mut held = BTreeMap::new();
@@ -116,10 +126,10 @@ fn pool_choice_by_annotation_or_selector() {
     s.labels = [("tier".to_string(), "web".to_string())].into();
     assert_eq!(
         a.allocate(&s).unwrap(),
-        [ip("198.51.100.0")],
+        [ip("198.51.100.1")],
         "selecting pool first"
     );
-    assert_eq!(a.allocate(&svc("ns/other")).unwrap(), [ip("192.0.2.0")]);
+    assert_eq!(a.allocate(&svc("ns/other")).unwrap(), [ip("192.0.2.1")]);
     let mut named = svc("ns/named");
     named.pool = Some("nope".into());
     assert!(matches!(a.allocate(&named), Err(Pending::NoPoolMatches(_))));
@@ -157,4 +167,25 @@ fn ipv6_services_get_ipv6_addresses_and_overlaps_are_conflicts() {
     let c = a.pool_conflicts();
     assert_eq!(c["dup"], ["192.0.2.1-192.0.2.1 overlaps IPPool v4"]);
     assert_eq!(c["v4"].len(), 1);
+}
+
+#[test]
+fn cidr_pools_never_hand_out_network_or_broadcast_addresses() {
+    let mut a = Allocator::new(vec![pool("egress", "198.18.20.0/30")]);
+    assert_eq!(a.allocate(&svc("ns/a")).unwrap(), [ip("198.18.20.1")]);
+    assert_eq!(a.allocate(&svc("ns/b")).unwrap(), [ip("198.18.20.2")]);
+    assert_eq!(
+        a.allocate(&svc("ns/c")),
+        Err(Pending::PoolExhausted("egress".into()))
+    );
+    let mut asked = svc("ns/d");
+    asked.requested = vec![ip("198.18.20.3")];
+    assert_eq!(
+        a.allocate(&asked),
+        Err(Pending::NotInPool(ip("198.18.20.3"))),
+        "the broadcast address is not in the pool"
+    );
+    // Explicit ranges are taken as written, network address included.
+    let mut r = Allocator::new(vec![range_pool("r", "198.18.20.0-198.18.20.0")]);
+    assert_eq!(r.allocate(&svc("ns/a")).unwrap(), [ip("198.18.20.0")]);
 }

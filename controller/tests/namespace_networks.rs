@@ -1,6 +1,7 @@
 //! Namespace networks against the lab API server: a Segment per opted-in namespace, the
 //! namespace annotated, in-use finalizers, release on deletion, and crash safety (replicas
-//! killed while namespaces are created).
+//! killed while namespaces are created: one VLAN, subnet and SNAT address each in the API,
+//! one SNAT rule each on the router, the in-process fabric API).
 
 mod common;
 
@@ -9,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LEASE_NS, eventually, lab, timings};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use switchyard_api::{IPPool, IPPoolSpec, Segment, SegmentSpec};
+use switchyard_api::{IPPool, IPPoolSpec, RouteTarget, Segment, SegmentSpec};
 use switchyard_controller::metrics::Metrics;
 use switchyard_controller::namespaces::Config;
 use switchyard_controller::{Options, run};
+use switchyard_lab::fabric_api::in_process::InProcess;
 
 const IPAM_NS: &str = "switchyard-system";
 const LONG: Duration = Duration::from_secs(30);
@@ -25,6 +27,14 @@ fn config() -> Config {
 }
 
 fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
+    replica_with(client, identity, config())
+}
+
+fn replica_with(
+    client: &Client,
+    identity: &str,
+    config: Config,
+) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
     let opts = Options {
         namespace: LEASE_NS.into(),
@@ -34,7 +44,7 @@ fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>, Arc
         resync: Duration::from_secs(10),
         route_resync: Duration::from_secs(5),
         cluster: "test".into(),
-        namespace_networks: Some(config()),
+        namespace_networks: Some(config),
         ipam_namespace: IPAM_NS.into(),
     };
     let task = tokio::spawn(run(
@@ -174,7 +184,7 @@ async fn a_dedicated_namespace_gets_a_segment_that_is_released_when_it_goes() {
     assert_eq!(seg.spec.vlan, 1001);
     assert_eq!(seg.spec.subnets[0].cidr, "10.64.0.64/26");
     assert_eq!(seg.spec.subnets[0].gateway, "10.64.0.65");
-    assert_eq!(seg.spec.snat_address.as_deref(), Some("192.0.2.0"));
+    assert_eq!(seg.spec.snat_address.as_deref(), Some("192.0.2.1"));
     assert_eq!(seg.spec.uplink.as_deref(), Some("trunk0"));
     assert_eq!(seg.status.as_ref().unwrap().capacity, 61);
     one_network_each(&client, &["blue".to_string()]).await;
@@ -245,11 +255,86 @@ async fn a_dedicated_namespace_gets_a_segment_that_is_released_when_it_goes() {
     eventually(LONG, "blue again", || one_network_each(&client, &blue)).await;
 }
 
+/// The in-process fabric API as the namespaces' router: its credentials Secret and the
+/// RouteTarget `fabric` (lab driver); the replicas then get `--namespace-route-target
+/// fabric`.
+async fn fabric_router(client: &Client, dir: &std::path::Path) -> InProcess {
+    let fabric = InProcess::start(dir, "controller").await;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("fabric-cred".into()),
+            namespace: Some(LEASE_NS.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            fabric
+                .credentials()
+                .into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), LEASE_NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let target: RouteTarget = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchyard.io/v1alpha1", "kind": "RouteTarget",
+        "metadata": {"name": "fabric"},
+        "spec": {"driver": "lab", "endpoint": format!("https://{}", fabric.api.addr()),
+                 "credentialsSecretRef": {"namespace": LEASE_NS, "name": "fabric-cred"}}
+    }))
+    .unwrap();
+    Api::<RouteTarget>::all(client.clone())
+        .create(&PostParams::default(), &target)
+        .await
+        .unwrap();
+    fabric
+}
+
+/// The router holds exactly one SNAT rule of this cluster per namespace of `names`, for its
+/// Segment's subnets and SNAT address, tagged with its UID, and no other (no orphan).
+async fn one_nat_rule_each(client: &Client, names: &[String]) -> Option<()> {
+    let target = Api::<RouteTarget>::all(client.clone())
+        .get("fabric")
+        .await
+        .ok()?;
+    let built = switchyard_router::target::driver(client, LEASE_NS, "test", &target, None)
+        .await
+        .ok()?;
+    let rules = built.driver.nat()?.list_nat().await.ok()?;
+    if rules.len() != names.len() {
+        return None;
+    }
+    let segs = segments(client).await;
+    for name in names {
+        let seg = segs.get(&format!("ns-{name}"))?;
+        let rule = rules.iter().find(|r| r.id == format!("test-ns-{name}"))?;
+        let sources: Vec<String> = rule.source_networks.iter().map(|n| n.to_string()).collect();
+        let want: Vec<String> = seg.spec.subnets.iter().map(|s| s.cidr.clone()).collect();
+        if sources != want
+            || Some(rule.translated.to_string()) != seg.spec.snat_address
+            || rule.namespace_uid.as_ref() != seg.labels().get("switchyard.io/namespace-uid")
+        {
+            return None;
+        }
+    }
+    Some(())
+}
+
 async fn kill_during_creation(count: usize, kills: usize) {
     let (_server, client) = lab().await;
     setup(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _fabric = fabric_router(&client, dir.path()).await;
+    let routed = || Config {
+        route_target: Some("fabric".into()),
+        ..config()
+    };
     let names: Vec<String> = (0..count).map(|i| format!("team-{i}")).collect();
-    let mut replica_task = replica(&client, "r0").0;
+    let mut replica_task = replica_with(&client, "r0", routed()).0;
     let per_kill = count.div_ceil(kills);
     for (i, chunk) in names.chunks(per_kill).enumerate() {
         for n in chunk {
@@ -258,21 +343,26 @@ async fn kill_during_creation(count: usize, kills: usize) {
         // Let the leader start writing, then crash it mid-way (the Lease is not released).
         tokio::time::sleep(Duration::from_millis(150)).await;
         replica_task.abort();
-        replica_task = replica(&client, &format!("r{}", i + 1)).0;
+        replica_task = replica_with(&client, &format!("r{}", i + 1), routed()).0;
     }
     eventually(Duration::from_secs(90), "one network per namespace", || {
         one_network_each(&client, &names)
     })
     .await;
+    eventually(LONG, "one SNAT rule per namespace on the router", || {
+        one_nat_rule_each(&client, &names)
+    })
+    .await;
     // Idle restart: a new leader reads everything and writes nothing.
     replica_task.abort();
-    let (_t, metrics) = replica(&client, "idle");
+    let (_t, metrics) = replica_with(&client, "idle", routed());
     eventually(LONG, "a pass of the new leader", || async {
         (metrics.ns_passes.get() >= 1).then_some(())
     })
     .await;
     assert_eq!(metrics.ns_writes.get(), 0, "an idle restart wrote");
     one_network_each(&client, &names).await.unwrap();
+    one_nat_rule_each(&client, &names).await.unwrap();
 }
 
 #[tokio::test]

@@ -57,6 +57,11 @@ impl ScriptOvs {
 
     /// `ovs.sh run` in the namespace, its stderr to log/script.log.
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`ScriptOvs::start`] with extra environment variables.
+    fn start_with(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -64,6 +69,7 @@ impl ScriptOvs {
             .unwrap();
         let mut cmd = self.with_env(self.netns.command(self.script().to_str().unwrap()));
         cmd.arg("run")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -308,4 +314,53 @@ fn ovs_container_refuses_a_node_that_runs_its_own_ovs() {
         "{stderr}"
     );
     assert!(first.health(), "the running instance is untouched");
+}
+
+#[test]
+fn ovs_container_rotates_the_daemons_logs_by_size() {
+    if !require_privileges("ovs_container_rotates_the_daemons_logs_by_size") {
+        return;
+    }
+    let mut ovs = ScriptOvs::new();
+    ovs.start_with(&[
+        ("SWITCHYARD_OVS_LOG_MAX_BYTES", "4000"),
+        ("SWITCHYARD_OVS_LOG_KEEP", "2"),
+    ]);
+    // Debug logging to the file, and requests to log: each request writes a few lines.
+    ovs.tool(
+        "ovs-appctl",
+        &["-t", "ovs-vswitchd", "vlog/set", "file:dbg"],
+    );
+    let busy = || {
+        for _ in 0..5 {
+            ovs.tool("ovs-appctl", &["-t", "ovs-vswitchd", "vlog/list"]);
+        }
+    };
+    let log = ovs.path("log/ovs-vswitchd.log");
+    let rotated = |n: u32| ovs.path(&format!("log/ovs-vswitchd.log.{n}"));
+    ovs.poll("ovs-vswitchd.log rotated twice", || {
+        busy();
+        rotated(2).exists()
+    });
+    assert!(
+        ovs.log().contains("rotated ovs-vswitchd.log"),
+        "{}",
+        ovs.log()
+    );
+    // The daemon reopened its log: the current file is written again.
+    ovs.poll("ovs-vswitchd writing its log again", || {
+        busy();
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0)
+    });
+    // Never more than SWITCHYARD_OVS_LOG_KEEP old files.
+    ovs.poll("a third rotation", || {
+        busy();
+        ovs.log().matches("rotated ovs-vswitchd.log").count() >= 3
+    });
+    assert!(!rotated(3).exists(), "more than 2 rotated logs kept");
+    for n in [1, 2] {
+        let size = std::fs::metadata(rotated(n)).unwrap().len();
+        assert!(size > 4000, "log.{n} rotated at {size} bytes");
+    }
+    assert_eq!(ovs.stop(), 0);
 }

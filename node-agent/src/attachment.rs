@@ -97,6 +97,12 @@ impl Attachment {
         ids
     }
 
+    /// Whether the attachment is no pod's (its runtime named none): kept
+    /// while its network namespace exists, never judged against the API.
+    pub fn is_standalone(&self) -> bool {
+        self.pod_namespace.is_empty()
+    }
+
     /// Rebuilds an attachment from a port's external_ids; `None` (with the
     /// reason) if a required key is missing or malformed.
     pub fn from_external_ids(

@@ -213,14 +213,14 @@ impl Agent {
         let mut pools = BTreeMap::new();
         pools.insert(NODE_POOL.to_string(), Pool::for_node_cidr(pod_cidr));
         for seg in &segments {
-            if seg.kind == SegmentKind::Vlan
-                && let Some(subnet) = seg.subnet
-            {
-                let pool = Pool::new(subnet, seg.gateway).map_err(|source| StartError::Pool {
+            if seg.kind == SegmentKind::Vlan {
+                let pool = seg.pool().map_err(|source| StartError::Pool {
                     segment: seg.name.clone(),
                     source,
                 })?;
-                pools.insert(seg.name.clone(), pool);
+                if let Some(pool) = pool {
+                    pools.insert(seg.name.clone(), pool);
+                }
             }
         }
 
@@ -259,6 +259,7 @@ impl Agent {
         // Remote nodes first: the first resync then carries their flows.
         overlay.seed(api.client()).await;
         reconcile::reconcile(&shared, &overlay, None).await?;
+        reconcile::remove_orphan_host_ends(&shared).await;
         // DELs the binary queued while this agent was down, before new
         // requests (a pod whose DEL is queued may be ADDed again).
         crate::cni::run_queued_dels(&shared, &shared.config.cni_socket).await;

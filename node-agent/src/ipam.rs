@@ -1,7 +1,9 @@
 //! IPv4 address pools.
 //!
 //! One [`Pool`] per address range (the node's pod CIDR for overlay segments, a
-//! segment's subnet for vlan segments). Addresses are handed out per
+//! segment's subnets for vlan segments: a `Segment` object may have several, appended
+//! by the namespace controller, each with its own gateway; the first one's addresses
+//! are handed out first). Addresses are handed out per
 //! attachment (container id + interface name): asking again for the same
 //! attachment returns the same address, so a retried CNI ADD is idempotent.
 //! Allocation walks round-robin from the last address handed out, so a freed
@@ -107,6 +109,14 @@ pub enum IpamError {
         /// Second address.
         second: Ipv4Addr,
     },
+    /// An added subnet overlaps one of the pool's.
+    #[error("subnet {subnet} overlaps {other}, already in the pool")]
+    OverlappingSubnet {
+        /// The subnet added.
+        subnet: Ipv4Net,
+        /// The pool's subnet it overlaps.
+        other: Ipv4Net,
+    },
     /// The gateway given for a pool is not in it.
     #[error("gateway {gateway} is outside pool {pool}")]
     GatewayOutsidePool {
@@ -117,18 +127,51 @@ pub enum IpamError {
     },
 }
 
-/// An IPv4 pool over one prefix.
-#[derive(Debug, Clone)]
-pub struct Pool {
+/// One prefix of a pool with its reserved gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
     network: Ipv4Net,
     gateway: Option<Ipv4Addr>,
     /// First and last usable address (as u32), inclusive.
     first: u32,
     last: u32,
+}
+
+impl Span {
+    fn new(network: Ipv4Net, gateway: Option<Ipv4Addr>) -> Span {
+        let (first, last) = if network.prefix_len() >= 31 {
+            (u32::from(network.network()), u32::from(network.broadcast()))
+        } else {
+            (
+                u32::from(network.network()) + 1,
+                u32::from(network.broadcast()) - 1,
+            )
+        };
+        Span {
+            network,
+            gateway,
+            first,
+            last,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        u64::from(self.last - self.first) + 1
+    }
+}
+
+/// An IPv4 pool over one prefix, or several: a `vlan` segment whose subnets were appended
+/// (each with its own gateway). Addresses are handed out from the prefixes in order, the
+/// first prefix's before the second's.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// The prefixes, the first one's first.
+    spans: Vec<Span>,
     by_key: HashMap<AttachmentKey, Ipv4Addr>,
     by_ip: BTreeMap<Ipv4Addr, AttachmentKey>,
-    /// Last address handed out; the next search starts after it.
-    cursor: u32,
+    /// Position (in the prefixes' order) of the last address handed out; the next search
+    /// starts after it (at the first address when none was).
+    cursor: Option<u64>,
 }
 
 impl Pool {
@@ -157,42 +200,124 @@ impl Pool {
     }
 
     fn build(network: Ipv4Net, gateway: Option<Ipv4Addr>) -> Pool {
-        let (first, last) = if network.prefix_len() >= 31 {
-            (u32::from(network.network()), u32::from(network.broadcast()))
-        } else {
-            (
-                u32::from(network.network()) + 1,
-                u32::from(network.broadcast()) - 1,
-            )
-        };
+        let span = Span::new(network, gateway);
         Pool {
-            network,
-            gateway,
-            first,
-            last,
+            spans: vec![span],
             by_key: HashMap::new(),
             by_ip: BTreeMap::new(),
-            cursor: last,
+            cursor: None,
         }
     }
 
-    /// The prefix.
-    pub fn network(&self) -> Ipv4Net {
-        self.network
+    /// Adds another prefix (an appended subnet of a `vlan` segment) with its own gateway;
+    /// its addresses are handed out after those of the prefixes before it. Adding a prefix
+    /// the pool already has with the same gateway changes nothing; one that overlaps
+    /// another is refused.
+    pub fn add_subnet(
+        &mut self,
+        network: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<(), IpamError> {
+        let network = network.trunc();
+        if let Some(gw) = gateway
+            && !network.contains(&gw)
+        {
+            return Err(IpamError::GatewayOutsidePool {
+                gateway: gw,
+                pool: network,
+            });
+        }
+        if self
+            .spans
+            .iter()
+            .any(|s| s.network == network && s.gateway == gateway)
+        {
+            return Ok(());
+        }
+        if let Some(other) = self
+            .spans
+            .iter()
+            .find(|s| s.network.contains(&network) || network.contains(&s.network))
+        {
+            return Err(IpamError::OverlappingSubnet {
+                subnet: network,
+                other: other.network,
+            });
+        }
+        // The cursor keeps its position: the new prefix comes after every other.
+        self.spans.push(Span::new(network, gateway));
+        Ok(())
     }
 
-    /// The reserved gateway, if any.
+    /// The first prefix.
+    pub fn network(&self) -> Ipv4Net {
+        self.spans[0].network
+    }
+
+    /// The first prefix's reserved gateway, if any.
     pub fn gateway(&self) -> Option<Ipv4Addr> {
-        self.gateway
+        self.spans[0].gateway
+    }
+
+    /// Every prefix with its gateway, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = (Ipv4Net, Option<Ipv4Addr>)> + '_ {
+        self.spans.iter().map(|s| (s.network, s.gateway))
+    }
+
+    /// The prefix holding `ip` and its gateway: the pod's subnet and default gateway.
+    pub fn subnet_of(&self, ip: Ipv4Addr) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
+        self.spans
+            .iter()
+            .find(|s| s.network.contains(&ip))
+            .map(|s| (s.network, s.gateway))
+    }
+
+    /// Whether `ip` is inside one of the prefixes.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.subnet_of(ip).is_some()
     }
 
     /// Number of addresses that can be handed out.
     pub fn capacity(&self) -> u32 {
-        let span = self.last - self.first + 1;
-        match self.gateway {
-            Some(gw) if (self.first..=self.last).contains(&u32::from(gw)) => span - 1,
-            _ => span,
+        self.spans
+            .iter()
+            .map(|s| {
+                let span = s.last - s.first + 1;
+                match s.gateway {
+                    Some(gw) if (s.first..=s.last).contains(&u32::from(gw)) => span - 1,
+                    _ => span,
+                }
+            })
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// Total number of candidate addresses (gateways included).
+    fn total(&self) -> u64 {
+        self.spans.iter().map(Span::len).sum()
+    }
+
+    /// The candidate address at `pos` (in the prefixes' order).
+    fn at(&self, mut pos: u64) -> Ipv4Addr {
+        for s in &self.spans {
+            if pos < s.len() {
+                return Ipv4Addr::from(s.first + pos as u32);
+            }
+            pos -= s.len();
         }
+        unreachable!("position inside the pool")
+    }
+
+    /// The position of `ip` among the candidates, if it is one.
+    fn position(&self, ip: Ipv4Addr) -> Option<u64> {
+        let n = u32::from(ip);
+        let mut base = 0;
+        for s in &self.spans {
+            if (s.first..=s.last).contains(&n) {
+                return Some(base + u64::from(n - s.first));
+            }
+            base += s.len();
+        }
+        None
     }
 
     /// Number of addresses in use.
@@ -216,17 +341,17 @@ impl Pool {
     }
 
     fn check_usable(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
-        if !self.network.contains(&ip) {
+        let Some(span) = self.spans.iter().find(|s| s.network.contains(&ip)) else {
             return Err(IpamError::OutsidePool {
                 ip,
-                pool: self.network,
+                pool: self.network(),
             });
-        }
-        let what = if Some(ip) == self.gateway {
+        };
+        let what = if Some(ip) == span.gateway {
             Some("gateway")
-        } else if u32::from(ip) < self.first {
+        } else if u32::from(ip) < span.first {
             Some("network address")
-        } else if u32::from(ip) > self.last {
+        } else if u32::from(ip) > span.last {
             Some("broadcast address")
         } else {
             None
@@ -234,7 +359,7 @@ impl Pool {
         match what {
             Some(what) => Err(IpamError::Reserved {
                 ip,
-                pool: self.network,
+                pool: span.network,
                 what,
             }),
             None => Ok(()),
@@ -246,20 +371,22 @@ impl Pool {
         if let Some(ip) = self.lookup(key) {
             return Ok(ip);
         }
-        let span = u64::from(self.last - self.first) + 1;
-        for step in 1..=span {
-            let offset = (u64::from(self.cursor - self.first) + step) % span;
-            let candidate = self.first + offset as u32;
-            let ip = Ipv4Addr::from(candidate);
-            if Some(ip) == self.gateway || self.by_ip.contains_key(&ip) {
+        let total = self.total();
+        for step in 1..=total {
+            let pos = match self.cursor {
+                None => step - 1,
+                Some(c) => (c + step) % total,
+            };
+            let ip = self.at(pos);
+            if self.spans.iter().any(|s| s.gateway == Some(ip)) || self.by_ip.contains_key(&ip) {
                 continue;
             }
             self.insert(key.clone(), ip);
-            self.cursor = candidate;
+            self.cursor = Some(pos);
             return Ok(ip);
         }
         Err(IpamError::Exhausted {
-            pool: self.network,
+            pool: self.network(),
             capacity: self.capacity(),
         })
     }
@@ -336,11 +463,10 @@ impl Pool {
             staged_key.insert(key, ip);
         }
         let count = staged_ip.len();
-        if let Some(highest) = staged_ip.keys().next_back() {
-            let highest = u32::from(*highest);
-            if self.by_ip.is_empty() || highest > self.cursor {
-                self.cursor = highest;
-            }
+        if let Some(highest) = staged_ip.keys().filter_map(|ip| self.position(*ip)).max()
+            && (self.by_ip.is_empty() || self.cursor.is_none_or(|c| highest > c))
+        {
+            self.cursor = Some(highest);
         }
         for (ip, key) in staged_ip {
             self.insert(key, ip);
@@ -383,7 +509,83 @@ mod tests {
         AttachmentKey::new(format!("c{n}"), "eth0")
     }
 
+    #[test]
+    fn an_appended_subnet_is_used_after_the_first_with_its_own_gateway() {
+        let k = |n: u32| AttachmentKey::new(format!("c{n}"), "eth0");
+        // A /29: .2-.6 usable beside the gateway .1.
+        let mut pool = Pool::new(net("10.64.0.0/29"), Some(ip("10.64.0.1"))).unwrap();
+        pool.add_subnet(net("10.64.0.8/29"), Some(ip("10.64.0.9")))
+            .unwrap();
+        assert_eq!(pool.capacity(), 10);
+        let got: Vec<Ipv4Addr> = (0..10).map(|n| pool.allocate(&k(n)).unwrap()).collect();
+        assert_eq!(got[0], ip("10.64.0.2"));
+        assert_eq!(got[4], ip("10.64.0.6"));
+        assert_eq!(
+            got[5],
+            ip("10.64.0.10"),
+            "the second subnet after the first"
+        );
+        assert_eq!(got[9], ip("10.64.0.14"));
+        assert!(matches!(
+            pool.allocate(&k(10)),
+            Err(IpamError::Exhausted { capacity: 10, .. })
+        ));
+        assert_eq!(
+            pool.subnet_of(ip("10.64.0.10")),
+            Some((net("10.64.0.8/29"), Some(ip("10.64.0.9"))))
+        );
+        assert!(matches!(
+            pool.allocate_specific(&k(11), ip("10.64.0.9")),
+            Err(IpamError::Reserved {
+                what: "gateway",
+                ..
+            })
+        ));
+        // Adding it again changes nothing; an overlapping one is refused.
+        pool.add_subnet(net("10.64.0.8/29"), Some(ip("10.64.0.9")))
+            .unwrap();
+        assert_eq!(pool.subnets().count(), 2);
+        assert!(matches!(
+            pool.add_subnet(net("10.64.0.0/28"), None),
+            Err(IpamError::OverlappingSubnet { .. })
+        ));
+        // A pool rebuilt with both subnets takes back what was handed out in either.
+        let mut again = Pool::new(net("10.64.0.0/29"), Some(ip("10.64.0.1"))).unwrap();
+        again
+            .add_subnet(net("10.64.0.8/29"), Some(ip("10.64.0.9")))
+            .unwrap();
+        let held: Vec<(AttachmentKey, Ipv4Addr)> =
+            pool.allocations().map(|(ip, k)| (k.clone(), ip)).collect();
+        assert_eq!(again.restore(held).unwrap(), 10);
+    }
+
+    #[test]
+    fn a_fresh_pool_with_two_subnets_starts_at_the_first() {
+        let mut pool = Pool::new(net("10.64.0.0/29"), Some(ip("10.64.0.1"))).unwrap();
+        pool.add_subnet(net("10.64.0.8/29"), Some(ip("10.64.0.9")))
+            .unwrap();
+        pool.restore([(AttachmentKey::new("a", "eth0"), ip("10.64.0.6"))])
+            .unwrap();
+        assert_eq!(
+            pool.allocate(&AttachmentKey::new("b", "eth0")).unwrap(),
+            ip("10.64.0.10"),
+            "after the highest restored address"
+        );
+        let mut fresh = Pool::new(net("10.64.0.0/29"), Some(ip("10.64.0.1"))).unwrap();
+        fresh
+            .add_subnet(net("10.64.0.8/29"), Some(ip("10.64.0.9")))
+            .unwrap();
+        assert_eq!(
+            fresh.allocate(&AttachmentKey::new("b", "eth0")).unwrap(),
+            ip("10.64.0.2")
+        );
+    }
+
     fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 

@@ -99,6 +99,43 @@ pub(crate) async fn reconcile(
     resync_flows(state, overlay).await
 }
 
+/// Deletes the host ends (named as the agent names them) that belong to no
+/// OVS port and no attachment: what an ADD left when the agent died between
+/// making the veth pair and adding its port. Only before the agent serves
+/// requests (an ADD in flight has its veth before its port); a failure is
+/// logged and the link left for the next start or the runtime's DEL.
+pub(crate) async fn remove_orphan_host_ends(state: &NodeState) {
+    let ends = match state.io.links.host_ends().await {
+        Ok(ends) => ends,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the node's pod links failed; orphans left");
+            return;
+        }
+    };
+    let ports: BTreeSet<String> = match state.io.ports.agent_ports().await {
+        Ok(ports) => ports.into_iter().map(|p| p.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the agent's ports failed; orphan links left");
+            return;
+        }
+    };
+    let attached: BTreeSet<String> = lock(&state.attachments)
+        .values()
+        .map(|a| a.host_ifname.clone())
+        .collect();
+    for end in ends {
+        if ports.contains(&end) || attached.contains(&end) {
+            continue;
+        }
+        match state.io.links.delete_host_end(&end).await {
+            Ok(_) => {
+                tracing::info!(link = %end, "removed a pod link without OVS port (an ADD interrupted by the agent's end)");
+            }
+            Err(e) => tracing::warn!(link = %end, error = %e, "removing an orphan pod link failed"),
+        }
+    }
+}
+
 /// The running `vlan` segment pods' addresses recorded again in the
 /// cluster-wide allocation (a lost or restored ConfigMap must not hand them
 /// out twice); see [`crate::vlan_pool::reassert_for_pods`].
@@ -287,6 +324,9 @@ async fn stale_reason(state: &NodeState, a: &Attachment) -> Option<String> {
         Evidence::CannotTell => return None,
         Evidence::Live => {}
     }
+    if a.is_standalone() {
+        return None;
+    }
     match judge_pod(
         a,
         state.io.api.pod_fresh(&a.pod_namespace, &a.pod_name).await,
@@ -421,6 +461,32 @@ mod tests {
                 ..PodInfo::default()
             },
         );
+    }
+
+    #[tokio::test]
+    async fn host_ends_without_a_port_are_removed_at_start() {
+        let fake = FakeNode::default();
+        let state = NodeState::for_tests(fake.drivers(), None);
+        let kept = recorded(&fake, "kept", "10.244.1.7/24", 20);
+        live(&fake, &kept, "uid-kept");
+        let veth = || crate::drivers::fake::FakeVeth {
+            netns: PathBuf::from("/var/run/netns/x"),
+            pod_ifname: "eth0".into(),
+            pod_mac: crate::mac::MacAddr([2, 0, 0, 0, 0, 1]),
+            addresses: Vec::new(),
+            gateway: None,
+        };
+        // The ADD that died between the veth pair and the OVS port.
+        let orphan = crate::netns::host_ifname("interrupted", "eth0");
+        {
+            let mut w = fake.world();
+            w.veths.insert(kept.host_ifname.clone(), veth());
+            w.veths.insert(orphan.clone(), veth());
+        }
+        reconcile_attachments(&state).await.unwrap();
+        remove_orphan_host_ends(&state).await;
+        let veths: Vec<String> = fake.world().veths.keys().cloned().collect();
+        assert_eq!(veths, vec![kept.host_ifname.clone()]);
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@
 //! deleted stays in effect until it is gone (the controller holds it with a finalizer
 //! while pod addresses of it are allocated).
 //!
-//! Only the first subnet of a `Segment` is used by this agent's address pool (see
-//! `docs/namespace-networks.md`).
+//! Every subnet of a `Segment` is in this agent's address pool, the first one's addresses
+//! handed out first: a subnet appended by the namespace controller joins the pool live,
+//! keeping the addresses in use (see `docs/namespace-networks.md`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use switchyard_ovs::ovsdb;
 use tokio::sync::watch;
 
 use crate::config::{SegmentConfig, SegmentKind, validate_segment};
-use crate::ipam::Pool;
 use crate::overlay::Overlay;
 use crate::state::{NodeState, lock};
 
@@ -47,6 +47,11 @@ pub fn from_api(seg: &Segment) -> Result<SegmentConfig, String> {
             gateway: subnets.first().map(|s| s.gateway),
             uplink: seg.spec.uplink.clone(),
             allow_untagged: false,
+            more_subnets: subnets
+                .iter()
+                .skip(1)
+                .map(|s| (s.cidr, s.gateway))
+                .collect(),
         },
     };
     validate_segment(&config).map_err(|e| e.to_string())?;
@@ -198,17 +203,26 @@ async fn apply(
         let mut pools = lock(&state.pools);
         for seg in segments.iter().filter(|s| s.kind == SegmentKind::Vlan) {
             let Some(subnet) = seg.subnet else { continue };
-            let same = pools
-                .get(&seg.name)
-                .is_some_and(|p| p.network() == subnet && p.gateway() == seg.gateway);
-            let in_use = pools.get(&seg.name).is_some_and(|p| p.in_use() > 0);
-            if same || in_use {
+            if let Some(pool) = pools.get_mut(&seg.name)
+                && pool.network() == subnet
+                && pool.gateway() == seg.gateway
+            {
+                // The same first subnet: appended subnets join, the addresses in use stay.
+                for (more, gateway) in &seg.more_subnets {
+                    if let Err(e) = pool.add_subnet(*more, Some(*gateway)) {
+                        tracing::error!(segment = %seg.name, error = %e, "Segment's appended subnet refused");
+                    }
+                }
                 continue;
             }
-            match Pool::new(subnet, seg.gateway) {
-                Ok(pool) => {
+            if pools.get(&seg.name).is_some_and(|p| p.in_use() > 0) {
+                continue;
+            }
+            match seg.pool() {
+                Ok(Some(pool)) => {
                     pools.insert(seg.name.clone(), pool);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(segment = %seg.name, error = %e, "Segment's pool refused")
                 }
@@ -288,5 +302,39 @@ mod tests {
                 .iter()
                 .any(|e| e.contains("\"twin\"") && e.contains("already segment \"blue\"'s"))
         );
+    }
+
+    #[test]
+    fn appended_subnets_join_the_pool_and_overlapping_ones_are_refused() {
+        let two = |second: &str, gw: &str| {
+            Segment::new(
+                "ns-small",
+                serde_json::from_value(serde_json::json!({
+                    "vlan": 320, "uplink": "trunk0",
+                    "subnets": [{"cidr": "10.32.0.0/29", "gateway": "10.32.0.1"},
+                                {"cidr": second, "gateway": gw}]
+                }))
+                .unwrap(),
+            )
+        };
+        let config = from_api(&two("10.32.0.8/29", "10.32.0.9")).unwrap();
+        assert_eq!(
+            config.more_subnets,
+            [(
+                "10.32.0.8/29".parse().unwrap(),
+                "10.32.0.9".parse().unwrap()
+            )]
+        );
+        let pool = config.pool().unwrap().unwrap();
+        assert_eq!(pool.capacity(), 10);
+        assert_eq!(
+            pool.subnet_of("10.32.0.12".parse().unwrap()),
+            Some((
+                "10.32.0.8/29".parse().unwrap(),
+                Some("10.32.0.9".parse().unwrap())
+            ))
+        );
+        let err = from_api(&two("10.32.0.0/28", "10.32.0.9")).unwrap_err();
+        assert!(err.contains("overlaps its subnet 10.32.0.0/29"), "{err}");
     }
 }

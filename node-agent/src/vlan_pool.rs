@@ -83,12 +83,8 @@ pub fn parse_holder(value: &str) -> Option<(String, AttachmentKey)> {
 
 /// The segment's pool with every recorded allocation restored (malformed
 /// or foreign entries keep their address reserved under a placeholder key).
-fn pool_from(
-    subnet: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
-    data: &BTreeMap<String, String>,
-) -> Result<Pool, IpamError> {
-    let mut pool = Pool::new(subnet, gateway)?;
+fn pool_from(base: &Pool, data: &BTreeMap<String, String>) -> Pool {
+    let mut pool = base.clone();
     for (ip, value) in data {
         let Ok(ip) = ip.parse::<Ipv4Addr>() else {
             continue;
@@ -96,10 +92,10 @@ fn pool_from(
         let key = parse_holder(value)
             .map(|(_, k)| k)
             .unwrap_or_else(|| AttachmentKey::new(format!("unparsable:{value}"), ip.to_string()));
-        // Addresses outside the subnet (a changed configuration) are ignored.
+        // Addresses outside the subnets (a changed configuration) are ignored.
         let _ = pool.restore([(key, ip)]);
     }
-    Ok(pool)
+    pool
 }
 
 /// The cluster-wide pools of `vlan` segments, seen from one node.
@@ -236,9 +232,22 @@ impl ClusterPools {
         key: &AttachmentKey,
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, ClusterIpamError> {
+        let base = Pool::new(subnet, gateway)?;
+        self.allocate_in(segment, &base, key, requested).await
+    }
+
+    /// [`ClusterPools::allocate`] from `base`, an empty pool of the segment's subnets (the
+    /// first subnet's addresses before an appended one's).
+    pub async fn allocate_in(
+        &self,
+        segment: &str,
+        base: &Pool,
+        key: &AttachmentKey,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ClusterIpamError> {
         let value = holder(&self.node, key);
         self.update(segment, |data| {
-            let mut pool = pool_from(subnet, gateway, data)?;
+            let mut pool = pool_from(base, data);
             if let Some(held) = pool.lookup(key) {
                 if requested.is_none_or(|r| r == held) {
                     return Ok((false, held));
@@ -399,17 +408,18 @@ pub async fn allocate_for_pod(
     else {
         return Ok(None);
     };
-    let Some(subnet) = seg.subnet else {
+    let failed = |source| ClusterAllocationError {
+        segment: seg.name.clone(),
+        source,
+    };
+    let Some(base) = seg.pool().map_err(|e| failed(e.into()))? else {
         return Ok(None);
     };
     pools
-        .allocate(&seg.name, subnet, seg.gateway, key, requested)
+        .allocate_in(&seg.name, &base, key, requested)
         .await
         .map(Some)
-        .map_err(|source| ClusterAllocationError {
-            segment: seg.name.clone(),
-            source,
-        })
+        .map_err(failed)
 }
 
 /// Releases `key`'s cluster-wide address in `segment` (every `vlan`
@@ -682,12 +692,12 @@ mod tests {
             ("10.100.0.3".to_string(), "garbage".to_string()),
             ("10.200.0.9".to_string(), "node1/c9/eth0".to_string()),
         ]);
-        let mut pool = pool_from(
+        let base = Pool::new(
             "10.100.0.0/24".parse().unwrap(),
             Some("10.100.0.1".parse().unwrap()),
-            &data,
         )
         .unwrap();
+        let mut pool = pool_from(&base, &data);
         let ip = pool.allocate(&AttachmentKey::new("c2", "eth0")).unwrap();
         assert_eq!(ip, "10.100.0.4".parse::<Ipv4Addr>().unwrap());
     }

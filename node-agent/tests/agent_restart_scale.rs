@@ -12,59 +12,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use support::*;
 
-/// The agent binary running in the node namespace; killed on drop.
-struct AgentProcess {
-    child: std::process::Child,
-}
-
-impl AgentProcess {
-    async fn start(lab: &NodeLab, log_name: &str) -> AgentProcess {
-        let agent = AgentProcess::spawn(lab, log_name, &lab.agent_args());
-        let socket = lab.socket();
-        eventually("the agent's CNI socket", Duration::from_secs(30), || {
-            let socket = socket.clone();
-            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
-        })
-        .await;
-        agent
-    }
-
-    fn spawn(lab: &NodeLab, log_name: &str, args: &[String]) -> AgentProcess {
-        // The agent's log goes to a file in the lab directory, or to the
-        // test's stderr with SWITCHYARD_AGENT_LOG_STDERR=1 (RUST_LOG applies).
-        let stderr = if std::env::var_os("SWITCHYARD_AGENT_LOG_STDERR").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::from(std::fs::File::create(lab.dir.path().join(log_name)).unwrap())
-        };
-        // The test thread is inside the node namespace, so the child is too.
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-agent"))
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn switchyard-agent");
-        AgentProcess { child }
-    }
-
-    fn kill9(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The agent's flows without counters and cookies (which carry the
 /// generation), sorted.
 fn normalized_flows(lab: &NodeLab) -> Vec<String> {
@@ -358,17 +305,40 @@ fn add_del_cycles_leave_nothing_behind() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(500);
-        let _agent = AgentProcess::start(&lab, "agent.log").await;
+        let agent = AgentProcess::start(&lab, "agent.log").await;
+        let pid = agent.child.id();
         lab.create_pod("default", "cycler", &[]).await;
         let mut pod = PodNs::new("default", "cycler");
         let base = pod.container_id.clone();
+        // The agent's descriptors and memory once warm (after a tenth of the cycles), and at
+        // the end: flat, not growing with the cycles.
+        let warm_up = cycles / 10;
+        let mut warm = None;
         for i in 0..cycles {
+            if i == warm_up {
+                warm = Some((open_fds(pid), rss_kib(pid)));
+            }
             pod.container_id = format!("{base}x{i}");
             let add = cni_add(&lab, &pod).await;
             assert!(add.success, "cycle {i} ADD: {}", add.stdout);
             let del = cni_del(&lab, &pod).await;
             assert!(del.success, "cycle {i} DEL: {}", del.stdout);
         }
+        let (fds_warm, rss_warm) = warm.expect("at least one cycle");
+        let (fds_end, rss_end) = (open_fds(pid), rss_kib(pid));
+        eprintln!(
+            "agent after {warm_up} and {cycles} cycles: {fds_warm} -> {fds_end} fds, {rss_warm} -> {rss_end} KiB RSS"
+        );
+        // A descriptor per cycle would be hundreds; a few come and go with connections.
+        assert!(
+            fds_end <= fds_warm + 8,
+            "the agent's descriptors grew from {fds_warm} to {fds_end} over {cycles} cycles"
+        );
+        // Memory: allocator noise is a few MiB; a leak per cycle would grow with the count.
+        assert!(
+            rss_end <= rss_warm + rss_warm / 2 + 16 * 1024,
+            "the agent's RSS grew from {rss_warm} KiB to {rss_end} KiB over {cycles} cycles"
+        );
         assert_eq!(lab.pod_ports(), Vec::<String>::new());
         assert_eq!(lab.host_veths().await, Vec::<String>::new());
         assert_eq!(lab.pod_flow_count(), 0);
@@ -379,4 +349,21 @@ fn add_del_cycles_leave_nothing_behind() {
             "pod netns still has interfaces besides lo"
         );
     });
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -30,8 +30,13 @@ use crate::state::{NodeState, lock};
 #[derive(Debug, Clone)]
 pub(crate) struct AddRequest {
     pub key: AttachmentKey,
+    /// The pod's namespace and name; both empty for a standalone attachment
+    /// (the runtime named no pod).
     pub pod_namespace: String,
     pub pod_name: String,
+    /// A standalone attachment's segment from the network configuration's
+    /// `args.cni.segment` (else the node's default).
+    pub standalone_segment: Option<String>,
     /// K8S_POD_UID ("" if not sent).
     pub pod_uid: String,
     /// CNI_NETNS (required unless the attachment exists).
@@ -43,14 +48,30 @@ pub(crate) struct AddRequest {
 }
 
 impl AddRequest {
+    /// Whether the runtime named no pod (podman, nerdctl, any libcni program).
+    pub fn is_standalone(&self) -> bool {
+        self.pod_namespace.is_empty()
+    }
+
     /// What an ADD request names; fails on a missing attachment or pod identity.
     pub fn from_cni(req: &CniRequest) -> Result<AddRequest, AttachError> {
         let key = super::attachment_key(req, "ADD")?;
-        let (pod_namespace, pod_name) = super::pod_identity(req)?;
+        let identity = super::pod_identity(req)?;
+        let standalone_segment = match identity {
+            Some(_) => None,
+            None => req
+                .config
+                .args
+                .as_ref()
+                .and_then(|a| a.get("cni")?.get("segment")?.as_str())
+                .map(str::to_string),
+        };
+        let (pod_namespace, pod_name) = identity.unwrap_or_default();
         Ok(AddRequest {
             key,
             pod_namespace,
             pod_name,
+            standalone_segment,
             pod_uid: req.env.args.k8s_pod_uid.clone().unwrap_or_default(),
             netns: req.env.netns.clone(),
             mtu: req.config.mtu,
@@ -182,8 +203,11 @@ pub(crate) async fn attach(state: &NodeState, req: &AddRequest) -> Result<Attach
     {
         Ok((a, built)) => {
             // Isolation from the first packet: the policies selecting the
-            // pod are in before ADD returns (before its process runs).
-            if let Err(e) = police(state, &a).await {
+            // pod are in before ADD returns (before its process runs). A
+            // standalone attachment is no pod: no policy selects it.
+            if !a.is_standalone()
+                && let Err(e) = police(state, &a).await
+            {
                 roll_back(state, undo).await;
                 return Err(e);
             }
@@ -263,6 +287,13 @@ const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Segment and VLAN from the pod's (unless the runtime passed its
 /// annotations) and its namespace's annotations, read concurrently.
 async fn place(state: &NodeState, req: &AddRequest) -> Result<Placement, AttachError> {
+    if req.is_standalone() {
+        return Ok(segment::decide_standalone(
+            req.standalone_segment.as_deref(),
+            &state.segments(),
+            &state.config.default_segment,
+        )?);
+    }
     let from_runtime = !req.runtime_annotations.is_empty();
     let pod_read = async {
         if from_runtime {
@@ -333,7 +364,7 @@ async fn allocate(
     // Overlay segments take their addresses from the node's pod CIDR (a
     // `vlan` segment's static address was checked against its subnet).
     if let Some(ip) = placement.static_ip
-        && !pool.network().contains(&ip)
+        && !pool.contains(ip)
     {
         return Err(crate::segment::SegmentError::StaticIpOutsideSegment {
             ip,
@@ -346,8 +377,13 @@ async fn allocate(
         Some(ip) => pool.allocate_specific(key, ip),
         None => pool.allocate(key),
     }?;
-    let net = Ipv4Net::new(ip, pool.network().prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
-    Ok((net, pool.gateway()))
+    // The pod's subnet and gateway: those of the subnet its address is in (a `vlan`
+    // segment's appended subnets have their own).
+    let (subnet, gateway) = pool
+        .subnet_of(ip)
+        .unwrap_or((pool.network(), pool.gateway()));
+    let net = Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
+    Ok((net, gateway))
 }
 
 /// The veth, the OVS port (with the attachment in its `external_ids`) and

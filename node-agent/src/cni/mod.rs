@@ -96,11 +96,15 @@ fn valid_k8s_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
-/// The pod a request is for (K8S_POD_NAMESPACE and K8S_POD_NAME).
-fn pod_identity(req: &CniRequest) -> Result<(String, String), AttachError> {
+/// The pod a request is for (K8S_POD_NAMESPACE and K8S_POD_NAME); `None`
+/// when the runtime names no pod at all (a standalone attachment: podman,
+/// nerdctl, any libcni program), an error when it names half of one.
+fn pod_identity(req: &CniRequest) -> Result<Option<(String, String)>, AttachError> {
     let args = &req.env.args;
-    let (Some(ns), Some(name)) = (&args.k8s_pod_namespace, &args.k8s_pod_name) else {
-        return Err(AttachError::MissingPodIdentity);
+    let (ns, name) = match (&args.k8s_pod_namespace, &args.k8s_pod_name) {
+        (None, None) => return Ok(None),
+        (Some(ns), Some(name)) => (ns, name),
+        _ => return Err(AttachError::MissingPodIdentity),
     };
     for (arg, v) in [("K8S_POD_NAMESPACE", ns), ("K8S_POD_NAME", name)] {
         if !valid_k8s_name(v) {
@@ -110,7 +114,7 @@ fn pod_identity(req: &CniRequest) -> Result<(String, String), AttachError> {
             });
         }
     }
-    Ok((ns.clone(), name.clone()))
+    Ok(Some((ns.clone(), name.clone())))
 }
 
 /// The one mapping from the verbs' errors to CNI error codes and messages.
@@ -137,7 +141,7 @@ impl From<AttachError> for CniError {
             E::MissingPodIdentity => (
                 C::InvalidPodNetworkRequest,
                 "pod identity missing".into(),
-                "CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME (kubelet always sends them)"
+                "CNI_ARGS must carry both K8S_POD_NAMESPACE and K8S_POD_NAME (kubelet always sends them), or neither for a container that is no pod"
                     .into(),
             ),
             E::InvalidPodIdentity { arg, value } => (

@@ -38,6 +38,7 @@ fn pod(fake: &FakeNode, container: &str, annotations: &[(&str, &str)]) -> AddReq
         key: key(container),
         pod_namespace: "default".into(),
         pod_name: format!("pod-{container}"),
+        standalone_segment: None,
         pod_uid: format!("uid-{container}"),
         netns: Some(netns_of(container)),
         mtu: None,

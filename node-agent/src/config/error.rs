@@ -150,6 +150,16 @@ pub enum ConfigError {
         /// The network it belongs to.
         network: Ipv4Net,
     },
+    /// Two subnets of one segment overlap.
+    #[error("segment {segment:?}: subnet {subnet} overlaps its subnet {other}")]
+    SubnetsOverlap {
+        /// The segment.
+        segment: String,
+        /// The later subnet.
+        subnet: Ipv4Net,
+        /// The earlier one it overlaps.
+        other: Ipv4Net,
+    },
     /// Gateway not in subnet.
     #[error("segment {segment:?}: gateway {gateway} is outside subnet {subnet}")]
     GatewayOutsideSubnet {

@@ -62,6 +62,11 @@ pub struct SegmentConfig {
     /// `allow-untagged: false` still parses).
     #[serde(default)]
     pub allow_untagged: bool,
+    /// vlan segments from the API (`Segment` objects): the subnets after the first, each
+    /// with its fabric gateway, appended by the namespace controller when the segment runs
+    /// low. Pods get addresses from them once the first is full. Not in the file.
+    #[serde(skip)]
+    pub more_subnets: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
 impl SegmentConfig {
@@ -75,7 +80,30 @@ impl SegmentConfig {
             gateway: None,
             uplink: None,
             allow_untagged: false,
+            more_subnets: Vec::new(),
         }
+    }
+
+    /// Every subnet of a vlan segment with its gateway, the first one's first.
+    pub fn subnets(&self) -> Vec<(Ipv4Net, Option<Ipv4Addr>)> {
+        self.subnet
+            .map(|s| (s, self.gateway))
+            .into_iter()
+            .chain(self.more_subnets.iter().map(|(s, g)| (*s, Some(*g))))
+            .collect()
+    }
+
+    /// The address pool of a vlan segment (every subnet, each gateway reserved); `None`
+    /// for a segment without a subnet.
+    pub fn pool(&self) -> Result<Option<crate::ipam::Pool>, crate::ipam::IpamError> {
+        let Some(subnet) = self.subnet else {
+            return Ok(None);
+        };
+        let mut pool = crate::ipam::Pool::new(subnet, self.gateway)?;
+        for (s, g) in &self.more_subnets {
+            pool.add_subnet(*s, Some(*g))?;
+        }
+        Ok(Some(pool))
     }
 
     /// Whether pods of this segment may be untagged (VLAN 0): on overlay
@@ -193,34 +221,53 @@ pub(super) fn validate(seg: &SegmentConfig) -> Result<(), ConfigError> {
             let gateway = seg.gateway.ok_or_else(|| missing("gateway"))?;
             let uplink = seg.uplink.as_deref().ok_or_else(|| missing("uplink"))?;
             validate_ifname_like("uplink", uplink)?;
-            if subnet.prefix_len() > 30 {
-                return Err(ConfigError::SubnetTooSmall {
-                    segment: name.clone(),
-                    subnet,
-                });
-            }
-            if subnet.trunc() != subnet {
-                return Err(ConfigError::SubnetNotNetworkAddress {
-                    segment: name.clone(),
-                    subnet,
-                    network: subnet.trunc(),
-                });
-            }
-            if !subnet.contains(&gateway) {
-                return Err(ConfigError::GatewayOutsideSubnet {
-                    segment: name.clone(),
-                    gateway,
-                    subnet,
-                });
-            }
-            if gateway == subnet.network() || gateway == subnet.broadcast() {
-                return Err(ConfigError::GatewayNotHostAddress {
-                    segment: name.clone(),
-                    gateway,
-                    subnet,
-                });
+            validate_subnet(name, subnet, gateway)?;
+            for (i, &(more, more_gateway)) in seg.more_subnets.iter().enumerate() {
+                validate_subnet(name, more, more_gateway)?;
+                let earlier =
+                    std::iter::once(subnet).chain(seg.more_subnets[..i].iter().map(|m| m.0));
+                for other in earlier {
+                    if other.contains(&more) || more.contains(&other) {
+                        return Err(ConfigError::SubnetsOverlap {
+                            segment: name.clone(),
+                            subnet: more,
+                            other,
+                        });
+                    }
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// One subnet of a vlan segment with its gateway: at most /30, a network address, the
+/// gateway a host address inside it.
+fn validate_subnet(name: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<(), ConfigError> {
+    let segment = name.to_string();
+    if subnet.prefix_len() > 30 {
+        return Err(ConfigError::SubnetTooSmall { segment, subnet });
+    }
+    if subnet.trunc() != subnet {
+        return Err(ConfigError::SubnetNotNetworkAddress {
+            segment,
+            subnet,
+            network: subnet.trunc(),
+        });
+    }
+    if !subnet.contains(&gateway) {
+        return Err(ConfigError::GatewayOutsideSubnet {
+            segment,
+            gateway,
+            subnet,
+        });
+    }
+    if gateway == subnet.network() || gateway == subnet.broadcast() {
+        return Err(ConfigError::GatewayNotHostAddress {
+            segment,
+            gateway,
+            subnet,
+        });
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ fn vlan_seg(name: &str, vlan: u16) -> SegmentConfig {
         gateway: Some("10.20.0.1".parse().unwrap()),
         uplink: Some("eth1".into()),
         allow_untagged: false,
+        more_subnets: Vec::new(),
     }
 }
 

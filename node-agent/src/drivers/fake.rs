@@ -233,6 +233,16 @@ impl PodLinks for FakeNode {
         async move { mac }.boxed()
     }
 
+    fn host_ends(&self) -> BoxFuture<'_, Result<Vec<String>, InterfaceError>> {
+        let names = self.world().veths.keys().cloned().collect();
+        async move { Ok(names) }.boxed()
+    }
+
+    fn delete_host_end<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, InterfaceError>> {
+        let existed = self.world().veths.remove(name).is_some();
+        async move { Ok(existed) }.boxed()
+    }
+
     fn announce(
         &self,
         _netns: PathBuf,

@@ -57,6 +57,10 @@ pub trait PodLinks: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<PodInterfaceState, InterfaceError>>;
     /// The MAC of a host-side link, if it exists.
     fn host_mac<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<MacAddr>>;
+    /// The host ends on the node named as the agent names them.
+    fn host_ends(&self) -> BoxFuture<'_, Result<Vec<String>, InterfaceError>>;
+    /// Deletes a host end by name (the pod end goes with it); `Ok(false)` if it was gone.
+    fn delete_host_end<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, InterfaceError>>;
     /// Sends a gratuitous ARP from the pod end (best effort).
     fn announce(
         &self,
@@ -206,6 +210,30 @@ impl PodLinks for NetnsLinks {
             netns::link_mac(&link)
         }
         .boxed()
+    }
+
+    fn host_ends(&self) -> BoxFuture<'_, Result<Vec<String>, InterfaceError>> {
+        async move {
+            let names = self
+                .host
+                .link_names()
+                .await
+                .map_err(|source| InterfaceError::Netlink {
+                    step: netns::Step::ListLinks,
+                    ifname: format!("{}*", netns::HOST_IFNAME_PREFIX),
+                    netns: "node".to_string(),
+                    source,
+                })?;
+            Ok(names
+                .into_iter()
+                .filter(|n| netns::is_host_ifname(n))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn delete_host_end<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, InterfaceError>> {
+        async move { netns::delete_host_end(&self.host, name).await }.boxed()
     }
 
     fn announce(

@@ -83,6 +83,20 @@ impl Netlink {
             .try_next()
             .await
     }
+
+    /// The names of every link in this namespace.
+    pub async fn link_names(&self) -> Result<Vec<String>, rtnetlink::Error> {
+        let links: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
 }
 
 /// The link's MAC address, if it has one.

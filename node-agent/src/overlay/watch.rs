@@ -135,6 +135,54 @@ fn fold_event<K: kube::Resource, V: PartialEq>(
     }
 }
 
+/// What the overlay's two watches have shown so far. Nothing is applied
+/// until both have finished their first list: before that, the remote nodes
+/// installed from [`Overlay::seed`] stand. (Applying after only the IPAM
+/// ConfigMaps' first list, with no Node known yet, removed every remote
+/// node's flows for the few milliseconds until the Node list came: packets
+/// to other nodes then went to the host, came back post-DNAT through the
+/// gateway and committed conntrack entries that later broke the Service
+/// connections they belonged to.)
+#[derive(Default)]
+struct WatchedView {
+    nodes: BTreeMap<String, RemoteNode>,
+    nodes_listing: Option<BTreeMap<String, RemoteNode>>,
+    nodes_listed: bool,
+    placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>>,
+    placements_listing: Option<BTreeMap<String, BTreeMap<Ipv4Addr, String>>>,
+    placements_listed: bool,
+}
+
+impl WatchedView {
+    /// A Node event; the remote nodes to install if they may have changed.
+    fn on_node(&mut self, event: watcher::Event<Node>) -> Option<BTreeMap<String, RemoteNode>> {
+        self.nodes_listed |= matches!(event, watcher::Event::InitDone);
+        let changed = fold_event(event, &mut self.nodes_listing, &mut self.nodes, remote_node);
+        self.desired_if(changed)
+    }
+
+    /// An IPAM ConfigMap event; the remote nodes to install if they may have
+    /// changed.
+    fn on_ipam(
+        &mut self,
+        event: watcher::Event<ConfigMap>,
+    ) -> Option<BTreeMap<String, RemoteNode>> {
+        self.placements_listed |= matches!(event, watcher::Event::InitDone);
+        let changed = fold_event(
+            event,
+            &mut self.placements_listing,
+            &mut self.placements,
+            vlan_placements,
+        );
+        self.desired_if(changed)
+    }
+
+    fn desired_if(&self, changed: bool) -> Option<BTreeMap<String, RemoteNode>> {
+        (changed && self.nodes_listed && self.placements_listed)
+            .then(|| with_vlan_pods(&self.nodes, &self.placements))
+    }
+}
+
 impl Overlay {
     /// Learns the remote nodes from one Node list before the agent's first
     /// full flow resync, so that a restarted agent installs its new flow
@@ -181,10 +229,7 @@ impl Overlay {
         let mut node_events = watcher(Api::<Node>::all(client.clone()), config.clone()).boxed();
         let mut ipam_events =
             watcher(Api::<ConfigMap>::namespaced(client, IPAM_NAMESPACE), config).boxed();
-        let mut known: BTreeMap<String, RemoteNode> = BTreeMap::new();
-        let mut listing: Option<BTreeMap<String, RemoteNode>> = None;
-        let mut placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = BTreeMap::new();
-        let mut placements_listing = None;
+        let mut view = WatchedView::default();
         loop {
             let event = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
@@ -196,9 +241,8 @@ impl Overlay {
                     Ok(None) => break,
                     Err(e) => ("Nodes", e),
                     Ok(Some(ev)) => {
-                        if fold_event(ev, &mut listing, &mut known, remote_node) {
-                            self.apply_until_done(with_vlan_pods(&known, &placements), &mut stop)
-                                .await;
+                        if let Some(desired) = view.on_node(ev) {
+                            self.apply_until_done(desired, &mut stop).await;
                         }
                         continue;
                     }
@@ -207,10 +251,8 @@ impl Overlay {
                     Ok(None) => break,
                     Err(e) => ("the vlan segments' IPAM ConfigMaps", e),
                     Ok(Some(ev)) => {
-                        let placements_listing = &mut placements_listing;
-                        if fold_event(ev, placements_listing, &mut placements, vlan_placements) {
-                            self.apply_until_done(with_vlan_pods(&known, &placements), &mut stop)
-                                .await;
+                        if let Some(desired) = view.on_ipam(ev) {
+                            self.apply_until_done(desired, &mut stop).await;
                         }
                         continue;
                     }
@@ -283,6 +325,63 @@ mod tests {
             both["n2"].vlan_pods,
             BTreeSet::from(["10.100.0.7".parse().unwrap()])
         );
+    }
+
+    fn node_object(name: &str, cidr: &str, ip: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDR": cidr},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+        }))
+        .unwrap()
+    }
+
+    fn ipam_object(data: serde_json::Value) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "switchyard-ipam-vlan100", "namespace": "switchyard-system"},
+            "data": data
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn nothing_is_applied_until_both_watches_have_listed() {
+        use watcher::Event;
+        // The IPAM list completes first: applying then would remove every
+        // remote node (none known yet) until the Node list comes.
+        let mut view = WatchedView::default();
+        assert_eq!(view.on_ipam(Event::Init), None);
+        let cm = ipam_object(serde_json::json!({"10.100.0.7": "n2/c1/eth0"}));
+        assert_eq!(view.on_ipam(Event::InitApply(cm)), None);
+        assert_eq!(view.on_ipam(Event::InitDone), None, "Nodes not listed yet");
+        assert_eq!(view.on_node(Event::Init), None);
+        let n2 = node_object("n2", "10.244.1.0/24", "192.168.100.2");
+        assert_eq!(view.on_node(Event::InitApply(n2.clone())), None);
+        let desired = view.on_node(Event::InitDone).expect("both listed");
+        assert_eq!(desired.len(), 1);
+        assert_eq!(
+            desired["n2"].vlan_pods,
+            BTreeSet::from(["10.100.0.7".parse().unwrap()])
+        );
+        // From then on, every change applies; an unchanged object does not.
+        assert_eq!(view.on_node(Event::Apply(n2)), None);
+        let n3 = node_object("n3", "10.244.2.0/24", "192.168.100.3");
+        assert_eq!(
+            view.on_node(Event::Apply(n3.clone())).map(|d| d.len()),
+            Some(2)
+        );
+        assert_eq!(view.on_node(Event::Delete(n3)).map(|d| d.len()), Some(1));
+
+        // The other order: the Node list first waits for the IPAM list, so
+        // the vlan pods installed by the seed are not dropped meanwhile.
+        let mut view = WatchedView::default();
+        view.on_node(Event::Init);
+        let n2 = node_object("n2", "10.244.1.0/24", "192.168.100.2");
+        view.on_node(Event::InitApply(n2));
+        assert_eq!(view.on_node(Event::InitDone), None, "IPAM not listed yet");
+        view.on_ipam(Event::Init);
+        let desired = view.on_ipam(Event::InitDone).expect("both listed");
+        assert_eq!(desired.len(), 1);
     }
 
     #[test]

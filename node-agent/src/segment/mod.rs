@@ -47,6 +47,8 @@ pub enum Source {
     Namespace,
     /// The agent's configuration.
     Default,
+    /// The network configuration's `args` (a standalone attachment).
+    NetworkConfig,
 }
 
 /// The network a pod is attached to.
@@ -202,6 +204,7 @@ fn describe(source: Source) -> &'static str {
         Source::Pod => "pod",
         Source::Namespace => "namespace",
         Source::Default => "default",
+        Source::NetworkConfig => "network configuration's args.cni",
     }
 }
 
@@ -312,14 +315,17 @@ pub fn decide(
     };
     // A vlan segment's addresses are its subnet (the overlay's, the node's
     // pod CIDR, is checked where the pool is known).
-    if let (Some(ip), Some(subnet)) = (static_ip, segment.subnet)
+    let subnets = segment.subnets();
+    if let Some(ip) = static_ip
         && segment.kind == SegmentKind::Vlan
-        && !subnet.contains(&ip)
+        && !subnets.is_empty()
+        && !subnets.iter().any(|(s, _)| s.contains(&ip))
     {
+        let list: Vec<String> = subnets.iter().map(|(s, _)| s.to_string()).collect();
         return Err(SegmentError::StaticIpOutsideSegment {
             ip,
             segment: segment.name.clone(),
-            range: format!("subnet {subnet}"),
+            range: format!("subnet {}", list.join(", ")),
         });
     }
     let static_mac = match pod_annotations.get(ANNOTATION_MAC).map(|v| v.trim()) {
@@ -357,6 +363,45 @@ pub fn decide(
         vlan_source,
         static_ip,
         static_mac,
+    })
+}
+
+/// The placement of a standalone attachment (a container of a runtime other
+/// than kubelet, which names no pod): the segment the network configuration
+/// names in `args.cni.segment`, else the node's default, with its VLAN. The
+/// network configuration is the node administrator's, so it decides, as a
+/// namespace's owner does for pods. Pure: no I/O.
+pub fn decide_standalone(
+    requested: Option<&str>,
+    segments: &[SegmentConfig],
+    default_segment: &str,
+) -> Result<Placement, SegmentError> {
+    let (name, source) = match requested.map(str::trim) {
+        Some("") => {
+            return Err(SegmentError::EmptySegment {
+                source_desc: describe(Source::NetworkConfig),
+            });
+        }
+        Some(name) => (name, Source::NetworkConfig),
+        None => (default_segment, Source::Default),
+    };
+    let segment =
+        segments
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SegmentError::UnknownSegment {
+                source_desc: describe(source),
+                name: name.to_string(),
+                known: segments.iter().map(|s| s.name.clone()).collect(),
+            })?;
+    Ok(Placement {
+        segment: segment.name.clone(),
+        kind: segment.kind,
+        vlan: segment.vlan,
+        segment_source: source,
+        vlan_source: Source::Default,
+        static_ip: None,
+        static_mac: None,
     })
 }
 

@@ -16,6 +16,7 @@ fn segments() -> Vec<SegmentConfig> {
             gateway: Some("10.20.0.1".parse().unwrap()),
             uplink: Some("eth1".into()),
             allow_untagged: false,
+            more_subnets: Vec::new(),
         },
     ]
 }

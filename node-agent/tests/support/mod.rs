@@ -551,3 +551,56 @@ pub fn node_veth(lab: &NodeLab, name: &str) {
     ip(&["link", "set", name, "up"]);
     ip(&["link", "set", &peer, "up"]);
 }
+
+/// The agent binary running in the node namespace; killed on drop.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+}
+
+impl AgentProcess {
+    pub async fn start(lab: &NodeLab, log_name: &str) -> AgentProcess {
+        let agent = AgentProcess::spawn(lab, log_name, &lab.agent_args());
+        let socket = lab.socket();
+        eventually("the agent's CNI socket", Duration::from_secs(30), || {
+            let socket = socket.clone();
+            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
+        })
+        .await;
+        agent
+    }
+
+    pub fn spawn(lab: &NodeLab, log_name: &str, args: &[String]) -> AgentProcess {
+        // The agent's log goes to a file in the lab directory, or to the
+        // test's stderr with SWITCHYARD_AGENT_LOG_STDERR=1 (RUST_LOG applies).
+        let stderr = if std::env::var_os("SWITCHYARD_AGENT_LOG_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::from(std::fs::File::create(lab.dir.path().join(log_name)).unwrap())
+        };
+        // The test thread is inside the node namespace, so the child is too.
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-agent"))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn switchyard-agent");
+        AgentProcess { child }
+    }
+
+    pub fn kill9(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1528,6 +1528,15 @@ fn e2e_restarts_with_a_continuous_probe_then_node_removal() {
     for t in &r {
         assert_eq!(t.lost, 0, "agent restart lost requests: {t}");
     }
+    // The restarted agent kept the paths to the other nodes: it installed them from its first
+    // list and never took them out while its watches were listing (it once removed them for a
+    // few milliseconds, and a Service connection in flight then broke minutes later).
+    let agent_log =
+        std::fs::read_to_string(lab.state.node_dir("node1").join("agent.log")).unwrap_or_default();
+    assert!(
+        !agent_log.contains("remote node removed"),
+        "node1's agent removed a remote node although no Node changed:\n{agent_log}"
+    );
     for (s, n) in streams.iter().zip(echoed.iter_mut()) {
         *n = s.assert_flowing("the agent restart", *n);
     }

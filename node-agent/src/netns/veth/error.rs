@@ -8,6 +8,8 @@ use crate::netns::NetnsError;
 pub enum Step {
     /// Looking a link up by name.
     LookUpLink,
+    /// Listing the links of a namespace.
+    ListLinks,
     /// Removing a leftover host end.
     RemoveLeftover,
     /// Creating the veth pair.
@@ -38,6 +40,7 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Step::LookUpLink => "looking up link",
+            Step::ListLinks => "listing links",
             Step::RemoveLeftover => "removing leftover host end",
             Step::CreateVeth => "creating veth pair",
             Step::SetUp => "setting link up",

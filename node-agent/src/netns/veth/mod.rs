@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::mac::MacAddr;
 
 pub use create::create_pod_interface;
-pub use delete::delete_pod_interface;
+pub use delete::{delete_host_end, delete_pod_interface};
 pub use error::{InterfaceError, Step};
 pub use inspect::inspect_pod_interface;
 
@@ -41,6 +41,15 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     let digest = Sha256::digest(format!("{container_id}/{ifname}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{HOST_IFNAME_PREFIX}{}", &hex[..11])
+}
+
+/// Whether `name` has the form of a host end the agent names ([`host_ifname`]).
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 13
+        && name.starts_with(HOST_IFNAME_PREFIX)
+        && name[2..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 /// Checks a Linux interface name (CNI_IFNAME).

@@ -63,39 +63,24 @@ pub fn start_ovs(state: &StateDir, node: &NodeInfo) -> Result<(), LabError> {
             .arg(&db)
             .arg(VSWITCH_SCHEMA),
     )?;
-    let daemon = |program: &str, args: Vec<String>| -> Result<u32, LabError> {
-        let mut cmd = ovs_command(state, &node.name, "ip");
-        cmd.args(["netns", "exec", &node.netns, program])
-            .args(args)
-            .args(["--pidfile", "--detach", "--no-chdir", "--log-file"]);
-        // With --detach the parent returns once the daemon is ready; the daemon closes its
-        // standard streams, so nothing here waits on a pipe it keeps open.
-        let out = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| LabError::io(format!("starting {program}"), e))?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                command: sys::command_line(&cmd),
-                status: out.status.to_string(),
-                stderr: format!(
-                    "{}\n{}",
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    sys::tail(&dir.join(format!("{program}.log")), 10)
-                ),
-            });
-        }
-        let pidfile = dir.join(format!("{program}.pid"));
-        let pid = fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| LabError::Other(format!("{} has no pid", pidfile.display())))?;
-        state.record_pid(pid, &format!("{program} {}", node.name))?;
-        Ok(pid)
-    };
-    daemon(
+    start_ovsdb_server(state, node)?;
+    vsctl(state, node, &["--no-wait", "init"])?;
+    start_ovs_daemon(
+        state,
+        node,
+        "ovs-vswitchd",
+        vec![format!("unix:{}", state.ovsdb_socket(&node.name).display())],
+    )?;
+    Ok(())
+}
+
+/// Starts the node's `ovsdb-server` on its database (which must exist) and records its pid;
+/// it serves once this returns.
+pub fn start_ovsdb_server(state: &StateDir, node: &NodeInfo) -> Result<u32, LabError> {
+    let db = state.ovs_dir(&node.name).join("conf.db");
+    start_ovs_daemon(
+        state,
+        node,
         "ovsdb-server",
         vec![
             db.display().to_string(),
@@ -104,13 +89,48 @@ pub fn start_ovs(state: &StateDir, node: &NodeInfo) -> Result<(), LabError> {
                 state.ovsdb_socket(&node.name).display()
             ),
         ],
-    )?;
-    vsctl(state, node, &["--no-wait", "init"])?;
-    daemon(
-        "ovs-vswitchd",
-        vec![format!("unix:{}", state.ovsdb_socket(&node.name).display())],
-    )?;
-    Ok(())
+    )
+}
+
+/// Starts an OVS daemon detached inside the node's namespace, with its pid file, log and control
+/// socket in the node's OVS directory; records its pid.
+fn start_ovs_daemon(
+    state: &StateDir,
+    node: &NodeInfo,
+    program: &str,
+    args: Vec<String>,
+) -> Result<u32, LabError> {
+    let dir = state.ovs_dir(&node.name);
+    let mut cmd = ovs_command(state, &node.name, "ip");
+    cmd.args(["netns", "exec", &node.netns, program])
+        .args(args)
+        .args(["--pidfile", "--detach", "--no-chdir", "--log-file"]);
+    // With --detach the parent returns once the daemon is ready; the daemon closes its
+    // standard streams, so nothing here waits on a pipe it keeps open.
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| LabError::io(format!("starting {program}"), e))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: sys::command_line(&cmd),
+            status: out.status.to_string(),
+            stderr: format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                sys::tail(&dir.join(format!("{program}.log")), 10)
+            ),
+        });
+    }
+    let pidfile = dir.join(format!("{program}.pid"));
+    let pid = fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| LabError::Other(format!("{} has no pid", pidfile.display())))?;
+    state.record_pid(pid, &format!("{program} {}", node.name))?;
+    Ok(pid)
 }
 
 /// Puts the node's underlay address on the tap of a netdev bridge `br-ul` whose port is `eth0`

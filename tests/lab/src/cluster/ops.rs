@@ -25,6 +25,8 @@ pub enum Daemon {
     Proxy,
     /// `ovs-vswitchd`; ready when the node's underlay is back on `br-ul`.
     Vswitchd,
+    /// `ovsdb-server` (the node's database, kept on disk); ready when it serves.
+    Ovsdb,
 }
 
 impl Daemon {
@@ -34,6 +36,7 @@ impl Daemon {
             Daemon::Agent => "agent",
             Daemon::Proxy => "proxy",
             Daemon::Vswitchd => "ovs-vswitchd",
+            Daemon::Ovsdb => "ovsdb-server",
         }
     }
 }
@@ -156,6 +159,7 @@ pub fn start_daemon(state: &StateDir, node_name: &str, daemon: Daemon) -> Result
             })
         }
         Daemon::Vswitchd => start_vswitchd(state, &info, node),
+        Daemon::Ovsdb => node::start_ovsdb_server(state, node).map(|_| ()),
     }
 }
 
