@@ -35,7 +35,7 @@
 //!   ends in plain `application/json`, and gets the legacy documents, which it uses.
 //! - Storage for namespaces, nodes, pods, services, endpoints, configmaps, secrets,
 //!   serviceaccounts, events (core and events.k8s.io), endpointslices, leases, daemonsets,
-//!   deployments, networkpolicies and customresourcedefinitions; creating a CRD serves its
+//!   deployments, replicasets, networkpolicies and customresourcedefinitions; creating a CRD serves its
 //!   resource (every served version, shared storage) until the CRD is deleted.
 //! - create (generateName, uid, creationTimestamp, generation, namespace defaulting and
 //!   existence, 409 AlreadyExists), get, list (label and field selectors, `limit`/`continue`),
@@ -46,6 +46,10 @@
 //! - Watches from a resourceVersion with a bounded history (`410 Expired` as an ERROR event,
 //!   like the real server), selectors (objects leaving a selector are DELETED), bookmarks,
 //!   `sendInitialEvents` streaming lists, `timeoutSeconds`; `Table` output for kubectl.
+//! - `pods/exec` (WebSocket `v5.channel.k8s.io`/`v4`) and `pods/log` through a
+//!   [`apiserver::pods::PodRuntime`] (`ApiServerOptions::pod_runtime`; the netns lab's runs in
+//!   the pods' namespaces), the `scale` subresource of Deployments and ReplicaSets, and the
+//!   Deployment/ReplicaSet controllers of [`workloads`] (`ApiServerOptions::workload_controllers`).
 //! - Errors are `metav1.Status` objects.
 //!
 //! ## How `kubectl apply` is supported
@@ -110,3 +114,4 @@ pub mod controllers;
 pub mod fabric_api;
 pub mod kubeconfig;
 pub mod relay;
+pub mod workloads;

@@ -120,6 +120,10 @@ enum Command {
         /// endpoint reconciler keeps them (`up --control-planes`), instead of this server.
         #[arg(long, conflicts_with = "no_controllers")]
         endpoint_leases_port: Option<u16>,
+        /// State directory of a netns lab (`up` sets it): `kubectl exec` runs in its pods'
+        /// network namespaces and `kubectl logs` reads their log files.
+        #[arg(long)]
+        lab_state_dir: Option<PathBuf>,
     },
     /// Bring up a lab of N node namespaces (root). Returns when it is up; it runs in the background.
     Up(UpArgs),
@@ -209,6 +213,20 @@ enum Command {
         #[arg(long)]
         lease_address: Option<Ipv4Addr>,
     },
+    /// The lab's cluster DNS resolver (started by `up` in each node): A records of
+    /// `<service>.<namespace>.svc.cluster.local` from the Services' ClusterIPs.
+    #[command(hide = true)]
+    DnsServer {
+        /// The lab API server URL.
+        #[arg(long)]
+        api_url: String,
+        /// UDP address to answer on.
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: SocketAddr,
+        /// File to create once it answers.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// A pod process: answers HTTP and UDP with its name.
     EchoServer {
         /// Name to answer with.
@@ -292,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cluster_cidr,
             no_controllers,
             endpoint_leases_port,
+            lab_state_dir,
         } => {
             let mut opts = if no_controllers {
                 ApiServerOptions::without_controllers()
@@ -304,6 +323,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             opts.listen = SocketAddr::new(address, port);
             opts.advertise_address = advertise_address;
+            opts.pod_runtime = lab_state_dir.map(|dir| {
+                std::sync::Arc::new(switchyard_lab::cluster::pods::LabPods::new(StateDir::new(
+                    dir,
+                )))
+                    as std::sync::Arc<dyn switchyard_lab::apiserver::pods::PodRuntime>
+            });
             tokio_runtime()?.block_on(run_apiserver(opts, kubeconfig, endpoint_leases_port))
         }
         Command::Up(args) => {
@@ -446,6 +471,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lease_address,
             ))
             .context("apiserver relay"),
+        Command::DnsServer {
+            api_url,
+            listen,
+            ready_file,
+        } => tokio_runtime()?
+            .block_on(switchyard_lab::cluster::dns::serve(
+                switchyard_lab::cluster::dns::DnsOptions {
+                    api_url,
+                    listen,
+                    ready_file,
+                },
+            ))
+            .context("cluster DNS"),
         Command::EchoServer {
             name,
             http,

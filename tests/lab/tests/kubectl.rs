@@ -490,12 +490,30 @@ async fn kubectl_imperative_create_commands_send_protobuf_that_the_server_decode
             .unwrap()
             .starts_with("10.96.")
     );
+    // A Deployment from kubectl's generator (protobuf).
+    k.ok(&[
+        "create",
+        "deployment",
+        "d1",
+        "--image=x",
+        "--replicas=2",
+        "-n",
+        "ns1",
+    ])
+    .await;
+    let d = k.json(&["get", "deployment", "d1", "-n", "ns1"]).await;
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"],
+        serde_json::json!({"app": "d1"})
+    );
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "x");
     // A kind the lab cannot decode from protobuf gets a clear error and creates nothing.
-    let err = k
-        .fails(&["create", "deployment", "d1", "--image=x"], None)
-        .await;
-    assert!(err.contains("not apps/v1 Deployment; send JSON"), "{err}");
-    assert_eq!(k.ok(&["get", "deployments", "-A", "-o", "name"]).await, "");
+    let err = k.fails(&["create", "priorityclass", "p1"], None).await;
+    assert!(
+        err.contains("not scheduling.k8s.io/v1 PriorityClass; send JSON"),
+        "{err}"
+    );
     server.shutdown().await;
 }
 

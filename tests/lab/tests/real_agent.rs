@@ -144,6 +144,7 @@ fn demo_runs_and_tears_down() {
         "node-to-pod (node1 -> web-1)                     works",
         "cross-node pod-to-pod                            works",
         "ClusterIP load-balancing                         works",
+        "kubectl exec, curl http://web (cluster DNS)      works",
         "NodePort from the internet                       works",
         "LoadBalancer from the internet                   works",
         "NetworkPolicy allows the client                  works",

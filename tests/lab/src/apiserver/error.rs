@@ -140,6 +140,15 @@ impl ApiError {
         )
     }
 
+    /// 413 RequestEntityTooLarge (or a body that could not be read).
+    pub fn request_too_large(why: &str) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body could not be read: {why}"),
+        )
+    }
+
     /// 406 NotAcceptable.
     pub fn not_acceptable(accept: &str) -> Self {
         Self::new(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -31,6 +31,8 @@ pub struct HttpState {
     pub bookmark_interval: Duration,
     /// Flips to `true` on shutdown; ends every watch stream.
     pub shutdown: watch::Receiver<bool>,
+    /// Runs `pods/exec` and serves `pods/log` (the lab's kubelet); `None`: they are refused.
+    pub pods: Option<Arc<dyn super::pods::PodRuntime>>,
 }
 
 fn json_response(code: u16, body: &Value) -> Response {
@@ -91,11 +93,33 @@ fn negotiate(headers: &HeaderMap) -> Result<Negotiated, ApiError> {
 /// The one handler for every request.
 pub async fn handle(
     state: axum::extract::State<HttpState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    if let Some((ns, name, sub)) = super::pods::pod_subresource(uri.path()) {
+        let (ns, name) = (ns.to_string(), name.to_string());
+        tracing::debug!(%method, %uri, "request");
+        let result = match (sub, &method) {
+            ("exec", &Method::GET | &Method::POST) => {
+                super::pods::exec(&state, &ns, &name, req).await
+            }
+            ("log", &Method::GET) => super::pods::log(&state, &ns, &name, req).await,
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on pods/{sub}"
+            ))),
+        };
+        return result.unwrap_or_else(|e| {
+            tracing::debug!(%method, %uri, code = e.code, reason = e.reason, "request failed");
+            error_response(&e)
+        });
+    }
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let body = match axum::body::to_bytes(body, super::MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&ApiError::request_too_large(&e.to_string())),
+    };
     let path = uri.path().to_string();
     let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&uri)
         .map(|q: axum::extract::Query<HashMap<String, String>>| q.0)
@@ -296,6 +320,17 @@ async fn resource_request(
             json_response(code, &obj)
         }
     };
+    if t.subresource.as_deref() == Some("scale")
+        && super::scale::has_scale(rt)
+        && let Some(name) = &t.name
+    {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let scale = super::scale::serve(store, rt, &ns, name, method, content_type, &body)?;
+        return Ok(json_response(200, &scale));
+    }
     if let Some(sub) = &t.subresource
         && sub != "status"
     {

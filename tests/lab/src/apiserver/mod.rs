@@ -4,12 +4,15 @@ pub mod error;
 pub mod http;
 pub mod openapi;
 pub mod patch;
+pub mod pods;
 pub mod protobuf;
 pub mod resources;
+pub mod scale;
 pub mod selector;
 pub mod store;
 pub mod table;
 pub mod time;
+pub mod websocket;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
@@ -55,6 +58,11 @@ pub struct ApiServerOptions {
     /// `0.0.0.0`) the source address of the host's default route, as kube-apiserver picks
     /// its `--advertise-address`, or 127.0.0.1 without one.
     pub advertise_address: Option<Ipv4Addr>,
+    /// The node side of `pods/exec` and `pods/log` (the netns lab's runtime); `None`: exec
+    /// and logs are refused with the reason.
+    pub pod_runtime: Option<Arc<dyn pods::PodRuntime>>,
+    /// Run the Deployment and ReplicaSet controllers ([`crate::workloads`]).
+    pub workload_controllers: bool,
 }
 
 impl Default for ApiServerOptions {
@@ -73,6 +81,8 @@ impl Default for ApiServerOptions {
             endpointslice_controller: true,
             kubernetes_service: true,
             advertise_address: None,
+            pod_runtime: None,
+            workload_controllers: true,
         }
     }
 }
@@ -86,6 +96,7 @@ impl ApiServerOptions {
             cluster_cidr: None,
             endpointslice_controller: false,
             kubernetes_service: false,
+            workload_controllers: false,
             ..Self::default()
         }
     }
@@ -178,11 +189,9 @@ impl ApiServer {
             store: store.clone(),
             bookmark_interval: opts.bookmark_interval,
             shutdown: shutdown_rx.clone(),
+            pods: opts.pod_runtime.clone(),
         };
-        let app = axum::Router::new()
-            .fallback(http::handle)
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(state);
+        let app = axum::Router::new().fallback(http::handle).with_state(state);
         let mut graceful = shutdown_rx.clone();
         let server = tokio::spawn(async move {
             // TCP_NODELAY on every connection, as kube-apiserver (Go) has it: with Nagle a
@@ -216,6 +225,9 @@ impl ApiServer {
         } else {
             None
         };
+        if opts.workload_controllers {
+            tasks.push(crate::workloads::start(&store, shutdown_rx.clone()));
+        }
         tasks.extend(crate::controllers::start(
             &store,
             &opts,

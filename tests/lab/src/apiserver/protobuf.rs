@@ -1,6 +1,6 @@
 //! Decoding of the Kubernetes protobuf envelope for the few kinds kubectl's imperative
 //! generators send as protobuf (`kubectl create namespace|configmap|secret|serviceaccount|
-//! service ...`). Only the fields those generators set are mapped; unknown fields are skipped.
+//! service|deployment ...`). Only the fields those generators set are mapped; unknown fields are skipped.
 //! Zero values (empty strings, 0, false, empty messages) are omitted, like `omitempty`.
 
 use serde_json::{Map, Value, json};
@@ -17,6 +17,8 @@ pub struct ProtobufError(pub String);
 enum Field {
     Str,
     Int,
+    /// An optional int32 (a pointer in Go): present even when 0 (`replicas: 0`).
+    OptInt,
     Bool,
     Msg(&'static [(u32, &'static str, Field)]),
     RepeatedStr,
@@ -86,6 +88,89 @@ const SERVICE_SPEC: Schema = &[
 const SERVICE: Schema = &[
     (1, "metadata", Field::Msg(OBJECT_META)),
     (2, "spec", Field::Msg(SERVICE_SPEC)),
+];
+
+const LABEL_SELECTOR: Schema = &[
+    (1, "matchLabels", Field::MapStrStr),
+    (
+        2,
+        "matchExpressions",
+        Field::RepeatedMsg(&[
+            (1, "key", Field::Str),
+            (2, "operator", Field::Str),
+            (3, "values", Field::RepeatedStr),
+        ]),
+    ),
+];
+
+const CONTAINER_PORT: Schema = &[
+    (1, "name", Field::Str),
+    (2, "hostPort", Field::Int),
+    (3, "containerPort", Field::Int),
+    (4, "protocol", Field::Str),
+    (5, "hostIP", Field::Str),
+];
+
+const CONTAINER: Schema = &[
+    (1, "name", Field::Str),
+    (2, "image", Field::Str),
+    (3, "command", Field::RepeatedStr),
+    (4, "args", Field::RepeatedStr),
+    (5, "workingDir", Field::Str),
+    (6, "ports", Field::RepeatedMsg(CONTAINER_PORT)),
+    (
+        7,
+        "env",
+        Field::RepeatedMsg(&[(1, "name", Field::Str), (2, "value", Field::Str)]),
+    ),
+    (14, "imagePullPolicy", Field::Str),
+];
+
+const POD_SPEC: Schema = &[
+    (2, "containers", Field::RepeatedMsg(CONTAINER)),
+    (3, "restartPolicy", Field::Str),
+    (4, "terminationGracePeriodSeconds", Field::OptInt),
+    (7, "nodeSelector", Field::MapStrStr),
+    (8, "serviceAccountName", Field::Str),
+    (10, "nodeName", Field::Str),
+    (11, "hostNetwork", Field::Bool),
+];
+
+const DEPLOYMENT_SPEC: Schema = &[
+    (1, "replicas", Field::OptInt),
+    (2, "selector", Field::Msg(LABEL_SELECTOR)),
+    (
+        3,
+        "template",
+        Field::Msg(&[
+            (1, "metadata", Field::Msg(OBJECT_META)),
+            (2, "spec", Field::Msg(POD_SPEC)),
+        ]),
+    ),
+    (
+        4,
+        "strategy",
+        Field::Msg(&[
+            (1, "type", Field::Str),
+            (
+                2,
+                "rollingUpdate",
+                Field::Msg(&[
+                    (1, "maxUnavailable", Field::IntOrString),
+                    (2, "maxSurge", Field::IntOrString),
+                ]),
+            ),
+        ]),
+    ),
+    (5, "minReadySeconds", Field::Int),
+    (6, "revisionHistoryLimit", Field::OptInt),
+    (7, "paused", Field::Bool),
+    (9, "progressDeadlineSeconds", Field::OptInt),
+];
+
+const DEPLOYMENT: Schema = &[
+    (1, "metadata", Field::Msg(OBJECT_META)),
+    (2, "spec", Field::Msg(DEPLOYMENT_SPEC)),
 ];
 
 /// A decoded field value: `Ok(varint)` or `Err(bytes)` for length-delimited fields.
@@ -215,6 +300,9 @@ fn decode_message(b: &[u8], schema: Schema) -> Result<Map<String, Value>, Protob
                     out.insert(name, json!(v as i64));
                 }
             }
+            (Field::OptInt, Ok(v)) => {
+                out.insert(name, json!(v as i64 as i32));
+            }
             (Field::Bool, Ok(v)) => {
                 if v != 0 {
                     out.insert(name, json!(true));
@@ -302,9 +390,10 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         ("v1", "Secret") => SECRET,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("v1", "Service") => SERVICE,
+        ("apps/v1", "Deployment") => DEPLOYMENT,
         _ => {
             return Err(ProtobufError(format!(
-                "protobuf bodies are decoded only for v1 Namespace, ConfigMap, Secret, ServiceAccount and Service, not {api_version} {kind}; send JSON (e.g. kubectl create -f FILE)"
+                "protobuf bodies are decoded only for v1 Namespace, ConfigMap, Secret, ServiceAccount and Service and apps/v1 Deployment, not {api_version} {kind}; send JSON (e.g. kubectl create -f FILE)"
             )));
         }
     };

@@ -57,8 +57,26 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Endpoints", "string", 0),
             col("Age", "string", 0),
         ],
+        ("apps", "deployments") => vec![
+            col("Name", "string", 0),
+            col("Ready", "string", 0),
+            col("Up-to-date", "integer", 0),
+            col("Available", "integer", 0),
+            col("Age", "string", 0),
+        ],
+        ("apps", "replicasets") => vec![
+            col("Name", "string", 0),
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            col("Age", "string", 0),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
+}
+
+fn int(obj: &Value, ptr: &str) -> i64 {
+    obj.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
@@ -204,6 +222,26 @@ fn cells(rt: &ResourceType, obj: &Value, now: i64) -> Vec<Value> {
                 age,
             ]
         }
+        ("apps", "deployments") => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                int(obj, "/status/readyReplicas"),
+                obj.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )),
+            json!(int(obj, "/status/updatedReplicas")),
+            json!(int(obj, "/status/availableReplicas")),
+            age,
+        ],
+        ("apps", "replicasets") => vec![
+            name,
+            json!(int(obj, "/spec/replicas")),
+            json!(int(obj, "/status/replicas")),
+            json!(int(obj, "/status/readyReplicas")),
+            age,
+        ],
         _ => vec![name, age],
     }
 }

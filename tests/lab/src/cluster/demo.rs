@@ -309,6 +309,38 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
     }
     results.push(("ClusterIP load-balancing".into(), vip_ok));
 
+    // kubectl exec into the client pod, the Service by its name (the lab's cluster DNS).
+    say("\n-- kubectl exec and cluster DNS: the Service by name from the client pod");
+    say("   $ kubectl exec client -- curl -s --max-time 3 http://web");
+    let mut last = String::new();
+    let dns_ok = client.is_some()
+        && sys::poll_until(Duration::from_secs(10), || {
+            let out = kubectl(state)
+                .args([
+                    "exec",
+                    "client",
+                    "--",
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "http://web",
+                ])
+                .output()
+                .ok()?;
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            last = format!("{body} {}", String::from_utf8_lossy(&out.stderr).trim());
+            (out.status.success() && body.starts_with("web-"))
+                .then(|| say(&format!("   OK: answered {body:?}")))
+        })
+        .is_some();
+    if !dns_ok {
+        say(&format!(
+            "   FAILED: {last} (web.default.svc.cluster.local is answered by the resolver of the client's node, kube-system/coredns-node1: kubectl logs -n kube-system coredns-node1)"
+        ));
+    }
+    results.push(("kubectl exec, curl http://web (cluster DNS)".into(), dns_ok));
+
     // From outside the cluster: the internet namespace behind the fabric.
     let outside = |title: &str, url: &str| -> bool {
         say(&format!("\n-- {title}"));
@@ -386,6 +418,8 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         state.kubeconfig().display()
     ));
     say("   kubectl get nodes,pods,services,endpointslices -o wide");
+    say("   kubectl exec client -- curl -s http://web     # in the pod's namespace, by DNS name");
+    say("   kubectl logs web-1; kubectl get pods -A       # agent, proxy, DNS as system pods");
     say(&format!(
         "   {lab_bin} status --state-dir {}",
         state.root().display()
@@ -409,7 +443,7 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         state.ovsdb_socket(&n1.name).display()
     ));
     say(&format!(
-        "   logs: {}/apiserver.log, runtime.log, nodes/<node>/{{agent,proxy,cni}}.log, nodes/<node>/ovs/*.log",
+        "   logs: {}/apiserver.log, runtime.log, nodes/<node>/{{agent,proxy,cni,dns}}.log, nodes/<node>/ovs/*.log",
         state.root().display()
     ));
     if opts.teardown {

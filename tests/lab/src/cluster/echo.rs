@@ -123,6 +123,10 @@ async fn serve_http(listener: tokio::net::TcpListener, name: String) -> std::io:
                 }
             })
             .await;
+            // One line per request: what `kubectl logs` of a lab pod shows.
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let request = head.lines().next().unwrap_or("").to_string();
+            tracing::info!(%peer, %request, "http request");
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
@@ -134,6 +138,7 @@ async fn serve_udp(sock: tokio::net::UdpSocket, name: String) -> std::io::Result
     let mut buf = vec![0u8; 65536];
     loop {
         let (_, peer) = sock.recv_from(&mut buf).await?;
+        tracing::debug!(%peer, "udp datagram");
         let text = format!("{}\n", answer(&name, peer));
         let _ = sock.send_to(text.as_bytes(), peer).await;
     }

@@ -21,14 +21,17 @@ pub mod cni_exec;
 pub mod control_plane;
 pub mod demo;
 pub mod demo_lb;
+pub mod dns;
 pub mod echo;
 pub mod fabric;
 pub mod node;
 pub mod ops;
+pub mod pods;
 pub mod runtime;
 pub mod state;
 pub mod status;
 pub mod sys;
+pub mod system;
 pub mod up;
 
 /// A lab operation failed.

@@ -350,6 +350,25 @@ pub fn start_proxy(
     spawn_in_node(state, node, program, &proxy_args(node), "proxy")
 }
 
+/// Starts the node's cluster DNS resolver (`switchyard-lab dns-server`, [`super::dns`]) on
+/// UDP port 53 of the node's address.
+pub fn start_dns(
+    state: &StateDir,
+    node: &NodeInfo,
+    lab: &Path,
+    api_url: &str,
+) -> Result<(Child, std::path::PathBuf), LabError> {
+    // On the node address, not 0.0.0.0: a UDP socket bound to any address answers from the
+    // address of the route back (the pod gateway's), which conntrack cannot un-DNAT to the
+    // Service address, and the pod's resolver drops it.
+    let listen = format!("{}:53", node.address);
+    let args: Vec<String> = ["dns-server", "--api-url", api_url, "--listen", &listen]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    spawn_in_node(state, node, lab, &args, "dns")
+}
+
 /// The node's conflist: the `switchyard` plugin with the node's agent socket, asking for pod
 /// annotations as containerd passes them.
 pub fn conflist(state: &StateDir, node: &str) -> serde_json::Value {

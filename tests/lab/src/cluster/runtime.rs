@@ -306,6 +306,9 @@ impl Driver {
             sys::ip(&["netns", "add", &netns])?;
         }
         sys::ip_in(&netns, &["link", "set", "lo", "up"])?;
+        // dnsPolicy ClusterFirst: the cluster DNS through the pod's resolv.conf (mounted over
+        // /etc/resolv.conf by `ip netns exec`, for the pod's process and `kubectl exec`).
+        sys::write_netns_resolv_conf(&netns, &super::dns::resolv_conf(ns))?;
         let cid = container_id();
         let annotations: BTreeMap<String, String> =
             pod.metadata.annotations.clone().unwrap_or_default();
@@ -323,6 +326,7 @@ impl Driver {
                 // As kubelet does after a failed sandbox: DEL, then drop the sandbox.
                 let _ = cni.del(&rt).await;
                 let _ = sys::ip(&["netns", "del", &netns]);
+                sys::remove_netns_etc(&netns);
                 return Err(LabError::Other(format!("CNI ADD failed: {e}")));
             }
         };
@@ -334,6 +338,7 @@ impl Driver {
             Err(e) => {
                 let _ = cni.del(&rt).await;
                 let _ = sys::ip(&["netns", "del", &netns]);
+                sys::remove_netns_etc(&netns);
                 return Err(e);
             }
         };
@@ -431,6 +436,7 @@ impl Driver {
             if let Err(e) = sys::ip(&["netns", "del", &r.netns]) {
                 tracing::warn!(netns = %r.netns, error = %e, "could not delete pod namespace");
             }
+            sys::remove_netns_etc(&r.netns);
         }
         let _ = std::fs::remove_dir_all(self.state.pod_dir(ns, name));
         tracing::info!(pod = %format!("{ns}/{name}"), node = %r.node, "pod stopped");

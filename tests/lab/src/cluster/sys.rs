@@ -69,6 +69,26 @@ pub fn sysctl_in(netns: &str, key_value: &str) -> Result<(), LabError> {
     run(netns_exec(netns, "sysctl").args(["-qw", key_value])).map(drop)
 }
 
+/// `/etc/netns/NAME`: the files `ip netns exec NAME` mounts over `/etc` (a pod's
+/// `resolv.conf`).
+pub fn netns_etc_dir(name: &str) -> std::path::PathBuf {
+    Path::new("/etc/netns").join(name)
+}
+
+/// Writes `/etc/netns/NAME/resolv.conf`.
+pub fn write_netns_resolv_conf(name: &str, text: &str) -> Result<(), LabError> {
+    let dir = netns_etc_dir(name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::write(dir.join("resolv.conf"), text)
+        .map_err(|e| LabError::io(format!("writing {}/resolv.conf", dir.display()), e))
+}
+
+/// Removes `/etc/netns/NAME` (with the namespace; `ip netns del` leaves it).
+pub fn remove_netns_etc(name: &str) {
+    let _ = std::fs::remove_dir_all(netns_etc_dir(name));
+}
+
 /// Whether the named network namespace exists (`ip netns add` made `/run/netns/NAME`).
 pub fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()

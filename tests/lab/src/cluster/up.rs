@@ -486,6 +486,19 @@ fn up_inner(opts: &UpOptions) -> Result<UpReport, LabError> {
         proxies.push((n.name.clone(), proxy));
     }
     start_runtime(state, &info)?;
+    let started = |list: &[(String, Result<u32, String>)]| -> Vec<String> {
+        list.iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    block_on(super::system::start(
+        state,
+        &info,
+        &url,
+        &started(&agents),
+        &started(&proxies),
+    ))??;
     // A proxy that failed at once (e.g. bad flags) has exited by now or soon; report it.
     for (name, p) in &mut proxies {
         if let Ok(pid) = p
@@ -530,7 +543,9 @@ fn start_apiserver(state: &StateDir, info: &LabInfo) -> Result<String, LabError>
         .arg("--port")
         .arg("0")
         .arg("--kubeconfig")
-        .arg(&kubeconfig);
+        .arg(&kubeconfig)
+        .arg("--lab-state-dir")
+        .arg(state.root());
     if info.control_planes.is_some() {
         // `default/kubernetes` lists the relays holding an endpoint Lease.
         cmd.arg(format!(
@@ -754,6 +769,7 @@ pub fn down(state: &StateDir) -> Result<DownReport, LabError> {
         }
     }
     for ns in &namespaces {
+        sys::remove_netns_etc(ns);
         if sys::netns_exists(ns) {
             match sys::ip(&["netns", "del", ns]) {
                 Ok(_) => report.namespaces += 1,
