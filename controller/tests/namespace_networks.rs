@@ -36,6 +36,7 @@ fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>, Arc
         cluster: "test".into(),
         namespace_networks: Some(config()),
         ipam_namespace: IPAM_NS.into(),
+        supervisor: None,
     };
     let task = tokio::spawn(run(
         client.clone(),
