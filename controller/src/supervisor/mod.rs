@@ -140,7 +140,7 @@ where
                     if let Some(e) = &last_error
                         && let Ok(mut e) = e.lock()
                     {
-                        *e = Some(err.to_string());
+                        *e = Some(chain(&err));
                     }
                 }
             }
@@ -289,6 +289,21 @@ pub async fn run(ctx: Ctx) -> Result<(), LeadError> {
     }
 }
 
+/// An error with its causes (`a: b: c`): a TLS failure is named in the innermost one.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 fn error_kind(e: &kube::Error) -> &'static str {
     match e {
         kube::Error::Api(a) if a.code >= 500 => "http_5xx",
@@ -300,7 +315,7 @@ fn error_kind(e: &kube::Error) -> &'static str {
 
 /// Counts a failed supervisor call and says it in the log.
 fn failed(ctx: &Ctx, what: &str, e: &kube::Error) {
-    tracing::warn!(error = %e, "supervisor mode: {what} failed");
+    tracing::warn!(error = %chain(e), "supervisor mode: {what} failed");
     ctx.metrics
         .driver_errors
         .get_or_create(&vec![
