@@ -7,6 +7,7 @@
 //! (`certificate-authority`, `client-certificate`, `client-key`, `tokenFile`, `exec`,
 //! `auth-provider`, `proxy-url`, basic auth, impersonation) is refused with the field named.
 
+use kube::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// The Secret key holding the kubeconfig.
@@ -178,7 +179,7 @@ pub async fn from_secret(
 ) -> Result<(Supervisor, String), CredentialsError> {
     use k8s_openapi::api::core::v1::Secret;
     let id = format!("{namespace}/{name}");
-    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = secrets
         .get_opt(name)
         .await

@@ -16,6 +16,7 @@
 
 pub mod credentials;
 pub mod plan;
+pub mod remote;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::watcher::{self, watcher};
@@ -76,8 +77,7 @@ impl std::fmt::Debug for Ctx {
 
 /// A connection to the supervisor with its label-selected caches.
 struct Session {
-    client: Client,
-    namespace: String,
+    remote: remote::Remote,
     server: String,
     secret_version: String,
     services: Store<Service>,
@@ -168,38 +168,26 @@ async fn connect(
                 .to_string()
         })?;
     let client = Client::try_from(sup.config).map_err(|e| format!("supervisor client: {e}"))?;
+    let remote = remote::Remote::new(client, &namespace);
     let selector = format!("{TAG_CLUSTER}={}", ctx.cluster);
-    let wc = || watcher::Config::default().labels(&selector);
     let (services, services_w) = reflector::store::<Service>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let last_error = Arc::new(Mutex::new(None));
     let readers = vec![
         read(
-            reflector(
-                services_w,
-                watcher(Api::<Service>::namespaced(client.clone(), &namespace), wc())
-                    .default_backoff(),
-            ),
+            reflector(services_w, remote.watch_services(&selector)),
             tx.clone(),
             Some(last_error.clone()),
         ),
         read(
-            reflector(
-                slices_w,
-                watcher(
-                    Api::<EndpointSlice>::namespaced(client.clone(), &namespace),
-                    wc(),
-                )
-                .default_backoff(),
-            ),
+            reflector(slices_w, remote.watch_slices(&selector)),
             tx.clone(),
             Some(last_error.clone()),
         ),
     ];
     tracing::info!(server = %sup.server, %namespace, "supervisor mode: connected");
     Ok(Session {
-        client,
-        namespace,
+        remote,
         server: sup.server,
         secret_version: version,
         services,
@@ -384,23 +372,19 @@ async fn pass(
                 .filter(|o| o.metadata.deletion_timestamp.is_none())
                 .map(|o| (o.metadata.name.as_deref().unwrap_or_default(), o.labels())),
         );
-        let api_s: Api<Service> = Api::namespaced(sup.client.clone(), &sup.namespace);
-        let api_e: Api<EndpointSlice> = Api::namespaced(sup.client.clone(), &sup.namespace);
         for name in orphan_services {
             fenced(ctx)?;
-            match api_s.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {
+            match sup.remote.delete_service(&name).await {
+                Ok(()) => {
                     tracing::info!(service = %name, "supervisor mode: deleted the supervisor Service (its guest Service is gone)")
                 }
-                Err(e) if is_code(&e, 404) => {}
                 Err(e) => failed(ctx, "deleting a supervisor Service", &e),
             }
         }
         for name in orphan_slices {
             fenced(ctx)?;
-            match api_e.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(e) if is_code(&e, 404) => {}
+            match sup.remote.delete_slice(&name).await {
+                Ok(()) => {}
                 Err(e) => failed(ctx, "deleting a supervisor EndpointSlice", &e),
             }
         }
@@ -501,9 +485,8 @@ async fn serve(
         // No node ports yet (the guest API server allocates them): wait.
         return Ok(false);
     };
-    let ns = &sup.namespace;
-    let api_s: Api<Service> = Api::namespaced(sup.client.clone(), ns);
-    let api_e: Api<EndpointSlice> = Api::namespaced(sup.client.clone(), ns);
+    let ns = sup.remote.namespace();
+    let remote = &sup.remote;
     let uid = cur.uid().unwrap_or_default();
     let existing = sup.services.get(&ObjectRef::new(&w.name).within(ns));
     let status = match existing.as_deref() {
@@ -515,10 +498,7 @@ async fn serve(
             let mut e = e.clone();
             if let Some(updated) = w.update_service(&e) {
                 fenced(ctx)?;
-                match api_s
-                    .replace(&w.name, &PostParams::default(), &updated)
-                    .await
-                {
+                match remote.replace_service(&updated).await {
                     Ok(u) => e = u,
                     Err(err) if is_code(&err, 409) => {}
                     Err(err) => failed(ctx, "updating a supervisor Service", &err),
@@ -527,11 +507,11 @@ async fn serve(
             match sup.slices.get(&ObjectRef::new(&w.name).within(ns)) {
                 None => {
                     fenced(ctx)?;
-                    match api_e.create(&PostParams::default(), &w.slice(&e)).await {
-                        Ok(_) => {}
+                    match remote.create_slice(&w.slice(&e)).await {
+                        Ok(()) => {}
                         Err(err) if is_code(&err, 409) => {
                             // Created a moment ago (not watched yet), or someone else's.
-                            check_owned_slice(ctx, &api_e, &w.name).await;
+                            check_owned_slice(ctx, remote, &w.name).await;
                         }
                         Err(err) => failed(ctx, "creating a supervisor EndpointSlice", &err),
                     }
@@ -539,11 +519,8 @@ async fn serve(
                 Some(slice) => {
                     if let Some(updated) = w.update_slice(&slice, &e) {
                         fenced(ctx)?;
-                        match api_e
-                            .replace(&w.name, &PostParams::default(), &updated)
-                            .await
-                        {
-                            Ok(_) => {}
+                        match remote.replace_slice(&updated).await {
+                            Ok(()) => {}
                             Err(err) if is_code(&err, 409) => {}
                             Err(err) => failed(ctx, "updating a supervisor EndpointSlice", &err),
                         }
@@ -554,20 +531,18 @@ async fn serve(
         }
         None => {
             fenced(ctx)?;
-            match api_s.create(&PostParams::default(), &w.service(ns)).await {
+            match remote.create_service(&w.service(ns)).await {
                 Ok(created) => {
                     tracing::info!(service = %s::key(&cur), supervisor = %format!("{ns}/{}", w.name), "supervisor mode: created the supervisor Service");
                     fenced(ctx)?;
-                    if let Err(err) = api_e
-                        .create(&PostParams::default(), &w.slice(&created))
-                        .await
+                    if let Err(err) = remote.create_slice(&w.slice(&created)).await
                         && !is_code(&err, 409)
                     {
                         failed(ctx, "creating a supervisor EndpointSlice", &err);
                     }
                     plan::guest_status(ns, &w.name, Some(&created))
                 }
-                Err(err) if is_code(&err, 409) => match api_s.get_opt(&w.name).await {
+                Err(err) if is_code(&err, 409) => match remote.get_service(&w.name).await {
                     // Ours, created a moment ago and not watched yet.
                     Ok(Some(o)) if plan::is_owned(&ctx.cluster, o.labels()) => {
                         plan::guest_status(ns, &w.name, Some(&o))
@@ -614,8 +589,8 @@ async fn serve(
     Ok(has)
 }
 
-async fn check_owned_slice(ctx: &Ctx, api: &Api<EndpointSlice>, name: &str) {
-    if let Ok(Some(o)) = api.get_opt(name).await
+async fn check_owned_slice(ctx: &Ctx, remote: &remote::Remote, name: &str) {
+    if let Ok(Some(o)) = remote.get_slice(name).await
         && !plan::is_owned(&ctx.cluster, o.labels())
     {
         tracing::warn!(
