@@ -285,7 +285,9 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
             .collect();
         plan_tx.send_if_modified(|old| {
             let changed = old.as_ref().is_none_or(|o| {
-                o.desired != plan.desired || !same_targets(&o.targets, &plan.targets)
+                o.desired != plan.desired
+                    || !same_targets(&o.targets, &plan.targets)
+                    || o.named_by != plan.named_by
             });
             if changed {
                 *old = Some(plan);
@@ -633,7 +635,14 @@ fn plan(
         .map(|t| (t.name_any(), (**t).clone()))
         .collect();
     let names: Vec<String> = targets.keys().cloned().collect();
+    let mut named_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in &pools {
+        if let Some(t) = &p.spec.announce.route_target {
+            named_by.entry(t.clone()).or_default().push(p.name_any());
+        }
+    }
     Plan {
+        named_by,
         desired: routes::desired::desired(&ctx.cluster, &services, &pools, &names, &nodes, &slices),
         targets,
     }
