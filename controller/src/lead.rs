@@ -76,22 +76,30 @@ struct Cache {
     /// The pool statuses this leader wrote (the pool watch may not have
     /// delivered them yet: the same status is not written twice).
     pool_status: BTreeMap<String, switchyard_api::IPPoolStatus>,
+    /// The pools' specs and labels as last seen (an echo of the leader's own status patch
+    /// is no news).
+    pool_specs: BTreeMap<String, (switchyard_api::IPPoolSpec, BTreeMap<String, String>)>,
 }
 
 impl Cache {
-    /// Applies a watched or written copy unless the cache holds a newer one.
-    fn apply(&mut self, svc: Service) {
+    /// Applies a watched or written copy unless the cache holds this one or a newer one;
+    /// true when it was news.
+    fn apply(&mut self, svc: Service) -> bool {
         let k = s::key(&svc);
         if self
             .services
             .get(&k)
-            .is_none_or(|old| s::rv(old) <= s::rv(&svc))
+            .is_none_or(|old| s::rv(old) < s::rv(&svc))
         {
             self.services.insert(k, svc);
+            return true;
         }
+        false
     }
 
-    fn event(&mut self, ev: WEvent<Service>) -> bool {
+    /// Takes a Service event: (listed, news). The echo of the leader's own write (already
+    /// in the cache) is no news, so it triggers no pass.
+    fn event(&mut self, ev: WEvent<Service>) -> (bool, bool) {
         match ev {
             WEvent::Init => self.init = Some(BTreeMap::new()),
             WEvent::InitApply(svc) => {
@@ -101,30 +109,49 @@ impl Cache {
             }
             WEvent::InitDone => {
                 self.services = self.init.take().unwrap_or_default();
-                return true;
+                return (true, true);
             }
-            WEvent::Apply(svc) => self.apply(svc),
+            WEvent::Apply(svc) => return (false, self.apply(svc)),
             WEvent::Delete(svc) => {
-                self.services.remove(&s::key(&svc));
+                return (false, self.services.remove(&s::key(&svc)).is_some());
             }
         }
-        false
+        (false, false)
+    }
+
+    /// Whether a pool event is news: anything but an unchanged spec and labels (the
+    /// leader's own status patches come back as such events).
+    fn pool_event(&mut self, ev: &WEvent<IPPool>) -> bool {
+        match ev {
+            WEvent::Apply(p) | WEvent::InitApply(p) => {
+                let seen = (p.spec.clone(), p.labels().clone());
+                self.pool_specs.insert(p.name_any(), seen.clone()) != Some(seen)
+            }
+            WEvent::Delete(p) => {
+                self.pool_specs.remove(&p.name_any());
+                true
+            }
+            WEvent::Init | WEvent::InitDone => true,
+        }
     }
 }
 
 /// What the watch reader hands the leader loop.
 enum Watched {
     Service(Box<WEvent<Service>>),
+    /// An IPPool changed (its reflector store is already updated).
+    Pool(Box<WEvent<IPPool>>),
     /// Another watched kind changed (its reflector store is already updated).
     Other,
 }
 
 impl Cache {
-    /// Takes a watched change; true once the Services are listed.
-    fn take(&mut self, ev: Watched) -> bool {
+    /// Takes a watched change: (the Services are listed, it is news).
+    fn take(&mut self, ev: Watched) -> (bool, bool) {
         match ev {
             Watched::Service(ev) => self.event(*ev),
-            Watched::Other => false,
+            Watched::Pool(ev) => (false, self.pool_event(&ev)),
+            Watched::Other => (false, true),
         }
     }
 }
@@ -134,7 +161,7 @@ impl Cache {
 async fn read_watches(
     mut services: futures::stream::BoxStream<'static, Result<WEvent<Service>, watcher::Error>>,
     mut others: futures::stream::SelectAll<
-        futures::stream::BoxStream<'static, Result<(), watcher::Error>>,
+        futures::stream::BoxStream<'static, Result<Watched, watcher::Error>>,
     >,
     tx: tokio::sync::mpsc::UnboundedSender<Watched>,
 ) {
@@ -149,7 +176,7 @@ async fn read_watches(
                 None => return,
             },
             ev = others.next() => match ev {
-                Some(Ok(())) => tx.send(Watched::Other),
+                Some(Ok(w)) => tx.send(w),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "watch error (retrying)");
                     continue;
@@ -192,11 +219,11 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         watcher(Api::<RouteTarget>::all(c.clone()), Default::default()),
     );
     let others = futures::stream::select_all([
-        pool_events.map_ok(|_| ()).boxed(),
-        ns_events.map_ok(|_| ()).boxed(),
-        node_events.map_ok(|_| ()).boxed(),
-        slice_events.map_ok(|_| ()).boxed(),
-        target_events.map_ok(|_| ()).boxed(),
+        pool_events.map_ok(|e| Watched::Pool(Box::new(e))).boxed(),
+        ns_events.map_ok(|_| Watched::Other).boxed(),
+        node_events.map_ok(|_| Watched::Other).boxed(),
+        slice_events.map_ok(|_| Watched::Other).boxed(),
+        target_events.map_ok(|_| Watched::Other).boxed(),
     ]);
     // Route mode: the syncer task lives as long as this term (dropped with this future).
     let (plan_tx, plan_rx) = tokio::sync::watch::channel::<Option<Plan>>(None);
@@ -221,29 +248,41 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
     let mut listed = false;
     // A pass found a stale copy: pass again (after a short pause) even without an event.
     let mut again = false;
+    // Something changed since the last pass (the echoes of this leader's own writes do not
+    // count: a pass for them would find nothing to do, and a new Service would wait for it).
+    let mut news = false;
     let mut resync = tokio::time::interval(ctx.resync);
     tracing::debug!("leading: watching");
     loop {
-        if !std::mem::take(&mut again) {
+        if std::mem::take(&mut again) {
+            news = true;
+        } else {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => listed |= cache.take(ev),
+                    Some(ev) => {
+                        let (l, n) = cache.take(ev);
+                        listed |= l;
+                        news |= n;
+                    }
                     None => return Ok(()),
                 },
-                _ = resync.tick() => {}
+                _ = resync.tick() => news = true,
                 r = report_rx.changed() => {
                     if r.is_err() {
                         return Ok(());
                     }
+                    news = true;
                 }
             }
         }
         // Coalesce: every event already waiting joins this pass (a burst of N writes is a
         // few passes, not N passes of all Services each).
         while let Ok(ev) = events.try_recv() {
-            listed |= cache.take(ev);
+            let (l, n) = cache.take(ev);
+            listed |= l;
+            news |= n;
         }
-        if !listed {
+        if !listed || !news {
             continue;
         }
         // Every store has listed once: the allocation can be rebuilt from everything. (The
@@ -266,6 +305,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         if !pools_ready || !ns_ready || !rest_ready {
             continue;
         }
+        news = false;
         let started = Instant::now();
         tracing::debug!(services = cache.services.len(), "pass");
         let report = report_rx.borrow_and_update().clone();
@@ -342,7 +382,9 @@ async fn refetch(ctx: &Ctx, cache: &mut Cache, key: &str) {
     let (ns, name) = key.split_once('/').unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     match services.get_opt(name).await {
-        Ok(Some(svc)) => cache.apply(svc),
+        Ok(Some(svc)) => {
+            cache.apply(svc);
+        }
         Ok(None) => {
             cache.services.remove(key);
         }
@@ -468,7 +510,9 @@ async fn pass(
         if s::has_finalizer(&new) {
             s::set_finalizer(&mut new, false);
             match write_service(ctx, &new, false).await? {
-                Wrote::Ok(w) => cache.apply(*w),
+                Wrote::Ok(w) => {
+                    cache.apply(*w);
+                }
                 Wrote::Conflict => {
                     refetch(ctx, cache, &k).await;
                     again = true;
