@@ -15,6 +15,7 @@ pub mod namespaces;
 pub mod routes;
 pub mod service;
 pub mod supervisor;
+mod watched;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -482,7 +482,14 @@ async fn serve(
         }
     };
     let Some(w) = plan::wanted(&ctx.cluster, &cur, nodes, local) else {
-        // No node ports yet (the guest API server allocates them): wait.
+        // A port without a node port: the supervisor has nothing to send traffic to.
+        let st = GuestStatus {
+            ips: Vec::new(),
+            ok: false,
+            reason: "NoNodePort".into(),
+            message: "supervisor mode sends traffic to the guest nodes' node ports: every port needs one (is spec.allocateLoadBalancerNodePorts false?)".into(),
+        };
+        write_guest(ctx, &cur, &plan::with_status(&cur, &st), true).await?;
         return Ok(false);
     };
     let ns = sup.remote.namespace();
