@@ -18,7 +18,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store, reflector};
-use kube::runtime::watcher::{self, Event as WEvent, watcher};
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use switchyard_api::{IPPool, RouteTarget};
 
@@ -27,6 +27,7 @@ use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::routes::{self, Plan, Report};
 use crate::service::{self as s, COND_ANNOUNCED, COND_ASSIGNED};
+use crate::watched::{Cache, Watched, read_watches};
 
 /// Errors that end a leadership term (the caller starts over).
 #[derive(Debug, thiserror::Error)]
@@ -68,101 +69,6 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
-/// The Services as last seen, merged with this leader's own writes.
-#[derive(Debug, Default)]
-struct Cache {
-    services: BTreeMap<String, Service>,
-    init: Option<BTreeMap<String, Service>>,
-    /// The pool statuses this leader wrote (the pool watch may not have
-    /// delivered them yet: the same status is not written twice).
-    pool_status: BTreeMap<String, switchyard_api::IPPoolStatus>,
-}
-
-impl Cache {
-    /// Applies a watched or written copy unless the cache holds a newer one.
-    fn apply(&mut self, svc: Service) {
-        let k = s::key(&svc);
-        if self
-            .services
-            .get(&k)
-            .is_none_or(|old| s::rv(old) <= s::rv(&svc))
-        {
-            self.services.insert(k, svc);
-        }
-    }
-
-    fn event(&mut self, ev: WEvent<Service>) -> bool {
-        match ev {
-            WEvent::Init => self.init = Some(BTreeMap::new()),
-            WEvent::InitApply(svc) => {
-                if let Some(init) = self.init.as_mut() {
-                    init.insert(s::key(&svc), svc);
-                }
-            }
-            WEvent::InitDone => {
-                self.services = self.init.take().unwrap_or_default();
-                return true;
-            }
-            WEvent::Apply(svc) => self.apply(svc),
-            WEvent::Delete(svc) => {
-                self.services.remove(&s::key(&svc));
-            }
-        }
-        false
-    }
-}
-
-/// What the watch reader hands the leader loop.
-enum Watched {
-    Service(Box<WEvent<Service>>),
-    /// Another watched kind changed (its reflector store is already updated).
-    Other,
-}
-
-impl Cache {
-    /// Takes a watched change; true once the Services are listed.
-    fn take(&mut self, ev: Watched) -> bool {
-        match ev {
-            Watched::Service(ev) => self.event(*ev),
-            Watched::Other => false,
-        }
-    }
-}
-
-/// Reads the Service watch and the other kinds' reflectors as fast as they come, until the
-/// leader loop is gone or a stream ends.
-async fn read_watches(
-    mut services: futures::stream::BoxStream<'static, Result<WEvent<Service>, watcher::Error>>,
-    mut others: futures::stream::SelectAll<
-        futures::stream::BoxStream<'static, Result<(), watcher::Error>>,
-    >,
-    tx: tokio::sync::mpsc::UnboundedSender<Watched>,
-) {
-    loop {
-        let sent = tokio::select! {
-            ev = services.next() => match ev {
-                Some(Ok(ev)) => tx.send(Watched::Service(Box::new(ev))),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Service watch error (retrying)");
-                    continue;
-                }
-                None => return,
-            },
-            ev = others.next() => match ev {
-                Some(Ok(())) => tx.send(Watched::Other),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "watch error (retrying)");
-                    continue;
-                }
-                None => return,
-            },
-        };
-        if sent.is_err() {
-            return;
-        }
-    }
-}
-
 /// Leads until an error or until the future is dropped (leadership lost).
 pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
     let c = ctx.client.clone();
@@ -192,11 +98,11 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         watcher(Api::<RouteTarget>::all(c.clone()), Default::default()),
     );
     let others = futures::stream::select_all([
-        pool_events.map_ok(|_| ()).boxed(),
-        ns_events.map_ok(|_| ()).boxed(),
-        node_events.map_ok(|_| ()).boxed(),
-        slice_events.map_ok(|_| ()).boxed(),
-        target_events.map_ok(|_| ()).boxed(),
+        pool_events.map_ok(|e| Watched::Pool(Box::new(e))).boxed(),
+        ns_events.map_ok(|_| Watched::Other).boxed(),
+        node_events.map_ok(|_| Watched::Other).boxed(),
+        slice_events.map_ok(|_| Watched::Other).boxed(),
+        target_events.map_ok(|_| Watched::Other).boxed(),
     ]);
     // Route mode: the syncer task lives as long as this term (dropped with this future).
     let (plan_tx, plan_rx) = tokio::sync::watch::channel::<Option<Plan>>(None);
@@ -221,29 +127,41 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
     let mut listed = false;
     // A pass found a stale copy: pass again (after a short pause) even without an event.
     let mut again = false;
+    // Something changed since the last pass (the echoes of this leader's own writes do not
+    // count: a pass for them would find nothing to do, and a new Service would wait for it).
+    let mut news = false;
     let mut resync = tokio::time::interval(ctx.resync);
     tracing::debug!("leading: watching");
     loop {
-        if !std::mem::take(&mut again) {
+        if std::mem::take(&mut again) {
+            news = true;
+        } else {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => listed |= cache.take(ev),
+                    Some(ev) => {
+                        let (l, n) = cache.take(ev);
+                        listed |= l;
+                        news |= n;
+                    }
                     None => return Ok(()),
                 },
-                _ = resync.tick() => {}
+                _ = resync.tick() => news = true,
                 r = report_rx.changed() => {
                     if r.is_err() {
                         return Ok(());
                     }
+                    news = true;
                 }
             }
         }
         // Coalesce: every event already waiting joins this pass (a burst of N writes is a
         // few passes, not N passes of all Services each).
         while let Ok(ev) = events.try_recv() {
-            listed |= cache.take(ev);
+            let (l, n) = cache.take(ev);
+            listed |= l;
+            news |= n;
         }
-        if !listed {
+        if !listed || !news {
             continue;
         }
         // Every store has listed once: the allocation can be rebuilt from everything. (The
@@ -266,6 +184,7 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
         if !pools_ready || !ns_ready || !rest_ready {
             continue;
         }
+        news = false;
         let started = Instant::now();
         tracing::debug!(services = cache.services.len(), "pass");
         let report = report_rx.borrow_and_update().clone();
@@ -285,7 +204,9 @@ pub async fn lead(ctx: Ctx) -> Result<(), LeadError> {
             .collect();
         plan_tx.send_if_modified(|old| {
             let changed = old.as_ref().is_none_or(|o| {
-                o.desired != plan.desired || !same_targets(&o.targets, &plan.targets)
+                o.desired != plan.desired
+                    || !same_targets(&o.targets, &plan.targets)
+                    || o.named_by != plan.named_by
             });
             if changed {
                 *old = Some(plan);
@@ -340,7 +261,9 @@ async fn refetch(ctx: &Ctx, cache: &mut Cache, key: &str) {
     let (ns, name) = key.split_once('/').unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     match services.get_opt(name).await {
-        Ok(Some(svc)) => cache.apply(svc),
+        Ok(Some(svc)) => {
+            cache.apply(svc);
+        }
         Ok(None) => {
             cache.services.remove(key);
         }
@@ -466,7 +389,9 @@ async fn pass(
         if s::has_finalizer(&new) {
             s::set_finalizer(&mut new, false);
             match write_service(ctx, &new, false).await? {
-                Wrote::Ok(w) => cache.apply(*w),
+                Wrote::Ok(w) => {
+                    cache.apply(*w);
+                }
                 Wrote::Conflict => {
                     refetch(ctx, cache, &k).await;
                     again = true;
@@ -633,7 +558,14 @@ fn plan(
         .map(|t| (t.name_any(), (**t).clone()))
         .collect();
     let names: Vec<String> = targets.keys().cloned().collect();
+    let mut named_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in &pools {
+        if let Some(t) = &p.spec.announce.route_target {
+            named_by.entry(t.clone()).or_default().push(p.name_any());
+        }
+    }
     Plan {
+        named_by,
         desired: routes::desired::desired(&ctx.cluster, &services, &pools, &names, &nodes, &slices),
         targets,
     }

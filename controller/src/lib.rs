@@ -4,6 +4,7 @@
 //! Replicas campaign for a Lease ([`leader`]); the leader watches Services, IPPools and
 //! Namespaces, rebuilds the allocation from every Service's `status.loadBalancer.ingress`
 //! before serving any pending Service ([`lead`]), and allocates with [`allocator`].
+//! In supervisor mode ([`supervisor`]) the addresses come from a supervisor cluster instead.
 //! See `docs/load-balancer.md`.
 
 pub mod allocator;
@@ -13,6 +14,8 @@ pub mod metrics;
 pub mod namespaces;
 pub mod routes;
 pub mod service;
+pub mod supervisor;
+mod watched;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +43,9 @@ pub struct Options {
     pub namespace_networks: Option<namespaces::Config>,
     /// Namespace of the agents' IPAM ConfigMaps (`switchyard-ipam-<segment>`).
     pub ipam_namespace: String,
+    /// Supervisor mode: addresses from a supervisor cluster instead of IPPools (`None`: pool
+    /// mode).
+    pub supervisor: Option<supervisor::Config>,
 }
 
 /// Campaigns, and leads while elected, until `shutdown` completes; then gives the Lease up
@@ -117,8 +123,25 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let provider = async {
+            match &opts.supervisor {
+                None => lead::lead(ctx).await,
+                Some(config) => {
+                    supervisor::run(supervisor::Ctx {
+                        client: client.clone(),
+                        fence: fence.clone(),
+                        metrics: metrics.clone(),
+                        namespace: opts.namespace.clone(),
+                        cluster: opts.cluster.clone(),
+                        resync: opts.resync,
+                        config: config.clone(),
+                    })
+                    .await
+                }
+            }
+        };
         tokio::select! {
-            r = lead::lead(ctx) => if let Err(e) = r {
+            r = provider => if let Err(e) = r {
                 tracing::warn!(error = %e, "leadership term ended");
             },
             _ = networks => {}

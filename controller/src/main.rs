@@ -65,6 +65,19 @@ struct Cli {
     /// rule is written.
     #[arg(long)]
     namespace_route_target: Option<String>,
+    /// Where LoadBalancer addresses come from: `pool` (this cluster's IPPools) or `supervisor`
+    /// (a LoadBalancer Service in the supervisor cluster per Service, whose address is copied
+    /// back; needs --supervisor-kubeconfig-secret).
+    #[arg(long, value_enum, default_value_t = Provider::Pool)]
+    provider: Provider,
+    /// Supervisor mode: the Secret in the controller's namespace whose key `kubeconfig` reaches
+    /// the supervisor (https, inline CA and credentials only).
+    #[arg(long)]
+    supervisor_kubeconfig_secret: Option<String>,
+    /// Supervisor mode: the supervisor namespace the Services are made in (default: the
+    /// kubeconfig context's namespace).
+    #[arg(long)]
+    supervisor_namespace: Option<String>,
     /// Namespace of the agents' IPAM ConfigMaps.
     #[arg(long, default_value = "switchyard-system")]
     ipam_namespace: String,
@@ -74,6 +87,14 @@ struct Cli {
     /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Provider {
+    /// This cluster's IPPools.
+    Pool,
+    /// A supervisor cluster's load balancer.
+    Supervisor,
 }
 
 #[tokio::main]
@@ -111,6 +132,19 @@ async fn main() -> anyhow::Result<()> {
             Some(c)
         }
     };
+    let supervisor = match (cli.provider, cli.supervisor_kubeconfig_secret.clone()) {
+        (Provider::Pool, None) => None,
+        (Provider::Pool, Some(_)) => {
+            anyhow::bail!("--supervisor-kubeconfig-secret needs --provider supervisor")
+        }
+        (Provider::Supervisor, None) => {
+            anyhow::bail!("--provider supervisor needs --supervisor-kubeconfig-secret")
+        }
+        (Provider::Supervisor, Some(secret)) => Some(switchyard_controller::supervisor::Config {
+            secret,
+            namespace: cli.supervisor_namespace.clone(),
+        }),
+    };
     let client = switchyard_daemon::kube_client(None)
         .await
         .context("connecting to the API server")?;
@@ -126,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         cluster: cli.cluster_name,
         namespace_networks,
         ipam_namespace: cli.ipam_namespace,
+        supervisor,
     };
     let shutdown = switchyard_daemon::shutdown_signal();
     switchyard_controller::run(client, opts, metrics, shutdown).await;

@@ -46,6 +46,7 @@ fn replica_with(
         cluster: "test".into(),
         namespace_networks: Some(config),
         ipam_namespace: IPAM_NS.into(),
+        supervisor: None,
     };
     let task = tokio::spawn(run(
         client.clone(),

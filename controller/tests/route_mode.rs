@@ -312,3 +312,86 @@ async fn route_mode_programs_repairs_and_removes_routes() {
         "other routes stay"
     );
 }
+
+/// A RouteTarget gets the controller's finalizer; deleting it while an IPPool names it keeps
+/// it (and its routes, traffic keeps flowing) with the reason in its status; once no pool
+/// names it, the controller deletes its routes from the router, then lets it go.
+#[tokio::test]
+async fn a_route_target_stays_while_a_pool_names_it_and_its_routes_exist() {
+    let s = setup().await;
+    let c = &s.client;
+    let (_r, _metrics) = replica(c, "a");
+    let targets: Api<switchyard_api::RouteTarget> = Api::all(c.clone());
+    eventually(
+        Duration::from_secs(10),
+        "the finalizer on the RouteTarget",
+        || async {
+            targets
+                .get("fabric")
+                .await
+                .unwrap()
+                .metadata
+                .finalizers
+                .filter(|f| f.iter().any(|f| f == "switchyard.io/route-target-cleanup"))
+        },
+    )
+    .await;
+    service(c, "web", json!({})).await;
+    let web = address_of(c, "web").await;
+    route_of(&s, &web, &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "route").await;
+
+    targets
+        .delete("fabric", &DeleteParams::default())
+        .await
+        .unwrap();
+    let err = eventually(
+        Duration::from_secs(10),
+        "the reason in the status",
+        || async {
+            targets
+                .get_opt("fabric")
+                .await
+                .unwrap()
+                .and_then(|t| t.status)
+                .and_then(|st| st.last_error)
+                .filter(|e| e.contains("being deleted"))
+        },
+    )
+    .await;
+    assert!(err.contains("IPPool routed"), "{err}");
+    let t = targets.get("fabric").await.unwrap();
+    assert!(t.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        s.kernel.next_hops(&format!("{web}/32")).map(|h| h.len()),
+        Some(3),
+        "the route stays while a pool names the target"
+    );
+
+    // The pool no longer routes through it: the route goes, then the RouteTarget.
+    let pools: Api<switchyard_api::IPPool> = Api::all(c.clone());
+    let mut p = pools.get("routed").await.unwrap();
+    p.spec.announce.mode = switchyard_api::AnnounceMode::None;
+    p.spec.announce.route_target = None;
+    pools
+        .replace("routed", &PostParams::default(), &p)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "the RouteTarget gone", || async {
+        targets
+            .get_opt("fabric")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        s.kernel.next_hops(&format!("{web}/32")).is_none(),
+        "its route was deleted before it went"
+    );
+    assert_eq!(
+        ips(&get(c, "web").await.unwrap()),
+        [web],
+        "the Service keeps its address"
+    );
+}

@@ -28,6 +28,10 @@ use crate::leader::Fence;
 use crate::metrics::Metrics;
 pub use desired::{Desired, TargetRoutes};
 
+/// The finalizer on every RouteTarget: removed, when it is deleted, only once no IPPool
+/// names it and the `lb` routes this cluster wrote on it are deleted from the router.
+pub const FINALIZER: &str = "switchyard.io/route-target-cleanup";
+
 /// What the syncer is given: the desired routes and the RouteTargets by name.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -35,6 +39,16 @@ pub struct Plan {
     pub desired: Desired,
     /// RouteTargets as last seen.
     pub targets: BTreeMap<String, RouteTarget>,
+    /// RouteTarget name -> the IPPools naming it in `announce.routeTarget`.
+    pub named_by: BTreeMap<String, Vec<String>>,
+}
+
+fn deleting(t: &RouteTarget) -> bool {
+    t.metadata.deletion_timestamp.is_some()
+}
+
+fn has_finalizer(t: &RouteTarget) -> bool {
+    t.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 /// The announcement state of one Service: (ok, reason, message).
@@ -233,15 +247,19 @@ impl Syncer {
             for (name, want) in &plan.desired.targets {
                 let st = states.entry(name.clone()).or_default();
                 let now = Instant::now();
+                let target = plan.targets.get(name);
+                // A RouteTarget being deleted is synced on every plan until it can go.
+                let releasing = target.is_some_and(|t| deleting(t) && has_finalizer(t));
                 let due = if st.failures > 0 {
                     st.next_attempt.is_none_or(|t| now >= t)
                 } else {
-                    st.last_synced.as_ref() != Some(want)
+                    releasing
+                        || st.last_synced.as_ref() != Some(want)
                         || st.last_sync.is_none_or(|t| now >= t + self.resync)
                 };
                 if due {
-                    self.sync_target(name, want, plan.targets.get(name), st)
-                        .await;
+                    let named_by = plan.named_by.get(name).map(Vec::as_slice).unwrap_or(&[]);
+                    self.sync_target(name, want, target, named_by, st).await;
                 }
                 report_target(name, want, st, &mut out);
             }
@@ -261,9 +279,17 @@ impl Syncer {
         name: &str,
         want: &TargetRoutes,
         target: Option<&RouteTarget>,
+        named_by: &[String],
         st: &mut TargetState,
     ) {
         let now = Instant::now();
+        // The finalizer goes on before any route is written there.
+        if let Some(t) = target
+            && !deleting(t)
+            && !has_finalizer(t)
+        {
+            self.set_finalizer(name, true).await;
+        }
         let result = match target {
             None => Err((
                 false,
@@ -366,8 +392,53 @@ impl Syncer {
                 ));
             }
         }
+        if let Some(t) = target
+            && deleting(t)
+            && has_finalizer(t)
+        {
+            if !named_by.is_empty() {
+                st.last_error = Some(format!(
+                    "being deleted: still named by IPPool {} (announce.routeTarget); its routes stay until no pool names it",
+                    named_by.join(", ")
+                ));
+            } else if st.last_error.is_none() && st.last_routes == 0 && want.routes.is_empty() {
+                // Nothing of this cluster's is left on the router: let it go.
+                self.set_finalizer(name, false).await;
+                return;
+            }
+        }
         if let Some(t) = target {
             self.write_target_status(t, st).await;
+        }
+    }
+
+    /// Adds or removes [`FINALIZER`] on a fresh copy of the RouteTarget (a failure is
+    /// logged; the next sync tries again).
+    async fn set_finalizer(&self, name: &str, on: bool) {
+        if !self.fence.valid() {
+            return;
+        }
+        let api: Api<RouteTarget> = Api::all(self.client.clone());
+        let Ok(mut cur) = api.get(name).await else {
+            return;
+        };
+        let finalizers = cur.metadata.finalizers.get_or_insert_with(Vec::new);
+        if finalizers.iter().any(|f| f == FINALIZER) == on {
+            return;
+        }
+        finalizers.retain(|f| f != FINALIZER);
+        if on {
+            finalizers.push(FINALIZER.to_string());
+        }
+        match api.replace(name, &PostParams::default(), &cur).await {
+            Ok(_) if on => tracing::debug!(target = name, "RouteTarget finalizer added"),
+            Ok(_) => tracing::info!(
+                target = name,
+                "RouteTarget released: no IPPool names it and its routes are deleted"
+            ),
+            Err(e) => {
+                tracing::debug!(target = name, error = %e, "RouteTarget finalizer not written (next sync)")
+            }
         }
     }
 

@@ -53,6 +53,7 @@ pub fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>,
         cluster: "test".into(),
         namespace_networks: None,
         ipam_namespace: "switchyard-system".into(),
+        supervisor: None,
     };
     let task = tokio::spawn(run(
         client.clone(),
