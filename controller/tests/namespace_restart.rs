@@ -50,6 +50,7 @@ fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>, Arc
             Config::from_flags("label", "1000-1999", "10.64.0.0/16", 26, "trunk0").unwrap(),
         ),
         ipam_namespace: IPAM_NS.into(),
+        supervisor: None,
     };
     let task = tokio::spawn(run(
         client.clone(),
