@@ -8,9 +8,11 @@
 //!   ([`NodeNames`]). Whatever else the API sends (target references,
 //!   hostnames, zones, hints, managed fields, annotations, owner references)
 //!   is skipped while decoding, never allocated.
-//! - Services stay `k8s_openapi` Services, but [`slim_service`] drops what
-//!   the model never reads (managed fields, annotations, the selector,
-//!   status conditions, ...) before they are cached.
+//! - Services stay `k8s_openapi` Services, but only with what the model
+//!   reads: the proxy's watcher decodes them as [`SlimService`] (whatever
+//!   else the API sends is skipped while decoding), and [`slim_service`]
+//!   drops the same fields of a full Service (managed fields, annotations,
+//!   the selector, status conditions, ...) before it is cached.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -106,7 +108,7 @@ impl From<WireEndpoint> for SliceEndpoint {
 }
 
 /// The metadata fields the proxy reads, as they come over the wire.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireMeta {
     name: Option<String>,
@@ -310,6 +312,163 @@ impl NodeNames {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+}
+
+/// A Service decoded straight from the API's JSON with only what the model
+/// reads (the proxy's watcher lists and watches this type): the fields
+/// [`slim_service`] keeps. Managed fields, annotations, the selector, other
+/// labels, target ports, status conditions and whatever else the API sends
+/// are skipped by the decoder, never allocated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SlimService(pub Service);
+
+impl<'de> Deserialize<'de> for SlimService {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let wire = WireService::deserialize(de)?;
+        let meta = wire.metadata.unwrap_or_default();
+        let metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            resource_version: meta.resource_version,
+            labels: keep_label(meta.labels, SERVICE_PROXY_NAME_LABEL),
+            ..ObjectMeta::default()
+        };
+        let spec = wire
+            .spec
+            .map(|spec| k8s_openapi::api::core::v1::ServiceSpec {
+                type_: spec.type_,
+                cluster_ip: spec.cluster_ip,
+                cluster_ips: spec.cluster_ips,
+                ports: spec.ports.map(|ports| {
+                    ports
+                        .into_iter()
+                        .map(|port| k8s_openapi::api::core::v1::ServicePort {
+                            name: port.name,
+                            protocol: port.protocol,
+                            port: port.port,
+                            node_port: port.node_port,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                session_affinity: spec.session_affinity,
+                session_affinity_config: spec.session_affinity_config,
+                external_traffic_policy: spec.external_traffic_policy,
+                internal_traffic_policy: spec.internal_traffic_policy,
+                health_check_node_port: spec.health_check_node_port,
+                external_ips: spec.external_ips,
+                load_balancer_source_ranges: spec.load_balancer_source_ranges,
+                ..Default::default()
+            });
+        let status = wire.status.and_then(|status| {
+            let ingress = status.load_balancer?.ingress?;
+            Some(k8s_openapi::api::core::v1::ServiceStatus {
+                load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                    ingress: Some(
+                        ingress
+                            .into_iter()
+                            .map(|i| k8s_openapi::api::core::v1::LoadBalancerIngress {
+                                ip: i.ip,
+                                ip_mode: i.ip_mode,
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                conditions: None,
+            })
+        });
+        Ok(Self(Service {
+            metadata,
+            spec,
+            status,
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct WireService {
+    #[serde(default)]
+    metadata: Option<WireMeta>,
+    #[serde(default)]
+    spec: Option<WireServiceSpec>,
+    #[serde(default)]
+    status: Option<WireServiceStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireServiceSpec {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs")]
+    cluster_ips: Option<Vec<String>>,
+    ports: Option<Vec<WireServicePort>>,
+    session_affinity: Option<String>,
+    session_affinity_config: Option<k8s_openapi::api::core::v1::SessionAffinityConfig>,
+    external_traffic_policy: Option<String>,
+    internal_traffic_policy: Option<String>,
+    health_check_node_port: Option<i32>,
+    #[serde(rename = "externalIPs")]
+    external_ips: Option<Vec<String>>,
+    load_balancer_source_ranges: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireServicePort {
+    name: Option<String>,
+    protocol: Option<String>,
+    #[serde(default)]
+    port: i32,
+    node_port: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireServiceStatus {
+    load_balancer: Option<WireLoadBalancerStatus>,
+}
+
+#[derive(Deserialize)]
+struct WireLoadBalancerStatus {
+    ingress: Option<Vec<WireIngress>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireIngress {
+    ip: Option<String>,
+    ip_mode: Option<String>,
+}
+
+impl kube::Resource for SlimService {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("Service")
+    }
+    fn group((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn version((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+    fn api_version((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+    fn plural((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("services")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
     }
 }
 

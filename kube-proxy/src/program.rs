@@ -1,6 +1,7 @@
 //! Flow and group mods for the switch: a full installation of a desired
 //! state (one generation replacing another) and the incremental mods of a
-//! [`ChangeSet`]. Pure: the caller sends the messages in one atomic bundle.
+//! [`ChangeSet`]. Pure: the caller sends each batch in one atomic bundle (a
+//! full installation of a large state comes in parts, see [`FullSync`]).
 //!
 //! Order inside a batch: group adds/modifies, flow deletes, flow adds, group
 //! deletes. A bundle with the `ATOMIC` flag makes packets see either the old
@@ -8,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use switchyard_ovs::openflow::{FlowMod, GroupMod, MatchField, TxMessage};
 use switchyard_pipeline::{Cookie, Owner, table};
@@ -18,7 +20,7 @@ use crate::flows::{
     local_endpoint_ips, port_flows,
 };
 use crate::groups::{GroupLayout, port_group_of};
-use crate::service_model::{DesiredState, ServicePortState};
+use crate::service_model::{DesiredState, ServicePortName, ServicePortState};
 
 /// How many Service ports use each local endpoint address (one hairpin flow
 /// per address with a count above zero).
@@ -85,6 +87,7 @@ pub struct SwitchInventory {
 /// the old generation in place), then deletion of the other generations'
 /// flows and of groups no port uses. Ports without a group id in `ids` are
 /// skipped (the allocator gives every port of a state it produced one).
+/// All in one batch; [`FullSync`] gives the same mods in parts.
 pub fn full_sync(
     generation: u8,
     state: &DesiredState,
@@ -92,60 +95,113 @@ pub fn full_sync(
     inventory: &SwitchInventory,
     layout: GroupLayout,
 ) -> (Vec<TxMessage>, HairpinRefs) {
-    let mut group_mods = Vec::with_capacity(state.len());
-    let mut flow_adds = Vec::with_capacity(state.len() * 2);
-    let mut used = HashSet::with_capacity(state.len());
-    for flow in generic_flows(generation) {
-        flow_adds.push(FlowMod::add(flow).into());
-    }
-    for (name, port) in state.iter() {
-        let Some(group_id) = ids.get(name) else {
-            tracing::warn!(service_port = %name, "no group id: not installed");
-            continue;
-        };
-        for group in layout.port_groups(group_id, port) {
-            used.insert(group.group_id);
-            group_mods.push(TxMessage::from(
-                if inventory.groups.contains(&group.group_id) {
-                    GroupMod::modify(group)
-                } else {
-                    GroupMod::add(group)
-                },
-            ));
-        }
-        for flow in port_flows(generation, group_id, name, port) {
-            flow_adds.push(FlowMod::add(flow).into());
-        }
-    }
+    let mut sync = FullSync::new(generation, layout);
+    let mut msgs = sync.ports(state.iter(), ids, inventory);
     let hairpin = HairpinRefs::of_state(state);
-    for ip in hairpin.addresses() {
-        flow_adds.push(FlowMod::add(hairpin_flow(generation, ip)).into());
-    }
-    let mut msgs = group_mods;
-    msgs.append(&mut flow_adds);
-    for old in &inventory.generations {
-        if *old != generation && *old != LEARNED_GENERATION {
-            let (value, mask) = Cookie::generation_mask(Owner::Proxy, *old);
-            msgs.push(FlowMod::delete_cookie(value, mask).into());
-        }
-    }
-    let mut stale: Vec<GroupId> = inventory
-        .groups
-        .iter()
-        .copied()
-        .filter(|id| !used.contains(id))
-        .collect();
-    // Port groups sort before sub-groups: a group goes before those it chains to.
-    stale.sort_unstable();
-    for id in stale {
-        if port_group_of(id) == id {
-            // Learned flows of a vanished port go with it.
-            let (value, mask) = Cookie::object_mask(Owner::Proxy, id);
-            msgs.push(FlowMod::delete_cookie(value, mask).into());
-        }
-        msgs.push(GroupMod::delete(id).into());
-    }
+    msgs.append(&mut sync.finish(&hairpin, inventory));
     (msgs, hairpin)
+}
+
+/// A full installation built in parts, so that the mods of a large state
+/// are never all in memory at once: [`Self::ports`] for consecutive runs of
+/// ports (the first run also carries the generic flows), then
+/// [`Self::finish`] (hairpin flows, deletion of the other generations'
+/// flows and of groups no port uses). Together the parts are
+/// [`full_sync`]'s mods (that batch has all groups before all flows, the
+/// parts each their own groups before their own flows). Each part is consistent on its own: its groups
+/// come before the flows that use them, and a flow add replaces the old
+/// generation's flow with the same match in place, so sending each part in
+/// its own atomic bundle leaves no forwarding gap in between.
+#[derive(Debug)]
+pub struct FullSync {
+    generation: u8,
+    layout: GroupLayout,
+    used: HashSet<GroupId>,
+    started: bool,
+}
+
+impl FullSync {
+    pub fn new(generation: u8, layout: GroupLayout) -> Self {
+        Self {
+            generation,
+            layout,
+            used: HashSet::new(),
+            started: false,
+        }
+    }
+
+    /// Groups, then flows, of `ports`.
+    pub fn ports<'a>(
+        &mut self,
+        ports: impl IntoIterator<Item = (&'a ServicePortName, &'a Arc<ServicePortState>)>,
+        ids: &GroupIdAllocator,
+        inventory: &SwitchInventory,
+    ) -> Vec<TxMessage> {
+        let mut group_mods = Vec::new();
+        let mut flow_adds = Vec::new();
+        if !std::mem::replace(&mut self.started, true) {
+            for flow in generic_flows(self.generation) {
+                flow_adds.push(FlowMod::add(flow).into());
+            }
+        }
+        for (name, port) in ports {
+            let Some(group_id) = ids.get(name) else {
+                tracing::warn!(service_port = %name, "no group id: not installed");
+                continue;
+            };
+            for group in self.layout.port_groups(group_id, port) {
+                self.used.insert(group.group_id);
+                group_mods.push(TxMessage::from(
+                    if inventory.groups.contains(&group.group_id) {
+                        GroupMod::modify(group)
+                    } else {
+                        GroupMod::add(group)
+                    },
+                ));
+            }
+            for flow in port_flows(self.generation, group_id, name, port) {
+                flow_adds.push(FlowMod::add(flow).into());
+            }
+        }
+        group_mods.append(&mut flow_adds);
+        group_mods
+    }
+
+    /// The hairpin flows of `hairpin`, then the deletions.
+    pub fn finish(&mut self, hairpin: &HairpinRefs, inventory: &SwitchInventory) -> Vec<TxMessage> {
+        let mut msgs = Vec::new();
+        if !std::mem::replace(&mut self.started, true) {
+            for flow in generic_flows(self.generation) {
+                msgs.push(FlowMod::add(flow).into());
+            }
+        }
+        for ip in hairpin.addresses() {
+            msgs.push(FlowMod::add(hairpin_flow(self.generation, ip)).into());
+        }
+        for old in &inventory.generations {
+            if *old != self.generation && *old != LEARNED_GENERATION {
+                let (value, mask) = Cookie::generation_mask(Owner::Proxy, *old);
+                msgs.push(FlowMod::delete_cookie(value, mask).into());
+            }
+        }
+        let mut stale: Vec<GroupId> = inventory
+            .groups
+            .iter()
+            .copied()
+            .filter(|id| !self.used.contains(id))
+            .collect();
+        // Port groups sort before sub-groups: a group goes before those it chains to.
+        stale.sort_unstable();
+        for id in stale {
+            if port_group_of(id) == id {
+                // Learned flows of a vanished port go with it.
+                let (value, mask) = Cookie::object_mask(Owner::Proxy, id);
+                msgs.push(FlowMod::delete_cookie(value, mask).into());
+            }
+            msgs.push(GroupMod::delete(id).into());
+        }
+        msgs
+    }
 }
 
 /// The mods that take the switch through `changes`, with new flows in

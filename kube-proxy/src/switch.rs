@@ -6,9 +6,10 @@
 //!   the same groups, and leaves every flow in place until the new state is
 //!   installed.
 //! - The first update, every OpenFlow reconnect and every resync period
-//!   install the whole desired state as a new cookie generation in one
-//!   atomic bundle that also deletes the previous generations' leftovers and
-//!   unused groups: no forwarding gap.
+//!   install the whole desired state as a new cookie generation and delete
+//!   the previous generations' leftovers and unused groups: no forwarding
+//!   gap. Up to [`PORTS_PER_BUNDLE`] ports in one atomic bundle, a larger
+//!   state in several ([`program::FullSync`]), the last one deleting.
 //! - Other updates send only their change set's mods, in one atomic bundle;
 //!   if that fails, the next step is a full sync.
 //! - The first full sync after start flushes only the UDP conntrack entries
@@ -330,7 +331,10 @@ impl SwitchWriter {
             generations: self.generations.clone(),
             groups: HashSet::new(),
         };
-        let groups = match self.client.dump_groups(openflow::ALL_GROUPS).await {
+        // Group stats, not descriptions: only the ids are needed, and a
+        // description carries every bucket's actions (tens of MB at 10,000
+        // Services on a periodic resync).
+        let groups = match self.client.group_stats(openflow::ALL_GROUPS).await {
             Ok(groups) => groups,
             Err(err) => {
                 self.metrics.record_sync(false);
@@ -343,15 +347,40 @@ impl SwitchWriter {
             .filter(|id| (group_ids::PROXY_FIRST..=group_ids::PROXY_LAST).contains(id))
             .collect();
         let generation = next_generation(self.generation);
-        let (msgs, hairpin) = {
-            let ids = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-            program::full_sync(generation, &state, &ids, &inventory, self.layout)
-        };
-        let count = msgs.len();
-        if let Err(err) = self.bundle(msgs).await {
-            self.in_sync = false;
-            self.metrics.record_sync(false);
-            return Err(err);
+        // In bundles of PORTS_PER_BUNDLE ports, so that the mods of a large
+        // state are never all built (and encoded) at once; the last bundle
+        // deletes what the new generation replaced (see `FullSync`).
+        let mut sync = program::FullSync::new(generation, self.layout);
+        let mut ports = state.iter().peekable();
+        let mut count = 0;
+        let mut sent = false;
+        loop {
+            let mut msgs = {
+                let ids = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+                sync.ports(ports.by_ref().take(PORTS_PER_BUNDLE), &ids, &inventory)
+            };
+            let last = ports.peek().is_none();
+            let hairpin = last.then(|| HairpinRefs::of_state(&state));
+            if let Some(hairpin) = &hairpin {
+                msgs.append(&mut sync.finish(hairpin, &inventory));
+            }
+            count += msgs.len();
+            if let Err(err) = self.bundle(msgs).await {
+                if sent {
+                    // Part of this generation is installed: the next full
+                    // sync uses another one and deletes this one's flows.
+                    self.generation = generation;
+                    self.generations.insert(generation);
+                }
+                self.in_sync = false;
+                self.metrics.record_sync(false);
+                return Err(err);
+            }
+            sent = true;
+            if let Some(hairpin) = hairpin {
+                self.hairpin = hairpin;
+                break;
+            }
         }
         self.groups
             .lock()
@@ -359,7 +388,6 @@ impl SwitchWriter {
             .release_all_retired();
         self.generation = generation;
         self.generations = BTreeSet::from([generation]);
-        self.hairpin = hairpin;
         self.in_sync = true;
         let elapsed = started.elapsed();
         self.metrics
@@ -468,6 +496,11 @@ impl SwitchWriter {
         }
     }
 }
+
+/// Service ports per bundle of a full sync (see [`program::FullSync`]): a
+/// state of up to this many ports goes in one atomic bundle, a larger one
+/// in several, each consistent, the last deleting the old generation.
+pub const PORTS_PER_BUNDLE: usize = 1000;
 
 /// Runs the writer: applies updates as they come, full-syncs on OpenFlow
 /// reconnects and every `resync` (if set), retries failed syncs every

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster_cache::ClusterCache;
-use crate::objects::{Slice, slim_service};
+use crate::objects::{Slice, SlimService, slim_service};
 use crate::recompute::{HealthChecks, Recomputer, SharedGroupIds, Update};
 use crate::service_model::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 
@@ -88,9 +88,9 @@ pub async fn watch_with_health(
     // Filter server-side what the model would ignore anyway, as kube-proxy does.
     let service_filter = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
     let slice_filter = watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}"));
+    // Both decoded straight into the proxy's slim forms.
     let services =
-        watcher::watcher(Api::<Service>::all(client.clone()), service_filter).default_backoff();
-    // Decoded straight into the proxy's slim form.
+        watcher::watcher(Api::<SlimService>::all(client.clone()), service_filter).default_backoff();
     let slices = watcher::watcher(Api::<Slice>::all(client), slice_filter).default_backoff();
     run_with_health(services, slices, config, groups, updates, health).await
 }
@@ -118,6 +118,24 @@ impl Watched for Service {
     }
     fn delete(cache: &mut ClusterCache, object: &Self) {
         cache.delete_service(object);
+    }
+    fn replace(cache: &mut ClusterCache, objects: Vec<Arc<Service>>) {
+        cache.replace_services(objects);
+    }
+}
+
+/// The proxy's own watcher decodes Services straight into [`SlimService`].
+impl Watched for SlimService {
+    type Cached = Arc<Service>;
+    const KIND: &'static str = "Service";
+    fn slim(self) -> Arc<Service> {
+        Arc::new(self.0)
+    }
+    fn apply(cache: &mut ClusterCache, object: Arc<Service>) {
+        cache.apply_service(object);
+    }
+    fn delete(cache: &mut ClusterCache, object: &Self) {
+        cache.delete_service(&object.0);
     }
     fn replace(cache: &mut ClusterCache, objects: Vec<Arc<Service>>) {
         cache.replace_services(objects);
@@ -226,7 +244,7 @@ impl<K: Watched> Feed<K> {
 
 /// The watch loop over any two event streams (the real watchers, or test
 /// streams). Returns `Ok` when the `updates` receiver is dropped.
-pub async fn run<S, E, T>(
+pub async fn run<S, E, T, U>(
     services: S,
     slices: E,
     config: WatchConfig,
@@ -234,7 +252,8 @@ pub async fn run<S, E, T>(
     updates: mpsc::Sender<Update>,
 ) -> Result<(), WatchError>
 where
-    S: Stream<Item = Result<Event<Service>, watcher::Error>>,
+    S: Stream<Item = Result<Event<U>, watcher::Error>>,
+    U: Watched<Cached = Arc<Service>>,
     E: Stream<Item = Result<Event<T>, watcher::Error>>,
     T: Watched<Cached = Slice>,
 {
@@ -242,7 +261,7 @@ where
 }
 
 /// [`run`], also publishing health checks (see [`watch_with_health`]).
-pub async fn run_with_health<S, E, T>(
+pub async fn run_with_health<S, E, T, U>(
     services: S,
     slices: E,
     config: WatchConfig,
@@ -251,13 +270,14 @@ pub async fn run_with_health<S, E, T>(
     health: Option<tokio::sync::watch::Sender<Arc<HealthChecks>>>,
 ) -> Result<(), WatchError>
 where
-    S: Stream<Item = Result<Event<Service>, watcher::Error>>,
+    S: Stream<Item = Result<Event<U>, watcher::Error>>,
+    U: Watched<Cached = Arc<Service>>,
     E: Stream<Item = Result<Event<T>, watcher::Error>>,
     T: Watched<Cached = Slice>,
 {
     let mut services = pin!(services);
     let mut slices = pin!(slices);
-    let mut service_feed = Feed::<Service>::new();
+    let mut service_feed = Feed::<U>::new();
     let mut slice_feed = Feed::<T>::new();
     let mut cache = ClusterCache::new();
     let mut recomputer =
@@ -325,8 +345,13 @@ where
     }
 }
 
+/// Waits for `deadline`; a deadline already reached (no debounce window)
+/// returns at once instead of going through the timer, whose 1 ms ticks
+/// would delay every single change by up to a millisecond.
 async fn sleep_until_some(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
+    if let Some(deadline) = deadline
+        && deadline > Instant::now()
+    {
         tokio::time::sleep_until(deadline).await;
     }
 }

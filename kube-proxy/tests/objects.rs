@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_proxy::ServiceKey;
 use switchyard_proxy::cluster_cache::ClusterCache;
-use switchyard_proxy::objects::{EndpointAddress, Slice};
+use switchyard_proxy::objects::{EndpointAddress, Slice, SlimService, slim_service};
 use switchyard_proxy::service_model::build_desired_state;
 
 /// An EndpointSlice as kube-apiserver sends it, with everything the proxy
@@ -69,6 +69,33 @@ fn slim_slice_decodes_only_what_the_model_reads() {
     );
     assert_eq!(slice.endpoints[1].terminating, Some(true));
     assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node-a"));
+}
+
+#[test]
+fn slim_service_decodes_what_slim_service_keeps() {
+    let full: Service = serde_json::from_str(SERVICE).expect("service");
+    let SlimService(slim) = serde_json::from_str(SERVICE).expect("slim service");
+    assert_eq!(slim, slim_service(full));
+    assert_eq!(slim.metadata.annotations, None);
+    assert_eq!(slim.metadata.labels, None);
+    let spec = slim.spec.as_ref().expect("spec");
+    assert_eq!(spec.selector, None);
+    assert_eq!(spec.ports.as_ref().expect("ports")[0].target_port, None);
+    assert_eq!(
+        spec.ports.as_ref().expect("ports")[0].node_port,
+        Some(30080)
+    );
+    // A Service of another proxy keeps the label that says so.
+    let other = SERVICE.replace(
+        r#""labels": {"app": "web"}"#,
+        r#""labels": {"app": "web", "service.kubernetes.io/service-proxy-name": "other"}"#,
+    );
+    let SlimService(other) = serde_json::from_str(&other).expect("slim service");
+    assert_eq!(
+        other.metadata.labels.expect("labels").len(),
+        1,
+        "only the proxy-name label"
+    );
 }
 
 #[test]

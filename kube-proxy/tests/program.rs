@@ -130,6 +130,66 @@ fn full_sync_replaces_a_generation_and_deletes_unused_groups() {
     check("full sync", &text(&msgs), GOLDEN_FULL);
 }
 
+/// Parts of one port each, concatenated, have the whole batch's mods; each
+/// part has its groups before its flows, and the deletions come last.
+#[test]
+fn full_sync_in_parts_is_the_whole_batch() {
+    let svc = |name: &str, ip: &str| {
+        service("default", name)
+            .cluster_ip(ip)
+            .tcp("http", 80)
+            .build()
+    };
+    let services = [
+        svc("a", "10.96.0.1"),
+        svc("b", "10.96.0.2"),
+        svc("c", "10.96.0.3"),
+    ];
+    let slices = [
+        slice("default", "a-1", "a")
+            .tcp("http", 8080)
+            .endpoint(endpoint("10.244.0.7").node(NODE))
+            .build(),
+        slice("default", "b-1", "b")
+            .tcp("http", 8080)
+            .endpoint(endpoint("10.244.1.5").node("node-2"))
+            .build(),
+    ];
+    let state = build_desired_state(&services, &slices, NODE);
+    let mut groups = GroupIdAllocator::new();
+    diff(&DesiredState::new(), &state, &mut groups).unwrap();
+    let inventory = SwitchInventory {
+        generations: [2].into(),
+        groups: [1, 9].into(),
+    };
+    let (whole, _) = program::full_sync(3, &state, &groups, &inventory, GroupLayout::default());
+    let mut sync = program::FullSync::new(3, GroupLayout::default());
+    let mut parts = Vec::new();
+    for port in state.iter() {
+        let part = sync.ports([port], &groups, &inventory);
+        let text = text(&part);
+        let first_flow = text.find("table=").expect("a flow");
+        assert!(
+            !text[first_flow..].contains("group_id="),
+            "groups before flows:\n{text}"
+        );
+        parts.extend(part);
+    }
+    let finish = sync.finish(&HairpinRefs::of_state(&state), &inventory);
+    let finish_text = text(&finish);
+    parts.extend(finish);
+    let sorted = |text: String| {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(text(&parts)), sorted(text(&whole)));
+    // The deletions come last, after every part's adds.
+    assert!(text(&parts).ends_with(&finish_text));
+    assert!(finish_text.contains("delete group_id=9"), "{finish_text}");
+    assert!(finish_text.contains("delete cookie="), "{finish_text}");
+}
+
 const GOLDEN_ADDED: &str = "\
 add group_id=1,type=select,selection_method=hash,fields(nw_proto,nw_src,nw_dst,tcp_src,tcp_dst),bucket=bucket_id:0,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.0.7:8080),exec(set_field:0x1->ct_mark)),bucket=bucket_id:1,weight:100,actions=ct(commit,table=35,zone=65520,nat(dst=10.244.1.5:8080),exec(set_field:0x1->ct_mark))\n\
 add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x0/0x30000 actions=note:64.65.66.61.75.6c.74.2f.77.65.62.3a.68.74.74.70.2f.54.43.50.00.00,set_field:0x10000/0x30000->reg4,group:1\n\
