@@ -300,7 +300,15 @@ pub async fn keep_ownership(
             Seen::Stop => return,
             Seen::Node(ev) => match *ev {
                 Ok(None) => return,
-                Ok(Some(watcher::Event::Delete(_) | watcher::Event::InitDone)) => {
+                Ok(Some(watcher::Event::Delete(n))) => {
+                    if n.metadata.name.as_deref() == Some(pools.node()) {
+                        // Objects owned by the old uid would be collected.
+                        pools.set_node_uid(None);
+                    }
+                    release_departed_nodes(&pools, &segments()).await;
+                    continue;
+                }
+                Ok(Some(watcher::Event::InitDone)) => {
                     release_departed_nodes(&pools, &segments()).await;
                     continue;
                 }
