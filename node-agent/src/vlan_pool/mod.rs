@@ -264,10 +264,6 @@ impl ClusterPools {
         &self.node
     }
 
-    fn api(&self) -> Api<SegmentAddress> {
-        Api::all(self.client.clone())
-    }
-
     /// Sets the Node object's uid the objects are owned by (seen by a watch).
     pub fn set_node_uid(&self, uid: Option<String>) {
         *self.node_uid.lock().unwrap_or_else(|p| p.into_inner()) = uid;
@@ -352,11 +348,12 @@ impl ClusterPools {
         node: &str,
         key: &AttachmentKey,
     ) -> Result<bool, ClusterIpamError> {
+        let addresses: Api<SegmentAddress> = Api::all(self.client.clone());
         let obj = self.object(segment, ip, node, key).await;
         let name = segment_address_name(segment, ip);
         match bounded(
             &format!("creating SegmentAddress {name}"),
-            self.api().create(&PostParams::default(), &obj),
+            addresses.create(&PostParams::default(), &obj),
         )
         .await
         {
@@ -372,16 +369,18 @@ impl ClusterPools {
         segment: &str,
         ip: Ipv4Addr,
     ) -> Result<Option<SegmentAddress>, ClusterIpamError> {
+        let addresses: Api<SegmentAddress> = Api::all(self.client.clone());
         let name = segment_address_name(segment, ip);
         bounded(
             &format!("reading SegmentAddress {name}"),
-            self.api().get_opt(&name),
+            addresses.get_opt(&name),
         )
         .await
     }
 
     /// Deletes `obj` (only that object: its uid is a precondition).
     async fn delete(&self, obj: &SegmentAddress) -> Result<(), ClusterIpamError> {
+        let addresses: Api<SegmentAddress> = Api::all(self.client.clone());
         let name = obj.metadata.name.clone().unwrap_or_default();
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
@@ -392,7 +391,7 @@ impl ClusterPools {
         };
         match bounded(
             &format!("deleting SegmentAddress {name}"),
-            self.api().delete(&name, &dp),
+            addresses.delete(&name, &dp),
         )
         .await
         {
@@ -421,6 +420,7 @@ impl ClusterPools {
 
     /// Every allocation object of `segment`, as the API server has them now.
     pub async fn list(&self, segment: &str) -> Result<Vec<SegmentAddress>, ClusterIpamError> {
+        let addresses: Api<SegmentAddress> = Api::all(self.client.clone());
         let mut lp = ListParams::default()
             .labels(&format!("{LABEL_ADDRESS_SEGMENT}={segment}"))
             .limit(PAGE);
@@ -428,7 +428,7 @@ impl ClusterPools {
         loop {
             let page = bounded(
                 &format!("listing the SegmentAddresses of segment {segment}"),
-                self.api().list(&lp),
+                addresses.list(&lp),
             )
             .await?;
             out.extend(page.items.into_iter().filter(|o| o.spec.segment == segment));

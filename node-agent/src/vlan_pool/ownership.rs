@@ -196,10 +196,11 @@ pub async fn reassert_for_pods(pools: &ClusterPools, segments: &[SegmentConfig],
 
 /// Every allocation object of the cluster (all segments).
 async fn list_all(pools: &ClusterPools) -> Result<Vec<SegmentAddress>, ClusterIpamError> {
+    let addresses: Api<SegmentAddress> = Api::all(pools.client.clone());
     let mut lp = ListParams::default().limit(PAGE);
     let mut out = Vec::new();
     loop {
-        let page = bounded("listing the SegmentAddresses", pools.api().list(&lp)).await?;
+        let page = bounded("listing the SegmentAddresses", addresses.list(&lp)).await?;
         out.extend(page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(c) => lp.continue_token = Some(c),
@@ -282,7 +283,8 @@ pub async fn keep_ownership(
         objects_config = objects_config.labels(&format!("{LABEL_ADDRESS_NODE}={n}"));
     }
     let mut node_events = std::pin::pin!(watcher(nodes, watcher::Config::default()));
-    let mut object_events = std::pin::pin!(watcher(pools.api(), objects_config));
+    let addresses: Api<SegmentAddress> = Api::all(pools.client.clone());
+    let mut object_events = std::pin::pin!(watcher(addresses, objects_config));
     loop {
         // The events first, handled after the select (nothing of it is held
         // across the awaits below).
