@@ -3,7 +3,7 @@
 //! `IPPool` with `usage: Egress`), and is annotated with it so its pods land there.
 //!
 //! Crash safety comes from the API alone, not from memory: each pass lists Namespaces,
-//! Segments, Egress pools and the segments' IPAM ConfigMaps afresh, and [`plan::plan`]
+//! Segments, Egress pools, the agents' SegmentAddress objects and the previous-design IPAM ConfigMaps afresh, and [`plan::plan`]
 //! decides from that. A namespace's Segment has a name derived from the namespace
 //! (`ns-<namespace>`) and carries `switchyard.io/cluster` and `switchyard.io/namespace-uid`,
 //! so a create repeated after a crash finds the first (409) instead of a second one; its
@@ -106,7 +106,7 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
-/// Runs passes whenever a Namespace, Segment, IPPool or IPAM ConfigMap changes, and every
+/// Runs passes whenever a Namespace, Segment, IPPool, SegmentAddress or IPAM ConfigMap changes, and every
 /// `resync`, until the future is dropped (leadership lost) or the fence is lost; with a
 /// RouteTarget configured, the SNAT rule syncer runs beside it.
 pub async fn run(ctx: Ctx) {
