@@ -11,7 +11,8 @@
 //! what it knows of the segment (a cache filled by one labelled list, kept
 //! up to date by its own creates and deletes, and by the 409s it meets),
 //! creates the object and, on 409, marks the address taken and tries a
-//! free one at a random place (others are allocating where it was; after
+//! free one at a random place of the first subnet with one (others are
+//! allocating where it was; after
 //! 8 refusals in a row it lists afresh); when the cache shows the segment
 //! full it lists afresh once. A
 //! static request creates exactly its name. No object grows with the
@@ -144,32 +145,26 @@ impl Known {
         let _ = self.pool.restore([(key, ip)]);
     }
 
-    /// A free address for `key` at a random place of the subnets (after a
-    /// 409: other nodes are allocating at the same place of the pool, so
-    /// the next address is likely taken too); `None` after a few misses.
+    /// A free address for `key` at a random place of the first subnet that
+    /// has one (after a 409: other nodes are allocating at the same place of
+    /// the pool, so the next address is likely taken too). An appended
+    /// subnet's addresses still come after the first one's. `None` when
+    /// every subnet is full as far as this node knows.
     fn allocate_elsewhere(&mut self, key: &AttachmentKey, seed: &mut u64) -> Option<Ipv4Addr> {
-        let sizes: Vec<(u32, u64)> = self
-            .subnets
-            .iter()
-            .map(|(n, _)| (u32::from(n.network()), 1u64 << (32 - n.prefix_len())))
-            .collect();
-        let total: u64 = sizes.iter().map(|(_, n)| n).sum();
-        for _ in 0..16 {
+        let subnets = self.subnets.clone();
+        for (net, _) in subnets {
+            let first = u32::from(net.network());
+            let size = 1u64 << (32 - net.prefix_len());
             // xorshift64: spread, not secrecy.
             *seed ^= *seed << 13;
             *seed ^= *seed >> 7;
             *seed ^= *seed << 17;
-            let mut at = *seed % total.max(1);
-            let ip = sizes.iter().find_map(|(first, n)| {
-                if at < *n {
-                    Some(Ipv4Addr::from(first + at as u32))
-                } else {
-                    at -= n;
-                    None
+            let start = *seed % size;
+            for step in 0..size {
+                let ip = Ipv4Addr::from(first + ((start + step) % size) as u32);
+                if self.pool.owner(ip).is_none() && self.pool.allocate_specific(key, ip).is_ok() {
+                    return Some(ip);
                 }
-            })?;
-            if self.pool.owner(ip).is_none() && self.pool.allocate_specific(key, ip).is_ok() {
-                return Some(ip);
             }
         }
         None
