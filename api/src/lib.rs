@@ -6,6 +6,9 @@
 //!   (driver, endpoint, credentials Secret, CA bundle).
 //! - [`Segment`] (cluster-scoped): an L2 network (VLAN, subnets, uplink) the agents build
 //!   on every node (`segment.rs`).
+//! - [`SegmentAddress`] (cluster-scoped): one allocated address of a `vlan` segment and the
+//!   pod attachment holding it, written by the node agents (`segment_address.rs`); no
+//!   status (a record, nothing to report).
 //!
 //! The CRD manifests shipped in `deploy/crds/` are generated from these types
 //! ([`crd_yaml`]); `cargo test -p switchyard-deploy --test crds` checks they agree.
@@ -14,6 +17,7 @@ mod addresses;
 mod cpvip;
 pub mod leader;
 mod segment;
+mod segment_address;
 mod selector;
 
 use std::collections::BTreeMap;
@@ -29,6 +33,10 @@ pub use segment::{
     ANNOTATION_SEGMENT, ANNOTATION_SNAT, LABEL_NETWORK, NAMESPACE_FINALIZER, NETWORK_DEDICATED,
     ParsedSubnet, SEGMENT_FINALIZER, Segment, SegmentKind, SegmentSpec, SegmentSpecError,
     SegmentStatus, SegmentSubnet, TAG_NAMESPACE_UID,
+};
+pub use segment_address::{
+    LABEL_ADDRESS_NODE, LABEL_ADDRESS_SEGMENT, MANAGED_BY_AGENT, SegmentAddress,
+    SegmentAddressSpec, segment_address_name,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorError};
 
@@ -226,6 +234,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         RouteTarget::crd(),
         ControlPlaneVIP::crd(),
         Segment::crd(),
+        SegmentAddress::crd(),
     ]
 }
 
@@ -266,7 +275,10 @@ mod tests {
         for crd in crds() {
             let v = &crd.spec.versions[0];
             assert_eq!(v.name, VERSION);
-            assert!(v.subresources.as_ref().unwrap().status.is_some());
+            // A SegmentAddress is a record: nothing to report, no status.
+            if crd.spec.names.kind != "SegmentAddress" {
+                assert!(v.subresources.as_ref().unwrap().status.is_some());
+            }
             assert!(v.additional_printer_columns.as_ref().unwrap().len() >= 3);
             assert_eq!(crd.spec.scope, "Cluster");
         }

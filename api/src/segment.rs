@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Finalizer the controller keeps on every Segment: removed once no pod address of the
-/// segment is allocated any more (its `switchyard-ipam-<segment>` ConfigMap is empty), so a
+/// segment is allocated any more (no `SegmentAddress` object of it, and no entry in a previous-design `switchyard-ipam-<segment>` ConfigMap), so a
 /// segment in use cannot disappear under its pods.
 pub const SEGMENT_FINALIZER: &str = "switchyard.io/segment-in-use";
 /// Label valued with the UID of the namespace a controller-made object belongs to.

@@ -212,7 +212,20 @@ async fn a_dedicated_namespace_gets_a_segment_that_is_released_when_it_goes() {
     .await;
     assert!(manual.labels().is_empty());
 
-    // A pod address is still allocated: deleting the namespace waits for it.
+    // A pod address is still allocated (an agent's SegmentAddress object, and an entry of
+    // the previous design's ConfigMap not migrated yet): deleting the namespace waits for it.
+    let addresses: Api<switchyard_api::SegmentAddress> = Api::all(client.clone());
+    let address: switchyard_api::SegmentAddress = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchyard.io/v1alpha1", "kind": "SegmentAddress",
+        "metadata": {"name": "ns-blue.10.64.0.67"},
+        "spec": {"segment": "ns-blue", "address": "10.64.0.67", "node": "node-a",
+                 "containerID": "def", "interface": "eth0"}
+    }))
+    .unwrap();
+    addresses
+        .create(&PostParams::default(), &address)
+        .await
+        .unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), IPAM_NS);
     let cm: ConfigMap = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "switchyard-ipam-ns-blue"},
@@ -233,7 +246,16 @@ async fn a_dedicated_namespace_gets_a_segment_that_is_released_when_it_goes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(segments(&client).await.contains_key("ns-blue"));
     assert!(ns_get(&client, "blue").await.is_some());
-    // The last address is released: the Segment goes, then the namespace.
+    // The last addresses are released: the Segment goes, then the namespace.
+    addresses
+        .delete("ns-blue.10.64.0.67", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        segments(&client).await.contains_key("ns-blue"),
+        "the ConfigMap entry still holds it"
+    );
     cms.patch(
         "switchyard-ipam-ns-blue",
         &PatchParams::default(),

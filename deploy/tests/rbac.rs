@@ -172,6 +172,10 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         )),
         "NetworkPolicy" => of::<networking::v1::NetworkPolicy>(),
         "Segment" => Some((switchyard_api::GROUP.to_string(), "segments".to_string())),
+        "SegmentAddress" => Some((
+            switchyard_api::GROUP.to_string(),
+            "segmentaddresses".to_string(),
+        )),
         _ => None,
     }
 }

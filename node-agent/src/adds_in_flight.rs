@@ -4,8 +4,8 @@
 //! have returned, so the list cannot name an attachment whose ADD is still
 //! running, nor one whose ADD returned after the GC was issued. Such an
 //! attachment must survive the GC: an ADD allocates its `vlan` segment
-//! address in the cluster-wide ConfigMap a moment before it records it in
-//! the node's local pool, and a GC that read the ConfigMap in that gap used
+//! address cluster-wide (its `SegmentAddress` object) a moment before it records it in
+//! the node's local pool, and a GC that listed the objects in that gap used
 //! to release the address of a pod that was then started with it (and a GC
 //! waiting for an attachment's lock used to tear down the pod the ADD had
 //! just finished).
@@ -16,9 +16,9 @@
 //! tracker notes the end on its logical clock. A GC takes a [`GcView`]
 //! first; [`GcView::protects`] is true for a key whose ADD is in flight now
 //! or ended after the view was taken. The GC skips those keys when tearing
-//! down, and asks the view (then the live local pools) for each ConfigMap
-//! entry at the moment it rewrites the ConfigMap, so an entry it reads was
-//! either written by an ADD still in flight (protected) or by one that has
+//! down, and asks the view (then the live local pools) for each allocation
+//! object after listing them, so an object it reads was
+//! either created by an ADD still in flight (protected) or by one that has
 //! already recorded it locally (kept). The ends are only noted while a GC
 //! runs and forgotten when the last GC ends, so the tracker holds nothing
 //! between GCs but the ADDs in flight.

@@ -137,8 +137,8 @@ pub(crate) async fn remove_orphan_host_ends(state: &NodeState) {
 }
 
 /// The running `vlan` segment pods' addresses recorded again in the
-/// cluster-wide allocation (a lost or restored ConfigMap must not hand them
-/// out twice); see [`crate::vlan_pool::reassert_for_pods`].
+/// cluster-wide allocation (lost allocation objects must not hand them
+/// out twice; the previous design's ConfigMap is migrated first); see [`crate::vlan_pool::reassert_for_pods`].
 async fn reassert_cluster_addresses(state: &NodeState) {
     crate::vlan_pool::reassert_for_pods(&state.cluster_pools, &state.segments(), &|segment| {
         state.held_in(segment)

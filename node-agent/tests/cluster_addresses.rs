@@ -1,21 +1,22 @@
 //! Who owns a `vlan` segment address across agent restarts, on real OVS (userspace datapath)
-//! with the lab API server: a restarted agent records its running pods' cluster-wide addresses
-//! again, so an allocation record lost while it was down hands out no duplicate; the addresses
-//! of a node whose Node object is deleted are released by the other agents. Needs root and
-//! openvswitch-switch.
+//! with the lab API server: a restarted agent creates its running pods' allocation objects
+//! (SegmentAddress) again, so objects lost while it was down hand out no duplicate, and so does
+//! a running agent that sees them deleted; the addresses of a node whose Node object is deleted
+//! are released. Needs root and openvswitch-switch.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use support::*;
 use switchyard_agent::ipam::AttachmentKey;
-use switchyard_agent::vlan_pool::{CONFIGMAP_PREFIX, ClusterPools, IPAM_NAMESPACE};
+use switchyard_agent::vlan_pool::ClusterPools;
 use switchyard_agent::{Agent, AgentHandle};
+use switchyard_api::SegmentAddress;
 
 const SEGMENTS: &str = "segments:\n- name: default\n  kind: overlay\n- name: blue\n  kind: vlan\n  vlan: 100\n  subnet: 10.20.0.0/24\n  gateway: 10.20.0.1\n  uplink: upr\n";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -48,6 +49,25 @@ async fn holders(lab: &NodeLab) -> std::collections::BTreeMap<String, usize> {
     out
 }
 
+/// Deletes every allocation object of segment blue (as an admin's `kubectl delete
+/// segmentaddresses -l switchyard.io/segment=blue` or a lost etcd would); how many.
+async fn delete_blue_objects(lab: &NodeLab) -> usize {
+    let api: Api<SegmentAddress> = Api::all(lab.kube.clone());
+    let list = api
+        .list(&ListParams::default().labels("switchyard.io/segment=blue"))
+        .await
+        .expect("list the allocation objects");
+    for o in &list.items {
+        api.delete(
+            o.metadata.name.as_deref().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete an allocation object");
+    }
+    list.items.len()
+}
+
 async fn start(lab: &NodeLab) -> AgentHandle {
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -58,10 +78,10 @@ async fn start(lab: &NodeLab) -> AgentHandle {
     .expect("agent start")
 }
 
-/// Three `vlan` segment pods run; the agent stops, the segment's allocation ConfigMap is
-/// deleted (as deleting `deploy/switchyard.yaml` does) and the agent starts again: before it
-/// serves, the three addresses are recorded again for this node, and three allocations by
-/// another node get none of them.
+/// Three `vlan` segment pods run; the agent stops, the segment's allocation objects are
+/// deleted (as deleting the CRD with `deploy/` does) and the agent starts again: before it
+/// serves, the three objects exist again for this node, and three allocations by another node
+/// get none of the addresses.
 #[test]
 fn a_restarted_agent_records_its_running_pods_addresses_again() {
     node_test(
@@ -99,10 +119,7 @@ fn a_restarted_agent_records_its_running_pods_addresses_again() {
             assert_eq!(recorded().await, mine);
 
             agent.shutdown().await;
-            Api::<ConfigMap>::namespaced(lab.kube.clone(), IPAM_NAMESPACE)
-                .delete(&format!("{CONFIGMAP_PREFIX}blue"), &DeleteParams::default())
-                .await
-                .expect("delete the allocation ConfigMap");
+            assert_eq!(delete_blue_objects(&lab).await, 3);
             assert!(recorded().await.is_empty());
 
             let agent = start(&lab).await;
@@ -134,9 +151,10 @@ fn a_restarted_agent_records_its_running_pods_addresses_again() {
     );
 }
 
-/// node2 holds three addresses and node3 one; "ghost" (no Node object) one. The agent starts
-/// and releases ghost's; node2's Node object is deleted (its agent is gone): its three are
-/// released, node3's and this node's pod's are kept.
+/// node2 holds three addresses (its pods run, its agent is gone) and node3 one; "ghost" (no
+/// Node object) one. The agent starts and releases ghost's; node2's Node object is deleted:
+/// its three are released (the API server's garbage collector and the agent both do), node3's
+/// and this node's pod's are kept.
 #[test]
 fn a_deleted_nodes_addresses_are_released() {
     node_test("a_deleted_nodes_addresses_are_released", |lab| async move {
@@ -189,13 +207,13 @@ fn a_deleted_nodes_addresses_are_released() {
     });
 }
 
-/// Three `vlan` segment pods run and the segment's allocation ConfigMap is deleted while the
-/// agent runs: its watch records the three addresses again, and three allocations by another
-/// node get none of them.
+/// Three `vlan` segment pods run and the segment's allocation objects are deleted while the
+/// agent runs: its watch creates the three again, and three allocations by another node get
+/// none of the addresses.
 #[test]
-fn a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt() {
+fn deleted_allocation_objects_of_a_live_segment_are_rebuilt() {
     node_test(
-        "a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt",
+        "deleted_allocation_objects_of_a_live_segment_are_rebuilt",
         |lab| async move {
             node_veth(&lab, "upr");
             create_ipam_namespace(&lab.kube).await;
@@ -214,10 +232,7 @@ fn a_deleted_allocation_configmap_of_a_live_segment_is_rebuilt() {
             }
             let mine = std::collections::BTreeMap::from([(NODE_NAME.to_string(), 3)]);
             assert_eq!(holders(&lab).await, mine);
-            Api::<ConfigMap>::namespaced(lab.kube.clone(), IPAM_NAMESPACE)
-                .delete(&format!("{CONFIGMAP_PREFIX}blue"), &DeleteParams::default())
-                .await
-                .expect("delete the allocation ConfigMap");
+            assert_eq!(delete_blue_objects(&lab).await, 3);
             eventually("the allocations rebuilt", DEADLINE, || async {
                 holders(&lab).await == mine
             })

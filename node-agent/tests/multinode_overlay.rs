@@ -213,7 +213,7 @@ fn remote_nodes_added_readdressed_and_removed_change_only_their_flows() {
 
 /// A `vlan` segment on an in-process agent: its uplink becomes a trunk of exactly the
 /// segment's VLAN with the uplink flows; a pod's address is recorded in the segment's
-/// ConfigMap under this node, released by DEL, and an allocation whose attachment the runtime
+/// allocation objects under this node, released by DEL, and an allocation whose attachment the runtime
 /// no longer lists is released by GC.
 #[test]
 fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
@@ -351,7 +351,7 @@ fn vlan_segment_uplink_trunk_and_cluster_addresses_released_by_del_and_gc() {
 /// Two `vlan` segments on two uplinks: each uplink gets its own reserved ofport (3 and 4) and
 /// its flows use it. Then GCs run while ADDs are in flight, each with the valid list a runtime
 /// would send (the ADDs that had returned when the GC was issued): every ADDed pod keeps its
-/// port and its address in the segment's ConfigMap, and no two pods share an address.
+/// port and its address in the segment's allocation objects, and no two pods share an address.
 #[test]
 fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
     node_test(
@@ -444,7 +444,7 @@ fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
             assert!(runs > 0, "no GC ran during the ADDs");
             // A GC may rightly remove a pod whose ADD ended before the GC reached the agent
             // (the runtime's list was older); what it must never do is release the address
-            // of a pod that stays: the node's pods and this node's ConfigMap entries agree,
+            // of a pod that stays: the node's pods and this node's allocation objects agree,
             // and each surviving pod holds the address its ADD returned, unshared.
             let pools = switchyard_agent::vlan_pool::ClusterPools::new(lab.kube.clone(), "x");
             let mut cluster = std::collections::BTreeSet::new();
@@ -462,7 +462,7 @@ fn two_uplinks_and_gc_concurrent_with_adds_keeps_their_addresses() {
                 .collect();
             assert_eq!(
                 local, cluster,
-                "({runs} GCs ran) the node's vlan pods and the ConfigMap disagree"
+                "({runs} GCs ran) the node's vlan pods and the allocation objects disagree"
             );
             let mut survivors = 0;
             for ((_, pod), add) in pods.iter().zip(&results) {
@@ -522,7 +522,7 @@ impl Drop for Stopped {
 
 /// A GC issued while an ADD is in flight (held after its cluster-wide allocation: ovs-vswitchd
 /// is stopped, so the ADD waits for its port's ofport) with a valid list that cannot name it
-/// (the ADD has not returned) neither releases its address in the ConfigMap nor tears the pod
+/// (the ADD has not returned) neither releases its address (its allocation object) nor tears the pod
 /// down once the ADD finishes; a later GC with the same list does.
 #[test]
 fn gc_while_an_add_is_in_flight_keeps_its_address() {

@@ -3,7 +3,7 @@
 //! `IPPool` with `usage: Egress`), and is annotated with it so its pods land there.
 //!
 //! Crash safety comes from the API alone, not from memory: each pass lists Namespaces,
-//! Segments, Egress pools and the segments' IPAM ConfigMaps afresh, and [`plan::plan`]
+//! Segments, Egress pools, the agents' SegmentAddress objects and the previous-design IPAM ConfigMaps afresh, and [`plan::plan`]
 //! decides from that. A namespace's Segment has a name derived from the namespace
 //! (`ns-<namespace>`) and carries `switchyard.io/cluster` and `switchyard.io/namespace-uid`,
 //! so a create repeated after a crash finds the first (409) instead of a second one; its
@@ -13,8 +13,10 @@
 //! never handed out again.
 //!
 //! Every Segment (the controller's or a user's) carries the finalizer
-//! `switchyard.io/segment-in-use` until its IPAM ConfigMap `switchyard-ipam-<segment>` holds
-//! no address, so a segment still used by pods cannot be deleted. An opted-in namespace
+//! `switchyard.io/segment-in-use` until no agent holds an address in it (no `SegmentAddress`
+//! object of the segment, and no entry in the previous design's ConfigMap
+//! `switchyard-ipam-<segment>` the agents migrate at start), so a segment still used by pods
+//! cannot be deleted. An opted-in namespace
 //! carries `switchyard.io/namespace-network` until its Segment is gone.
 //!
 //! With a RouteTarget configured (`--namespace-route-target`), every namespace network's SNAT
@@ -40,7 +42,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
     ANNOTATION_SEGMENT, ANNOTATION_SNAT, IPPool, NAMESPACE_FINALIZER, PoolUsage, RouteTarget,
-    SEGMENT_FINALIZER, Segment, SegmentStatus, TAG_CLUSTER, TAG_NAMESPACE_UID,
+    SEGMENT_FINALIZER, Segment, SegmentAddress, SegmentStatus, TAG_CLUSTER, TAG_NAMESPACE_UID,
 };
 use tokio::sync::watch;
 
@@ -104,7 +106,7 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
-/// Runs passes whenever a Namespace, Segment, IPPool or IPAM ConfigMap changes, and every
+/// Runs passes whenever a Namespace, Segment, IPPool, SegmentAddress or IPAM ConfigMap changes, and every
 /// `resync`, until the future is dropped (leadership lost) or the fence is lost; with a
 /// RouteTarget configured, the SNAT rule syncer runs beside it.
 pub async fn run(ctx: Ctx) {
@@ -151,6 +153,10 @@ async fn passes(ctx: &Ctx, mut nat: Option<NatLink>) {
             .map_ok(|_| ())
             .boxed(),
         watcher(Api::<ConfigMap>::namespaced(c.clone(), ns), cfg())
+            .default_backoff()
+            .map_ok(|_| ())
+            .boxed(),
+        watcher(Api::<SegmentAddress>::all(c.clone()), Default::default())
             .default_backoff()
             .map_ok(|_| ())
             .boxed(),
@@ -209,7 +215,7 @@ pub async fn pass(ctx: &Ctx, nat: Option<&NatLink>) -> Result<usize, NsError> {
     let namespaces = ns_api.list(&lp).await?.items;
     let segments = seg_api.list(&lp).await?.items;
     let pools = pool_api.list(&lp).await?.items;
-    let used: BTreeMap<String, usize> = cms
+    let mut used: BTreeMap<String, usize> = cms
         .list(&lp)
         .await?
         .items
@@ -219,6 +225,15 @@ pub async fn pass(ctx: &Ctx, nat: Option<&NatLink>) -> Result<usize, NsError> {
             Some((seg, cm.data.map(|d| d.len()).unwrap_or(0)))
         })
         .collect();
+    // The agents' allocation objects (a cluster without the CRD has none).
+    let addresses = match Api::<SegmentAddress>::all(c.clone()).list(&lp).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for a in addresses {
+        *used.entry(a.spec.segment).or_default() += 1;
+    }
     let mut writes = 0;
     let nat_errors = nat.map(|l| l.errors.borrow().clone()).unwrap_or_default();
 

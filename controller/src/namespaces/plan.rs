@@ -133,7 +133,7 @@ pub struct Seg {
     pub deleting: bool,
     /// The spec.
     pub spec: SegmentSpec,
-    /// Pod addresses allocated in it (its IPAM ConfigMap).
+    /// Pod addresses allocated in it (its SegmentAddress objects and previous-design ConfigMap entries).
     pub used: usize,
 }
 

@@ -84,8 +84,8 @@ pub(crate) async fn collect_garbage(
             }
         }
     }
-    // Cluster-wide addresses: decided per entry while the ConfigMap is
-    // rewritten, from live state. An entry there was written by an ADD
+    // Cluster-wide addresses: decided per allocation object after a fresh
+    // list, from live state. An object there was created by an ADD
     // that is either still in flight (protected) or, having ended, has
     // recorded it in a local pool (kept): the view is asked first, so an
     // ADD ending in between is seen by the pool check.

@@ -3,7 +3,7 @@
 //! the node's routes to remote pod CIDRs through the gateway.
 //!
 //! Data flow: kube-rs watchers on Node objects and on the `vlan` segments'
-//! IPAM ConfigMaps -> the desired set of remote nodes (with their `vlan`
+//! allocation objects (`SegmentAddress`) -> the desired set of remote nodes (with their `vlan`
 //! segment pods) -> [`Overlay::apply`], which changes only the flows
 //! (cookie object [`cookie_object::REMOTE_NODE_FIRST`]` + n`, one per node)
 //! and routes of nodes that were added, changed or removed.
@@ -20,7 +20,7 @@
 //!   reg1/CONNTRACK_COMMIT/OUTPUT like every other destination.
 //!   Also per remote node, per address of its `vlan` segment pods (which
 //!   node holds which address: the holders in the segments' IPAM
-//!   ConfigMaps, watched too): a Service connection to it (the proxy
+//!   allocation objects, watched too): a Service connection to it (the proxy
 //!   DNATed it, `ct_mark` SERVICE, not a reply) is tunnelled to that node
 //!   with the gateway key, whatever the client, so it never depends on the
 //!   fabric routing pod CIDRs or gateway addresses.
@@ -38,7 +38,7 @@
 //! SNATed (see `egress`). The node's route for the Service CIDR is not the
 //! overlay's: see `host_services`.
 //!
-//! Files: `watch.rs` (the Node and IPAM ConfigMap watchers, and what they
+//! Files: `watch.rs` (the Node and `SegmentAddress` watchers, and what they
 //! keep of each object), `flows.rs` (the tunnel's and each remote node's
 //! flows), `routes.rs` (the node's routes to remote pod CIDRs), `tunnel.rs`
 //! (the `sy-tun0` port and the pod MTU it leaves); here the remote nodes as
@@ -87,7 +87,7 @@ pub struct RemoteNode {
     /// Its InternalIP (tunnel endpoint).
     pub ip: Ipv4Addr,
     /// Addresses of its pods in `vlan` segments (the holders recorded in
-    /// the segments' IPAM ConfigMaps): Service connections to them are
+    /// the segments' allocation objects): Service connections to them are
     /// tunnelled to it.
     pub vlan_pods: BTreeSet<Ipv4Addr>,
 }

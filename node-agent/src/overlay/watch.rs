@@ -1,5 +1,5 @@
-//! The overlay's two watches, Node objects and the `vlan` segments' IPAM
-//! ConfigMaps, what they keep of each object ([`remote_node`],
+//! The overlay's two watches, Node objects and the `vlan` segments'
+//! allocation objects (`SegmentAddress`), what they keep of each object ([`remote_node`],
 //! [`vlan_placements`]), the list that seeds the first resync, and the
 //! loop that applies every change.
 
@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use super::{Overlay, RemoteNode};
-use crate::vlan_pool::IPAM_NAMESPACE;
+use switchyard_api::SegmentAddress;
 
 /// A Node object's pod CIDR and InternalIP, when it has both.
 pub fn remote_node(node: &Node) -> Option<RemoteNode> {
@@ -35,26 +35,14 @@ pub fn remote_node(node: &Node) -> Option<RemoteNode> {
     })
 }
 
-/// Which node holds each address of a `vlan` segment, from one of the
-/// segments' IPAM ConfigMaps (`None` for any other ConfigMap).
-pub fn vlan_placements(cm: &ConfigMap) -> Option<BTreeMap<Ipv4Addr, String>> {
-    cm.metadata
-        .name
-        .as_deref()?
-        .strip_prefix(crate::vlan_pool::CONFIGMAP_PREFIX)?;
-    Some(
-        cm.data
-            .iter()
-            .flatten()
-            .filter_map(|(addr, holder)| {
-                let (node, _) = crate::vlan_pool::parse_holder(holder)?;
-                Some((addr.parse().ok()?, node))
-            })
-            .collect(),
-    )
+/// Which node holds the address of a `vlan` segment allocation object (a
+/// map of one entry; `None` when malformed).
+pub fn vlan_placements(obj: &SegmentAddress) -> Option<BTreeMap<Ipv4Addr, String>> {
+    let (ip, node, _) = crate::vlan_pool::entry_of(obj)?;
+    Some(BTreeMap::from([(ip, node)]))
 }
 
-/// `nodes` with the `vlan` segment pods of `placements` (per ConfigMap)
+/// `nodes` with the `vlan` segment pods of `placements` (per object)
 /// filled in.
 fn with_vlan_pods(
     nodes: &BTreeMap<String, RemoteNode>,
@@ -83,7 +71,7 @@ pub(super) fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
 /// One event of the overlay's two watches (boxed: a Node is large).
 enum Watched {
     Node(Box<Result<Option<watcher::Event<Node>>, watcher::Error>>),
-    Ipam(Box<Result<Option<watcher::Event<ConfigMap>>, watcher::Error>>),
+    Ipam(Box<Result<Option<watcher::Event<SegmentAddress>>, watcher::Error>>),
 }
 
 /// Applies one watch event to `known` (what `extract` keeps of each object,
@@ -137,8 +125,8 @@ fn fold_event<K: kube::Resource, V: PartialEq>(
 
 /// What the overlay's two watches have shown so far. Nothing is applied
 /// until both have finished their first list: before that, the remote nodes
-/// installed from [`Overlay::seed`] stand. (Applying after only the IPAM
-/// ConfigMaps' first list, with no Node known yet, removed every remote
+/// installed from [`Overlay::seed`] stand. (Applying after only the
+/// allocation objects' first list, with no Node known yet, removed every remote
 /// node's flows for the few milliseconds until the Node list came: packets
 /// to other nodes then went to the host, came back post-DNAT through the
 /// gateway and committed conntrack entries that later broke the Service
@@ -161,11 +149,11 @@ impl WatchedView {
         self.desired_if(changed)
     }
 
-    /// An IPAM ConfigMap event; the remote nodes to install if they may have
-    /// changed.
+    /// An allocation object event; the remote nodes to install if they may
+    /// have changed.
     fn on_ipam(
         &mut self,
-        event: watcher::Event<ConfigMap>,
+        event: watcher::Event<SegmentAddress>,
     ) -> Option<BTreeMap<String, RemoteNode>> {
         self.placements_listed |= matches!(event, watcher::Event::InitDone);
         let changed = fold_event(
@@ -174,6 +162,17 @@ impl WatchedView {
             &mut self.placements,
             vlan_placements,
         );
+        self.desired_if(changed)
+    }
+
+    /// The allocation objects cannot be listed because their type is not
+    /// served (the SegmentAddress CRD is not installed): there are none, so
+    /// the Node watch alone decides; the watch keeps retrying.
+    fn ipam_not_served(&mut self) -> Option<BTreeMap<String, RemoteNode>> {
+        let first = !self.placements_listed;
+        self.placements_listed = true;
+        let changed = !self.placements.is_empty() || first;
+        self.placements.clear();
         self.desired_if(changed)
     }
 
@@ -203,16 +202,16 @@ impl Overlay {
             .iter()
             .filter_map(|n| Some((n.metadata.name.clone()?, remote_node(n)?)))
             .collect();
-        let ipam_api: Api<ConfigMap> = Api::namespaced(client, IPAM_NAMESPACE);
+        let ipam_api: Api<SegmentAddress> = Api::all(client);
         let listed = ipam_api.list(&Default::default()).await;
         let placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = match listed {
             Ok(list) => list
                 .items
                 .iter()
-                .filter_map(|cm| Some((cm.metadata.name.clone()?, vlan_placements(cm)?)))
+                .filter_map(|o| Some((o.metadata.name.clone()?, vlan_placements(o)?)))
                 .collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "listing the vlan segments' IPAM ConfigMaps before the first resync failed; the watch will add their pods");
+                tracing::warn!(error = %e, "listing the vlan segments' allocation objects before the first resync failed; the watch will add their pods");
                 BTreeMap::new()
             }
         };
@@ -220,15 +219,14 @@ impl Overlay {
             tracing::warn!(error = %e, "recording remote nodes failed; the watch will add them");
         }
     }
-    /// Watches Node objects and the `vlan` segments' IPAM ConfigMaps until
+    /// Watches Node objects and the `vlan` segments' allocation objects until
     /// `stop`, applying every change; keeps the node's routes to remote pod
     /// CIDRs in line meanwhile.
     pub async fn run(self: Arc<Self>, client: kube::Client, mut stop: watch::Receiver<bool>) {
         let routes = tokio::spawn(self.clone().keep_routes());
         let config = watcher::Config::default();
         let mut node_events = watcher(Api::<Node>::all(client.clone()), config.clone()).boxed();
-        let mut ipam_events =
-            watcher(Api::<ConfigMap>::namespaced(client, IPAM_NAMESPACE), config).boxed();
+        let mut ipam_events = watcher(Api::<SegmentAddress>::all(client), config).boxed();
         let mut view = WatchedView::default();
         loop {
             let event = tokio::select! {
@@ -249,7 +247,18 @@ impl Overlay {
                 },
                 Watched::Ipam(ev) => match *ev {
                     Ok(None) => break,
-                    Err(e) => ("the vlan segments' IPAM ConfigMaps", e),
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(s)))
+                        if s.code == 404 =>
+                    {
+                        if let Some(desired) = view.ipam_not_served() {
+                            self.apply_until_done(desired, &mut stop).await;
+                        }
+                        (
+                            "the vlan segments' allocation objects (SegmentAddress CRD not installed)",
+                            watcher::Error::InitialListFailed(kube::Error::Api(s)),
+                        )
+                    }
+                    Err(e) => ("the vlan segments' allocation objects", e),
                     Ok(Some(ev)) => {
                         if let Some(desired) = view.on_ipam(ev) {
                             self.apply_until_done(desired, &mut stop).await;
@@ -298,28 +307,25 @@ mod tests {
         }
     }
 
+    fn address(name: &str, ip: &str, node: &str) -> SegmentAddress {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchyard.io/v1alpha1", "kind": "SegmentAddress",
+            "metadata": {"name": name},
+            "spec": {"segment": "vlan100", "address": ip, "node": node,
+                     "containerID": "c1", "interface": "eth0"}
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn vlan_pods_come_from_the_ipam_configmaps_holders() {
-        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "switchyard-ipam-vlan100", "namespace": "switchyard-system"},
-            "data": {
-                "10.100.0.7": "n2/c1/eth0",
-                "10.100.0.8": "n3/c2/eth0",
-                "10.100.0.9": "n1/c3/eth0",
-                "not-an-address": "n2/c4/eth0",
-                "10.100.0.10": "malformed"
-            }
-        }))
-        .unwrap();
-        let placements = vlan_placements(&cm).unwrap();
-        assert_eq!(placements.len(), 3, "{placements:?}");
-        let other: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "switchyard-config"}, "data": {"10.1.1.1": "n2/c/eth0"}
-        }))
-        .unwrap();
-        assert_eq!(vlan_placements(&other), None);
+    fn vlan_pods_come_from_the_allocation_objects() {
+        let placements =
+            vlan_placements(&address("vlan100.10.100.0.7", "10.100.0.7", "n2")).unwrap();
+        assert_eq!(placements.len(), 1, "{placements:?}");
+        assert_eq!(vlan_placements(&address("x", "not-an-address", "n2")), None);
+        assert_eq!(vlan_placements(&address("y", "10.100.0.8", "")), None);
         let nodes = BTreeMap::from([("n2".to_string(), node())]);
-        let both = with_vlan_pods(&nodes, &BTreeMap::from([("cm".to_string(), placements)]));
+        let both = with_vlan_pods(&nodes, &BTreeMap::from([("o".to_string(), placements)]));
         assert_eq!(both.len(), 1, "nodes not known stay unknown: {both:?}");
         assert_eq!(
             both["n2"].vlan_pods,
@@ -336,14 +342,6 @@ mod tests {
         .unwrap()
     }
 
-    fn ipam_object(data: serde_json::Value) -> ConfigMap {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "switchyard-ipam-vlan100", "namespace": "switchyard-system"},
-            "data": data
-        }))
-        .unwrap()
-    }
-
     #[test]
     fn nothing_is_applied_until_both_watches_have_listed() {
         use watcher::Event;
@@ -351,8 +349,8 @@ mod tests {
         // remote node (none known yet) until the Node list comes.
         let mut view = WatchedView::default();
         assert_eq!(view.on_ipam(Event::Init), None);
-        let cm = ipam_object(serde_json::json!({"10.100.0.7": "n2/c1/eth0"}));
-        assert_eq!(view.on_ipam(Event::InitApply(cm)), None);
+        let obj = address("vlan100.10.100.0.7", "10.100.0.7", "n2");
+        assert_eq!(view.on_ipam(Event::InitApply(obj)), None);
         assert_eq!(view.on_ipam(Event::InitDone), None, "Nodes not listed yet");
         assert_eq!(view.on_node(Event::Init), None);
         let n2 = node_object("n2", "10.244.1.0/24", "192.168.100.2");
@@ -382,6 +380,15 @@ mod tests {
         view.on_ipam(Event::Init);
         let desired = view.on_ipam(Event::InitDone).expect("both listed");
         assert_eq!(desired.len(), 1);
+
+        // No SegmentAddress CRD: the Node list alone decides.
+        let mut view = WatchedView::default();
+        view.on_node(Event::Init);
+        let n2 = node_object("n2", "10.244.1.0/24", "192.168.100.2");
+        view.on_node(Event::InitApply(n2));
+        assert_eq!(view.on_node(Event::InitDone), None);
+        assert_eq!(view.ipam_not_served().map(|d| d.len()), Some(1));
+        assert_eq!(view.ipam_not_served(), None, "nothing changed");
     }
 
     #[test]

@@ -524,8 +524,10 @@ pub fn gateway_of(cidr: &str) -> Ipv4Addr {
     net.hosts().next().unwrap()
 }
 
-/// The namespace of the `vlan` segments' IPAM ConfigMaps.
+/// What the `vlan` segments' cluster-wide allocations need (deploy/ installs both): the
+/// SegmentAddress CRD and the agent's namespace (the previous design's ConfigMaps).
 pub async fn create_ipam_namespace(kube: &kube::Client) {
+    install_segment_address_crd(kube).await;
     let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
         serde_json::json!({"metadata": {"name": switchyard_agent::vlan_pool::IPAM_NAMESPACE}}),
     )
@@ -603,4 +605,13 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The SegmentAddress CRD (`deploy/crds/`), served once created.
+pub async fn install_segment_address_crd(kube: &kube::Client) {
+    use kube::CustomResourceExt;
+    Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(kube.clone())
+        .create(&PostParams::default(), &switchyard_api::SegmentAddress::crd())
+        .await
+        .expect("create the SegmentAddress CRD");
 }

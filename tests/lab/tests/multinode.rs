@@ -522,18 +522,22 @@ fn vlan_segments_across_nodes_through_the_fabric() {
         assert!(ip.starts_with("10.100.0."), "{ip}");
         assert!(seen.insert(ip.clone()), "{ip} given twice: {ips:?}");
     }
-    let cm = lab.kubectl_ok(&[
-        "-n",
-        "switchyard-system",
+    // One SegmentAddress object per address, named <segment>.<address>.
+    let objects = lab.kubectl_ok(&[
         "get",
-        "configmap",
-        "switchyard-ipam-vlan100",
+        "segmentaddresses",
+        "-l",
+        "switchyard.io/segment=vlan100",
         "-o",
         "json",
     ]);
-    let cm: serde_json::Value = serde_json::from_str(&cm).unwrap();
+    let objects: serde_json::Value = serde_json::from_str(&objects).unwrap();
     for ip in &ips {
-        assert!(cm["data"][ip].is_string(), "{ip} not recorded: {cm}");
+        let recorded = objects["items"].as_array().unwrap().iter().any(|o| {
+            o["spec"]["address"] == ip.as_str()
+                && o["metadata"]["name"] == format!("vlan100.{ip}").as_str()
+        });
+        assert!(recorded, "{ip} not recorded: {objects}");
     }
     let (r1, r2, o1) = (pod_ip(&lab, "r1"), pod_ip(&lab, "r2"), pod_ip(&lab, "o1"));
     assert!(

@@ -209,19 +209,18 @@ fn a_full_subnet_gets_a_second_one_and_new_pods_live_there() {
     eventually("the SNAT rule removed from the router", DEADLINE, || {
         (fabric_api(&lab, "GET", &format!("{NAT_RULES}/{id}"), "").0 == 404).then_some(())
     });
-    let cm = lab.kubectl(&[
-        "-n",
-        "switchyard-system",
+    let objects = lab.kubectl(&[
         "get",
-        "configmap",
-        "switchyard-ipam-ns-small",
+        "segmentaddresses",
+        "-l",
+        "switchyard.io/segment=ns-small",
         "-o",
-        "jsonpath={.data}",
+        "jsonpath={.items[*].spec.address}",
     ]);
-    let left = String::from_utf8_lossy(&cm.stdout).to_string();
+    let left = String::from_utf8_lossy(&objects.stdout).to_string();
     assert!(
         !left.contains("10.32."),
-        "addresses left in the IPAM ConfigMap: {left}"
+        "addresses left as SegmentAddress objects: {left}"
     );
 
     //    Recreated, it gets fresh objects: a new Segment (the new UID, one subnet again)

@@ -245,25 +245,30 @@ fn static_vlan_pod(namespace: &str, name: &str, node: &str, ip: &str) -> String 
     )
 }
 
-/// Whether the segment's IPAM ConfigMap records `ip` (and for which holder).
+/// Whether the segment's allocation object of `ip` exists (and for which holder:
+/// `<node>/<container id>/<interface>`).
 fn ipam_holder(lab: &Lab, ip: &str) -> Option<String> {
     let out = lab.kubectl(&[
-        "-n",
-        "switchyard-system",
         "get",
-        "configmap",
-        "switchyard-ipam-vlan100",
+        "segmentaddress",
+        &format!("vlan100.{ip}"),
         "-o",
         "json",
     ]);
-    let cm: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    cm["data"][ip].as_str().map(str::to_string)
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = &o["spec"];
+    Some(format!(
+        "{}/{}/{}",
+        s["node"].as_str()?,
+        s["containerID"].as_str()?,
+        s["interface"].as_str()?
+    ))
 }
 
 /// The only backend of a ClusterIP, a `vlan100` pod with a static address, is deleted on
 /// node2 and created again with the same address on node1: every client (both nodes, an
 /// overlay pod on each node) follows it, TCP and UDP. The tunnel flows toward a remote
-/// `vlan` pod follow the segment's IPAM ConfigMap (a stale one on node1 would send the
+/// `vlan` pod follow the segment's allocation objects (a stale one on node1 would send the
 /// connection to node2, where the pod no longer is).
 #[test]
 fn vlan_backend_moving_to_the_other_node_is_followed() {

@@ -605,13 +605,22 @@ fn start_runtime(state: &StateDir, info: &LabInfo) -> Result<(), LabError> {
 
 async fn register_nodes(url: &str, nodes: &[NodeInfo]) -> Result<(), LabError> {
     let client = client(url)?;
-    // The namespace Switchyard runs in on a real cluster (deploy/): the agents keep the
-    // cluster-wide address allocations of `vlan` segments there.
+    // The namespace Switchyard runs in on a real cluster (deploy/): the agents migrate the
+    // previous design's allocation ConfigMaps of `vlan` segments there.
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns: k8s_openapi::api::core::v1::Namespace =
         serde_json::from_value(json!({"metadata": {"name": "switchyard-system"}}))
             .map_err(|e| LabError::Other(e.to_string()))?;
     namespaces.create(&PostParams::default(), &ns).await?;
+    // The CRD of those allocations (deploy/crds/), one object per address.
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    crds.create(
+        &PostParams::default(),
+        &<switchyard_api::SegmentAddress as kube::CustomResourceExt>::crd(),
+    )
+    .await?;
     let api: Api<Node> = Api::all(client);
     for n in nodes {
         let node: Node = serde_json::from_value(json!({
