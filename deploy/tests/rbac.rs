@@ -150,7 +150,8 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         "Node" => of::<core::v1::Node>(),
         "Pod" => of::<core::v1::Pod>(),
         "Namespace" => of::<core::v1::Namespace>(),
-        "Service" => of::<core::v1::Service>(),
+        // The proxy watches Services decoded into its own slim type.
+        "Service" | "SlimService" => of::<core::v1::Service>(),
         "Endpoints" => of::<core::v1::Endpoints>(),
         "ConfigMap" => of::<core::v1::ConfigMap>(),
         "Secret" => of::<core::v1::Secret>(),

@@ -327,7 +327,13 @@ async fn install(url: &str, info: &LabInfo, cp: &ControlPlaneInfo) -> Result<(),
     let client = super::up::client(url)?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in switchyard_api::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
+        // `up` installs some itself (SegmentAddress for the vlan segments' addresses).
+        match crds.create(&PostParams::default(), &crd).await {
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            other => {
+                other?;
+            }
+        }
     }
     let read =
         |p: &Path| fs::read(p).map_err(|e| LabError::io(format!("reading {}", p.display()), e));
