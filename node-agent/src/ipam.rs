@@ -6,8 +6,10 @@
 //! are handed out first). Addresses are handed out per
 //! attachment (container id + interface name): asking again for the same
 //! attachment returns the same address, so a retried CNI ADD is idempotent.
-//! Allocation walks round-robin from the last address handed out, so a freed
-//! address is not reused at once. [`Pool`] is a plain struct; share it behind
+//! Allocation takes the first prefix with a free address and walks it
+//! round-robin from the last address handed out, so a freed address is not
+//! reused at once (an earlier prefix's freed address is: the first prefix
+//! comes first). [`Pool`] is a plain struct; share it behind
 //! [`SharedPool`] (a mutex) or the caller's own lock.
 
 use std::collections::{BTreeMap, HashMap};
@@ -169,8 +171,8 @@ pub struct Pool {
     spans: Vec<Span>,
     by_key: HashMap<AttachmentKey, Ipv4Addr>,
     by_ip: BTreeMap<Ipv4Addr, AttachmentKey>,
-    /// Position (in the prefixes' order) of the last address handed out; the next search
-    /// starts after it (at the first address when none was).
+    /// Position (in the prefixes' order) of the last address handed out; a search of its
+    /// prefix starts after it, of any other prefix at its first address.
     cursor: Option<u64>,
 }
 
@@ -291,22 +293,6 @@ impl Pool {
             .fold(0u32, u32::saturating_add)
     }
 
-    /// Total number of candidate addresses (gateways included).
-    fn total(&self) -> u64 {
-        self.spans.iter().map(Span::len).sum()
-    }
-
-    /// The candidate address at `pos` (in the prefixes' order).
-    fn at(&self, mut pos: u64) -> Ipv4Addr {
-        for s in &self.spans {
-            if pos < s.len() {
-                return Ipv4Addr::from(s.first + pos as u32);
-            }
-            pos -= s.len();
-        }
-        unreachable!("position inside the pool")
-    }
-
     /// The position of `ip` among the candidates, if it is one.
     fn position(&self, ip: Ipv4Addr) -> Option<u64> {
         let n = u32::from(ip);
@@ -371,19 +357,26 @@ impl Pool {
         if let Some(ip) = self.lookup(key) {
             return Ok(ip);
         }
-        let total = self.total();
-        for step in 1..=total {
-            let pos = match self.cursor {
-                None => step - 1,
-                Some(c) => (c + step) % total,
+        // The first prefix with a free address; inside the prefix holding the cursor, the
+        // walk starts after it (round-robin), inside any other at its first address.
+        let mut base = 0u64;
+        for span in self.spans.clone() {
+            let len = span.len();
+            let start = match self.cursor {
+                Some(c) if (base..base + len).contains(&c) => c - base + 1,
+                _ => 0,
             };
-            let ip = self.at(pos);
-            if self.spans.iter().any(|s| s.gateway == Some(ip)) || self.by_ip.contains_key(&ip) {
-                continue;
+            for step in 0..len {
+                let offset = (start + step) % len;
+                let ip = Ipv4Addr::from(span.first + offset as u32);
+                if span.gateway == Some(ip) || self.by_ip.contains_key(&ip) {
+                    continue;
+                }
+                self.insert(key.clone(), ip);
+                self.cursor = Some(base + offset);
+                return Ok(ip);
             }
-            self.insert(key.clone(), ip);
-            self.cursor = Some(pos);
-            return Ok(ip);
+            base += len;
         }
         Err(IpamError::Exhausted {
             pool: self.network(),
@@ -566,10 +559,34 @@ mod tests {
             .unwrap();
         pool.restore([(AttachmentKey::new("a", "eth0"), ip("10.64.0.6"))])
             .unwrap();
+        // The cursor stands at .6 (another node's address, say), yet the first subnet has
+        // free addresses: they come before the second subnet's (the CI failure of
+        // namespace_subnet_append: s4 got .10 while .4 and .5 were free).
         assert_eq!(
             pool.allocate(&AttachmentKey::new("b", "eth0")).unwrap(),
+            ip("10.64.0.2"),
+            "the first subnet's free addresses first, round-robin inside it"
+        );
+        for n in 3..=5 {
+            assert_eq!(
+                pool.allocate(&AttachmentKey::new(format!("c{n}"), "eth0"))
+                    .unwrap(),
+                ip(&format!("10.64.0.{n}"))
+            );
+        }
+        assert_eq!(
+            pool.allocate(&AttachmentKey::new("d", "eth0")).unwrap(),
             ip("10.64.0.10"),
-            "after the highest restored address"
+            "the second subnet once the first is full"
+        );
+        // A freed first-subnet address is taken before the second subnet's next one.
+        assert_eq!(
+            pool.release(&AttachmentKey::new("c4", "eth0")),
+            Some(ip("10.64.0.4"))
+        );
+        assert_eq!(
+            pool.allocate(&AttachmentKey::new("e", "eth0")).unwrap(),
+            ip("10.64.0.4")
         );
         let mut fresh = Pool::new(net("10.64.0.0/29"), Some(ip("10.64.0.1"))).unwrap();
         fresh
