@@ -418,7 +418,7 @@ fn agent_restart_during_cross_node_transfer_keeps_the_connection() {
     std::fs::remove_file(lab.state.cni_socket("node1")).ok();
     let program = sibling_binary("switchyard-agent", "switchyard-agent");
     let node1 = info.nodes[0].clone();
-    let (_child, _log) = switchyard_lab::cluster::node::start_agent(
+    let (mut child, log) = switchyard_lab::cluster::node::start_agent(
         &lab.state,
         &node1,
         &program,
@@ -427,12 +427,20 @@ fn agent_restart_during_cross_node_transfer_keeps_the_connection() {
     .unwrap();
     // Generous: on a 2-core machine running several labs and builds at once the agent's start
     // (OVSDB, flows, API lists) took over 30 s once; the connection is what is tested here.
+    // A start that never ends shows the new agent's log (where it waits).
     let restarted = Instant::now();
-    eventually(
-        "node1's agent to serve again",
-        Duration::from_secs(120),
-        || lab.state.cni_socket("node1").exists().then_some(()),
-    );
+    while !lab.state.cni_socket("node1").exists() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || restarted.elapsed() > Duration::from_secs(120) {
+            panic!(
+                "node1's new agent does not serve after {:.1?} (exit status {exited:?}); its log's end:\n{}{}",
+                restarted.elapsed(),
+                switchyard_lab::cluster::sys::tail(&log, 80),
+                diagnostics(&lab)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!("node1's new agent serves after {:.1?}", restarted.elapsed());
     // The same connection carries on with the new agent.
     let served = echoed.load(std::sync::atomic::Ordering::Relaxed);
