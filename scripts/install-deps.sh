@@ -14,6 +14,9 @@ packages=(
     nftables                    # nft: switchyard-proxy's NodePort/external IP table, its tests
     containernetworking-plugins # reference plugins: chaining tests and the bridge/host-local baseline
     python3                     # tiny echo servers in datapath tests
+    podman                      # a runtime other than kubelet on a Switchyard network (agent tests)
+    runc                        # podman's OCI runtime in that test
+    busybox-static              # the root file system of that test's containers
     shellcheck                  # lints every shell script (deploy tests)
     vagrant                     # `vagrant validate` of the Vagrant lab (deploy tests)
 )

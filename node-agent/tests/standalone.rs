@@ -64,7 +64,30 @@ fn containers_that_are_no_pods_get_the_network_configurations_segment() {
             assert!(out.success, "ADD with args.cni.segment: {}", out.stdout);
             assert_eq!(lab.pod_ports().len(), 3);
 
-            // Half a pod identity is still an error.
+            // podman's CNI backend sends K8S_POD_NAME (the container's name) and no
+            // namespace: still no pod.
+            let c5 = PodNs::new("", "c5");
+            let out = add(
+                &c5,
+                &conf,
+                "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c5",
+            )
+            .await;
+            assert!(out.success, "ADD as podman sends it: {}", out.stdout);
+            assert_eq!(lab.pod_ports().len(), 4);
+            let del = run_cni(
+                "DEL",
+                &c5.container_id,
+                Some(&c5.netns_path()),
+                "eth0",
+                "IgnoreUnknown=1;K8S_POD_NAME=web",
+                &conf,
+            )
+            .await;
+            assert!(del.success, "DEL: {}", del.stdout);
+            assert_eq!(lab.pod_ports().len(), 3);
+
+            // A namespace without a pod name is an error.
             let c4 = PodNs::new("", "c4");
             let out = add(&c4, &conf, "K8S_POD_NAMESPACE=default").await;
             assert_eq!(out.code(), 100, "{}", out.stdout);

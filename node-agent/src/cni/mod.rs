@@ -97,14 +97,16 @@ fn valid_k8s_name(s: &str) -> bool {
 }
 
 /// The pod a request is for (K8S_POD_NAMESPACE and K8S_POD_NAME); `None`
-/// when the runtime names no pod at all (a standalone attachment: podman,
-/// nerdctl, any libcni program), an error when it names half of one.
+/// when the runtime names no pod namespace (a standalone attachment: podman,
+/// nerdctl, any libcni program; podman's CNI backend sends K8S_POD_NAME set
+/// to the container's name, and no namespace), an error when it names a
+/// namespace without a pod.
 fn pod_identity(req: &CniRequest) -> Result<Option<(String, String)>, AttachError> {
     let args = &req.env.args;
     let (ns, name) = match (&args.k8s_pod_namespace, &args.k8s_pod_name) {
-        (None, None) => return Ok(None),
+        (None, _) => return Ok(None),
         (Some(ns), Some(name)) => (ns, name),
-        _ => return Err(AttachError::MissingPodIdentity),
+        (Some(_), None) => return Err(AttachError::MissingPodIdentity),
     };
     for (arg, v) in [("K8S_POD_NAMESPACE", ns), ("K8S_POD_NAME", name)] {
         if !valid_k8s_name(v) {
@@ -141,7 +143,7 @@ impl From<AttachError> for CniError {
             E::MissingPodIdentity => (
                 C::InvalidPodNetworkRequest,
                 "pod identity missing".into(),
-                "CNI_ARGS must carry both K8S_POD_NAMESPACE and K8S_POD_NAME (kubelet always sends them), or neither for a container that is no pod"
+                "CNI_ARGS names K8S_POD_NAMESPACE without K8S_POD_NAME (kubelet always sends both; a container that is no pod sends no K8S_POD_NAMESPACE)"
                     .into(),
             ),
             E::InvalidPodIdentity { arg, value } => (
