@@ -15,8 +15,10 @@ packages=(
     containernetworking-plugins # reference plugins: chaining tests and the bridge/host-local baseline
     python3                     # tiny echo servers in datapath tests
     podman                      # a runtime other than kubelet on a Switchyard network (agent tests)
-    runc                        # podman's OCI runtime in that test
-    busybox-static              # the root file system of that test's containers
+    runc                        # the OCI runtime of the podman and containerd tests
+    busybox-static              # the root file system of that test's containers (and containerd's sandboxes)
+    containerd                  # kubelet's path, containerd's CRI, driven by an agent test
+    protobuf-compiler           # protoc: builds that test's CRI client (k8s-cri)
     shellcheck                  # lints every shell script (deploy tests)
     vagrant                     # `vagrant validate` of the Vagrant lab (deploy tests)
 )
