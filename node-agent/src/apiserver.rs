@@ -57,7 +57,7 @@ impl std::fmt::Debug for ApiClient {
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     what: impl Into<String>,
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, ApiError> {

@@ -191,7 +191,14 @@ impl Overlay {
     /// A failed list is logged and left to the watch.
     pub async fn seed(&self, client: kube::Client) {
         let node_api: Api<Node> = Api::all(client.clone());
-        let nodes = match node_api.list(&Default::default()).await {
+        // Bounded: a start-up must not hang on one unanswered request (the watch lists
+        // again anyway).
+        let nodes = match crate::apiserver::bounded(
+            "listing Nodes",
+            node_api.list(&Default::default()),
+        )
+        .await
+        {
             Ok(list) => list.items,
             Err(e) => {
                 tracing::warn!(error = %e, "listing Nodes before the first resync failed; the watch will add them");
@@ -203,7 +210,11 @@ impl Overlay {
             .filter_map(|n| Some((n.metadata.name.clone()?, remote_node(n)?)))
             .collect();
         let ipam_api: Api<SegmentAddress> = Api::all(client);
-        let listed = ipam_api.list(&Default::default()).await;
+        let listed = crate::apiserver::bounded(
+            "listing SegmentAddresses",
+            ipam_api.list(&Default::default()),
+        )
+        .await;
         let placements: BTreeMap<String, BTreeMap<Ipv4Addr, String>> = match listed {
             Ok(list) => list
                 .items
