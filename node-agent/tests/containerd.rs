@@ -33,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::json;
+use support::runtimes::{busybox_rootfs, node_pod_cidr, write_runc_wrapper};
 use support::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -148,15 +149,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     /// (manifest.json, config, one layer) imported into the CRI's `k8s.io` namespace.
     fn import_sandbox_image(&self) {
         use sha2::Digest;
-        let rootfs = self.dir.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("busybox (Debian's busybox-static) installed");
-        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+        let rootfs = busybox_rootfs(&self.dir, &["sleep"]);
         let mut layer = tar::Builder::new(Vec::new());
         layer.follow_symlinks(false);
         layer.append_dir_all(".", &rootfs).unwrap();
@@ -230,34 +223,6 @@ impl Drop for Containerd {
             ])
             .status();
     }
-}
-
-/// runc with `process.rlimits` removed from the spec it reads (this machine's root lacks
-/// CAP_SYS_RESOURCE, so runc cannot apply them; nothing about networking).
-fn write_runc_wrapper(dir: &Path) -> PathBuf {
-    let path = dir.join("runc-without-rlimits");
-    std::fs::write(
-        &path,
-        r#"#!/bin/sh
-strip() { sed -i -e 's/"rlimits":\[[^]]*\],//' -e 's/,"rlimits":\[[^]]*\]//' "$1"; }
-prev=
-for a in "$@"; do
-  case "$prev" in
-    --bundle|-b) [ -f "$a/config.json" ] && strip "$a/config.json" ;;
-    --process|-p) [ -f "$a" ] && strip "$a" ;;
-  esac
-  case "$a" in
-    --bundle=*) [ -f "${a#--bundle=}/config.json" ] && strip "${a#--bundle=}/config.json" ;;
-    --process=*) [ -f "${a#--process=}" ] && strip "${a#--process=}" ;;
-  esac
-  prev=$a
-done
-exec runc "$@"
-"#,
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path
 }
 
 /// The sandbox's network namespace path, from the verbose status containerd gives.
@@ -342,11 +307,7 @@ fn containerd_cri_sandboxes_on_switchyard() {
         let sandbox = status.status.clone().unwrap();
         assert_eq!(sandbox.state, cri::PodSandboxState::SandboxReady as i32);
         let ip: std::net::Ipv4Addr = sandbox.network.unwrap().ip.parse().unwrap();
-        let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(lab.kube.clone())
-            .get(NODE_NAME)
-            .await
-            .unwrap();
-        let cidr: ipnet::Ipv4Net = node.spec.unwrap().pod_cidr.unwrap().parse().unwrap();
+        let cidr = node_pod_cidr(&lab).await;
         assert!(
             cidr.contains(&ip),
             "{ip} outside the node's pod CIDR {cidr}"

@@ -22,10 +22,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::runtimes::{busybox_rootfs, node_pod_cidr, write_runc_wrapper};
 use support::*;
 
 /// What podman needs to run on its own, inside `dir`.
@@ -60,34 +61,7 @@ impl Podman {
             ),
         )
         .unwrap();
-        let runtime = dir.join("runc-without-rlimits");
-        // `create` reads the bundle's config.json, `exec` a process file.
-        std::fs::write(
-            &runtime,
-            r#"#!/bin/sh
-# runc with process.rlimits removed from what it reads (no CAP_SYS_RESOURCE here).
-strip() { sed -i -e 's/"rlimits":\[[^]]*\],//' -e 's/,"rlimits":\[[^]]*\]//' "$1"; }
-prev=
-for a in "$@"; do
-  case "$prev" in
-    --bundle|-b) [ -f "$a/config.json" ] && strip "$a/config.json" ;;
-    --process|-p) [ -f "$a" ] && strip "$a" ;;
-  esac
-  case "$a" in
-    --bundle=*) [ -f "${a#--bundle=}/config.json" ] && strip "${a#--bundle=}/config.json" ;;
-    --process=*) [ -f "${a#--process=}" ] && strip "${a#--process=}" ;;
-  esac
-  prev=$a
-done
-exec runc "$@"
-"#,
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            &runtime,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        write_runc_wrapper(&dir);
         let podman = Podman { dir };
         podman.import_busybox();
         podman
@@ -132,17 +106,7 @@ exec runc "$@"
 
     /// A root file system of busybox-static, imported as `localhost/sybox:1`.
     fn import_busybox(&self) {
-        let rootfs = self.dir.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("busybox (Debian's busybox-static) installed");
-        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-        for tool in ["sh", "sleep", "ping", "ip", "cat"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
-        }
+        let rootfs = busybox_rootfs(&self.dir, &["sh", "sleep", "ping", "ip", "cat"]);
         let tar = self.dir.join("rootfs.tar");
         sh_ok(&[
             "tar",
@@ -198,11 +162,7 @@ fn podman_containers_on_a_switchyard_network() {
             let web = podman.address("web");
             let client = podman.address("client");
             assert_ne!(web, client);
-            let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(lab.kube.clone())
-                .get(NODE_NAME)
-                .await
-                .unwrap();
-            let cidr: ipnet::Ipv4Net = node.spec.unwrap().pod_cidr.unwrap().parse().unwrap();
+            let cidr = node_pod_cidr(&lab).await;
             for ip in [&web, &client] {
                 assert!(
                     cidr.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),

@@ -16,6 +16,8 @@
 //! workspace's `target/`). Set `SWITCHYARD_CNI_BIN` to use another binary.
 #![allow(dead_code)]
 
+pub mod runtimes;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
