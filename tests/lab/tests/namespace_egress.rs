@@ -17,12 +17,13 @@
 //! SWITCHYARD_SKIP_PRIVILEGED=1. `cargo test -p switchyard-lab --test namespace_egress`.
 
 mod lab_support;
+mod nsnet_support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
+use nsnet_support::*;
 use switchyard_lab::cluster::fabric;
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
@@ -33,41 +34,6 @@ const REPAIR_DEADLINE: Duration = Duration::from_secs(10);
 const EGRESS_POOL: &str = "198.18.20.0/29";
 const ECHO_PORT: u16 = 9091;
 const NAT_RULES: &str = "/policy/api/v1/infra/tier-1s/lab/nat/USER/nat-rules";
-
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A request to the lab's fabric API with the lab's client certificate: (HTTP status, body).
-fn fabric_api(lab: &Lab, method: &str, path: &str, body: &str) -> (u16, String) {
-    let api = lab.info().fabric.unwrap().api.expect("fabric API running");
-    let out = Command::new("curl")
-        .args(["-sS", "-X", method, "-w", "\n%{http_code}"])
-        .arg("--cacert")
-        .arg(&api.pki.ca)
-        .arg("--cert")
-        .arg(&api.pki.client_cert)
-        .arg("--key")
-        .arg(&api.pki.client_key)
-        .args(["-H", "content-type: application/json"])
-        .args(if body.is_empty() {
-            vec![]
-        } else {
-            vec!["--data", body]
-        })
-        .arg(format!("{}{path}", api.endpoint))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
 
 /// The fabric API's NAT rule `id`, if it exists.
 fn nat_rule(lab: &Lab, id: &str) -> Option<serde_json::Value> {
@@ -84,14 +50,6 @@ fn nat_table(netns: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn segment_json(lab: &Lab, name: &str) -> Option<serde_json::Value> {
-    let out = lab.kubectl(&["get", "segment", name, "-o", "json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
 #[test]
 fn a_namespace_leaves_with_its_snat_address_through_the_fabric() {
     if !privileged("a_namespace_leaves_with_its_snat_address_through_the_fabric") {
@@ -100,41 +58,17 @@ fn a_namespace_leaves_with_its_snat_address_through_the_fabric() {
     sibling_binary("switchyard", "switchyard-cni");
     sibling_binary("switchyard-agent", "switchyard-agent");
     sibling_binary("switchyard-proxy", "switchyard-proxy");
-    let controller_bin = sibling_binary("switchyard-controller", "switchyard-controller");
+    sibling_binary("switchyard-controller", "switchyard-controller");
     let started = Instant::now();
     let lab = Lab::up(2, &["--fabric", "--vlans", "100"]);
     eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
     let _diag = DiagnosticsOnPanic(&lab, "this test");
     let info = lab.info();
     let fab = info.fabric.clone().expect("lab has a fabric");
-    let api = fab.api.clone().expect("fabric API running");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    lab.kubectl_ok(&["apply", "-f", root.join("deploy/crds").to_str().unwrap()]);
-    let from = |k: &str, p: &PathBuf| format!("--from-file={k}={}", p.display());
-    lab.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "fabric-cred",
-        "-n",
-        "switchyard-system",
-        &from("tls.crt", &api.pki.client_cert),
-        &from("tls.key", &api.pki.client_key),
-        &from("ca.crt", &api.pki.ca),
-    ]);
-    lab.apply(&format!(
-        "apiVersion: switchyard.io/v1alpha1\nkind: RouteTarget\nmetadata:\n  name: fabric\nspec:\n  driver: lab\n  endpoint: {}\n  credentialsSecretRef:\n    namespace: switchyard-system\n    name: fabric-cred\n---\napiVersion: switchyard.io/v1alpha1\nkind: IPPool\nmetadata:\n  name: egress\nspec:\n  usage: Egress\n  cidrs: [\"{EGRESS_POOL}\"]\n  announce:\n    mode: None\n",
-        api.endpoint
-    ));
+    apply_crds(&lab);
     // The internet reaches the SNAT addresses through the fabric (an upstream provider's
     // job); it has no route to the namespace's subnet.
-    check(
-        "egress pool route in the internet",
-        in_netns(
-            &fab.internet_netns,
-            &["ip", "route", "replace", EGRESS_POOL, "via", "198.51.100.1"],
-        ),
-    );
+    route_target_and_egress_pool(&lab, EGRESS_POOL);
     // An operator's NAT rule on the same router, without Switchyard's tags.
     let (code, body) = fabric_api(
         &lab,
@@ -145,23 +79,18 @@ fn a_namespace_leaves_with_its_snat_address_through_the_fabric() {
     assert_eq!(code, 200, "{body}");
     let ops_before = nat_rule(&lab, "ops-snat").unwrap();
 
-    let _controller = Proc(
-        Command::new(&controller_bin)
-            .env("KUBECONFIG", lab.state.kubeconfig())
-            .env("RUST_LOG", "info")
-            .args(["--identity", "test-1", "--namespace", "switchyard-system"])
-            .args(["--cluster-name", &lab.name])
-            .args(["--metrics-address", "127.0.0.1:0"])
-            .args(["--namespace-networks", "label"])
-            .args(["--namespace-vlans", "300-309"])
-            .args(["--namespace-supernet", "10.30.0.0/24"])
-            .args(["--namespace-subnet-prefix", "26"])
-            .args(["--namespace-uplink", "trunk0"])
-            .args(["--namespace-route-target", "fabric"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.state.root().join("controller.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let _controller = start_controller(
+        &lab,
+        &[
+            "--namespace-vlans",
+            "300-309",
+            "--namespace-supernet",
+            "10.30.0.0/24",
+            "--namespace-subnet-prefix",
+            "26",
+            "--namespace-route-target",
+            "fabric",
+        ],
     );
 
     // 1. `blue` gets its Segment and SNAT address; the fabric gets the VLAN's gateway.

@@ -1,6 +1,7 @@
 //! Shared parts of the namespace-network lab tests (`namespace_isolation.rs`,
-//! `namespace_subnet_append.rs`): the controller as a child process, manifests, the
-//! Segment's JSON, the fabric API and what a pod sees (ping, its MAC).
+//! `namespace_egress.rs`, `namespace_subnet_append.rs`): the controller as a child
+//! process, manifests, the Segment's JSON, the fabric API and what a pod sees (ping, its
+//! MAC).
 
 #![allow(dead_code)]
 
