@@ -47,8 +47,10 @@
 //! delete.
 //!
 //! Generic flows (cookie object 0): the two session-affinity helpers above,
-//! and the hairpin flows described in `switchyard_pipeline`'s crate
-//! docs (one per local endpoint address in L3_FORWARDING).
+//! the hairpin flows described in `switchyard_pipeline`'s crate
+//! docs (one per local endpoint address in L3_FORWARDING), and the path of
+//! endpoints outside the pod networks for connections from the gateway port
+//! ([`outside_flows`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -57,8 +59,8 @@ use switchyard_ovs::openflow::{
     PacketInReason, SelectionMethod, ct_state, port,
 };
 use switchyard_pipeline::{
-    Cookie, EndpointPortAndState, HAIRPIN_SNAT_IP, Owner, ServiceState, ct_mark, priority, reg,
-    table, zone,
+    Cookie, EndpointPortAndState, HAIRPIN_SNAT_IP, OUTSIDE_SNAT_IP, Owner, ServiceState, ct_mark,
+    ofport, priority, reg, table, zone,
 };
 
 use crate::diff::GroupId;
@@ -402,6 +404,80 @@ pub fn generic_flows(generation: u8) -> Vec<Flow> {
             .cookie(c)
             .matching(reg::HAIRPIN_SET.matching())
             .action(Action::Output(port::IN_PORT)),
+    ]
+    .into_iter()
+    .chain(outside_flows(generation))
+    .collect()
+}
+
+/// The path of a Service connection that came in from the gateway port (the
+/// node's own, or a client outside reaching a node port, external or
+/// LoadBalancer IP, which the host masqueraded to the gateway address) and
+/// was DNATed to an endpoint outside the pod networks (another host, a node
+/// port, the API server): no route of `br-int` takes it, and L3_FORWARDING's
+/// route to the gateway cannot send it out of the port it came in on. So:
+///
+/// ```text
+/// T40 L3_FORWARDING prio 50   ip,in_port=GATEWAY,ct_state=-rpl+trk,ct_zone=POD,ct_mark=SERVICE
+///     -> reg4[18]=1, ct(commit,zone=OUTSIDE_SNAT,nat(src=169.254.169.251),exec(ct_mark=SERVICE),table=L3)
+///        (again in L3_FORWARDING, now in zone OUTSIDE_SNAT: the route to the
+///        gateway, and OUTPUT's hairpin flow sends it out of in_port)
+/// T20 CONNTRACK     prio 300  ip,in_port=GATEWAY,nw_dst=169.254.169.251,reg4[18]=0
+///     -> reg4[18]=1, ct(zone=OUTSIDE_SNAT,nat,table=CONNTRACK)   (the reply: un-SNAT, then the pod zone)
+/// T20 CONNTRACK     prio 300  ip,in_port=GATEWAY,nw_dst=169.254.169.251,reg4[18]=1 -> drop
+///     (no such connection: never round again)
+/// ```
+///
+/// The source becomes [`OUTSIDE_SNAT_IP`] because a packet arriving on
+/// `sy-gw0` from the node's own gateway address is a martian to the node;
+/// the node then masquerades it to the address of the interface it leaves
+/// by ([`crate::host`]) and routes the reply's un-masqueraded destination,
+/// [`OUTSIDE_SNAT_IP`], back into `sy-gw0`. Un-SNATed (zone OUTSIDE_SNAT)
+/// and un-DNATed (zone POD) the reply is again a packet of the gateway
+/// port's connection, to the gateway address: reg4[18] sends it back out of
+/// `in_port`. Pods' connections to such endpoints leave through the gateway
+/// port (the route to the gateway) and are untouched.
+pub fn outside_flows(generation: u8) -> Vec<Flow> {
+    let c = cookie(generation, GENERIC_OBJECT);
+    let to_outside = |hairpin: bool| {
+        table::CONNTRACK
+            .flow(priority::OUTSIDE_UNSNAT)
+            .cookie(c)
+            .matching(MatchField::in_port(ofport::GATEWAY))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(OUTSIDE_SNAT_IP, 32))
+            .matching(reg::HAIRPIN.matching(hairpin))
+    };
+    vec![
+        table::L3_FORWARDING
+            .flow(priority::SERVICE_TO_OUTSIDE)
+            .cookie(c)
+            .matching(MatchField::in_port(ofport::GATEWAY))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ct_state(
+                ct_state::TRK,
+                ct_state::TRK | ct_state::RPL,
+            ))
+            .matching(zone::POD.matching())
+            .matching(ct_mark::SERVICE.matching())
+            .action(reg::HAIRPIN_SET.load())
+            .action(Action::Ct(Ct {
+                commit: true,
+                zone: zone::OUTSIDE_SNAT.ct(),
+                table: Some(table::L3_FORWARDING.id()),
+                nat: Some(Nat::src(IpAddr::V4(OUTSIDE_SNAT_IP), None)),
+                exec: vec![ct_mark::SERVICE.set()],
+                ..Ct::default()
+            })),
+        to_outside(false)
+            .action(reg::HAIRPIN_SET.load())
+            .action(Action::Ct(Ct {
+                zone: zone::OUTSIDE_SNAT.ct(),
+                table: Some(table::CONNTRACK.id()),
+                nat: Some(Nat::existing()),
+                ..Ct::default()
+            })),
+        to_outside(true),
     ]
 }
 

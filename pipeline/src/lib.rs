@@ -134,6 +134,18 @@
 //! - [OUTPUT]: `reg4[18]=1` outputs to `in_port` (OpenFlow never outputs to
 //!   the ingress port otherwise).
 //!
+//! and for Service connections from the gateway port to endpoints outside the
+//! pod networks (SNATed to [`OUTSIDE_SNAT_IP`] in [`zone::OUTSIDE_SNAT`], back
+//! out of the gateway port; `docs/pipeline.md`):
+//! - [L3_FORWARDING] ([`priority::SERVICE_TO_OUTSIDE`], above only the route
+//!   to the gateway): `in_port=GATEWAY`, a tracked non-reply service
+//!   connection in [`zone::POD`] sets [`reg::HAIRPIN`] and SNATs (ct_mark
+//!   SERVICE), then comes back to L3_FORWARDING;
+//! - [CONNTRACK] ([`priority::OUTSIDE_UNSNAT`]): `in_port=GATEWAY,
+//!   nw_dst=OUTSIDE_SNAT_IP` with [`reg::HAIRPIN`] clear sets it and un-SNATs,
+//!   then comes back to CONNTRACK for the pod zone; with it set (no such
+//!   connection) drops.
+//!
 //! The agent relies on nothing of this; it must only keep skipping the
 //! commit of connections whose ct_mark has [`ct_mark::SERVICE`], keep
 //! CONNTRACK_STATE's default going to the Service stage (SERVICE_EXTERNAL_FRONTEND), and leave reg3/reg4
@@ -154,6 +166,6 @@ pub use fields::{
     CtMark, EndpointPortAndState, PortKind, RegField, RegMark, RegValue, ServiceState, Zone,
     ct_mark, reg, tunnel_key, zone,
 };
-pub use ports::{HAIRPIN_SNAT_IP, ofport};
+pub use ports::{HAIRPIN_SNAT_IP, OUTSIDE_SNAT_IP, ofport};
 pub use priority::Priority;
 pub use table::{Stage, Table};
