@@ -140,11 +140,15 @@
 //! - [L3_FORWARDING] ([`priority::SERVICE_TO_OUTSIDE`], above only the route
 //!   to the gateway): `in_port=GATEWAY`, a tracked non-reply service
 //!   connection in [`zone::POD`] sets [`reg::HAIRPIN`] and SNATs (ct_mark
-//!   SERVICE), then comes back to L3_FORWARDING;
+//!   SERVICE), then comes back to L3_FORWARDING; the same as
+//!   [`PortKind::Gateway`] in [`zone::GATEWAY_SNAT`] (a `vlan` segment pod's,
+//!   SNATed by the agent) SNATs without [`reg::HAIRPIN`]; a reply from
+//!   `in_port=GATEWAY` in [`zone::POD`] sets [`reg::HAIRPIN`] and turns its
+//!   MACs round;
 //! - [CONNTRACK] ([`priority::OUTSIDE_UNSNAT`]): `in_port=GATEWAY,
-//!   nw_dst=OUTSIDE_SNAT_IP` with [`reg::HAIRPIN`] clear sets it and un-SNATs,
-//!   then comes back to CONNTRACK for the pod zone; with it set (no such
-//!   connection) drops.
+//!   nw_dst=OUTSIDE_SNAT_IP` un-SNATs, then comes back to CONNTRACK for the
+//!   pod zone; still to that address in [`zone::OUTSIDE_SNAT`] (no such
+//!   connection, [`priority::OUTSIDE_UNSNAT_MISS`]) drops.
 //!
 //! The agent relies on nothing of this; it must only keep skipping the
 //! commit of connections whose ct_mark has [`ct_mark::SERVICE`], keep

@@ -101,13 +101,16 @@ pub const HAIRPIN: Priority = Priority(300);
 
 /// Proxy, CONNTRACK: a packet from the gateway port to
 /// [`crate::OUTSIDE_SNAT_IP`] (the reply of a connection sent outside) is
-/// un-SNATed in [`crate::zone::OUTSIDE_SNAT`] before the pod zone, or
-/// dropped when that zone knows no such connection (above all of the
-/// agent's, like [`HAIRPIN`]).
+/// un-SNATed in [`crate::zone::OUTSIDE_SNAT`] before the pod zone (above
+/// all of the agent's, like [`HAIRPIN`]).
 pub const OUTSIDE_UNSNAT: Priority = Priority(300);
+/// Proxy, CONNTRACK: the same packet back from that zone still to
+/// [`crate::OUTSIDE_SNAT_IP`] (the zone knows no such connection): dropped,
+/// never round again (above [`OUTSIDE_UNSNAT`]).
+pub const OUTSIDE_UNSNAT_MISS: Priority = Priority(301);
 
 /// Every priority with its name, ascending (for documentation checks).
-pub const ALL: [(&str, Priority); 25] = [
+pub const ALL: [(&str, Priority); 26] = [
     ("MISS", MISS),
     ("AFFINITY_MISS", AFFINITY_MISS),
     ("SERVICE_TO_OUTSIDE", SERVICE_TO_OUTSIDE),
@@ -136,6 +139,7 @@ pub const ALL: [(&str, Priority); 25] = [
     ("REPLY_ROUTED_BACK", REPLY_ROUTED_BACK),
     ("HAIRPIN", HAIRPIN),
     ("OUTSIDE_UNSNAT", OUTSIDE_UNSNAT),
+    ("OUTSIDE_UNSNAT_MISS", OUTSIDE_UNSNAT_MISS),
 ];
 
 #[cfg(test)]
@@ -156,7 +160,7 @@ mod tests {
         assert!(SOURCE_RANGE_ALLOW < EXTERNAL_FROM_OUTSIDE);
         assert!(MISS < AFFINITY_MISS && SERVICE_SELECTED < SERVICE);
         assert!(AFFINITY_MISS < SERVICE_TO_OUTSIDE && SERVICE_TO_OUTSIDE < NORMAL);
-        assert!(REPLY_ROUTED_BACK < OUTSIDE_UNSNAT);
+        assert!(REPLY_ROUTED_BACK < OUTSIDE_UNSNAT && OUTSIDE_UNSNAT < OUTSIDE_UNSNAT_MISS);
         assert!(SERVICE < EXTERNAL_FROM_OUTSIDE && EXTERNAL_FROM_OUTSIDE < EXTERNAL_FROM_NODE);
         assert!(POLICY_ISOLATION < POLICY_RULE && POLICY_RULE < POLICY_ALLOW_ALL);
         assert!(POLICY_ALLOW_ALL < POLICY_EXEMPT);

@@ -75,8 +75,21 @@ fn pod(name: &str, node: &str, app: Option<&str>) -> String {
     let labels = app
         .map(|a| format!("  labels:\n    app: {a}\n"))
         .unwrap_or_default();
+    pod_with(name, node, &labels)
+}
+
+/// A pod of the `vlan100` segment (the namespace must allow pods to choose).
+fn vlan_pod(name: &str, node: &str) -> String {
+    pod_with(
+        name,
+        node,
+        "  annotations:\n    switchyard.io/segment: vlan100\n",
+    )
+}
+
+fn pod_with(name: &str, node: &str, metadata: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n{metadata}spec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n"
     )
 }
 
@@ -148,7 +161,8 @@ fn gateway(netns: &str) -> String {
 /// EndpointSlice, node1 and node2 of a fabric lab, a client pod on node1:
 /// 1. The endpoint is a server in the internet namespace (outside every cluster network).
 ///    ClusterIP: a pod on node1 is seen as node1's address (the agent's egress masquerade), node1
-///    and node2 (host network) as their own addresses. NodePort from the internet through
+///    and node2 (host network) as their own addresses, and so is a `vlan` segment pod on node1
+///    (SNATed to the gateway address by the agent, then as the node's own). NodePort from the internet through
 ///    node1 and node2: seen as that node's address. LoadBalancer (ingress IP routed by the
 ///    fabric to node1): the internet, a pod and node2 are answered.
 /// 2. The endpoint is node2's address, a server in node2's network namespace: node1 and the
@@ -168,12 +182,16 @@ fn selectorless_service_with_endpoints_outside_the_pod_networks() {
     let node2 = info.node("node2").unwrap().clone();
     let (n1, n2) = (node1.address.to_string(), node2.address.to_string());
 
+    lab.allow_pod_placement("default");
     let mut m = pod("client", "node1", None);
+    m.push_str(&vlan_pod("vclient", "node1"));
     m.push_str(&selectorless_service("outside", "ClusterIP", (0, 0)));
     m.push_str(&manual_slice("outside", INTERNET, PEER_HTTP, PEER_UDP));
     lab.apply(&m);
     wait_running(&lab, "client", POD_DEADLINE);
+    wait_running(&lab, "vclient", POD_DEADLINE);
     let client = info.pod_netns("default", "client");
+    let vclient = info.pod_netns("default", "vclient");
     let _outside = peer_server(&internet, PEER_HTTP, PEER_UDP);
     // The server itself, straight from node1 (no Service): seen as node1's address.
     answers(
@@ -189,6 +207,7 @@ fn selectorless_service_with_endpoints_outside_the_pod_networks() {
     seen_as(&client, &vip, service_ports, &n1);
     seen_as(&node1.netns, &vip, service_ports, &n1);
     seen_as(&node2.netns, &vip, service_ports, &n2);
+    seen_as(&vclient, &vip, service_ports, &n1);
 
     // NodePort from the internet, through either node, and from node1 to its own node port.
     lab.apply(&selectorless_service(
@@ -219,6 +238,7 @@ fn selectorless_service_with_endpoints_outside_the_pod_networks() {
     lab.apply(&manual_slice("outside", &n2, PEER_HTTP, PEER_UDP));
     seen_as(&node1.netns, &vip, service_ports, &n1);
     seen_as(&client, &vip, service_ports, &n1);
+    seen_as(&vclient, &vip, service_ports, &n1);
     seen_as(&internet, &n1, node_ports, &n1);
     seen_as(&internet, LB_IP, service_ports, &n1);
     seen_as(&node2.netns, &vip, service_ports, OUTSIDE_SNAT_IP);
