@@ -47,18 +47,20 @@
 //! delete.
 //!
 //! Generic flows (cookie object 0): the two session-affinity helpers above,
-//! and the hairpin flows described in `switchyard_pipeline`'s crate
-//! docs (one per local endpoint address in L3_FORWARDING).
+//! the hairpin flows described in `switchyard_pipeline`'s crate
+//! docs (one per local endpoint address in L3_FORWARDING), and the path of
+//! endpoints outside the pod networks for connections from the gateway port
+//! ([`outside_flows`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use switchyard_ovs::openflow::{
     Action, Bucket, Ct, Field, Flow, Group, GroupType, Learn, LearnSpec, MatchField, Nat,
-    PacketInReason, SelectionMethod, ct_state, port,
+    PacketInReason, SelectionMethod, SubField, ct_state, port,
 };
 use switchyard_pipeline::{
-    Cookie, EndpointPortAndState, HAIRPIN_SNAT_IP, Owner, ServiceState, ct_mark, priority, reg,
-    table, zone,
+    Cookie, EndpointPortAndState, HAIRPIN_SNAT_IP, OUTSIDE_SNAT_IP, Owner, PortKind, ServiceState,
+    ct_mark, ofport, priority, reg, table, zone,
 };
 
 use crate::diff::GroupId;
@@ -402,6 +404,103 @@ pub fn generic_flows(generation: u8) -> Vec<Flow> {
             .cookie(c)
             .matching(reg::HAIRPIN_SET.matching())
             .action(Action::Output(port::IN_PORT)),
+    ]
+    .into_iter()
+    .chain(outside_flows(generation))
+    .collect()
+}
+
+/// The path of a Service connection that came in from the gateway port (the
+/// node's own, or a client outside reaching a node port, external or
+/// LoadBalancer IP, which the host masqueraded to the gateway address) and
+/// was DNATed to an endpoint outside the pod networks (another host, a node
+/// port, the API server): no route of `br-int` takes it, and L3_FORWARDING's
+/// route to the gateway cannot send it out of the port it came in on. So:
+///
+/// ```text
+/// T40 L3_FORWARDING prio 50   ip,in_port=GATEWAY,ct_state=-rpl+trk,ct_zone=POD,ct_mark=SERVICE
+///     -> reg4[18]=1, ct(commit,zone=OUTSIDE_SNAT,nat(src=169.254.169.251),exec(ct_mark=SERVICE),table=L3)
+///        (again in L3_FORWARDING, now in zone OUTSIDE_SNAT: the route to the
+///        gateway, and OUTPUT's hairpin flow sends it out of in_port)
+/// T40 L3_FORWARDING prio 50   ip,reg0[0..3]=Gateway,ct_state=-rpl+trk,ct_zone=GATEWAY_SNAT,ct_mark=SERVICE
+///     -> the same without reg4[18]: a `vlan` segment pod's Service connection,
+///        which the agent SNATed to the gateway address (its own port is not the gateway's)
+/// T40 L3_FORWARDING prio 50   ip,in_port=GATEWAY,ct_state=+rpl+trk,ct_zone=POD,ct_mark=SERVICE
+///     -> reg4[18]=1, eth_dst=eth_src, next table
+///        (a reply, un-NATed, to the gateway port's own connection: back out of in_port)
+/// T20 CONNTRACK     prio 300  ip,in_port=GATEWAY,nw_dst=169.254.169.251
+///     -> ct(zone=OUTSIDE_SNAT,nat,table=CONNTRACK)   (the reply: un-SNAT, then the pod zone)
+/// T20 CONNTRACK     prio 301  ip,in_port=GATEWAY,nw_dst=169.254.169.251,ct_zone=OUTSIDE_SNAT -> drop
+///     (no such connection: never round again)
+/// ```
+///
+/// The source becomes [`OUTSIDE_SNAT_IP`] because a packet arriving on
+/// `sy-gw0` from the node's own gateway address is a martian to the node;
+/// the node then masquerades it to the address of the interface it leaves
+/// by ([`crate::host`]) and routes the reply's un-masqueraded destination,
+/// [`OUTSIDE_SNAT_IP`], back into `sy-gw0`. Un-SNATed (zone OUTSIDE_SNAT)
+/// and un-DNATed (zone POD) the reply is again a packet of the gateway
+/// port's connection, to the gateway address, and goes back out of
+/// `in_port` (or, for a `vlan` segment pod, un-SNATed by the agent too, is
+/// routed to the pod). Pods' own connections to such endpoints leave through
+/// the gateway port (the route to the gateway) and are untouched.
+pub fn outside_flows(generation: u8) -> Vec<Flow> {
+    let c = cookie(generation, GENERIC_OBJECT);
+    let l3 = |state: u32| {
+        table::L3_FORWARDING
+            .flow(priority::SERVICE_TO_OUTSIDE)
+            .cookie(c)
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ct_state(
+                ct_state::TRK | state,
+                ct_state::TRK | ct_state::RPL,
+            ))
+            .matching(ct_mark::SERVICE.matching())
+    };
+    let snat = || {
+        Action::Ct(Ct {
+            commit: true,
+            zone: zone::OUTSIDE_SNAT.ct(),
+            table: Some(table::L3_FORWARDING.id()),
+            nat: Some(Nat::src(IpAddr::V4(OUTSIDE_SNAT_IP), None)),
+            exec: vec![ct_mark::SERVICE.set()],
+            ..Ct::default()
+        })
+    };
+    let to_outside = |p| {
+        table::CONNTRACK
+            .flow(p)
+            .cookie(c)
+            .matching(MatchField::in_port(ofport::GATEWAY))
+            .matching(MatchField::eth_type(ETH_TYPE_IP))
+            .matching(MatchField::ipv4_dst(OUTSIDE_SNAT_IP, 32))
+    };
+    vec![
+        l3(0)
+            .matching(MatchField::in_port(ofport::GATEWAY))
+            .matching(zone::POD.matching())
+            .action(reg::HAIRPIN_SET.load())
+            .action(snat()),
+        l3(0)
+            .matching(reg::PORT_KIND.matching(PortKind::Gateway))
+            .matching(zone::GATEWAY_SNAT.matching())
+            .action(snat()),
+        l3(ct_state::RPL)
+            .matching(MatchField::in_port(ofport::GATEWAY))
+            .matching(zone::POD.matching())
+            .action(reg::HAIRPIN_SET.load())
+            .action(Action::Move {
+                src: SubField::whole(Field::EthSrc),
+                dst: SubField::whole(Field::EthDst),
+            })
+            .action(table::L3_FORWARDING.next().goto()),
+        to_outside(priority::OUTSIDE_UNSNAT).action(Action::Ct(Ct {
+            zone: zone::OUTSIDE_SNAT.ct(),
+            table: Some(table::CONNTRACK.id()),
+            nat: Some(Nat::existing()),
+            ..Ct::default()
+        })),
+        to_outside(priority::OUTSIDE_UNSNAT_MISS).matching(zone::OUTSIDE_SNAT.matching()),
     ]
 }
 

@@ -25,8 +25,16 @@
 //!     `sy-gw0` and not in from `sy-gw0` -> `masquerade` (the source becomes
 //!     the gateway address, so an endpoint on another node replies through
 //!     this node, which un-NATs the reply). ETP Local traffic is not
-//!     masqueraded: the endpoint sees the client's address.
-//! - Routes ([`sync_routes`]): [`NODEPORT_VIP_CLUSTER`], [`NODEPORT_VIP_LOCAL`]
+//!     masqueraded: the endpoint sees the client's address. And anything
+//!     from [`OUTSIDE_SNAT_IP`] -> `masquerade`: a Service connection of the
+//!     gateway port that `br-int` DNATed to an endpoint outside the pod
+//!     networks and sent back out of `sy-gw0` SNATed to that address
+//!     ([`crate::flows::outside_flows`]) leaves with the address of the
+//!     interface it goes out of (the node's underlay address; the gateway
+//!     address when it goes into `sy-gw0` again, to a node port of this node).
+//! - Routes ([`sync_routes`]): [`NODEPORT_VIP_CLUSTER`], [`NODEPORT_VIP_LOCAL`],
+//!   [`OUTSIDE_SNAT_IP`] (the un-masqueraded replies of those connections;
+//!   `src` = the first node-port address, [`HostRules::route_sources`])
 //!   and every external or LoadBalancer IP with a frontend `via
 //!   169.254.169.253 dev sy-gw0 onlink` (the next hop OVS answers ARP for,
 //!   as for the Service CIDR), tagged with [`ROUTE_PROTOCOL`]; only routes
@@ -47,6 +55,8 @@ use futures::TryStreamExt;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+
+use switchyard_pipeline::OUTSIDE_SNAT_IP;
 
 use crate::external::{NODEPORT_VIP_CLUSTER, NODEPORT_VIP_LOCAL, NodeContext};
 use crate::service_model::{DesiredState, Protocol};
@@ -83,9 +93,15 @@ pub struct HostRules {
     pub source_range_targets: BTreeSet<(Ipv4Addr, Protocol, u16)>,
     /// Their allowed sources.
     pub source_ranges_allowed: BTreeSet<(Ipv4Addr, Protocol, u16, ipnet::Ipv4Net)>,
-    /// Addresses routed into `sy-gw0`: the node-port VIPs and every
-    /// external and LoadBalancer IP.
+    /// Addresses routed into `sy-gw0`: the node-port VIPs,
+    /// [`OUTSIDE_SNAT_IP`] and every external and LoadBalancer IP.
     pub routes: BTreeSet<Ipv4Addr>,
+    /// Preferred source addresses of some of [`Self::routes`]: the node's
+    /// first node-port address for [`OUTSIDE_SNAT_IP`], so a server of the
+    /// node itself (an endpoint on the node's address) that answers from an
+    /// unbound UDP socket answers from that address, as it was asked, and
+    /// not from the gateway address the route's device would give.
+    pub route_sources: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
 fn nft_proto(protocol: Protocol) -> &'static str {
@@ -108,7 +124,12 @@ impl HostRules {
     pub fn of(state: &DesiredState, node: &NodeContext) -> Self {
         let mut rules = Self {
             nodeport_addresses: node.addresses.iter().copied().collect(),
-            routes: BTreeSet::from([NODEPORT_VIP_CLUSTER, NODEPORT_VIP_LOCAL]),
+            routes: BTreeSet::from([NODEPORT_VIP_CLUSTER, NODEPORT_VIP_LOCAL, OUTSIDE_SNAT_IP]),
+            route_sources: node
+                .addresses
+                .first()
+                .map(|a| BTreeMap::from([(OUTSIDE_SNAT_IP, *a)]))
+                .unwrap_or_default(),
             ..Self::default()
         };
         for (_, port) in state.iter() {
@@ -203,7 +224,8 @@ impl HostRules {
             s,
             "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\t{out} ip daddr {NODEPORT_VIP_CLUSTER} masquerade\n\
-             \t\t{out} ip daddr . meta l4proto . th dport @external_masquerade masquerade\n\t}}"
+             \t\t{out} ip daddr . meta l4proto . th dport @external_masquerade masquerade\n\
+             \t\tip saddr {OUTSIDE_SNAT_IP} masquerade\n\t}}"
         );
         s.push_str("}\n");
         s
@@ -256,8 +278,14 @@ pub fn run_nft(script: &str, check: bool) -> Result<(), HostError> {
     }
 }
 
-/// The proxy's routes in the main table: destination -> output interface.
-async fn own_routes(handle: &rtnetlink::Handle) -> Result<BTreeMap<Ipv4Addr, u32>, HostError> {
+/// An installed route of the proxy: output interface and preferred source.
+type Installed = (u32, Option<Ipv4Addr>);
+
+/// The proxy's routes in the main table: destination -> output interface
+/// and preferred source.
+async fn own_routes(
+    handle: &rtnetlink::Handle,
+) -> Result<BTreeMap<Ipv4Addr, Installed>, HostError> {
     let mut routes = handle
         .route()
         .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -280,29 +308,42 @@ async fn own_routes(handle: &rtnetlink::Handle) -> Result<BTreeMap<Ipv4Addr, u32
             RouteAttribute::Oif(i) => Some(*i),
             _ => None,
         });
+        let source = msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
         if let Some(dst) = dst {
-            out.insert(dst, oif.unwrap_or(0));
+            out.insert(dst, (oif.unwrap_or(0), source));
         }
     }
     Ok(out)
 }
 
-fn route_message(ip: Ipv4Addr, index: u32) -> netlink_packet_route::route::RouteMessage {
-    rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+fn route_message(
+    ip: Ipv4Addr,
+    (index, source): Installed,
+) -> netlink_packet_route::route::RouteMessage {
+    let builder = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(ip, 32)
         .gateway(NEXT_HOP)
         .output_interface(index)
         .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-        .onlink()
-        .build()
+        .onlink();
+    match source {
+        Some(source) => builder.pref_source(source).build(),
+        None => builder.build(),
+    }
 }
 
 /// Makes the proxy's routes exactly `wanted` (each `via` [`NEXT_HOP`] `dev`
-/// [`GATEWAY_PORT`] `onlink`): adds (replaces) those missing or on another
-/// interface, deletes the proxy's other routes. Nothing to do (Ok) while `sy-gw0` does not exist.
+/// [`GATEWAY_PORT`] `onlink`, with the preferred source of `sources` if it
+/// has one): adds (replaces) those missing, on another interface or with
+/// another source, deletes the proxy's other routes. Nothing to do (Ok)
+/// while `sy-gw0` does not exist.
 pub async fn sync_routes(
     handle: &rtnetlink::Handle,
     wanted: &BTreeSet<Ipv4Addr>,
+    sources: &BTreeMap<Ipv4Addr, Ipv4Addr>,
 ) -> Result<(), HostError> {
     let link = handle
         .link()
@@ -327,9 +368,14 @@ pub async fn sync_routes(
         }
     };
     let own = own_routes(handle).await?;
-    for (&ip, &oif) in &own {
+    for (&ip, &installed) in &own {
         if !wanted.contains(&ip) {
-            match handle.route().del(route_message(ip, oif)).execute().await {
+            match handle
+                .route()
+                .del(route_message(ip, installed))
+                .execute()
+                .await
+            {
                 Ok(()) => debug!(%ip, "route removed"),
                 Err(source) => {
                     return Err(HostError::Route {
@@ -342,10 +388,14 @@ pub async fn sync_routes(
     }
     // Only what is missing or points elsewhere (one request per route,
     // thousands with many LoadBalancer IPs).
-    for ip in wanted.iter().filter(|ip| own.get(ip) != Some(&index)) {
+    for (ip, route) in wanted
+        .iter()
+        .map(|ip| (ip, (index, sources.get(ip).copied())))
+        .filter(|(ip, route)| own.get(ip) != Some(route))
+    {
         handle
             .route()
-            .add(route_message(*ip, index))
+            .add(route_message(*ip, route))
             .replace()
             .execute()
             .await
@@ -406,7 +456,7 @@ pub async fn run(node: Arc<NodeContext>, mut states: watch::Receiver<Option<Arc<
             }
         }
         if let Some(handle) = &handle
-            && let Err(err) = sync_routes(handle, &rules.routes).await
+            && let Err(err) = sync_routes(handle, &rules.routes, &rules.route_sources).await
         {
             warn!(%err, "proxy routes not in place yet");
         }

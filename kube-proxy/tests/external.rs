@@ -331,6 +331,7 @@ fn host_rules_and_nft_script_golden() {
         [
             "169.254.169.249",
             "169.254.169.250",
+            "169.254.169.251",
             "192.0.2.10",
             "192.0.2.20",
             "192.0.2.40"
@@ -385,6 +386,7 @@ table ip switchyard-proxy {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "sy-gw0" iifname != "sy-gw0" ip daddr 169.254.169.250 masquerade
 		oifname "sy-gw0" iifname != "sy-gw0" ip daddr . meta l4proto . th dport @external_masquerade masquerade
+		ip saddr 169.254.169.251 masquerade
 	}
 }
 "#;

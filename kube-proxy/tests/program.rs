@@ -226,6 +226,11 @@ add table=30,cookie=0x5359020300000000,priority=1,reg4=0x10000/0x30000 actions=d
 add table=31,cookie=0x5359020300000000,priority=100,reg4=0x20000/0x30000 actions=goto_table:32\n\
 add table=20,cookie=0x5359020300000000,priority=300,ip,nw_dst=169.254.169.252 actions=set_field:0x40000/0x40000->reg4,ct(table=20,zone=65522,nat)\n\
 add table=70,cookie=0x5359020300000000,priority=300,reg4=0x40000/0x40000 actions=IN_PORT\n\
+add table=40,cookie=0x5359020300000000,priority=50,ip,ct_state=-rpl+trk,ct_mark=0x1/0x1,in_port=2,ct_zone=65520 actions=set_field:0x40000/0x40000->reg4,ct(commit,table=40,zone=65524,nat(src=169.254.169.251),exec(set_field:0x1->ct_mark))\n\
+add table=40,cookie=0x5359020300000000,priority=50,ip,ct_state=-rpl+trk,ct_mark=0x1/0x1,reg0=0x2/0xf,ct_zone=65523 actions=ct(commit,table=40,zone=65524,nat(src=169.254.169.251),exec(set_field:0x1->ct_mark))\n\
+add table=40,cookie=0x5359020300000000,priority=50,ip,ct_state=+rpl+trk,ct_mark=0x1/0x1,in_port=2,ct_zone=65520 actions=set_field:0x40000/0x40000->reg4,move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],goto_table:50\n\
+add table=20,cookie=0x5359020300000000,priority=300,ip,in_port=2,nw_dst=169.254.169.251 actions=ct(table=20,zone=65524,nat)\n\
+add table=20,cookie=0x5359020300000000,priority=301,ip,in_port=2,nw_dst=169.254.169.251,ct_zone=65524 actions=drop\n\
 add table=31,cookie=0x5359020300000001,priority=200,tcp,nw_dst=10.96.0.10,tcp_dst=80,reg4=0x0/0x30000 actions=note:64.65.66.61.75.6c.74.2f.77.65.62.3a.68.74.74.70.2f.54.43.50.00.00,set_field:0x10000/0x30000->reg4,group:1\n\
 add table=40,cookie=0x5359020300000000,priority=300,ip,nw_src=10.244.0.7,nw_dst=10.244.0.7,ct_state=-rpl+trk,ct_zone=65520,ct_mark=0x1/0x1 actions=set_field:0x40000/0x40000->reg4,ct(commit,table=40,zone=65522,nat(src=169.254.169.252),exec(set_field:0x3->ct_mark))\n\
 delete cookie=0x5359020200000000/0xffffffff00000000\n\

@@ -373,6 +373,10 @@ pub mod zone {
     /// Zone where the agent SNATs `vlan`-segment pods' Service connections
     /// to the node's gateway address (so replies come back through OVS).
     pub const GATEWAY_SNAT: Zone = Zone(0xfff3);
+    /// Zone where the proxy SNATs Service connections from the gateway port
+    /// to endpoints outside the pod networks to [`crate::OUTSIDE_SNAT_IP`]
+    /// (they go back out of the gateway port; replies are un-SNATed here).
+    pub const OUTSIDE_SNAT: Zone = Zone(0xfff4);
 }
 
 /// The overlay tunnel key (Geneve VNI / VXLAN VNI, `tun_id`): bits 0..=11

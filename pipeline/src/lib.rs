@@ -134,6 +134,22 @@
 //! - [OUTPUT]: `reg4[18]=1` outputs to `in_port` (OpenFlow never outputs to
 //!   the ingress port otherwise).
 //!
+//! and for Service connections from the gateway port to endpoints outside the
+//! pod networks (SNATed to [`OUTSIDE_SNAT_IP`] in [`zone::OUTSIDE_SNAT`], back
+//! out of the gateway port; `docs/pipeline.md`):
+//! - [L3_FORWARDING] ([`priority::SERVICE_TO_OUTSIDE`], above only the route
+//!   to the gateway): `in_port=GATEWAY`, a tracked non-reply service
+//!   connection in [`zone::POD`] sets [`reg::HAIRPIN`] and SNATs (ct_mark
+//!   SERVICE), then comes back to L3_FORWARDING; the same as
+//!   [`PortKind::Gateway`] in [`zone::GATEWAY_SNAT`] (a `vlan` segment pod's,
+//!   SNATed by the agent) SNATs without [`reg::HAIRPIN`]; a reply from
+//!   `in_port=GATEWAY` in [`zone::POD`] sets [`reg::HAIRPIN`] and turns its
+//!   MACs round;
+//! - [CONNTRACK] ([`priority::OUTSIDE_UNSNAT`]): `in_port=GATEWAY,
+//!   nw_dst=OUTSIDE_SNAT_IP` un-SNATs, then comes back to CONNTRACK for the
+//!   pod zone; still to that address in [`zone::OUTSIDE_SNAT`] (no such
+//!   connection, [`priority::OUTSIDE_UNSNAT_MISS`]) drops.
+//!
 //! The agent relies on nothing of this; it must only keep skipping the
 //! commit of connections whose ct_mark has [`ct_mark::SERVICE`], keep
 //! CONNTRACK_STATE's default going to the Service stage (SERVICE_EXTERNAL_FRONTEND), and leave reg3/reg4
@@ -154,6 +170,6 @@ pub use fields::{
     CtMark, EndpointPortAndState, PortKind, RegField, RegMark, RegValue, ServiceState, Zone,
     ct_mark, reg, tunnel_key, zone,
 };
-pub use ports::{HAIRPIN_SNAT_IP, ofport};
+pub use ports::{HAIRPIN_SNAT_IP, OUTSIDE_SNAT_IP, ofport};
 pub use priority::Priority;
 pub use table::{Stage, Table};

@@ -24,3 +24,14 @@ pub mod ofport {
 /// Source address used to SNAT hairpin connections, so the reply from a pod
 /// to itself comes back through OVS.
 pub const HAIRPIN_SNAT_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 252);
+
+/// Source address of a Service connection that came in from the gateway port
+/// (the node itself, or a client outside masqueraded to the gateway address)
+/// and was DNATed to an endpoint outside the pod networks (another host's
+/// address, a node port): the proxy SNATs it to this address and sends it
+/// back out of the gateway port, so the node routes it like forwarded traffic
+/// (its own gateway address as the source of a packet arriving on `sy-gw0`
+/// would be a martian) and masquerades it to the outgoing interface's address.
+/// The node routes it back into `sy-gw0`, where the reply is un-SNATed in
+/// [`crate::zone::OUTSIDE_SNAT`].
+pub const OUTSIDE_SNAT_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 251);

@@ -26,6 +26,12 @@ pub const MISS: Priority = Priority(0);
 /// Proxy, SESSION_AFFINITY: state NeedsEndpoint without a learned flow ends
 /// the affinity resubmit without loading anything.
 pub const AFFINITY_MISS: Priority = Priority(1);
+/// Proxy, L3_FORWARDING: a Service connection from the gateway port whose
+/// endpoint no route of `br-int` takes (outside the pod networks) is SNATed
+/// to [`crate::OUTSIDE_SNAT_IP`] and sent back out of the gateway port
+/// (above the route to the gateway at [`MISS`], below every route to a pod
+/// or a remote pod CIDR).
+pub const SERVICE_TO_OUTSIDE: Priority = Priority(50);
 /// Generic flows of a table (e.g. "any ARP request from a pod"); a remote
 /// node's pod CIDR; a `vlan` segment's traffic to the uplink.
 pub const NORMAL: Priority = Priority(100);
@@ -93,10 +99,21 @@ pub const POLICY_EXEMPT: Priority = Priority(220);
 /// Proxy: hairpin flows in the agent's tables (above all of the agent's).
 pub const HAIRPIN: Priority = Priority(300);
 
+/// Proxy, CONNTRACK: a packet from the gateway port to
+/// [`crate::OUTSIDE_SNAT_IP`] (the reply of a connection sent outside) is
+/// un-SNATed in [`crate::zone::OUTSIDE_SNAT`] before the pod zone (above
+/// all of the agent's, like [`HAIRPIN`]).
+pub const OUTSIDE_UNSNAT: Priority = Priority(300);
+/// Proxy, CONNTRACK: the same packet back from that zone still to
+/// [`crate::OUTSIDE_SNAT_IP`] (the zone knows no such connection): dropped,
+/// never round again (above [`OUTSIDE_UNSNAT`]).
+pub const OUTSIDE_UNSNAT_MISS: Priority = Priority(301);
+
 /// Every priority with its name, ascending (for documentation checks).
-pub const ALL: [(&str, Priority); 23] = [
+pub const ALL: [(&str, Priority); 26] = [
     ("MISS", MISS),
     ("AFFINITY_MISS", AFFINITY_MISS),
+    ("SERVICE_TO_OUTSIDE", SERVICE_TO_OUTSIDE),
     ("NORMAL", NORMAL),
     ("POLICY_ISOLATION", POLICY_ISOLATION),
     ("SERVICE_SELECTED", SERVICE_SELECTED),
@@ -121,6 +138,8 @@ pub const ALL: [(&str, Priority); 23] = [
     ("SERVICE_FROM_SEGMENT", SERVICE_FROM_SEGMENT),
     ("REPLY_ROUTED_BACK", REPLY_ROUTED_BACK),
     ("HAIRPIN", HAIRPIN),
+    ("OUTSIDE_UNSNAT", OUTSIDE_UNSNAT),
+    ("OUTSIDE_UNSNAT_MISS", OUTSIDE_UNSNAT_MISS),
 ];
 
 #[cfg(test)]
@@ -140,6 +159,8 @@ mod tests {
         assert!(SERVICE < SOURCE_RANGE_DENY && SOURCE_RANGE_DENY < SOURCE_RANGE_ALLOW);
         assert!(SOURCE_RANGE_ALLOW < EXTERNAL_FROM_OUTSIDE);
         assert!(MISS < AFFINITY_MISS && SERVICE_SELECTED < SERVICE);
+        assert!(AFFINITY_MISS < SERVICE_TO_OUTSIDE && SERVICE_TO_OUTSIDE < NORMAL);
+        assert!(REPLY_ROUTED_BACK < OUTSIDE_UNSNAT && OUTSIDE_UNSNAT < OUTSIDE_UNSNAT_MISS);
         assert!(SERVICE < EXTERNAL_FROM_OUTSIDE && EXTERNAL_FROM_OUTSIDE < EXTERNAL_FROM_NODE);
         assert!(POLICY_ISOLATION < POLICY_RULE && POLICY_RULE < POLICY_ALLOW_ALL);
         assert!(POLICY_ALLOW_ALL < POLICY_EXEMPT);

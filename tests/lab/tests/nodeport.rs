@@ -241,11 +241,13 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
     // node-port VIPs routed) may still be under way when `up` returns.
     let host_synced = |node: &str, netns: &str| {
         eventually(
-            &format!("{node}'s proxy to route the two node-port VIPs and hold its nft table"),
+            &format!(
+                "{node}'s proxy to route the two node-port VIPs and 169.254.169.251 and hold its nft table"
+            ),
             REACH_DEADLINE,
             || {
                 let c = counts(&lab, node, netns);
-                (c.routes == 2 && c.nft_elements == 1).then_some(c)
+                (c.routes == 3 && c.nft_elements == 1).then_some(c)
             },
         )
     };
@@ -351,7 +353,7 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
     // 5. Back to ClusterIP: nothing external is left.
     let with_lb = counts(&lab, "node1", &node1.netns);
     assert!(
-        with_lb.flows > 0 && with_lb.nft_elements > start1.nft_elements && with_lb.routes == 4,
+        with_lb.flows > 0 && with_lb.nft_elements > start1.nft_elements && with_lb.routes == 5,
         "{with_lb:?}"
     );
     lab.apply(&service("ClusterIP", "Cluster", &[]));
@@ -528,7 +530,7 @@ fn type_and_port_changes_ip_mode_proxy_and_a_replaced_udp_backend() {
     let n1 = node1.address.to_string();
     let start = eventually("node1's proxy host sync", REACH_DEADLINE, || {
         let c = counts(&lab, "node1", &node1.netns);
-        (c.routes == 2 && c.nft_elements == 1).then_some(c)
+        (c.routes == 3 && c.nft_elements == 1).then_some(c)
     });
 
     let mut m = pod("old", "node2", Some("chg"));
