@@ -255,3 +255,37 @@ fn deleted_allocation_objects_of_a_live_segment_are_rebuilt() {
         },
     );
 }
+
+/// A DEL after a restart (this node's cache of the segment still empty) releases exactly the
+/// attachment's own address, found among this node's objects (listed by the node label), and
+/// leaves another node's object of the same container id and interface alone.
+#[test]
+fn a_release_before_any_allocation_finds_only_this_nodes_object() {
+    node_test(
+        "a_release_before_any_allocation_finds_only_this_nodes_object",
+        |lab| async move {
+            install_segment_address_crd(&lab.kube).await;
+            let mine = allocate_as(&lab, "node-a", "c1").await;
+            let theirs = allocate_as(&lab, "node-b", "c1").await;
+            allocate_as(&lab, "node-b", "c2").await;
+            assert_ne!(mine, theirs);
+            // A fresh ClusterPools: what a restarted agent has before its first ADD.
+            let restarted = ClusterPools::new(lab.kube.clone(), "node-a");
+            let released = restarted
+                .release("blue", &AttachmentKey::new("c1", "eth0"))
+                .await
+                .expect("release");
+            assert_eq!(released.map(|ip| ip.to_string()), Some(mine));
+            assert_eq!(
+                holders(&lab).await,
+                std::collections::BTreeMap::from([("node-b".to_string(), 2)])
+            );
+            // Releasing again finds nothing: DEL is idempotent.
+            let again = restarted
+                .release("blue", &AttachmentKey::new("c1", "eth0"))
+                .await
+                .expect("release again");
+            assert_eq!(again, None);
+        },
+    );
+}

@@ -338,10 +338,30 @@ impl ClusterPools {
 
     /// Every allocation object of `segment`, as the API server has them now.
     pub async fn list(&self, segment: &str) -> Result<Vec<SegmentAddress>, ClusterIpamError> {
+        self.list_selected(segment, &format!("{LABEL_ADDRESS_SEGMENT}={segment}"))
+            .await
+    }
+
+    /// This node's allocation objects of `segment`: a list by the node label too, so that
+    /// a DEL after a restart reads this node's objects, not the whole segment's (every
+    /// object, filtered here, when the node's name is no label value).
+    async fn list_own(&self, segment: &str) -> Result<Vec<SegmentAddress>, ClusterIpamError> {
+        let selector = match label_value(&self.node) {
+            Some(node) => format!("{LABEL_ADDRESS_SEGMENT}={segment},{LABEL_ADDRESS_NODE}={node}"),
+            None => format!("{LABEL_ADDRESS_SEGMENT}={segment}"),
+        };
+        let mut objects = self.list_selected(segment, &selector).await?;
+        objects.retain(|o| o.spec.node == self.node);
+        Ok(objects)
+    }
+
+    async fn list_selected(
+        &self,
+        segment: &str,
+        selector: &str,
+    ) -> Result<Vec<SegmentAddress>, ClusterIpamError> {
         let addresses: Api<SegmentAddress> = Api::all(self.client.clone());
-        let mut lp = ListParams::default()
-            .labels(&format!("{LABEL_ADDRESS_SEGMENT}={segment}"))
-            .limit(PAGE);
+        let mut lp = ListParams::default().labels(selector).limit(PAGE);
         let mut out = Vec::new();
         loop {
             let page = bounded(
@@ -539,8 +559,9 @@ impl ClusterPools {
         let held = match all.get(segment) {
             Some(k) => k.pool.lookup(key),
             None => {
-                // Not known yet (a DEL before any ADD since the start): ask.
-                self.list(segment)
+                // Not known yet (a DEL before any ADD since the start): ask for this
+                // node's objects.
+                self.list_own(segment)
                     .await?
                     .iter()
                     .filter_map(entry_of)
@@ -567,7 +588,7 @@ impl ClusterPools {
     ) -> Result<usize, ClusterIpamError> {
         let mut all = self.known.lock().await;
         let mut removed = 0;
-        for obj in self.list(segment).await? {
+        for obj in self.list_own(segment).await? {
             let Some((ip, node, key)) = entry_of(&obj) else {
                 continue;
             };
@@ -634,7 +655,7 @@ impl ClusterPools {
     pub async fn release_node(&self, segment: &str, node: &str) -> Result<usize, ClusterIpamError> {
         let mut all = self.known.lock().await;
         let mut removed = 0;
-        for obj in self.list(segment).await? {
+        for obj in self.list_own(segment).await? {
             if obj.spec.node != node {
                 continue;
             }
