@@ -17,60 +17,19 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "support_cni/mod.rs"]
+mod support_cni;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::*;
+use support_cni::{build_release_cni, invoke, load, pct, reference_conf};
 use switchyard_agent::Agent;
 
 const PARALLEL: usize = 8;
-
-/// One plugin invocation as libcni does it; returns the elapsed time.
-fn invoke(
-    bin: &Path,
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    args: &str,
-    conf: &Value,
-) -> Duration {
-    let started = Instant::now();
-    let mut child = Command::new(bin)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(conf).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{} {command} {container_id}: {} {}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    elapsed
-}
 
 #[derive(Clone)]
 struct Target {
@@ -143,35 +102,6 @@ fn run_all(
     v
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-fn build_release_cni() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "switchyard-cni",
-            "--bin",
-            "switchyard",
-        ])
-        .current_dir(workspace)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "building the release switchyard binary failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("release").join("switchyard")
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -210,16 +140,12 @@ fn main() {
             Target {
                 name: "reference bridge + host-local",
                 bin: PathBuf::from("/usr/lib/cni/bridge"),
-                conf: json!({
-                    "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
-                    "bridge": "cni-ref0", "isGateway": true, "ipMasq": false,
-                    "ipam": {"type": "host-local", "subnet": "10.99.0.0/16",
-                             "dataDir": ipam_dir.display().to_string()}
-                }),
+                conf: reference_conf(&ipam_dir),
                 run_in: Some(scratch.path()),
                 ifname: "net1",
             },
         ];
+        let load_before = load();
         let runs = tokio::task::spawn_blocking(move || {
             // The two plugins take turns on chunks of pods, so changes in
             // the machine's load hit both alike.
@@ -251,7 +177,10 @@ fn main() {
         })
         .await
         .unwrap();
-        println!("\nCNI latency, {pods_n} pods (ms), process start to exit:");
+        println!(
+            "\nCNI latency, {pods_n} pods (ms), process start to exit; load average {load_before} before, {} after:",
+            load()
+        );
         println!("| mode | plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
         println!("|---|---|---|---|---|---|");
         for (mode, name, add, del) in &runs {

@@ -139,6 +139,7 @@ impl PodLinks for FakeNode {
         &'a self,
         netns: &'a Path,
         spec: &'a PodInterfaceSpec,
+        paired: tokio::sync::oneshot::Sender<()>,
     ) -> BoxFuture<'a, Result<PodInterface, InterfaceError>> {
         let out = (|| {
             if self.fails(FailAt::CreateVeth) {
@@ -160,6 +161,7 @@ impl PodLinks for FakeNode {
                     gateway: spec.gateway,
                 },
             );
+            let _ = paired.send(());
             Ok(PodInterface {
                 host_ifname,
                 host_ifindex: 10,
@@ -305,15 +307,20 @@ impl Ports for FakeNode {
         name: &'a str,
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<u16, ovsdb::Error>> {
-        let out = if self.fails(FailAt::WaitOfport) {
-            Err(ovsdb_failure("wait for ofport"))
-        } else {
+        let fails = self.fails(FailAt::WaitOfport);
+        // Looked at when polled, as OVSDB evaluates a wait it received
+        // after an insert on the same connection.
+        async move {
+            if fails {
+                return Err(ovsdb_failure("wait for ofport"));
+            }
             match self.world().ports.get(name) {
                 Some((_, p)) if *p > 0 => Ok(u16::try_from(*p).unwrap_or(0)),
-                _ => Err(ovsdb_failure("no ofport")),
+                Some(_) => Err(ovsdb_failure("no ofport")),
+                None => Err(ovsdb::Error::InterfaceNotFound(name.to_string())),
             }
-        };
-        async move { out }.boxed()
+        }
+        .boxed()
     }
 
     fn ofport<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<u32>, ovsdb::Error>> {

@@ -1,0 +1,120 @@
+//! What the CNI benches share: one plugin invocation as libcni runs it,
+//! percentiles, the release `switchyard` binary, the reference plugin's
+//! configuration and the machine's load.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// One plugin invocation as libcni does it: the elapsed time (process start
+/// to exit), or the plugin's output when it failed.
+pub fn try_invoke(
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    conf: &Value,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(conf).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    if out.status.success() {
+        Ok(elapsed)
+    } else {
+        Err(format!(
+            "{} {command} {container_id}: {} {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// [`try_invoke`], panicking on failure.
+pub fn invoke(
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    conf: &Value,
+) -> Duration {
+    try_invoke(bin, command, container_id, netns, ifname, args, conf)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The `p` percentile of sorted latencies, in ms.
+pub fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Builds the release `switchyard` binary (another package's binary, so
+/// there is no `CARGO_BIN_EXE_switchyard`) and returns its path.
+pub fn build_release_cni() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "switchyard-cni",
+            "--bin",
+            "switchyard",
+        ])
+        .current_dir(workspace)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the release switchyard binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("release").join("switchyard")
+}
+
+/// Debian's reference `bridge` + `host-local` configuration.
+pub fn reference_conf(ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+        "bridge": "cni-ref0", "isGateway": true, "ipMasq": false,
+        "ipam": {"type": "host-local", "subnet": "10.99.0.0/16",
+                 "dataDir": ipam_dir.display().to_string()}
+    })
+}
+
+/// The 1-minute load average and the number of cores, as "1.52 on 2 cores".
+pub fn load() -> String {
+    let avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let one = avg.split_whitespace().next().unwrap_or("?").to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{one} on {cores} cores")
+}
