@@ -210,8 +210,8 @@ fn vlans_isolate_pods() {
         assert_eq!(lab.vsctl(&["get", "Port", &ips[2].1, "tag"]).trim(), "200");
         // Same VLAN talks, different VLANs do not; the node reaches all.
         assert!(b1.ping(&ips[1].0).await, "same-VLAN pods cannot talk");
-        assert!(!b1.ping(&ips[2].0).await, "VLAN 100 reached VLAN 200");
-        assert!(!r1.ping(&ips[0].0).await, "VLAN 200 reached VLAN 100");
+        assert!(!b1.ping_once(&ips[2].0).await, "VLAN 100 reached VLAN 200");
+        assert!(!r1.ping_once(&ips[0].0).await, "VLAN 200 reached VLAN 100");
         for (ip, _) in &ips {
             let out = cmd(&["ping", "-c", "1", "-W", "1", ip]).await;
             assert!(out.status.success(), "node cannot reach {ip}");
@@ -358,7 +358,7 @@ fn vswitchd_restart_is_repaired() {
             Duration::from_secs(30),
             || {
                 let (a, ip_b) = (&a, ip_b.clone());
-                async move { a.ping(&ip_b).await }
+                async move { a.ping_once(&ip_b).await }
             },
         )
         .await;

@@ -381,8 +381,24 @@ impl PodNs {
         cmd(&full).await
     }
 
+    /// Whether the pod reaches `ip`: pings until one is answered, for up to 10 s (the first
+    /// packets may wait for ARP and, on a loaded machine, for ovs-vswitchd). For "must not
+    /// reach", use [`PodNs::ping_once`].
     pub async fn ping(&self, ip: &str) -> bool {
-        // A few attempts: the first packet may wait for ARP.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.ping_once(ip).await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// One round of two pings (0.2 s apart, 1 s for the last answer): whether one was
+    /// answered.
+    pub async fn ping_once(&self, ip: &str) -> bool {
         let out = self
             .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", ip])
             .await;
