@@ -153,6 +153,11 @@ impl Allocator {
             .unwrap_or_default()
     }
 
+    /// Whether any Service holds `ip`.
+    pub fn is_held(&self, ip: IpAddr) -> bool {
+        self.holders.contains_key(&ip)
+    }
+
     /// Addresses of `pool` in use.
     pub fn used_in(&self, pool: &Pool) -> usize {
         self.holders

@@ -12,6 +12,7 @@ pub mod lead;
 pub mod leader;
 pub mod metrics;
 pub mod namespaces;
+mod pass;
 pub mod routes;
 pub mod service;
 pub mod supervisor;

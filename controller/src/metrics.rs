@@ -23,6 +23,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Duration of a reconcile pass.
     pub reconcile_seconds: Histogram,
+    /// Passes, by kind: `full` (every Service) or `changed` (the changed Services only).
+    pub passes: Family<Vec<(String, String)>, Counter>,
     /// Failed router driver calls, by driver and error kind (`http_5xx`, `timeout`, ...).
     pub driver_errors: Family<Vec<(String, String)>, Counter>,
     /// Status writes refused with 409 (retried from fresh state).
@@ -57,6 +59,7 @@ impl Default for Metrics {
             pending: Gauge::default(),
             leader: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            passes: Family::default(),
             driver_errors: Family::default(),
             conflicts: Counter::default(),
             ns_writes: Counter::default(),
@@ -90,6 +93,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Duration of a reconcile pass",
             m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "passes",
+            "Allocation passes, by kind: full (every Service) or changed (the changed ones)",
+            m.passes.clone(),
         );
         registry.register(
             "driver_errors",

@@ -83,13 +83,11 @@ pub fn request(
     svc: &Service,
     namespace_labels: &BTreeMap<String, String>,
 ) -> Result<SvcRequest, String> {
-    let annotations = svc.metadata.annotations.clone().unwrap_or_default();
-    let spec = svc.spec.clone().unwrap_or_default();
-    let requested_text = annotations
-        .get(ANNOTATION_LB_IPS)
-        .cloned()
-        .or(spec.load_balancer_ip.clone())
-        .unwrap_or_default();
+    let annotation = |name: &str| svc.metadata.annotations.as_ref().and_then(|a| a.get(name));
+    let spec = svc.spec.as_ref();
+    let requested_text = annotation(ANNOTATION_LB_IPS)
+        .or(spec.and_then(|s| s.load_balancer_ip.as_ref()))
+        .map_or("", String::as_str);
     let mut requested = Vec::new();
     for part in requested_text
         .split(',')
@@ -102,23 +100,22 @@ pub fn request(
         );
     }
     let ports = spec
-        .ports
-        .unwrap_or_default()
-        .iter()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
         .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port))
         .collect();
     let ipv6 = spec
-        .ip_families
-        .as_ref()
+        .and_then(|s| s.ip_families.as_ref())
         .and_then(|f| f.first())
         .is_some_and(|f| f == "IPv6");
     Ok(SvcRequest {
         key: key(svc),
         labels: svc.metadata.labels.clone().unwrap_or_default(),
         namespace_labels: namespace_labels.clone(),
-        pool: annotations.get(ANNOTATION_POOL).cloned(),
+        pool: annotation(ANNOTATION_POOL).cloned(),
         requested,
-        share_key: annotations.get(ANNOTATION_SHARED).cloned(),
+        share_key: annotation(ANNOTATION_SHARED).cloned(),
         ports,
         ipv6,
     })

@@ -1,7 +1,8 @@
 //! The leader's view of the watches: the Services as last seen merged with its own writes,
-//! and which watched changes are news (worth a pass).
+//! and what the watched changes call for: a pass over the changed Services, a pass over all
+//! of them, or only new routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -16,9 +17,13 @@ use crate::service as s;
 pub(crate) struct Cache {
     pub(crate) services: BTreeMap<String, Service>,
     init: Option<BTreeMap<String, Service>>,
-    /// The pool statuses this leader wrote (the pool watch may not have
-    /// delivered them yet: the same status is not written twice).
-    pub(crate) pool_status: BTreeMap<String, switchyard_api::IPPoolStatus>,
+    /// Services changed since the last pass (`ns/name`; the echoes of this leader's own writes
+    /// are not changes).
+    pub(crate) changed: BTreeSet<String>,
+    /// A pass over every Service is due (Services relisted, an IPPool or Namespace changed).
+    pub(crate) full: bool,
+    /// Only what the routes are computed from changed (Nodes, EndpointSlices, RouteTargets).
+    pub(crate) replan: bool,
     /// The pools' specs and labels as last seen (an echo of the leader's own status patch
     /// is no news).
     pool_specs: BTreeMap<String, (switchyard_api::IPPoolSpec, BTreeMap<String, String>)>,
@@ -40,9 +45,9 @@ impl Cache {
         false
     }
 
-    /// Takes a Service event: (listed, news). The echo of the leader's own write (already
-    /// in the cache) is no news, so it triggers no pass.
-    fn event(&mut self, ev: WEvent<Service>) -> (bool, bool) {
+    /// Takes a Service event; true when the Services are listed. The echo of the leader's own
+    /// write (already in the cache) is no change, so it triggers no pass.
+    fn event(&mut self, ev: WEvent<Service>) -> bool {
         match ev {
             WEvent::Init => self.init = Some(BTreeMap::new()),
             WEvent::InitApply(svc) => {
@@ -52,14 +57,23 @@ impl Cache {
             }
             WEvent::InitDone => {
                 self.services = self.init.take().unwrap_or_default();
-                return (true, true);
+                self.full = true;
+                return true;
             }
-            WEvent::Apply(svc) => return (false, self.apply(svc)),
+            WEvent::Apply(svc) => {
+                let k = s::key(&svc);
+                if self.apply(svc) {
+                    self.changed.insert(k);
+                }
+            }
             WEvent::Delete(svc) => {
-                return (false, self.services.remove(&s::key(&svc)).is_some());
+                let k = s::key(&svc);
+                if self.services.remove(&k).is_some() {
+                    self.changed.insert(k);
+                }
             }
         }
-        (false, false)
+        false
     }
 
     /// Whether a pool event is news: anything but an unchanged spec and labels (the
@@ -84,18 +98,29 @@ pub(crate) enum Watched {
     Service(Box<WEvent<Service>>),
     /// An IPPool changed (its reflector store is already updated).
     Pool(Box<WEvent<IPPool>>),
-    /// Another watched kind changed (its reflector store is already updated).
+    /// A Namespace changed (its reflector store is already updated): pools select by their
+    /// labels.
+    Namespace,
+    /// Another watched kind changed (its reflector store is already updated): only the routes
+    /// are computed from it.
     Other,
 }
 
 impl Cache {
-    /// Takes a watched change: (the Services are listed, it is news).
-    pub(crate) fn take(&mut self, ev: Watched) -> (bool, bool) {
+    /// Takes a watched change; true when the Services are listed.
+    pub(crate) fn take(&mut self, ev: Watched) -> bool {
         match ev {
-            Watched::Service(ev) => self.event(*ev),
-            Watched::Pool(ev) => (false, self.pool_event(&ev)),
-            Watched::Other => (false, true),
+            Watched::Service(ev) => return self.event(*ev),
+            Watched::Pool(ev) => self.full |= self.pool_event(&ev),
+            Watched::Namespace => self.full = true,
+            Watched::Other => self.replan = true,
         }
+        false
+    }
+
+    /// Whether anything calls for a pass or new routes.
+    pub(crate) fn news(&self) -> bool {
+        self.full || self.replan || !self.changed.is_empty()
     }
 }
 

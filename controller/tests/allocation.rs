@@ -118,6 +118,81 @@ async fn one_address_pool_two_services_and_another_class_is_ignored() {
     server.shutdown().await;
 }
 
+/// An address freed by a Service that is newer than a pending one (here: it asks for an
+/// address outside every pool instead of the one it shared) goes to the pending one at once,
+/// not at the next resync (the pass served the older Service before the newer one let go).
+#[tokio::test]
+async fn an_address_let_go_by_a_newer_service_goes_to_an_older_pending_one() {
+    let (server, client) = lab().await;
+    pool(&client, "one", json!({"cidrs": ["192.0.2.10/32"]})).await;
+    // No full pass without a change during the test: only the changes serve.
+    let (_r, _metrics) = replica_with_resync(&client, "r1", Duration::from_secs(600));
+    let shared = |port: i32| {
+        json!({"metadata": {"annotations": {"switchyard.io/allow-shared-ip": "k"}},
+               "spec": {"ports": [{"port": port, "protocol": "TCP"}]}})
+    };
+    service(&client, "first", shared(80)).await;
+    eventually(WAIT, "first to get the address", || async {
+        get(&client, "first")
+            .await
+            .filter(|s| ips(s) == ["192.0.2.10"])
+    })
+    .await;
+    service(&client, "older", json!({})).await;
+    eventually(WAIT, "older to be pending", || async {
+        get(&client, "older")
+            .await
+            .filter(|s| assigned(s) == Some(("False".into(), "PoolExhausted".into())))
+    })
+    .await;
+    service(&client, "newer", shared(443)).await;
+    eventually(WAIT, "newer to share the address", || async {
+        get(&client, "newer")
+            .await
+            .filter(|s| ips(s) == ["192.0.2.10"])
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    services
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "first gone", || async {
+        get(&client, "first").await.is_none().then_some(())
+    })
+    .await;
+    let older = get(&client, "older").await.unwrap();
+    assert!(ips(&older).is_empty(), "newer still holds the address");
+    // The newer Service asks for an address in no pool: it lets the shared one go.
+    let mut newer = get(&client, "newer").await.unwrap();
+    newer
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "switchyard.io/load-balancer-ips".into(),
+            "198.51.100.1".into(),
+        );
+    services
+        .replace("newer", &Default::default(), &newer)
+        .await
+        .unwrap();
+    let older = eventually(WAIT, "older to get the freed address", || async {
+        get(&client, "older")
+            .await
+            .filter(|s| ips(s) == ["192.0.2.10"])
+    })
+    .await;
+    assert_eq!(assigned(&older), Some(("True".into(), "Assigned".into())));
+    let newer = get(&client, "newer").await.unwrap();
+    assert_eq!(
+        assigned(&newer),
+        Some(("False".into(), "AddressNotInPool".into()))
+    );
+    assert!(ips(&newer).is_empty());
+    server.shutdown().await;
+}
+
 /// Tiny deterministic random numbers (xorshift), seeded from the clock and printed.
 struct Rng(u64);
 

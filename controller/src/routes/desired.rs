@@ -7,6 +7,7 @@
 //! with a ready endpoint of the Service. Services sharing an address share its route (the
 //! union of their nodes).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -67,9 +68,12 @@ fn node_address(node: &Node, v6: bool) -> Option<IpAddr> {
 }
 
 /// Nodes with a ready endpoint of each Service (`ns/name`).
-fn ready_endpoint_nodes(slices: &[EndpointSlice]) -> BTreeMap<String, BTreeSet<String>> {
+fn ready_endpoint_nodes<E: Borrow<EndpointSlice>>(
+    slices: &[E],
+) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for slice in slices {
+        let slice = slice.borrow();
         let Some(svc) = slice.labels().get("kubernetes.io/service-name") else {
             continue;
         };
@@ -92,14 +96,14 @@ fn local_policy(svc: &Service) -> bool {
         == Some("Local")
 }
 
-/// Computes the desired routes.
-pub fn desired(
+/// Computes the desired routes (from the caches' own copies: nothing is cloned).
+pub fn desired<'a, N: Borrow<Node>, E: Borrow<EndpointSlice>>(
     cluster: &str,
-    services: &[Service],
+    services: impl IntoIterator<Item = &'a Service>,
     pools: &[IPPool],
     target_names: &[String],
-    nodes: &[Node],
-    slices: &[EndpointSlice],
+    nodes: &[N],
+    slices: &[E],
 ) -> Desired {
     let mut out = Desired::default();
     for t in target_names {
@@ -140,6 +144,7 @@ pub fn desired(
             };
             let mut hops = BTreeSet::new();
             for node in nodes {
+                let node = node.borrow();
                 let labels = node.labels();
                 if labels.contains_key(EXCLUDE_LABEL) || !node_ready(node) {
                     continue;
@@ -283,7 +288,7 @@ mod tests {
             &[pool("Route", json!(null))],
             &["other".into()],
             &nodes,
-            &[],
+            &[] as &[EndpointSlice],
         );
         assert!(d.targets["lab"].routes.is_empty());
         assert_eq!(d.unrouted["default/b"].0, "NoEligibleNode");
@@ -297,7 +302,7 @@ mod tests {
             &[pool("L2", json!(null))],
             &[],
             &nodes,
-            &[],
+            &[] as &[EndpointSlice],
         );
         assert!(d.targets.is_empty() && d.unrouted.is_empty());
     }

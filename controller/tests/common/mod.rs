@@ -42,13 +42,23 @@ pub fn timings() -> Timings {
 
 /// A replica as a task; aborting it is a crash (the Lease is not released).
 pub fn replica(client: &Client, identity: &str) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
+    replica_with_resync(client, identity, Duration::from_secs(10))
+}
+
+/// A replica whose full pass without changes comes every `resync` (a test that a change is
+/// served without waiting for it sets it long).
+pub fn replica_with_resync(
+    client: &Client,
+    identity: &str,
+    resync: Duration,
+) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
     let opts = Options {
         namespace: LEASE_NS.into(),
         lease_name: "switchyard-controller".into(),
         identity: identity.into(),
         timings: timings(),
-        resync: Duration::from_secs(10),
+        resync,
         route_resync: Duration::from_secs(5),
         cluster: "test".into(),
         namespace_networks: None,
