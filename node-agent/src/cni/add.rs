@@ -410,8 +410,15 @@ async fn wire(
         disable_tx_checksum: state.config.datapath_type == DatapathType::Netdev,
         gratuitous_arp: false,
     };
-    let host_ifname = netns::host_ifname(&key.container_id, &key.ifname);
-    undo.host_ifname = Some(host_ifname.clone());
+    undo.host_ifname = Some(netns::host_ifname(&key.container_id, &key.ifname));
+    let t0 = Instant::now();
+    let built = state
+        .io
+        .links
+        .create(pod_netns, &spec)
+        .await
+        .map_err(|e| AttachError::CreateInterface(Box::new(e)))?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "veth created");
     let t0 = Instant::now();
     let mut a = Attachment {
         key: key.clone(),
@@ -421,12 +428,11 @@ async fn wire(
         netns: pod_netns.to_path_buf(),
         address,
         gateway: gateway_ip,
-        // The pod end is created with this MAC.
-        mac: spec.pod_mac(),
+        mac: built.pod_mac,
         segment: placement.segment.clone(),
         vlan: placement.vlan,
         mtu,
-        host_ifname,
+        host_ifname: built.host_ifname.clone(),
         ofport: 0,
     };
     let mut port = PortSpec::new(&a.host_ifname);
@@ -440,11 +446,9 @@ async fn wire(
         port = port.with_external_id(&k, &v);
     }
     undo.port = Some(a.host_ifname.clone());
-    // Three things run at once, each waiting on another party: the pod
-    // side of the veth (kernel), the OVS port and vswitchd attaching it
-    // (from the moment the host end exists), and the flows, which only
-    // need the ofport: the requested one unless vswitchd could not
-    // honour the request (checked below).
+    // The flows only need the ofport, which is the requested one unless
+    // vswitchd could not honour the request: install them while the
+    // port is added and vswitchd attaches it (checked below).
     let gate = state.flow_gate.read().await;
     let generation = gate.unwrap_or(1);
     let gateway = state.gateway();
@@ -474,38 +478,11 @@ async fn wire(
             None => Ok(false),
         }
     };
-    let (paired, pair_made) = tokio::sync::oneshot::channel();
-    let build = async {
-        let built = state.io.links.create(pod_netns, &spec, paired).await;
-        tracing::debug!(elapsed = ?t0.elapsed(), "veth created and configured");
-        built
-    };
     let attach = async {
-        if pair_made.await.is_err() {
-            // No veth pair: nothing to attach (the build's error says why).
-            return Ok(None);
-        }
-        tracing::debug!(elapsed = ?t0.elapsed(), "veth pair made");
-        let wait = || state.io.ports.wait_ofport(&a.host_ifname, OFPORT_TIMEOUT);
-        let waited = AttachError::ovsdb("waiting for the port's ofport");
-        // The wait for the ofport goes out right behind the insert on the
-        // same connection (ovsdb-server handles them in order): one round
-        // trip instead of two.
-        let (added, early) =
-            tokio::join!(state.io.ports.add_port(&state.config.bridge, &port), wait());
-        match added {
-            Ok(()) => {
-                tracing::debug!(elapsed = ?t0.elapsed(), "port added");
-                match early {
-                    Ok(p) => return Ok(Some(p)),
-                    // Evaluated before the insert: wait again.
-                    Err(ovsdb::Error::InterfaceNotFound(_)) => {}
-                    Err(e) => return Err(waited(e)),
-                }
-            }
+        match state.io.ports.add_port(&state.config.bridge, &port).await {
+            Ok(_) => {}
             Err(ovsdb::Error::PortExists(_)) => {
-                // Left over from an earlier attempt that died half-way (the
-                // early wait saw the leftover's interface: not ours).
+                // Left over from an earlier attempt that died half-way.
                 tracing::info!(port = %a.host_ifname, "replacing a leftover OVS port");
                 state.remove_port_quietly(&a.host_ifname).await;
                 state
@@ -517,21 +494,17 @@ async fn wire(
             }
             Err(e) => return Err(AttachError::ovsdb("adding the OVS port")(e)),
         }
-        wait().await.map(Some).map_err(waited)
+        tracing::debug!(elapsed = ?t0.elapsed(), "port added");
+        state
+            .io
+            .ports
+            .wait_ofport(&a.host_ifname, OFPORT_TIMEOUT)
+            .await
+            .map_err(AttachError::ovsdb("waiting for the port's ofport"))
     };
-    let (built, installed, ofport) = tokio::join!(build, flows_early, attach);
-    // The kernel's error first: without the veth the rest failed for it.
-    let built = built.map_err(|e| AttachError::CreateInterface(Box::new(e)))?;
-    if built.pod_mac != a.mac {
-        tracing::warn!(expected = %a.mac, got = %built.pod_mac, "the pod end has another MAC than requested");
-    }
+    let (installed, ofport) = tokio::join!(flows_early, attach);
     let installed = installed.map_err(AttachError::openflow("installing the pod's flows"))?;
-    let ofport = ofport?.ok_or_else(|| {
-        AttachError::CreateInterface(Box::new(netns::InterfaceError::InvalidSpec(
-            "the veth pair was not reported made".into(),
-        )))
-    })?;
-    a.ofport = u32::from(ofport);
+    a.ofport = u32::from(ofport?);
     tracing::debug!(elapsed = ?t0.elapsed(), "ofport assigned, flows installed");
     if requested != Some(a.ofport) {
         tracing::info!(requested = ?requested, got = a.ofport, "vswitchd gave another ofport than requested");

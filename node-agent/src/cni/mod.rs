@@ -30,13 +30,10 @@ pub(crate) struct CniServer(pub Arc<NodeState>);
 impl CniHandler for CniServer {
     async fn add(&self, req: CniRequest) -> Result<CniResult, CniError> {
         let started = Instant::now();
-        let span = request_span(&req);
         let out = add::add(&self.0, &req)
-            .instrument(span.clone())
+            .instrument(request_span(&req))
             .await
             .map_err(CniError::from);
-        // With the steps' own lines (`add.rs`), where an ADD's time went.
-        span.in_scope(|| tracing::debug!(elapsed = ?started.elapsed(), "ADD handled"));
         self.0.metrics.record_add(&out, started.elapsed());
         out
     }

@@ -139,7 +139,6 @@ impl PodLinks for FakeNode {
         &'a self,
         netns: &'a Path,
         spec: &'a PodInterfaceSpec,
-        paired: tokio::sync::oneshot::Sender<()>,
     ) -> BoxFuture<'a, Result<PodInterface, InterfaceError>> {
         let out = (|| {
             if self.fails(FailAt::CreateVeth) {
@@ -161,7 +160,6 @@ impl PodLinks for FakeNode {
                     gateway: spec.gateway,
                 },
             );
-            let _ = paired.send(());
             Ok(PodInterface {
                 host_ifname,
                 host_ifindex: 10,
@@ -307,20 +305,15 @@ impl Ports for FakeNode {
         name: &'a str,
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<u16, ovsdb::Error>> {
-        let fails = self.fails(FailAt::WaitOfport);
-        // Looked at when polled, as OVSDB evaluates a wait it received
-        // after an insert on the same connection.
-        async move {
-            if fails {
-                return Err(ovsdb_failure("wait for ofport"));
-            }
+        let out = if self.fails(FailAt::WaitOfport) {
+            Err(ovsdb_failure("wait for ofport"))
+        } else {
             match self.world().ports.get(name) {
                 Some((_, p)) if *p > 0 => Ok(u16::try_from(*p).unwrap_or(0)),
-                Some(_) => Err(ovsdb_failure("no ofport")),
-                None => Err(ovsdb::Error::InterfaceNotFound(name.to_string())),
+                _ => Err(ovsdb_failure("no ofport")),
             }
-        }
-        .boxed()
+        };
+        async move { out }.boxed()
     }
 
     fn ofport<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<u32>, ovsdb::Error>> {

@@ -21,7 +21,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use switchyard_ovs::openflow::{self, FlowMod, FlowStats, FlowStatsRequest};
 use switchyard_ovs::ovsdb::{self, PortRow, PortSpec};
-use tokio::sync::oneshot;
 
 use crate::apiserver::{ApiClient, ApiError, PodInfo};
 use crate::attachment;
@@ -38,15 +37,11 @@ pub(crate) mod fake;
 pub trait PodLinks: Send + Sync + fmt::Debug {
     /// Opens a pod's netns to check it is usable; the path as recorded.
     fn open_netns(&self, path: &Path) -> Result<PathBuf, NetnsError>;
-    /// Builds the pod interface (veth pair, address, routes, MTU). `paired`
-    /// gets `()` as soon as the pair exists, before the pod side is
-    /// configured (the host end can be attached meanwhile); it is dropped
-    /// unsent if the pair was never made.
+    /// Builds the pod interface (veth pair, address, routes, MTU).
     fn create<'a>(
         &'a self,
         netns: &'a Path,
         spec: &'a PodInterfaceSpec,
-        paired: oneshot::Sender<()>,
     ) -> BoxFuture<'a, Result<PodInterface, InterfaceError>>;
     /// Deletes a pod interface by its host end; `Ok(false)` if it was gone.
     fn delete<'a>(
@@ -181,14 +176,10 @@ impl PodLinks for NetnsLinks {
         &'a self,
         netns: &'a Path,
         spec: &'a PodInterfaceSpec,
-        paired: oneshot::Sender<()>,
     ) -> BoxFuture<'a, Result<PodInterface, InterfaceError>> {
         async move {
             let ns = Netns::open(netns, &self.policy)?;
-            netns::create_pod_interface_then(&self.host, &ns, spec, move || {
-                let _ = paired.send(());
-            })
-            .await
+            netns::create_pod_interface(&self.host, &ns, spec).await
         }
         .boxed()
     }

@@ -18,6 +18,6 @@ pub use path::{DEFAULT_ALLOWED_PREFIXES, Netns, NetnsError, NetnsPolicy};
 pub use thread::{THREAD_NAME_PREFIX, run_async_in_netns, run_in_netns, run_in_netns_blocking};
 pub use veth::{
     HOST_IFNAME_PREFIX, InterfaceError, PodInterface, PodInterfaceSpec, PodInterfaceState,
-    RouteEntry, Step, create_pod_interface, create_pod_interface_then, delete_host_end,
-    delete_pod_interface, host_ifname, inspect_pod_interface, is_host_ifname, validate_ifname,
+    RouteEntry, Step, create_pod_interface, delete_host_end, delete_pod_interface, host_ifname,
+    inspect_pod_interface, is_host_ifname, validate_ifname,
 };

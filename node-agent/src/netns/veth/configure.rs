@@ -3,7 +3,6 @@
 //! gratuitous ARP.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::OwnedFd;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, State};
@@ -19,7 +18,6 @@ use crate::netns::{Netlink, Netns, arp, ethtool, link_mac, run_in_netns};
 pub(super) async fn configure(
     host: &Netlink,
     pod: &Netlink,
-    pod_ioctl: &OwnedFd,
     pod_netns: &Netns,
     spec: &PodInterfaceSpec,
     host_name: &str,
@@ -55,38 +53,23 @@ pub(super) async fn configure(
             .map_err(nl_err(step))
     };
 
-    // The two ends are independent: the node's end is looked up and set
-    // up while the pod's end gets its address and comes up (requests on
-    // one connection are handled in order, so they go out together).
-    let host_side = async {
-        let link = existing_link(host, host_name).await?;
-        set_link_up(host, link.header.index, host_name).await?;
-        Ok::<_, InterfaceError>(link)
-    };
-    let pod_side = async {
-        let link = existing_link(pod, &ifname).await?;
-        let index = link.header.index;
-        let add_address = async {
-            pod.handle()
-                .address()
-                .add(
-                    index,
-                    IpAddr::V4(spec.address.addr()),
-                    spec.address.prefix_len(),
-                )
-                .execute()
-                .await
-                .map_err(nl_err(Step::AddAddress))
-        };
-        let (added, up) = tokio::join!(add_address, set_link_up(pod, index, &ifname));
-        added?;
-        up?;
-        Ok::<_, InterfaceError>(link)
-    };
-    let (host_link, pod_link) = tokio::join!(host_side, pod_side);
-    let (host_link, pod_link) = (host_link?, pod_link?);
+    let host_link = existing_link(host, host_name).await?;
     let host_index = host_link.header.index;
+    let pod_link = existing_link(pod, &ifname).await?;
     let pod_index = pod_link.header.index;
+
+    pod.handle()
+        .address()
+        .add(
+            pod_index,
+            IpAddr::V4(spec.address.addr()),
+            spec.address.prefix_len(),
+        )
+        .execute()
+        .await
+        .map_err(nl_err(Step::AddAddress))?;
+    set_link_up(pod, pod_index, &ifname).await?;
+    set_link_up(host, host_index, host_name).await?;
 
     if let Some(gateway) = spec.gateway {
         if !spec.address.contains(&gateway) {
@@ -105,7 +88,9 @@ pub(super) async fn configure(
     }
 
     if spec.disable_tx_checksum {
-        ethtool::set_tx_checksum_on(pod_ioctl, &ifname, false)
+        let name = ifname.clone();
+        run_in_netns(pod_netns, move || ethtool::set_tx_checksum(&name, false))
+            .await?
             .map_err(io_err(Step::DisableTxChecksum))?;
     }
     if spec.gratuitous_arp {

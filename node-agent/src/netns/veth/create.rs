@@ -22,18 +22,6 @@ pub async fn create_pod_interface(
     pod_netns: &Netns,
     spec: &PodInterfaceSpec,
 ) -> Result<PodInterface, InterfaceError> {
-    create_pod_interface_then(host, pod_netns, spec, || {}).await
-}
-
-/// [`create_pod_interface`], calling `paired` as soon as the veth pair
-/// exists (before the pod side is configured), so that the host end can be
-/// attached to OVS meanwhile. Not called if the pair was never made.
-pub async fn create_pod_interface_then(
-    host: &Netlink,
-    pod_netns: &Netns,
-    spec: &PodInterfaceSpec,
-    paired: impl FnOnce(),
-) -> Result<PodInterface, InterfaceError> {
     validate_ifname(&spec.ifname)?;
     if !(68..=65535).contains(&spec.mtu) {
         return Err(InterfaceError::InvalidSpec(format!(
@@ -72,17 +60,11 @@ pub async fn create_pod_interface_then(
     let host_name = host_ifname(&spec.container_id, &spec.ifname);
     let pod_label = pod_netns.to_string();
 
-    // The node-side lookup while the sockets of the pod's namespace are
-    // opened (one trip to the namespace for both).
-    let (leftover, opened) = tokio::join!(
-        find_link(host, &host_name),
-        Netlink::open_in_with_ioctl_socket(pod_netns)
-    );
-    if leftover?.is_some() {
+    if find_link(host, &host_name).await?.is_some() {
         tracing::info!(host_ifname = %host_name, "removing leftover host end of an earlier attempt");
         delete_link(host, &host_name, Step::RemoveLeftover).await?;
     }
-    let (pod, ioctl) = opened?;
+    let pod = Netlink::open_in(pod_netns).await?;
     if find_link(&pod, &spec.ifname).await?.is_some() {
         return Err(InterfaceError::AlreadyExists {
             ifname: spec.ifname.clone(),
@@ -111,9 +93,8 @@ pub async fn create_pod_interface_then(
             netns: host.netns().to_string(),
             source,
         })?;
-    paired();
 
-    match configure(host, &pod, &ioctl, pod_netns, spec, &host_name, pod_mac).await {
+    match configure(host, &pod, pod_netns, spec, &host_name, pod_mac).await {
         Ok(built) => {
             tracing::debug!(host_ifname = %built.host_ifname, pod_ifname = %built.pod_ifname, netns = %pod_label, "pod interface created");
             Ok(built)

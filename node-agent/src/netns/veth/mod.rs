@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::mac::MacAddr;
 
-pub use create::{create_pod_interface, create_pod_interface_then};
+pub use create::create_pod_interface;
 pub use delete::{delete_host_end, delete_pod_interface};
 pub use error::{InterfaceError, Step};
 pub use inspect::inspect_pod_interface;
