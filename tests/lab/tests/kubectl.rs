@@ -724,7 +724,10 @@ async fn kubectl_applies_the_shipped_manifests() {
             again.lines().all(|l| l.ends_with(" unchanged")),
             "{manifest}: second apply changes nothing: {again}"
         );
-        k.ok(&["delete", "-f", path, "--wait=false"]).await;
+        // Wait until everything is gone: the next manifest creates the same namespace, and a
+        // namespace still terminating refuses new content (403), as kube-apiserver's does.
+        k.ok(&["delete", "-f", path, "--wait=true", "--timeout=15s"])
+            .await;
     }
     let roles = k.ok(&["get", "clusterroles", "-o", "name"]).await;
     assert!(!roles.contains("switchyard-agent"), "deleted: {roles}");
