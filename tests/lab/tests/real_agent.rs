@@ -147,6 +147,7 @@ fn demo_runs_and_tears_down() {
         "kubectl exec, curl http://web (cluster DNS)      works",
         "NodePort from the internet                       works",
         "LoadBalancer from the internet                   works",
+        "Service with an endpoint outside the cluster     works",
         "NetworkPolicy allows the client                  works",
         "NetworkPolicy blocks web-1                       works",
     ] {

@@ -85,7 +85,7 @@ fn pod_ips(state: &StateDir) -> BTreeMap<String, (String, String, String)> {
         .collect()
 }
 
-fn curl_in(netns: &str, url: &str) -> (String, Result<String, String>) {
+pub(super) fn curl_in(netns: &str, url: &str) -> (String, Result<String, String>) {
     let mut cmd = sys::netns_exec(netns, "curl");
     cmd.args(["-s", "--max-time", "2", url]);
     let line = sys::command_line(&cmd);
@@ -400,6 +400,37 @@ pub fn demo(opts: &DemoOptions) -> Result<(), LabError> {
         }
     };
     results.push(("LoadBalancer from the internet".into(), lb_ok));
+    say(&format!(
+        "\n-- Endpoint outside the cluster: Service `outside` has no selector; its EndpointSlice,\n   written by hand, names a server on the internet host {}:{}, which answers with the\n   address it saw (the pod's connection leaves node1 masqueraded to node1's address)",
+        super::fabric::INTERNET_HOST,
+        super::demo_outside::OUTSIDE_PORT
+    ));
+    let outside_ok = match (&client, &info.fabric) {
+        (Some(_), Some(_)) => match super::demo_outside::check(state, &info, &client_ns) {
+            Ok(seen) if seen == node1.to_string() => {
+                say(&format!("   OK: the server saw {seen} (node1)"));
+                true
+            }
+            Ok(seen) => {
+                say(&format!(
+                    "   FAILED: the server saw {seen}, expected node1's address {node1}"
+                ));
+                false
+            }
+            Err(why) => {
+                say(&format!("   FAILED: {why}"));
+                false
+            }
+        },
+        _ => {
+            say("   NOT CHECKED: needs the client pod Running and the lab's fabric");
+            false
+        }
+    };
+    results.push((
+        "Service with an endpoint outside the cluster".into(),
+        outside_ok,
+    ));
     network_policy_checks(state, &info, &running, &mut results)?;
 
     step(4, "Summary");

@@ -21,6 +21,7 @@ pub mod cni_exec;
 pub mod control_plane;
 pub mod demo;
 pub mod demo_lb;
+pub mod demo_outside;
 pub mod dns;
 pub mod echo;
 pub mod fabric;
