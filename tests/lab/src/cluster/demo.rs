@@ -32,7 +32,8 @@ fn step(n: u32, text: &str) {
     println!("\n== {n}. {text}");
 }
 
-fn kubectl(state: &StateDir) -> Command {
+/// `kubectl` (or `$KUBECTL`) with the lab's kubeconfig.
+pub(super) fn kubectl(state: &StateDir) -> Command {
     let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let mut cmd = Command::new(program);
     cmd.arg("--kubeconfig").arg(state.kubeconfig());

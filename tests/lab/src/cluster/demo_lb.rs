@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::LabError;
+use super::demo::kubectl;
 use super::fabric;
 use super::state::{LabInfo, StateDir};
 use super::sys;
@@ -17,13 +18,6 @@ pub const DEMO_LB_POOL: &str = "192.0.2.80/29";
 
 /// How long `web-lb` gets to receive its address.
 const ASSIGN_DEADLINE: Duration = Duration::from_secs(30);
-
-fn kubectl(state: &StateDir) -> Command {
-    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut cmd = Command::new(program);
-    cmd.arg("--kubeconfig").arg(state.kubeconfig());
-    cmd
-}
 
 fn run_shown(cmd: &mut Command) -> Result<String, LabError> {
     println!("   $ {}", sys::command_line(cmd));

@@ -4,10 +4,10 @@
 //! address it saw, so the demo shows the node's egress masquerade at work.
 
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
 use super::LabError;
+use super::demo::kubectl;
 use super::echo::ANSWER_PEER;
 use super::fabric;
 use super::state::{LabInfo, StateDir};
@@ -18,13 +18,6 @@ pub const OUTSIDE_PORT: u16 = 9090;
 
 /// How long the client gets to be answered through the Service.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(20);
-
-fn kubectl(state: &StateDir) -> Command {
-    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut cmd = Command::new(program);
-    cmd.arg("--kubeconfig").arg(state.kubeconfig());
-    cmd
-}
 
 /// The Service (ClusterIP, port 80, no selector) and its EndpointSlice: one ready endpoint,
 /// the internet host's server.
