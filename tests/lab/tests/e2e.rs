@@ -155,21 +155,7 @@ fn distinct(answers: &[String]) -> std::collections::BTreeSet<&str> {
 // Lab 1: pods, Services, VLAN segment, bad inputs
 
 fn lab_up(nodes: usize, extra: &[&str]) -> Lab {
-    sibling_binary("switchyard", "switchyard-cni");
-    sibling_binary("switchyard-agent", "switchyard-agent");
-    sibling_binary("switchyard-proxy", "switchyard-proxy");
-    let started = Instant::now();
-    let lab = Lab::up(nodes, extra);
-    eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
-    for n in &lab.info().nodes {
-        assert!(
-            lab.state.cni_socket(&n.name).exists(),
-            "the agent on {} did not start{}",
-            n.name,
-            diagnostics(&lab)
-        );
-    }
-    lab
+    Lab::up_with_daemons(nodes, extra)
 }
 
 /// Overlay pods: pod-to-pod on one node and across nodes, node-to-pod from both nodes, HTTP

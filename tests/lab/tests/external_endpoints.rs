@@ -12,7 +12,6 @@
 
 mod lab_support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
@@ -32,43 +31,7 @@ const NODE_PORT_UDP: u16 = 30096;
 const LB_IP: &str = "192.0.2.70";
 
 fn lab_up() -> Lab {
-    sibling_binary("switchyard", "switchyard-cni");
-    sibling_binary("switchyard-agent", "switchyard-agent");
-    sibling_binary("switchyard-proxy", "switchyard-proxy");
-    let started = Instant::now();
-    let lab = Lab::up(2, &["--fabric", "--vlans", "100"]);
-    eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
-    lab
-}
-
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `echo-server --name @peer` in `netns` on HTTP `http` and UDP `udp`.
-fn peer_server(netns: &str, http: u16, udp: u16) -> Proc {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            LAB,
-            "echo-server",
-            "--name",
-            "@peer",
-        ])
-        .args(["--http", &http.to_string(), "--udp", &udp.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+    Lab::up_with_daemons(2, &["--fabric", "--vlans", "100"])
 }
 
 fn pod(name: &str, node: &str, app: Option<&str>) -> String {

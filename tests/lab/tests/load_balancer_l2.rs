@@ -15,7 +15,7 @@ mod lab_support;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use l2_support::{Probe, arp_answers};
@@ -34,27 +34,6 @@ const INTERNET_CLIENT: &str = "198.51.100.2";
 /// The fabric's interface on the underlay.
 const FABRIC_UNDERLAY: &str = "underlay";
 
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command, log: Option<PathBuf>) -> Proc {
-    let (out, err) = match log {
-        Some(p) => {
-            let f = std::fs::File::create(p).unwrap();
-            (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
-        }
-        None => (Stdio::null(), Stdio::null()),
-    };
-    Proc(cmd.stdout(out).stderr(err).spawn().unwrap())
-}
-
 fn pod(name: &str, node: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: web\nspec:\n  nodeName: {node}\n  containers:\n  - name: echo\n    image: switchyard-lab/echo-server\n---\n"
@@ -68,23 +47,8 @@ fn service(etp: &str) -> String {
 }
 
 /// An echo server answering with the client's address in pod `name`.
-fn peer_server(info: &LabInfo, name: &str) -> Proc {
-    spawn(
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            &info.pod_netns("default", name),
-            LAB,
-            "echo-server",
-            "--name",
-            "@peer",
-            "--http",
-            &PEER_HTTP.to_string(),
-            "--udp",
-            &PEER_UDP.to_string(),
-        ]),
-        None,
-    )
+fn pod_peer_server(info: &LabInfo, name: &str) -> Proc {
+    peer_server(&info.pod_netns("default", name), PEER_HTTP, PEER_UDP)
 }
 
 fn svc_json(lab: &Lab) -> serde_json::Value {
@@ -352,7 +316,7 @@ fn backend_off(s: &Setup, name: &str, avoid: &str) -> (String, Proc) {
         .unwrap();
     s.lab.apply(&pod(name, &node));
     wait_running(&s.lab, name, POD_DEADLINE);
-    (node, peer_server(&s.info, name))
+    (node, pod_peer_server(&s.info, name))
 }
 
 /// 3 nodes with the fabric, an L2 pool on the underlay, the controller on the host:

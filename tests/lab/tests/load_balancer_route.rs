@@ -9,7 +9,7 @@
 mod lab_support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lab_support::*;
@@ -22,27 +22,6 @@ const PEER_HTTP: u16 = 9090;
 const POOL: &str = "198.18.10.0/29";
 /// The internet namespace's address on its link to the fabric (the source of its requests).
 const INTERNET_CLIENT: &str = "198.51.100.2";
-
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command, log: Option<PathBuf>) -> Proc {
-    let (out, err) = match log {
-        Some(p) => {
-            let f = std::fs::File::create(p).unwrap();
-            (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
-        }
-        None => (Stdio::null(), Stdio::null()),
-    };
-    Proc(cmd.stdout(out).stderr(err).spawn().unwrap())
-}
 
 fn pod(name: &str, node: &str) -> String {
     format!(

@@ -8,7 +8,7 @@
 mod lab_support;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
@@ -73,50 +73,11 @@ fn pod_manifest(name: &str, node: &str, annotations: &[(&str, &str)]) -> String 
     )
 }
 
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `switchyard-lab echo-server --name @peer` in `netns` on HTTP `port`: answers with the
-/// client's address as the server sees it.
-fn peer_server(netns: &str, port: u16) -> Proc {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            LAB,
-            "echo-server",
-            "--name",
-            "@peer",
-        ])
-        .args(["--http", &port.to_string(), "--udp", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
 fn setup(nodes: usize) -> Option<Lab> {
-    sibling_binary("switchyard", "switchyard-cni");
-    sibling_binary("switchyard-agent", "switchyard-agent");
-    let lab = Lab::up(nodes, &["--no-proxy", "--fabric", "--vlans", "100,200"]);
-    for n in &lab.info().nodes {
-        assert!(
-            lab.state.cni_socket(&n.name).exists(),
-            "the agent on {} did not start{}",
-            n.name,
-            diagnostics(&lab)
-        );
-    }
-    Some(lab)
+    Some(Lab::up_with_daemons(
+        nodes,
+        &["--no-proxy", "--fabric", "--vlans", "100,200"],
+    ))
 }
 
 /// Three nodes: overlay pods reach each other on one node and across nodes, every node reaches
@@ -160,7 +121,7 @@ fn overlay_across_three_nodes_node_to_pod_egress_and_mtu() {
     }
     let ip_of = |p: &str| ips.iter().find(|(n, _)| *n == p).unwrap().1.clone();
     // Pod to pod across nodes keeps the source address.
-    let _peer = peer_server(&info.pod_netns("default", "a2"), 9090);
+    let _peer = peer_server(&info.pod_netns("default", "a2"), 9090, 0);
     reach(
         &lab,
         &info.pod_netns("default", "a1"),
@@ -169,7 +130,7 @@ fn overlay_across_three_nodes_node_to_pod_egress_and_mtu() {
     );
     // Pod to the internet: the internet host sees the node's address.
     let fabric = info.fabric.clone().expect("lab has a fabric");
-    let _inet = peer_server(&fabric.internet_netns, 8080);
+    let _inet = peer_server(&fabric.internet_netns, 8080, 0);
     for (pod, node) in [("a1", 0usize), ("a3", 2)] {
         reach(
             &lab,
@@ -576,7 +537,7 @@ fn vlan_segments_across_nodes_through_the_fabric() {
     );
     // The internet sees the pod's own address: the fabric is the segment's gateway.
     let fabric = info.fabric.clone().expect("lab has a fabric");
-    let _inet = peer_server(&fabric.internet_netns, 8080);
+    let _inet = peer_server(&fabric.internet_netns, 8080, 0);
     reach(&lab, &ns_of("b0"), "203.0.113.1:8080", &ips[0]);
     // No L2 leak: b0 (VLAN 100) sends straight to the MACs of r1 (VLAN 200) and o1 (overlay),
     // both on node1, as if they were on its link.

@@ -20,7 +20,7 @@
 mod lab_support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
@@ -28,16 +28,6 @@ use switchyard_lab::cluster::ops::{self, Daemon};
 
 const POD_DEADLINE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn namespace(name: &str) -> String {
     format!(

@@ -33,19 +33,7 @@ use netpol_support::*;
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn setup(nodes: usize, extra: &[&str]) -> Lab {
-    sibling_binary("switchyard", "switchyard-cni");
-    sibling_binary("switchyard-agent", "switchyard-agent");
-    sibling_binary("switchyard-proxy", "switchyard-proxy");
-    let lab = Lab::up(nodes, extra);
-    for n in &lab.info().nodes {
-        assert!(
-            lab.state.cni_socket(&n.name).exists(),
-            "the agent on {} did not start{}",
-            n.name,
-            diagnostics(&lab)
-        );
-    }
-    lab
+    Lab::up_with_daemons(nodes, extra)
 }
 
 /// A NetworkPolicy manifest with `spec` (indented YAML under `spec:`).

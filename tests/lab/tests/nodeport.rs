@@ -9,7 +9,7 @@
 
 mod lab_support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
@@ -27,43 +27,7 @@ const LB_IP: &str = "192.0.2.60";
 const INTERNET_CLIENT: &str = "198.51.100.2";
 
 fn lab_up() -> Lab {
-    sibling_binary("switchyard", "switchyard-cni");
-    sibling_binary("switchyard-agent", "switchyard-agent");
-    sibling_binary("switchyard-proxy", "switchyard-proxy");
-    let started = Instant::now();
-    let lab = Lab::up(2, &["--fabric", "--vlans", "100"]);
-    eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
-    lab
-}
-
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn peer_server(netns: &str) -> Proc {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            LAB,
-            "echo-server",
-            "--name",
-            "@peer",
-        ])
-        .args(["--http", &PEER_HTTP.to_string()])
-        .args(["--udp", &PEER_UDP.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+    Lab::up_with_daemons(2, &["--fabric", "--vlans", "100"])
 }
 
 fn pod(name: &str, node: &str, app: Option<&str>) -> String {
@@ -261,7 +225,7 @@ fn nodeport_external_ips_and_load_balancer_from_outside() {
     lab.apply(&m);
     wait_running(&lab, "back", POD_DEADLINE);
     let client_ip = wait_running(&lab, "client", POD_DEADLINE);
-    let _peer = peer_server(&info.pod_netns("default", "back"));
+    let _peer = peer_server(&info.pod_netns("default", "back"), PEER_HTTP, PEER_UDP);
     let client = info.pod_netns("default", "client");
 
     // 1. ETP Cluster from the internet.

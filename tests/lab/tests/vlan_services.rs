@@ -11,7 +11,7 @@
 mod lab_support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_support::*;
@@ -31,21 +31,7 @@ const PEER_UDP: u16 = 9053;
 // Lab, pods, traffic
 
 fn lab_up(nodes: usize, extra: &[&str]) -> Lab {
-    sibling_binary("switchyard", "switchyard-cni");
-    sibling_binary("switchyard-agent", "switchyard-agent");
-    sibling_binary("switchyard-proxy", "switchyard-proxy");
-    let started = Instant::now();
-    let lab = Lab::up(nodes, extra);
-    eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
-    for n in &lab.info().nodes {
-        assert!(
-            lab.state.cni_socket(&n.name).exists(),
-            "the agent on {} did not start{}",
-            n.name,
-            diagnostics(&lab)
-        );
-    }
-    lab
+    Lab::up_with_daemons(nodes, extra)
 }
 
 fn namespace_manifest(name: &str, segment: Option<&str>) -> String {
@@ -105,38 +91,6 @@ fn distinct(answers: &[String]) -> BTreeSet<&str> {
     answers.iter().map(String::as_str).collect()
 }
 
-/// A process started by the test, killed (by pid) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `switchyard-lab echo-server --name @peer` in `netns`: answers with the client's address as
-/// the server sees it, on [`PEER_HTTP`] and [`PEER_UDP`].
-fn peer_server(netns: &str) -> Proc {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            LAB,
-            "echo-server",
-            "--name",
-            "@peer",
-        ])
-        .args(["--http", &PEER_HTTP.to_string()])
-        .args(["--udp", &PEER_UDP.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. ClusterIP with vlan-segment backends
 
@@ -179,7 +133,7 @@ fn cluster_ip_with_vlan_segment_backends_from_every_kind_of_client() {
     }
     let _peers: Vec<Proc> = ["near", "far"]
         .iter()
-        .map(|p| peer_server(&info.pod_netns(back, p)))
+        .map(|p| peer_server(&info.pod_netns(back, p), PEER_HTTP, PEER_UDP))
         .collect();
     let vip = cluster_ip(&lab, back, "both");
     eprintln!("pods: {ips:?}, ClusterIP {vip}");

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use switchyard_lab::cluster::state::{Entry, LabInfo, StateDir};
 
 mod diagnostics;
+mod procs;
 #[allow(unused_imports)]
 pub use diagnostics::*;
+#[allow(unused_imports)]
+pub use procs::*;
 
 /// The lab binary under test.
 pub const LAB: &str = env!("CARGO_BIN_EXE_switchyard-lab");
@@ -135,6 +138,28 @@ impl Lab {
         let lab = Lab::prepare();
         let out = lab.up_command(nodes, extra).output().unwrap();
         check("switchyard-lab up", out);
+        lab
+    }
+
+    /// [`Lab::up`] with the built CNI plugin, agent and proxy (`--no-proxy` in `extra`: no
+    /// proxy); prints how long it took and asserts every node's agent serves its CNI socket.
+    pub fn up_with_daemons(nodes: usize, extra: &[&str]) -> Lab {
+        sibling_binary("switchyard", "switchyard-cni");
+        sibling_binary("switchyard-agent", "switchyard-agent");
+        if !extra.contains(&"--no-proxy") {
+            sibling_binary("switchyard-proxy", "switchyard-proxy");
+        }
+        let started = Instant::now();
+        let lab = Lab::up(nodes, extra);
+        eprintln!("lab {} up in {:.1?}", lab.name, started.elapsed());
+        for n in &lab.info().nodes {
+            assert!(
+                lab.state.cni_socket(&n.name).exists(),
+                "the agent on {} did not start{}",
+                n.name,
+                diagnostics(&lab)
+            );
+        }
         lab
     }
 
