@@ -75,9 +75,9 @@ impl Netlink {
 
     fn from_socket(socket: Socket, label: String) -> Netlink {
         // SAFETY: the descriptor comes from `into_raw_fd` of a netlink socket
-        // we own, so TokioSocket takes sole ownership of an open socket; we
-        // are inside a tokio runtime (async fn), which TokioSocket needs to
-        // register the descriptor.
+        // we own, so TokioSocket takes sole ownership of an open socket; the
+        // only callers are the async fns above, so we are inside a tokio
+        // runtime, which TokioSocket needs to register the descriptor.
         #[allow(unsafe_code)]
         let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
