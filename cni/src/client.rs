@@ -34,7 +34,18 @@ pub async fn call_agent(
     request: &CniRequest,
     timeout: Duration,
 ) -> Result<Option<CniResult>, CniError> {
-    match tokio::time::timeout(timeout, exchange(socket, request)).await {
+    call_agent_marked(socket, request, timeout, |_| {}).await
+}
+
+/// [`call_agent`], calling `mark` with the name of each step as it is done
+/// (`connected`, `sent`, `replied`): the binary's step timing.
+pub async fn call_agent_marked(
+    socket: &Path,
+    request: &CniRequest,
+    timeout: Duration,
+    mark: impl FnMut(&'static str),
+) -> Result<Option<CniResult>, CniError> {
+    match tokio::time::timeout(timeout, exchange(socket, request, mark)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(CniError::new(
             ErrorCode::TryAgainLater,
@@ -48,7 +59,11 @@ pub async fn call_agent(
     }
 }
 
-async fn exchange(socket: &Path, request: &CniRequest) -> Result<Option<CniResult>, CniError> {
+async fn exchange(
+    socket: &Path,
+    request: &CniRequest,
+    mut mark: impl FnMut(&'static str),
+) -> Result<Option<CniResult>, CniError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|e| match e.kind() {
@@ -61,6 +76,7 @@ async fn exchange(socket: &Path, request: &CniRequest) -> Result<Option<CniResul
                 format!("connecting to {}: {e}", socket.display()),
             ),
         })?;
+    mark("connected");
     let mut framed = Framed::new(stream, CniClientCodec::default());
     framed.send(request).await.map_err(|e| {
         if e.0.kind() == std::io::ErrorKind::InvalidInput {
@@ -78,7 +94,10 @@ async fn exchange(socket: &Path, request: &CniRequest) -> Result<Option<CniResul
             )
         }
     })?;
-    match framed.next().await {
+    mark("sent");
+    let reply = framed.next().await;
+    mark("replied");
+    match reply {
         Some(Ok(Ok(reply))) => {
             let outcome = reply.into_outcome()?;
             if let Some(result) = &outcome {

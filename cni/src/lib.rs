@@ -59,7 +59,7 @@ pub mod result;
 pub mod server;
 pub mod version;
 
-pub use client::call_agent;
+pub use client::{call_agent, call_agent_marked};
 pub use config::{
     DEFAULT_AGENT_SOCKET, DEFAULT_TIMEOUT_SECONDS, GcAttachment, LogLevel, NetworkConfig,
     POD_ANNOTATIONS_KEY, RuntimeConfig, parse_config,

@@ -4,6 +4,7 @@
 //! Logs go to `logFile` (or stderr), never stdout.
 
 mod logfile;
+mod timing;
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 
 use switchyard_cni::{
     CniEnv, CniError, CniRequest, Command, ErrorCode, LogLevel, NetworkConfig, SUPPORTED_VERSIONS,
-    SpecVersion, Verb, call_agent, config::requested_version, parse_config,
+    SpecVersion, Verb, call_agent_marked, config::requested_version, parse_config,
     protocol::MAX_CONFIG_LEN,
 };
 
@@ -24,8 +25,16 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
+    timing::start();
     let mut cni_version = SpecVersion::LATEST.as_str().to_owned();
     let outcome = run(&mut cni_version);
+    let code = print(outcome, &cni_version);
+    timing::mark("printed");
+    timing::report();
+    code
+}
+
+fn print(outcome: Result<Outcome, CniError>, cni_version: &str) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match outcome {
         Ok(Outcome::Silent) => ExitCode::SUCCESS,
@@ -36,7 +45,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!(code = e.code, msg = %e.msg, details = %e.details, "CNI request failed");
-            let _ = writeln!(stdout, "{}", e.to_output(&cni_version)).and_then(|()| stdout.flush());
+            let _ = writeln!(stdout, "{}", e.to_output(cni_version)).and_then(|()| stdout.flush());
             ExitCode::FAILURE
         }
     }
@@ -123,6 +132,7 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
     let version = config.cni_version;
     let prev_result = config.prev_result.clone();
     let request = CniRequest::new(verb, env, config, stdin);
+    timing::mark("input");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,7 +144,8 @@ fn run(cni_version: &mut String) -> Result<Outcome, CniError> {
                 e.to_string(),
             )
         })?;
-    let outcome = runtime.block_on(call_agent(&socket, &request, timeout));
+    timing::mark("runtime");
+    let outcome = runtime.block_on(call_agent_marked(&socket, &request, timeout, timing::mark));
     let outcome = match (verb, outcome) {
         // The agent is down or restarting: DEL is queued for it (it runs
         // queued DELs when it starts, and reconciles besides), so the pod

@@ -260,6 +260,7 @@ async fn serve_connection<H: CniHandler>(
                 return Ok(());
             }
         };
+        let received = std::time::Instant::now();
         let reply = match frame? {
             Err(e) => {
                 tracing::warn!(code = e.code, msg = %e.msg, details = %e.details, "bad CNI request");
@@ -274,6 +275,7 @@ async fn serve_connection<H: CniHandler>(
             },
         };
         framed.send(reply).await?;
+        tracing::debug!(connection = id, elapsed = ?received.elapsed(), "CNI reply sent");
     }
 }
 

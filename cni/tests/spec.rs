@@ -995,3 +995,43 @@ fn del_succeeds_whatever_the_agent_and_the_configuration() {
         );
     }
 }
+
+/// `SWITCHYARD_CNI_TIMING` (benchmarks) adds one line on stderr with the
+/// steps in order; stdout stays exactly the CNI result.
+#[test]
+fn step_timing_goes_to_stderr_and_leaves_the_result_alone() {
+    let agent = Agent::start(sample_result("/var/run/netns/pod"));
+    let plain = run(&add_env(&agent), &conf(&agent, "1.1.0"));
+    let mut env = add_env(&agent);
+    env.push(("SWITCHYARD_CNI_TIMING", "1".into()));
+    let timed = run(&env, &conf(&agent, "1.1.0"));
+    assert_eq!(timed.status, Some(0), "{timed:?}");
+    assert_eq!(timed.json(), plain.json());
+    assert!(!plain.stderr.contains("switchyard-timing"), "{plain:?}");
+    let line = timed
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard-timing "))
+        .unwrap_or_else(|| panic!("no timing line: {timed:?}"));
+    let steps: Vec<(&str, u128)> = line
+        .split_whitespace()
+        .map(|f| {
+            let (step, us) = f.split_once('=').unwrap();
+            (step, us.parse().unwrap())
+        })
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|s| s.0).collect();
+    assert_eq!(
+        names,
+        [
+            "main",
+            "input",
+            "runtime",
+            "connected",
+            "sent",
+            "replied",
+            "printed"
+        ]
+    );
+    assert!(steps.windows(2).all(|w| w[0].1 <= w[1].1), "{line}");
+}

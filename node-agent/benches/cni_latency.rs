@@ -14,6 +14,11 @@
 //! turns on chunks of 20 pods so load changes hit both alike: first
 //! sequentially (ADD every pod, then DEL every pod), then 8-way parallel.
 //! Latency is process start to exit of the plugin, as a runtime sees it.
+//!
+//! `SY_BENCH_STEPS=1` also runs the `switchyard` binary with
+//! `SWITCHYARD_CNI_TIMING` and prints where its time goes (p50 of each
+//! step: process start, reading the input, the I/O runtime, connecting,
+//! sending, waiting for the agent's reply, printing, exit).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -26,7 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use support_cni::{build_release_cni, invoke, load, pct, reference_conf};
+use support_cni::{Steps, build_release_cni, invoke_steps, load, pct, reference_conf};
 use switchyard_agent::Agent;
 
 const PARALLEL: usize = 8;
@@ -56,14 +61,16 @@ fn enter(netns: &Option<PathBuf>) {
     }
 }
 
-/// Runs `command` for every pod with `workers` threads; returns latencies.
+/// Runs `command` for every pod with `workers` threads; returns latencies
+/// (sorted) and the binary's steps (empty unless `SY_BENCH_STEPS` is set).
 fn run_all(
     target: &Target,
     command: &str,
     pods: &[PodRef],
     round: &str,
     workers: usize,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, Vec<Steps>) {
+    let timing = std::env::var_os("SY_BENCH_STEPS").is_some();
     let queue = Arc::new(Mutex::new(pods.to_vec()));
     let results = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..workers)
@@ -80,16 +87,17 @@ fn run_all(
                         break;
                     };
                     let id = format!("{}{round}", pod.container_id);
-                    let t = invoke(
-                        &target.bin,
-                        &command,
-                        &id,
-                        &pod.netns,
-                        target.ifname,
-                        &pod.args,
-                        &target.conf,
-                    );
-                    results.lock().unwrap().push(t);
+                    let call = |bin: &std::path::Path| -> (Duration, Steps) {
+                        let (c, n, i, a) = (&command, &pod.netns, target.ifname, &pod.args);
+                        if timing {
+                            invoke_steps(bin, c, &id, n, i, a, &target.conf)
+                        } else {
+                            let t = support_cni::invoke(bin, c, &id, n, i, a, &target.conf);
+                            (t, Vec::new())
+                        }
+                    };
+                    let (t, steps) = call(&target.bin);
+                    results.lock().unwrap().push((t, steps));
                 }
             })
         })
@@ -97,9 +105,23 @@ fn run_all(
     for t in threads {
         t.join().unwrap();
     }
-    let mut v = std::mem::take(&mut *results.lock().unwrap());
-    v.sort();
-    v
+    let v = std::mem::take(&mut *results.lock().unwrap());
+    let (mut times, steps): (Vec<Duration>, Vec<Steps>) = v.into_iter().unzip();
+    times.sort();
+    (times, steps.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// One row per step: its p50 and p99 over the invocations (ms).
+fn print_steps(title: &str, all: &[Steps]) {
+    let Some(first) = all.first() else { return };
+    println!("\n{title}, {} invocations (ms):", all.len());
+    println!("| step | p50 | p99 |");
+    println!("|---|---|---|");
+    for (i, (name, _)) in first.iter().enumerate() {
+        let mut v: Vec<Duration> = all.iter().filter_map(|s| s.get(i).map(|x| x.1)).collect();
+        v.sort();
+        println!("| {name} | {:.2} | {:.2} |", pct(&v, 0.5), pct(&v, 0.99));
+    }
 }
 
 fn main() {
@@ -155,16 +177,29 @@ fn main() {
                 let round = if workers == 1 { "s" } else { "p" };
                 let mut adds = [Vec::new(), Vec::new()];
                 let mut dels = [Vec::new(), Vec::new()];
+                let (mut add_steps, mut del_steps) = (Vec::new(), Vec::new());
                 for part in refs.chunks(chunk) {
                     for (i, t) in targets.iter().enumerate() {
-                        adds[i].extend(run_all(t, "ADD", part, round, workers));
+                        let (times, steps) = run_all(t, "ADD", part, round, workers);
+                        adds[i].extend(times);
+                        add_steps.extend(steps);
                     }
                 }
                 for part in refs.chunks(chunk) {
                     for (i, t) in targets.iter().enumerate() {
-                        dels[i].extend(run_all(t, "DEL", part, round, workers));
+                        let (times, steps) = run_all(t, "DEL", part, round, workers);
+                        dels[i].extend(times);
+                        del_steps.extend(steps);
                     }
                 }
+                print_steps(
+                    &format!("switchyard binary's steps, {mode} ADD"),
+                    &add_steps,
+                );
+                print_steps(
+                    &format!("switchyard binary's steps, {mode} DEL"),
+                    &del_steps,
+                );
                 for (i, t) in targets.iter().enumerate() {
                     let (mut add, mut del) = (adds[i].clone(), dels[i].clone());
                     add.sort();

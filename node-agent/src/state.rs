@@ -29,6 +29,7 @@ use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::netns;
 use crate::policy::{LocalPod, NetworkPolicies, PolicyError, UpdateStats};
+use crate::port_removals::PortRemovals;
 use crate::uplink::Uplink;
 use crate::vlan_pool::ClusterPools;
 
@@ -72,6 +73,8 @@ pub(crate) struct NodeState {
     pub metrics: Arc<Metrics>,
     /// NetworkPolicy: the caches and the installed policy flows.
     pub policy: Arc<NetworkPolicies>,
+    /// Teardowns' port removals, batched (see [`PortRemovals`]).
+    pub port_removals: PortRemovals,
 }
 
 impl NodeState {
@@ -196,18 +199,22 @@ impl NodeState {
         let t0 = Instant::now();
         let gate = self.flow_gate.read().await;
         let flow_object = recorded.as_ref().map(|a| a.ofport).filter(|p| *p > 0);
-        let (flows_done, (port, port_took), (veth, veth_took)) = tokio::join!(
+        let ((flows_done, flows_took), (port, port_took), (veth, veth_took)) = tokio::join!(
             async {
-                match flow_object {
+                let r = match flow_object {
                     Some(ofport) => {
                         let (c, m) = Cookie::object_mask(Owner::Agent, ofport);
                         self.io.flows.flow_mod(FlowMod::delete_cookie(c, m)).await
                     }
                     None => Ok(()),
-                }
+                };
+                (r, t0.elapsed())
             },
             async {
-                let r = self.io.ports.remove_port(&host_ifname).await;
+                let r = self
+                    .port_removals
+                    .remove(&*self.io.ports, &host_ifname)
+                    .await;
                 (r, t0.elapsed())
             },
             async {
@@ -215,7 +222,7 @@ impl NodeState {
                 (r, t0.elapsed())
             }
         );
-        tracing::debug!(?port_took, ?veth_took, flows_took = ?t0.elapsed(), "flows, port and veth removed");
+        tracing::debug!(?flows_took, ?port_took, ?veth_took, all_took = ?t0.elapsed(), "flows, port and veth removed");
         flows_done.map_err(AttachError::openflow("deleting the pod's flows"))?;
         match port {
             Ok(()) | Err(ovsdb::Error::PortNotFound(_)) => {}
@@ -324,6 +331,7 @@ impl NodeState {
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             policy: Arc::new(NetworkPolicies::new(None, Ipv4Addr::new(10, 244, 0, 1))),
+            port_removals: PortRemovals::default(),
         }
     }
 }

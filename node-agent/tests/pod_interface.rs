@@ -393,3 +393,38 @@ fn netns_path_validation_rejects_bad_paths() {
     assert!(matches!(err, NetnsError::OwnNamespace(_)), "{err}");
     assert!(Netns::open("/proc/self/ns/net", &policy).is_err());
 }
+
+/// A host end left by an earlier attempt that died half-way (the name the
+/// pair would get is taken in the node namespace) is removed with its peer
+/// and the pair made again: the pod gets a working eth0, nothing else stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_host_end_is_replaced() {
+    if !privileged("leftover_host_end_is_replaced") {
+        return;
+    }
+    let node = NetnsGuard::new("node");
+    let pod = NetnsGuard::new("pod");
+    let policy = NetnsPolicy::default();
+    let node_ns = Netns::open(node.path(), &policy).unwrap();
+    let pod_ns = Netns::open(pod.path(), &policy).unwrap();
+    let host = Netlink::open_in(&node_ns).await.unwrap();
+
+    let leftover = host_ifname("c0ffee0003", "eth0");
+    node.ip(&[
+        "link", "add", &leftover, "type", "veth", "peer", "name", "oldpeer",
+    ]);
+    let mut request = spec("c0ffee0003");
+    request.gratuitous_arp = false;
+    let built = create_pod_interface(&host, &pod_ns, &request)
+        .await
+        .unwrap();
+    assert_eq!(built.host_ifname, leftover);
+    let mut names = node.link_names();
+    names.sort();
+    assert_eq!(names, vec!["lo".to_string(), leftover.clone()]);
+    let pod_link = pod.ip(&["-d", "link", "show", "eth0"]);
+    assert!(pod_link.contains(",UP"), "{pod_link}");
+    assert!(pod.ip(&["addr", "show", "eth0"]).contains("10.77.0.10/24"));
+    let host_link = node.ip(&["link", "show", &leftover]);
+    assert!(host_link.contains(",UP"), "{host_link}");
+}

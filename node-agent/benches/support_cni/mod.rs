@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -21,9 +21,43 @@ pub fn try_invoke(
     args: &str,
     conf: &Value,
 ) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut child = Command::new(bin)
-        .env_clear()
+    run_plugin(bin, command, container_id, netns, ifname, args, conf, false).map(|(t, _)| t)
+}
+
+/// The steps of one invocation of the `switchyard` binary with
+/// `SWITCHYARD_CNI_TIMING` set: each step's name and the time since the
+/// step before it (the first since the spawn; `exit` last, the time from
+/// `printed` until the caller saw the process end).
+pub type Steps = Vec<(String, Duration)>;
+
+/// [`invoke`] with the binary's step timing (empty for a binary that
+/// prints none, such as the reference plugin).
+pub fn invoke_steps(
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    conf: &Value,
+) -> (Duration, Steps) {
+    run_plugin(bin, command, container_id, netns, ifname, args, conf, true)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_plugin(
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    conf: &Value,
+    timing: bool,
+) -> Result<(Duration, Steps), String> {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", netns)
@@ -32,7 +66,13 @@ pub fn try_invoke(
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    if timing {
+        cmd.env("SWITCHYARD_CNI_TIMING", "1");
+    }
+    let spawned_at = SystemTime::now();
+    let started = Instant::now();
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     child
@@ -43,16 +83,47 @@ pub fn try_invoke(
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let elapsed = started.elapsed();
-    if out.status.success() {
-        Ok(elapsed)
-    } else {
-        Err(format!(
+    if !out.status.success() {
+        return Err(format!(
             "{} {command} {container_id}: {} {}",
             bin.display(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ))
+        ));
     }
+    let exited_at = spawned_at + elapsed;
+    Ok((elapsed, steps(&out.stderr, spawned_at, exited_at)))
+}
+
+/// The intervals of a `switchyard-timing` line (see [`Steps`]).
+fn steps(stderr: &[u8], spawned_at: SystemTime, exited_at: SystemTime) -> Steps {
+    let text = String::from_utf8_lossy(stderr);
+    let Some(line) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard-timing "))
+    else {
+        return Vec::new();
+    };
+    let at = |us: u64| UNIX_EPOCH + Duration::from_micros(us);
+    let mut out = Vec::new();
+    let mut before = spawned_at;
+    for field in line.split_whitespace() {
+        let Some((step, us)) = field.split_once('=') else {
+            continue;
+        };
+        let Ok(us) = us.parse::<u64>() else { continue };
+        let t = at(us);
+        out.push((
+            step.to_string(),
+            t.duration_since(before).unwrap_or_default(),
+        ));
+        before = t;
+    }
+    out.push((
+        "exit".to_string(),
+        exited_at.duration_since(before).unwrap_or_default(),
+    ));
+    out
 }
 
 /// [`try_invoke`], panicking on failure.

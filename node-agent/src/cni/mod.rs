@@ -30,10 +30,12 @@ pub(crate) struct CniServer(pub Arc<NodeState>);
 impl CniHandler for CniServer {
     async fn add(&self, req: CniRequest) -> Result<CniResult, CniError> {
         let started = Instant::now();
+        let span = request_span(&req);
         let out = add::add(&self.0, &req)
-            .instrument(request_span(&req))
+            .instrument(span.clone())
             .await
             .map_err(CniError::from);
+        span.in_scope(|| tracing::debug!(elapsed = ?started.elapsed(), "ADD handled"));
         self.0.metrics.record_add(&out, started.elapsed());
         out
     }

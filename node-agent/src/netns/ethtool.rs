@@ -3,10 +3,11 @@
 //! OVS's userspace datapath does not complete partial checksums, so on a
 //! `netdev` bridge the pod end of the veth must compute them itself
 //! (`ethtool -K eth0 tx off`). These functions act in the network namespace
-//! of the calling thread: call them through [`super::run_in_netns`].
+//! of the calling thread (call them through [`super::run_in_netns`]), or,
+//! those ending in `_on`, in the namespace their socket was created in.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
@@ -30,7 +31,7 @@ struct IfreqData {
     pad: [u8; 16],
 }
 
-fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+fn check_name(ifname: &str) -> io::Result<()> {
     let bytes = ifname.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
         return Err(io::Error::new(
@@ -38,12 +39,29 @@ fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
             format!("bad interface name {ifname:?}"),
         ));
     }
-    let sock = socket(
+    Ok(())
+}
+
+/// An `AF_INET` datagram socket for the ioctl, in the calling thread's
+/// namespace.
+pub fn ioctl_socket() -> io::Result<OwnedFd> {
+    Ok(socket(
         AddressFamily::Inet,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    check_name(ifname)?;
+    ethtool_value_on(&ioctl_socket()?, ifname, cmd, data)
+}
+
+/// The ioctl on `sock`, which acts in the namespace it was created in.
+fn ethtool_value_on(sock: &OwnedFd, ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    check_name(ifname)?;
+    let bytes = ifname.as_bytes();
     let mut value = EthtoolValue { cmd, data };
     let mut request = IfreqData {
         name: [0; libc::IFNAMSIZ],
@@ -74,6 +92,12 @@ fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
 /// Turns transmit checksum offload of `ifname` on or off.
 pub fn set_tx_checksum(ifname: &str, enabled: bool) -> io::Result<()> {
     ethtool_value(ifname, ETHTOOL_STXCSUM, u32::from(enabled)).map(|_| ())
+}
+
+/// [`set_tx_checksum`] through `sock`, an [`ioctl_socket`] created in the
+/// interface's namespace (usable from any thread, no `setns`).
+pub fn set_tx_checksum_on(sock: &OwnedFd, ifname: &str, enabled: bool) -> io::Result<()> {
+    ethtool_value_on(sock, ifname, ETHTOOL_STXCSUM, u32::from(enabled)).map(|_| ())
 }
 
 /// Whether transmit checksum offload of `ifname` is on.

@@ -1,6 +1,6 @@
 //! An rtnetlink connection bound to one network namespace.
 
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -48,18 +48,44 @@ impl Netlink {
                 op: "opening netlink socket",
                 source,
             })?;
+        Ok(Self::from_socket(socket, label))
+    }
+
+    /// [`Netlink::open_in`], plus an `AF_INET` datagram socket of the same
+    /// namespace for interface ioctls (ethtool), made on the same trip to
+    /// the namespace (one thread instead of two): a socket acts in the
+    /// namespace it was created in, from any thread.
+    pub async fn open_in_with_ioctl_socket(
+        netns: &Netns,
+    ) -> Result<(Netlink, OwnedFd), NetnsError> {
+        let label = netns.to_string();
+        let (socket, ioctl) = run_in_netns(netns, || {
+            let socket = Socket::new(NETLINK_ROUTE)?;
+            let ioctl = super::ethtool::ioctl_socket()?;
+            Ok::<_, std::io::Error>((socket, ioctl))
+        })
+        .await?
+        .map_err(|source| NetnsError::Io {
+            path: label.clone().into(),
+            op: "opening netlink and ioctl sockets",
+            source,
+        })?;
+        Ok((Self::from_socket(socket, label), ioctl))
+    }
+
+    fn from_socket(socket: Socket, label: String) -> Netlink {
         // SAFETY: the descriptor comes from `into_raw_fd` of a netlink socket
-        // we own, so TokioSocket takes sole ownership of an open socket; we
-        // are inside a tokio runtime (async fn), which TokioSocket needs to
-        // register the descriptor.
+        // we own, so TokioSocket takes sole ownership of an open socket; the
+        // only callers are the async fns above, so we are inside a tokio
+        // runtime, which TokioSocket needs to register the descriptor.
         #[allow(unsafe_code)]
         let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
-        Ok(Netlink {
+        Netlink {
             handle,
             connection: tokio::spawn(connection),
             netns: label,
-        })
+        }
     }
 
     /// The rtnetlink handle.

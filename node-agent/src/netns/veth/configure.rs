@@ -1,8 +1,10 @@
-//! Configuring the pod side of a new veth pair: the pod address, both ends
-//! up, the routes to the gateway, transmit checksum offload and the
-//! gratuitous ARP.
+//! Configuring the pod side of a new veth pair (its host end created up):
+//! the pod address, the pod end up, the routes to the gateway, transmit
+//! checksum offload and the gratuitous ARP; the host end is looked up
+//! meanwhile.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, State};
@@ -14,10 +16,12 @@ use super::{InterfaceError, PodInterface, PodInterfaceSpec, Step};
 use crate::mac::MacAddr;
 use crate::netns::{Netlink, Netns, arp, ethtool, link_mac, run_in_netns};
 
-/// Gives the pair its address, links up, routes, offload and ARP.
+/// Gives the pair its address, pod end up, routes, offload and ARP. `ioctl` is an
+/// `AF_INET` socket made in the pod namespace (ethtool).
 pub(super) async fn configure(
     host: &Netlink,
     pod: &Netlink,
+    ioctl: &OwnedFd,
     pod_netns: &Netns,
     spec: &PodInterfaceSpec,
     host_name: &str,
@@ -53,46 +57,52 @@ pub(super) async fn configure(
             .map_err(nl_err(step))
     };
 
-    let host_link = existing_link(host, host_name).await?;
+    // The host end (its index and MAC, for the result) on the node's
+    // socket while the pod side is configured on the pod's.
+    let pod_side = async {
+        let pod_link = existing_link(pod, &ifname).await?;
+        let pod_index = pod_link.header.index;
+        // Sent together on the pod's socket (the kernel takes them in
+        // order); the routes below need both.
+        let address = async {
+            pod.handle()
+                .address()
+                .add(
+                    pod_index,
+                    IpAddr::V4(spec.address.addr()),
+                    spec.address.prefix_len(),
+                )
+                .execute()
+                .await
+                .map_err(nl_err(Step::AddAddress))
+        };
+        tokio::try_join!(address, set_link_up(pod, pod_index, &ifname))?;
+        if let Some(gateway) = spec.gateway {
+            if !spec.address.contains(&gateway) {
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(gateway, 32)
+                    .output_interface(pod_index)
+                    .scope(RouteScope::Link)
+                    .build();
+                add_route(route, Step::AddGatewayRoute).await?;
+            }
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(pod_index)
+                .build();
+            add_route(route, Step::AddDefaultRoute).await?;
+        }
+        if spec.disable_tx_checksum {
+            ethtool::set_tx_checksum_on(ioctl, &ifname, false)
+                .map_err(io_err(Step::DisableTxChecksum))?;
+        }
+        Ok::<_, InterfaceError>(pod_link)
+    };
+    let (host_link, pod_link) = tokio::join!(existing_link(host, host_name), pod_side);
+    let (host_link, pod_link) = (host_link?, pod_link?);
     let host_index = host_link.header.index;
-    let pod_link = existing_link(pod, &ifname).await?;
     let pod_index = pod_link.header.index;
 
-    pod.handle()
-        .address()
-        .add(
-            pod_index,
-            IpAddr::V4(spec.address.addr()),
-            spec.address.prefix_len(),
-        )
-        .execute()
-        .await
-        .map_err(nl_err(Step::AddAddress))?;
-    set_link_up(pod, pod_index, &ifname).await?;
-    set_link_up(host, host_index, host_name).await?;
-
-    if let Some(gateway) = spec.gateway {
-        if !spec.address.contains(&gateway) {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(gateway, 32)
-                .output_interface(pod_index)
-                .scope(RouteScope::Link)
-                .build();
-            add_route(route, Step::AddGatewayRoute).await?;
-        }
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(pod_index)
-            .build();
-        add_route(route, Step::AddDefaultRoute).await?;
-    }
-
-    if spec.disable_tx_checksum {
-        let name = ifname.clone();
-        run_in_netns(pod_netns, move || ethtool::set_tx_checksum(&name, false))
-            .await?
-            .map_err(io_err(Step::DisableTxChecksum))?;
-    }
     if spec.gratuitous_arp {
         // Until the kernel's link watcher has seen the carrier, the device
         // transmits through a no-op qdisc that drops everything: wait for
