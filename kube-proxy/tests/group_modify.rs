@@ -12,14 +12,17 @@ use common::{Lab, Node, ProxyProcess, eventually};
 use serde_json::json;
 use switchyard_ovs_harness::require_privileges;
 
-async fn add_backend(node: &mut Node, lab: &Lab, name: &str, host: u8) {
+/// A backend pod on this bridge; `node_name` is the node its endpoint
+/// names. Another node's endpoint gets no hairpin flow here (the datapath
+/// still reaches it by its address), so adding it changes the group alone.
+async fn add_backend(node: &mut Node, lab: &Lab, name: &str, host: u8, node_name: &str) {
     let pod = node.add_pod(name, host).await;
     pod.serve_tcp(8080);
     let ip = pod.ip;
     lab.create_pod(
         name,
         json!({"app": "web"}),
-        common::NODE,
+        node_name,
         ip,
         json!([{"name": "http", "containerPort": 8080}]),
     )
@@ -36,6 +39,9 @@ async fn backends_seen(node: &Node, addr: SocketAddr, rounds: usize) -> BTreeSet
     }
     seen
 }
+
+/// The node the later backends' endpoints name.
+const OTHER_NODE: &str = "node-2";
 
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
@@ -77,7 +83,7 @@ async fn endpoint_changes_go_as_a_lone_group_modify_and_a_rejected_one_falls_bac
         }))
         .await;
     let vip = SocketAddr::from((vip, 80));
-    add_backend(&mut node, &lab, "web-1", 11).await;
+    add_backend(&mut node, &lab, "web-1", 11, common::NODE).await;
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = debug_of!(node, proxy);
     eventually("web-1 to answer", &debug, || async {
@@ -85,10 +91,10 @@ async fn endpoint_changes_go_as_a_lone_group_modify_and_a_rejected_one_falls_bac
     })
     .await;
 
-    // A second backend: the port's group gets a second bucket by a lone
-    // modify, and new connections reach both.
+    // A second backend, named on another node: the port's group gets a
+    // second bucket by a lone modify, and new connections reach both.
     let before = lone_modifies(&proxy);
-    add_backend(&mut node, &lab, "web-2", 12).await;
+    add_backend(&mut node, &lab, "web-2", 12, OTHER_NODE).await;
     let debug = debug_of!(node, proxy);
     eventually("web-1 and web-2 to answer", &debug, || async {
         (backends_seen(&node, vip, 12).await == set(&["web-1", "web-2"])).then_some(())
@@ -111,7 +117,7 @@ async fn endpoint_changes_go_as_a_lone_group_modify_and_a_rejected_one_falls_bac
         ])
         .expect("group deleted");
     assert_eq!(frontend_group(&node, vip), None, "{}", debug());
-    add_backend(&mut node, &lab, "web-3", 13).await;
+    add_backend(&mut node, &lab, "web-3", 13, OTHER_NODE).await;
     let debug = debug_of!(node, proxy);
     eventually("web-1, web-2 and web-3 to answer", &debug, || async {
         (backends_seen(&node, vip, 16).await == set(&["web-1", "web-2", "web-3"])).then_some(())
