@@ -83,7 +83,7 @@ fn replace_endpoint(slice: &EndpointSlice, index: usize, fresh: u32) -> Endpoint
 fn find_service<'a>(services: &'a [Service], key: &ServiceKey) -> &'a Service {
     services
         .iter()
-        .find(|s| s.metadata.name.as_deref() == Some(key.name.as_str()))
+        .find(|s| s.metadata.name.as_deref() == Some(&*key.name))
         .expect("service")
 }
 

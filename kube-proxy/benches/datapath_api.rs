@@ -19,10 +19,12 @@
 //! - proxy single endpoint change: one Service's EndpointSlice gets one
 //!   endpoint replaced with a PUT; timed from before the PUT until the
 //!   Service's select group on the bridge has the new endpoint and not the
-//!   old one (group desc over OpenFlow, polled every 1 ms), on different
+//!   old one (group desc over OpenFlow, polled every 0.2 ms), on different
 //!   Services, on the last full sync's proxy; this includes the proxy's
 //!   debounce window, so each size runs with every debounce in
-//!   `SY_BENCH_DEBOUNCE_MS` (default `50,0`: the default and none);
+//!   `SY_BENCH_DEBOUNCE_MS` (default `50,0`: the default and none); in
+//!   brackets the proxy's own share, from its debug log (watch event taken
+//!   in -> switch confirmed);
 //! - the lab API server sets TCP_NODELAY on its connections, as
 //!   kube-apiserver has it (with Nagle a watch event now and then waited for
 //!   the proxy's delayed ACK, about 40 ms);
@@ -87,7 +89,11 @@ const PARALLEL_CREATES: usize = 16;
 /// Longest wait for a sync or a change before the bench gives up.
 const DEADLINE: Duration = Duration::from_secs(600);
 const FULL_SYNC_POLL: Duration = Duration::from_millis(2);
-const CHANGE_POLL: Duration = Duration::from_millis(1);
+/// How long the change loop sleeps between two group reads: a blocking
+/// sleep, as tokio's timer would round it up to its 1 ms tick (the
+/// figures until 2026-12-05 10:25 polled with `tokio::time::sleep(1 ms)`,
+/// 1-2 ms a poll).
+const CHANGE_POLL: Duration = Duration::from_micros(200);
 const PROGRAMMED: &str = "switchyard_proxy_service_ports_programmed";
 /// High byte of an ETP-Local port's local group id.
 const LOCAL_GROUP_TAG: u32 = 127;
@@ -159,7 +165,9 @@ impl Proxy {
             .arg("--healthz-bind-address=")
             .arg("--debounce-ms")
             .arg(debounce_ms.to_string())
-            .env("RUST_LOG", "info")
+            // The switch writer's debug line per change set gives the
+            // proxy's own share of a change.
+            .env("RUST_LOG", "info,switchyard_proxy::switch=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("proxy log file"))
@@ -296,6 +304,8 @@ struct Run {
     flows: String,
     change_p50: Duration,
     change_p99: Duration,
+    /// The proxy's own share of a change (its log): p50, p99.
+    in_proxy: Option<(Duration, Duration)>,
     rss: f64,
     /// Health check node port flips (ETP Local, `SY_BENCH_EXTERNAL`): p50, p99.
     flips: Option<(Duration, Duration)>,
@@ -384,6 +394,33 @@ fn nft_replacements(log: &Path) -> usize {
         .lines()
         .filter(|line| line.contains("nftables table") && line.contains("replaced"))
         .count()
+}
+
+/// The proxy's own share of the last `count` changes: the `took` of its
+/// "change set installed" log lines (from the watch event's arrival in
+/// the proxy to the switch's confirmation).
+fn in_proxy_times(log: &Path, count: usize) -> Vec<Duration> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let took: Vec<Duration> = text
+        .lines()
+        .filter(|line| line.contains("change set installed"))
+        .filter_map(|line| parse_took(line.split("took=").nth(1)?.split_whitespace().next()?))
+        .collect();
+    took[took.len().saturating_sub(count)..].to_vec()
+}
+
+/// A `Debug`-formatted `Duration` (`1.234567ms`, `850.2µs`, `1.5s`).
+fn parse_took(text: &str) -> Option<Duration> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("µs") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ns") {
+        (n, 1e-9)
+    } else {
+        (text.strip_suffix('s')?, 1.0)
+    };
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
 }
 
 /// The HTTP status a health check node port answers (None: no answer).
@@ -667,7 +704,7 @@ async fn run_proxy(
                 started.elapsed() < DEADLINE,
                 "change of {name} timed out: group {group_id} has {ips:?}"
             );
-            tokio::time::sleep(CHANGE_POLL).await;
+            tokio::task::block_in_place(|| std::thread::sleep(CHANGE_POLL));
         }
         times.push(started.elapsed());
         if std::env::var_os("SY_BENCH_VERBOSE").is_some() {
@@ -678,6 +715,13 @@ async fn run_proxy(
     }
     let change_p50 = percentile(&mut times, 0.5);
     let change_p99 = percentile(&mut times, 0.99);
+    let mut in_proxy = in_proxy_times(&proxy.log, changes);
+    let in_proxy = (in_proxy.len() == changes && changes > 0).then(|| {
+        (
+            percentile(&mut in_proxy, 0.5),
+            percentile(&mut in_proxy, 0.99),
+        )
+    });
     let nft_rewrites = nft_replacements(&proxy.log) - nft_before;
     let flips = if cluster.external {
         Some(health_flips(cluster, &mut proxy, changes.min(40)).await)
@@ -687,7 +731,7 @@ async fn run_proxy(
     let rss = peak_rss_mb(proxy.pid());
     let rss_now = status_mb(proxy.pid(), "VmRSS:");
     eprintln!(
-        "{label}: {count} services, debounce {debounce_ms} ms: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms, proxy peak RSS {rss:.0} MB (RSS now {rss_now:.0} MB), {nft_rewrites} nft table replacements during the changes, health check flips {flips:?}",
+        "{label}: {count} services, debounce {debounce_ms} ms: full sync median {:.0} ms of {} ({:.0}..{:.0}; lists in {:.0} ms; {flows}), change p50 {:.1} ms p99 {:.1} ms (in the proxy p50 / p99 {}), proxy peak RSS {rss:.0} MB (RSS now {rss_now:.0} MB), {nft_rewrites} nft table replacements during the changes, health check flips {flips:?}",
         ms(full),
         fulls.len(),
         ms(full_range.0),
@@ -695,6 +739,11 @@ async fn run_proxy(
         listed.map_or(f64::NAN, ms),
         ms(change_p50),
         ms(change_p99),
+        in_proxy.map_or("?".to_owned(), |(p50, p99)| format!(
+            "{:.2} / {:.2} ms",
+            ms(p50),
+            ms(p99)
+        )),
     );
     drop(client);
     drop(proxy);
@@ -708,6 +757,7 @@ async fn run_proxy(
         flows,
         change_p50,
         change_p99,
+        in_proxy,
         rss,
         flips,
         nft_rewrites,
@@ -837,7 +887,7 @@ fn main() {
         }
     );
     println!(
-        "| proxy | services | debounce | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache / bench lists alone] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) | iptables change p50 / p99 | p99 ratio | full ratio vs list + iptables-restore | proxy peak RSS | nft rewrites per change | health check flip p50 / p99 |"
+        "| proxy | services | debounce | OVS content | proxy full sync (API -> flows), median (min-max) [lists in cache / bench lists alone] | iptables-restore full | full ratio | proxy change p50 / p99 (API -> group) [in the proxy] | iptables change p50 / p99 | p99 ratio | full ratio vs list + iptables-restore | proxy peak RSS | nft rewrites per change | health check flip p50 / p99 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for count in sizes {
@@ -854,7 +904,7 @@ fn main() {
             let [ipt_full, full_ratio, ipt_change, change_ratio] =
                 baseline.cells(run.full, run.change_p99);
             println!(
-                "| {} | {count} | {} ms | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms | {ipt_change} | {change_ratio} | {} | {:.0} MB | {} in {changes} | {} |",
+                "| {} | {count} | {} ms | {} | {:.0} ms ({:.0}-{:.0}) [{} / {:.0} ms] | {ipt_full} | {full_ratio} | {:.1} / {:.1} ms [{}] | {ipt_change} | {change_ratio} | {} | {:.0} MB | {} in {changes} | {} |",
                 run.label,
                 run.debounce_ms,
                 run.flows,
@@ -866,6 +916,11 @@ fn main() {
                 ms(list),
                 ms(run.change_p50),
                 ms(run.change_p99),
+                run.in_proxy.map_or("?".to_owned(), |(p50, p99)| format!(
+                    "{:.2} / {:.2}",
+                    ms(p50),
+                    ms(p99)
+                )),
                 baseline
                     .full
                     .as_ref()

@@ -2,21 +2,21 @@
 //! and which Services changed since the last recompute. Fed by watch events
 //! (or anything else); pure and synchronous.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::objects::{NodeNames, Slice, slim_service};
-use crate::service_model::{ServiceKey, ServicePortName, ServicePortState, service_port_states};
+use crate::objects::{SharedNames, Slice, SlimService};
+use crate::service_model::{ServiceKey, ServicePortName, ServicePortState, service_port_states_of};
 
-/// An EndpointSlice by namespace and slice name.
+/// An EndpointSlice by namespace and slice name (sharing the cached
+/// slice's strings).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SliceKey {
-    namespace: String,
-    name: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
 }
 
 /// What identifies an EndpointSlice: its namespace and name.
@@ -27,8 +27,8 @@ pub trait SliceName {
 impl SliceName for EndpointSlice {
     fn slice_key(&self) -> SliceKey {
         SliceKey {
-            namespace: self.metadata.namespace.clone().unwrap_or_default(),
-            name: self.metadata.name.clone().unwrap_or_default(),
+            namespace: self.metadata.namespace.as_deref().unwrap_or("").into(),
+            name: self.metadata.name.as_deref().unwrap_or("").into(),
         }
     }
 }
@@ -36,9 +36,15 @@ impl SliceName for EndpointSlice {
 impl SliceName for Slice {
     fn slice_key(&self) -> SliceKey {
         SliceKey {
-            namespace: self.namespace().to_owned(),
-            name: self.name().to_owned(),
+            namespace: Arc::clone(&self.namespace),
+            name: Arc::clone(&self.name),
         }
+    }
+}
+
+impl SliceName for crate::objects::WatchedSlice {
+    fn slice_key(&self) -> SliceKey {
+        self.slice.slice_key()
     }
 }
 
@@ -48,25 +54,23 @@ impl<T: SliceName + ?Sized> SliceName for Arc<T> {
     }
 }
 
-#[derive(Debug, Clone)]
-struct SliceEntry {
-    /// The Service its label named when stored (`None`: no label).
-    service: Option<ServiceKey>,
-    slice: Arc<Slice>,
-}
-
 /// Known Services and EndpointSlices plus the set of Services whose
 /// desired state may have changed ("dirty"). Objects are kept slim: a
-/// Service without what the model never reads ([`slim_service`]), a
-/// slice as a [`Slice`] whose endpoints share their node names.
+/// Service as a [`SlimService`] (what the model reads), a
+/// slice as a [`Slice`]. Strings are shared: namespaces and node names
+/// have one copy each ([`SharedNames`]), and a Service's key, its slices'
+/// Service names, the dirty set and the desired state's port names point
+/// at the same namespace and name.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterCache {
-    services: HashMap<ServiceKey, Arc<Service>>,
-    slices: HashMap<SliceKey, SliceEntry>,
+    services: HashMap<ServiceKey, Arc<SlimService>>,
+    /// Each slice by its key; the Service it belongs to is the one its
+    /// label names ([`Slice::service`]), fixed while it is stored.
+    slices: HashMap<SliceKey, Arc<Slice>>,
     /// Slices per Service, ordered by slice name.
-    slices_by_service: HashMap<ServiceKey, BTreeMap<String, Arc<Slice>>>,
+    slices_by_service: HashMap<ServiceKey, Vec<Arc<Slice>>>,
     dirty: BTreeSet<ServiceKey>,
-    node_names: NodeNames,
+    names: SharedNames,
 }
 
 impl ClusterCache {
@@ -74,24 +78,46 @@ impl ClusterCache {
         Self::default()
     }
 
-    /// A Service was added or modified.
-    pub fn apply_service(&mut self, service: Arc<Service>) {
-        let service = Arc::new(slim_service(Arc::unwrap_or_clone(service)));
-        let key = ServiceKey::of_service(&service);
-        let unchanged = self
-            .services
-            .get(&key)
-            .is_some_and(|known| same_object(&known.metadata, &service.metadata, known, &service));
+    /// The key of `key`'s Service with the strings the cache already
+    /// holds for it (its Service's or its slices' key), else `key` with a
+    /// shared namespace.
+    fn shared_key(&mut self, mut key: ServiceKey) -> ServiceKey {
+        if let Some((known, _)) = self.services.get_key_value(&key) {
+            return known.clone();
+        }
+        if let Some((known, _)) = self.slices_by_service.get_key_value(&key) {
+            return known.clone();
+        }
+        self.names.share(&mut key.namespace);
+        key
+    }
+
+    /// A Service was added or modified (a full `Service` is slimmed first).
+    pub fn apply_service(&mut self, service: impl Into<SlimService>) {
+        let mut service: SlimService = service.into();
+        let unchanged = self.services.get(&service.key()).is_some_and(|known| {
+            match (&known.resource_version, &service.resource_version) {
+                (Some(known), Some(new)) => known == new,
+                _ => **known == service,
+            }
+        });
         if !unchanged {
+            let key = self.shared_key(service.key());
+            service.namespace = Arc::clone(&key.namespace);
+            service.name = Arc::clone(&key.name);
             self.dirty.insert(key.clone());
-            self.services.insert(key, service);
+            self.services.insert(key, Arc::new(service));
         }
     }
 
     /// A Service was deleted.
     pub fn delete_service(&mut self, service: &Service) {
-        let key = ServiceKey::of_service(service);
-        if self.services.remove(&key).is_some() {
+        self.delete_service_key(&ServiceKey::of_service(service));
+    }
+
+    /// The Service `key` names was deleted.
+    pub fn delete_service_key(&mut self, key: &ServiceKey) {
+        if let Some((key, _)) = self.services.remove_entry(key) {
             self.dirty.insert(key);
         }
     }
@@ -102,27 +128,25 @@ impl ClusterCache {
         let mut slice: Slice = slice.into();
         let key = slice.slice_key();
         if let Some(known) = self.slices.get(&key)
-            && same_object(
-                &known.slice.metadata,
-                &slice.metadata,
-                &*known.slice,
-                &slice,
-            )
+            && same_slice(known, &slice)
         {
             return;
         }
         self.remove_slice(&key);
-        self.node_names.share(&mut slice);
-        let slice = Arc::new(slice);
-        let service = slice.service();
+        self.names.share_slice(&mut slice);
+        let service = slice.service().map(|service| self.shared_key(service));
         if let Some(service) = &service {
-            self.slices_by_service
-                .entry(service.clone())
-                .or_default()
-                .insert(key.name.clone(), Arc::clone(&slice));
-            self.dirty.insert(service.clone());
+            slice.namespace = Arc::clone(&service.namespace);
+            slice.service_name = Some(Arc::clone(&service.name));
         }
-        self.slices.insert(key, SliceEntry { service, slice });
+        let slice = Arc::new(slice);
+        if let Some(service) = service {
+            let by_name = self.slices_by_service.entry(service.clone()).or_default();
+            let at = by_name.partition_point(|known| known.name < slice.name);
+            by_name.insert(at, Arc::clone(&slice));
+            self.dirty.insert(service);
+        }
+        self.slices.insert(slice.slice_key(), slice);
     }
 
     /// An EndpointSlice was deleted.
@@ -131,12 +155,12 @@ impl ClusterCache {
     }
 
     fn remove_slice(&mut self, key: &SliceKey) {
-        let Some(entry) = self.slices.remove(key) else {
+        let Some(slice) = self.slices.remove(key) else {
             return;
         };
-        if let Some(service) = entry.service {
+        if let Some(service) = slice.service() {
             if let Some(by_name) = self.slices_by_service.get_mut(&service) {
-                by_name.remove(&key.name);
+                by_name.retain(|known| known.name != slice.name);
                 if by_name.is_empty() {
                     self.slices_by_service.remove(&service);
                 }
@@ -147,10 +171,14 @@ impl ClusterCache {
 
     /// A full list of Services (after a watch restart): replaces all known
     /// Services; only those that differ are marked dirty.
-    pub fn replace_services(&mut self, services: impl IntoIterator<Item = Arc<Service>>) {
+    pub fn replace_services<S: Into<SlimService>>(
+        &mut self,
+        services: impl IntoIterator<Item = S>,
+    ) {
         let mut listed: BTreeSet<ServiceKey> = BTreeSet::new();
         for service in services {
-            listed.insert(ServiceKey::of_service(&service));
+            let service: SlimService = service.into();
+            listed.insert(service.key());
             self.apply_service(service);
         }
         let gone: Vec<ServiceKey> = self
@@ -183,7 +211,7 @@ impl ClusterCache {
         for key in gone {
             self.remove_slice(&key);
         }
-        self.node_names.prune();
+        self.names.prune();
     }
 
     /// Some Service may have a new desired state.
@@ -217,23 +245,23 @@ impl ClusterCache {
         service: &ServiceKey,
         node_name: &str,
     ) -> Vec<(ServicePortName, ServicePortState)> {
-        let Some(object) = self.services.get(service) else {
+        let Some((key, object)) = self.services.get_key_value(service) else {
             return Vec::new();
         };
         let slices: Vec<&Slice> = self
             .slices_by_service
             .get(service)
-            .map(|by_name| by_name.values().map(Arc::as_ref).collect())
+            .map(|by_name| by_name.iter().map(Arc::as_ref).collect())
             .unwrap_or_default();
-        service_port_states(object, &slices, node_name)
+        service_port_states_of(key, object, &slices, node_name)
     }
 }
 
-/// The same version of an object: equal resourceVersions when both have
+/// The same version of a slice: equal resourceVersions when both have
 /// one, else equal contents.
-fn same_object<T: PartialEq>(known: &ObjectMeta, new: &ObjectMeta, a: &T, b: &T) -> bool {
+fn same_slice(known: &Slice, new: &Slice) -> bool {
     match (&known.resource_version, &new.resource_version) {
         (Some(known), Some(new)) => known == new,
-        _ => a == b,
+        _ => known == new,
     }
 }

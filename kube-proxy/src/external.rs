@@ -55,13 +55,13 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
 use switchyard_ovs::openflow::{Action, Field, Flow, MatchField, PacketInReason};
 use switchyard_pipeline::{PortKind, ServiceState, priority, reg, table};
 
 use crate::diff::GroupId;
 use crate::flows::{ETH_TYPE_IP, REJECT_USERDATA, cookie, ip_proto};
 use crate::groups::{cluster_group_id, local_group_id};
+use crate::objects::{SlimService, SlimServicePort};
 use crate::service_model::{
     Endpoint, NoEndpointsAction, Protocol, ServicePortName, ServicePortState,
 };
@@ -127,7 +127,7 @@ pub struct ExternalFrontends {
 impl ExternalFrontends {
     /// The frontends of `spec_port` of `service`, given all the port's
     /// endpoints (`is_local` set).
-    pub fn of(service: &Service, spec_port: &ServicePort, all: &[Endpoint]) -> Self {
+    pub fn of(service: &SlimService, spec_port: &SlimServicePort, all: &[Endpoint]) -> Self {
         let Some(spec) = service.spec.as_ref() else {
             return Self::default();
         };
@@ -142,20 +142,14 @@ impl ExternalFrontends {
         let mut external: Vec<Ipv4Addr> = spec
             .external_ips
             .iter()
-            .flatten()
             .filter_map(|ip| ip.trim().parse().ok())
             .collect();
         let mut ingress: Vec<Ipv4Addr> = Vec::new();
         if kind == "LoadBalancer" {
-            let status = service
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref());
             ingress.extend(
-                status
-                    .into_iter()
-                    .flatten()
+                service
+                    .ingress
+                    .iter()
                     .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                     .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
             );
@@ -170,7 +164,6 @@ impl ExternalFrontends {
         let ranges: Vec<ipnet::Ipv4Net> = spec
             .load_balancer_source_ranges
             .iter()
-            .flatten()
             .filter_map(|r| r.trim().parse().ok())
             .collect();
         let (source_ranges, ranged_ips) = if ranges.is_empty() || ingress.is_empty() {

@@ -228,35 +228,26 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         flags.reject_rate,
     ));
 
+    // Every update goes to the switch writer and, when a frontend came,
+    // went or changed, its state to the host side (nftables table and
+    // routes of the external frontends; an endpoint change cannot change
+    // them), straight from the watch loop.
+    let (host_tx, host_rx) = tokio::sync::watch::channel(None);
+    let host = tokio::spawn(switchyard_proxy::host::run(Arc::clone(&node), host_rx));
     let config = WatchConfig {
         node_name: flags.node_name.clone(),
         debounce: Duration::from_millis(flags.debounce_ms),
         node: Arc::clone(&node),
+        frontends: Some(Arc::new(host_tx)),
     };
-    let (tx, mut watched) = tokio::sync::mpsc::channel(64);
+    let (to_switch, updates) = tokio::sync::mpsc::channel(64);
     let watcher = tokio::spawn(watch_with_health(
         client,
         config,
         groups,
-        tx,
+        to_switch,
         Some(health_checks),
     ));
-    // Every update goes to the switch writer and, when a frontend came, went
-    // or changed, its state to the host side (nftables table and routes of
-    // the external frontends; an endpoint change cannot change them).
-    let (host_tx, host_rx) = tokio::sync::watch::channel(None);
-    let (to_switch, updates) = tokio::sync::mpsc::channel(64);
-    let host = tokio::spawn(switchyard_proxy::host::run(Arc::clone(&node), host_rx));
-    let tee = tokio::spawn(async move {
-        while let Some(update) = watched.recv().await {
-            if update.changes.frontends_changed() {
-                host_tx.send_replace(Some(Arc::clone(&update.state)));
-            }
-            if to_switch.send(update).await.is_err() {
-                return;
-            }
-        }
-    });
     let writing = tokio::spawn(switch::run(writer, updates, resync, Duration::from_secs(1)));
     tokio::select! {
         result = watcher => result.context("watch task panicked")?.context("watch failed")?,
@@ -268,7 +259,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     rejects.abort();
     probes.abort();
     service_health.abort();
-    tee.abort();
     host.abort();
     Ok(())
 }

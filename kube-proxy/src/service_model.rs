@@ -37,7 +37,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
 use crate::endpoints::{ChosenEndpoints, choose_endpoints, collect_endpoints};
-use crate::objects::Slice;
+use crate::objects::{Slice, SlimService};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -124,15 +124,17 @@ pub struct HealthCheck {
 #[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
 pub struct UnknownProtocol(pub String);
 
-/// A Service by namespace and name.
+/// A Service by namespace and name. The strings are shared: the cache's
+/// keys, its slices, the desired state's port names and the group ids'
+/// keys point at one copy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
@@ -142,8 +144,8 @@ impl ServiceKey {
     /// The Service an object is, by its metadata.
     pub fn of_service(service: &Service) -> Self {
         Self::new(
-            service.metadata.namespace.clone().unwrap_or_default(),
-            service.metadata.name.clone().unwrap_or_default(),
+            service.metadata.namespace.as_deref().unwrap_or(""),
+            service.metadata.name.as_deref().unwrap_or(""),
         )
     }
 
@@ -155,8 +157,8 @@ impl ServiceKey {
             return None;
         }
         Some(Self::new(
-            slice.metadata.namespace.clone().unwrap_or_default(),
-            name.clone(),
+            slice.metadata.namespace.as_deref().unwrap_or(""),
+            name.as_str(),
         ))
     }
 }
@@ -193,8 +195,12 @@ impl ServicePortName {
         }
     }
 
+    /// The Service (sharing this name's strings).
     pub fn service(&self) -> ServiceKey {
-        ServiceKey::new(&*self.namespace, &*self.name)
+        ServiceKey {
+            namespace: Arc::clone(&self.namespace),
+            name: Arc::clone(&self.name),
+        }
     }
 
     fn is_of(&self, service: &ServiceKey) -> bool {
@@ -362,8 +368,8 @@ impl DesiredState {
         service: &'a ServiceKey,
     ) -> impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortState>)> + 'a {
         let start = ServicePortName::new(
-            service.namespace.as_str(),
-            service.name.as_str(),
+            Arc::clone(&service.namespace),
+            Arc::clone(&service.name),
             "",
             Protocol::Tcp,
         );
@@ -438,7 +444,8 @@ pub fn build_desired_state<'a>(
             .get(&key)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        for (name, port_state) in service_port_states(service, slices, node_name) {
+        let service = SlimService::from(service);
+        for (name, port_state) in service_port_states_of(&key, &service, slices, node_name) {
             state.insert(name, port_state);
         }
     }
@@ -462,7 +469,7 @@ pub fn group_slices<'a>(
         }
     }
     for group in grouped.values_mut() {
-        group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        group.sort_by(|a, b| a.name.cmp(&b.name));
     }
     grouped
 }
@@ -475,18 +482,29 @@ pub fn service_port_states(
     slices: &[&Slice],
     node_name: &str,
 ) -> Vec<(ServicePortName, ServicePortState)> {
-    let key = ServiceKey::of_service(service);
-    let Some(frontend) = ServiceFrontend::of(&key, service) else {
+    let service = SlimService::from(service);
+    service_port_states_of(&service.key(), &service, slices, node_name)
+}
+
+/// [`service_port_states`] of a Service as the cache keeps it, whose key
+/// is `key`: the port names share `key`'s strings.
+pub fn service_port_states_of(
+    key: &ServiceKey,
+    service: &SlimService,
+    slices: &[&Slice],
+    node_name: &str,
+) -> Vec<(ServicePortName, ServicePortState)> {
+    let Some(frontend) = ServiceFrontend::of(key, service) else {
         return Vec::new();
     };
     let spec_ports = service
         .spec
         .as_ref()
-        .and_then(|spec| spec.ports.as_deref())
+        .map(|spec| spec.ports.as_slice())
         .unwrap_or_default();
 
-    let namespace: Arc<str> = key.namespace.as_str().into();
-    let service_name: Arc<str> = key.name.as_str().into();
+    let namespace = &key.namespace;
+    let service_name = &key.name;
     let mut out: Vec<(ServicePortName, ServicePortState)> = Vec::with_capacity(spec_ports.len());
     for spec_port in spec_ports {
         let protocol = match Protocol::from_api(spec_port.protocol.as_deref()) {
@@ -577,17 +595,12 @@ struct ServiceFrontend {
 }
 
 impl ServiceFrontend {
-    fn of(key: &ServiceKey, service: &Service) -> Option<Self> {
+    fn of(key: &ServiceKey, service: &SlimService) -> Option<Self> {
         let Some(spec) = service.spec.as_ref() else {
             debug!(service = %key, "Service without spec ignored");
             return None;
         };
-        if service
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|labels| labels.contains_key(SERVICE_PROXY_NAME_LABEL))
-        {
+        if service.other_proxy {
             debug!(service = %key, "Service for another proxy ({SERVICE_PROXY_NAME_LABEL}) ignored");
             return None;
         }
@@ -607,7 +620,7 @@ impl ServiceFrontend {
         }
         // clusterIPs (dual stack) lists clusterIP first; fall back to clusterIP alone.
         let candidates: Vec<&str> = match spec.cluster_ips.as_deref() {
-            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            Some(ips) if !ips.is_empty() => ips.iter().map(|ip| &**ip).collect(),
             _ => vec![primary],
         };
         let mut cluster_ip = None;
@@ -626,12 +639,7 @@ impl ServiceFrontend {
         };
 
         let session_affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            let timeout = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|config| config.client_ip.as_ref())
-                .and_then(|client_ip| client_ip.timeout_seconds);
-            match timeout {
+            match spec.client_ip_timeout_seconds {
                 Some(secs) if secs > 0 => {
                     u32::try_from(secs).unwrap_or(DEFAULT_CLIENT_IP_TIMEOUT_SECS)
                 }

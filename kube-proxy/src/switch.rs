@@ -10,8 +10,10 @@
 //!   the previous generations' leftovers and unused groups: no forwarding
 //!   gap. Up to [`PORTS_PER_BUNDLE`] ports in one atomic bundle, a larger
 //!   state in several ([`program::FullSync`]), the last one deleting.
-//! - Other updates send only their change set's mods, in one atomic bundle;
-//!   if that fails, the next step is a full sync.
+//! - Other updates send only their change set's mods, in one atomic bundle
+//!   (a lone group modify, the usual endpoint change, on its own with a
+//!   barrier: one message is applied atomically anyway); if that fails,
+//!   the next step is a full sync.
 //! - The first full sync after start flushes only the UDP conntrack entries
 //!   that what changed while the proxy was down made stale, judged against
 //!   the flows and groups read at start ([`crate::served`]): live flows of
@@ -30,7 +32,8 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use switchyard_ovs::openflow::{
-    self, Action, Client, Field, FlowStatsRequest, PacketOut, TxMessage, bundle_flags, port,
+    self, Action, Client, Field, FlowStatsRequest, GroupMod, GroupModCommand, Message, PacketOut,
+    TxMessage, bundle_flags, port,
 };
 use switchyard_pipeline::{Cookie, Owner, PortKind, group as group_ids, reg, table};
 use tokio::sync::mpsc;
@@ -261,7 +264,8 @@ impl SwitchWriter {
             self.layout,
         );
         let count = msgs.len();
-        match self.bundle(msgs).await {
+        let bundled = !is_lone_group_modify(&msgs);
+        match self.send_changes(msgs).await {
             Ok(()) => {
                 let elapsed = update.first_event.elapsed();
                 self.metrics
@@ -278,6 +282,7 @@ impl SwitchWriter {
                 debug!(
                     generation = update.generation,
                     mods = count,
+                    bundled,
                     took = ?elapsed,
                     "change set installed"
                 );
@@ -421,6 +426,24 @@ impl SwitchWriter {
         Ok(())
     }
 
+    /// Sends a change set's mods. A lone group modify (one port's select
+    /// group gets new buckets: the commonest endpoint change) goes on its
+    /// own, confirmed by a barrier: `ovs-vswitchd` applies one message in
+    /// one step (packets see the old buckets or the new ones), so it needs
+    /// no bundle, and a rejected modify changes nothing, as a rejected
+    /// bundle does. That is one round trip to `ovs-vswitchd` instead of a
+    /// bundle's two (open, add and barrier; then commit). Anything else
+    /// goes in one atomic bundle.
+    async fn send_changes(&self, msgs: Vec<TxMessage>) -> Result<(), SwitchError> {
+        if !is_lone_group_modify(&msgs) {
+            return self.bundle(msgs).await;
+        }
+        self.client.send(msgs).await.map_err(|err| {
+            self.metrics.bundle_failures.inc();
+            err.into()
+        })
+    }
+
     async fn bundle(&self, msgs: Vec<TxMessage>) -> Result<(), SwitchError> {
         if msgs.is_empty() {
             return Ok(());
@@ -495,6 +518,21 @@ impl SwitchWriter {
             self.metrics.conntrack_flush_failures.inc();
         }
     }
+}
+
+/// `msgs` is one group modify and nothing else (see
+/// [`SwitchWriter::send_changes`]).
+pub fn is_lone_group_modify(msgs: &[TxMessage]) -> bool {
+    matches!(
+        msgs,
+        [TxMessage {
+            msg: Message::GroupMod(GroupMod {
+                command: GroupModCommand::Modify,
+                ..
+            }),
+            ..
+        }]
+    )
 }
 
 /// Service ports per bundle of a full sync (see [`program::FullSync`]): a

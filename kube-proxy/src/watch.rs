@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster_cache::ClusterCache;
-use crate::objects::{Slice, SlimService, slim_service};
+use crate::objects::{Slice, SlimService, WatchedService, WatchedSlice};
 use crate::recompute::{HealthChecks, Recomputer, SharedGroupIds, Update};
 use crate::service_model::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 
@@ -44,7 +44,14 @@ pub struct WatchConfig {
     pub debounce: Duration,
     /// The node's addresses and gateway for the external frontends.
     pub node: Arc<crate::external::NodeContext>,
+    /// Gets the desired state of every update in which a frontend came,
+    /// went or changed (the host side's nftables table and routes derive
+    /// only from frontends), right before the update goes to the switch.
+    pub frontends: Option<Arc<FrontendStates>>,
 }
+
+/// Where the watch loop publishes desired states whose frontends changed.
+pub type FrontendStates = tokio::sync::watch::Sender<Option<Arc<crate::DesiredState>>>;
 
 impl WatchConfig {
     pub fn new(node_name: impl Into<String>) -> Self {
@@ -52,6 +59,7 @@ impl WatchConfig {
             node_name: node_name.into(),
             debounce: DEFAULT_DEBOUNCE,
             node: Arc::default(),
+            frontends: None,
         }
     }
 }
@@ -89,9 +97,9 @@ pub async fn watch_with_health(
     let service_filter = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
     let slice_filter = watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}"));
     // Both decoded straight into the proxy's slim forms.
-    let services =
-        watcher::watcher(Api::<SlimService>::all(client.clone()), service_filter).default_backoff();
-    let slices = watcher::watcher(Api::<Slice>::all(client), slice_filter).default_backoff();
+    let services = watcher::watcher(Api::<WatchedService>::all(client.clone()), service_filter)
+        .default_backoff();
+    let slices = watcher::watcher(Api::<WatchedSlice>::all(client), slice_filter).default_backoff();
     run_with_health(services, slices, config, groups, updates, health).await
 }
 
@@ -108,46 +116,49 @@ pub trait Watched: Sized {
 }
 
 impl Watched for Service {
-    type Cached = Arc<Service>;
+    type Cached = SlimService;
     const KIND: &'static str = "Service";
-    fn slim(self) -> Arc<Service> {
-        Arc::new(slim_service(self))
+    fn slim(self) -> SlimService {
+        SlimService::from(&self)
     }
-    fn apply(cache: &mut ClusterCache, object: Arc<Service>) {
+    fn apply(cache: &mut ClusterCache, object: SlimService) {
         cache.apply_service(object);
     }
     fn delete(cache: &mut ClusterCache, object: &Self) {
         cache.delete_service(object);
     }
-    fn replace(cache: &mut ClusterCache, objects: Vec<Arc<Service>>) {
+    fn replace(cache: &mut ClusterCache, objects: Vec<SlimService>) {
         cache.replace_services(objects);
     }
 }
 
-/// The proxy's own watcher decodes Services straight into [`SlimService`].
-impl Watched for SlimService {
-    type Cached = Arc<Service>;
+/// The proxy's own watcher decodes Services straight into
+/// [`WatchedService`] (a [`SlimService`] and the metadata the watcher
+/// reads).
+impl Watched for WatchedService {
+    type Cached = SlimService;
     const KIND: &'static str = "Service";
-    fn slim(self) -> Arc<Service> {
-        Arc::new(self.0)
+    fn slim(self) -> SlimService {
+        self.service
     }
-    fn apply(cache: &mut ClusterCache, object: Arc<Service>) {
+    fn apply(cache: &mut ClusterCache, object: SlimService) {
         cache.apply_service(object);
     }
     fn delete(cache: &mut ClusterCache, object: &Self) {
-        cache.delete_service(&object.0);
+        cache.delete_service_key(&object.service.key());
     }
-    fn replace(cache: &mut ClusterCache, objects: Vec<Arc<Service>>) {
+    fn replace(cache: &mut ClusterCache, objects: Vec<SlimService>) {
         cache.replace_services(objects);
     }
 }
 
-/// The proxy's own watcher decodes slices straight into [`Slice`].
-impl Watched for Slice {
+/// The proxy's own watcher decodes slices straight into [`WatchedSlice`]
+/// (a [`Slice`] and the metadata the watcher reads).
+impl Watched for WatchedSlice {
     type Cached = Slice;
     const KIND: &'static str = "EndpointSlice";
     fn slim(self) -> Slice {
-        self
+        self.slice
     }
     fn apply(cache: &mut ClusterCache, object: Slice) {
         cache.apply_slice(object);
@@ -253,7 +264,7 @@ pub async fn run<S, E, T, U>(
 ) -> Result<(), WatchError>
 where
     S: Stream<Item = Result<Event<U>, watcher::Error>>,
-    U: Watched<Cached = Arc<Service>>,
+    U: Watched<Cached = SlimService>,
     E: Stream<Item = Result<Event<T>, watcher::Error>>,
     T: Watched<Cached = Slice>,
 {
@@ -271,7 +282,7 @@ pub async fn run_with_health<S, E, T, U>(
 ) -> Result<(), WatchError>
 where
     S: Stream<Item = Result<Event<U>, watcher::Error>>,
-    U: Watched<Cached = Arc<Service>>,
+    U: Watched<Cached = SlimService>,
     E: Stream<Item = Result<Event<T>, watcher::Error>>,
     T: Watched<Cached = Slice>,
 {
@@ -303,6 +314,11 @@ where
                 }
                 if let Some(mut update) = update {
                     update.first_event = burst_started;
+                    if let Some(frontends) = &config.frontends
+                        && update.changes.frontends_changed()
+                    {
+                        frontends.send_replace(Some(Arc::clone(&update.state)));
+                    }
                     debug!(
                         generation = update.generation,
                         ports = update.state.len(),

@@ -39,6 +39,7 @@ async fn start() -> Lab {
         node_name: NODE.to_owned(),
         debounce: Duration::from_millis(20),
         node: Default::default(),
+        frontends: None,
     };
     let groups = Arc::new(Mutex::new(GroupIdAllocator::new()));
     let watcher = tokio::spawn(watch(client.clone(), watch_config, groups, tx));

@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_proxy::ServiceKey;
 use switchyard_proxy::cluster_cache::ClusterCache;
-use switchyard_proxy::objects::{EndpointAddress, Slice, SlimService, slim_service};
+use switchyard_proxy::objects::{
+    EndpointAddress, Slice, SlimService, WatchedService, WatchedSlice,
+};
 use switchyard_proxy::service_model::build_desired_state;
 
 /// An EndpointSlice as kube-apiserver sends it, with everything the proxy
@@ -53,9 +55,8 @@ fn slim_slice_decodes_only_what_the_model_reads() {
     assert_eq!(slice.name(), "web-abc12");
     assert_eq!(slice.service(), Some(ServiceKey::new("shop", "web")));
     assert!(slice.ipv4);
-    assert_eq!(slice.metadata.annotations, None);
-    assert_eq!(slice.metadata.managed_fields, None);
-    assert_eq!(slice.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+    assert_eq!(slice.resource_version.as_deref(), Some("42"));
+    assert_eq!(slice.service_name.as_deref(), Some("web"));
     let addresses: Vec<Option<EndpointAddress>> =
         slice.endpoints.iter().map(|e| e.address.clone()).collect();
     assert_eq!(
@@ -72,30 +73,49 @@ fn slim_slice_decodes_only_what_the_model_reads() {
 }
 
 #[test]
-fn slim_service_decodes_what_slim_service_keeps() {
+fn watched_slice_has_the_metadata_the_watcher_reads() {
+    use kube::Resource;
+    let watched: WatchedSlice = serde_json::from_str(SLICE).expect("decodes");
+    assert_eq!(watched.meta().name.as_deref(), Some("web-abc12"));
+    assert_eq!(watched.meta().namespace.as_deref(), Some("shop"));
+    assert_eq!(watched.meta().resource_version.as_deref(), Some("42"));
+    assert_eq!(watched.meta().labels, None);
+    let slice: Slice = serde_json::from_str(SLICE).expect("decodes");
+    assert_eq!(watched.slice, slice);
+}
+
+#[test]
+fn slim_service_decodes_what_the_model_reads() {
     let full: Service = serde_json::from_str(SERVICE).expect("service");
-    let SlimService(slim) = serde_json::from_str(SERVICE).expect("slim service");
-    assert_eq!(slim, slim_service(full));
-    assert_eq!(slim.metadata.annotations, None);
-    assert_eq!(slim.metadata.labels, None);
+    let slim: SlimService = serde_json::from_str(SERVICE).expect("slim service");
+    // Decoding it and slimming a full Service keep the same fields.
+    assert_eq!(slim, SlimService::from(&full));
+    assert_eq!(&*slim.name, "web");
+    assert_eq!(slim.resource_version.as_deref(), Some("7"));
+    assert!(!slim.other_proxy);
     let spec = slim.spec.as_ref().expect("spec");
-    assert_eq!(spec.selector, None);
-    assert_eq!(spec.ports.as_ref().expect("ports")[0].target_port, None);
-    assert_eq!(
-        spec.ports.as_ref().expect("ports")[0].node_port,
-        Some(30080)
-    );
-    // A Service of another proxy keeps the label that says so.
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    // Known API values are not allocated per Service.
+    assert!(matches!(spec.type_, Some(std::borrow::Cow::Borrowed(_))));
+    assert_eq!(spec.ports.len(), 1);
+    assert_eq!(spec.ports[0].node_port, Some(30080));
+    assert_eq!(spec.health_check_node_port, Some(32000));
+    assert_eq!(slim.ingress.len(), 1);
+    assert_eq!(slim.ingress[0].ip.as_deref(), Some("203.0.113.9"));
+    // A Service of another proxy says so.
     let other = SERVICE.replace(
         r#""labels": {"app": "web"}"#,
         r#""labels": {"app": "web", "service.kubernetes.io/service-proxy-name": "other"}"#,
     );
-    let SlimService(other) = serde_json::from_str(&other).expect("slim service");
+    let other: SlimService = serde_json::from_str(&other).expect("slim service");
+    assert!(other.other_proxy);
+    // The watcher's form carries the metadata kube's watcher reads.
+    let watched: WatchedService = serde_json::from_str(SERVICE).expect("watched");
     assert_eq!(
-        other.metadata.labels.expect("labels").len(),
-        1,
-        "only the proxy-name label"
+        kube::Resource::meta(&watched).resource_version.as_deref(),
+        Some("7")
     );
+    assert_eq!(watched.service, slim);
 }
 
 #[test]
@@ -123,7 +143,7 @@ fn slim_objects_give_the_same_desired_state_as_full_objects() {
 fn endpoints_on_one_node_share_its_name() {
     let mut cache = ClusterCache::new();
     let mut second: Slice = serde_json::from_str(SLICE).expect("slice");
-    second.metadata.name = Some("web-zzz99".into());
+    second.name = "web-zzz99".into();
     cache.apply_slice(serde_json::from_str::<Slice>(SLICE).expect("slice"));
     cache.apply_slice(second);
     let service: Service = serde_json::from_str(SERVICE).expect("service");

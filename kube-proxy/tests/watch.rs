@@ -37,6 +37,7 @@ fn start() -> Harness {
         node_name: "node-a".to_owned(),
         debounce: Duration::from_millis(10),
         node: Default::default(),
+        frontends: None,
     };
     let groups = Arc::new(Mutex::new(GroupIdAllocator::new()));
     let task = tokio::spawn(run(service_stream, slice_stream, config, groups, tx));
