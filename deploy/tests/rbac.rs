@@ -157,7 +157,7 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         "Secret" => of::<core::v1::Secret>(),
         "Event" => of::<events::v1::Event>(),
         "EndpointSlice" => of::<discovery::v1::EndpointSlice>(),
-        // switchyard-proxy's slim EndpointSlice (kube-proxy/src/objects.rs).
+        // switchyard-proxy's slim EndpointSlice (kube-proxy/src/objects/mod.rs).
         "Slice" => of::<discovery::v1::EndpointSlice>(),
         "Lease" => of::<coordination::v1::Lease>(),
         "DaemonSet" => of::<apps::v1::DaemonSet>(),
