@@ -151,14 +151,14 @@ fn resource_of(kind: &str) -> Option<(String, String)> {
         "Pod" => of::<core::v1::Pod>(),
         "Namespace" => of::<core::v1::Namespace>(),
         // The proxy watches Services decoded into its own slim type.
-        "Service" | "SlimService" => of::<core::v1::Service>(),
+        "Service" | "SlimService" | "WatchedService" => of::<core::v1::Service>(),
         "Endpoints" => of::<core::v1::Endpoints>(),
         "ConfigMap" => of::<core::v1::ConfigMap>(),
         "Secret" => of::<core::v1::Secret>(),
         "Event" => of::<events::v1::Event>(),
         "EndpointSlice" => of::<discovery::v1::EndpointSlice>(),
         // switchyard-proxy's slim EndpointSlice (kube-proxy/src/objects/mod.rs).
-        "Slice" => of::<discovery::v1::EndpointSlice>(),
+        "Slice" | "WatchedSlice" => of::<discovery::v1::EndpointSlice>(),
         "Lease" => of::<coordination::v1::Lease>(),
         "DaemonSet" => of::<apps::v1::DaemonSet>(),
         // Switchyard's own kinds (api/src/lib.rs).
