@@ -252,7 +252,6 @@ impl Agent {
             ready: ready.clone(),
             metrics,
             policy,
-            port_removals: Default::default(),
         });
         // Every policy known before the first resync: it replaces the flows
         // of the agent before (policy flows included) in one bundle.

@@ -52,7 +52,6 @@ pub mod netns;
 pub mod next_hop;
 pub mod overlay;
 pub mod policy;
-mod port_removals;
 pub mod reconcile;
 pub mod reserved_port;
 pub mod segment;

@@ -29,7 +29,6 @@ use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::netns;
 use crate::policy::{LocalPod, NetworkPolicies, PolicyError, UpdateStats};
-use crate::port_removals::PortRemovals;
 use crate::uplink::Uplink;
 use crate::vlan_pool::ClusterPools;
 
@@ -73,8 +72,6 @@ pub(crate) struct NodeState {
     pub metrics: Arc<Metrics>,
     /// NetworkPolicy: the caches and the installed policy flows.
     pub policy: Arc<NetworkPolicies>,
-    /// Teardowns' port removals, batched (see [`PortRemovals`]).
-    pub port_removals: PortRemovals,
 }
 
 impl NodeState {
@@ -211,10 +208,7 @@ impl NodeState {
                 (r, t0.elapsed())
             },
             async {
-                let r = self
-                    .port_removals
-                    .remove(&*self.io.ports, &host_ifname)
-                    .await;
+                let r = self.io.ports.remove_port(&host_ifname).await;
                 (r, t0.elapsed())
             },
             async {
@@ -331,7 +325,6 @@ impl NodeState {
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             policy: Arc::new(NetworkPolicies::new(None, Ipv4Addr::new(10, 244, 0, 1))),
-            port_removals: PortRemovals::default(),
         }
     }
 }

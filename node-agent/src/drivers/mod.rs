@@ -83,22 +83,6 @@ pub trait Ports: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), ovsdb::Error>>;
     /// Removes a port (`Error::PortNotFound` if there is none).
     fn remove_port<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ovsdb::Error>>;
-    /// Removes each port (in one transaction where the driver can): the
-    /// outcome per name, in order, or one error for all.
-    #[allow(clippy::type_complexity)]
-    fn remove_ports_each<'a>(
-        &'a self,
-        names: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<Vec<Result<(), ovsdb::Error>>, ovsdb::Error>> {
-        async move {
-            let mut out = Vec::with_capacity(names.len());
-            for name in names {
-                out.push(self.remove_port(name).await);
-            }
-            Ok(out)
-        }
-        .boxed()
-    }
     /// Waits until vswitchd gave the interface an ofport.
     fn wait_ofport<'a>(
         &'a self,
@@ -324,69 +308,6 @@ impl Ports for ovsdb::Client {
 
     fn remove_port<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ovsdb::Error>> {
         ovsdb::Client::remove_port(self, name).boxed()
-    }
-
-    /// One lookup and one removal transaction for all of `names`
-    /// (ovs-vswitchd reconfigures once); a port that does not exist, or
-    /// was removed meanwhile, is `PortNotFound` and the others are
-    /// removed regardless.
-    fn remove_ports_each<'a>(
-        &'a self,
-        names: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<Vec<Result<(), ovsdb::Error>>, ovsdb::Error>> {
-        use ovsdb::{Condition, Mutation, Mutator, Operation, Value};
-        async move {
-            let lookup: Vec<Operation> = names
-                .iter()
-                .map(|name| {
-                    Operation::select_columns(
-                        "Port",
-                        vec![Condition::eq("name", *name)],
-                        &["_uuid"],
-                    )
-                })
-                .collect();
-            let found = self.transact("Open_vSwitch", &lookup).await?;
-            let uuids: Vec<Option<ovsdb::Uuid>> = names
-                .iter()
-                .enumerate()
-                .map(|(i, _)| {
-                    let row = found.get(i)?.rows.as_ref()?.first()?;
-                    row.get("_uuid")?.as_uuid()
-                })
-                .collect();
-            let removals: Vec<Operation> = uuids
-                .iter()
-                .flatten()
-                .map(|uuid| {
-                    Operation::mutate(
-                        "Bridge",
-                        vec![Condition::includes("ports", Value::set([*uuid]))],
-                        vec![Mutation::new("ports", Mutator::Delete, Value::set([*uuid]))],
-                    )
-                })
-                .collect();
-            let removed = if removals.is_empty() {
-                Vec::new()
-            } else {
-                self.transact("Open_vSwitch", &removals).await?
-            };
-            let mut removed = removed.iter();
-            Ok(names
-                .iter()
-                .zip(&uuids)
-                .map(|(name, uuid)| {
-                    let gone =
-                        uuid.is_some() && removed.next().is_some_and(|r| r.count.unwrap_or(0) > 0);
-                    if gone {
-                        Ok(())
-                    } else {
-                        Err(ovsdb::Error::PortNotFound(name.to_string()))
-                    }
-                })
-                .collect())
-        }
-        .boxed()
     }
 
     fn wait_ofport<'a>(
