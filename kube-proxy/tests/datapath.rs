@@ -47,22 +47,6 @@ async fn add_backend(node: &mut Node, lab: &Lab, name: &str, host: u8) {
         .await;
 }
 
-/// Distinct backends answering `rounds` new connections from `client`.
-async fn backends_seen(
-    node: &Node,
-    client: &str,
-    addr: SocketAddr,
-    rounds: usize,
-) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..rounds {
-        if let Ok(name) = node.pod(client).curl(addr).await {
-            seen.insert(name);
-        }
-    }
-    seen
-}
-
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -78,7 +62,7 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
 
     // All three backends answer new connections.
     eventually("all three backends to answer", &debug, || async {
-        let seen = backends_seen(&node, "client", vip, 12).await;
+        let seen = node.backends_seen("client", vip, 12).await;
         (seen == set(&["web-1", "web-2", "web-3"])).then_some(())
     })
     .await;
@@ -92,7 +76,7 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
     add_backend(&mut node, &lab, "web-4", 14).await;
     let debug = debug_of!(node, proxy);
     eventually("web-4 to answer", &debug, || async {
-        backends_seen(&node, "client", vip, 8)
+        node.backends_seen("client", vip, 8)
             .await
             .contains("web-4")
             .then_some(())
@@ -102,13 +86,13 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
     // Readiness flip: web-1 not ready -> gets no new connections.
     lab.set_ready("web-1", false).await;
     eventually("web-1 to leave", &debug, || async {
-        let seen = backends_seen(&node, "client", vip, 16).await;
+        let seen = node.backends_seen("client", vip, 16).await;
         (seen == set(&["web-2", "web-3", "web-4"])).then_some(())
     })
     .await;
     lab.set_ready("web-1", true).await;
     eventually("web-1 to come back", &debug, || async {
-        backends_seen(&node, "client", vip, 8)
+        node.backends_seen("client", vip, 8)
             .await
             .contains("web-1")
             .then_some(())
@@ -126,7 +110,7 @@ async fn cluster_ip_spreads_connections_and_follows_scale_and_readiness() {
     lab.delete_pod("web-2").await;
     lab.delete_pod("web-3").await;
     eventually("only web-1 and web-4", &debug, || async {
-        let seen = backends_seen(&node, "client", vip, 12).await;
+        let seen = node.backends_seen("client", vip, 12).await;
         (seen == set(&["web-1", "web-4"])).then_some(())
     })
     .await;
@@ -209,14 +193,14 @@ async fn terminating_endpoints_are_a_fallback_only() {
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = debug_of!(node, proxy);
     eventually("both backends", &debug, || async {
-        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+        (node.backends_seen("client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
     .await;
 
     // web-1 terminates (still serving): new connections go to web-2 only.
     lab.delete_pod("web-1").await;
     eventually("only web-2 while web-1 drains", &debug, || async {
-        (backends_seen(&node, "client", vip, 12).await == set(&["web-2"])).then_some(())
+        (node.backends_seen("client", vip, 12).await == set(&["web-2"])).then_some(())
     })
     .await;
 
@@ -224,7 +208,7 @@ async fn terminating_endpoints_are_a_fallback_only() {
     // endpoints are used rather than rejecting.
     lab.delete_pod("web-2").await;
     eventually("fallback to both terminating", &debug, || async {
-        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+        (node.backends_seen("client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
     .await;
 }
@@ -405,7 +389,7 @@ async fn multi_port_service_with_named_ports_per_pod() {
     for port in [80, 81] {
         let addr = SocketAddr::from((vip, port));
         eventually(&format!("both pods on port {port}"), &debug, || async {
-            (backends_seen(&node, "client", addr, 12).await == set(&["multi-1", "multi-2"]))
+            (node.backends_seen("client", addr, 12).await == set(&["multi-1", "multi-2"]))
                 .then_some(())
         })
         .await;
@@ -499,7 +483,7 @@ async fn proxy_restart_keeps_connections_and_service() {
     let (node, lab, mut proxy, vip) = web_setup(&[("web-1", 11), ("web-2", 12)]).await;
     let debug = debug_of!(node, proxy);
     eventually("both backends", &debug, || async {
-        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+        (node.backends_seen("client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
     .await;
     let mut conn = node.pod("client").connect(vip).await.expect("connect");
@@ -522,7 +506,7 @@ async fn proxy_restart_keeps_connections_and_service() {
         assert_eq!(conn.ask().await.expect("answer after restart"), backend);
     }
     assert_eq!(
-        backends_seen(&node, "client", vip, 12).await,
+        node.backends_seen("client", vip, 12).await,
         set(&["web-1", "web-2"]),
         "{}",
         debug()
@@ -549,7 +533,7 @@ async fn vswitchd_restart_restores_service_within_bound() {
     let _ = &lab;
     let debug = debug_of!(node, proxy);
     eventually("both backends", &debug, || async {
-        (backends_seen(&node, "client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+        (node.backends_seen("client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
     .await;
 
@@ -560,7 +544,7 @@ async fn vswitchd_restart_restores_service_within_bound() {
     node.install_agent_flows().await;
     let debug = debug_of!(node, proxy);
     eventually("service back", &debug, || async {
-        (backends_seen(&node, "client", vip, 8).await == set(&["web-1", "web-2"])).then_some(())
+        (node.backends_seen("client", vip, 8).await == set(&["web-1", "web-2"])).then_some(())
     })
     .await;
     let took = restarted.elapsed();

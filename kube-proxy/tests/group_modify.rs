@@ -29,17 +29,6 @@ async fn add_backend(node: &mut Node, lab: &Lab, name: &str, host: u8, node_name
     .await;
 }
 
-/// Distinct backends answering `rounds` new connections from the client.
-async fn backends_seen(node: &Node, addr: SocketAddr, rounds: usize) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..rounds {
-        if let Ok(name) = node.pod("client").curl(addr).await {
-            seen.insert(name);
-        }
-    }
-    seen
-}
-
 /// The node the later backends' endpoints name.
 const OTHER_NODE: &str = "node-2";
 
@@ -87,7 +76,7 @@ async fn endpoint_changes_go_as_a_lone_group_modify_and_a_rejected_one_falls_bac
     let proxy = ProxyProcess::start(&lab, &node, "main", &[]);
     let debug = debug_of!(node, proxy);
     eventually("web-1 to answer", &debug, || async {
-        (backends_seen(&node, vip, 4).await == set(&["web-1"])).then_some(())
+        (node.backends_seen("client", vip, 4).await == set(&["web-1"])).then_some(())
     })
     .await;
 
@@ -97,7 +86,7 @@ async fn endpoint_changes_go_as_a_lone_group_modify_and_a_rejected_one_falls_bac
     add_backend(&mut node, &lab, "web-2", 12, OTHER_NODE).await;
     let debug = debug_of!(node, proxy);
     eventually("web-1 and web-2 to answer", &debug, || async {
-        (backends_seen(&node, vip, 12).await == set(&["web-1", "web-2"])).then_some(())
+        (node.backends_seen("client", vip, 12).await == set(&["web-1", "web-2"])).then_some(())
     })
     .await;
     assert!(lone_modifies(&proxy) > before, "{}", debug());
@@ -120,7 +109,8 @@ async fn endpoint_changes_go_as_a_lone_group_modify_and_a_rejected_one_falls_bac
     add_backend(&mut node, &lab, "web-3", 13, OTHER_NODE).await;
     let debug = debug_of!(node, proxy);
     eventually("web-1, web-2 and web-3 to answer", &debug, || async {
-        (backends_seen(&node, vip, 16).await == set(&["web-1", "web-2", "web-3"])).then_some(())
+        (node.backends_seen("client", vip, 16).await == set(&["web-1", "web-2", "web-3"]))
+            .then_some(())
     })
     .await;
     assert!(

@@ -144,16 +144,6 @@ fn sorted_lines(text: &str) -> String {
     lines.join("\n")
 }
 
-async fn backends_seen(node: &Node, addr: SocketAddr, rounds: usize) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..rounds {
-        if let Ok(name) = node.pod("client").curl(addr).await {
-            seen.insert(name);
-        }
-    }
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_endpoints_are_all_programmed_and_other_services_keep_updating() {
     if !require_privileges(
@@ -187,7 +177,7 @@ async fn thousands_of_endpoints_are_all_programmed_and_other_services_keep_updat
         // A Service created after it is programmed too.
         let web = create_web_service(&lab, &format!("web-after-{n}")).await;
         eventually(&format!("web-after-{n} answering"), &debug, || async {
-            (backends_seen(&node, web, 10).await == all).then_some(())
+            (node.backends_seen("client", web, 10).await == all).then_some(())
         })
         .await;
         if !affinity {
@@ -241,7 +231,7 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
     let debug = debug_of!(node, proxy);
     let all: BTreeSet<String> = backends.iter().map(|(n, _)| (*n).to_owned()).collect();
     eventually("every backend through chained groups", &debug, || async {
-        (backends_seen(&node, web, 30).await == all).then_some(())
+        (node.backends_seen("client", web, 30).await == all).then_some(())
     })
     .await;
     let groups = sorted_lines(&node.dump_groups());
@@ -269,5 +259,10 @@ async fn chained_groups_carry_traffic_to_every_endpoint_and_survive_a_restart() 
             .then_some(())
     })
     .await;
-    assert_eq!(backends_seen(&node, web, 20).await, two, "{}", debug());
+    assert_eq!(
+        node.backends_seen("client", web, 20).await,
+        two,
+        "{}",
+        debug()
+    );
 }

@@ -423,6 +423,22 @@ impl Node {
         self.pods.get(name).expect("pod exists")
     }
 
+    /// Distinct backends answering `rounds` new connections from pod `client` to `addr`.
+    pub async fn backends_seen(
+        &self,
+        client: &str,
+        addr: SocketAddr,
+        rounds: usize,
+    ) -> std::collections::BTreeSet<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..rounds {
+            if let Ok(name) = self.pod(client).curl(addr).await {
+                seen.insert(name);
+            }
+        }
+        seen
+    }
+
     pub fn pod_mut(&mut self, name: &str) -> &mut PodNet {
         self.pods.get_mut(name).expect("pod exists")
     }
