@@ -290,7 +290,7 @@ fn hundred_concurrent_adds_get_unique_addresses() {
             }
             assert_eq!(lab.pod_ports(), Vec::<String>::new());
             assert_eq!(lab.host_veths().await, Vec::<String>::new());
-            assert_eq!(lab.pod_flow_count(), 0);
+            lab.await_pod_flow_count(0).await;
         },
     );
 }
@@ -341,7 +341,7 @@ fn add_del_cycles_leave_nothing_behind() {
         );
         assert_eq!(lab.pod_ports(), Vec::<String>::new());
         assert_eq!(lab.host_veths().await, Vec::<String>::new());
-        assert_eq!(lab.pod_flow_count(), 0);
+        lab.await_pod_flow_count(0).await;
         let links = pod.exec(&["ip", "-o", "link"]).await;
         assert_eq!(
             String::from_utf8_lossy(&links.stdout).lines().count(),

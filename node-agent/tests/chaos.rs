@@ -132,7 +132,7 @@ fn an_agent_killed_in_the_middle_of_an_add_leaves_no_half_made_pod() {
             assert!(del.success, "DEL after the failed ADD: {}", del.stdout);
             assert_eq!(lab.pod_ports().len(), 2, "{:?}", lab.pod_ports());
             assert_eq!(lab.host_veths().await.len(), 2);
-            assert_eq!(lab.pod_flow_count(), 2 * flows_per_pod());
+            lab.await_pod_flow_count(2 * flows_per_pod()).await;
 
             // The retried ADD and 20 more pods: each its own address, none of the running ones.
             let out = cni_add(&lab, &victim).await;

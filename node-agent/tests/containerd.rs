@@ -360,7 +360,7 @@ fn containerd_cri_sandboxes_on_switchyard() {
         .expect("StopPodSandbox");
         assert_eq!(lab.pod_ports(), Vec::<String>::new(), "no OVS port");
         assert_eq!(lab.host_veths().await, Vec::<String>::new(), "no veth");
-        assert_eq!(lab.pod_flow_count(), 0, "no pod flows");
+        lab.await_pod_flow_count(0).await;
         assert!(
             !hostport_rules().contains(&HOST_PORT.to_string()),
             "portmap's rule left behind"

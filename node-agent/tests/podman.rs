@@ -192,7 +192,7 @@ fn podman_containers_on_a_switchyard_network() {
             })
             .await;
             assert_eq!(lab.host_veths().await, Vec::<String>::new());
-            assert_eq!(lab.pod_flow_count(), 0);
+            lab.await_pod_flow_count(0).await;
         },
     );
 }

@@ -135,7 +135,7 @@ fn containers_that_are_no_pods_get_the_network_configurations_segment() {
             }
             assert_eq!(lab.pod_ports(), Vec::<String>::new());
             assert_eq!(lab.host_veths().await, Vec::<String>::new());
-            assert_eq!(lab.pod_flow_count(), 0);
+            lab.await_pod_flow_count(0).await;
         },
     );
 }

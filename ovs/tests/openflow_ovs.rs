@@ -400,6 +400,69 @@ async fn delete_by_cookie_mask_removes_exactly_that_set() {
     );
 }
 
+/// A queued delete is on the wire when `flow_mod_queued` returns: a flow of
+/// the same cookie added right after (a new pod given the ofport) stays,
+/// the old one goes, whether or not the confirmation is awaited; the
+/// confirmation names a rejected mod; without a connection nothing is queued.
+#[tokio::test]
+async fn a_queued_delete_is_applied_before_what_is_sent_after_it() {
+    let Some(ovs) = start(
+        "a_queued_delete_is_applied_before_what_is_sent_after_it",
+        &["br0"],
+    ) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    let old = Flow::new(2, 1).cookie(0x0500);
+    let new = Flow::new(2, 2).cookie(0x0500);
+    for round in 0..20u16 {
+        c.flow_mod(FlowMod::add(old.clone())).await.unwrap();
+        let confirmation = c
+            .flow_mod_queued(FlowMod::delete_cookie(0x0500, 0xff00))
+            .unwrap();
+        c.flow_mod(FlowMod::add(new.clone())).await.unwrap();
+        if round % 2 == 0 {
+            confirmation.await.unwrap();
+        } else {
+            drop(confirmation);
+        }
+        let left = dump_flows(&ovs, "br0");
+        assert_eq!(left.len(), 1, "round {round}: {left:#?}");
+        assert!(left[0].contains("priority=2"), "round {round}: {left:#?}");
+        c.flow_mod(FlowMod::delete_cookie(0x0500, 0xff00))
+            .await
+            .unwrap();
+    }
+    // A rejected mod is reported by the confirmation.
+    let bad = Flow::new(2, 3)
+        .matching(MatchField::eth_type(0x0800))
+        .action(Action::Group(999)); // no such group
+    let err = c
+        .flow_mod_queued(FlowMod::add(bad))
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    // No connection: refused at once, nothing queued for later.
+    drop(ovs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.flow_mod_queued(FlowMod::delete_cookie(0x0500, 0xff00)) {
+            Err(Error::NotConnected) => break,
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(confirmation) => {
+                // Queued just before the connection went: not confirmed.
+                assert!(confirmation.await.is_err());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client still connected after vswitchd stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Packet-out through the pipeline: counters, packet-in with userdata.
 #[tokio::test]
 async fn flow_stats_count_packets_and_packet_ins_arrive() {

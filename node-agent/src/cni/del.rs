@@ -16,7 +16,7 @@ pub(super) async fn del(state: &NodeState, req: &CniRequest) -> Result<(), Attac
 /// Removes the attachment under its lock.
 pub(crate) async fn detach(state: &NodeState, key: &AttachmentKey) -> Result<(), AttachError> {
     let _guard = state.locks.lock(key).await;
-    state.teardown(key, None).await?;
+    state.teardown_for_del(key).await?;
     tracing::info!("pod detached");
     Ok(())
 }

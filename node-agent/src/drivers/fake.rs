@@ -400,6 +400,11 @@ impl FlowSink for FakeNode {
         async { Ok(()) }.boxed()
     }
 
+    fn flow_mod_queued(&self, fm: FlowMod) -> Result<super::FlowConfirmation, openflow::Error> {
+        apply(&mut self.world().flows, fm);
+        Ok(async { Ok(()) }.boxed())
+    }
+
     fn dump(
         &self,
         req: FlowStatsRequest,

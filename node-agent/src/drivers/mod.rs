@@ -100,6 +100,9 @@ pub trait Ports: Send + Sync + fmt::Debug {
     fn interface_ofports(&self) -> BoxFuture<'_, Result<BTreeMap<String, u32>, ovsdb::Error>>;
 }
 
+/// The switch's confirmation of a queued flow mod ([`FlowSink::flow_mod_queued`]).
+pub type FlowConfirmation = BoxFuture<'static, Result<(), openflow::Error>>;
+
 /// OpenFlow: the agent's flows on the bridge.
 pub trait FlowSink: Send + Sync + fmt::Debug {
     /// Whether the OpenFlow connection is up.
@@ -108,6 +111,10 @@ pub trait FlowSink: Send + Sync + fmt::Debug {
     fn bundle(&self, mods: Vec<FlowMod>) -> BoxFuture<'_, Result<(), openflow::Error>>;
     /// Applies one flow mod.
     fn flow_mod(&self, fm: FlowMod) -> BoxFuture<'_, Result<(), openflow::Error>>;
+    /// Queues one flow mod before returning, so every mod sent afterwards
+    /// is applied after it; the future (spawnable) confirms it. Fails at
+    /// once when there is no connection.
+    fn flow_mod_queued(&self, fm: FlowMod) -> Result<FlowConfirmation, openflow::Error>;
     /// Dumps the flows a request selects.
     fn dump(&self, req: FlowStatsRequest)
     -> BoxFuture<'_, Result<Vec<FlowStats>, openflow::Error>>;
@@ -372,6 +379,10 @@ impl FlowSink for openflow::Client {
 
     fn flow_mod(&self, fm: FlowMod) -> BoxFuture<'_, Result<(), openflow::Error>> {
         openflow::Client::flow_mod(self, fm).boxed()
+    }
+
+    fn flow_mod_queued(&self, fm: FlowMod) -> Result<FlowConfirmation, openflow::Error> {
+        Ok(openflow::Client::flow_mod_queued(self, fm)?.boxed())
     }
 
     fn dump(

@@ -68,6 +68,12 @@ impl FlowSink for Switch {
     fn flow_mod(&self, fm: FlowMod) -> BoxFuture<'_, Result<(), openflow::Error>> {
         self.bundle(vec![fm])
     }
+    fn flow_mod_queued(
+        &self,
+        _fm: FlowMod,
+    ) -> Result<crate::drivers::FlowConfirmation, openflow::Error> {
+        unreachable!("NetworkPolicy sync queues no flow mods")
+    }
     fn dump(
         &self,
         _req: FlowStatsRequest,
@@ -351,6 +357,12 @@ async fn a_failed_bundle_is_sent_again_with_the_next_change() {
         }
         fn flow_mod(&self, fm: FlowMod) -> BoxFuture<'_, Result<(), openflow::Error>> {
             self.bundle(vec![fm])
+        }
+        fn flow_mod_queued(
+            &self,
+            _fm: FlowMod,
+        ) -> Result<crate::drivers::FlowConfirmation, openflow::Error> {
+            unreachable!("NetworkPolicy sync queues no flow mods")
         }
         fn dump(
             &self,

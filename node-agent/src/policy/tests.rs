@@ -398,6 +398,12 @@ mod flows {
             self.0.lock().unwrap().push(vec![fm]);
             async { Ok(()) }.boxed()
         }
+        fn flow_mod_queued(
+            &self,
+            _fm: FlowMod,
+        ) -> Result<crate::drivers::FlowConfirmation, openflow::Error> {
+            unreachable!("NetworkPolicy sync queues no flow mods")
+        }
         fn dump(
             &self,
             _req: FlowStatsRequest,

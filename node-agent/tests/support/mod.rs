@@ -317,6 +317,26 @@ impl NodeLab {
             .filter(|c| c >> 40 == 0x0053_5901 && (1..0xff00).contains(&(c & 0xffff_ffff)))
             .count()
     }
+
+    /// Waits (10 s at most) until the bridge holds `n` pod flows. A CNI
+    /// DEL returns once the removal of the pod's flows is queued on the
+    /// agent's OpenFlow connection, ahead of anything sent later, not once
+    /// vswitchd confirmed it.
+    pub async fn await_pod_flow_count(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.pod_flow_count();
+            if now == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{now} pod flows, not {n}, after 10 s: {}",
+                self.dump_flows()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// How many flows the agent installs per pod (from the library, so the

@@ -454,7 +454,54 @@ impl Client {
         last: Option<Message>,
         what: &str,
     ) -> Result<Reply, Error> {
-        self.transact_checked(msgs, false, last, what).await
+        self.enqueue(msgs, last, what)?.reply().await
+    }
+
+    /// The sending half of [`Client::transact`]: `msgs` and `last` are
+    /// encoded and queued on the connection before this returns (so
+    /// anything sent later reaches the switch after them); the returned
+    /// [`Queued`] waits for the reply to `last`.
+    fn enqueue(
+        &self,
+        msgs: &[TxMessage],
+        last: Option<Message>,
+        what: &str,
+    ) -> Result<Queued, Error> {
+        let conn = self.conn()?;
+        refuse_unencodable(&conn, msgs, last.as_ref())?;
+        let count = u32::try_from(msgs.len() + usize::from(last.is_some())).unwrap_or(u32::MAX);
+        let start = alloc_xids(&self.inner.next_xid, count);
+        let final_xid = start + count - 1;
+        let mut buf = encode_batch(&conn, msgs, start)?;
+        if let Some(l) = &last {
+            encode_control(l, conn.version, final_xid, &mut buf)?;
+        }
+        let (tx, rx) = oneshot::channel();
+        let (ctx, _) = oneshot::channel();
+        let txn = Arc::new(Txn {
+            start,
+            count,
+            final_xid,
+            checkpoint_xid: None,
+            state: Mutex::new(TxnState {
+                replies: Vec::new(),
+                errors: Vec::new(),
+                done: Some(tx),
+                checkpoint: Some(ctx),
+            }),
+        });
+        lock(&conn.pending).insert(start, txn);
+        let queued = Queued {
+            conn,
+            start,
+            rx,
+            what: what.to_string(),
+            after: self.inner.cfg.request_timeout,
+        };
+        if queued.conn.tx.send(buf.freeze()).is_err() {
+            return Err(Error::NotConnected);
+        }
+        Ok(queued)
     }
 
     /// Like `transact`; with `checkpoint`, a barrier follows `msgs` and
@@ -468,34 +515,13 @@ impl Client {
         what: &str,
     ) -> Result<Reply, Error> {
         let conn = self.conn()?;
-        // Refuse the whole batch before sending any of it.
-        if let Some(m) = msgs
-            .iter()
-            .map(|m| &m.msg)
-            .chain(last.as_ref())
-            .find(|m| !m.encodable_as(conn.version))
-        {
-            return Err(Error::UnsupportedOn13 { kind: m.kind() });
-        }
+        refuse_unencodable(&conn, msgs, last.as_ref())?;
         let n = msgs.len() + usize::from(checkpoint) + usize::from(last.is_some());
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         let start = alloc_xids(&self.inner.next_xid, count);
         let final_xid = start + count - 1;
         let checkpoint_xid = checkpoint.then(|| start + u32::try_from(msgs.len()).unwrap_or(0));
-        let mut buf = BytesMut::with_capacity(msgs.len() * 128 + 64);
-        for (i, m) in msgs.iter().enumerate() {
-            m.msg
-                .encode_as(
-                    conn.version,
-                    start + u32::try_from(i).unwrap_or(0),
-                    &mut buf,
-                )
-                .map_err(|source| Error::Encode {
-                    index: i,
-                    desc: m.describe(),
-                    source,
-                })?;
-        }
+        let mut buf = encode_batch(&conn, msgs, start)?;
         let (tx, rx) = oneshot::channel();
         let (ctx, crx) = oneshot::channel();
         let txn = Arc::new(Txn {
@@ -578,27 +604,27 @@ impl Client {
         let r = self
             .transact(&msgs, Some(Message::BarrierRequest), "barrier reply")
             .await?;
-        if let Some(e) = r.final_error {
-            return Err(Error::Protocol(format!("barrier rejected: {e}")));
-        }
-        let errors = r.errors;
-        if let Some((xid, error)) = errors.first() {
-            let i = usize::try_from(xid.wrapping_sub(r.start)).unwrap_or(0);
-            let m = &msgs[i.min(msgs.len().saturating_sub(1))];
-            return Err(Error::Rejected {
-                xid: *xid,
-                kind: m.msg.kind(),
-                desc: m.describe(),
-                error: error.clone(),
-                others: errors.len() - 1,
-            });
-        }
-        Ok(())
+        confirmed(&msgs, r)
     }
 
     /// One flow_mod, confirmed by a barrier.
     pub async fn flow_mod(&self, fm: FlowMod) -> Result<(), Error> {
         self.send(vec![fm.into()]).await
+    }
+
+    /// One flow_mod and a barrier, queued on the connection before this
+    /// returns: whatever is sent on this client afterwards reaches the
+    /// switch after it (one connection, one ordered stream). The returned
+    /// future (which owns what it needs, so it can be spawned) is the
+    /// barrier's confirmation, with the errors of [`Client::send`].
+    /// Fails at once if there is no connection.
+    pub fn flow_mod_queued(
+        &self,
+        fm: FlowMod,
+    ) -> Result<impl std::future::Future<Output = Result<(), Error>> + Send + 'static, Error> {
+        let msgs: Vec<TxMessage> = vec![fm.into()];
+        let queued = self.enqueue(&msgs, Some(Message::BarrierRequest), "barrier reply")?;
+        Ok(async move { confirmed(&msgs, queued.reply().await?) })
     }
 
     /// Adds flows (not atomic; see [`Client::bundle`] for all-or-nothing).
@@ -867,6 +893,110 @@ impl Client {
 }
 
 /// Unregisters a transaction however its wait ends (including cancellation).
+/// Refuses a whole batch before any of it is sent if one message cannot
+/// be encoded in the connection's version.
+fn refuse_unencodable(
+    conn: &Conn,
+    msgs: &[TxMessage],
+    last: Option<&Message>,
+) -> Result<(), Error> {
+    match msgs
+        .iter()
+        .map(|m| &m.msg)
+        .chain(last)
+        .find(|m| !m.encodable_as(conn.version))
+    {
+        Some(m) => Err(Error::UnsupportedOn13 { kind: m.kind() }),
+        None => Ok(()),
+    }
+}
+
+/// `msgs` encoded with consecutive xids from `start`.
+fn encode_batch(conn: &Conn, msgs: &[TxMessage], start: u32) -> Result<BytesMut, Error> {
+    let mut buf = BytesMut::with_capacity(msgs.len() * 128 + 64);
+    for (i, m) in msgs.iter().enumerate() {
+        m.msg
+            .encode_as(
+                conn.version,
+                start + u32::try_from(i).unwrap_or(0),
+                &mut buf,
+            )
+            .map_err(|source| Error::Encode {
+                index: i,
+                desc: m.describe(),
+                source,
+            })?;
+    }
+    Ok(buf)
+}
+
+/// The outcome of `msgs` sent with a barrier: fine when every message was
+/// accepted, else the first rejected one named.
+fn confirmed(msgs: &[TxMessage], r: Reply) -> Result<(), Error> {
+    if let Some(e) = r.final_error {
+        return Err(Error::Protocol(format!("barrier rejected: {e}")));
+    }
+    if let Some((xid, error)) = r.errors.first() {
+        let i = usize::try_from(xid.wrapping_sub(r.start)).unwrap_or(0);
+        let m = &msgs[i.min(msgs.len().saturating_sub(1))];
+        return Err(Error::Rejected {
+            xid: *xid,
+            kind: m.msg.kind(),
+            desc: m.describe(),
+            error: error.clone(),
+            others: r.errors.len() - 1,
+        });
+    }
+    Ok(())
+}
+
+/// A request queued on a connection ([`Client::enqueue`]) whose reply is
+/// still to come; dropping it forgets the request (the switch still
+/// applies it).
+struct Queued {
+    conn: Arc<Conn>,
+    start: u32,
+    rx: oneshot::Receiver<Outcome>,
+    what: String,
+    after: Duration,
+}
+
+impl Queued {
+    /// Waits for the reply to the request's last message.
+    async fn reply(mut self) -> Result<Reply, Error> {
+        let res = tokio::time::timeout(self.after, &mut self.rx).await;
+        match res {
+            Err(_) => {
+                self.conn.drop_after_timeout(&self.what, self.after);
+                Err(Error::Timeout {
+                    what: std::mem::take(&mut self.what),
+                    after: self.after,
+                })
+            }
+            Ok(Err(_)) => Err(Error::Disconnected {
+                what: std::mem::take(&mut self.what),
+            }),
+            Ok(Ok(Outcome::Err(e))) => Err(e),
+            Ok(Ok(Outcome::Done {
+                replies,
+                errors,
+                final_error,
+            })) => Ok(Reply {
+                start: self.start,
+                replies,
+                errors,
+                final_error,
+            }),
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.conn.remove(self.start);
+    }
+}
+
 struct RemoveOnDrop<'a>(&'a Conn, u32);
 
 impl Drop for RemoveOnDrop<'_> {
