@@ -354,15 +354,11 @@ impl SwitchWriter {
         let generation = next_generation(self.generation);
         // In bundles of PORTS_PER_BUNDLE ports, so that the mods of a large
         // state are never all built (and encoded) at once; the last bundle
-        // deletes what the new generation replaced (see `FullSync`). The
-        // next bundle is built while vswitchd applies the one before (sent
-        // from a task of its own); it is sent only once that one committed,
-        // so a failure leaves what a sequential sync would.
+        // deletes what the new generation replaced (see `FullSync`).
         let mut sync = program::FullSync::new(generation, self.layout);
         let mut ports = state.iter().peekable();
         let mut count = 0;
         let mut sent = false;
-        let mut in_flight: Option<tokio::task::JoinHandle<Result<(), openflow::Error>>> = None;
         loop {
             let mut msgs = {
                 let ids = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
@@ -374,25 +370,7 @@ impl SwitchWriter {
                 msgs.append(&mut sync.finish(hairpin, &inventory));
             }
             count += msgs.len();
-            let previous = in_flight.take();
-            let mut result = match previous {
-                Some(task) => self.committed(task).await.map(|()| sent = true),
-                None => Ok(()),
-            };
-            if result.is_ok() && !msgs.is_empty() {
-                let client = self.client.clone();
-                let task = tokio::spawn(async move {
-                    client
-                        .bundle(msgs, bundle_flags::ATOMIC | bundle_flags::ORDERED)
-                        .await
-                });
-                if hairpin.is_some() {
-                    result = self.committed(task).await.map(|()| sent = true);
-                } else {
-                    in_flight = Some(task);
-                }
-            }
-            if let Err(err) = result {
+            if let Err(err) = self.bundle(msgs).await {
                 if sent {
                     // Part of this generation is installed: the next full
                     // sync uses another one and deletes this one's flows.
@@ -403,6 +381,7 @@ impl SwitchWriter {
                 self.metrics.record_sync(false);
                 return Err(err);
             }
+            sent = true;
             if let Some(hairpin) = hairpin {
                 self.hairpin = hairpin;
                 break;
@@ -460,23 +439,6 @@ impl SwitchWriter {
             return self.bundle(msgs).await;
         }
         self.client.send(msgs).await.map_err(|err| {
-            self.metrics.bundle_failures.inc();
-            err.into()
-        })
-    }
-
-    /// The outcome of a bundle sent from a task of its own.
-    async fn committed(
-        &self,
-        task: tokio::task::JoinHandle<Result<(), openflow::Error>>,
-    ) -> Result<(), SwitchError> {
-        let outcome = match task.await {
-            Ok(outcome) => outcome,
-            Err(join) => Err(openflow::Error::Protocol(format!(
-                "the task sending a bundle ended: {join}"
-            ))),
-        };
-        outcome.map_err(|err| {
             self.metrics.bundle_failures.inc();
             err.into()
         })
