@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use common::{Lab, Node, ProxyProcess, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use switchyard_ovs_harness::require_privileges;
 
@@ -29,21 +29,8 @@ async fn create_service(lab: &Lab, i: u32) -> Ipv4Addr {
         .create_service(json!({"metadata": {"name": name},
                                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
         .await;
-    let slices: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), "default");
     let endpoint = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 77, 0, 0)) + i);
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-0"),
-                     "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [endpoint.to_string()],
-                       "conditions": {"ready": true}, "nodeName": "node-2"}],
-    }))
-    .expect("slice manifest");
-    slices
-        .create(&PostParams::default(), &slice)
-        .await
-        .expect("create slice");
+    lab.create_slice(&name, 0, &[endpoint], "node-2").await;
     vip
 }
 

@@ -12,8 +12,6 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use common::{BRIDGE, GATEWAY_MAC, Lab, Node, ProxyProcess, eventually};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, PostParams};
 use serde_json::json;
 use switchyard_ovs_harness::require_privileges;
 
@@ -39,26 +37,11 @@ async fn create_large_service(
     let vip = lab
         .create_service(json!({"metadata": {"name": name}, "spec": spec}))
         .await;
-    let slices: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), "default");
     for (k, start) in (0..n).step_by(1_000).enumerate() {
-        let endpoints: Vec<_> = (start..n.min(start + 1_000))
-            .map(|i| {
-                json!({"addresses": [fake_endpoint(range, i).to_string()],
-                       "conditions": {"ready": true}, "nodeName": "node-2"})
-            })
+        let endpoints: Vec<Ipv4Addr> = (start..n.min(start + 1_000))
+            .map(|i| fake_endpoint(range, i))
             .collect();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-{k}"),
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": endpoints,
-        }))
-        .expect("slice manifest");
-        slices
-            .create(&PostParams::default(), &slice)
-            .await
-            .expect("create slice");
+        lab.create_slice(name, k, &endpoints, "node-2").await;
     }
     vip
 }

@@ -518,6 +518,36 @@ impl Lab {
         Api::namespaced(self.client.clone(), "default")
     }
 
+    /// EndpointSlice `<service>-<index>` of a selectorless Service: `endpoints`
+    /// ready on `node`, port `http` 8080/TCP.
+    pub async fn create_slice(
+        &self,
+        service: &str,
+        index: usize,
+        endpoints: &[Ipv4Addr],
+        node: &str,
+    ) {
+        let endpoints: Vec<_> = endpoints
+            .iter()
+            .map(|ip| {
+                json!({"addresses": [ip.to_string()],
+                       "conditions": {"ready": true}, "nodeName": node})
+            })
+            .collect();
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-{index}"),
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+        .expect("slice manifest");
+        Api::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("create slice");
+    }
+
     /// Creates a Service; returns its cluster IP.
     pub async fn create_service(&self, manifest: serde_json::Value) -> Ipv4Addr {
         let service: Service = serde_json::from_value(manifest).expect("service manifest");

@@ -476,126 +476,74 @@ impl Client {
         if let Some(l) = &last {
             encode_control(l, conn.version, final_xid, &mut buf)?;
         }
-        let (tx, rx) = oneshot::channel();
-        let (ctx, _) = oneshot::channel();
-        let txn = Arc::new(Txn {
-            start,
-            count,
-            final_xid,
-            checkpoint_xid: None,
-            state: Mutex::new(TxnState {
-                replies: Vec::new(),
-                errors: Vec::new(),
-                done: Some(tx),
-                checkpoint: Some(ctx),
-            }),
-        });
-        lock(&conn.pending).insert(start, txn);
-        let queued = Queued {
+        let (queued, _) = Queued::register(
             conn,
-            start,
-            rx,
-            what: what.to_string(),
-            after: self.inner.cfg.request_timeout,
-        };
+            (start, count),
+            None,
+            what,
+            self.inner.cfg.request_timeout,
+        );
         if queued.conn.tx.send(buf.freeze()).is_err() {
             return Err(Error::NotConnected);
         }
         Ok(queued)
     }
 
-    /// Like `transact`; with `checkpoint`, a barrier follows `msgs` and
-    /// `last` is only sent when no message before it was rejected (else the
-    /// reply carries those errors and `last` was not sent).
+    /// Like `transact`, with a barrier after `msgs`: `last` is only sent
+    /// when no message before it was rejected (else the reply carries those
+    /// errors and `last` was not sent).
     async fn transact_checked(
         &self,
         msgs: &[TxMessage],
-        checkpoint: bool,
-        last: Option<Message>,
+        last: Message,
         what: &str,
     ) -> Result<Reply, Error> {
         let conn = self.conn()?;
-        refuse_unencodable(&conn, msgs, last.as_ref())?;
-        let n = msgs.len() + usize::from(checkpoint) + usize::from(last.is_some());
-        let count = u32::try_from(n).unwrap_or(u32::MAX);
+        refuse_unencodable(&conn, msgs, Some(&last))?;
+        let count = u32::try_from(msgs.len() + 2).unwrap_or(u32::MAX);
         let start = alloc_xids(&self.inner.next_xid, count);
         let final_xid = start + count - 1;
-        let checkpoint_xid = checkpoint.then(|| start + u32::try_from(msgs.len()).unwrap_or(0));
+        let checkpoint_xid = start + u32::try_from(msgs.len()).unwrap_or(0);
         let mut buf = encode_batch(&conn, msgs, start)?;
-        let (tx, rx) = oneshot::channel();
-        let (ctx, crx) = oneshot::channel();
-        let txn = Arc::new(Txn {
-            start,
-            count,
-            final_xid,
+        encode_control(
+            &Message::BarrierRequest,
+            conn.version,
             checkpoint_xid,
-            state: Mutex::new(TxnState {
-                replies: Vec::new(),
-                errors: Vec::new(),
-                done: Some(tx),
-                checkpoint: Some(ctx),
-            }),
-        });
-        lock(&conn.pending).insert(start, txn);
-        let _cleanup = RemoveOnDrop(&conn, start);
+            &mut buf,
+        )?;
         let after = self.inner.cfg.request_timeout;
-        if let Some(cx) = checkpoint_xid {
-            encode_control(&Message::BarrierRequest, conn.version, cx, &mut buf)?;
-            if conn.tx.send(buf.split().freeze()).is_err() {
-                return Err(Error::NotConnected);
+        let (queued, checkpoint) =
+            Queued::register(conn, (start, count), Some(checkpoint_xid), what, after);
+        let conn = &queued.conn;
+        if conn.tx.send(buf.split().freeze()).is_err() {
+            return Err(Error::NotConnected);
+        }
+        let errors = match tokio::time::timeout(after, checkpoint).await {
+            Err(_) => {
+                let what = format!("barrier before {what}");
+                conn.drop_after_timeout(&what, after);
+                return Err(Error::Timeout { what, after });
             }
-            let errors = match tokio::time::timeout(after, crx).await {
-                Err(_) => {
-                    let what = format!("barrier before {what}");
-                    conn.drop_after_timeout(&what, after);
-                    return Err(Error::Timeout { what, after });
-                }
-                Ok(Err(_)) => {
-                    return Err(Error::Disconnected {
-                        what: what.to_string(),
-                    });
-                }
-                Ok(Ok(errors)) => errors,
-            };
-            if !errors.is_empty() {
-                return Ok(Reply {
-                    start,
-                    replies: Vec::new(),
-                    errors,
-                    final_error: None,
+            Ok(Err(_)) => {
+                return Err(Error::Disconnected {
+                    what: what.to_string(),
                 });
             }
+            Ok(Ok(errors)) => errors,
+        };
+        if !errors.is_empty() {
+            return Ok(Reply {
+                start,
+                replies: Vec::new(),
+                errors,
+                final_error: None,
+            });
         }
-        if let Some(l) = &last {
-            encode_control(l, conn.version, final_xid, &mut buf)?;
-        }
+        encode_control(&last, conn.version, final_xid, &mut buf)?;
         if conn.tx.send(buf.freeze()).is_err() {
             return Err(Error::NotConnected);
         }
-        let res = tokio::time::timeout(after, rx).await;
-        match res {
-            Err(_) => {
-                conn.drop_after_timeout(what, after);
-                Err(Error::Timeout {
-                    what: what.to_string(),
-                    after,
-                })
-            }
-            Ok(Err(_)) => Err(Error::Disconnected {
-                what: what.to_string(),
-            }),
-            Ok(Ok(Outcome::Err(e))) => Err(e),
-            Ok(Ok(Outcome::Done {
-                replies,
-                errors,
-                final_error,
-            })) => Ok(Reply {
-                start,
-                replies,
-                errors,
-                final_error,
-            }),
-        }
+        queued.reply().await
     }
 
     /// Sends a batch of messages followed by a barrier. Succeeds when every
@@ -750,12 +698,7 @@ impl Client {
         // then commit the rest: a barrier after the adds tells us, and the
         // bundle is discarded instead of committed.
         let r = self
-            .transact_checked(
-                &all,
-                true,
-                Some(commit),
-                &format!("commit of bundle {bundle_id}"),
-            )
+            .transact_checked(&all, commit, &format!("commit of bundle {bundle_id}"))
             .await
             .map_err(|e| match e {
                 // Indexes count the caller's messages, not the open.
@@ -962,6 +905,41 @@ struct Queued {
 }
 
 impl Queued {
+    /// Registers a request of `count` xids from `start` (sent by the
+    /// caller), whose last message's reply ends it; with `checkpoint_xid`,
+    /// the receiver is told the errors so far when that barrier is answered.
+    fn register(
+        conn: Arc<Conn>,
+        (start, count): (u32, u32),
+        checkpoint_xid: Option<u32>,
+        what: &str,
+        after: Duration,
+    ) -> (Queued, oneshot::Receiver<Vec<(u32, OfpError)>>) {
+        let (tx, rx) = oneshot::channel();
+        let (ctx, crx) = oneshot::channel();
+        let txn = Arc::new(Txn {
+            start,
+            count,
+            final_xid: start + count - 1,
+            checkpoint_xid,
+            state: Mutex::new(TxnState {
+                replies: Vec::new(),
+                errors: Vec::new(),
+                done: Some(tx),
+                checkpoint: Some(ctx),
+            }),
+        });
+        lock(&conn.pending).insert(start, txn);
+        let queued = Queued {
+            conn,
+            start,
+            rx,
+            what: what.to_string(),
+            after,
+        };
+        (queued, crx)
+    }
+
     /// Waits for the reply to the request's last message.
     async fn reply(mut self) -> Result<Reply, Error> {
         let res = tokio::time::timeout(self.after, &mut self.rx).await;
@@ -994,14 +972,6 @@ impl Queued {
 impl Drop for Queued {
     fn drop(&mut self) {
         self.conn.remove(self.start);
-    }
-}
-
-struct RemoveOnDrop<'a>(&'a Conn, u32);
-
-impl Drop for RemoveOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.remove(self.1);
     }
 }
 
