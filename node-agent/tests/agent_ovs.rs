@@ -178,6 +178,67 @@ fn concurrent_adds_of_one_container_are_serialised() {
     );
 }
 
+/// DEL returns once the removal of the pod's flows is queued, not
+/// confirmed: a pod added right after it, given the freed ofport (the
+/// lowest free one is requested) and the flows cookie that goes with it,
+/// keeps its flows (the delete reached vswitchd first) and works.
+#[test]
+fn a_pod_added_right_after_a_del_keeps_its_flows() {
+    node_test(
+        "a_pod_added_right_after_a_del_keeps_its_flows",
+        |lab| async move {
+            let agent = start_agent(&lab, None).await;
+            lab.create_pod("default", "server", &[]).await;
+            let server = PodNs::new("default", "server");
+            let out = cni_add(&lab, &server).await;
+            assert!(out.success, "ADD server: {}", out.stdout);
+            let server_ip = out.ip();
+            let ofport_of = |out: &CniOutput| {
+                let host_if = out.json()["interfaces"][0]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                lab.vsctl(&["get", "Interface", &host_if, "ofport"])
+                    .trim()
+                    .to_string()
+            };
+            let mut previous: Option<(PodNs, String)> = None;
+            let mut reused = 0;
+            for round in 0..8 {
+                let name = format!("c{round}");
+                lab.create_pod("default", &name, &[]).await;
+                let pod = PodNs::new("default", &name);
+                let freed = match previous.take() {
+                    Some((old, ofport)) => {
+                        let del = cni_del(&lab, &old).await;
+                        assert!(del.success, "DEL {round}: {}", del.stdout);
+                        Some(ofport)
+                    }
+                    None => None,
+                };
+                let out = cni_add(&lab, &pod).await;
+                assert!(out.success, "ADD {name}: {}", out.stdout);
+                let ofport = ofport_of(&out);
+                if freed.as_deref() == Some(ofport.as_str()) {
+                    reused += 1;
+                }
+                // No polling: the ADD's flows were confirmed after the
+                // earlier DEL's delete reached vswitchd.
+                assert_eq!(
+                    lab.pod_flow_count(),
+                    2 * flows_per_pod(),
+                    "round {round} (ofport {ofport}, freed {freed:?}): {}",
+                    lab.dump_flows()
+                );
+                assert!(pod.ping(&server_ip).await, "{name} cannot reach the server");
+                previous = Some((pod, ofport));
+            }
+            assert!(reused > 0, "no ADD was given the ofport its DEL freed");
+            agent.shutdown().await;
+        },
+    );
+}
+
 #[test]
 fn vlans_isolate_pods() {
     node_test("vlans_isolate_pods", |lab| async move {
