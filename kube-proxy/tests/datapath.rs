@@ -512,11 +512,7 @@ async fn proxy_restart_keeps_connections_and_service() {
         debug()
     );
     // Only the new generation's flows remain (one frontend for the VIP).
-    let frontends = node
-        .dump_flows()
-        .lines()
-        .filter(|line| line.contains("table=31") && line.contains(&format!("nw_dst={},", vip.ip())))
-        .count();
+    let frontends = node.frontend_flows(vip.ip()).len();
     assert_eq!(frontends, 1, "{}", debug());
 }
 

@@ -38,13 +38,10 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 /// The group the frontend of `vip` sends to (from the bridge's flows).
 fn frontend_group(node: &Node, vip: SocketAddr) -> Option<String> {
-    node.dump_flows()
-        .lines()
-        .filter(|line| line.contains("table=31") && line.contains(&format!("nw_dst={},", vip.ip())))
-        .find_map(|line| {
-            let (_, rest) = line.split_once("group:")?;
-            Some(rest.split(|c: char| !c.is_ascii_digit()).next()?.to_owned())
-        })
+    node.frontend_flows(vip.ip()).iter().find_map(|line| {
+        let (_, rest) = line.split_once("group:")?;
+        Some(rest.split(|c: char| !c.is_ascii_digit()).next()?.to_owned())
+    })
 }
 
 /// How many endpoint changes the proxy's log says went without a bundle.

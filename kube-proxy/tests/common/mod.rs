@@ -449,6 +449,16 @@ impl Node {
             .unwrap_or_else(|e| e.to_string())
     }
 
+    /// The Service frontend flows (table `SERVICE_LB`) of `vip`'s address.
+    pub fn frontend_flows(&self, vip: std::net::IpAddr) -> Vec<String> {
+        let table = format!("table={}", switchyard_pipeline::table::SERVICE_LB.id());
+        self.dump_flows()
+            .lines()
+            .filter(|line| line.contains(&table) && line.contains(&format!("nw_dst={vip},")))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn dump_groups(&self) -> String {
         self.ovs
             .ofctl(&["-O", "OpenFlow15", "dump-groups", BRIDGE])
