@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NetnsGuard, PathGuard, poll_until, privileged};
+use common::{NetnsGuard, NodeAndPod, PathGuard, poll_until, privileged};
 use switchyard_agent::mac::MacAddr;
 use switchyard_agent::netns::{
     InterfaceError, Netlink, Netns, NetnsError, NetnsPolicy, PodInterfaceSpec, RouteEntry,
@@ -159,12 +159,13 @@ async fn gateway_outside_prefix_gets_an_on_link_route_and_derived_mac() {
     if !privileged("gateway_outside_prefix_gets_an_on_link_route_and_derived_mac") {
         return;
     }
-    let node = NetnsGuard::new("node");
-    let pod = NetnsGuard::new("pod");
-    let policy = NetnsPolicy::default();
-    let node_ns = Netns::open(node.path(), &policy).unwrap();
-    let pod_ns = Netns::open(pod.path(), &policy).unwrap();
-    let host = Netlink::open_in(&node_ns).await.unwrap();
+    let NodeAndPod {
+        node,
+        pod,
+        pod_ns,
+        host,
+        ..
+    } = NodeAndPod::new().await;
 
     let request = PodInterfaceSpec {
         container_id: "deadbeef".into(),
@@ -248,12 +249,13 @@ async fn bad_requests_change_nothing() {
     if !privileged("bad_requests_change_nothing") {
         return;
     }
-    let node = NetnsGuard::new("node");
-    let pod = NetnsGuard::new("pod");
-    let policy = NetnsPolicy::default();
-    let node_ns = Netns::open(node.path(), &policy).unwrap();
-    let pod_ns = Netns::open(pod.path(), &policy).unwrap();
-    let host = Netlink::open_in(&node_ns).await.unwrap();
+    let NodeAndPod {
+        node,
+        pod,
+        pod_ns,
+        host,
+        ..
+    } = NodeAndPod::new().await;
 
     let mut bad_name = spec("bad1");
     bad_name.ifname = "this-name-is-too-long".into();
@@ -402,12 +404,13 @@ async fn leftover_host_end_is_replaced() {
     if !privileged("leftover_host_end_is_replaced") {
         return;
     }
-    let node = NetnsGuard::new("node");
-    let pod = NetnsGuard::new("pod");
-    let policy = NetnsPolicy::default();
-    let node_ns = Netns::open(node.path(), &policy).unwrap();
-    let pod_ns = Netns::open(pod.path(), &policy).unwrap();
-    let host = Netlink::open_in(&node_ns).await.unwrap();
+    let NodeAndPod {
+        node,
+        pod,
+        pod_ns,
+        host,
+        ..
+    } = NodeAndPod::new().await;
 
     let leftover = host_ifname("c0ffee0003", "eth0");
     node.ip(&[

@@ -6,10 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NetnsGuard, poll_until, privileged};
-use switchyard_agent::netns::{
-    Netlink, Netns, NetnsPolicy, PodInterfaceSpec, create_pod_interface, delete_pod_interface,
-};
+use common::{NodeAndPod, poll_until, privileged};
+use switchyard_agent::netns::{PodInterfaceSpec, create_pod_interface, delete_pod_interface};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -20,12 +18,13 @@ async fn hundred_create_delete_cycles_leave_nothing() {
     if !privileged("hundred_create_delete_cycles_leave_nothing") {
         return;
     }
-    let node = NetnsGuard::new("node");
-    let pod = NetnsGuard::new("pod");
-    let policy = NetnsPolicy::default();
-    let node_ns = Netns::open(node.path(), &policy).unwrap();
-    let pod_ns = Netns::open(pod.path(), &policy).unwrap();
-    let host = Netlink::open_in(&node_ns).await.unwrap();
+    let NodeAndPod {
+        node,
+        pod,
+        pod_ns,
+        host,
+        ..
+    } = NodeAndPod::new().await;
     let fds_before = open_fds();
 
     for cycle in 0..100u32 {

@@ -48,6 +48,36 @@ pub fn ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The setup of the pod interface tests: a "node" and a "pod" namespace
+/// (deleted on drop), opened with the default policy, and a netlink socket
+/// in the node's.
+pub struct NodeAndPod {
+    pub host: switchyard_agent::netns::Netlink,
+    pub pod_ns: switchyard_agent::netns::Netns,
+    pub node_ns: switchyard_agent::netns::Netns,
+    pub pod: NetnsGuard,
+    pub node: NetnsGuard,
+}
+
+impl NodeAndPod {
+    pub async fn new() -> NodeAndPod {
+        use switchyard_agent::netns::{Netlink, Netns, NetnsPolicy};
+        let node = NetnsGuard::new("node");
+        let pod = NetnsGuard::new("pod");
+        let policy = NetnsPolicy::default();
+        let node_ns = Netns::open(node.path(), &policy).unwrap();
+        let pod_ns = Netns::open(pod.path(), &policy).unwrap();
+        let host = Netlink::open_in(&node_ns).await.unwrap();
+        NodeAndPod {
+            host,
+            pod_ns,
+            node_ns,
+            pod,
+            node,
+        }
+    }
+}
+
 /// A named network namespace, deleted on drop (also on panic).
 pub struct NetnsGuard {
     pub name: String,
