@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use support_cni::{build_release_cni, load, pct, reference_conf, try_invoke};
+use support_cni::{Invocation, build_release_cni, load, pct, reference_conf};
 
 #[derive(Clone)]
 struct PodRef {
@@ -62,15 +62,16 @@ fn burst(
                     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
                 }
                 barrier.wait();
-                try_invoke(
-                    &bin,
+                Invocation {
+                    bin: &bin,
                     command,
-                    &pod.container_id,
-                    &pod.netns,
+                    container_id: &pod.container_id,
+                    netns: &pod.netns,
                     ifname,
-                    &pod.args,
-                    &conf,
-                )
+                    args: &pod.args,
+                    conf: &conf,
+                }
+                .try_run()
             })
         })
         .collect();

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use support_cni::{Steps, build_release_cni, invoke_steps, load, pct, reference_conf};
+use support_cni::{Invocation, Steps, build_release_cni, load, pct, reference_conf};
 use switchyard_agent::Agent;
 
 const PARALLEL: usize = 8;
@@ -87,16 +87,20 @@ fn run_all(
                         break;
                     };
                     let id = format!("{}{round}", pod.container_id);
-                    let call = |bin: &std::path::Path| -> (Duration, Steps) {
-                        let (c, n, i, a) = (&command, &pod.netns, target.ifname, &pod.args);
-                        if timing {
-                            invoke_steps(bin, c, &id, n, i, a, &target.conf)
-                        } else {
-                            let t = support_cni::invoke(bin, c, &id, n, i, a, &target.conf);
-                            (t, Vec::new())
-                        }
+                    let invocation = Invocation {
+                        bin: &target.bin,
+                        command: &command,
+                        container_id: &id,
+                        netns: &pod.netns,
+                        ifname: target.ifname,
+                        args: &pod.args,
+                        conf: &target.conf,
                     };
-                    let (t, steps) = call(&target.bin);
+                    let (t, steps): (Duration, Steps) = if timing {
+                        invocation.run_with_steps()
+                    } else {
+                        (invocation.run(), Vec::new())
+                    };
                     results.lock().unwrap().push((t, steps));
                 }
             })

@@ -10,89 +10,90 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-/// One plugin invocation as libcni does it: the elapsed time (process start
-/// to exit), or the plugin's output when it failed.
-pub fn try_invoke(
-    bin: &Path,
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    args: &str,
-    conf: &Value,
-) -> Result<Duration, String> {
-    run_plugin(bin, command, container_id, netns, ifname, args, conf, false).map(|(t, _)| t)
-}
-
 /// The steps of one invocation of the `switchyard` binary with
 /// `SWITCHYARD_CNI_TIMING` set: each step's name and the time since the
 /// step before it (the first since the spawn; `exit` last, the time from
 /// `printed` until the caller saw the process end).
 pub type Steps = Vec<(String, Duration)>;
 
-/// [`invoke`] with the binary's step timing (empty for a binary that
-/// prints none, such as the reference plugin).
-pub fn invoke_steps(
-    bin: &Path,
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    args: &str,
-    conf: &Value,
-) -> (Duration, Steps) {
-    run_plugin(bin, command, container_id, netns, ifname, args, conf, true)
-        .unwrap_or_else(|e| panic!("{e}"))
+/// One plugin invocation as libcni does it (environment, configuration on
+/// stdin); timed from process start to exit.
+#[derive(Clone, Copy)]
+pub struct Invocation<'a> {
+    pub bin: &'a Path,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    pub conf: &'a Value,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_plugin(
-    bin: &Path,
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    args: &str,
-    conf: &Value,
-    timing: bool,
-) -> Result<(Duration, Steps), String> {
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if timing {
-        cmd.env("SWITCHYARD_CNI_TIMING", "1");
+impl Invocation<'_> {
+    /// The elapsed time, or the plugin's output when it failed.
+    pub fn try_run(&self) -> Result<Duration, String> {
+        self.run_plugin(false).map(|(t, _)| t)
     }
-    let spawned_at = SystemTime::now();
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(conf).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let elapsed = started.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "{} {command} {container_id}: {} {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+
+    /// [`Invocation::try_run`], panicking on failure.
+    pub fn run(&self) -> Duration {
+        self.try_run().unwrap_or_else(|e| panic!("{e}"))
     }
-    let exited_at = spawned_at + elapsed;
-    Ok((elapsed, steps(&out.stderr, spawned_at, exited_at)))
+
+    /// [`Invocation::run`] with the binary's step timing (empty for a
+    /// binary that prints none, such as the reference plugin).
+    pub fn run_with_steps(&self) -> (Duration, Steps) {
+        self.run_plugin(true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn run_plugin(&self, timing: bool) -> Result<(Duration, Steps), String> {
+        let Invocation {
+            bin,
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+            conf,
+        } = *self;
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if timing {
+            cmd.env("SWITCHYARD_CNI_TIMING", "1");
+        }
+        let spawned_at = SystemTime::now();
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(serde_json::to_string(conf).unwrap().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let elapsed = started.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "{} {command} {container_id}: {} {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let exited_at = spawned_at + elapsed;
+        Ok((elapsed, steps(&out.stderr, spawned_at, exited_at)))
+    }
 }
 
 /// The intervals of a `switchyard-timing` line (see [`Steps`]).
@@ -124,20 +125,6 @@ fn steps(stderr: &[u8], spawned_at: SystemTime, exited_at: SystemTime) -> Steps 
         exited_at.duration_since(before).unwrap_or_default(),
     ));
     out
-}
-
-/// [`try_invoke`], panicking on failure.
-pub fn invoke(
-    bin: &Path,
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    args: &str,
-    conf: &Value,
-) -> Duration {
-    try_invoke(bin, command, container_id, netns, ifname, args, conf)
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The `p` percentile of sorted latencies, in ms.
