@@ -240,24 +240,12 @@ impl NodeState {
         );
         tracing::debug!(?port_took, ?veth_took, all_took = ?t0.elapsed(), "flows queued, port and veth removed");
         if let Some(queued) = flows_queued {
-            let flows_failed = AttachError::openflow("deleting the pod's flows");
-            let confirmation = queued.map_err(flows_failed)?;
+            let confirmation = queued.map_err(AttachError::openflow(DELETING_FLOWS))?;
             match flow_removal {
                 FlowRemoval::Confirmed => confirmation
                     .await
-                    .map_err(AttachError::openflow("deleting the pod's flows"))?,
-                FlowRemoval::Queued => {
-                    tokio::spawn(
-                        async move {
-                            let t0 = Instant::now();
-                            match confirmation.await {
-                                Ok(()) => tracing::debug!(took = ?t0.elapsed(), "pod's flows deleted"),
-                                Err(e) => tracing::warn!(error = %e, "deleting the pod's flows was not confirmed; the resync after a reconnect removes them"),
-                            }
-                        }
-                        .in_current_span(),
-                    );
-                }
+                    .map_err(AttachError::openflow(DELETING_FLOWS))?,
+                FlowRemoval::Queued => log_when_confirmed(confirmation),
             }
         }
         match port {
@@ -307,6 +295,23 @@ impl NodeState {
         };
         Ok(Attachment::from_external_ids(host_ifname, &port.external_ids, ofport).ok())
     }
+}
+
+/// What a failed removal of a pod's flows was doing.
+const DELETING_FLOWS: &str = "deleting the pod's flows";
+
+/// Logs the switch's confirmation of a queued flow removal when it comes.
+fn log_when_confirmed(confirmation: crate::drivers::FlowConfirmation) {
+    tokio::spawn(
+        async move {
+            let t0 = Instant::now();
+            match confirmation.await {
+                Ok(()) => tracing::debug!(took = ?t0.elapsed(), "pod's flows deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting the pod's flows was not confirmed; the resync after a reconnect removes them"),
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Whether a teardown waits for vswitchd to confirm the flows' removal.
