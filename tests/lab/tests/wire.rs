@@ -391,13 +391,15 @@ async fn watch_stream_framing_bookmarks_and_timeout() {
     assert_eq!(types, ["ADDED", "DELETED"]);
     assert_eq!(events[0]["object"], created);
     let first_line = body.lines().next().unwrap();
+    // One compact line per event, in kube-apiserver's field order: the event's type,
+    // then the object with its kind and apiVersion first.
     assert!(
         first_line.starts_with(
-            r#"{"object":{"apiVersion":"v1","data":{"k":"v"},"kind":"ConfigMap","metadata":"#
+            r#"{"type":"ADDED","object":{"kind":"ConfigMap","apiVersion":"v1","data":{"k":"v"},"metadata":"#
         ),
         "{first_line}"
     );
-    assert!(first_line.ends_with(r#""type":"ADDED"}"#), "{first_line}");
+    assert!(first_line.ends_with(r#""}}}"#), "{first_line}");
     let bookmark = events
         .iter()
         .find(|e| e["type"] == "BOOKMARK")

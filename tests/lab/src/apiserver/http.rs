@@ -35,12 +35,83 @@ pub struct HttpState {
     pub pods: Option<Arc<dyn super::pods::PodRuntime>>,
 }
 
-fn json_response(code: u16, body: &Value) -> Response {
+fn json_response(code: u16, body: &impl serde::Serialize) -> Response {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
         .unwrap_or_default()
+}
+
+/// A stored object encoded as the requested version: `kind` and `apiVersion` first (as
+/// kube-apiserver writes them), then its other fields, straight from the shared stored
+/// object (a list or a watch event does not copy what it sends).
+struct Typed<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    object: &'a Value,
+}
+
+impl serde::Serialize for Typed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(fields) = self.object.as_object() else {
+            return self.object.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind)?;
+        map.serialize_entry("apiVersion", self.api_version)?;
+        for (name, value) in fields {
+            if name != "apiVersion" && name != "kind" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// A copy of a stored object with the requested version's `apiVersion` and `kind` (for
+/// the paths that build on it: tables).
+fn typed(rt: &ResourceType, object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("apiVersion".into(), json!(rt.api_version()));
+        fields.insert("kind".into(), json!(rt.kind));
+    }
+    object
+}
+
+/// A list response whose items are encoded as [`Typed`].
+#[derive(serde::Serialize)]
+struct ListBody<'a> {
+    kind: String,
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    metadata: Value,
+    items: Vec<Typed<'a>>,
+}
+
+impl<'a> ListBody<'a> {
+    fn new(
+        rt: &'a ResourceType,
+        api_version: &'a str,
+        metadata: Value,
+        items: &'a [Arc<Value>],
+    ) -> Self {
+        Self {
+            kind: format!("{}List", rt.kind),
+            api_version,
+            metadata,
+            items: items
+                .iter()
+                .map(|object| Typed {
+                    api_version,
+                    kind: &rt.kind,
+                    object,
+                })
+                .collect(),
+        }
+    }
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -370,23 +441,21 @@ async fn resource_request(
                 return watch_response(state, rt, t.namespace.as_deref(), query, neg);
             }
             let q = list_query(query)?;
-            let (items, rv, cont, remaining) = store.list(rt, t.namespace.as_deref(), &q)?;
-            let mut meta = json!({"resourceVersion": rv.to_string()});
-            if let Some(c) = cont {
+            let list = store.list(rt, t.namespace.as_deref(), &q)?;
+            let items = list.items;
+            let mut meta = json!({"resourceVersion": list.resource_version.to_string()});
+            if let Some(c) = list.continue_token {
                 meta["continue"] = json!(c);
-                meta["remainingItemCount"] = json!(remaining);
+                meta["remainingItemCount"] = json!(list.remaining);
             }
             if neg.table {
+                let items: Vec<Value> = items.iter().map(|o| typed(rt, o)).collect();
                 return Ok(json_response(200, &table::table(rt, &items, meta)));
             }
+            let api_version = rt.api_version();
             Ok(json_response(
                 200,
-                &json!({
-                    "kind": format!("{}List", rt.kind),
-                    "apiVersion": rt.api_version(),
-                    "metadata": meta,
-                    "items": items,
-                }),
+                &ListBody::new(rt, &api_version, meta, &items),
             ))
         }
         (None, Method::POST) => {
@@ -396,10 +465,11 @@ async fn resource_request(
         }
         (None, Method::DELETE) => {
             let q = list_query(query)?;
-            let (items, rv, _, _) = store.list(rt, t.namespace.as_deref(), &q)?;
+            let list = store.list(rt, t.namespace.as_deref(), &q)?;
+            let rv = list.resource_version;
             let opts = delete_options(query, &body)?;
             let mut deleted = Vec::new();
-            for item in items {
+            for item in list.items {
                 let name = item
                     .pointer("/metadata/name")
                     .and_then(Value::as_str)
@@ -489,8 +559,8 @@ impl WatchFilter {
         self.labels.matches(obj) && self.fields.matches(obj)
     }
 
-    /// The watch event (type, object) a stored event turns into for this watcher, if any.
-    fn translate(&self, e: &StoredEvent) -> Option<(&'static str, Value)> {
+    /// The watch event type a stored event turns into for this watcher, if any.
+    fn translate(&self, e: &StoredEvent) -> Option<&'static str> {
         if e.key.group != self.rt.group || e.key.resource != self.rt.plural {
             return None;
         }
@@ -512,24 +582,37 @@ impl WatchFilter {
                 }
             }
         }?;
-        let mut obj = e.object.clone();
-        obj["apiVersion"] = json!(self.rt.api_version());
-        obj["kind"] = json!(self.rt.kind);
-        Some((kind, obj))
+        Some(kind)
     }
 
-    fn encode(&self, kind: &str, obj: Value) -> Bytes {
-        let object = if self.table {
+    fn encode(&self, kind: &str, obj: &Value) -> Bytes {
+        #[derive(serde::Serialize)]
+        struct Event<'a, T> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            object: T,
+        }
+        let mut line = if self.table {
             let rv = obj
                 .pointer("/metadata/resourceVersion")
                 .cloned()
                 .unwrap_or(json!(""));
-            table::table(&self.rt, &[obj], json!({"resourceVersion": rv}))
+            let object = table::table(
+                &self.rt,
+                &[typed(&self.rt, obj)],
+                json!({"resourceVersion": rv}),
+            );
+            serde_json::to_vec(&Event { kind, object })
         } else {
-            obj
-        };
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+            let api_version = self.rt.api_version();
+            let object = Typed {
+                api_version: &api_version,
+                kind: &self.rt.kind,
+                object: obj,
+            };
+            serde_json::to_vec(&Event { kind, object })
+        }
+        .unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -611,8 +694,8 @@ fn watch_response(
         let mut live = handle.live;
         let mut progress = handle.backlog_rv;
         for e in &handle.backlog {
-            if let Some((kind, obj)) = filter.translate(e)
-                && tx.send(filter.encode(kind, obj)).await.is_err()
+            if let Some(kind) = filter.translate(e)
+                && tx.send(filter.encode(kind, &e.object)).await.is_err()
             {
                 return;
             }
@@ -638,8 +721,8 @@ fn watch_response(
                             continue;
                         }
                         progress = e.rv;
-                        if let Some((kind, obj)) = filter.translate(&e)
-                            && tx.send(filter.encode(kind, obj)).await.is_err()
+                        if let Some(kind) = filter.translate(&e)
+                            && tx.send(filter.encode(kind, &e.object)).await.is_err()
                         {
                             return;
                         }

@@ -61,8 +61,9 @@ pub struct StoredEvent {
     pub kind: EventType,
     /// Which object.
     pub key: ObjectKey,
-    /// The object after the change (for Deleted: its last state, with the deletion's rv).
-    pub object: Value,
+    /// The object after the change (for Deleted: its last state, with the deletion's rv),
+    /// shared with the store (and with every watcher sending it).
+    pub object: Arc<Value>,
     /// The object before the change, for Modified (lets selector watches turn into ADDED/DELETED).
     pub old: Option<Value>,
 }
@@ -148,6 +149,19 @@ impl std::fmt::Display for ContinueToken {
     }
 }
 
+/// One LIST response's content.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Matching objects, sorted by namespace/name, shared with the store.
+    pub items: Vec<Arc<Value>>,
+    /// The store's resourceVersion at the list.
+    pub resource_version: u64,
+    /// Where the next page starts, when more match.
+    pub continue_token: Option<String>,
+    /// How many more match after this page.
+    pub remaining: usize,
+}
+
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchStart {
@@ -173,7 +187,10 @@ pub struct WatchHandle {
 struct State {
     rv: u64,
     registry: Registry,
-    objects: BTreeMap<ObjectKey, Value>,
+    /// Shared, so a list or a watch's initial state takes references to the stored
+    /// objects instead of copying them (as kube-apiserver's watch cache hands out its
+    /// objects); a change stores a new object.
+    objects: BTreeMap<ObjectKey, Arc<Value>>,
     history: VecDeque<Arc<StoredEvent>>,
     /// Events with rv <= compacted are no longer in `history`.
     compacted: u64,
@@ -447,23 +464,24 @@ impl Store {
         let rv = st.rv;
         meta_mut(&mut object).insert("resourceVersion".into(), json!(rv.to_string()));
         let is_service = key.group.is_empty() && key.resource == "services";
+        let stored = Arc::new(object);
         let previous = match kind {
             EventType::Deleted => st.objects.remove(&key),
-            _ => st.objects.insert(key.clone(), object.clone()),
+            _ => st.objects.insert(key.clone(), Arc::clone(&stored)),
         };
         if is_service {
             if let Some(previous) = &previous {
                 st.services.remove(previous);
             }
             if kind != EventType::Deleted {
-                st.services.add(&object);
+                st.services.add(&stored);
             }
         }
         let event = Arc::new(StoredEvent {
             rv,
             kind,
             key,
-            object: object.clone(),
+            object: Arc::clone(&stored),
             old,
         });
         st.history.push_back(event.clone());
@@ -474,7 +492,7 @@ impl Store {
         }
         // Nobody listening is fine.
         let _ = self.tx.send(event);
-        object
+        Value::clone(&stored)
     }
 
     fn with_version(rt: &ResourceType, mut obj: Value) -> Value {
@@ -490,8 +508,7 @@ impl Store {
         let st = self.lock();
         st.objects
             .get(&Self::key(rt, namespace, name))
-            .cloned()
-            .map(|o| Self::with_version(rt, o))
+            .map(|o| Self::with_version(rt, Value::clone(o)))
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
@@ -503,7 +520,7 @@ impl Store {
         resource: &'a str,
         namespace: Option<&'a str>,
         after: Option<(&str, &str)>,
-    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> + 'a {
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Arc<Value>)> + 'a {
         let key = |ns: &str, name: &str| ObjectKey {
             group: group.to_string(),
             resource: resource.to_string(),
@@ -523,8 +540,9 @@ impl Store {
             })
     }
 
-    /// LIST: matching items (sorted by namespace/name), the list resourceVersion, the
-    /// continue token when more remain, and how many more match.
+    /// LIST: matching items (sorted by namespace/name, shared with the store: the response
+    /// sets the requested version's `apiVersion` and `kind` as it encodes them), the list
+    /// resourceVersion, the continue token when more remain, and how many more match.
     ///
     /// A page costs its size plus a lookup: it starts where the continue token's key left
     /// off. The count of the rest travels in the token too; it is recounted (a pass over the
@@ -534,7 +552,7 @@ impl Store {
         rt: &ResourceType,
         namespace: Option<&str>,
         q: &ListQuery,
-    ) -> Result<(Vec<Value>, u64, Option<String>, usize), ApiError> {
+    ) -> Result<ListPage, ApiError> {
         let token = q
             .continue_token
             .as_deref()
@@ -555,7 +573,7 @@ impl Store {
         let mut items = Vec::new();
         let mut last = None;
         for (key, obj) in rest.by_ref() {
-            items.push(Self::with_version(rt, obj.clone()));
+            items.push(Arc::clone(obj));
             last = Some(key);
             if q.limit > 0 && items.len() >= q.limit {
                 break;
@@ -585,14 +603,19 @@ impl Store {
             ),
             _ => None,
         };
-        Ok((items, st.rv, more, remaining))
+        Ok(ListPage {
+            items,
+            resource_version: st.rv,
+            continue_token: more,
+            remaining,
+        })
     }
 
     /// All objects of a group/resource (any version), for controllers.
     pub fn objects_of(&self, group: &str, resource: &str) -> Vec<Value> {
         let st = self.lock();
         Self::objects_in(&st, group, resource, None, None)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Value::clone(v))
             .collect()
     }
 
@@ -615,7 +638,7 @@ impl Store {
                                 .unwrap_or(0),
                             kind: EventType::Added,
                             key: k.clone(),
-                            object: v.clone(),
+                            object: Arc::clone(v),
                             old: None,
                         })
                     })
@@ -1183,7 +1206,7 @@ impl Store {
         let old = st
             .objects
             .get(&key)
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         if let Some(body_name) = meta(&body, "name")
             && !body_name.is_empty()
@@ -1319,7 +1342,7 @@ impl Store {
         };
         let mut st = self.lock();
         let key = Self::key(rt, namespace, name);
-        let Some(current) = st.objects.get(&key).cloned() else {
+        let Some(current) = st.objects.get(&key).map(|o| Value::clone(o)) else {
             if ct == "application/apply-patch+yaml" && !status {
                 let mut obj = patch_value;
                 if meta(&obj, "name").is_none_or(|n| n.is_empty()) {
@@ -1370,7 +1393,7 @@ impl Store {
     }
 
     fn remove_locked(&self, st: &mut State, rt: &ResourceType, key: &ObjectKey) -> Option<Value> {
-        let obj = st.objects.get(key).cloned()?;
+        let obj = st.objects.get(key).map(|o| Value::clone(o))?;
         let uid = meta(&obj, "uid");
         if rt.group.is_empty() && rt.plural == "namespaces" {
             let doomed: Vec<ObjectKey> = st
@@ -1380,7 +1403,7 @@ impl Store {
                 .cloned()
                 .collect();
             for k in doomed {
-                if let Some(o) = st.objects.get(&k).cloned() {
+                if let Some(o) = st.objects.get(&k).map(|o| Value::clone(o)) {
                     self.commit(st, EventType::Deleted, k, o, None);
                 }
             }
@@ -1397,7 +1420,7 @@ impl Store {
                     .cloned()
                     .collect();
                 for k in doomed {
-                    if let Some(o) = st.objects.get(&k).cloned() {
+                    if let Some(o) = st.objects.get(&k).map(|o| Value::clone(o)) {
                         self.commit(st, EventType::Deleted, k, o, None);
                     }
                 }
@@ -1447,7 +1470,7 @@ impl Store {
         let obj = st
             .objects
             .get(&key)
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         Self::check_delete_preconditions(rt, name, &obj, opts)?;
         let has_finalizers = obj
@@ -1498,7 +1521,7 @@ impl Store {
                         .cloned()
                         .collect();
                     for k in doomed {
-                        if let Some(o) = st.objects.get(&k).cloned() {
+                        if let Some(o) = st.objects.get(&k).map(|o| Value::clone(o)) {
                             store.commit(&mut st, EventType::Deleted, k, o, None);
                         }
                     }
@@ -1557,7 +1580,7 @@ impl Store {
         let obj = st
             .objects
             .get(&key)
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         Self::check_delete_preconditions(rt, name, &obj, opts)?;
         Ok(self.remove_locked(&mut st, rt, &key).unwrap_or(obj))
@@ -1741,7 +1764,7 @@ mod tests {
         s.resource_type("", "v1", plural).expect("built in")
     }
 
-    fn names(items: &[Value]) -> Vec<String> {
+    fn names(items: &[Arc<Value>]) -> Vec<String> {
         items
             .iter()
             .map(|o| {
@@ -1767,11 +1790,11 @@ mod tests {
         let mut remaining_counts = Vec::new();
         for page in 0.. {
             assert!(page < 100, "list does not end");
-            let (items, _, cont, remaining) = s.list(rt, ns, &q).expect("list");
-            seen.extend(names(&items));
-            remaining_counts.push(remaining);
+            let list = s.list(rt, ns, &q).expect("list");
+            seen.extend(names(&list.items));
+            remaining_counts.push(list.remaining);
             between(page);
-            match cont {
+            match list.continue_token {
                 Some(c) => q.continue_token = Some(c),
                 None => break,
             }
