@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use super::{Overlay, RemoteNode};
@@ -236,8 +236,15 @@ impl Overlay {
     pub async fn run(self: Arc<Self>, client: kube::Client, mut stop: watch::Receiver<bool>) {
         let routes = tokio::spawn(self.clone().keep_routes());
         let config = watcher::Config::default();
-        let mut node_events = watcher(Api::<Node>::all(client.clone()), config.clone()).boxed();
-        let mut ipam_events = watcher(Api::<SegmentAddress>::all(client), config).boxed();
+        // Each stream backs off on its own (0.8 s doubling to 30 s, reset by
+        // a success): a missing SegmentAddress CRD neither floods the log
+        // nor holds up Node events.
+        let mut node_events = watcher(Api::<Node>::all(client.clone()), config.clone())
+            .default_backoff()
+            .boxed();
+        let mut ipam_events = watcher(Api::<SegmentAddress>::all(client), config)
+            .default_backoff()
+            .boxed();
         let mut view = WatchedView::default();
         loop {
             let event = tokio::select! {
@@ -278,11 +285,7 @@ impl Overlay {
                     }
                 },
             };
-            tracing::warn!(error = %failed, "watching {what} failed; retrying");
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+            tracing::warn!(error = %failed, "watching {what} failed; retrying with backoff");
         }
         routes.abort();
     }
