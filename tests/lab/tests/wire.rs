@@ -316,6 +316,60 @@ async fn discovery_documents() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_body_in_kube_apiservers_field_order() {
+    let server = common::start(ApiServerOptions::without_controllers()).await;
+    let addr = server.addr();
+    for (name, tier) in [("a", "web"), ("b", "db")] {
+        let cm = format!(
+            r#"{{"metadata":{{"name":"{name}","labels":{{"tier":"{tier}"}}}},"data":{{"k":"v"}}}}"#
+        );
+        let created = http(
+            addr,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            &[],
+            &cm,
+        )
+        .await;
+        assert_eq!(created.code, 201, "{}", created.body);
+    }
+    let list = http(
+        addr,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?labelSelector=tier%3Dweb",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(list.code, 200, "{}", list.body);
+    // The list's kind and apiVersion, its metadata, then the items, each with
+    // its kind and apiVersion first: as kube-apiserver encodes its Go types.
+    assert!(
+        list.body.starts_with(
+            r#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":""#
+        ),
+        "{}",
+        list.body
+    );
+    assert!(
+        list.body.contains(
+            r#""items":[{"kind":"ConfigMap","apiVersion":"v1","data":{"k":"v"},"metadata":{"#
+        ),
+        "{}",
+        list.body
+    );
+    let items = list.json()["items"].clone();
+    let names: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_stream_framing_bookmarks_and_timeout() {
     let server = common::start(ApiServerOptions {
         bookmark_interval: Duration::from_millis(200),

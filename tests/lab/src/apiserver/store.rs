@@ -1859,6 +1859,35 @@ mod tests {
     }
 
     #[test]
+    fn a_list_is_the_state_at_its_resource_version_whatever_is_written_after_it() {
+        let s = store(None);
+        let (cm, _) = configmaps(&s);
+        let list = s.list(&cm, Some("a"), &ListQuery::default()).expect("list");
+        let before: Vec<Value> = list.items.iter().map(|o| Value::clone(o)).collect();
+        s.update(
+            &cm,
+            "a",
+            "cm0",
+            json!({"metadata": {"name": "cm0", "labels": {"tier": "changed"}}, "data": {"k": "v"}}),
+            false,
+        )
+        .expect("update");
+        s.delete_unscheduled(&cm, "a", "cm1", &DeleteOptions::default())
+            .expect("delete");
+        // The items the list holds are the stored objects as they were (a write
+        // stores a new object instead of changing the shared one).
+        let after: Vec<Value> = list.items.iter().map(|o| Value::clone(o)).collect();
+        assert_eq!(before, after);
+        assert_eq!(after.len(), 5);
+        assert_eq!(after[0]["metadata"]["labels"]["tier"], "even");
+        assert!(after[0].get("data").is_none());
+        let now = s.list(&cm, Some("a"), &ListQuery::default()).expect("list");
+        assert_eq!(now.items.len(), 4);
+        assert_eq!(now.items[0]["metadata"]["labels"]["tier"], "changed");
+        assert!(now.resource_version > list.resource_version);
+    }
+
+    #[test]
     fn delete_unscheduled_honours_the_preconditions() {
         let s = store(None);
         let ns_rt = rt(&s, "namespaces");
