@@ -101,6 +101,55 @@ fn service_flow() -> Flow {
 }
 
 #[test]
+fn port_status_in_openflow_1_5() {
+    check(
+        "port status",
+        Message::PortStatus(PortStatus {
+            reason: PortReason::Add,
+            port_no: 13,
+            name: "sxa71".into(),
+        }),
+        "060c00380000000700000000000000000000000d002800000000000000000000737861373100000000000000000000000000000000000000",
+        "OFPT_PORT_STATUS (OF1.5) (xid=0x7): ADD: 13(sxa71)",
+    );
+}
+
+/// A port status in OpenFlow 1.3's fixed 64-byte `ofp_port` (with a
+/// hardware address, state LIVE and speeds), as `ovs-vswitchd` sends it on a
+/// 1.3 connection: the same port number and name.
+#[test]
+fn port_status_in_openflow_1_3_decodes_to_the_same_port() {
+    let bytes = unhex(
+        "040c00500000000000000000000000000000000d00000000264e80848e170000737861373100000000000000000000000000000000000004000000000000000000000000000000000000000000000000",
+    );
+    let printed = ofp_print(&bytes);
+    assert!(
+        printed.contains("OFPT_PORT_STATUS (OF1.3) (xid=0x0): ADD: 13(sxa71)"),
+        "{printed}"
+    );
+    let (version, _, decoded) = Message::decode(&bytes).unwrap();
+    assert_eq!(version, OFP13_VERSION);
+    assert_eq!(
+        decoded,
+        Message::PortStatus(PortStatus {
+            reason: PortReason::Add,
+            port_no: 13,
+            name: "sxa71".into(),
+        })
+    );
+    // A removal and a change keep their reason.
+    let mut removed = bytes.clone();
+    removed[8] = 1;
+    assert!(matches!(
+        Message::decode(&removed).unwrap().2,
+        Message::PortStatus(PortStatus {
+            reason: PortReason::Delete,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn display_is_ofctl_syntax() {
     assert_eq!(
         service_flow().to_string(),

@@ -464,6 +464,65 @@ async fn a_queued_delete_is_applied_before_what_is_sent_after_it() {
 }
 
 /// Packet-out through the pipeline: counters, packet-in with userdata.
+/// Waits for the next port status about `name` that is not a change of
+/// state (link up or down may come at any time); panics after 10 s.
+async fn next_status_of(
+    rx: &mut tokio::sync::broadcast::Receiver<PortStatus>,
+    name: &str,
+) -> PortStatus {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let status = rx.recv().await.expect("port status stream");
+            if status.name == name && status.reason != PortReason::Modify {
+                return status;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no port status for {name}"))
+}
+
+#[tokio::test]
+async fn port_status_names_an_added_port_with_its_ofport_and_its_removal() {
+    let Some(ovs) = start(
+        "port_status_names_an_added_port_with_its_ofport_and_its_removal",
+        &["br0"],
+    ) else {
+        return;
+    };
+    let c = client(&ovs, "br0").await;
+    let mut rx = c.port_status();
+    for (name, request) in [("sy-ps1", "7"), ("sy-ps2", "9")] {
+        ovs.vsctl(&[
+            "--no-wait",
+            "add-port",
+            "br0",
+            name,
+            "--",
+            "set",
+            "Interface",
+            name,
+            "type=internal",
+            &format!("ofport_request={request}"),
+        ])
+        .unwrap();
+        let added = next_status_of(&mut rx, name).await;
+        assert_eq!(added.reason, PortReason::Add, "{added:?}");
+        assert_eq!(added.port_no.to_string(), request, "{added:?}");
+        // The same number vswitchd then writes to OVSDB.
+        let ofport = ovs.vsctl(&["get", "Interface", name, "ofport"]).unwrap();
+        assert_eq!(ofport.trim(), request);
+    }
+    ovs.vsctl(&["--no-wait", "del-port", "br0", "sy-ps1"])
+        .unwrap();
+    let removed = next_status_of(&mut rx, "sy-ps1").await;
+    assert_eq!(
+        (removed.reason, removed.port_no),
+        (PortReason::Delete, 7),
+        "{removed:?}"
+    );
+}
+
 #[tokio::test]
 async fn flow_stats_count_packets_and_packet_ins_arrive() {
     let Some(ovs) = start("flow_stats_count_packets_and_packet_ins_arrive", &["br0"]) else {

@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net};
 use switchyard_cni::{CniRequest, CniResult, Dns, Interface, IpConfig, Route};
-use switchyard_ovs::openflow::FlowMod;
+use switchyard_ovs::openflow::{FlowMod, PortReason, PortStatus};
 use switchyard_ovs::ovsdb::{self, PortSpec};
 use switchyard_pipeline::{Cookie, Owner};
+use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use crate::attach_error::AttachError;
@@ -479,12 +480,15 @@ async fn wire(
         }
     };
     let attach = async {
+        // Subscribed before the port is added: the switch says nothing twice.
+        let mut attached = state.io.flows.port_status();
         match state.io.ports.add_port(&state.config.bridge, &port).await {
             Ok(_) => {}
             Err(ovsdb::Error::PortExists(_)) => {
                 // Left over from an earlier attempt that died half-way.
                 tracing::info!(port = %a.host_ifname, "replacing a leftover OVS port");
                 state.remove_port_quietly(&a.host_ifname).await;
+                attached = state.io.flows.port_status();
                 state
                     .io
                     .ports
@@ -495,12 +499,7 @@ async fn wire(
             Err(e) => return Err(AttachError::ovsdb("adding the OVS port")(e)),
         }
         tracing::debug!(elapsed = ?t0.elapsed(), "port added");
-        state
-            .io
-            .ports
-            .wait_ofport(&a.host_ifname, OFPORT_TIMEOUT)
-            .await
-            .map_err(AttachError::ovsdb("waiting for the port's ofport"))
+        attached_ofport(state, &a.host_ifname, attached).await
     };
     let (installed, ofport) = tokio::join!(flows_early, attach);
     let installed = installed.map_err(AttachError::openflow("installing the pod's flows"))?;
@@ -553,6 +552,51 @@ struct Undo {
 
 /// Undoes a failed ADD: flows, port, veth, the ofport reservation and the
 /// address (local and cluster-wide). Failures are logged.
+/// The ofport `ovs-vswitchd` gave the port `name`: from its port status on
+/// the OpenFlow connection (sent as it attaches the port, a few ms before
+/// the ofport reaches OVSDB at 200 ports) or from OVSDB, whichever comes
+/// first. Only an `Add` counts: a change or removal may be a leftover port
+/// of the same name going away. A missed status (no connection, a lagging
+/// subscriber) leaves OVSDB to tell, within [`OFPORT_TIMEOUT`].
+async fn attached_ofport(
+    state: &NodeState,
+    name: &str,
+    status: Option<broadcast::Receiver<PortStatus>>,
+) -> Result<u16, AttachError> {
+    let from_ovsdb = state.io.ports.wait_ofport(name, OFPORT_TIMEOUT);
+    let Some(mut status) = status else {
+        return from_ovsdb
+            .await
+            .map_err(AttachError::ovsdb("waiting for the port's ofport"));
+    };
+    let from_switch = async move {
+        loop {
+            match status.recv().await {
+                Ok(s) if s.name == name && s.reason == PortReason::Add => {
+                    match u16::try_from(s.port_no) {
+                        Ok(ofport) if ofport > 0 && ofport < OFPP_MAX => return ofport,
+                        _ => {}
+                    }
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        ofport = from_ovsdb => ofport.map_err(AttachError::ovsdb("waiting for the port's ofport")),
+        ofport = from_switch => {
+            tracing::debug!(port = name, ofport, "attached (port status)");
+            Ok(ofport)
+        }
+    }
+}
+
+/// OpenFlow's first reserved port number (`OFPP_MAX`); ports are below it.
+const OFPP_MAX: u16 = 0xff00;
+
 async fn roll_back(state: &NodeState, undo: Undo) {
     if let Some(p) = undo.requested_ofport {
         lock(&state.ofports).remove(&p);

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use switchyard_ovs::openflow::{self, FlowMod, FlowStats, FlowStatsRequest};
+use switchyard_ovs::openflow::{self, FlowMod, FlowStats, FlowStatsRequest, PortStatus};
 use switchyard_ovs::ovsdb::{self, PortRow, PortSpec};
+use tokio::sync::broadcast;
 
 use crate::apiserver::{ApiClient, ApiError, PodInfo};
 use crate::attachment;
@@ -118,6 +119,12 @@ pub trait FlowSink: Send + Sync + fmt::Debug {
     /// Dumps the flows a request selects.
     fn dump(&self, req: FlowStatsRequest)
     -> BoxFuture<'_, Result<Vec<FlowStats>, openflow::Error>>;
+    /// The switch's port status messages from now on (`ovs-vswitchd` sends
+    /// one as it attaches a port, before it writes the `ofport` to OVSDB);
+    /// `None` where there are none, and then only OVSDB tells the ofport.
+    fn port_status(&self) -> Option<broadcast::Receiver<PortStatus>> {
+        None
+    }
 }
 
 /// The API server reads the verbs and reconciliation need.
@@ -390,6 +397,10 @@ impl FlowSink for openflow::Client {
         req: FlowStatsRequest,
     ) -> BoxFuture<'_, Result<Vec<FlowStats>, openflow::Error>> {
         self.dump_flows(req).boxed()
+    }
+
+    fn port_status(&self) -> Option<broadcast::Receiver<PortStatus>> {
+        Some(openflow::Client::port_status(self))
     }
 }
 

@@ -59,6 +59,7 @@ pub(crate) const OFPT_ECHO_REQUEST: u8 = 2;
 pub(crate) const OFPT_ECHO_REPLY: u8 = 3;
 pub(crate) const OFPT_EXPERIMENTER: u8 = 4;
 pub(crate) const OFPT_PACKET_IN: u8 = 10;
+pub(crate) const OFPT_PORT_STATUS: u8 = 12;
 pub(crate) const OFPT_PACKET_OUT: u8 = 13;
 pub(crate) const OFPT_FLOW_MOD: u8 = 14;
 pub(crate) const OFPT_GROUP_MOD: u8 = 15;
@@ -546,6 +547,56 @@ pub struct PacketIn {
     pub userdata: Vec<u8>,
 }
 
+/// Why a [`PortStatus`] was sent (`ofp_port_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortReason {
+    /// The port was added to the bridge (`ovs-vswitchd` attached it).
+    Add,
+    /// The port was removed.
+    Delete,
+    /// Its state or configuration changed (link up or down, ...).
+    Modify,
+    /// A reason this client does not know.
+    Other(u8),
+}
+
+impl PortReason {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => PortReason::Add,
+            1 => PortReason::Delete,
+            2 => PortReason::Modify,
+            v => PortReason::Other(v),
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            PortReason::Add => 0,
+            PortReason::Delete => 1,
+            PortReason::Modify => 2,
+            PortReason::Other(v) => v,
+        }
+    }
+}
+
+/// OFPT_PORT_STATUS: a port of the bridge came, went or changed. Only the
+/// port's number and name are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortStatus {
+    /// Why it was sent.
+    pub reason: PortReason,
+    /// The port's OpenFlow number (the Interface's `ofport`).
+    pub port_no: u32,
+    /// The port's name (the Interface's `name`).
+    pub name: String,
+}
+
+/// Length of `ofp_port` without properties (OpenFlow 1.4 and 1.5).
+const OFP_PORT_LEN: u16 = 40;
+/// `OFP_MAX_PORT_NAME_LEN`.
+const PORT_NAME_LEN: usize = 16;
+
 /// A packet-out.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PacketOut {
@@ -639,6 +690,8 @@ pub enum Message {
     },
     /// NXT_SET_PACKET_IN_FORMAT (2 = NXT_PACKET_IN2).
     SetPacketInFormat(u32),
+    /// OFPT_PORT_STATUS (sent by the switch).
+    PortStatus(PortStatus),
     /// Meter mod.
     MeterMod(MeterMod),
     /// NXT_TLV_TABLE_MOD: map Geneve options to `tun_metadata` fields.
@@ -682,6 +735,7 @@ impl Message {
             Message::GroupMod(_) => "GROUP_MOD",
             Message::PacketOut(_) => "PACKET_OUT",
             Message::PacketIn(_) => "PACKET_IN",
+            Message::PortStatus(_) => "PORT_STATUS",
             Message::BarrierRequest => "BARRIER_REQUEST",
             Message::BarrierReply => "BARRIER_REPLY",
             Message::MultipartRequest(_) => "MULTIPART_REQUEST",
@@ -707,6 +761,7 @@ impl Message {
             Message::GroupMod(_) => OFPT_GROUP_MOD,
             Message::PacketOut(_) => OFPT_PACKET_OUT,
             Message::PacketIn(_) => OFPT_PACKET_IN,
+            Message::PortStatus(_) => OFPT_PORT_STATUS,
             Message::BarrierRequest => OFPT_BARRIER_REQUEST,
             Message::BarrierReply => OFPT_BARRIER_REPLY,
             Message::MultipartRequest(_) => OFPT_MULTIPART_REQUEST,
@@ -781,6 +836,20 @@ impl Message {
                 encode_match(&pi.metadata, out);
                 out.put_u16(0);
                 out.put_slice(&pi.data);
+            }
+            Message::PortStatus(ps) => {
+                // OpenFlow 1.5 `ofp_port_status` with an `ofp_port` of no
+                // properties (hardware address, config and state zero).
+                out.put_u8(ps.reason.to_u8());
+                out.put_bytes(0, 7);
+                out.put_u32(ps.port_no);
+                out.put_u16(OFP_PORT_LEN);
+                out.put_bytes(0, 2 + 6 + 2);
+                let name = ps.name.as_bytes();
+                let n = name.len().min(PORT_NAME_LEN - 1);
+                out.put_slice(&name[..n]);
+                out.put_bytes(0, PORT_NAME_LEN - n);
+                out.put_bytes(0, 8);
             }
             Message::BarrierRequest | Message::BarrierReply => {}
             Message::MultipartRequest(req) => {
@@ -954,6 +1023,7 @@ impl Message {
                 Message::GroupMod(_)
                 | Message::PacketOut(_)
                 | Message::PacketIn(_)
+                | Message::PortStatus(_)
                 | Message::MultipartRequest(_)
                 | Message::MultipartReply { .. }
                 | Message::BundleControl { .. }
@@ -1035,9 +1105,12 @@ impl Message {
             && ty != OFPT_ECHO_REQUEST
             && ty != OFPT_ECHO_REPLY
             && version != OFP15_VERSION
-            // Same form in OpenFlow 1.3 (a 1.3 connection's replies).
+            // Same form in OpenFlow 1.3 (a 1.3 connection's replies); a
+            // port status's port number and name are at the same offsets.
             && !(version == OFP13_VERSION
-                && (ty == OFPT_BARRIER_REPLY || ty == OFPT_BARRIER_REQUEST))
+                && (ty == OFPT_BARRIER_REPLY
+                    || ty == OFPT_BARRIER_REQUEST
+                    || ty == OFPT_PORT_STATUS))
         {
             return Ok((version, xid, other(&b)));
         }
@@ -1120,6 +1193,21 @@ impl Message {
                 })
             }
             OFPT_BARRIER_REQUEST => Message::BarrierRequest,
+            OFPT_PORT_STATUS => {
+                let reason = PortReason::from_u8(b.u8()?);
+                b.skip(7)?;
+                // `ofp_port`: port_no, then (1.5) length and pad or (1.3)
+                // pad, then hw_addr and its pad: the name starts 16 bytes in.
+                let port_no = b.u32()?;
+                b.skip(4 + 6 + 2)?;
+                let name = b.bytes(PORT_NAME_LEN)?;
+                let end = name.iter().position(|&c| c == 0).unwrap_or(PORT_NAME_LEN);
+                Message::PortStatus(PortStatus {
+                    reason,
+                    port_no,
+                    name: String::from_utf8_lossy(&name[..end]).into_owned(),
+                })
+            }
             OFPT_METER_MOD => {
                 let command = match b.u16()? {
                     0 => MeterModCommand::Add,

@@ -107,6 +107,6 @@ pub use group::{
 pub use message::{
     BundleCtrlType, CtTuple, EncodeError, MAX_MESSAGE_LEN, Message, MeterMod, MeterModCommand,
     MultipartReply, MultipartRequest, OFP13_VERSION, OFP15_VERSION, OfpError, PacketIn, PacketOut,
-    TlvMap, TlvTableCommand, bundle_flags,
+    PortReason, PortStatus, TlvMap, TlvTableCommand, bundle_flags,
 };
 pub use wire::DecodeError;

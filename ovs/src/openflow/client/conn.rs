@@ -10,13 +10,13 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
-use super::super::message::{Message, OFP13_VERSION, OFP15_VERSION, PacketIn};
+use super::super::message::{Message, OFP13_VERSION, OFP15_VERSION};
 use super::txn::{Outcome, TxMessage, Txn};
-use super::{Client, Error, Inner, SupervisorGuard};
+use super::{AsyncTx, Client, Error, Inner, SupervisorGuard};
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -170,7 +170,7 @@ pub(super) async fn establish(inner: &Arc<Inner>) -> Result<Frames, Error> {
     *lock(&inner.conn) = Some(conn.clone());
     // Run the reader while configuring async messages, then hand it back.
     let reader_conn = conn.clone();
-    let pin_tx = inner.packet_in_tx.clone();
+    let pin_tx = inner.async_tx.clone();
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
         loop {
@@ -239,7 +239,7 @@ fn echo_bytes(msg: Message, version: u8, xid: u32) -> Vec<u8> {
     b.to_vec()
 }
 
-fn handle_frame(conn: &Conn, pin_tx: &broadcast::Sender<PacketIn>, frame: &[u8]) {
+fn handle_frame(conn: &Conn, pin_tx: &AsyncTx, frame: &[u8]) {
     let (_, xid, msg) = match Message::decode(frame) {
         Ok(m) => m,
         Err(e) => {
@@ -263,7 +263,10 @@ fn handle_frame(conn: &Conn, pin_tx: &broadcast::Sender<PacketIn>, frame: &[u8])
             )));
         }
         Message::PacketIn(pi) => {
-            let _ = pin_tx.send(pi);
+            let _ = pin_tx.packet_in.send(pi);
+        }
+        Message::PortStatus(ps) => {
+            let _ = pin_tx.port_status.send(ps);
         }
         msg => {
             let Some(t) = conn.find(xid) else {
@@ -316,7 +319,7 @@ pub(super) async fn supervise(inner: std::sync::Weak<Inner>, mut frames: Frames)
         {
             let Some(i) = inner.upgrade() else { return };
             let conn = lock(&i.conn).clone();
-            let pin_tx = i.packet_in_tx.clone();
+            let pin_tx = i.async_tx.clone();
             let probe = i.cfg.probe_interval;
             drop(i);
             let Some(conn) = conn else { return };

@@ -35,7 +35,7 @@ use super::flow::{Flow, FlowMod, FlowStats, FlowStatsRequest};
 use super::group::{Group, GroupMod, GroupStats};
 use super::message::{
     BundleCtrlType, Message, MeterMod, MultipartReply, MultipartRequest, PacketIn, PacketOut,
-    TlvMap, TlvTableCommand, bundle_flags,
+    PortStatus, TlvMap, TlvTableCommand, bundle_flags,
 };
 
 /// Connection state published to the caller.
@@ -84,12 +84,23 @@ impl ClientConfig {
     }
 }
 
+/// Port status messages kept for a slow subscriber (one per port added,
+/// removed or changed; a subscriber that lags loses the oldest).
+const PORT_STATUS_CAPACITY: usize = 1024;
+
+/// Where the switch's asynchronous messages go.
+#[derive(Debug, Clone)]
+struct AsyncTx {
+    packet_in: broadcast::Sender<PacketIn>,
+    port_status: broadcast::Sender<PortStatus>,
+}
+
 #[derive(Debug)]
 struct Inner {
     cfg: ClientConfig,
     conn: Mutex<Option<Arc<Conn>>>,
     state_tx: watch::Sender<ConnectionEvent>,
-    packet_in_tx: broadcast::Sender<PacketIn>,
+    async_tx: AsyncTx,
     next_xid: AtomicU32,
     next_bundle: AtomicU32,
 }
@@ -133,12 +144,16 @@ impl Client {
             generation: 0,
             connected: false,
         });
-        let (packet_in_tx, _) = broadcast::channel(cfg.packet_in_capacity.max(1));
+        let (packet_in, _) = broadcast::channel(cfg.packet_in_capacity.max(1));
+        let (port_status, _) = broadcast::channel(PORT_STATUS_CAPACITY);
         let inner = Arc::new(Inner {
             cfg,
             conn: Mutex::new(None),
             state_tx,
-            packet_in_tx,
+            async_tx: AsyncTx {
+                packet_in,
+                port_status,
+            },
             next_xid: AtomicU32::new(1),
             next_bundle: AtomicU32::new(1),
         });
@@ -169,7 +184,14 @@ impl Client {
 
     /// Subscribes to packet-ins (NXT_PACKET_IN2: with userdata and metadata).
     pub fn packet_ins(&self) -> broadcast::Receiver<PacketIn> {
-        self.inner.packet_in_tx.subscribe()
+        self.inner.async_tx.packet_in.subscribe()
+    }
+
+    /// Subscribes to port status messages: `ovs-vswitchd` sends one as it
+    /// attaches a port, before it writes the port's `ofport` to OVSDB.
+    /// Nothing is replayed: subscribe before adding the port.
+    pub fn port_status(&self) -> broadcast::Receiver<PortStatus> {
+        self.inner.async_tx.port_status.subscribe()
     }
 
     /// Waits until connected with a generation of at least `generation`.
