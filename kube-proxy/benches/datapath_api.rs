@@ -396,23 +396,27 @@ fn nft_replacements(log: &Path) -> usize {
         .count()
 }
 
-/// How many change sets the proxy's log says it installed.
-fn change_sets_logged(log: &Path) -> usize {
+/// The proxy's log lines that say a change set was installed.
+fn change_set_lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter(|line| line.contains("change set installed"))
-        .count()
+        .map(str::to_string)
+        .collect()
+}
+
+/// How many change sets the proxy's log says it installed.
+fn change_sets_logged(log: &Path) -> usize {
+    change_set_lines(log).len()
 }
 
 /// The proxy's own share of the last `count` changes: the `took` of its
 /// "change set installed" log lines (from the watch event's arrival in
 /// the proxy to the switch's confirmation).
 fn in_proxy_times(log: &Path, count: usize) -> Vec<Duration> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let took: Vec<Duration> = text
-        .lines()
-        .filter(|line| line.contains("change set installed"))
+    let took: Vec<Duration> = change_set_lines(log)
+        .iter()
         .filter_map(|line| parse_took(line.split("took=").nth(1)?.split_whitespace().next()?))
         .collect();
     took[took.len().saturating_sub(count)..].to_vec()

@@ -36,6 +36,14 @@ pub struct DatumError {
 }
 
 fn datum_error(json: &Json, reason: &'static str) -> DatumError {
+    DatumError {
+        json: short_json(json),
+        reason,
+    }
+}
+
+/// `json` as text, cut to 200 bytes (at a character boundary) for errors and logs.
+pub(crate) fn short_json(json: &Json) -> String {
     let mut text = json.to_string();
     if text.len() > 200 {
         let mut cut = 200;
@@ -45,7 +53,7 @@ fn datum_error(json: &Json, reason: &'static str) -> DatumError {
         text.truncate(cut);
         text.push_str("...");
     }
-    DatumError { json: text, reason }
+    text
 }
 
 /// A name for a row inserted in the same transaction (`uuid-name`).

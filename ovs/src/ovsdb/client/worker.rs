@@ -15,6 +15,7 @@ use tokio_util::codec::Framed;
 use super::super::codec::JsonCodec;
 use super::super::error::Error;
 use super::super::monitor::MonitorEvent;
+use super::super::types::short_json;
 use super::{
     BoxedStream, ClientConfig, Command, ConnectionEvent, LockEvent, MonitorSpec, Pending, Shared,
     open,
@@ -327,12 +328,15 @@ impl Worker {
         restarts: &mut usize,
     ) -> std::result::Result<(), String> {
         let Json::Object(object) = &message else {
-            return Err(format!("message is not a JSON object: {}", short(&message)));
+            return Err(format!(
+                "message is not a JSON object: {}",
+                short_json(&message)
+            ));
         };
         if let Some(method) = object.get("method") {
             let method = method
                 .as_str()
-                .ok_or_else(|| format!("method is not a string: {}", short(&message)))?;
+                .ok_or_else(|| format!("method is not a string: {}", short_json(&message)))?;
             let params = object.get("params").cloned().unwrap_or(Json::Null);
             let id = object.get("id").cloned().unwrap_or(Json::Null);
             if !id.is_null() {
@@ -356,7 +360,7 @@ impl Worker {
         let Some(id) = object.get("id") else {
             return Err(format!(
                 "message is neither request nor reply: {}",
-                short(&message)
+                short_json(&message)
             ));
         };
         let Some(entry) = id.as_u64().and_then(|id| pending.remove(&id)) else {
@@ -529,17 +533,4 @@ fn rpc_error(error: &Json) -> (String, Option<String>) {
         ),
         other => (other.to_string(), None),
     }
-}
-
-fn short(json: &Json) -> String {
-    let mut text = json.to_string();
-    if text.len() > 200 {
-        let mut cut = 200;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
-    text
 }

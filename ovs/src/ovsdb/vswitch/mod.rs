@@ -453,24 +453,8 @@ impl Client {
 
     /// Ports whose `external_ids` has `key=value`.
     pub async fn find_ports_by_external_id(&self, key: &str, value: &str) -> Result<Vec<PortRow>> {
-        let results = self
-            .transact(
-                DB,
-                &[Operation::select(
-                    "Port",
-                    vec![Condition::includes(
-                        "external_ids",
-                        Value::string_map([(key, value)]),
-                    )],
-                )],
-            )
-            .await?;
-        Ok(results[0]
-            .rows
-            .iter()
-            .flatten()
-            .map(|row| PortRow::from_row(row_uuid(row), row))
-            .collect())
+        self.select_by_external_id("Port", key, value, PortRow::from_row)
+            .await
     }
 
     /// Interfaces whose `external_ids` has `key=value`.
@@ -479,11 +463,24 @@ impl Client {
         key: &str,
         value: &str,
     ) -> Result<Vec<InterfaceRow>> {
+        self.select_by_external_id("Interface", key, value, InterfaceRow::from_row)
+            .await
+    }
+
+    /// The rows of `table` whose `external_ids` has `key=value`, each made
+    /// into a `T` from its uuid and columns.
+    async fn select_by_external_id<T>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+        from_row: impl Fn(Uuid, &Row) -> T,
+    ) -> Result<Vec<T>> {
         let results = self
             .transact(
                 DB,
                 &[Operation::select(
-                    "Interface",
+                    table,
                     vec![Condition::includes(
                         "external_ids",
                         Value::string_map([(key, value)]),
@@ -495,7 +492,7 @@ impl Client {
             .rows
             .iter()
             .flatten()
-            .map(|row| InterfaceRow::from_row(row_uuid(row), row))
+            .map(|row| from_row(row_uuid(row), row))
             .collect())
     }
 

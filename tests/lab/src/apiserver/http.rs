@@ -70,17 +70,6 @@ impl serde::Serialize for Typed<'_> {
     }
 }
 
-/// A copy of a stored object with the requested version's `apiVersion` and `kind` (for
-/// the paths that build on it: tables).
-fn typed(rt: &ResourceType, object: &Value) -> Value {
-    let mut object = object.clone();
-    if let Some(fields) = object.as_object_mut() {
-        fields.insert("apiVersion".into(), json!(rt.api_version()));
-        fields.insert("kind".into(), json!(rt.kind));
-    }
-    object
-}
-
 /// A list response whose items are encoded as [`Typed`].
 #[derive(serde::Serialize)]
 struct ListBody<'a> {
@@ -449,7 +438,10 @@ async fn resource_request(
                 meta["remainingItemCount"] = json!(list.remaining);
             }
             if neg.table {
-                let items: Vec<Value> = items.iter().map(|o| typed(rt, o)).collect();
+                let items: Vec<Value> = items
+                    .iter()
+                    .map(|o| Store::with_version(rt, Value::clone(o)))
+                    .collect();
                 return Ok(json_response(200, &table::table(rt, &items, meta)));
             }
             let api_version = rt.api_version();
@@ -599,7 +591,7 @@ impl WatchFilter {
                 .unwrap_or(json!(""));
             let object = table::table(
                 &self.rt,
-                &[typed(&self.rt, obj)],
+                &[Store::with_version(&self.rt, obj.clone())],
                 json!({"resourceVersion": rv}),
             );
             serde_json::to_vec(&Event { kind, object })

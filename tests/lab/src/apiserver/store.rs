@@ -495,7 +495,8 @@ impl Store {
         Value::clone(&stored)
     }
 
-    fn with_version(rt: &ResourceType, mut obj: Value) -> Value {
+    /// `obj` with the requested version's `apiVersion` and `kind`.
+    pub(super) fn with_version(rt: &ResourceType, mut obj: Value) -> Value {
         if let Some(m) = obj.as_object_mut() {
             m.insert("apiVersion".into(), json!(rt.api_version()));
             m.insert("kind".into(), json!(rt.kind));
